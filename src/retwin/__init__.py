@@ -1,0 +1,36 @@
+"""retwin: a digital twin of the rare-earth industrial chain.
+
+The public API is small: load a scenario, apply what-if changes, run it, read the result.
+
+>>> import retwin
+>>> sc = retwin.load_scenario("tiny")
+>>> res = retwin.run(sc, seed=1)
+>>> res.balance.closes
+True
+"""
+
+from retwin.engine import run, run_replications
+from retwin.engine.run import prepare
+from retwin.errors import DataError, MassBalanceError, RetwinError, ScenarioError
+from retwin.kernels import warmup
+from retwin.results import ReplicationSet, RunResult
+from retwin.scenario import Scenario, apply_changes, load_scenario
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DataError",
+    "MassBalanceError",
+    "ReplicationSet",
+    "RetwinError",
+    "RunResult",
+    "Scenario",
+    "ScenarioError",
+    "__version__",
+    "apply_changes",
+    "load_scenario",
+    "prepare",
+    "run",
+    "run_replications",
+    "warmup",
+]

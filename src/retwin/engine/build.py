@@ -1,0 +1,345 @@
+"""Compile a :class:`~retwin.scenario.Scenario` into the arrays the kernel and stages use.
+
+Everything that is known before the run starts is computed here once: index maps, recipes in
+compressed sparse rows, the calendar, quota releases (with quota changes applied), monthly
+base price paths (with price shocks) and monthly base demand (with demand changes). Changes
+that act on state during the run (capacity, outage, trade, reserve) become timed events.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from retwin._typing import FloatArray, IntArray
+from retwin.kernels.flow import check_arrays
+from retwin.scenario.schema import (
+    ELEMENTS,
+    STAGES,
+    CapacityChange,
+    DemandChange,
+    OutageChange,
+    PriceChange,
+    QuotaChange,
+    ReserveChange,
+    Scenario,
+    TradeChange,
+)
+
+__all__ = ["Compiled", "TimedChange", "compile_scenario"]
+
+#: Sentinel day for "never" (retirement) in the kernel's int64 day arrays.
+NEVER = np.iinfo(np.int64).max // 4
+
+
+@dataclass(frozen=True)
+class TimedChange:
+    """A change acting on run state from ``start`` to ``end`` (days; ``end`` exclusive)."""
+
+    index: int
+    kind: str
+    start: int
+    end: int
+    change: Any
+
+
+@dataclass
+class Compiled:
+    """The scenario as arrays; see :mod:`retwin._typing` for the axis order."""
+
+    scenario: Scenario
+    n_days: int
+    dates: np.ndarray
+    months: list[tuple[int, int]]
+    month_of_day: IntArray
+    month_start_day: IntArray
+    days_left: IntArray
+    plant_ids: list[str]
+    plant_stage: list[str]
+    material_ids: list[str]
+    material_unit: list[str]
+    pool_keys: list[tuple[str, str]]
+    market_ids: list[str]
+    segment_ids: list[str]
+    quota_ids: list[str]
+    comp: FloatArray  # (M, E) t REO per unit
+    loss_per_act: FloatArray  # (P, E)
+    nameplate_tpa: FloatArray  # (P,)
+    utilisation: FloatArray  # (P,)
+    mtbf: FloatArray  # (P,) nan when no random outages
+    mttr: FloatArray
+    planned: list[list[tuple[int, int]]]  # per plant, [start, end) days
+    pool_initial: FloatArray
+    reserve0: FloatArray
+    imp_cap_tpa: FloatArray  # (K,)
+    exp_cap_tpa: FloatArray
+    imp_price_factor: FloatArray
+    exp_price_factor: FloatArray
+    price_month: FloatArray  # (M, T) base path with shocks
+    volatility: FloatArray  # (M,)
+    reversion: FloatArray
+    demand_month: FloatArray  # (G, T) material per day, before noise
+    demand_cv: FloatArray
+    releases: list[tuple[int, int, float]]  # (day, quota, t REO), sorted
+    year_starts: list[tuple[int, int]]  # (day, year) of every calendar year in the horizon
+    quota_year_total: dict[tuple[int, int], float]  # (quota, year) -> t REO
+    timed: list[TimedChange]
+    kernel_static: dict[str, np.ndarray] = field(default_factory=dict)
+    ring: int = 1
+
+
+def _day(sc: Scenario, d: dt.date | None, default: int) -> int:
+    return default if d is None else (d - sc.start).days
+
+
+def _month_index(sc: Scenario, n_days: int) -> tuple[list[tuple[int, int]], IntArray, IntArray]:
+    months: list[tuple[int, int]] = []
+    month_of_day = np.empty(n_days, np.int64)
+    starts: list[int] = []
+    for i in range(n_days):
+        day = sc.start + dt.timedelta(days=i)
+        key = (day.year, day.month)
+        if not months or months[-1] != key:
+            months.append(key)
+            starts.append(i)
+        month_of_day[i] = len(months) - 1
+    return months, month_of_day, np.array(starts, np.int64)
+
+
+def _price_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
+    """Monthly base prices (the value in force mid-month) with price shocks applied."""
+    mids = [dt.date(y, m, 15) for y, m in months]
+    out = np.empty((len(sc.materials), len(months)))
+    for i, mat in enumerate(sc.materials):
+        for t, mid in enumerate(mids):
+            v = mat.price.base_cny_per_unit
+            for pt in mat.price.path:
+                if pt.date <= mid:
+                    v = pt.price_cny_per_unit
+            out[i, t] = v
+    idx = {m.id: i for i, m in enumerate(sc.materials)}
+    for ch in sc.changes:
+        if not isinstance(ch, PriceChange):
+            continue
+        i = idx[ch.material]
+        lo, hi = ch.start or sc.start, ch.end or sc.end
+        for t, mid in enumerate(mids):
+            if not lo <= mid <= hi:
+                continue
+            w = 1.0 if ch.ramp_days == 0 else min(1.0, ((mid - lo).days + 1) / ch.ramp_days)
+            if ch.factor is not None:
+                out[i, t] *= 1.0 + w * (ch.factor - 1.0)
+            else:
+                assert ch.value_cny_per_unit is not None
+                out[i, t] += w * (ch.value_cny_per_unit - out[i, t])
+    return out
+
+
+def _demand_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
+    """Monthly base demand in material per day: level x growth x seasonality, with changes."""
+    out = np.empty((len(sc.demand), len(months)))
+    mids = [dt.date(y, m, 15) for y, m in months]
+    for g, seg in enumerate(sc.demand):
+        level0 = seg.base_units_per_year * seg.intensity_per_unit / 365.0
+        # growth is piecewise: a growth change replaces the rate from its date on
+        growth_steps = [(sc.start, seg.growth_frac_per_year)]
+        for ch in sc.changes:
+            if isinstance(ch, DemandChange) and ch.segment == seg.id and ch.growth_frac_per_year \
+                    is not None:
+                growth_steps.append((ch.start or sc.start, ch.growth_frac_per_year))
+        growth_steps.sort(key=lambda x: x[0])
+        for t, mid in enumerate(mids):
+            log_level = 0.0
+            for k, (since, rate) in enumerate(growth_steps):
+                until = growth_steps[k + 1][0] if k + 1 < len(growth_steps) else None
+                hi = mid if until is None or until > mid else until
+                if hi > since:
+                    log_level += np.log1p(rate) * (hi - since).days / 365.0
+            v = level0 * np.exp(log_level) * seg.seasonality[months[t][1] - 1]
+            for ch in sc.changes:
+                if isinstance(ch, DemandChange) and ch.segment == seg.id and ch.factor is not None:
+                    lo, hi = ch.start or sc.start, ch.end or sc.end
+                    if lo <= mid <= hi:
+                        v *= ch.factor
+            out[g, t] = v
+    return out
+
+
+def _quota_releases(
+    sc: Scenario, n_days: int
+) -> tuple[list[tuple[int, int, float]], dict[tuple[int, int], float]]:
+    releases: list[tuple[int, int, float]] = []
+    totals: dict[tuple[int, int], float] = {}
+    years = range(sc.start.year, sc.end.year + 1)
+    for qi, q in enumerate(sc.quotas):
+        for y in years:
+            for b, batch in enumerate(q.batches, start=1):
+                when = dt.date(y, batch.month, batch.day)
+                amount = q.amount_for(y) * batch.share_frac
+                for ch in sc.changes:
+                    if not isinstance(ch, QuotaChange) or ch.quota != q.id:
+                        continue
+                    if ch.batch is not None and ch.batch != b:
+                        continue
+                    if not (ch.start or sc.start) <= when <= (ch.end or dt.date.max):
+                        continue
+                    if ch.factor is not None:
+                        amount *= ch.factor
+                    elif ch.delta_t_reo is not None:
+                        amount = max(0.0, amount + ch.delta_t_reo * batch.share_frac)
+                    elif ch.set_t_reo is not None:
+                        amount = ch.set_t_reo * batch.share_frac
+                totals[(qi, y)] = totals.get((qi, y), 0.0) + amount
+                day = (when - sc.start).days
+                if day < n_days:
+                    releases.append((max(day, 0), qi, amount))
+    releases.sort(key=lambda r: (r[0], r[1]))
+    return releases, totals
+
+
+def compile_scenario(sc: Scenario) -> Compiled:
+    """Build the arrays for one run of ``sc`` (deterministic; no randomness here)."""
+    n_days = sc.horizon_days
+    dates = np.arange(np.datetime64(sc.start), np.datetime64(sc.end) + 1)
+    months, month_of_day, month_start = _month_index(sc, n_days)
+    days_left = np.empty(n_days, np.int64)
+    for i in range(n_days):
+        day = sc.start + dt.timedelta(days=i)
+        days_left[i] = (dt.date(day.year, 12, 31) - day).days + 1
+
+    mats = {m.id: i for i, m in enumerate(sc.materials)}
+    pools = {p.key: i for i, p in enumerate(sc.pools)}
+    plants = sc.plants
+    n_p, n_m, n_e = len(plants), len(mats), len(ELEMENTS)
+    comp = np.zeros((n_m, n_e))
+    for i, m in enumerate(sc.materials):
+        for el, v in m.composition_t_reo_per_unit.items():
+            comp[i, ELEMENTS.index(el)] = v
+
+    rank = {s: i for i, s in enumerate(STAGES)}
+    order = np.array(sorted(range(n_p), key=lambda p: (rank[plants[p].stage], p)), np.int64)
+    lvl_ptr = [0]
+    for lv in range(len(STAGES)):
+        lvl_ptr.append(lvl_ptr[-1] + sum(1 for p in plants if rank[p.stage] == lv))
+
+    in_ptr, in_pool, in_mat, in_amt = [0], [], [], []
+    out_ptr, out_pool, out_mat, out_amt = [0], [], [], []
+    loss = np.zeros((n_p, n_e))
+    for pi, p in enumerate(plants):
+        for m, a in p.recipe.inputs.items():
+            in_pool.append(-1 if p.extracts else pools[(p.region, m)])
+            in_mat.append(mats[m])
+            in_amt.append(a)
+            loss[pi] += a * comp[mats[m]]
+        for m, a in p.recipe.outputs.items():
+            out_pool.append(pools[(p.region, m)])
+            out_mat.append(mats[m])
+            out_amt.append(a)
+            loss[pi] -= a * comp[mats[m]]
+        in_ptr.append(len(in_amt))
+        out_ptr.append(len(out_amt))
+    loss[np.abs(loss) < 1e-15] = 0.0
+
+    quota_of = {pid: qi for qi, q in enumerate(sc.quotas) for pid in q.plants}
+    plant_quota = np.array([quota_of.get(p.id, -1) for p in plants], np.int64)
+    qcoef = np.array(
+        [sum(a * comp[mats[m]].sum() for m, a in p.recipe.outputs.items()) for p in plants]
+    )
+    markets = sc.markets
+    lead = np.array([p.lead_time_days for p in plants], np.int64)
+    imp_lead = np.array([k.import_.lead_time_days if k.import_ else 0 for k in markets], np.int64)
+    ring = int(max([1, *(lead + 1), *(imp_lead + 1)]))
+
+    releases, totals = _quota_releases(sc, n_days)
+    year_starts = [(max(0, (dt.date(y, 1, 1) - sc.start).days), y)
+                   for y in range(sc.start.year, sc.end.year + 1)]
+
+    timed: list[TimedChange] = []
+    for i, ch in enumerate(sc.changes):
+        if isinstance(ch, CapacityChange | OutageChange | TradeChange | ReserveChange):
+            start = _day(sc, ch.start, 0)
+            end = n_days if ch.end is None else _day(sc, ch.end, n_days) + 1
+            timed.append(TimedChange(i, ch.kind, start, end, ch))
+
+    def i64(x: list[int]) -> IntArray:
+        return np.array(x, np.int64)
+
+    static = {
+        "order": order,
+        "lvl_ptr": i64(lvl_ptr),
+        "commission_day": i64([_day(sc, p.commissioning, -NEVER) for p in plants]),
+        "ramp_days": i64([p.ramp_days for p in plants]),
+        "retire_day": i64([_day(sc, p.retirement, NEVER) for p in plants]),
+        "lead": lead,
+        "plant_quota": plant_quota,
+        "qcoef": qcoef,
+        "in_ptr": i64(in_ptr),
+        "in_pool": i64(in_pool),
+        "in_mat": i64(in_mat),
+        "in_amt": np.array(in_amt, np.float64),
+        "out_ptr": i64(out_ptr),
+        "out_pool": i64(out_pool),
+        "out_mat": i64(out_mat),
+        "out_amt": np.array(out_amt, np.float64),
+        "pool_mat": i64([mats[p.material] for p in sc.pools]),
+        "target": np.array([p.target_t for p in sc.pools], np.float64),
+        "pool_max": np.array([np.inf if p.max_t is None else p.max_t for p in sc.pools]),
+        "mk_pool": i64([pools[(k.region, k.material)] for k in markets]),
+        "imp_lead": imp_lead,
+        "dem_pool": i64([pools[(g.region, g.material)] for g in sc.demand]),
+        "days_left": days_left,
+        "month_of_day": month_of_day,
+    }
+    # Fail here, once, rather than on the hot path: every static array has a kernel dtype.
+    check_arrays(*static.values())
+
+    def avail_spec(attr: str) -> FloatArray:
+        return np.array([getattr(p.availability, attr) or np.nan for p in plants], np.float64)
+
+    return Compiled(
+        scenario=sc,
+        n_days=n_days,
+        dates=dates,
+        months=months,
+        month_of_day=month_of_day,
+        month_start_day=month_start,
+        days_left=days_left,
+        plant_ids=[p.id for p in plants],
+        plant_stage=[p.stage for p in plants],
+        material_ids=list(mats),
+        material_unit=[m.unit for m in sc.materials],
+        pool_keys=[p.key for p in sc.pools],
+        market_ids=[k.id for k in markets],
+        segment_ids=[g.id for g in sc.demand],
+        quota_ids=[q.id for q in sc.quotas],
+        comp=comp,
+        loss_per_act=loss,
+        nameplate_tpa=np.array([p.capacity_tpa for p in plants], np.float64),
+        utilisation=np.array([p.utilisation_max_frac for p in plants], np.float64),
+        mtbf=avail_spec("mtbf_days"),
+        mttr=avail_spec("mttr_days"),
+        planned=[
+            [(_day(sc, o.start, 0), _day(sc, o.end, 0) + 1) for o in p.availability.planned_outages]
+            for p in plants
+        ],
+        pool_initial=np.array([p.initial_t for p in sc.pools], np.float64),
+        reserve0=np.array([p.reserve_t for p in sc.pools], np.float64),
+        imp_cap_tpa=np.array([k.import_.cap_tpa if k.import_ else 0.0 for k in markets]),
+        exp_cap_tpa=np.array([k.export.cap_tpa if k.export else 0.0 for k in markets]),
+        imp_price_factor=np.array([k.import_.price_factor if k.import_ else 1.0 for k in markets]),
+        exp_price_factor=np.array([k.export.price_factor if k.export else 1.0 for k in markets]),
+        price_month=_price_paths(sc, months),
+        volatility=np.array([m.price.volatility_per_year for m in sc.materials]),
+        reversion=np.array([m.price.mean_reversion_per_year for m in sc.materials]),
+        demand_month=_demand_paths(sc, months),
+        demand_cv=np.array([g.noise_cv for g in sc.demand]),
+        releases=releases,
+        year_starts=year_starts,
+        quota_year_total=totals,
+        timed=timed,
+        kernel_static=static,
+        ring=ring,
+    )

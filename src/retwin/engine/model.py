@@ -1,0 +1,210 @@
+"""One run: a SimPy environment, the chain's state arrays, and the flow advance."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import numpy as np
+import simpy
+
+from retwin.engine.build import Compiled, TimedChange
+from retwin.kernels.flow import advance_unchecked
+from retwin.scenario.schema import (
+    STAGES,
+    CapacityChange,
+    OutageChange,
+    ReserveChange,
+    TradeChange,
+)
+from retwin.stages import (
+    DemandProcess,
+    MarketProcess,
+    PolicyProcess,
+    QuotaProcess,
+    StageProcess,
+)
+
+__all__ = ["ChainModel"]
+
+
+class ChainModel:
+    """All state of one run lives here (nothing global), so runs can go in parallel.
+
+    Processes call :meth:`advance_to` before they change anything; it moves the flow from
+    the last event day up to (not including) the given day with one kernel call.
+    """
+
+    def __init__(self, c: Compiled, seed: int) -> None:
+        self.c = c
+        self.seed = int(seed)
+        self.env = simpy.Environment()
+        self.n_days = c.n_days
+        self.month_start_day = c.month_start_day
+        n_p, n_s, n_k = len(c.plant_ids), len(c.pool_keys), len(c.market_ids)
+        n_g, n_q, n_m = len(c.segment_ids), len(c.quota_ids), len(c.material_ids)
+        n_d, n_t = c.n_days, len(c.months)
+        st = c.scenario.settings
+        # state changed by events
+        self.cap_day = c.nameplate_tpa * c.utilisation / 365.0
+        self.avail = np.ones(n_p)
+        self._random_up = np.ones(n_p, bool)
+        self._planned_up = np.ones(n_p, bool)
+        self._forced = np.ones(n_p)
+        self.reserve = c.reserve0.copy()
+        self.imp_cap_day = c.imp_cap_tpa / 365.0
+        self.exp_cap_day = c.exp_cap_tpa / 365.0
+        self.dem_rate = np.zeros(n_g)
+        self.price = c.price_month[:, 0].copy()
+        self.q_avail = np.zeros(n_q)
+        self.q_year_left = np.zeros(n_q)
+        # state changed by the kernel
+        self.stock = c.pool_initial.copy()
+        self.pipe = np.zeros((n_s, c.ring))
+        self.ipipe = np.zeros((n_s, c.ring))
+        self.ipipe_sum = np.zeros(n_s)
+        # records
+        self.act_rec = np.zeros((n_p, n_d))
+        self.code_rec = np.zeros((n_p, n_d), np.int8)
+        self.stock_rec = np.zeros((n_s, n_d))
+        self.imp_rec = np.zeros((n_k, n_d))
+        self.exp_rec = np.zeros((n_k, n_d))
+        self.served_rec = np.zeros((n_g, n_d))
+        self.unmet_rec = np.zeros((n_g, n_d))
+        self.val_month = np.zeros((n_p, n_t))
+        self.tot = np.zeros((6, n_m))
+        self.price_rec = np.zeros((n_m, n_t))
+        self._args = (
+            *c.kernel_static.values(),
+            self.cap_day, self.avail, self.reserve, self.imp_cap_day, self.exp_cap_day,
+            self.dem_rate, self.price, self.q_avail, self.q_year_left,
+            self.stock, self.pipe, self.ipipe, self.ipipe_sum,
+            self.act_rec, self.code_rec, self.stock_rec, self.imp_rec, self.exp_rec,
+            self.served_rec, self.unmet_rec, self.val_month, self.tot,
+        )
+        self.day = 0
+        self.kernel_calls = 0
+        self.events: list[tuple[int, str, str]] = []
+        self._weights: dict[int, tuple[TimedChange, float]] = {}
+        self._seed_seq = np.random.SeedSequence(self.seed)
+
+        for stage in STAGES:
+            plants = [i for i, s in enumerate(c.plant_stage) if s == stage]
+            if plants:
+                StageProcess(stage, plants, c.plant_ids, c.mtbf, c.mttr, c.planned,
+                             st.outages).start(self.env, self)
+        first_year_frac = c.days_left[0] / (366 if _leap(c.scenario.start.year) else 365)
+        QuotaProcess(c.quota_ids, c.releases, c.year_starts, c.quota_year_total,
+                     float(first_year_frac), self.q_avail, self.q_year_left).start(self.env, self)
+        MarketProcess(c.material_ids, c.month_start_day, c.price_month, c.volatility,
+                      c.reversion, st.price_noise, self.price, self.price_rec).start(self.env, self)
+        DemandProcess(c.segment_ids, c.month_start_day, c.demand_month, c.demand_cv,
+                      st.demand_noise, self.dem_rate).start(self.env, self)
+        PolicyProcess(c.timed).start(self.env, self)
+
+    # --- the Chain interface used by the processes ----------------------------------------
+
+    def rng(self, stream: str) -> np.random.Generator:
+        """An independent generator per named stream: the same name gets the same numbers in
+        every run with this seed (common random numbers between a baseline and a what-if)."""
+        key = zlib.crc32(stream.encode())
+        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed,
+                                                                           spawn_key=(key,))))
+
+    def advance_to(self, day: int) -> None:
+        day = min(day, self.n_days)
+        if day > self.day:
+            advance_unchecked(self.day, day, *self._args)
+            self.kernel_calls += 1
+            self.day = day
+
+    def log(self, day: int, kind: str, subject: str) -> None:
+        self.events.append((day, kind, subject))
+
+    def set_plant_state(self, plant: int, *, random_up: bool | None = None,
+                        planned_up: bool | None = None) -> None:
+        if random_up is not None:
+            self._random_up[plant] = random_up
+        if planned_up is not None:
+            self._planned_up[plant] = planned_up
+        self._refresh_avail(plant)
+
+    def set_change_weight(self, timed: TimedChange, weight: float) -> None:
+        if weight > 0:
+            self._weights[timed.index] = (timed, weight)
+        else:
+            self._weights.pop(timed.index, None)
+        ch = timed.change
+        c = self.c
+        if isinstance(ch, CapacityChange):
+            hit = [i for i, pid in enumerate(c.plant_ids)
+                   if pid == ch.plant or c.plant_stage[i] == ch.stage]
+            for p in hit:
+                self._refresh_capacity(p)
+        elif isinstance(ch, OutageChange):
+            self._refresh_avail(c.plant_ids.index(ch.plant))
+        elif isinstance(ch, TradeChange):
+            self._refresh_trade(c.market_ids.index(ch.market))
+        elif isinstance(ch, ReserveChange):
+            self._refresh_reserve(c.pool_keys.index((ch.region, ch.material)))
+
+    # --- recomputing state from the base and the active changes ---------------------------
+
+    def _active(self, kind: type) -> list[tuple[Any, float]]:
+        return [(t.change, w) for i, (t, w) in sorted(self._weights.items())
+                if isinstance(t.change, kind)]
+
+    def _refresh_avail(self, p: int) -> None:
+        forced = 1.0
+        pid = self.c.plant_ids[p]
+        for ch, w in self._active(OutageChange):
+            if ch.plant == pid:
+                forced = min(forced, 1.0 - w * (1.0 - ch.capacity_frac))
+        up = 1.0 if self._random_up[p] and self._planned_up[p] else 0.0
+        self.avail[p] = up * forced
+
+    def _refresh_capacity(self, p: int) -> None:
+        c = self.c
+        value = float(c.nameplate_tpa[p])
+        for ch, w in self._active(CapacityChange):
+            if ch.plant != c.plant_ids[p] and ch.stage != c.plant_stage[p]:
+                continue
+            if ch.set_tpa is not None:
+                new = ch.set_tpa
+            elif ch.factor is not None:
+                new = value * ch.factor
+            else:
+                new = value + ch.delta_tpa
+            value += w * (new - value)
+        self.cap_day[p] = max(0.0, value) * c.utilisation[p] / 365.0
+
+    def _refresh_trade(self, k: int) -> None:
+        c = self.c
+        caps = {"import": float(c.imp_cap_tpa[k]), "export": float(c.exp_cap_tpa[k])}
+        for ch, w in self._active(TradeChange):
+            if ch.market != c.market_ids[k]:
+                continue
+            old = caps[ch.side]
+            new = ch.cap_tpa if ch.cap_tpa is not None else old * ch.factor
+            caps[ch.side] = old + w * (new - old)
+        self.imp_cap_day[k] = caps["import"] / 365.0
+        self.exp_cap_day[k] = caps["export"] / 365.0
+
+    def _refresh_reserve(self, s: int) -> None:
+        value = float(self.c.reserve0[s])
+        key = self.c.pool_keys[s]
+        for ch, w in self._active(ReserveChange):
+            if (ch.region, ch.material) != key:
+                continue
+            new = ch.reserve_t if ch.reserve_t is not None else value + ch.delta_t
+            value += w * (new - value)
+        self.reserve[s] = max(0.0, value)
+
+    def run(self) -> None:
+        """Play every event of the horizon, then advance the flow to its last day."""
+        self.env.run(until=self.n_days)
+        self.advance_to(self.n_days)
+
+
+def _leap(year: int) -> bool:
+    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)

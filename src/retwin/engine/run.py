@@ -1,0 +1,134 @@
+"""``run``: one seeded run of a scenario, with its mass balance checked."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from retwin.config import MAX_REPLICATIONS
+from retwin.engine.build import Compiled, compile_scenario
+from retwin.engine.model import ChainModel
+from retwin.errors import ScenarioError
+from retwin.scenario.load import apply_changes, scenario_hash
+from retwin.scenario.schema import Scenario
+
+__all__ = ["prepare", "replication_seed", "run", "run_replications"]
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("retwin", "numpy", "numba", "simpy"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+def prepare(scenario: Scenario | Compiled, changes: Iterable[Any] | None = None) -> Compiled:
+    """Compile a scenario (with changes applied) once, for many runs."""
+    if isinstance(scenario, Compiled):
+        if changes:
+            return compile_scenario(apply_changes(scenario.scenario, changes))
+        return scenario
+    if changes:
+        scenario = apply_changes(scenario, changes)
+    return compile_scenario(scenario)
+
+
+def replication_seed(seed: int, replication: int) -> int:
+    """The engine seed of replication ``replication`` of a study seeded ``seed``.
+
+    Replication 0 uses ``seed`` itself, so a single run and the first replication agree.
+    """
+    if replication == 0:
+        return int(seed)
+    ss = np.random.SeedSequence(int(seed), spawn_key=(int(replication),))
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def run(
+    scenario: Scenario | Compiled,
+    *,
+    seed: int = 0,
+    changes: Iterable[Any] | None = None,
+    replication: int = 0,
+    check: bool = True,
+) -> Any:
+    """Run ``scenario`` once and return a :class:`~retwin.results.RunResult`.
+
+    The run is reproducible bit for bit from ``seed`` (and ``replication``). Unless
+    ``check=False``, the mass balance is checked and a run that does not close raises
+    :class:`~retwin.errors.MassBalanceError`.
+    """
+    from retwin.results import RunResult
+
+    if seed < 0:
+        raise ScenarioError([("seed", f"seed(={seed}) must be >= 0")])
+    c = prepare(scenario, changes)
+    eng_seed = replication_seed(seed, replication)
+    model = ChainModel(c, eng_seed)
+    model.run()
+    in_transit = model.pipe.sum(axis=1) + model.ipipe.sum(axis=1)
+    res = RunResult(
+        compiled=c,
+        seed=int(seed),
+        replication=int(replication),
+        activity=model.act_rec,
+        binding=model.code_rec,
+        stock=model.stock_rec,
+        imports=model.imp_rec,
+        exports=model.exp_rec,
+        served=model.served_rec,
+        unmet=model.unmet_rec,
+        value_month=model.val_month,
+        price_month=model.price_rec,
+        totals=model.tot,
+        final_stock=model.stock.copy(),
+        in_transit=in_transit,
+        events=model.events,
+        kernel_calls=model.kernel_calls,
+        metadata={"seed": int(seed), "replication": int(replication), "engine_seed": eng_seed},
+    )
+    if check:
+        res.check_balance()
+    return res
+
+
+def run_replications(
+    scenario: Scenario | Compiled,
+    replications: int,
+    *,
+    seed: int = 0,
+    changes: Iterable[Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Run ``replications`` seeded replications; keep the first run whole and every run's
+    annual KPIs. The same ``seed`` gives the same replications (common random numbers)."""
+    from retwin.results import ReplicationSet
+
+    if not 1 <= replications <= MAX_REPLICATIONS:
+        raise ScenarioError([("replications",
+                              f"replications(={replications}) must be in 1..{MAX_REPLICATIONS}")])
+    c = prepare(scenario, changes)
+    first = None
+    frames = []
+    for r in range(replications):
+        res = run(c, seed=seed, replication=r)
+        frames.append(res.kpis)
+        if first is None:
+            first = res
+        if progress is not None:
+            progress(r + 1, replications)
+    assert first is not None
+    return ReplicationSet(first=first, kpi_frames=frames,
+                          seeds=[(seed, r) for r in range(replications)])
+
+
+def run_metadata(c: Compiled, seed: int) -> dict[str, Any]:
+    """Manifest fields of a run: scenario hash, seed, versions."""
+    return {"scenario": c.scenario.name, "scenario_hash": scenario_hash(c.scenario),
+            "seed": seed, "versions": _versions()}

@@ -1,0 +1,44 @@
+"""One exception hierarchy for the whole package.
+
+Every error names the value and the rule it broke, so a user can fix the input without
+reading the code (``capacity_tpa(=-5) must be >= 0``).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DataError",
+    "MassBalanceError",
+    "RetwinError",
+    "ScenarioError",
+]
+
+
+class RetwinError(Exception):
+    """Base class of every error raised on purpose by retwin."""
+
+
+class ScenarioError(RetwinError):
+    """A scenario, a change or a model file is invalid.
+
+    ``problems`` holds one ``(path, message)`` pair per problem, so a caller can show each
+    on its own line (the CLI) or map it to a field (the HTTP service).
+    """
+
+    def __init__(self, problems: list[tuple[str, str]] | str) -> None:
+        if isinstance(problems, str):
+            problems = [("", problems)]
+        self.problems: list[tuple[str, str]] = problems
+        super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in problems))
+
+    def lines(self) -> list[str]:
+        """One human-readable line per problem, ``path: message``."""
+        return [f"{p}: {m}" if p else m for p, m in self.problems]
+
+
+class DataError(RetwinError):
+    """A reference-data table is missing, corrupt, or lacks a referenced key."""
+
+
+class MassBalanceError(RetwinError):
+    """A run did not close its mass balance; names the worst residual."""

@@ -1,0 +1,329 @@
+"""The daily flow kernel: moves material through the whole chain between two events.
+
+Axes and units (see :mod:`retwin._typing`): plants ``P``, materials ``M``, pools ``S``,
+markets ``K``, demand segments ``G``, quotas ``Q``, days ``D``, months ``T``. Quantities are in
+each material's unit (t, units, MW); quotas in t REO; capacities in activity units per day.
+
+One day, in order:
+
+1. arrivals: production and imports whose lead time ends today reach their pools;
+2. plants, level by level (levels follow the stage order, upstream first). Within a level
+   each plant asks for ``capacity × availability × ramp``; plants under one quota share what
+   the quota allows today (pro rata); then plants drawing on one pool share its free stock
+   (stock above the strategic reserve, pro rata to their requests); plants delivering into a
+   pool with a storage ceiling share its room. A plant's activity is the smallest of these
+   limits, and the limit that bound is recorded;
+3. demand segments draw their daily rate from their pools (pro rata when short);
+4. exports take stock above ``reserve + target`` up to each market's daily cap;
+5. imports order up to ``reserve + target`` (net of what is already in transit), up to each
+   market's daily cap, arriving after the market's lead time.
+
+Accounting (totals per material, records per day, output value per month) is done here, so
+that the mass balance can be checked against independently summed quantities afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from retwin._typing import FloatArray, Int8Array, IntArray
+from retwin.kernels._jit import jit
+
+__all__ = [
+    "BIND_CAPACITY",
+    "BIND_IDLE",
+    "BIND_INPUT",
+    "BIND_NAMES",
+    "BIND_OUTAGE",
+    "BIND_QUOTA",
+    "BIND_STORAGE",
+    "advance",
+    "advance_unchecked",
+    "check_arrays",
+]
+
+BIND_CAPACITY, BIND_QUOTA, BIND_INPUT, BIND_OUTAGE, BIND_STORAGE, BIND_IDLE = 1, 2, 3, 4, 5, 6
+BIND_NAMES = {
+    0: "none",
+    BIND_CAPACITY: "capacity",
+    BIND_QUOTA: "quota",
+    BIND_INPUT: "input",
+    BIND_OUTAGE: "outage",
+    BIND_STORAGE: "storage",
+    BIND_IDLE: "idle",
+}
+
+
+@jit
+def _advance(  # noqa: PLR0913, PLR0915 — the kernel takes arrays only, by design
+    d0: int,
+    d1: int,
+    # plants (static)
+    order: IntArray,
+    lvl_ptr: IntArray,
+    commission_day: IntArray,
+    ramp_days: IntArray,
+    retire_day: IntArray,
+    lead: IntArray,
+    plant_quota: IntArray,
+    qcoef: FloatArray,
+    in_ptr: IntArray,
+    in_pool: IntArray,
+    in_mat: IntArray,
+    in_amt: FloatArray,
+    out_ptr: IntArray,
+    out_pool: IntArray,
+    out_mat: IntArray,
+    out_amt: FloatArray,
+    # pools, markets, demand (static)
+    pool_mat: IntArray,
+    target: FloatArray,
+    pool_max: FloatArray,
+    mk_pool: IntArray,
+    imp_lead: IntArray,
+    dem_pool: IntArray,
+    # calendar
+    days_left: IntArray,
+    month_of_day: IntArray,
+    # state, changed by events between calls
+    cap_day: FloatArray,
+    avail: FloatArray,
+    reserve: FloatArray,
+    imp_cap_day: FloatArray,
+    exp_cap_day: FloatArray,
+    dem_rate: FloatArray,
+    price: FloatArray,
+    q_avail: FloatArray,
+    q_year_left: FloatArray,
+    # state, changed by the kernel
+    stock: FloatArray,
+    pipe: FloatArray,
+    ipipe: FloatArray,
+    ipipe_sum: FloatArray,
+    # records
+    act_rec: FloatArray,
+    code_rec: Int8Array,
+    stock_rec: FloatArray,
+    imp_rec: FloatArray,
+    exp_rec: FloatArray,
+    served_rec: FloatArray,
+    unmet_rec: FloatArray,
+    val_month: FloatArray,
+    tot: FloatArray,
+) -> None:
+    """Advance days ``[d0, d1)``; see the module docstring. Returns nothing: all outputs are
+    written into the state, record and total arrays passed in.
+
+    ``tot`` has shape ``(6, M)``: rows are produced, drawn by plants, extracted from the
+    ground, imported (ordered), exported, and drawn by demand, per material.
+    """
+    n_pools = stock.shape[0]
+    n_quota = q_avail.shape[0]
+    ring = pipe.shape[1]
+    n_levels = lvl_ptr.shape[0] - 1
+    want = np.zeros(order.shape[0])
+    req_pool = np.zeros(n_pools)
+    room_req = np.zeros(n_pools)
+    ratio_pool = np.ones(n_pools)
+    room_ratio = np.ones(n_pools)
+    req_q = np.zeros(max(n_quota, 1))
+    ratio_q = np.ones(max(n_quota, 1))
+    codes = np.zeros(order.shape[0], dtype=np.int8)
+
+    for d in range(d0, d1):
+        slot = d % ring
+        mon = month_of_day[d]
+        # 1. arrivals
+        for s in range(n_pools):
+            if pipe[s, slot] != 0.0 or ipipe[s, slot] != 0.0:
+                stock[s] += pipe[s, slot] + ipipe[s, slot]
+                ipipe_sum[s] -= ipipe[s, slot]
+                pipe[s, slot] = 0.0
+                ipipe[s, slot] = 0.0
+
+        # 2. plants, level by level
+        for lv in range(n_levels):
+            lo = lvl_ptr[lv]
+            hi = lvl_ptr[lv + 1]
+            for q in range(n_quota):
+                req_q[q] = 0.0
+            # 2a. what each plant could do on capacity alone
+            for i in range(lo, hi):
+                p = order[i]
+                if d < commission_day[p] or d >= retire_day[p]:
+                    ramp = 0.0
+                elif ramp_days[p] > 0:
+                    ramp = min(1.0, (d - commission_day[p] + 1) / ramp_days[p])
+                else:
+                    ramp = 1.0
+                x = cap_day[p] * ramp * avail[p]
+                if ramp == 0.0 or cap_day[p] == 0.0:
+                    codes[p] = BIND_IDLE
+                elif avail[p] < 1.0:
+                    codes[p] = BIND_OUTAGE
+                else:
+                    codes[p] = BIND_CAPACITY
+                want[p] = x
+                q = plant_quota[p]
+                if q >= 0:
+                    req_q[q] += x * qcoef[p]
+            # 2b. quota shares
+            for q in range(n_quota):
+                if req_q[q] > 0.0:
+                    allow = q_avail[q]
+                    dl = days_left[d]
+                    paced = q_year_left[q] / dl if dl > 0 else q_year_left[q]
+                    if paced < allow:
+                        allow = paced
+                    if allow < 0.0:
+                        allow = 0.0
+                    ratio_q[q] = allow / req_q[q] if allow < req_q[q] else 1.0
+                else:
+                    ratio_q[q] = 1.0
+            for s in range(n_pools):
+                req_pool[s] = 0.0
+                room_req[s] = 0.0
+            for i in range(lo, hi):
+                p = order[i]
+                q = plant_quota[p]
+                if q >= 0 and ratio_q[q] < 1.0:
+                    want[p] *= ratio_q[q]
+                    if codes[p] == BIND_CAPACITY:
+                        codes[p] = BIND_QUOTA
+                x = want[p]
+                for j in range(in_ptr[p], in_ptr[p + 1]):
+                    if in_pool[j] >= 0:
+                        req_pool[in_pool[j]] += x * in_amt[j]
+                for j in range(out_ptr[p], out_ptr[p + 1]):
+                    room_req[out_pool[j]] += x * out_amt[j]
+            # 2c. pool shares (inputs) and storage room (outputs)
+            for s in range(n_pools):
+                free = stock[s] - reserve[s]
+                if free < 0.0:
+                    free = 0.0
+                ratio_pool[s] = free / req_pool[s] if req_pool[s] > free else 1.0
+                room_ratio[s] = 1.0
+                if pool_max[s] < np.inf and room_req[s] > 0.0:
+                    pending = 0.0
+                    for r in range(ring):
+                        pending += pipe[s, r] + ipipe[s, r]
+                    room = pool_max[s] - stock[s] - pending
+                    if room < 0.0:
+                        room = 0.0
+                    if room < room_req[s]:
+                        room_ratio[s] = room / room_req[s]
+            # 2d. run: draw inputs, deliver outputs, account
+            for i in range(lo, hi):
+                p = order[i]
+                x = want[p]
+                r_in = 1.0
+                for j in range(in_ptr[p], in_ptr[p + 1]):
+                    if in_pool[j] >= 0 and ratio_pool[in_pool[j]] < r_in:
+                        r_in = ratio_pool[in_pool[j]]
+                r_out = 1.0
+                for j in range(out_ptr[p], out_ptr[p + 1]):
+                    if room_ratio[out_pool[j]] < r_out:
+                        r_out = room_ratio[out_pool[j]]
+                if x > 0.0:
+                    if r_in < 1.0 and r_in <= r_out:
+                        x *= r_in
+                        codes[p] = BIND_INPUT
+                    elif r_out < 1.0:
+                        x *= r_out
+                        codes[p] = BIND_STORAGE
+                for j in range(in_ptr[p], in_ptr[p + 1]):
+                    amt = x * in_amt[j]
+                    if in_pool[j] >= 0:
+                        stock[in_pool[j]] -= amt
+                        tot[1, in_mat[j]] += amt
+                    else:
+                        tot[2, in_mat[j]] += amt
+                unit_value = 0.0
+                for j in range(out_ptr[p], out_ptr[p + 1]):
+                    amt = x * out_amt[j]
+                    s = out_pool[j]
+                    if lead[p] == 0:
+                        stock[s] += amt
+                    else:
+                        pipe[s, (d + lead[p]) % ring] += amt
+                    tot[0, out_mat[j]] += amt
+                    unit_value += out_amt[j] * price[out_mat[j]]
+                q = plant_quota[p]
+                if q >= 0:
+                    q_avail[q] -= x * qcoef[p]
+                    q_year_left[q] -= x * qcoef[p]
+                val_month[p, mon] += x * unit_value
+                act_rec[p, d] = x
+                code_rec[p, d] = codes[p]
+
+        # 3. demand
+        for s in range(n_pools):
+            req_pool[s] = 0.0
+        for g in range(dem_pool.shape[0]):
+            req_pool[dem_pool[g]] += dem_rate[g]
+        for s in range(n_pools):
+            free = stock[s] - reserve[s]
+            if free < 0.0:
+                free = 0.0
+            ratio_pool[s] = free / req_pool[s] if req_pool[s] > free else 1.0
+        for g in range(dem_pool.shape[0]):
+            s = dem_pool[g]
+            served = dem_rate[g] * ratio_pool[s]
+            stock[s] -= served
+            tot[5, pool_mat[s]] += served
+            served_rec[g, d] = served
+            unmet_rec[g, d] = dem_rate[g] - served
+
+        # 4. exports, 5. imports
+        for k in range(mk_pool.shape[0]):
+            s = mk_pool[k]
+            if exp_cap_day[k] > 0.0:
+                surplus = stock[s] - reserve[s] - target[s]
+                if surplus > 0.0:
+                    amt = surplus if surplus < exp_cap_day[k] else exp_cap_day[k]
+                    stock[s] -= amt
+                    tot[4, pool_mat[s]] += amt
+                    exp_rec[k, d] = amt
+            if imp_cap_day[k] > 0.0:
+                need = reserve[s] + target[s] - stock[s] - ipipe_sum[s]
+                if need > 0.0:
+                    amt = need if need < imp_cap_day[k] else imp_cap_day[k]
+                    if imp_lead[k] == 0:
+                        stock[s] += amt
+                    else:
+                        ipipe[s, (d + imp_lead[k]) % ring] += amt
+                        ipipe_sum[s] += amt
+                    tot[3, pool_mat[s]] += amt
+                    imp_rec[k, d] = amt
+
+        for s in range(n_pools):
+            stock_rec[s, d] = stock[s]
+
+
+#: The kernel itself, for a caller that ran :func:`check_arrays` once on arrays it keeps (the
+#: engine's hot path: one call per event, where re-checking would cost more than the step).
+advance_unchecked = _advance
+
+
+def check_arrays(*arrays: np.ndarray) -> None:
+    """Raise unless every array is a C-contiguous numpy array of a kernel dtype."""
+    for i, a in enumerate(arrays):
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"argument {i + 2} must be a numpy array, got {type(a).__name__}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"argument {i + 2} must be C-contiguous")
+        if a.dtype not in (np.float64, np.int64, np.int8):
+            raise TypeError(f"argument {i + 2} has dtype {a.dtype}; use float64, int64 or int8")
+
+
+def advance(d0: int, d1: int, *arrays: np.ndarray) -> None:
+    """Checked wrapper of the flow kernel: same arguments as ``_advance``.
+
+    Checks the day range and that every array is C-contiguous and of a kernel dtype. The
+    engine checks its arrays once when it builds a run (:func:`check_arrays`) and then calls
+    the kernel directly on its hot path.
+    """
+    if not 0 <= d0 <= d1:
+        raise ValueError(f"day range [{d0}, {d1}) must satisfy 0 <= d0 <= d1")
+    check_arrays(*arrays)
+    _advance(d0, d1, *arrays)

@@ -1,0 +1,440 @@
+"""Run results: arrays and metadata, tidy frames on demand, KPIs, targets, mass balance."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from retwin import config
+from retwin._typing import FloatArray, Int8Array
+from retwin.engine.build import Compiled
+from retwin.errors import MassBalanceError
+from retwin.kernels.flow import BIND_CAPACITY, BIND_NAMES, BIND_OUTAGE, BIND_QUOTA
+from retwin.scenario.schema import ELEMENTS, STAGE_GROUP, STAGES
+
+__all__ = ["Balance", "ReplicationSet", "RunResult", "summarise"]
+
+YI = 1e8  # CNY per 亿元
+RAW_STAGES = ("separation", "recycling")
+
+
+@dataclass(frozen=True)
+class Balance:
+    """Residuals of the mass balance: per material (own unit) and per element (t REO).
+
+    ``residual = inputs - (outputs + losses + change in stock + in transit)``; the run fails
+    when any |residual| exceeds ``tolerance``, which scales with the largest flow.
+    """
+
+    material: FloatArray
+    element: FloatArray
+    tolerance_material: FloatArray
+    tolerance_element: float
+
+    @property
+    def closes(self) -> bool:
+        return bool(
+            np.all(np.abs(self.material) <= self.tolerance_material)
+            and np.all(np.abs(self.element) <= self.tolerance_element)
+        )
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced. Arrays keep the axis order of :mod:`retwin._typing`."""
+
+    compiled: Compiled
+    seed: int
+    replication: int
+    activity: FloatArray  # (P, D) activity units per day
+    binding: Int8Array  # (P, D) binding-constraint codes (kernels.flow.BIND_NAMES)
+    stock: FloatArray  # (S, D) end-of-day stock
+    imports: FloatArray  # (K, D) ordered
+    exports: FloatArray  # (K, D)
+    served: FloatArray  # (G, D)
+    unmet: FloatArray  # (G, D)
+    value_month: FloatArray  # (P, T) CNY
+    price_month: FloatArray  # (M, T) CNY per unit
+    totals: FloatArray  # (6, M) produced, drawn, extracted, imported, exported, demand
+    final_stock: FloatArray
+    in_transit: FloatArray  # (S,) production and imports not yet arrived
+    events: list[tuple[int, str, str]]
+    kernel_calls: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    # --- mass balance -------------------------------------------------------------------
+
+    @cached_property
+    def balance(self) -> Balance:
+        c = self.compiled
+        n_m = len(c.material_ids)
+        pool_mat = c.kernel_static["pool_mat"]
+        init = np.bincount(pool_mat, c.pool_initial, minlength=n_m)
+        final = np.bincount(pool_mat, self.final_stock, minlength=n_m)
+        transit = np.bincount(pool_mat, self.in_transit, minlength=n_m)
+        produced, drawn, extracted, imported, exported, demand = self.totals
+        mat_res = (init + produced + imported) - (drawn + exported + demand + final + transit)
+        scale = np.maximum.reduce([init, produced, imported, drawn, exported, demand, final,
+                                   extracted, np.ones(n_m)])
+        losses = self.activity.sum(axis=1) @ c.loss_per_act  # (E,)
+        el_in = (init + extracted + imported) @ c.comp
+        el_out = (exported + demand + final + transit) @ c.comp + losses
+        el_res = el_in - el_out
+        el_scale = max(float(np.max(el_in)), float(np.max(el_out)), 1.0)
+        rtol = config.MASS_BALANCE_RTOL
+        return Balance(mat_res, el_res, rtol * scale * 10, rtol * el_scale * 10)
+
+    def check_balance(self) -> None:
+        """Raise :class:`MassBalanceError` naming the worst residual unless the run closes."""
+        b = self.balance
+        if b.closes:
+            return
+        c = self.compiled
+        rel_m = np.abs(b.material) / b.tolerance_material
+        rel_e = np.abs(b.element) / b.tolerance_element
+        if rel_m.max(initial=0) >= rel_e.max(initial=0):
+            i = int(np.argmax(rel_m))
+            what = f"material {c.material_ids[i]!r}: residual {b.material[i]:.6g} " \
+                   f"{c.material_unit[i]} (tolerance {b.tolerance_material[i]:.3g})"
+        else:
+            i = int(np.argmax(rel_e))
+            what = f"element {ELEMENTS[i]}: residual {b.element[i]:.6g} t REO " \
+                   f"(tolerance {b.tolerance_element:.3g})"
+        raise MassBalanceError(f"run does not close its mass balance; worst is {what}")
+
+    # --- calendar helpers ---------------------------------------------------------------
+
+    @cached_property
+    def years(self) -> list[int]:
+        return sorted({y for y, _ in self.compiled.months})
+
+    @cached_property
+    def _year_of_day(self) -> np.ndarray:
+        return self.compiled.dates.astype("datetime64[Y]").astype(int) + 1970
+
+    def _by_year(self, daily: np.ndarray) -> np.ndarray:
+        """Sum a (..., D) array into (..., Y)."""
+        yd = self._year_of_day
+        starts = np.searchsorted(yd, self.years)
+        return np.add.reduceat(daily, starts, axis=-1)
+
+    def _month_to_year(self, monthly: np.ndarray) -> np.ndarray:
+        ym = np.array([y for y, _ in self.compiled.months])
+        starts = np.searchsorted(ym, self.years)
+        return np.add.reduceat(monthly, starts, axis=-1)
+
+    # --- KPIs ---------------------------------------------------------------------------
+
+    @cached_property
+    def capacity_days(self) -> FloatArray:
+        """(P, D) nameplate activity per day a plant had (commissioned, ramped, not retired)."""
+        c = self.compiled
+        st = c.kernel_static
+        d = np.arange(c.n_days)[None, :]
+        com = st["commission_day"][:, None]
+        ramp = st["ramp_days"][:, None].astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(ramp > 0, np.clip((d - com + 1) / np.where(ramp > 0, ramp, 1), 0, 1),
+                         1.0)
+        live = (d >= com) & (d < st["retire_day"][:, None])
+        return np.where(live, r, 0.0) * (c.nameplate_tpa / 365.0)[:, None]
+
+    @cached_property
+    def kpis(self) -> pd.DataFrame:
+        """Annual KPIs, tidy: columns ``kpi, key, year, value, unit``."""
+        c = self.compiled
+        years = self.years
+        rows: list[tuple[str, str, int, float, str]] = []
+
+        def add(kpi: str, key: str, values: np.ndarray, unit: str) -> None:
+            for y, v in zip(years, values, strict=True):
+                rows.append((kpi, key, y, float(v), unit))
+
+        act_y = self._by_year(self.activity)  # (P, Y)
+        cap_y = self._by_year(self.capacity_days)
+        stage_arr = np.array(c.plant_stage)
+        sc = c.scenario
+        main_unit = {p.id: sc.material(p.recipe.main_output).unit for p in sc.plants}
+        for stage in STAGES:
+            sel = stage_arr == stage
+            if not sel.any():
+                continue
+            units = {main_unit[pid] for pid, s in zip(c.plant_ids, c.plant_stage, strict=True)
+                     if s == stage}
+            add("output.stage", stage, act_y[sel].sum(axis=0),
+                units.pop() if len(units) == 1 else "mixed")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                util = np.where(cap_y[sel].sum(0) > 0, act_y[sel].sum(0) / cap_y[sel].sum(0), 0)
+            add("utilisation.stage", stage, util, "fraction")
+            add("capacity.stage", stage, self._capacity_at_year_end(sel), "per year")
+        for i, pid in enumerate(c.plant_ids):
+            add("output.plant", pid, act_y[i], main_unit[pid])
+            with np.errstate(divide="ignore", invalid="ignore"):
+                add("utilisation.plant", pid,
+                    np.where(cap_y[i] > 0, act_y[i] / np.where(cap_y[i] > 0, cap_y[i], 1), 0),
+                    "fraction")
+        prod = self._production_by_material()  # (M, Y)
+        produced_mats = set(c.kernel_static["out_mat"].tolist())
+        for m, mid in enumerate(c.material_ids):
+            if m in produced_mats:
+                add("production.material", mid, prod[m], c.material_unit[m])
+        # trade, per material and in t REO per element
+        pool_mat = c.kernel_static["pool_mat"]
+        mk_mat = pool_mat[c.kernel_static["mk_pool"]] if c.market_ids else np.zeros(0, int)
+        imp_y = self._by_year(self.imports)
+        exp_y = self._by_year(self.exports)
+        for k, kid in enumerate(c.market_ids):
+            unit = c.material_unit[mk_mat[k]]
+            if c.imp_cap_tpa[k] > 0:
+                add("imports.market", kid, imp_y[k], unit)
+            if c.exp_cap_tpa[k] > 0:
+                add("exports.market", kid, exp_y[k], unit)
+        el_imp = (imp_y.T @ c.comp[mk_mat]).T if c.market_ids else np.zeros((11, len(years)))
+        el_exp = (exp_y.T @ c.comp[mk_mat]).T if c.market_ids else np.zeros((11, len(years)))
+        stock_el = c.comp[pool_mat].T @ self.stock  # (E, D)
+        yd = self._year_of_day
+        end_idx = np.searchsorted(yd, years, side="right") - 1
+        start_stock = np.concatenate(
+            [(c.comp[pool_mat].T @ c.pool_initial)[:, None], stock_el[:, end_idx[:-1]]], axis=1
+        )
+        stock_change = stock_el[:, end_idx] - start_stock
+        for e, el in enumerate(ELEMENTS):
+            add("element.stock_change", el, stock_change[e], "t REO")
+            add("element.net_imports", el, el_imp[e] - el_exp[e], "t REO")
+        add("element.la_ce_surplus", "La+Ce", stock_change[0] + stock_change[1], "t REO")
+        dytb = ELEMENTS.index("Dy"), ELEMENTS.index("Tb")
+        add("element.dy_tb_deficit", "Dy+Tb",
+            el_imp[dytb[0]] + el_imp[dytb[1]] - el_exp[dytb[0]] - el_exp[dytb[1]], "t REO")
+        add("local_conversion", "region", self._local_conversion(exp_y, mk_mat), "fraction")
+        # demand
+        served_y = self._by_year(self.served)
+        unmet_y = self._by_year(self.unmet)
+        for g, gid in enumerate(c.segment_ids):
+            tot = served_y[g] + unmet_y[g]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                add("fill_rate.segment", gid, np.where(tot > 0, served_y[g] / tot, 1.0),
+                    "fraction")
+            add("unmet.segment", gid, unmet_y[g], c.material_unit[pool_mat[
+                c.kernel_static["dem_pool"][g]]])
+        # output value (产值) per stage and the seeds' three groups
+        val_y = self._month_to_year(self.value_month) / YI
+        groups = {"raw_materials": 0.0, "new_materials": 0.0, "applications": 0.0}
+        gvals = {g: np.zeros(len(years)) for g in groups}
+        for stage in STAGES:
+            sel = stage_arr == stage
+            if sel.any():
+                v = val_y[sel].sum(axis=0)
+                add("value.stage", stage, v, "亿元")
+                gvals[STAGE_GROUP[stage]] += v
+        for g, v in gvals.items():
+            add("value.group", g, v, "亿元")
+        add("value.group", "total", sum(gvals.values()), "亿元")
+        df = pd.DataFrame(rows, columns=["kpi", "key", "year", "value", "unit"])
+        return df
+
+    def _capacity_at_year_end(self, sel: np.ndarray) -> np.ndarray:
+        cap = self.capacity_days[sel].sum(axis=0) * 365.0
+        yd = self._year_of_day
+        end_idx = np.searchsorted(yd, self.years, side="right") - 1
+        return cap[end_idx]
+
+    def _production_by_material(self) -> np.ndarray:
+        c = self.compiled
+        st = c.kernel_static
+        act_y = self._by_year(self.activity)
+        out = np.zeros((len(c.material_ids), len(self.years)))
+        for p in range(len(c.plant_ids)):
+            for j in range(st["out_ptr"][p], st["out_ptr"][p + 1]):
+                out[st["out_mat"][j]] += act_y[p] * st["out_amt"][j]
+        return out
+
+    def _local_conversion(self, exp_y: np.ndarray, mk_mat: np.ndarray) -> np.ndarray:
+        """Share of the region's separated output (separation and recycling, t REO) that is
+        not exported: what the region's own plants use or keep (DESIGN §2.6)."""
+        c = self.compiled
+        st = c.kernel_static
+        act_y = self._by_year(self.activity)
+        sep_mats: set[int] = set()
+        produced = np.zeros(len(self.years))
+        for p, stage in enumerate(c.plant_stage):
+            if stage not in RAW_STAGES:
+                continue
+            for j in range(st["out_ptr"][p], st["out_ptr"][p + 1]):
+                m = st["out_mat"][j]
+                sep_mats.add(int(m))
+                produced += act_y[p] * st["out_amt"][j] * c.comp[m].sum()
+        exported = np.zeros(len(self.years))
+        for k in range(len(c.market_ids)):
+            if int(mk_mat[k]) in sep_mats:
+                exported += exp_y[k] * c.comp[mk_mat[k]].sum()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(produced > 0, np.clip(1 - exported / produced, 0, 1), np.nan)
+
+    def kpi(self, kpi: str, key: str, year: int) -> float:
+        """One KPI value; ``KeyError`` if the run has no such KPI for that year."""
+        df = self.kpis
+        hit = df[(df.kpi == kpi) & (df.key == key) & (df.year == year)]
+        if hit.empty:
+            raise KeyError(f"no KPI {kpi}[{key}] for {year}")
+        return float(hit.value.iloc[0])
+
+    @cached_property
+    def binding_table(self) -> pd.DataFrame:
+        """Share of capacity-weighted plant-days each constraint bound, per stage and year;
+        and the bottleneck stage per year."""
+        c = self.compiled
+        w = self.capacity_days
+        rows = []
+        stage_arr = np.array(c.plant_stage)
+        for stage in STAGES:
+            sel = stage_arr == stage
+            if not sel.any():
+                continue
+            for code, name in BIND_NAMES.items():
+                share = self._by_year(np.where(self.binding[sel] == code, w[sel], 0).sum(0))
+                total = self._by_year(w[sel].sum(0))
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    frac = np.where(total > 0, share / total, 0.0)
+                for y, f in zip(self.years, frac, strict=True):
+                    if f > 0:
+                        rows.append((stage, y, name, float(f)))
+        return pd.DataFrame(rows, columns=["stage", "year", "constraint", "share"])
+
+    @cached_property
+    def bottlenecks(self) -> pd.DataFrame:
+        """Per year: the stage most limited by its own constraints (capacity, quota, outage).
+
+        A stage's score is the share of its capacity-weighted plant-days bound by one of its
+        own limits; an input-starved stage is not the bottleneck — its supplier is. Ties go to
+        the stage with the larger output value. The constraint reported is the stage's most
+        frequent own limit.
+        """
+        bt = self.binding_table
+        df = self.kpis
+        value = df[df.kpi == "value.stage"].set_index(["key", "year"]).value
+        rows = []
+        own = {BIND_NAMES[BIND_CAPACITY], BIND_NAMES[BIND_QUOTA], BIND_NAMES[BIND_OUTAGE]}
+        for y in self.years:
+            best: tuple[float, float, str, str] = (-1.0, 0.0, "", "")
+            for stage, grp in bt[bt.year == y].groupby("stage"):
+                mine = grp[grp.constraint.isin(own)]
+                if mine.empty:
+                    continue
+                score = (round(float(mine.share.sum()), 9), float(value.get((stage, y), 0.0)))
+                if score > best[:2]:
+                    top = str(mine.sort_values("share").constraint.iloc[-1])
+                    best = (*score, str(stage), top)
+            rows.append((y, best[2], best[3], max(best[0], 0.0)))
+        return pd.DataFrame(rows, columns=["year", "stage", "constraint", "score"])
+
+    @cached_property
+    def target_table(self) -> pd.DataFrame:
+        """The scenario's targets against the run: ``target, year, goal, value, attained``."""
+        rows = []
+        for t in self.compiled.scenario.targets:
+            kpi, _, key = t.kpi.rpartition(".")
+            try:
+                v = self.kpi(kpi, key, t.year)
+            except KeyError:
+                v = float("nan")
+            ok = v >= t.value if t.kind == "at_least" else v <= t.value
+            rows.append((t.id, t.name, t.year, t.value, v, t.unit, bool(ok and not np.isnan(v))))
+        return pd.DataFrame(rows, columns=["target", "name", "year", "goal", "value", "unit",
+                                           "attained"])
+
+    # --- tidy frames --------------------------------------------------------------------
+
+    def series(self) -> pd.DataFrame:
+        """Daily series, tidy: ``date, kind, id, value`` for plant activity and pool stock."""
+        c = self.compiled
+        dates = c.dates
+        parts = []
+        for kind, ids, arr in (
+            ("activity", c.plant_ids, self.activity),
+            ("stock", [f"{r}/{m}" for r, m in c.pool_keys], self.stock),
+            ("imports", c.market_ids, self.imports),
+            ("exports", c.market_ids, self.exports),
+            ("served", c.segment_ids, self.served),
+            ("unmet", c.segment_ids, self.unmet),
+        ):
+            if not ids:
+                continue
+            parts.append(pd.DataFrame({
+                "date": np.tile(dates, len(ids)),
+                "kind": kind,
+                "id": np.repeat(ids, len(dates)),
+                "value": arr.reshape(-1),
+            }))
+        return pd.concat(parts, ignore_index=True)
+
+    def flows(self) -> pd.DataFrame:
+        """Monthly material flows per plant: ``month, plant, stage, material, direction, amount``."""
+        c = self.compiled
+        st = c.kernel_static
+        starts = c.month_start_day
+        act_m = np.add.reduceat(self.activity, starts, axis=1)
+        months = [dt.date(y, m, 1) for y, m in c.months]
+        rows = []
+        for p, pid in enumerate(c.plant_ids):
+            for side, ptr, mat, amt in (("in", "in_ptr", "in_mat", "in_amt"),
+                                        ("out", "out_ptr", "out_mat", "out_amt")):
+                for j in range(st[ptr][p], st[ptr][p + 1]):
+                    rows.append(pd.DataFrame({
+                        "month": months, "plant": pid, "stage": c.plant_stage[p],
+                        "material": c.material_ids[st[mat][j]], "direction": side,
+                        "amount": act_m[p] * st[amt][j],
+                    }))
+        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Mean and p5/p50/p95 across replications of tidy KPI frames (same rows in each)."""
+    if not frames:
+        raise ValueError("summarise needs at least one KPI frame")
+    cols = ["kpi", "key", "year", "unit"]
+    if all(len(f) == len(frames[0]) for f in frames) and all(
+        f[cols].equals(frames[0][cols]) for f in frames[1:]
+    ):
+        keys = frames[0][cols].reset_index(drop=True)
+        values = np.stack([f.value.to_numpy() for f in frames])
+    else:  # rows differ between runs: align on the keys, a missing row counts as 0
+        wide = pd.concat([f.set_index(cols).value.rename(i) for i, f in enumerate(frames)],
+                         axis=1).fillna(0.0)
+        keys = wide.index.to_frame(index=False)
+        values = wide.to_numpy().T
+    out = keys.copy()
+    out["mean"] = values.mean(axis=0)
+    for q in (5, 50, 95):
+        out[f"p{q}"] = np.percentile(values, q, axis=0)
+    out["n"] = len(frames)
+    return out
+
+
+@dataclass
+class ReplicationSet:
+    """Replications of one scenario: the first run in full, every run's KPI frame."""
+
+    first: RunResult
+    kpi_frames: list[pd.DataFrame]
+    seeds: list[tuple[int, int]]
+
+    @cached_property
+    def summary(self) -> pd.DataFrame:
+        return summarise(self.kpi_frames)
+
+    def difference(self, baseline: ReplicationSet) -> pd.DataFrame:
+        """Paired differences to a baseline run with the same seeds (common random numbers)."""
+        if self.seeds != baseline.seeds:
+            raise ValueError("a difference needs the baseline's seeds and replications")
+        diffs = []
+        for a, b in zip(self.kpi_frames, baseline.kpi_frames, strict=True):
+            m = a.merge(b, on=["kpi", "key", "year", "unit"], how="outer",
+                        suffixes=("", "_base")).fillna({"value": 0.0, "value_base": 0.0})
+            m["value"] = m["value"] - m["value_base"]
+            diffs.append(m.drop(columns="value_base"))
+        return summarise(diffs)

@@ -1,0 +1,244 @@
+"""Reference data: the parameter table in ``data/`` and its manifest.
+
+Every number about the world that a reference model uses lives in ``data/parameters.csv``
+with its unit, year, reliability flag and source. Model files refer to rows by key inside
+formulas (``"= {yield.sx_recovery_frac} * 2"``); :func:`resolve_formulas` replaces them.
+``data/manifest.json`` records each file's sha256, so a changed table is noticed.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import json
+import operator
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from retwin.errors import DataError, ScenarioError
+
+__all__ = [
+    "Parameter",
+    "build_manifest",
+    "check_manifest",
+    "evaluate_formula",
+    "load_parameters",
+    "models_dir",
+    "reference_dir",
+    "resolve_formulas",
+]
+
+_KEY = re.compile(r"\{([a-z0-9_]+(?:\.[a-z0-9_]+)+)\}")
+FLAGS = frozenset({"A", "B", "C", "seed", "derived", "estimate"})
+PARAMETER_COLUMNS = ("key", "value", "unit", "year", "flag", "source", "basis")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One row of ``data/parameters.csv``."""
+
+    key: str
+    value: float
+    unit: str
+    year: str
+    flag: str
+    source: str
+    basis: str
+
+
+def reference_dir() -> Path:
+    """The folder holding ``data/`` and ``models/``.
+
+    ``RETWIN_REFERENCE_DIR`` wins; else the source checkout (``…/data`` next to ``src/``);
+    else the copy shipped inside the installed package.
+    """
+    env = os.environ.get("RETWIN_REFERENCE_DIR")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    checkout = here.parents[3]
+    if (checkout / "data" / "parameters.csv").is_file():
+        return checkout
+    return here.parents[1] / "_reference"
+
+
+def models_dir() -> Path:
+    return reference_dir() / "models"
+
+
+@lru_cache(maxsize=4)
+def _read_parameters(path: str) -> dict[str, Parameter]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"parameter table not found: {p}")
+    out: dict[str, Parameter] = {}
+    with p.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != PARAMETER_COLUMNS:
+            raise DataError(f"{p.name}: columns must be {', '.join(PARAMETER_COLUMNS)}")
+        for n, row in enumerate(reader, start=2):
+            key = row["key"]
+            if key in out:
+                raise DataError(f"{p.name} line {n}: duplicate key {key!r}")
+            try:
+                value = float(row["value"])
+            except ValueError:
+                raise DataError(
+                    f"{p.name} line {n}: value(={row['value']!r}) of {key!r} is not a number"
+                ) from None
+            if row["flag"] not in FLAGS:
+                raise DataError(
+                    f"{p.name} line {n}: flag(={row['flag']!r}) of {key!r} must be one of "
+                    f"{', '.join(sorted(FLAGS))}"
+                )
+            if not row["source"].strip():
+                raise DataError(f"{p.name} line {n}: {key!r} has no source")
+            out[key] = Parameter(key, value, row["unit"], row["year"], row["flag"],
+                                 row["source"], row["basis"])
+    return out
+
+
+def load_parameters(path: Path | None = None) -> dict[str, Parameter]:
+    """The parameter table as ``key -> Parameter`` (cached per path)."""
+    return _read_parameters(str(path or reference_dir() / "data" / "parameters.csv"))
+
+
+_BINOPS: dict[type, Callable[[float, float], float]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.Pow: operator.pow,
+}
+_FUNCS: dict[str, Callable[..., float]] = {"min": min, "max": max, "round": round}
+
+
+def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
+    """Evaluate ``= expr`` where ``expr`` uses numbers, + - * / **, min/max/round and ``{key}``.
+
+    Raises ``ValueError`` naming the unknown key or the construct that is not allowed.
+    """
+    body = text.strip()
+    if body.startswith("="):
+        body = body[1:]
+    names: dict[str, float] = {}
+
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key not in params:
+            raise ValueError(f"unknown data key {{{key}}} (not in data/parameters.csv)")
+        name = f"_r{len(names)}"
+        names[name] = params[key].value
+        return name
+
+    expr = _KEY.sub(sub, body)
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"formula {text!r} is not a valid expression") from None
+
+    def ev(node: ast.AST) -> float:
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+            return float(node.value)
+        if isinstance(node, ast.Name) and node.id in names:
+            return names[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+            v = ev(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _FUNCS
+            and not node.keywords
+        ):
+            return float(_FUNCS[node.func.id](*(ev(a) for a in node.args)))
+        raise ValueError(f"formula {text!r}: {ast.dump(node)[:40]}… is not allowed")
+
+    try:
+        return ev(tree)
+    except ZeroDivisionError:
+        raise ValueError(f"formula {text!r} divides by zero") from None
+
+
+def resolve_formulas(tree: Any, params: dict[str, Parameter] | None = None, path: str = "") -> Any:
+    """Return a copy of a parsed YAML tree with every ``"= …"`` string evaluated."""
+    problems: list[tuple[str, str]] = []
+
+    def walk(node: Any, where: str) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
+        if isinstance(node, str) and node.lstrip().startswith("="):
+            nonlocal params
+            if params is None:
+                params = load_parameters()
+            try:
+                return evaluate_formula(node, params)
+            except ValueError as exc:
+                problems.append((where, str(exc)))
+                return node
+        return node
+
+    out = walk(tree, path)
+    if problems:
+        raise ScenarioError(problems)
+    return out
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_manifest(data_dir: Path | None = None) -> dict[str, Any]:
+    """Describe every CSV in ``data/``: rows, columns, sha256, and the flags used."""
+    d = data_dir or reference_dir() / "data"
+    files: dict[str, Any] = {}
+    for f in sorted(d.glob("*.csv")):
+        with f.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        entry: dict[str, Any] = {
+            "sha256": _sha256(f),
+            "rows": len(rows),
+            "columns": list(rows[0].keys()) if rows else [],
+        }
+        if rows and "flag" in rows[0]:
+            flags: dict[str, int] = {}
+            for r in rows:
+                flags[r["flag"]] = flags.get(r["flag"], 0) + 1
+            entry["flags"] = dict(sorted(flags.items()))
+        files[f.name] = entry
+    return {
+        "description": "Reference tables of retwin; every number has a unit, year, flag and "
+        "source (a seed file under shared/seeds or a row of reference/domain_data.md).",
+        "files": files,
+    }
+
+
+def check_manifest(data_dir: Path | None = None) -> list[str]:
+    """Problems between ``data/manifest.json`` and the files (empty when all agree)."""
+    d = data_dir or reference_dir() / "data"
+    mf = d / "manifest.json"
+    if not mf.is_file():
+        return [f"{mf} is missing; run `retwin data --write-manifest`"]
+    recorded = json.loads(mf.read_text(encoding="utf-8"))["files"]
+    actual = build_manifest(d)["files"]
+    problems = []
+    for name in sorted(set(recorded) | set(actual)):
+        if name not in actual:
+            problems.append(f"{name}: in the manifest but not in data/")
+        elif name not in recorded:
+            problems.append(f"{name}: in data/ but not in the manifest")
+        elif recorded[name]["sha256"] != actual[name]["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest")
+    return problems

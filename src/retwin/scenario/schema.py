@@ -1,0 +1,668 @@
+"""The scenario schema: the whole chain as validated data.
+
+A scenario is a YAML file validated by these pydantic models (``extra="forbid"``, units in
+field names). Cross-field rules (every plant's materials exist, every pool's material exists,
+quotas name real plants, recipes never create rare-earth elements…) run in
+:meth:`Scenario._check_references`, and each failure names the field path, the value and the
+rule.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "CapacityChange",
+    "Change",
+    "DemandChange",
+    "OutageChange",
+    "ParameterChange",
+    "PlantChange",
+    "PriceChange",
+    "QuotaChange",
+    "ReserveChange",
+    "TradeChange",
+    "ELEMENTS",
+    "STAGES",
+    "STAGE_GROUP",
+    "Availability",
+    "DemandSegment",
+    "ExportSpec",
+    "ImportSpec",
+    "Market",
+    "Material",
+    "Period",
+    "Plant",
+    "Pool",
+    "PricePoint",
+    "PriceSpec",
+    "Quota",
+    "QuotaBatch",
+    "Recipe",
+    "Scenario",
+    "Settings",
+    "Target",
+]
+
+#: Elements tracked individually; ``other`` lumps Ho–Lu (and Er, Tm, Yb, Lu, Sc).
+ELEMENTS: tuple[str, ...] = ("La", "Ce", "Pr", "Nd", "Sm", "Eu", "Gd", "Tb", "Dy", "Y", "other")
+
+#: Stages of a plant, upstream to downstream. The order is the order in which the daily
+#: flow kernel serves plants (earlier stages deliver before later stages draw).
+STAGES: tuple[str, ...] = (
+    "mining",
+    "recycling",
+    "separation",
+    "metal",
+    "magnet",
+    "materials",
+    "motor",
+    "end_product",
+)
+
+#: The seeds' three output-value groups (004: 原材料 / 新材料 / 应用).
+STAGE_GROUP: dict[str, str] = {
+    "mining": "raw_materials",
+    "recycling": "raw_materials",
+    "separation": "raw_materials",
+    "metal": "raw_materials",
+    "magnet": "new_materials",
+    "materials": "new_materials",
+    "motor": "applications",
+    "end_product": "applications",
+}
+
+Element = Literal["La", "Ce", "Pr", "Nd", "Sm", "Eu", "Gd", "Tb", "Dy", "Y", "other"]
+Stage = Literal[
+    "mining", "recycling", "separation", "metal", "magnet", "materials", "motor", "end_product"
+]
+Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=64)]
+NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Period(_Model):
+    """A closed date range ``[from, to]``."""
+
+    start: dt.date = Field(alias="from")
+    end: dt.date = Field(alias="to")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Period:
+        if self.end < self.start:
+            raise ValueError(f"to(={self.end}) must not be before from(={self.start})")
+        return self
+
+
+class PricePoint(_Model):
+    """The price from ``date`` on (until the next point)."""
+
+    date: dt.date
+    price_cny_per_unit: NonNeg
+
+
+class PriceSpec(_Model):
+    """A monthly price path with optional mean-reverting noise in log price."""
+
+    base_cny_per_unit: NonNeg = Field(description="Price before the first path point.")
+    path: list[PricePoint] = Field(default_factory=list)
+    volatility_per_year: NonNeg = Field(0.0, description="Annualised sigma of log price.")
+    mean_reversion_per_year: NonNeg = Field(
+        1.0, description="Speed at which log-price noise decays back to the path (1/yr)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _sorted(cls, v: list[PricePoint]) -> list[PricePoint]:
+        dates = [p.date for p in v]
+        if dates != sorted(dates):
+            raise ValueError("path dates must be in increasing order")
+        return v
+
+
+class Material(_Model):
+    """A material, its unit, its element content and its price."""
+
+    id: Id
+    name: str
+    name_zh: str = ""
+    unit: Literal["t", "unit", "MW"] = "t"
+    composition_t_reo_per_unit: dict[Element, NonNeg] = Field(
+        default_factory=dict,
+        description="Oxide-equivalent tonnes of each element in one unit of the material.",
+    )
+    price: PriceSpec = Field(default_factory=lambda: PriceSpec(base_cny_per_unit=0.0))
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _mass_fraction(self) -> Material:
+        total = sum(self.composition_t_reo_per_unit.values())
+        # A tonne of metal holds more than a tonne of oxide-equivalent (1/0.85), so allow up
+        # to 1.25 t REO per t for metals; anything above is a unit mistake.
+        if self.unit == "t" and total > 1.25:
+            raise ValueError(
+                f"composition_t_reo_per_unit sums to {total:.4g} t REO per t; "
+                "must be <= 1.25 for a material measured in t"
+            )
+        return self
+
+    @property
+    def reo_per_unit(self) -> float:
+        return float(sum(self.composition_t_reo_per_unit.values()))
+
+
+class Availability(_Model):
+    """Random outages (exponential up and down times) and planned outages."""
+
+    mtbf_days: Pos | None = None
+    mttr_days: Pos | None = None
+    planned_outages: list[Period] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _both(self) -> Availability:
+        if (self.mtbf_days is None) != (self.mttr_days is None):
+            raise ValueError("mtbf_days and mttr_days must be given together")
+        return self
+
+
+class Recipe(_Model):
+    """A linear (Leontief) recipe per unit of activity.
+
+    ``outputs`` lists what one unit of activity delivers; the first entry is the main
+    product (capacity and utilisation are measured in activity units, which equal units of
+    the main product when its amount is 1). ``inputs`` lists what one unit of activity draws.
+    Yields live here: a 0.92 recovery is an input of 1/0.92 per unit of output.
+    """
+
+    outputs: dict[Id, Pos]
+    inputs: dict[Id, Pos] = Field(default_factory=dict)
+
+    @field_validator("outputs")
+    @classmethod
+    def _non_empty(cls, v: dict[str, float]) -> dict[str, float]:
+        if not v:
+            raise ValueError("a recipe needs at least one output")
+        return v
+
+    @property
+    def main_output(self) -> str:
+        return next(iter(self.outputs))
+
+
+class Plant(_Model):
+    """A plant: where material is transformed, with a capacity and a recipe."""
+
+    id: Id
+    name: str
+    name_zh: str = ""
+    company: str = ""
+    region: Id = "baotou"
+    stage: Stage
+    capacity_tpa: NonNeg = Field(description="Nameplate activity units per year.")
+    utilisation_max_frac: Annotated[float, Field(gt=0, le=1)] = Field(
+        1.0, description="Share of nameplate the plant runs at when nothing else binds."
+    )
+    commissioning: dt.date | None = Field(None, description="First day of output; None: running.")
+    ramp_days: Annotated[int, Field(ge=0, le=3650)] = 0
+    retirement: dt.date | None = None
+    lead_time_days: Annotated[int, Field(ge=0, le=365)] = 0
+    extracts: bool = Field(
+        False, description="Inputs come from the ground (a mine), not from a pool."
+    )
+    availability: Availability = Field(default_factory=Availability)
+    recipe: Recipe
+    source: str = ""
+
+
+class Pool(_Model):
+    """Stock of one material in one region, between the plants that make and use it."""
+
+    region: Id = "baotou"
+    material: Id
+    initial_t: NonNeg = 0.0
+    reserve_t: NonNeg = Field(0.0, description="Strategic reserve: never drawn or exported.")
+    target_t: NonNeg = Field(
+        0.0, description="Working stock: imports top up to reserve+target; exports leave it."
+    )
+    max_t: Pos | None = Field(None, description="Storage ceiling; producers throttle at it.")
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.region, self.material)
+
+
+class ImportSpec(_Model):
+    cap_tpa: NonNeg
+    lead_time_days: Annotated[int, Field(ge=0, le=365)] = 0
+    price_factor: NonNeg = 1.0
+
+
+class ExportSpec(_Model):
+    cap_tpa: NonNeg
+    price_factor: NonNeg = 1.0
+
+
+class Market(_Model):
+    """The outside world for one material of one region: an import source and/or export sink."""
+
+    id: Id
+    name: str = ""
+    region: Id = "baotou"
+    material: Id
+    import_: ImportSpec | None = Field(None, alias="import")
+    export: ExportSpec | None = None
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _some_side(self) -> Market:
+        if self.import_ is None and self.export is None:
+            raise ValueError("a market needs an import side, an export side, or both")
+        return self
+
+
+class QuotaBatch(_Model):
+    """One release of a year's quota: on ``month``/``day`` each year, ``share_frac`` of it."""
+
+    month: Annotated[int, Field(ge=1, le=12)]
+    day: Annotated[int, Field(ge=1, le=28)] = 1
+    share_frac: Annotated[float, Field(gt=0, le=1)]
+
+
+class Quota(_Model):
+    """An annual ceiling in t REO on the output of a set of plants (total-quantity control).
+
+    Each unit of a covered plant's activity uses the REO content of its outputs. Plants pace
+    their use evenly over the year and never use more than has been released so far.
+    """
+
+    id: Id
+    name: str = ""
+    plants: list[Id]
+    annual_t_reo: dict[int, NonNeg] = Field(
+        description="Year -> ceiling; a year not listed repeats the last listed year before it."
+    )
+    batches: list[QuotaBatch] = Field(
+        default_factory=lambda: [QuotaBatch(month=1, day=1, share_frac=1.0)]
+    )
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _shares(self) -> Quota:
+        total = sum(b.share_frac for b in self.batches)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"batches share_frac sums to {total:.6g}; must sum to 1")
+        if not self.plants:
+            raise ValueError("a quota must cover at least one plant")
+        if not self.annual_t_reo:
+            raise ValueError("annual_t_reo needs at least one year")
+        return self
+
+    def amount_for(self, year: int) -> float:
+        """The ceiling of ``year`` (the last listed year at or before it; else the first)."""
+        years = sorted(self.annual_t_reo)
+        past = [y for y in years if y <= year]
+        return float(self.annual_t_reo[past[-1] if past else years[0]])
+
+
+class DemandSegment(_Model):
+    """End-use demand drawn from a pool: units per year times material per unit."""
+
+    id: Id
+    name: str
+    name_zh: str = ""
+    region: Id = "baotou"
+    material: Id = Field(description="What the segment draws from the region's pool.")
+    base_units_per_year: NonNeg = Field(description="Segment units per year at the start.")
+    intensity_per_unit: NonNeg = Field(1.0, description="Material drawn per segment unit.")
+    growth_frac_per_year: Annotated[float, Field(ge=-0.9, le=5)] = 0.0
+    seasonality: list[NonNeg] = Field(
+        default_factory=lambda: [1.0] * 12, description="12 monthly multipliers, mean 1."
+    )
+    noise_cv: Annotated[float, Field(ge=0, le=2)] = 0.0
+    source: str = ""
+
+    @field_validator("seasonality")
+    @classmethod
+    def _twelve(cls, v: list[float]) -> list[float]:
+        if len(v) != 12:
+            raise ValueError(f"seasonality has {len(v)} values; must have 12 (one per month)")
+        mean = sum(v) / 12
+        if abs(mean - 1.0) > 1e-3:
+            raise ValueError(f"seasonality has mean {mean:.4g}; must have mean 1")
+        return v
+
+
+class Target(_Model):
+    """A named KPI target (the seeds' 2024 targets), reported as attained or not."""
+
+    id: Id
+    name: str
+    name_zh: str = ""
+    year: int
+    kpi: str = Field(description="KPI path, e.g. value.total_yi_cny or output.stage.magnet_t.")
+    value: float
+    unit: str = ""
+    kind: Literal["at_least", "at_most"] = "at_least"
+    source: str = ""
+
+
+class Settings(_Model):
+    """Switches for the random streams (each can be turned off for a deterministic run)."""
+
+    outages: bool = True
+    price_noise: bool = True
+    demand_noise: bool = True
+
+
+# --- what-if changes (DESIGN §2.5): one schema for the CLI, Python and HTTP -----------------
+
+
+class _Change(_Model):
+    start: dt.date | None = Field(None, alias="from", description="First day (default: start).")
+    end: dt.date | None = Field(None, alias="to", description="Last day (default: end).")
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _dates(self) -> _Change:
+        if self.start and self.end and self.end < self.start:
+            raise ValueError(f"to(={self.end}) must not be before from(={self.start})")
+        return self
+
+
+def _exactly_one(obj: BaseModel, names: tuple[str, ...]) -> None:
+    given = [n for n in names if getattr(obj, n) is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one of {', '.join(names)} (got {len(given)})")
+
+
+class QuotaChange(_Change):
+    """Set, scale or shift a quota's releases dated inside ``[from, to]``."""
+
+    kind: Literal["quota"] = "quota"
+    quota: Id
+    set_t_reo: NonNeg | None = Field(None, description="New annual ceiling for affected years.")
+    factor: NonNeg | None = None
+    delta_t_reo: float | None = Field(None, description="Added to each affected year's ceiling.")
+    batch: Annotated[int, Field(ge=1)] | None = Field(None, description="Only this batch (1-based).")
+
+    @model_validator(mode="after")
+    def _one(self) -> QuotaChange:
+        _exactly_one(self, ("set_t_reo", "factor", "delta_t_reo"))
+        return self
+
+
+class PriceChange(_Change):
+    """A shock to a material's price path over ``[from, to]``, reached after ``ramp_days``."""
+
+    kind: Literal["price"] = "price"
+    material: Id
+    factor: NonNeg | None = None
+    value_cny_per_unit: NonNeg | None = None
+    ramp_days: Annotated[int, Field(ge=0, le=3650)] = 0
+
+    @model_validator(mode="after")
+    def _one(self) -> PriceChange:
+        _exactly_one(self, ("factor", "value_cny_per_unit"))
+        return self
+
+
+class CapacityChange(_Change):
+    """Set, scale or shift the capacity of a plant or of every plant of a stage."""
+
+    kind: Literal["capacity"] = "capacity"
+    plant: Id | None = None
+    stage: Stage | None = None
+    set_tpa: NonNeg | None = None
+    factor: NonNeg | None = None
+    delta_tpa: float | None = None
+    ramp_days: Annotated[int, Field(ge=0, le=3650)] = 0
+
+    @model_validator(mode="after")
+    def _one(self) -> CapacityChange:
+        _exactly_one(self, ("plant", "stage"))
+        _exactly_one(self, ("set_tpa", "factor", "delta_tpa"))
+        return self
+
+
+class PlantChange(_Change):
+    """Add a plant (commissioned on ``from``) or retire one (on ``from``)."""
+
+    kind: Literal["plant"] = "plant"
+    action: Literal["add", "retire"]
+    plant: Plant | None = Field(None, description="The new plant (action add).")
+    plant_id: Id | None = Field(None, description="The plant to retire (action retire).")
+
+    @model_validator(mode="after")
+    def _fields(self) -> PlantChange:
+        if self.action == "add" and self.plant is None:
+            raise ValueError("action add needs plant")
+        if self.action == "retire" and self.plant_id is None:
+            raise ValueError("action retire needs plant_id")
+        return self
+
+
+class OutageChange(_Change):
+    """A plant down (or derated to ``capacity_frac``) over ``[from, to]``."""
+
+    kind: Literal["outage"] = "outage"
+    plant: Id
+    capacity_frac: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _dated(self) -> OutageChange:
+        if self.start is None or self.end is None:
+            raise ValueError("an outage needs both from and to")
+        return self
+
+
+class DemandChange(_Change):
+    """Scale a demand segment, or change its growth, over ``[from, to]``."""
+
+    kind: Literal["demand"] = "demand"
+    segment: Id
+    factor: NonNeg | None = None
+    growth_frac_per_year: Annotated[float, Field(ge=-0.9, le=5)] | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DemandChange:
+        _exactly_one(self, ("factor", "growth_frac_per_year"))
+        return self
+
+
+class TradeChange(_Change):
+    """Cap or scale a market's import or export side (export controls, disruptions)."""
+
+    kind: Literal["trade"] = "trade"
+    market: Id
+    side: Literal["import", "export"]
+    cap_tpa: NonNeg | None = None
+    factor: NonNeg | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> TradeChange:
+        _exactly_one(self, ("cap_tpa", "factor"))
+        return self
+
+
+class ReserveChange(_Change):
+    """Build (raise) or release (lower) a pool's strategic reserve from ``from`` to ``to``."""
+
+    kind: Literal["reserve"] = "reserve"
+    material: Id
+    region: Id = "baotou"
+    reserve_t: NonNeg | None = None
+    delta_t: float | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> ReserveChange:
+        _exactly_one(self, ("reserve_t", "delta_t"))
+        return self
+
+
+class ParameterChange(_Change):
+    """Set any scalar field by path, e.g. ``plants.jl_mag.utilisation_max_frac``.
+
+    Paths address list items by id (``plants.<id>``, ``materials.<id>``, ``pools.<region>/<m>``)
+    and the result is validated again, so a bad value is reported like any other. The change
+    applies to the whole horizon; ``from``/``to`` are not allowed.
+    """
+
+    kind: Literal["parameter"] = "parameter"
+    path: Annotated[str, Field(min_length=1, max_length=300)]
+    value: float | int | bool | str
+
+    @model_validator(mode="after")
+    def _undated(self) -> ParameterChange:
+        if self.start is not None or self.end is not None:
+            raise ValueError("a parameter change applies to the whole run; remove from/to")
+        return self
+
+
+Change = Annotated[
+    QuotaChange
+    | PriceChange
+    | CapacityChange
+    | PlantChange
+    | OutageChange
+    | DemandChange
+    | TradeChange
+    | ReserveChange
+    | ParameterChange,
+    Field(discriminator="kind"),
+]
+
+
+class Scenario(_Model):
+    """A whole chain: materials, plants, pools, markets, quotas, demand, targets, changes."""
+
+    name: str
+    description: str = ""
+    start: dt.date
+    end: dt.date
+    materials: list[Material]
+    plants: list[Plant]
+    pools: list[Pool] = Field(default_factory=list)
+    markets: list[Market] = Field(default_factory=list)
+    quotas: list[Quota] = Field(default_factory=list)
+    demand: list[DemandSegment] = Field(default_factory=list)
+    targets: list[Target] = Field(default_factory=list)
+    changes: list[Change] = Field(default_factory=list)
+    settings: Settings = Field(default_factory=Settings)
+
+    @property
+    def horizon_days(self) -> int:
+        return (self.end - self.start).days + 1
+
+    def material(self, material_id: str) -> Material:
+        for m in self.materials:
+            if m.id == material_id:
+                return m
+        raise KeyError(material_id)
+
+    def plant(self, plant_id: str) -> Plant:
+        for p in self.plants:
+            if p.id == plant_id:
+                return p
+        raise KeyError(plant_id)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Scenario:
+        from retwin.config import MAX_HORIZON_DAYS
+
+        problems: list[str] = []
+        if self.end < self.start:
+            problems.append(f"end(={self.end}) must not be before start(={self.start})")
+        elif self.horizon_days > MAX_HORIZON_DAYS:
+            problems.append(
+                f"end: horizon of {self.horizon_days} days exceeds the limit {MAX_HORIZON_DAYS}"
+            )
+        mats = {m.id: m for m in self.materials}
+        _dupes("materials", [m.id for m in self.materials], problems)
+        _dupes("plants", [p.id for p in self.plants], problems)
+        _dupes("markets", [k.id for k in self.markets], problems)
+        _dupes("quotas", [q.id for q in self.quotas], problems)
+        _dupes("demand", [g.id for g in self.demand], problems)
+        _dupes("pools", [f"{p.region}/{p.material}" for p in self.pools], problems)
+        pools = {p.key for p in self.pools}
+        for i, p in enumerate(self.plants):
+            for side in ("inputs", "outputs"):
+                for m in getattr(p.recipe, side):
+                    where = f"plants[{i}].recipe.{side}.{m}"
+                    if m not in mats:
+                        problems.append(f"{where}: unknown material {m!r} (plant {p.id!r})")
+                    elif (side == "outputs" or not p.extracts) and (p.region, m) not in pools:
+                        problems.append(
+                            f"{where}: no pool for material {m!r} in region {p.region!r}"
+                        )
+            if p.retirement and p.commissioning and p.retirement <= p.commissioning:
+                problems.append(
+                    f"plants[{i}].retirement(={p.retirement}) must be after "
+                    f"commissioning(={p.commissioning})"
+                )
+            if all(m in mats for m in (*p.recipe.inputs, *p.recipe.outputs)):
+                _check_no_creation(i, p, mats, problems)
+        for i, pool in enumerate(self.pools):
+            if pool.material not in mats:
+                problems.append(f"pools[{i}].material: unknown material {pool.material!r}")
+            if pool.max_t is not None and pool.initial_t > pool.max_t:
+                problems.append(
+                    f"pools[{i}].initial_t(={pool.initial_t}) must be <= max_t(={pool.max_t})"
+                )
+        for i, k in enumerate(self.markets):
+            if (k.region, k.material) not in pools:
+                problems.append(
+                    f"markets[{i}].material: no pool for {k.material!r} in region {k.region!r}"
+                )
+        plant_ids = {p.id for p in self.plants}
+        covered: dict[str, str] = {}
+        for i, q in enumerate(self.quotas):
+            for j, pid in enumerate(q.plants):
+                if pid not in plant_ids:
+                    problems.append(f"quotas[{i}].plants[{j}]: unknown plant {pid!r}")
+                elif pid in covered:
+                    problems.append(
+                        f"quotas[{i}].plants[{j}]: plant {pid!r} is already under quota "
+                        f"{covered[pid]!r}; a plant may be under one quota only"
+                    )
+                else:
+                    covered[pid] = q.id
+        for i, g in enumerate(self.demand):
+            if (g.region, g.material) not in pools:
+                problems.append(
+                    f"demand[{i}].material: no pool for {g.material!r} in region {g.region!r}"
+                )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+
+def _dupes(field: str, ids: list[str], problems: list[str]) -> None:
+    seen: set[str] = set()
+    for i, x in enumerate(ids):
+        if x in seen:
+            problems.append(f"{field}[{i}].id: duplicate id {x!r}")
+        seen.add(x)
+
+
+def _check_no_creation(i: int, p: Plant, mats: dict[str, Material], problems: list[str]) -> None:
+    """A recipe may lose rare earths but never create them (per element, t REO)."""
+    for el in ELEMENTS:
+        out = sum(
+            a * mats[m].composition_t_reo_per_unit.get(el, 0.0) for m, a in p.recipe.outputs.items()
+        )
+        inn = sum(
+            a * mats[m].composition_t_reo_per_unit.get(el, 0.0) for m, a in p.recipe.inputs.items()
+        )
+        if out > inn * (1 + 1e-9) + 1e-12:
+            problems.append(
+                f"plants[{i}].recipe: plant {p.id!r} creates {el} "
+                f"(outputs hold {out:.6g} t REO per unit of activity, inputs {inn:.6g}); "
+                "a recipe must not create rare-earth elements"
+            )

@@ -1,0 +1,20 @@
+"""SimPy processes: the discrete events of a run (material moves only in kernels).
+
+Each process wakes at its event time, asks the chain to advance the flow up to that day
+(``chain.advance_to``), then changes the state: a plant fails or is repaired, a quota batch is
+released, prices and demand are redrawn for the month, a what-if change starts or ends.
+"""
+
+from retwin.stages.base import Chain, StageProcess
+from retwin.stages.market import DemandProcess, MarketProcess
+from retwin.stages.policy import PolicyProcess
+from retwin.stages.quota import QuotaProcess
+
+__all__ = [
+    "Chain",
+    "DemandProcess",
+    "MarketProcess",
+    "PolicyProcess",
+    "QuotaProcess",
+    "StageProcess",
+]
