@@ -194,22 +194,28 @@ class RunResult:
                 add("imports.market", kid, imp_y[k], unit)
             if c.exp_cap_tpa[k] > 0:
                 add("exports.market", kid, exp_y[k], unit)
-        el_imp = (imp_y.T @ c.comp[mk_mat]).T if c.market_ids else np.zeros((11, len(years)))
-        el_exp = (exp_y.T @ c.comp[mk_mat]).T if c.market_ids else np.zeros((11, len(years)))
-        stock_el = c.comp[pool_mat].T @ self.stock  # (E, D)
-        yd = self._year_of_day
-        end_idx = np.searchsorted(yd, years, side="right") - 1
+        # element balance of the region's raw materials (products of mining, separation,
+        # recycling and metal plants): surplus = stock build-up + net exports of raw material
+        raw = self._raw_materials()
+        pool_raw = np.isin(pool_mat, list(raw))
+        mk_raw = np.isin(mk_mat, list(raw)) if c.market_ids else np.zeros(0, bool)
+        raw_imp = ((imp_y[mk_raw].T @ c.comp[mk_mat[mk_raw]]).T if mk_raw.any()
+                   else np.zeros((len(ELEMENTS), len(years))))
+        raw_exp = ((exp_y[mk_raw].T @ c.comp[mk_mat[mk_raw]]).T if mk_raw.any()
+                   else np.zeros((len(ELEMENTS), len(years))))
+        comp_raw = c.comp[pool_mat] * pool_raw[:, None]
+        stock_el = comp_raw.T @ self.stock  # (E, D)
+        end_idx = np.searchsorted(self._year_of_day, years, side="right") - 1
         start_stock = np.concatenate(
-            [(c.comp[pool_mat].T @ c.pool_initial)[:, None], stock_el[:, end_idx[:-1]]], axis=1
+            [(comp_raw.T @ c.pool_initial)[:, None], stock_el[:, end_idx[:-1]]], axis=1
         )
-        stock_change = stock_el[:, end_idx] - start_stock
+        surplus = stock_el[:, end_idx] - start_stock + raw_exp - raw_imp
         for e, el in enumerate(ELEMENTS):
-            add("element.stock_change", el, stock_change[e], "t REO")
-            add("element.net_imports", el, el_imp[e] - el_exp[e], "t REO")
-        add("element.la_ce_surplus", "La+Ce", stock_change[0] + stock_change[1], "t REO")
-        dytb = ELEMENTS.index("Dy"), ELEMENTS.index("Tb")
-        add("element.dy_tb_deficit", "Dy+Tb",
-            el_imp[dytb[0]] + el_imp[dytb[1]] - el_exp[dytb[0]] - el_exp[dytb[1]], "t REO")
+            add("element.surplus", el, surplus[e], "t REO")
+        la, ce = ELEMENTS.index("La"), ELEMENTS.index("Ce")
+        dy, tb = ELEMENTS.index("Dy"), ELEMENTS.index("Tb")
+        add("element.la_ce_surplus", "La+Ce", surplus[la] + surplus[ce], "t REO")
+        add("element.dy_tb_deficit", "Dy+Tb", -(surplus[dy] + surplus[tb]), "t REO")
         add("local_conversion", "region", self._local_conversion(exp_y, mk_mat), "fraction")
         # demand
         served_y = self._by_year(self.served)
@@ -236,6 +242,15 @@ class RunResult:
         add("value.group", "total", sum(gvals.values()), "亿元")
         df = pd.DataFrame(rows, columns=["kpi", "key", "year", "value", "unit"])
         return df
+
+    def _raw_materials(self) -> set[int]:
+        c = self.compiled
+        st = c.kernel_static
+        raw: set[int] = set()
+        for p, stage in enumerate(c.plant_stage):
+            if stage in ("mining", "recycling", "separation", "metal"):
+                raw.update(int(m) for m in st["out_mat"][st["out_ptr"][p]:st["out_ptr"][p + 1]])
+        return raw
 
     def _capacity_at_year_end(self, sel: np.ndarray) -> np.ndarray:
         cap = self.capacity_days[sel].sum(axis=0) * 365.0

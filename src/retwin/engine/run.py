@@ -15,10 +15,10 @@ from retwin.errors import ScenarioError
 from retwin.scenario.load import apply_changes, scenario_hash
 from retwin.scenario.schema import Scenario
 
-__all__ = ["prepare", "replication_seed", "run", "run_replications"]
+__all__ = ["prepare", "replication_seed", "run", "run_replications", "versions"]
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     out = {}
     for pkg in ("retwin", "numpy", "numba", "simpy"):
         try:
@@ -131,4 +131,4 @@ def run_replications(
 def run_metadata(c: Compiled, seed: int) -> dict[str, Any]:
     """Manifest fields of a run: scenario hash, seed, versions."""
     return {"scenario": c.scenario.name, "scenario_hash": scenario_hash(c.scenario),
-            "seed": seed, "versions": _versions()}
+            "seed": seed, "versions": versions()}

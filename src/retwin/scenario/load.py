@@ -157,12 +157,16 @@ def validate_tree(tree: dict[str, Any]) -> Scenario:
         raise ScenarioError(_problems(exc, tree)) from None
 
 
-def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
+def load_scenario(
+    source: str | Path | Mapping[str, Any], *, include_changes: bool = True
+) -> Scenario:
     """Load a scenario from a YAML path, a reference-model name, or a mapping.
 
     ``base:`` overlays are resolved (the overlay's keys win, lists of items merge by ``id``,
     ``changes`` accumulate), ``"= …"`` formulas are evaluated against ``data/``, and the result
-    is validated; an invalid scenario raises :class:`~retwin.errors.ScenarioError`.
+    is validated; an invalid scenario raises :class:`~retwin.errors.ScenarioError`. The
+    file's ``changes`` are applied with :func:`apply_changes` (``include_changes=False`` gives
+    the scenario without them: the baseline a what-if file is compared with).
     """
     if isinstance(source, Mapping):
         tree, here = dict(source), None
@@ -171,7 +175,9 @@ def load_scenario(source: str | Path | Mapping[str, Any]) -> Scenario:
         tree, here = _read_yaml(path), path.parent
     tree = _resolve_tree(tree, here)
     tree = resolve_formulas(tree)
-    return validate_tree(tree)
+    changes = tree.pop("changes", None) or []
+    scenario = validate_tree(tree)
+    return apply_changes(scenario, changes) if include_changes else scenario
 
 
 def parse_changes(changes: Iterable[Any]) -> list[Change]:

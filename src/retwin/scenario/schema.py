@@ -638,6 +638,12 @@ class Scenario(_Model):
                 problems.append(
                     f"demand[{i}].material: no pool for {g.material!r} in region {g.region!r}"
                 )
+        for i, ch in enumerate(self.changes):
+            if isinstance(ch, PlantChange | ParameterChange):
+                problems.append(
+                    f"changes[{i}]: a {ch.kind} change rewrites the scenario; "
+                    "apply it with apply_changes (load_scenario does) rather than listing it"
+                )
         if problems:
             raise ValueError("\n".join(problems))
         return self

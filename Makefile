@@ -1,0 +1,52 @@
+# One command sets up and runs the main job; one sets up and passes the tests.
+#   make run    - the Baotou reference model, 2024-2030, annual KPIs
+#   make test   - the whole test suite (compiled, then once more with the JIT off)
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup run test test-jit test-nojit lint bench bench-save bench-compare schema clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/retwin run models/baotou-2024.yaml
+
+test: test-jit test-nojit
+
+test-jit: $(STAMP)
+	$(BIN)/retwin warmup
+	$(BIN)/python -m pytest -q
+
+# The same tests with the kernels as plain Python: catches code that only works compiled.
+# Long multi-run tests are marked slow and left to the compiled pass.
+test-nojit: $(STAMP)
+	NUMBA_DISABLE_JIT=1 HYPOTHESIS_PROFILE=nojit $(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+# Benchmarks: save a baseline on this machine, then compare the working tree against it.
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks -q --benchmark-only
+
+bench-save: $(STAMP)
+	$(BIN)/python -m pytest benchmarks -q --benchmark-only --benchmark-save=baseline
+
+bench-compare: $(STAMP)
+	$(BIN)/python -m pytest benchmarks -q --benchmark-only \
+		--benchmark-compare --benchmark-compare-fail=median:15%
+
+schema: $(STAMP)
+	$(BIN)/retwin schema -o models/scenario.schema.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
