@@ -222,8 +222,16 @@ def compile_scenario(sc: Scenario) -> Compiled:
     rank = {s: i for i, s in enumerate(STAGES)}
     order = np.array(sorted(range(n_p), key=lambda p: (rank[plants[p].stage], p)), np.int64)
     lvl_ptr = [0]
+    lvl_pool_ptr, lvl_pools = [0], []
     for lv in range(len(STAGES)):
         lvl_ptr.append(lvl_ptr[-1] + sum(1 for p in plants if rank[p.stage] == lv))
+        touched = sorted({
+            pools[(p.region, m)]
+            for p in plants if rank[p.stage] == lv
+            for m in (*(() if p.extracts else p.recipe.inputs), *p.recipe.outputs)
+        })
+        lvl_pools += touched
+        lvl_pool_ptr.append(len(lvl_pools))
 
     in_ptr, in_pool, in_mat, in_amt = [0], [], [], []
     out_ptr, out_pool, out_mat, out_amt = [0], [], [], []
@@ -270,6 +278,8 @@ def compile_scenario(sc: Scenario) -> Compiled:
     static = {
         "order": order,
         "lvl_ptr": i64(lvl_ptr),
+        "lvl_pool_ptr": i64(lvl_pool_ptr),
+        "lvl_pools": i64(lvl_pools),
         "commission_day": i64([_day(sc, p.commissioning, -NEVER) for p in plants]),
         "ramp_days": i64([p.ramp_days for p in plants]),
         "retire_day": i64([_day(sc, p.retirement, NEVER) for p in plants]),

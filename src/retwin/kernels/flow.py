@@ -61,6 +61,8 @@ def _advance(  # noqa: PLR0913, PLR0915 — the kernel takes arrays only, by des
     # plants (static)
     order: IntArray,
     lvl_ptr: IntArray,
+    lvl_pool_ptr: IntArray,
+    lvl_pools: IntArray,
     commission_day: IntArray,
     ramp_days: IntArray,
     retire_day: IntArray,
@@ -180,9 +182,9 @@ def _advance(  # noqa: PLR0913, PLR0915 — the kernel takes arrays only, by des
                     ratio_q[q] = allow / req_q[q] if allow < req_q[q] else 1.0
                 else:
                     ratio_q[q] = 1.0
-            for s in range(n_pools):
-                req_pool[s] = 0.0
-                room_req[s] = 0.0
+            for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+                req_pool[lvl_pools[j]] = 0.0
+                room_req[lvl_pools[j]] = 0.0
             for i in range(lo, hi):
                 p = order[i]
                 q = plant_quota[p]
@@ -196,8 +198,9 @@ def _advance(  # noqa: PLR0913, PLR0915 — the kernel takes arrays only, by des
                         req_pool[in_pool[j]] += x * in_amt[j]
                 for j in range(out_ptr[p], out_ptr[p + 1]):
                     room_req[out_pool[j]] += x * out_amt[j]
-            # 2c. pool shares (inputs) and storage room (outputs)
-            for s in range(n_pools):
+            # 2c. pool shares (inputs) and storage room (outputs) of the pools this level uses
+            for jj in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+                s = lvl_pools[jj]
                 free = stock[s] - reserve[s]
                 if free < 0.0:
                     free = 0.0

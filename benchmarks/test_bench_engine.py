@@ -1,0 +1,48 @@
+"""Whole runs: one Baotou run (7 years, daily flow, outages on), replications, and the cost of
+a run against plants × days on synthetic chains."""
+
+from __future__ import annotations
+
+import pytest
+
+import retwin
+from synthetic import chain
+
+
+@pytest.mark.benchmark(group="engine")
+def test_baotou_one_run(benchmark, baotou_compiled) -> None:  # type: ignore[no-untyped-def]
+    res = benchmark(retwin.run, baotou_compiled, seed=1)
+    assert res.balance.closes
+    assert any(kind == "failure" for _, kind, _ in res.events)  # outages are on
+    benchmark.extra_info["events"] = len(res.events)
+    benchmark.extra_info["kernel_calls"] = res.kernel_calls
+
+
+@pytest.mark.benchmark(group="engine")
+def test_baotou_prepare_and_run(benchmark, baotou) -> None:  # type: ignore[no-untyped-def]
+    """What a what-if costs end to end: compile the scenario, run, check, annual KPIs."""
+
+    def whatif():  # type: ignore[no-untyped-def]
+        return retwin.run(baotou, seed=1).kpis
+
+    kpis = benchmark(whatif)
+    assert not kpis.empty
+
+
+@pytest.mark.benchmark(group="batch")
+def test_baotou_100_replications(benchmark, baotou_compiled) -> None:  # type: ignore[no-untyped-def]
+    rs = benchmark.pedantic(retwin.run_replications, args=(baotou_compiled, 100),
+                            kwargs={"seed": 3}, rounds=3, warmup_rounds=1)
+    assert len(rs.kpi_frames) == 100
+    assert rs.summary["p95"].ge(rs.summary["p5"]).all()
+
+
+@pytest.mark.benchmark(group="scaling")
+@pytest.mark.parametrize("plants", [12, 100, 1000])
+@pytest.mark.parametrize("years", [1, 4])
+def test_scaling_plants_days(benchmark, plants: int, years: int) -> None:
+    c = retwin.prepare(chain(plants, years))
+    res = benchmark.pedantic(retwin.run, args=(c,), kwargs={"seed": 1},
+                             rounds=5 if plants < 1000 else 2, warmup_rounds=1)
+    assert res.balance.closes
+    benchmark.extra_info["plant_days"] = len(c.plant_ids) * c.n_days
