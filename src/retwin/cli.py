@@ -53,7 +53,9 @@ def _read_changes(arg: str) -> list[Any]:
     if isinstance(data, dict):
         data = [data]
     if not isinstance(data, list):
-        raise ScenarioError([("--change", "must be a change, a list of changes, or a what-if file")])
+        raise ScenarioError(
+            [("--change", "must be a change, a list of changes, or a what-if file")]
+        )
     return data
 
 
@@ -102,12 +104,12 @@ def _kpi_table(
                 if (kpi, key, y) not in s.index:
                     cells.append("–")
                     continue
-                row = s.loc[(kpi, key, y)]
+                row = s.loc[(kpi, key, y)]  # type: ignore[index]
                 cell = _fmt(row["mean"], f)
                 if bands and row["p5"] != row["p95"]:
                     cell += f"\n[dim][{_fmt(row['p5'], f)}–{_fmt(row['p95'], f)}][/dim]"
                 if d is not None and (kpi, key, y) in d.index:
-                    dv = d.loc[(kpi, key, y)]["mean"]
+                    dv = d.loc[(kpi, key, y)]["mean"]  # type: ignore[index]
                     if abs(dv) > 1e-9 * max(1.0, abs(row["mean"])):
                         sign = "+" if dv > 0 else ""
                         style = "green" if dv > 0 else "red"
@@ -197,7 +199,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.out:
         path = save_result(res, a.out, fmt=a.format, difference=diff,
                            baseline_hash=scenario_hash(baseline) if baseline else None,
-                           changes=[c if isinstance(c, dict) else c for c in changes])
+                           changes=changes)
         out.print(f"Results written to {path}")
     return 0
 
@@ -254,11 +256,11 @@ def cmd_data(a: argparse.Namespace) -> int:
         out.print(f"Manifest written to {path}")
         return 0
     problems = check_manifest()
-    for p in problems:
-        err.print(p, markup=False)
+    for problem in problems:
+        err.print(problem, markup=False)
     flags: dict[str, int] = {}
-    for p in params.values():
-        flags[p.flag] = flags.get(p.flag, 0) + 1
+    for prm in params.values():
+        flags[prm.flag] = flags.get(prm.flag, 0) + 1
     out.print(f"{len(params)} parameters; flags: "
               + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))
     if a.key:
@@ -266,9 +268,9 @@ def cmd_data(a: argparse.Namespace) -> int:
             if k not in params:
                 err.print(f"unknown key {k!r}", markup=False)
                 return EXIT_BAD_INPUT
-            p = params[k]
-            out.print(f"{p.key} = {p.value:g} {p.unit} ({p.year or 'n.y.'}, {p.flag}) — "
-                      f"{p.source}; {p.basis}", markup=False)
+            prm = params[k]
+            out.print(f"{prm.key} = {prm.value:g} {prm.unit} ({prm.year or 'n.y.'}, {prm.flag}) — "
+                      f"{prm.source}; {prm.basis}", markup=False)
     return EXIT_BAD_INPUT if problems else 0
 
 

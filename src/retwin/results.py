@@ -237,9 +237,9 @@ class RunResult:
                 v = val_y[sel].sum(axis=0)
                 add("value.stage", stage, v, "亿元")
                 gvals[STAGE_GROUP[stage]] += v
-        for g, v in gvals.items():
-            add("value.group", g, v, "亿元")
-        add("value.group", "total", sum(gvals.values()), "亿元")
+        for group, v in gvals.items():
+            add("value.group", group, v, "亿元")
+        add("value.group", "total", np.sum(list(gvals.values()), axis=0), "亿元")
         df = pd.DataFrame(rows, columns=["kpi", "key", "year", "value", "unit"])
         return df
 
@@ -388,7 +388,7 @@ class RunResult:
         return pd.concat(parts, ignore_index=True)
 
     def flows(self) -> pd.DataFrame:
-        """Monthly material flows per plant: ``month, plant, stage, material, direction, amount``."""
+        """Monthly flows per plant: ``month, plant, stage, material, direction, amount``."""
         c = self.compiled
         st = c.kernel_static
         starts = c.month_start_day

@@ -215,8 +215,8 @@ def compile_scenario(sc: Scenario) -> Compiled:
     plants = sc.plants
     n_p, n_m, n_e = len(plants), len(mats), len(ELEMENTS)
     comp = np.zeros((n_m, n_e))
-    for i, m in enumerate(sc.materials):
-        for el, v in m.composition_t_reo_per_unit.items():
+    for i, mat in enumerate(sc.materials):
+        for el, v in mat.composition_t_reo_per_unit.items():
             comp[i, ELEMENTS.index(el)] = v
 
     rank = {s: i for i, s in enumerate(STAGES)}
@@ -237,16 +237,16 @@ def compile_scenario(sc: Scenario) -> Compiled:
     out_ptr, out_pool, out_mat, out_amt = [0], [], [], []
     loss = np.zeros((n_p, n_e))
     for pi, p in enumerate(plants):
-        for m, a in p.recipe.inputs.items():
-            in_pool.append(-1 if p.extracts else pools[(p.region, m)])
-            in_mat.append(mats[m])
+        for mid, a in p.recipe.inputs.items():
+            in_pool.append(-1 if p.extracts else pools[(p.region, mid)])
+            in_mat.append(mats[mid])
             in_amt.append(a)
-            loss[pi] += a * comp[mats[m]]
-        for m, a in p.recipe.outputs.items():
-            out_pool.append(pools[(p.region, m)])
-            out_mat.append(mats[m])
+            loss[pi] += a * comp[mats[mid]]
+        for mid, a in p.recipe.outputs.items():
+            out_pool.append(pools[(p.region, mid)])
+            out_mat.append(mats[mid])
             out_amt.append(a)
-            loss[pi] -= a * comp[mats[m]]
+            loss[pi] -= a * comp[mats[mid]]
         in_ptr.append(len(in_amt))
         out_ptr.append(len(out_amt))
     loss[np.abs(loss) < 1e-15] = 0.0

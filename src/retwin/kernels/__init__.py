@@ -21,7 +21,8 @@ def warmup() -> float:
     f1 = np.zeros(1)
     _advance(
         0, 1,
-        np.zeros(1, np.int64), np.array([0, 1], np.int64), np.array([0, 1], np.int64), i1, i1, i1, np.full(1, 2, np.int64), i1,
+        np.zeros(1, np.int64), np.array([0, 1], np.int64), np.array([0, 1], np.int64), i1,
+        i1, i1, np.full(1, 2, np.int64), i1,
         np.full(1, -1, np.int64), f1,
         np.zeros(2, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0),
         np.array([0, 1], np.int64), i1, i1, np.ones(1),

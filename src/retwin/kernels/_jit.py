@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import numba
 
@@ -15,4 +15,5 @@ F = TypeVar("F", bound=Callable[..., Any])
 def jit(fn: F) -> F:
     """``numba.njit`` with the project's options: cached, no fastmath (sums stay exact in
     order, so golden results and the mass balance are reproducible bit for bit)."""
-    return numba.njit(cache=NUMBA_CACHE, fastmath=False, nogil=True)(fn)  # type: ignore[no-any-return]
+    compiled: Any = numba.njit(cache=NUMBA_CACHE, fastmath=False, nogil=True)(fn)
+    return cast(F, compiled)

@@ -55,7 +55,7 @@ BIND_NAMES = {
 
 
 @jit
-def _advance(  # noqa: PLR0913, PLR0915 — the kernel takes arrays only, by design
+def _advance(
     d0: int,
     d1: int,
     # plants (static)

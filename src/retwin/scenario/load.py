@@ -199,9 +199,8 @@ def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, st
 
     def need(value: str | None, known: set[str], field: str, what: str) -> None:
         if value is not None and value not in known:
-            problems.append(
-                (f"{where}.{field}", f"unknown {what} {value!r} (known: {', '.join(sorted(known))})")
-            )
+            known_list = ", ".join(sorted(known))
+            problems.append((f"{where}.{field}", f"unknown {what} {value!r} (known: {known_list})"))
 
     if isinstance(ch, QuotaChange):
         need(ch.quota, {q.id for q in sc.quotas}, "quota", "quota")
@@ -219,8 +218,8 @@ def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, st
         markets = {k.id: k for k in sc.markets}
         need(ch.market, set(markets), "market", "market")
         k = markets.get(ch.market)
-        if k is not None and (ch.side == "import" and k.import_ is None or
-                              ch.side == "export" and k.export is None):
+        if k is not None and ((ch.side == "import" and k.import_ is None) or
+                              (ch.side == "export" and k.export is None)):
             problems.append((f"{where}.side", f"market {ch.market!r} has no {ch.side} side"))
     elif isinstance(ch, ReserveChange):
         if (ch.region, ch.material) not in {p.key for p in sc.pools}:

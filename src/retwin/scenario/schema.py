@@ -15,36 +15,36 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
-    "CapacityChange",
-    "Change",
-    "DemandChange",
-    "OutageChange",
-    "ParameterChange",
-    "PlantChange",
-    "PriceChange",
-    "QuotaChange",
-    "ReserveChange",
-    "TradeChange",
     "ELEMENTS",
     "STAGES",
     "STAGE_GROUP",
     "Availability",
+    "CapacityChange",
+    "Change",
+    "DemandChange",
     "DemandSegment",
     "ExportSpec",
     "ImportSpec",
     "Market",
     "Material",
+    "OutageChange",
+    "ParameterChange",
     "Period",
     "Plant",
+    "PlantChange",
     "Pool",
+    "PriceChange",
     "PricePoint",
     "PriceSpec",
     "Quota",
     "QuotaBatch",
+    "QuotaChange",
     "Recipe",
+    "ReserveChange",
     "Scenario",
     "Settings",
     "Target",
+    "TradeChange",
 ]
 
 #: Elements tracked individually; ``other`` lumps Ho–Lu (and Er, Tm, Yb, Lu, Sc).
@@ -390,7 +390,9 @@ class QuotaChange(_Change):
     set_t_reo: NonNeg | None = Field(None, description="New annual ceiling for affected years.")
     factor: NonNeg | None = None
     delta_t_reo: float | None = Field(None, description="Added to each affected year's ceiling.")
-    batch: Annotated[int, Field(ge=1)] | None = Field(None, description="Only this batch (1-based).")
+    batch: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="Only this batch (1-based)."
+    )
 
     @model_validator(mode="after")
     def _one(self) -> QuotaChange:
@@ -660,15 +662,16 @@ def _dupes(field: str, ids: list[str], problems: list[str]) -> None:
 def _check_no_creation(i: int, p: Plant, mats: dict[str, Material], problems: list[str]) -> None:
     """A recipe may lose rare earths but never create them (per element, t REO)."""
     for el in ELEMENTS:
-        out = sum(
-            a * mats[m].composition_t_reo_per_unit.get(el, 0.0) for m, a in p.recipe.outputs.items()
-        )
-        inn = sum(
-            a * mats[m].composition_t_reo_per_unit.get(el, 0.0) for m, a in p.recipe.inputs.items()
-        )
+        out = sum(a * _content(mats[m], el) for m, a in p.recipe.outputs.items())
+        inn = sum(a * _content(mats[m], el) for m, a in p.recipe.inputs.items())
         if out > inn * (1 + 1e-9) + 1e-12:
             problems.append(
                 f"plants[{i}].recipe: plant {p.id!r} creates {el} "
                 f"(outputs hold {out:.6g} t REO per unit of activity, inputs {inn:.6g}); "
                 "a recipe must not create rare-earth elements"
             )
+
+
+def _content(m: Material, element: str) -> float:
+    content: dict[str, float] = dict(m.composition_t_reo_per_unit)
+    return float(content.get(element, 0.0))
