@@ -673,5 +673,7 @@ def _check_no_creation(i: int, p: Plant, mats: dict[str, Material], problems: li
 
 
 def _content(m: Material, element: str) -> float:
-    content: dict[str, float] = dict(m.composition_t_reo_per_unit)
-    return float(content.get(element, 0.0))
+    for el, v in m.composition_t_reo_per_unit.items():
+        if el == element:
+            return float(v)
+    return 0.0
