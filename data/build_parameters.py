@@ -994,6 +994,173 @@ row("price.wind_turbine.cny_per_mw", 1500000, "CNY/MW", "", "estimate", "domain_
     "no source for turbine prices; magnet content 625 kg/MW × 400 CNY/kg = 250,000 CNY/MW assumed ≈ 1/6 of turbine price; placeholder, replace with a sourced figure")
 
 
+# ---------------------------------------------------------------------------------------------
+# 11. Reference model baotou-2024: sizing rules, derived compositions, placeholders
+#     (rows the reference model needs that the sources do not give directly; every row says
+#     whether it is derived from other keys or an estimate, and why)
+# ---------------------------------------------------------------------------------------------
+MODEL = "models/baotou-2024.yaml (reference-model calibration)"
+
+# Element shares and stoichiometry at full precision, so that the model's element balance
+# closes exactly (the rounded dist.baotou_concentrate.pr_share_of_prnd_frac does not).
+_pr, _nd = v("dist.baotou_concentrate.pr_frac"), v("dist.baotou_concentrate.nd_frac")
+_s_pr = _pr / (_pr + _nd)
+row("spec.prnd_oxide_baotou.pr_frac", _s_pr, "mass fraction of PrNd oxide", "", "derived", PROXY,
+    "= {dist.baotou_concentrate.pr_frac} / ({dist.baotou_concentrate.pr_frac} + {dist.baotou_concentrate.nd_frac}); "
+    "the Pr share of PrNd oxide separated from Baotou concentrate (the ore ratio, not the 25 : 75 market convention), full precision")
+_m_prnd = _s_pr * v("stoich.pr6o11.metal_kg_per_kg") + (1 - _s_pr) * v("stoich.nd2o3.metal_kg_per_kg")
+row("stoich.prnd_oxide_baotou.metal_kg_per_kg", _m_prnd, "kg metal / kg oxide", "", "derived", STOICH_SRC,
+    "= {spec.prnd_oxide_baotou.pr_frac} × {stoich.pr6o11.metal_kg_per_kg} + (1 − {spec.prnd_oxide_baotou.pr_frac}) × {stoich.nd2o3.metal_kg_per_kg}; "
+    "PrNd oxide in the Baotou ore ratio (≈ 20 : 80) → metal")
+_c_ce = v("material.lace_mix.ce_share_frac")
+_m_lace = (1 - _c_ce) * v("stoich.la2o3.metal_kg_per_kg") + _c_ce * v("stoich.ceo2.metal_kg_per_kg")
+row("stoich.lace_mischmetal.metal_kg_per_kg", _m_lace, "kg metal / kg oxide", "", "derived", STOICH_SRC,
+    "= (1 − {material.lace_mix.ce_share_frac}) × {stoich.la2o3.metal_kg_per_kg} + {material.lace_mix.ce_share_frac} × {stoich.ceo2.metal_kg_per_kg}; "
+    "La/Ce mischmetal made from La and Ce oxides in the concentrate ratio")
+
+# Dy : Tb split of the magnet's heavy RE (no direct source): China's 2024 recovery from NdFeB
+# scrap (Argus, A) shows the Dy : Tb ratio that magnets actually carry; expressed as metal mass.
+_dy_m = v("recycling.china.dy2o3_from_scrap_t.2024") * v("stoich.dy2o3.metal_kg_per_kg")
+_tb_m = v("recycling.china.tb_oxide_from_scrap_t.2024") * v("stoich.tb4o7.metal_kg_per_kg")
+row("magnet.ndfeb.tb_share_of_dytb_frac", _tb_m / (_dy_m + _tb_m), "fraction of Dy+Tb metal mass", 2024, "derived",
+    ARGUS_REC + "; " + STOICH_SRC,
+    "= {recycling.china.tb_oxide_from_scrap_t.2024} × {stoich.tb4o7.metal_kg_per_kg} / ({recycling.china.dy2o3_from_scrap_t.2024} × "
+    "{stoich.dy2o3.metal_kg_per_kg} + {recycling.china.tb_oxide_from_scrap_t.2024} × {stoich.tb4o7.metal_kg_per_kg}); "
+    "the Tb share of the Dy+Tb recovered from China's NdFeB scrap in 2024, read as the Tb share of the Dy+Tb in magnets")
+_tbs = v("magnet.ndfeb.tb_share_of_dytb_frac")
+_mag_re = {
+    "pr": v("magnet.ndfeb.prnd_frac") * _s_pr / _m_prnd,
+    "nd": v("magnet.ndfeb.prnd_frac") * (1 - _s_pr) / _m_prnd,
+    "dy": v("magnet.ndfeb.dy_tb_frac") * (1 - _tbs) / v("stoich.dy2o3.metal_kg_per_kg"),
+    "tb": v("magnet.ndfeb.dy_tb_frac") * _tbs / v("stoich.tb4o7.metal_kg_per_kg"),
+}
+_mag_basis = {
+    "pr": "= {magnet.ndfeb.prnd_frac} × {spec.prnd_oxide_baotou.pr_frac} / {stoich.prnd_oxide_baotou.metal_kg_per_kg}",
+    "nd": "= {magnet.ndfeb.prnd_frac} × (1 − {spec.prnd_oxide_baotou.pr_frac}) / {stoich.prnd_oxide_baotou.metal_kg_per_kg}",
+    "dy": "= {magnet.ndfeb.dy_tb_frac} × (1 − {magnet.ndfeb.tb_share_of_dytb_frac}) / {stoich.dy2o3.metal_kg_per_kg}",
+    "tb": "= {magnet.ndfeb.dy_tb_frac} × {magnet.ndfeb.tb_share_of_dytb_frac} / {stoich.tb4o7.metal_kg_per_kg}",
+}
+for el, val in _mag_re.items():
+    row(f"magnet.ndfeb_baotou.{el}_t_reo_per_t", val, "t REO (oxide equivalent) / t NdFeB", "", "derived",
+        dd("9", "magnet composition defaults") + "; " + STOICH_SRC,
+        _mag_basis[el] + f"; oxide-equivalent {el.capitalize()} in one t of sintered NdFeB (blank, finished magnet or swarf alike)")
+_swarf_value = (
+    (_mag_re["pr"] + _mag_re["nd"]) * v("price.prnd_oxide.cny_per_t.2024")
+    + _mag_re["dy"] * v("price.dy_oxide.cny_per_t.2024")
+    + _mag_re["tb"] * v("price.tb_oxide.cny_per_t.2024")
+) * v("yield.scrap_to_reo_recovery_frac")
+row("price.ndfeb_swarf.cny_per_t.2024", round(_swarf_value), "CNY/t swarf", 2024, "estimate", MODEL + "; " + ARGUS_P,
+    "no usable scrap price (price.ndfeb_scrap.cny_per_t.2024m05 is flagged as probably not per t of scrap): valued at the oxide it yields = "
+    "(({magnet.ndfeb_baotou.pr_t_reo_per_t} + {magnet.ndfeb_baotou.nd_t_reo_per_t}) × {price.prnd_oxide.cny_per_t.2024} + "
+    "{magnet.ndfeb_baotou.dy_t_reo_per_t} × {price.dy_oxide.cny_per_t.2024} + {magnet.ndfeb_baotou.tb_t_reo_per_t} × {price.tb_oxide.cny_per_t.2024}) "
+    "× {yield.scrap_to_reo_recovery_frac}; an upper bound (no recycler margin, no processing cost)")
+
+# Capacity sizing rules (no source gives these capacities).
+row("capacity.baotou_steel.concentrate_tpa.2024",
+    round(v("concentrate.cnre.purchase_planned_t.2023") ** 2 / v("concentrate.cnre.purchase_t.2022")),
+    "t concentrate (50 % REO)/a", 2024, "estimate", dd("2", "yicaiglobal.com; m.b8iz8ocd.cn (CNRE concentrate purchases)"),
+    "no capacity figure for Bayan Obo concentrate output; CNRE (the only buyer) bought 230 kt (2022) and planned 320 kt (2023); "
+    "grown once more by that step: = {concentrate.cnre.purchase_planned_t.2023} × {concentrate.cnre.purchase_planned_t.2023} / "
+    "{concentrate.cnre.purchase_t.2022}; ≈ 223 kt REO/a, above the 2024 CNRE mining quota (≈ 189 kt REO) so that the quota binds "
+    "(§9: mining at 100 % of quota)")
+_mag_cap = v("target.baotou.magnet_capacity_tpa.2024")
+row("capacity.baotou_zone.magnet_per_other_maker_tpa", v("capacity.baotou_zone.magnet_other_makers_tpa") / 4, "t blank/a", "",
+    "estimate", S1 + ";" + S34,
+    "= {capacity.baotou_zone.magnet_other_makers_tpa} / 4: the 97 kt not held by JL Mag and Yunsheng split equally between the three "
+    "other makers the seeds name (天和 Tianhe, 北方磁材 Northern Magnetic, 科田 Ketian) and one aggregate of the remaining producers "
+    "(38 in all, 2024 target); the seeds give no per-firm capacity")
+row("util.functional_materials_frac", v("util.magnet_frac"), "fraction of capacity", "", "estimate", dd("9", "utilisation anchors"),
+    "no utilisation figure for H2-storage, polishing, catalyst or alloy plants; taken equal to the magnet default = {util.magnet_frac} "
+    "(§9: 70–80 %); the 2024 capacities are targets, so full use is unlikely")
+_prnd_metal_cap = _mag_cap * v("util.magnet_frac") * v("magnet.ndfeb.prnd_frac")
+row("capacity.baotou.prnd_metal_tpa.2024", _prnd_metal_cap, "t PrNd metal/a", 2024, "estimate", MODEL,
+    "no Baotou electrolysis capacity in the sources; sized to the magnet plants' expected draw = {target.baotou.magnet_capacity_tpa.2024} "
+    "× {util.magnet_frac} × {magnet.ndfeb.prnd_frac}; shortfalls (outages) are bought in as metal")
+for el, share in (("dy", 1 - _tbs), ("tb", _tbs)):
+    key_share = "(1 − {magnet.ndfeb.tb_share_of_dytb_frac})" if el == "dy" else "{magnet.ndfeb.tb_share_of_dytb_frac}"
+    row(f"capacity.baotou.{el}_metal_tpa.2024", _mag_cap * v("util.magnet_frac") * v("magnet.ndfeb.dy_tb_frac") * share,
+        f"t {el.capitalize()} metal/a", 2024, "estimate", MODEL,
+        f"no {el.capitalize()} metal capacity in the sources; sized to the magnet plants' expected draw = "
+        "{target.baotou.magnet_capacity_tpa.2024} × {util.magnet_frac} × {magnet.ndfeb.dy_tb_frac} × " + key_share +
+        "; Ca-thermic reduction (§3b)")
+_lace_cap = (v("target.baotou.h2_storage_capacity_tpa.2024") * v("material.h2_storage_alloy.re_metal_t_per_t")
+             + v("target.baotou.alloy_capacity_tpa.2024") * v("material.re_alloy.re_metal_t_per_t")) * v("util.functional_materials_frac")
+row("capacity.baotou.lace_metal_tpa.2024", _lace_cap, "t La/Ce mischmetal/a", 2024, "estimate", MODEL,
+    "no mischmetal capacity in the sources (包头瑞鑫 was China's largest RE metal maker c.2010, seed 000); sized to the expected draw of the "
+    "H2-storage and alloy plants = ({target.baotou.h2_storage_capacity_tpa.2024} × {material.h2_storage_alloy.re_metal_t_per_t} + "
+    "{target.baotou.alloy_capacity_tpa.2024} × {material.re_alloy.re_metal_t_per_t}) × {util.functional_materials_frac}")
+
+# Motors and end products.
+row("spec.nev_heavy_truck.motor_peak_kw", 350, "kW peak drive power per truck", "", "estimate", "none (not in the sources)",
+    "no source; battery-electric heavy tractors carry a central drive motor or e-axle of roughly 250–450 kW peak; midpoint placeholder, "
+    "used only to size the truck's magnet content")
+row("intensity.nev_heavy_truck.magnet_kg_per_unit", 350 / 100 * v("intensity.ev_motor_by_power.magnet_kg_per_100kw"), "kg NdFeB/truck", "",
+    "derived", dd("4a", "mainrichinternational.com/applications/ev-motors (C)") + "; " + MODEL,
+    "= {spec.nev_heavy_truck.motor_peak_kw} / 100 × {intensity.ev_motor_by_power.magnet_kg_per_100kw}")
+_motor_price_t = v("price.pm_motor.cny_per_t_magnet.2023")
+_traction_value = v("target.baotou.nev_heavy_truck_units.2024") * v("intensity.nev_heavy_truck.magnet_kg_per_unit") / 1000 * _motor_price_t
+_ind_unit_price = v("intensity.industrial_motor.magnet_kg_per_unit") / 1000 * _motor_price_t
+row("capacity.baotou.pm_motor_industrial_units_pa.2024",
+    round((v("target.baotou.pm_motor_output_yi_cny.2024") * 1e8 - _traction_value) / _ind_unit_price / 2),
+    "motors/a per plant", 2024, "estimate", S34 + "; " + MODEL,
+    "no motor capacity in units in the sources (only 50 亿元 and ≥30 firms); sized so that the park's output value meets the target: "
+    "({target.baotou.pm_motor_output_yi_cny.2024} × 1e8 − {target.baotou.nev_heavy_truck_units.2024} × "
+    "{intensity.nev_heavy_truck.magnet_kg_per_unit} / 1000 × {price.pm_motor.cny_per_t_magnet.2023}) / "
+    "({intensity.industrial_motor.magnet_kg_per_unit} / 1000 × {price.pm_motor.cny_per_t_magnet.2023}) / 2: "
+    "the value left after the truck traction motors, split equally between the two industrial-motor plants named in the seeds "
+    "(中加特, 卧龙 pilot base); units are EU-average industrial PM motors (0.175 kg NdFeB each)")
+_wind_mw = v("target.baotou.wind_equipment_output_yi_cny.2024") * 1e8 / v("price.wind_turbine.cny_per_mw")
+row("capacity.baotou.wind_turbine_mw_pa.2024", _wind_mw, "MW/a", 2024, "derived", S34 + "; " + MODEL,
+    "= {target.baotou.wind_equipment_output_yi_cny.2024} × 1e8 / {price.wind_turbine.cny_per_mw}; turbine MW whose value equals the "
+    "wind-equipment target (the price is a placeholder, so this is estimate-grade)")
+row("capacity.baotou.wind_turbine_per_oem_mw_pa.2024", _wind_mw / 4, "MW/a per OEM", 2024, "estimate", S34,
+    "= {capacity.baotou.wind_turbine_mw_pa.2024} / 4: split equally between the four turbine OEMs the seeds name "
+    "(明阳 Mingyang, 金风 Goldwind, 中车 CRRC, 远景 Envision); no per-OEM figure in the sources")
+
+# Demand and trade.
+_served = ((v("prod.china.ndfeb_t.2023.finished_est") - v("trade.china.magnet_export_t.2023"))
+           * (1 + v("demand.world.ndfeb_growth_per_year")) * v("capacity.baotou_zone.magnet_share_china_frac.2022"))
+row("demand.baotou.magnet_served_t.2024", round(_served), "t finished NdFeB/a", 2024, "estimate", dd("7", "CSRE via metalnomist; adamasintel.com") + "; " + S1,
+    "China's domestic use of finished magnets 2023 = {prod.china.ndfeb_t.2023.finished_est} − {trade.china.magnet_export_t.2023}, grown one "
+    "year at {demand.world.ndfeb_growth_per_year}, times Baotou's share of China's magnet capacity {capacity.baotou_zone.magnet_share_china_frac.2022}: "
+    "assumption that Baotou serves domestic demand in proportion to its capacity share")
+row("trade.baotou.magnet_export_world_t.2024", round(v("trade.china.magnet_export_t.2024") * v("capacity.baotou_zone.magnet_share_china_frac.2022")),
+    "t/a", 2024, "estimate", dd("7", "adamasintel.com") + "; " + S1,
+    "= {trade.china.magnet_export_t.2024} × {capacity.baotou_zone.magnet_share_china_frac.2022}: Baotou's share of China's magnet exports "
+    "taken equal to its capacity share (assumption)")
+row("demand.baotou.monthly_noise_cv", 0.10, "coefficient of variation (monthly)", "", "estimate", "none (not in the sources)",
+    "no source for month-to-month order variability of magnet end uses; placeholder 10 % (sensitivity 0–25 %)")
+row("trade.baotou.lace_oxide_export_share_frac", 0.25, "fraction of the separation line's nameplate La/Ce output", "", "estimate",
+    dd("8", "treo.substack.com ('La/Ce persistently over-produced')") + "; " + S0,
+    "no figure for La/Ce sales out of Baotou; La/Ce are persistently over-produced (§8) and the seeds name the La/Ce balance as the "
+    "chain's problem, so the outside market is assumed to absorb only a quarter of what the line can make; placeholder (test 0–1)")
+row("stock.baotou.working_cover_days", 30, "days of use", "", "estimate", dd("6/§9", "inventory rows (no Baotou figure)"),
+    "no Baotou inventory data; a working stock of about one month of use per intermediate pool (half the 60-day strategic-cover "
+    "default stock.strategic_cover_days); imports top up to it")
+row("stock.baotou.max_cover_days", 90, "days of use", "", "estimate", dd("6/§9", "inventory rows (no Baotou figure)"),
+    "no source; storage ceiling of intermediate pools without an outside market (metals), three times the working stock, so that "
+    "producers throttle instead of piling up metal")
+row("lead.china_domestic_re_delivery_days", 14, "days", "", "estimate", dd("6", "lead-time rows (no domestic delivery figure)"),
+    "no source; purchase and rail/road delivery of oxides, metals and Fe/B feedstock from other Chinese provinces (Jiangxi, Sichuan, "
+    "Fujian) to Baotou: about two weeks; placeholder")
+
+# Random outages (no source anywhere; moderate: a few events per plant and year).
+for stage, mtbf, mttr, why in [
+    ("mining", 120, 3, "open pit, crushers and flotation: a few stoppages a year (weather, equipment)"),
+    ("recycling", 120, 4, "hydrometallurgical line, like separation but smaller and newer"),
+    ("separation", 180, 5, "continuous SX cascades: rare but long stoppages (a cascade takes days to re-balance)"),
+    ("metal", 90, 2, "electrolysis: frequent short stoppages (cell changes; small cells last < 180 d, §3b)"),
+    ("magnet", 120, 3, "furnaces and machining lines: a few short stoppages a year"),
+    ("materials", 120, 3, "batch chemical and alloy plants: a few short stoppages a year"),
+    ("motor", 180, 2, "assembly lines: rare, short stoppages"),
+    ("end_product", 180, 3, "assembly lines: rare, short stoppages (supplier or line problems)"),
+]:
+    row(f"availability.{stage}.mtbf_days", mtbf, "days (mean time between failures)", "", "estimate", "none (not in the sources)",
+        f"no source; plant-level unplanned stoppages, {why}; MTBF of months keeps outage events moderate")
+    row(f"availability.{stage}.mttr_days", mttr, "days (mean time to repair)", "", "estimate", "none (not in the sources)",
+        f"no source; {why}; availability ≈ MTBF / (MTBF + MTTR) = {mtbf / (mtbf + mttr):.3f}")
+
+
 def main() -> None:
     rows = sorted(ROWS, key=lambda r: r["key"])
     with OUT.open("w", encoding="utf-8", newline="") as fh:

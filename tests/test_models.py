@@ -24,7 +24,7 @@ GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_KPIS = ("output.stage", "utilisation.stage", "value.group", "local_conversion",
                "element.la_ce_surplus", "element.dy_tb_deficit", "production.material")
 #: Fields whose bare numbers are calendar or structure, not facts about the world.
-STRUCTURAL = {"month", "day"}
+STRUCTURAL = {"month", "day", "year"}
 
 
 @pytest.mark.slow

@@ -143,7 +143,8 @@ def _target_table(first: Any) -> Table:
     for col in ("Target", "Year", "Goal", "Model", "Unit", "Attained"):
         t.add_column(col, justify="right" if col in ("Goal", "Model") else "left")
     for r in first.target_table.itertuples():
-        t.add_row(r.name, str(r.year), f"{r.goal:,.0f}", _fmt(r.value, ",.1f"), r.unit,
+        f = ",.1f" if abs(r.goal) >= 100 else ".3g"
+        t.add_row(r.name, str(r.year), _fmt(r.goal, f), _fmt(r.value, f), r.unit,
                   "[green]yes[/green]" if r.attained else "[red]no[/red]")
     return t
 
@@ -170,8 +171,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     if changes:
         baseline = scenario
         scenario = apply_changes(scenario, changes)
-    elif scenario.changes:
-        baseline = load_scenario(a.scenario, include_changes=False)
+    else:  # a what-if file is compared with the same scenario without its changes
+        plain = load_scenario(a.scenario, include_changes=False)
+        if scenario_hash(plain) != scenario_hash(scenario):
+            baseline = plain
     with _progress() as prog:
         task = prog.add_task("whatif" if baseline else "run", total=a.replications)
         res = run_replications(prepare(scenario), a.replications, seed=a.seed,

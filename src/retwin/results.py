@@ -130,19 +130,22 @@ class RunResult:
 
     # --- KPIs ---------------------------------------------------------------------------
 
-    @cached_property
-    def capacity_days(self) -> FloatArray:
-        """(P, D) nameplate activity per day a plant had (commissioned, ramped, not retired)."""
+    def _ramp_factor(self) -> FloatArray:
+        """(P, D) share of nameplate a plant has: 0 before commissioning and after retirement,
+        rising linearly over its ramp (the kernel's rule)."""
         c = self.compiled
         st = c.kernel_static
         d = np.arange(c.n_days)[None, :]
         com = st["commission_day"][:, None]
         ramp = st["ramp_days"][:, None].astype(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(ramp > 0, np.clip((d - com + 1) / np.where(ramp > 0, ramp, 1), 0, 1),
-                         1.0)
+        r = np.where(ramp > 0, np.clip((d - com + 1) / np.where(ramp > 0, ramp, 1), 0, 1), 1.0)
         live = (d >= com) & (d < st["retire_day"][:, None])
-        return np.where(live, r, 0.0) * (c.nameplate_tpa / 365.0)[:, None]
+        return np.where(live, r, 0.0)
+
+    @cached_property
+    def capacity_days(self) -> FloatArray:
+        """(P, D) nameplate activity per day a plant had (commissioned, ramped, not retired)."""
+        return self._ramp_factor() * (self.compiled.nameplate_tpa / 365.0)[:, None]
 
     @cached_property
     def kpis(self) -> pd.DataFrame:
@@ -253,10 +256,10 @@ class RunResult:
         return raw
 
     def _capacity_at_year_end(self, sel: np.ndarray) -> np.ndarray:
-        cap = self.capacity_days[sel].sum(axis=0) * 365.0
-        yd = self._year_of_day
-        end_idx = np.searchsorted(yd, self.years, side="right") - 1
-        return cap[end_idx]
+        """Nameplate capacity per year (activity units) in force on each year's last day."""
+        end_idx = np.searchsorted(self._year_of_day, self.years, side="right") - 1
+        ramp = self._ramp_factor()[:, end_idx]
+        return (ramp[sel] * self.compiled.nameplate_tpa[sel, None]).sum(axis=0)
 
     def _production_by_material(self) -> np.ndarray:
         c = self.compiled
@@ -357,7 +360,8 @@ class RunResult:
                 v = self.kpi(kpi, key, t.year)
             except KeyError:
                 v = float("nan")
-            ok = v >= t.value if t.kind == "at_least" else v <= t.value
+            tol = 1e-9 * max(1.0, abs(t.value))  # a target met exactly is met
+            ok = v >= t.value - tol if t.kind == "at_least" else v <= t.value + tol
             rows.append((t.id, t.name, t.year, t.value, v, t.unit, bool(ok and not np.isnan(v))))
         return pd.DataFrame(rows, columns=["target", "name", "year", "goal", "value", "unit",
                                            "attained"])
