@@ -65,6 +65,7 @@ class RunResult:
     in_transit: FloatArray  # (S,) production and imports not yet arrived
     events: list[tuple[int, str, str]]
     kernel_calls: int
+    capacity_log: list[tuple[int, int, float]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     # --- mass balance -------------------------------------------------------------------
@@ -130,22 +131,19 @@ class RunResult:
 
     # --- KPIs ---------------------------------------------------------------------------
 
-    def _ramp_factor(self) -> FloatArray:
-        """(P, D) share of nameplate a plant has: 0 before commissioning and after retirement,
-        rising linearly over its ramp (the kernel's rule)."""
+    @cached_property
+    def nameplate_days(self) -> FloatArray:
+        """(P, D) nameplate capacity per year in force each day (capacity changes included)."""
         c = self.compiled
-        st = c.kernel_static
-        d = np.arange(c.n_days)[None, :]
-        com = st["commission_day"][:, None]
-        ramp = st["ramp_days"][:, None].astype(float)
-        r = np.where(ramp > 0, np.clip((d - com + 1) / np.where(ramp > 0, ramp, 1), 0, 1), 1.0)
-        live = (d >= com) & (d < st["retire_day"][:, None])
-        return np.where(live, r, 0.0)
+        out = np.repeat(c.nameplate_tpa[:, None], c.n_days, axis=1)
+        for day, p, value in self.capacity_log:
+            out[p, day:] = value
+        return out
 
     @cached_property
     def capacity_days(self) -> FloatArray:
         """(P, D) nameplate activity per day a plant had (commissioned, ramped, not retired)."""
-        return self._ramp_factor() * (self.compiled.nameplate_tpa / 365.0)[:, None]
+        return self.compiled.ramp * self.nameplate_days / 365.0
 
     @cached_property
     def kpis(self) -> pd.DataFrame:
@@ -258,8 +256,8 @@ class RunResult:
     def _capacity_at_year_end(self, sel: np.ndarray) -> np.ndarray:
         """Nameplate capacity per year (activity units) in force on each year's last day."""
         end_idx = np.searchsorted(self._year_of_day, self.years, side="right") - 1
-        ramp = self._ramp_factor()[:, end_idx]
-        return (ramp[sel] * self.compiled.nameplate_tpa[sel, None]).sum(axis=0)
+        ramp = self.compiled.ramp[sel][:, end_idx]
+        return (ramp * self.nameplate_days[sel][:, end_idx]).sum(axis=0)
 
     def _production_by_material(self) -> np.ndarray:
         c = self.compiled

@@ -89,6 +89,22 @@ class Compiled:
     timed: list[TimedChange]
     kernel_static: dict[str, np.ndarray] = field(default_factory=dict)
     ring: int = 1
+    _ramp: FloatArray | None = field(default=None, repr=False)
+
+    @property
+    def ramp(self) -> FloatArray:
+        """(P, D) share of nameplate each plant has: 0 before commissioning and from
+        retirement on, rising linearly over its ramp (the kernel's rule). Computed once."""
+        if self._ramp is None:
+            st = self.kernel_static
+            d = np.arange(self.n_days)[None, :]
+            com = st["commission_day"][:, None]
+            ramp = st["ramp_days"][:, None].astype(float)
+            r = np.where(ramp > 0, np.clip((d - com + 1) / np.where(ramp > 0, ramp, 1), 0, 1),
+                         1.0)
+            live = (d >= com) & (d < st["retire_day"][:, None])
+            self._ramp = np.where(live, r, 0.0)
+        return self._ramp
 
 
 def _day(sc: Scenario, d: dt.date | None, default: int) -> int:

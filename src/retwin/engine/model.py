@@ -85,6 +85,7 @@ class ChainModel:
         self.day = 0
         self.kernel_calls = 0
         self.events: list[tuple[int, str, str]] = []
+        self.capacity_log: list[tuple[int, int, float]] = []  # (day, plant, nameplate_tpa)
         self._weights: dict[int, tuple[TimedChange, float]] = {}
         self._seed_seq = np.random.SeedSequence(self.seed)
 
@@ -176,7 +177,9 @@ class ChainModel:
             else:
                 new = value + ch.delta_tpa
             value += w * (new - value)
-        self.cap_day[p] = max(0.0, value) * c.utilisation[p] / 365.0
+        value = max(0.0, value)
+        self.cap_day[p] = value * c.utilisation[p] / 365.0
+        self.capacity_log.append((self.day, p, value))
 
     def _refresh_trade(self, k: int) -> None:
         c = self.c

@@ -90,6 +90,7 @@ def run(
         final_stock=model.stock.copy(),
         in_transit=in_transit,
         events=model.events,
+        capacity_log=model.capacity_log,
         kernel_calls=model.kernel_calls,
         metadata={"seed": int(seed), "replication": int(replication), "engine_seed": eng_seed},
     )
