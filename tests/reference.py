@@ -1,0 +1,409 @@
+"""A slow, obviously correct pure-Python reference of the daily flow kernel.
+
+Written from the *specification* in the docstring of :mod:`retwin.kernels.flow` (and the
+:class:`~retwin.scenario.schema.Quota` and :class:`~retwin.scenario.schema.Pool` docstrings),
+not from the kernel's code. It takes exactly the kernel's arguments, so a test can run both
+on copies of the same arrays, but it converts them into plain Python objects first, keeps the
+shipments in transit as a plain list of ``(arrival day, pool, amount, is_import)`` instead of a
+ring buffer, and writes its results back into the arrays at the end.
+
+One day, in order:
+
+1. arrivals: production and imports whose lead time ends today reach their pools;
+2. plants, level by level (upstream first). Each plant asks for
+   ``capacity × availability × ramp``; plants under one quota share what the quota allows
+   today (the smaller of what has been released and not used, and an even pace of what is
+   left of the year), pro rata; plants drawing on one pool share its free stock (above the
+   strategic reserve) pro rata to their requests; plants delivering into a pool with a storage
+   ceiling share its room (ceiling minus stock minus what is already on its way to it). The
+   activity is the smallest of these limits; the limit recorded is the one that bound (the
+   smallest; on a tie the earlier one in that list);
+3. demand segments draw their daily rate from their pools (pro rata when short);
+4. exports take stock above ``reserve + target`` up to each market's daily cap;
+5. imports order up to ``reserve + target`` net of imports already in transit, up to each
+   market's daily cap, arriving after the market's lead time.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: The arguments the reference reads (by name; the kernel may take more, e.g. index helpers).
+USED_ARGS: frozenset[str] = frozenset((
+    "order", "lvl_ptr", "commission_day", "ramp_days", "retire_day", "lead", "plant_quota",
+    "qcoef", "in_ptr", "in_pool", "in_mat", "in_amt", "out_ptr", "out_pool", "out_mat",
+    "out_amt", "pool_mat", "target", "pool_max", "mk_pool", "imp_lead", "dem_pool",
+    "days_left", "month_of_day", "cap_day", "avail", "reserve", "imp_cap_day", "exp_cap_day",
+    "dem_rate", "price", "q_avail", "q_year_left", "stock", "pipe", "ipipe", "ipipe_sum",
+    "act_rec", "code_rec", "stock_rec", "imp_rec", "exp_rec", "served_rec", "unmet_rec",
+    "val_month", "tot",
+))
+
+
+def kernel_arg_names() -> tuple[str, ...]:
+    """The kernel's argument names after ``d0, d1``, read from its signature (its interface)."""
+    from retwin.kernels.flow import _advance
+
+    fn = getattr(_advance, "py_func", _advance)
+    return tuple(inspect.signature(fn).parameters)[2:]
+
+
+ARG_NAMES: tuple[str, ...] = kernel_arg_names()
+
+# Binding-constraint codes (their meaning is part of the interface: retwin.kernels.BIND_NAMES).
+CAPACITY, QUOTA, INPUT, OUTAGE, STORAGE, IDLE = 1, 2, 3, 4, 5, 6
+
+#: Two limits this close (relative) are a tie decided by round-off.
+TIE_RTOL = 1e-9
+
+# Rows of ``tot``.
+PRODUCED, DRAWN, EXTRACTED, IMPORTED, EXPORTED, DEMANDED = range(6)
+
+
+@dataclass
+class Plant:
+    index: int
+    commission: int
+    ramp_days: int
+    retire: int
+    lead: int
+    quota: int | None
+    quota_per_activity: float
+    inputs: list[tuple[int | None, int, float]]  # (pool or None: from the ground, material, amt)
+    outputs: list[tuple[int, int, float]]  # (pool, material, amount)
+
+    def ramp(self, day: int) -> float:
+        if day < self.commission or day >= self.retire:
+            return 0.0
+        if self.ramp_days > 0:
+            return min(1.0, (day - self.commission + 1) / self.ramp_days)
+        return 1.0
+
+
+@dataclass
+class Shipment:
+    arrival: int
+    pool: int
+    amount: float
+    is_import: bool
+
+
+@dataclass
+class World:
+    levels: list[list[Plant]]
+    pool_material: list[int]
+    target: list[float]
+    ceiling: list[float | None]
+    market_pool: list[int]
+    import_lead: list[int]
+    segment_pool: list[int]
+    days_left: list[int]
+    month_of_day: list[int]
+    # state set by events
+    cap_day: list[float]
+    avail: list[float]
+    reserve: list[float]
+    import_cap: list[float]
+    export_cap: list[float]
+    demand_rate: list[float]
+    price: list[float]
+    quota_released: list[float]
+    quota_year_left: list[float]
+    # state moved by the flow
+    stock: list[float]
+    in_transit: list[Shipment]
+    # accumulators and records
+    value_month: list[list[float]]
+    totals: list[list[float]]
+    activity: dict[tuple[int, int], float] = field(default_factory=dict)
+    code: dict[tuple[int, int], int] = field(default_factory=dict)
+    stock_rec: dict[tuple[int, int], float] = field(default_factory=dict)
+    import_rec: dict[tuple[int, int], float] = field(default_factory=dict)
+    export_rec: dict[tuple[int, int], float] = field(default_factory=dict)
+    served: dict[tuple[int, int], float] = field(default_factory=dict)
+    unmet: dict[tuple[int, int], float] = field(default_factory=dict)
+    #: (plant, day) whose binding constraint was decided by a tie within round-off
+    ties: set[tuple[int, int]] = field(default_factory=set)
+
+
+def _ints(a: np.ndarray) -> list[int]:
+    return [int(x) for x in a.tolist()]
+
+
+def _floats(a: np.ndarray) -> list[float]:
+    return [float(x) for x in a.tolist()]
+
+
+def _world(a: dict[str, np.ndarray], d0: int) -> World:
+    n_plants = a["order"].shape[0]
+    plants: list[Plant] = []
+    for p in range(n_plants):
+        inputs = []
+        for j in range(int(a["in_ptr"][p]), int(a["in_ptr"][p + 1])):
+            pool = int(a["in_pool"][j])
+            inputs.append((pool if pool >= 0 else None, int(a["in_mat"][j]),
+                           float(a["in_amt"][j])))
+        outputs = []
+        for j in range(int(a["out_ptr"][p]), int(a["out_ptr"][p + 1])):
+            outputs.append((int(a["out_pool"][j]), int(a["out_mat"][j]), float(a["out_amt"][j])))
+        q = int(a["plant_quota"][p])
+        plants.append(Plant(
+            index=p,
+            commission=int(a["commission_day"][p]),
+            ramp_days=int(a["ramp_days"][p]),
+            retire=int(a["retire_day"][p]),
+            lead=int(a["lead"][p]),
+            quota=q if q >= 0 else None,
+            quota_per_activity=float(a["qcoef"][p]),
+            inputs=inputs,
+            outputs=outputs,
+        ))
+    order = _ints(a["order"])
+    ptr = _ints(a["lvl_ptr"])
+    levels = [[plants[order[i]] for i in range(ptr[k], ptr[k + 1])] for k in range(len(ptr) - 1)]
+
+    # Shipments in transit: the kernel keeps them in a ring of ``ring`` day slots; a slot
+    # holds what arrives on the next day (from d0 on) whose number is the slot modulo ring.
+    ring = a["pipe"].shape[1]
+    transit: list[Shipment] = []
+    for name, is_import in (("pipe", False), ("ipipe", True)):
+        for s, row in enumerate(a[name].tolist()):
+            for slot, amount in enumerate(row):
+                if amount != 0.0:
+                    transit.append(Shipment(d0 + (slot - d0) % ring, s, float(amount), is_import))
+
+    ceiling = [None if not np.isfinite(x) else float(x) for x in a["pool_max"].tolist()]
+    return World(
+        levels=levels,
+        pool_material=_ints(a["pool_mat"]),
+        target=_floats(a["target"]),
+        ceiling=ceiling,
+        market_pool=_ints(a["mk_pool"]),
+        import_lead=_ints(a["imp_lead"]),
+        segment_pool=_ints(a["dem_pool"]),
+        days_left=_ints(a["days_left"]),
+        month_of_day=_ints(a["month_of_day"]),
+        cap_day=_floats(a["cap_day"]),
+        avail=_floats(a["avail"]),
+        reserve=_floats(a["reserve"]),
+        import_cap=_floats(a["imp_cap_day"]),
+        export_cap=_floats(a["exp_cap_day"]),
+        demand_rate=_floats(a["dem_rate"]),
+        price=_floats(a["price"]),
+        quota_released=_floats(a["q_avail"]),
+        quota_year_left=_floats(a["q_year_left"]),
+        stock=_floats(a["stock"]),
+        in_transit=transit,
+        value_month=[_floats(r) for r in a["val_month"]],
+        totals=[_floats(r) for r in a["tot"]],
+    )
+
+
+def _free(w: World, pool: int) -> float:
+    """Stock a consumer may take: what lies above the strategic reserve."""
+    return max(0.0, w.stock[pool] - w.reserve[pool])
+
+
+def _share(available: float, asked: float) -> float:
+    """The fraction of a request that can be met when ``asked`` competes for ``available``."""
+    if asked <= available:
+        return 1.0
+    return available / asked
+
+
+def _near(a: float, b: float) -> bool:
+    """Equal within round-off: which of two such limits "bound" is an arbitrary choice."""
+    return abs(a - b) <= TIE_RTOL * max(1.0, abs(a), abs(b))
+
+
+def _run_level(w: World, level: list[Plant], d: int) -> None:
+    want: dict[int, float] = {}
+    code: dict[int, int] = {}
+    tie: set[int] = set()
+    # capacity × availability × ramp
+    for pl in level:
+        ramp = pl.ramp(d)
+        want[pl.index] = w.cap_day[pl.index] * ramp * w.avail[pl.index]
+        if ramp == 0.0 or w.cap_day[pl.index] == 0.0:
+            code[pl.index] = IDLE
+        elif w.avail[pl.index] < 1.0:
+            code[pl.index] = OUTAGE
+        else:
+            code[pl.index] = CAPACITY
+
+    # quota: the plants under one quota share what it allows today, pro rata
+    quotas = sorted({pl.quota for pl in level if pl.quota is not None})
+    for q in quotas:
+        members = [pl for pl in level if pl.quota == q]
+        asked = sum(want[pl.index] * pl.quota_per_activity for pl in members)
+        if asked <= 0.0:
+            continue
+        days_left = w.days_left[d]
+        paced = w.quota_year_left[q] / days_left if days_left > 0 else w.quota_year_left[q]
+        allowed = max(0.0, min(w.quota_released[q], paced))
+        if _near(allowed, asked):
+            tie.update(pl.index for pl in members)
+        if allowed < asked:
+            for pl in members:
+                limited = want[pl.index] * allowed / asked
+                if limited < want[pl.index]:
+                    want[pl.index] = limited
+                    code[pl.index] = QUOTA
+
+    # pools: consumers share the free stock pro rata; producers share a ceiling's room
+    asked_stock: dict[int, float] = {}
+    asked_room: dict[int, float] = {}
+    for pl in level:
+        for pool, _mat, amt in pl.inputs:
+            if pool is not None:
+                asked_stock[pool] = asked_stock.get(pool, 0.0) + want[pl.index] * amt
+        for pool, _mat, amt in pl.outputs:
+            asked_room[pool] = asked_room.get(pool, 0.0) + want[pl.index] * amt
+    stock_share = {pool: _share(_free(w, pool), asked) for pool, asked in asked_stock.items()}
+    room_share: dict[int, float] = {}
+    for pool, asked in asked_room.items():
+        ceiling = w.ceiling[pool]
+        if ceiling is None or asked == 0.0:
+            room_share[pool] = 1.0
+            continue
+        on_the_way = sum(sh.amount for sh in w.in_transit if sh.pool == pool)
+        room = max(0.0, ceiling - w.stock[pool] - on_the_way)
+        room_share[pool] = _share(room, asked)
+
+    # run each plant at the smallest limit and account for it
+    for pl in level:
+        p = pl.index
+        x = want[p]
+        r_in = min([stock_share[pool] for pool, _, _ in pl.inputs if pool is not None],
+                   default=1.0)
+        r_out = min([room_share[pool] for pool, _, _ in pl.outputs], default=1.0)
+        if x > 0.0 and (_near(min(r_in, r_out), 1.0) or
+                        (min(r_in, r_out) < 1.0 and _near(r_in, r_out))):
+            tie.add(p)
+        if x > 0.0 and min(r_in, r_out) < 1.0:
+            if r_in <= r_out:
+                x = x * r_in
+                code[p] = INPUT
+            else:
+                x = x * r_out
+                code[p] = STORAGE
+        for pool, mat, amt in pl.inputs:
+            if pool is None:
+                w.totals[EXTRACTED][mat] += x * amt
+            else:
+                w.stock[pool] -= x * amt
+                w.totals[DRAWN][mat] += x * amt
+        for pool, mat, amt in pl.outputs:
+            if pl.lead == 0:
+                w.stock[pool] += x * amt
+            else:
+                w.in_transit.append(Shipment(d + pl.lead, pool, x * amt, False))
+            w.totals[PRODUCED][mat] += x * amt
+            w.value_month[p][w.month_of_day[d]] += x * amt * w.price[mat]
+        if pl.quota is not None:
+            w.quota_released[pl.quota] -= x * pl.quota_per_activity
+            w.quota_year_left[pl.quota] -= x * pl.quota_per_activity
+        w.activity[(p, d)] = x
+        w.code[(p, d)] = code[p]
+        if p in tie:
+            w.ties.add((p, d))
+
+
+def _one_day(w: World, d: int) -> None:
+    # 1. arrivals
+    staying = []
+    for sh in w.in_transit:
+        if sh.arrival == d:
+            w.stock[sh.pool] += sh.amount
+        else:
+            assert sh.arrival > d, "a shipment was left behind"
+            staying.append(sh)
+    w.in_transit = staying
+
+    # 2. plants, upstream first
+    for level in w.levels:
+        _run_level(w, level, d)
+
+    # 3. demand, pro rata per pool when short
+    asked: dict[int, float] = {}
+    for g, pool in enumerate(w.segment_pool):
+        asked[pool] = asked.get(pool, 0.0) + w.demand_rate[g]
+    share = {pool: _share(_free(w, pool), a) for pool, a in asked.items()}
+    for g, pool in enumerate(w.segment_pool):
+        served = w.demand_rate[g] * share[pool]
+        w.stock[pool] -= served
+        w.totals[DEMANDED][w.pool_material[pool]] += served
+        w.served[(g, d)] = served
+        w.unmet[(g, d)] = w.demand_rate[g] - served
+
+    # 4. exports: stock above reserve + target, up to the daily cap, market by market
+    for k, pool in enumerate(w.market_pool):
+        amount = 0.0
+        if w.export_cap[k] > 0.0:
+            surplus = w.stock[pool] - w.reserve[pool] - w.target[pool]
+            amount = max(0.0, min(surplus, w.export_cap[k]))
+            w.stock[pool] -= amount
+            w.totals[EXPORTED][w.pool_material[pool]] += amount
+        w.export_rec[(k, d)] = amount
+
+    # 5. imports: order up to reserve + target, net of imports on their way
+    for k, pool in enumerate(w.market_pool):
+        amount = 0.0
+        if w.import_cap[k] > 0.0:
+            ordered = sum(sh.amount for sh in w.in_transit if sh.pool == pool and sh.is_import)
+            need = w.reserve[pool] + w.target[pool] - w.stock[pool] - ordered
+            amount = max(0.0, min(need, w.import_cap[k]))
+            if amount > 0.0:
+                if w.import_lead[k] == 0:
+                    w.stock[pool] += amount
+                else:
+                    w.in_transit.append(Shipment(d + w.import_lead[k], pool, amount, True))
+            w.totals[IMPORTED][w.pool_material[pool]] += amount
+        w.import_rec[(k, d)] = amount
+
+    for s, level in enumerate(w.stock):
+        w.stock_rec[(s, d)] = level
+
+
+def _write_back(w: World, a: dict[str, np.ndarray]) -> None:
+    for name, values in (("q_avail", w.quota_released), ("q_year_left", w.quota_year_left),
+                         ("stock", w.stock)):
+        for i, v in enumerate(values):
+            a[name][i] = v
+    ring = a["pipe"].shape[1]
+    a["pipe"][:] = 0.0
+    a["ipipe"][:] = 0.0
+    a["ipipe_sum"][:] = 0.0
+    for sh in w.in_transit:
+        a["ipipe" if sh.is_import else "pipe"][sh.pool, sh.arrival % ring] += sh.amount
+        if sh.is_import:
+            a["ipipe_sum"][sh.pool] += sh.amount
+    for name, rec in (("act_rec", w.activity), ("code_rec", w.code), ("stock_rec", w.stock_rec),
+                      ("imp_rec", w.import_rec), ("exp_rec", w.export_rec),
+                      ("served_rec", w.served), ("unmet_rec", w.unmet)):
+        for (i, d), v in rec.items():
+            a[name][i, d] = v
+    for p, row in enumerate(w.value_month):
+        for t, v in enumerate(row):
+            a["val_month"][p, t] = v
+    for r, row in enumerate(w.totals):
+        for m, v in enumerate(row):
+            a["tot"][r, m] = v
+
+
+def advance(d0: int, d1: int, *arrays: Any) -> set[tuple[int, int]]:
+    """Advance days ``[d0, d1)`` like the kernel, writing into the same arrays.
+
+    Returns the ``(plant, day)`` pairs whose binding-constraint code was decided by limits
+    equal within round-off (the activity is right either way; the code is a coin toss).
+    """
+    a = dict(zip(ARG_NAMES, arrays, strict=True))
+    w = _world(a, d0)
+    for d in range(d0, d1):
+        _one_day(w, d)
+    _write_back(w, a)
+    return w.ties

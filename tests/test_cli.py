@@ -1,0 +1,257 @@
+"""The command line, called in-process: exit codes, messages, and the files it writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import retwin
+from conftest import REPO, TINY_PATH
+from retwin.cli import main
+from retwin.scenario.data import load_parameters
+from retwin.scenario.load import scenario_hash
+
+QUOTA_CUT = '{"kind": "quota", "quota": "mining", "factor": 0.8}'
+CHANGE_KINDS = {"quota", "price", "capacity", "plant", "outage", "demand", "trade", "reserve",
+                "parameter"}
+
+
+def bad_file(tmp_path: Path) -> Path:
+    tree = yaml.safe_load(TINY_PATH.read_text(encoding="utf-8"))
+    tree["plants"][0]["capacity_tpa"] = -5
+    tree["plants"][3]["utilisation_max_frac"] = 1.5
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+# --- validate -------------------------------------------------------------------------------
+
+
+def test_validate_good_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(TINY_PATH)]) == 0
+    out, err = capsys.readouterr()
+    assert "tiny.yaml: ok (tiny: 5 plants, 8 materials" in out
+    assert err == ""
+
+
+def test_validate_bad_file_one_line_per_problem(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    path = bad_file(tmp_path)
+    assert main(["validate", str(TINY_PATH), str(path)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith(f"{path}: plants[0](mine).capacity_tpa: ") and "-5" in lines[0]
+    assert lines[1].startswith(f"{path}: plants[3](magnets).utilisation_max_frac: ")
+    assert "1.5" in lines[1]
+    assert "tiny.yaml: ok" in out  # the good file is still reported
+
+
+def test_validate_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "no/such/file.yaml"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+def test_run_prints_the_kpi_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(TINY_PATH)]) == 0
+    out, err = capsys.readouterr()
+    assert "tiny: annual KPIs, seed 0" in out
+    for label in ("Output · mining", "Output · magnet", "Fill rate · motors", "bottleneck",
+                  "Magnet output", "Mass balance closes"):
+        assert label in out, label
+    assert "2024" in out and "2025" in out
+    assert "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def whatif_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "whatif"
+    code = main(["run", str(TINY_PATH), "--change", QUOTA_CUT, "--replications", "3",
+                 "--seed", "7", "--out", str(out)])
+    assert code == 0
+    return out
+
+
+def test_run_writes_result_files_and_manifest(whatif_dir: Path) -> None:
+    names = {p.name for p in whatif_dir.iterdir()}
+    for kind in ("series", "flows", "kpis", "summary", "difference"):
+        assert f"{kind}.parquet" in names, kind
+    assert "manifest.json" in names
+    manifest = json.loads((whatif_dir / "manifest.json").read_text(encoding="utf-8"))
+    tiny = retwin.load_scenario(TINY_PATH)
+    whatif = retwin.apply_changes(tiny, [json.loads(QUOTA_CUT)])
+    assert manifest["scenario_hash"] == scenario_hash(whatif)
+    assert manifest["baseline_hash"] == scenario_hash(tiny)
+    assert manifest["seed"] == 7
+    assert manifest["replications"] == 3
+    assert manifest["changes"] == [json.loads(QUOTA_CUT)]
+    assert {"retwin", "numpy", "numba", "simpy"} <= set(manifest["versions"])
+    assert manifest["versions"]["retwin"] == retwin.__version__
+    assert manifest["mass_balance_closes"] is True
+    assert sorted(manifest["files"]) == sorted(n for n in names if n.endswith(".parquet"))
+    # no temporary directories left next to the result
+    assert [p.name for p in whatif_dir.parent.iterdir()] == ["whatif"]
+
+
+def test_run_parquet_values_equal_the_run(whatif_dir: Path) -> None:
+    kpis = pd.read_parquet(whatif_dir / "kpis.parquet")
+    assert sorted(kpis.replication.unique()) == [0, 1, 2]
+    tiny = retwin.load_scenario(TINY_PATH)
+    res = retwin.run(tiny, seed=7, changes=[json.loads(QUOTA_CUT)])
+    first = kpis[kpis.replication == 0].drop(columns="replication").reset_index(drop=True)
+    pd.testing.assert_frame_equal(first, res.kpis.reset_index(drop=True), check_dtype=False)
+    row = first[(first.kpi == "output.stage") & (first.key == "mining") & (first.year == 2024)]
+    assert row.value.iloc[0] == res.kpi("output.stage", "mining", 2024)
+    series = pd.read_parquet(whatif_dir / "series.parquet")
+    act = series[(series.kind == "activity") & (series.id == "mine")].value.to_numpy()
+    np.testing.assert_array_equal(act, res.activity[res.compiled.plant_ids.index("mine")])
+
+
+def test_run_difference_file(whatif_dir: Path) -> None:
+    diff = pd.read_parquet(whatif_dir / "difference.parquet")
+    mining = diff[(diff.kpi == "output.stage") & (diff.key == "mining")]
+    assert (mining["mean"] < 0).all()
+    summary = pd.read_parquet(whatif_dir / "summary.parquet")
+    assert {"mean", "p5", "p50", "p95"} <= set(summary.columns)
+    assert (summary.n == 3).all()
+
+
+def test_run_csv_format(tmp_path: Path) -> None:
+    out = tmp_path / "csv"
+    assert main(["run", str(TINY_PATH), "--format", "csv", "--seed", "3", "--out",
+                 str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"series.csv", "flows.csv", "kpis.csv", "manifest.json"} <= names
+    assert not any(n.endswith(".parquet") for n in names)
+    kpis = pd.read_csv(out / "kpis.csv")
+    res = retwin.run(retwin.load_scenario(TINY_PATH), seed=3)
+    got = kpis[(kpis.kpi == "output.stage") & (kpis.key == "magnet") & (kpis.year == 2025)]
+    assert got.value.iloc[0] == pytest.approx(res.kpi("output.stage", "magnet", 2025),
+                                              rel=1e-12)
+    assert json.loads((out / "manifest.json").read_text())["format"] == "csv"
+
+
+def test_run_change_from_a_whatif_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                       ) -> None:
+    f = tmp_path / "what.yaml"
+    f.write_text(yaml.safe_dump({"changes": [json.loads(QUOTA_CUT)]}), encoding="utf-8")
+    assert main(["run", str(TINY_PATH), "--change", str(f)]) == 0
+    assert "Δ" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ('{"kind": "quota", ', "error: --change: not valid JSON"),
+    ("no-such-file.yaml", "is neither JSON nor an existing file"),
+    ('{"kind": "outage", "plant": "nope", "from": "2024-02-01", "to": "2024-02-02"}',
+     "error: changes[0].plant: unknown plant 'nope'"),
+    ('"just a string"', "is neither JSON nor an existing file"),
+])
+def test_run_bad_change(change: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(TINY_PATH), "--change", change]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_run_bad_scenario(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(bad_file(tmp_path)), "--out", str(tmp_path / "never")]) == 2
+    assert "error: plants[0](mine).capacity_tpa" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--seed", "-1"], "--seed(=-1) must be >= 0"),
+    (["--replications", "0"], "--replications(=0) must be >= 1"),
+])
+def test_run_bad_numbers(args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+                         ) -> None:
+    assert main(["run", str(TINY_PATH), *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+# --- schema ---------------------------------------------------------------------------------
+
+
+def test_schema_to_file(tmp_path: Path) -> None:
+    path = tmp_path / "scenario.schema.json"
+    assert main(["schema", "-o", str(path)]) == 0
+    schema = json.loads(path.read_text(encoding="utf-8"))
+    assert schema["title"] == "Scenario" and schema["type"] == "object"
+    assert {"name", "start", "end", "materials", "plants"} <= set(schema["required"])
+    assert schema["additionalProperties"] is False
+    defs = schema["$defs"]
+    assert defs["Plant"]["properties"]["capacity_tpa"]["minimum"] == 0
+    assert "import" in defs["Market"]["properties"]  # the alias, as in YAML files
+    kinds = {d["properties"]["kind"]["const"] for name, d in defs.items()
+             if name.endswith("Change") and "kind" in d.get("properties", {})}
+    assert kinds == CHANGE_KINDS
+    # every $ref resolves
+    text = path.read_text(encoding="utf-8")
+    for ref in set(part.split('"')[0] for part in text.split('"$ref": "#/$defs/')[1:]):
+        assert ref in defs, ref
+
+
+def test_schema_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema"]) == 0
+    assert json.loads(capsys.readouterr().out)["title"] == "Scenario"
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def test_data_shows_parameters_and_sources(capsys: pytest.CaptureFixture[str]) -> None:
+    params = load_parameters()
+    key = sorted(params)[0]
+    code = main(["data", key])
+    out, err = capsys.readouterr()
+    assert f"{len(params)} parameters; flags:" in out
+    assert key in out and params[key].source in out
+    manifest = REPO / "data" / "manifest.json"
+    if manifest.exists():
+        assert code == (2 if err.strip() else 0)
+    else:
+        assert code == 2
+        assert "manifest.json is missing; run `retwin data --write-manifest`" in err
+
+
+def test_data_unknown_key(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data", "no.such.key"]) == 2
+    assert "unknown key 'no.such.key'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def reference_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of data/ and models/, used as the reference directory."""
+    root = tmp_path / "ref"
+    shutil.copytree(REPO / "data", root / "data",
+                    ignore=shutil.ignore_patterns("manifest.json", "__pycache__"))
+    shutil.copytree(REPO / "models", root / "models")
+    monkeypatch.setenv("RETWIN_REFERENCE_DIR", str(root))
+    return root
+
+
+def test_data_manifest_written_then_checked(reference_copy: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["data"]) == 2
+    assert "manifest.json is missing" in capsys.readouterr().err
+    assert main(["data", "--write-manifest"]) == 0
+    manifest: dict[str, Any] = json.loads(
+        (reference_copy / "data" / "manifest.json").read_text(encoding="utf-8"))
+    assert "parameters.csv" in manifest["files"]
+    assert main(["data"]) == 0
+    capsys.readouterr()
+    csv = reference_copy / "data" / "parameters.csv"
+    csv.write_text(csv.read_text(encoding="utf-8") + "\n", encoding="utf-8")
+    assert main(["data"]) == 2
+    assert "parameters.csv: sha256 differs from the manifest" in capsys.readouterr().err

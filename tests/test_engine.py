@@ -1,0 +1,397 @@
+"""The engine: events happen, quotas hold, plants start and stop, noise is seeded,
+replications and differences, and the mass-balance check."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import itertools
+from typing import Any
+
+import numpy as np
+import pytest
+
+import retwin
+from conftest import assert_same_run
+from retwin import MassBalanceError, ScenarioError
+from retwin.kernels.flow import BIND_OUTAGE
+from retwin.scenario.schema import Scenario
+
+NEW_MINE = {"id": "mine2", "name": "Second mine", "stage": "mining", "capacity_tpa": 3650,
+            "extracts": True, "recipe": {"outputs": {"concentrate": 1}, "inputs": {"ore": 9}}}
+
+
+def idx(res: Any, plant_id: str) -> int:
+    return res.compiled.plant_ids.index(plant_id)
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+def test_random_outages_happen_when_on(tiny_run: Any) -> None:
+    kinds = {(k, s) for _, k, s in tiny_run.events}
+    # the mine and the separator have an MTBF; the others do not
+    assert {("failure", "mine"), ("repair", "mine"), ("failure", "separation")} <= kinds
+    assert not {s for k, s in kinds if k == "failure"} - {"mine", "separation"}
+
+
+def test_no_random_outages_when_off(tiny_quiet_run: Any) -> None:
+    assert not [e for e in tiny_quiet_run.events if e[1] in ("failure", "repair")]
+    assert not (tiny_quiet_run.binding == BIND_OUTAGE).any()
+
+
+def test_a_failed_plant_does_nothing_until_repaired(tiny_run: Any) -> None:
+    down: dict[str, int] = {}
+    checked = 0
+    for d, kind, pid in tiny_run.events:
+        if kind == "failure":
+            down[pid] = d
+        elif kind == "repair":
+            p = idx(tiny_run, pid)
+            start = down.pop(pid)
+            assert d > start
+            assert np.all(tiny_run.activity[p, start:d] == 0.0)
+            assert np.all(tiny_run.binding[p, start:d] == BIND_OUTAGE)
+            checked += 1
+    assert checked >= 3
+
+
+def test_failures_alternate_with_repairs(tiny_run: Any) -> None:
+    for pid in ("mine", "separation"):
+        seq = [k for _, k, s in tiny_run.events if s == pid and k in ("failure", "repair")]
+        assert seq[0] == "failure"
+        assert all(a != b for a, b in itertools.pairwise(seq))
+
+
+def test_planned_outage_happens_with_randomness_off(tiny_tree: dict[str, Any]) -> None:
+    tiny_tree["settings"] = {"outages": False, "price_noise": False, "demand_noise": False}
+    tiny_tree["plants"][2]["availability"] = {
+        "planned_outages": [{"from": "2024-05-01", "to": "2024-05-10"}]}
+    sc = retwin.load_scenario(tiny_tree)
+    res = retwin.run(sc, seed=1)
+    lo = (dt.date(2024, 5, 1) - sc.start).days
+    assert (lo, "planned_outage", "metal") in res.events
+    assert (lo + 10, "planned_outage_end", "metal") in res.events
+    assert np.all(res.activity[2, lo:lo + 10] == 0.0)
+    assert res.activity[2, lo - 1] > 0 and res.activity[2, lo + 10] > 0
+
+
+@pytest.mark.parametrize("window", [("2023-01-01", "2023-01-10"), ("2023-06-01", "2023-12-31")])
+def test_planned_outage_before_the_horizon_never_crashes_a_run(
+        tiny_tree: dict[str, Any], tiny_quiet_run: Any, window: tuple[str, str]) -> None:
+    """An outage that ended before the horizon starts is either refused as bad input or has
+    no effect (a model's history of outages, run from a later start)."""
+    tiny_tree["settings"] = {"outages": False, "price_noise": False, "demand_noise": False}
+    tiny_tree["plants"][2]["availability"] = {
+        "planned_outages": [{"from": window[0], "to": window[1]}]}
+    try:
+        sc = retwin.load_scenario(tiny_tree)
+    except ScenarioError as exc:
+        assert "planned_outages" in "\n".join(exc.lines())
+        return
+    res = retwin.run(sc, seed=1)
+    np.testing.assert_array_equal(res.activity, tiny_quiet_run.activity)
+
+
+def test_adding_a_plant_does_not_shift_another_plants_outages(tiny: Scenario) -> None:
+    more = retwin.apply_changes(tiny, [{"kind": "plant", "action": "add", "plant": {
+        **NEW_MINE, "availability": {"mtbf_days": 30, "mttr_days": 2}}}])
+    a, b = retwin.run(tiny, seed=5), retwin.run(more, seed=5)
+    for pid in ("mine", "separation"):
+        ea = [e for e in a.events if e[2] == pid and e[1] in ("failure", "repair")]
+        eb = [e for e in b.events if e[2] == pid and e[1] in ("failure", "repair")]
+        assert ea == eb and ea
+    assert any(e[2] == "mine2" and e[1] == "failure" for e in b.events)
+
+
+def test_kernel_calls_are_bounded_by_event_days(tiny_run: Any) -> None:
+    """The flow advances once per event day (and once at the end), not once per day."""
+    event_days = {d for d, _, _ in tiny_run.events} | set(
+        tiny_run.compiled.month_start_day.tolist())
+    assert 1 <= tiny_run.kernel_calls <= len(event_days) + 1
+    assert tiny_run.kernel_calls < tiny_run.compiled.n_days / 5
+
+
+# --- quotas ---------------------------------------------------------------------------------
+
+
+def _quota_use(res: Any, q: int = 0) -> np.ndarray:
+    st = res.compiled.kernel_static
+    under = st["plant_quota"] == q
+    return (res.activity[under] * st["qcoef"][under, None]).sum(axis=0)
+
+
+def _check_quota(res: Any, q: int = 0) -> None:
+    c = res.compiled
+    use = _quota_use(res, q)
+    released = np.zeros(c.n_days)
+    first_frac = c.days_left[0] / (366 if c.scenario.start.year % 4 == 0 else 365)
+    for d, qi, amount in c.releases:
+        if qi == q:
+            released[d] += amount * (first_frac if d == 0 else 1.0)
+    years = res._year_of_day
+    for y in res.years:
+        sel = years == y
+        # within a year (unused quota lapses at its end), use up to each day never exceeds
+        # what was released up to and including that day
+        cum_use = np.cumsum(use[sel])
+        cum_rel = np.cumsum(released[sel])
+        assert np.all(cum_use <= cum_rel * (1 + 1e-9) + 1e-9), y
+        ceiling = c.quota_year_total[(q, y)] * (first_frac if y == c.scenario.start.year else 1)
+        assert use[sel].sum() <= ceiling * (1 + 1e-9) + 1e-9, y
+
+
+def test_quota_releases_respected(tiny_run: Any) -> None:
+    _check_quota(tiny_run)
+    # and the quota binds: the mine could do 40 000 t, the quota allows 30 000 t of concentrate
+    mine = idx(tiny_run, "mine")
+    assert tiny_run.activity[mine].sum() == pytest.approx(60000, rel=0.02)
+
+
+def test_quota_batches_gate_the_use(tiny_tree: dict[str, Any]) -> None:
+    tiny_tree["settings"] = {"outages": False, "price_noise": False, "demand_noise": False}
+    tiny_tree["quotas"][0]["batches"] = [{"month": 1, "share_frac": 0.1},
+                                         {"month": 10, "share_frac": 0.9}]
+    res = retwin.run(retwin.load_scenario(tiny_tree), seed=2)
+    _check_quota(res)
+    use = _quota_use(res)
+    oct1 = (dt.date(2024, 10, 1) - dt.date(2024, 1, 1)).days
+    np.testing.assert_allclose(use[:oct1].sum(), 1500.0, rtol=1e-9)  # only the first batch
+    assert use[oct1:366].sum() > 1500
+
+
+def test_quota_for_a_horizon_starting_mid_year(tiny_tree: dict[str, Any]) -> None:
+    tiny_tree["start"] = "2024-07-01"
+    res = retwin.run(retwin.load_scenario(tiny_tree), seed=3)
+    _check_quota(res)
+    use = _quota_use(res)
+    in_2024 = use[res._year_of_day == 2024].sum()
+    assert in_2024 <= 15000 * 184 / 366 * (1 + 1e-9)
+    assert in_2024 > 0.5 * 15000 * 184 / 366
+
+
+# --- commissioning, ramp, retirement --------------------------------------------------------
+
+
+def test_commissioning_and_ramp_show_in_activity(tiny_quiet: Scenario) -> None:
+    sc = retwin.apply_changes(tiny_quiet, [{"kind": "plant", "action": "add", "plant": {
+        **NEW_MINE, "commissioning": "2024-03-01", "ramp_days": 30}}])
+    res = retwin.run(sc, seed=1)
+    p = idx(res, "mine2")
+    c = (dt.date(2024, 3, 1) - sc.start).days
+    act = res.activity[p]
+    assert np.all(act[:c] == 0.0)
+    np.testing.assert_allclose(act[c:c + 30], 10.0 * np.arange(1, 31) / 30)
+    np.testing.assert_allclose(act[c + 30:], 10.0)
+    # the KPI capacity follows the same ramp
+    np.testing.assert_allclose(res.capacity_days[p, c:c + 30], act[c:c + 30])
+
+
+def test_retirement_stops_a_plant(tiny_tree: dict[str, Any]) -> None:
+    tiny_tree["settings"] = {"outages": False, "price_noise": False, "demand_noise": False}
+    tiny_tree["plants"][2]["retirement"] = "2025-03-01"
+    sc = retwin.load_scenario(tiny_tree)
+    res = retwin.run(sc, seed=1)
+    p = idx(res, "metal")
+    cut = (dt.date(2025, 3, 1) - sc.start).days
+    assert res.activity[p, :cut].sum() > 0
+    assert np.all(res.activity[p, cut:] == 0.0)
+    assert np.all(res.capacity_days[p, cut:] == 0.0)
+
+
+# --- prices and demand with noise -----------------------------------------------------------
+
+
+def test_price_noise_reproducible_and_seeded(tiny: Scenario) -> None:
+    a, b, c = (retwin.run(tiny, seed=s) for s in (1, 1, 2))
+    np.testing.assert_array_equal(a.price_month, b.price_month)
+    ids = a.compiled.material_ids
+    noisy = [ids.index("la_ce_oxide"), ids.index("prnd_oxide")]
+    calm = [i for i in range(len(ids)) if i not in noisy]
+    assert np.all(a.price_month[noisy] != c.price_month[noisy])
+    np.testing.assert_array_equal(a.price_month[calm], c.price_month[calm])
+    np.testing.assert_array_equal(a.price_month[calm], a.compiled.price_month[calm])
+    # noise is in log price around the path: positive, and within a few sigma of it
+    assert np.all(a.price_month[noisy] > 0)
+    log_dev = np.log(a.price_month[noisy] / a.compiled.price_month[noisy])
+    assert np.abs(log_dev).max() < 5 * 0.17
+
+
+def test_price_noise_off_follows_the_path(tiny_quiet_run: Any) -> None:
+    np.testing.assert_array_equal(tiny_quiet_run.price_month,
+                                  tiny_quiet_run.compiled.price_month)
+
+
+def test_demand_noise_seeded(tiny: Scenario) -> None:
+    a, b = retwin.run(tiny, seed=1), retwin.run(tiny, seed=2)
+    total_a = a.served + a.unmet
+    total_b = b.served + b.unmet
+    assert not np.array_equal(total_a, total_b)
+    assert_same_run(a, retwin.run(tiny, seed=1))
+
+
+def test_negative_seed_is_refused(tiny: Scenario) -> None:
+    with pytest.raises(ScenarioError, match=r"seed\(=-1\) must be >= 0"):
+        retwin.run(tiny, seed=-1)
+
+
+# --- replications and differences -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reps(tiny: Scenario) -> Any:
+    return retwin.run_replications(tiny, 4, seed=7)
+
+
+def test_replication_summary(reps: Any) -> None:
+    s = reps.summary
+    assert {"kpi", "key", "year", "unit", "mean", "p5", "p50", "p95", "n"} <= set(s.columns)
+    assert (s.n == 4).all()
+    assert (s.p5 <= s.p50 + 1e-9).all() and (s.p50 <= s.p95 + 1e-9).all()
+    assert ((s["mean"] >= s.p5 - 1e-9) & (s["mean"] <= s.p95 + 1e-9)).all()
+    row = s[(s.kpi == "output.stage") & (s.key == "separation") & (s.year == 2024)].iloc[0]
+    values = [f[(f.kpi == "output.stage") & (f.key == "separation") & (f.year == 2024)]
+              .value.iloc[0] for f in reps.kpi_frames]
+    assert row["mean"] == pytest.approx(np.mean(values))
+    assert len(set(values)) > 1  # outages differ between replications
+    assert reps.seeds == [(7, r) for r in range(4)]
+
+
+def test_difference_between_identical_scenarios_is_exactly_zero(tiny: Scenario, reps: Any
+                                                               ) -> None:
+    again = retwin.run_replications(tiny, 4, seed=7)
+    diff = again.difference(reps)
+    for col in ("mean", "p5", "p50", "p95"):
+        assert (diff[col] == 0.0).all(), col
+
+
+def test_quota_cut_gives_a_negative_mining_difference(tiny: Scenario, reps: Any) -> None:
+    cut = retwin.run_replications(tiny, 4, seed=7,
+                                  changes=[{"kind": "quota", "quota": "mining", "factor": 0.8}])
+    diff = cut.difference(reps)
+    mining = diff[(diff.kpi == "output.stage") & (diff.key == "mining")]
+    assert len(mining) == 2
+    assert (mining["mean"] < 0).all() and (mining.p95 < 0).all()
+    # 20 % of 30 000 t of concentrate a year, give or take outages
+    assert mining["mean"].to_numpy() == pytest.approx(-6000, rel=0.05)
+
+
+def test_difference_needs_the_same_seeds(tiny: Scenario, reps: Any) -> None:
+    other = retwin.run_replications(tiny, 4, seed=8)
+    with pytest.raises(ValueError, match="baseline's seeds"):
+        other.difference(reps)
+
+
+def test_replications_out_of_range(tiny: Scenario) -> None:
+    with pytest.raises(ScenarioError, match=r"replications\(=0\) must be in 1\.\."):
+        retwin.run_replications(tiny, 0)
+
+
+# --- KPIs agree with the arrays ---------------------------------------------------------------
+
+
+def _kpi_series(res: Any, kpi: str, key: str) -> np.ndarray:
+    df = res.kpis
+    return df[(df.kpi == kpi) & (df.key == key)].sort_values("year").value.to_numpy()
+
+
+def test_kpis_agree_with_the_daily_arrays(tiny_run: Any) -> None:
+    res = tiny_run
+    years = res._year_of_day
+    c = res.compiled
+    for p, pid in enumerate(c.plant_ids):
+        want = [res.activity[p, years == y].sum() for y in res.years]
+        np.testing.assert_allclose(_kpi_series(res, "output.plant", pid), want, rtol=1e-12)
+        util = _kpi_series(res, "utilisation.plant", pid)
+        assert np.all(util >= 0) and np.all(util <= c.utilisation[p] * (1 + 1e-9))
+    for stage in set(c.plant_stage):
+        sel = [i for i, s in enumerate(c.plant_stage) if s == stage]
+        want = [res.activity[sel][:, years == y].sum() for y in res.years]
+        np.testing.assert_allclose(_kpi_series(res, "output.stage", stage), want, rtol=1e-12)
+    np.testing.assert_allclose(_kpi_series(res, "production.material", "concentrate"),
+                               _kpi_series(res, "output.plant", "mine"), rtol=1e-12)
+    fill = _kpi_series(res, "fill_rate.segment", "motors")
+    assert np.all((fill >= 0) & (fill <= 1))
+    groups = sum(_kpi_series(res, "value.group", g)
+                 for g in ("raw_materials", "new_materials", "applications"))
+    np.testing.assert_allclose(_kpi_series(res, "value.group", "total"), groups, rtol=1e-12)
+    np.testing.assert_allclose(_kpi_series(res, "value.group", "total"),
+                               [res.value_month[:, [t for t, (y, _) in enumerate(c.months)
+                                                    if y == yr]].sum() / 1e8
+                                for yr in res.years], rtol=1e-12)
+    exp = _kpi_series(res, "exports.market", "la_ce_out")
+    np.testing.assert_allclose(exp, [res.exports[0, years == y].sum() for y in res.years])
+    conv = _kpi_series(res, "local_conversion", "region")
+    assert np.all((conv >= 0) & (conv <= 1))
+
+
+def test_target_table(tiny_run: Any) -> None:
+    t = tiny_run.target_table
+    assert list(t.target) == ["magnets-2024"]
+    assert t.value.iloc[0] == pytest.approx(tiny_run.kpi("output.stage", "magnet", 2024))
+    assert bool(t.attained.iloc[0]) == (t.value.iloc[0] >= 5000)
+
+
+def test_binding_table_shares_sum_to_one(tiny_run: Any) -> None:
+    bt = tiny_run.binding_table
+    sums = bt.groupby(["stage", "year"]).share.sum()
+    np.testing.assert_allclose(sums.to_numpy(), 1.0, rtol=1e-9)
+    assert set(tiny_run.bottlenecks.year) == set(tiny_run.years)
+
+
+# --- mass balance -------------------------------------------------------------------------------
+
+
+def _tampered(res: Any, **arrays: np.ndarray) -> Any:
+    bad = copy.copy(res)
+    bad.__dict__.pop("balance", None)
+    for name, value in arrays.items():
+        setattr(bad, name, value)
+    return bad
+
+
+def test_balance_closes_on_a_real_run(tiny_run: Any) -> None:
+    tiny_run.check_balance()
+    assert tiny_run.balance.closes
+    assert np.abs(tiny_run.balance.material).max() < tiny_run.balance.tolerance_material.min()
+
+
+def test_mass_balance_error_names_the_material(tiny_run: Any) -> None:
+    totals = tiny_run.totals.copy()
+    m = tiny_run.compiled.material_ids.index("concentrate")
+    totals[0, m] += 1000.0  # produced concentrate that never reached a pool
+    bad = _tampered(tiny_run, totals=totals)
+    assert not bad.balance.closes
+    with pytest.raises(MassBalanceError, match="material 'concentrate': residual 1000"):
+        bad.check_balance()
+    tiny_run.check_balance()  # the original is untouched
+
+
+def test_mass_balance_error_on_the_first_material(tiny_run: Any) -> None:
+    totals = tiny_run.totals.copy()
+    totals[0, 0] += 5.0
+    with pytest.raises(MassBalanceError, match="material 'ore'"):
+        _tampered(tiny_run, totals=totals).check_balance()
+
+
+def test_mass_balance_error_names_the_element(tiny_run: Any) -> None:
+    # more activity than recorded flows: the recipe losses no longer add up, per element
+    bad = _tampered(tiny_run, activity=tiny_run.activity * 1.5)
+    with pytest.raises(MassBalanceError, match=r"element (La|Ce|Pr|Nd|Dy): residual"):
+        bad.check_balance()
+
+
+def test_run_checks_the_balance(tiny_quiet: Scenario, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``run`` checks the balance of every run unless told not to."""
+    calls: list[int] = []
+
+    def failing(self: Any) -> None:
+        calls.append(1)
+        raise MassBalanceError("run does not close its mass balance; worst is a test")
+
+    monkeypatch.setattr(retwin.RunResult, "check_balance", failing)
+    with pytest.raises(MassBalanceError, match="does not close"):
+        retwin.run(tiny_quiet, seed=1)
+    assert calls == [1]
+    assert retwin.run(tiny_quiet, seed=1, check=False).totals.sum() > 0
+    assert calls == [1]

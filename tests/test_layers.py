@@ -1,0 +1,150 @@
+"""The layer rule (DESIGN §3) and the public API, checked on the source with ``ast``.
+
+kernels ← stages ← engine ← {batch, storage, cli} ← api: nothing imports upward; only
+``retwin.kernels`` imports numba; only ``retwin.stages`` and ``retwin.engine`` import simpy.
+Imports inside functions count as much as those at the top of a module.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import retwin
+
+SRC = Path(retwin.__file__).resolve().parent
+
+PUBLIC_API = {
+    "DataError",
+    "MassBalanceError",
+    "ReplicationSet",
+    "RetwinError",
+    "RunResult",
+    "Scenario",
+    "ScenarioError",
+    "__version__",
+    "apply_changes",
+    "load_scenario",
+    "prepare",
+    "run",
+    "run_replications",
+    "warmup",
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports (absolute names; relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    me = _module_name(path)
+    package = me if path.name == "__init__.py" else me.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            # ``from retwin import engine`` imports the submodule retwin.engine
+            found.update(f"{mod}.{a.name}" for a in node.names)
+    return found
+
+
+MODULES: dict[str, set[str]] = {
+    _module_name(p): _imports(p) for p in sorted(SRC.rglob("*.py"))
+}
+
+
+def _in(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def _offenders(importer_ok: str | tuple[str, ...], imported: str) -> list[str]:
+    allowed = (importer_ok,) if isinstance(importer_ok, str) else importer_ok
+    return sorted(
+        m for m, deps in MODULES.items()
+        if any(_in(d, imported) for d in deps) and not any(_in(m, a) for a in allowed)
+    )
+
+
+def test_the_walk_sees_the_package() -> None:
+    for expected in ("retwin", "retwin.kernels.flow", "retwin.engine.model", "retwin.stages.base",
+                     "retwin.scenario.schema", "retwin.cli", "retwin.results"):
+        assert expected in MODULES
+    assert "numba" in MODULES["retwin.kernels._jit"]
+    assert "simpy" in MODULES["retwin.engine.model"]
+
+
+def test_only_kernels_import_numba() -> None:
+    assert _offenders("retwin.kernels", "numba") == []
+
+
+def test_only_stages_and_engine_import_simpy() -> None:
+    assert _offenders(("retwin.stages", "retwin.engine"), "simpy") == []
+
+
+@pytest.mark.parametrize("forbidden", ["numba", "simpy", "retwin.engine", "retwin.stages",
+                                       "retwin.kernels", "retwin.results", "retwin.storage",
+                                       "retwin.cli"])
+def test_scenario_imports_nothing_of_the_run(forbidden: str) -> None:
+    bad = [m for m, deps in MODULES.items() if _in(m, "retwin.scenario")
+           and any(_in(d, forbidden) for d in deps)]
+    assert bad == []
+
+
+def test_kernels_import_only_config_and_typing() -> None:
+    allowed = ("retwin.kernels", "retwin.config", "retwin._typing")
+    bad = {
+        m: sorted(d for d in deps if _in(d, "retwin") and not any(_in(d, a) for a in allowed))
+        for m, deps in MODULES.items() if _in(m, "retwin.kernels")
+    }
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+@pytest.mark.parametrize("forbidden", ["retwin.engine", "retwin.results", "retwin.storage",
+                                       "retwin.cli"])
+def test_stages_do_not_import_upward(forbidden: str) -> None:
+    bad = [m for m, deps in MODULES.items() if _in(m, "retwin.stages")
+           and any(_in(d, forbidden) for d in deps)]
+    assert bad == []
+
+
+def test_nothing_imports_the_cli() -> None:
+    assert _offenders("retwin.cli", "retwin.cli") == []
+
+
+def test_public_api_is_exactly_the_documented_set() -> None:
+    assert set(retwin.__all__) == PUBLIC_API
+    assert len(retwin.__all__) == len(PUBLIC_API)  # no duplicates
+    for name in retwin.__all__:
+        assert getattr(retwin, name) is not None, name
+
+
+def test_every_subpackage_all_resolves() -> None:
+    for mod_name in sorted(MODULES):
+        if mod_name in ("retwin.cli",):
+            continue
+        mod = importlib.import_module(mod_name)
+        for name in getattr(mod, "__all__", []):
+            assert hasattr(mod, name), f"{mod_name}.__all__ names missing {name!r}"
+
+
+def test_error_hierarchy() -> None:
+    for err in (retwin.ScenarioError, retwin.DataError, retwin.MassBalanceError):
+        assert issubclass(err, retwin.RetwinError)
+    assert issubclass(retwin.RetwinError, Exception)
