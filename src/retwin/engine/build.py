@@ -155,32 +155,32 @@ def _price_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
 
 
 def _demand_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
-    """Monthly base demand in material per day: level x growth x seasonality, with changes."""
+    """Monthly base demand in material per day: level x growth x seasonality, with changes.
+
+    Growth compounds daily at the rate in force that day: the segment's own rate, or a
+    growth change's rate over its ``[from, to]`` (the level reached carries on afterwards).
+    """
+    n_days = sc.horizon_days
+    mid_days = np.array([(dt.date(y, m, 15) - sc.start).days for y, m in months])
+    mid_days = np.clip(mid_days, 0, n_days - 1)
     out = np.empty((len(sc.demand), len(months)))
-    mids = [dt.date(y, m, 15) for y, m in months]
     for g, seg in enumerate(sc.demand):
         level0 = seg.base_units_per_year * seg.intensity_per_unit / 365.0
-        # growth is piecewise: a growth change replaces the rate from its date on
-        growth_steps = [(sc.start, seg.growth_frac_per_year)]
+        rate = np.full(n_days, seg.growth_frac_per_year)
+        factor = np.ones(n_days)
         for ch in sc.changes:
-            if isinstance(ch, DemandChange) and ch.segment == seg.id and ch.growth_frac_per_year \
-                    is not None:
-                growth_steps.append((ch.start or sc.start, ch.growth_frac_per_year))
-        growth_steps.sort(key=lambda x: x[0])
-        for t, mid in enumerate(mids):
-            log_level = 0.0
-            for k, (since, rate) in enumerate(growth_steps):
-                until = growth_steps[k + 1][0] if k + 1 < len(growth_steps) else None
-                hi = mid if until is None or until > mid else until
-                if hi > since:
-                    log_level += np.log1p(rate) * (hi - since).days / 365.0
-            v = level0 * np.exp(log_level) * seg.seasonality[months[t][1] - 1]
-            for ch in sc.changes:
-                if isinstance(ch, DemandChange) and ch.segment == seg.id and ch.factor is not None:
-                    lo, hi = ch.start or sc.start, ch.end or sc.end
-                    if lo <= mid <= hi:
-                        v *= ch.factor
-            out[g, t] = v
+            if not isinstance(ch, DemandChange) or ch.segment != seg.id:
+                continue
+            lo = max(0, _day(sc, ch.start, 0))
+            hi = min(n_days, _day(sc, ch.end, n_days - 1) + 1)
+            if ch.growth_frac_per_year is not None:
+                rate[lo:hi] = ch.growth_frac_per_year
+            elif ch.factor is not None:
+                factor[lo:hi] *= ch.factor
+        # level at the end of day d: product over days < d of (1+rate)^(1/365)
+        log_level = np.concatenate([[0.0], np.cumsum(np.log1p(rate) / 365.0)])[:n_days]
+        season = np.array([seg.seasonality[m - 1] for _, m in months])
+        out[g] = level0 * np.exp(log_level[mid_days]) * season * factor[mid_days]
     return out
 
 
@@ -284,9 +284,10 @@ def compile_scenario(sc: Scenario) -> Compiled:
     timed: list[TimedChange] = []
     for i, ch in enumerate(sc.changes):
         if isinstance(ch, CapacityChange | OutageChange | TradeChange | ReserveChange):
-            start = _day(sc, ch.start, 0)
-            end = n_days if ch.end is None else _day(sc, ch.end, n_days) + 1
-            timed.append(TimedChange(i, ch.kind, start, end, ch))
+            start = max(0, _day(sc, ch.start, 0))
+            end = n_days if ch.end is None else min(n_days, _day(sc, ch.end, n_days) + 1)
+            if end > start:
+                timed.append(TimedChange(i, ch.kind, start, end, ch))
 
     def i64(x: list[int]) -> IntArray:
         return np.array(x, np.int64)
@@ -348,7 +349,11 @@ def compile_scenario(sc: Scenario) -> Compiled:
         mtbf=avail_spec("mtbf_days"),
         mttr=avail_spec("mttr_days"),
         planned=[
-            [(_day(sc, o.start, 0), _day(sc, o.end, 0) + 1) for o in p.availability.planned_outages]
+            [
+                (max(0, _day(sc, o.start, 0)), min(n_days, _day(sc, o.end, 0) + 1))
+                for o in p.availability.planned_outages
+                if _day(sc, o.end, 0) >= 0 and _day(sc, o.start, 0) < n_days
+            ]
             for p in plants
         ],
         pool_initial=np.array([p.initial_t for p in sc.pools], np.float64),

@@ -24,6 +24,8 @@ that the mass balance can be checked against independently summed quantities aft
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from retwin._typing import FloatArray, Int8Array, IntArray
@@ -188,10 +190,9 @@ def _advance(
             for i in range(lo, hi):
                 p = order[i]
                 q = plant_quota[p]
-                if q >= 0 and ratio_q[q] < 1.0:
+                if q >= 0 and ratio_q[q] < 1.0 and want[p] > 0.0:
                     want[p] *= ratio_q[q]
-                    if codes[p] == BIND_CAPACITY:
-                        codes[p] = BIND_QUOTA
+                    codes[p] = BIND_QUOTA
                 x = want[p]
                 for j in range(in_ptr[p], in_ptr[p + 1]):
                     if in_pool[j] >= 0:
@@ -319,14 +320,68 @@ def check_arrays(*arrays: np.ndarray) -> None:
             raise TypeError(f"argument {i + 2} has dtype {a.dtype}; use float64, int64 or int8")
 
 
+#: Each array argument's expected shape, by axis name: P plants, S pools, M materials,
+#: K markets, G demand segments, Q quotas, D days, T months, R ring slots, I/O recipe entries.
+_SHAPES: dict[str, tuple[str, ...]] = {
+    "order": ("P",), "lvl_ptr": ("L1",), "lvl_pool_ptr": ("L1",), "lvl_pools": ("LP",),
+    "commission_day": ("P",), "ramp_days": ("P",), "retire_day": ("P",), "lead": ("P",),
+    "plant_quota": ("P",), "qcoef": ("P",), "in_ptr": ("P1",), "in_pool": ("I",),
+    "in_mat": ("I",), "in_amt": ("I",), "out_ptr": ("P1",), "out_pool": ("O",),
+    "out_mat": ("O",), "out_amt": ("O",), "pool_mat": ("S",), "target": ("S",),
+    "pool_max": ("S",), "mk_pool": ("K",), "imp_lead": ("K",), "dem_pool": ("G",),
+    "days_left": ("D",), "month_of_day": ("D",), "cap_day": ("P",), "avail": ("P",),
+    "reserve": ("S",), "imp_cap_day": ("K",), "exp_cap_day": ("K",), "dem_rate": ("G",),
+    "price": ("M",), "q_avail": ("Q",), "q_year_left": ("Q",), "stock": ("S",),
+    "pipe": ("S", "R"), "ipipe": ("S", "R"), "ipipe_sum": ("S",), "act_rec": ("P", "D"),
+    "code_rec": ("P", "D"), "stock_rec": ("S", "D"), "imp_rec": ("K", "D"),
+    "exp_rec": ("K", "D"), "served_rec": ("G", "D"), "unmet_rec": ("G", "D"),
+    "val_month": ("P", "T"), "tot": ("6", "M"),
+}
+
+
+def _check_shapes(d1: int, named: dict[str, np.ndarray]) -> None:
+    sizes: dict[str, int] = {"6": 6}
+    for name, axes in _SHAPES.items():
+        a = named[name]
+        if a.ndim != len(axes):
+            raise ValueError(f"{name} must have {len(axes)} dimension(s), has {a.ndim}")
+        for ax, n in zip(axes, a.shape, strict=True):
+            if sizes.setdefault(ax, n) != n:
+                raise ValueError(
+                    f"{name} has {n} along axis {ax} where the other arrays have {sizes[ax]}"
+                )
+    if sizes["P1"] != sizes["P"] + 1:
+        raise ValueError("in_ptr and out_ptr must have one entry more than there are plants")
+    if d1 > sizes["D"]:
+        raise ValueError(f"day range ends at {d1}, past the {sizes['D']} days of the records")
+    bounds = (("in_pool", "S", -1), ("out_pool", "S", 0), ("mk_pool", "S", 0),
+              ("dem_pool", "S", 0), ("pool_mat", "M", 0), ("in_mat", "M", 0),
+              ("out_mat", "M", 0), ("order", "P", 0), ("lvl_pools", "S", 0),
+              ("plant_quota", "Q", -1), ("month_of_day", "T", 0))
+    for name, ax, lo in bounds:
+        a = named[name]
+        if a.size and (a.min() < lo or a.max() >= sizes[ax]):
+            raise ValueError(f"{name} holds an index outside 0..{sizes[ax] - 1}")
+
+
 def advance(d0: int, d1: int, *arrays: np.ndarray) -> None:
     """Checked wrapper of the flow kernel: same arguments as ``_advance``.
 
-    Checks the day range and that every array is C-contiguous and of a kernel dtype. The
-    engine checks its arrays once when it builds a run (:func:`check_arrays`) and then calls
-    the kernel directly on its hot path.
+    Checks the day range, that every array is C-contiguous and of a kernel dtype, that the
+    arrays agree in shape, and that every index they hold is in range — the compiled kernel
+    does no bounds checks. The engine checks its arrays once when it builds a run
+    (:func:`check_arrays`) and then calls the kernel directly on its hot path.
     """
     if not 0 <= d0 <= d1:
         raise ValueError(f"day range [{d0}, {d1}) must satisfy 0 <= d0 <= d1")
     check_arrays(*arrays)
+    names = _ARG_NAMES
+    if len(arrays) != len(names):
+        raise TypeError(f"the kernel takes {len(names)} arrays after d0, d1; got {len(arrays)}")
+    _check_shapes(d1, dict(zip(names, arrays, strict=True)))
     _advance(d0, d1, *arrays)
+
+
+_ARG_NAMES: tuple[str, ...] = tuple(
+    inspect.signature(getattr(_advance, "py_func", _advance)).parameters
+)[2:]

@@ -85,11 +85,12 @@ def _merge(base: Any, over: Any) -> Any:
     if (
         isinstance(base, list)
         and isinstance(over, list)
-        and all(isinstance(x, dict) and "id" in x for x in [*base, *over])
+        and all(isinstance(x, dict) and _item_key(x) for x in [*base, *over])
     ):
-        merged = {x["id"]: x for x in base}
+        merged = {_item_key(x): x for x in base}
         for x in over:
-            merged[x["id"]] = _merge(merged[x["id"]], x) if x["id"] in merged else x
+            k = _item_key(x)
+            merged[k] = _merge(merged[k], x) if k in merged else x
         return list(merged.values())
     return over
 
@@ -121,8 +122,10 @@ def _label(tree: Any, loc: tuple[Any, ...]) -> str:
                 node = None
             parts.append(label)
         else:
-            if str(item) in {"QuotaChange", "PriceChange"} or str(item)[:1].isupper():
-                continue  # union-member tags add nothing for the reader
+            if isinstance(node, dict) and node.get("kind") == item:
+                continue  # the tag of a discriminated union (a change's kind) is no field
+            if str(item)[:1].isupper():
+                continue  # union-member class names add nothing for the reader
             parts.append(("." if parts else "") + str(item))
             node = node.get(item) if isinstance(node, dict) else None
     return "".join(parts)
@@ -203,7 +206,12 @@ def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, st
             problems.append((f"{where}.{field}", f"unknown {what} {value!r} (known: {known_list})"))
 
     if isinstance(ch, QuotaChange):
-        need(ch.quota, {q.id for q in sc.quotas}, "quota", "quota")
+        quotas = {q.id: q for q in sc.quotas}
+        need(ch.quota, set(quotas), "quota", "quota")
+        q = quotas.get(ch.quota)
+        if q is not None and ch.batch is not None and ch.batch > len(q.batches):
+            problems.append((f"{where}.batch", f"batch(={ch.batch}) must be in 1..{len(q.batches)}"
+                             f" (quota {ch.quota!r} has {len(q.batches)} batches a year)"))
     elif isinstance(ch, PriceChange):
         need(ch.material, mats, "material", "material")
     elif isinstance(ch, CapacityChange):
@@ -231,6 +239,10 @@ def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, st
     if ch.start is not None and not (sc.start <= ch.start <= sc.end):
         problems.append(
             (f"{where}.from", f"from(={ch.start}) must lie in the horizon {sc.start}..{sc.end}")
+        )
+    if ch.end is not None and ch.end < sc.start:
+        problems.append(
+            (f"{where}.to", f"to(={ch.end}) must not be before the horizon's start {sc.start}")
         )
 
 
@@ -261,11 +273,15 @@ def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
 
 
 def _item_key(x: dict[str, Any]) -> str | None:
+    """How list items are addressed: by ``id``, or a pool by ``region/material``."""
     if "id" in x:
         return str(x["id"])
-    if "material" in x and "region" in x:
-        return f"{x['region']}/{x['material']}"
+    if "material" in x and set(x) <= _POOL_FIELDS:
+        return f"{x.get('region', 'baotou')}/{x['material']}"
     return None
+
+
+_POOL_FIELDS = {"region", "material", "initial_t", "reserve_t", "target_t", "max_t"}
 
 
 def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
@@ -279,15 +295,18 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
     typed = parse_changes(changes)
     if not typed:
         return scenario
-    tree = scenario.model_dump(by_alias=True, exclude_none=True, mode="json")
-    tree = copy.deepcopy(tree)
+    tree = copy.deepcopy(scenario.model_dump(by_alias=True, mode="json"))
     problems: list[tuple[str, str]] = []
-    current = scenario
+    current, dirty = scenario, False
     for i, ch in enumerate(typed):
+        if dirty and not problems:
+            # a change may name what an earlier change of the same list added
+            current, dirty = validate_tree(copy.deepcopy(tree)), False
+        dirty = isinstance(ch, PlantChange | ParameterChange)
         _check_change(current, i, ch, problems)
         if isinstance(ch, PlantChange) and ch.action == "add":
             assert ch.plant is not None
-            new = ch.plant.model_dump(by_alias=True, exclude_none=True, mode="json")
+            new = ch.plant.model_dump(by_alias=True, mode="json")
             if any(p["id"] == new["id"] for p in tree["plants"]):
                 problems.append((f"changes[{i}].plant.id", f"plant {new['id']!r} already exists"))
                 continue
@@ -304,8 +323,7 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
             except KeyError as exc:
                 problems.append((f"changes[{i}].path", f"{ch.path!r}: {exc.args[0]}"))
         else:
-            tree.setdefault("changes", []).append(ch.model_dump(by_alias=True, exclude_none=True,
-                                                                mode="json"))
+            tree.setdefault("changes", []).append(ch.model_dump(by_alias=True, mode="json"))
     if problems:
         raise ScenarioError(problems)
     return validate_tree(tree)
