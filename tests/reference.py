@@ -378,10 +378,14 @@ def _write_back(w: World, a: dict[str, np.ndarray]) -> None:
     a["pipe"][:] = 0.0
     a["ipipe"][:] = 0.0
     a["ipipe_sum"][:] = 0.0
+    if "pipe_sum" in a:
+        a["pipe_sum"][:] = 0.0
     for sh in w.in_transit:
         a["ipipe" if sh.is_import else "pipe"][sh.pool, sh.arrival % ring] += sh.amount
         if sh.is_import:
             a["ipipe_sum"][sh.pool] += sh.amount
+        elif "pipe_sum" in a:  # the kernel keeps a running total of production in transit
+            a["pipe_sum"][sh.pool] += sh.amount
     for name, rec in (("act_rec", w.activity), ("code_rec", w.code), ("stock_rec", w.stock_rec),
                       ("imp_rec", w.import_rec), ("exp_rec", w.export_rec),
                       ("served_rec", w.served), ("unmet_rec", w.unmet)):

@@ -12,8 +12,18 @@ from retwin.config import NUMBA_CACHE
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def jit(fn: F) -> F:
-    """``numba.njit`` with the project's options: cached, no fastmath (sums stay exact in
-    order, so golden results and the mass balance are reproducible bit for bit)."""
-    compiled: Any = numba.njit(cache=NUMBA_CACHE, fastmath=False, nogil=True)(fn)
-    return cast(F, compiled)
+def jit(fn: F | None = None, *, inline: bool = False) -> Any:
+    """``numba.njit`` with the project's options: cached; no fastmath (sums stay exact in
+    order, so golden results and the mass balance are reproducible bit for bit); numpy's
+    error model (a float division by zero gives inf rather than a branch to raise).
+
+    ``inline=True`` inlines the kernel into compiled callers (it stays callable from Python).
+    """
+
+    def wrap(f: F) -> F:
+        compiled: Any = numba.njit(cache=NUMBA_CACHE, fastmath=False, nogil=True,
+                                   error_model="numpy",
+                                   inline="always" if inline else "never")(f)
+        return cast(F, compiled)
+
+    return wrap(fn) if fn is not None else wrap

@@ -32,6 +32,7 @@ from retwin._typing import FloatArray, Int8Array, IntArray
 from retwin.kernels._jit import jit
 
 __all__ = [
+    "ARG_NAMES",
     "BIND_CAPACITY",
     "BIND_IDLE",
     "BIND_INPUT",
@@ -40,8 +41,10 @@ __all__ = [
     "BIND_QUOTA",
     "BIND_STORAGE",
     "advance",
+    "advance_packed",
     "advance_unchecked",
     "check_arrays",
+    "pack",
 ]
 
 BIND_CAPACITY, BIND_QUOTA, BIND_INPUT, BIND_OUTAGE, BIND_STORAGE, BIND_IDLE = 1, 2, 3, 4, 5, 6
@@ -56,55 +59,31 @@ BIND_NAMES = {
 }
 
 
+#: Order of the 1-D int64 and 1-D float64 arguments inside the packed blobs (see
+#: :func:`_advance_packed`); everything else is passed as it is.
+PACKED_INTS: tuple[str, ...] = (
+    "order", "lvl_ptr", "lvl_pool_ptr", "lvl_pools", "commission_day", "ramp_days",
+    "retire_day", "lead", "plant_quota", "in_ptr", "in_pool", "in_mat", "out_ptr", "out_pool",
+    "out_mat", "pool_mat", "mk_pool", "imp_lead", "dem_pool", "days_left", "month_of_day",
+)
+PACKED_FLOATS: tuple[str, ...] = (
+    "qcoef", "in_amt", "out_amt", "target", "pool_max", "cap_day", "avail", "reserve",
+    "imp_cap_day", "exp_cap_day", "dem_rate", "price", "q_avail", "q_year_left", "stock",
+    "ipipe_sum", "pipe_sum",
+)
+
+
+
 @jit
-def _advance(
+def _advance_packed(
     d0: int,
     d1: int,
-    # plants (static)
-    order: IntArray,
-    lvl_ptr: IntArray,
-    lvl_pool_ptr: IntArray,
-    lvl_pools: IntArray,
-    commission_day: IntArray,
-    ramp_days: IntArray,
-    retire_day: IntArray,
-    lead: IntArray,
-    plant_quota: IntArray,
-    qcoef: FloatArray,
-    in_ptr: IntArray,
-    in_pool: IntArray,
-    in_mat: IntArray,
-    in_amt: FloatArray,
-    out_ptr: IntArray,
-    out_pool: IntArray,
-    out_mat: IntArray,
-    out_amt: FloatArray,
-    # pools, markets, demand (static)
-    pool_mat: IntArray,
-    target: FloatArray,
-    pool_max: FloatArray,
-    mk_pool: IntArray,
-    imp_lead: IntArray,
-    dem_pool: IntArray,
-    # calendar
-    days_left: IntArray,
-    month_of_day: IntArray,
-    # state, changed by events between calls
-    cap_day: FloatArray,
-    avail: FloatArray,
-    reserve: FloatArray,
-    imp_cap_day: FloatArray,
-    exp_cap_day: FloatArray,
-    dem_rate: FloatArray,
-    price: FloatArray,
-    q_avail: FloatArray,
-    q_year_left: FloatArray,
-    # state, changed by the kernel
-    stock: FloatArray,
+    si: IntArray,
+    si_off: IntArray,
+    sf: FloatArray,
+    sf_off: IntArray,
     pipe: FloatArray,
     ipipe: FloatArray,
-    ipipe_sum: FloatArray,
-    # records
     act_rec: FloatArray,
     code_rec: Int8Array,
     stock_rec: FloatArray,
@@ -115,24 +94,72 @@ def _advance(
     val_month: FloatArray,
     tot: FloatArray,
 ) -> None:
-    """Advance days ``[d0, d1)``; see the module docstring. Returns nothing: all outputs are
-    written into the state, record and total arrays passed in.
+    """The flow kernel: advance days ``[d0, d1)`` (see the module docstring).
+
+    Its 1-D arrays come packed in two blobs (``si`` int64, ``sf`` float64), cut at the
+    offsets ``si_off``/``sf_off`` in the order of :data:`PACKED_INTS` and
+    :data:`PACKED_FLOATS`; :func:`_advance` takes them one by one. Packing matters because
+    the engine calls the kernel once per event, and a call's cost grows with its arguments.
+    Returns nothing: all outputs are written into the state, record and total arrays.
 
     ``tot`` has shape ``(6, M)``: rows are produced, drawn by plants, extracted from the
     ground, imported (ordered), exported, and drawn by demand, per material.
     """
+    order = si[si_off[0]:si_off[1]]
+    lvl_ptr = si[si_off[1]:si_off[2]]
+    lvl_pool_ptr = si[si_off[2]:si_off[3]]
+    lvl_pools = si[si_off[3]:si_off[4]]
+    commission_day = si[si_off[4]:si_off[5]]
+    ramp_days = si[si_off[5]:si_off[6]]
+    retire_day = si[si_off[6]:si_off[7]]
+    lead = si[si_off[7]:si_off[8]]
+    plant_quota = si[si_off[8]:si_off[9]]
+    in_ptr = si[si_off[9]:si_off[10]]
+    in_pool = si[si_off[10]:si_off[11]]
+    in_mat = si[si_off[11]:si_off[12]]
+    out_ptr = si[si_off[12]:si_off[13]]
+    out_pool = si[si_off[13]:si_off[14]]
+    out_mat = si[si_off[14]:si_off[15]]
+    pool_mat = si[si_off[15]:si_off[16]]
+    mk_pool = si[si_off[16]:si_off[17]]
+    imp_lead = si[si_off[17]:si_off[18]]
+    dem_pool = si[si_off[18]:si_off[19]]
+    days_left = si[si_off[19]:si_off[20]]
+    month_of_day = si[si_off[20]:si_off[21]]
+    qcoef = sf[sf_off[0]:sf_off[1]]
+    in_amt = sf[sf_off[1]:sf_off[2]]
+    out_amt = sf[sf_off[2]:sf_off[3]]
+    target = sf[sf_off[3]:sf_off[4]]
+    pool_max = sf[sf_off[4]:sf_off[5]]
+    cap_day = sf[sf_off[5]:sf_off[6]]
+    avail = sf[sf_off[6]:sf_off[7]]
+    reserve = sf[sf_off[7]:sf_off[8]]
+    imp_cap_day = sf[sf_off[8]:sf_off[9]]
+    exp_cap_day = sf[sf_off[9]:sf_off[10]]
+    dem_rate = sf[sf_off[10]:sf_off[11]]
+    price = sf[sf_off[11]:sf_off[12]]
+    q_avail = sf[sf_off[12]:sf_off[13]]
+    q_year_left = sf[sf_off[13]:sf_off[14]]
+    stock = sf[sf_off[14]:sf_off[15]]
+    ipipe_sum = sf[sf_off[15]:sf_off[16]]
+    pipe_sum = sf[sf_off[16]:sf_off[17]]
     n_pools = stock.shape[0]
     n_quota = q_avail.shape[0]
     ring = pipe.shape[1]
     n_levels = lvl_ptr.shape[0] - 1
-    want = np.zeros(order.shape[0])
-    req_pool = np.zeros(n_pools)
-    room_req = np.zeros(n_pools)
-    ratio_pool = np.ones(n_pools)
-    room_ratio = np.ones(n_pools)
-    req_q = np.zeros(max(n_quota, 1))
-    ratio_q = np.ones(max(n_quota, 1))
-    codes = np.zeros(order.shape[0], dtype=np.int8)
+    n_plants = order.shape[0]
+    nq = max(n_quota, 1)
+    scratch = np.empty(n_plants + 4 * n_pools + 2 * nq)  # one allocation per call
+    want = scratch[:n_plants]
+    req_pool = scratch[n_plants:n_plants + n_pools]
+    room_req = scratch[n_plants + n_pools:n_plants + 2 * n_pools]
+    ratio_pool = scratch[n_plants + 2 * n_pools:n_plants + 3 * n_pools]
+    room_ratio = scratch[n_plants + 3 * n_pools:n_plants + 4 * n_pools]
+    req_q = scratch[n_plants + 4 * n_pools:n_plants + 4 * n_pools + nq]
+    ratio_q = scratch[n_plants + 4 * n_pools + nq:]
+    req_pool[:] = 0.0
+    room_req[:] = 0.0
+    codes = np.zeros(n_plants, dtype=np.int8)
 
     for d in range(d0, d1):
         slot = d % ring
@@ -142,6 +169,7 @@ def _advance(
             if pipe[s, slot] != 0.0 or ipipe[s, slot] != 0.0:
                 stock[s] += pipe[s, slot] + ipipe[s, slot]
                 ipipe_sum[s] -= ipipe[s, slot]
+                pipe_sum[s] -= pipe[s, slot]
                 pipe[s, slot] = 0.0
                 ipipe[s, slot] = 0.0
 
@@ -208,10 +236,7 @@ def _advance(
                 ratio_pool[s] = free / req_pool[s] if req_pool[s] > free else 1.0
                 room_ratio[s] = 1.0
                 if pool_max[s] < np.inf and room_req[s] > 0.0:
-                    pending = 0.0
-                    for r in range(ring):
-                        pending += pipe[s, r] + ipipe[s, r]
-                    room = pool_max[s] - stock[s] - pending
+                    room = pool_max[s] - stock[s] - pipe_sum[s] - ipipe_sum[s]
                     if room < 0.0:
                         room = 0.0
                     if room < room_req[s]:
@@ -249,7 +274,11 @@ def _advance(
                     if lead[p] == 0:
                         stock[s] += amt
                     else:
-                        pipe[s, (d + lead[p]) % ring] += amt
+                        t = slot + lead[p]  # == (d + lead) % ring, as lead < ring
+                        if t >= ring:
+                            t -= ring
+                        pipe[s, t] += amt
+                        pipe_sum[s] += amt
                     tot[0, out_mat[j]] += amt
                     unit_value += out_amt[j] * price[out_mat[j]]
                 q = plant_quota[p]
@@ -295,7 +324,10 @@ def _advance(
                     if imp_lead[k] == 0:
                         stock[s] += amt
                     else:
-                        ipipe[s, (d + imp_lead[k]) % ring] += amt
+                        t = slot + imp_lead[k]
+                        if t >= ring:
+                            t -= ring
+                        ipipe[s, t] += amt
                         ipipe_sum[s] += amt
                     tot[3, pool_mat[s]] += amt
                     imp_rec[k, d] = amt
@@ -304,8 +336,109 @@ def _advance(
             stock_rec[s, d] = stock[s]
 
 
-#: The kernel itself, for a caller that ran :func:`check_arrays` once on arrays it keeps (the
-#: engine's hot path: one call per event, where re-checking would cost more than the step).
+def _advance(
+    d0: int,
+    d1: int,
+    # plants (static)
+    order: IntArray,
+    lvl_ptr: IntArray,
+    lvl_pool_ptr: IntArray,
+    lvl_pools: IntArray,
+    commission_day: IntArray,
+    ramp_days: IntArray,
+    retire_day: IntArray,
+    lead: IntArray,
+    plant_quota: IntArray,
+    qcoef: FloatArray,
+    in_ptr: IntArray,
+    in_pool: IntArray,
+    in_mat: IntArray,
+    in_amt: FloatArray,
+    out_ptr: IntArray,
+    out_pool: IntArray,
+    out_mat: IntArray,
+    out_amt: FloatArray,
+    # pools, markets, demand (static)
+    pool_mat: IntArray,
+    target: FloatArray,
+    pool_max: FloatArray,
+    mk_pool: IntArray,
+    imp_lead: IntArray,
+    dem_pool: IntArray,
+    # calendar
+    days_left: IntArray,
+    month_of_day: IntArray,
+    # state, changed by events between calls
+    cap_day: FloatArray,
+    avail: FloatArray,
+    reserve: FloatArray,
+    imp_cap_day: FloatArray,
+    exp_cap_day: FloatArray,
+    dem_rate: FloatArray,
+    price: FloatArray,
+    q_avail: FloatArray,
+    q_year_left: FloatArray,
+    # state, changed by the kernel
+    stock: FloatArray,
+    pipe: FloatArray,
+    ipipe: FloatArray,
+    ipipe_sum: FloatArray,
+    pipe_sum: FloatArray,
+    # records
+    act_rec: FloatArray,
+    code_rec: Int8Array,
+    stock_rec: FloatArray,
+    imp_rec: FloatArray,
+    exp_rec: FloatArray,
+    served_rec: FloatArray,
+    unmet_rec: FloatArray,
+    val_month: FloatArray,
+    tot: FloatArray,
+) -> None:
+    """The flow kernel with every array named: packs the 1-D arrays, runs
+    :func:`_advance_packed` and writes the state back. Slower per call than the packed form
+    (it copies); for tests and one-off callers. Same arguments as :data:`ARG_NAMES`.
+    """
+    named = dict(zip(ARG_NAMES, (
+        order, lvl_ptr, lvl_pool_ptr, lvl_pools, commission_day, ramp_days, retire_day, lead,
+        plant_quota, qcoef, in_ptr, in_pool, in_mat, in_amt, out_ptr, out_pool, out_mat,
+        out_amt, pool_mat, target, pool_max, mk_pool, imp_lead, dem_pool, days_left,
+        month_of_day, cap_day, avail, reserve, imp_cap_day, exp_cap_day, dem_rate, price,
+        q_avail, q_year_left, stock, pipe, ipipe, ipipe_sum, pipe_sum, act_rec, code_rec,
+        stock_rec, imp_rec, exp_rec, served_rec, unmet_rec, val_month, tot,
+    ), strict=True))
+    si, si_off, sf, sf_off, views = pack(named)
+    _advance_packed(d0, d1, si, si_off, sf, sf_off, pipe, ipipe, act_rec, code_rec, stock_rec,
+                    imp_rec, exp_rec, served_rec, unmet_rec, val_month, tot)
+    for name in PACKED_FLOATS:
+        named[name][:] = views[name]
+
+
+def pack(
+    named: dict[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Copy the 1-D arguments into the two blobs of :func:`_advance_packed`.
+
+    Returns ``si, si_off, sf, sf_off, views``: ``views`` maps each packed name to its view
+    inside a blob, so a caller that mutates state between calls writes into the blob.
+    """
+
+    def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+        parts = [np.ascontiguousarray(named[n], dtype=dtype) for n in names]
+        off = np.zeros(len(parts) + 1, np.int64)
+        off[1:] = np.cumsum([p.size for p in parts])
+        return np.concatenate(parts).astype(dtype), off
+
+    si, si_off = blob(PACKED_INTS, np.int64)
+    sf, sf_off = blob(PACKED_FLOATS, np.float64)
+    views = {n: si[si_off[i]:si_off[i + 1]] for i, n in enumerate(PACKED_INTS)}
+    views.update({n: sf[sf_off[i]:sf_off[i + 1]] for i, n in enumerate(PACKED_FLOATS)})
+    return si, si_off, sf, sf_off, views
+
+
+#: The packed kernel, for the engine's hot path (arrays checked once when a run is built).
+advance_packed = _advance_packed
+#: The named kernel, for a caller that checked its arrays once.
 advance_unchecked = _advance
 
 
@@ -332,7 +465,8 @@ _SHAPES: dict[str, tuple[str, ...]] = {
     "days_left": ("D",), "month_of_day": ("D",), "cap_day": ("P",), "avail": ("P",),
     "reserve": ("S",), "imp_cap_day": ("K",), "exp_cap_day": ("K",), "dem_rate": ("G",),
     "price": ("M",), "q_avail": ("Q",), "q_year_left": ("Q",), "stock": ("S",),
-    "pipe": ("S", "R"), "ipipe": ("S", "R"), "ipipe_sum": ("S",), "act_rec": ("P", "D"),
+    "pipe": ("S", "R"), "ipipe": ("S", "R"), "ipipe_sum": ("S",), "pipe_sum": ("S",),
+    "act_rec": ("P", "D"),
     "code_rec": ("P", "D"), "stock_rec": ("S", "D"), "imp_rec": ("K", "D"),
     "exp_rec": ("K", "D"), "served_rec": ("G", "D"), "unmet_rec": ("G", "D"),
     "val_month": ("P", "T"), "tot": ("6", "M"),
@@ -375,13 +509,12 @@ def advance(d0: int, d1: int, *arrays: np.ndarray) -> None:
     if not 0 <= d0 <= d1:
         raise ValueError(f"day range [{d0}, {d1}) must satisfy 0 <= d0 <= d1")
     check_arrays(*arrays)
-    names = _ARG_NAMES
+    names = ARG_NAMES
     if len(arrays) != len(names):
         raise TypeError(f"the kernel takes {len(names)} arrays after d0, d1; got {len(arrays)}")
     _check_shapes(d1, dict(zip(names, arrays, strict=True)))
     _advance(d0, d1, *arrays)
 
 
-_ARG_NAMES: tuple[str, ...] = tuple(
-    inspect.signature(getattr(_advance, "py_func", _advance)).parameters
-)[2:]
+#: The kernel's array arguments in order (after ``d0, d1``), read from its signature.
+ARG_NAMES: tuple[str, ...] = tuple(inspect.signature(_advance).parameters)[2:]

@@ -64,15 +64,24 @@ class StageProcess:
     def _random(self, env: simpy.Environment, chain: Chain, p: int) -> Generator[Any, Any, None]:
         rng = chain.rng(f"outage/{self.plant_ids[p]}")
         mtbf, mttr = float(self.mtbf[p]), float(self.mttr[p])
+        pid = self.plant_ids[p]
+        # Draw in blocks (same numbers as one at a time from this stream: up, down, up, …)
+        # sized to the horizon, so a run makes a few generator calls rather than one an event.
+        block = max(8, 2 * int(chain.n_days / (mtbf + mttr)) + 8)
+        advance_to, set_state, log = chain.advance_to, chain.set_plant_state, chain.log
         while True:
-            yield env.timeout(max(1, math.ceil(rng.exponential(mtbf))))
-            chain.advance_to(int(env.now))
-            chain.set_plant_state(p, random_up=False)
-            chain.log(int(env.now), "failure", self.plant_ids[p])
-            yield env.timeout(max(1, math.ceil(rng.exponential(mttr))))
-            chain.advance_to(int(env.now))
-            chain.set_plant_state(p, random_up=True)
-            chain.log(int(env.now), "repair", self.plant_ids[p])
+            draws = rng.standard_exponential(block)
+            for k in range(0, block - 1, 2):
+                yield env.timeout(max(1, math.ceil(draws[k] * mtbf)))
+                now = int(env.now)
+                advance_to(now)
+                set_state(p, random_up=False)
+                log(now, "failure", pid)
+                yield env.timeout(max(1, math.ceil(draws[k + 1] * mttr)))
+                now = int(env.now)
+                advance_to(now)
+                set_state(p, random_up=True)
+                log(now, "repair", pid)
 
     def _planned(
         self, env: simpy.Environment, chain: Chain, p: int, start: int, end: int

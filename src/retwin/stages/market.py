@@ -43,21 +43,29 @@ class MarketProcess:
         env.process(self._run(env, chain))
 
     def _run(self, env: simpy.Environment, chain: Chain) -> Generator[Any, Any, None]:
-        noisy = [i for i in range(len(self.material_ids)) if self.volatility[i] > 0]
-        rngs = {i: chain.rng(f"price/{self.material_ids[i]}") for i in noisy}
-        x = np.zeros(len(self.material_ids))
+        n_m, n_t = len(self.material_ids), len(self.month_start_day)
+        # the log-price noise of the whole horizon, one stream per material (drawn up front:
+        # it does not depend on the state)
+        x = np.zeros((n_m, n_t))
         dt = 1.0 / 12.0
+        for i in range(n_m):
+            k, s = float(self.reversion[i]), float(self.volatility[i])
+            if s <= 0:
+                continue
+            eps = chain.rng(f"price/{self.material_ids[i]}").standard_normal(n_t)
+            decay = math.exp(-k * dt)
+            sd = s * math.sqrt((1 - decay * decay) / (2 * k)) if k > 0 else s * math.sqrt(dt)
+            level = 0.0
+            for t in range(n_t):
+                level = level * decay + sd * eps[t]
+                x[i, t] = level
+        path = self.price_month * np.exp(x)
         for t, day in enumerate(self.month_start_day):
             if day > env.now:
                 yield env.timeout(int(day) - env.now)
             chain.advance_to(int(day))
-            for i in noisy:
-                k, s = self.reversion[i], self.volatility[i]
-                decay = math.exp(-k * dt)
-                sd = s * math.sqrt((1 - decay * decay) / (2 * k)) if k > 0 else s * math.sqrt(dt)
-                x[i] = x[i] * decay + sd * rngs[i].standard_normal()
-            self.price[:] = self.price_month[:, t] * np.exp(x)
-            self.price_rec[:, t] = self.price
+            self.price[:] = path[:, t]
+            self.price_rec[:, t] = path[:, t]
 
 
 class DemandProcess:
@@ -85,14 +93,15 @@ class DemandProcess:
             env.process(self._run(env, chain))
 
     def _run(self, env: simpy.Environment, chain: Chain) -> Generator[Any, Any, None]:
-        noisy = [g for g in range(len(self.segment_ids)) if self.cv[g] > 0]
-        rngs = {g: chain.rng(f"demand/{self.segment_ids[g]}") for g in noisy}
+        n_t = len(self.month_start_day)
         sig = np.sqrt(np.log1p(self.cv**2))
+        rate = self.demand_month.copy()
+        for g in range(len(self.segment_ids)):
+            if sig[g] > 0:
+                eps = chain.rng(f"demand/{self.segment_ids[g]}").standard_normal(n_t)
+                rate[g] *= np.exp(sig[g] * eps - 0.5 * sig[g] ** 2)
         for t, day in enumerate(self.month_start_day):
             if day > env.now:
                 yield env.timeout(int(day) - env.now)
             chain.advance_to(int(day))
-            rate = self.demand_month[:, t].copy()
-            for g in noisy:
-                rate[g] *= math.exp(sig[g] * rngs[g].standard_normal() - 0.5 * sig[g] ** 2)
-            self.dem_rate[:] = rate
+            self.dem_rate[:] = rate[:, t]
