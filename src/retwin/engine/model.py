@@ -48,9 +48,8 @@ class ChainModel:
         # state changed by events
         self.cap_day = c.nameplate_tpa * c.utilisation / 365.0
         self.avail = np.ones(n_p)
-        self._random_up = np.ones(n_p, bool)
-        self._planned_up = np.ones(n_p, bool)
-        self._forced = np.ones(n_p)
+        self._random_up = [True] * n_p
+        self._planned_up = [True] * n_p
         self.reserve = c.reserve0.copy()
         self.imp_cap_day = c.imp_cap_tpa / 365.0
         self.exp_cap_day = c.exp_cap_tpa / 365.0
@@ -129,8 +128,9 @@ class ChainModel:
                                                                            spawn_key=(key,))))
 
     def advance_to(self, day: int) -> None:
-        day = min(day, self.n_days)
         if day > self.day:
+            if day > self.n_days:
+                day = self.n_days
             advance_packed(self.day, day, *self._packed)
             self.kernel_calls += 1
             self.day = day
@@ -144,7 +144,10 @@ class ChainModel:
             self._random_up[plant] = random_up
         if planned_up is not None:
             self._planned_up[plant] = planned_up
-        self._refresh_avail(plant)
+        if self._weights:
+            self._refresh_avail(plant)
+        else:  # no what-if outage active: the plant is up unless failed or in planned outage
+            self.avail[plant] = 1.0 if self._random_up[plant] and self._planned_up[plant] else 0.0
 
     def set_change_weight(self, timed: TimedChange, weight: float) -> None:
         if weight > 0:
@@ -173,11 +176,10 @@ class ChainModel:
 
     def _refresh_avail(self, p: int) -> None:
         forced = 1.0
-        if self._weights:
-            pid = self.c.plant_ids[p]
-            for ch, w in self._active(OutageChange):
-                if ch.plant == pid:
-                    forced = min(forced, 1.0 - w * (1.0 - ch.capacity_frac))
+        pid = self.c.plant_ids[p]
+        for ch, w in self._active(OutageChange):
+            if ch.plant == pid:
+                forced = min(forced, 1.0 - w * (1.0 - ch.capacity_frac))
         up = 1.0 if self._random_up[p] and self._planned_up[p] else 0.0
         self.avail[p] = up * forced
 

@@ -399,7 +399,7 @@ def _advance(
     :func:`_advance_packed` and writes the state back. Slower per call than the packed form
     (it copies); for tests and one-off callers. Same arguments as :data:`ARG_NAMES`.
     """
-    named = dict(zip(ARG_NAMES, (
+    named: dict[str, np.ndarray] = dict(zip(ARG_NAMES, (
         order, lvl_ptr, lvl_pool_ptr, lvl_pools, commission_day, ramp_days, retire_day, lead,
         plant_quota, qcoef, in_ptr, in_pool, in_mat, in_amt, out_ptr, out_pool, out_mat,
         out_amt, pool_mat, target, pool_max, mk_pool, imp_lead, dem_pool, days_left,
@@ -424,7 +424,7 @@ def pack(
     """
 
     def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, np.ndarray]:
-        parts = [np.ascontiguousarray(named[n], dtype=dtype) for n in names]
+        parts: list[np.ndarray] = [np.ascontiguousarray(named[n], dtype=dtype) for n in names]
         off = np.zeros(len(parts) + 1, np.int64)
         off[1:] = np.cumsum([p.size for p in parts])
         return np.concatenate(parts).astype(dtype), off
