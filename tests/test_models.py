@@ -102,3 +102,13 @@ def test_golden_annual_kpis(name: str) -> None:
     assert list(got.kpi) == list(want.kpi)
     assert list(got.key) == list(want.key)
     np.testing.assert_allclose(got.value.to_numpy(), want.value.to_numpy(), rtol=1e-7, atol=1e-6)
+
+
+def test_committed_json_schema_is_current() -> None:
+    """Editors validate YAML against models/scenario.schema.json; `make schema` rewrites it."""
+    import json
+
+    from retwin.scenario.schema import Scenario
+
+    committed = json.loads((MODELS / "scenario.schema.json").read_text(encoding="utf-8"))
+    assert committed == Scenario.model_json_schema(by_alias=True)
