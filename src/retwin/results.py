@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -18,6 +19,10 @@ from retwin.kernels.flow import BIND_CAPACITY, BIND_NAMES, BIND_OUTAGE, BIND_QUO
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP, STAGES
 
 __all__ = ["Balance", "ReplicationSet", "RunResult", "summarise"]
+
+#: The row labels of a compiled scenario's KPI table (the same for every run of it), kept
+#: while the compiled scenario lives, so a replication only computes the values.
+_KPI_INDEX: dict[int, tuple[list[tuple[str, str, str]], pd.DataFrame]] = {}
 
 YI = 1e8  # CNY per 亿元
 RAW_STAGES = ("separation", "recycling")
@@ -150,11 +155,12 @@ class RunResult:
         """Annual KPIs, tidy: columns ``kpi, key, year, value, unit``."""
         c = self.compiled
         years = self.years
-        rows: list[tuple[str, str, int, float, str]] = []
+        meta: list[tuple[str, str, str]] = []
+        vals: list[np.ndarray] = []
 
         def add(kpi: str, key: str, values: np.ndarray, unit: str) -> None:
-            for y, v in zip(years, values, strict=True):
-                rows.append((kpi, key, y, float(v), unit))
+            meta.append((kpi, key, unit))
+            vals.append(np.asarray(values, dtype=np.float64))
 
         act_y = self._by_year(self.activity)  # (P, Y)
         cap_y = self._by_year(self.capacity_days)
@@ -241,7 +247,21 @@ class RunResult:
         for group, v in gvals.items():
             add("value.group", group, v, "亿元")
         add("value.group", "total", np.sum(list(gvals.values()), axis=0), "亿元")
-        df = pd.DataFrame(rows, columns=["kpi", "key", "year", "value", "unit"])
+        values = np.concatenate(vals) if vals else np.zeros(0)
+        index = _KPI_INDEX.get(id(c))
+        if index is None or index[0] != meta:
+            n_y = len(years)
+            frame = pd.DataFrame({
+                "kpi": np.repeat([m[0] for m in meta], n_y),
+                "key": np.repeat([m[1] for m in meta], n_y),
+                "year": np.tile(np.array(years, dtype=np.int64), len(meta)),
+                "unit": np.repeat([m[2] for m in meta], n_y),
+            })
+            index = (meta, frame)
+            _KPI_INDEX[id(c)] = index
+            weakref.finalize(c, _KPI_INDEX.pop, id(c), None)
+        df = index[1].copy()
+        df.insert(3, "value", values)
         return df
 
     def _raw_materials(self) -> set[int]:
