@@ -112,17 +112,13 @@ def _day(sc: Scenario, d: dt.date | None, default: int) -> int:
 
 
 def _month_index(sc: Scenario, n_days: int) -> tuple[list[tuple[int, int]], IntArray, IntArray]:
-    months: list[tuple[int, int]] = []
-    month_of_day = np.empty(n_days, np.int64)
-    starts: list[int] = []
-    for i in range(n_days):
-        day = sc.start + dt.timedelta(days=i)
-        key = (day.year, day.month)
-        if not months or months[-1] != key:
-            months.append(key)
-            starts.append(i)
-        month_of_day[i] = len(months) - 1
-    return months, month_of_day, np.array(starts, np.int64)
+    """The months of the horizon, each day's month index, and each month's first day."""
+    days = np.datetime64(sc.start) + np.arange(n_days)
+    month_num = days.astype("datetime64[M]").astype(np.int64)  # months since 1970-01
+    first = np.flatnonzero(np.r_[True, month_num[1:] != month_num[:-1]])
+    month_of_day = np.cumsum(np.r_[0, (month_num[1:] != month_num[:-1]).astype(np.int64)])
+    months = [(int(m // 12 + 1970), int(m % 12 + 1)) for m in month_num[first]]
+    return months, month_of_day.astype(np.int64), first.astype(np.int64)
 
 
 def _price_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
@@ -221,10 +217,9 @@ def compile_scenario(sc: Scenario) -> Compiled:
     n_days = sc.horizon_days
     dates = np.arange(np.datetime64(sc.start), np.datetime64(sc.end) + 1)
     months, month_of_day, month_start = _month_index(sc, n_days)
-    days_left = np.empty(n_days, np.int64)
-    for i in range(n_days):
-        day = sc.start + dt.timedelta(days=i)
-        days_left[i] = (dt.date(day.year, 12, 31) - day).days + 1
+    days = dates.astype("datetime64[D]")
+    year_end = (days.astype("datetime64[Y]") + 1).astype("datetime64[D]")
+    days_left = (year_end - days).astype(np.int64)
 
     mats = {m.id: i for i, m in enumerate(sc.materials)}
     pools = {p.key: i for i, p in enumerate(sc.pools)}
