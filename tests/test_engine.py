@@ -160,6 +160,22 @@ def test_quota_batches_gate_the_use(tiny_tree: dict[str, Any]) -> None:
     assert use[oct1:366].sum() > 1500
 
 
+def test_quota_produce_ahead_runs_before_the_first_batch(tiny_tree: dict[str, Any]) -> None:
+    """Without produce_ahead nothing is mined before a February batch; with it, the mine runs
+    from January, paced to the year's total, which it still never exceeds."""
+    tiny_tree["settings"] = {"outages": False, "price_noise": False, "demand_noise": False}
+    tiny_tree["quotas"][0]["batches"] = [{"month": 2, "share_frac": 0.5},
+                                         {"month": 7, "share_frac": 0.5}]
+    feb1 = (dt.date(2024, 2, 1) - dt.date(2024, 1, 1)).days
+    gated = retwin.run(retwin.load_scenario(tiny_tree), seed=2)
+    assert _quota_use(gated)[:feb1].sum() == 0.0
+    tiny_tree["quotas"][0]["produce_ahead"] = True
+    ahead = retwin.run(retwin.load_scenario(tiny_tree), seed=2)
+    use = _quota_use(ahead)  # ahead of the releases by design: only the year's total binds
+    np.testing.assert_allclose(use[:feb1].sum(), 15000 * feb1 / 366, rtol=1e-6)
+    assert use[:366].sum() <= 15000 * (1 + 1e-9)
+
+
 def test_quota_for_a_horizon_starting_mid_year(tiny_tree: dict[str, Any]) -> None:
     tiny_tree["start"] = "2024-07-01"
     res = retwin.run(retwin.load_scenario(tiny_tree), seed=3)

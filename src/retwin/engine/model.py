@@ -111,7 +111,8 @@ class ChainModel:
                              st.outages).start(self.env, self)
         first_year_frac = c.days_left[0] / (366 if _leap(c.scenario.start.year) else 365)
         QuotaProcess(c.quota_ids, c.releases, c.year_starts, c.quota_year_total,
-                     float(first_year_frac), self.q_avail, self.q_year_left).start(self.env, self)
+                     float(first_year_frac), [q.produce_ahead for q in c.scenario.quotas],
+                     self.q_avail, self.q_year_left).start(self.env, self)
         MarketProcess(c.material_ids, c.month_start_day, c.price_month, c.volatility,
                       c.reversion, st.price_noise, self.price, self.price_rec).start(self.env, self)
         DemandProcess(c.segment_ids, c.month_start_day, c.demand_month, c.demand_cv,

@@ -279,7 +279,10 @@ class Quota(_Model):
     """An annual ceiling in t REO on the output of a set of plants (total-quantity control).
 
     Each unit of a covered plant's activity uses the REO content of its outputs. Plants pace
-    their use evenly over the year and never use more than has been released so far.
+    their use evenly over the year and never use more than has been released so far — unless
+    ``produce_ahead`` is set: then they produce from January against the year's total (the
+    sum of its batches, after any quota change), as firms do when the first batch is
+    published weeks into the year.
     """
 
     id: Id
@@ -290,6 +293,9 @@ class Quota(_Model):
     )
     batches: list[QuotaBatch] = Field(
         default_factory=lambda: [QuotaBatch(month=1, day=1, share_frac=1.0)]
+    )
+    produce_ahead: bool = Field(
+        False, description="Produce ahead of a batch's release, up to the year's total."
     )
     source: str = ""
 

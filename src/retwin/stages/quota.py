@@ -15,7 +15,8 @@ __all__ = ["QuotaProcess"]
 
 class QuotaProcess:
     """At each calendar year's start, unused quota lapses and the year's ceiling is set; on
-    each batch date the batch is released. A horizon that starts mid-year gets the share of
+    each batch date the batch is released (for a quota that produces ahead, the whole year's
+    total is available from the start and the releases are only logged). A horizon that starts mid-year gets the share of
     that year's ceiling and of its earlier batches that the remaining days represent."""
 
     def __init__(
@@ -25,6 +26,7 @@ class QuotaProcess:
         year_starts: list[tuple[int, int]],
         year_total: dict[tuple[int, int], float],
         first_year_frac: float,
+        produce_ahead: list[bool],
         q_avail: FloatArray,
         q_year_left: FloatArray,
     ) -> None:
@@ -33,6 +35,7 @@ class QuotaProcess:
         self.year_starts = year_starts
         self.year_total = year_total
         self.first_year_frac = first_year_frac
+        self.produce_ahead = produce_ahead
         self.q_avail = q_avail
         self.q_year_left = q_year_left
 
@@ -56,10 +59,12 @@ class QuotaProcess:
                 frac = self.first_year_frac if first else 1.0
                 first = False
                 for q in range(len(self.quota_ids)):
-                    self.q_avail[q] = 0.0
-                    self.q_year_left[q] = frac * self.year_total.get((q, which), 0.0)
+                    total = frac * self.year_total.get((q, which), 0.0)
+                    self.q_year_left[q] = total
+                    self.q_avail[q] = total if self.produce_ahead[q] else 0.0
                 chain.log(day, "quota_year", str(which))
             else:
-                share = self.first_year_frac if day == 0 else 1.0
-                self.q_avail[which] += share * amount
+                if not self.produce_ahead[which]:
+                    share = self.first_year_frac if day == 0 else 1.0
+                    self.q_avail[which] += share * amount
                 chain.log(day, "quota_release", self.quota_ids[which])
