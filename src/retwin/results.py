@@ -23,6 +23,7 @@ __all__ = ["Balance", "ReplicationSet", "RunResult", "summarise"]
 #: The row labels of a compiled scenario's KPI table (the same for every run of it), kept
 #: while the compiled scenario lives, so a replication only computes the values.
 _KPI_INDEX: dict[int, tuple[list[tuple[str, str, str]], pd.DataFrame]] = {}
+_MONTHLY_INDEX: dict[int, tuple[tuple[tuple[str, tuple[str, ...]], ...], pd.DataFrame]] = {}
 
 YI = 1e8  # CNY per 亿元
 RAW_STAGES = ("separation", "recycling")
@@ -409,6 +410,68 @@ class RunResult:
             }))
         return pd.concat(parts, ignore_index=True)
 
+    def monthly_values(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """Monthly series as row labels (``month, kind, id``) and values, in a fixed row
+        order for every run of one compiled scenario (so replications stack into bands).
+
+        Kinds: ``activity`` (per plant, units of activity in the month), ``capacity`` (per
+        plant, nameplate activity available in the month), ``utilisation`` (per stage),
+        ``stock`` (per pool, at the month's end), ``imports``/``exports`` (per market),
+        ``served``/``unmet`` (per segment), ``price`` (per material, CNY per unit).
+        """
+        c = self.compiled
+        starts = c.month_start_day
+        ends = np.r_[starts[1:], c.n_days] - 1
+        act_m = np.add.reduceat(self.activity, starts, axis=1)
+        cap_m = np.add.reduceat(self.capacity_days, starts, axis=1)
+        stage_arr = np.array(c.plant_stage)
+        stages = [s for s in STAGES if (stage_arr == s).any()]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            util = np.array([
+                np.where(cap_m[stage_arr == s].sum(0) > 0,
+                         act_m[stage_arr == s].sum(0) / cap_m[stage_arr == s].sum(0), 0.0)
+                for s in stages
+            ]).reshape(len(stages), len(starts))
+        blocks = [
+            ("activity", c.plant_ids, act_m),
+            ("capacity", c.plant_ids, cap_m),
+            ("utilisation", stages, util),
+            ("stock", [f"{r}/{m}" for r, m in c.pool_keys], self.stock[:, ends]),
+            ("imports", c.market_ids, np.add.reduceat(self.imports, starts, axis=1)
+             if c.market_ids else np.zeros((0, len(starts)))),
+            ("exports", c.market_ids, np.add.reduceat(self.exports, starts, axis=1)
+             if c.market_ids else np.zeros((0, len(starts)))),
+            ("served", c.segment_ids, np.add.reduceat(self.served, starts, axis=1)
+             if c.segment_ids else np.zeros((0, len(starts)))),
+            ("unmet", c.segment_ids, np.add.reduceat(self.unmet, starts, axis=1)
+             if c.segment_ids else np.zeros((0, len(starts)))),
+            ("price", c.material_ids, self.price_month),
+        ]
+        blocks = [b for b in blocks if len(b[1])]
+        values = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1)
+                                 for _, _, a in blocks])
+        key = tuple((kind, tuple(ids)) for kind, ids, _ in blocks)
+        cached = _MONTHLY_INDEX.get(id(c))
+        if cached is None or cached[0] != key:
+            months = np.array([np.datetime64(f"{y:04d}-{m:02d}-01") for y, m in c.months])
+            labels = pd.concat([
+                pd.DataFrame({
+                    "month": np.tile(months, len(ids)),
+                    "kind": kind,
+                    "id": np.repeat(np.asarray(ids, dtype=object), len(months)),
+                })
+                for kind, ids, _ in blocks
+            ], ignore_index=True)
+            cached = (key, labels)
+            _MONTHLY_INDEX[id(c)] = cached
+            weakref.finalize(c, _MONTHLY_INDEX.pop, id(c), None)
+        return cached[1], values
+
+    def monthly(self) -> pd.DataFrame:
+        """Monthly series, tidy: ``month, kind, id, value`` (see :meth:`monthly_values`)."""
+        labels, values = self.monthly_values()
+        return labels.assign(value=values)  # assign copies: the cached labels stay intact
+
     def flows(self) -> pd.DataFrame:
         """Monthly flows per plant: ``month, plant, stage, material, direction, amount``."""
         c = self.compiled
@@ -459,10 +522,22 @@ class ReplicationSet:
     first: RunResult
     kpi_frames: list[pd.DataFrame]
     seeds: list[tuple[int, int]]
+    monthly_stack: np.ndarray | None = None  # (replications, rows of first.monthly_values())
 
     @cached_property
     def summary(self) -> pd.DataFrame:
         return summarise(self.kpi_frames)
+
+    @cached_property
+    def monthly_bands(self) -> pd.DataFrame:
+        """Monthly series across replications: ``month, kind, id, mean, p5, p50, p95``."""
+        labels, first_values = self.first.monthly_values()
+        stack = self.monthly_stack if self.monthly_stack is not None else first_values[None, :]
+        out = labels.copy()  # the labels are shared by every run of the scenario
+        out["mean"] = stack.mean(axis=0)
+        for q in (5, 50, 95):
+            out[f"p{q}"] = np.percentile(stack, q, axis=0)
+        return out
 
     def difference(self, baseline: ReplicationSet) -> pd.DataFrame:
         """Paired differences to a baseline run with the same seeds (common random numbers)."""

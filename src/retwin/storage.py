@@ -44,11 +44,12 @@ def save_result(
     changes: list[dict[str, Any]] | None = None,
     overwrite: bool = True,
 ) -> Path:
-    """Write ``series``, ``flows``, ``kpis`` (and ``summary``, ``difference``, ``targets``,
-    ``bottlenecks``) plus ``manifest.json`` into ``out_dir``; returns the directory.
+    """Write ``series``, ``flows``, ``monthly``, ``kpis`` (and ``summary``, ``difference``,
+    ``targets``, ``bottlenecks``) plus ``manifest.json`` into ``out_dir``; returns it.
 
-    ``series`` and ``flows`` come from the first replication; ``kpis`` holds every
-    replication's annual KPIs with a ``replication`` column.
+    ``series`` (daily) and ``flows`` come from the first replication; ``monthly`` holds the
+    monthly series (with ``mean, p5, p50, p95`` across replications for a replication set);
+    ``kpis`` holds every replication's annual KPIs with a ``replication`` column.
     """
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"format(={fmt!r}) must be parquet or csv")
@@ -63,6 +64,10 @@ def save_result(
             _write(first.series(), tmp / "series", fmt),
             _write(first.flows(), tmp / "flows", fmt),
         ]
+        if isinstance(result, ReplicationSet):
+            files.append(_write(result.monthly_bands, tmp / "monthly", fmt))
+        else:
+            files.append(_write(first.monthly(), tmp / "monthly", fmt))
         if isinstance(result, ReplicationSet):
             kpis = pd.concat(
                 [f.assign(replication=r) for r, f in enumerate(result.kpi_frames)],

@@ -117,16 +117,19 @@ def run_replications(
     c = prepare(scenario, changes)
     first = None
     frames = []
+    monthly = []
     for r in range(replications):
         res = run(c, seed=seed, replication=r)
         frames.append(res.kpis)
+        monthly.append(res.monthly_values()[1])
         if first is None:
             first = res
         if progress is not None:
             progress(r + 1, replications)
     assert first is not None
     return ReplicationSet(first=first, kpi_frames=frames,
-                          seeds=[(seed, r) for r in range(replications)])
+                          seeds=[(seed, r) for r in range(replications)],
+                          monthly_stack=np.stack(monthly))
 
 
 def run_metadata(c: Compiled, seed: int) -> dict[str, Any]:

@@ -16,8 +16,9 @@ __all__ = ["QuotaProcess"]
 class QuotaProcess:
     """At each calendar year's start, unused quota lapses and the year's ceiling is set; on
     each batch date the batch is released (for a quota that produces ahead, the whole year's
-    total is available from the start and the releases are only logged). A horizon that starts mid-year gets the share of
-    that year's ceiling and of its earlier batches that the remaining days represent."""
+    total is available from the start and the releases are only logged). A horizon that
+    starts mid-year gets the share of that year's ceiling and of its earlier batches that the
+    remaining days represent."""
 
     def __init__(
         self,
