@@ -411,3 +411,30 @@ def test_run_checks_the_balance(tiny_quiet: Scenario, monkeypatch: pytest.Monkey
     assert calls == [1]
     assert retwin.run(tiny_quiet, seed=1, check=False).totals.sum() > 0
     assert calls == [1]
+
+
+# --- monthly series -------------------------------------------------------------------------
+
+
+def test_monthly_series_add_up_to_the_annual_kpis(tiny_run: Any) -> None:
+    m = tiny_run.monthly()
+    act = m[m.kind == "activity"]
+    by_year = act.assign(year=act.month.dt.year).groupby(["id", "year"]).value.sum()
+    k = tiny_run.kpis
+    out = k[k.kpi == "output.plant"].set_index(["key", "year"]).value
+    np.testing.assert_allclose(by_year.sort_index().to_numpy(),
+                               out.rename_axis(["id", "year"]).sort_index().to_numpy(), rtol=1e-9)
+    stock = m[(m.kind == "stock")].groupby("id").value.last()
+    c = tiny_run.compiled
+    final = dict(zip([f"{r}/{mat}" for r, mat in c.pool_keys], tiny_run.final_stock, strict=True))
+    for pool, v in stock.items():
+        assert v == pytest.approx(final[pool], rel=1e-12, abs=1e-9)
+
+
+def test_monthly_bands_are_ordered_and_span_the_replications(tiny: Scenario) -> None:
+    rs = retwin.run_replications(tiny, 4, seed=5)
+    b = rs.monthly_bands
+    assert (b.p5 <= b.p50 + 1e-12).all() and (b.p50 <= b.p95 + 1e-12).all()
+    assert rs.monthly_stack is not None and rs.monthly_stack.shape[0] == 4
+    noisy = b[b.kind == "price"]
+    assert (noisy.p95 - noisy.p5).max() > 0  # price noise makes replications differ
