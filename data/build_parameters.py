@@ -1161,6 +1161,84 @@ for stage, mtbf, mttr, why in [
         f"no source; {why}; availability ≈ MTBF / (MTBF + MTTR) = {mtbf / (mtbf + mttr):.3f}")
 
 
+# ---------------------------------------------------------------------------------------------
+# 12. National models china-2020 (back-cast 2020-2024) and china-2024: element mix of ionic
+#     clays, the rock/ionic quota split where the sources lack it, the origin of imported feed,
+#     sizing rules and the prices of 2020-2023 the back-cast needs. The back-cast's free
+#     parameters are not here: `retwin fit` writes them to data/fitted.csv (years 2020-2022).
+# ---------------------------------------------------------------------------------------------
+NAT = "models/china-2020.yaml, models/china-2024.yaml (national reference model)"
+ZHANG = dd("2a", "Zhang et al. 2016, 《稀土》 (jmonline.org, DOI 10.16533/J.CNKI.15-1099/TF.201601020)")
+
+row("dist.ionic_clay.mree_frac", 0.15, "fraction of REO", "", "A", ZHANG,
+    "weathered-crust ionic clays, general: Sm–Dy ≈ 15 % of REO (MREE)")
+row("dist.ionic_clay.hree_y_frac", 0.29, "fraction of REO", "", "A", ZHANG,
+    "weathered-crust ionic clays, general: Ho–Lu + Y ≈ 29 % of REO (HREE)")
+row("dist.ionic_clay.lree_frac", round(1 - 0.15 - 0.29, 6), "fraction of REO", "", "derived", ZHANG,
+    "= 1 − {dist.ionic_clay.mree_frac} − {dist.ionic_clay.hree_y_frac}: La–Nd")
+_ION_WHY = ("no element-level figure for China's ionic-clay mix in the sources (only the group totals of Zhang 2016, A, "
+            "and single deposits: Longnan Y 64.8 %, Xunwu Ce 47 % flagged doubtful); split inside the group by assumption")
+_ion_prnd = 0.24
+for el, val, note in [
+    ("la", 0.27, "La–Nd group {dist.ionic_clay.lree_frac} = La 27 + Ce 5 + Pr+Nd 24 %; La is the main light element of the clays"),
+    ("ce", 0.05, "low: assumption that cerium is largely lost from weathered-crust clays; the sources give no usable Ce figure"),
+    ("pr", _ion_prnd * _s_pr, "= 0.24 × {spec.prnd_oxide_baotou.pr_frac}: Pr+Nd 24 % of REO (assumption), in the Pr : Nd ratio "
+     "of the model's PrNd oxide so that one PrNd oxide serves both feeds"),
+    ("nd", _ion_prnd * (1 - _s_pr), "= 0.24 × (1 − {spec.prnd_oxide_baotou.pr_frac}); see the Pr row"),
+    ("sm", 0.04, "Sm–Dy group {dist.ionic_clay.mree_frac} = Sm 4 + Eu 0.7 + Gd 4.5 + Tb 0.8 + Dy 5 %"),
+    ("eu", 0.007, "Eu-rich clays hold > 0.5 % Eu (soolun.net, B); 0.7 % taken for the mix"),
+    ("gd", 0.045, "see the Sm row"),
+    ("tb", 0.008, "see the Sm row; the ionic clays are China's Dy/Tb source (§2a, §10)"),
+    ("dy", 0.05, "see the Sm row"),
+    ("y", 0.24, "Ho–Lu + Y group {dist.ionic_clay.hree_y_frac} = Y 24 + other 5 %; Y below the HREE-rich Longnan deposit's 64.8 % "
+     "because the national mix includes the LREE-type clays"),
+    ("other", 0.05, "Ho–Lu (Er, Tm, Yb, Lu); see the Y row"),
+]:
+    row(f"dist.ionic_clay.{el}_frac", val, "fraction of REO", "", "estimate", ZHANG, f"{_ION_WHY}. {note}")
+assert abs(sum(v(f"dist.ionic_clay.{el}_frac") for el in
+               ("la", "ce", "pr", "nd", "sm", "eu", "gd", "tb", "dy", "y", "other")) - 1) < 1e-9
+
+for yr, b1 in ((2023, 10943), (2024, 10140)):
+    row(f"quota.national.mining_ionic_est_t_reo.{yr}", 19150, "t REO", yr, "estimate", dd("1a", Q_SRC[yr]),
+        f"the full-year ionic quota of {yr} is not in the sources (§11); kept at 19,150 t, its level every year 2018–2022 "
+        f"({{quota.national.mining_ionic_t_reo.2022}}); batch 1 of {yr} was {b1:,} t, about half, as with two batches a year")
+
+row("lead.import_feed_days", 30, "days", "", "estimate", "none (not in the sources)",
+    "no source for the transit of imported concentrate and mixed carbonate to Chinese separators (Myanmar overland, "
+    "USA by sea); about a month; placeholder")
+row("stock.china.working_cover_days", 30, "days of use", "", "estimate", dd("6/§9", "inventory rows (no national figure)"),
+    "no national inventory data; a working stock of about one month of use per pool, as for Baotou "
+    "({stock.baotou.working_cover_days}); imports top up to it")
+row("stock.china.max_cover_days", 90, "days of use", "", "estimate", dd("6/§9", "inventory rows (no national figure)"),
+    "no source; storage ceiling of the Dy and Tb metal pools, three times the working stock, so that the reduction plants "
+    "throttle to what the magnet makers use instead of piling up metal (as {stock.baotou.max_cover_days})")
+row("capacity.china.quota_headroom_ratio", 1.25, "ratio (capacity / quota)", "", "estimate", NAT,
+    "no national mine or separator capacity per year in the sources; plants working under a quota are sized 25 % above "
+    "the largest quota of the horizon so that the quota, not capacity, binds (§9: mining at 100 % of quota; USGS: China's "
+    "mine production equals the quota 2021–24)")
+
+row("price.concentrate_reo50.cny_per_t.2021h2", round(26887 / 1.65, 1), CONC, 2021, "derived", dd("5b", "yicaiglobal.com"),
+    "= {price.concentrate_reo50.cny_per_t.2022h1} / 1.65: the Jan 2022 contract price was +65 % on the price before it; "
+    "no earlier concentrate price in the sources (the back-cast holds it back to 2020)")
+for yr in (2020, 2021, 2022):
+    val = v("price.ndfeb_magnet.cny_per_t.2023") * (1 + v("magnet.ndfeb.re_share_of_cost_frac") * (
+        v(f"price.prnd_oxide.cny_per_t.{yr}") / v("price.prnd_oxide.cny_per_t.2023") - 1))
+    row(f"price.ndfeb_magnet.cny_per_t.{yr}", round(val), "CNY/t sintered NdFeB (finished)", yr, "estimate",
+        dd("5c/§9", "magnet price estimate moved with PrNd oxide"),
+        f"no magnet price series in the sources: = {{price.ndfeb_magnet.cny_per_t.2023}} × (1 + {{magnet.ndfeb.re_share_of_cost_frac}} "
+        f"× ({{price.prnd_oxide.cny_per_t.{yr}}} / {{price.prnd_oxide.cny_per_t.2023}} − 1)): the 2023 estimate with its RE "
+        "share of cost moved by the PrNd oxide price")
+for yr in (2020, 2021, 2022, 2023):
+    val = ((_mag_re["pr"] + _mag_re["nd"]) * v(f"price.prnd_oxide.cny_per_t.{yr}")
+           + _mag_re["dy"] * v(f"price.dy_oxide.cny_per_t.{yr}")
+           + _mag_re["tb"] * v(f"price.tb_oxide.cny_per_t.{yr}")) * v("yield.scrap_to_reo_recovery_frac")
+    row(f"price.ndfeb_swarf.cny_per_t.{yr}", round(val), "CNY/t swarf", yr, "estimate", MODEL + "; " + ARGUS_P,
+        "as {price.ndfeb_swarf.cny_per_t.2024}, with the oxide prices of " + str(yr) + ": "
+        f"(({{magnet.ndfeb_baotou.pr_t_reo_per_t}} + {{magnet.ndfeb_baotou.nd_t_reo_per_t}}) × {{price.prnd_oxide.cny_per_t.{yr}}} + "
+        f"{{magnet.ndfeb_baotou.dy_t_reo_per_t}} × {{price.dy_oxide.cny_per_t.{yr}}} + {{magnet.ndfeb_baotou.tb_t_reo_per_t}} × "
+        f"{{price.tb_oxide.cny_per_t.{yr}}}) × {{yield.scrap_to_reo_recovery_frac}}; an upper bound")
+
+
 def main() -> None:
     rows = sorted(ROWS, key=lambda r: r["key"])
     with OUT.open("w", encoding="utf-8", newline="") as fh:

@@ -1,9 +1,10 @@
 """Reference data: the parameter table in ``data/`` and its manifest.
 
 Every number about the world that a reference model uses lives in ``data/parameters.csv``
-with its unit, year, reliability flag and source. Model files refer to rows by key inside
-formulas (``"= {yield.sx_recovery_frac} * 2"``); :func:`resolve_formulas` replaces them.
-``data/manifest.json`` records each file's sha256, so a changed table is noticed.
+with its unit, year, reliability flag and source; the values fitted to history by
+``retwin fit`` live in ``data/fitted.csv`` (same columns). Model files refer to rows of either
+by key inside formulas (``"= {yield.sx_recovery_frac} * 2"``); :func:`resolve_formulas`
+replaces them. ``data/manifest.json`` records each file's sha256, so a changed table is noticed.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from typing import Any
 from retwin.errors import DataError, ScenarioError
 
 __all__ = [
+    "FITTED_FILE",
     "Parameter",
     "build_manifest",
     "check_manifest",
     "evaluate_formula",
+    "formula_parameters",
+    "load_fitted",
     "load_parameters",
     "models_dir",
     "reference_dir",
@@ -72,8 +76,13 @@ def models_dir() -> Path:
     return reference_dir() / "models"
 
 
-@lru_cache(maxsize=4)
-def _read_parameters(path: str) -> dict[str, Parameter]:
+#: The table ``retwin fit`` writes next to ``parameters.csv``; read with it when present.
+FITTED_FILE = "fitted.csv"
+
+
+@lru_cache(maxsize=8)
+def _read_parameters(path: str, mtime_ns: int = 0) -> dict[str, Parameter]:
+    # mtime_ns is part of the cache key only: a table rewritten in this process is read again
     p = Path(path)
     if not p.is_file():
         raise DataError(f"parameter table not found: {p}")
@@ -104,9 +113,32 @@ def _read_parameters(path: str) -> dict[str, Parameter]:
     return out
 
 
+def _read(path: Path) -> dict[str, Parameter]:
+    mtime = path.stat().st_mtime_ns if path.is_file() else 0
+    return _read_parameters(str(path), mtime)
+
+
 def load_parameters(path: Path | None = None) -> dict[str, Parameter]:
-    """The parameter table as ``key -> Parameter`` (cached per path)."""
-    return _read_parameters(str(path or reference_dir() / "data" / "parameters.csv"))
+    """The parameter table as ``key -> Parameter`` (cached per path and modification time)."""
+    return _read(Path(path) if path is not None else reference_dir() / "data" / "parameters.csv")
+
+
+def load_fitted() -> dict[str, Parameter]:
+    """The fitted values of ``data/fitted.csv`` (written by ``retwin fit``); empty if absent."""
+    path = reference_dir() / "data" / FITTED_FILE
+    return _read(path) if path.is_file() else {}
+
+
+def formula_parameters() -> dict[str, Parameter]:
+    """What formulas may refer to: ``parameters.csv`` and ``fitted.csv`` together (a key in
+    both is a :class:`DataError`)."""
+    params, fitted = load_parameters(), load_fitted()
+    if not fitted:
+        return params
+    both = sorted(set(params) & set(fitted))
+    if both:
+        raise DataError(f"{FITTED_FILE}: keys also in parameters.csv: {', '.join(both)}")
+    return {**params, **fitted}
 
 
 _BINOPS: dict[type, Callable[[float, float], float]] = {
@@ -182,7 +214,7 @@ def resolve_formulas(tree: Any, params: dict[str, Parameter] | None = None, path
         if isinstance(node, str) and node.lstrip().startswith("="):
             nonlocal params
             if params is None:
-                params = load_parameters()
+                params = formula_parameters()
             try:
                 return evaluate_formula(node, params)
             except ValueError as exc:
