@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import retwin
 from conftest import MIX, QUIET, assert_same_run, make_scenario, make_tree, mat, plant
+from retwin.kernels.flow import BIND_STORAGE
 from retwin.scenario.schema import Scenario
 
 STAGE_NAMES = ("mining", "separation", "metal", "magnet")
@@ -225,6 +226,10 @@ def test_raising_a_quota_never_lowers_extraction(tree: dict[str, Any], factor: f
     sc = load(tree)
     base = retwin.run(sc, seed=0)
     more = retwin.run(sc, seed=0, changes=[{"kind": "quota", "quota": "q", "factor": factor}])
+    # When a storage ceiling binds, the chain stalls and what it extracted before the stall
+    # depends on how the room was shared over time (lead times differ per mine): there the
+    # total can move either way by what sat in the pipeline, so the property excludes it.
+    assume(not (base.binding == BIND_STORAGE).any() and not (more.binding == BIND_STORAGE).any())
     under = base.compiled.kernel_static["plant_quota"] == 0
     before, after = base.activity[under].sum(), more.activity[under].sum()
     assert after >= before - 1e-9 * max(1.0, before)

@@ -402,13 +402,22 @@ class RunResult:
         ):
             if not ids:
                 continue
-            parts.append(pd.DataFrame({
-                "date": np.tile(dates, len(ids)),
-                "kind": kind,
-                "id": np.repeat(ids, len(dates)),
-                "value": arr.reshape(-1),
-            }))
-        return pd.concat(parts, ignore_index=True)
+            parts.append((kind, ids, arr))
+        n_d = len(dates)
+        kinds = [k for k, ids, _ in parts for _ in ids]
+        names = [i for _, ids, _ in parts for i in ids]
+        rows = np.repeat(np.arange(len(names)), n_d)
+        # categorical columns: a few hundred labels over ~10^5-10^6 rows (dictionary-encoded
+        # in Parquet too)
+        kind_cat = pd.Categorical.from_codes(
+            np.unique(kinds, return_inverse=True)[1][rows], categories=np.unique(kinds))
+        id_labels, id_codes = np.unique(names, return_inverse=True)
+        return pd.DataFrame({
+            "date": np.tile(dates, len(names)),
+            "kind": kind_cat,
+            "id": pd.Categorical.from_codes(id_codes[rows], categories=id_labels),
+            "value": np.concatenate([a.reshape(-1) for _, _, a in parts]),
+        })
 
     def monthly_values(self) -> tuple[pd.DataFrame, np.ndarray]:
         """Monthly series as row labels (``month, kind, id``) and values, in a fixed row
@@ -477,19 +486,38 @@ class RunResult:
         c = self.compiled
         st = c.kernel_static
         starts = c.month_start_day
-        act_m = np.add.reduceat(self.activity, starts, axis=1)
-        months = [dt.date(y, m, 1) for y, m in c.months]
-        rows = []
-        for p, pid in enumerate(c.plant_ids):
-            for side, ptr, mat, amt in (("in", "in_ptr", "in_mat", "in_amt"),
-                                        ("out", "out_ptr", "out_mat", "out_amt")):
-                for j in range(st[ptr][p], st[ptr][p + 1]):
-                    rows.append(pd.DataFrame({
-                        "month": months, "plant": pid, "stage": c.plant_stage[p],
-                        "material": c.material_ids[st[mat][j]], "direction": side,
-                        "amount": act_m[p] * st[amt][j],
-                    }))
-        return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+        act_m = np.add.reduceat(self.activity, starts, axis=1)  # (P, T)
+        months = np.empty(len(c.months), dtype=object)
+        months[:] = [dt.date(y, m, 1) for y, m in c.months]
+        plant_of, mat_of, side_of, amt_of = [], [], [], []
+        for side, ptr, mat, amt in (("in", "in_ptr", "in_mat", "in_amt"),
+                                    ("out", "out_ptr", "out_mat", "out_amt")):
+            counts = np.diff(st[ptr])
+            plant_of.append(np.repeat(np.arange(len(c.plant_ids)), counts))
+            mat_of.append(st[mat])
+            side_of += [side] * int(counts.sum())
+            amt_of.append(st[amt])
+        p_idx = np.concatenate(plant_of)
+        if not len(p_idx):
+            return pd.DataFrame()
+        # entries in plant order, inputs before outputs (stable sort keeps that within a plant)
+        order = np.argsort(p_idx, kind="stable")
+        p_idx = p_idx[order]
+        m_idx = np.concatenate(mat_of)[order]
+        sides = np.asarray(side_of, dtype=object)[order]
+        amounts = act_m[p_idx] * np.concatenate(amt_of)[order][:, None]  # (entries, T)
+        n_t = len(months)
+        plant_ids = np.asarray(c.plant_ids, dtype=object)
+        stages = np.asarray(c.plant_stage, dtype=object)
+        materials = np.asarray(c.material_ids, dtype=object)
+        return pd.DataFrame({
+            "month": np.tile(months, len(p_idx)),
+            "plant": np.repeat(plant_ids[p_idx], n_t),
+            "stage": np.repeat(stages[p_idx], n_t),
+            "material": np.repeat(materials[m_idx], n_t),
+            "direction": np.repeat(sides, n_t),
+            "amount": amounts.reshape(-1),
+        })
 
 
 def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
