@@ -1,0 +1,202 @@
+"""Batch studies: 1,000 Baotou replications on 2 workers, 1 -> 2 worker scaling, the Dask
+path's overhead per run against local processes, and the peak memory of a 10,000-run study.
+
+Worker pools are started outside the timed region (a warm pool is what a long study sees);
+the cold start is reported in ``extra_info``. Each benchmark asserts a correctness fact.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import retwin
+from retwin.batch import DaskExecutor, ProcessExecutor, run_batch
+
+_round = itertools.count()
+_figures: dict[str, float] = {}
+
+
+def _out(tmp: Path) -> Path:
+    return tmp / f"out{next(_round)}"
+
+
+def _mc(replications: int, *, record: str = "annual", base: str = "baotou-2024",
+        chunk: int = 50) -> dict[str, Any]:
+    return {"name": f"mc-{replications}", "base": base, "replications": replications,
+            "seed": 1, "record": record, "chunk_replications": chunk}
+
+
+@pytest.fixture(scope="module")
+def pool2() -> Iterator[ProcessExecutor]:
+    ex = ProcessExecutor(2)
+    # start and warm the workers on the same base model before anything is timed
+    run_batch(_mc(4, chunk=1), Path(f"/tmp/retwin-bench-warm-{time.time_ns()}"), executor=ex)
+    yield ex
+    ex.close()
+
+
+@pytest.mark.benchmark(group="batch-1000")
+def test_baotou_1000_replications_2_workers(benchmark, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                            pool2: ProcessExecutor) -> None:
+    """DESIGN §5: 1,000 replications of baotou-2024 in <= 5 s on 2 cores."""
+    res = benchmark.pedantic(lambda: run_batch(_mc(1000), _out(tmp_path), executor=pool2),
+                             rounds=3, warmup_rounds=0)
+    assert res.complete and res.manifest["counts"]["runs_done"] == 1000
+    total = res.to_pandas(filter={"kpi": "value.group", "key": "total", "year": 2026})
+    assert total["replication"].nunique() == 1000 and total["value"].nunique() > 100
+    first = retwin.run(retwin.load_scenario("baotou-2024"), seed=1).kpi("value.group",
+                                                                         "total", 2026)
+    assert total.loc[total.replication == 0, "value"].item() == first
+    t0 = time.perf_counter()
+    cold = run_batch(_mc(1000), _out(tmp_path), workers=2)  # a fresh pool: start-up included
+    benchmark.extra_info["cold_start_total_s"] = round(time.perf_counter() - t0, 3)
+    benchmark.extra_info["runs_per_s"] = round(1000 / benchmark.stats.stats.mean, 1)
+    assert cold.complete
+    monthly = time.perf_counter()
+    run_batch(_mc(1000, record="monthly"), _out(tmp_path), executor=pool2)
+    benchmark.extra_info["monthly_record_s"] = round(time.perf_counter() - monthly, 3)
+
+
+@pytest.mark.benchmark(group="batch-scaling")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_scaling_1_to_2_workers(benchmark, tmp_path: Path, workers: int  # type: ignore[no-untyped-def]
+                                ) -> None:
+    """400 Baotou replications (8 tasks of 50) on a warm pool of 1 or 2 processes."""
+    ex = ProcessExecutor(workers)
+    try:
+        run_batch(_mc(2 * workers, chunk=1), _out(tmp_path), executor=ex)  # start, warm
+        res = benchmark.pedantic(lambda: run_batch(_mc(400), _out(tmp_path), executor=ex),
+                                 rounds=3, warmup_rounds=0)
+    finally:
+        ex.close()
+    assert res.manifest["counts"]["runs_done"] == 400
+    mean = benchmark.stats.stats.mean
+    _figures[f"scaling_{workers}"] = mean
+    benchmark.extra_info["runs_per_s"] = round(400 / mean, 1)
+    if workers == 2 and "scaling_1" in _figures:
+        benchmark.extra_info["speedup_vs_1_worker"] = round(_figures["scaling_1"] / mean, 2)
+
+
+def _tiny_sweep(points: int) -> dict[str, Any]:
+    return {"name": "tiny-sweep", "base": "tiny", "replications": 2, "seed": 3,
+            "record": "annual", "chunk_replications": 2,
+            "vary": [{"name": "u", "path": "plants.magnets.utilisation_max_frac",
+                      "range": {"low": 0.4, "high": 1.0}, "n": points}]}
+
+
+@pytest.mark.benchmark(group="batch-dask-overhead")
+@pytest.mark.parametrize("where", ["local", "dask"])
+def test_dask_overhead_per_run(benchmark, tmp_path: Path, where: str  # type: ignore[no-untyped-def]
+                               ) -> None:
+    """200 tasks of 2 tiny runs each, on 2 local processes or a 2-worker Dask LocalCluster
+    (processes, one thread each): the difference per run is the Dask path's overhead."""
+    distributed = pytest.importorskip("distributed")
+    spec = _tiny_sweep(200)
+    runs = 400
+    cluster = None
+    if where == "dask":
+        cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                           dashboard_address=":0")
+        client = distributed.Client(cluster)
+        ex: Any = DaskExecutor(client)
+    else:
+        ex = ProcessExecutor(2)
+    try:
+        run_batch(_tiny_sweep(4), _out(tmp_path), executor=ex)  # start, warm
+        res = benchmark.pedantic(lambda: run_batch(spec, _out(tmp_path), executor=ex),
+                                 rounds=3, warmup_rounds=0)
+    finally:
+        ex.close()
+        if cluster is not None:
+            client.close()
+            cluster.close()
+    mean = benchmark.stats.stats.mean
+    _figures[where] = mean
+    _figures[f"{where}_path"] = str(res.path)  # type: ignore[assignment]
+    benchmark.extra_info["ms_per_run"] = round(1000 * mean / runs, 3)
+    assert res.manifest["counts"]["runs_done"] == runs
+    if where == "dask" and "local" in _figures:
+        benchmark.extra_info["dask_overhead_ms_per_run"] = round(
+            1000 * (mean - _figures["local"]) / runs, 3)
+        benchmark.extra_info["dask_overhead_ms_per_task"] = round(
+            1000 * (mean - _figures["local"]) / 200, 3)
+        keys = ["point", "replication", "kpi", "key", "year"]
+        a, b = (pd.read_parquet(Path(str(_figures[f"{w}_path"])) / "kpis").astype(
+            {"point": str}).sort_values(keys).reset_index(drop=True) for w in ("local", "dask"))
+        pd.testing.assert_frame_equal(a, b, check_exact=True)  # same results either way
+
+
+_PEAK = """
+import json, os, sys, time
+from retwin.batch import run_batch
+
+def hwm_mb(pid="self"):
+    # VmHWM: peak resident set of this address space (reset by exec, unlike ru_maxrss,
+    # which a spawned process inherits from the one that forked it)
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+def children():
+    try:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as fh:
+            return fh.read().split()
+    except OSError:
+        return []
+
+workers = {}
+def sample(p):
+    for pid in children():
+        workers[pid] = max(workers.get(pid, 0.0), hwm_mb(pid))
+
+points, reps, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+spec = {"name": "mem", "base": "tiny", "replications": reps, "seed": 1, "record": "monthly",
+        "vary": [{"name": "u", "path": "plants.magnets.utilisation_max_frac",
+                  "range": {"low": 0.4, "high": 1.0}, "n": points}]}
+t0 = time.perf_counter()
+res = run_batch(spec, out, workers=2, progress=sample)
+print(json.dumps({"runs": res.manifest["counts"]["runs_done"], "self_mb": hwm_mb(),
+                  "worker_mb": max(workers.values()), "seconds": time.perf_counter() - t0}))
+"""
+
+
+def _peak(points: int, reps: int, out: Path) -> dict[str, float]:
+    done = subprocess.run([sys.executable, "-c", _PEAK, str(points), str(reps), str(out)],
+                          capture_output=True, text=True, check=True)
+    data: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data
+
+
+@pytest.mark.benchmark(group="batch-memory")
+def test_peak_memory_of_a_10000_run_study(benchmark, tmp_path: Path  # type: ignore[no-untyped-def]
+                                          ) -> None:
+    """10,000 runs of the tiny model (100 points x 100 replications, monthly series kept, 2
+    workers) in a fresh process: peak RSS (VmHWM) of the parent and of the largest worker,
+    against a 1,000-run study. Flat memory: ten times the runs may not cost 1.5 times the
+    memory."""
+    small = _peak(10, 100, tmp_path / "small")
+    big = benchmark.pedantic(lambda: _peak(100, 100, _out(tmp_path)), rounds=1,
+                             warmup_rounds=0)
+    assert big["runs"] == 10_000 and small["runs"] == 1_000
+    for key in ("self_mb", "worker_mb"):
+        benchmark.extra_info[f"{key}_10000_runs"] = round(big[key], 1)
+        benchmark.extra_info[f"{key}_1000_runs"] = round(small[key], 1)
+        assert big[key] < 1.5 * small[key], (key, small, big)
+    benchmark.extra_info["seconds_10000_runs"] = round(big["seconds"], 2)
+    rows = sum(1 for _ in (tmp_path).rglob("monthly/point=*/part-*.parquet"))
+    assert rows >= 100 * 2  # every point's monthly files of both studies are there

@@ -1,0 +1,344 @@
+"""A study's output directory: Parquet datasets partitioned by point, written atomically.
+
+Layout::
+
+    OUT/manifest.json                     spec, its sha256, versions, every point's status
+    OUT/points.parquet                    one row per point: id, seed, parameter values
+    OUT/kpis/point=<id>/part-<k>.parquet  annual KPIs of chunk k of the point's replications
+    OUT/monthly/point=<id>/part-<k>.parquet   (record: monthly or daily)
+    OUT/daily/point=<id>/part-<k>.parquet     (record: daily)
+    OUT/sensitivity.parquet               (one-at-a-time studies)
+
+Every file is written under ``OUT/.tmp``, flushed to disk and renamed into place, so a file
+that exists is whole; readers skip names starting with ``.`` or ``_``. A chunk counts as
+done when each of its files exists and its footer names this study, point and replications:
+a restarted study skips those and runs the rest. The manifest is rewritten (atomically) as
+points finish, at most once a second and always at the end; the files are the record of
+what is done, the manifest its summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retwin.batch.expand import Point, Task
+from retwin.batch.tables import ChunkResult
+from retwin.errors import RetwinError, ScenarioError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["FORMAT", "StudyDir", "part_path", "points_table", "write_atomic"]
+
+FORMAT = "retwin-sweep/1"
+_META = b"retwin"
+_MANIFEST_EVERY_S = 1.0
+
+
+def part_path(out: Path, kind: str, point_id: str, chunk: int) -> Path:
+    return out / kind / f"point={point_id}" / f"part-{chunk}.parquet"
+
+
+def write_atomic(out: Path, target: Path, write: Any) -> None:
+    """Write ``target`` by calling ``write(binary file)`` on a temporary file under
+    ``out/.tmp``, flushing it to disk and renaming it into place; nothing is left behind
+    if the write fails or is interrupted."""
+    tmp_dir = out / ".tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def _write_parquet(table: pa.Table) -> Any:
+    def write(fh: IO[bytes]) -> None:
+        pq.write_table(table, fh, compression="zstd")
+
+    return write
+
+
+def points_table(points: list[Point], names: list[str]) -> pa.Table:
+    """One row per point: ``point, index, role, parameter, seed``, one column per parameter
+    (its value at the point) and ``changes`` (the point's varied changes, as JSON)."""
+    cols: dict[str, Any] = {
+        "point": pa.array([p.id for p in points], pa.string()),
+        "index": pa.array([p.index for p in points], pa.int64()),
+        "role": pa.array([p.role for p in points], pa.string()),
+        "parameter": pa.array([p.parameter for p in points], pa.string()),
+        "seed": pa.array([p.seed for p in points], pa.int64()),
+    }
+    for name in names:
+        values = [p.values.get(name) for p in points]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            cols[name] = pa.array(values, pa.int64() if all(isinstance(v, int) for v in values)
+                                  else pa.float64())
+        elif all(isinstance(v, bool) for v in values):
+            cols[name] = pa.array(values, pa.bool_())
+        else:
+            cols[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    cols["changes"] = pa.array([json.dumps(list(p.changes), ensure_ascii=False)
+                                for p in points], pa.string())
+    return pa.table(cols)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+class StudyDir:
+    """The output directory of one study, held (locked) while the study writes to it."""
+
+    def __init__(self, out: str | Path, *, spec: dict[str, Any], spec_sha256: str,
+                 base: dict[str, Any], versions: dict[str, str], points: list[Point],
+                 tasks: list[Task], kinds: tuple[str, ...], names: list[str]) -> None:
+        self.out = Path(out)
+        self.spec = spec
+        self.spec_sha256 = spec_sha256
+        self.base = base
+        self.versions = versions
+        self.points = points
+        self.tasks = tasks
+        self.kinds = kinds
+        self.names = names
+        self._lock_fh: IO[str] | None = None
+        self._opened = False
+        self._chunks = {p.id: 0 for p in points}
+        for t in tasks:
+            self._chunks[t.point_id] += 1
+        self._done: dict[str, set[int]] = {p.id: set() for p in points}
+        self._runs = {p.id: 0 for p in points}
+        self._task_of = {(t.point_id, t.chunk): t for t in tasks}
+        self._last_manifest = 0.0
+        self.created = _now()
+        self.status = "running"
+
+    # --- opening -------------------------------------------------------------------------
+
+    def __enter__(self) -> StudyDir:
+        if not self._opened:
+            self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def open(self) -> None:
+        """Create or reopen the directory: refuse another study's results, take the lock,
+        clear temporary files, find the chunks already done, write the points table."""
+        out = self.out
+        if out.exists() and not out.is_dir():
+            raise ScenarioError([("out", f"{out} exists and is not a directory")])
+        manifest_path = out / "manifest.json"
+        old: dict[str, Any] | None = None
+        if manifest_path.is_file():
+            try:
+                old = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ScenarioError([("out", f"{manifest_path} is unreadable ({exc}); "
+                                      "choose another output directory")]) from None
+            self._check_same_study(old)
+            self.created = str(old.get("created", self.created))
+        elif out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+            raise ScenarioError([("out", f"{out} is not empty and holds no study manifest; "
+                                  "choose a new or empty output directory")])
+        out.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            shutil.rmtree(out / ".tmp", ignore_errors=True)
+            self._scan()
+            write_atomic(out, out / "points.parquet",
+                         _write_parquet(points_table(self.points, self.names)))
+            self.write_manifest(force=True)
+        except BaseException:
+            self.release()
+            raise
+        self._opened = True
+
+    def _check_same_study(self, old: dict[str, Any]) -> None:
+        if old.get("format") != FORMAT:
+            raise ScenarioError([("out", f"{self.out} holds no retwin sweep "
+                                  f"(format {old.get('format')!r})")])
+        if old.get("spec_sha256") != self.spec_sha256:
+            raise ScenarioError([("out", (
+                f"{self.out} holds the results of another study "
+                f"({old.get('study')!r}, spec sha256 {str(old.get('spec_sha256'))[:12]}); "
+                f"this spec hashes to {self.spec_sha256[:12]}: use another output directory, "
+                "or delete it to start over"))])
+        old_base = (old.get("base") or {}).get("scenario_sha256")
+        if old_base != self.base["scenario_sha256"]:
+            raise ScenarioError([("out", (
+                f"the base model changed since the study in {self.out} started (scenario "
+                f"sha256 {str(old_base)[:12]}, now {self.base['scenario_sha256'][:12]}): use "
+                "another output directory, or delete it to start over"))])
+
+    def _lock(self) -> None:
+        if fcntl is None:
+            return
+        fh = open(self.out / ".lock", "w")  # noqa: SIM115 - held until release()
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise RetwinError(f"another sweep is writing to {self.out}; wait for it or "
+                              "choose another output directory") from None
+        self._lock_fh = fh
+
+    def release(self) -> None:
+        fh, self._lock_fh = self._lock_fh, None
+        self._opened = False
+        if fh is not None:
+            fh.close()
+        shutil.rmtree(self.out / ".tmp", ignore_errors=True)
+
+    def _files(self, kind: str) -> Iterator[tuple[str, int, Path]]:
+        root = self.out / kind
+        if not root.is_dir():
+            return
+        for d in root.iterdir():
+            if not (d.is_dir() and d.name.startswith("point=")):
+                continue
+            pid = d.name[len("point="):]
+            for f in d.glob("part-*.parquet"):
+                try:
+                    chunk = int(f.stem[len("part-"):])
+                except ValueError:
+                    continue
+                yield pid, chunk, f
+
+    def _valid(self, f: Path, task: Task, kind: str) -> bool:
+        try:
+            meta = pq.read_metadata(f)
+            info = json.loads((meta.metadata or {}).get(_META, b"{}"))
+        except (OSError, ValueError, pa.ArrowException):
+            return False
+        return (meta.num_rows > 0 and info.get("spec_sha256") == self.spec_sha256
+                and info.get("point") == task.point_id and info.get("chunk") == task.chunk
+                and info.get("first") == task.first and info.get("stop") == task.stop
+                and info.get("table") == kind)
+
+    def _scan(self) -> None:
+        ok: dict[tuple[str, int], int] = {}
+        for kind in self.kinds:
+            for pid, chunk, f in self._files(kind):
+                task = self._task_of.get((pid, chunk))
+                if task is not None and self._valid(f, task, kind):
+                    ok[(pid, chunk)] = ok.get((pid, chunk), 0) + 1
+        for (pid, chunk), n in ok.items():
+            if n == len(self.kinds):
+                self._mark(self._task_of[(pid, chunk)])
+
+    def _mark(self, task: Task) -> bool:
+        """Record a chunk as done; True when its point is now complete."""
+        done = self._done[task.point_id]
+        if task.chunk not in done:
+            done.add(task.chunk)
+            self._runs[task.point_id] += task.runs
+        return len(done) == self._chunks[task.point_id]
+
+    # --- state ---------------------------------------------------------------------------
+
+    def is_done(self, task: Task) -> bool:
+        return task.chunk in self._done[task.point_id]
+
+    def todo(self) -> list[Task]:
+        return [t for t in self.tasks if not self.is_done(t)]
+
+    def point_done(self, point_id: str) -> bool:
+        return len(self._done[point_id]) == self._chunks[point_id]
+
+    @property
+    def points_done(self) -> int:
+        return sum(self.point_done(p.id) for p in self.points)
+
+    @property
+    def runs_done(self) -> int:
+        return sum(self._runs.values())
+
+    # --- writing -------------------------------------------------------------------------
+
+    def write_chunk(self, result: ChunkResult) -> bool:
+        """Write a finished chunk's tables (``kpis`` last); True when its point is complete."""
+        task = result.task
+        info = {"spec_sha256": self.spec_sha256, "point": task.point_id, "chunk": task.chunk,
+                "first": task.first, "stop": task.stop}
+        for kind in self.kinds:
+            table = result.tables.get(kind)
+            if table is None or table.num_rows == 0:
+                raise RetwinError(f"point {task.point_id} chunk {task.chunk} returned no "
+                                  f"{kind} rows")
+            meta = dict(table.schema.metadata or {})
+            meta[_META] = json.dumps({**info, "table": kind}).encode()
+            write_atomic(self.out, part_path(self.out, kind, task.point_id, task.chunk),
+                         _write_parquet(table.replace_schema_metadata(meta)))
+        complete = self._mark(task)
+        self.write_manifest()
+        return complete
+
+    def manifest(self) -> dict[str, Any]:
+        pts = []
+        for p in self.points:
+            pts.append({
+                "point": p.id, "index": p.index, "role": p.role, "parameter": p.parameter,
+                "values": p.values, "changes": list(p.changes), "seed": p.seed,
+                "chunks": self._chunks[p.id], "chunks_done": len(self._done[p.id]),
+                "status": "done" if self.point_done(p.id) else "pending",
+            })
+        runs_total = sum(t.runs for t in self.tasks)
+        return {
+            "format": FORMAT,
+            "study": self.spec["name"],
+            "status": self.status,
+            "spec": self.spec,
+            "spec_sha256": self.spec_sha256,
+            "base": self.base,
+            "versions": self.versions,
+            "tables": list(reversed(self.kinds)),
+            "parameters": self.names,
+            "created": self.created,
+            "updated": _now(),
+            "counts": {"points": len(self.points), "points_done": self.points_done,
+                       "runs": runs_total, "runs_done": self.runs_done},
+            "seeds": ("replication r of a point runs with "
+                      "retwin.engine.run.replication_seed(point seed, r), as "
+                      "`retwin run --seed <point seed> --replications N` does"),
+            "points": pts,
+        }
+
+    def write_manifest(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_manifest < _MANIFEST_EVERY_S:
+            return
+        self._last_manifest = now
+        text = json.dumps(self.manifest(), indent=1, ensure_ascii=False)
+        write_atomic(self.out, self.out / "manifest.json",
+                     lambda fh: fh.write(text.encode("utf-8")))
+
+    def write_table(self, name: str, table: pa.Table) -> None:
+        write_atomic(self.out, self.out / f"{name}.parquet", _write_parquet(table))
+
+    def finish(self, status: str) -> None:
+        self.status = status
+        self.write_manifest(force=True)

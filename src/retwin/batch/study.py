@@ -1,0 +1,444 @@
+"""Run a study: validate it against its base model, run its tasks, write its datasets."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from retwin.batch.executors import Executor, make_executor
+from retwin.batch.expand import Point, Task, expand_points, make_change, plan_tasks
+from retwin.batch.sensitivity import kpi_means, sensitivity_table
+from retwin.batch.spec import KpiSelector, StudySpec, load_spec, spec_hash
+from retwin.batch.store import StudyDir
+from retwin.batch.tables import SCHEMAS, PointRunner, kinds_for
+from retwin.engine.run import prepare, run
+from retwin.errors import RetwinError, ScenarioError
+from retwin.scenario.load import apply_changes, load_scenario, scenario_hash
+from retwin.scenario.schema import Scenario
+
+__all__ = [
+    "FULL_CHECK_MAX_POINTS",
+    "BatchInterrupted",
+    "BatchProgress",
+    "BatchResult",
+    "Study",
+    "prepare_study",
+    "run_batch",
+]
+
+#: Studies with at most this many points have every point's changes checked up front;
+#: larger ones have every parameter value checked alone (a point's changes are independent
+#: what-ifs, so a value valid alone is valid in a point) and the rest checked as they run.
+FULL_CHECK_MAX_POINTS = 100
+
+
+@dataclass
+class Study:
+    """A validated study, ready to run: its spec, base model, points and tasks."""
+
+    spec: StudySpec
+    spec_sha256: str
+    base: Scenario
+    base_hash: str
+    points: list[Point]
+    tasks: list[Task]
+    kinds: tuple[str, ...]
+
+    @property
+    def runs(self) -> int:
+        return len(self.points) * self.spec.replications
+
+    @property
+    def names(self) -> list[str]:
+        return [p.label for p in self.spec.vary]
+
+    def runner(self) -> PointRunner:
+        import retwin
+
+        return PointRunner(self.base.model_dump(mode="json", by_alias=True), self.base_hash,
+                           self.kinds, retwin.__version__)
+
+
+def _load_base(spec: StudySpec, here: Path) -> Scenario:
+    ref = spec.base
+    for cand in (here / ref, here / f"{ref}.yaml"):
+        if cand.is_file():
+            ref = str(cand)
+            break
+    try:
+        return load_scenario(ref)
+    except ScenarioError as exc:
+        raise ScenarioError([(f"base({spec.base})" + (f".{p}" if p else ""), m)
+                             for p, m in exc.problems]) from None
+
+
+def _rename_changes(problems: list[tuple[str, str]], names: Sequence[str]) -> list[
+        tuple[str, str]]:
+    """``changes[k].field`` of a point's change list -> ``names[k].field``."""
+    out = []
+    for path, msg in problems:
+        if path.startswith("changes["):
+            k, _, rest = path[len("changes["):].partition("]")
+            if k.isdigit() and int(k) < len(names):
+                path = names[int(k)] + rest
+        out.append((path, msg))
+    return out
+
+
+def _check_parameters(spec: StudySpec, base: Scenario, points: list[Point]) -> list[
+        tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for i, p in enumerate(spec.vary):
+        where = spec.where(i)
+        taken = list({json.dumps(pt.values[p.label], sort_keys=True): pt.values[p.label]
+                      for pt in points}.values())
+        if p.mode == "sample" and all(isinstance(v, int | float) for v in taken):
+            taken = [min(taken), max(taken)]  # bounds are intervals: the extremes decide
+        lines: dict[tuple[str, str], list[Any]] = {}
+        for v in taken:
+            try:
+                apply_changes(base, [make_change(p, v)])
+            except ScenarioError as exc:
+                for prob in _rename_changes(exc.problems, [where]):
+                    lines.setdefault(prob, []).append(v)
+        for (path, msg), values in lines.items():
+            if len(values) < len(taken):
+                shown = ", ".join(repr(v) for v in values[:3]) + (
+                    f" and {len(values) - 3} more" if len(values) > 3 else "")
+                msg = f"{msg} (at {p.label} = {shown})"
+            problems.append((path, msg))
+    if problems or len(points) > FULL_CHECK_MAX_POINTS:
+        return problems
+    names = [spec.where(i) for i in range(len(spec.vary))]
+    for pt in points:
+        try:
+            apply_changes(base, list(pt.changes))
+        except ScenarioError as exc:
+            label = ", ".join(f"{k}={v!r}" for k, v in pt.values.items())
+            problems += [(f"point {pt.index} ({label}): {path}", msg)
+                         for path, msg in _rename_changes(exc.problems, names)]
+    return problems
+
+
+def _check_kpis(spec: StudySpec, base: Scenario) -> list[tuple[str, str]]:
+    """The KPIs to rank exist in a run of the base model (one run, seed of the study)."""
+    if not spec.kpis:
+        return []
+    df = run(prepare(base), seed=spec.seed).kpis
+    problems: list[tuple[str, str]] = []
+    families = list(dict.fromkeys(df["kpi"]))
+    years = sorted(set(df["year"]))
+    for k, sel in enumerate(spec.selectors):
+        rows = df[df["kpi"] == sel.kpi]
+        if rows.empty:
+            problems.append((f"kpis[{k}]", f"unknown KPI {sel.kpi!r} in {sel.label!r} "
+                             f"(known: {', '.join(families)})"))
+        elif sel.key not in set(rows["key"]):
+            keys = ", ".join(dict.fromkeys(rows["key"]))
+            problems.append((f"kpis[{k}]", f"{sel.kpi} has no key {sel.key!r} (known: {keys})"))
+        elif sel.year is not None and sel.year not in years:
+            problems.append((f"kpis[{k}]", f"year {sel.year} is outside the run "
+                             f"({years[0]}..{years[-1]})"))
+    return problems
+
+
+def prepare_study(source: str | Path | Mapping[str, Any] | StudySpec, *,
+                  record: str | None = None) -> Study:
+    """Load a spec, its base model and fixed changes; expand and check every point.
+
+    Every problem is reported at once, one line each, as
+    :class:`~retwin.errors.ScenarioError`: the spec's fields, the base model, the fixed
+    changes, each varied parameter's values against the base model, the points (all of them
+    in studies of up to :data:`FULL_CHECK_MAX_POINTS`), and the KPIs to rank.
+    """
+    spec, here = load_spec(source)
+    if record is not None and record != spec.record:
+        spec = StudySpec.model_validate({**spec.model_dump(), "record": record})
+    base = _load_base(spec, here)
+    if spec.changes:
+        base = apply_changes(base, spec.changes)
+    points = expand_points(spec, base)
+    problems = _check_parameters(spec, base, points)
+    if not problems:
+        problems = _check_kpis(spec, base)
+    if problems:
+        raise ScenarioError(problems)
+    return Study(spec=spec, spec_sha256=spec_hash(spec), base=base,
+                 base_hash=scenario_hash(base), points=points,
+                 tasks=plan_tasks(points, spec.replications, spec.chunk),
+                 kinds=kinds_for(spec.record))
+
+
+def _versions(extra: Sequence[str] = ()) -> dict[str, str]:
+    out = {}
+    for pkg in ("retwin", "numpy", "numba", "simpy", "pandas", "pyarrow", "pydantic", *extra):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            out[pkg] = "unknown"
+    return out
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Where a study stands; passed to ``progress`` at the start and after every task."""
+
+    study: str
+    where: str
+    points_done: int
+    points_total: int
+    runs_done: int
+    runs_total: int
+    runs_at_start: int
+    elapsed_s: float
+    point: Point | None = None  # the point that just completed, if one did
+    task_seconds: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        """Runs per second in this session."""
+        done = self.runs_done - self.runs_at_start
+        return done / self.elapsed_s if self.elapsed_s > 0 and done > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.rate
+        return (self.runs_total - self.runs_done) / rate if rate > 0 else None
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """A study stopped by Ctrl-C (or SIGTERM in the CLI); finished points are kept."""
+
+    def __init__(self, out: Path, points_done: int, points_total: int, runs_done: int,
+                 runs_total: int) -> None:
+        super().__init__(f"{points_done} of {points_total} points done in {out}")
+        self.out = out
+        self.points_done = points_done
+        self.points_total = points_total
+        self.runs_done = runs_done
+        self.runs_total = runs_total
+
+
+def run_batch(
+    spec: str | Path | Mapping[str, Any] | StudySpec,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    dask: str | Any | None = None,
+    progress: Callable[[BatchProgress], None] | None = None,
+    record: str | None = None,
+    executor: Executor | None = None,
+) -> BatchResult:
+    """Run a batch study and return a lazy handle on its results.
+
+    Parameters
+    ----------
+    spec
+        A study spec: a YAML file, a mapping, or a :class:`StudySpec`.
+    out
+        The output directory. Run the same spec into it again to resume: finished chunks are
+        kept and skipped. Another spec (or a changed base model) is refused.
+    workers
+        1 runs in this process; more run in a pool of local processes.
+    dask
+        A Dask scheduler address (``tcp://host:8786``) or a ``distributed.Client``: run on
+        the cluster instead. Results equal a local run's for the same seeds.
+    progress
+        Called with a :class:`BatchProgress` at the start and after every finished task.
+    record
+        Overrides the spec's ``record`` (``annual``, ``monthly``, ``daily``).
+    executor
+        An executor to use (and keep open) instead of one made from ``workers``/``dask``.
+
+    Raises
+    ------
+    ScenarioError
+        The spec is invalid (one line per problem), or ``out`` holds another study.
+    BatchInterrupted
+        On Ctrl-C: no task is submitted after it, no partial file stands; finished points are
+        kept for the next run.
+    """
+    study = prepare_study(spec, record=record)
+    sp = study.spec
+    base_info = {"name": study.base.name, "source": sp.base, "scenario_sha256": study.base_hash,
+                 "start": study.base.start.isoformat(), "end": study.base.end.isoformat()}
+    versions = _versions(("dask", "distributed") if dask is not None else ())
+    store = StudyDir(out, spec=sp.model_dump(mode="json"), spec_sha256=study.spec_sha256,
+                     base=base_info, versions=versions, points=study.points,
+                     tasks=study.tasks, kinds=study.kinds, names=study.names)
+    ex = executor or make_executor(workers, dask)  # reach a cluster before writing anything
+    try:
+        store.open()
+    except BaseException:
+        if executor is None:
+            ex.close()
+        raise
+    with store:
+        todo = store.todo()
+        t0 = time.perf_counter()
+        runs_at_start = store.runs_done
+        by_id = {p.id: p for p in study.points}
+
+        def report(point: Point | None = None, seconds: float = 0.0) -> None:
+            if progress is not None:
+                progress(BatchProgress(sp.name, ex.description, store.points_done,
+                                       len(study.points), store.runs_done, study.runs,
+                                       runs_at_start, time.perf_counter() - t0, point,
+                                       seconds))
+
+        try:
+            report()
+            for res in ex.map_unordered(study.runner(), todo):
+                complete = store.write_chunk(res)
+                report(by_id[res.task.point_id] if complete else None, res.seconds)
+        except KeyboardInterrupt:
+            ex.abort()
+            store.finish("interrupted")
+            raise BatchInterrupted(store.out, store.points_done, len(study.points),
+                                   store.runs_done, study.runs) from None
+        except BaseException:
+            ex.abort()
+            store.finish("failed")
+            raise
+        finally:
+            if executor is None:
+                ex.close()
+        result = BatchResult(store.out)
+        if sp.is_oat:
+            store.write_table("sensitivity", pa.Table.from_pandas(result.sensitivity(),
+                                                                  preserve_index=False))
+        store.finish("complete")
+    return BatchResult(store.out)
+
+
+_POINT_PARTITION = ds.partitioning(pa.schema([("point", pa.string())]), flavor="hive")
+
+
+class BatchResult:
+    """A lazy handle on a study's results: nothing is read until asked for.
+
+    ``dataset`` is the ``kpis`` table as a :class:`pyarrow.dataset.Dataset` (partitioned by
+    ``point``); :meth:`table_dataset` opens ``monthly`` or ``daily``; :meth:`to_pandas` reads
+    a selection; :attr:`points` has each point's parameter values and seed.
+    """
+
+    def __init__(self, out: str | Path) -> None:
+        self.path = Path(out)
+        if not (self.path / "manifest.json").is_file():
+            raise RetwinError(f"{self.path} holds no study (no manifest.json)")
+
+    @classmethod
+    def open(cls, out: str | Path) -> BatchResult:
+        """Open the results of a study run earlier."""
+        return cls(out)
+
+    def __repr__(self) -> str:
+        c = self.manifest["counts"]
+        return (f"BatchResult({str(self.path)!r}: {self.manifest['study']!r}, "
+                f"{c['points_done']}/{c['points']} points, {c['runs_done']}/{c['runs']} runs, "
+                f"{self.manifest['status']})")
+
+    @cached_property
+    def manifest(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.path / "manifest.json").read_text("utf-8"))
+        return data
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest["status"] == "complete")
+
+    @cached_property
+    def spec(self) -> StudySpec:
+        return StudySpec.model_validate(self.manifest["spec"])
+
+    @property
+    def tables(self) -> list[str]:
+        return list(self.manifest["tables"])
+
+    @cached_property
+    def points(self) -> pd.DataFrame:
+        """One row per point: ``point, index, role, parameter, seed``, the parameters'
+        values, and ``changes`` (JSON)."""
+        return pd.read_parquet(self.path / "points.parquet")
+
+    def table_dataset(self, table: str = "kpis") -> ds.Dataset:
+        """``kpis``, ``monthly`` or ``daily`` as a pyarrow dataset (with a ``point`` column)."""
+        if table not in self.tables:
+            raise RetwinError(f"the study has no {table!r} table (it has: "
+                              f"{', '.join(self.tables)}; record: daily keeps all three)")
+        root = self.path / table
+        if not root.is_dir():  # no point finished yet
+            return ds.dataset([], schema=SCHEMAS[table].append(pa.field("point", pa.string())))
+        return ds.dataset(root, format="parquet", partitioning=_POINT_PARTITION)
+
+    @property
+    def dataset(self) -> ds.Dataset:
+        """The ``kpis`` table: ``point, kpi, key, year, value, unit, replication``."""
+        return self.table_dataset("kpis")
+
+    def to_pandas(self, columns: Sequence[str] | None = None,
+                  filter: pc.Expression | Mapping[str, Any] | None = None,
+                  table: str = "kpis") -> pd.DataFrame:
+        """Read a selection into pandas. ``filter`` is a pyarrow expression or a mapping
+        ``{column: value or list of values}``, e.g. ``{"kpi": "value.group", "key": "total"}``.
+        """
+        expr = _expression(filter) if isinstance(filter, Mapping) else filter
+        t = self.table_dataset(table).to_table(columns=list(columns) if columns else None,
+                                              filter=expr)
+        return t.to_pandas()
+
+    def summary(self, filter: pc.Expression | Mapping[str, Any] | None = None
+                ) -> pd.DataFrame:
+        """Mean, p5, p50, p95 over replications per point and KPI (of the ``kpis`` rows
+        selected by ``filter``), with the points' parameter values."""
+        df = self.to_pandas(filter=filter)
+        keys = ["point", "kpi", "key", "year", "unit"]
+        g = df.groupby(keys, observed=True, sort=False)["value"]
+        out = g.mean().rename("mean").to_frame()
+        for q in (5, 50, 95):
+            out[f"p{q}"] = g.quantile(q / 100)
+        out["n"] = g.size()
+        out = out.reset_index()
+        pts = self.points.drop(columns=["changes"])
+        return out.merge(pts, on="point", how="left")
+
+    def kpi_means(self, kpis: Sequence[str] | None = None) -> pd.DataFrame:
+        """Per point, the mean over replications of each KPI selector (the spec's ``kpis``
+        by default): ``point, kpi, value``."""
+        selectors = [KpiSelector.parse(k) for k in (kpis or self.spec.kpis)]
+        families = sorted({s.kpi for s in selectors})
+        df = self.to_pandas(columns=["point", "kpi", "key", "year", "value", "replication"],
+                            filter={"kpi": families})
+        return kpi_means(df, selectors)
+
+    def sensitivity(self, kpis: Sequence[str] | None = None) -> pd.DataFrame:
+        """The ranked one-at-a-time table: per KPI, each parameter's low/base/high value, the
+        KPI there (mean over replications), the swing and its rank."""
+        if not self.spec.is_oat:
+            raise RetwinError("sensitivity needs a one-at-a-time study (mode: oat)")
+        if kpis is None and (self.path / "sensitivity.parquet").is_file():
+            return pd.read_parquet(self.path / "sensitivity.parquet")
+        return sensitivity_table(self.points, self.kpi_means(kpis))
+
+
+def _expression(filter: Mapping[str, Any]) -> pc.Expression | None:
+    expr: pc.Expression | None = None
+    for col, want in filter.items():
+        if isinstance(want, list | tuple | set | frozenset):
+            term = pc.field(col).isin(list(want))
+        else:
+            term = pc.field(col) == want
+        expr = term if expr is None else expr & term
+    return expr
+

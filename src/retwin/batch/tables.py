@@ -1,0 +1,304 @@
+"""What a task computes: a point's replications, reduced to compact tidy tables.
+
+A task never returns whole :class:`~retwin.results.RunResult` objects: each run is reduced to
+its annual KPIs (always), monthly series (``record: monthly``) and daily series
+(``record: daily``) as soon as it ends, and the run's arrays are dropped.
+
+Tables (one row per value, tidy):
+
+* ``kpis`` — ``kpi, key, year, value, unit, replication``: the annual KPIs of
+  :attr:`retwin.results.RunResult.kpis`, exactly;
+* ``monthly`` — ``month, kind, id, value, replication``: the rows of
+  :meth:`retwin.results.RunResult.monthly_values` (kinds ``activity``, ``capacity`` per
+  plant, ``utilisation`` per stage, ``stock`` per pool at the month's end, ``imports`` and
+  ``exports`` per market, ``served`` and ``unmet`` per segment, ``price`` per material),
+  then ``value``: output value per plant, CNY in the month;
+* ``daily`` — ``date, kind, id, value, replication`` with the daily kinds ``activity``,
+  ``stock``, ``imports``, ``exports``, ``served``, ``unmet`` (as
+  :meth:`retwin.results.RunResult.series`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from retwin.batch.expand import Task
+from retwin.engine.build import Compiled, compile_scenario
+from retwin.engine.run import run
+from retwin.errors import MassBalanceError, RetwinError, ScenarioError
+from retwin.results import RunResult
+from retwin.scenario.load import apply_changes, scenario_hash, validate_tree
+from retwin.scenario.schema import Scenario
+
+__all__ = ["KINDS", "SCHEMAS", "ChunkBuilder", "ChunkResult", "PointRunner", "kinds_for",
+           "warm_once"]
+
+#: Result tables in the order they are written; ``kpis`` is written last.
+KINDS: tuple[str, ...] = ("daily", "monthly", "kpis")
+
+#: Columns of each result table (a dataset adds ``point`` from its partitions).
+SCHEMAS: dict[str, pa.Schema] = {
+    "kpis": pa.schema([("kpi", pa.string()), ("key", pa.string()), ("year", pa.int64()),
+                       ("value", pa.float64()), ("unit", pa.string()),
+                       ("replication", pa.int64())]),
+    "monthly": pa.schema([("month", pa.date32()), ("kind", pa.string()), ("id", pa.string()),
+                          ("value", pa.float64()), ("replication", pa.int64())]),
+    "daily": pa.schema([("date", pa.date32()), ("kind", pa.string()), ("id", pa.string()),
+                        ("value", pa.float64()), ("replication", pa.int64())]),
+}
+
+_RECORD_KINDS: dict[str, tuple[str, ...]] = {
+    "annual": ("kpis",),
+    "monthly": ("monthly", "kpis"),
+    "daily": ("daily", "monthly", "kpis"),
+}
+
+_warm_lock = threading.Lock()
+_warm = False
+
+
+def kinds_for(record: str) -> tuple[str, ...]:
+    """The tables a study keeps: ``kpis``, plus ``monthly`` and ``daily`` as recorded."""
+    try:
+        return _RECORD_KINDS[record]
+    except KeyError:
+        raise ValueError(f"record(={record!r}) must be annual, monthly or daily") from None
+
+
+def warm_once() -> None:
+    """Compile (or load) the kernels once per process."""
+    global _warm
+    with _warm_lock:
+        if not _warm:
+            from retwin.kernels import warmup
+
+            warmup()
+            _warm = True
+
+
+def _daily_blocks(c: Compiled, res: RunResult) -> list[tuple[str, list[str], np.ndarray]]:
+    """``(kind, ids, values (ids, days))`` of one run's daily series."""
+    pools = [f"{r}/{m}" for r, m in c.pool_keys]
+    blocks = [
+        ("activity", c.plant_ids, res.activity),
+        ("stock", pools, res.stock),
+        ("imports", c.market_ids, res.imports),
+        ("exports", c.market_ids, res.exports),
+        ("served", c.segment_ids, res.served),
+        ("unmet", c.segment_ids, res.unmet),
+    ]
+    return [(k, ids, v) for k, ids, v in blocks if ids]
+
+
+def _monthly(c: Compiled, res: RunResult) -> tuple[pd.DataFrame, np.ndarray]:
+    """The run's monthly series (:meth:`~retwin.results.RunResult.monthly_values`, the rows
+    ``retwin run --out`` writes) followed by output ``value`` per plant (CNY per month)."""
+    labels, values = res.monthly_values()
+    return labels, np.concatenate([values, res.value_month.reshape(-1)])
+
+
+class _SeriesLayout:
+    """The ``time, kind, id`` columns of one run's series: built once, shared by every run."""
+
+    def __init__(self, c: Compiled, res: RunResult, monthly: bool) -> None:
+        self.monthly = monthly
+        if monthly:
+            labels, _ = _monthly(c, res)
+            months = [dt.date(y, m, 1) for y, m in c.months]
+            self.time_name = "month"
+            self.time = pa.concat_arrays([
+                pa.array(labels["month"].to_numpy().astype("datetime64[D]"), pa.date32()),
+                pa.array(np.tile(np.array(months, dtype="datetime64[D]"), len(c.plant_ids)),
+                         pa.date32())])
+            self.kind = pa.array(labels["kind"].tolist() + ["value"] * (
+                len(c.plant_ids) * len(months)), pa.string())
+            self.id = pa.array(labels["id"].tolist() + list(np.repeat(
+                c.plant_ids, len(months))), pa.string())
+            return
+        days = pa.array(c.dates.astype("datetime64[D]"), pa.date32())
+        kinds: list[str] = []
+        ids: list[str] = []
+        blocks = _daily_blocks(c, res)
+        for kind, block_ids, _ in blocks:
+            kinds += [kind] * (len(block_ids) * len(days))
+            ids += list(np.repeat(block_ids, len(days)))
+        n_series = sum(len(b) for _, b, _ in blocks)
+        self.time_name = "date"
+        self.time = pa.concat_arrays([days] * n_series) if n_series else days.slice(0, 0)
+        self.kind = pa.array(kinds, pa.string())
+        self.id = pa.array(ids, pa.string())
+
+    def table(self, c: Compiled, res: RunResult, replication: int) -> pa.Table:
+        if self.monthly:
+            values = _monthly(c, res)[1]
+        else:
+            blocks = _daily_blocks(c, res)
+            values = np.concatenate([v.reshape(-1) for _, _, v in blocks]) if blocks else \
+                np.zeros(0)
+        if len(values) != len(self.id):
+            raise RetwinError("a run's series do not match the point's layout")
+        return pa.table({
+            self.time_name: self.time, "kind": self.kind, "id": self.id,
+            "value": pa.array(values, pa.float64()),
+            "replication": pa.array(np.full(len(values), replication, np.int64)),
+        })
+
+
+class ChunkBuilder:
+    """Collects the tables of a task's runs, one run at a time (the run is then dropped)."""
+
+    def __init__(self, c: Compiled, kinds: tuple[str, ...]) -> None:
+        self.c = c
+        self.kinds = kinds
+        self._parts: dict[str, list[pa.Table]] = {k: [] for k in kinds}
+        self._kpi_keys: pd.DataFrame | None = None
+        self._kpi_ends: tuple[Any, ...] = ()
+        self._kpi_cols: dict[str, pa.Array] = {}
+        self._layouts: dict[str, _SeriesLayout] = {}
+
+    def _kpi_table(self, df: pd.DataFrame, replication: int) -> pa.Table:
+        # Which KPI rows a run reports depends on the compiled scenario only (its plants,
+        # markets, segments and years), never on the draws: a chunk (one point) builds its
+        # key columns once, and checks each run's row count and first and last keys.
+        first_last = (tuple(df.iloc[0, :3]), tuple(df.iloc[-1, :3])) if len(df) else ()
+        if self._kpi_keys is None or len(df) != len(self._kpi_keys) or \
+                first_last != self._kpi_ends:
+            keys = df[["kpi", "key", "year", "unit"]]
+            self._kpi_keys = keys.reset_index(drop=True)
+            self._kpi_ends = first_last
+            self._kpi_cols = {
+                "kpi": pa.array(keys["kpi"].tolist(), pa.string()),
+                "key": pa.array(keys["key"].tolist(), pa.string()),
+                "year": pa.array(keys["year"].to_numpy(np.int64)),
+                "unit": pa.array(keys["unit"].tolist(), pa.string()),
+            }
+        cols = self._kpi_cols
+        return pa.table({
+            "kpi": cols["kpi"], "key": cols["key"], "year": cols["year"],
+            "value": pa.array(df["value"].to_numpy(np.float64)), "unit": cols["unit"],
+            "replication": pa.array(np.full(len(df), replication, np.int64)),
+        })
+
+    def add(self, res: RunResult, replication: int) -> None:
+        for kind in self.kinds:
+            if kind == "kpis":
+                self._parts[kind].append(self._kpi_table(res.kpis, replication))
+            else:
+                layout = self._layouts.get(kind)
+                if layout is None:
+                    layout = self._layouts[kind] = _SeriesLayout(self.c, res, kind == "monthly")
+                self._parts[kind].append(layout.table(self.c, res, replication))
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {k: pa.concat_tables(v).combine_chunks() for k, v in self._parts.items() if v}
+
+
+@dataclass
+class ChunkResult:
+    """What a task sends back: its tables, how long it took, and where it ran."""
+
+    task: Task
+    tables: dict[str, pa.Table]
+    seconds: float
+    worker: str
+
+
+@dataclass
+class PointRunner:
+    """The function every worker calls on a :class:`~retwin.batch.expand.Task`.
+
+    It carries the base scenario as plain data (so it travels to any worker, local or on a
+    cluster), validates it once per process and checks it hashes as the client's did, and
+    keeps the last points' compiled scenarios for the next chunks of the same point.
+    """
+
+    base_tree: dict[str, Any]
+    base_hash: str
+    kinds: tuple[str, ...]
+    version: str
+    _base: Scenario | None = field(default=None, repr=False)
+    _compiled: OrderedDict[str, Compiled] = field(default_factory=OrderedDict, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def cache_key(self) -> str:
+        return f"{self.base_hash}:{','.join(self.kinds)}"
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"base_tree": self.base_tree, "base_hash": self.base_hash, "kinds": self.kinds,
+                "version": self.version}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.base_tree = state["base_tree"]
+        self.base_hash = state["base_hash"]
+        self.kinds = tuple(state["kinds"])
+        self.version = state["version"]
+        self._base = None
+        self._compiled = OrderedDict()
+        self._lock = threading.Lock()
+
+    def prepare(self) -> None:
+        """Warm the kernels and validate the base scenario (a worker's start-up)."""
+        warm_once()
+        self.base()
+
+    def base(self) -> Scenario:
+        with self._lock:
+            if self._base is None:
+                import retwin
+
+                if retwin.__version__ != self.version:
+                    raise RetwinError(f"worker {socket.gethostname()} runs retwin "
+                                      f"{retwin.__version__}; the study needs {self.version}")
+                sc = validate_tree(self.base_tree)
+                if scenario_hash(sc) != self.base_hash:
+                    raise RetwinError("the base scenario differs on worker "
+                                      f"{socket.gethostname()} (hash mismatch)")
+                self._base = sc
+            return self._base
+
+    def compiled(self, task: Task) -> Compiled:
+        with self._lock:
+            hit = self._compiled.get(task.point_id)
+            if hit is not None:
+                self._compiled.move_to_end(task.point_id)
+                return hit
+        base = self.base()
+        try:
+            sc = apply_changes(base, list(task.changes)) if task.changes else base
+        except ScenarioError as exc:
+            raise ScenarioError([(f"point {task.point_id}", line) for line in exc.lines()]) \
+                from None
+        c = compile_scenario(sc)
+        with self._lock:
+            self._compiled[task.point_id] = c
+            while len(self._compiled) > 2:
+                self._compiled.popitem(last=False)
+        return c
+
+    def __call__(self, task: Task) -> ChunkResult:
+        t0 = time.perf_counter()
+        warm_once()
+        c = self.compiled(task)
+        builder = ChunkBuilder(c, self.kinds)
+        for r in range(task.first, task.stop):
+            try:
+                res = run(c, seed=task.seed, replication=r)
+            except MassBalanceError as exc:
+                raise MassBalanceError(f"point {task.point_id}, replication {r} (seed "
+                                       f"{task.seed}): {exc}") from None
+            builder.add(res, r)
+            del res
+        return ChunkResult(task, builder.tables(), time.perf_counter() - t0,
+                           f"{socket.gethostname()}:{os.getpid()}")

@@ -1,0 +1,216 @@
+"""Batch studies across processes: serial = local processes = Dask, result for result; a
+study killed mid-way and started again equals one never interrupted; the example studies run.
+
+These start worker processes (and a Dask ``LocalCluster``), so they are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+
+import retwin
+from conftest import REPO, TINY_PATH
+from retwin.batch import (
+    BatchInterrupted,
+    DaskExecutor,
+    ProcessExecutor,
+    run_batch,
+)
+
+pytestmark = pytest.mark.slow
+
+QUOTA = {"kind": "quota", "quota": "mining", "from": "2024-07-01"}
+STUDY: dict[str, Any] = {
+    "name": "tiny-parallel", "base": str(TINY_PATH), "replications": 5, "seed": 9,
+    "chunk_replications": 2,
+    "vary": [{"name": "q", "change": QUOTA, "field": "factor", "values": [0.6, 0.8, 1.0]},
+             {"name": "u", "path": "plants.magnets.utilisation_max_frac", "mode": "sample",
+              "range": {"low": 0.5, "high": 1.0}, "n": 2}],
+}
+
+
+def tables(path: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for table, keys in (("kpis", ["point", "replication", "kpi", "key", "year"]),
+                        ("monthly", ["point", "replication", "kind", "id", "month"])):
+        df = pd.read_parquet(path / table)
+        df["point"] = df["point"].astype(str)
+        out[table] = df.sort_values(keys).reset_index(drop=True)
+    return out
+
+
+def assert_same_results(a: Path, b: Path) -> None:
+    ta, tb = tables(a), tables(b)
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    assert ma["points"] == mb["points"] and ma["spec_sha256"] == mb["spec_sha256"]
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("serial") / "out"
+    run_batch(STUDY, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=":0") as c:
+        yield c
+
+
+def test_processes_equal_serial(serial: Path, tmp_path: Path) -> None:
+    res = run_batch(STUDY, tmp_path / "p", workers=2)
+    assert res.complete and res.manifest["counts"]["runs_done"] == 30
+    assert_same_results(serial, tmp_path / "p")
+
+
+def test_dask_equals_serial(serial: Path, tmp_path: Path, cluster: Any) -> None:
+    events: list[Any] = []
+    res = run_batch(STUDY, tmp_path / "d", dask=cluster.scheduler_address,
+                    progress=events.append)
+    assert res.complete and res.manifest["versions"]["distributed"] != "unknown"
+    assert events[0].where.startswith(f"Dask at {cluster.scheduler_address} (2 workers")
+    assert_same_results(serial, tmp_path / "d")
+
+
+def test_dask_with_a_client_and_a_resume(serial: Path, tmp_path: Path, cluster: Any) -> None:
+    from distributed import Client
+
+    with Client(cluster) as client:
+        ex = DaskExecutor(client)
+        with pytest.raises(BatchInterrupted):
+            run_batch(STUDY, tmp_path / "d", executor=ex,
+                      progress=lambda p: _stop_at(p, 8))
+        res = run_batch(STUDY, tmp_path / "d", executor=ex)
+        assert res.complete
+        assert not ex._futures  # nothing left running on the cluster
+    assert_same_results(serial, tmp_path / "d")
+
+
+def _stop_at(p: Any, runs: int) -> None:
+    if p.runs_done >= runs:
+        raise KeyboardInterrupt
+
+
+def test_process_pool_is_reused_and_stops_cleanly(serial: Path, tmp_path: Path) -> None:
+    ex = ProcessExecutor(2)
+    try:
+        run_batch({**STUDY, "record": "annual"}, tmp_path / "a", executor=ex)
+        pool = ex._pool
+        run_batch({**STUDY, "record": "annual", "seed": 10}, tmp_path / "b", executor=ex)
+        assert ex._pool is pool  # same base model: the warm workers are kept
+        workers = list(pool._processes.values())  # type: ignore[union-attr]
+        assert len(workers) == 2
+        with pytest.raises(BatchInterrupted):
+            run_batch({**STUDY, "record": "annual"}, tmp_path / "c", executor=ex,
+                      progress=lambda p: _stop_at(p, 2))
+        assert ex._pool is None
+        for w in workers:
+            w.join(timeout=5)
+            assert not w.is_alive()  # the workers are gone
+        run_batch({**STUDY, "record": "annual"}, tmp_path / "c", executor=ex)
+    finally:
+        ex.close()
+    pd.testing.assert_frame_equal(_sorted(serial), _sorted(tmp_path / "c"))
+
+
+LONG: dict[str, Any] = {
+    "name": "tiny-long", "base": "tiny", "replications": 30, "seed": 4,
+    "chunk_replications": 10, "record": "annual",
+    "vary": [{"name": "u", "path": "plants.magnets.utilisation_max_frac",
+              "range": {"low": 0.5, "high": 1.0}, "n": 20}],
+}
+
+
+@pytest.fixture(scope="module")
+def long_fresh(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
+    out = tmp_path_factory.mktemp("long") / "fresh"
+    return _sorted(run_batch(LONG, out).path)
+
+
+def _sorted(path: Path) -> pd.DataFrame:
+    df = pd.read_parquet(path / "kpis").astype({"point": str})
+    return df.sort_values(["point", "replication", "kpi", "key", "year"]).reset_index(
+        drop=True)
+
+
+def _start(spec: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "retwin.cli", "sweep", str(spec), "--out",
+                             str(out), *extra], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            cwd=REPO)
+
+
+def _wait_for_points(out: Path, n: int, proc: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = len(list((out / "kpis").glob("point=*/part-2.parquet"))) \
+            if (out / "kpis").is_dir() else 0
+        if done >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the study did not get to {n} points (rc {proc.poll()})")
+
+
+@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGKILL, "2"), (signal.SIGINT, "2"),
+                                              (signal.SIGTERM, "1")])
+def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path: Path, sig: int,
+                                                          workers: str,
+                                                          long_fresh: pd.DataFrame) -> None:
+    spec = tmp_path / "long.yaml"
+    spec.write_text(yaml.safe_dump(LONG))
+    out = tmp_path / "out"
+    proc = _start(spec, out, "--workers", workers)
+    _wait_for_points(out, 3, proc)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, err
+        assert "interrupted: " in err and "run the same command again to resume" in err
+        assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    # every file that stands is whole
+    for f in (out / "kpis").rglob("*.parquet"):
+        assert pd.read_parquet(f).shape[0] > 0
+    starts: list[int] = []
+    res = run_batch(spec, out, workers=2, progress=lambda p: starts.append(p.runs_at_start))
+    assert starts[0] >= 3 * 30 and res.complete
+    pd.testing.assert_frame_equal(_sorted(out), long_fresh, check_exact=True)
+    time.sleep(1.5)  # orphaned workers notice their parent is gone within a second
+    left = subprocess.run(["pgrep", "-f", f"multiprocessing.*{os.getpid()}"],
+                          capture_output=True, text=True)
+    assert left.stdout == ""
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "models" / "studies").glob(
+    "*.yaml")))
+def test_example_studies_run(name: str, tmp_path: Path) -> None:
+    """Each example study, shrunk to 2 replications and at most 3 sampled points, runs."""
+    tree = yaml.safe_load((REPO / "models" / "studies" / name).read_text())
+    tree["replications"] = 2
+    for v in tree.get("vary", []):
+        if v.get("mode") == "sample":
+            v["n"] = 3
+    res = run_batch(tree, tmp_path / "o")
+    assert res.complete and not res.to_pandas(filter={"kpi": "value.group"}).empty
+    if res.spec.is_oat:
+        sens = res.sensitivity()
+        assert set(sens["kpi"]) == set(res.spec.kpis)
+    assert isinstance(retwin.load_scenario(res.spec.base), retwin.Scenario)

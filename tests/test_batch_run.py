@@ -1,0 +1,463 @@
+"""Batch studies run in this process on the tiny model: the dataset, its manifest, resume,
+refusals, sensitivity and the ``retwin sweep`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+import pytest
+import yaml
+
+import retwin
+from conftest import REPO, TINY_PATH
+from retwin.batch import (
+    BatchInterrupted,
+    BatchResult,
+    kpi_means,
+    prepare_study,
+    run_batch,
+    sensitivity_table,
+)
+from retwin.batch.spec import KpiSelector, spec_hash
+from retwin.batch.store import StudyDir
+from retwin.cli import main
+
+QUOTA = {"kind": "quota", "quota": "mining", "from": "2024-07-01"}
+PRICE = {"kind": "price", "material": "prnd_oxide", "from": "2024-06-01"}
+KPI_KEYS = ["point", "replication", "kpi", "key", "year"]
+
+GRID: dict[str, Any] = {
+    "name": "tiny-grid", "base": str(TINY_PATH), "replications": 3, "seed": 5,
+    "chunk_replications": 2,
+    "vary": [{"name": "q", "change": QUOTA, "field": "factor", "values": [0.7, 1.0]},
+             {"name": "p", "change": PRICE, "field": "factor", "values": [1.0, 1.5]}],
+    "kpis": ["value.group.total", "output.stage.magnet@2025"],
+}
+
+OAT: dict[str, Any] = {
+    "name": "tiny-oat", "base": str(TINY_PATH), "replications": 2, "seed": 2,
+    "record": "annual",
+    "vary": [{"name": "q", "change": QUOTA, "field": "factor", "mode": "oat", "delta_frac": 0.3},
+             {"name": "util", "path": "plants.magnets.utilisation_max_frac", "mode": "oat",
+              "delta_frac": 0.2},
+             {"name": "p", "change": PRICE, "field": "factor", "mode": "oat",
+              "delta_frac": 0.5}],
+    "kpis": ["value.group.total", "output.stage.magnet"],
+}
+
+
+def sorted_kpis(path: Path) -> pd.DataFrame:
+    df = pd.read_parquet(path / "kpis")
+    df["point"] = df["point"].astype(str)
+    return df.sort_values(KPI_KEYS).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory: pytest.TempPathFactory) -> BatchResult:
+    return run_batch(GRID, tmp_path_factory.mktemp("grid") / "out")
+
+
+# --- the dataset ----------------------------------------------------------------------------
+
+
+def test_layout_and_manifest(grid: BatchResult) -> None:
+    out = grid.path
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["format"] == "retwin-sweep/1" and m["status"] == "complete"
+    assert m["spec_sha256"] == spec_hash(prepare_study(GRID).spec)
+    assert m["spec"]["vary"][0]["values"] == [0.7, 1.0]
+    assert m["versions"]["retwin"] == retwin.__version__ and "pyarrow" in m["versions"]
+    assert m["base"]["name"] == "tiny" and len(m["base"]["scenario_sha256"]) == 64
+    assert m["counts"] == {"points": 4, "points_done": 4, "runs": 12, "runs_done": 12}
+    assert m["tables"] == ["kpis", "monthly"]
+    p0 = m["points"][0]
+    assert p0["values"] == {"q": 0.7, "p": 1.0} and p0["seed"] == 5
+    assert p0["changes"] == [{**QUOTA, "factor": 0.7}, {**PRICE, "factor": 1.0}]
+    assert p0["status"] == "done" and p0["chunks"] == 2
+    for p in m["points"]:
+        for table in ("kpis", "monthly"):
+            for chunk in (0, 1):
+                assert (out / table / f"point={p['point']}" / f"part-{chunk}.parquet").is_file()
+    assert not (out / ".tmp").exists()
+
+
+def test_read_with_plain_pyarrow_and_pandas(grid: BatchResult) -> None:
+    kpis = pd.read_parquet(grid.path / "kpis")
+    assert list(kpis.columns) == ["kpi", "key", "year", "value", "unit", "replication", "point"]
+    one = retwin.run(retwin.load_scenario(TINY_PATH), seed=5).kpis
+    assert len(kpis) == 4 * 3 * len(one)
+    points = pd.read_parquet(grid.path / "points.parquet")
+    assert list(points.columns) == ["point", "index", "role", "parameter", "seed", "q", "p",
+                                    "changes"]
+    joined = kpis.astype({"point": str}).merge(points, on="point")
+    total = joined[(joined.kpi == "value.group") & (joined.key == "total")]
+    assert set(total.groupby(["q", "p"]).size()) == {3 * 2}  # 3 replications x 2 years
+    dset = ds.dataset(grid.path / "monthly", format="parquet", partitioning="hive")
+    assert set(dset.schema.names) == {"month", "kind", "id", "value", "replication", "point"}
+
+
+def test_readers_need_no_retwin(grid: BatchResult) -> None:
+    code = ("import sys; sys.modules['retwin'] = None; import pandas as pd; "
+            "import pyarrow.dataset as ds; "
+            f"k = pd.read_parquet({str(grid.path / 'kpis')!r}); "
+            f"m = ds.dataset({str(grid.path / 'monthly')!r}, partitioning='hive').to_table(); "
+            "print(len(k), k['point'].nunique(), m.num_rows)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True)
+    n_kpis, n_points, n_monthly = map(int, done.stdout.split())
+    assert n_points == 4 and n_kpis == len(grid.to_pandas()) and n_monthly > 0
+
+
+def test_duckdb_reads_the_dataset(grid: BatchResult) -> None:
+    duckdb = pytest.importorskip("duckdb")
+    rows = duckdb.sql(
+        f"SELECT point, avg(value) FROM read_parquet('{grid.path}/kpis/*/*.parquet', "
+        "hive_partitioning = true) WHERE kpi = 'value.group' AND key = 'total' "
+        "GROUP BY point").fetchall()
+    assert len(rows) == 4
+
+
+def test_values_equal_single_runs(grid: BatchResult, tiny: retwin.Scenario) -> None:
+    pt = grid.manifest["points"][1]
+    c = retwin.prepare(tiny, pt["changes"])
+    kpis = grid.to_pandas(filter={"point": pt["point"]})
+    monthly = grid.to_pandas(filter={"point": pt["point"], "kind": ["activity", "stock",
+                                                                    "value", "price"]},
+                             table="monthly")
+    for r in range(3):
+        res = retwin.run(c, seed=pt["seed"], replication=r)
+        mine = kpis[kpis.replication == r].drop(columns=["replication", "point"])
+        pd.testing.assert_frame_equal(mine.reset_index(drop=True), res.kpis,
+                                      check_dtype=False)
+        m = monthly[monthly.replication == r]
+        act = m[m.kind == "activity"].pivot(index="id", columns="month", values="value")
+        want = np.add.reduceat(res.activity, c.month_start_day, axis=1)
+        np.testing.assert_array_equal(act.loc[c.plant_ids].to_numpy(), want)
+        stock = m[m.kind == "stock"].pivot(index="id", columns="month", values="value")
+        ends = np.append(c.month_start_day[1:], c.n_days) - 1
+        pools = [f"{a}/{b}" for a, b in c.pool_keys]
+        np.testing.assert_array_equal(stock.loc[pools].to_numpy(), res.stock[:, ends])
+        val = m[m.kind == "value"].pivot(index="id", columns="month", values="value")
+        np.testing.assert_array_equal(val.loc[c.plant_ids].to_numpy(), res.value_month)
+
+
+def test_monthly_rows_are_the_runs_monthly_series(grid: BatchResult,
+                                                  tiny: retwin.Scenario) -> None:
+    pt = grid.manifest["points"][2]
+    res = retwin.run(retwin.prepare(tiny, pt["changes"]), seed=pt["seed"], replication=1)
+    mine = grid.to_pandas(filter={"point": pt["point"], "replication": 1}, table="monthly")
+    canon = res.monthly()
+    assert list(mine["kind"][: len(canon)]) == list(canon["kind"])
+    assert list(mine["id"][: len(canon)]) == list(canon["id"])
+    np.testing.assert_array_equal(mine["value"][: len(canon)], canon["value"])
+    value = mine[len(canon):]
+    assert set(value["kind"]) == {"value"}
+    np.testing.assert_array_equal(value["value"], res.value_month.reshape(-1))
+
+
+def test_the_python_handle(grid: BatchResult) -> None:
+    again = BatchResult.open(grid.path)
+    assert again.complete and "4/4 points" in repr(again)
+    assert again.dataset.count_rows() == len(again.to_pandas())
+    total = again.to_pandas(columns=["point", "value"], filter={"kpi": "value.group",
+                                                               "key": "total"})
+    assert list(total.columns) == ["point", "value"] and len(total) == 4 * 3 * 2
+    summ = again.summary({"kpi": "value.group", "key": "total"})
+    assert set(summ.columns) >= {"point", "year", "mean", "p5", "p50", "p95", "n", "q", "p"}
+    assert (summ["n"] == 3).all() and (summ["p5"] <= summ["p95"]).all()
+    means = again.kpi_means()
+    assert set(means["kpi"]) == {"value.group.total", "output.stage.magnet@2025"}
+    with pytest.raises(retwin.RetwinError, match="no 'daily' table"):
+        again.table_dataset("daily")
+    with pytest.raises(retwin.RetwinError, match="one-at-a-time"):
+        again.sensitivity()
+    with pytest.raises(retwin.RetwinError, match="no study"):
+        BatchResult.open(grid.path / "kpis")
+
+
+def test_chunking_and_seeding(tmp_path: Path, grid: BatchResult) -> None:
+    """Results do not depend on how replications are split into tasks; independent seeding
+    gives each point its own seed, run as retwin.run would."""
+    one = run_batch({**GRID, "chunk_replications": 1}, tmp_path / "c1")
+    pd.testing.assert_frame_equal(sorted_kpis(one.path), sorted_kpis(grid.path))
+    ind = run_batch({**GRID, "seeding": "independent", "replications": 1,
+                     "record": "annual"}, tmp_path / "ind")
+    seeds = list(ind.points["seed"])
+    assert len(set(seeds)) == 4 and 5 not in seeds
+    pt = ind.manifest["points"][2]
+    res = retwin.run(retwin.load_scenario(TINY_PATH), seed=pt["seed"], changes=pt["changes"])
+    got = ind.to_pandas(filter={"point": pt["point"], "kpi": "value.group", "key": "total"})
+    np.testing.assert_array_equal(
+        got["value"].to_numpy(),
+        res.kpis.query("kpi == 'value.group' and key == 'total'")["value"].to_numpy())
+
+
+def test_daily_record(tmp_path: Path, tiny: retwin.Scenario) -> None:
+    res = run_batch({"name": "d", "base": str(TINY_PATH), "seed": 1}, tmp_path / "d",
+                    record="daily")
+    assert res.tables == ["kpis", "monthly", "daily"]
+    daily = res.to_pandas(filter={"kind": "activity"}, table="daily")
+    run = retwin.run(tiny, seed=1)
+    want = run.series().query("kind == 'activity'")["value"].to_numpy()
+    np.testing.assert_array_equal(daily["value"].to_numpy(), want)
+
+
+# --- resume and refusals --------------------------------------------------------------------
+
+
+def test_resume_after_an_interrupt_equals_an_uninterrupted_run(tmp_path: Path,
+                                                               grid: BatchResult) -> None:
+    out = tmp_path / "r"
+    seen: list[int] = []
+
+    def stop_after_three(p: Any) -> None:
+        seen.append(p.runs_done)
+        if len(seen) == 4:  # the start, then three chunks
+            raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted) as exc:
+        run_batch(GRID, out, progress=stop_after_three)
+    assert (exc.value.points_done, exc.value.points_total) == (1, 4)
+    assert (exc.value.runs_done, exc.value.runs_total) == (5, 12)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "interrupted" and m["counts"]["runs_done"] == 5
+    assert not (out / ".tmp").exists()
+    kept = sorted((out / "kpis").rglob("*.parquet"))
+    assert len(kept) == 3
+    stamps = {f: f.stat().st_mtime_ns for f in kept}
+    starts: list[int] = []
+    res = run_batch(GRID, out, progress=lambda p: starts.append(p.runs_at_start))
+    assert starts[0] == 5 and res.complete
+    assert {f: f.stat().st_mtime_ns for f in kept} == stamps  # finished chunks not redone
+    pd.testing.assert_frame_equal(sorted_kpis(out), sorted_kpis(grid.path))
+    # a third run has nothing to do
+    again = run_batch(GRID, out)
+    assert again.manifest["counts"]["runs_done"] == 12
+
+
+def test_a_damaged_or_foreign_file_is_redone(tmp_path: Path, grid: BatchResult) -> None:
+    out = tmp_path / "d"
+    run_batch(GRID, out)
+    pid = grid.manifest["points"][0]["point"]
+    target = out / "kpis" / f"point={pid}" / "part-1.parquet"
+    target.write_bytes(b"not parquet")
+    (out / ".tmp").mkdir()
+    (out / ".tmp" / "leftover").write_bytes(b"half a file")
+    runs: list[int] = []
+    run_batch(GRID, out, progress=lambda p: runs.append(p.runs_done))
+    assert runs[0] == 11  # only replication 2 of point 0 is run again
+    pd.testing.assert_frame_equal(sorted_kpis(out), sorted_kpis(grid.path))
+    assert not (out / ".tmp").exists()
+
+
+def test_another_spec_is_refused(tmp_path: Path, grid: BatchResult) -> None:
+    out = tmp_path / "x"
+    run_batch({**GRID, "replications": 1, "record": "annual"}, out)
+    with pytest.raises(retwin.ScenarioError, match=r"holds the results of another study "
+                       r"\('tiny-grid', spec sha256 [0-9a-f]{12}\); this spec hashes to"):
+        run_batch({**GRID, "replications": 2, "record": "annual"}, out)
+    with pytest.raises(retwin.ScenarioError, match="another study"):
+        run_batch({**GRID, "replications": 1}, out)  # record differs: another dataset
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(retwin.ScenarioError, match="is not empty and holds no study manifest"):
+        run_batch(GRID, other)
+
+
+def test_a_changed_base_model_is_refused(tmp_path: Path) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(TINY_PATH.read_text())
+    spec = {"name": "b", "base": str(base), "replications": 1, "record": "annual"}
+    run_batch(spec, tmp_path / "o")
+    tree = yaml.safe_load(base.read_text())
+    tree["plants"][0]["capacity_tpa"] = 30000
+    base.write_text(yaml.safe_dump(tree))
+    with pytest.raises(retwin.ScenarioError, match="the base model changed since the study"):
+        run_batch(spec, tmp_path / "o")
+
+
+def test_a_second_writer_is_refused(tmp_path: Path) -> None:
+    study = prepare_study({"name": "l", "base": str(TINY_PATH), "record": "annual"})
+    kw: dict[str, Any] = dict(spec=study.spec.model_dump(mode="json"),
+                              spec_sha256=study.spec_sha256,
+                              base={"scenario_sha256": study.base_hash}, versions={},
+                              points=study.points, tasks=study.tasks, kinds=study.kinds,
+                              names=study.names)
+    with StudyDir(tmp_path / "l", **kw), pytest.raises(retwin.RetwinError,
+                                                       match="another sweep is writing"):
+        StudyDir(tmp_path / "l", **kw).open()
+
+
+# --- sensitivity ----------------------------------------------------------------------------
+
+
+def test_one_at_a_time_study_ranks_parameters(tmp_path: Path) -> None:
+    res = run_batch(OAT, tmp_path / "oat")
+    sens = pd.read_parquet(tmp_path / "oat" / "sensitivity.parquet")
+    pd.testing.assert_frame_equal(sens, res.sensitivity())
+    assert list(sens["kpi"].unique()) == ["value.group.total", "output.stage.magnet"]
+    for _, grp in sens.groupby("kpi"):
+        assert list(grp["rank"]) == [1, 2, 3]
+        assert list(grp["swing"]) == sorted(grp["swing"], reverse=True)
+    mag = sens[sens.kpi == "output.stage.magnet"].set_index("parameter")
+    assert mag.loc["util", "rank"] == 1  # the magnet plant's own ceiling moves its output most
+    assert mag.loc["p", "swing"] == 0  # prices do not move quantities (no elasticity)
+    assert (mag.loc["util", "value_low"], mag.loc["util", "value_high"]) == (0.64, 0.96)
+    # the swing is the mean over replications at high minus at low, from the kpis table
+    df = res.to_pandas()
+    pts = res.points.set_index(["parameter", "role"])["point"]
+    sel = df[(df.kpi == "output.stage") & (df.key == "magnet")]
+    per_point = sel.groupby(["point", "replication"], observed=True)["value"].mean().groupby(
+        level="point", observed=True).mean()
+    hi, lo = per_point[pts[("util", "high")]], per_point[pts[("util", "low")]]
+    assert mag.loc["util", "swing"] == pytest.approx(abs(hi - lo), rel=1e-12)
+
+
+def test_sensitivity_table_alone() -> None:
+    points = pd.DataFrame({
+        "point": ["b", "l1", "h1", "l2", "h2"], "role": ["base", "low", "high", "low", "high"],
+        "parameter": [None, "x", "x", "y", "y"], "x": [1.0, 0.9, 1.1, 1.0, 1.0],
+        "y": [5.0, 5.0, 5.0, 4.0, 6.0]})
+    means = pd.DataFrame({"point": ["b", "l1", "h1", "l2", "h2"], "kpi": "k",
+                          "value": [10.0, 9.0, 12.0, 2.0, 30.0]})
+    t = sensitivity_table(points, means)
+    assert list(t["parameter"]) == ["y", "x"] and list(t["rank"]) == [1, 2]
+    y = t.iloc[0]
+    assert (y.value_low, y.value_base, y.value_high) == (4.0, 5.0, 6.0)
+    assert (y.kpi_low, y.kpi_base, y.kpi_high, y.delta_low, y.delta_high, y.swing) == (
+        2.0, 10.0, 30.0, -8.0, 20.0, 28.0)
+    missing = sensitivity_table(points, means[means.point != "h2"])
+    assert list(missing["parameter"]) == ["x", "y"] and np.isnan(missing.iloc[1].swing)
+    with pytest.raises(ValueError, match="exactly one base point"):
+        sensitivity_table(points[points.role != "base"], means)
+
+
+def test_kpi_means_alone() -> None:
+    kpis = pd.DataFrame({
+        "point": ["a"] * 4 + ["b"] * 4, "kpi": "value.group", "key": "total",
+        "year": [2024, 2025] * 4, "replication": [0, 0, 1, 1] * 2,
+        "value": [1.0, 3.0, 5.0, 7.0, 10.0, 10.0, 20.0, 20.0]})
+    m = kpi_means(kpis, [KpiSelector.parse("value.group.total"),
+                         KpiSelector.parse("value.group.total@2025")])
+    got = {(r.point, r.kpi): r.value for r in m.itertuples()}
+    assert got == {("a", "value.group.total"): 4.0, ("b", "value.group.total"): 15.0,
+                   ("a", "value.group.total@2025"): 5.0, ("b", "value.group.total@2025"): 15.0}
+
+
+# --- the command line -----------------------------------------------------------------------
+
+
+def write_spec(tmp_path: Path, tree: dict[str, Any], name: str = "study.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(tree), encoding="utf-8")
+    return path
+
+
+def test_sweep_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, {**GRID, "base": "tiny"})
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0
+    stdout, stderr = capsys.readouterr()
+    assert f"sweep tiny-grid: 4 points, 12 runs on this process -> {out}" in stderr
+    assert stderr.count(" done in ") == 4 and "point 4/4 " in stderr  # one line per point
+    assert "tiny-grid: 4 points, 12 runs in" in stdout and "KPIs per point" in stdout
+    assert BatchResult.open(out).complete
+    assert main(["sweep", str(spec), "--out", str(out)]) == 0  # resumed: nothing to do
+    assert "4 points (12 runs) already done, kept" in capsys.readouterr().err
+
+
+def test_sweep_prints_the_sensitivity_table(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, OAT)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 0
+    stdout = capsys.readouterr().out
+    assert "Sensitivity of output.stage.magnet" in stdout and "util" in stdout
+
+
+@pytest.mark.parametrize(("tree", "message"), [
+    ({"vary": [{"name": "q", "change": QUOTA, "field": "factor", "mode": "sample",
+                "range": {"low": 1, "high": 0.5}, "n": 3}]},
+     "error: vary[0](q).range: empty range: low(=1) must be < high(=0.5)"),
+    ({"vary": [{"path": "plants.nope.capacity_tpa", "values": [1]}]},
+     "error: vary[0](plants.nope.capacity_tpa).path: 'plants.nope.capacity_tpa': no item "
+     "'nope'"),
+    ({"vary": [{"change": {"kind": "trade", "market": "dy_in", "side": "export"},
+                "field": "factor", "values": [0.5]}]},
+     "error: vary[0](trade.dy_in.factor).side: market 'dy_in' has no export side"),
+])
+def test_sweep_bad_spec_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                tree: dict[str, Any], message: str) -> None:
+    spec = write_spec(tmp_path, {"name": "bad", "base": "tiny", **tree})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), lines
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_sweep_other_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["sweep", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")]) == 2
+    assert "study spec" in capsys.readouterr().err
+    spec = write_spec(tmp_path, {"name": "s", "base": "tiny", "record": "annual"})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "--workers(=0) must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(spec), "--out", "o", "--workers", "2", "--dask", "tcp://x:1"])
+    assert exc.value.code == 2
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o")]) == 0
+    other = write_spec(tmp_path, {"name": "s", "base": "tiny", "seed": 1}, "other.yaml")
+    assert main(["sweep", str(other), "--out", str(tmp_path / "o")]) == 2
+    assert "holds the results of another study" in capsys.readouterr().err
+    monkeypatch.setenv("RETWIN_DASK_CONNECT_TIMEOUT_S", "0.5")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "d"), "--dask",
+                 "tcp://127.0.0.1:9"]) == 1
+    assert "cannot reach the Dask scheduler at tcp://127.0.0.1:9" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_sweep_interrupted_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = write_spec(tmp_path, {**GRID, "base": "tiny"})
+    real = StudyDir.write_chunk
+    calls: list[int] = []
+
+    def write_then_stop(self: StudyDir, result: Any) -> bool:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, result)
+
+    monkeypatch.setattr(StudyDir, "write_chunk", write_then_stop)
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--daily"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 1 of 4 points done (3 of 12 runs)" in err
+    assert "run the same command again to resume" in err
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["spec"]["record"] == \
+        "daily"
+
+
+def test_example_studies_expand_and_apply(tmp_path: Path) -> None:
+    """Every study in models/studies expands, and each of its parameter values applies to
+    its base model (the runs themselves are in the slow smoke test)."""
+    from retwin.batch import expand_points, load_spec
+    from retwin.batch.study import _check_parameters, _load_base
+
+    files = sorted((REPO / "models" / "studies").glob("*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        spec, here = load_spec(f)
+        base = _load_base(spec, here)
+        if spec.changes:
+            base = retwin.apply_changes(base, spec.changes)
+        points = expand_points(spec, base)
+        assert _check_parameters(spec, base, points) == [], f.name
+    assert os.path.isfile(REPO / "models" / "studies" / "sensitivity-oat.yaml")
