@@ -1,0 +1,1 @@
+"""The HTTP routes, thin: check, call the service, shape the answer."""

@@ -1,0 +1,180 @@
+"""The service's state and its one piece of logic: turning a request into a computation.
+
+:class:`Catalog` holds the reference models; :class:`Service` checks a what-if against the
+model and the limits (a bad one raises :class:`~retwin.ScenarioError` naming the field),
+derives the computation key (equal requests, equal keys), and holds the registry and the
+jobs. The routes call it; it calls retwin's public API.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import retwin
+from api.jobs import Jobs, Task
+from api.schemas import WhatIfRequest
+from api.settings import Settings
+from retwin.registry import Registry, RunRecord, request_key
+from retwin.scenario import available_models, scenario_hash
+
+__all__ = ["Catalog", "Prepared", "Service"]
+
+log = logging.getLogger("retwin.api")
+
+#: Seed and replications of the baselines computed at start-up (a request's defaults).
+DEFAULT_SEED = 0
+DEFAULT_REPLICATIONS = 1
+
+
+class Catalog:
+    """The reference models (``models/*.yaml``), loaded once, with their hashes."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, retwin.Scenario] = {}
+        self.hashes: dict[str, str] = {}
+
+    def load(self) -> Catalog:
+        for name in available_models():
+            try:
+                sc = retwin.load_scenario(name)
+            except retwin.RetwinError as exc:
+                log.warning("model %s not served: %s", name, exc)
+                continue
+            self.models[name] = sc
+            self.hashes[name] = scenario_hash(sc)
+        return self
+
+    def names(self) -> list[str]:
+        return sorted(self.models)
+
+    def get(self, name: str) -> retwin.Scenario:
+        if name not in self.models:
+            raise retwin.ScenarioError(
+                [("model", f"unknown model {name!r} (known: {', '.join(self.names())})")]
+            )
+        return self.models[name]
+
+    @lru_cache(maxsize=64)  # noqa: B019 - the catalog lives as long as the service
+    def base(self, name: str, end: str | None) -> retwin.Scenario:
+        """Model ``name`` with its horizon ending on ``end`` (default: the model's)."""
+        sc = self.get(name)
+        if end is None:
+            return sc
+        try:
+            return retwin.apply_changes(sc, [{"kind": "parameter", "path": "end", "value": end}])
+        except retwin.ScenarioError as exc:
+            raise retwin.ScenarioError([("end", m) for _, m in exc.problems]) from None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked request: what to store with the run, and what to compute."""
+
+    request: dict[str, Any]
+    task: Task
+
+
+def _canonical_changes(req: WhatIfRequest) -> tuple[dict[str, Any], ...]:
+    """Changes as JSON mappings, without the free ``note`` (it changes no number)."""
+    out = []
+    for ch in req.changes:
+        d = ch.model_dump(by_alias=True, mode="json")
+        d.pop("note", None)
+        out.append(d)
+    return tuple(out)
+
+
+class Service:
+    """Settings, registry, catalog and jobs of one running service."""
+
+    def __init__(self, settings: Settings, registry: Registry, catalog: Catalog,
+                 jobs: Jobs) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.catalog = catalog
+        self.jobs = jobs
+
+    # --- requests -------------------------------------------------------------------------
+
+    def check_limits(self, req: WhatIfRequest) -> None:
+        """The service's limits on one request (:class:`~retwin.ScenarioError` naming the
+        field when one is exceeded)."""
+        s = self.settings
+        problems: list[tuple[str, str]] = []
+        if req.replications > s.max_replications:
+            problems.append(("replications", f"replications(={req.replications}) must be "
+                                             f"<= {s.max_replications} (the service's limit)"))
+        if len(req.changes) > s.max_changes:
+            problems.append(("changes", f"{len(req.changes)} changes; at most "
+                                        f"{s.max_changes} are allowed"))
+        if problems:
+            raise retwin.ScenarioError(problems)
+
+    def prepare(self, req: WhatIfRequest) -> Prepared:
+        """Check a request against its model and the limits; derive its computation.
+
+        Runs in a thread: applying changes validates a whole scenario.
+        """
+        self.check_limits(req)
+        model = self.catalog.get(req.model)
+        end = req.end.isoformat() if req.end and req.end != model.end else None
+        base = self.catalog.base(req.model, end)
+        changes = _canonical_changes(req)
+        whatif = retwin.apply_changes(base, list(changes)) if changes else base
+        horizon = (whatif.end - whatif.start).days + 1
+        if horizon > self.settings.max_horizon_days:
+            where = "end" if whatif.end == base.end else "changes"
+            raise retwin.ScenarioError([(where, (
+                f"horizon of {horizon} days ({whatif.start}..{whatif.end}) exceeds the "
+                f"service's limit of {self.settings.max_horizon_years:g} years"))])
+        return Prepared(request=req.model_dump(by_alias=True, mode="json"),
+                        task=self.task(req.model, end, changes, req.seed, req.replications))
+
+    def task(self, model: str, end: str | None, changes: tuple[dict[str, Any], ...],
+             seed: int, replications: int) -> Task:
+        """The computation of a (checked) request; its key names its stored result."""
+        model_hash = self.catalog.hashes[model]
+
+        def key(ch: tuple[dict[str, Any], ...]) -> str:
+            return request_key({"model": model, "model_hash": model_hash, "end": end,
+                                "changes": list(ch), "seed": seed,
+                                "replications": replications, "version": retwin.__version__})
+
+        return Task(key=key(changes), model=model, model_hash=model_hash, end=end,
+                    changes=changes, seed=seed, replications=replications,
+                    baseline_key=key(()) if changes else None,
+                    results_root=str(self.settings.results_dir))
+
+    def baseline_task(self, model: str) -> Task:
+        """The default baseline of ``model`` (computed at start-up)."""
+        return self.task(model, None, (), DEFAULT_SEED, DEFAULT_REPLICATIONS)
+
+    # --- recovery -------------------------------------------------------------------------
+
+    def recover(self) -> list[Task]:
+        """Tasks for every run left queued or running by a stopped service (in the order
+        they were accepted); a run whose request no longer checks out fails with why."""
+        n = self.registry.requeue()
+        tasks = []
+        for key, recs in self.registry.active_keys().items():
+            try:
+                prep = self.prepare(WhatIfRequest.model_validate(recs[0].request))
+            except (retwin.RetwinError, ValueError) as exc:
+                self.registry.finish(key, "failed", f"cannot run any more: {exc}")
+                continue
+            if prep.task.key != key:  # the model changed since: same runs, new key
+                self.registry.finish(key, "failed", "the model changed since this run was "
+                                                    "accepted; submit it again")
+                continue
+            tasks.append(prep.task)
+        if n:
+            log.info("re-queued %d unfinished runs (%d computations)", n, len(tasks))
+        return tasks
+
+    # --- reading --------------------------------------------------------------------------
+
+    def run_for(self, run_id: str, owner: str | None) -> RunRecord:
+        return self.registry.get_run(run_id, owner)

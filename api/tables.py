@@ -1,0 +1,348 @@
+"""Stored results, read back: the run's summary, and its tables filtered and formatted.
+
+Results are immutable once stored (a key names one computation), so what is read is cached.
+Filters by stage, plant, material and element use the run's own scenario (``scenario.json``):
+a row matches when the plant, pool, market or demand segment it is about has that stage, is
+that plant, makes or holds that material, or holds that element.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from retwin.storage import read_table
+
+__all__ = [
+    "MEDIA",
+    "Filters",
+    "ResultMissing",
+    "compare",
+    "filter_table",
+    "manifest",
+    "read",
+    "render",
+    "run_result",
+]
+
+Fmt = Literal["json", "csv", "parquet"]
+MEDIA: dict[str, str] = {
+    "json": "application/json",
+    "csv": "text/csv; charset=utf-8",
+    "parquet": "application/vnd.apache.parquet",
+}
+KPI_KEYS = ["kpi", "key", "year", "unit"]
+
+
+class ResultMissing(Exception):
+    """A finished run whose stored result is gone (deleted by hand)."""
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a table request selects; empty fields select everything."""
+
+    stage: tuple[str, ...] = ()
+    plant: tuple[str, ...] = ()
+    material: tuple[str, ...] = ()
+    element: tuple[str, ...] = ()
+    kind: tuple[str, ...] = ()
+    kpi: tuple[str, ...] = ()
+    start: dt.date | None = None
+    end: dt.date | None = None
+
+    @property
+    def by_entity(self) -> bool:
+        return bool(self.stage or self.plant or self.material or self.element)
+
+
+@dataclass
+class _Entity:
+    stage: set[str] = field(default_factory=set)
+    plant: set[str] = field(default_factory=set)
+    material: set[str] = field(default_factory=set)
+    element: set[str] = field(default_factory=set)
+
+    def matches(self, f: Filters) -> bool:
+        return all(not want or bool(have & set(want)) for want, have in (
+            (f.stage, self.stage), (f.plant, self.plant), (f.material, self.material),
+            (f.element, self.element)))
+
+
+@dataclass
+class _Index:
+    """Who is who in one run's scenario."""
+
+    plants: dict[str, _Entity]
+    pools: dict[str, _Entity]
+    markets: dict[str, _Entity]
+    segments: dict[str, _Entity]
+    materials: dict[str, _Entity]
+    stages: set[str]
+
+
+def _index(scenario: dict[str, Any]) -> _Index:
+    comp = {m["id"]: {el for el, v in (m.get("composition_t_reo_per_unit") or {}).items()
+                      if v and v > 0}
+            for m in scenario.get("materials", [])}
+
+    def mat(*ids: str) -> _Entity:
+        return _Entity(material=set(ids), element=set().union(*(comp.get(i, set()) for i in ids)))
+
+    plants = {}
+    for p in scenario.get("plants", []):
+        e = mat(*p["recipe"]["outputs"])
+        e.stage, e.plant = {p["stage"]}, {p["id"]}
+        plants[p["id"]] = e
+    pools = {f"{p.get('region', 'baotou')}/{p['material']}": mat(p["material"])
+             for p in scenario.get("pools", [])}
+    markets = {k["id"]: mat(k["material"]) for k in scenario.get("markets", [])}
+    segments = {g["id"]: mat(g["material"]) for g in scenario.get("demand", [])}
+    materials = {m: mat(m) for m in comp}
+    return _Index(plants, pools, markets, segments, materials,
+                  {p["stage"] for p in scenario.get("plants", [])})
+
+
+def _kpi_entity(ix: _Index, kpi: str, key: str) -> _Entity:
+    kind = kpi.rsplit(".", 1)[-1]
+    if kind == "stage":
+        return _Entity(stage={key})
+    if kind == "plant":
+        return ix.plants.get(key, _Entity(plant={key}))
+    if kind == "material":
+        return ix.materials.get(key, _Entity(material={key}))
+    if kind == "market":
+        return ix.markets.get(key, _Entity())
+    if kind == "segment":
+        return ix.segments.get(key, _Entity())
+    if kpi.startswith("element."):
+        return _Entity(element=set(key.split("+")))
+    return _Entity()
+
+
+_SERIES_KIND = {"activity": "plants", "stock": "pools", "imports": "markets",
+                "exports": "markets", "served": "segments", "unmet": "segments"}
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+def _dir(root: Path, key: str) -> Path:
+    d = root / key
+    if not (d / "manifest.json").is_file():
+        raise ResultMissing(key)
+    return d
+
+
+@lru_cache(maxsize=256)
+def manifest(root: Path, key: str) -> dict[str, Any]:
+    return dict(json.loads((_dir(root, key) / "manifest.json").read_text(encoding="utf-8")))
+
+
+@lru_cache(maxsize=64)
+def _scenario_index(root: Path, key: str) -> _Index:
+    return _index(json.loads((_dir(root, key) / "scenario.json").read_text(encoding="utf-8")))
+
+
+@lru_cache(maxsize=32)
+def read(root: Path, key: str, table: str) -> pd.DataFrame:
+    """One stored table of a result (cached; treat as read-only)."""
+    d = _dir(root, key)
+    try:
+        return read_table(d, table)
+    except FileNotFoundError:
+        raise ResultMissing(key) from None
+
+
+DATE_COLUMNS = ("date", "month")
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts: NaN and infinities become null, dates ``YYYY-MM-DD``."""
+    dates = [c for c in DATE_COLUMNS if c in df.columns]
+    if dates:
+        df = df.assign(**{c: pd.to_datetime(df[c]).dt.strftime("%Y-%m-%d") for c in dates})
+    out = json.loads(df.to_json(orient="records", double_precision=15))
+    return list(out)
+
+
+def _num(v: Any) -> float | None:
+    f = float(v)
+    return None if math.isnan(f) or math.isinf(f) else f
+
+
+@lru_cache(maxsize=64)
+def run_result(root: Path, key: str) -> dict[str, Any]:
+    """The body of ``RunPublic.result`` for a stored result."""
+    m = manifest(root, key)
+    summary = read(root, key, "summary")
+    diff = read(root, key, "difference") if "difference.parquet" in m.get("files", []) else None
+    targets = read(root, key, "targets")
+    bottlenecks = read(root, key, "bottlenecks")
+    return {
+        "scenario": m["scenario"], "scenario_hash": m["scenario_hash"], "start": m["start"],
+        "end": m["end"], "seed": m["seed"], "replications": m["replications"],
+        "mass_balance_closes": bool(m.get("mass_balance_closes", True)),
+        "kpis": _records(summary[[*KPI_KEYS, "mean", "p5", "p50", "p95", "n"]]),
+        "difference": (None if diff is None else
+                       _records(diff[[*KPI_KEYS, "mean", "p5", "p50", "p95", "n"]])),
+        "targets": _records(targets),
+        "bottlenecks": _records(bottlenecks),
+    }
+
+
+# --- filtering -----------------------------------------------------------------------------
+
+
+def _period(col: pd.Series, f: Filters, *, years: bool = False) -> pd.Series:
+    keep = pd.Series(True, index=col.index)
+    if years:
+        if f.start is not None:
+            keep &= col >= f.start.year
+        if f.end is not None:
+            keep &= col <= f.end.year
+        return keep
+    values = pd.to_datetime(col)
+    if f.start is not None:
+        keep &= values >= pd.Timestamp(f.start)
+    if f.end is not None:
+        keep &= values <= pd.Timestamp(f.end)
+    return keep
+
+
+def filter_table(root: Path, key: str, table: str, f: Filters) -> pd.DataFrame:
+    """Rows of ``table`` (``series``, ``flows``, ``kpis``, ``summary``, ``difference``)
+    that match ``f``."""
+    df = read(root, key, table)
+    keep = pd.Series(True, index=df.index)
+    if table == "series":
+        if f.kind:
+            keep &= df["kind"].isin(f.kind)
+        if f.by_entity:
+            ix = _scenario_index(root, key)
+            pairs = df.loc[keep, ["kind", "id"]].drop_duplicates()
+            ok = {(k, i) for k, i in pairs.itertuples(index=False)
+                  if getattr(ix, _SERIES_KIND.get(k, "plants")).get(i, _Entity()).matches(f)}
+            keep &= pd.Series([(k, i) in ok for k, i in zip(df["kind"], df["id"], strict=True)],
+                              index=df.index)
+        keep &= _period(df["date"], f)
+    elif table == "flows":
+        if f.stage:
+            keep &= df["stage"].isin(f.stage)
+        if f.plant:
+            keep &= df["plant"].isin(f.plant)
+        if f.material:
+            keep &= df["material"].isin(f.material)
+        if f.element:
+            ix = _scenario_index(root, key)
+            mats = [m for m, e in ix.materials.items() if e.element & set(f.element)]
+            keep &= df["material"].isin(mats)
+        if f.kind:
+            keep &= df["direction"].isin(f.kind)
+        keep &= _period(df["month"], f)
+    else:
+        if f.kpi:
+            keep &= np.logical_or.reduce(
+                [(df["kpi"] == k) | df["kpi"].str.startswith(k + ".") for k in f.kpi])
+        if f.by_entity:
+            ix = _scenario_index(root, key)
+            pairs = df.loc[keep, ["kpi", "key"]].drop_duplicates()
+            ok = {(k, i) for k, i in pairs.itertuples(index=False)
+                  if _kpi_entity(ix, k, i).matches(f)}
+            keep &= pd.Series([(k, i) in ok for k, i in zip(df["kpi"], df["key"], strict=True)],
+                              index=df.index)
+        keep &= _period(df["year"], f, years=True)
+    return df[keep]
+
+
+def known_values(root: Path, key: str) -> dict[str, set[str]]:
+    """Values a filter may take in one run (to name the known ones in an error)."""
+    ix = _scenario_index(root, key)
+    return {"stage": ix.stages, "plant": set(ix.plants), "material": set(ix.materials),
+            "element": set().union(*(e.element for e in ix.materials.values()))}
+
+
+# --- comparing -----------------------------------------------------------------------------
+
+
+def compare(root: Path, key_a: str, key_b: str, f: Filters) -> tuple[pd.DataFrame, bool]:
+    """KPI differences a − b; paired by replication when seeds and replications agree."""
+    ma, mb = manifest(root, key_a), manifest(root, key_b)
+    paired = (ma["seed"], ma["replications"]) == (mb["seed"], mb["replications"])
+    sa = filter_table(root, key_a, "summary", f)[[*KPI_KEYS, "mean"]]
+    sb = filter_table(root, key_b, "summary", f)[[*KPI_KEYS, "mean"]]
+    means = sa.merge(sb, on=KPI_KEYS, how="outer", suffixes=("_a", "_b"))
+    means = means.rename(columns={"mean_a": "a_mean", "mean_b": "b_mean"})
+    if paired:
+        ka = filter_table(root, key_a, "kpis", f)
+        kb = filter_table(root, key_b, "kpis", f)
+        m = ka.merge(kb, on=[*KPI_KEYS, "replication"], how="outer", suffixes=("", "_b"))
+        m = m.fillna({"value": 0.0, "value_b": 0.0})
+        m["d"] = m["value"] - m["value_b"]
+        g = m.groupby(KPI_KEYS, sort=False)["d"]
+        stats = pd.DataFrame({
+            "mean": g.mean(), "p5": g.quantile(0.05), "p50": g.quantile(0.5),
+            "p95": g.quantile(0.95), "n": g.size(),
+        }).reset_index()
+        out = means.merge(stats, on=KPI_KEYS, how="outer")
+    else:
+        out = means.copy()
+        out["mean"] = out["a_mean"].fillna(0.0) - out["b_mean"].fillna(0.0)
+        for c in ("p5", "p50", "p95"):
+            out[c] = np.nan
+        out["n"] = 0
+    out["n"] = out["n"].fillna(0).astype(int)
+    out = out.sort_values(["kpi", "key", "year"], kind="stable").reset_index(drop=True)
+    return out[[*KPI_KEYS, "a_mean", "b_mean", "mean", "p5", "p50", "p95", "n"]], paired
+
+
+# --- formats -------------------------------------------------------------------------------
+
+
+def pick_format(fmt: str | None, accept: str | None) -> Fmt:
+    """``format=`` wins; else the first of CSV or Parquet the ``Accept`` header names;
+    else JSON."""
+    if fmt:
+        return fmt  # type: ignore[return-value]
+    a = (accept or "").lower()
+    if "text/csv" in a:
+        return "csv"
+    if "parquet" in a:
+        return "parquet"
+    return "json"
+
+
+def page(df: pd.DataFrame, offset: int, limit: int | None) -> pd.DataFrame:
+    end = None if limit is None else offset + limit
+    return df.iloc[offset:end]
+
+
+def render(df: pd.DataFrame, fmt: Fmt) -> bytes:
+    """CSV or Parquet bytes of a table."""
+    if fmt == "csv":
+        return df.to_csv(index=False).encode("utf-8")
+    buf = io.BytesIO()
+    df.reset_index(drop=True).to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    return _records(df)
+
+
+def columns(df: pd.DataFrame) -> Sequence[str]:
+    return [str(c) for c in df.columns]
+
+
+def number(v: Any) -> float | None:
+    return _num(v)

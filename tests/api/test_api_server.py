@@ -1,0 +1,220 @@
+"""The service as users run it: ``retwin serve`` in its own process on 127.0.0.1, over HTTP.
+
+The happy path and auth with a token made by ``retwin token create``; Ctrl-C; ``kill -9``
+with runs queued and running, then a restart on the same data folder (every accepted run
+finishes exactly once); and a bounded concurrent load (50 clients × 20 requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from apiutil import REPO, Server, whatif
+
+pytestmark = pytest.mark.slow
+
+API = "/api/v1"
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Any]:
+    """Make ``Server`` objects; kill whatever is left of them after the test."""
+    servers: list[Server] = []
+
+    def make(data_dir: Path | None = None, **env: str) -> Server:
+        s = Server(data_dir or tmp_path, env=env)
+        servers.append(s)
+        return s
+
+    yield make
+    for s in servers:
+        s.kill()
+
+
+def retwin_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETWIN_")}
+    env["RETWIN_DATA_DIR"] = str(data_dir)
+    return subprocess.run([sys.executable, "-m", "retwin.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
+
+
+def test_happy_path_with_a_token_and_ctrl_c(server_factory: Any, tmp_path: Path) -> None:
+    made = retwin_cli(tmp_path, "token", "create", "ann")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip().splitlines()[-1]
+    other = retwin_cli(tmp_path, "token", "create", "bob").stdout.strip().splitlines()[-1]
+    srv: Server = server_factory(tmp_path)
+    srv.start()
+    auth = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.get(f"{API}/runs").status_code == 401
+        assert c.get(f"{API}/runs", headers={"Authorization": "Bearer nope"}
+                     ).status_code == 401
+        r = c.post(f"{API}/runs", json=whatif(), headers=auth)
+        assert r.status_code == 202, r.text
+        rid = r.json()["id"]
+        r = c.get(f"{API}/runs/{rid}", params={"wait": 30}, headers=auth)
+        run = r.json()
+        assert run["status"] == "done"
+        assert run["result"]["difference"]
+        r = c.get(f"{API}/runs/{rid}/series", params={"plant": "mine", "format": "csv"},
+                  headers=auth)
+        assert r.status_code == 200 and r.text.startswith("date,kind,id,value")
+        assert c.get(f"{API}/runs/{rid}", headers={"Authorization": f"Bearer {other}"}
+                     ).status_code == 404
+        assert c.get("/docs").status_code == 200
+    # the token revoked with the CLI while the server runs
+    assert retwin_cli(tmp_path, "token", "revoke", "ann").returncode == 0
+    assert httpx.get(f"{srv.url}{API}/runs", headers=auth).status_code == 401
+    assert srv.proc is not None
+    workers = children(srv.proc.pid)
+    code = srv.stop()
+    out = srv.output()
+    assert code in (0, 130), out
+    assert "Traceback" not in out
+    assert "API docs at http://127.0.0.1" in out
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in workers if alive(p)], "worker processes outlived the server"
+
+
+def test_serve_refuses_a_public_host_without_tokens(tmp_path: Path) -> None:
+    r = retwin_cli(tmp_path, "serve", "--host", "0.0.0.0", "--port", "1")
+    assert r.returncode == 2
+    assert "refusing to serve on 0.0.0.0" in r.stderr
+
+
+def test_kill_9_and_restart_loses_and_duplicates_nothing(server_factory: Any,
+                                                         tmp_path: Path) -> None:
+    srv: Server = server_factory(tmp_path, RETWIN_WORKERS="1")
+    srv.start()
+    assert srv.proc is not None
+    bodies = [whatif(seed=s, replications=40) for s in range(6)]
+    ids = []
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        for b in bodies:
+            r = c.post(f"{API}/runs", json=b)
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # kill it while one runs and others queue
+            states = [c.get(f"{API}/runs/{i}").json()["status"] for i in ids]
+            if "running" in states:
+                break
+            time.sleep(0.05)
+    workers = children(srv.proc.pid)
+    srv.kill()
+    assert "queued" in states, states
+    # the killed server's workers stop by themselves
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in workers if alive(p)]
+
+    srv2: Server = server_factory(tmp_path, RETWIN_WORKERS="2")
+    srv2.start()
+    with httpx.Client(base_url=srv2.url, timeout=60) as c:
+        finals = [c.get(f"{API}/runs/{i}", params={"wait": 30}).json() for i in ids]
+        listing = c.get(f"{API}/runs", params={"limit": 500}).json()
+    assert [f["status"] for f in finals] == ["done"] * len(ids), finals
+    assert sorted(x["id"] for x in listing["data"]) == sorted(ids)  # none lost, none added
+    assert [f["result"]["seed"] for f in finals] == list(range(6))
+    assert all(f["result"]["replications"] == 40 for f in finals)
+    results = tmp_path / "results"
+    stored = sorted(p.name for p in results.iterdir() if not p.name.startswith("."))
+    assert len(stored) == 12  # six what-ifs and their six baselines, each once
+    assert not [p for p in results.iterdir() if re.match(r"\.[0-9a-f]{64}\.", p.name)]
+
+
+def test_concurrent_load_loses_nothing_and_never_fails(server_factory: Any,
+                                                       tmp_path: Path) -> None:
+    srv: Server = server_factory(tmp_path, RETWIN_QUEUE_MAX="1000",
+                                 RETWIN_PER_TOKEN_CONCURRENT="1000")
+    srv.start()
+    clients, per_client = 50, 20
+    statuses: list[int] = []
+    accepted: list[str] = []
+
+    async def one(i: int, c: httpx.AsyncClient) -> None:
+        mine: list[str] = []
+        for j in range(per_client):
+            if j % 4 == 0:  # a what-if; 25 distinct ones, so many are answered from store
+                r = await c.post(f"{API}/runs", json=whatif(seed=(i * per_client + j) % 25,
+                                                            replications=1))
+                if r.status_code in (200, 202):
+                    mine.append(r.json()["id"])
+            elif j % 4 == 1 and mine:
+                r = await c.get(f"{API}/runs/{mine[-1]}")
+            elif j % 4 == 2:
+                r = await c.get(f"{API}/runs", params={"limit": 5})
+            else:
+                r = await c.get(f"{API}/models")
+            statuses.append(r.status_code)
+        accepted.extend(mine)
+
+    async def main() -> float:
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=srv.url, timeout=60, limits=limits) as c:
+            t0 = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*(one(i, c) for i in range(clients))),
+                                   timeout=120)
+            return time.perf_counter() - t0
+
+    seconds = asyncio.run(main())
+    assert len(statuses) == clients * per_client
+    assert not [s for s in statuses if s >= 500]
+    assert set(statuses) <= {200, 202}
+    print(f"\nload: {len(statuses)} requests in {seconds:.1f} s = "
+          f"{len(statuses) / seconds:.0f} requests/s")
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        finals = [c.get(f"{API}/runs/{i}", params={"wait": 30}).json()["status"]
+                  for i in accepted]
+        count = c.get(f"{API}/runs", params={"limit": 1}).json()["count"]
+    assert len(accepted) == clients * per_client // 4
+    assert finals == ["done"] * len(accepted)
+    assert count == len(accepted)
+    assert srv.stop() in (0, 130)
+
+
+def test_sigterm_stops_it_too(server_factory: Any, tmp_path: Path) -> None:
+    srv: Server = server_factory(tmp_path)
+    srv.start()
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGTERM)
+    # uvicorn shuts down in order, then ends by the signal it received
+    assert srv.proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert "Traceback" not in srv.output()
