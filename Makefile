@@ -1,22 +1,29 @@
 # One command sets up and runs the main job; one sets up and passes the tests.
-#   make run    - the Baotou reference model, 2024-2030, annual KPIs
-#   make test   - the whole test suite (compiled, then once more with the JIT off)
+#   make run       - the what-if service on http://127.0.0.1:8000 (API docs at /docs)
+#   make test      - the whole test suite (compiled, then once more with the JIT off)
+#   make baseline  - the Baotou reference model, 2024-2030, annual KPIs in the terminal
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run test test-jit test-nojit lint bench bench-save bench-compare schema clean
+.PHONY: setup run baseline test test-jit test-nojit lint bench bench-save bench-compare schema clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,api,dist]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
+# The service: a SQLite registry and local worker processes in the user's data folder
+# (RETWIN_DATA_DIR to move it); the Baotou baseline is computed in the background at start.
 run: $(STAMP)
+	$(BIN)/retwin warmup
+	$(BIN)/retwin serve
+
+baseline: $(STAMP)
 	$(BIN)/retwin run models/baotou-2024.yaml
 
 test: test-jit test-nojit
@@ -31,7 +38,7 @@ test-nojit: $(STAMP)
 	NUMBA_DISABLE_JIT=1 HYPOTHESIS_PROFILE=nojit $(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks api
 	$(BIN)/mypy
 
 # Benchmarks: save a baseline on this machine, then compare the working tree against it.

@@ -30,23 +30,24 @@ PUBLIC_API = {
     "load_scenario",
     "prepare",
     "run",
+    "run_batch",
     "run_replications",
     "warmup",
 }
 
 
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(SRC.parent).with_suffix("")
+def _module_name(path: Path, root: Path = SRC.parent) -> str:
+    rel = path.relative_to(root).with_suffix("")
     parts = list(rel.parts)
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, root: Path = SRC.parent) -> set[str]:
     """Every module ``path`` imports (absolute names; relative imports resolved)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    me = _module_name(path)
+    me = _module_name(path, root)
     package = me if path.name == "__init__.py" else me.rpartition(".")[0]
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -148,3 +149,38 @@ def test_error_hierarchy() -> None:
     for err in (retwin.ScenarioError, retwin.DataError, retwin.MassBalanceError):
         assert issubclass(err, retwin.RetwinError)
     assert issubclass(retwin.RetwinError, Exception)
+
+
+# --- the service (api/): retwin's public API, storage and the registry, nothing below --------
+
+API_ROOT = Path(__file__).resolve().parents[1]
+API_MODULES: dict[str, set[str]] = {
+    _module_name(p, API_ROOT): _imports(p, API_ROOT)
+    for p in sorted((API_ROOT / "api").rglob("*.py"))
+}
+API_MAY_USE = ("retwin.scenario", "retwin.storage", "retwin.registry", "retwin.errors")
+
+
+def _api_may_import(dep: str) -> bool:
+    if _in(dep, "numba") or _in(dep, "simpy"):
+        return False
+    if not _in(dep, "retwin"):
+        return True
+    if dep == "retwin" or any(_in(dep, a) for a in API_MAY_USE):
+        return True
+    return dep.split(".")[1] in PUBLIC_API  # ``from retwin import run``
+
+
+def test_the_walk_sees_the_service() -> None:
+    for expected in ("api.main", "api.jobs", "api.routes.runs", "api.settings"):
+        assert expected in API_MODULES
+
+
+def test_api_talks_to_the_public_api_only() -> None:
+    bad = {m: sorted(d for d in deps if not _api_may_import(d))
+           for m, deps in API_MODULES.items()}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_only_the_cli_imports_the_service() -> None:
+    assert _offenders("retwin.cli", "api") == []

@@ -9,12 +9,17 @@ The public API is small: load a scenario, apply what-if changes, run it, read th
 True
 """
 
+from typing import TYPE_CHECKING, Any
+
 from retwin.engine import run, run_replications
 from retwin.engine.run import prepare
 from retwin.errors import DataError, MassBalanceError, RetwinError, ScenarioError
 from retwin.kernels import warmup
 from retwin.results import ReplicationSet, RunResult
 from retwin.scenario import Scenario, apply_changes, load_scenario
+
+if TYPE_CHECKING:
+    from retwin.batch import run_batch
 
 __version__ = "0.1.0"
 
@@ -31,6 +36,16 @@ __all__ = [
     "load_scenario",
     "prepare",
     "run",
+    "run_batch",
     "run_replications",
     "warmup",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Batch studies pull in pyarrow's dataset layer; load them on first use only.
+    if name == "run_batch":
+        from retwin.batch import run_batch
+
+        return run_batch
+    raise AttributeError(f"module 'retwin' has no attribute {name!r}")

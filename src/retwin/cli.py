@@ -243,10 +243,137 @@ def cmd_warmup(a: argparse.Namespace) -> int:
     return 0
 
 
+# --- sweep ---------------------------------------------------------------------------------
+
+
+def _short_values(values: dict[str, Any], width: int = 70) -> str:
+    text = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _num(v: Any) -> str:
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return str(v)
+    a = abs(v)
+    return _fmt(v, ",.0f" if a >= 1e4 else ",.1f" if a >= 100 else ".4g")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else \
+        f"{s // 60}:{s % 60:02d}"
+
+
+def _sweep_tables(res: Any) -> None:
+    """After a study: the ranked sensitivity table, or (few points) each point's KPIs."""
+    spec = res.spec
+    if spec.is_oat:
+        sens = res.sensitivity()
+        for kpi, grp in sens.groupby("kpi", sort=False):
+            t = Table(title=f"Sensitivity of {kpi} (mean over {spec.replications} "
+                      "replications), largest swing first", title_justify="left", pad_edge=False)
+            for col in ("Rank", "Parameter", "Low", "High", f"{kpi} at low", "at base",
+                        "at high", "Swing"):
+                t.add_column(col, justify="left" if col == "Parameter" else "right")
+            for r in grp.itertuples():
+                t.add_row(str(r.rank), str(r.parameter), _num(r.value_low),
+                          _num(r.value_high), _num(r.kpi_low), _num(r.kpi_base),
+                          _num(r.kpi_high), _num(r.swing))
+            out.print(t)
+        return
+    if len(res.points) > 20 or not spec.kpis:
+        return
+    means = res.kpi_means().pivot(index="point", columns="kpi", values="value")
+    t = Table(title=f"KPIs per point (mean over {spec.replications} replications)",
+              title_justify="left", pad_edge=False)
+    t.add_column("Point")
+    names = [p.label for p in spec.vary]
+    for n in names:
+        t.add_column(n, justify="right")
+    for k in spec.kpis:
+        t.add_column(k, justify="right")
+    for row in res.points.to_dict("records"):
+        cells = [_num(row[n]) for n in names]
+        cells += [_num(means.loc[row["point"], k]) if row["point"] in means.index
+                  and k in means.columns else "–" for k in spec.kpis]
+        t.add_row(str(row["point"]), *cells)
+    out.print(t)
+
+
+def cmd_sweep(a: argparse.Namespace) -> int:
+    import signal
+    import threading
+    import time
+
+    from rich.progress import MofNCompleteColumn, ProgressColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    from retwin.batch import BatchInterrupted, BatchProgress, run_batch
+
+    if a.workers < 1:
+        err.print(f"--workers(={a.workers}) must be >= 1")
+        return EXIT_BAD_INPUT
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:,.0f} runs/s" if task.speed else "– runs/s")
+
+    live = err.is_terminal
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("runs"), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=err, transient=True, disable=not live)
+    task_id: list[Any] = []
+    t0 = time.perf_counter()
+
+    def report(p: BatchProgress) -> None:
+        if not task_id:
+            done = (f"; {p.points_done} points ({p.runs_done:,} runs) already done, kept"
+                    if p.runs_done else "")
+            err.print(f"sweep {p.study}: {p.points_total:,} points, {p.runs_total:,} runs on "
+                      f"{p.where} -> {a.out}{done}", markup=False)
+            task_id.append(prog.add_task(p.study, total=p.runs_total, completed=p.runs_done))
+            return
+        prog.update(task_id[0], completed=p.runs_done)
+        if p.point is not None and not live:
+            err.print(f"point {p.points_done}/{p.points_total} {p.point.id} "
+                      f"({_short_values(p.point.values)}) done in {p.task_seconds:.1f} s; "
+                      f"runs {p.runs_done:,}/{p.runs_total:,}, {p.rate:,.0f} runs/s, "
+                      f"ETA {_duration(p.eta_s)}", markup=False)
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
+    try:
+        with prog:
+            res = run_batch(a.spec, a.out, workers=a.workers, dask=a.dask, progress=report,
+                            record="daily" if a.daily else None)
+    except BatchInterrupted as exc:
+        err.print(f"interrupted: {exc.points_done} of {exc.points_total} points done "
+                  f"({exc.runs_done:,} of {exc.runs_total:,} runs) in {exc.out}; run the same "
+                  "command again to resume", markup=False)
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
+    c = res.manifest["counts"]
+    out.print(f"{res.manifest['study']}: {c['points_done']:,} points, {c['runs_done']:,} runs "
+              f"in {time.perf_counter() - t0:.1f} s; results in {res.path}: "
+              + ", ".join(f"{t}/" for t in res.tables) + ", points.parquet, manifest.json"
+              + (", sensitivity.parquet" if res.spec.is_oat else ""), markup=False)
+    _sweep_tables(res)
+    return 0
+
+
 def cmd_data(a: argparse.Namespace) -> int:
     from retwin.scenario.data import (
         build_manifest,
         check_manifest,
+        load_fitted,
         load_parameters,
         reference_dir,
     )
@@ -266,6 +393,10 @@ def cmd_data(a: argparse.Namespace) -> int:
         flags[prm.flag] = flags.get(prm.flag, 0) + 1
     out.print(f"{len(params)} parameters; flags: "
               + ", ".join(f"{k} {v}" for k, v in sorted(flags.items())))
+    fitted = load_fitted()
+    if fitted:
+        out.print(f"{len(fitted)} fitted values (data/fitted.csv, written by `retwin fit`)")
+        params = {**params, **fitted}
     if a.key:
         for k in a.key:
             if k not in params:
@@ -275,6 +406,190 @@ def cmd_data(a: argparse.Namespace) -> int:
             out.print(f"{prm.key} = {prm.value:g} {prm.unit} ({prm.year or 'n.y.'}, {prm.flag}) — "
                       f"{prm.source}; {prm.basis}", markup=False)
     return EXIT_BAD_INPUT if problems else 0
+
+
+def _service_settings(**overrides: Any) -> Any:
+    """The service's settings (``RETWIN_…`` environment variables), or a clear error when
+    the ``api`` extra is not installed."""
+    try:
+        from api.settings import Settings
+        from pydantic import ValidationError
+    except ImportError as exc:
+        raise RetwinError(f"the service needs the api extra: pip install 'retwin[api]' "
+                          f"({exc.name} is missing)") from None
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = [(f"RETWIN_{'_'.join(map(str, e['loc'])).upper()}", e["msg"])
+                    for e in exc.errors(include_url=False)]
+        raise ScenarioError(problems) from None
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    import logging
+
+    settings = _service_settings(host=a.host, port=a.port, workers=a.workers)
+    from api.main import create_app
+    from api.settings import is_loopback
+
+    from retwin.registry import Registry
+
+    if not is_loopback(settings.host) and settings.bootstrap_token is None:
+        reg = Registry(settings.database_url)
+        try:
+            has_tokens = reg.has_tokens()
+        finally:
+            reg.close()
+        if not has_tokens:
+            err.print(f"error: refusing to serve on {settings.host}: beyond loopback every "
+                      "request needs an API token and none exists; create one with "
+                      "'retwin token create NAME' (or set RETWIN_BOOTSTRAP_TOKEN)", markup=False)
+            return EXIT_BAD_INPUT
+    import uvicorn
+
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    url = f"http://{host}:{settings.port}"
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+    out.print(f"retwin service on {url} — API docs at {url}/docs (Ctrl-C stops it)")
+    out.print(f"data in {settings.data_dir}", markup=False)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level, timeout_graceful_shutdown=5,
+                server_header=False)
+    return 0
+
+
+def cmd_token(a: argparse.Namespace) -> int:
+    from retwin.registry import Registry, RegistryError
+
+    if a.action in ("create", "revoke") and not a.name:
+        err.print(f"error: token {a.action} needs a NAME", markup=False)
+        return EXIT_BAD_INPUT
+    settings = _service_settings()
+    reg = Registry(settings.database_url)
+    try:
+        if a.action == "create":
+            rec, token = reg.create_token(a.name)
+            out.print(f"token {rec.id} for {rec.name!r} (shown once; keep it secret):",
+                      markup=False)
+            sys.stdout.write(token + "\n")
+        elif a.action == "list":
+            t = Table(title="API tokens", title_justify="left", pad_edge=False)
+            for col in ("id", "name", "created", "revoked"):
+                t.add_column(col)
+            for r in reg.list_tokens():
+                t.add_row(r.id, r.name, f"{r.created_at:%Y-%m-%d %H:%M}",
+                          f"{r.revoked_at:%Y-%m-%d %H:%M}" if r.revoked_at else "")
+            out.print(t)
+        else:
+            n = reg.revoke_token(a.name)
+            if n == 0:
+                err.print(f"error: no active token with id or name {a.name!r}", markup=False)
+                return EXIT_BAD_INPUT
+            out.print(f"revoked {n} token{'s' if n > 1 else ''}")
+    except RegistryError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return EXIT_BAD_INPUT
+    finally:
+        reg.close()
+    return 0
+
+
+# --- validation: back-cast, fit, report ------------------------------------------------------
+
+
+def _pct(v: Any, signed: bool = False) -> str:
+    if v is None or pd.isna(v):
+        return "–"
+    return format(float(v), "+.1%" if signed else ".1%")
+
+
+def _backcast_tables(bc: Any) -> tuple[Table, Table]:
+    t = Table(title=f"{bc.model}: simulated against reported; error = simulated / reported − 1. "
+              "Fitted years were used by `retwin fit`, held-out years were not.",
+              title_justify="left", pad_edge=False)
+    for col in ("Observable", "Year", "Split", "Reported", "Simulated", "Error", "Tolerance",
+                "Figure used (other sources)"):
+        t.add_column(col, justify="right" if col in ("Reported", "Simulated", "Error",
+                                                     "Tolerance") else "left")
+    for r in bc.table.itertuples():
+        e = _pct(r.error_frac, signed=True)
+        if r.within_tolerance is not None:
+            e = f"[green]{e}[/green]" if r.within_tolerance else f"[red]{e}[/red]"
+        src = r.reported_key + (f" ({r.alternatives})" if r.alternatives else "")
+        t.add_row(r.label, str(r.year), r.split, _fmt(r.reported, ",.0f"),
+                  _fmt(r.simulated, ",.0f"), e, _pct(r.tolerance_frac), src)
+    s = Table(title="Errors by observable (|error|)", title_justify="left", pad_edge=False)
+    for col in ("Observable", "Split", "N", "Mean", "Max", "Tolerance", "Within"):
+        s.add_column(col, justify="left" if col in ("Observable", "Split") else "right")
+    for r in bc.summary().itertuples():
+        within = "–" if r.within_tolerance is None else (
+            "[green]yes[/green]" if r.within_tolerance else "[red]no[/red]")
+        s.add_row(r.label, r.split, str(r.n), _pct(r.mean_abs_error_frac),
+                  _pct(r.max_abs_error_frac), _pct(r.tolerance_frac), within)
+    return t, s
+
+
+def cmd_backcast(a: argparse.Namespace) -> int:
+    from retwin.validation import backcast
+
+    bc = backcast(a.model)
+    for table in _backcast_tables(bc):
+        out.print(table)
+    out.print("Fitted values (data/fitted.csv): "
+              + ", ".join(f"{k} = {v:.6g}" for k, v in bc.values.items()), markup=False)
+    if a.csv:
+        try:
+            bc.table.to_csv(a.csv, index=False)
+        except OSError as exc:
+            err.print(f"error: cannot write {a.csv}: {exc.strerror}", markup=False)
+            return EXIT_BAD_INPUT
+        out.print(f"Comparison table written to {a.csv}", markup=False)
+    if a.strict and not bc.held_out_within_tolerance:
+        err.print("held-out errors exceed their tolerance (see the table)", markup=False)
+        return EXIT_FAILED
+    return 0
+
+
+def cmd_fit(a: argparse.Namespace) -> int:
+    from retwin.validation import FIT_YEARS, fit, fitted_diff, write_fitted
+
+    with _progress() as prog:
+        task = prog.add_task(f"fit on {FIT_YEARS[0]}-{FIT_YEARS[-1]}", total=None)
+        res = fit(a.model, progress=lambda n: prog.update(task, completed=n))
+    diff = fitted_diff(res)
+    t = Table(title=f"Fit of {res.model} on {FIT_YEARS[0]}-{FIT_YEARS[-1]}: {res.evaluations} "
+              f"runs, final cost {res.cost:.4g} ({res.message})", title_justify="left",
+              pad_edge=False)
+    for col in ("Parameter", "Committed", "Fitted", "Change"):
+        t.add_column(col, justify="left" if col == "Parameter" else "right")
+    for row in diff.to_dict("records"):
+        t.add_row(str(row["key"]), _fmt(row["committed"], ".6g"), _fmt(row["fitted"], ".6g"),
+                  _pct(row["change_frac"], signed=True))
+    out.print(t)
+    rt = Table(title="Residuals at the fitted values", title_justify="left", pad_edge=False)
+    for col in ("Residual", "Year", "Value"):
+        rt.add_column(col, justify="right" if col == "Value" else "left")
+    for r in res.residuals.itertuples():
+        rt.add_row(str(r.what), str(r.year), _pct(r.residual, signed=True))
+    out.print(rt)
+    if a.dry_run:
+        out.print("Dry run: data/fitted.csv not written.")
+        return 0
+    path = write_fitted(res)
+    out.print(f"Fitted values written to {path}; data/manifest.json updated.", markup=False)
+    return 0
+
+
+def cmd_validation_report(a: argparse.Namespace) -> int:
+    from retwin.validation import write_report
+
+    try:
+        path = write_report(a.html, a.model)
+    except OSError as exc:
+        err.print(f"error: cannot write {a.html}: {exc.strerror}", markup=False)
+        return EXIT_BAD_INPUT
+    out.print(f"Validation report written to {path}", markup=False)
+    return 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -302,10 +617,56 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("warmup", help="compile the kernels (fills the on-disk cache)")
     w.set_defaults(fn=cmd_warmup)
 
+    sw = sub.add_parser("sweep", help="run a batch study (sweep, Monte Carlo, sensitivity) "
+                        "into a Parquet dataset; run again to resume")
+    sw.add_argument("spec", help="a study spec (YAML): base, changes, vary, replications, seed")
+    sw.add_argument("--out", required=True, metavar="DIR", help="the output directory")
+    where = sw.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="local processes (default 1: this process)")
+    where.add_argument("--dask", metavar="ADDRESS",
+                       help="a Dask scheduler, e.g. tcp://host:8786 (needs retwin[dist])")
+    sw.add_argument("--daily", action="store_true",
+                    help="keep daily series too (default: the spec's record, monthly)")
+    sw.set_defaults(fn=cmd_sweep)
+
     d = sub.add_parser("data", help="check data/ against its manifest; show parameters")
     d.add_argument("--write-manifest", action="store_true")
     d.add_argument("key", nargs="*", help="parameter keys to show with their source")
     d.set_defaults(fn=cmd_data)
+
+    bk = sub.add_parser("backcast", help="run a back-cast model and compare it with the record, "
+                        "fitted and held-out years apart")
+    bk.add_argument("model", nargs="?", default="china-2020",
+                    help="a back-cast model file or name (default china-2020)")
+    bk.add_argument("--csv", metavar="FILE", help="write the comparison table as CSV")
+    bk.add_argument("--strict", action="store_true",
+                    help="exit 1 when a held-out error exceeds its tolerance")
+    bk.set_defaults(fn=cmd_backcast)
+
+    ft = sub.add_parser("fit", help="re-fit the back-cast's free parameters on the fitted years "
+                        "and rewrite data/fitted.csv (shows the diff)")
+    ft.add_argument("model", nargs="?", default="china-2020",
+                    help="the back-cast model (default china-2020)")
+    ft.add_argument("--dry-run", action="store_true", help="show the fit; write nothing")
+    ft.set_defaults(fn=cmd_fit)
+
+    vr = sub.add_parser("validation-report", help="write the validation report: back-cast "
+                        "errors, charts, source ranges, Baotou against its seeds (HTML)")
+    vr.add_argument("--html", required=True, metavar="FILE", help="the HTML file to write")
+    vr.add_argument("--model", default="china-2020", help="the back-cast model")
+    vr.set_defaults(fn=cmd_validation_report)
+
+    sv = sub.add_parser("serve", help="start the what-if service (HTTP API, docs at /docs)")
+    sv.add_argument("--host", help="address to listen on (default 127.0.0.1, RETWIN_HOST)")
+    sv.add_argument("--port", type=int, help="port (default 8000, RETWIN_PORT)")
+    sv.add_argument("--workers", type=int, help="worker processes (RETWIN_WORKERS)")
+    sv.set_defaults(fn=cmd_serve)
+
+    tk = sub.add_parser("token", help="API tokens of the service: create, list, revoke")
+    tk.add_argument("action", choices=("create", "list", "revoke"))
+    tk.add_argument("name", nargs="?", help="owner name (create) or token id/name (revoke)")
+    tk.set_defaults(fn=cmd_token)
     return p
 
 

@@ -409,13 +409,14 @@ class RunResult:
         rows = np.repeat(np.arange(len(names)), n_d)
         # categorical columns: a few hundred labels over ~10^5-10^6 rows (dictionary-encoded
         # in Parquet too)
-        kind_cat = pd.Categorical.from_codes(
-            np.unique(kinds, return_inverse=True)[1][rows], categories=np.unique(kinds))
+        kind_labels, kind_codes = np.unique(kinds, return_inverse=True)
         id_labels, id_codes = np.unique(names, return_inverse=True)
         return pd.DataFrame({
             "date": np.tile(dates, len(names)),
-            "kind": kind_cat,
-            "id": pd.Categorical.from_codes(id_codes[rows], categories=id_labels),
+            "kind": pd.Categorical.from_codes(kind_codes[rows],
+                                              categories=pd.Index(kind_labels.tolist())),
+            "id": pd.Categorical.from_codes(id_codes[rows],
+                                            categories=pd.Index(id_labels.tolist())),
             "value": np.concatenate([a.reshape(-1) for _, _, a in parts]),
         })
 
