@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from retwin.config import MAX_REPLICATIONS
 from retwin.errors import ScenarioError
+from retwin.scenario.load import error_location
 
 __all__ = [
     "MAX_POINTS",
@@ -364,24 +365,7 @@ def spec_hash(spec: StudySpec) -> str:
 
 def _location(tree: Any, loc: tuple[Any, ...]) -> str:
     """``vary[1](quota).range.low`` from a pydantic location."""
-    parts: list[str] = []
-    node = tree
-    for item in loc:
-        if isinstance(item, int):
-            label = f"[{item}]"
-            if isinstance(node, list) and 0 <= item < len(node):
-                node = node[item]
-                if isinstance(node, dict) and isinstance(node.get("name"), str):
-                    label += f"({node['name']})"
-            else:
-                node = None
-            parts.append(label)
-        else:
-            if str(item)[:1].isupper() or str(item) in ("float", "int", "bool", "str"):
-                continue  # union members add nothing for the reader
-            parts.append(("." if parts else "") + str(item))
-            node = node.get(item) if isinstance(node, dict) else None
-    return "".join(parts)
+    return error_location(tree, loc, name_keys=("name",))
 
 
 def _spec_problems(exc: ValidationError, tree: Any) -> list[tuple[str, str]]:

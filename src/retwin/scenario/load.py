@@ -107,8 +107,12 @@ def _resolve_tree(tree: dict[str, Any], here: Path | None, depth: int = 0) -> di
     return _merge(base_tree, tree)
 
 
-def _label(tree: Any, loc: tuple[Any, ...]) -> str:
-    """``plants[3](jl_mag).capacity_tpa`` from a pydantic location."""
+def error_location(tree: Any, loc: tuple[Any, ...], name_keys: tuple[str, ...] = ("id",)) -> str:
+    """``plants[3](jl_mag).capacity_tpa`` from a pydantic error location in ``tree``.
+
+    A list item is labelled with the first of ``name_keys`` it has; union tags (a change's
+    ``kind``, member class names, scalar type names) are left out as they are no fields.
+    """
     parts: list[str] = []
     node = tree
     for item in loc:
@@ -116,25 +120,29 @@ def _label(tree: Any, loc: tuple[Any, ...]) -> str:
             label = f"[{item}]"
             if isinstance(node, list) and 0 <= item < len(node):
                 node = node[item]
-                if isinstance(node, dict) and isinstance(node.get("id"), str):
-                    label += f"({node['id']})"
+                if isinstance(node, dict):
+                    name = next((node[k] for k in name_keys if isinstance(node.get(k), str)), None)
+                    if name is not None:
+                        label += f"({name})"
             else:
                 node = None
             parts.append(label)
         else:
             if isinstance(node, dict) and node.get("kind") == item:
-                continue  # the tag of a discriminated union (a change's kind) is no field
-            if str(item)[:1].isupper():
-                continue  # union-member class names add nothing for the reader
+                continue  # the tag of a discriminated union (a change's kind)
+            if str(item)[:1].isupper() or str(item) in ("float", "int", "bool", "str"):
+                continue  # union members add nothing for the reader
             parts.append(("." if parts else "") + str(item))
             node = node.get(item) if isinstance(node, dict) else None
     return "".join(parts)
 
 
+
+
 def _problems(exc: ValidationError, tree: Any) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for err in exc.errors(include_url=False):
-        where = _label(tree, tuple(err["loc"]))
+        where = error_location(tree, tuple(err["loc"]))
         msg = str(err["msg"])
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
