@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import retwin
 from api import errors
 from api.jobs import Jobs
-from api.routes import health, models, runs
+from api.routes import health, models, page, runs
 from api.service import Catalog, Service
 from api.settings import Settings
 from retwin.registry import Registry
@@ -173,5 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router, prefix=API_PREFIX)
     app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(runs.router, prefix=API_PREFIX)
+    app.include_router(page.router, prefix=API_PREFIX)
+    app.include_router(page.page_router)
 
     return app

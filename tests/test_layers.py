@@ -158,7 +158,8 @@ API_MODULES: dict[str, set[str]] = {
     _module_name(p, API_ROOT): _imports(p, API_ROOT)
     for p in sorted((API_ROOT / "api").rglob("*.py"))
 }
-API_MAY_USE = ("retwin.scenario", "retwin.storage", "retwin.registry", "retwin.errors")
+API_MAY_USE = ("retwin.scenario", "retwin.storage", "retwin.registry", "retwin.errors",
+               "retwin.report")
 
 
 def _api_may_import(dep: str) -> bool:

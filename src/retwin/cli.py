@@ -592,6 +592,21 @@ def cmd_validation_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from retwin.report.html import write_report
+
+    try:
+        path = write_report(a.html, a.source, a.baseline, lang=a.lang)
+    except FileNotFoundError as exc:
+        err.print(f"error: {exc}", markup=False)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        err.print(f"error: cannot write {a.html}: {exc.strerror}", markup=False)
+        return EXIT_BAD_INPUT
+    out.print(f"Report written to {path}", markup=False)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retwin", description="Rare-earth industrial-chain twin.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -656,6 +671,16 @@ def _parser() -> argparse.ArgumentParser:
     vr.add_argument("--html", required=True, metavar="FILE", help="the HTML file to write")
     vr.add_argument("--model", default="china-2020", help="the back-cast model")
     vr.set_defaults(fn=cmd_validation_report)
+
+    rp = sub.add_parser("report", help="write one self-contained HTML report of a result "
+                        "directory (charts, Sankey) or a sweep directory (tornado, distributions)")
+    rp.add_argument("source", metavar="DIR", help="a result directory (retwin run --out) or a "
+                    "sweep directory (retwin sweep --out)")
+    rp.add_argument("--html", required=True, metavar="FILE", help="the HTML file to write")
+    rp.add_argument("--baseline", metavar="DIR", help="a baseline result directory to compare "
+                    "with (drawn dashed and side by side)")
+    rp.add_argument("--lang", choices=("en", "zh"), default="en", help="label language")
+    rp.set_defaults(fn=cmd_report)
 
     sv = sub.add_parser("serve", help="start the what-if service (HTTP API, docs at /docs)")
     sv.add_argument("--host", help="address to listen on (default 127.0.0.1, RETWIN_HOST)")
