@@ -29,6 +29,7 @@ from retwin.scenario.data import (
     models_dir,
     reference_dir,
 )
+from retwin.scenario.load import resolve_model
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"\{([a-z0-9_]+(?:\.[a-z0-9_]+)+)\}")
@@ -114,7 +115,7 @@ def test_held_out_keys_cover_the_checked_figures_and_what_derives_from_them() ->
 
 def test_backcast_model_uses_no_held_out_figure() -> None:
     """Nothing in china-2020 (with its base) takes a held-out figure or one derived from it."""
-    tree = v._merged_tree("china-2020")
+    tree = resolve_model("china-2020")
     used = set(KEY.findall(yaml.safe_dump(tree, allow_unicode=True, width=10_000)))
     assert used, "the scan found no formulas"
     assert sorted(used & v.held_out_keys()) == []
@@ -147,7 +148,7 @@ def test_fitted_values_come_from_data_with_how_they_were_obtained() -> None:
 
 @pytest.mark.parametrize("name", ["china-2020", "china-2024"])
 def test_national_models_refer_to_every_fitted_key(name: str) -> None:
-    text = yaml.safe_dump(v._merged_tree(name), allow_unicode=True, width=10_000)
+    text = yaml.safe_dump(resolve_model(name), allow_unicode=True, width=10_000)
     for p in v.FREE_PARAMETERS:
         assert "{" + p.key + "}" in text
 

@@ -60,7 +60,7 @@ from retwin.scenario.data import (
 
 # Overlay resolution (``base:``) without evaluating formulas, so that trial values of the free
 # parameters can be put in before the formulas are evaluated.
-from retwin.scenario.load import _find, _read_yaml, _resolve_tree, load_scenario
+from retwin.scenario.load import load_scenario, resolve_model
 from retwin.scenario.schema import Scenario
 
 __all__ = [
@@ -234,11 +234,6 @@ def held_out_keys(params: Mapping[str, Parameter] | None = None) -> set[str]:
 # --- loading and simulating -----------------------------------------------------------------
 
 
-def _merged_tree(model: str | Path) -> dict[str, Any]:
-    path = _find(str(model), None)
-    return _resolve_tree(_read_yaml(path), path.parent)
-
-
 def load_model(model: str | Path = NATIONAL_MODEL,
                values: Mapping[str, float] | None = None) -> Scenario:
     """Load a model with ``values`` put in for data keys (the trial values of a fit).
@@ -252,7 +247,7 @@ def load_model(model: str | Path = NATIONAL_MODEL,
     params = dict(formula_parameters())
     for key, v in values.items():
         params[key] = Parameter(key, float(v), "", "", "derived", "trial value of a fit", "")
-    return load_scenario(resolve_formulas(_merged_tree(model), params))
+    return load_scenario(resolve_formulas(resolve_model(model), params))
 
 
 def _require_fitted(params: Mapping[str, Parameter]) -> None:

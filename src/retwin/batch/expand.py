@@ -19,7 +19,7 @@ import numpy as np
 
 from retwin.batch.spec import Scalar, StudySpec, VariedParameter, canonical_json
 from retwin.errors import ScenarioError
-from retwin.scenario.load import _item_key
+from retwin.scenario.load import locate_path
 from retwin.scenario.schema import Scenario
 
 __all__ = [
@@ -159,21 +159,8 @@ def sample_matrix(spec: StudySpec) -> list[dict[str, Scalar]]:
 def path_value(tree: Mapping[str, Any], path: str) -> Any:
     """The value at a parameter path (``plants.<id>.capacity_tpa``) of a scenario mapping,
     addressed as a ``parameter`` change addresses it; ``KeyError`` naming the missing part."""
-    node: Any = tree
-    for part in path.split("."):
-        if isinstance(node, list):
-            match = [x for x in node if isinstance(x, dict) and _item_key(x) == part]
-            if not match:
-                keys = ", ".join(str(_item_key(x)) for x in node)
-                raise KeyError(f"no item {part!r} (known: {keys})")
-            node = match[0]
-        elif isinstance(node, Mapping):
-            if part not in node:
-                raise KeyError(f"no field {part!r} (known: {', '.join(map(str, node))})")
-            node = node[part]
-        else:
-            raise KeyError(f"{part!r}: cannot descend into a scalar")
-    return node
+    node, field = locate_path(tree, path)
+    return node[field]
 
 
 def centre_value(p: VariedParameter, base: Scenario | Mapping[str, Any] | None) -> float:

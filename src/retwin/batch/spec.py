@@ -31,12 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from retwin.config import MAX_REPLICATIONS
 from retwin.errors import ScenarioError
-from retwin.scenario.load import error_location
+from retwin.scenario.load import error_location, read_yaml
 
 __all__ = [
     "MAX_POINTS",
@@ -405,12 +404,7 @@ def load_spec(source: str | Path | Mapping[str, Any] | StudySpec) -> tuple[Study
         path = Path(source)
         if not path.is_file():
             raise ScenarioError([("", f"study spec {str(source)!r} not found")])
-        try:
-            tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ScenarioError([("", f"{path.name}: not valid YAML: {exc}")]) from None
-        if not isinstance(tree, dict):
-            raise ScenarioError([("", f"{path.name}: must be a mapping at the top level")])
+        tree = read_yaml(path)
         here = path.resolve().parent
     try:
         return StudySpec.model_validate(tree), here

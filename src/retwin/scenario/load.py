@@ -32,7 +32,10 @@ __all__ = [
     "apply_changes",
     "available_models",
     "load_scenario",
+    "locate_path",
     "parse_changes",
+    "read_yaml",
+    "resolve_model",
     "scenario_hash",
 ]
 
@@ -61,7 +64,8 @@ def _find(ref: str, relative_to: Path | None) -> Path:
     )
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; ``ScenarioError`` if it is not valid YAML or no mapping."""
     try:
         tree = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -103,7 +107,7 @@ def _resolve_tree(tree: dict[str, Any], here: Path | None, depth: int = 0) -> di
     if depth >= _MAX_BASE_DEPTH:
         raise ScenarioError([("base", f"overlays nest deeper than {_MAX_BASE_DEPTH} levels")])
     base_path = _find(str(base_ref), here)
-    base_tree = _resolve_tree(_read_yaml(base_path), base_path.parent, depth + 1)
+    base_tree = _resolve_tree(read_yaml(base_path), base_path.parent, depth + 1)
     return _merge(base_tree, tree)
 
 
@@ -168,6 +172,15 @@ def validate_tree(tree: dict[str, Any]) -> Scenario:
         raise ScenarioError(_problems(exc, tree)) from None
 
 
+def resolve_model(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
+    """A model file (or name, or mapping) with its ``base:`` overlays merged, formulas not yet
+    evaluated: the tree :func:`load_scenario` validates."""
+    if isinstance(source, Mapping):
+        return _resolve_tree(dict(source), None)
+    path = _find(str(source), None)
+    return _resolve_tree(read_yaml(path), path.parent)
+
+
 def load_scenario(
     source: str | Path | Mapping[str, Any], *, include_changes: bool = True
 ) -> Scenario:
@@ -179,13 +192,7 @@ def load_scenario(
     file's ``changes`` are applied with :func:`apply_changes` (``include_changes=False`` gives
     the scenario without them: the baseline a what-if file is compared with).
     """
-    if isinstance(source, Mapping):
-        tree, here = dict(source), None
-    else:
-        path = _find(str(source), None)
-        tree, here = _read_yaml(path), path.parent
-    tree = _resolve_tree(tree, here)
-    tree = resolve_formulas(tree)
+    tree = resolve_formulas(resolve_model(source))
     changes = tree.pop("changes", None) or []
     scenario = validate_tree(tree)
     return apply_changes(scenario, changes) if include_changes else scenario
@@ -254,30 +261,41 @@ def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, st
         )
 
 
-def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
+def locate_path(tree: Mapping[str, Any], path: str) -> tuple[Any, str]:
+    """The mapping that holds the field a parameter path names, and the field's name.
+
+    Paths address list items by id (``plants.<id>``) or, for pools, ``<region>/<material>``
+    (``pools.baotou/concentrate.max_t``); ``KeyError`` names the part that does not exist.
+    """
+    *parents, last = path.split(".")
     node: Any = tree
-    for n, part in enumerate(parts):
-        last = n == len(parts) - 1
+    for part in parents:
         if isinstance(node, list):
             match = [x for x in node if isinstance(x, dict) and _item_key(x) == part]
             if not match:
                 keys = ", ".join(str(_item_key(x)) for x in node)
                 raise KeyError(f"no item {part!r} (known: {keys})")
-            if last:
-                raise KeyError("a path must end at a field, not at a list item")
             node = match[0]
-        elif isinstance(node, dict):
+        elif isinstance(node, Mapping):
             if part not in node:
                 raise KeyError(f"no field {part!r} (known: {', '.join(map(str, node))})")
-            if last:
-                if isinstance(node[part], dict | list):
-                    raise KeyError(f"{part!r} is not a scalar field")
-                node[part] = value
-                return
             node = node[part]
         else:
             raise KeyError(f"{part!r}: cannot descend into a scalar")
+    if isinstance(node, list):
+        raise KeyError("a path must end at a field, not at a list item")
+    if not isinstance(node, Mapping):
+        raise KeyError(f"{last!r}: cannot descend into a scalar")
+    if last not in node:
+        raise KeyError(f"no field {last!r} (known: {', '.join(map(str, node))})")
+    return node, last
+
+
+def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
+    node, field = locate_path(tree, path)
+    if isinstance(node[field], dict | list):
+        raise KeyError(f"{field!r} is not a scalar field")
+    node[field] = value
 
 
 def _item_key(x: dict[str, Any]) -> str | None:
