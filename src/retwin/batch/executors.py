@@ -32,6 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Any, TypeVar
 
+from retwin._version import __version__
 from retwin.errors import RetwinError
 
 __all__ = [
@@ -276,9 +277,7 @@ def _warm_worker() -> str:
     from retwin.batch.tables import warm_once
 
     warm_once()
-    import retwin
-
-    return retwin.__version__
+    return __version__
 
 
 def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
@@ -318,17 +317,15 @@ class DaskExecutor(Executor):
                       stop: Callable[[], bool] = _never) -> Iterator[R]:
         distributed = _import_distributed()
         client = self.client
-        import retwin
-
         try:
             versions = client.run(_warm_worker)
         except ImportError as exc:
             raise RetwinError(f"Dask workers cannot import retwin ({exc}); install it on "
                               "every worker") from None
-        bad = {w: v for w, v in versions.items() if v != retwin.__version__}
+        bad = {w: v for w, v in versions.items() if v != __version__}
         if bad:
             raise RetwinError(f"Dask workers run another retwin version ({bad}); the client "
-                              f"runs {retwin.__version__}")
+                              f"runs {__version__}")
         self.workers = max(1, sum(client.nthreads().values()))
         fn_future = client.scatter(fn, broadcast=True, hash=False)
         it = iter(items)

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from retwin._version import __version__
 from retwin.batch.executors import Executor, Interrupts, make_executor
 from retwin.batch.expand import Point, Task, expand_points, make_change, plan_tasks
 from retwin.batch.sensitivity import kpi_means, sensitivity_table
@@ -65,10 +66,8 @@ class Study:
         return [p.label for p in self.spec.vary]
 
     def runner(self) -> PointRunner:
-        import retwin
-
         return PointRunner(self.base.model_dump(mode="json", by_alias=True), self.base_hash,
-                           self.kinds, retwin.__version__)
+                           self.kinds, __version__)
 
 
 def _load_base(spec: StudySpec, here: Path) -> Scenario:
