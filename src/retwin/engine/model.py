@@ -9,6 +9,7 @@ import numpy as np
 import simpy
 
 from retwin.engine.build import Compiled, TimedChange
+from retwin.engine.markets import compile_markets
 from retwin.kernels.flow import ARG_NAMES, advance_packed, pack
 from retwin.scenario.schema import (
     STAGES,
@@ -19,6 +20,7 @@ from retwin.scenario.schema import (
 )
 from retwin.stages import (
     DemandProcess,
+    EconomyProcess,
     MarketProcess,
     PolicyProcess,
     QuotaProcess,
@@ -46,7 +48,17 @@ class ChainModel:
         n_d, n_t = c.n_days, len(c.months)
         st = c.scenario.settings
         # state changed by events
-        self.cap_day = c.nameplate_tpa * c.utilisation / 365.0
+        #: the ceiling of each plant per day (nameplate after capacity changes x utilisation
+        #: ceiling); ``cap_day`` is this times the plant's decided share (``decision``)
+        self.cap_max_day = c.nameplate_tpa * c.utilisation / 365.0
+        self.decision = np.ones(n_p)
+        self.cap_day = self.cap_max_day * self.decision
+        #: outside markets: the caps after trade changes, the share of the import cap on
+        #: offer and the outside demand for exports (set monthly when markets are on)
+        self.imp_cap_base_tpa = c.imp_cap_tpa.copy()
+        self.exp_cap_base_tpa = c.exp_cap_tpa.copy()
+        self.imp_share = np.ones(n_k)
+        self.exp_demand_tpa = np.full(n_k, np.inf)
         self.avail = np.ones(n_p)
         self._random_up = [True] * n_p
         self._planned_up = [True] * n_p
@@ -113,10 +125,19 @@ class ChainModel:
         QuotaProcess(c.quota_ids, c.releases, c.year_starts, c.quota_year_total,
                      float(first_year_frac), [q.produce_ahead for q in c.scenario.quotas],
                      self.q_avail, self.q_year_left).start(self.env, self)
-        MarketProcess(c.material_ids, c.month_start_day, c.price_month, c.volatility,
-                      c.reversion, st.price_noise, self.price, self.price_rec).start(self.env, self)
-        DemandProcess(c.segment_ids, c.month_start_day, c.demand_month, c.demand_cv,
-                      st.demand_noise, self.dem_rate).start(self.env, self)
+        self.economy: EconomyProcess | None = None
+        if c.scenario.markets_on:
+            self.economy = EconomyProcess(
+                compile_markets(c), c.ramp, c.material_ids, c.segment_ids, c.month_start_day,
+                c.price_month, c.volatility, c.reversion, st.price_noise, c.demand_month,
+                c.demand_cv, st.demand_noise)
+            self.economy.start(self.env, self)
+        else:
+            MarketProcess(c.material_ids, c.month_start_day, c.price_month, c.volatility,
+                          c.reversion, st.price_noise, self.price,
+                          self.price_rec).start(self.env, self)
+            DemandProcess(c.segment_ids, c.month_start_day, c.demand_month, c.demand_cv,
+                          st.demand_noise, self.dem_rate).start(self.env, self)
         PolicyProcess(c.timed).start(self.env, self)
 
     # --- the Chain interface used by the processes ----------------------------------------
@@ -198,8 +219,24 @@ class ChainModel:
                 new = value + ch.delta_tpa
             value += w * (new - value)
         value = max(0.0, value)
-        self.cap_day[p] = value * c.utilisation[p] / 365.0
+        self.cap_max_day[p] = value * c.utilisation[p] / 365.0
+        self.cap_day[p] = self.cap_max_day[p] * self.decision[p]
         self.capacity_log.append((self.day, p, value))
+
+    def set_decisions(self, utilisation: np.ndarray) -> None:
+        """Producers' decided share of their ceiling (the market process, monthly)."""
+        self.decision[:] = utilisation
+        self.cap_day[:] = self.cap_max_day * self.decision
+
+    def set_outside(self, import_share: np.ndarray, export_demand_tpa: np.ndarray) -> None:
+        """The outside curves at this month's prices (the market process, monthly)."""
+        self.imp_share[:] = import_share
+        self.exp_demand_tpa[:] = export_demand_tpa
+        self._apply_trade()
+
+    def _apply_trade(self) -> None:
+        self.imp_cap_day[:] = self.imp_cap_base_tpa * self.imp_share / 365.0
+        self.exp_cap_day[:] = np.minimum(self.exp_cap_base_tpa, self.exp_demand_tpa) / 365.0
 
     def _refresh_trade(self, k: int) -> None:
         c = self.c
@@ -210,8 +247,10 @@ class ChainModel:
             old = caps[ch.side]
             new = ch.cap_tpa if ch.cap_tpa is not None else old * ch.factor
             caps[ch.side] = old + w * (new - old)
-        self.imp_cap_day[k] = caps["import"] / 365.0
-        self.exp_cap_day[k] = caps["export"] / 365.0
+        self.imp_cap_base_tpa[k] = caps["import"]
+        self.exp_cap_base_tpa[k] = caps["export"]
+        self.imp_cap_day[k] = caps["import"] * self.imp_share[k] / 365.0
+        self.exp_cap_day[k] = min(caps["export"], self.exp_demand_tpa[k]) / 365.0
 
     def _refresh_reserve(self, s: int) -> None:
         value = float(self.c.reserve0[s])

@@ -23,6 +23,7 @@ __all__ = [
     "Change",
     "DemandChange",
     "DemandSegment",
+    "Economics",
     "ExportSpec",
     "ImportSpec",
     "Market",
@@ -218,6 +219,11 @@ class Plant(_Model):
     )
     availability: Availability = Field(default_factory=Availability)
     recipe: Recipe
+    cash_cost_cny_per_unit: NonNeg | None = Field(
+        None, description="Processing cash cost per unit of activity (besides its inputs); "
+        "with economics on, the plant slows down when its margin turns negative. None: the "
+        "stage's share of output value from economics.cash_cost_share_frac.",
+    )
     source: str = ""
 
 
@@ -239,14 +245,33 @@ class Pool(_Model):
 
 
 class ImportSpec(_Model):
+    """An import source. With economics on it is a supply curve: nothing comes in while the
+    region's price is below the outside price times ``1 + premium_frac``; above it, the
+    volume on offer rises linearly to ``cap_tpa`` at ``1 + premium_frac + slope_frac``."""
+
     cap_tpa: NonNeg
     lead_time_days: Annotated[int, Field(ge=0, le=365)] = 0
     price_factor: NonNeg = 1.0
+    premium_frac: Annotated[float, Field(ge=0, le=10)] | None = Field(
+        None, description="Landed premium over the outside price before any import "
+        "(None: economics.import_premium_frac).")
+    slope_frac: Annotated[float, Field(gt=0, le=10)] | None = Field(
+        None, description="Further premium at which the whole cap is on offer "
+        "(None: economics.import_slope_frac).")
 
 
 class ExportSpec(_Model):
+    """An export sink (another region or the world). With economics on its demand is finite:
+    ``base_tpa × (outside price / region price) ** elasticity``, never above ``cap_tpa``
+    (the licence or control cap)."""
+
     cap_tpa: NonNeg
     price_factor: NonNeg = 1.0
+    base_tpa: NonNeg | None = Field(
+        None, description="Outside demand at parity with the outside price (None: cap_tpa).")
+    elasticity: Annotated[float, Field(ge=0, le=20)] | None = Field(
+        None, description="How strongly outside demand moves with the price gap "
+        "(None: economics.export_elasticity).")
 
 
 class Market(_Model):
@@ -332,6 +357,11 @@ class DemandSegment(_Model):
         default_factory=lambda: [1.0] * 12, description="12 monthly multipliers, mean 1."
     )
     noise_cv: Annotated[float, Field(ge=0, le=2)] = 0.0
+    price_elasticity: Annotated[float, Field(ge=-5, le=0)] | None = Field(
+        None, description="Short-run elasticity of the segment's draw to the price of "
+        "price_material (thrifting, substitution; None: economics.demand_elasticity).")
+    price_material: Id | None = Field(
+        None, description="The material whose price the segment responds to (None: material).")
     source: str = ""
 
     @field_validator("seasonality")
@@ -360,11 +390,50 @@ class Target(_Model):
 
 
 class Settings(_Model):
-    """Switches for the random streams (each can be turned off for a deterministic run)."""
+    """Switches for the random streams (each can be turned off for a deterministic run), and
+    for how prices come about when the scenario has ``economics``."""
 
     outages: bool = True
     price_noise: bool = True
     demand_noise: bool = True
+    price_mode: Literal["market", "path"] = Field(
+        "market", description="market: prices are formed from stock cover around the outside "
+        "(path) price; path: the paths are replayed and move nothing (no economics).")
+
+
+class Economics(_Model):
+    """Markets and decisions (DESIGN §2.4). Every month each pooled material's price moves
+    with its stock against the working stock it should hold, bounded per step and pulled
+    toward the outside price; imports follow supply curves and exports meet finite demand;
+    plants set their utilisation from downstream stock and margin; demand responds to price
+    with a delay. Parameters come from data/ (estimates where no source exists)."""
+
+    price_adjust_per_month: Annotated[float, Field(ge=0, le=5)] = Field(
+        description="Change in log price per month for a stock gap of one whole working stock.")
+    price_max_step_frac: Annotated[float, Field(gt=0, le=1)] = Field(
+        description="Largest change of log price in one month.")
+    reference_pull_per_month: Annotated[float, Field(ge=0, le=1)] = Field(
+        description="Share of the gap to the outside price closed per month.")
+    cover_target_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        description="Working stock in days of use, for pools without target_t.")
+    inventory_adjust_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        description="Producers close the gap to their working stock over this many days.")
+    margin_band_frac: Annotated[float, Field(gt=0, le=5)] = Field(
+        description="A plant at this negative margin (share of output value) is at its minimum.")
+    min_utilisation_frac: Annotated[float, Field(ge=0, le=1)] = Field(
+        description="Utilisation a plant keeps however poor its margin or full its stock.")
+    cash_cost_share_frac: dict[Stage, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="Processing cash cost per stage, as a share of the "
+        "output value at the start's prices, for plants without cash_cost_cny_per_unit.")
+    import_premium_frac: Annotated[float, Field(ge=0, le=10)] = 0.0
+    import_slope_frac: Annotated[float, Field(gt=0, le=10)] = Field(
+        description="Premium over the outside price at which an import cap is fully on offer.")
+    export_elasticity: Annotated[float, Field(ge=0, le=20)] = Field(
+        description="Outside demand's response to the gap between outside and region price.")
+    demand_elasticity: Annotated[float, Field(ge=-5, le=0)] = Field(
+        description="Default short-run price elasticity of demand segments.")
+    demand_response_months: Annotated[float, Field(ge=0, le=120)] = Field(
+        description="Delay (months, first-order) with which demand sees a price change.")
 
 
 # --- what-if changes (DESIGN §2.5): one schema for the CLI, Python and HTTP -----------------
@@ -563,6 +632,14 @@ class Scenario(_Model):
     targets: list[Target] = Field(default_factory=list)
     changes: list[Change] = Field(default_factory=list)
     settings: Settings = Field(default_factory=Settings)
+    economics: Economics | None = Field(
+        None, description="Markets and decisions; without it prices replay their paths and "
+        "plants run at their utilisation ceiling (the chain is pushed).")
+
+    @property
+    def markets_on(self) -> bool:
+        """Prices formed and decisions taken (economics given, price_mode market)."""
+        return self.economics is not None and self.settings.price_mode == "market"
 
     @property
     def horizon_days(self) -> int:
@@ -646,6 +723,9 @@ class Scenario(_Model):
                 problems.append(
                     f"demand[{i}].material: no pool for {g.material!r} in region {g.region!r}"
                 )
+            if g.price_material is not None and g.price_material not in mats:
+                problems.append(
+                    f"demand[{i}].price_material: unknown material {g.price_material!r}")
         for i, ch in enumerate(self.changes):
             if isinstance(ch, PlantChange | ParameterChange):
                 problems.append(

@@ -1,0 +1,203 @@
+"""Markets and decisions: the monthly clearing of a chain whose prices move what it does.
+
+On the first day of each month, having advanced the flow to it, the process reads what the
+last month did (plant activity, demand served, exports, imports) and the stocks now, and:
+
+1. **forms prices**: each pooled material's log price moves with the gap between the stock
+   it holds (above its reserve) and the working stock it should hold — the pool's
+   ``target_t``, or ``cover_target_days`` of last month's use — as a share of that working
+   stock, times ``price_adjust_per_month``; it is pulled toward the outside (reference) price
+   by ``reference_pull_per_month``, and no month moves it more than ``price_max_step_frac``.
+   Materials without a pool take the outside price;
+2. **sets the outside curves**: an import side offers nothing while the region's price is
+   below the outside price times ``1 + premium``, then up to its cap linearly over ``slope``;
+   an export side's demand is ``base_tpa × (outside / region price) ** elasticity``, never
+   above its cap (the licence or control: the kernel takes the smaller);
+3. **lets producers decide**: each plant runs at the share of its ceiling that last month's
+   use of its main output pool asks for, plus the gap between that pool's inventory position
+   (stock above reserve, plus what is in the pipeline) and its working stock plus the
+   pipeline that use needs over the producers' lead time (a base-stock policy), closed over
+   ``inventory_adjust_days``; and no more than its margin allows: full at a margin (share of
+   output value) of zero or more, falling linearly to ``min_utilisation_frac`` at
+   ``-margin_band_frac``. A plant whose margin at the start's prices is already negative (the
+   price records and the recipes' yields are not exactly consistent) is taken to break even
+   there, and responds to its margin falling further;
+4. **lets demand respond**: each segment's draw is its base path (with its noise) times
+   ``(price seen / outside price without shocks) ** elasticity``, where the price seen follows
+   the formed price with a first-order delay of ``demand_response_months``.
+
+The random parts (the outside price noise, the demand noise) are drawn up front from the same
+streams as the price-path mode, so a baseline and a what-if share them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from typing import Any, Protocol
+
+import numpy as np
+import simpy
+
+from retwin._typing import FloatArray, IntArray
+from retwin.stages.base import Chain
+
+__all__ = ["EconomyProcess", "demand_paths", "reference_paths"]
+
+
+def reference_paths(chain: Chain, material_ids: list[str], price_month: FloatArray,
+                    volatility: FloatArray, reversion: FloatArray) -> FloatArray:
+    """(M, T) price paths times a mean-reverting noise factor in log price (an
+    Ornstein–Uhlenbeck step per month with each material's volatility and reversion speed,
+    drawn from a stream per material)."""
+    n_m, n_t = price_month.shape
+    x = np.zeros((n_m, n_t))
+    dt = 1.0 / 12.0
+    for i in range(n_m):
+        k, s = float(reversion[i]), float(volatility[i])
+        if s <= 0:
+            continue
+        eps = chain.rng(f"price/{material_ids[i]}").standard_normal(n_t)
+        decay = math.exp(-k * dt)
+        sd = s * math.sqrt((1 - decay * decay) / (2 * k)) if k > 0 else s * math.sqrt(dt)
+        level = 0.0
+        for t in range(n_t):
+            level = level * decay + sd * eps[t]
+            x[i, t] = level
+    return price_month * np.exp(x)
+
+
+def demand_paths(chain: Chain, segment_ids: list[str], demand_month: FloatArray,
+                 cv: FloatArray) -> FloatArray:
+    """(G, T) base demand times a mean-one lognormal factor with each segment's coefficient
+    of variation, drawn from a stream per segment."""
+    n_t = demand_month.shape[1]
+    sig = np.sqrt(np.log1p(cv**2))
+    rate = demand_month.copy()
+    for g in range(len(segment_ids)):
+        if sig[g] > 0:
+            eps = chain.rng(f"demand/{segment_ids[g]}").standard_normal(n_t)
+            rate[g] *= np.exp(sig[g] * eps - 0.5 * sig[g] ** 2)
+    return rate
+
+
+class _EconomyChain(Chain, Protocol):
+    stock: FloatArray
+    reserve: FloatArray
+    pipe_sum: FloatArray
+    ipipe_sum: FloatArray
+    price: FloatArray
+    price_rec: FloatArray
+    dem_rate: FloatArray
+    cap_max_day: FloatArray
+    cap_day: FloatArray
+    avail: FloatArray
+    exp_cap_day: FloatArray
+    served_rec: FloatArray
+    unmet_rec: FloatArray
+
+    def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray) -> None: ...
+    def set_decisions(self, utilisation: FloatArray) -> None: ...
+
+
+class EconomyProcess:
+    """The monthly market clearing and decisions (see the module docstring)."""
+
+    def __init__(self, arrays: Any, ramp: FloatArray, material_ids: list[str],
+                 segment_ids: list[str], month_start_day: IntArray, price_month: FloatArray,
+                 volatility: FloatArray, reversion: FloatArray, price_noise: bool,
+                 demand_month: FloatArray, demand_cv: FloatArray, demand_noise: bool) -> None:
+        self.a = arrays
+        self.ramp = ramp
+        self.material_ids = material_ids
+        self.segment_ids = segment_ids
+        self.month_start_day = month_start_day
+        self.price_month = price_month
+        self.volatility = volatility if price_noise else np.zeros_like(volatility)
+        self.reversion = reversion
+        self.demand_month = demand_month
+        self.demand_cv = demand_cv if demand_noise else np.zeros_like(demand_cv)
+        #: (P, T) utilisation decided each month (share of the plant's ceiling)
+        self.decision_rec = np.ones((len(arrays.cash_cost), len(month_start_day)))
+        #: (P, T) margin per unit of output value
+        self.margin_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)))
+
+    def start(self, env: simpy.Environment, chain: _EconomyChain) -> None:
+        env.process(self._run(env, chain))
+
+    def _run(self, env: simpy.Environment, chain: _EconomyChain) -> Generator[Any, Any, None]:
+        a = self.a
+        ref = reference_paths(chain, self.material_ids, self.price_month, self.volatility,
+                              self.reversion)
+        rates = demand_paths(chain, self.segment_ids, self.demand_month, self.demand_cv)
+        n_m = ref.shape[0]
+        formed = a.has_pool > 0
+        p = ref[:, 0].copy()
+        seen = p.copy()
+        alpha = 1.0 - math.exp(-1.0 / a.response_months) if a.response_months > 0 else 1.0
+        tiny = 1e-12
+        prev_day = 0
+        for t, day in enumerate(self.month_start_day):
+            day = int(day)
+            if day > env.now:
+                yield env.timeout(day - env.now)
+            chain.advance_to(day)
+            n = day - prev_day
+            if n > 0:
+                # what is asked of each pool per day (not what it could serve: a pool that
+                # ran dry must still see its demand): plants at their decided rates, demand
+                # segments' requests of last month, outside buyers at this month's curve
+                asked = (chain.served_rec[:, prev_day:day].sum(axis=1)
+                         + chain.unmet_rec[:, prev_day:day].sum(axis=1)) / n
+                running = chain.cap_day * chain.avail * self.ramp[:, min(day, chain.n_days - 1)]
+                offtake = a.draw_sp @ running + a.seg_sg @ asked + a.mk_sk @ chain.exp_cap_day
+                free = np.maximum(chain.stock - chain.reserve, 0.0)
+                target = np.where(a.target_t > 0, a.target_t, a.cover_target_days * offtake)
+                # 1. prices
+                free_m = np.bincount(a.pool_mat, free, minlength=n_m)
+                target_m = np.bincount(a.pool_mat, target, minlength=n_m)
+                gap = np.where(target_m > tiny,
+                               np.clip((target_m - free_m) / np.maximum(target_m, tiny), -1, 1),
+                               0.0)
+                ok = formed & (p > tiny) & (ref[:, t] > tiny)
+                pull = np.log(np.where(ok, ref[:, t], 1.0) / np.where(ok, p, 1.0))
+                step = np.clip(a.price_adjust * gap + a.reference_pull * pull,
+                               -a.max_step, a.max_step)
+                p = np.where(ok, p * np.exp(step), ref[:, t])
+                # 3. producers
+                revenue = a.out_mp @ p
+                cost = a.in_mp @ p + a.cash_cost
+                margin = np.where(revenue > tiny, (revenue - cost) / np.maximum(revenue, tiny),
+                                  0.0)
+                u_margin = np.clip(1.0 + (margin - a.margin0) / a.margin_band, 0.0, 1.0)
+                inflow_max = a.make_sp @ chain.cap_max_day
+                position = free + chain.pipe_sum + chain.ipipe_sum
+                need = offtake + (target + offtake * a.lead_s - position) \
+                    / a.inventory_adjust_days
+                u_pool = np.where(inflow_max > tiny,
+                                  np.clip(need / np.maximum(inflow_max, tiny), 0.0, 1.0), 1.0)
+                u = np.maximum(a.min_util, np.minimum(u_margin, u_pool[a.decide_pool]))
+                chain.set_decisions(u)
+                self.decision_rec[:, t] = u
+                self.margin_rec[:, t] = margin
+            chain.price[:] = p
+            chain.price_rec[:, t] = p
+            # 2. outside curves
+            # a material without a price (a feed such as Fe/B) has no market: its import cap
+            # is on offer and its outside demand is its base
+            pm = p[a.mk_mat]
+            rm = ref[a.mk_mat, t]
+            priced = (pm > tiny) & (rm > tiny)
+            rm, pm = np.where(priced, rm, 1.0), np.where(priced, pm, 1.0)
+            imp_share = a.imp_on * np.where(
+                priced, np.clip((pm / rm - 1.0 - a.imp_premium) / a.imp_slope, 0, 1), 1.0)
+            exp_tpa = a.exp_on * a.exp_base_tpa * (rm / pm) ** a.exp_elasticity
+            chain.set_outside(imp_share, exp_tpa)
+            # 4. demand
+            seen += (p - seen) * alpha
+            sm = a.seg_price_mat
+            base = np.maximum(a.ref_price_month[sm, t], tiny)
+            factor = np.where(seen[sm] > tiny, (np.maximum(seen[sm], tiny) / base)
+                              ** a.seg_elasticity, 1.0)
+            chain.dem_rate[:] = rates[:, t] * factor
+            prev_day = day

@@ -1,0 +1,121 @@
+"""Markets and decisions (DESIGN §2.4) on ``tiny-markets``: the stylised facts a rare-earth
+analyst expects, each as a paired, deterministic comparison with the baseline.
+
+Every run here also closes its mass balance (``retwin.run`` checks it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import retwin
+from conftest import QUIET
+
+WHEN = "2024-07-01"
+YEAR2 = slice(366, 731)  # 2025, in days of the 2024-2025 horizon
+MONTHS2 = slice(12, 24)
+
+
+@pytest.fixture(scope="module")
+def base() -> retwin.Scenario:
+    sc = retwin.load_scenario("tiny-markets")
+    return retwin.apply_changes(sc, [{"kind": "parameter", "path": f"settings.{k}",
+                                      "value": v} for k, v in QUIET.items()])
+
+
+@pytest.fixture(scope="module")
+def baseline(base: retwin.Scenario) -> Any:
+    return retwin.run(base, seed=1)
+
+
+def _run(base: retwin.Scenario, *changes: dict[str, Any]) -> Any:
+    return retwin.run(retwin.apply_changes(base, list(changes)), seed=1)
+
+
+def _act(res: Any, plant: str) -> float:
+    return float(res.activity[res.compiled.plant_ids.index(plant), YEAR2].sum())
+
+
+def _price(res: Any, material: str) -> float:
+    return float(res.price_month[res.compiled.material_ids.index(material), MONTHS2].mean())
+
+
+def _trade(res: Any, side: str, market: str) -> float:
+    rec = res.imports if side == "import" else res.exports
+    return float(rec[res.compiled.market_ids.index(market), YEAR2].sum())
+
+
+def test_markets_are_on_and_a_path_mode_replays_the_paths(base: retwin.Scenario,
+                                                         baseline: Any) -> None:
+    assert base.markets_on
+    c = baseline.compiled
+    assert not np.allclose(baseline.price_month, c.price_month)  # prices are formed
+    path = retwin.run(retwin.apply_changes(base, [
+        {"kind": "parameter", "path": "settings.price_mode", "value": "path"}]), seed=1)
+    np.testing.assert_array_equal(path.price_month, path.compiled.price_month)
+
+
+def test_a_demand_surge_raises_the_price_and_the_output(base: retwin.Scenario,
+                                                        baseline: Any) -> None:
+    res = _run(base, {"kind": "demand", "segment": "motors", "factor": 1.3, "from": WHEN})
+    assert _price(res, "magnet") > _price(baseline, "magnet")
+    assert _act(res, "magnets") > _act(baseline, "magnets")
+
+
+def test_a_deep_quota_cut_cuts_separation_raises_the_price_and_imports(
+        base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "quota", "quota": "mining", "factor": 0.3, "from": WHEN})
+    assert _act(res, "separation") < 0.7 * _act(baseline, "separation")
+    assert _price(res, "prnd_oxide") > 1.05 * _price(baseline, "prnd_oxide")
+    assert _trade(res, "import", "prnd_trade") > _trade(baseline, "import", "prnd_trade")
+    assert _act(res, "magnets") < _act(baseline, "magnets")
+
+
+def test_a_zero_quota_reaches_the_magnets(base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "quota", "quota": "mining", "factor": 0.0, "from": WHEN})
+    assert _act(res, "mine") == 0.0
+    assert _act(res, "magnets") < 0.9 * _act(baseline, "magnets")
+
+
+def test_a_binding_export_control_cuts_exports_price_and_production(
+        base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "trade", "market": "magnet_out", "side": "export",
+                      "cap_tpa": 500, "from": WHEN})
+    assert _trade(res, "export", "magnet_out") <= 500 * 1.0001
+    assert _trade(baseline, "export", "magnet_out") > 500
+    assert _price(res, "magnet") < _price(baseline, "magnet")
+    assert _act(res, "magnets") < _act(baseline, "magnets")
+
+
+def test_an_export_control_that_does_not_bind_changes_nothing(base: retwin.Scenario,
+                                                               baseline: Any) -> None:
+    res = _run(base, {"kind": "trade", "market": "magnet_out", "side": "export",
+                      "factor": 0.25, "from": WHEN})  # 5,000 t/a: above what is sold
+    np.testing.assert_array_equal(res.activity, baseline.activity)
+
+
+def test_an_outside_price_rise_is_passed_on_and_shifts_trade(base: retwin.Scenario,
+                                                             baseline: Any) -> None:
+    res = _run(base, {"kind": "price", "material": "prnd_oxide", "factor": 1.5, "from": WHEN})
+    assert _price(res, "prnd_oxide") > 1.3 * _price(baseline, "prnd_oxide")
+    assert _trade(res, "export", "prnd_trade") > _trade(baseline, "export", "prnd_trade")
+    assert _trade(res, "import", "prnd_trade") < _trade(baseline, "import", "prnd_trade")
+    # magnet makers' input cost rises against an unchanged magnet price: they cut
+    assert _act(res, "magnets") < _act(baseline, "magnets")
+
+
+def test_more_separation_capacity_lowers_nothing_downstream(base: retwin.Scenario,
+                                                            baseline: Any) -> None:
+    res = _run(base, {"kind": "capacity", "plant": "separation", "factor": 1.5, "from": WHEN})
+    assert _act(res, "separation") > _act(baseline, "separation")
+    assert _act(res, "magnets") >= _act(baseline, "magnets")
+
+
+def test_no_pool_exceeds_its_ceiling(baseline: Any, base: retwin.Scenario) -> None:
+    for res in (baseline, _run(base, {"kind": "trade", "market": "magnet_out",
+                                      "side": "export", "cap_tpa": 0, "from": WHEN})):
+        for s, pool in enumerate(base.pools):
+            if pool.max_t is not None:
+                assert res.stock[s].max() <= pool.max_t * (1 + 1e-9), pool.material
