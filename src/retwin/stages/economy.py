@@ -57,7 +57,7 @@ def reference_paths(chain: Chain, material_ids: list[str], price_month: FloatArr
         k, s = float(reversion[i]), float(volatility[i])
         if s <= 0:
             continue
-        eps: FloatArray = chain.rng(f"price/{material_ids[i]}").standard_normal(n_t)
+        eps = np.asarray(chain.rng(f"price/{material_ids[i]}").standard_normal(size=int(n_t)))
         decay = math.exp(-k * dt)
         sd = s * math.sqrt((1 - decay * decay) / (2 * k)) if k > 0 else s * math.sqrt(dt)
         level = 0.0
