@@ -1262,8 +1262,8 @@ row("trade.import_premium_frac", 0, "fraction of the outside price", "", "estima
     "no duty or cost difference assumed between Baotou and the other Chinese provinces it buys from")
 row("trade.import_slope_frac", 0.2, "fraction of the outside price", "", "estimate", MKT,
     "no source; a region must pay 20 % over the outside price to draw the whole import cap from the rest of China")
-row("trade.export_elasticity", 1.0, "elasticity (outside demand to outside/region price)", "", "estimate", MKT,
-    "no source; outside buyers take proportionally more when the region sells below the outside price (unit elasticity)")
+row("trade.export_slope_frac", 0.2, "fraction of the outside price", "", "estimate", MKT,
+    "no source; outside buyers take the whole export cap when the region sells 20 % below the outside price (as trade.import_slope_frac)")
 derived("demand.ndpr_price_elasticity", "(-0.1 + -0.3) / 2", "elasticity", "", dd("9", "short-run price elasticity of demand, NdPr"),
         "midpoint of the −0.1 to −0.3 estimate (not sourced: §8 found no numeric elasticity)", flag="estimate")
 row("demand.price_response_months", 6, "months", "", "estimate", dd("9", "substitution (GBD) rows"),

@@ -62,6 +62,8 @@ def test_a_demand_surge_raises_the_price_and_the_output(base: retwin.Scenario,
     res = _run(base, {"kind": "demand", "segment": "motors", "factor": 1.3, "from": WHEN})
     assert _price(res, "magnet") > _price(baseline, "magnet")
     assert _act(res, "magnets") > _act(baseline, "magnets")
+    # the region keeps more of its magnets: outside buyers get less
+    assert _trade(res, "export", "magnet_out") < _trade(baseline, "export", "magnet_out")
 
 
 def test_a_deep_quota_cut_cuts_separation_raises_the_price_and_imports(
@@ -82,28 +84,30 @@ def test_a_zero_quota_reaches_the_magnets(base: retwin.Scenario, baseline: Any) 
 def test_a_binding_export_control_cuts_exports_price_and_production(
         base: retwin.Scenario, baseline: Any) -> None:
     res = _run(base, {"kind": "trade", "market": "magnet_out", "side": "export",
-                      "cap_tpa": 500, "from": WHEN})
-    assert _trade(res, "export", "magnet_out") <= 500 * 1.0001
-    assert _trade(baseline, "export", "magnet_out") > 500
+                      "factor": 0.25, "from": WHEN})  # 1,500 t/a
+    assert _trade(res, "export", "magnet_out") <= 1500 * 1.0001
+    assert _trade(baseline, "export", "magnet_out") > 1500
     assert _price(res, "magnet") < _price(baseline, "magnet")
     assert _act(res, "magnets") < _act(baseline, "magnets")
 
 
-def test_an_export_control_that_does_not_bind_changes_nothing(base: retwin.Scenario,
-                                                               baseline: Any) -> None:
-    res = _run(base, {"kind": "trade", "market": "magnet_out", "side": "export",
-                      "factor": 0.25, "from": WHEN})  # 5,000 t/a: above what is sold
-    np.testing.assert_array_equal(res.activity, baseline.activity)
-
-
-def test_an_outside_price_rise_is_passed_on_and_shifts_trade(base: retwin.Scenario,
-                                                             baseline: Any) -> None:
+def test_an_outside_price_rise_is_passed_on_draws_supply_and_shifts_trade(
+        base: retwin.Scenario, baseline: Any) -> None:
     res = _run(base, {"kind": "price", "material": "prnd_oxide", "factor": 1.5, "from": WHEN})
     assert _price(res, "prnd_oxide") > 1.3 * _price(baseline, "prnd_oxide")
+    # the metal's outside price follows its oxide's (cost pass-through)
+    assert _price(res, "prnd_metal") > 1.3 * _price(baseline, "prnd_metal")
+    for plant in ("separation", "recycler", "mine"):
+        assert _act(res, plant) > _act(baseline, plant), plant
     assert _trade(res, "export", "prnd_trade") > _trade(baseline, "export", "prnd_trade")
-    assert _trade(res, "import", "prnd_trade") < _trade(baseline, "import", "prnd_trade")
-    # magnet makers' input cost rises against an unchanged magnet price: they cut
-    assert _act(res, "magnets") < _act(baseline, "magnets")
+    assert _trade(res, "import", "prnd_trade") <= _trade(baseline, "import", "prnd_trade")
+
+
+def test_an_outside_price_fall_does_the_reverse(base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "price", "material": "prnd_oxide", "factor": 0.6, "from": WHEN})
+    assert _price(res, "prnd_oxide") < 0.8 * _price(baseline, "prnd_oxide")
+    assert _act(res, "recycler") < _act(baseline, "recycler")
+    assert _trade(res, "export", "prnd_trade") < _trade(baseline, "export", "prnd_trade")
 
 
 def test_more_separation_capacity_lowers_nothing_downstream(base: retwin.Scenario,

@@ -4,6 +4,12 @@ Known before the run: which pools each plant draws from and delivers to (per uni
 activity), which pools each demand segment and each outside market touches, every plant's
 processing cash cost, each outside market's curve parameters, and the outside reference price
 paths without the scenario's price shocks (demand responds to prices against those).
+
+**Outside curves.** Trade with the outside is driven by the price gap: an import side
+offers ``import.base_tpa`` (default nothing) at the outside price and more as the region
+pays above it; an export side takes ``export.base_tpa`` (default nothing) at the outside
+price and more as the region sells below it. A region short of a material therefore pays a
+little over the outside price to draw imports, and one with a surplus sells it at a discount.
 """
 
 from __future__ import annotations
@@ -15,7 +21,16 @@ import numpy as np
 from retwin._typing import FloatArray, IntArray
 from retwin.engine.build import Compiled, _price_paths
 
-__all__ = ["MarketArrays", "compile_markets"]
+__all__ = ["MarketArrays", "compile_markets", "market_arrays"]
+
+
+def market_arrays(c: Compiled) -> MarketArrays:
+    """:func:`compile_markets` of ``c``, computed once per compiled scenario."""
+    cached = c.__dict__.get("_market_arrays")
+    if cached is None:
+        cached = compile_markets(c)
+        c.__dict__["_market_arrays"] = cached
+    return cached
 
 
 @dataclass(frozen=True)
@@ -35,16 +50,20 @@ class MarketArrays:
     decide_pool: IntArray  # (P,) the pool whose stock paces the plant (its main value)
     lead_s: FloatArray  # (S,) capacity-weighted lead time (days) of the plants making into s
     margin0: FloatArray  # (P,) margin at the start's prices, where negative (else 0)
+    imp_base_share: FloatArray  # (K,) share of the import cap on offer at parity
     imp_on: FloatArray  # (K,) 1 where the market has an import side
     exp_on: FloatArray  # (K,) 1 where the market has an export side
     imp_premium: FloatArray  # (K,)
     imp_slope: FloatArray  # (K,)
     exp_base_tpa: FloatArray  # (K,)
-    exp_elasticity: FloatArray  # (K,)
+    exp_slope: FloatArray  # (K,)
+    exp_depth_tpa: FloatArray  # (K,) the scenario's export caps (before any control)
     mk_mat: IntArray  # (K,) material of each market
     seg_price_mat: IntArray  # (G,) material whose price each segment responds to
     seg_elasticity: FloatArray  # (G,)
     ref_price_month: FloatArray  # (M, T) outside paths without price shocks
+    link_from: IntArray  # (M,) material whose outside price this one follows (-1: none)
+    link_share: FloatArray  # (M,)
     has_pool: FloatArray  # (M,) 1 where the material has a pool (its price is formed)
     # scalars (from Economics)
     price_adjust: float
@@ -113,9 +132,10 @@ def compile_markets(c: Compiled) -> MarketArrays:
                        0.0)
 
     markets = {k.id: k for k in sc.markets}
+    imp_share0 = np.zeros(n_k)
     imp_on, exp_on = np.zeros(n_k), np.zeros(n_k)
     imp_premium, imp_slope = np.zeros(n_k), np.ones(n_k)
-    exp_base, exp_el = np.zeros(n_k), np.zeros(n_k)
+    exp_base, exp_el = np.zeros(n_k), np.ones(n_k)
     mk_mat = np.zeros(n_k, np.int64)
     for k, kid in enumerate(c.market_ids):
         mk = markets[kid]
@@ -126,28 +146,37 @@ def compile_markets(c: Compiled) -> MarketArrays:
                               else ec.import_premium_frac)
             imp_slope[k] = (mk.import_.slope_frac if mk.import_.slope_frac is not None
                             else ec.import_slope_frac)
+            base = mk.import_.base_tpa or 0.0
+            imp_share0[k] = min(1.0, base / mk.import_.cap_tpa) if mk.import_.cap_tpa > 0 else 0.0
         if mk.export is not None:
             exp_on[k] = 1.0
-            exp_base[k] = (mk.export.base_tpa if mk.export.base_tpa is not None
-                           else mk.export.cap_tpa)
-            exp_el[k] = (mk.export.elasticity if mk.export.elasticity is not None
-                         else ec.export_elasticity)
+            exp_base[k] = mk.export.base_tpa or 0.0
+            exp_el[k] = (mk.export.slope_frac if mk.export.slope_frac is not None
+                         else ec.export_slope_frac)
     seg_mat = np.array([
         mat_index[g.price_material or g.material] for g in sc.demand], np.int64)
     seg_el = np.array([
         g.price_elasticity if g.price_elasticity is not None else ec.demand_elasticity
         for g in sc.demand])
+    link_from = np.full(n_m, -1, np.int64)
+    link_share = np.zeros(n_m)
+    for i, mat in enumerate(sc.materials):
+        if mat.price.follows is not None:
+            link_from[i] = mat_index[mat.price.follows.material]
+            link_share[i] = mat.price.follows.share_frac
     has_pool = np.zeros(n_m)
     has_pool[st["pool_mat"]] = 1.0
     return MarketArrays(
         pool_mat=st["pool_mat"], draw_sp=draw_sp, make_sp=make_sp, seg_sg=seg_sg, mk_sk=mk_sk,
         target_t=st["target"].copy(), in_mp=in_mp, out_mp=out_mp, cash_cost=cash,
-        decide_pool=decide, lead_s=lead_s, margin0=np.minimum(margin0, 0.0), imp_on=imp_on,
+        decide_pool=decide, lead_s=lead_s, margin0=np.minimum(margin0, 0.0),
+        imp_base_share=imp_share0, imp_on=imp_on,
         exp_on=exp_on, imp_premium=imp_premium,
-        imp_slope=imp_slope, exp_base_tpa=exp_base, exp_elasticity=exp_el, mk_mat=mk_mat,
+        imp_slope=imp_slope, exp_base_tpa=exp_base, exp_slope=exp_el,
+        exp_depth_tpa=c.exp_cap_tpa.copy(), mk_mat=mk_mat,
         seg_price_mat=seg_mat, seg_elasticity=seg_el,
         ref_price_month=_price_paths(sc.model_copy(update={"changes": []}), c.months),
-        has_pool=has_pool,
+        has_pool=has_pool, link_from=link_from, link_share=link_share,
         price_adjust=ec.price_adjust_per_month, max_step=ec.price_max_step_frac,
         reference_pull=ec.reference_pull_per_month, cover_target_days=ec.cover_target_days,
         inventory_adjust_days=ec.inventory_adjust_days, margin_band=ec.margin_band_frac,

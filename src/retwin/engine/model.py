@@ -9,7 +9,7 @@ import numpy as np
 import simpy
 
 from retwin.engine.build import Compiled, TimedChange
-from retwin.engine.markets import compile_markets
+from retwin.engine.markets import market_arrays
 from retwin.kernels.flow import ARG_NAMES, advance_packed, pack
 from retwin.scenario.schema import (
     STAGES,
@@ -128,7 +128,7 @@ class ChainModel:
         self.economy: EconomyProcess | None = None
         if c.scenario.markets_on:
             self.economy = EconomyProcess(
-                compile_markets(c), c.ramp, c.material_ids, c.segment_ids, c.month_start_day,
+                market_arrays(c), c.ramp, c.material_ids, c.segment_ids, c.month_start_day,
                 c.price_month, c.volatility, c.reversion, st.price_noise, c.demand_month,
                 c.demand_cv, st.demand_noise)
             self.economy.start(self.env, self)

@@ -35,6 +35,7 @@ __all__ = [
     "PlantChange",
     "Pool",
     "PriceChange",
+    "PriceLink",
     "PricePoint",
     "PriceSpec",
     "Quota",
@@ -109,6 +110,13 @@ class PricePoint(_Model):
     price_cny_per_unit: NonNeg
 
 
+class PriceLink(_Model):
+    """An outside price that follows another's: ``share_frac`` of its relative change."""
+
+    material: Id
+    share_frac: Annotated[float, Field(ge=0, le=1)]
+
+
 class PriceSpec(_Model):
     """A monthly price path with optional mean-reverting noise in log price."""
 
@@ -118,6 +126,10 @@ class PriceSpec(_Model):
     mean_reversion_per_year: NonNeg = Field(
         1.0, description="Speed at which log-price noise decays back to the path (1/yr)."
     )
+    follows: PriceLink | None = Field(
+        None, description="With economics on, the outside price passes on this share of the "
+        "relative change of another material's outside price (cost pass-through: a metal "
+        "follows its oxide, a magnet its RE metal).")
 
     @field_validator("path")
     @classmethod
@@ -245,11 +257,14 @@ class Pool(_Model):
 
 
 class ImportSpec(_Model):
-    """An import source. With economics on it is a supply curve: nothing comes in while the
-    region's price is below the outside price times ``1 + premium_frac``; above it, the
-    volume on offer rises linearly to ``cap_tpa`` at ``1 + premium_frac + slope_frac``."""
+    """An import source. With economics on it is a supply curve: ``base_tpa`` is on offer
+    while the region's price is at the outside price times ``1 + premium_frac``; the volume
+    on offer rises linearly with the price, by ``cap_tpa`` per ``slope_frac`` of the outside
+    price, between nothing and ``cap_tpa``."""
 
     cap_tpa: NonNeg
+    base_tpa: NonNeg | None = Field(
+        None, description="Volume on offer at the outside price (None: nothing).")
     lead_time_days: Annotated[int, Field(ge=0, le=365)] = 0
     price_factor: NonNeg = 1.0
     premium_frac: Annotated[float, Field(ge=0, le=10)] | None = Field(
@@ -262,16 +277,17 @@ class ImportSpec(_Model):
 
 class ExportSpec(_Model):
     """An export sink (another region or the world). With economics on its demand is finite:
-    ``base_tpa × (outside price / region price) ** elasticity``, never above ``cap_tpa``
-    (the licence or control cap)."""
+    ``base_tpa`` at the outside price, and a share of ``cap_tpa`` more (or less) per
+    ``slope_frac`` of the outside price the region sells below (or above) it, never below
+    nothing nor above ``cap_tpa`` (the licence or control cap)."""
 
     cap_tpa: NonNeg
     price_factor: NonNeg = 1.0
     base_tpa: NonNeg | None = Field(
-        None, description="Outside demand at parity with the outside price (None: cap_tpa).")
-    elasticity: Annotated[float, Field(ge=0, le=20)] | None = Field(
-        None, description="How strongly outside demand moves with the price gap "
-        "(None: economics.export_elasticity).")
+        None, description="Outside demand at the outside price (None: nothing).")
+    slope_frac: Annotated[float, Field(gt=0, le=10)] | None = Field(
+        None, description="Discount below the outside price at which outside buyers take the "
+        "whole cap (None: economics.export_slope_frac).")
 
 
 class Market(_Model):
@@ -428,8 +444,8 @@ class Economics(_Model):
     import_premium_frac: Annotated[float, Field(ge=0, le=10)] = 0.0
     import_slope_frac: Annotated[float, Field(gt=0, le=10)] = Field(
         description="Premium over the outside price at which an import cap is fully on offer.")
-    export_elasticity: Annotated[float, Field(ge=0, le=20)] = Field(
-        description="Outside demand's response to the gap between outside and region price.")
+    export_slope_frac: Annotated[float, Field(gt=0, le=10)] = Field(
+        description="Discount below the outside price at which an export cap is fully taken.")
     demand_elasticity: Annotated[float, Field(ge=-5, le=0)] = Field(
         description="Default short-run price elasticity of demand segments.")
     demand_response_months: Annotated[float, Field(ge=0, le=120)] = Field(
@@ -693,6 +709,11 @@ class Scenario(_Model):
                 )
             if all(m in mats for m in (*p.recipe.inputs, *p.recipe.outputs)):
                 _check_no_creation(i, p, mats, problems)
+        for i, m in enumerate(self.materials):
+            link = m.price.follows
+            if link is not None and (link.material not in mats or link.material == m.id):
+                problems.append(f"materials[{i}].price.follows.material: {link.material!r} "
+                                "must be another material of the scenario")
         for i, pool in enumerate(self.pools):
             if pool.material not in mats:
                 problems.append(f"pools[{i}].material: unknown material {pool.material!r}")
