@@ -1264,6 +1264,13 @@ row("trade.import_slope_frac", 0.2, "fraction of the outside price", "", "estima
     "no source; a region must pay 20 % over the outside price to draw the whole import cap from the rest of China")
 row("trade.export_slope_frac", 0.2, "fraction of the outside price", "", "estimate", MKT,
     "no source; outside buyers take the whole export cap when the region sells 20 % below the outside price (as trade.import_slope_frac)")
+row("price.pass_through.metal_from_oxide_frac", 1.0, "share of the oxide's relative price change", "", "derived",
+    dd("5d", "PrNd metal / oxide spot pairs"),
+    "the metal/oxide price ratio stays within 1.22–1.28 across the 2020–24 cycle (§5d): metal prices move one-for-one with "
+    "their oxide's in relative terms")
+row("price.pass_through.scrap_from_oxide_frac", 1.0, "share of the oxide's relative price change", "", "estimate",
+    dd("5c", "NdFeB scrap (PrNd-bearing)"),
+    "scrap is priced on its recoverable PrNd content (§5c: scrap ≈ 445 CNY/kg when PrNd oxide was ≈ 388): it moves with the oxide")
 derived("demand.ndpr_price_elasticity", "(-0.1 + -0.3) / 2", "elasticity", "", dd("9", "short-run price elasticity of demand, NdPr"),
         "midpoint of the −0.1 to −0.3 estimate (not sourced: §8 found no numeric elasticity)", flag="estimate")
 row("demand.price_response_months", 6, "months", "", "estimate", dd("9", "substitution (GBD) rows"),
