@@ -123,3 +123,66 @@ def test_no_pool_exceeds_its_ceiling(baseline: Any, base: retwin.Scenario) -> No
         for s, pool in enumerate(base.pools):
             if pool.max_t is not None:
                 assert res.stock[s].max() <= pool.max_t * (1 + 1e-9), pool.material
+
+
+# --- baotou-2024-markets: the reference region with markets on ---------------------------
+
+BT_YEAR = 2027
+
+
+@pytest.fixture(scope="module")
+def bt_base() -> retwin.Scenario:
+    sc = retwin.load_scenario("baotou-2024-markets")
+    return retwin.apply_changes(sc, [{"kind": "parameter", "path": f"settings.{k}",
+                                      "value": v} for k, v in QUIET.items()])
+
+
+@pytest.fixture(scope="module")
+def bt_baseline(bt_base: retwin.Scenario) -> Any:
+    return retwin.run(bt_base, seed=1)
+
+
+def _bt(res: Any) -> dict[str, float]:
+    c = res.compiled
+    days = np.array([d.year for d in c.dates.astype("datetime64[D]").astype(object)]) == BT_YEAR
+    months = np.array([y for y, _ in c.months]) == BT_YEAR
+    stage = np.array(c.plant_stage)
+    return {
+        "magnet": float(res.activity[stage == "magnet"][:, days].sum()),
+        "separation": float(res.activity[stage == "separation"][:, days].sum()),
+        "prnd_price": float(res.price_month[c.material_ids.index("prnd_oxide"), months].mean()),
+        "magnet_price": float(
+            res.price_month[c.material_ids.index("ndfeb_magnet"), months].mean()),
+        "prnd_imports": float(
+            res.imports[c.market_ids.index("prnd_oxide_trade"), days].sum()),
+        "magnet_exports": float(
+            res.exports[c.market_ids.index("magnet_export_world"), days].sum()),
+    }
+
+
+@pytest.mark.parametrize(("change", "expect"), [
+    ({"kind": "quota", "quota": "mining", "factor": 0.0, "from": "2025-01-01"},
+     {"separation": -1, "prnd_price": +1, "prnd_imports": +1, "magnet": -1}),
+    ({"kind": "demand", "segment": "nev", "factor": 1.3, "from": "2026-01-01"},
+     {"magnet": +1, "magnet_price": +1, "magnet_exports": -1}),
+    ({"kind": "trade", "market": "magnet_export_world", "side": "export", "factor": 0.25,
+      "from": "2025-01-01"},
+     {"magnet_exports": -1, "magnet": -1, "prnd_price": -1}),
+    ({"kind": "capacity", "stage": "separation", "factor": 1.5, "from": "2025-01-01"},
+     {"separation": +1, "prnd_price": -1, "prnd_imports": -1, "magnet": 0}),
+    ({"kind": "price", "material": "prnd_oxide", "factor": 1.5, "from": "2025-01-01"},
+     {"prnd_price": +1, "magnet_price": +1}),
+], ids=["zero-mining-quota", "nev-demand-x1.3", "magnet-export-control", "separation-x1.5",
+        "prnd-price-x1.5"])
+def test_baotou_answers_with_the_signs_economics_gives(bt_base: retwin.Scenario,
+                                                       bt_baseline: Any, change: Any,
+                                                       expect: dict[str, int]) -> None:
+    """Each named KPI moves in the stated direction (0: does not fall)."""
+    b = _bt(bt_baseline)
+    w = _bt(retwin.run(retwin.apply_changes(bt_base, [change]), seed=1))
+    for kpi, sign in expect.items():
+        d = w[kpi] - b[kpi]
+        if sign == 0:
+            assert d >= -1e-6 * max(1.0, abs(b[kpi])), (kpi, d)
+        else:
+            assert sign * d > 0, (kpi, d)
