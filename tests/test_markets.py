@@ -186,3 +186,21 @@ def test_baotou_answers_with_the_signs_economics_gives(bt_base: retwin.Scenario,
             assert d >= -1e-6 * max(1.0, abs(b[kpi])), (kpi, d)
         else:
             assert sign * d > 0, (kpi, d)
+
+
+def test_decisions_show_in_the_binding_constraints(bt_baseline: Any, bt_base: retwin.Scenario,
+                                                   ) -> None:
+    """With markets on, a plant below its ceiling by its own decision is bound by 'demand' or
+    'margin', not 'capacity'; a binding export control moves the magnets' days to 'demand'."""
+    bt = bt_baseline.binding_table
+    assert {"demand"} <= set(bt.constraint)
+    mag = bt[(bt.stage == "magnet") & (bt.year == BT_YEAR)].set_index("constraint").share
+    assert mag.get("demand", 0.0) > mag.get("capacity", 0.0)
+    controlled = retwin.run(retwin.apply_changes(bt_base, [
+        {"kind": "trade", "market": "magnet_export_world", "side": "export", "factor": 0.25,
+         "from": "2025-01-01"}]), seed=1).binding_table
+    cm = controlled[(controlled.stage == "magnet") & (controlled.year == BT_YEAR)]
+    assert cm.set_index("constraint").share.get("demand", 0.0) >= mag.get("demand", 0.0)
+    # the markets-off reference model keeps the kernel's own labels
+    plain = retwin.run(retwin.load_scenario("tiny"), seed=1).binding_table
+    assert not {"demand", "margin"} & set(plain.constraint)

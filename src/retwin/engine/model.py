@@ -10,7 +10,7 @@ import simpy
 
 from retwin.engine.build import Compiled, TimedChange
 from retwin.engine.markets import market_arrays
-from retwin.kernels.flow import ARG_NAMES, advance_packed, pack
+from retwin.kernels.flow import ARG_NAMES, BIND_CAPACITY, advance_packed, pack
 from retwin.scenario.schema import (
     STAGES,
     CapacityChange,
@@ -266,6 +266,12 @@ class ChainModel:
         """Play every event of the horizon, then advance the flow to its last day."""
         self.env.run(until=self.n_days)
         self.advance_to(self.n_days)
+        if self.economy is not None:
+            # days the kernel saw as capacity-bound while the plant ran below its ceiling by
+            # its own decision: bound by the demand on its output, or by its margin
+            reason = self.economy.reason_rec[:, self.c.month_of_day]
+            relabel = (self.code_rec == BIND_CAPACITY) & (reason != 0)
+            self.code_rec[relabel] = reason[relabel]
 
 
 def _leap(year: int) -> bool:

@@ -34,8 +34,10 @@ from retwin.kernels._jit import jit
 __all__ = [
     "ARG_NAMES",
     "BIND_CAPACITY",
+    "BIND_DEMAND",
     "BIND_IDLE",
     "BIND_INPUT",
+    "BIND_MARGIN",
     "BIND_NAMES",
     "BIND_OUTAGE",
     "BIND_QUOTA",
@@ -48,6 +50,10 @@ __all__ = [
 ]
 
 BIND_CAPACITY, BIND_QUOTA, BIND_INPUT, BIND_OUTAGE, BIND_STORAGE, BIND_IDLE = 1, 2, 3, 4, 5, 6
+#: Set by the engine, not the kernel: the plant ran below its ceiling by its own decision
+#: (markets on), because the demand on its output asked for no more, or its margin allowed
+#: no more. The kernel reports these days as capacity-bound; the engine relabels them.
+BIND_DEMAND, BIND_MARGIN = 7, 8
 BIND_NAMES = {
     0: "none",
     BIND_CAPACITY: "capacity",
@@ -56,6 +62,8 @@ BIND_NAMES = {
     BIND_OUTAGE: "outage",
     BIND_STORAGE: "storage",
     BIND_IDLE: "idle",
+    BIND_DEMAND: "demand",
+    BIND_MARGIN: "margin",
 }
 
 

@@ -48,6 +48,7 @@ import numpy as np
 import simpy
 
 from retwin._typing import FloatArray, IntArray
+from retwin.kernels.flow import BIND_DEMAND, BIND_MARGIN
 from retwin.stages.base import Chain
 
 __all__ = ["EconomyProcess", "demand_paths", "reference_paths"]
@@ -134,6 +135,8 @@ class EconomyProcess:
         self._exp_asked = np.zeros(len(arrays.mk_mat))
         #: (P, T) utilisation decided each month (share of the plant's ceiling)
         self.decision_rec = np.ones((len(arrays.cash_cost), len(month_start_day)))
+        #: (P, T) why a plant ran below its ceiling: 0, BIND_DEMAND or BIND_MARGIN
+        self.reason_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)), np.int8)
         #: (P, T) margin per unit of output value
         self.margin_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)))
 
@@ -215,10 +218,13 @@ class EconomyProcess:
                     / a.inventory_adjust_days
                 u_pool = np.where(inflow_max > tiny,
                                   np.clip(need / np.maximum(inflow_max, tiny), 0.0, 1.0), 1.0)
-                u = np.maximum(a.min_util, np.minimum(u_margin, u_pool[a.decide_pool]))
+                u_pull = u_pool[a.decide_pool]
+                u = np.maximum(a.min_util, np.minimum(u_margin, u_pull))
                 chain.set_decisions(u)
                 self.decision_rec[:, t] = u
                 self.margin_rec[:, t] = margin
+                self.reason_rec[:, t] = np.where(
+                    u >= 1.0 - 1e-9, 0, np.where(u_margin < u_pull, BIND_MARGIN, BIND_DEMAND))
             chain.price[:] = p
             chain.price_rec[:, t] = p
             # 2. outside curves
