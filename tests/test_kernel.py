@@ -669,6 +669,19 @@ def test_wrapper_refuses_mismatched_shapes(kernel_args: list[np.ndarray]) -> Non
 
 @pytest.mark.usefixtures("no_kernel")
 @pytest.mark.parametrize("spec", contract.FLOW_ARRAYS, ids=lambda s: s.name)
+def test_wrapper_refuses_any_array_one_entry_short(kernel_args: list[np.ndarray],
+                                                   spec: contract.KernelArray) -> None:
+    """Whatever array is too short, the kernel would read or write past it: its axis
+    disagrees with another array's, or with what indexes or points into it."""
+    i = _at(spec.name)
+    assert kernel_args[i].shape[0] > 0, f"the test chain has no {spec.name}: give it one"
+    kernel_args[i] = np.ascontiguousarray(kernel_args[i][:-1])
+    with pytest.raises(ValueError, match=r"along axis|outside|row pointers|one more than"):
+        flow.advance(0, 30, *kernel_args)
+
+
+@pytest.mark.usefixtures("no_kernel")
+@pytest.mark.parametrize("spec", contract.FLOW_ARRAYS, ids=lambda s: s.name)
 def test_wrapper_refuses_any_other_dtype(kernel_args: list[np.ndarray],
                                          spec: contract.KernelArray) -> None:
     """Each array must have its declared dtype: any other would be converted when packed (a

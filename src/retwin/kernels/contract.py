@@ -94,10 +94,10 @@ class KernelArray:
 
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """The array's shape, given the size of each of its axes."""
-        missing = [ax for ax in self.axes if ax not in sizes and ax not in _FIXED]
-        if missing:
-            raise KeyError(f"{self.name}: no size given for axis {', '.join(missing)}")
-        return tuple(_FIXED[ax] if ax in _FIXED else sizes[ax] for ax in self.axes)
+        try:
+            return tuple([_FIXED[ax] if ax in _FIXED else sizes[ax] for ax in self.axes])
+        except KeyError as e:
+            raise KeyError(f"{self.name}: no size given for axis {e.args[0]}") from None
 
     @property
     def packed(self) -> bool:
@@ -192,6 +192,7 @@ NAMES: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS)
 _BY_NAME: dict[str, KernelArray] = {a.name: a for a in FLOW_ARRAYS}
 #: Names of the arrays fixed when a scenario is compiled.
 INPUTS: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS if a.role == "input")
+_NAME_SET, _INPUT_SET = frozenset(NAMES), frozenset(INPUTS)
 #: The int64 blob's arrays, in order.
 PACKED_INTS: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS
                                      if a.packed and a.dtype is np.int64)
@@ -257,7 +258,6 @@ def pack(named: Mapping[str, np.ndarray]) -> Packed:
     views = {n: si[si_off[i]:si_off[i + 1]] for i, n in enumerate(PACKED_INTS)}
     views.update({n: sf[sf_off[i]:sf_off[i + 1]] for i, n in enumerate(PACKED_FLOATS)})
     views.update({n: named[n] for n in UNPACKED})
-    views = {n: views[n] for n in NAMES}
     return Packed((si, si_off, sf, sf_off, *(named[n] for n in UNPACKED)), views)
 
 
@@ -275,12 +275,11 @@ def zeros(sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
 def allocate(sizes: Mapping[str, int], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The kernel's arrays for a run: ``given`` (every input, and any state with a starting
     value), the rest zero-filled in the shapes ``sizes`` gives their axes."""
-    unknown = sorted(set(given) - set(NAMES))
-    if unknown:
-        raise KeyError(f"not kernel arrays: {', '.join(unknown)}")
-    missing = [n for n in INPUTS if n not in given]
-    if missing:
-        raise KeyError(f"kernel inputs not given: {', '.join(missing)}")
+    if given.keys() - _NAME_SET:
+        raise KeyError(f"not kernel arrays: {', '.join(sorted(given.keys() - _NAME_SET))}")
+    if _INPUT_SET - given.keys():
+        raise KeyError("kernel inputs not given: "
+                       + ", ".join(n for n in INPUTS if n not in given))
     return {a.name: given[a.name] if a.name in given else np.zeros(a.shape(sizes), a.dtype)
             for a in FLOW_ARRAYS}
 
@@ -302,9 +301,9 @@ def check(arrays: Mapping[str, object], *, d1: int | None = None,
     ``TypeError`` or ``ValueError`` with one line naming the array, its value and the rule.
     """
     names = set(arrays)
-    if names != set(NAMES) and names != set(INPUTS):
-        missing = sorted(set(INPUTS) - names) or sorted(set(NAMES) - names)
-        extra = sorted(names - set(NAMES))
+    if names != _NAME_SET and names != _INPUT_SET:
+        missing = sorted(_INPUT_SET - names) or sorted(_NAME_SET - names)
+        extra = sorted(names - _NAME_SET)
         raise TypeError("kernel arrays: " + "; ".join(
             ([f"missing {', '.join(missing)}"] if missing else [])
             + ([f"unknown {', '.join(extra)}"] if extra else [])))
@@ -326,7 +325,7 @@ def check(arrays: Mapping[str, object], *, d1: int | None = None,
         checked[spec.name] = a
     seen: dict[str, int] = dict(_FIXED)
     seen.update(sizes or {})
-    where: dict[str, str] = {ax: "the rule" if ax in _FIXED else "the scenario" for ax in seen}
+    where: dict[str, str] = {ax: "the kernel" if ax in _FIXED else "the caller" for ax in seen}
     for name, a in checked.items():
         for ax, n in zip(_BY_NAME[name].axes, a.shape, strict=True):
             if seen.setdefault(ax, n) != n:
@@ -339,15 +338,20 @@ def check(arrays: Mapping[str, object], *, d1: int | None = None,
                              f"the {seen[base]} {AXES[base]}")
     if d1 is not None and "D" in seen and d1 > seen["D"]:
         raise ValueError(f"day range ends at {d1}, past the {seen['D']} days of the records")
+    unknown = sorted({ax for name in checked for ax in (_BY_NAME[name].values_in,
+                                                        _BY_NAME[name].ptr_into)
+                      if ax is not None and ax not in seen})
+    if unknown:
+        raise TypeError(f"no size for axis {', '.join(unknown)}: give it in sizes")
     for name, a in checked.items():
         spec = _BY_NAME[name]
-        if spec.values_in is not None and a.size and spec.values_in in seen:
+        if spec.values_in is not None and a.size:
             n, lo = seen[spec.values_in], -1 if spec.none else 0
             bad = a[(a < lo) | (a >= n)]
             if bad.size:
                 raise ValueError(f"{name} holds {int(bad[0])}, outside {lo}..{n - 1} "
                                  f"({AXES[spec.values_in]})")
-        if spec.ptr_into is not None and spec.ptr_into in seen:
+        if spec.ptr_into is not None:
             n = seen[spec.ptr_into]
             if a.size == 0 or a[0] != 0 or a[-1] != n or np.any(np.diff(a) < 0):
                 raise ValueError(f"{name} holds {a[:8].tolist()}; row pointers must rise "
