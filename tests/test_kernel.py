@@ -97,9 +97,10 @@ class _Recording(Mapping[str, np.ndarray]):
 def every_part(days: int = 30) -> retwin.Scenario:
     """A chain with one of everything the kernel handles: a quota, a lead time, markets both
     ways, demand."""
-    quota = {"id": "q", "plants": ["mine"], "annual_t_reo": {2024: 1000}}
+    quota = {"id": "q", "plants": ["mine"], "annual_t_reo": {2024: 100000}}
     return make_scenario(
-        [ORE, CONC, OXIDE], [mine(lead_time_days=2), separator()], days=days, quotas=[quota],
+        [ORE, CONC, OXIDE], [mine(capacity_tpa=36500, lead_time_days=2), separator()],
+        days=days, quotas=[quota], pools=[{"material": "oxide", "target_t": 50}],
         markets=[{"id": "conc-out", "material": "conc", "export": {"cap_tpa": 365}},
                  {"id": "ox-in", "material": "oxide",
                   "import": {"cap_tpa": 365, "lead_time_days": 3}}],
@@ -110,9 +111,15 @@ def every_part(days: int = 30) -> retwin.Scenario:
 def test_reference_uses_every_declared_array_but_the_derived_ones() -> None:
     """A new kernel array the reference does not read would leave the kernel's use of it
     untested: the reference must read every array the declaration does not mark derived."""
-    a = _Recording({n: x.copy()
-                    for n, x in zip(ARG_NAMES, chain_model(every_part(10))._args, strict=True)})
+    arrays = {n: x.copy() for n, x in zip(ARG_NAMES, chain_model(every_part(10))._args,
+                                          strict=True)}
+    arrays["q_avail"][:] = arrays["q_year_left"][:] = 1e5  # the chain runs: a quota is
+    arrays["dem_rate"][:] = 1.0  # released, demand draws, trade moves
+    a = _Recording(arrays)
     reference.advance_named(0, 10, a)
+    for name in ("act_rec", "served_rec"):
+        assert np.all(arrays[name].max(axis=1) > 0), name  # every plant and segment
+    assert arrays["exp_rec"][0].max() > 0.5 and arrays["imp_rec"][1].max() > 0.5
     needed = {x.name for x in contract.FLOW_ARRAYS if not x.derived}
     assert needed - a.asked == set()
     assert a.asked <= set(contract.NAMES)
