@@ -13,11 +13,10 @@ from retwin.kernels.flow import BIND_NAMES, advance
 
 __all__ = ["BIND_NAMES", "advance", "warmup"]
 
-#: Axis sizes of the smallest valid kernel call: no plants, pools, markets or quotas, one day.
-_EMPTY_CHAIN: dict[str, int] = {
-    "P": 0, "P1": 1, "L1": 1, "LP": 0, "I": 0, "O": 0, "S": 0, "M": 0, "K": 0, "G": 0, "Q": 0,
-    "D": 1, "T": 1, "R": 1,
-}
+#: Axis sizes of the smallest valid kernel call: nothing on any axis, but one day (in one
+#: month, with a ring of one slot) and the single entry of each row-pointer array.
+_EMPTY_CHAIN: dict[str, int] = {**dict.fromkeys(contract.AXES, 0),
+                                "P1": 1, "L1": 1, "D": 1, "T": 1, "R": 1}
 
 
 def warmup() -> float:
