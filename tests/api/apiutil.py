@@ -19,15 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from api.settings import Settings
 
 with warnings.catch_warnings():  # Starlette's TestClient would rather have httpx2
     warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
+    from fastapi.testclient import TestClient as _TestClient
+
+
+class TestClient(_TestClient):
+    """Starlette's test client as a caller on this machine: peer 127.0.0.1 and
+    ``Host: 127.0.0.1`` (a service with no token answers nobody else)."""
+
+    __test__ = False
+
+    def __init__(self, app: Any, **kw: Any) -> None:
+        kw.setdefault("base_url", "http://127.0.0.1")
+        kw.setdefault("client", ("127.0.0.1", 50000))
+        super().__init__(app, **kw)
 
 __all__ = ["QUOTA_CUT", "REPO", "Server", "TestClient", "free_port", "settings_for",
            "whatif"]
-
-from api.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
