@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match, Route
+from starlette.routing import Match
 
 import retwin
 from api.render import JSONBody
@@ -114,15 +114,15 @@ async def _unstorable(_: Request, exc: Exception) -> JSONBody:
         {"loc": ["body"], "msg": str(exc), "type": "value_error"}]})
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed(request: Request) -> list[str]:
-    """Every method some route of the app answers on this request's path."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        if isinstance(route, Route) and route.methods:
-            match, _ = route.matches(request.scope)
-            if match != Match.NONE:
-                methods |= route.methods
-    return sorted(methods)
+    """Every method some route of the app answers on this request's path (asked of the
+    routes themselves, so included routers count too)."""
+    return [m for m in _METHODS
+            if any(r.matches({**request.scope, "method": m})[0] == Match.FULL
+                   for r in request.app.router.routes)]
 
 
 async def _http(request: Request, exc: Exception) -> JSONBody:

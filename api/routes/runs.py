@@ -57,9 +57,9 @@ PERIOD_PATTERN = rf"^(?:{_YEAR}|{_YEAR}-(?:0[1-9]|1[0-2])|{_DAY})$"
 _PERIOD = re.compile(PERIOD_PATTERN)
 _PERIOD_DOC = ("YYYY, YYYY-MM or YYYY-MM-DD (a real date, years 1900 to 2199); `from` "
                "starts at its first day, `to` ends with its last.")
-From = Annotated[str | None, Query(alias="from", max_length=10, description=_PERIOD_DOC,
+From = Annotated[str | None, Query(alias="from", description=_PERIOD_DOC,
                                    json_schema_extra={"pattern": PERIOD_PATTERN})]
-To = Annotated[str | None, Query(alias="to", max_length=10, description=_PERIOD_DOC,
+To = Annotated[str | None, Query(alias="to", description=_PERIOD_DOC,
                                  json_schema_extra={"pattern": PERIOD_PATTERN})]
 
 TABLE_MEDIA: dict[int | str, dict[str, Any]] = {

@@ -72,13 +72,16 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A ``retwin serve`` subprocess on 127.0.0.1."""
+    """A ``retwin serve`` subprocess on 127.0.0.1 (or, with ``factory``, the documented
+    ``uvicorn --factory api.main:create_app``)."""
 
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    factory: bool = False
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
@@ -94,12 +97,15 @@ class Server:
         env.update(self.env)
         self.log = self.data_dir / f"server-{time.time_ns()}.log"
         t0 = time.perf_counter()
+        if self.factory:
+            cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+                   "--host", self.host, "--port", str(self.port), "--log-level", "warning"]
+        else:
+            cmd = [sys.executable, "-m", "retwin.cli", "serve", "--host", self.host,
+                   "--port", str(self.port)]
         with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "retwin.cli", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port)],
-                cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-            )
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
