@@ -108,12 +108,22 @@ class Space:
             log.warning("%s (%s free): %s", NO_SPACE, _size(free), exc)
         return full
 
-    def problem(self) -> str | None:
-        """Why the data folder cannot take writes now, or ``None`` while it can."""
-        free = self.free_bytes()
+    def low(self, free: int | None = None) -> str | None:
+        """Why the data folder is too full for a new run (less than ``min_free_bytes``
+        free), or ``None``."""
+        free = self.free_bytes() if free is None else free
         if free is not None and free < self.min_free_bytes:
             return (f"{NO_SPACE} ({_size(free)} free, the service needs at least "
                     f"{_size(self.min_free_bytes)})")
+        return None
+
+    def problem(self) -> str | None:
+        """Why the data folder cannot take writes now (too little free, or a write was
+        refused and no room has been made since), or ``None`` while it can."""
+        free = self.free_bytes()
+        low = self.low(free)
+        if low is not None:
+            return low
         with self._lock:
             refused = self._refused
             if refused is not None:

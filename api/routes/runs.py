@@ -152,7 +152,7 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
     prep = await run_in_threadpool(service.prepare, body)
     task = prep.task
     reg = service.registry
-    full = await run_in_threadpool(service.space.problem)
+    full = await run_in_threadpool(service.space.low)
     if full is not None:  # its result would not fit: refuse before storing anything
         return JSONBody({"detail": f"{full}; free some space there (RETWIN_DATA_DIR) "
                                        "and try again"}, status_code=507)

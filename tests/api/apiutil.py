@@ -82,6 +82,7 @@ class Server:
     log: Path | None = None
     factory: bool = False
     host: str = "127.0.0.1"
+    log_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -95,7 +96,7 @@ class Server:
                     "RETWIN_WORKERS": "2", "RETWIN_LOG_LEVEL": "warning",
                     "PYTHONUNBUFFERED": "1"})
         env.update(self.env)
-        self.log = self.data_dir / f"server-{time.time_ns()}.log"
+        self.log = (self.log_dir or self.data_dir) / f"server-{time.time_ns()}.log"
         t0 = time.perf_counter()
         if self.factory:
             cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",

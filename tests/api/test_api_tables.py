@@ -9,9 +9,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from api import tables
 from api.main import create_app
 from apiutil import TestClient, settings_for, whatif
+
+from api import tables
 
 API = "/api/v1"
 
