@@ -105,9 +105,10 @@ def _public(service: Service, rec: RunRecord) -> dict[str, Any]:
     return {**_summary(rec), "request": rec.request, "error": rec.error, "result": result}
 
 
-async def _answer(service: Service, rec: RunRecord, status: int = 200) -> JSONBody:
-    body = await run_in_threadpool(_public, service, rec)
-    return JSONBody(body, status_code=status)
+async def _answer(service: Service, rec: RunRecord, status: int = 200) -> Response:
+    """The whole run, read and encoded in a worker thread (a result can be large)."""
+    body = await run_in_threadpool(lambda: dumps(_public(service, rec)))
+    return Response(body, status_code=status, media_type="application/json")
 
 
 async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
@@ -142,7 +143,7 @@ async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
         **NO_SPACE_DOC},
 )
 async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
-                     wait: Wait = 0.0) -> JSONBody:
+                     wait: Wait = 0.0) -> Response:
     """Submit a what-if. It is stored before the answer, so it survives a restart.
 
     An identical request (same model, changes, seed, replications, horizon) is answered from
@@ -193,7 +194,7 @@ async def list_runs(
 @router.get("/runs/{run_id}", response_model=RunPublic,
             responses={404: {"model": ErrorPublic}, 410: {"model": ErrorPublic}})
 async def read_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
-                   wait: Wait = 0.0) -> JSONBody:
+                   wait: Wait = 0.0) -> Response:
     """A run: status and progress; once done, its KPIs (mean, p5, p50, p95) and the
     difference to the baseline of the same model, seed and replications."""
     rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
@@ -204,7 +205,7 @@ async def read_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
 @router.delete("/runs/{run_id}", response_model=RunPublic,
                responses={404: {"model": ErrorPublic}, 409: {"model": ErrorPublic},
                           410: {"model": ErrorPublic}, **NO_SPACE_DOC})
-async def cancel_run(run_id: RunId, service: ServiceDep, owner: OwnerDep) -> JSONBody:
+async def cancel_run(run_id: RunId, service: ServiceDep, owner: OwnerDep) -> Response:
     """Cancel a queued or running run (cancelling a cancelled run changes nothing)."""
     reg = service.registry
     rec = await run_in_threadpool(reg.get_run, run_id, owner)
