@@ -58,6 +58,7 @@ class MarketArrays:
     exp_base_tpa: FloatArray  # (K,)
     exp_slope: FloatArray  # (K,)
     exp_depth_tpa: FloatArray  # (K,) the scenario's export caps (before any control)
+    exp_contract_tpa: FloatArray  # (K,) exports under long-term contracts
     mk_mat: IntArray  # (K,) material of each market
     seg_price_mat: IntArray  # (G,) material whose price each segment responds to
     seg_elasticity: FloatArray  # (G,)
@@ -133,6 +134,7 @@ def compile_markets(c: Compiled) -> MarketArrays:
 
     markets = {k.id: k for k in sc.markets}
     imp_share0 = np.zeros(n_k)
+    exp_contract = np.zeros(n_k)
     imp_on, exp_on = np.zeros(n_k), np.zeros(n_k)
     imp_premium, imp_slope = np.zeros(n_k), np.ones(n_k)
     exp_base, exp_el = np.zeros(n_k), np.ones(n_k)
@@ -151,6 +153,7 @@ def compile_markets(c: Compiled) -> MarketArrays:
         if mk.export is not None:
             exp_on[k] = 1.0
             exp_base[k] = mk.export.base_tpa or 0.0
+            exp_contract[k] = exp_base[k] * mk.export.contract_frac
             exp_el[k] = (mk.export.slope_frac if mk.export.slope_frac is not None
                          else ec.export_slope_frac)
     seg_mat = np.array([
@@ -173,7 +176,7 @@ def compile_markets(c: Compiled) -> MarketArrays:
         imp_base_share=imp_share0, imp_on=imp_on,
         exp_on=exp_on, imp_premium=imp_premium,
         imp_slope=imp_slope, exp_base_tpa=exp_base, exp_slope=exp_el,
-        exp_depth_tpa=c.exp_cap_tpa.copy(), mk_mat=mk_mat,
+        exp_depth_tpa=c.exp_cap_tpa.copy(), exp_contract_tpa=exp_contract, mk_mat=mk_mat,
         seg_price_mat=seg_mat, seg_elasticity=seg_el,
         ref_price_month=_price_paths(sc.model_copy(update={"changes": []}), c.months),
         has_pool=has_pool, link_from=link_from, link_share=link_share,

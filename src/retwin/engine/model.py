@@ -68,6 +68,7 @@ class ChainModel:
         a = self.arrays
         self.cap_day, self.avail, self.reserve = a["cap_day"], a["avail"], a["reserve"]
         self.imp_cap_day, self.exp_cap_day = a["imp_cap_day"], a["exp_cap_day"]
+        self.exp_contract_day = a["exp_contract_day"]
         self.dem_rate, self.price = a["dem_rate"], a["price"]
         self.q_avail, self.q_year_left = a["q_avail"], a["q_year_left"]
         #: the ceiling of each plant per day (nameplate after capacity changes x utilisation
@@ -81,6 +82,7 @@ class ChainModel:
         n_k = len(c.market_ids)
         self.imp_share = np.ones(n_k)
         self.exp_demand_tpa = np.full(n_k, np.inf)
+        self.exp_contract_tpa = np.zeros(n_k)
         self._random_up = [True] * n_p
         self._planned_up = [True] * n_p
         self.price_rec = np.zeros((n_m, n_t))
@@ -208,15 +210,19 @@ class ChainModel:
         self.decision[:] = utilisation
         self.cap_day[:] = self.cap_max_day * self.decision
 
-    def set_outside(self, import_share: np.ndarray, export_demand_tpa: np.ndarray) -> None:
+    def set_outside(self, import_share: np.ndarray, export_demand_tpa: np.ndarray,
+                    export_contract_tpa: np.ndarray) -> None:
         """The outside curves at this month's prices (the market process, monthly)."""
         self.imp_share[:] = import_share
-        self.exp_demand_tpa[:] = export_demand_tpa
+        self.exp_demand_tpa[:] = np.maximum(export_demand_tpa, export_contract_tpa)
+        self.exp_contract_tpa[:] = export_contract_tpa
         self._apply_trade()
 
     def _apply_trade(self) -> None:
         self.imp_cap_day[:] = self.imp_cap_base_tpa * self.imp_share / 365.0
         self.exp_cap_day[:] = np.minimum(self.exp_cap_base_tpa, self.exp_demand_tpa) / 365.0
+        self.exp_contract_day[:] = np.minimum(self.exp_cap_base_tpa,
+                                              self.exp_contract_tpa) / 365.0
 
     def _refresh_trade(self, k: int) -> None:
         c = self.c
@@ -231,6 +237,7 @@ class ChainModel:
         self.exp_cap_base_tpa[k] = caps["export"]
         self.imp_cap_day[k] = caps["import"] * self.imp_share[k] / 365.0
         self.exp_cap_day[k] = min(caps["export"], self.exp_demand_tpa[k]) / 365.0
+        self.exp_contract_day[k] = min(caps["export"], self.exp_contract_tpa[k]) / 365.0
 
     def _refresh_reserve(self, s: int) -> None:
         value = float(self.c.reserve0[s])

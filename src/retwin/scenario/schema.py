@@ -288,6 +288,9 @@ class ExportSpec(_Model):
     slope_frac: Annotated[float, Field(gt=0, le=10)] | None = Field(
         None, description="Discount below the outside price at which outside buyers take the "
         "whole cap (None: economics.export_slope_frac).")
+    contract_frac: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Share of base_tpa sold under long-term contracts: with economics on "
+        "it leaves before the region's plants draw, whatever the price (within the cap).")
 
 
 class Market(_Model):
@@ -319,7 +322,9 @@ class QuotaBatch(_Model):
 class Quota(_Model):
     """An annual ceiling in t REO on the output of a set of plants (total-quantity control).
 
-    Each unit of a covered plant's activity uses the REO content of its outputs. Plants pace
+    Each unit of a covered plant's activity uses the REO content of its outputs. When the
+    quota cannot meet what its plants ask for, it is shared by their licence shares (``shares``,
+    or their nameplate REO capacity), and what a plant leaves goes to the others. Plants pace
     their use evenly over the year and never use more than has been released so far — unless
     ``produce_ahead`` is set: then they produce from January against the year's total (the
     sum of its batches, after any quota change), as firms do when the first batch is
@@ -338,6 +343,10 @@ class Quota(_Model):
     produce_ahead: bool = Field(
         False, description="Produce ahead of a batch's release, up to the year's total."
     )
+    shares: dict[Id, NonNeg] | None = Field(
+        None, description="Licence shares by plant (relative weights): when the quota cannot "
+        "meet every plant's request it is shared by these, and what a plant leaves goes to "
+        "the others. None: each plant's nameplate REO capacity as the scenario states it.")
     source: str = ""
 
     @model_validator(mode="after")
@@ -349,6 +358,10 @@ class Quota(_Model):
             raise ValueError("a quota must cover at least one plant")
         if not self.annual_t_reo:
             raise ValueError("annual_t_reo needs at least one year")
+        if self.shares is not None:
+            extra = sorted(set(self.shares) - set(self.plants))
+            if extra:
+                raise ValueError(f"shares names plants the quota does not cover: {extra}")
         return self
 
     def amount_for(self, year: int) -> float:

@@ -17,7 +17,9 @@ last month did (plant activity, demand served, exports, imports) and the stocks 
    (default nothing) at the outside price, plus a share of its cap per ``slope`` of the
    outside price the region sells below it. A region short of a material thus pays a little
    over the outside price to draw imports, one with a surplus sells it at a discount; the
-   kernel ships the smaller of the demand and the cap (the licence or control). Outside
+   kernel ships the smaller of the demand and the cap (the licence or control); the part of
+   the base volume under long-term contracts (``contract_frac``) leaves before the region's
+   plants draw, whatever the price. Outside
    prices pass cost changes on: a material that ``follows`` another takes its share of that
    material's relative change (shock and noise);
 3. **lets producers decide**: each plant runs at the share of its ceiling that the expected
@@ -111,7 +113,8 @@ class _EconomyChain(Chain, Protocol):
     served_rec: FloatArray
     unmet_rec: FloatArray
 
-    def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray) -> None: ...
+    def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray,
+                    export_contract_tpa: FloatArray) -> None: ...
     def set_decisions(self, utilisation: FloatArray) -> None: ...
 
 
@@ -238,7 +241,7 @@ class EconomyProcess:
                 a.imp_base_share + (pm / rm - 1.0 - a.imp_premium) / a.imp_slope, 0, 1), 1.0)
             exp_tpa = a.exp_on * np.clip(
                 a.exp_base_tpa + a.exp_depth_tpa * (1.0 - pm / rm) / a.exp_slope, 0.0, None)
-            chain.set_outside(imp_share, exp_tpa)
+            chain.set_outside(imp_share, exp_tpa, a.exp_contract_tpa)
             next_day = int(self.month_start_day[t + 1]) if t + 1 < len(self.month_start_day) \
                 else chain.n_days
             self._exp_asked = chain.exp_cap_day * (next_day - day)
