@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retwin._files import atomic_write, check_output_file, write_output_file
 from retwin.engine.run import run
 from retwin.errors import DataError, ScenarioError
 from retwin.scenario.data import (
@@ -532,10 +533,10 @@ def write_fitted(result: FitResult, data_dir: Path | None = None) -> Path:
                       f"bounds [{_fmt(lo)}, {_fmt(hi)}], final cost {result.cost:.4g}; "
                       f"{HELD_OUT_YEARS[0]}–{HELD_OUT_YEARS[-1]} held out. {p.meaning}"),
         })
-    path.write_text(buf.getvalue(), encoding="utf-8")
+    atomic_write(path, buf.getvalue().encode("utf-8"))
     manifest = path.parent / "manifest.json"
-    manifest.write_text(json.dumps(build_manifest(path.parent), indent=2, ensure_ascii=False)
-                        + "\n", encoding="utf-8")
+    atomic_write(manifest, (json.dumps(build_manifest(path.parent), indent=2,
+                                       ensure_ascii=False) + "\n").encode("utf-8"))
     return path
 
 
@@ -827,9 +828,13 @@ def _fitted_table(bc: Backcast, params: Mapping[str, Parameter]) -> pd.DataFrame
 
 
 def write_report(path: str | Path, model: str | Path = NATIONAL_MODEL,
-                 bc: Backcast | None = None, bt: BaotouChecks | None = None) -> Path:
-    """Write the validation report: one self-contained HTML file (plotly inlined)."""
+                 bc: Backcast | None = None, bt: BaotouChecks | None = None, *,
+                 force: bool = False) -> Path:
+    """Write the validation report: one self-contained HTML file (plotly inlined), written
+    atomically; an existing file is replaced only with ``force`` (see :mod:`retwin._files`).
+    """
     path = Path(path)
+    check_output_file(path, force=force)  # before the work of the back-cast
     params = formula_parameters()
     bc = bc or backcast(model)
     bt = bt or baotou_checks()
@@ -903,8 +908,5 @@ def write_report(path: str | Path, model: str | Path = NATIONAL_MODEL,
         *[f"<li>{_esc(x)}</li>" for x in LIMITATIONS],
         "</ul></body></html>",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    write_output_file(path, "\n".join(parts), force=force)
     return path
