@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, given
+from hypothesis import HealthCheck, assume, event, example, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
@@ -154,7 +154,9 @@ def test_a_folder_output_never_replaces_a_file_or_a_foreign_folder(
     before = snapshot(root)
     for name in ("file", "folder", "result"):
         assert main(argv(command, str(root / name), ctx, force=True)) == 2
-        one_error_line(capsys.readouterr().err, str(root / name))
+        line = one_error_line(capsys.readouterr().err, str(root / name))
+        if command == "run" and name == "result":
+            assert "(my-notes.md)" in line  # what is in the way, not the result's own files
     assert snapshot(root) == before
 
 
@@ -267,6 +269,32 @@ def test_force_replaces_an_earlier_result(swap: str, tmp_path: Path,
     assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~_umask()  # the usual folder mode
 
 
+def test_a_failed_swap_puts_the_earlier_result_back(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Without an atomic swap the earlier result is moved aside, the new one moved in; when
+    that second rename fails, the earlier result is back at its name and nothing else stays."""
+    import retwin._files
+
+    out = tmp_path / "res"
+    assert main(["run", str(TINY_PATH), "--out", str(out), "--seed", "1"]) == 0
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(retwin._files, "_renameat2_fn", lambda: None)
+    real_rename, calls = os.rename, []
+
+    def second_fails(src: Any, dst: Any) -> None:
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", second_fails)
+    assert main(["run", str(TINY_PATH), "--out", str(out), "--seed", "2", "--force"]) == 2
+    assert os.strerror(errno.EIO) in one_error_line(capsys.readouterr().err, str(out))
+    assert len(calls) == 3  # aside, in (fails), back
+    assert snapshot(tmp_path) == before
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -336,6 +364,12 @@ def _allowed(rel: str, target: Path) -> bool:
                                      HealthCheck.too_slow])
 @given(target=_targets(), command=st.sampled_from(["run", "sweep", "report", "schema"]),
        force=st.booleans())
+@example(target="a" * 300, command="sweep", force=False)  # a name too long
+@example(target="nul\x00byte", command="run", force=False)
+@example(target="result", command="run", force=True)  # replaced
+@example(target="link-folder/new/", command="run", force=False)  # written through a link
+@example(target="fifo", command="schema", force=True)  # never opened
+@example(target="line\nbreak/x:smile:[b]", command="report", force=False)
 def test_hostile_targets(target: str, command: str, force: bool, ctx: dict[str, Path],
                          sandbox_template: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = Path(tempfile.mkdtemp(dir=sandbox_template.parent)).resolve()
@@ -354,6 +388,7 @@ def test_hostile_targets(target: str, command: str, force: bool, ctx: dict[str, 
         err = capsys.readouterr().err
         assert code in (0, 2), err
         assert "Traceback" not in err
+        event(f"exit {code}")
         after = snapshot(root)
         if code == 2:
             assert len(err.strip().splitlines()) == 1, err

@@ -11,9 +11,10 @@ Outputs at a path a user names follow two rules, checked before any work is done
   where nothing is; an existing file is replaced only with ``force``; never onto a folder, a
   symbolic link or anything but a regular file.
 - a **folder** (:func:`output_dir`: ``retwin run --out``): written where nothing is or in
-  place of an empty folder; a folder that holds an earlier output of the same kind (told by
-  ``is_ours``, e.g. by its manifest) is replaced only with ``force``, and only once the new
-  one is complete; anything else (a file, a folder holding other things, a link) is refused.
+  place of an empty folder; a folder that holds an earlier output of the same kind and
+  nothing else (told by ``foreign``, e.g. from its manifest) is replaced only with ``force``,
+  and only once the new one is complete; anything else (a file, a folder holding other
+  things, a link) is refused.
 
 Missing folders above the target are created, and removed again when the output fails.
 A refusal or a failure of the file system raises :class:`~retwin.errors.OutputError` naming
@@ -313,6 +314,8 @@ def check_output_file(path: PathArg, *, force: bool = False) -> FileState:
     """Whether a file can be written at ``path``: ``"new"`` (nothing there) or
     ``"replace"`` (a file there and ``force``); OutputError otherwise."""
     target = _target(path)
+    if os.fspath(path).endswith(("/", os.sep)):
+        raise OutputError(path, "ends with a slash, as a folder does; name a file")
     check_parents(path)
     try:
         st = os.lstat(target)
@@ -328,16 +331,18 @@ def check_output_file(path: PathArg, *, force: bool = False) -> FileState:
         raise OutputError(path, "exists and is not a regular file")
     if not force:
         raise OutputError(path, "exists", replaceable=True)
-    if not os.access(target.parent, os.W_OK | os.X_OK):
-        raise OutputError(path, f"cannot replace it: {_why_not_writable(target.parent)}")
     return "replace"
 
 
-def check_output_dir(path: PathArg, *, is_ours: Callable[[Path], bool], force: bool = False,
+Foreign = Callable[[Path], list[str]]
+
+
+def check_output_dir(path: PathArg, *, foreign: Foreign, force: bool = False,
                      what: str = "output") -> DirState:
     """Whether a folder can be put at ``path``: ``"new"`` (nothing there), ``"empty"`` (an
     empty folder there) or ``"ours"`` (an earlier ``what`` there, and ``force``);
-    OutputError otherwise."""
+    OutputError otherwise. ``foreign(folder)`` names the entries of a folder that are not
+    part of an earlier ``what`` (all of them when it is none)."""
     target = _target(path)
     check_parents(path)
     try:
@@ -357,8 +362,9 @@ def check_output_dir(path: PathArg, *, is_ours: Callable[[Path], bool], force: b
         raise OutputError(path, f"cannot read it: {_strerror(exc)}") from None
     if not names:
         return "empty"
-    if not is_ours(target):
-        raise OutputError(path, f"is a folder that holds other things ({_some(names)}); "
+    others = foreign(target)
+    if others:
+        raise OutputError(path, f"is a folder that holds other things ({_some(others)}); "
                                 "name a new or empty folder")
     if not force:
         raise OutputError(path, f"holds an earlier {what}", replaceable=True)
@@ -391,13 +397,13 @@ def write_output_file(path: PathArg, data: bytes | str, *, force: bool = False) 
 
 
 @contextlib.contextmanager
-def output_dir(path: PathArg, *, is_ours: Callable[[Path], bool], force: bool = False,
+def output_dir(path: PathArg, *, foreign: Foreign, force: bool = False,
                what: str = "output") -> Iterator[Path]:
     """Build a folder output: yields an empty temporary sibling of ``path`` to fill; when the
     block ends it is flushed to disk and put at ``path`` under the rule for folders (see the
     module). When the block fails, the temporary folder (and any folder made above ``path``)
     is removed and ``path`` is as it was; an OSError becomes an OutputError."""
-    check_output_dir(path, is_ours=is_ours, force=force, what=what)
+    check_output_dir(path, foreign=foreign, force=force, what=what)
     target = _target(path)
     created = make_parents(path)
     try:
@@ -410,7 +416,7 @@ def output_dir(path: PathArg, *, is_ours: Callable[[Path], bool], force: bool = 
     try:
         yield tmp
         _fsync_tree(tmp)
-        state = check_output_dir(path, is_ours=is_ours, force=force, what=what)  # still so?
+        state = check_output_dir(path, foreign=foreign, force=force, what=what)  # still so?
         if state == "ours":
             old = _swap_dirs(tmp, target)
         elif state == "empty":

@@ -39,32 +39,39 @@ def _write(df: pd.DataFrame, path: Path, fmt: Format) -> str:
 _META_FILES = ("manifest.json", "scenario.json")
 
 
+def _not_result_files(path: Path) -> list[str]:
+    """The entries of folder ``path`` that are not part of a result directory written by
+    :func:`save_result` (all of them when its ``manifest.json`` is not one)."""
+    try:
+        with os.scandir(path) as it:
+            entries = {e.name: e.is_file(follow_symlinks=False) for e in it}
+    except OSError:
+        return ["(unreadable)"]
+    allowed: set[str] = set()
+    manifest = path / "manifest.json"
+    try:
+        if entries.get("manifest.json"):
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            files = m.get("files") if isinstance(m, dict) else None
+            if (isinstance(files, list) and all(isinstance(f, str) for f in files)
+                    and {"scenario_hash", "versions"} <= m.keys()):
+                allowed = {*files, *_META_FILES}
+    except (OSError, ValueError):
+        pass
+    return sorted(n for n, is_file in entries.items() if n not in allowed or not is_file)
+
+
 def is_result_dir(path: str | Path) -> bool:
     """True when ``path`` is a result directory written by :func:`save_result`: its
     ``manifest.json`` is one, and it holds nothing but the files that manifest lists."""
     d = Path(path)
-    manifest = d / "manifest.json"
-    try:
-        if manifest.is_symlink() or not manifest.is_file():
-            return False
-        m = json.loads(manifest.read_text(encoding="utf-8"))
-        if not isinstance(m, dict) or not {"scenario_hash", "files", "versions"} <= m.keys():
-            return False
-        files = m["files"]
-        if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
-            return False
-        allowed = {*files, *_META_FILES}
-        with os.scandir(d) as entries:
-            return all(e.name in allowed and e.is_file(follow_symlinks=False)
-                       for e in entries)
-    except (OSError, ValueError):
-        return False
+    return d.is_dir() and (d / "manifest.json").is_file() and not _not_result_files(d)
 
 
 def check_result_dir(out_dir: str | Path, *, overwrite: bool = True) -> None:
     """Raise :class:`~retwin.errors.OutputError` unless :func:`save_result` could write to
     ``out_dir`` (call it before a long run)."""
-    check_output_dir(out_dir, is_ours=is_result_dir, force=overwrite, what="result")
+    check_output_dir(out_dir, foreign=_not_result_files, force=overwrite, what="result")
 
 
 def save_result(
@@ -91,7 +98,8 @@ def save_result(
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"format(={fmt!r}) must be parquet or csv")
     first = result.first if isinstance(result, ReplicationSet) else result
-    with output_dir(out_dir, is_ours=is_result_dir, force=overwrite, what="result") as tmp:
+    with output_dir(out_dir, foreign=_not_result_files, force=overwrite,
+                    what="result") as tmp:
         files = [
             _write(first.series(), tmp / "series", fmt),
             _write(first.flows(), tmp / "flows", fmt),

@@ -152,7 +152,11 @@ class StudyDir:
         temporary files, find the chunks already done, write the points table."""
         out = self.out
         created: list[Path] = []
-        if out.exists():
+        try:
+            exists = out.exists()
+        except OSError as exc:  # e.g. a name too long
+            raise OutputError(out, f"cannot look at it: {exc.strerror or exc}") from None
+        if exists:
             self._check_reopen()
         else:
             if os.path.islink(out):
