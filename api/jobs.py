@@ -111,9 +111,11 @@ _WORKER: dict[str, Any] = {}
 
 
 def init_worker(progress_queue: Any, parent_pid: int) -> None:
-    """Initializer of a pool process: ignore Ctrl-C (the server stops the pool), compile
-    the kernels, and remember how to report progress."""
+    """Initializer of a pool process: ignore Ctrl-C and SIGTERM (sent to the process group,
+    they are the server's to handle; the server stops the pool), compile the kernels, and
+    remember how to report progress."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _WORKER.update(queue=progress_queue, parent=parent_pid)
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="retwin-parent",
                      daemon=True).start()
@@ -431,7 +433,7 @@ def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         with contextlib.suppress(Exception):
-            p.terminate()
+            p.kill()
     for p in procs:
         with contextlib.suppress(Exception):
             p.join(timeout=5)
