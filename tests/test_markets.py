@@ -174,8 +174,8 @@ def _bt(res: Any) -> dict[str, float]:
      {"separation": +1, "prnd_price": -1, "prnd_imports": -1, "magnet": 0}),
     ({"kind": "price", "material": "prnd_oxide", "factor": 1.5, "from": "2025-01-01"},
      {"prnd_price": +1, "magnet_price": +1}),
-], ids=["mining-quota-x0.7", "zero-mining-quota", "nev-demand-x1.3", "magnet-export-control", "separation-x1.5",
-        "prnd-price-x1.5"])
+], ids=["mining-quota-x0.7", "zero-mining-quota", "nev-demand-x1.3", "magnet-export-control",
+        "separation-x1.5", "prnd-price-x1.5"])
 def test_baotou_answers_with_the_signs_economics_gives(bt_base: retwin.Scenario,
                                                        bt_baseline: Any, change: Any,
                                                        expect: dict[str, int]) -> None:
