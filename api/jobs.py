@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
 import multiprocessing
 import os
@@ -272,6 +273,10 @@ def compute(task: Task) -> Outcome:
     except Cancelled:
         return Outcome("cancelled")
     except retwin.RetwinError as exc:
+        if is_no_space(exc):
+            # the server must see it (it keeps /health degraded until room returns); an
+            # OSError crosses the process boundary whole, a chained cause does not
+            raise OSError(errno.ENOSPC, NO_SPACE) from None
         return Outcome("failed", error=public_error(exc))
 
 
@@ -673,9 +678,11 @@ def public_error(exc: BaseException) -> str:
     """A message fit for a client: a bad scenario or a leaking balance says what is wrong,
     and so does a full data folder; anything else is an internal error whose details
     (paths…) stay in the server's log."""
-    if isinstance(exc, retwin.ScenarioError | retwin.MassBalanceError):
-        return str(exc)
     if is_no_space(exc):
         return (f"{NO_SPACE} to store this run's result; submit it again once there is "
                 "room")
+    if isinstance(exc, retwin.OutputError):  # the service's own folder refused a write
+        return "internal error while storing this run; see the service log"
+    if isinstance(exc, retwin.ScenarioError | retwin.MassBalanceError):
+        return str(exc)
     return "internal error while computing this run; see the service log"

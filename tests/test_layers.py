@@ -23,6 +23,7 @@ SRC = Path(retwin.__file__).resolve().parent
 PUBLIC_API = {
     "DataError",
     "MassBalanceError",
+    "OutputError",
     "ReplicationSet",
     "RetwinError",
     "RunResult",
