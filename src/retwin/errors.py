@@ -6,11 +6,14 @@ reading the code (``capacity_tpa(=-5) must be >= 0``).
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "DataError",
     "MassBalanceError",
     "RetwinError",
     "ScenarioError",
+    "printable",
 ]
 
 
@@ -28,12 +31,23 @@ class ScenarioError(RetwinError):
     def __init__(self, problems: list[tuple[str, str]] | str) -> None:
         if isinstance(problems, str):
             problems = [("", problems)]
-        self.problems: list[tuple[str, str]] = problems
-        super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in problems))
+        # A message may quote the bad input: keep each problem one printable line that UTF-8
+        # can encode, whatever that input held (newlines, terminal escapes, lone surrogates).
+        self.problems: list[tuple[str, str]] = [(printable(p), printable(m)) for p, m in problems]
+        super().__init__("; ".join(self.lines()))
 
     def lines(self) -> list[str]:
         """One human-readable line per problem, ``path: message``."""
         return [f"{p}: {m}" if p else m for p, m in self.problems]
+
+
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped (``\\n``, ``\\ud800``):
+    one line of valid UTF-8, safe to print and to store."""
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class DataError(RetwinError):
