@@ -1,8 +1,9 @@
 """Dependencies of the routes: the service, and the caller's identity from their token.
 
 ``Authorization: Bearer <token>``. With no token registered the service is open (every run
-belongs to ``local``), but only while it listens on loopback; once a token exists, every
-request to ``/api/v1`` except the health check needs one. A token's name is its owner.
+belongs to :data:`~retwin.registry.OPEN_OWNER`), but only for callers on this machine
+(:mod:`api.guard`); once a token exists, every request to ``/api/v1`` except the health check
+needs one. A token's name is its owner; no token name can be the open owner.
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from api.guard import TOKEN_CHECK_AGE_S
 from api.service import Service
+from retwin.registry import OPEN_OWNER
 
 __all__ = ["OPEN_OWNER", "OwnerDep", "ServiceDep", "get_owner", "get_service"]
 
-#: The owner of every run while the service runs open (no tokens, loopback only).
-OPEN_OWNER = "local"
-
-#: How old a "no token exists" answer may be: a token made by the CLI counts within a second.
-TOKEN_CHECK_AGE_S = 1.0
-
-_bearer = HTTPBearer(auto_error=False, description="An API token: `retwin token create NAME`.")
+_bearer = HTTPBearer(auto_error=False, description=(
+    "An API token: `retwin token create NAME`. Needed once any token exists; a service with "
+    "no token answers without one, to callers on its own machine only."))
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 

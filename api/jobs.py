@@ -41,6 +41,7 @@ from typing import Any
 import pandas as pd
 
 import retwin
+from api.space import NO_SPACE, Space, is_no_space
 from retwin.registry import Registry
 from retwin.scenario import scenario_hash
 from retwin.storage import read_table, save_result
@@ -53,6 +54,8 @@ log = logging.getLogger("retwin.api.jobs")
 PROGRESS_EVERY_S = 0.25
 #: How often a computation whose worker pool broke is tried again before it fails.
 MAX_POOL_RETRIES = 2
+#: Seconds between two tries to record the end of a computation while the data folder is full.
+FINISH_RETRY_S = 2.0
 
 
 class Cancelled(Exception):
@@ -111,9 +114,11 @@ _WORKER: dict[str, Any] = {}
 
 
 def init_worker(progress_queue: Any, parent_pid: int) -> None:
-    """Initializer of a pool process: ignore Ctrl-C (the server stops the pool), compile
-    the kernels, and remember how to report progress."""
+    """Initializer of a pool process: ignore Ctrl-C and SIGTERM (sent to the process group,
+    they are the server's to handle; the server stops the pool), compile the kernels, and
+    remember how to report progress."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _WORKER.update(queue=progress_queue, parent=parent_pid)
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="retwin-parent",
                      daemon=True).start()
@@ -392,8 +397,11 @@ class _LocalBackend(_Backend):
                 return
             try:
                 self.on_progress(key, done, total)
-            except Exception:  # a progress update is never worth a dead drain thread
-                log.exception("progress update failed")
+            except Exception as exc:  # a progress update is never worth a dead drain thread
+                if is_no_space(exc):
+                    log.warning("progress of %s not recorded: %s", key[:12], NO_SPACE)
+                else:
+                    log.exception("progress update failed")
 
     def submit(self, task: Task) -> concurrent.futures.Future[Outcome]:
         assert self.pool is not None
@@ -431,7 +439,7 @@ def _stop_pool(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         with contextlib.suppress(Exception):
-            p.terminate()
+            p.kill()
     for p in procs:
         with contextlib.suppress(Exception):
             p.join(timeout=5)
@@ -510,9 +518,10 @@ class Jobs:
     """
 
     def __init__(self, registry: Registry, results_root: Path, *, workers: int,
-                 dask_address: str | None = None) -> None:
+                 dask_address: str | None = None, space: Space | None = None) -> None:
         self.registry = registry
         self.root = results_root
+        self.space = space
         self._tracks: dict[str, asyncio.Task[Outcome]] = {}
         self._progress_last: dict[str, float] = {}
         self.backend: _Backend = (
@@ -579,21 +588,31 @@ class Jobs:
             return
         await asyncio.to_thread(self.backend.cancel, key)
 
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a thread; while the data folder is full, tried again until space
+        returns (the runs it records stay unfinished meanwhile, never half-written)."""
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except Exception as exc:
+                if not self._no_space(exc):
+                    raise
+            await asyncio.sleep(FINISH_RETRY_S)
+
     async def _track(self, task: Task) -> Outcome:
         try:
             outcome = await self._run(task)
-            await asyncio.to_thread(self._finish, task, outcome)
+            await self._write(self._finish, task, outcome)
         finally:
             self._tracks.pop(task.key, None)
         # a run that joined while this computation ended is finished (or run) now
         if await asyncio.to_thread(self.registry.has_active, task.key):
             if outcome.status == "done" or self.stored(task.key):
-                await asyncio.to_thread(self.registry.finish, task.key, "done")
+                await self._write(self.registry.finish, task.key, "done")
             elif outcome.status == "cancelled":
                 self.ensure(task)
             else:
-                await asyncio.to_thread(self.registry.finish, task.key, "failed",
-                                        outcome.error)
+                await self._write(self.registry.finish, task.key, "failed", outcome.error)
         return outcome
 
     async def _run(self, task: Task) -> Outcome:
@@ -619,17 +638,29 @@ class Jobs:
                             task.key[:12], attempt + 1)
                 await asyncio.to_thread(self.backend.restart)
             except Exception as exc:
-                log.exception("computation %s failed", task.key[:12])
+                if not self._no_space(exc):
+                    log.exception("computation %s failed", task.key[:12])
                 return Outcome("failed", error=public_error(exc))
         return Outcome("failed", error="the worker process stopped while running this "
                                        "computation (out of memory?)")
 
+    def _no_space(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a write refused for lack of space (remembered for /health)."""
+        if self.space is not None:
+            return self.space.refused(exc)
+        return is_no_space(exc)
+
     def _finish(self, task: Task, outcome: Outcome) -> None:
         """Store a result that came back from Dask, then finish the waiting runs."""
         if outcome.status == "done" and outcome.result is not None:
-            if outcome.baseline is not None and task.baseline_key is not None:
-                save_result(outcome.baseline, result_dir(self.root, task.baseline_key))
-            store(task, self.root, outcome.result, outcome.difference)
+            try:
+                if outcome.baseline is not None and task.baseline_key is not None:
+                    save_result(outcome.baseline, result_dir(self.root, task.baseline_key))
+                store(task, self.root, outcome.result, outcome.difference)
+            except Exception as exc:
+                if not self._no_space(exc):
+                    log.exception("storing computation %s failed", task.key[:12])
+                outcome.status, outcome.error = "failed", public_error(exc)
             outcome.result = outcome.baseline = None
         if outcome.status == "done":
             self.registry.finish(task.key, "done")
@@ -639,8 +670,12 @@ class Jobs:
 
 
 def public_error(exc: BaseException) -> str:
-    """A message fit for a client: a bad scenario or a leaking balance says what is wrong;
-    anything else is an internal error whose details (paths…) stay in the server's log."""
+    """A message fit for a client: a bad scenario or a leaking balance says what is wrong,
+    and so does a full data folder; anything else is an internal error whose details
+    (paths…) stay in the server's log."""
     if isinstance(exc, retwin.ScenarioError | retwin.MassBalanceError):
         return str(exc)
+    if is_no_space(exc):
+        return (f"{NO_SPACE} to store this run's result; submit it again once there is "
+                "room")
     return "internal error while computing this run; see the service log"

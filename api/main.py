@@ -5,6 +5,9 @@ serve beyond loopback without tokens, loads the reference models, starts the wor
 (kernels compiled in each), re-queues every run a stopped service left unfinished, and
 starts computing the default baselines. Routes live under ``/api/v1``; the OpenAPI docs at
 ``/docs``. Run it with ``retwin serve`` (or ``uvicorn --factory api.main:create_app``).
+
+Without a token the service answers only callers on its own machine, however it was
+started (:class:`~api.guard.OpenGuard` looks at each request's peer and ``Host``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -21,10 +25,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import retwin
 from api import errors
+from api.guard import OpenGuard
 from api.jobs import Jobs
+from api.render import JSONBody
 from api.routes import health, models, page, runs
 from api.service import Catalog, Service
 from api.settings import Settings
+from api.space import Space
 from retwin.registry import Registry
 
 __all__ = ["BodyLimit", "InsecureBind", "create_app"]
@@ -121,15 +128,16 @@ async def _start(app: FastAPI, settings: Settings) -> Service:
         raise InsecureBind(
             f"refusing to serve on {settings.host}: beyond loopback every request needs an "
             "API token, and none exists (retwin token create NAME, or RETWIN_BOOTSTRAP_TOKEN)")
+    space = Space(settings.data_dir, settings.min_free_bytes)
     jobs = Jobs(registry, settings.results_dir, workers=settings.workers,
-                dask_address=settings.dask_address)
+                dask_address=settings.dask_address, space=space)
     await asyncio.to_thread(jobs.start)  # workers start (and compile) while models load
     try:
         catalog = await asyncio.to_thread(Catalog().load)
     except BaseException:
         await asyncio.to_thread(jobs.close)
         raise
-    service = Service(settings, registry, catalog, jobs)
+    service = Service(settings, registry, catalog, jobs, space)
     for task in await asyncio.to_thread(service.recover):
         jobs.ensure(task)
     for name in settings.precompute:
@@ -139,6 +147,25 @@ async def _start(app: FastAPI, settings: Settings) -> Service:
              retwin.__version__, len(catalog.models), settings.workers, jobs.kind,
              settings.data_dir)
     return service
+
+
+def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
+    """The OpenAPI document as this service answers: its request limits stated, and the
+    token optional (a service with no token answers its own machine without one)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    doc = FastAPI.openapi(app)  # builds the document (and caches it on the app)
+    req = doc.get("components", {}).get("schemas", {}).get("WhatIfRequest", {})
+    props = req.get("properties", {})
+    if "replications" in props:
+        props["replications"]["maximum"] = settings.max_replications
+    if "changes" in props:
+        props["changes"]["maxItems"] = settings.max_changes
+    for item in doc.get("paths", {}).values():
+        for op in item.values():
+            if isinstance(op, dict) and op.get("security"):
+                op["security"] = [*op["security"], {}]
+    return doc
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -166,14 +193,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
         openapi_url="/openapi.json",
+        default_response_class=JSONBody,
     )
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(OpenGuard)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.include_router(health.router, prefix=API_PREFIX)
     app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(runs.router, prefix=API_PREFIX)
     app.include_router(page.router, prefix=API_PREFIX)
     app.include_router(page.page_router)
+    app.openapi = lambda: _openapi(app, settings)  # type: ignore[method-assign]
 
     return app

@@ -191,13 +191,16 @@ class ModelDetail(ModelPublic):
 
 
 class TablePublic(BaseModel):
-    """Rows of a result table, filtered; ``total`` counts them before ``offset``/``limit``."""
+    """One page of a result table's rows, filtered; ``total`` counts every matching row,
+    ``next`` links the next page (``null`` on the last)."""
 
     run: str
     table: str
     total: int
     offset: int
-    limit: int | None
+    limit: int = Field(description="Rows a page holds (the one asked for, at most the "
+                                   "service's maximum).")
+    next: str | None = Field(description="Path and query of the next page, or null.")
     columns: list[str]
     rows: list[dict[str, Any]]
 
@@ -228,11 +231,16 @@ class ComparePublic(BaseModel):
 
 
 class HealthPublic(BaseModel):
-    status: Literal["ok"]
+    """``ok``, or ``degraded`` with the reasons (the data folder is full: new runs are
+    refused with 507 until there is room again)."""
+
+    status: Literal["ok", "degraded"]
+    reasons: list[str] = Field(default_factory=list)
     version: str
     executor: str
     workers: int
     in_flight: int
+    data_free_bytes: int | None = Field(None, description="Free space in the data folder.")
 
 
 class ErrorPublic(BaseModel):

@@ -9,6 +9,7 @@ jobs. The routes call it; it calls retwin's public API.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -17,6 +18,7 @@ import retwin
 from api.jobs import Jobs, Task
 from api.schemas import WhatIfRequest
 from api.settings import Settings
+from api.space import Space
 from retwin.registry import Registry, RunRecord, request_key
 from retwin.scenario import available_models, scenario_hash
 
@@ -77,6 +79,36 @@ class Prepared:
     task: Task
 
 
+def _where(path: str, key: str | int) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else key)
+
+
+def unstorable(value: Any, path: str = "") -> list[tuple[str, str]]:
+    """Where ``value`` holds what strict UTF-8 JSON cannot carry: text with a lone surrogate
+    (``"\\ud800"``), a non-finite number. Each problem names its field
+    (``changes[0].note``)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return [(path, f"{path or 'text'}(={value[:40]!r}) is not valid Unicode text: a "
+                           f"lone surrogate {value[exc.start]!r} at position {exc.start}")]
+        return []
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return []
+        return [(path, f"{path or 'number'}(={value!r}) must be a finite number")]
+    problems: list[tuple[str, str]] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            problems += unstorable(k, _where(path, "<key>")) if isinstance(k, str) else []
+            problems += unstorable(v, _where(path, str(k)))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            problems += unstorable(v, _where(path, i))
+    return problems
+
+
 def _canonical_changes(req: WhatIfRequest) -> tuple[dict[str, Any], ...]:
     """Changes as JSON mappings, without the free ``note`` (it changes no number)."""
     out = []
@@ -91,11 +123,12 @@ class Service:
     """Settings, registry, catalog and jobs of one running service."""
 
     def __init__(self, settings: Settings, registry: Registry, catalog: Catalog,
-                 jobs: Jobs) -> None:
+                 jobs: Jobs, space: Space | None = None) -> None:
         self.settings = settings
         self.registry = registry
         self.catalog = catalog
         self.jobs = jobs
+        self.space = space or Space(settings.data_dir, settings.min_free_bytes)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -116,8 +149,13 @@ class Service:
     def prepare(self, req: WhatIfRequest) -> Prepared:
         """Check a request against its model and the limits; derive its computation.
 
-        Runs in a thread: applying changes validates a whole scenario.
+        Runs in a thread: applying changes validates a whole scenario. A request is stored
+        only if it reads back: text that is not valid Unicode, or a non-finite number, is a
+        :class:`~retwin.ScenarioError` naming the field.
         """
+        bad = unstorable(req.model_dump(by_alias=True))
+        if bad:
+            raise retwin.ScenarioError(bad)
         self.check_limits(req)
         model = self.catalog.get(req.model)
         end = req.end.isoformat() if req.end and req.end != model.end else None

@@ -25,13 +25,17 @@ def default_data_dir() -> Path:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` only listens on this machine (127.0.0.0/8, ::1, ``localhost``)."""
-    if host == "localhost":
+    """Whether ``host`` only listens on this machine (127.0.0.0/8, ::1, ``localhost``); an
+    IPv4 address mapped into IPv6 (``::ffff:127.0.0.1``) counts as the IPv4 one."""
+    if host.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        addr = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback
 
 
 PosInt = Annotated[int, Field(ge=1)]
@@ -60,6 +64,9 @@ class Settings(BaseSettings):
     max_body_bytes: PosInt = 1_000_000
     max_horizon_years: Annotated[float, Field(gt=0, le=40)] = 15.0
     wait_max_seconds: Annotated[float, Field(ge=0, le=600)] = 30.0
+    min_free_mb: Annotated[float, Field(ge=0)] = Field(
+        16.0, description="Free space the data folder needs: below it new runs are refused "
+                          "(507) and the health check reports degraded.")
     dask_address: str | None = Field(
         None, description="tcp://host:port of a Dask scheduler; runs go there when set.")
     bootstrap_token: SecretStr | None = Field(
@@ -108,6 +115,10 @@ class Settings(BaseSettings):
     @property
     def max_horizon_days(self) -> int:
         return int(self.max_horizon_years * 366)
+
+    @property
+    def min_free_bytes(self) -> int:
+        return int(self.min_free_mb * 1024 * 1024)
 
     @property
     def loopback(self) -> bool:

@@ -4,6 +4,11 @@ Results are immutable once stored (a key names one computation), so what is read
 Filters by stage, plant, material and element use the run's own scenario (``scenario.json``):
 a row matches when the plant, pool, market or demand segment it is about has that stage, is
 that plant, makes or holds that material, or holds that element.
+
+Answers are bounded: JSON comes in pages (:data:`JSON_PAGE_DEFAULT` rows unless asked,
+at most :data:`JSON_PAGE_MAX`), CSV and Parquet are streamed in chunks of
+:data:`CHUNK_ROWS` rows, each made in a worker thread, so a large table never sits in memory
+twice nor holds the event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import datetime as dt
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -24,11 +29,16 @@ import pandas as pd
 from retwin.storage import read_table
 
 __all__ = [
+    "CHUNK_ROWS",
+    "JSON_PAGE_DEFAULT",
+    "JSON_PAGE_MAX",
     "MEDIA",
     "Filters",
     "ResultMissing",
     "compare",
     "filter_table",
+    "iter_csv",
+    "iter_parquet",
     "manifest",
     "read",
     "render",
@@ -42,6 +52,12 @@ MEDIA: dict[str, str] = {
     "parquet": "application/vnd.apache.parquet",
 }
 KPI_KEYS = ["kpi", "key", "year", "unit"]
+
+#: Rows of a JSON page when no ``limit`` is given, and the most one page holds.
+JSON_PAGE_DEFAULT = 1000
+JSON_PAGE_MAX = 10_000
+#: Rows per chunk of a streamed CSV or Parquet answer.
+CHUNK_ROWS = 20_000
 
 
 class ResultMissing(Exception):
@@ -328,12 +344,55 @@ def page(df: pd.DataFrame, offset: int, limit: int | None) -> pd.DataFrame:
 
 
 def render(df: pd.DataFrame, fmt: Fmt) -> bytes:
-    """CSV or Parquet bytes of a table."""
-    if fmt == "csv":
-        return df.to_csv(index=False).encode("utf-8")
-    buf = io.BytesIO()
-    df.reset_index(drop=True).to_parquet(buf, index=False)
-    return buf.getvalue()
+    """CSV or Parquet bytes of a table (all at once; :func:`iter_csv` and
+    :func:`iter_parquet` stream them)."""
+    return b"".join(iter_csv(df) if fmt == "csv" else iter_parquet(df))
+
+
+def iter_csv(df: pd.DataFrame, chunk_rows: int = CHUNK_ROWS) -> Iterator[bytes]:
+    """A table as CSV, the header then chunks of ``chunk_rows`` rows."""
+    yield df.iloc[:0].to_csv(index=False).encode("utf-8")
+    for start in range(0, len(df), chunk_rows):
+        part = df.iloc[start:start + chunk_rows]
+        yield part.to_csv(index=False, header=False).encode("utf-8")
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file that hands over what was written so far."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        self.parts.append(data)
+        return len(data)
+
+    def take(self) -> bytes:
+        out = b"".join(self.parts)
+        self.parts.clear()
+        return out
+
+
+def iter_parquet(df: pd.DataFrame, chunk_rows: int = CHUNK_ROWS) -> Iterator[bytes]:
+    """A table as one Parquet file, a row group of ``chunk_rows`` rows at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = df.reset_index(drop=True)
+    schema = pa.Schema.from_pandas(df, preserve_index=False)
+    sink = _Sink()
+    with pq.ParquetWriter(sink, schema) as writer:
+        for start in range(0, len(df), chunk_rows):
+            part = df.iloc[start:start + chunk_rows]
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+            data = sink.take()
+            if data:
+                yield data
+    yield sink.take()
 
 
 def records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -3,10 +3,15 @@
 Every row is transcribed from ../shared/seeds/seed_facts.csv (flag ``seed``) or from
 ../shared/reference/domain_data.md (flags A/B/C, ``derived``, ``estimate``), or is derived
 from other rows here (flag ``derived``, formula and keys in ``basis``), or is an explicit
-``estimate`` with its reasoning.  Stdlib only; run it to rewrite parameters.csv (sorted by key,
-byte-identical on every run):
+``estimate`` with its reasoning.  A row computed from other rows is written once, as its
+formula (:func:`derived`): the basis reads ``= formula; note`` and the value is that formula
+evaluated by the loader's evaluator (``retwin.scenario.data.evaluate_formula``), so the two
+cannot disagree.  Run it with the project's environment to rewrite parameters.csv (sorted by
+key, byte-identical on every run), or to write the table elsewhere:
 
-    python3 data/build_parameters.py
+    .venv/bin/python data/build_parameters.py [OUT.csv]
+
+then `retwin data --write-manifest`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,12 @@ from __future__ import annotations
 import csv
 import math
 import re
+import sys
 from pathlib import Path
+
+# The evaluator of the checkout this script belongs to, not of another installed retwin.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from retwin.scenario.data import Parameter, evaluate_formula
 
 OUT = Path(__file__).with_name("parameters.csv")
 COLUMNS = ["key", "value", "unit", "year", "flag", "source", "basis"]
@@ -62,6 +72,32 @@ def row(key, value, unit, year, flag, source, basis):
 
 def v(key: str) -> float:
     return VALUES[key]
+
+
+def rounded(expr: str, digits: int) -> str:
+    """``expr`` rounded to ``digits`` decimals, as a formula: ``round(x * 1eN) / 1eN``, because
+    the loader's evaluator makes every number a float, which ``round`` refuses as its digits.
+    For every row here it is the same number as Python's ``round(x, N)`` (the values did not
+    change when the formulas took over; tests/test_data.py checks each value against its basis)."""
+    depth, top_level_sum = 0, False
+    for i, ch in enumerate(expr):
+        depth += (ch == "(") - (ch == ")")
+        top_level_sum |= depth == 0 and ch in "+-" and expr[i - 1: i + 2] in (" + ", " - ")
+    return f"round({f'({expr})' if top_level_sum else expr} * 1e{digits}) / 1e{digits}"
+
+
+def derived(key, formula, unit, year, source, note="", flag="derived"):
+    """A row computed from other rows: ``formula`` (the loader's syntax: ``{key}``, numbers,
+    + - * / ** and min/max/round) is evaluated over the rows written so far and stated as the
+    basis, ``= formula; note``."""
+    if ";" in formula:
+        raise ValueError(f"formula of {key} must not contain ';' (it ends the formula)")
+    params = {k: Parameter(k, val, "", "", "", "", "") for k, val in VALUES.items()}
+    try:
+        value = evaluate_formula(formula, params)
+    except ValueError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+    row(key, value, unit, year, flag, source, f"= {formula}" + (f"; {note}" if note else ""))
 
 
 def dd(section: str, name: str) -> str:
@@ -131,9 +167,9 @@ row("concentrate.cnre.purchase_t.2022", 230000, "t concentrate (50 % REO)", 2022
     "Concentrate bought by CNRE from Baotou Steel 230,000 t (2022)")
 row("concentrate.cnre.purchase_planned_t.2023", 320000, "t concentrate (50 % REO)", 2023, "B",
     dd("2", "m.b8iz8ocd.cn/shichang/2023/0314/59590.html"), "320,000 t planned for 2023")
-row("concentrate.cnre.purchase_reo_t.2022", 230000 * 0.5, "t REO", 2022, "derived",
-    dd("2", "yicaiglobal.com"),
-    "= {concentrate.cnre.purchase_t.2022} × {concentrate.baotou.grade_frac}")
+derived("concentrate.cnre.purchase_reo_t.2022",
+        "{concentrate.cnre.purchase_t.2022} * {concentrate.baotou.grade_frac}", "t REO", 2022,
+        dd("2", "yicaiglobal.com"))
 row("concentrate.baotou.concentrator_capacity_tpa", 100000, "t concentrate/a", "", "B",
     dd("2", "kjservice.cn/yszs/224091"),
     "Baotou has 3 concentrators with 100 kt/a concentrate capacity (2010s), ~54 % of China's RE mineral products")
@@ -156,14 +192,18 @@ for el, val, raw in DIST:
 _other = round(1.0 - sum(val for _, val, _ in DIST), 6)
 row("dist.baotou_concentrate.other_frac", _other, "fraction of REO", "", "estimate", PROXY,
     "rounding remainder: 1 − sum of the ten §9 defaults (§9 prints 0.8 %, which would make the sum 100.1 %; §2a proxy has Er 0.15 + rest 0.61 = 0.76 %)")
-row("dist.baotou_concentrate.prnd_frac", round(0.042 + 0.164, 6), "fraction of REO", "", "derived", PROXY,
-    "= {dist.baotou_concentrate.pr_frac} + {dist.baotou_concentrate.nd_frac} (§2a: NdPr ≈ 20.5 % in the proxy)")
-row("dist.baotou_concentrate.pr_to_nd_ratio", round(0.042 / 0.164, 4), "mass ratio", "", "derived", PROXY,
-    "= {dist.baotou_concentrate.pr_frac} / {dist.baotou_concentrate.nd_frac}; §2a: Pr : Nd ≈ 20 : 80")
-row("dist.baotou_concentrate.pr_share_of_prnd_frac", round(0.042 / 0.206, 4), "fraction", "", "derived", PROXY,
-    "= {dist.baotou_concentrate.pr_frac} / {dist.baotou_concentrate.prnd_frac}")
-row("dist.baotou_concentrate.lace_frac", round(0.235 + 0.492, 6), "fraction of REO", "", "derived", PROXY,
-    "= {dist.baotou_concentrate.la_frac} + {dist.baotou_concentrate.ce_frac} (§10: 72.7 %)")
+derived("dist.baotou_concentrate.prnd_frac",
+        rounded("{dist.baotou_concentrate.pr_frac} + {dist.baotou_concentrate.nd_frac}", 6),
+        "fraction of REO", "", PROXY, "§2a: NdPr ≈ 20.5 % in the proxy")
+derived("dist.baotou_concentrate.pr_to_nd_ratio",
+        rounded("{dist.baotou_concentrate.pr_frac} / {dist.baotou_concentrate.nd_frac}", 4),
+        "mass ratio", "", PROXY, "§2a: Pr : Nd ≈ 20 : 80")
+derived("dist.baotou_concentrate.pr_share_of_prnd_frac",
+        rounded("{dist.baotou_concentrate.pr_frac} / {dist.baotou_concentrate.prnd_frac}", 4),
+        "fraction", "", PROXY)
+derived("dist.baotou_concentrate.lace_frac",
+        rounded("{dist.baotou_concentrate.la_frac} + {dist.baotou_concentrate.ce_frac}", 6),
+        "fraction of REO", "", PROXY, "§10: 72.7 %")
 row("dist.bayan_obo_reported.ce_frac", 0.50, "fraction of REO", "", "B", dd("2a", "soolun.net/periodical/61b4dcdc…"),
     "Bayan Obo & Zhushan (mixed bastnaesite + monazite): Ce ~50 % of REO")
 row("dist.bayan_obo_reported.lree_min_frac", 0.95, "fraction of REO (lower bound)", "", "B",
@@ -207,9 +247,10 @@ row("yield.oxide_to_metal_process_heim_frac", 0.80, "fraction (beyond stoichiome
 row("yield.magnet_blank_to_finished_frac", 0.70, "fraction (finished / blank mass)", "", "C",
     dd("3c/§9", "himagnet.com (C); Argus article 2678157 (A); nldmagnet.com (C)"),
     "§9 default 0.70, range 0.60–0.80 (himagnet block → finished 60–80 %, C); consistent with Argus scrap 25–30 % of output (A) and EPS 0.15/0.25 (C)")
-row("yield.oxide_to_finished_magnet_re_frac", round(0.92 * 0.70, 4), "fraction", "", "derived",
-    dd("9", "defaults"),
-    "= {yield.oxide_to_metal_process_frac} × {yield.magnet_blank_to_finished_frac}; §9: consistent with the 60–75 % reported (discoveryalert, C)")
+derived("yield.oxide_to_finished_magnet_re_frac",
+        rounded("{yield.oxide_to_metal_process_frac} * {yield.magnet_blank_to_finished_frac}", 4),
+        "fraction", "", dd("9", "defaults"),
+        "§9: consistent with the 60–75 % reported (discoveryalert, C)")
 row("yield.scrap_to_reo_recovery_frac", 0.95, "fraction", "", "estimate", dd("9", "estimate (no yield sourced)"),
     "§9 default 0.95; suppliers claim > 99 % purity but no recovery yield was sourced; §10 cross-check 3 supports the order of magnitude")
 
@@ -219,13 +260,12 @@ for ox, val in [("nd2o3", 0.857), ("pr6o11", 0.828), ("prnd_oxide", 0.850), ("dy
     extra = " (Pr:Nd 25:75)" if ox == "prnd_oxide" else ""
     row(f"stoich.{ox}.metal_kg_per_kg", val, "kg metal / kg oxide", "", "derived", STOICH_SRC,
         f"metal mass fraction of the oxide{extra} from molar masses, as computed in domain_data §3b")
-M_LA, M_CE, M_O = 138.905, 140.116, 15.999
-row("stoich.la2o3.metal_kg_per_kg", round(2 * M_LA / (2 * M_LA + 3 * M_O), 3), "kg metal / kg oxide", "", "derived",
-    "molar masses La 138.905, O 15.999 (given in the task brief)",
-    f"= 2×138.905 / (2×138.905 + 3×15.999) = {2 * M_LA / (2 * M_LA + 3 * M_O):.5f}")
-row("stoich.ceo2.metal_kg_per_kg", round(M_CE / (M_CE + 2 * M_O), 3), "kg metal / kg oxide", "", "derived",
-    "molar masses Ce 140.116, O 15.999 (given in the task brief)",
-    f"= 140.116 / (140.116 + 2×15.999) = {M_CE / (M_CE + 2 * M_O):.5f}")
+derived("stoich.la2o3.metal_kg_per_kg", rounded("2 * 138.905 / (2 * 138.905 + 3 * 15.999)", 3),
+        "kg metal / kg oxide", "", "molar masses La 138.905, O 15.999 (given in the task brief)",
+        "0.85268 before rounding")
+derived("stoich.ceo2.metal_kg_per_kg", rounded("140.116 / (140.116 + 2 * 15.999)", 3),
+        "kg metal / kg oxide", "", "molar masses Ce 140.116, O 15.999 (given in the task brief)",
+        "0.81409 before rounding")
 
 row("metal.electrolysis.current_efficiency_frac", 0.70, "fraction (lower bound)", "", "B",
     dd("3b", "m.g-ant.cn/n3355/n3373/c201038/content.html"),
@@ -248,9 +288,9 @@ row("magnet.ndfeb.dy_tb_frac", 0.015, "mass fraction of sintered NdFeB", "", "es
     "§9 default 1.5 wt % Dy+Tb, estimate: bulk-alloyed grades 2–8 % (mainrich, C), GBD cuts 30–70 %; supplier Dy 0.6–1.2 % (C)")
 row("magnet.ndfeb.b_frac", 0.010, "mass fraction of sintered NdFeB", "", "estimate", dd("9", "default"),
     "§9 default 1.0 wt % B; supplier range 1.1–1.2 % (couragemagnet, C) — kept at the §9 value")
-row("magnet.ndfeb.fe_other_frac", round(1 - 0.295 - 0.015 - 0.010, 6), "mass fraction of sintered NdFeB", "", "derived",
-    dd("9", "defaults"),
-    "= 1 − {magnet.ndfeb.prnd_frac} − {magnet.ndfeb.dy_tb_frac} − {magnet.ndfeb.b_frac} (Fe + Co/Cu/Al/Nb; §9 ≈ 68 %)")
+derived("magnet.ndfeb.fe_other_frac",
+        rounded("1 - {magnet.ndfeb.prnd_frac} - {magnet.ndfeb.dy_tb_frac} - {magnet.ndfeb.b_frac}", 6),
+        "mass fraction of sintered NdFeB", "", dd("9", "defaults"), "Fe + Co/Cu/Al/Nb; §9 ≈ 68 %")
 row("magnet.nd2fe14b.re_stoich_frac", 0.267, "mass fraction", "", "C",
     dd("3c", "hermeneutika.uk/ebike2.php (Wikipedia-derived)"), "RE in stoichiometric Nd2Fe14B 26.7 wt % (flag A/C, taken as C)")
 for prod, val in [("bev", 0.196), ("hev", 0.228), ("inverter_ac", 0.228), ("ebike", 0.232),
@@ -268,9 +308,9 @@ row("magnet.ndfeb.re_share_of_cost_frac", 0.65, "fraction of magnet cost", "", "
 # Recycling
 # ---------------------------------------------------------------------------------------------
 ARGUS_REC = dd("3e", "Argus article 2678157 'China's recycled rare earth output falls in 2024'")
-row("recycling.ndfeb_scrap_share_of_output_frac", round(1 - 0.70, 6), "fraction of blank mass", "", "derived",
-    dd("3c/§9", "Argus article 2678157 (A); §9 yield default"),
-    "= 1 − {yield.magnet_blank_to_finished_frac}; Argus: NdFeB scrap ≈ 25–30 % of China's magnet output (A); §10 uses 30 %")
+derived("recycling.ndfeb_scrap_share_of_output_frac", rounded("1 - {yield.magnet_blank_to_finished_frac}", 6),
+        "fraction of blank mass", "", dd("3c/§9", "Argus article 2678157 (A); §9 yield default"),
+        "Argus: NdFeB scrap ≈ 25–30 % of China's magnet output (A); §10 uses 30 %")
 for yr, tot, prnd, gd, dy, ho, tb in [(2023, 39662, 31730, 1737, 888, 202, 138),
                                       (2024, 34147, 26504, 1048, 710, 167, 160)]:
     row(f"recycling.china.reo_from_scrap_t.{yr}", tot, "t REO", yr, "A", ARGUS_REC,
@@ -327,12 +367,12 @@ row("intensity.wind_average.magnet_kg_per_mw", 500, "kg NdFeB/MW", 2023, "A",
 row("intensity.wind_dd_large.magnet_kg_per_unit", 650, "kg NdFeB/turbine", 2023, "A",
     dd("4a", "Heim & Vander Wal 2023"),
     "per large DD turbine 650 kg (medium 160, small 80) as printed; inconsistent with 625 kg/MW × multi-MW ratings — do not combine")
-row("intensity.wind_dd_7mw.magnet_kg_per_unit", 7 * 625, "kg NdFeB/turbine", 2024, "derived",
-    "domain_data.md §4a/§9 (625 kg/MW); seeds 003/004 (≥7 MW turbines)",
-    "= 7 MW × {intensity.wind_direct_drive.magnet_kg_per_mw}; 7 MW is the seeds' minimum rating {target.baotou.wind_turbine_min_rating_mw.2024}")
-row("intensity.wind_geared_7mw.magnet_kg_per_unit", 7 * 134, "kg NdFeB/turbine", 2024, "derived",
-    "domain_data.md §4a/§9 (134 kg/MW); seeds 003/004 (≥7 MW turbines)",
-    "= 7 MW × {intensity.wind_geared.magnet_kg_per_mw}")
+derived("intensity.wind_dd_7mw.magnet_kg_per_unit", "7 * {intensity.wind_direct_drive.magnet_kg_per_mw}",
+        "kg NdFeB/turbine", 2024, "domain_data.md §4a/§9 (625 kg/MW); seeds 003/004 (≥7 MW turbines)",
+        "7 MW is the seeds' minimum rating {target.baotou.wind_turbine_min_rating_mw.2024}")
+derived("intensity.wind_geared_7mw.magnet_kg_per_unit", "7 * {intensity.wind_geared.magnet_kg_per_mw}",
+        "kg NdFeB/turbine", 2024, "domain_data.md §4a/§9 (134 kg/MW); seeds 003/004 (≥7 MW turbines)",
+        "7 MW as the direct-drive row")
 row("intensity.industrial_robot.magnet_kg_per_unit", 2.0, "kg NdFeB/robot", "", "B", dd("4a/§9", MFA + " (Sekine 2017)"),
     "§9 default 2.0 (EU MFA 1.99, PM share ~0.8); Chinese press gives 0.8–1.2 — test both")
 row("intensity.industrial_robot_cn_press.magnet_kg_per_unit", 1.0, "kg NdFeB/robot", "", "estimate",
@@ -367,9 +407,10 @@ SPLIT = dd("4b/§9", "CSRE (Zhang Anwen) via metalnomist.com/2024/10/surging-dem
 for seg, val in [("ev", 0.30), ("inverter_ac", 0.16), ("industrial_robot_motor", 0.16), ("wind", 0.12)]:
     row(f"demand.split_world_ndfeb.{seg}_frac.2023", val, "fraction of world NdFeB demand", 2023, "B", SPLIT,
         f"world NdFeB demand split c.2023: {seg.replace('_', ' ')} {val * 100:g} %")
-row("demand.split_world_ndfeb.other_frac.2023", round(1 - 0.30 - 0.16 - 0.16 - 0.12, 6), "fraction of world NdFeB demand",
-    2023, "derived", SPLIT,
-    "= 1 − ev − inverter_ac − industrial_robot_motor − wind (consumer electronics + other, remainder per §9)")
+derived("demand.split_world_ndfeb.other_frac.2023",
+        rounded("1 - {demand.split_world_ndfeb.ev_frac.2023} - {demand.split_world_ndfeb.inverter_ac_frac.2023}"
+                " - {demand.split_world_ndfeb.industrial_robot_motor_frac.2023} - {demand.split_world_ndfeb.wind_frac.2023}", 6),
+        "fraction of world NdFeB demand", 2023, SPLIT, "consumer electronics + other, remainder per §9")
 row("demand.world.consumer_electronics_frac.2023", 0.30, "fraction of world NdFeB demand", 2023, "A",
     dd("4b", "Heim & Vander Wal 2023"), "consumer electronics ~30 % — conflicts with the CSRE split (all 'other' = 26 %)")
 row("demand.china.automotive_ndfeb_t.2023", 36200, "t NdFeB", 2023, "B", dd("4b", "metalnomist.com (CSRE)"),
@@ -424,7 +465,7 @@ USD = {
     "mischmetal": [5, 6, 7, 5, 5],
 }
 for prodname, vals in USD.items():
-    for yr, val in zip(range(2020, 2025), vals):
+    for yr, val in zip(range(2020, 2025), vals, strict=True):
         row(f"price.{prodname}.usd_per_kg.{yr}", val, "USD/kg", yr, "A", USGS,
             f"USGS annual average {prodname.replace('_', ' ')} {yr}: {val} USD/kg")
 
@@ -436,27 +477,31 @@ DOM = {
     "la_oxide": [10.6, 9.4, 7.9, 5.1, 4.0],
 }
 for prodname, vals in DOM.items():
-    for yr, val in zip(range(2020, 2025), vals):
+    for yr, val in zip(range(2020, 2025), vals, strict=True):
         h1 = " (2024 H1 only; series ends 2024-07)" if yr == 2024 else ""
         row(f"price.{prodname}.cny_per_t.{yr}", round(val * 1000), "CNY/t (domestic, incl. 13 % VAT)", yr, "derived",
             CSV_SRC,
             f"annual mean of the daily series computed in §5b (source flag B): {val} CNY/kg × 1000{h1}")
 
 ARGUS_P = dd("5b", "Argus article 2678157")
+row("price_rel.prnd_oxide_over_nd_oxide_ratio", 0.95, "ratio", "", "derived", dd("5d", "spot pairs in §5b"),
+    "PrNd oxide / Nd oxide 0.91–0.96, mean ≈ 0.95")
+row("price_rel.prnd_metal_over_prnd_oxide_ratio", 1.23, "ratio", "", "derived", dd("5d", "spot pairs in §5b"),
+    "PrNd metal / PrNd oxide 1.22–1.28, mean ≈ 1.23 (1.18 from stoichiometry alone)")
 # PrNd oxide
 for yr in (2020, 2021, 2022):
-    row(f"price.prnd_oxide.cny_per_t.{yr}", round(v(f"price.nd_oxide.cny_per_t.{yr}") * 0.95), "CNY/t (domestic, incl. VAT)", yr,
-        "derived", CSV_SRC + "; §5d ratio",
-        f"no PrNd annual figure: = {{price.nd_oxide.cny_per_t.{yr}}} × {{price_rel.prnd_oxide_over_nd_oxide_ratio}} (0.95, §5d)")
+    derived(f"price.prnd_oxide.cny_per_t.{yr}",
+            f"round({{price.nd_oxide.cny_per_t.{yr}}} * {{price_rel.prnd_oxide_over_nd_oxide_ratio}})",
+            "CNY/t (domestic, incl. VAT)", yr, CSV_SRC + "; §5d ratio", "no PrNd annual figure (ratio 0.95, §5d)")
 row("price.prnd_oxide.cny_per_t.2023", 530000, "CNY/t (domestic, incl. VAT)", 2023, "derived", ARGUS_P,
     "≈ 530 CNY/kg, derived in §5b from Argus 2024 average 392 and −26 % y/y (source flag A); §9 2023 base 530")
 row("price.prnd_oxide.cny_per_t.2024", 392000, "CNY/t (domestic, incl. VAT)", 2024, "A", ARGUS_P,
     "Argus 2024 annual average 392 CNY/kg (US$53.6)")
 row("price.prnd_oxide.usd_per_kg.2024", 53.6, "USD/kg", 2024, "A", ARGUS_P, "Argus 2024 annual average US$53.6/kg")
 for yr in range(2020, 2025):
-    row(f"price.prnd_metal.cny_per_t.{yr}", round(v(f"price.prnd_oxide.cny_per_t.{yr}") * 1.23), "CNY/t (domestic, incl. VAT)", yr,
-        "derived", dd("5d", "PrNd metal / oxide spot pairs"),
-        f"= {{price.prnd_oxide.cny_per_t.{yr}}} × {{price_rel.prnd_metal_over_prnd_oxide_ratio}} (1.23, §5d)")
+    derived(f"price.prnd_metal.cny_per_t.{yr}",
+            f"round({{price.prnd_oxide.cny_per_t.{yr}}} * {{price_rel.prnd_metal_over_prnd_oxide_ratio}})",
+            "CNY/t (domestic, incl. VAT)", yr, dd("5d", "PrNd metal / oxide spot pairs"), "ratio 1.23, §5d")
 
 # Dy / Tb oxide
 row("price.dy_oxide.cny_per_t.2023", 2325000, "CNY/t (domestic, incl. VAT)", 2023, "derived", ARGUS_P,
@@ -469,33 +514,38 @@ USD_CONV_NOTE = "FX is an unsourced estimate (§11); USGS (Argus-based) prices a
 for prodname, years in [("dy_oxide", (2020, 2021, 2022)), ("tb_oxide", (2020, 2021, 2022, 2023)),
                         ("eu_oxide", tuple(range(2020, 2025))), ("mischmetal", tuple(range(2020, 2025)))]:
     for yr in years:
-        val = v(f"price.{prodname}.usd_per_kg.{yr}") * FX[yr] * 1000
         note = " (§9 2023 Tb base: 9,200 CNY/kg, same derivation rounded)" if (prodname, yr) == ("tb_oxide", 2023) else ""
-        row(f"price.{prodname}.cny_per_t.{yr}", round(val), "CNY/t (USD-converted)", yr, "derived", USGS + "; FX §11",
-            f"no CNY annual series: = {{price.{prodname}.usd_per_kg.{yr}}} × {{fx.cny_per_usd.{yr}}} × 1000; {USD_CONV_NOTE}{note}")
+        derived(f"price.{prodname}.cny_per_t.{yr}",
+                f"round({{price.{prodname}.usd_per_kg.{yr}}} * {{fx.cny_per_usd.{yr}}} * 1000)",
+                "CNY/t (USD-converted)", yr, USGS + "; FX §11", f"no CNY annual series; {USD_CONV_NOTE}{note}")
 
 # Dy / Tb metal: no source; use the PrNd metal/oxide market ratio.
 for el, stoich in [("dy", 0.871), ("tb", 0.850)]:
     for yr in range(2020, 2025):
-        row(f"price.{el}_metal.cny_per_t.{yr}", round(v(f"price.{el}_oxide.cny_per_t.{yr}") * 1.23), "CNY/t", yr, "estimate",
-            dd("5b/§5d/§3b", f"{el.capitalize()} oxide price; PrNd metal/oxide ratio"),
-            f"no {el.capitalize()} metal price in the sources. Used = {{price.{el}_oxide.cny_per_t.{yr}}} × 1.23 (the PrNd metal/oxide market ratio, §5d) "
-            f"as a conversion mark-up; stoichiometry alone gives ×{1 / stoich:.3f}; {el.capitalize()} metal is made by Ca-thermic reduction (§3b), likely dearer — low confidence")
+        derived(f"price.{el}_metal.cny_per_t.{yr}",
+                f"round({{price.{el}_oxide.cny_per_t.{yr}}} * {{price_rel.prnd_metal_over_prnd_oxide_ratio}})",
+                "CNY/t", yr, dd("5b/§5d/§3b", f"{el.capitalize()} oxide price; PrNd metal/oxide ratio"),
+                f"no {el.capitalize()} metal price in the sources: the PrNd metal/oxide market ratio (1.23, §5d) as a "
+                f"conversion mark-up; stoichiometry alone gives ×{1 / stoich:.3f}; {el.capitalize()} metal is made by "
+                "Ca-thermic reduction (§3b), likely dearer — low confidence", flag="estimate")
 
 # Minor oxides: no prices in the sources.
-row("price.sm_oxide.cny_per_t.2023", round(v("price.mischmetal.cny_per_t.2023")), "CNY/t", 2023, "estimate",
-    dd("5a/§8", "USGS mischmetal; treo.substack.com (over-production)"),
-    "no Sm price in the sources; valued like a cheap co-product at the USGS mischmetal level = {price.mischmetal.cny_per_t.2023} "
-    "(above La/Ce oxide 5–6 CNY/kg, far below PrNd); hold constant across years; placeholder")
-row("price.y_oxide.cny_per_t.2023", round(v("price.mischmetal.cny_per_t.2023")), "CNY/t", 2023, "estimate",
-    dd("5a/§8", "USGS mischmetal; treo.substack.com ('La/Ce/Y persistently over-produced')"),
-    "no Y price in the sources; Y is persistently over-produced (§8), so valued at the mischmetal level = {price.mischmetal.cny_per_t.2023}; placeholder")
-row("price.gd_oxide.cny_per_t.2023", round(v("price.eu_oxide.cny_per_t.2023")), "CNY/t", 2023, "estimate",
-    dd("5a/§8", "USGS Eu oxide; treo.substack.com ('Tb/Dy/Gd persistently short')"),
-    "no Gd price in the sources; anchored on the only other medium-RE oxide priced, Eu = {price.eu_oxide.cny_per_t.2023}; Gd is 'persistently short' (§8); placeholder")
-row("price.other_re_oxide_mix.cny_per_t.2023", round(v("price.eu_oxide.cny_per_t.2023")), "CNY/t", 2023, "estimate",
-    dd("5a", "USGS Eu oxide"),
-    "Ho–Lu/Er 'other' mix: no price in the sources; valued like Gd at the Eu oxide level {price.eu_oxide.cny_per_t.2023}; small mass (0.7 % of REO); placeholder")
+derived("price.sm_oxide.cny_per_t.2023", "{price.mischmetal.cny_per_t.2023}", "CNY/t", 2023,
+        dd("5a/§8", "USGS mischmetal; treo.substack.com (over-production)"),
+        "no Sm price in the sources; valued like a cheap co-product at the USGS mischmetal level "
+        "(above La/Ce oxide 5–6 CNY/kg, far below PrNd); hold constant across years; placeholder", flag="estimate")
+derived("price.y_oxide.cny_per_t.2023", "{price.mischmetal.cny_per_t.2023}", "CNY/t", 2023,
+        dd("5a/§8", "USGS mischmetal; treo.substack.com ('La/Ce/Y persistently over-produced')"),
+        "no Y price in the sources; Y is persistently over-produced (§8), so valued at the mischmetal level; placeholder",
+        flag="estimate")
+derived("price.gd_oxide.cny_per_t.2023", "{price.eu_oxide.cny_per_t.2023}", "CNY/t", 2023,
+        dd("5a/§8", "USGS Eu oxide; treo.substack.com ('Tb/Dy/Gd persistently short')"),
+        "no Gd price in the sources; anchored on the only other medium-RE oxide priced, Eu; Gd is 'persistently short' (§8); "
+        "placeholder", flag="estimate")
+derived("price.other_re_oxide_mix.cny_per_t.2023", "{price.eu_oxide.cny_per_t.2023}", "CNY/t", 2023,
+        dd("5a", "USGS Eu oxide"),
+        "Ho–Lu/Er 'other' mix: no price in the sources; valued like Gd at the Eu oxide level; small mass (0.7 % of REO); "
+        "placeholder", flag="estimate")
 
 # Concentrate (Baotou Steel → CNRE, dry, ex-tax, 50 % REO), CNY per t of concentrate.
 CONC = "CNY/t concentrate (50 % REO, dry, ex-tax)"
@@ -512,18 +562,22 @@ for period, val, src in [("2022h1", 26887, "yicaiglobal.com"), ("2022h2", 37230,
              "2025q4": "Q4 2025 26,205 (+37.1 %)"}
     row(f"price.concentrate_reo50.cny_per_t.{period}", val, CONC, period[:4], "B", dd("5b", src),
         notes.get(period, f"contract price {period}: {val:,} CNY/t (source flags A/B, taken as B)"))
-row("price.concentrate_reo50.cny_per_t.2022", (26887 + 37230) / 2, CONC, 2022, "derived", dd("5b", "yicaiglobal.com"),
-    "= mean({price.concentrate_reo50.cny_per_t.2022h1}, {price.concentrate_reo50.cny_per_t.2022h2}); assumes Jan price held Jan–Jun and revised Jul price Jul–Dec")
-row("price.concentrate_reo50.cny_per_t.2023", (35313 + 31030) / 2, CONC, 2023, "derived", dd("5b", "m.b8iz8ocd.cn; udn.com"),
-    "= mean({price.concentrate_reo50.cny_per_t.2023q1}, {price.concentrate_reo50.cny_per_t.2023q2}); Q3/Q4 2023 not in the sources (H1 mean); §9: 31–35 CNY/kg in 2023")
-row("price.concentrate_reo50.cny_per_t.2024", round((16792 + 16741 + 17782) / 3, 1), CONC, 2024, "derived", dd("5b", "ddx.gubit.cn; news.metal.com"),
-    "= mean of 2024q2, 2024q3, 2024q4 keys; Q1 2024 not in the sources; §9: ≈ 17 CNY/kg")
-row("price.concentrate_reo50.cny_per_t.2025", (18618 + 18825 + 19109 + 26205) / 4, CONC, 2025, "derived",
-    dd("5b", "news.metal.com; gmt8press.com"), "= mean of 2025q1..2025q4 keys")
+CONC_KEY = "{{price.concentrate_reo50.cny_per_t.{}}}"
+derived("price.concentrate_reo50.cny_per_t.2022", f"({CONC_KEY.format('2022h1')} + {CONC_KEY.format('2022h2')}) / 2",
+        CONC, 2022, dd("5b", "yicaiglobal.com"), "mean: assumes Jan price held Jan–Jun and revised Jul price Jul–Dec")
+derived("price.concentrate_reo50.cny_per_t.2023", f"({CONC_KEY.format('2023q1')} + {CONC_KEY.format('2023q2')}) / 2",
+        CONC, 2023, dd("5b", "m.b8iz8ocd.cn; udn.com"),
+        "mean; Q3/Q4 2023 not in the sources (H1 mean); §9: 31–35 CNY/kg in 2023")
+derived("price.concentrate_reo50.cny_per_t.2024",
+        rounded(f"({CONC_KEY.format('2024q2')} + {CONC_KEY.format('2024q3')} + {CONC_KEY.format('2024q4')}) / 3", 1),
+        CONC, 2024, dd("5b", "ddx.gubit.cn; news.metal.com"), "mean; Q1 2024 not in the sources; §9: ≈ 17 CNY/kg")
+derived("price.concentrate_reo50.cny_per_t.2025",
+        "(" + " + ".join(CONC_KEY.format(f"2025q{q}") for q in range(1, 5)) + ") / 4",
+        CONC, 2025, dd("5b", "news.metal.com; gmt8press.com"), "mean of the four quarters")
 for yr in (2022, 2023, 2024, 2025):
-    row(f"price.concentrate_reo50.cny_per_t_reo.{yr}", round(v(f"price.concentrate_reo50.cny_per_t.{yr}") / 0.5, 1),
-        "CNY/t REO in concentrate (ex-tax)", yr, "derived", dd("5b", "as the annual key"),
-        f"= {{price.concentrate_reo50.cny_per_t.{yr}}} / {{concentrate.baotou.grade_frac}}")
+    derived(f"price.concentrate_reo50.cny_per_t_reo.{yr}",
+            rounded(f"{{price.concentrate_reo50.cny_per_t.{yr}}} / {{concentrate.baotou.grade_frac}}", 1),
+            "CNY/t REO in concentrate (ex-tax)", yr, dd("5b", "as the annual key"))
 row("price.concentrate_reo50.grade_adj_cny_per_t_per_pct.2023", 706.26, "CNY/t concentrate per 1 % REO", 2023, "B",
     dd("2", "m.b8iz8ocd.cn/shichang/2023/0314/59590.html"), "price adjusted by ±706.26 CNY/t per 1 % REO from the 50 % basis (2023)")
 row("price.concentrate_reo50.grade_adj_cny_per_t_per_pct.2026", 536.68, "CNY/t concentrate per 1 % REO", 2026, "B",
@@ -570,26 +624,15 @@ seed("price.nd_oxide.cny_per_t.2010", 162000, "CNY/t", 2010, S0, "氧化钕价�
 row("price.ndfeb_magnet.cny_per_t.2023", 400000, "CNY/t sintered NdFeB (finished)", 2023, "estimate",
     dd("9", "estimate: RE content cost ÷ RE share of cost"),
     "midpoint of §9's 350–450 CNY/kg (≈ 50–60 USD/kg); §9 logic: 0.43 kg PrNd metal/kg magnet × 650 ÷ 0.6–0.7")
-row("price.ndfeb_magnet_export.usd_per_kg.2024", round(2.86e9 / 58152 / 1000, 2), "USD/kg", 2024, "derived",
-    dd("5c/§7", "adamasintel.com/record-rare-earth-magnet-exports-from-china-in-2024/"),
-    "= {trade.china.magnet_export_value_usd.2024} / {trade.china.magnet_export_t.2024} / 1000 (§5c: ≈ 49 USD/kg)")
-row("price.ndfeb_magnet.cny_per_t.2024", round(2.86e9 / 58152 * 7.2), "CNY/t sintered NdFeB", 2024, "derived",
-    dd("5c", "adamasintel.com; FX §11"),
-    "= {price.ndfeb_magnet_export.usd_per_kg.2024} × {fx.cny_per_usd.2024} × 1000; export average (grade mix of exports), FX an estimate")
-row("price.ndfeb_magnet_jl_mag_implied.cny_per_t", 50e8 / 20000, "CNY/t", "", "derived", S1,
-    "= {plant.jl_mag_baotou.sales_yi_cny} × 1e8 / {plant.jl_mag_baotou.capacity_tpa}: expected sales 50 亿元 at 20 kt/a ⇒ 250 CNY/kg, below the §9 350–450 estimate")
+# The export price of magnets (2024) and JL Mag's implied price follow the trade and plant rows (§7, §6).
 row("price.ndfeb_ingot_55n.cny_per_t.2024m05", 200000, "CNY/t", 2024, "derived", dd("5c", "news.chinatungsten.com tpn-13131"),
     "≈ 200 CNY/kg, derived in §5c from a −3 CNY/kg move reported as −1.48 % (flag B)")
 row("price.ndfeb_scrap.cny_per_t.2024m05", 445000, "CNY/t (as reported)", 2024, "derived", dd("5c", "news.chinatungsten.com tpn-13131"),
     "≈ 445 CNY/kg, derived in §5c from −18 CNY/kg = −4.04 % (flag B); exceeds the ingot price and PrNd oxide 2024 — probably not per kg of scrap mass; check before use")
 row("price.ndfeb_n35_supplier.usd_per_kg.2025", 20.75, "USD/kg", 2025, "C", dd("5c", "ahlulangmagnet (supplier page)"),
     "midpoint of 19.5–22 USD/kg; §5c/§11: looks too low against PrNd content — do not use for calibration")
-row("price_rel.prnd_oxide_over_nd_oxide_ratio", 0.95, "ratio", "", "derived", dd("5d", "spot pairs in §5b"),
-    "PrNd oxide / Nd oxide 0.91–0.96, mean ≈ 0.95")
-row("price_rel.prnd_metal_over_prnd_oxide_ratio", 1.23, "ratio", "", "derived", dd("5d", "spot pairs in §5b"),
-    "PrNd metal / PrNd oxide 1.22–1.28, mean ≈ 1.23 (1.18 from stoichiometry alone)")
-row("price_rel.prnd_metal_over_oxide_stoich_ratio", round(1 / 0.850, 3), "ratio", "", "derived", STOICH_SRC,
-    "= 1 / {stoich.prnd_oxide.metal_kg_per_kg}")
+derived("price_rel.prnd_metal_over_oxide_stoich_ratio", rounded("1 / {stoich.prnd_oxide.metal_kg_per_kg}", 3),
+        "ratio", "", STOICH_SRC)
 
 VOL = dd("5d", "daily CSV (§5b)")
 row("price_vol.prnd.sigma_per_year", 0.17, "1/sqrt(a)", "", "derived", dd("9/§5d", "daily CSV"),
@@ -599,10 +642,10 @@ row("price_vol.lace.sigma_per_year", 0.15, "1/sqrt(a)", "", "derived", dd("9/§5
 for prodname, val in [("nd_oxide", 0.174), ("pr_oxide", 0.160), ("ce_oxide", 0.159), ("la_oxide", 0.139)]:
     row(f"price_vol.{prodname}.sigma_per_year", val, "1/sqrt(a)", "2020-2024", "derived", VOL,
         f"annualised volatility of daily log returns 2020–24: {val * 100:.1f} %")
-for yr, val in zip(range(2020, 2025), [0.149, 0.184, 0.209, 0.139, 0.167]):
+for yr, val in zip(range(2020, 2025), [0.149, 0.184, 0.209, 0.139, 0.167], strict=True):
     row(f"price_vol.nd_oxide.sigma_per_year.{yr}", val, "1/sqrt(a)", yr, "derived", VOL,
         f"Nd oxide annualised volatility in {yr}: {val * 100:.1f} %")
-for yr, val in zip(range(2020, 2025), [0.20, 0.19, 0.18, 0.19, 0.06]):
+for yr, val in zip(range(2020, 2025), [0.20, 0.19, 0.18, 0.19, 0.06], strict=True):
     row(f"price_vol.nd_oxide.within_year_cv.{yr}", val, "coefficient of variation", yr, "derived", VOL,
         f"within-year CV of Nd oxide {yr}: {val}" + (" (2024 H1)" if yr == 2024 else ""))
 
@@ -653,33 +696,24 @@ for yr, mining, rock, ionic, smelt in [(2016, 105000, 87100, 17900, None), (2017
     if smelt is not None:
         row(f"quota.national.smelting_t_reo.{yr}", smelt, "t REO", yr, QFLAG[yr], src,
             f"smelting & separation quota {yr}: {smelt:,}{note}")
-row("quota.national.mining_t_reo.2015", 2 * 52500, "t REO", 2015, "derived", dd("1a", Q_SRC[2015]),
-    "= 2 × {quota.national.mining_batch1_t_reo.2015} (§1a: ≈105,000, derived from batch 1; flag B)")
-row("quota.national.smelting_t_reo.2015", 2 * 50050, "t REO", 2015, "derived", dd("1a", Q_SRC[2015]),
-    "= 2 × {quota.national.smelting_batch1_t_reo.2015} (§1a: ≈100,100, derived)")
-row("quota.national.mining_rock_t_reo.2022", 210000 - 19150, "t REO", 2022, "derived", dd("1a", Q_SRC[2022]),
-    "= {quota.national.mining_t_reo.2022} − {quota.national.mining_ionic_t_reo.2022} (§1a: 190,850, derived; +28 % y/y)")
+derived("quota.national.mining_rock_t_reo.2022",
+        "{quota.national.mining_t_reo.2022} - {quota.national.mining_ionic_t_reo.2022}", "t REO", 2022,
+        dd("1a", Q_SRC[2022]), "§1a: 190,850, derived; +28 % y/y")
 
 BATCH = [
     (2014, 1, 46900, 45250, None, None, "bknaihuo.com/html/1/752.htm", "B"),
     (2015, 1, 52500, 50050, None, None, "bknaihuo.com/html/1/752.htm", "B"),
     (2016, 1, 52500, None, 43550, None, "chinanews.com/cj/2016/02-22/7767511.shtml", "B"),
-    (2019, 1, 60000, None, 50425, 9575, "globaltimes.cn/content/1142893.shtml", "A"),
+    (2019, 1, None, None, 50425, 9575, "globaltimes.cn/content/1142893.shtml", "A"),
     (2020, 1, 66000, 63500, 56425, None, "mine.ren/mobile/news/show-558.html", "B"),
     (2022, 1, 100800, 97200, None, None, "yllds.cn/news/display.php?news_id=219640", "B"),
     (2022, 2, 109200, 104800, None, None, "yllds.cn/news/display.php?news_id=219640", "B"),
-    (2023, 1, 120000, None, 109057, 10943, "horizonmagnets.com/news/china-issue-rare-earth-quota-1st-batch-of-2023/", "B"),
+    (2023, 1, None, None, 109057, 10943, "horizonmagnets.com/news/china-issue-rare-earth-quota-1st-batch-of-2023/", "B"),
     (2023, 3, 15000, 13850, None, None, "m.jxjad.com/ShowNews1.aspx?id=448846", "B"),
     (2024, 1, 135000, 127000, None, 10140, "fastmarkets.com/insights/china-issues-first-batch-of-rare-earths-quotas-for-2024", "A"),
 ]
 for yr, b, mining, smelt, rock, ionic, src, flag in BATCH:
-    if (yr, b) == (2019, 1):
-        row(f"quota.national.mining_batch{b}_t_reo.{yr}", mining, "t REO", yr, "derived", dd("1a", src),
-            "= {quota.national.mining_rock_batch1_t_reo.2019} + {quota.national.mining_ionic_batch1_t_reo.2019} (50,425 + 9,575)")
-    elif (yr, b) == (2023, 1):
-        row(f"quota.national.mining_batch{b}_t_reo.{yr}", mining, "t REO", yr, "derived", dd("1a", src),
-            "= {quota.national.mining_rock_batch1_t_reo.2023} + {quota.national.mining_ionic_batch1_t_reo.2023} (109,057 + 10,943)")
-    else:
+    if mining is not None:
         row(f"quota.national.mining_batch{b}_t_reo.{yr}", mining, "t REO", yr, flag, dd("1a", src),
             f"{yr} batch {b} mining quota {mining:,}")
     if smelt is not None:
@@ -691,8 +725,17 @@ for yr, b, mining, smelt, rock, ionic, src, flag in BATCH:
     if ionic is not None:
         row(f"quota.national.mining_ionic_batch{b}_t_reo.{yr}", ionic, "t REO", yr, flag, dd("1a", src),
             f"{yr} batch {b} ionic mining quota {ionic:,}" + (" (all to CREG)" if yr == 2024 else ""))
-row("quota.national.mining_rock_batch1_t_reo.2024", 135000 - 10140, "t REO", 2024, "derived", dd("1a", "fastmarkets.com"),
-    "= {quota.national.mining_batch1_t_reo.2024} − {quota.national.mining_ionic_batch1_t_reo.2024} (§1a: 124,860, derived)")
+    if mining is None:  # the batch total is the sum of its rock and ionic parts
+        derived(f"quota.national.mining_batch{b}_t_reo.{yr}",
+                f"{{quota.national.mining_rock_batch{b}_t_reo.{yr}}} + {{quota.national.mining_ionic_batch{b}_t_reo.{yr}}}",
+                "t REO", yr, dd("1a", src), f"{yr} batch {b}: rock {rock:,} + ionic {ionic:,}")
+derived("quota.national.mining_rock_batch1_t_reo.2024",
+        "{quota.national.mining_batch1_t_reo.2024} - {quota.national.mining_ionic_batch1_t_reo.2024}", "t REO", 2024,
+        dd("1a", "fastmarkets.com"), "§1a: 124,860, derived")
+derived("quota.national.mining_t_reo.2015", "2 * {quota.national.mining_batch1_t_reo.2015}", "t REO", 2015,
+        dd("1a", Q_SRC[2015]), "§1a: ≈105,000, derived from batch 1; flag B")
+derived("quota.national.smelting_t_reo.2015", "2 * {quota.national.smelting_batch1_t_reo.2015}", "t REO", 2015,
+        dd("1a", Q_SRC[2015]), "§1a: ≈100,100, derived")
 row("quota.national.mining_batches12_t_reo.2023", 240000, "t REO", 2023, "B", dd("1a", "m.nbd.com.cn/articles/2023-09-30/3041056.html"),
     "2023 batches 1+2: 240,000 mining / 230,000 smelting")
 row("quota.national.smelting_batches12_t_reo.2023", 230000, "t REO", 2023, "B", dd("1a", "m.nbd.com.cn/articles/2023-09-30/3041056.html"),
@@ -716,11 +759,12 @@ row("quota.cadence.batches_per_year", 2, "batches/a", "", "estimate", CAD, "typi
 row("quota.cadence.batch1_month", 2, "month of year", "", "estimate", CAD, "first batch typically Feb–Mar: February used (start of window)")
 row("quota.cadence.batch2_month", 7, "month of year", "", "estimate", CAD, "second batch typically Jun–Aug: July (middle of window)")
 row("quota.cadence.batch3_month", 11, "month of year", "", "estimate", CAD, "optional small third batch in Q4: November (middle of Q4)")
-_shares = [135000 / 270000, 120000 / 255000, 100800 / 210000, 66000 / 140000]
-row("quota.cadence.batch1_share_frac", round(sum(_shares) / 4, 4), "fraction of annual mining quota", "", "derived",
-    dd("1a", "batch and annual totals above"),
-    "= mean of batch1/annual for 2024, 2023, 2022, 2020 ({quota.national.mining_batch1_t_reo.YYYY} / {quota.national.mining_t_reo.YYYY}: "
-    + ", ".join(f"{s:.3f}" for s in _shares) + ")")
+_share_years = (2024, 2023, 2022, 2020)
+derived("quota.cadence.batch1_share_frac",
+        rounded("(" + " + ".join(f"{{quota.national.mining_batch1_t_reo.{y}}} / {{quota.national.mining_t_reo.{y}}}"
+                                 for y in _share_years) + f") / {len(_share_years)}", 4),
+        "fraction of annual mining quota", "", dd("1a", "batch and annual totals above"),
+        "mean of batch 1 / annual over the years with both figures")
 
 # CNRE share.
 CN = "t REO"
@@ -734,25 +778,26 @@ row("quota.cnre.mining_batch1_t_reo.2016", 29750, CN, 2016, "B", dd("1b", "china
 row("quota.cnre.mining_share_frac.2016", 0.567, "fraction of national", 2016, "B", dd("1b", "chinanews.com"), "2016 batch 1 share 56.7 %")
 row("quota.cnre.mining_t_reo.2018", 69250, CN, 2018, "derived", dd("1b", "ifuun.com; 360doc.com"),
     "≈ Inner Mongolia's quota, all to Baogang (§1b, derived, B)")
-row("quota.cnre.mining_share_frac.2018", 0.577, "fraction of national", 2018, "derived", dd("1b", "ifuun.com"),
-    "= {quota.cnre.mining_t_reo.2018} / {quota.national.mining_t_reo.2018} (§1b: 57.7 %)")
+derived("quota.cnre.mining_share_frac.2018", rounded("{quota.cnre.mining_t_reo.2018} / {quota.national.mining_t_reo.2018}", 3),
+        "fraction of national", 2018, dd("1b", "ifuun.com"), "§1b: 57.7 %")
 row("quota.cnre.mining_t_reo.2022", 141650, CN, 2022, "derived", dd("1b", "010361.com/news/14761.html; pldee.com; wycsj.com"),
     "batch 1 60,200 + batch 2 81,440 (§1b, derived, B)")
 row("quota.cnre.mining_share_frac.2022", 0.674, "fraction of national", 2022, "derived", dd("1b", "010361.com; pldee.com"),
-    "= {quota.cnre.mining_t_reo.2022} / {quota.national.mining_t_reo.2022} (§1b: 67.4 %)")
+    "§1b: 67.4 %, as the source gives it; {quota.cnre.mining_t_reo.2022} / {quota.national.mining_t_reo.2022} is 0.6745")
 row("quota.cnre.smelting_t_reo.2022", 128935, CN, 2022, "derived", dd("1b", "pldee.com; wycsj.com"),
     "≈128,935 (batch 2: 75,154 = 72 % of that batch) (§1b, derived, B)")
 row("quota.cnre.smelting_share_frac.2022", 0.638, "fraction of national", 2022, "derived", dd("1b", "pldee.com; wycsj.com"), "§1b: ≈ 63.8 %")
 row("quota.cnre.mining_batches12_t_reo.2023", 166650, CN, 2023, "B", dd("1b", "m.nbd.com.cn/articles/2023-09-30/3041056.html"), "2023 batches 1+2: 166,650 (69.44 %)")
 row("quota.cnre.smelting_batches12_t_reo.2023", 152234, CN, 2023, "B", dd("1b", "m.nbd.com.cn"), "2023 batches 1+2 smelting: 152,234 (66.19 %)")
-row("quota.cnre.mining_t_reo.2023", 178650, CN, 2023, "derived", dd("1b", "m.nbd.com.cn; m.jxjad.com"),
-    "= {quota.cnre.mining_batches12_t_reo.2023} + batch 3 12,000 (§1b, derived)")
-row("quota.cnre.mining_share_frac.2023", 0.701, "fraction of national", 2023, "derived", dd("1b", "m.nbd.com.cn; m.jxjad.com"),
-    "= {quota.cnre.mining_t_reo.2023} / {quota.national.mining_t_reo.2023} (§1b: ≈ 70.1 %)")
-row("quota.cnre.smelting_t_reo.2023", 163234, CN, 2023, "derived", dd("1b", "m.nbd.com.cn; m.jxjad.com"),
-    "= {quota.cnre.smelting_batches12_t_reo.2023} + batch 3 11,000 (§1b, derived)")
-row("quota.cnre.smelting_share_frac.2023", 0.669, "fraction of national", 2023, "derived", dd("1b", "m.nbd.com.cn; m.jxjad.com"),
-    "= {quota.cnre.smelting_t_reo.2023} / {quota.national.smelting_t_reo.2023} (§1b: ≈ 66.9 %)")
+derived("quota.cnre.mining_t_reo.2023", "{quota.cnre.mining_batches12_t_reo.2023} + 12000", CN, 2023,
+        dd("1b", "m.nbd.com.cn; m.jxjad.com"), "plus batch 3 12,000 (§1b, derived)")
+derived("quota.cnre.mining_share_frac.2023", rounded("{quota.cnre.mining_t_reo.2023} / {quota.national.mining_t_reo.2023}", 3),
+        "fraction of national", 2023, dd("1b", "m.nbd.com.cn; m.jxjad.com"), "§1b: ≈ 70.1 %")
+derived("quota.cnre.smelting_t_reo.2023", "{quota.cnre.smelting_batches12_t_reo.2023} + 11000", CN, 2023,
+        dd("1b", "m.nbd.com.cn; m.jxjad.com"), "plus batch 3 11,000 (§1b, derived)")
+derived("quota.cnre.smelting_share_frac.2023",
+        rounded("{quota.cnre.smelting_t_reo.2023} / {quota.national.smelting_t_reo.2023}", 3),
+        "fraction of national", 2023, dd("1b", "m.nbd.com.cn; m.jxjad.com"), "§1b: ≈ 66.9 %")
 row("quota.cnre.mining_rock_batch1_t_reo.2023", 80943, CN, 2023, "B", dd("1b", "horizonmagnets.com"), "2023 batch 1: CNRE 80,943 rock (67.5 %)")
 row("quota.cnre.smelting_batch1_t_reo.2023", 73403, CN, 2023, "B", dd("1b", "horizonmagnets.com"), "2023 batch 1 smelting 73,403 (63.8 %)")
 row("quota.creg.mining_rock_batch1_t_reo.2023", 28114, CN, 2023, "B", dd("1b", "horizonmagnets.com"), "CREG 28,114 rock + 7,434 ionic (smelting 33,304)")
@@ -774,13 +819,10 @@ row("quota.cnre.smelting_share_default_frac", 0.67, "fraction of national", "", 
 # ---------------------------------------------------------------------------------------------
 seed("capacity.baotou_zone.magnet_tpa.2022", 150000, "t/a", 2022, S1, "稀土永磁材料产能达到15万吨，占全国的1/3")
 seed("capacity.baotou_zone.magnet_share_china_frac.2022", round(1 / 3, 6), "fraction", 2022, S1, "稀土永磁材料产能达到15万吨，占全国的1/3")
-row("capacity.china.magnet_tpa.2022", 450000, "t/a", 2022, "derived", S1,
-    "= {capacity.baotou_zone.magnet_tpa.2022} / {capacity.baotou_zone.magnet_share_china_frac.2022}; «稀土永磁材料产能达到15万吨，占全国的1/3»")
+derived("capacity.china.magnet_tpa.2022",
+        "round({capacity.baotou_zone.magnet_tpa.2022} / {capacity.baotou_zone.magnet_share_china_frac.2022})", "t/a", 2022,
+        S1, "«稀土永磁材料产能达到15万吨，占全国的1/3»")
 seed("capacity.baotou_zone.magnet_top10_firms_count.2022", 6, "firms", 2022, S1, "全国综合实力前十强的稀土磁材企业已有6家落户包头稀土高新区")
-row("capacity.baotou_zone.magnet_other_makers_tpa", 150000 - 20000 - 33000, "t/a", "", "derived", S1 + ";" + S34,
-    "= {capacity.baotou_zone.magnet_tpa.2022} − {plant.jl_mag_baotou.capacity_tpa} − {plant.yunsheng_baotou.capacity_tpa}: remainder for 天和 Tianhe, "
-    "北方磁材 Northern Magnetic, 科田 Ketian and the other of the 38 producers; seeds give no per-firm capacity, so any split is an estimate; "
-    "mixes the 2022 zone total with post-expansion plant capacities")
 seed("capacity.baotou_park.magnet_tpa.2010", 10000, "t/a (万吨级 class)", 2010, S0, "重点引进了万吨稀土磁性材料项目")
 seed("capacity.baotou_park.h2_storage_tpa.2010", 10000, "t/a (万吨级 class)", 2010, S0, "万吨储氢材料项目")
 seed("capacity.baotou_park.polishing_tpa.2010", 10000, "t/a (万吨级 class)", 2010, S0, "万吨稀土抛光材料项目")
@@ -802,15 +844,22 @@ seed("plant.cnre_light_re_separation_line.capacity_tpa", 100000, "t/a (10万吨�
 seed("plant.shengquan_keliyuan_alloy.capacity_tpa", 100000, "t/a", 2024, S34, "加快圣泉科利源新材料年产10万吨多元稀土合金等项目建设")
 seed("plant.jl_mag_baotou.capacity_tpa", 20000, "t/a (after phase 2)", "", S1, "建成后将具备年产2万吨高性能稀土永磁材料的能力")
 seed("plant.jl_mag_baotou.phase2_capacity_tpa", 12000, "t/a", 2022, S1, "金力永磁二期年产1.2万吨高性能钕铁硼项目")
-row("plant.jl_mag_baotou.capacity_tpa.2022", 20000 - 12000, "t/a", 2022, "derived", S1,
-    "= {plant.jl_mag_baotou.capacity_tpa} − {plant.jl_mag_baotou.phase2_capacity_tpa}; «金力永磁二期年产1.2万吨高性能钕铁硼项目…建成后将具备年产2万吨高性能稀土永磁材料的能力»")
+derived("plant.jl_mag_baotou.capacity_tpa.2022",
+        "{plant.jl_mag_baotou.capacity_tpa} - {plant.jl_mag_baotou.phase2_capacity_tpa}", "t/a", 2022, S1,
+        "«金力永磁二期年产1.2万吨高性能钕铁硼项目…建成后将具备年产2万吨高性能稀土永磁材料的能力»")
 seed("plant.jl_mag_baotou.sales_yi_cny", 50, "亿元/a (after phase 2)", "", S1, "预计可实现年销售额50亿元")
 seed("plant.jl_mag_baotou.profit_tax_yi_cny", 6, "亿元/a (after phase 2)", "", S1, "利税6亿元")
 seed("plant.jl_mag_baotou.jobs_count", 5000, "jobs (lower bound)", "", S1, "就业岗位5000余个")
 seed("plant.yunsheng_baotou.capacity_tpa", 33000, "t/a (after the 15 kt project)", "", S1, "包头韵升强磁材料有限公司年产能将达到3.3万吨")
 seed("plant.yunsheng_baotou.project_capacity_tpa", 15000, "t/a", 2022, S1, "包头韵升科技发展有限公司年产1.5万吨高性能稀土永磁材料智能制造项目")
-row("plant.yunsheng_baotou.capacity_tpa.2022", 33000 - 15000, "t/a", 2022, "derived", S1,
-    "= {plant.yunsheng_baotou.capacity_tpa} − {plant.yunsheng_baotou.project_capacity_tpa}; «年产1.5万吨高性能稀土永磁材料智能制造项目…年产能将达到3.3万吨»")
+derived("plant.yunsheng_baotou.capacity_tpa.2022",
+        "{plant.yunsheng_baotou.capacity_tpa} - {plant.yunsheng_baotou.project_capacity_tpa}", "t/a", 2022, S1,
+        "«年产1.5万吨高性能稀土永磁材料智能制造项目…年产能将达到3.3万吨»")
+derived("capacity.baotou_zone.magnet_other_makers_tpa",
+        "{capacity.baotou_zone.magnet_tpa.2022} - {plant.jl_mag_baotou.capacity_tpa} - {plant.yunsheng_baotou.capacity_tpa}",
+        "t/a", "", S1 + ";" + S34,
+        "remainder for 天和 Tianhe, 北方磁材 Northern Magnetic, 科田 Ketian and the other of the 38 producers; seeds give "
+        "no per-firm capacity, so any split is an estimate; mixes the 2022 zone total with post-expansion plant capacities")
 
 seed("target.baotou.re_industry_output_yi_cny.2024", 1000, "亿元 (lower bound)", 2024, S34, "2024年,全市稀土产业产值达到1000亿元以上")
 seed("target.baotou.re_raw_materials_output_yi_cny.2024", 400, "亿元", 2024, S34, "稀土原材料产值达到400亿元")
@@ -842,8 +891,8 @@ seed("target.baotou_zone.re_new_materials_applications_output_yi_cny.2015", 200,
 seed("target.baotou_zone.local_conversion_frac.2015", 0.50, "fraction (lower bound)", 2015, S0, "资源就地转化率达到50%以上")
 
 seed("output.baotou_zone.re_industry_yi_cny.2022", 450, "亿元 (expected)", 2022, S1, "特别是稀土产业产值预计实现450亿元，较去年实现翻番")
-row("output.baotou_zone.re_industry_yi_cny.2021", 450 / 2, "亿元", 2021, "derived", S1,
-    "= {output.baotou_zone.re_industry_yi_cny.2022} / 2 (翻番 = doubled); «特别是稀土产业产值预计实现450亿元，较去年实现翻番»")
+derived("output.baotou_zone.re_industry_yi_cny.2021", "{output.baotou_zone.re_industry_yi_cny.2022} / 2", "亿元", 2021, S1,
+        "翻番 = doubled; «特别是稀土产业产值预计实现450亿元，较去年实现翻番»")
 seed("output.baotou_zone.industrial_yi_cny.2022", 1000, "亿元 (lower bound, expected)", 2022, S1,
      "2022年包头稀土高新区工业总产值有望首次突破千亿元大关，同比增长50%以上")
 seed("conversion.baotou_zone.local_frac.2022", 0.85, "fraction (lower bound)", 2022, S1, "促进稀土原材料就地转化率达到85%以上")
@@ -880,8 +929,9 @@ row("prod.china.ndfeb_t.2023.csre_blank", 270000, "t NdFeB blank (毛坯)", 2023
     "270,000 rough/blank (+18 %); §9 default; finished mass ≈ 0.7 × blank (§11)")
 row("prod.china.ndfeb_t.2023.csre_sintered", 255200, "t sintered NdFeB blank", 2023, "B", dd("7", "CSRE via metalnomist.com/2024/10"),
     "of which sintered 255,200")
-row("prod.china.ndfeb_t.2023.finished_est", round(270000 * 0.70), "t NdFeB finished", 2023, "derived", dd("7/§11", "CSRE via metalnomist"),
-    "= {prod.china.ndfeb_t.2023.csre_blank} × {yield.magnet_blank_to_finished_frac} (§11: finished mass ≈ 0.7 × blank)")
+derived("prod.china.ndfeb_t.2023.finished_est",
+        "round({prod.china.ndfeb_t.2023.csre_blank} * {yield.magnet_blank_to_finished_frac})", "t NdFeB finished", 2023,
+        dd("7/§11", "CSRE via metalnomist"), "§11: finished mass ≈ 0.7 × blank")
 row("prod.china.smco_t.2023", 3723, "t SmCo", 2023, "B", dd("7", "CSRE via metalnomist.com/2024/10"), "SmCo 3,723")
 EARLY = dd("7", "row 'Earlier years' (ccmagnetics.com; nldmagnet.com; rizinia.com; adamasintel.com, listed together)")
 row("prod.china.re_pm_t.2015", 135000, "t RE PM", 2015, "B", EARLY, "China 135 kt of 150 kt world (2015)")
@@ -896,12 +946,23 @@ row("prod.china.ndfeb_sintered_blank_t.2019", 170000, "t", 2019, "A", dd("7", "a
 row("prod.china.ndfeb_bonded_powder_t.2019", 7900, "t", 2019, "A", dd("7", "adamasintel.com/china-ndfeb-production-2019/"), "bonded powder 7.9 kt (2019)")
 
 row("trade.china.magnet_export_t.2021", 48800, "t", 2021, "A", dd("7", "rizinia.com; adamasintel.com"), "China magnet exports 2021: 48,800")
-row("trade.china.magnet_export_t.2023", 52865, "t", 2023, "derived", dd("7", "adamasintel.com"),
-    "≈ 52,865 derived in §7 = {trade.china.magnet_export_t.2024} / 1.10 (+10 % in 2024)")
 row("trade.china.magnet_export_t.2024", 58152, "t", 2024, "A", dd("7", "adamasintel.com/record-rare-earth-magnet-exports-from-china-in-2024/"),
     "58,152 t (+10 %, US$2.86 bn)")
 row("trade.china.magnet_export_value_usd.2024", 2860000000, "USD", 2024, "A",
     dd("7", "adamasintel.com/record-rare-earth-magnet-exports-from-china-in-2024/"), "US$2.86 bn for 58,152 t")
+derived("trade.china.magnet_export_t.2023", "round({trade.china.magnet_export_t.2024} / 1.10)", "t", 2023,
+        dd("7", "adamasintel.com"), "≈ 52,865 derived in §7 from +10 % in 2024")
+derived("price.ndfeb_magnet_export.usd_per_kg.2024",
+        rounded("{trade.china.magnet_export_value_usd.2024} / {trade.china.magnet_export_t.2024} / 1000", 2), "USD/kg", 2024,
+        dd("5c/§7", "adamasintel.com/record-rare-earth-magnet-exports-from-china-in-2024/"), "§5c: ≈ 49 USD/kg")
+derived("price.ndfeb_magnet.cny_per_t.2024",
+        "round({trade.china.magnet_export_value_usd.2024} / {trade.china.magnet_export_t.2024} * {fx.cny_per_usd.2024})",
+        "CNY/t sintered NdFeB", 2024, dd("5c", "adamasintel.com; FX §11"),
+        "export value per t (grade mix of exports) at the 2024 FX estimate, i.e. {price.ndfeb_magnet_export.usd_per_kg.2024} "
+        "× 1000 × {fx.cny_per_usd.2024} before the USD/kg figure is rounded")
+derived("price.ndfeb_magnet_jl_mag_implied.cny_per_t",
+        "{plant.jl_mag_baotou.sales_yi_cny} * 1e8 / {plant.jl_mag_baotou.capacity_tpa}", "CNY/t", "", S1,
+        "expected sales 50 亿元 at 20 kt/a ⇒ 250 CNY/kg, below the §9 350–450 estimate")
 row("trade.china.magnet_export_t_per_month.2025m05", 1238, "t/month", 2025, "B", dd("7", "rawmaterials.net"),
     "export-control shock: magnet exports fell to 1,238 t in May 2025 (−74 % y/y)")
 row("trade.china.magnet_export_t_per_month.2025m11", 6150, "t/month", 2025, "B", dd("7", "tw.news.yahoo.com (Reuters)"), "6,150 t in Nov 2025")
@@ -932,8 +993,9 @@ row("lead.magnet_qualification_eps_years", 2, "years (lower bound)", 2017, "C", 
     "qualification before a magnet enters the EPS supply chain > 2 yr")
 row("util.mining_of_quota_frac", 1.0, "fraction of quota", "", "estimate", dd("9", "estimate; China mine production = quota (§7)"),
     "§9: mining at 100 % of quota; USGS China production equals the quota 2021–24")
-row("util.separation_frac", round(254000 / 300000, 3), "fraction of capacity", "", "derived", dd("9/§6", "cri-report.com (300 kt capacity); §1a (254 kt quota)"),
-    "= {quota.national.smelting_t_reo.2024} / {capacity.china.separation_t_reo.2017}; §9 ~85 %, mixes years")
+derived("util.separation_frac",
+        rounded("{quota.national.smelting_t_reo.2024} / {capacity.china.separation_t_reo.2017}", 3), "fraction of capacity", "",
+        dd("9/§6", "cri-report.com (300 kt capacity); §1a (254 kt quota)"), "§9 ~85 %, mixes years")
 row("util.magnet_frac", 0.75, "fraction of capacity", "", "estimate", dd("9", "estimate anchored on §6"), "§9: magnets ~70–80 %, midpoint")
 row("util.china_separation_frac.2016", 0.35, "fraction of capacity", 2016, "derived", dd("6", "cri-report.com"),
     "~105 kt output against 300 kt capacity ⇒ ~35 % (derived in §6, flag B)")
@@ -959,9 +1021,10 @@ for name, val in [("mixed_ore_mine_min_tpa", 20000), ("bastnaesite_mine_min_tpa"
 # ---------------------------------------------------------------------------------------------
 # 9. Other functional materials (no source: estimates)
 # ---------------------------------------------------------------------------------------------
-row("material.lace_mix.ce_share_frac", round(0.492 / (0.492 + 0.235), 4), "fraction of La+Ce", "", "estimate", PROXY,
-    "assumption: La/Ce-based products (polishing powder, catalysts, H2-storage mischmetal) take La and Ce in the concentrate ratio "
-    "= {dist.baotou_concentrate.ce_frac} / {dist.baotou_concentrate.lace_frac}; La share = 1 − this")
+derived("material.lace_mix.ce_share_frac",
+        rounded("{dist.baotou_concentrate.ce_frac} / {dist.baotou_concentrate.lace_frac}", 4), "fraction of La+Ce", "", PROXY,
+        "assumption: La/Ce-based products (polishing powder, catalysts, H2-storage mischmetal) take La and Ce in the "
+        "concentrate ratio; La share = 1 − this", flag="estimate")
 row("material.polishing_powder.reo_t_per_t", 0.90, "t REO / t powder", "", "estimate", S0 + " (ceria is the main raw material)",
     "no composition in the sources; powder is essentially calcined Ce(La) oxide (seed: 稀土抛光材料的主要原料是氧化铈), ~10 % allowed for fluoride/other; placeholder")
 row("material.catalyst_additive.reo_t_per_t", 0.30, "t REO / t product", "", "estimate", "none (not in the sources)",
@@ -984,12 +1047,16 @@ row("price.re_alloy.cny_per_t.2023", 30000, "CNY/t", 2023, "estimate", dd("5a", 
 # ---------------------------------------------------------------------------------------------
 # 10. Motors and end products
 # ---------------------------------------------------------------------------------------------
-row("price.pm_motor.cny_per_t_magnet.2023", 9 * 400000, "CNY per t of magnet contained", 2023, "derived", S0 + "; domain_data.md §9",
-    "= {value_index.device_chain.pm_motor_index} × {price.ndfeb_magnet.cny_per_t.2023}; reads the seed value-added index magnet : motor = 1 : 9 as a value ratio (c.2010 index, estimate-grade)")
-row("price.hybrid_vehicle.cny_per_t_magnet.2023", 16 * 400000, "CNY per t of magnet contained", 2023, "derived", S0 + "; domain_data.md §9",
-    "= {value_index.device_chain.hybrid_vehicle_index} × {price.ndfeb_magnet.cny_per_t.2023}; same reading of the 1 : 9 : 16 index")
-row("price.nev_heavy_truck.cny_per_unit.2024", 50e8 / 2000, "CNY/truck (upper bound)", 2024, "derived", S34,
-    "= {target.baotou.nev_heavy_truck_output_yi_cny.2024} × 1e8 / {target.baotou.nev_heavy_truck_units.2024}; upper bound because the 50 亿元 includes supporting industry")
+derived("price.pm_motor.cny_per_t_magnet.2023",
+        "{value_index.device_chain.pm_motor_index} * {price.ndfeb_magnet.cny_per_t.2023}", "CNY per t of magnet contained",
+        2023, S0 + "; domain_data.md §9",
+        "reads the seed value-added index magnet : motor = 1 : 9 as a value ratio (c.2010 index, estimate-grade)")
+derived("price.hybrid_vehicle.cny_per_t_magnet.2023",
+        "{value_index.device_chain.hybrid_vehicle_index} * {price.ndfeb_magnet.cny_per_t.2023}",
+        "CNY per t of magnet contained", 2023, S0 + "; domain_data.md §9", "same reading of the 1 : 9 : 16 index")
+derived("price.nev_heavy_truck.cny_per_unit.2024",
+        "{target.baotou.nev_heavy_truck_output_yi_cny.2024} * 1e8 / {target.baotou.nev_heavy_truck_units.2024}",
+        "CNY/truck (upper bound)", 2024, S34, "upper bound because the 50 亿元 includes supporting industry")
 row("price.wind_turbine.cny_per_mw", 1500000, "CNY/MW", "", "estimate", "domain_data.md §4a/§9 (625 kg/MW) and this table's magnet price",
     "no source for turbine prices; magnet content 625 kg/MW × 400 CNY/kg = 250,000 CNY/MW assumed ≈ 1/6 of turbine price; placeholder, replace with a sourced figure")
 
@@ -1003,131 +1070,118 @@ MODEL = "models/baotou-2024.yaml (reference-model calibration)"
 
 # Element shares and stoichiometry at full precision, so that the model's element balance
 # closes exactly (the rounded dist.baotou_concentrate.pr_share_of_prnd_frac does not).
-_pr, _nd = v("dist.baotou_concentrate.pr_frac"), v("dist.baotou_concentrate.nd_frac")
-_s_pr = _pr / (_pr + _nd)
-row("spec.prnd_oxide_baotou.pr_frac", _s_pr, "mass fraction of PrNd oxide", "", "derived", PROXY,
-    "= {dist.baotou_concentrate.pr_frac} / ({dist.baotou_concentrate.pr_frac} + {dist.baotou_concentrate.nd_frac}); "
-    "the Pr share of PrNd oxide separated from Baotou concentrate (the ore ratio, not the 25 : 75 market convention), full precision")
-_m_prnd = _s_pr * v("stoich.pr6o11.metal_kg_per_kg") + (1 - _s_pr) * v("stoich.nd2o3.metal_kg_per_kg")
-row("stoich.prnd_oxide_baotou.metal_kg_per_kg", _m_prnd, "kg metal / kg oxide", "", "derived", STOICH_SRC,
-    "= {spec.prnd_oxide_baotou.pr_frac} × {stoich.pr6o11.metal_kg_per_kg} + (1 − {spec.prnd_oxide_baotou.pr_frac}) × {stoich.nd2o3.metal_kg_per_kg}; "
-    "PrNd oxide in the Baotou ore ratio (≈ 20 : 80) → metal")
-_c_ce = v("material.lace_mix.ce_share_frac")
-_m_lace = (1 - _c_ce) * v("stoich.la2o3.metal_kg_per_kg") + _c_ce * v("stoich.ceo2.metal_kg_per_kg")
-row("stoich.lace_mischmetal.metal_kg_per_kg", _m_lace, "kg metal / kg oxide", "", "derived", STOICH_SRC,
-    "= (1 − {material.lace_mix.ce_share_frac}) × {stoich.la2o3.metal_kg_per_kg} + {material.lace_mix.ce_share_frac} × {stoich.ceo2.metal_kg_per_kg}; "
-    "La/Ce mischmetal made from La and Ce oxides in the concentrate ratio")
+derived("spec.prnd_oxide_baotou.pr_frac",
+        "{dist.baotou_concentrate.pr_frac} / ({dist.baotou_concentrate.pr_frac} + {dist.baotou_concentrate.nd_frac})",
+        "mass fraction of PrNd oxide", "", PROXY,
+        "the Pr share of PrNd oxide separated from Baotou concentrate (the ore ratio, not the 25 : 75 market convention), "
+        "full precision")
+derived("stoich.prnd_oxide_baotou.metal_kg_per_kg",
+        "{spec.prnd_oxide_baotou.pr_frac} * {stoich.pr6o11.metal_kg_per_kg} + (1 - {spec.prnd_oxide_baotou.pr_frac}) * "
+        "{stoich.nd2o3.metal_kg_per_kg}", "kg metal / kg oxide", "", STOICH_SRC,
+        "PrNd oxide in the Baotou ore ratio (≈ 20 : 80) → metal")
+derived("stoich.lace_mischmetal.metal_kg_per_kg",
+        "(1 - {material.lace_mix.ce_share_frac}) * {stoich.la2o3.metal_kg_per_kg} + {material.lace_mix.ce_share_frac} * "
+        "{stoich.ceo2.metal_kg_per_kg}", "kg metal / kg oxide", "", STOICH_SRC,
+        "La/Ce mischmetal made from La and Ce oxides in the concentrate ratio")
 
 # Dy : Tb split of the magnet's heavy RE (no direct source): China's 2024 recovery from NdFeB
 # scrap (Argus, A) shows the Dy : Tb ratio that magnets actually carry; expressed as metal mass.
-_dy_m = v("recycling.china.dy2o3_from_scrap_t.2024") * v("stoich.dy2o3.metal_kg_per_kg")
-_tb_m = v("recycling.china.tb_oxide_from_scrap_t.2024") * v("stoich.tb4o7.metal_kg_per_kg")
-row("magnet.ndfeb.tb_share_of_dytb_frac", _tb_m / (_dy_m + _tb_m), "fraction of Dy+Tb metal mass", 2024, "derived",
-    ARGUS_REC + "; " + STOICH_SRC,
-    "= {recycling.china.tb_oxide_from_scrap_t.2024} × {stoich.tb4o7.metal_kg_per_kg} / ({recycling.china.dy2o3_from_scrap_t.2024} × "
-    "{stoich.dy2o3.metal_kg_per_kg} + {recycling.china.tb_oxide_from_scrap_t.2024} × {stoich.tb4o7.metal_kg_per_kg}); "
-    "the Tb share of the Dy+Tb recovered from China's NdFeB scrap in 2024, read as the Tb share of the Dy+Tb in magnets")
-_tbs = v("magnet.ndfeb.tb_share_of_dytb_frac")
-_mag_re = {
-    "pr": v("magnet.ndfeb.prnd_frac") * _s_pr / _m_prnd,
-    "nd": v("magnet.ndfeb.prnd_frac") * (1 - _s_pr) / _m_prnd,
-    "dy": v("magnet.ndfeb.dy_tb_frac") * (1 - _tbs) / v("stoich.dy2o3.metal_kg_per_kg"),
-    "tb": v("magnet.ndfeb.dy_tb_frac") * _tbs / v("stoich.tb4o7.metal_kg_per_kg"),
-}
-_mag_basis = {
-    "pr": "= {magnet.ndfeb.prnd_frac} × {spec.prnd_oxide_baotou.pr_frac} / {stoich.prnd_oxide_baotou.metal_kg_per_kg}",
-    "nd": "= {magnet.ndfeb.prnd_frac} × (1 − {spec.prnd_oxide_baotou.pr_frac}) / {stoich.prnd_oxide_baotou.metal_kg_per_kg}",
-    "dy": "= {magnet.ndfeb.dy_tb_frac} × (1 − {magnet.ndfeb.tb_share_of_dytb_frac}) / {stoich.dy2o3.metal_kg_per_kg}",
-    "tb": "= {magnet.ndfeb.dy_tb_frac} × {magnet.ndfeb.tb_share_of_dytb_frac} / {stoich.tb4o7.metal_kg_per_kg}",
-}
-for el, val in _mag_re.items():
-    row(f"magnet.ndfeb_baotou.{el}_t_reo_per_t", val, "t REO (oxide equivalent) / t NdFeB", "", "derived",
-        dd("9", "magnet composition defaults") + "; " + STOICH_SRC,
-        _mag_basis[el] + f"; oxide-equivalent {el.capitalize()} in one t of sintered NdFeB (blank, finished magnet or swarf alike)")
-_swarf_value = (
-    (_mag_re["pr"] + _mag_re["nd"]) * v("price.prnd_oxide.cny_per_t.2024")
-    + _mag_re["dy"] * v("price.dy_oxide.cny_per_t.2024")
-    + _mag_re["tb"] * v("price.tb_oxide.cny_per_t.2024")
-) * v("yield.scrap_to_reo_recovery_frac")
-row("price.ndfeb_swarf.cny_per_t.2024", round(_swarf_value), "CNY/t swarf", 2024, "estimate", MODEL + "; " + ARGUS_P,
-    "no usable scrap price (price.ndfeb_scrap.cny_per_t.2024m05 is flagged as probably not per t of scrap): valued at the oxide it yields = "
-    "(({magnet.ndfeb_baotou.pr_t_reo_per_t} + {magnet.ndfeb_baotou.nd_t_reo_per_t}) × {price.prnd_oxide.cny_per_t.2024} + "
-    "{magnet.ndfeb_baotou.dy_t_reo_per_t} × {price.dy_oxide.cny_per_t.2024} + {magnet.ndfeb_baotou.tb_t_reo_per_t} × {price.tb_oxide.cny_per_t.2024}) "
-    "× {yield.scrap_to_reo_recovery_frac}; an upper bound (no recycler margin, no processing cost)")
+derived("magnet.ndfeb.tb_share_of_dytb_frac",
+        "{recycling.china.tb_oxide_from_scrap_t.2024} * {stoich.tb4o7.metal_kg_per_kg} / ({recycling.china.dy2o3_from_scrap_t.2024} * "
+        "{stoich.dy2o3.metal_kg_per_kg} + {recycling.china.tb_oxide_from_scrap_t.2024} * {stoich.tb4o7.metal_kg_per_kg})",
+        "fraction of Dy+Tb metal mass", 2024, ARGUS_REC + "; " + STOICH_SRC,
+        "the Tb share of the Dy+Tb recovered from China's NdFeB scrap in 2024, read as the Tb share of the Dy+Tb in magnets")
+for el, formula in (
+    ("pr", "{magnet.ndfeb.prnd_frac} * {spec.prnd_oxide_baotou.pr_frac} / {stoich.prnd_oxide_baotou.metal_kg_per_kg}"),
+    ("nd", "{magnet.ndfeb.prnd_frac} * (1 - {spec.prnd_oxide_baotou.pr_frac}) / {stoich.prnd_oxide_baotou.metal_kg_per_kg}"),
+    ("dy", "{magnet.ndfeb.dy_tb_frac} * (1 - {magnet.ndfeb.tb_share_of_dytb_frac}) / {stoich.dy2o3.metal_kg_per_kg}"),
+    ("tb", "{magnet.ndfeb.dy_tb_frac} * {magnet.ndfeb.tb_share_of_dytb_frac} / {stoich.tb4o7.metal_kg_per_kg}"),
+):
+    derived(f"magnet.ndfeb_baotou.{el}_t_reo_per_t", formula, "t REO (oxide equivalent) / t NdFeB", "",
+            dd("9", "magnet composition defaults") + "; " + STOICH_SRC,
+            f"oxide-equivalent {el.capitalize()} in one t of sintered NdFeB (blank, finished magnet or swarf alike)")
+
+
+def swarf_formula(yr: int) -> str:
+    """CNY per t of NdFeB swarf: the oxide it yields at the oxide prices of ``yr``."""
+    return (f"round((({{magnet.ndfeb_baotou.pr_t_reo_per_t}} + {{magnet.ndfeb_baotou.nd_t_reo_per_t}}) * "
+            f"{{price.prnd_oxide.cny_per_t.{yr}}} + {{magnet.ndfeb_baotou.dy_t_reo_per_t}} * {{price.dy_oxide.cny_per_t.{yr}}} + "
+            f"{{magnet.ndfeb_baotou.tb_t_reo_per_t}} * {{price.tb_oxide.cny_per_t.{yr}}}) * {{yield.scrap_to_reo_recovery_frac}})")
+
+
+derived("price.ndfeb_swarf.cny_per_t.2024", swarf_formula(2024), "CNY/t swarf", 2024, MODEL + "; " + ARGUS_P,
+        "no usable scrap price (price.ndfeb_scrap.cny_per_t.2024m05 is flagged as probably not per t of scrap): valued at the "
+        "oxide it yields; an upper bound (no recycler margin, no processing cost)", flag="estimate")
 
 # Capacity sizing rules (no source gives these capacities).
-row("capacity.baotou_steel.concentrate_tpa.2024",
-    round(v("concentrate.cnre.purchase_planned_t.2023") ** 2 / v("concentrate.cnre.purchase_t.2022")),
-    "t concentrate (50 % REO)/a", 2024, "estimate", dd("2", "yicaiglobal.com; m.b8iz8ocd.cn (CNRE concentrate purchases)"),
-    "no capacity figure for Bayan Obo concentrate output; CNRE (the only buyer) bought 230 kt (2022) and planned 320 kt (2023); "
-    "grown once more by that step: = {concentrate.cnre.purchase_planned_t.2023} × {concentrate.cnre.purchase_planned_t.2023} / "
-    "{concentrate.cnre.purchase_t.2022}; ≈ 223 kt REO/a, above the 2024 CNRE mining quota (≈ 189 kt REO) so that the quota binds "
-    "(§9: mining at 100 % of quota)")
-_mag_cap = v("target.baotou.magnet_capacity_tpa.2024")
-row("capacity.baotou_zone.magnet_per_other_maker_tpa", v("capacity.baotou_zone.magnet_other_makers_tpa") / 4, "t blank/a", "",
-    "estimate", S1 + ";" + S34,
-    "= {capacity.baotou_zone.magnet_other_makers_tpa} / 4: the 97 kt not held by JL Mag and Yunsheng split equally between the three "
-    "other makers the seeds name (天和 Tianhe, 北方磁材 Northern Magnetic, 科田 Ketian) and one aggregate of the remaining producers "
-    "(38 in all, 2024 target); the seeds give no per-firm capacity")
-row("util.functional_materials_frac", v("util.magnet_frac"), "fraction of capacity", "", "estimate", dd("9", "utilisation anchors"),
-    "no utilisation figure for H2-storage, polishing, catalyst or alloy plants; taken equal to the magnet default = {util.magnet_frac} "
-    "(§9: 70–80 %); the 2024 capacities are targets, so full use is unlikely")
-_prnd_metal_cap = _mag_cap * v("util.magnet_frac") * v("magnet.ndfeb.prnd_frac")
-row("capacity.baotou.prnd_metal_tpa.2024", _prnd_metal_cap, "t PrNd metal/a", 2024, "estimate", MODEL,
-    "no Baotou electrolysis capacity in the sources; sized to the magnet plants' expected draw = {target.baotou.magnet_capacity_tpa.2024} "
-    "× {util.magnet_frac} × {magnet.ndfeb.prnd_frac}; shortfalls (outages) are bought in as metal")
-for el, share in (("dy", 1 - _tbs), ("tb", _tbs)):
-    key_share = "(1 − {magnet.ndfeb.tb_share_of_dytb_frac})" if el == "dy" else "{magnet.ndfeb.tb_share_of_dytb_frac}"
-    row(f"capacity.baotou.{el}_metal_tpa.2024", _mag_cap * v("util.magnet_frac") * v("magnet.ndfeb.dy_tb_frac") * share,
-        f"t {el.capitalize()} metal/a", 2024, "estimate", MODEL,
-        f"no {el.capitalize()} metal capacity in the sources; sized to the magnet plants' expected draw = "
-        "{target.baotou.magnet_capacity_tpa.2024} × {util.magnet_frac} × {magnet.ndfeb.dy_tb_frac} × " + key_share +
-        "; Ca-thermic reduction (§3b)")
-_lace_cap = (v("target.baotou.h2_storage_capacity_tpa.2024") * v("material.h2_storage_alloy.re_metal_t_per_t")
-             + v("target.baotou.alloy_capacity_tpa.2024") * v("material.re_alloy.re_metal_t_per_t")) * v("util.functional_materials_frac")
-row("capacity.baotou.lace_metal_tpa.2024", _lace_cap, "t La/Ce mischmetal/a", 2024, "estimate", MODEL,
-    "no mischmetal capacity in the sources (包头瑞鑫 was China's largest RE metal maker c.2010, seed 000); sized to the expected draw of the "
-    "H2-storage and alloy plants = ({target.baotou.h2_storage_capacity_tpa.2024} × {material.h2_storage_alloy.re_metal_t_per_t} + "
-    "{target.baotou.alloy_capacity_tpa.2024} × {material.re_alloy.re_metal_t_per_t}) × {util.functional_materials_frac}")
+derived("capacity.baotou_steel.concentrate_tpa.2024",
+        "round({concentrate.cnre.purchase_planned_t.2023} * {concentrate.cnre.purchase_planned_t.2023} / "
+        "{concentrate.cnre.purchase_t.2022})",
+        "t concentrate (50 % REO)/a", 2024, dd("2", "yicaiglobal.com; m.b8iz8ocd.cn (CNRE concentrate purchases)"),
+        "no capacity figure for Bayan Obo concentrate output; CNRE (the only buyer) bought 230 kt (2022) and planned 320 kt "
+        "(2023); grown once more by that step: ≈ 223 kt REO/a, above the 2024 CNRE mining quota (≈ 189 kt REO) so that the "
+        "quota binds (§9: mining at 100 % of quota)", flag="estimate")
+derived("capacity.baotou_zone.magnet_per_other_maker_tpa", "{capacity.baotou_zone.magnet_other_makers_tpa} / 4", "t blank/a", "",
+        S1 + ";" + S34,
+        "the 97 kt not held by JL Mag and Yunsheng split equally between the three other makers the seeds name (天和 Tianhe, "
+        "北方磁材 Northern Magnetic, 科田 Ketian) and one aggregate of the remaining producers (38 in all, 2024 target); the "
+        "seeds give no per-firm capacity", flag="estimate")
+derived("util.functional_materials_frac", "{util.magnet_frac}", "fraction of capacity", "", dd("9", "utilisation anchors"),
+        "no utilisation figure for H2-storage, polishing, catalyst or alloy plants; taken equal to the magnet default "
+        "(§9: 70–80 %); the 2024 capacities are targets, so full use is unlikely", flag="estimate")
+derived("capacity.baotou.prnd_metal_tpa.2024",
+        "{target.baotou.magnet_capacity_tpa.2024} * {util.magnet_frac} * {magnet.ndfeb.prnd_frac}", "t PrNd metal/a", 2024,
+        MODEL, "no Baotou electrolysis capacity in the sources; sized to the magnet plants' expected draw; shortfalls "
+        "(outages) are bought in as metal", flag="estimate")
+for el, key_share in (("dy", "(1 - {magnet.ndfeb.tb_share_of_dytb_frac})"), ("tb", "{magnet.ndfeb.tb_share_of_dytb_frac}")):
+    derived(f"capacity.baotou.{el}_metal_tpa.2024",
+            "{target.baotou.magnet_capacity_tpa.2024} * {util.magnet_frac} * {magnet.ndfeb.dy_tb_frac} * " + key_share,
+            f"t {el.capitalize()} metal/a", 2024, MODEL,
+            f"no {el.capitalize()} metal capacity in the sources; sized to the magnet plants' expected draw; Ca-thermic "
+            "reduction (§3b)", flag="estimate")
+derived("capacity.baotou.lace_metal_tpa.2024",
+        "({target.baotou.h2_storage_capacity_tpa.2024} * {material.h2_storage_alloy.re_metal_t_per_t} + "
+        "{target.baotou.alloy_capacity_tpa.2024} * {material.re_alloy.re_metal_t_per_t}) * {util.functional_materials_frac}",
+        "t La/Ce mischmetal/a", 2024, MODEL,
+        "no mischmetal capacity in the sources (包头瑞鑫 was China's largest RE metal maker c.2010, seed 000); sized to the "
+        "expected draw of the H2-storage and alloy plants", flag="estimate")
 
 # Motors and end products.
 row("spec.nev_heavy_truck.motor_peak_kw", 350, "kW peak drive power per truck", "", "estimate", "none (not in the sources)",
     "no source; battery-electric heavy tractors carry a central drive motor or e-axle of roughly 250–450 kW peak; midpoint placeholder, "
     "used only to size the truck's magnet content")
-row("intensity.nev_heavy_truck.magnet_kg_per_unit", 350 / 100 * v("intensity.ev_motor_by_power.magnet_kg_per_100kw"), "kg NdFeB/truck", "",
-    "derived", dd("4a", "mainrichinternational.com/applications/ev-motors (C)") + "; " + MODEL,
-    "= {spec.nev_heavy_truck.motor_peak_kw} / 100 × {intensity.ev_motor_by_power.magnet_kg_per_100kw}")
-_motor_price_t = v("price.pm_motor.cny_per_t_magnet.2023")
-_traction_value = v("target.baotou.nev_heavy_truck_units.2024") * v("intensity.nev_heavy_truck.magnet_kg_per_unit") / 1000 * _motor_price_t
-_ind_unit_price = v("intensity.industrial_motor.magnet_kg_per_unit") / 1000 * _motor_price_t
-row("capacity.baotou.pm_motor_industrial_units_pa.2024",
-    round((v("target.baotou.pm_motor_output_yi_cny.2024") * 1e8 - _traction_value) / _ind_unit_price / 2),
-    "motors/a per plant", 2024, "estimate", S34 + "; " + MODEL,
-    "no motor capacity in units in the sources (only 50 亿元 and ≥30 firms); sized so that the park's output value meets the target: "
-    "({target.baotou.pm_motor_output_yi_cny.2024} × 1e8 − {target.baotou.nev_heavy_truck_units.2024} × "
-    "{intensity.nev_heavy_truck.magnet_kg_per_unit} / 1000 × {price.pm_motor.cny_per_t_magnet.2023}) / "
-    "({intensity.industrial_motor.magnet_kg_per_unit} / 1000 × {price.pm_motor.cny_per_t_magnet.2023}) / 2: "
-    "the value left after the truck traction motors, split equally between the two industrial-motor plants named in the seeds "
-    "(中加特, 卧龙 pilot base); units are EU-average industrial PM motors (0.175 kg NdFeB each)")
-_wind_mw = v("target.baotou.wind_equipment_output_yi_cny.2024") * 1e8 / v("price.wind_turbine.cny_per_mw")
-row("capacity.baotou.wind_turbine_mw_pa.2024", _wind_mw, "MW/a", 2024, "derived", S34 + "; " + MODEL,
-    "= {target.baotou.wind_equipment_output_yi_cny.2024} × 1e8 / {price.wind_turbine.cny_per_mw}; turbine MW whose value equals the "
-    "wind-equipment target (the price is a placeholder, so this is estimate-grade)")
-row("capacity.baotou.wind_turbine_per_oem_mw_pa.2024", _wind_mw / 4, "MW/a per OEM", 2024, "estimate", S34,
-    "= {capacity.baotou.wind_turbine_mw_pa.2024} / 4: split equally between the four turbine OEMs the seeds name "
-    "(明阳 Mingyang, 金风 Goldwind, 中车 CRRC, 远景 Envision); no per-OEM figure in the sources")
+derived("intensity.nev_heavy_truck.magnet_kg_per_unit",
+        "{spec.nev_heavy_truck.motor_peak_kw} / 100 * {intensity.ev_motor_by_power.magnet_kg_per_100kw}", "kg NdFeB/truck", "",
+        dd("4a", "mainrichinternational.com/applications/ev-motors (C)") + "; " + MODEL)
+derived("capacity.baotou.pm_motor_industrial_units_pa.2024",
+        "round(({target.baotou.pm_motor_output_yi_cny.2024} * 1e8 - {target.baotou.nev_heavy_truck_units.2024} * "
+        "{intensity.nev_heavy_truck.magnet_kg_per_unit} / 1000 * {price.pm_motor.cny_per_t_magnet.2023}) / "
+        "({intensity.industrial_motor.magnet_kg_per_unit} / 1000 * {price.pm_motor.cny_per_t_magnet.2023}) / 2)",
+        "motors/a per plant", 2024, S34 + "; " + MODEL,
+        "no motor capacity in units in the sources (only 50 亿元 and ≥30 firms); sized so that the park's output value meets "
+        "the target: the value left after the truck traction motors, split equally between the two industrial-motor plants "
+        "named in the seeds (中加特, 卧龙 pilot base); units are EU-average industrial PM motors (0.175 kg NdFeB each)",
+        flag="estimate")
+derived("capacity.baotou.wind_turbine_mw_pa.2024",
+        "{target.baotou.wind_equipment_output_yi_cny.2024} * 1e8 / {price.wind_turbine.cny_per_mw}", "MW/a", 2024,
+        S34 + "; " + MODEL,
+        "turbine MW whose value equals the wind-equipment target (the price is a placeholder, so this is estimate-grade)")
+derived("capacity.baotou.wind_turbine_per_oem_mw_pa.2024", "{capacity.baotou.wind_turbine_mw_pa.2024} / 4", "MW/a per OEM", 2024,
+        S34, "split equally between the four turbine OEMs the seeds name (明阳 Mingyang, 金风 Goldwind, 中车 CRRC, 远景 Envision); "
+        "no per-OEM figure in the sources", flag="estimate")
 
 # Demand and trade.
-_served = ((v("prod.china.ndfeb_t.2023.finished_est") - v("trade.china.magnet_export_t.2023"))
-           * (1 + v("demand.world.ndfeb_growth_per_year")) * v("capacity.baotou_zone.magnet_share_china_frac.2022"))
-row("demand.baotou.magnet_served_t.2024", round(_served), "t finished NdFeB/a", 2024, "estimate", dd("7", "CSRE via metalnomist; adamasintel.com") + "; " + S1,
-    "China's domestic use of finished magnets 2023 = {prod.china.ndfeb_t.2023.finished_est} − {trade.china.magnet_export_t.2023}, grown one "
-    "year at {demand.world.ndfeb_growth_per_year}, times Baotou's share of China's magnet capacity {capacity.baotou_zone.magnet_share_china_frac.2022}: "
-    "assumption that Baotou serves domestic demand in proportion to its capacity share")
-row("trade.baotou.magnet_export_world_t.2024", round(v("trade.china.magnet_export_t.2024") * v("capacity.baotou_zone.magnet_share_china_frac.2022")),
-    "t/a", 2024, "estimate", dd("7", "adamasintel.com") + "; " + S1,
-    "= {trade.china.magnet_export_t.2024} × {capacity.baotou_zone.magnet_share_china_frac.2022}: Baotou's share of China's magnet exports "
-    "taken equal to its capacity share (assumption)")
+derived("demand.baotou.magnet_served_t.2024",
+        "round(({prod.china.ndfeb_t.2023.finished_est} - {trade.china.magnet_export_t.2023}) * "
+        "(1 + {demand.world.ndfeb_growth_per_year}) * {capacity.baotou_zone.magnet_share_china_frac.2022})",
+        "t finished NdFeB/a", 2024, dd("7", "CSRE via metalnomist; adamasintel.com") + "; " + S1,
+        "China's domestic use of finished magnets 2023 (finished output less exports), grown one year at the world NdFeB "
+        "growth rate, times Baotou's share of China's magnet capacity: assumption that Baotou serves domestic demand in "
+        "proportion to its capacity share", flag="estimate")
+derived("trade.baotou.magnet_export_world_t.2024",
+        "round({trade.china.magnet_export_t.2024} * {capacity.baotou_zone.magnet_share_china_frac.2022})", "t/a", 2024,
+        dd("7", "adamasintel.com") + "; " + S1,
+        "Baotou's share of China's magnet exports taken equal to its capacity share (assumption)", flag="estimate")
 row("demand.baotou.monthly_noise_cv", 0.10, "coefficient of variation (monthly)", "", "estimate", "none (not in the sources)",
     "no source for month-to-month order variability of magnet end uses; placeholder 10 % (sensitivity 0–25 %)")
 row("trade.baotou.lace_oxide_export_share_frac", 0.25, "fraction of the separation line's nameplate La/Ce output", "", "estimate",
@@ -1174,17 +1228,18 @@ row("dist.ionic_clay.mree_frac", 0.15, "fraction of REO", "", "A", ZHANG,
     "weathered-crust ionic clays, general: Sm–Dy ≈ 15 % of REO (MREE)")
 row("dist.ionic_clay.hree_y_frac", 0.29, "fraction of REO", "", "A", ZHANG,
     "weathered-crust ionic clays, general: Ho–Lu + Y ≈ 29 % of REO (HREE)")
-row("dist.ionic_clay.lree_frac", round(1 - 0.15 - 0.29, 6), "fraction of REO", "", "derived", ZHANG,
-    "= 1 − {dist.ionic_clay.mree_frac} − {dist.ionic_clay.hree_y_frac}: La–Nd")
+derived("dist.ionic_clay.lree_frac", rounded("1 - {dist.ionic_clay.mree_frac} - {dist.ionic_clay.hree_y_frac}", 6),
+        "fraction of REO", "", ZHANG, "La–Nd")
 _ION_WHY = ("no element-level figure for China's ionic-clay mix in the sources (only the group totals of Zhang 2016, A, "
             "and single deposits: Longnan Y 64.8 %, Xunwu Ce 47 % flagged doubtful); split inside the group by assumption")
-_ion_prnd = 0.24
+derived("dist.ionic_clay.pr_frac", "0.24 * {spec.prnd_oxide_baotou.pr_frac}", "fraction of REO", "", ZHANG,
+        f"{_ION_WHY}. Pr+Nd 24 % of REO (assumption), in the Pr : Nd ratio of the model's PrNd oxide so that one PrNd "
+        "oxide serves both feeds", flag="estimate")
+derived("dist.ionic_clay.nd_frac", "0.24 * (1 - {spec.prnd_oxide_baotou.pr_frac})", "fraction of REO", "", ZHANG,
+        f"{_ION_WHY}. See the Pr row", flag="estimate")
 for el, val, note in [
     ("la", 0.27, "La–Nd group {dist.ionic_clay.lree_frac} = La 27 + Ce 5 + Pr+Nd 24 %; La is the main light element of the clays"),
     ("ce", 0.05, "low: assumption that cerium is largely lost from weathered-crust clays; the sources give no usable Ce figure"),
-    ("pr", _ion_prnd * _s_pr, "= 0.24 × {spec.prnd_oxide_baotou.pr_frac}: Pr+Nd 24 % of REO (assumption), in the Pr : Nd ratio "
-     "of the model's PrNd oxide so that one PrNd oxide serves both feeds"),
-    ("nd", _ion_prnd * (1 - _s_pr), "= 0.24 × (1 − {spec.prnd_oxide_baotou.pr_frac}); see the Pr row"),
     ("sm", 0.04, "Sm–Dy group {dist.ionic_clay.mree_frac} = Sm 4 + Eu 0.7 + Gd 4.5 + Tb 0.8 + Dy 5 %"),
     ("eu", 0.007, "Eu-rich clays hold > 0.5 % Eu (soolun.net, B); 0.7 % taken for the mix"),
     ("gd", 0.045, "see the Sm row"),
@@ -1199,53 +1254,50 @@ assert abs(sum(v(f"dist.ionic_clay.{el}_frac") for el in
                ("la", "ce", "pr", "nd", "sm", "eu", "gd", "tb", "dy", "y", "other")) - 1) < 1e-9
 
 for yr, b1 in ((2023, 10943), (2024, 10140)):
-    row(f"quota.national.mining_ionic_est_t_reo.{yr}", 19150, "t REO", yr, "estimate", dd("1a", Q_SRC[yr]),
-        f"the full-year ionic quota of {yr} is not in the sources (§11); kept at 19,150 t, its level every year 2018–2022 "
-        f"({{quota.national.mining_ionic_t_reo.2022}}); batch 1 of {yr} was {b1:,} t, about half, as with two batches a year")
+    derived(f"quota.national.mining_ionic_est_t_reo.{yr}", "{quota.national.mining_ionic_t_reo.2022}", "t REO", yr,
+            dd("1a", Q_SRC[yr]),
+            f"the full-year ionic quota of {yr} is not in the sources (§11); kept at 19,150 t, its level every year "
+            f"2018–2022; batch 1 of {yr} was {b1:,} t, about half, as with two batches a year", flag="estimate")
 
 row("lead.import_feed_days", 30, "days", "", "estimate", "none (not in the sources)",
     "no source for the transit of imported concentrate and mixed carbonate to Chinese separators (Myanmar overland, "
     "USA by sea); about a month; placeholder")
-row("stock.china.working_cover_days", 30, "days of use", "", "estimate", dd("6/§9", "inventory rows (no national figure)"),
-    "no national inventory data; a working stock of about one month of use per pool, as for Baotou "
-    "({stock.baotou.working_cover_days}); imports top up to it")
-row("stock.china.max_cover_days", 90, "days of use", "", "estimate", dd("6/§9", "inventory rows (no national figure)"),
-    "no source; storage ceiling of the Dy and Tb metal pools, three times the working stock, so that the reduction plants "
-    "throttle to what the magnet makers use instead of piling up metal (as {stock.baotou.max_cover_days})")
+derived("stock.china.working_cover_days", "{stock.baotou.working_cover_days}", "days of use", "",
+        dd("6/§9", "inventory rows (no national figure)"),
+        "no national inventory data; a working stock of about one month of use per pool, as for Baotou; imports top up to it",
+        flag="estimate")
+derived("stock.china.max_cover_days", "{stock.baotou.max_cover_days}", "days of use", "",
+        dd("6/§9", "inventory rows (no national figure)"),
+        "no source; storage ceiling of the Dy and Tb metal pools, three times the working stock, so that the reduction "
+        "plants throttle to what the magnet makers use instead of piling up metal (as for Baotou)", flag="estimate")
 row("capacity.china.quota_headroom_ratio", 1.25, "ratio (capacity / quota)", "", "estimate", NAT,
     "no national mine or separator capacity per year in the sources; plants working under a quota are sized 25 % above "
     "the largest quota of the horizon so that the quota, not capacity, binds (§9: mining at 100 % of quota; USGS: China's "
     "mine production equals the quota 2021–24)")
 
-row("price.concentrate_reo50.cny_per_t.2021h2", round(26887 / 1.65, 1), CONC, 2021, "derived", dd("5b", "yicaiglobal.com"),
-    "= {price.concentrate_reo50.cny_per_t.2022h1} / 1.65: the Jan 2022 contract price was +65 % on the price before it; "
-    "no earlier concentrate price in the sources (the back-cast holds it back to 2020)")
+derived("price.concentrate_reo50.cny_per_t.2021h2", rounded("{price.concentrate_reo50.cny_per_t.2022h1} / 1.65", 1), CONC, 2021,
+        dd("5b", "yicaiglobal.com"),
+        "the Jan 2022 contract price was +65 % on the price before it; no earlier concentrate price in the sources (the "
+        "back-cast holds it back to 2020)")
 for yr in (2020, 2021, 2022):
-    val = v("price.ndfeb_magnet.cny_per_t.2023") * (1 + v("magnet.ndfeb.re_share_of_cost_frac") * (
-        v(f"price.prnd_oxide.cny_per_t.{yr}") / v("price.prnd_oxide.cny_per_t.2023") - 1))
-    row(f"price.ndfeb_magnet.cny_per_t.{yr}", round(val), "CNY/t sintered NdFeB (finished)", yr, "estimate",
-        dd("5c/§9", "magnet price estimate moved with PrNd oxide"),
-        f"no magnet price series in the sources: = {{price.ndfeb_magnet.cny_per_t.2023}} × (1 + {{magnet.ndfeb.re_share_of_cost_frac}} "
-        f"× ({{price.prnd_oxide.cny_per_t.{yr}}} / {{price.prnd_oxide.cny_per_t.2023}} − 1)): the 2023 estimate with its RE "
-        "share of cost moved by the PrNd oxide price")
+    derived(f"price.ndfeb_magnet.cny_per_t.{yr}",
+            f"round({{price.ndfeb_magnet.cny_per_t.2023}} * (1 + {{magnet.ndfeb.re_share_of_cost_frac}} * "
+            f"({{price.prnd_oxide.cny_per_t.{yr}}} / {{price.prnd_oxide.cny_per_t.2023}} - 1)))",
+            "CNY/t sintered NdFeB (finished)", yr, dd("5c/§9", "magnet price estimate moved with PrNd oxide"),
+            "no magnet price series in the sources: the 2023 estimate with its RE share of cost moved by the PrNd oxide price",
+            flag="estimate")
 for yr in (2020, 2021, 2022, 2023):
-    val = ((_mag_re["pr"] + _mag_re["nd"]) * v(f"price.prnd_oxide.cny_per_t.{yr}")
-           + _mag_re["dy"] * v(f"price.dy_oxide.cny_per_t.{yr}")
-           + _mag_re["tb"] * v(f"price.tb_oxide.cny_per_t.{yr}")) * v("yield.scrap_to_reo_recovery_frac")
-    row(f"price.ndfeb_swarf.cny_per_t.{yr}", round(val), "CNY/t swarf", yr, "estimate", MODEL + "; " + ARGUS_P,
-        "as {price.ndfeb_swarf.cny_per_t.2024}, with the oxide prices of " + str(yr) + ": "
-        f"(({{magnet.ndfeb_baotou.pr_t_reo_per_t}} + {{magnet.ndfeb_baotou.nd_t_reo_per_t}}) × {{price.prnd_oxide.cny_per_t.{yr}}} + "
-        f"{{magnet.ndfeb_baotou.dy_t_reo_per_t}} × {{price.dy_oxide.cny_per_t.{yr}}} + {{magnet.ndfeb_baotou.tb_t_reo_per_t}} × "
-        f"{{price.tb_oxide.cny_per_t.{yr}}}) × {{yield.scrap_to_reo_recovery_frac}}; an upper bound")
+    derived(f"price.ndfeb_swarf.cny_per_t.{yr}", swarf_formula(yr), "CNY/t swarf", yr, MODEL + "; " + ARGUS_P,
+            f"as {{price.ndfeb_swarf.cny_per_t.2024}}, with the oxide prices of {yr}; an upper bound", flag="estimate")
 
 
-def main() -> None:
+def main(out: Path = OUT) -> None:
     rows = sorted(ROWS, key=lambda r: r["key"])
-    with OUT.open("w", encoding="utf-8", newline="") as fh:
+    with out.open("w", encoding="utf-8", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=COLUMNS, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
         w.writeheader()
         w.writerows(rows)
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT)

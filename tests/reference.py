@@ -2,10 +2,12 @@
 
 Written from the *specification* in the docstring of :mod:`retwin.kernels.flow` (and the
 :class:`~retwin.scenario.schema.Quota` and :class:`~retwin.scenario.schema.Pool` docstrings),
-not from the kernel's code. It takes exactly the kernel's arguments, so a test can run both
-on copies of the same arrays, but it converts them into plain Python objects first, keeps the
-shipments in transit as a plain list of ``(arrival day, pool, amount, is_import)`` instead of a
-ring buffer, and writes its results back into the arrays at the end.
+not from the kernel's code. It takes exactly the kernel's arguments (those declared in
+:mod:`retwin.kernels.contract`), so a test can run both on copies of the same arrays, but it
+converts them into plain Python objects first, keeps the shipments in transit as a plain list
+of ``(arrival day, pool, amount, is_import)`` instead of a ring buffer, and writes its results
+back into the arrays at the end. It ignores the arrays the declaration marks ``derived``
+(indexes and running totals the kernel keeps for speed) except to write them back.
 
 One day, in order:
 
@@ -26,33 +28,16 @@ One day, in order:
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-#: The arguments the reference reads (by name; the kernel may take more, e.g. index helpers).
-USED_ARGS: frozenset[str] = frozenset((
-    "order", "lvl_ptr", "commission_day", "ramp_days", "retire_day", "lead", "plant_quota",
-    "qcoef", "in_ptr", "in_pool", "in_mat", "in_amt", "out_ptr", "out_pool", "out_mat",
-    "out_amt", "pool_mat", "target", "pool_max", "mk_pool", "imp_lead", "dem_pool",
-    "days_left", "month_of_day", "cap_day", "avail", "reserve", "imp_cap_day", "exp_cap_day",
-    "dem_rate", "price", "q_avail", "q_year_left", "stock", "pipe", "ipipe", "ipipe_sum",
-    "act_rec", "code_rec", "stock_rec", "imp_rec", "exp_rec", "served_rec", "unmet_rec",
-    "val_month", "tot",
-))
+from retwin.kernels.contract import NAMES
 
-
-def kernel_arg_names() -> tuple[str, ...]:
-    """The kernel's argument names after ``d0, d1``, read from its signature (its interface)."""
-    from retwin.kernels.flow import _advance
-
-    fn = getattr(_advance, "py_func", _advance)
-    return tuple(inspect.signature(fn).parameters)[2:]
-
-
-ARG_NAMES: tuple[str, ...] = kernel_arg_names()
+#: The kernel's arrays after ``d0, d1``, in order: the declaration's.
+ARG_NAMES: tuple[str, ...] = NAMES
 
 # Binding-constraint codes (their meaning is part of the interface: retwin.kernels.BIND_NAMES).
 CAPACITY, QUOTA, INPUT, OUTAGE, STORAGE, IDLE = 1, 2, 3, 4, 5, 6
@@ -138,7 +123,7 @@ def _floats(a: np.ndarray) -> list[float]:
     return [float(x) for x in a.tolist()]
 
 
-def _world(a: dict[str, np.ndarray], d0: int) -> World:
+def _world(a: Mapping[str, np.ndarray], d0: int) -> World:
     n_plants = a["order"].shape[0]
     plants: list[Plant] = []
     for p in range(n_plants):
@@ -369,23 +354,17 @@ def _one_day(w: World, d: int) -> None:
         w.stock_rec[(s, d)] = level
 
 
-def _write_back(w: World, a: dict[str, np.ndarray]) -> None:
+def _write_back(w: World, a: Mapping[str, np.ndarray]) -> None:
     for name, values in (("q_avail", w.quota_released), ("q_year_left", w.quota_year_left),
                          ("stock", w.stock)):
         for i, v in enumerate(values):
             a[name][i] = v
     ring = a["pipe"].shape[1]
-    a["pipe"][:] = 0.0
-    a["ipipe"][:] = 0.0
-    a["ipipe_sum"][:] = 0.0
-    if "pipe_sum" in a:
-        a["pipe_sum"][:] = 0.0
+    for name in ("pipe", "ipipe", "pipe_sum", "ipipe_sum"):
+        a[name][:] = 0.0
     for sh in w.in_transit:
         a["ipipe" if sh.is_import else "pipe"][sh.pool, sh.arrival % ring] += sh.amount
-        if sh.is_import:
-            a["ipipe_sum"][sh.pool] += sh.amount
-        elif "pipe_sum" in a:  # the kernel keeps a running total of production in transit
-            a["pipe_sum"][sh.pool] += sh.amount
+        a["ipipe_sum" if sh.is_import else "pipe_sum"][sh.pool] += sh.amount
     for name, rec in (("act_rec", w.activity), ("code_rec", w.code), ("stock_rec", w.stock_rec),
                       ("imp_rec", w.import_rec), ("exp_rec", w.export_rec),
                       ("served_rec", w.served), ("unmet_rec", w.unmet)):
@@ -400,12 +379,17 @@ def _write_back(w: World, a: dict[str, np.ndarray]) -> None:
 
 
 def advance(d0: int, d1: int, *arrays: Any) -> set[tuple[int, int]]:
-    """Advance days ``[d0, d1)`` like the kernel, writing into the same arrays.
+    """Advance days ``[d0, d1)`` like the kernel, writing into the same arrays (given in the
+    kernel's order, :data:`ARG_NAMES`).
 
     Returns the ``(plant, day)`` pairs whose binding-constraint code was decided by limits
     equal within round-off (the activity is right either way; the code is a coin toss).
     """
-    a = dict(zip(ARG_NAMES, arrays, strict=True))
+    return advance_named(d0, d1, dict(zip(ARG_NAMES, arrays, strict=True)))
+
+
+def advance_named(d0: int, d1: int, a: Mapping[str, np.ndarray]) -> set[tuple[int, int]]:
+    """:func:`advance` with the arrays by name."""
     w = _world(a, d0)
     for d in range(d0, d1):
         _one_day(w, d)

@@ -150,34 +150,47 @@ def _sorted(path: Path) -> pd.DataFrame:
         drop=True)
 
 
-def _start(spec: Path, out: Path, *extra: str) -> subprocess.Popen[str]:
+def _start(spec: Path, out: Path, *extra: str,
+           sigint: Any = signal.SIG_DFL) -> subprocess.Popen[str]:
+    """The CLI in a session of its own, with SIGINT's disposition set explicitly in the child
+    (a suite started from a background shell would otherwise hand down SIG_IGN)."""
     return subprocess.Popen([sys.executable, "-m", "retwin.cli", "sweep", str(spec), "--out",
                              str(out), *extra], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            cwd=REPO)
+                            cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
 
 
-def _wait_for_points(out: Path, n: int, proc: subprocess.Popen[str]) -> None:
+def _chunks_written(out: Path) -> int:
+    return len(list((out / "kpis").glob("point=*/part-*.parquet"))) \
+        if (out / "kpis").is_dir() else 0
+
+
+def _wait_for_chunks(out: Path, n: int, proc: subprocess.Popen[str]) -> int:
+    """Wait until ``n`` chunks (of any points, in any order) are written; return how many."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        done = len(list((out / "kpis").glob("point=*/part-2.parquet"))) \
-            if (out / "kpis").is_dir() else 0
+        done = _chunks_written(out)
         if done >= n:
-            return
+            return done
         time.sleep(0.05)
-    raise AssertionError(f"the study did not get to {n} points (rc {proc.poll()})")
+    raise AssertionError(f"the study did not get to {n} chunks (rc {proc.poll()})")
 
 
-@pytest.mark.parametrize(("sig", "workers"), [(signal.SIGKILL, "2"), (signal.SIGINT, "2"),
-                                              (signal.SIGTERM, "1")])
+@pytest.mark.parametrize(("sig", "workers", "sigint"), [
+    (signal.SIGKILL, "2", signal.SIG_DFL),
+    (signal.SIGINT, "2", signal.SIG_DFL),
+    (signal.SIGINT, "1", signal.SIG_DFL),
+    # started as a background job is (SIGINT ignored): SIGTERM still stops it cleanly
+    (signal.SIGTERM, "2", signal.SIG_IGN),
+])
 def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path: Path, sig: int,
-                                                          workers: str,
+                                                          workers: str, sigint: Any,
                                                           long_fresh: pd.DataFrame) -> None:
     spec = tmp_path / "long.yaml"
     spec.write_text(yaml.safe_dump(LONG))
     out = tmp_path / "out"
-    proc = _start(spec, out, "--workers", workers)
-    _wait_for_points(out, 3, proc)
+    proc = _start(spec, out, "--workers", workers, sigint=sigint)
+    written = _wait_for_chunks(out, 9, proc)
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
     if sig == signal.SIGKILL:
@@ -185,13 +198,16 @@ def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path: Path, sig: i
     else:
         assert proc.returncode == 130, err
         assert "interrupted: " in err and "run the same command again to resume" in err
-        assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["status"] == "interrupted"
+        assert manifest["counts"]["runs_done"] >= written * 10
+        assert not any((out / ".tmp").glob("*"))  # no partial file stands
     # every file that stands is whole
     for f in (out / "kpis").rglob("*.parquet"):
         assert pd.read_parquet(f).shape[0] > 0
     starts: list[int] = []
     res = run_batch(spec, out, workers=2, progress=lambda p: starts.append(p.runs_at_start))
-    assert starts[0] >= 3 * 30 and res.complete
+    assert starts[0] >= written * 10 and res.complete
     pd.testing.assert_frame_equal(_sorted(out), long_fresh, check_exact=True)
     time.sleep(1.5)  # orphaned workers notice their parent is gone within a second
     left = subprocess.run(["pgrep", "-f", f"multiprocessing.*{os.getpid()}"],

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import csv
+import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,10 +58,48 @@ def test_keys_are_formula_keys() -> None:
         assert evaluate_formula(f"= {{{key}}}", params) == p.value
 
 
+# --- the table is what data/build_parameters.py writes; every formula gives its value ------------
+
+#: A formula over keys that is not the row's leading ``= formula`` (the script states it first).
+_BURIED_FORMULA = re.compile(r"=\s*(?:round\()?\(*\{")
+
+
+def _formula(basis: str) -> str | None:
+    """The formula of a computed row: a basis ``= formula; note`` (or ``= formula``)."""
+    return basis[2:].split(";", 1)[0] if basis.startswith("= ") else None
+
+
+def test_parameters_csv_is_exactly_what_the_script_writes(tmp_path: Path) -> None:
+    out = tmp_path / "parameters.csv"
+    done = subprocess.run([sys.executable, str(DATA / "build_parameters.py"), str(out)],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes() == (DATA / "parameters.csv").read_bytes(), (
+        "data/parameters.csv differs from what data/build_parameters.py writes: run "
+        "`.venv/bin/python data/build_parameters.py` and `retwin data --write-manifest`")
+
+
+def test_every_formula_basis_gives_the_rows_value() -> None:
+    params = load_parameters()
+    computed = {k: f for k, p in params.items() if (f := _formula(p.basis)) is not None}
+    assert len(computed) > 100  # the walk sees the computed rows
+    assert {params[k].flag for k in computed} == {"derived", "estimate"}
+    for key, formula in computed.items():
+        # the table keeps 12 significant digits: chains of full-precision rows drift below 1e-11
+        assert math.isclose(evaluate_formula(formula, params), params[key].value, rel_tol=1e-10), (
+            key, formula)
+
+
+def test_no_formula_hides_in_a_rows_note() -> None:
+    """A row computed from other rows states its formula first, where the test above checks it."""
+    for key, p in load_parameters().items():
+        formula = _formula(p.basis)
+        rest = p.basis if formula is None else p.basis[2 + len(formula):]
+        assert not _BURIED_FORMULA.search(rest), (key, p.basis)
+
+
 def test_manifest_is_current() -> None:
-    if not (DATA / "manifest.json").is_file():
-        pytest.skip("data/manifest.json does not exist yet (create it with "
-                    "`retwin data --write-manifest`)")
+    # check_manifest names a missing manifest and how to write it (`retwin data --write-manifest`)
     assert check_manifest() == []
 
 

@@ -9,13 +9,14 @@ import itertools
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import retwin
 from conftest import assert_same_run
 from retwin import MassBalanceError, ScenarioError
 from retwin.kernels.flow import BIND_OUTAGE
-from retwin.scenario.schema import Scenario
+from retwin.scenario.schema import STAGES, Scenario
 
 NEW_MINE = {"id": "mine2", "name": "Second mine", "stage": "mining", "capacity_tpa": 3650,
             "extracts": True, "recipe": {"outputs": {"concentrate": 1}, "inputs": {"ore": 9}}}
@@ -116,9 +117,9 @@ def test_kernel_calls_are_bounded_by_event_days(tiny_run: Any) -> None:
 
 
 def _quota_use(res: Any, q: int = 0) -> np.ndarray:
-    st = res.compiled.kernel_static
-    under = st["plant_quota"] == q
-    return (res.activity[under] * st["qcoef"][under, None]).sum(axis=0)
+    topo = res.compiled.topology
+    under = topo.plant_quota == q
+    return (res.activity[under] * topo.quota_per_activity[under, None]).sum(axis=0)
 
 
 def _check_quota(res: Any, q: int = 0) -> None:
@@ -438,3 +439,48 @@ def test_monthly_bands_are_ordered_and_span_the_replications(tiny: Scenario) -> 
     assert rs.monthly_stack is not None and rs.monthly_stack.shape[0] == 4
     noisy = b[b.kind == "price"]
     assert (noisy.p95 - noisy.p5).max() > 0  # price noise makes replications differ
+
+
+# --- the compiled scenario ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny", "baotou-2024", "china-2024"])
+def test_topology_agrees_with_the_scenario(name: str) -> None:
+    sc = retwin.load_scenario(name)
+    c = retwin.prepare(sc)
+    topo = c.topology
+    mats = [m.id for m in sc.materials]
+    pools = [p.key for p in sc.pools]
+    stage_of = {p: s for s, plants in topo.stage_plants.items() for p in plants.tolist()}
+    assert stage_of == {i: p.stage for i, p in enumerate(sc.plants)}
+    assert list(topo.stage_plants) == [s for s in STAGES if s in stage_of.values()]
+    for i, p in enumerate(sc.plants):
+        for side, recipe in ((topo.inputs, p.recipe.inputs), (topo.outputs, p.recipe.outputs)):
+            got = {mats[m]: a for m, a in zip(side.material[side.of(i)],
+                                              side.amount[side.of(i)], strict=True)}
+            assert got == dict(recipe), (p.id, side)
+            assert np.all(side.plant[side.of(i)] == i)
+        for j in range(*topo.outputs.of(i).indices(len(topo.outputs.pool))):
+            assert pools[topo.outputs.pool[j]] == (p.region, mats[topo.outputs.material[j]])
+        quotas = [q for q, quota in enumerate(sc.quotas) if p.id in quota.plants]
+        assert topo.plant_quota[i] == (quotas[0] if quotas else -1)
+    assert [mats[m] for m in topo.pool_material] == [p.material for p in sc.pools]
+    assert [pools[s] for s in topo.market_pool] == [(k.region, k.material) for k in sc.markets]
+    assert [mats[m] for m in topo.market_material] == [k.material for k in sc.markets]
+    assert [mats[m] for m in topo.segment_material] == [g.material for g in sc.demand]
+    assert {mats[m] for m in topo.produced_materials} == {
+        m for p in sc.plants for m in p.recipe.outputs}
+
+
+def test_row_labels_live_on_the_compiled_scenario(tiny: Scenario) -> None:
+    """Every run of one compiled scenario shares its KPI and monthly row labels; another
+    compiled scenario has its own (nothing is kept in a module, keyed by object ids)."""
+    c = retwin.prepare(tiny)
+    a, b = retwin.run(c, seed=1), retwin.run(c, seed=2)
+    assert a.monthly_values()[0] is b.monthly_values()[0] is c.labels["monthly"][1]
+    assert a.kpis.value.tolist() != b.kpis.value.tolist()
+    assert c.labels["kpis"][1] is not None
+    other = retwin.prepare(tiny)
+    assert other.labels == {}
+    assert retwin.run(other, seed=1).monthly_values()[0] is not a.monthly_values()[0]
+    pd.testing.assert_frame_equal(a.kpis, retwin.run(other, seed=1).kpis)

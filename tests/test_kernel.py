@@ -9,10 +9,10 @@ wrong answer unnoticed.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given
@@ -22,7 +22,8 @@ import reference
 import retwin
 from conftest import chain_model, make_scenario, make_tree, mat, plant
 from reference import ARG_NAMES, CAPACITY, IDLE, INPUT, OUTAGE, QUOTA, STORAGE
-from retwin.kernels import flow
+from retwin.engine import model as engine_model
+from retwin.kernels import contract, flow
 
 Args = dict[str, np.ndarray]
 Segment = tuple[int, int] | tuple[int, int, Callable[[Args], None]]
@@ -72,11 +73,101 @@ def both(sc: retwin.Scenario, *segments: Segment, setup: Callable[[Args], None] 
     return k
 
 
-def test_reference_reads_only_kernel_arguments() -> None:
-    fn = getattr(flow._advance, "py_func", flow._advance)
-    names = tuple(inspect.signature(fn).parameters)
-    assert names[:2] == ("d0", "d1")
-    assert set(names[2:]) >= reference.USED_ARGS
+# --- the declaration (retwin.kernels.contract) binds the kernel, the reference and the engine --
+
+
+class _Recording(Mapping[str, np.ndarray]):
+    """The kernel's arrays by name, remembering which names were asked for."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.arrays = arrays
+        self.asked: set[str] = set()
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        self.asked.add(name)
+        return self.arrays[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.arrays)
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+
+def every_part(days: int = 30) -> retwin.Scenario:
+    """A chain with one of everything the kernel handles: a quota, a lead time, markets both
+    ways, demand."""
+    quota = {"id": "q", "plants": ["mine"], "annual_t_reo": {2024: 100000}}
+    return make_scenario(
+        [ORE, CONC, OXIDE], [mine(capacity_tpa=36500, lead_time_days=2), separator()],
+        days=days, quotas=[quota], pools=[{"material": "oxide", "target_t": 50}],
+        markets=[{"id": "conc-out", "material": "conc", "export": {"cap_tpa": 365}},
+                 {"id": "ox-in", "material": "oxide",
+                  "import": {"cap_tpa": 365, "lead_time_days": 3}}],
+        demand=[{"id": "use", "name": "use", "material": "oxide", "base_units_per_year": 1}],
+    )
+
+
+def test_reference_uses_every_declared_array_but_the_derived_ones() -> None:
+    """A new kernel array the reference does not read would leave the kernel's use of it
+    untested: the reference must read every array the declaration does not mark derived."""
+    arrays = {n: x.copy() for n, x in zip(ARG_NAMES, chain_model(every_part(10))._args,
+                                          strict=True)}
+    arrays["q_avail"][:] = arrays["q_year_left"][:] = 1e5  # the chain runs: a quota is
+    arrays["dem_rate"][:] = 1.0  # released, demand draws, trade moves
+    a = _Recording(arrays)
+    reference.advance_named(0, 10, a)
+    for name in ("act_rec", "served_rec"):
+        assert np.all(arrays[name].max(axis=1) > 0), name  # every plant and segment
+    assert arrays["exp_rec"][0].max() > 0.5 and arrays["imp_rec"][1].max() > 0.5
+    needed = {x.name for x in contract.FLOW_ARRAYS if not x.derived}
+    assert needed - a.asked == set()
+    assert a.asked <= set(contract.NAMES)
+
+
+def test_kernel_body_must_follow_the_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """flow.py refuses to import when the body's parameters drift from the declaration."""
+    assert flow._signature_errors() == []
+
+    def swapped(d0: int, d1: int, lvl_ptr: Any, order: Any) -> None: ...
+
+    monkeypatch.setattr(flow, "_flow", swapped)
+    errors = flow._signature_errors()
+    assert errors and "the kernel body takes ('lvl_ptr', 'order')" in errors[0]
+
+
+def test_packed_call_shares_the_state_the_events_write() -> None:
+    """Every array of a run is what its packed call passes: the 1-D ones are views into the
+    blobs (an event writing ``avail`` writes what the kernel reads), the others the arrays."""
+    sc = make_scenario([ORE, CONC, OXIDE], [mine(), separator()], days=10)
+    m = chain_model(sc)
+    si, _, sf, _, *rest = m._packed
+    for name in contract.NAMES:
+        blob = si if name in contract.PACKED_INTS else sf if name in contract.PACKED_FLOATS \
+            else None
+        a = m.arrays[name]
+        assert a.dtype == contract.FLOW_ARRAYS[contract.NAMES.index(name)].dtype, name
+        if blob is None:
+            assert any(a is r for r in rest), name
+        else:
+            assert a.base is blob, name
+    assert [id(a) for a in m._args] == [id(m.arrays[n]) for n in ARG_NAMES]
+    m.avail[1] = 0.25  # what an outage does
+    sf_off = m._packed[3]
+    assert sf[sf_off[contract.PACKED_FLOATS.index("avail")] + 1] == 0.25
+
+
+def test_a_run_allocates_its_arrays_from_the_declaration() -> None:
+    sc = make_scenario([ORE, CONC, OXIDE], [mine(), separator()], days=10)
+    c = retwin.prepare(sc)
+    arrays = chain_model(sc).arrays
+    for spec in contract.FLOW_ARRAYS:
+        assert arrays[spec.name].shape == spec.shape(c.kernel_sizes), spec.name
+    with pytest.raises(KeyError, match="kernel inputs not given: order"):
+        contract.allocate(c.kernel_sizes, {n: a for n, a in c.kernel_static.items()
+                                           if n != "order"})
+    with pytest.raises(KeyError, match="not kernel arrays: stocks"):
+        contract.allocate(c.kernel_sizes, {**c.kernel_static, "stocks": np.zeros(2)})
 
 
 # --- building blocks of the cases -----------------------------------------------------------
@@ -446,11 +537,10 @@ def kernel_case(draw: st.DrawFn) -> tuple[retwin.Scenario, dict[str, Any]]:
     sc = retwin.load_scenario(make_tree([ORE, CONC, OXIDE], plants, pools=pools,
                                         markets=markets, demand=demand, quotas=quotas,
                                         days=draw(st.integers(5, 90))))
-    # A derated plant under a binding quota records the wrong constraint (see
-    # test_derated_plant_bound_by_quota_records_quota); keep that case to the targeted test.
-    levels = [0.0, 1.0] if quotas else [0.0, 0.5, 1.0]
+    # Availability below 1 under a binding quota is in: the quota is then the smaller limit and
+    # is recorded (test_derated_plant_bound_by_quota_records_quota, module docstring step 2).
     state = {
-        "avail": [draw(st.sampled_from(levels)) for _ in plants],
+        "avail": [draw(st.sampled_from([0.0, 0.5, 1.0])) for _ in plants],
         "q_avail": draw(st.floats(0, 400)),
         "q_year_left": draw(st.floats(0, 2000)),
         "dem_rate": draw(st.floats(0, 30)),
@@ -476,9 +566,36 @@ def test_kernel_matches_reference_on_random_chains(case: tuple[retwin.Scenario, 
     both(sc, (0, cut), (cut, n), setup=setup)
 
 
-def test_warmup_runs_the_kernel_on_its_current_signature() -> None:
-    # warmup builds the kernel's argument list by hand: it must follow the signature
-    assert retwin.warmup() >= 0.0
+def _argument_types(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The Numba types of a call's arguments: what the compiled kernel is specialised on."""
+    return tuple(numba.typeof(a) for a in args)
+
+
+def test_warmup_compiles_the_kernel_the_engine_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Warm-up must call the packed kernel with the argument types of the engine's calls, so
+    that a run after warm-up compiles nothing; compiled, that is one signature, and a run
+    adds none."""
+    calls: dict[str, list[tuple[Any, ...]]] = {"warmup": [], "engine": []}
+    real = flow._advance_packed
+
+    def spy(who: str) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            calls[who].append(_argument_types(args))
+            real(*args)
+        return call
+
+    monkeypatch.setattr(flow, "_advance_packed", spy("warmup"))
+    retwin.warmup()
+    monkeypatch.setattr(engine_model, "advance_packed", spy("engine"))
+    retwin.run(make_scenario([ORE, CONC, OXIDE], [mine(), separator()], days=30))
+    assert len(calls["warmup"]) == 1 and calls["engine"]
+    assert set(calls["engine"]) == set(calls["warmup"])
+    signatures = getattr(real, "signatures", None)
+    if signatures is not None:  # compiled (with NUMBA_DISABLE_JIT=1 the kernel is Python)
+        assert calls["warmup"][0] in signatures
+        n = len(signatures)
+        retwin.run(retwin.load_scenario("tiny"), seed=2)
+        assert len(real.signatures) == n
 
 
 # --- the checked wrapper's errors -------------------------------------------------------------
@@ -486,8 +603,7 @@ def test_warmup_runs_the_kernel_on_its_current_signature() -> None:
 
 @pytest.fixture
 def kernel_args() -> list[np.ndarray]:
-    sc = make_scenario([ORE, CONC, OXIDE], [mine(), separator()], days=30)
-    return [a.copy() for a in chain_model(sc)._args]
+    return [a.copy() for a in chain_model(every_part(30))._args]
 
 
 @pytest.fixture
@@ -498,7 +614,7 @@ def no_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: Any) -> None:
         raise AssertionError("the kernel was called with arguments the wrapper should refuse")
 
-    monkeypatch.setattr(flow, "_advance", refuse)
+    monkeypatch.setattr(flow, "_advance_packed", refuse)
 
 
 def _at(name: str) -> int:
@@ -510,7 +626,7 @@ def test_wrapper_refuses_non_contiguous_array(kernel_args: list[np.ndarray]) -> 
     i = _at("stock_rec")
     kernel_args[i] = np.asfortranarray(np.zeros((kernel_args[i].shape[0], 30, 2)))[:, :, 0]
     assert not kernel_args[i].flags.c_contiguous
-    with pytest.raises(ValueError, match=rf"argument {i + 2} must be C-contiguous"):
+    with pytest.raises(ValueError, match=rf"stock_rec \(argument {i + 2}\) must be C-contiguous"):
         flow.advance(0, 30, *kernel_args)
 
 
@@ -518,7 +634,7 @@ def test_wrapper_refuses_non_contiguous_array(kernel_args: list[np.ndarray]) -> 
 def test_wrapper_refuses_wrong_dtype(kernel_args: list[np.ndarray]) -> None:
     i = _at("cap_day")
     kernel_args[i] = kernel_args[i].astype(np.float32)
-    with pytest.raises(TypeError, match=rf"argument {i + 2} has dtype float32"):
+    with pytest.raises(TypeError, match=rf"cap_day \(argument {i + 2}\) has dtype float32"):
         flow.advance(0, 30, *kernel_args)
     kernel_args[i] = kernel_args[i].astype(np.float64)
     j = _at("order")
@@ -531,7 +647,7 @@ def test_wrapper_refuses_wrong_dtype(kernel_args: list[np.ndarray]) -> None:
 def test_wrapper_refuses_a_list(kernel_args: list[Any]) -> None:
     i = _at("price")
     kernel_args[i] = kernel_args[i].tolist()
-    with pytest.raises(TypeError, match="must be a numpy array, got list"):
+    with pytest.raises(TypeError, match=r"price \(argument \d+\) must be a numpy array, got list"):
         flow.advance(0, 30, *kernel_args)
 
 
@@ -554,8 +670,90 @@ def test_wrapper_refuses_mismatched_shapes(kernel_args: list[np.ndarray]) -> Non
     """A state array shorter than its axis (one pool of two) would be read out of bounds."""
     i = _at("stock")
     kernel_args[i] = kernel_args[i][:1].copy()
-    with pytest.raises(ValueError, match=r"stock|shape|argument"):
+    with pytest.raises(ValueError, match=r"^stock has 1 along axis S \(pools\) where "):
         flow.advance(0, 30, *kernel_args)
+
+
+@pytest.mark.usefixtures("no_kernel")
+@pytest.mark.parametrize("spec", contract.FLOW_ARRAYS, ids=lambda s: s.name)
+def test_wrapper_refuses_any_array_one_entry_short(kernel_args: list[np.ndarray],
+                                                   spec: contract.KernelArray) -> None:
+    """Whatever array is too short, the kernel would read or write past it: its axis
+    disagrees with another array's, or with what indexes or points into it."""
+    i = _at(spec.name)
+    assert kernel_args[i].shape[0] > 0, f"the test chain has no {spec.name}: give it one"
+    kernel_args[i] = np.ascontiguousarray(kernel_args[i][:-1])
+    with pytest.raises(ValueError, match=r"along axis|outside|row pointers|one more than"):
+        flow.advance(0, 30, *kernel_args)
+
+
+@pytest.mark.usefixtures("no_kernel")
+@pytest.mark.parametrize("spec", contract.FLOW_ARRAYS, ids=lambda s: s.name)
+def test_wrapper_refuses_any_other_dtype(kernel_args: list[np.ndarray],
+                                         spec: contract.KernelArray) -> None:
+    """Each array must have its declared dtype: any other would be converted when packed (a
+    float stock written back into an int array, say) or compile another kernel."""
+    i = _at(spec.name)
+    other = np.float64 if spec.dtype is not np.float64 else np.int64
+    kernel_args[i] = np.zeros(kernel_args[i].shape, other)
+    with pytest.raises(TypeError, match=rf"^{spec.name} \(argument {i + 2}\) has dtype "):
+        flow.advance(0, 30, *kernel_args)
+
+
+def _out_of_range(spec: contract.KernelArray, sizes: dict[str, int]) -> list[int]:
+    """Values that would send the kernel outside an array."""
+    assert spec.values_in is not None
+    return [sizes[spec.values_in], -2 if spec.none else -1]
+
+
+INDEXES = [s for s in contract.FLOW_ARRAYS if s.values_in is not None]
+POINTERS = [s for s in contract.FLOW_ARRAYS if s.ptr_into is not None]
+
+
+@pytest.fixture
+def kernel_sizes() -> dict[str, int]:
+    return retwin.prepare(every_part(30)).kernel_sizes
+
+
+@pytest.mark.usefixtures("no_kernel")
+@pytest.mark.parametrize("spec", INDEXES, ids=lambda s: s.name)
+def test_wrapper_refuses_any_index_out_of_range(kernel_args: list[np.ndarray],
+                                                kernel_sizes: dict[str, int],
+                                                spec: contract.KernelArray) -> None:
+    """The compiled kernel does no bounds checks: every array whose values are positions
+    (a pool, a material, a ring slot…) must hold only positions that exist."""
+    i = _at(spec.name)
+    assert kernel_args[i].size, f"the test chain has no {spec.name}: give it one"
+    for bad in _out_of_range(spec, kernel_sizes):
+        args = [a.copy() for a in kernel_args]
+        args[i][0] = bad
+        with pytest.raises(ValueError, match=rf"^{spec.name} holds {bad}, outside "):
+            flow.advance(0, 30, *args)
+
+
+@pytest.mark.usefixtures("no_kernel")
+@pytest.mark.parametrize("spec", POINTERS, ids=lambda s: s.name)
+@pytest.mark.parametrize("where", ["first", "last", "falling"])
+def test_wrapper_refuses_row_pointers_past_their_entries(kernel_args: list[np.ndarray],
+                                                         spec: contract.KernelArray,
+                                                         where: str) -> None:
+    i = _at(spec.name)
+    ptr = kernel_args[i]
+    assert ptr.size >= 3 and ptr[-1] > 0, "the test chain needs two plants with entries"
+    if where == "first":
+        ptr[0] = 1
+    elif where == "last":
+        ptr[-1] += 1
+    else:
+        ptr[1] = ptr[-1] + 1
+    with pytest.raises(ValueError, match=rf"^{spec.name} holds .*; row pointers must rise"):
+        flow.advance(0, 30, *kernel_args)
+
+
+@pytest.mark.usefixtures("no_kernel")
+def test_wrapper_refuses_a_wrong_number_of_arrays(kernel_args: list[np.ndarray]) -> None:
+    with pytest.raises(TypeError, match=rf"takes {len(ARG_NAMES)} arrays after d0, d1; got "):
+        flow.advance(0, 30, *kernel_args[:-1])
 
 
 def test_wrapper_empty_range_changes_nothing(kernel_args: list[np.ndarray]) -> None:

@@ -2,7 +2,10 @@
 
 kernels ← stages ← engine ← {batch, storage, cli} ← api: nothing imports upward; only
 ``retwin.kernels`` imports numba; only ``retwin.stages`` and ``retwin.engine`` import simpy.
-Imports inside functions count as much as those at the top of a module.
+Within the run, the compiled scenario (``retwin.compiled``) lies below both the engine and the
+results, and the results below the engine (which makes them): kernels ← compiled ← results ←
+engine. No two of the parts a run needs import each other, however indirectly. Imports
+inside functions count as much as those at the top of a module.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ def _offenders(importer_ok: str | tuple[str, ...], imported: str) -> list[str]:
 
 def test_the_walk_sees_the_package() -> None:
     for expected in ("retwin", "retwin.kernels.flow", "retwin.engine.model", "retwin.stages.base",
-                     "retwin.scenario.schema", "retwin.cli", "retwin.results"):
+                     "retwin.scenario.schema", "retwin.cli", "retwin.results", "retwin.compiled"):
         assert expected in MODULES
     assert "numba" in MODULES["retwin.kernels._jit"]
     assert "simpy" in MODULES["retwin.engine.model"]
@@ -123,6 +126,51 @@ def test_stages_do_not_import_upward(forbidden: str) -> None:
     bad = [m for m, deps in MODULES.items() if _in(m, "retwin.stages")
            and any(_in(d, forbidden) for d in deps)]
     assert bad == []
+
+
+#: The run's layers, lowest first: each may import only those before it.
+RUN_LAYERS = ("retwin.kernels", "retwin.compiled", "retwin.results", "retwin.engine")
+
+
+@pytest.mark.parametrize("layer", range(len(RUN_LAYERS)))
+def test_run_layers_do_not_import_upward(layer: int) -> None:
+    above = RUN_LAYERS[layer + 1:]
+    bad = sorted(f"{m} -> {d}" for m, deps in MODULES.items() if _in(m, RUN_LAYERS[layer])
+                 for d in deps if any(_in(d, a) for a in above))
+    assert bad == []
+
+
+def _part(module: str) -> str | None:
+    """The part of the package a module belongs to (``retwin.engine.run`` -> ``engine``);
+    None for the package itself (its ``__init__`` gathers the public API from every part)."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "retwin" and len(parts) > 1 else None
+
+
+def test_the_parts_a_run_needs_import_no_cycle() -> None:
+    """A cycle between parts of the package (e.g. engine -> results -> engine) means one of
+    them is in the wrong layer: among the engine and every part it needs, however
+    indirectly, name each part on a cycle."""
+    graph: dict[str, set[str]] = {}
+    for m, deps in MODULES.items():
+        a = _part(m)
+        if a is not None:
+            graph.setdefault(a, set()).update(
+                b for d in deps if (b := _part(d)) is not None and b != a)
+
+    def reach(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(graph.get(start, ()))
+        while todo:
+            node = todo.pop()
+            if node not in seen:
+                seen.add(node)
+                todo.extend(graph.get(node, ()))
+        return seen
+
+    run_parts = {"engine"} | reach("engine")
+    assert {"kernels", "stages", "compiled", "results"} <= run_parts
+    assert sorted(a for a in run_parts if a in reach(a)) == []
 
 
 def test_nothing_imports_the_cli() -> None:

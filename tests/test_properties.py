@@ -195,9 +195,9 @@ def test_storage_ceiling_holds_where_nothing_is_imported(tree: dict[str, Any], s
 def test_quota_use_within_releases_and_ceiling(tree: dict[str, Any], seed: int) -> None:
     res = retwin.run(load(tree), seed=seed)
     c = res.compiled
-    st_ = c.kernel_static
-    under = st_["plant_quota"] == 0
-    use = (res.activity[under] * st_["qcoef"][under, None]).sum(axis=0)
+    topo = c.topology
+    under = topo.plant_quota == 0
+    use = (res.activity[under] * topo.quota_per_activity[under, None]).sum(axis=0)
     years = res._year_of_day
     for y in res.years:
         assert use[years == y].sum() <= c.quota_year_total[(0, y)] * (1 + 1e-9) + 1e-9
@@ -230,7 +230,7 @@ def test_raising_a_quota_never_lowers_extraction(tree: dict[str, Any], factor: f
     # depends on how the room was shared over time (lead times differ per mine): there the
     # total can move either way by what sat in the pipeline, so the property excludes it.
     assume(not (base.binding == BIND_STORAGE).any() and not (more.binding == BIND_STORAGE).any())
-    under = base.compiled.kernel_static["plant_quota"] == 0
+    under = base.compiled.topology.plant_quota == 0
     before, after = base.activity[under].sum(), more.activity[under].sum()
     assert after >= before - 1e-9 * max(1.0, before)
     # mines extract: the ore taken from the ground follows their activity

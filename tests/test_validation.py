@@ -30,6 +30,8 @@ from retwin.scenario.data import (
     reference_dir,
 )
 from retwin.scenario.load import resolve_model
+from retwin.validation import observables
+from retwin.validation.fit import _fit_observations
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = re.compile(r"\{([a-z0-9_]+(?:\.[a-z0-9_]+)+)\}")
@@ -123,13 +125,13 @@ def test_backcast_model_uses_no_held_out_figure() -> None:
 
 def test_the_fit_sees_only_fitted_years() -> None:
     params = dict(formula_parameters())
-    obs = v._fit_observations(params)
+    obs = _fit_observations(params)
     assert obs and {y for _, y, _ in obs} <= set(v.FIT_YEARS)
     # changing every held-out figure changes nothing the fit sees
     for k in v.held_out_keys(params):
         if k in params:
             params[k] = dataclasses.replace(params[k], value=params[k].value * 7)
-    assert v._fit_observations(params) == obs
+    assert _fit_observations(params) == obs
 
 
 def test_fitted_values_come_from_data_with_how_they_were_obtained() -> None:
@@ -216,7 +218,7 @@ def test_backcast_strict_fails_when_a_tolerance_is_exceeded(
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     tight = tuple(dataclasses.replace(o, tolerance_frac=1e-9) if o.id == "magnet_exports" else o
                   for o in v.OBSERVABLES)
-    monkeypatch.setattr(v, "OBSERVABLES", tight)
+    monkeypatch.setattr(observables, "OBSERVABLES", tight)  # where compare() reads it
     assert main(["backcast", "--strict"]) == 1
     assert "exceed their tolerance" in capsys.readouterr().err
     assert main(["backcast"]) == 0  # without --strict the table is only reported

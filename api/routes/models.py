@@ -12,7 +12,10 @@ from api.deps import OwnerDep, ServiceDep
 from api.schemas import ErrorPublic, ModelDetail, ModelPublic, ModelsPublic
 from retwin.scenario import Change
 
-router = APIRouter(tags=["models"], responses={401: {"model": ErrorPublic}})
+router = APIRouter(tags=["models"], responses={
+    401: {"model": ErrorPublic, "description": "Missing, invalid or revoked API token."},
+    403: {"model": ErrorPublic, "description": (
+        "The service has no API token and the caller is not on its machine.")}})
 
 _CHANGES: TypeAdapter[list[Change]] = TypeAdapter(list[Change])
 

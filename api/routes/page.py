@@ -8,7 +8,6 @@ charts ``retwin report`` writes to a file.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,7 +19,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api import tables
 from api.deps import OwnerDep, ServiceDep
-from api.schemas import ErrorPublic
+from api.errors import query_error
+from api.render import dumps
+from api.schemas import ErrorPublic, ValidationErrorPublic
 from retwin.report import figures
 
 __all__ = ["page_router", "router"]
@@ -30,7 +31,11 @@ _FILES = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; char
 
 page_router = APIRouter(include_in_schema=False)
 router = APIRouter(tags=["charts"], responses={
-    401: {"model": ErrorPublic}, 404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}})
+    401: {"model": ErrorPublic, "description": "Missing, invalid or revoked API token."},
+    403: {"model": ErrorPublic, "description": (
+        "The service has no API token and the caller is not on its machine.")},
+    404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}, 410: {"model": ErrorPublic},
+    422: {"model": ValidationErrorPublic, "description": "The request does not validate."}})
 
 
 def _plotly_js() -> Path:
@@ -75,10 +80,12 @@ def _charts(run_dir: Path, base_dir: Path | None, name: str, year: int | None, k
     body: dict[str, Any] = {"name": name, "baseline": base_dir is not None}
     if name == "sankey":
         years = figures.sankey_years(run_dir)
+        if not years:
+            raise HTTPException(409, "this run has no year of flows to draw")
         y = years[0] if year is None else year
         if y not in years:
-            raise HTTPException(422, f"year(={y}) is outside the run's years "
-                                     f"{years[0]}..{years[-1]}")
+            raise query_error("year", f"year(={y}) is outside the run's years "
+                                      f"{years[0]}..{years[-1]}")
         figs = [figures.sankey(run_dir, y, lang=lang)]
         if base_dir is not None and y in figures.sankey_years(base_dir):
             figs.append(figures.sankey(base_dir, y, lang=lang))
@@ -123,7 +130,6 @@ async def read_run_chart(
         if baseline and base_key and figures.is_run_dir(root / str(base_key)):
             base_dir = root / str(base_key)
         body = _charts(run_dir, base_dir, name, year, kind, lang)
-        return Response(json.dumps(_clean(body), ensure_ascii=False, allow_nan=False),
-                        media_type="application/json")
+        return Response(dumps(_clean(body)), media_type="application/json")
 
     return await run_in_threadpool(build)

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import calendar
 import datetime as dt
-import json
+import re
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException, Query, Response
+from fastapi import APIRouter, Header, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from api import tables
 from api.deps import OwnerDep, ServiceDep
+from api.errors import query_error
+from api.render import JSONBody, dumps
 from api.schemas import (
     ComparePublic,
     ErrorPublic,
@@ -30,6 +33,8 @@ from retwin.registry import STATUSES, RunRecord
 
 router = APIRouter(tags=["runs"], responses={
     401: {"model": ErrorPublic, "description": "Missing, invalid or revoked API token."},
+    403: {"model": ErrorPublic, "description": (
+        "The service has no API token and the caller is not on its machine.")},
     422: {"model": ValidationErrorPublic, "description": "The request does not validate."},
 })
 
@@ -38,9 +43,24 @@ Wait = Annotated[float, Query(ge=0, le=3600, description=(
     "Seconds to wait for the run to finish before answering (at most the service's "
     "RETWIN_WAIT_MAX_SECONDS)."))]
 Fmt = Literal["json", "csv", "parquet"]
-Period = Annotated[str | None, Query(pattern=r"^\d{4}(-\d{2}(-\d{2})?)?$",
-                                     description="YYYY, YYYY-MM or YYYY-MM-DD.")]
 Many = Annotated[list[str] | None, Query(max_length=100)]
+
+# A period bound: YYYY, YYYY-MM or YYYY-MM-DD, a real day of the Gregorian calendar in
+# 1900..2199. The OpenAPI pattern and the parser use this one expression, so whatever the
+# document allows is read as written, and nothing else is accepted.
+_YEAR = r"(?:19|20|21)[0-9]{2}"
+_LEAP = r"(?:(?:19|20|21)(?:0[48]|[2468][048]|[13579][26])|2000)"
+_DAY = (rf"{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+        rf"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+        rf"|{_LEAP}-02-29")
+PERIOD_PATTERN = rf"^(?:{_YEAR}|{_YEAR}-(?:0[1-9]|1[0-2])|{_DAY})$"
+_PERIOD = re.compile(PERIOD_PATTERN)
+_PERIOD_DOC = ("YYYY, YYYY-MM or YYYY-MM-DD (a real date, years 1900 to 2199); `from` "
+               "starts at its first day, `to` ends with its last.")
+From = Annotated[str | None, Query(alias="from", description=_PERIOD_DOC,
+                                   json_schema_extra={"pattern": PERIOD_PATTERN})]
+To = Annotated[str | None, Query(alias="to", description=_PERIOD_DOC,
+                                 json_schema_extra={"pattern": PERIOD_PATTERN})]
 
 TABLE_MEDIA: dict[int | str, dict[str, Any]] = {
     200: {"content": {"text/csv": {"schema": {"type": "string"}},
@@ -49,6 +69,8 @@ TABLE_MEDIA: dict[int | str, dict[str, Any]] = {
           "description": "The rows: JSON by default; CSV or Parquet by `format=` or `Accept`."},
     404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}, 410: {"model": ErrorPublic},
 }
+NO_SPACE_DOC: dict[int | str, dict[str, Any]] = {507: {"model": ErrorPublic, "description": (
+    "No space left in the data folder; nothing was written. Try again once there is room.")}}
 
 
 # --- shaping ---------------------------------------------------------------------------------
@@ -83,9 +105,10 @@ def _public(service: Service, rec: RunRecord) -> dict[str, Any]:
     return {**_summary(rec), "request": rec.request, "error": rec.error, "result": result}
 
 
-async def _answer(service: Service, rec: RunRecord, status: int = 200) -> JSONResponse:
-    body = await run_in_threadpool(_public, service, rec)
-    return JSONResponse(body, status_code=status)
+async def _answer(service: Service, rec: RunRecord, status: int = 200) -> Response:
+    """The whole run, read and encoded in a worker thread (a result can be large)."""
+    body = await run_in_threadpool(lambda: dumps(_public(service, rec)))
+    return Response(body, status_code=status, media_type="application/json")
 
 
 async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
@@ -116,10 +139,11 @@ async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
         "`wait` seconds.")},
         202: {"description": "Accepted and stored; follow `links.self`."},
         413: {"model": ErrorPublic}, 429: {"model": ErrorPublic, "description": (
-            "The queue is full, or this token has too many unfinished runs; see Retry-After.")}},
+            "The queue is full, or this token has too many unfinished runs; see Retry-After.")},
+        **NO_SPACE_DOC},
 )
 async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
-                     wait: Wait = 0.0) -> JSONResponse:
+                     wait: Wait = 0.0) -> Response:
     """Submit a what-if. It is stored before the answer, so it survives a restart.
 
     An identical request (same model, changes, seed, replications, horizon) is answered from
@@ -129,6 +153,10 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
     prep = await run_in_threadpool(service.prepare, body)
     task = prep.task
     reg = service.registry
+    full = await run_in_threadpool(service.space.low)
+    if full is not None:  # its result would not fit: refuse before storing anything
+        return JSONBody({"detail": f"{full}; free some space there (RETWIN_DATA_DIR) "
+                                       "and try again"}, status_code=507)
     if service.jobs.stored(task.key):
         rec = await run_in_threadpool(lambda: reg.add_run(
             owner=owner, model=body.model, request=prep.request, request_hash=task.key,
@@ -142,7 +170,7 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
     rec = await _wait(service, rec, wait)
     if rec.finished:
         return await _answer(service, rec)
-    return JSONResponse(_accepted(rec), status_code=202,
+    return JSONBody(_accepted(rec), status_code=202,
                         headers={"Location": _links(rec.id)["self"]})
 
 
@@ -154,19 +182,19 @@ async def list_runs(
     model: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-) -> JSONResponse:
+) -> JSONBody:
     """Your runs, newest first, filtered by status and model."""
     recs, total = await run_in_threadpool(
         lambda: service.registry.list_runs(owner=owner, status=status, model=model,
                                            limit=limit, offset=offset))
-    return JSONResponse({"data": [_summary(r) for r in recs], "count": total, "limit": limit,
+    return JSONBody({"data": [_summary(r) for r in recs], "count": total, "limit": limit,
                          "offset": offset})
 
 
 @router.get("/runs/{run_id}", response_model=RunPublic,
             responses={404: {"model": ErrorPublic}, 410: {"model": ErrorPublic}})
 async def read_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
-                   wait: Wait = 0.0) -> JSONResponse:
+                   wait: Wait = 0.0) -> Response:
     """A run: status and progress; once done, its KPIs (mean, p5, p50, p95) and the
     difference to the baseline of the same model, seed and replications."""
     rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
@@ -175,8 +203,9 @@ async def read_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
 
 
 @router.delete("/runs/{run_id}", response_model=RunPublic,
-               responses={404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}})
-async def cancel_run(run_id: RunId, service: ServiceDep, owner: OwnerDep) -> JSONResponse:
+               responses={404: {"model": ErrorPublic}, 409: {"model": ErrorPublic},
+                          410: {"model": ErrorPublic}, **NO_SPACE_DOC})
+async def cancel_run(run_id: RunId, service: ServiceDep, owner: OwnerDep) -> Response:
     """Cancel a queued or running run (cancelling a cancelled run changes nothing)."""
     reg = service.registry
     rec = await run_in_threadpool(reg.get_run, run_id, owner)
@@ -190,23 +219,21 @@ async def cancel_run(run_id: RunId, service: ServiceDep, owner: OwnerDep) -> JSO
 # --- tables ----------------------------------------------------------------------------------
 
 
-def _date(value: str | None, *, last: bool) -> dt.date | None:
+def _date(name: str, value: str | None, *, last: bool) -> dt.date | None:
+    """A period bound: its first day (``from``) or its last (``to``); 422 naming ``name``
+    unless it matches :data:`PERIOD_PATTERN`."""
     if value is None:
         return None
+    if not _PERIOD.fullmatch(value):
+        raise query_error(name, f"{name}(={value[:40]!r}) must be YYYY, YYYY-MM or "
+                                "YYYY-MM-DD, a real date with a year from 1900 to 2199")
     parts = [int(x) for x in value.split("-")]
-    try:
-        if len(parts) == 1:
-            return dt.date(parts[0], 12, 31) if last else dt.date(parts[0], 1, 1)
-        if len(parts) == 2:
-            if not last:
-                return dt.date(parts[0], parts[1], 1)
-            nxt = dt.date(parts[0] + parts[1] // 12, parts[1] % 12 + 1, 1)
-            return nxt - dt.timedelta(days=1)
-        return dt.date(*parts)
-    except ValueError:
-        name = "to" if last else "from"
-        raise RequestValidationError([{"loc": ("query", name), "type": "value_error",
-                                       "msg": f"{name}(={value!r}) is not a date"}]) from None
+    if len(parts) == 1:
+        return dt.date(parts[0], 12, 31) if last else dt.date(parts[0], 1, 1)
+    if len(parts) == 2:
+        day = calendar.monthrange(parts[0], parts[1])[1] if last else 1
+        return dt.date(parts[0], parts[1], day)
+    return dt.date(parts[0], parts[1], parts[2])
 
 
 async def _done_run(service: Service, run_id: str, owner: str) -> RunRecord:
@@ -224,27 +251,44 @@ def _filters(stage: list[str] | None, plant: list[str] | None, material: list[st
     return tables.Filters(stage=t(stage or ()), plant=t(plant or ()),
                           material=t(material or ()), element=t(element or ()),
                           kind=t(kind or ()), kpi=t(kpi or ()),
-                          start=_date(start, last=False), end=_date(end, last=True))
+                          start=_date("from", start, last=False),
+                          end=_date("to", end, last=True))
 
 
-def _table_response(run_id: str, table: str, df: Any, fmt: Fmt, offset: int,
-                    limit: int | None) -> Response:
+def _page_link(request: Request, offset: int, limit: int) -> str:
+    url = request.url.include_query_params(offset=offset, limit=limit)
+    return f"{url.path}?{url.query}"
+
+
+def _stream(chunks: Iterator[bytes], media: str, headers: dict[str, str]) -> StreamingResponse:
+    """A streamed answer; each chunk is made in a worker thread as the client reads."""
+    return StreamingResponse(chunks, media_type=media, headers=headers)
+
+
+def _table_response(request: Request, run_id: str, table: str, df: Any, fmt: Fmt,
+                    offset: int, limit: int | None) -> Response:
+    """JSON: one page (``limit`` rows, by default and at most as :mod:`api.tables` says)
+    with the total and a link to the next page. CSV or Parquet: every row from ``offset``
+    (or ``limit`` of them), streamed."""
     total = len(df)
-    part = tables.page(df, offset, limit)
     headers = {"X-Total-Count": str(total)}
     if fmt == "json":
+        size = min(limit or tables.JSON_PAGE_DEFAULT, tables.JSON_PAGE_MAX)
+        part = tables.page(df, offset, size)
+        nxt = offset + size
         body = {"run": run_id, "table": table, "total": total, "offset": offset,
-                "limit": limit, "columns": list(tables.columns(part)),
-                "rows": tables.records(part)}
-        return Response(json.dumps(body, ensure_ascii=False, allow_nan=False),
-                        media_type="application/json", headers=headers)
-    ext = "csv" if fmt == "csv" else "parquet"
-    headers["Content-Disposition"] = f'attachment; filename="{run_id}-{table}.{ext}"'
-    return Response(tables.render(part, fmt), media_type=tables.MEDIA[fmt], headers=headers)
+                "limit": size, "next": _page_link(request, nxt, size) if nxt < total else None,
+                "columns": list(tables.columns(part)), "rows": tables.records(part)}
+        return Response(dumps(body), media_type="application/json", headers=headers)
+    part = tables.page(df, offset, limit)
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{run_id}-{table}")
+    headers["Content-Disposition"] = f'attachment; filename="{name}.{fmt}"'
+    chunks = tables.iter_csv(part) if fmt == "csv" else tables.iter_parquet(part)
+    return _stream(chunks, tables.MEDIA[fmt], headers)
 
 
-async def _table(service: Service, run_id: str, owner: str, table: str, f: tables.Filters,
-                 fmt: str | None, accept: str | None, offset: int,
+async def _table(request: Request, service: Service, run_id: str, owner: str, table: str,
+                 f: tables.Filters, fmt: str | None, accept: str | None, offset: int,
                  limit: int | None) -> Response:
     rec = await _done_run(service, run_id, owner)
     root = service.settings.results_dir
@@ -252,58 +296,62 @@ async def _table(service: Service, run_id: str, owner: str, table: str, f: table
 
     def build() -> Response:
         df = tables.filter_table(root, rec.request_hash, table, f)
-        return _table_response(run_id, table, df, chosen, offset, limit)
+        return _table_response(request, run_id, table, df, chosen, offset, limit)
 
     return await run_in_threadpool(build)
 
 
 Format = Annotated[Fmt | None, Query(description="json, csv or parquet; overrides Accept.")]
-Offset = Annotated[int, Query(ge=0, le=10**9)]
-Limit = Annotated[int | None, Query(ge=1, le=5_000_000)]
+Offset = Annotated[int, Query(ge=0, le=10**9, description="Rows to skip.")]
+Limit = Annotated[int | None, Query(ge=1, le=5_000_000, description=(
+    f"Rows to answer. JSON is paged: {tables.JSON_PAGE_DEFAULT} rows unless asked, at most "
+    f"{tables.JSON_PAGE_MAX} (a larger limit is lowered to it; the answer's `limit` says "
+    "which applied and `next` links the next page). CSV and Parquet: every row unless "
+    "asked, streamed."))]
 Accept = Annotated[str | None, Header(include_in_schema=False)]
 
 
 @router.get("/runs/{run_id}/series", response_model=TablePublic, responses=TABLE_MEDIA)
 async def read_run_series(
-    run_id: RunId, service: ServiceDep, owner: OwnerDep, format: Format = None,
+    request: Request, run_id: RunId, service: ServiceDep, owner: OwnerDep,
+    format: Format = None,
     kind: Annotated[list[Literal["activity", "stock", "imports", "exports", "served",
                                  "unmet"]] | None, Query(max_length=6)] = None,
     stage: Many = None, plant: Many = None, material: Many = None, element: Many = None,
-    start: Annotated[Period, Query(alias="from")] = None,
-    end: Annotated[Period, Query(alias="to")] = None,
+    start: From = None, end: To = None,
     offset: Offset = 0, limit: Limit = None, accept: Accept = None,
 ) -> Response:
     """Daily series of the first replication (``date, kind, id, value``): plant activity,
     pool stocks, imports, exports, demand served and unmet."""
     f = _filters(stage, plant, material, element, list(kind or []), None, start, end)
-    return await _table(service, run_id, owner, "series", f, format, accept, offset, limit)
+    return await _table(request, service, run_id, owner, "series", f, format, accept, offset, limit)
 
 
 @router.get("/runs/{run_id}/flows", response_model=TablePublic, responses=TABLE_MEDIA)
 async def read_run_flows(
-    run_id: RunId, service: ServiceDep, owner: OwnerDep, format: Format = None,
+    request: Request, run_id: RunId, service: ServiceDep, owner: OwnerDep,
+    format: Format = None,
     direction: Annotated[list[Literal["in", "out"]] | None, Query(max_length=2)] = None,
     stage: Many = None, plant: Many = None, material: Many = None, element: Many = None,
-    start: Annotated[Period, Query(alias="from")] = None,
-    end: Annotated[Period, Query(alias="to")] = None,
+    start: From = None, end: To = None,
     offset: Offset = 0, limit: Limit = None, accept: Accept = None,
 ) -> Response:
     """Monthly flows of the first replication per plant and material
     (``month, plant, stage, material, direction, amount``)."""
     f = _filters(stage, plant, material, element, list(direction or []), None, start, end)
-    return await _table(service, run_id, owner, "flows", f, format, accept, offset, limit)
+    return await _table(request, service, run_id, owner, "flows", f, format, accept, offset, limit)
 
 
 @router.get("/runs/{run_id}/kpis", response_model=TablePublic, responses=TABLE_MEDIA)
 async def read_run_kpis(
-    run_id: RunId, service: ServiceDep, owner: OwnerDep, format: Format = None,
+    request: Request, run_id: RunId, service: ServiceDep, owner: OwnerDep,
+    format: Format = None,
     view: Annotated[Literal["summary", "replications", "difference"], Query(description=(
         "summary: mean, p5, p50, p95 per KPI and year; replications: every replication's "
         "value; difference: paired what-if − baseline."))] = "summary",
     kpi: Many = None, stage: Many = None, plant: Many = None, material: Many = None,
     element: Many = None,
-    start: Annotated[Period, Query(alias="from")] = None,
-    end: Annotated[Period, Query(alias="to")] = None,
+    start: From = None, end: To = None,
     offset: Offset = 0, limit: Limit = None, accept: Accept = None,
 ) -> Response:
     """Annual KPIs of a run, filterable by KPI name (prefix), stage, plant, material,
@@ -317,18 +365,18 @@ async def read_run_kpis(
             raise HTTPException(409, f"run {run_id!r} is a baseline (no changes); it has "
                                      "no difference")
     f = _filters(stage, plant, material, element, None, kpi, start, end)
-    return await _table(service, run_id, owner, table, f, format, accept, offset, limit)
+    return await _table(request, service, run_id, owner, table, f, format, accept, offset, limit)
 
 
 @router.get("/runs/{run_id}/compare/{other_id}", response_model=ComparePublic,
             responses=TABLE_MEDIA)
 async def compare_runs(
-    run_id: RunId, other_id: Annotated[str, PathParam(min_length=1, max_length=64)],
+    request: Request, run_id: RunId,
+    other_id: Annotated[str, PathParam(min_length=1, max_length=64)],
     service: ServiceDep, owner: OwnerDep, format: Format = None,
     kpi: Many = None, stage: Many = None, plant: Many = None, material: Many = None,
     element: Many = None,
-    start: Annotated[Period, Query(alias="from")] = None,
-    end: Annotated[Period, Query(alias="to")] = None, accept: Accept = None,
+    start: From = None, end: To = None, accept: Accept = None,
 ) -> Response:
     """KPI differences ``run − other`` of two of your finished runs; paired by replication
     (common random numbers) when both used the same seed and replications."""
@@ -341,10 +389,10 @@ async def compare_runs(
     def build() -> Response:
         df, paired = tables.compare(root, a.request_hash, b.request_hash, f)
         if chosen != "json":
-            return _table_response(run_id, f"compare-{other_id}", df, chosen, 0, None)
+            return _table_response(request, run_id, f"compare-{other_id}", df, chosen, 0,
+                                   None)
         body = {"a": run_id, "b": other_id, "paired": paired, "total": len(df),
                 "rows": tables.records(df)}
-        return Response(json.dumps(body, ensure_ascii=False, allow_nan=False),
-                        media_type="application/json")
+        return Response(dumps(body), media_type="application/json")
 
     return await run_in_threadpool(build)

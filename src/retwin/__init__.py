@@ -11,6 +11,7 @@ True
 
 from typing import TYPE_CHECKING, Any
 
+from retwin._version import __version__
 from retwin.engine import run, run_replications
 from retwin.engine.run import prepare
 from retwin.errors import DataError, MassBalanceError, RetwinError, ScenarioError
@@ -20,8 +21,6 @@ from retwin.scenario import Scenario, apply_changes, load_scenario
 
 if TYPE_CHECKING:
     from retwin.batch import run_batch
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DataError",

@@ -324,7 +324,6 @@ def _sweep_tables(res: Any) -> None:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     import signal
-    import threading
     import time
 
     from rich.progress import MofNCompleteColumn, ProgressColumn, TimeElapsedColumn
@@ -362,23 +361,16 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                       f"runs {p.runs_done:,}/{p.runs_total:,}, {p.rate:,.0f} runs/s, "
                       f"ETA {_duration(p.eta_s)}", markup=False)
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    old = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
     try:
         with prog:
             res = run_batch(a.spec, a.out, workers=a.workers, dask=a.dask, progress=report,
-                            record="daily" if a.daily else None)
+                            record="daily" if a.daily else None,
+                            interrupt_signals=(signal.SIGINT, signal.SIGTERM))
     except BatchInterrupted as exc:
         err.print(f"interrupted: {exc.points_done} of {exc.points_total} points done "
                   f"({exc.runs_done:,} of {exc.runs_total:,} runs) in {exc.out}; run the same "
                   "command again to resume", markup=False)
         return 130
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, old)
     c = res.manifest["counts"]
     out.print(f"{res.manifest['study']}: {c['points_done']:,} points, {c['runs_done']:,} runs "
               f"in {time.perf_counter() - t0:.1f} s; results in {res.path}: "

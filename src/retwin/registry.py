@@ -34,6 +34,7 @@ from retwin.errors import RetwinError
 __all__ = [
     "ACTIVE",
     "FINISHED",
+    "OPEN_OWNER",
     "STATUSES",
     "OwnerLimit",
     "QueueFull",
@@ -42,6 +43,7 @@ __all__ = [
     "RunNotFound",
     "RunRecord",
     "TokenRecord",
+    "Unstorable",
     "hash_token",
     "request_key",
     "sqlite_url",
@@ -55,9 +57,23 @@ FINISHED: tuple[str, ...] = ("done", "failed", "cancelled")
 #: Prefix of every token this module issues (helps secret scanners recognise a leak).
 TOKEN_PREFIX = "rtw_"
 
+#: The owner of every run submitted while the service runs open (no token, loopback only).
+#: A token's owner is its name, and token names cannot hold ``:``: no token can ever be
+#: this owner, whatever it is called.
+OPEN_OWNER = "open:local"
+
+#: What open-mode runs were owned by before owners were namespaced (a token could be
+#: named like it): such rows are handed to :data:`OPEN_OWNER` when the registry opens.
+LEGACY_OPEN_OWNER = "local"
+
 
 class RegistryError(RetwinError):
     """Base class of the registry's errors."""
+
+
+class Unstorable(RegistryError):
+    """A request that could not be stored and read back as JSON (a lone surrogate in a
+    string, a non-finite number)."""
 
 
 class RunNotFound(RegistryError):
@@ -107,6 +123,17 @@ def request_key(payload: Mapping[str, Any]) -> str:
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
                       default=str)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _request_json(request: Mapping[str, Any]) -> str:
+    """The stored form of a request: strict JSON that is valid UTF-8, or :class:`Unstorable`
+    (a row whose text cannot be answered would break every read of it)."""
+    try:
+        text = json.dumps(dict(request), sort_keys=True, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise Unstorable(f"the request cannot be stored as JSON: {exc}") from None
+    return text
 
 
 def _now() -> dt.datetime:
@@ -254,11 +281,26 @@ class Registry:
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata.create_all(self.engine)
+        self._claim_open_runs()
         self._admit = threading.Lock()
         self._tokens_checked: tuple[float, bool] = (-1e9, False)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _claim_open_runs(self) -> None:
+        """Hand the open-mode runs of an older registry (owner ``local``) to
+        :data:`OPEN_OWNER`: every such run made before a token named ``local`` existed was
+        an open-mode run (a token cannot submit before it exists). Idempotent."""
+        first_token = (sa.select(sa.func.min(tokens.c.created_at))
+                       .where(tokens.c.name == LEGACY_OPEN_OWNER).scalar_subquery())
+        legacy = sa.and_(runs.c.owner == LEGACY_OPEN_OWNER,
+                         sa.or_(first_token.is_(None), runs.c.created_at < first_token))
+        with self.engine.connect() as conn:
+            if conn.execute(sa.select(runs.c.id).where(legacy).limit(1)).first() is None:
+                return
+        with self.engine.begin() as conn:
+            conn.execute(runs.update().where(legacy).values(owner=OPEN_OWNER))
 
     # --- tokens ------------------------------------------------------------------------
 
@@ -348,12 +390,13 @@ class Registry:
         are queued or running (a run that joins one already under way adds none) and the
         owner has fewer than ``owner_max`` unfinished runs; else :class:`QueueFull` or
         :class:`OwnerLimit` is raised and nothing is written. ``status="done"`` records a
-        run answered from a stored result.
+        run answered from a stored result. A request that is not strict, UTF-8-encodable
+        JSON raises :class:`Unstorable`, and nothing is written.
         """
         now = _now()
         rec: dict[str, Any] = {
             "id": uuid.uuid4().hex, "owner": owner, "model": model,
-            "request": json.dumps(dict(request), sort_keys=True, default=str),
+            "request": _request_json(request),
             "request_hash": request_hash, "status": status, "progress": 0.0, "attempts": 0,
             "created_at": now, "started_at": None, "finished_at": None, "error": None,
         }

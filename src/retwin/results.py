@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import weakref
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -13,17 +12,12 @@ import pandas as pd
 
 from retwin import config
 from retwin._typing import FloatArray, Int8Array
-from retwin.engine.build import Compiled
+from retwin.compiled import Compiled
 from retwin.errors import MassBalanceError
 from retwin.kernels.flow import BIND_CAPACITY, BIND_NAMES, BIND_OUTAGE, BIND_QUOTA
-from retwin.scenario.schema import ELEMENTS, STAGE_GROUP, STAGES
+from retwin.scenario.schema import ELEMENTS, STAGE_GROUP
 
 __all__ = ["Balance", "ReplicationSet", "RunResult", "summarise"]
-
-#: The row labels of a compiled scenario's KPI table (the same for every run of it), kept
-#: while the compiled scenario lives, so a replication only computes the values.
-_KPI_INDEX: dict[int, tuple[list[tuple[str, str, str]], pd.DataFrame]] = {}
-_MONTHLY_INDEX: dict[int, tuple[tuple[tuple[str, tuple[str, ...]], ...], pd.DataFrame]] = {}
 
 YI = 1e8  # CNY per 亿元
 RAW_STAGES = ("separation", "recycling")
@@ -80,7 +74,7 @@ class RunResult:
     def balance(self) -> Balance:
         c = self.compiled
         n_m = len(c.material_ids)
-        pool_mat = c.kernel_static["pool_mat"]
+        pool_mat = c.topology.pool_material
         init = np.bincount(pool_mat, c.pool_initial, minlength=n_m)
         final = np.bincount(pool_mat, self.final_stock, minlength=n_m)
         transit = np.bincount(pool_mat, self.in_transit, minlength=n_m)
@@ -163,17 +157,13 @@ class RunResult:
             meta.append((kpi, key, unit))
             vals.append(np.asarray(values, dtype=np.float64))
 
+        topo = c.topology
         act_y = self._by_year(self.activity)  # (P, Y)
         cap_y = self._by_year(self.capacity_days)
-        stage_arr = np.array(c.plant_stage)
         sc = c.scenario
         main_unit = {p.id: sc.material(p.recipe.main_output).unit for p in sc.plants}
-        for stage in STAGES:
-            sel = stage_arr == stage
-            if not sel.any():
-                continue
-            units = {main_unit[pid] for pid, s in zip(c.plant_ids, c.plant_stage, strict=True)
-                     if s == stage}
+        for stage, sel in topo.stage_plants.items():
+            units = {main_unit[c.plant_ids[p]] for p in sel}
             add("output.stage", stage, act_y[sel].sum(axis=0),
                 units.pop() if len(units) == 1 else "mixed")
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -187,13 +177,12 @@ class RunResult:
                     np.where(cap_y[i] > 0, act_y[i] / np.where(cap_y[i] > 0, cap_y[i], 1), 0),
                     "fraction")
         prod = self._production_by_material()  # (M, Y)
-        produced_mats = set(c.kernel_static["out_mat"].tolist())
         for m, mid in enumerate(c.material_ids):
-            if m in produced_mats:
+            if m in topo.produced_materials:
                 add("production.material", mid, prod[m], c.material_unit[m])
         # trade, per material and in t REO per element
-        pool_mat = c.kernel_static["pool_mat"]
-        mk_mat = pool_mat[c.kernel_static["mk_pool"]] if c.market_ids else np.zeros(0, int)
+        pool_mat = topo.pool_material
+        mk_mat = topo.market_material
         imp_y = self._by_year(self.imports)
         exp_y = self._by_year(self.exports)
         for k, kid in enumerate(c.market_ids):
@@ -233,23 +222,20 @@ class RunResult:
             with np.errstate(divide="ignore", invalid="ignore"):
                 add("fill_rate.segment", gid, np.where(tot > 0, served_y[g] / tot, 1.0),
                     "fraction")
-            add("unmet.segment", gid, unmet_y[g], c.material_unit[pool_mat[
-                c.kernel_static["dem_pool"][g]]])
+            add("unmet.segment", gid, unmet_y[g], c.material_unit[topo.segment_material[g]])
         # output value (产值) per stage and the seeds' three groups
         val_y = self._month_to_year(self.value_month) / YI
         groups = {"raw_materials": 0.0, "new_materials": 0.0, "applications": 0.0}
         gvals = {g: np.zeros(len(years)) for g in groups}
-        for stage in STAGES:
-            sel = stage_arr == stage
-            if sel.any():
-                v = val_y[sel].sum(axis=0)
-                add("value.stage", stage, v, "亿元")
-                gvals[STAGE_GROUP[stage]] += v
+        for stage, sel in topo.stage_plants.items():
+            v = val_y[sel].sum(axis=0)
+            add("value.stage", stage, v, "亿元")
+            gvals[STAGE_GROUP[stage]] += v
         for group, v in gvals.items():
             add("value.group", group, v, "亿元")
         add("value.group", "total", np.sum(list(gvals.values()), axis=0), "亿元")
         values = np.concatenate(vals) if vals else np.zeros(0)
-        index = _KPI_INDEX.get(id(c))
+        index = c.labels.get("kpis")
         if index is None or index[0] != meta:
             n_y = len(years)
             frame = pd.DataFrame({
@@ -258,20 +244,18 @@ class RunResult:
                 "year": np.tile(np.array(years, dtype=np.int64), len(meta)),
                 "unit": np.repeat([m[2] for m in meta], n_y),
             })
-            index = (meta, frame)
-            _KPI_INDEX[id(c)] = index
-            weakref.finalize(c, _KPI_INDEX.pop, id(c), None)
+            index = c.labels["kpis"] = (meta, frame)
         df = index[1].copy()
         df.insert(3, "value", values)
         return df
 
     def _raw_materials(self) -> set[int]:
         c = self.compiled
-        st = c.kernel_static
+        out = c.topology.outputs
         raw: set[int] = set()
         for p, stage in enumerate(c.plant_stage):
             if stage in ("mining", "recycling", "separation", "metal"):
-                raw.update(int(m) for m in st["out_mat"][st["out_ptr"][p]:st["out_ptr"][p + 1]])
+                raw.update(int(m) for m in out.material[out.of(p)])
         return raw
 
     def _capacity_at_year_end(self, sel: np.ndarray) -> np.ndarray:
@@ -282,29 +266,29 @@ class RunResult:
 
     def _production_by_material(self) -> np.ndarray:
         c = self.compiled
-        st = c.kernel_static
+        outputs = c.topology.outputs
         act_y = self._by_year(self.activity)
         out = np.zeros((len(c.material_ids), len(self.years)))
         for p in range(len(c.plant_ids)):
-            for j in range(st["out_ptr"][p], st["out_ptr"][p + 1]):
-                out[st["out_mat"][j]] += act_y[p] * st["out_amt"][j]
+            for j in range(outputs.ptr[p], outputs.ptr[p + 1]):
+                out[outputs.material[j]] += act_y[p] * outputs.amount[j]
         return out
 
     def _local_conversion(self, exp_y: np.ndarray, mk_mat: np.ndarray) -> np.ndarray:
         """Share of the region's separated output (separation and recycling, t REO) that is
         not exported: what the region's own plants use or keep (DESIGN §2.6)."""
         c = self.compiled
-        st = c.kernel_static
+        outputs = c.topology.outputs
         act_y = self._by_year(self.activity)
         sep_mats: set[int] = set()
         produced = np.zeros(len(self.years))
         for p, stage in enumerate(c.plant_stage):
             if stage not in RAW_STAGES:
                 continue
-            for j in range(st["out_ptr"][p], st["out_ptr"][p + 1]):
-                m = st["out_mat"][j]
+            for j in range(outputs.ptr[p], outputs.ptr[p + 1]):
+                m = outputs.material[j]
                 sep_mats.add(int(m))
-                produced += act_y[p] * st["out_amt"][j] * c.comp[m].sum()
+                produced += act_y[p] * outputs.amount[j] * c.comp[m].sum()
         exported = np.zeros(len(self.years))
         for k in range(len(c.market_ids)):
             if int(mk_mat[k]) in sep_mats:
@@ -327,11 +311,7 @@ class RunResult:
         c = self.compiled
         w = self.capacity_days
         rows = []
-        stage_arr = np.array(c.plant_stage)
-        for stage in STAGES:
-            sel = stage_arr == stage
-            if not sel.any():
-                continue
+        for stage, sel in c.topology.stage_plants.items():
             for code, name in BIND_NAMES.items():
                 share = self._by_year(np.where(self.binding[sel] == code, w[sel], 0).sum(0))
                 total = self._by_year(w[sel].sum(0))
@@ -434,13 +414,12 @@ class RunResult:
         ends = np.r_[starts[1:], c.n_days] - 1
         act_m = np.add.reduceat(self.activity, starts, axis=1)
         cap_m = np.add.reduceat(self.capacity_days, starts, axis=1)
-        stage_arr = np.array(c.plant_stage)
-        stages = [s for s in STAGES if (stage_arr == s).any()]
+        stage_plants = c.topology.stage_plants
+        stages = list(stage_plants)
         with np.errstate(divide="ignore", invalid="ignore"):
             util = np.array([
-                np.where(cap_m[stage_arr == s].sum(0) > 0,
-                         act_m[stage_arr == s].sum(0) / cap_m[stage_arr == s].sum(0), 0.0)
-                for s in stages
+                np.where(cap_m[sel].sum(0) > 0, act_m[sel].sum(0) / cap_m[sel].sum(0), 0.0)
+                for sel in stage_plants.values()
             ]).reshape(len(stages), len(starts))
         blocks = [
             ("activity", c.plant_ids, act_m),
@@ -461,7 +440,7 @@ class RunResult:
         values = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1)
                                  for _, _, a in blocks])
         key = tuple((kind, tuple(ids)) for kind, ids, _ in blocks)
-        cached = _MONTHLY_INDEX.get(id(c))
+        cached = c.labels.get("monthly")
         if cached is None or cached[0] != key:
             months = np.array([np.datetime64(f"{y:04d}-{m:02d}-01") for y, m in c.months])
             labels = pd.concat([
@@ -472,9 +451,7 @@ class RunResult:
                 })
                 for kind, ids, _ in blocks
             ], ignore_index=True)
-            cached = (key, labels)
-            _MONTHLY_INDEX[id(c)] = cached
-            weakref.finalize(c, _MONTHLY_INDEX.pop, id(c), None)
+            cached = c.labels["monthly"] = (key, labels)
         return cached[1], values
 
     def monthly(self) -> pd.DataFrame:
@@ -485,19 +462,16 @@ class RunResult:
     def flows(self) -> pd.DataFrame:
         """Monthly flows per plant: ``month, plant, stage, material, direction, amount``."""
         c = self.compiled
-        st = c.kernel_static
         starts = c.month_start_day
         act_m = np.add.reduceat(self.activity, starts, axis=1)  # (P, T)
         months = np.empty(len(c.months), dtype=object)
         months[:] = [dt.date(y, m, 1) for y, m in c.months]
         plant_of, mat_of, side_of, amt_of = [], [], [], []
-        for side, ptr, mat, amt in (("in", "in_ptr", "in_mat", "in_amt"),
-                                    ("out", "out_ptr", "out_mat", "out_amt")):
-            counts = np.diff(st[ptr])
-            plant_of.append(np.repeat(np.arange(len(c.plant_ids)), counts))
-            mat_of.append(st[mat])
-            side_of += [side] * int(counts.sum())
-            amt_of.append(st[amt])
+        for side, entries in (("in", c.topology.inputs), ("out", c.topology.outputs)):
+            plant_of.append(entries.plant)
+            mat_of.append(entries.material)
+            side_of += [side] * len(entries.plant)
+            amt_of.append(entries.amount)
         p_idx = np.concatenate(plant_of)
         if not len(p_idx):
             return pd.DataFrame()

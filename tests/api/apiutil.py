@@ -19,15 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from api.settings import Settings
 
 with warnings.catch_warnings():  # Starlette's TestClient would rather have httpx2
     warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
+    from fastapi.testclient import TestClient as _TestClient
+
+
+class TestClient(_TestClient):
+    """Starlette's test client as a caller on this machine: peer 127.0.0.1 and
+    ``Host: 127.0.0.1`` (a service with no token answers nobody else)."""
+
+    __test__ = False
+
+    def __init__(self, app: Any, **kw: Any) -> None:
+        kw.setdefault("base_url", "http://127.0.0.1")
+        kw.setdefault("client", ("127.0.0.1", 50000))
+        super().__init__(app, **kw)
 
 __all__ = ["QUOTA_CUT", "REPO", "Server", "TestClient", "free_port", "settings_for",
            "whatif"]
-
-from api.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,13 +72,17 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """A ``retwin serve`` subprocess on 127.0.0.1."""
+    """A ``retwin serve`` subprocess on 127.0.0.1 (or, with ``factory``, the documented
+    ``uvicorn --factory api.main:create_app``)."""
 
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log: Path | None = None
+    factory: bool = False
+    host: str = "127.0.0.1"
+    log_dir: Path | None = None
 
     @property
     def url(self) -> str:
@@ -81,14 +96,17 @@ class Server:
                     "RETWIN_WORKERS": "2", "RETWIN_LOG_LEVEL": "warning",
                     "PYTHONUNBUFFERED": "1"})
         env.update(self.env)
-        self.log = self.data_dir / f"server-{time.time_ns()}.log"
+        self.log = (self.log_dir or self.data_dir) / f"server-{time.time_ns()}.log"
         t0 = time.perf_counter()
+        if self.factory:
+            cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+                   "--host", self.host, "--port", str(self.port), "--log-level", "warning"]
+        else:
+            cmd = [sys.executable, "-m", "retwin.cli", "serve", "--host", self.host,
+                   "--port", str(self.port)]
         with open(self.log, "wb") as fh:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "retwin.cli", "serve", "--host", "127.0.0.1",
-                 "--port", str(self.port)],
-                cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT,
-            )
+            self.proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -11,7 +11,7 @@ import pytest
 from api.main import InsecureBind, create_app
 from apiutil import TestClient, settings_for, whatif
 
-from retwin.registry import Registry
+from retwin.registry import OPEN_OWNER, Registry, RegistryError
 
 API = "/api/v1"
 BOOT = "bootstrap-token-for-tests-0123456789"
@@ -104,3 +104,80 @@ def test_open_mode_on_loopback(tmp_path: Path) -> None:
         reg: Any = c.app.state.service.registry  # type: ignore[attr-defined]
         asyncio.run(asyncio.to_thread(reg.create_token, "ann"))
         assert c.get(f"{API}/runs").status_code == 401
+
+
+# --- open mode: this machine only, however the app was started ------------------------------
+
+OUTSIDE = ("192.0.2.7", 40000)  # a documentation address: a caller on another machine
+
+
+@pytest.fixture(scope="module")
+def open_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """An open service (no token) whose settings say loopback, as ``uvicorn --factory``
+    runs it whatever --host it was given."""
+    app = create_app(settings_for(tmp_path_factory.mktemp("open")))
+    with TestClient(app):
+        yield app
+
+
+PATHS = ["/api/v1/health", "/api/v1/models", "/api/v1/runs", "/api/v1/runs/abc",
+         "/api/v1/schema/changes", "/", "/docs", "/openapi.json", "/static/app.js"]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_open_mode_refuses_every_request_from_beyond_loopback(open_app: Any,
+                                                              path: str) -> None:
+    outside = TestClient(open_app, client=OUTSIDE)
+    r = outside.get(path)
+    assert r.status_code == 403, r.text
+    assert "answers only on this machine" in r.json()["detail"]
+    assert "192.0.2.7" in r.json()["detail"]
+    assert outside.post(f"{API}/runs", json=whatif()).status_code == 403
+    assert TestClient(open_app).get(path).status_code in (200, 404)
+
+
+@pytest.mark.parametrize("peer", ["127.0.0.1", "127.8.9.10", "::1", "::ffff:127.0.0.1"])
+def test_open_mode_answers_loopback_peers(open_app: Any, peer: str) -> None:
+    assert TestClient(open_app, client=(peer, 1)).get(f"{API}/runs").status_code == 200
+
+
+@pytest.mark.parametrize(("host", "ok"), [
+    ("127.0.0.1", True), ("127.0.0.1:8000", True), ("localhost:8000", True),
+    ("LOCALHOST", True), ("127.3.2.1", True), ("[::1]:8000", True), ("[::1]", True),
+    ("evil.example:8000", False), ("evil.example", False), ("localhost.evil.example", False),
+    ("0.0.0.0:8000", False), ("192.168.1.5", False), ("[::]:8000", False),
+    ("127.0.0.1:80x", False), ("[::1]x", False), ("::1", False), ("", False),
+])
+def test_open_mode_answers_only_loopback_host_names(open_app: Any, host: str,
+                                                    ok: bool) -> None:
+    """DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own name."""
+    r = TestClient(open_app).get(f"{API}/runs", headers={"Host": host})
+    assert r.status_code == (200 if ok else 403), (host, r.text)
+    if not ok:
+        assert "loopback names" in r.json()["detail"]
+
+
+def test_with_a_token_the_peer_and_host_rules_give_way_to_it(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    reg = Registry(s.database_url)
+    token = reg.create_token("ann")[1]
+    reg.close()
+    with TestClient(create_app(s), client=OUTSIDE, base_url="http://retwin.example") as c:
+        assert c.get(f"{API}/runs").status_code == 401  # a token is asked for, not a place
+        assert c.get(f"{API}/runs", headers=h(token)).status_code == 200
+        assert c.get(f"{API}/health").status_code == 200
+
+
+def test_a_token_named_like_the_open_owner_sees_no_open_run(tmp_path: Path) -> None:
+    s = settings_for(tmp_path)
+    with TestClient(create_app(s)) as c:
+        r = c.post(f"{API}/runs", json=whatif(), params={"wait": 30})
+        assert r.status_code == 200
+        rid = r.json()["id"]
+        reg: Any = c.app.state.service.registry  # type: ignore[attr-defined]
+        for name in ("local", "open", "admin"):
+            token = asyncio.run(asyncio.to_thread(reg.create_token, name))[1]
+            assert c.get(f"{API}/runs/{rid}", headers=h(token)).status_code == 404, name
+            assert c.get(f"{API}/runs", headers=h(token)).json()["count"] == 0, name
+    with pytest.raises(RegistryError, match="token name"):
+        Registry(s.database_url).create_token(OPEN_OWNER)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
@@ -11,11 +12,13 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from retwin.registry import (
+    OPEN_OWNER,
     OwnerLimit,
     QueueFull,
     Registry,
     RegistryError,
     RunNotFound,
+    Unstorable,
     hash_token,
     metadata,
     request_key,
@@ -129,3 +132,44 @@ def test_schema_compiles_for_postgresql() -> None:
             str(CreateIndex(ix).compile(dialect=dialect))
     q = sa.select(sa.func.count(sa.distinct(metadata.tables["runs"].c.request_hash)))
     assert "count(DISTINCT" in str(q.compile(dialect=dialect))
+
+
+def test_open_mode_runs_of_an_older_registry_go_to_the_open_owner(tmp_path: Path) -> None:
+    """Older registries named the open owner ``local``, a name a token can have: the runs
+    made before any token of that name existed were open-mode runs."""
+    url = sqlite_url(tmp_path / "reg.sqlite3")
+    reg = Registry(url)
+    runs_t = metadata.tables["runs"]
+    t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+    def old_run(owner: str, day: int) -> str:
+        rid = f"r{day}{owner}"
+        with reg.engine.begin() as conn:
+            conn.execute(runs_t.insert().values(
+                id=rid, owner=owner, model="tiny", request="{}", request_hash="k",
+                status="done", progress=1.0, attempts=0,
+                created_at=t0 + dt.timedelta(days=day)))
+        return rid
+
+    before = [old_run("local", 1), old_run("local", 2)]
+    bob = old_run("bob", 3)
+    reg.create_token("local")
+    with reg.engine.begin() as conn:  # the token made on day 4
+        conn.execute(metadata.tables["tokens"].update().values(
+            created_at=t0 + dt.timedelta(days=4)))
+    after = old_run("local", 5)
+    reg.close()
+    for _ in range(2):  # opening it again changes nothing more
+        reg = Registry(url)
+        assert [reg.get_run(r).owner for r in before] == [OPEN_OWNER, OPEN_OWNER]
+        assert reg.get_run(after).owner == "local" and reg.get_run(bob).owner == "bob"
+        reg.close()
+
+
+def test_a_request_that_json_cannot_carry_is_not_stored(reg: Registry) -> None:
+    for request in ({"label": "\ud800"}, {"changes": [{"factor": float("inf")}]},
+                    {"x": float("nan")}):
+        with pytest.raises(Unstorable, match="cannot be stored"):
+            reg.add_run(owner="ann", model="tiny", request=request, request_hash="k")
+    assert reg.list_runs()[1] == 0
+    assert reg.get_run(add(reg)).request == {"model": "tiny"}

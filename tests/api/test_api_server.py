@@ -218,3 +218,71 @@ def test_sigterm_stops_it_too(server_factory: Any, tmp_path: Path) -> None:
     # uvicorn shuts down in order, then ends by the signal it received
     assert srv.proc.wait(timeout=30) in (0, -signal.SIGTERM)
     assert "Traceback" not in srv.output()
+
+
+def test_health_answers_while_large_tables_are_read(server_factory: Any,
+                                                    tmp_path: Path) -> None:
+    """Eight clients read a 15-year run's daily series at once (the whole table as CSV, and
+    JSON without a limit); meanwhile the health check keeps answering, each time within a
+    generous bound (before JSON was paged and CSV streamed, it stalled for seconds), and
+    several times before the last large read is done."""
+    srv: Server = server_factory(tmp_path, RETWIN_WORKERS="1")
+    srv.start()
+    r = httpx.post(f"{srv.url}{API}/runs", params={"wait": 30}, timeout=60,
+                   json={"model": "baotou-2024", "end": "2038-12-31"})
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
+    url = f"{API}/runs/{r.json()['id']}/series"
+    bound_s = 3.0
+
+    async def main() -> tuple[list[tuple[int, int, float]], list[float]]:
+        limits = httpx.Limits(max_connections=20)
+        async with httpx.AsyncClient(base_url=srv.url, timeout=120, limits=limits) as c:
+            loop = asyncio.get_running_loop()
+
+            async def read(params: dict[str, str]) -> tuple[int, int, float]:
+                resp = await c.get(url, params=params)
+                assert resp.status_code == 200
+                return len(resp.content), int(resp.headers["x-total-count"]), loop.time()
+
+            reads = [asyncio.create_task(read(p)) for p in [{"format": "csv"}] * 4 + [{}] * 4]
+            answered: list[float] = []
+            while not all(t.done() for t in reads):
+                h = await c.get(f"{API}/health", timeout=bound_s)  # a stall raises here
+                assert h.status_code == 200 and h.json()["status"] == "ok"
+                answered.append(loop.time())
+                await asyncio.sleep(0.05)
+            return await asyncio.gather(*reads), answered
+
+    results, answered = asyncio.run(main())
+    total = results[0][1]
+    assert total > 500_000  # a large table: every kind of series, daily, for 15 years
+    assert all(size > 20_000_000 for size, _, _ in results[:4])  # the whole table as CSV
+    assert all(size < 1_000_000 for size, _, _ in results[4:])  # one JSON page
+    last_read = max(done for _, _, done in results)
+    assert sum(t < last_read for t in answered) >= 3, (answered, last_read)
+
+
+def test_uvicorn_factory_on_every_address_still_answers_only_this_machine(
+        server_factory: Any, tmp_path: Path) -> None:
+    """``uvicorn --factory api.main:create_app --host 0.0.0.0`` with no token: the settings
+    say loopback, the socket does not; each request's peer and Host decide. (The peer from
+    elsewhere is the one a proxy on this machine reports, all traffic staying on 127.0.0.1.)"""
+    srv: Server = server_factory(tmp_path, FORWARDED_ALLOW_IPS="127.0.0.1")
+    srv.factory, srv.host = True, "0.0.0.0"
+    srv.start()
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        assert c.get(f"{API}/runs").status_code == 200
+        for path in (f"{API}/health", f"{API}/runs", "/docs", "/"):
+            r = c.get(path, headers={"X-Forwarded-For": "198.51.100.7"})
+            assert r.status_code == 403, (path, r.text)
+            assert "198.51.100.7" in r.json()["detail"]
+        r = c.post(f"{API}/runs", json=whatif(), headers={"Host": "rebound.example:8000"})
+        assert r.status_code == 403 and "loopback names" in r.json()["detail"]
+        assert c.get(f"{API}/runs").json()["count"] == 0
+    made = retwin_cli(tmp_path, "token", "create", "ann")
+    token = made.stdout.strip().splitlines()[-1]
+    time.sleep(1.1)  # the "no token exists" answer is reused for up to a second
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        r = c.get(f"{API}/runs", headers={"X-Forwarded-For": "198.51.100.7",
+                                          "Authorization": f"Bearer {token}"})
+        assert r.status_code == 200  # with tokens, the token decides

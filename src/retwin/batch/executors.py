@@ -7,6 +7,14 @@ never pile up in memory and an interrupt has little to cancel.
 Workers are started once per study: a local process ignores Ctrl-C (the parent handles it),
 warms the kernels and installs ``fn``; a Dask worker receives ``fn`` once (scattered to every
 worker) and warms its kernels before the first task.
+
+Interrupts are flags, not exceptions thrown at random points: inside :class:`Interrupts`,
+Ctrl-C (and any other signal it is given, such as SIGTERM in the CLI) only sets a flag, and
+``map_unordered`` checks it between results, at a point where no lock of the pool is held,
+and raises ``KeyboardInterrupt`` there. An exception raised asynchronously inside the pool's
+own code (``submit`` holds a lock that ``shutdown`` needs) could leave a study hanging; a flag
+cannot. A second Ctrl-C raises at once. A signal the process was started ignoring (a
+background job, ``nohup``) stays ignored.
 """
 
 from __future__ import annotations
@@ -24,14 +32,68 @@ from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
 from typing import Any, TypeVar
 
+from retwin._version import __version__
 from retwin.errors import RetwinError
 
-__all__ = ["DaskExecutor", "Executor", "ProcessExecutor", "SerialExecutor", "make_executor"]
+__all__ = [
+    "DaskExecutor",
+    "Executor",
+    "Interrupts",
+    "ProcessExecutor",
+    "SerialExecutor",
+    "make_executor",
+]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 _installed: Callable[[Any], Any] | None = None
+
+#: Seconds between two looks at the interrupt flag while waiting for results.
+POLL_S = 0.1
+#: Seconds to wait for a killed worker process to be reaped.
+JOIN_S = 5.0
+
+
+class Interrupts:
+    """Signals as a flag for the duration of a ``with`` block (main thread only).
+
+    ``Interrupts(signal.SIGINT, signal.SIGTERM)`` replaces the handlers of those signals by
+    one that sets :attr:`requested`; a second signal raises ``KeyboardInterrupt`` at once. The
+    previous handlers are restored on exit. A signal whose disposition is ``SIG_IGN`` is left
+    alone, and outside the main thread (where Python cannot install handlers) nothing is
+    installed: there the caller's own interrupt handling applies.
+    """
+
+    def __init__(self, *signals: int) -> None:
+        self.signals = signals or (signal.SIGINT,)
+        self.requested: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt
+        self.requested = signum
+
+    def __bool__(self) -> bool:
+        return self.requested is not None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                old = signal.getsignal(sig)
+                if old is not signal.SIG_IGN:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()
+
+
+def _never() -> bool:
+    return False
 
 
 class Executor(ABC):
@@ -45,8 +107,14 @@ class Executor(ABC):
         """A short phrase for messages: ``2 local processes``."""
 
     @abstractmethod
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        """``fn(item)`` for every item, yielded as each finishes (in any order)."""
+    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
+                      stop: Callable[[], bool] = _never) -> Iterator[R]:
+        """``fn(item)`` for every item, yielded as each finishes (in any order).
+
+        ``stop`` is looked at between results (at least every :data:`POLL_S` seconds while
+        waiting); once it is true, ``KeyboardInterrupt`` is raised from the generator, and
+        the caller should :meth:`abort`.
+        """
 
     def abort(self) -> None:  # noqa: B027 - nothing to cancel in the simplest executors
         """Cancel what is queued and stop what is running (after an interrupt)."""
@@ -76,8 +144,11 @@ class SerialExecutor(Executor):
     def description(self) -> str:
         return "this process"
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
+                      stop: Callable[[], bool] = _never) -> Iterator[R]:
         for item in items:
+            if stop():
+                raise KeyboardInterrupt
             yield fn(item)
 
 
@@ -89,10 +160,12 @@ def _watch_parent(parent: int) -> None:
 
 
 def _init_worker(fn: Callable[[Any], Any], parent: int) -> None:
-    """Start-up of a local worker process: leave Ctrl-C to the parent, follow the parent's
-    life, install ``fn``, warm."""
+    """Start-up of a local worker process: leave Ctrl-C and SIGTERM to the parent (sent to
+    the whole process group, they would otherwise kill the workers under the parent's feet),
+    follow the parent's life, install ``fn``, warm."""
     global _installed
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="retwin-parent-watch").start()
     _installed = fn
@@ -137,7 +210,8 @@ class ProcessExecutor(Executor):
             self._key = key
         return self._pool
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
+                      stop: Callable[[], bool] = _never) -> Iterator[R]:
         pool = self._ensure_pool(fn)
         it = iter(items)
         pending = self._pending
@@ -152,12 +226,16 @@ class ProcessExecutor(Executor):
 
         fill()
         while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            if stop():
+                raise KeyboardInterrupt
+            done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
             for f in done:
                 pending.discard(f)
                 try:
                     result = f.result()
                 except BrokenProcessPool:
+                    if stop():  # a signal to the process group reached a starting worker
+                        raise KeyboardInterrupt from None
                     self._pool = None
                     raise RetwinError("a worker process died (out of memory, or killed); "
                                       "finished points are kept: run again to resume") from None
@@ -165,19 +243,20 @@ class ProcessExecutor(Executor):
             fill()
 
     def abort(self) -> None:
+        """Cancel what is queued, kill the workers (they hold nothing worth saving: results
+        are written by this process) and let the pool go without waiting on its threads."""
         for f in self._pending:
             f.cancel()
         self._pending.clear()
         pool, self._pool = self._pool, None
         if pool is None:
             return
-        terminate = getattr(pool, "terminate_workers", None)  # Python >= 3.14
-        if terminate is not None:
-            terminate()
-        else:
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        for proc in procs:
+            proc.kill()
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.join(timeout=JOIN_S)
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -198,9 +277,7 @@ def _warm_worker() -> str:
     from retwin.batch.tables import warm_once
 
     warm_once()
-    import retwin
-
-    return retwin.__version__
+    return __version__
 
 
 def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
@@ -236,20 +313,19 @@ class DaskExecutor(Executor):
         return f"Dask at {self.address} ({n} worker{'s' if n != 1 else ''}, " \
                f"{self.workers} thread{'s' if self.workers != 1 else ''})"
 
-    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
+                      stop: Callable[[], bool] = _never) -> Iterator[R]:
         distributed = _import_distributed()
         client = self.client
-        import retwin
-
         try:
             versions = client.run(_warm_worker)
         except ImportError as exc:
             raise RetwinError(f"Dask workers cannot import retwin ({exc}); install it on "
                               "every worker") from None
-        bad = {w: v for w, v in versions.items() if v != retwin.__version__}
+        bad = {w: v for w, v in versions.items() if v != __version__}
         if bad:
             raise RetwinError(f"Dask workers run another retwin version ({bad}); the client "
-                              f"runs {retwin.__version__}")
+                              f"runs {__version__}")
         self.workers = max(1, sum(client.nthreads().values()))
         fn_future = client.scatter(fn, broadcast=True, hash=False)
         it = iter(items)
@@ -268,11 +344,17 @@ class DaskExecutor(Executor):
 
         fill()
         try:
-            for fut in queue:
-                futures.discard(fut)
-                result = fut.result()
-                fut.release()
-                yield result
+            while not queue.is_empty():
+                if stop():
+                    raise KeyboardInterrupt
+                if not queue.has_ready():
+                    time.sleep(POLL_S / 10)
+                    continue
+                for fut in queue.next_batch(block=False):
+                    futures.discard(fut)
+                    result = fut.result()
+                    fut.release()
+                    yield result
                 fill()
         finally:
             client.cancel([fn_future])

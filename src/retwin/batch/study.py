@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from retwin.batch.executors import Executor, make_executor
+from retwin._version import __version__
+from retwin.batch.executors import Executor, Interrupts, make_executor
 from retwin.batch.expand import Point, Task, expand_points, make_change, plan_tasks
 from retwin.batch.sensitivity import kpi_means, sensitivity_table
 from retwin.batch.spec import KpiSelector, StudySpec, load_spec, spec_hash
@@ -64,10 +66,8 @@ class Study:
         return [p.label for p in self.spec.vary]
 
     def runner(self) -> PointRunner:
-        import retwin
-
         return PointRunner(self.base.model_dump(mode="json", by_alias=True), self.base_hash,
-                           self.kinds, retwin.__version__)
+                           self.kinds, __version__)
 
 
 def _load_base(spec: StudySpec, here: Path) -> Scenario:
@@ -239,6 +239,7 @@ def run_batch(
     progress: Callable[[BatchProgress], None] | None = None,
     record: str | None = None,
     executor: Executor | None = None,
+    interrupt_signals: Sequence[int] = (signal.SIGINT,),
 ) -> BatchResult:
     """Run a batch study and return a lazy handle on its results.
 
@@ -260,14 +261,19 @@ def run_batch(
         Overrides the spec's ``record`` (``annual``, ``monthly``, ``daily``).
     executor
         An executor to use (and keep open) instead of one made from ``workers``/``dask``.
+    interrupt_signals
+        Signals that stop the study cleanly (the CLI adds SIGTERM). While the study runs in
+        the main thread, the first one only asks the running tasks to stop: no new task is
+        started, finished ones are written, the workers are ended; a second one stops at
+        once. A signal the process ignores stays ignored.
 
     Raises
     ------
     ScenarioError
         The spec is invalid (one line per problem), or ``out`` holds another study.
     BatchInterrupted
-        On Ctrl-C: no task is submitted after it, no partial file stands; finished points are
-        kept for the next run.
+        On Ctrl-C (or another of ``interrupt_signals``): no task is submitted after it, no
+        partial file stands; finished points are kept for the next run.
     """
     study = prepare_study(spec, record=record)
     sp = study.spec
@@ -298,10 +304,11 @@ def run_batch(
                                        seconds))
 
         try:
-            report()
-            for res in ex.map_unordered(study.runner(), todo):
-                complete = store.write_chunk(res)
-                report(by_id[res.task.point_id] if complete else None, res.seconds)
+            with Interrupts(*interrupt_signals) as interrupts:
+                report()
+                for res in ex.map_unordered(study.runner(), todo, stop=interrupts.__bool__):
+                    complete = store.write_chunk(res)
+                    report(by_id[res.task.point_id] if complete else None, res.seconds)
         except KeyboardInterrupt:
             ex.abort()
             store.finish("interrupted")

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from retwin._version import __version__
 from retwin.batch.expand import Task
 from retwin.engine.build import Compiled, compile_scenario
 from retwin.engine.run import run
@@ -256,11 +257,9 @@ class PointRunner:
     def base(self) -> Scenario:
         with self._lock:
             if self._base is None:
-                import retwin
-
-                if retwin.__version__ != self.version:
+                if __version__ != self.version:
                     raise RetwinError(f"worker {socket.gethostname()} runs retwin "
-                                      f"{retwin.__version__}; the study needs {self.version}")
+                                      f"{__version__}; the study needs {self.version}")
                 sc = validate_tree(self.base_tree)
                 if scenario_hash(sc) != self.base_hash:
                     raise RetwinError("the base scenario differs on worker "

@@ -9,13 +9,12 @@ that act on state during the run (capacity, outage, trade, reserve) become timed
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from retwin._typing import FloatArray, IntArray
-from retwin.kernels.flow import check_arrays
+from retwin.compiled import Compiled, RecipeSide, TimedChange, Topology
+from retwin.kernels import contract
 from retwin.scenario.schema import (
     ELEMENTS,
     STAGES,
@@ -33,78 +32,6 @@ __all__ = ["Compiled", "TimedChange", "compile_scenario"]
 
 #: Sentinel day for "never" (retirement) in the kernel's int64 day arrays.
 NEVER = np.iinfo(np.int64).max // 4
-
-
-@dataclass(frozen=True)
-class TimedChange:
-    """A change acting on run state from ``start`` to ``end`` (days; ``end`` exclusive)."""
-
-    index: int
-    kind: str
-    start: int
-    end: int
-    change: Any
-
-
-@dataclass
-class Compiled:
-    """The scenario as arrays; see :mod:`retwin._typing` for the axis order."""
-
-    scenario: Scenario
-    n_days: int
-    dates: np.ndarray
-    months: list[tuple[int, int]]
-    month_of_day: IntArray
-    month_start_day: IntArray
-    days_left: IntArray
-    plant_ids: list[str]
-    plant_stage: list[str]
-    material_ids: list[str]
-    material_unit: list[str]
-    pool_keys: list[tuple[str, str]]
-    market_ids: list[str]
-    segment_ids: list[str]
-    quota_ids: list[str]
-    comp: FloatArray  # (M, E) t REO per unit
-    loss_per_act: FloatArray  # (P, E)
-    nameplate_tpa: FloatArray  # (P,)
-    utilisation: FloatArray  # (P,)
-    mtbf: FloatArray  # (P,) nan when no random outages
-    mttr: FloatArray
-    planned: list[list[tuple[int, int]]]  # per plant, [start, end) days
-    pool_initial: FloatArray
-    reserve0: FloatArray
-    imp_cap_tpa: FloatArray  # (K,)
-    exp_cap_tpa: FloatArray
-    imp_price_factor: FloatArray
-    exp_price_factor: FloatArray
-    price_month: FloatArray  # (M, T) base path with shocks
-    volatility: FloatArray  # (M,)
-    reversion: FloatArray
-    demand_month: FloatArray  # (G, T) material per day, before noise
-    demand_cv: FloatArray
-    releases: list[tuple[int, int, float]]  # (day, quota, t REO), sorted
-    year_starts: list[tuple[int, int]]  # (day, year) of every calendar year in the horizon
-    quota_year_total: dict[tuple[int, int], float]  # (quota, year) -> t REO
-    timed: list[TimedChange]
-    kernel_static: dict[str, np.ndarray] = field(default_factory=dict)
-    ring: int = 1
-    _ramp: FloatArray | None = field(default=None, repr=False)
-
-    @property
-    def ramp(self) -> FloatArray:
-        """(P, D) share of nameplate each plant has: 0 before commissioning and from
-        retirement on, rising linearly over its ramp (the kernel's rule). Computed once."""
-        if self._ramp is None:
-            st = self.kernel_static
-            d = np.arange(self.n_days)[None, :]
-            com = st["commission_day"][:, None]
-            ramp = st["ramp_days"][:, None].astype(float)
-            r = np.where(ramp > 0, np.clip((d - com + 1) / np.where(ramp > 0, ramp, 1), 0, 1),
-                         1.0)
-            live = (d >= com) & (d < st["retire_day"][:, None])
-            self._ramp = np.where(live, r, 0.0)
-        return self._ramp
 
 
 def _day(sc: Scenario, d: dt.date | None, default: int) -> int:
@@ -287,36 +214,64 @@ def compile_scenario(sc: Scenario) -> Compiled:
     def i64(x: list[int]) -> IntArray:
         return np.array(x, np.int64)
 
+    def recipe_side(ptr: list[int], pool: list[int], mat: list[int], amt: list[float]
+                    ) -> RecipeSide:
+        p = i64(ptr)
+        return RecipeSide(ptr=p, plant=np.repeat(np.arange(n_p), np.diff(p)), pool=i64(pool),
+                          material=i64(mat), amount=np.array(amt, np.float64))
+
+    pool_mat = i64([mats[p.material] for p in sc.pools])
+    mk_pool = i64([pools[(k.region, k.material)] for k in markets])
+    dem_pool = i64([pools[(g.region, g.material)] for g in sc.demand])
+    stage_of = [p.stage for p in plants]
+    topology = Topology(
+        stage_plants={s: i64([i for i, ps in enumerate(stage_of) if ps == s])
+                      for s in STAGES if s in stage_of},
+        inputs=recipe_side(in_ptr, in_pool, in_mat, in_amt),
+        outputs=recipe_side(out_ptr, out_pool, out_mat, out_amt),
+        pool_material=pool_mat,
+        market_pool=mk_pool,
+        market_material=pool_mat[mk_pool],
+        segment_pool=dem_pool,
+        segment_material=pool_mat[dem_pool],
+        plant_quota=plant_quota,
+        quota_per_activity=qcoef,
+    )
+    commission_day = i64([_day(sc, p.commissioning, -NEVER) for p in plants])
+    ramp_days = i64([p.ramp_days for p in plants])
+    retire_day = i64([_day(sc, p.retirement, NEVER) for p in plants])
     static = {
         "order": order,
         "lvl_ptr": i64(lvl_ptr),
         "lvl_pool_ptr": i64(lvl_pool_ptr),
         "lvl_pools": i64(lvl_pools),
-        "commission_day": i64([_day(sc, p.commissioning, -NEVER) for p in plants]),
-        "ramp_days": i64([p.ramp_days for p in plants]),
-        "retire_day": i64([_day(sc, p.retirement, NEVER) for p in plants]),
+        "commission_day": commission_day,
+        "ramp_days": ramp_days,
+        "retire_day": retire_day,
         "lead": lead,
         "plant_quota": plant_quota,
         "qcoef": qcoef,
-        "in_ptr": i64(in_ptr),
-        "in_pool": i64(in_pool),
-        "in_mat": i64(in_mat),
-        "in_amt": np.array(in_amt, np.float64),
-        "out_ptr": i64(out_ptr),
-        "out_pool": i64(out_pool),
-        "out_mat": i64(out_mat),
-        "out_amt": np.array(out_amt, np.float64),
-        "pool_mat": i64([mats[p.material] for p in sc.pools]),
+        "in_ptr": topology.inputs.ptr,
+        "in_pool": topology.inputs.pool,
+        "in_mat": topology.inputs.material,
+        "in_amt": topology.inputs.amount,
+        "out_ptr": topology.outputs.ptr,
+        "out_pool": topology.outputs.pool,
+        "out_mat": topology.outputs.material,
+        "out_amt": topology.outputs.amount,
+        "pool_mat": pool_mat,
         "target": np.array([p.target_t for p in sc.pools], np.float64),
         "pool_max": np.array([np.inf if p.max_t is None else p.max_t for p in sc.pools]),
-        "mk_pool": i64([pools[(k.region, k.material)] for k in markets]),
+        "mk_pool": mk_pool,
         "imp_lead": imp_lead,
-        "dem_pool": i64([pools[(g.region, g.material)] for g in sc.demand]),
+        "dem_pool": dem_pool,
         "days_left": days_left,
         "month_of_day": month_of_day,
     }
-    # Fail here, once, rather than on the hot path: every static array has a kernel dtype.
-    check_arrays(*static.values())
+    # Fail here, once, rather than on the hot path: the inputs are what the kernel declares
+    # (names, dtypes, shapes, indices in range); the run's state and records take these sizes.
+    sizes = contract.check(static, sizes={"M": n_m, "Q": len(sc.quotas), "T": len(months),
+                                          "R": ring})
 
     def avail_spec(attr: str) -> FloatArray:
         return np.array([getattr(p.availability, attr) or np.nan for p in plants], np.float64)
@@ -337,10 +292,14 @@ def compile_scenario(sc: Scenario) -> Compiled:
         market_ids=[k.id for k in markets],
         segment_ids=[g.id for g in sc.demand],
         quota_ids=[q.id for q in sc.quotas],
+        topology=topology,
         comp=comp,
         loss_per_act=loss,
         nameplate_tpa=np.array([p.capacity_tpa for p in plants], np.float64),
         utilisation=np.array([p.utilisation_max_frac for p in plants], np.float64),
+        commission_day=commission_day,
+        ramp_days=ramp_days,
+        retire_day=retire_day,
         mtbf=avail_spec("mtbf_days"),
         mttr=avail_spec("mttr_days"),
         planned=[
@@ -367,5 +326,6 @@ def compile_scenario(sc: Scenario) -> Compiled:
         quota_year_total=totals,
         timed=timed,
         kernel_static=static,
+        kernel_sizes=sizes,
         ring=ring,
     )

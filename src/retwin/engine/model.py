@@ -8,10 +8,10 @@ from typing import Any
 import numpy as np
 import simpy
 
-from retwin.engine.build import Compiled, TimedChange
-from retwin.kernels.flow import ARG_NAMES, advance_packed, pack
+from retwin.compiled import Compiled, TimedChange
+from retwin.kernels import contract
+from retwin.kernels.flow import advance_packed
 from retwin.scenario.schema import (
-    STAGES,
     CapacityChange,
     OutageChange,
     ReserveChange,
@@ -41,62 +41,36 @@ class ChainModel:
         self.env = simpy.Environment()
         self.n_days = c.n_days
         self.month_start_day = c.month_start_day
-        n_p, n_s, n_k = len(c.plant_ids), len(c.pool_keys), len(c.market_ids)
-        n_g, n_q, n_m = len(c.segment_ids), len(c.quota_ids), len(c.material_ids)
-        n_d, n_t = c.n_days, len(c.months)
+        n_p, n_m, n_t = len(c.plant_ids), len(c.material_ids), len(c.months)
         st = c.scenario.settings
-        # state changed by events
-        self.cap_day = c.nameplate_tpa * c.utilisation / 365.0
-        self.avail = np.ones(n_p)
+        # The kernel's arrays (retwin.kernels.contract): the compiled inputs, the state with
+        # its starting values, everything else zero. The engine calls the packed kernel (a
+        # third of the dispatch cost per event); the 1-D arrays are views into its blobs, so
+        # events write straight into what the kernel reads.
+        self.kernel = contract.pack(contract.allocate(c.kernel_sizes, {
+            **c.kernel_static,
+            "cap_day": c.nameplate_tpa * c.utilisation / 365.0,
+            "avail": np.ones(n_p),
+            "reserve": c.reserve0,
+            "imp_cap_day": c.imp_cap_tpa / 365.0,
+            "exp_cap_day": c.exp_cap_tpa / 365.0,
+            "price": c.price_month[:, 0],
+            "stock": c.pool_initial,
+        }))
+        #: Every kernel array by its declared name (also readable as ``model.<name>``).
+        self.arrays = self.kernel.views
+        #: The kernel's arguments after ``d0, d1``, in its order (for the named call).
+        self._args = self.kernel.args
+        self._packed = self.kernel.call
+        # the state events change, by name for the methods below and the processes
+        a = self.arrays
+        self.cap_day, self.avail, self.reserve = a["cap_day"], a["avail"], a["reserve"]
+        self.imp_cap_day, self.exp_cap_day = a["imp_cap_day"], a["exp_cap_day"]
+        self.dem_rate, self.price = a["dem_rate"], a["price"]
+        self.q_avail, self.q_year_left = a["q_avail"], a["q_year_left"]
         self._random_up = [True] * n_p
         self._planned_up = [True] * n_p
-        self.reserve = c.reserve0.copy()
-        self.imp_cap_day = c.imp_cap_tpa / 365.0
-        self.exp_cap_day = c.exp_cap_tpa / 365.0
-        self.dem_rate = np.zeros(n_g)
-        self.price = c.price_month[:, 0].copy()
-        self.q_avail = np.zeros(n_q)
-        self.q_year_left = np.zeros(n_q)
-        # state changed by the kernel
-        self.stock = c.pool_initial.copy()
-        self.pipe = np.zeros((n_s, c.ring))
-        self.ipipe = np.zeros((n_s, c.ring))
-        self.ipipe_sum = np.zeros(n_s)
-        # records
-        self.act_rec = np.zeros((n_p, n_d))
-        self.code_rec = np.zeros((n_p, n_d), np.int8)
-        self.stock_rec = np.zeros((n_s, n_d))
-        self.imp_rec = np.zeros((n_k, n_d))
-        self.exp_rec = np.zeros((n_k, n_d))
-        self.served_rec = np.zeros((n_g, n_d))
-        self.unmet_rec = np.zeros((n_g, n_d))
-        self.val_month = np.zeros((n_p, n_t))
-        self.tot = np.zeros((6, n_m))
         self.price_rec = np.zeros((n_m, n_t))
-        named = dict(c.kernel_static)
-        named.update(
-            cap_day=self.cap_day, avail=self.avail, reserve=self.reserve,
-            imp_cap_day=self.imp_cap_day, exp_cap_day=self.exp_cap_day, dem_rate=self.dem_rate,
-            price=self.price, q_avail=self.q_avail, q_year_left=self.q_year_left,
-            stock=self.stock, pipe=self.pipe, ipipe=self.ipipe, ipipe_sum=self.ipipe_sum,
-            pipe_sum=np.zeros(n_s), act_rec=self.act_rec, code_rec=self.code_rec,
-            stock_rec=self.stock_rec, imp_rec=self.imp_rec, exp_rec=self.exp_rec,
-            served_rec=self.served_rec, unmet_rec=self.unmet_rec, val_month=self.val_month,
-            tot=self.tot,
-        )
-        # The engine calls the packed kernel (a third of the dispatch cost per event); the
-        # state arrays below become views into its blobs, so events write straight into them.
-        si, si_off, sf, sf_off, views = pack(named)
-        named.update(views)
-        for name in ("cap_day", "avail", "reserve", "imp_cap_day", "exp_cap_day", "dem_rate",
-                     "price", "q_avail", "q_year_left", "stock", "ipipe_sum"):
-            setattr(self, name, views[name])
-        self.pipe_sum = views["pipe_sum"]
-        #: The kernel's arguments after ``d0, d1``, by its signature (views into the blobs).
-        self._args = tuple(named[n] for n in ARG_NAMES)
-        self._packed = (si, si_off, sf, sf_off, self.pipe, self.ipipe, self.act_rec,
-                        self.code_rec, self.stock_rec, self.imp_rec, self.exp_rec,
-                        self.served_rec, self.unmet_rec, self.val_month, self.tot)
         self.day = 0
         self.kernel_calls = 0
         self.events: list[tuple[int, str, str]] = []
@@ -104,11 +78,9 @@ class ChainModel:
         self._weights: dict[int, tuple[TimedChange, float]] = {}
         self._seed_seq = np.random.SeedSequence(self.seed)
 
-        for stage in STAGES:
-            plants = [i for i, s in enumerate(c.plant_stage) if s == stage]
-            if plants:
-                StageProcess(stage, plants, c.plant_ids, c.mtbf, c.mttr, c.planned,
-                             st.outages).start(self.env, self)
+        for stage, plants in c.topology.stage_plants.items():
+            StageProcess(stage, plants.tolist(), c.plant_ids, c.mtbf, c.mttr, c.planned,
+                         st.outages).start(self.env, self)
         first_year_frac = c.days_left[0] / (366 if _leap(c.scenario.start.year) else 365)
         QuotaProcess(c.quota_ids, c.releases, c.year_starts, c.quota_year_total,
                      float(first_year_frac), [q.produce_ahead for q in c.scenario.quotas],
@@ -118,6 +90,13 @@ class ChainModel:
         DemandProcess(c.segment_ids, c.month_start_day, c.demand_month, c.demand_cv,
                       st.demand_noise, self.dem_rate).start(self.env, self)
         PolicyProcess(c.timed).start(self.env, self)
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        """Any kernel array by its declared name (``model.act_rec``, ``model.stock``…)."""
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # --- the Chain interface used by the processes ----------------------------------------
 

@@ -8,10 +8,12 @@ from typing import Any
 
 import numpy as np
 
+from retwin.compiled import Compiled
 from retwin.config import MAX_REPLICATIONS
-from retwin.engine.build import Compiled, compile_scenario
+from retwin.engine.build import compile_scenario
 from retwin.engine.model import ChainModel
 from retwin.errors import ScenarioError
+from retwin.results import ReplicationSet, RunResult
 from retwin.scenario.load import apply_changes, scenario_hash
 from retwin.scenario.schema import Scenario
 
@@ -57,38 +59,36 @@ def run(
     changes: Iterable[Any] | None = None,
     replication: int = 0,
     check: bool = True,
-) -> Any:
+) -> RunResult:
     """Run ``scenario`` once and return a :class:`~retwin.results.RunResult`.
 
     The run is reproducible bit for bit from ``seed`` (and ``replication``). Unless
     ``check=False``, the mass balance is checked and a run that does not close raises
     :class:`~retwin.errors.MassBalanceError`.
     """
-    from retwin.results import RunResult
-
     if seed < 0:
         raise ScenarioError([("seed", f"seed(={seed}) must be >= 0")])
     c = prepare(scenario, changes)
     eng_seed = replication_seed(seed, replication)
     model = ChainModel(c, eng_seed)
     model.run()
-    in_transit = model.pipe.sum(axis=1) + model.ipipe.sum(axis=1)
+    a = model.arrays
     res = RunResult(
         compiled=c,
         seed=int(seed),
         replication=int(replication),
-        activity=model.act_rec,
-        binding=model.code_rec,
-        stock=model.stock_rec,
-        imports=model.imp_rec,
-        exports=model.exp_rec,
-        served=model.served_rec,
-        unmet=model.unmet_rec,
-        value_month=model.val_month,
+        activity=a["act_rec"],
+        binding=a["code_rec"],
+        stock=a["stock_rec"],
+        imports=a["imp_rec"],
+        exports=a["exp_rec"],
+        served=a["served_rec"],
+        unmet=a["unmet_rec"],
+        value_month=a["val_month"],
         price_month=model.price_rec,
-        totals=model.tot,
-        final_stock=model.stock.copy(),
-        in_transit=in_transit,
+        totals=a["tot"],
+        final_stock=a["stock"].copy(),
+        in_transit=a["pipe"].sum(axis=1) + a["ipipe"].sum(axis=1),
         events=model.events,
         capacity_log=model.capacity_log,
         kernel_calls=model.kernel_calls,
@@ -106,11 +106,9 @@ def run_replications(
     seed: int = 0,
     changes: Iterable[Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> Any:
+) -> ReplicationSet:
     """Run ``replications`` seeded replications; keep the first run whole and every run's
     annual KPIs. The same ``seed`` gives the same replications (common random numbers)."""
-    from retwin.results import ReplicationSet
-
     if not 1 <= replications <= MAX_REPLICATIONS:
         raise ScenarioError([("replications",
                               f"replications(={replications}) must be in 1..{MAX_REPLICATIONS}")])

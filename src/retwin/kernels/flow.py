@@ -20,19 +20,27 @@ One day, in order:
 
 Accounting (totals per material, records per day, output value per month) is done here, so
 that the mass balance can be checked against independently summed quantities afterwards.
+
+The kernel's arrays are declared once, in :mod:`retwin.kernels.contract`. The body
+(:func:`_flow`) names each of them; the compiled entry point (:func:`advance_packed`) is
+generated from the declaration and that body, and takes the 1-D arrays packed in two blobs.
 """
 
 from __future__ import annotations
 
+import ast
 import inspect
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from retwin._typing import FloatArray, Int8Array, IntArray
+from retwin.kernels import contract
 from retwin.kernels._jit import jit
 
 __all__ = [
-    "ARG_NAMES",
     "BIND_CAPACITY",
     "BIND_IDLE",
     "BIND_INPUT",
@@ -43,8 +51,6 @@ __all__ = [
     "advance",
     "advance_packed",
     "advance_unchecked",
-    "check_arrays",
-    "pack",
 ]
 
 BIND_CAPACITY, BIND_QUOTA, BIND_INPUT, BIND_OUTAGE, BIND_STORAGE, BIND_IDLE = 1, 2, 3, 4, 5, 6
@@ -59,31 +65,55 @@ BIND_NAMES = {
 }
 
 
-#: Order of the 1-D int64 and 1-D float64 arguments inside the packed blobs (see
-#: :func:`_advance_packed`); everything else is passed as it is.
-PACKED_INTS: tuple[str, ...] = (
-    "order", "lvl_ptr", "lvl_pool_ptr", "lvl_pools", "commission_day", "ramp_days",
-    "retire_day", "lead", "plant_quota", "in_ptr", "in_pool", "in_mat", "out_ptr", "out_pool",
-    "out_mat", "pool_mat", "mk_pool", "imp_lead", "dem_pool", "days_left", "month_of_day",
-)
-PACKED_FLOATS: tuple[str, ...] = (
-    "qcoef", "in_amt", "out_amt", "target", "pool_max", "cap_day", "avail", "reserve",
-    "imp_cap_day", "exp_cap_day", "dem_rate", "price", "q_avail", "q_year_left", "stock",
-    "ipipe_sum", "pipe_sum",
-)
-
-
-
-@jit
-def _advance_packed(
+def _flow(
     d0: int,
     d1: int,
-    si: IntArray,
-    si_off: IntArray,
-    sf: FloatArray,
-    sf_off: IntArray,
+    # plants (static)
+    order: IntArray,
+    lvl_ptr: IntArray,
+    lvl_pool_ptr: IntArray,
+    lvl_pools: IntArray,
+    commission_day: IntArray,
+    ramp_days: IntArray,
+    retire_day: IntArray,
+    lead: IntArray,
+    plant_quota: IntArray,
+    qcoef: FloatArray,
+    in_ptr: IntArray,
+    in_pool: IntArray,
+    in_mat: IntArray,
+    in_amt: FloatArray,
+    out_ptr: IntArray,
+    out_pool: IntArray,
+    out_mat: IntArray,
+    out_amt: FloatArray,
+    # pools, markets, demand (static)
+    pool_mat: IntArray,
+    target: FloatArray,
+    pool_max: FloatArray,
+    mk_pool: IntArray,
+    imp_lead: IntArray,
+    dem_pool: IntArray,
+    # calendar
+    days_left: IntArray,
+    month_of_day: IntArray,
+    # state, changed by events between calls
+    cap_day: FloatArray,
+    avail: FloatArray,
+    reserve: FloatArray,
+    imp_cap_day: FloatArray,
+    exp_cap_day: FloatArray,
+    dem_rate: FloatArray,
+    price: FloatArray,
+    q_avail: FloatArray,
+    q_year_left: FloatArray,
+    # state, changed by the kernel
+    stock: FloatArray,
     pipe: FloatArray,
     ipipe: FloatArray,
+    ipipe_sum: FloatArray,
+    pipe_sum: FloatArray,
+    # records
     act_rec: FloatArray,
     code_rec: Int8Array,
     stock_rec: FloatArray,
@@ -94,55 +124,15 @@ def _advance_packed(
     val_month: FloatArray,
     tot: FloatArray,
 ) -> None:
-    """The flow kernel: advance days ``[d0, d1)`` (see the module docstring).
+    """The flow kernel's body: advance days ``[d0, d1)`` (see the module docstring).
 
-    Its 1-D arrays come packed in two blobs (``si`` int64, ``sf`` float64), cut at the
-    offsets ``si_off``/``sf_off`` in the order of :data:`PACKED_INTS` and
-    :data:`PACKED_FLOATS`; :func:`_advance` takes them one by one. Packing matters because
-    the engine calls the kernel once per event, and a call's cost grows with its arguments.
-    Returns nothing: all outputs are written into the state, record and total arrays.
-
-    ``tot`` has shape ``(6, M)``: rows are produced, drawn by plants, extracted from the
-    ground, imported (ordered), exported, and drawn by demand, per material.
+    Its parameters are the arrays of :data:`retwin.kernels.contract.FLOW_ARRAYS`, in that
+    order and of those dtypes (checked when this module is imported). The engine does not call
+    it as it stands: :func:`_packed_entry` compiles its statements behind the unpacking of the
+    packed call, as :func:`advance_packed`. Returns nothing: all outputs are written into the state,
+    record and total arrays. ``tot`` has shape ``(6, M)``: rows are produced, drawn by plants,
+    extracted from the ground, imported (ordered), exported, and drawn by demand, per material.
     """
-    order = si[si_off[0]:si_off[1]]
-    lvl_ptr = si[si_off[1]:si_off[2]]
-    lvl_pool_ptr = si[si_off[2]:si_off[3]]
-    lvl_pools = si[si_off[3]:si_off[4]]
-    commission_day = si[si_off[4]:si_off[5]]
-    ramp_days = si[si_off[5]:si_off[6]]
-    retire_day = si[si_off[6]:si_off[7]]
-    lead = si[si_off[7]:si_off[8]]
-    plant_quota = si[si_off[8]:si_off[9]]
-    in_ptr = si[si_off[9]:si_off[10]]
-    in_pool = si[si_off[10]:si_off[11]]
-    in_mat = si[si_off[11]:si_off[12]]
-    out_ptr = si[si_off[12]:si_off[13]]
-    out_pool = si[si_off[13]:si_off[14]]
-    out_mat = si[si_off[14]:si_off[15]]
-    pool_mat = si[si_off[15]:si_off[16]]
-    mk_pool = si[si_off[16]:si_off[17]]
-    imp_lead = si[si_off[17]:si_off[18]]
-    dem_pool = si[si_off[18]:si_off[19]]
-    days_left = si[si_off[19]:si_off[20]]
-    month_of_day = si[si_off[20]:si_off[21]]
-    qcoef = sf[sf_off[0]:sf_off[1]]
-    in_amt = sf[sf_off[1]:sf_off[2]]
-    out_amt = sf[sf_off[2]:sf_off[3]]
-    target = sf[sf_off[3]:sf_off[4]]
-    pool_max = sf[sf_off[4]:sf_off[5]]
-    cap_day = sf[sf_off[5]:sf_off[6]]
-    avail = sf[sf_off[6]:sf_off[7]]
-    reserve = sf[sf_off[7]:sf_off[8]]
-    imp_cap_day = sf[sf_off[8]:sf_off[9]]
-    exp_cap_day = sf[sf_off[9]:sf_off[10]]
-    dem_rate = sf[sf_off[10]:sf_off[11]]
-    price = sf[sf_off[11]:sf_off[12]]
-    q_avail = sf[sf_off[12]:sf_off[13]]
-    q_year_left = sf[sf_off[13]:sf_off[14]]
-    stock = sf[sf_off[14]:sf_off[15]]
-    ipipe_sum = sf[sf_off[15]:sf_off[16]]
-    pipe_sum = sf[sf_off[16]:sf_off[17]]
     n_pools = stock.shape[0]
     n_quota = q_avail.shape[0]
     ring = pipe.shape[1]
@@ -336,185 +326,101 @@ def _advance_packed(
             stock_rec[s, d] = stock[s]
 
 
-def _advance(
-    d0: int,
-    d1: int,
-    # plants (static)
-    order: IntArray,
-    lvl_ptr: IntArray,
-    lvl_pool_ptr: IntArray,
-    lvl_pools: IntArray,
-    commission_day: IntArray,
-    ramp_days: IntArray,
-    retire_day: IntArray,
-    lead: IntArray,
-    plant_quota: IntArray,
-    qcoef: FloatArray,
-    in_ptr: IntArray,
-    in_pool: IntArray,
-    in_mat: IntArray,
-    in_amt: FloatArray,
-    out_ptr: IntArray,
-    out_pool: IntArray,
-    out_mat: IntArray,
-    out_amt: FloatArray,
-    # pools, markets, demand (static)
-    pool_mat: IntArray,
-    target: FloatArray,
-    pool_max: FloatArray,
-    mk_pool: IntArray,
-    imp_lead: IntArray,
-    dem_pool: IntArray,
-    # calendar
-    days_left: IntArray,
-    month_of_day: IntArray,
-    # state, changed by events between calls
-    cap_day: FloatArray,
-    avail: FloatArray,
-    reserve: FloatArray,
-    imp_cap_day: FloatArray,
-    exp_cap_day: FloatArray,
-    dem_rate: FloatArray,
-    price: FloatArray,
-    q_avail: FloatArray,
-    q_year_left: FloatArray,
-    # state, changed by the kernel
-    stock: FloatArray,
-    pipe: FloatArray,
-    ipipe: FloatArray,
-    ipipe_sum: FloatArray,
-    pipe_sum: FloatArray,
-    # records
-    act_rec: FloatArray,
-    code_rec: Int8Array,
-    stock_rec: FloatArray,
-    imp_rec: FloatArray,
-    exp_rec: FloatArray,
-    served_rec: FloatArray,
-    unmet_rec: FloatArray,
-    val_month: FloatArray,
-    tot: FloatArray,
-) -> None:
-    """The flow kernel with every array named: packs the 1-D arrays, runs
-    :func:`_advance_packed` and writes the state back. Slower per call than the packed form
-    (it copies); for tests and one-off callers. Same arguments as :data:`ARG_NAMES`.
+def _signature_errors() -> list[str]:
+    """How the kernel body's parameters differ from the declaration (names, order, dtypes)."""
+    params = list(inspect.signature(_flow).parameters.values())
+    errors = [f"parameter {p.name!r} should be {n!r}"
+              for p, n in zip(params[:2], ("d0", "d1"), strict=True) if p.name != n]
+    got = tuple(p.name for p in params[2:])
+    if got != contract.NAMES:
+        errors.append(f"the kernel body takes {got}, the declaration says {contract.NAMES}")
+    dtypes = {"IntArray": np.int64, "FloatArray": np.float64, "Int8Array": np.int8}
+    for p in params[2:]:
+        spec = contract.FLOW_ARRAYS[contract.NAMES.index(p.name)] \
+            if p.name in contract.NAMES else None
+        if spec is not None and dtypes.get(str(p.annotation)) is not spec.dtype:
+            errors.append(f"{p.name} is annotated {p.annotation}, declared "
+                          f"{np.dtype(spec.dtype)}")
+    return errors
+
+
+if _signature_errors():
+    raise TypeError("the flow kernel does not match its declaration: "
+                    + "; ".join(_signature_errors()))
+
+
+def _packed_entry() -> Callable[..., None]:
+    """Generate :func:`advance_packed` from the declaration and the body of :func:`_flow`.
+
+    The generated function takes ``d0, d1``, the two blobs and their offsets, and the arrays
+    of :data:`retwin.kernels.contract.UNPACKED`; one line cuts the blobs into the body's 1-D
+    arrays, and then come the body's statements, verbatim. (Calling the body as a compiled
+    function of its own instead costs about a quarter more per call: a call with that many
+    arguments cannot be inlined.) The source is compiled under this file's name with the
+    body's statements on their own line numbers, so errors point into :func:`_flow`, and
+    Numba's on-disk cache keeps it (the cache keys on the bytecode, which follows the
+    declaration).
     """
-    named: dict[str, np.ndarray] = dict(zip(ARG_NAMES, (
-        order, lvl_ptr, lvl_pool_ptr, lvl_pools, commission_day, ramp_days, retire_day, lead,
-        plant_quota, qcoef, in_ptr, in_pool, in_mat, in_amt, out_ptr, out_pool, out_mat,
-        out_amt, pool_mat, target, pool_max, mk_pool, imp_lead, dem_pool, days_left,
-        month_of_day, cap_day, avail, reserve, imp_cap_day, exp_cap_day, dem_rate, price,
-        q_avail, q_year_left, stock, pipe, ipipe, ipipe_sum, pipe_sum, act_rec, code_rec,
-        stock_rec, imp_rec, exp_rec, served_rec, unmet_rec, val_month, tot,
-    ), strict=True))
-    si, si_off, sf, sf_off, views = pack(named)
-    _advance_packed(d0, d1, si, si_off, sf, sf_off, pipe, ipipe, act_rec, code_rec, stock_rec,
-                    imp_rec, exp_rec, served_rec, unmet_rec, val_month, tot)
-    for name in PACKED_FLOATS:
-        named[name][:] = views[name]
+    lines, first = inspect.getsourcelines(_flow)
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    fn = tree.body[0]
+    assert isinstance(fn, ast.FunctionDef)
+    stmts = fn.body[1:] if ast.get_docstring(fn) is not None else fn.body
+    start = stmts[0].lineno  # of the first statement, counted within ``lines``
+    cut = {n: f"si[si_off[{i}]:si_off[{i + 1}]]" for i, n in enumerate(contract.PACKED_INTS)}
+    cut.update({n: f"sf[sf_off[{i}]:sf_off[{i + 1}]]"
+                for i, n in enumerate(contract.PACKED_FLOATS)})
+    params = ", ".join(("d0", "d1", "si", "si_off", "sf", "sf_off", *contract.UNPACKED))
+    src = ("\n" * (first - 1)
+           + f"def _advance_packed({params}):\n"
+           + "    " + "; ".join(f"{n} = {cut[n]}" for n in cut) + "\n"
+           + "\n" * (start - 3)
+           + "".join(lines[start - 1:]))
+    code = compile(src, str(Path(__file__).resolve()), "exec")
+    scope: dict[str, object] = {**globals(), "__name__": __name__}
+    exec(code, scope)
+    entry = scope["_advance_packed"]
+    assert callable(entry)
+    entry.__doc__ = (
+        "The flow kernel (:func:`_flow`) on packed arguments: ``d0, d1, si, si_off, sf, "
+        "sf_off`` and then the arrays of :data:`retwin.kernels.contract.UNPACKED` (see "
+        ":class:`retwin.kernels.contract.Packed`). Packing matters because the engine calls "
+        "the kernel once per event, and a call's cost grows with its arguments.")
+    compiled: Callable[..., None] = jit(entry)
+    return compiled
 
 
-def pack(
-    named: dict[str, np.ndarray],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Copy the 1-D arguments into the two blobs of :func:`_advance_packed`.
-
-    Returns ``si, si_off, sf, sf_off, views``: ``views`` maps each packed name to its view
-    inside a blob, so a caller that mutates state between calls writes into the blob.
-    """
-
-    def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, np.ndarray]:
-        parts: list[np.ndarray] = [np.ascontiguousarray(named[n], dtype=dtype) for n in names]
-        off = np.zeros(len(parts) + 1, np.int64)
-        off[1:] = np.cumsum([p.size for p in parts])
-        return np.concatenate(parts).astype(dtype), off
-
-    si, si_off = blob(PACKED_INTS, np.int64)
-    sf, sf_off = blob(PACKED_FLOATS, np.float64)
-    views = {n: si[si_off[i]:si_off[i + 1]] for i, n in enumerate(PACKED_INTS)}
-    views.update({n: sf[sf_off[i]:sf_off[i + 1]] for i, n in enumerate(PACKED_FLOATS)})
-    return si, si_off, sf, sf_off, views
-
-
+_advance_packed = _packed_entry()
 #: The packed kernel, for the engine's hot path (arrays checked once when a run is built).
 advance_packed = _advance_packed
-#: The named kernel, for a caller that checked its arrays once.
-advance_unchecked = _advance
 
 
-def check_arrays(*arrays: np.ndarray) -> None:
-    """Raise unless every array is a C-contiguous numpy array of a kernel dtype."""
-    for i, a in enumerate(arrays):
-        if not isinstance(a, np.ndarray):
-            raise TypeError(f"argument {i + 2} must be a numpy array, got {type(a).__name__}")
-        if not a.flags.c_contiguous:
-            raise ValueError(f"argument {i + 2} must be C-contiguous")
-        if a.dtype not in (np.float64, np.int64, np.int8):
-            raise TypeError(f"argument {i + 2} has dtype {a.dtype}; use float64, int64 or int8")
-
-
-#: Each array argument's expected shape, by axis name: P plants, S pools, M materials,
-#: K markets, G demand segments, Q quotas, D days, T months, R ring slots, I/O recipe entries.
-_SHAPES: dict[str, tuple[str, ...]] = {
-    "order": ("P",), "lvl_ptr": ("L1",), "lvl_pool_ptr": ("L1",), "lvl_pools": ("LP",),
-    "commission_day": ("P",), "ramp_days": ("P",), "retire_day": ("P",), "lead": ("P",),
-    "plant_quota": ("P",), "qcoef": ("P",), "in_ptr": ("P1",), "in_pool": ("I",),
-    "in_mat": ("I",), "in_amt": ("I",), "out_ptr": ("P1",), "out_pool": ("O",),
-    "out_mat": ("O",), "out_amt": ("O",), "pool_mat": ("S",), "target": ("S",),
-    "pool_max": ("S",), "mk_pool": ("K",), "imp_lead": ("K",), "dem_pool": ("G",),
-    "days_left": ("D",), "month_of_day": ("D",), "cap_day": ("P",), "avail": ("P",),
-    "reserve": ("S",), "imp_cap_day": ("K",), "exp_cap_day": ("K",), "dem_rate": ("G",),
-    "price": ("M",), "q_avail": ("Q",), "q_year_left": ("Q",), "stock": ("S",),
-    "pipe": ("S", "R"), "ipipe": ("S", "R"), "ipipe_sum": ("S",), "pipe_sum": ("S",),
-    "act_rec": ("P", "D"),
-    "code_rec": ("P", "D"), "stock_rec": ("S", "D"), "imp_rec": ("K", "D"),
-    "exp_rec": ("K", "D"), "served_rec": ("G", "D"), "unmet_rec": ("G", "D"),
-    "val_month": ("P", "T"), "tot": ("6", "M"),
-}
-
-
-def _check_shapes(d1: int, named: dict[str, np.ndarray]) -> None:
-    sizes: dict[str, int] = {"6": 6}
-    for name, axes in _SHAPES.items():
-        a = named[name]
-        if a.ndim != len(axes):
-            raise ValueError(f"{name} must have {len(axes)} dimension(s), has {a.ndim}")
-        for ax, n in zip(axes, a.shape, strict=True):
-            if sizes.setdefault(ax, n) != n:
-                raise ValueError(
-                    f"{name} has {n} along axis {ax} where the other arrays have {sizes[ax]}"
-                )
-    if sizes["P1"] != sizes["P"] + 1:
-        raise ValueError("in_ptr and out_ptr must have one entry more than there are plants")
-    if d1 > sizes["D"]:
-        raise ValueError(f"day range ends at {d1}, past the {sizes['D']} days of the records")
-    bounds = (("in_pool", "S", -1), ("out_pool", "S", 0), ("mk_pool", "S", 0),
-              ("dem_pool", "S", 0), ("pool_mat", "M", 0), ("in_mat", "M", 0),
-              ("out_mat", "M", 0), ("order", "P", 0), ("lvl_pools", "S", 0),
-              ("plant_quota", "Q", -1), ("month_of_day", "T", 0))
-    for name, ax, lo in bounds:
-        a = named[name]
-        if a.size and (a.min() < lo or a.max() >= sizes[ax]):
-            raise ValueError(f"{name} holds an index outside 0..{sizes[ax] - 1}")
+def advance_unchecked(d0: int, d1: int, *arrays: np.ndarray) -> None:
+    """The flow kernel with every array named, in the order of
+    :data:`retwin.kernels.contract.NAMES`: packs them, runs :func:`advance_packed` and copies
+    the state back. Slower per call than the packed form (it copies); for tests and one-off
+    callers that checked their arrays.
+    """
+    named = dict(zip(contract.NAMES, arrays, strict=True))
+    packed = contract.pack(named)
+    _advance_packed(d0, d1, *packed.call)
+    contract.unpack_into(named, packed)
 
 
 def advance(d0: int, d1: int, *arrays: np.ndarray) -> None:
-    """Checked wrapper of the flow kernel: same arguments as ``_advance``.
+    """Checked wrapper of the flow kernel: the arrays of
+    :data:`retwin.kernels.contract.NAMES`, in that order, after the day range.
 
-    Checks the day range, that every array is C-contiguous and of a kernel dtype, that the
-    arrays agree in shape, and that every index they hold is in range — the compiled kernel
-    does no bounds checks. The engine checks its arrays once when it builds a run
-    (:func:`check_arrays`) and then calls the kernel directly on its hot path.
+    Checks the day range and every array against its declaration
+    (:func:`retwin.kernels.contract.check`: type, dtype, C order, shape, and that every index
+    and row pointer it holds is in range) — the compiled kernel does no bounds checks. The
+    engine checks its inputs once when it compiles a scenario and then calls
+    :func:`advance_packed` directly on its hot path.
     """
     if not 0 <= d0 <= d1:
         raise ValueError(f"day range [{d0}, {d1}) must satisfy 0 <= d0 <= d1")
-    check_arrays(*arrays)
-    names = ARG_NAMES
-    if len(arrays) != len(names):
-        raise TypeError(f"the kernel takes {len(names)} arrays after d0, d1; got {len(arrays)}")
-    _check_shapes(d1, dict(zip(names, arrays, strict=True)))
-    _advance(d0, d1, *arrays)
-
-
-#: The kernel's array arguments in order (after ``d0, d1``), read from its signature.
-ARG_NAMES: tuple[str, ...] = tuple(inspect.signature(_advance).parameters)[2:]
+    if len(arrays) != len(contract.NAMES):
+        raise TypeError(f"the kernel takes {len(contract.NAMES)} arrays after d0, d1; "
+                        f"got {len(arrays)}")
+    contract.check(dict(zip(contract.NAMES, arrays, strict=True)), d1=d1)
+    advance_unchecked(d0, d1, *arrays)

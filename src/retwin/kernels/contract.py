@@ -1,0 +1,359 @@
+"""The flow kernel's contract: every array it takes, declared once.
+
+:data:`FLOW_ARRAYS` lists the kernel's arrays in the order the kernel takes them (after the day
+range ``d0, d1``), each with its dtype, its axes, its role and what it holds. Everything else
+is derived from it: the kernel's packed call (:func:`pack`; the 1-D int64 and float64 arrays go
+into two contiguous blobs, because a call's cost grows with its number of arguments), the
+checks of the public wrapper (:func:`check`), the zero-filled state and records of a run
+(:func:`allocate`), and the argument list of the reference implementation in the tests.
+
+Adding an array to the kernel means adding it here, to the kernel body
+(:func:`retwin.kernels.flow._flow`, whose parameters must follow this order; the module refuses
+to import otherwise) and to the reference implementation; an input must also be computed by
+the engine when it compiles a scenario.
+
+Roles:
+
+* ``input``: fixed when a scenario is compiled; the kernel only reads it;
+* ``state``: set by events between calls (capacities, availability, prices…) or carried by the
+  kernel from one call to the next (stock, shipments in transit); the kernel may write it;
+* ``output``: records and totals the kernel writes; a run starts them at zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "AXES",
+    "FLOW_ARRAYS",
+    "INPUTS",
+    "NAMES",
+    "PACKED_FLOATS",
+    "PACKED_INTS",
+    "UNPACKED",
+    "KernelArray",
+    "Packed",
+    "allocate",
+    "check",
+    "pack",
+    "unpack_into",
+    "zeros",
+]
+
+Role = Literal["input", "state", "output"]
+
+#: The axes an array may have (see :mod:`retwin._typing` for the shared ones).
+AXES: dict[str, str] = {
+    "P": "plants",
+    "P1": "plants + 1 (row pointers of a per-plant list)",
+    "L1": "levels + 1 (row pointers of a per-level list)",
+    "LP": "(level, pool) pairs: the pools each level draws on or delivers into",
+    "I": "recipe inputs of all plants",
+    "O": "recipe outputs of all plants",
+    "S": "pools",
+    "M": "materials",
+    "K": "markets",
+    "G": "demand segments",
+    "Q": "quotas",
+    "D": "days",
+    "T": "months",
+    "R": "slots of the ring of shipments in transit (longer than the longest lead time)",
+    "6": "the six rows of the totals",
+}
+#: Axes whose size follows from another's: ``P1`` is ``P + 1``.
+_ONE_MORE: dict[str, str] = {"P1": "P"}
+#: Axes of a fixed size.
+_FIXED: dict[str, int] = {"6": 6}
+
+
+@dataclass(frozen=True)
+class KernelArray:
+    """One array of the flow kernel.
+
+    ``values_in`` names the axis whose positions the values are (each value ``v`` must satisfy
+    ``0 <= v < size``, or be ``-1`` for "none" when ``none`` is set); ``ptr_into`` marks an
+    array of row pointers into that axis (rising from 0 to its size). The public wrapper checks
+    both, because the compiled kernel does no bounds checks. ``derived`` marks an array that
+    the kernel could compute from the others and keeps for speed (an index, a running total).
+    """
+
+    name: str
+    dtype: type[np.generic]
+    axes: tuple[str, ...]
+    role: Role
+    doc: str
+    values_in: str | None = None
+    none: bool = False
+    ptr_into: str | None = None
+    derived: bool = False
+
+    def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        """The array's shape, given the size of each of its axes."""
+        try:
+            return tuple([_FIXED[ax] if ax in _FIXED else sizes[ax] for ax in self.axes])
+        except KeyError as e:
+            raise KeyError(f"{self.name}: no size given for axis {e.args[0]}") from None
+
+    @property
+    def packed(self) -> bool:
+        """Whether the array travels in a blob of the packed call (1-D int64 or float64)."""
+        return len(self.axes) == 1 and self.dtype in (np.int64, np.float64)
+
+
+def _a(name: str, dtype: type[np.generic], axes: str, role: Role, doc: str, *,
+       values_in: str | None = None, none: bool = False, ptr_into: str | None = None,
+       derived: bool = False) -> KernelArray:
+    return KernelArray(name, dtype, tuple(axes.split()), role, doc, values_in=values_in,
+                       none=none, ptr_into=ptr_into, derived=derived)
+
+
+_I, _F, _B = np.int64, np.float64, np.int8
+
+#: The flow kernel's arrays, in the order it takes them after ``d0, d1``.
+FLOW_ARRAYS: tuple[KernelArray, ...] = (
+    # plants (fixed)
+    _a("order", _I, "P", "input", "plants level by level (stage order, then as listed)",
+       values_in="P"),
+    _a("lvl_ptr", _I, "L1", "input", "level l's plants are order[lvl_ptr[l]:lvl_ptr[l+1]]",
+       ptr_into="P"),
+    _a("lvl_pool_ptr", _I, "L1", "input",
+       "level l's pools are lvl_pools[lvl_pool_ptr[l]:lvl_pool_ptr[l+1]]", ptr_into="LP",
+       derived=True),
+    _a("lvl_pools", _I, "LP", "input", "pools a level's plants draw on or deliver into",
+       values_in="S", derived=True),
+    _a("commission_day", _I, "P", "input", "first day a plant may run (its ramp starts)"),
+    _a("ramp_days", _I, "P", "input", "days from commissioning to full capacity (0: at once)"),
+    _a("retire_day", _I, "P", "input", "first day a plant no longer runs"),
+    _a("lead", _I, "P", "input", "days from production to arrival in the output pools",
+       values_in="R"),
+    _a("plant_quota", _I, "P", "input", "the quota a plant's output counts against (-1: none)",
+       values_in="Q", none=True),
+    _a("qcoef", _F, "P", "input", "t REO counted against the quota per unit of activity"),
+    _a("in_ptr", _I, "P1", "input", "plant p's inputs are entries in_ptr[p]:in_ptr[p+1]",
+       ptr_into="I"),
+    _a("in_pool", _I, "I", "input", "pool an input is drawn from (-1: from the ground)",
+       values_in="S", none=True),
+    _a("in_mat", _I, "I", "input", "material of an input", values_in="M"),
+    _a("in_amt", _F, "I", "input", "units of an input per unit of activity"),
+    _a("out_ptr", _I, "P1", "input", "plant p's outputs are entries out_ptr[p]:out_ptr[p+1]",
+       ptr_into="O"),
+    _a("out_pool", _I, "O", "input", "pool an output is delivered into", values_in="S"),
+    _a("out_mat", _I, "O", "input", "material of an output", values_in="M"),
+    _a("out_amt", _F, "O", "input", "units of an output per unit of activity"),
+    # pools, markets, demand (fixed)
+    _a("pool_mat", _I, "S", "input", "material a pool holds", values_in="M"),
+    _a("target", _F, "S", "input", "stock above the reserve that trade aims to keep"),
+    _a("pool_max", _F, "S", "input", "storage ceiling (inf: none)"),
+    _a("mk_pool", _I, "K", "input", "pool a market trades with", values_in="S"),
+    _a("imp_lead", _I, "K", "input", "days from an import order to its arrival",
+       values_in="R"),
+    _a("dem_pool", _I, "G", "input", "pool a demand segment draws on", values_in="S"),
+    # calendar (fixed)
+    _a("days_left", _I, "D", "input", "days left in the calendar year, this day included"),
+    _a("month_of_day", _I, "D", "input", "month of each day", values_in="T"),
+    # state set by events between calls
+    _a("cap_day", _F, "P", "state", "capacity in activity units per day (with utilisation)"),
+    _a("avail", _F, "P", "state", "share of capacity available (0: down)"),
+    _a("reserve", _F, "S", "state", "strategic reserve nobody draws on"),
+    _a("imp_cap_day", _F, "K", "state", "import cap per day (0: no imports)"),
+    _a("exp_cap_day", _F, "K", "state", "export cap per day (0: no exports)"),
+    _a("dem_rate", _F, "G", "state", "demand per day"),
+    _a("price", _F, "M", "state", "price per unit of each material"),
+    _a("q_avail", _F, "Q", "state", "t REO released and not yet used (drawn down by the kernel)"),
+    _a("q_year_left", _F, "Q", "state", "t REO left of the year's ceiling (drawn down likewise)"),
+    # state carried by the kernel
+    _a("stock", _F, "S", "state", "stock at the end of the last day advanced"),
+    _a("pipe", _F, "S R", "state", "production in transit, by pool and arrival day mod R"),
+    _a("ipipe", _F, "S R", "state", "imports in transit, by pool and arrival day mod R"),
+    _a("ipipe_sum", _F, "S", "state", "imports in transit per pool (row sums of ipipe)",
+       derived=True),
+    _a("pipe_sum", _F, "S", "state", "production in transit per pool (row sums of pipe)",
+       derived=True),
+    # records and totals
+    _a("act_rec", _F, "P D", "output", "activity per plant and day"),
+    _a("code_rec", _B, "P D", "output", "binding constraint per plant and day (BIND_*)"),
+    _a("stock_rec", _F, "S D", "output", "end-of-day stock"),
+    _a("imp_rec", _F, "K D", "output", "imports ordered per day"),
+    _a("exp_rec", _F, "K D", "output", "exports per day"),
+    _a("served_rec", _F, "G D", "output", "demand served per day"),
+    _a("unmet_rec", _F, "G D", "output", "demand not served per day"),
+    _a("val_month", _F, "P T", "output", "output value per plant and month (CNY)"),
+    _a("tot", _F, "6 M", "output", "per material: produced, drawn by plants, extracted, "
+       "imported, exported, drawn by demand"),
+)
+
+#: Names of the kernel's arrays, in order.
+NAMES: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS)
+_BY_NAME: dict[str, KernelArray] = {a.name: a for a in FLOW_ARRAYS}
+#: Names of the arrays fixed when a scenario is compiled.
+INPUTS: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS if a.role == "input")
+_NAME_SET, _INPUT_SET = frozenset(NAMES), frozenset(INPUTS)
+#: The int64 blob's arrays, in order.
+PACKED_INTS: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS
+                                     if a.packed and a.dtype is np.int64)
+#: The float64 blob's arrays, in order.
+PACKED_FLOATS: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS
+                                       if a.packed and a.dtype is np.float64)
+#: The arrays the packed call takes as they are (after the blobs), in order.
+UNPACKED: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS if not a.packed)
+#: Packed arrays the kernel may write: copied back by a caller that packed its own arrays.
+_WRITABLE_PACKED: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS
+                                          if a.packed and a.role != "input")
+
+
+def _declaration_errors() -> list[str]:
+    errors = [f"{a.name}: unknown axis {ax!r}" for a in FLOW_ARRAYS for ax in a.axes
+              if ax not in AXES]
+    errors += [f"{a.name}: values_in/ptr_into {ax!r} is not an axis" for a in FLOW_ARRAYS
+               for ax in (a.values_in, a.ptr_into) if ax is not None and ax not in AXES]
+    errors += [f"{a.name}: dtype {a.dtype.__name__} is not int64, float64 or int8"
+               for a in FLOW_ARRAYS if a.dtype not in (np.int64, np.float64, np.int8)]
+    errors += [f"{a.name}: role {a.role!r}" for a in FLOW_ARRAYS
+               if a.role not in ("input", "state", "output")]
+    if len(_BY_NAME) != len(FLOW_ARRAYS):
+        errors.append("array names repeat")
+    return errors
+
+
+if _declaration_errors():
+    raise TypeError("bad kernel declaration: " + "; ".join(_declaration_errors()))
+
+
+@dataclass(frozen=True)
+class Packed:
+    """The kernel's arguments, packed for its cheap call.
+
+    ``call`` is what :func:`retwin.kernels.flow.advance_packed` takes after ``d0, d1``: the
+    int64 blob and its offsets, the float64 blob and its offsets, then the arrays of
+    :data:`UNPACKED`. ``views`` holds every kernel array by name: a packed one as its view
+    inside a blob (so whoever writes into it between calls writes what the kernel reads),
+    the others as given.
+    """
+
+    call: tuple[np.ndarray, ...]
+    views: dict[str, np.ndarray]
+
+    @property
+    def args(self) -> tuple[np.ndarray, ...]:
+        """Every kernel array in the kernel's order (the named call's arguments)."""
+        return tuple(self.views[n] for n in NAMES)
+
+
+def pack(named: Mapping[str, np.ndarray]) -> Packed:
+    """Copy the 1-D int64 and float64 arrays into two blobs (see :class:`Packed`)."""
+
+    def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, np.ndarray]:
+        parts: list[np.ndarray] = [np.ascontiguousarray(named[n], dtype=dtype) for n in names]
+        off = np.zeros(len(parts) + 1, np.int64)
+        off[1:] = np.cumsum([p.size for p in parts])
+        return np.concatenate(parts).astype(dtype), off
+
+    si, si_off = blob(PACKED_INTS, np.int64)
+    sf, sf_off = blob(PACKED_FLOATS, np.float64)
+    views = {n: si[si_off[i]:si_off[i + 1]] for i, n in enumerate(PACKED_INTS)}
+    views.update({n: sf[sf_off[i]:sf_off[i + 1]] for i, n in enumerate(PACKED_FLOATS)})
+    views.update({n: named[n] for n in UNPACKED})
+    return Packed((si, si_off, sf, sf_off, *(named[n] for n in UNPACKED)), views)
+
+
+def unpack_into(named: Mapping[str, np.ndarray], packed: Packed) -> None:
+    """Copy what the kernel wrote into the blobs back into the arrays ``packed`` came from."""
+    for n in _WRITABLE_PACKED:
+        named[n][:] = packed.views[n]
+
+
+def zeros(sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Every kernel array, zero-filled, in the shapes ``sizes`` gives its axes."""
+    return {a.name: np.zeros(a.shape(sizes), a.dtype) for a in FLOW_ARRAYS}
+
+
+def allocate(sizes: Mapping[str, int], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The kernel's arrays for a run: ``given`` (every input, and any state with a starting
+    value), the rest zero-filled in the shapes ``sizes`` gives their axes."""
+    if given.keys() - _NAME_SET:
+        raise KeyError(f"not kernel arrays: {', '.join(sorted(given.keys() - _NAME_SET))}")
+    if _INPUT_SET - given.keys():
+        raise KeyError("kernel inputs not given: "
+                       + ", ".join(n for n in INPUTS if n not in given))
+    return {a.name: given[a.name] if a.name in given else np.zeros(a.shape(sizes), a.dtype)
+            for a in FLOW_ARRAYS}
+
+
+def _where(name: str) -> str:
+    """How an error names an array: by name, and by position for a positional caller."""
+    return f"{name} (argument {NAMES.index(name) + 2})"
+
+
+def check(arrays: Mapping[str, object], *, d1: int | None = None,
+          sizes: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Check kernel arrays against their declaration; return the size of every axis seen.
+
+    ``arrays`` holds either every kernel array or only the inputs. Each must be a C-contiguous
+    numpy array of its declared dtype and number of dimensions; arrays sharing an axis must
+    agree on its size (and with ``sizes``, the sizes of axes known otherwise); every value
+    that is a position along an axis must be in range, row pointers must rise from 0 to the
+    size of what they point into, and the day range must end within the days. Raises
+    ``TypeError`` or ``ValueError`` with one line naming the array, its value and the rule.
+    """
+    names = set(arrays)
+    if names != _NAME_SET and names != _INPUT_SET:
+        missing = sorted(_INPUT_SET - names) or sorted(_NAME_SET - names)
+        extra = sorted(names - _NAME_SET)
+        raise TypeError("kernel arrays: " + "; ".join(
+            ([f"missing {', '.join(missing)}"] if missing else [])
+            + ([f"unknown {', '.join(extra)}"] if extra else [])))
+    checked: dict[str, np.ndarray] = {}
+    for spec in FLOW_ARRAYS:
+        if spec.name not in arrays:
+            continue
+        a = arrays[spec.name]
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{_where(spec.name)} must be a numpy array, got {type(a).__name__}")
+        if a.dtype != spec.dtype:
+            raise TypeError(f"{_where(spec.name)} has dtype {a.dtype}; the kernel takes "
+                            f"{np.dtype(spec.dtype)}")
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{_where(spec.name)} must be C-contiguous")
+        if a.ndim != len(spec.axes):
+            raise ValueError(f"{_where(spec.name)} must have {len(spec.axes)} dimension(s) "
+                             f"({', '.join(spec.axes)}), has {a.ndim}")
+        checked[spec.name] = a
+    seen: dict[str, int] = dict(_FIXED)
+    seen.update(sizes or {})
+    where: dict[str, str] = {ax: "the kernel" if ax in _FIXED else "the caller" for ax in seen}
+    for name, a in checked.items():
+        for ax, n in zip(_BY_NAME[name].axes, a.shape, strict=True):
+            if seen.setdefault(ax, n) != n:
+                raise ValueError(f"{name} has {n} along axis {ax} ({AXES[ax]}) where "
+                                 f"{where[ax]} has {seen[ax]}")
+            where.setdefault(ax, name)
+    for ax, base in _ONE_MORE.items():
+        if ax in seen and base in seen and seen[ax] != seen[base] + 1:
+            raise ValueError(f"{where[ax]} has {seen[ax]} entries; it must have one more than "
+                             f"the {seen[base]} {AXES[base]}")
+    if d1 is not None and "D" in seen and d1 > seen["D"]:
+        raise ValueError(f"day range ends at {d1}, past the {seen['D']} days of the records")
+    unknown = sorted({ax for name in checked for ax in (_BY_NAME[name].values_in,
+                                                        _BY_NAME[name].ptr_into)
+                      if ax is not None and ax not in seen})
+    if unknown:
+        raise TypeError(f"no size for axis {', '.join(unknown)}: give it in sizes")
+    for name, a in checked.items():
+        spec = _BY_NAME[name]
+        if spec.values_in is not None and a.size:
+            n, lo = seen[spec.values_in], -1 if spec.none else 0
+            bad = a[(a < lo) | (a >= n)]
+            if bad.size:
+                raise ValueError(f"{name} holds {int(bad[0])}, outside {lo}..{n - 1} "
+                                 f"({AXES[spec.values_in]})")
+        if spec.ptr_into is not None:
+            n = seen[spec.ptr_into]
+            if a.size == 0 or a[0] != 0 or a[-1] != n or np.any(np.diff(a) < 0):
+                raise ValueError(f"{name} holds {a[:8].tolist()}; row pointers must rise "
+                                 f"from 0 to {n} ({AXES[spec.ptr_into]})")
+    return seen

@@ -1,0 +1,254 @@
+"""The free parameters of the national back-cast and their fit on the fitted years.
+
+:func:`fit` minimises, with ``scipy.optimize.least_squares`` (trust-region reflective,
+bounded), the sum of squares of the relative errors of the reported figures of the fitted
+years and of the balance condition (:func:`~retwin.validation.observables.balance_residuals`),
+starting from the middle of each parameter's bounds. :func:`write_fitted` writes the result to
+``data/fitted.csv``; :func:`load_model` loads a model with trial values put in for data keys.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from retwin.engine.run import run
+from retwin.errors import DataError
+from retwin.scenario.data import (
+    FITTED_FILE,
+    PARAMETER_COLUMNS,
+    Parameter,
+    build_manifest,
+    formula_parameters,
+    load_parameters,
+    reference_dir,
+    resolve_formulas,
+)
+
+# Overlay resolution (``base:``) without evaluating formulas, so that trial values of the free
+# parameters can be put in before the formulas are evaluated.
+from retwin.scenario.load import load_scenario, resolve_model
+from retwin.scenario.schema import Scenario
+from retwin.validation.observables import (
+    FIT_YEARS,
+    HELD_OUT_YEARS,
+    NATIONAL_MODEL,
+    OBSERVABLES,
+    SEED,
+    balance_residuals,
+    simulate,
+)
+
+__all__ = [
+    "FREE_PARAMETERS",
+    "FitResult",
+    "FreeParameter",
+    "fit",
+    "fitted_diff",
+    "load_model",
+    "write_fitted",
+]
+
+
+# --- the free parameters --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FreeParameter:
+    """A free parameter of the national model: bounds, and what it stands for.
+
+    ``lower_from`` names data keys whose product is the lower bound (a regulatory minimum);
+    otherwise ``lower`` is used. The fit starts in the middle of the bounds.
+    """
+
+    key: str
+    unit: str
+    upper: float
+    meaning: str
+    lower: float = 0.0
+    lower_from: tuple[str, ...] = ()
+
+    def bounds(self, params: Mapping[str, Parameter]) -> tuple[float, float]:
+        lo = self.lower
+        if self.lower_from:
+            lo = float(np.prod([params[k].value for k in self.lower_from]))
+        return lo, self.upper
+
+
+FREE_PARAMETERS: tuple[FreeParameter, ...] = (
+    FreeParameter(
+        "fit.china.separation_recovery_frac", "t REO separated / t REO in concentrate",
+        upper=1.0, lower_from=("yield.cracking_leaching_recovery_frac", "yield.sx_recovery_frac"),
+        meaning="recovery of cracking and separation of light-RE concentrate; the MIIT minima "
+        "(0.92 x 0.96) are the lower bound",
+    ),
+    FreeParameter(
+        "fit.china.unreported_feed_t_reo", "t REO/a", upper=200_000.0,
+        meaning="PrNd-bearing feed separated outside the quota beyond the recorded imports: "
+        "unreported mining, stock releases (constant over the years)",
+    ),
+    FreeParameter(
+        "fit.china.magnet_export_share_frac", "fraction of finished magnets", upper=0.6,
+        lower=0.05, meaning="share of finished sintered NdFeB made for export",
+    ),
+)
+
+
+# --- loading a model with trial values ------------------------------------------------------
+
+
+def load_model(model: str | Path = NATIONAL_MODEL,
+               values: Mapping[str, float] | None = None) -> Scenario:
+    """Load a model with ``values`` put in for data keys (the trial values of a fit).
+
+    Without ``values`` this is :func:`~retwin.scenario.load.load_scenario`: the fitted keys
+    come from ``data/fitted.csv``.
+    """
+    if not values:
+        _require_fitted(formula_parameters())
+        return load_scenario(model)
+    params = dict(formula_parameters())
+    for key, v in values.items():
+        params[key] = Parameter(key, float(v), "", "", "derived", "trial value of a fit", "")
+    return load_scenario(resolve_formulas(resolve_model(model), params))
+
+
+def _require_fitted(params: Mapping[str, Parameter]) -> None:
+    missing = [p.key for p in FREE_PARAMETERS if p.key not in params]
+    if missing:
+        raise DataError(f"data/{FITTED_FILE} lacks {', '.join(missing)}; run `retwin fit` first")
+
+
+# --- the fit --------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` found, with what it minimised."""
+
+    model: str
+    values: dict[str, float]
+    start: dict[str, float]
+    bounds: dict[str, tuple[float, float]]
+    cost: float
+    evaluations: int
+    message: str
+    residuals: pd.DataFrame  # what, year, residual
+
+    @property
+    def objective(self) -> str:
+        kinds = sorted(set(self.residuals.what))
+        return (f"least squares of {len(self.residuals)} residuals on {FIT_YEARS[0]}-"
+                f"{FIT_YEARS[-1]} ({', '.join(kinds)}): relative errors of the reported "
+                "figures and the domestic-concentrate balance")
+
+
+def _fit_observations(params: Mapping[str, Parameter]) -> list[tuple[str, int, float]]:
+    out = []
+    for o in OBSERVABLES:
+        for y, keys in sorted(o.reported.items()):
+            if y in FIT_YEARS:
+                out.append((o.id, y, params[keys[0]].value))
+    return out
+
+
+def fit(model: str | Path = NATIONAL_MODEL, *, max_evaluations: int = 200,
+        progress: Callable[[int], None] | None = None) -> FitResult:
+    """Fit :data:`FREE_PARAMETERS` on :data:`FIT_YEARS` (see the module docstring)."""
+    from scipy.optimize import least_squares
+
+    params = formula_parameters()
+    free = FREE_PARAMETERS
+    bounds = {p.key: p.bounds(params) for p in free}
+    scale = np.array([p.upper for p in free])
+    lo = np.array([bounds[p.key][0] for p in free]) / scale
+    hi = np.array([bounds[p.key][1] for p in free]) / scale
+    z0 = (lo + hi) / 2
+    observations = _fit_observations(params)
+    labels = [(o, y) for o, y, _ in observations] + [("balance", y) for y in FIT_YEARS]
+    cache: dict[tuple[float, ...], np.ndarray] = {}
+
+    def residuals(z: np.ndarray) -> np.ndarray:
+        key = tuple(float(v) for v in z)
+        if key not in cache:
+            values = {p.key: float(v) for p, v in zip(free, z * scale, strict=True)}
+            res = run(load_model(model, values), seed=SEED)
+            sim = simulate(res)
+            bal = balance_residuals(res)
+            r = [(sim[o][y] - rep) / rep for o, y, rep in observations]
+            r += [bal[y] for y in FIT_YEARS]
+            cache[key] = np.array(r)
+            if progress is not None:
+                progress(len(cache))
+        return cache[key]
+
+    out = least_squares(residuals, z0, bounds=(lo, hi), method="trf", diff_step=1e-4,
+                        ftol=1e-12, xtol=1e-12, gtol=1e-12, max_nfev=max_evaluations)
+    x = out.x * scale
+    values = {p.key: float(f"{v:.6g}") for p, v in zip(free, x, strict=True)}
+    final = residuals(np.array([values[p.key] for p in free]) / scale)
+    table = pd.DataFrame({"what": [w for w, _ in labels], "year": [y for _, y in labels],
+                          "residual": final})
+    return FitResult(
+        model=str(model), values=values,
+        start={p.key: float(v) for p, v in zip(free, z0 * scale, strict=True)},
+        bounds=bounds, cost=float(0.5 * np.sum(final ** 2)), evaluations=len(cache),
+        message=str(out.message), residuals=table,
+    )
+
+
+def _fitted_path(data_dir: Path | None = None) -> Path:
+    return (data_dir or reference_dir() / "data") / FITTED_FILE
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6g}"
+
+
+def write_fitted(result: FitResult, data_dir: Path | None = None) -> Path:
+    """Write ``data/fitted.csv`` (one row per free parameter, with how it was obtained) and
+    rewrite ``data/manifest.json`` so that it covers the new table."""
+    path = _fitted_path(data_dir)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(PARAMETER_COLUMNS), lineterminator="\n")
+    w.writeheader()
+    for p in FREE_PARAMETERS:
+        lo, hi = result.bounds[p.key]
+        w.writerow({
+            "key": p.key, "value": _fmt(result.values[p.key]), "unit": p.unit,
+            "year": f"{FIT_YEARS[0]}-{FIT_YEARS[-1]}", "flag": "derived",
+            "source": f"retwin fit (retwin.validation) on models/{result.model}.yaml",
+            "basis": (f"fitted by `retwin fit` on {FIT_YEARS[0]}–{FIT_YEARS[-1]}: "
+                      f"{result.objective}; "
+                      f"scipy.optimize.least_squares (trf), start {_fmt(result.start[p.key])}, "
+                      f"bounds [{_fmt(lo)}, {_fmt(hi)}], final cost {result.cost:.4g}; "
+                      f"{HELD_OUT_YEARS[0]}–{HELD_OUT_YEARS[-1]} held out. {p.meaning}"),
+        })
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    manifest = path.parent / "manifest.json"
+    manifest.write_text(json.dumps(build_manifest(path.parent), indent=2, ensure_ascii=False)
+                        + "\n", encoding="utf-8")
+    return path
+
+
+def fitted_diff(result: FitResult, data_dir: Path | None = None) -> pd.DataFrame:
+    """The committed fitted values (``data/fitted.csv``) next to a fresh fit."""
+    path = _fitted_path(data_dir)
+    old: dict[str, float] = {}
+    if path.is_file():
+        old = {k: p.value for k, p in load_parameters(path).items()}
+    rows = []
+    for p in FREE_PARAMETERS:
+        new = result.values[p.key]
+        was = old.get(p.key, math.nan)
+        rows.append({"key": p.key, "committed": was, "fitted": new,
+                     "change_frac": (new - was) / was if was else math.nan})
+    return pd.DataFrame(rows)
