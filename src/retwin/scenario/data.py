@@ -221,7 +221,8 @@ def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
     def sub(m: re.Match[str]) -> str:
         key = m.group(1)
         if key not in params:
-            raise ValueError(f"unknown data key {{{key}}} (not in data/parameters.csv)")
+            raise ValueError(f"formula {shown}: unknown data key {{{key}}} (not in "
+                             "data/parameters.csv)")
         name = f"_r{len(names)}"
         names[name] = params[key].value
         return name
