@@ -53,7 +53,7 @@ bench-compare: $(STAMP)
 		--benchmark-compare --benchmark-compare-fail=median:15%
 
 schema: $(STAMP)
-	$(BIN)/retwin schema -o models/scenario.schema.json
+	$(BIN)/retwin schema -o models/scenario.schema.json --force
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -211,7 +211,8 @@ def test_backcast_command_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["backcast", "tiny"]) == 2
     assert "not a national back-cast model" in capsys.readouterr().err
     assert main(["backcast", "no-such-model"]) == 2
-    assert main(["backcast", "--csv", str(tmp_path / "no" / "dir" / "x.csv")]) == 2
+    (tmp_path / "file").write_text("x")  # a file where a folder should be: bad input
+    assert main(["backcast", "--csv", str(tmp_path / "file" / "dir" / "x.csv")]) == 2
 
 
 def test_backcast_strict_fails_when_a_tolerance_is_exceeded(

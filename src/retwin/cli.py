@@ -17,13 +17,14 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from retwin.errors import DataError, MassBalanceError, RetwinError, ScenarioError
+from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError, ScenarioError
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji codes off: a path or a name such as "out:smile:" is printed as it is
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 
 # --- change arguments -----------------------------------------------------------------------
@@ -162,6 +163,22 @@ def _target_table(first: Any) -> Table:
     return t
 
 
+# --- outputs -------------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    """``text`` with control characters escaped, so a hostile path stays on its line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _cannot_write(option: str, value: str, exc: OutputError) -> int:
+    """Report an output that was refused or failed: one line naming the option, the path
+    and the reason; exit code 2. Nothing was written (see retwin._files)."""
+    hint = "; add --force to replace it" if exc.replaceable else ""
+    err.out(_one_line(f"error: {option} {value}: {exc.reason}{hint}"), highlight=False)
+    return EXIT_BAD_INPUT
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -174,8 +191,13 @@ def _progress() -> Progress:
 def cmd_run(a: argparse.Namespace) -> int:
     from retwin.engine.run import prepare, run_replications
     from retwin.scenario.load import apply_changes, load_scenario, scenario_hash
-    from retwin.storage import save_result
+    from retwin.storage import check_result_dir, save_result
 
+    if a.out is not None:  # refused before the run, not after it
+        try:
+            check_result_dir(a.out, overwrite=a.force)
+        except OutputError as exc:
+            return _cannot_write("--out", a.out, exc)
     changes: list[Any] = []
     for c in a.change or []:
         changes += _read_changes(c)
@@ -212,11 +234,14 @@ def cmd_run(a: argparse.Namespace) -> int:
     b = first.balance
     out.print(f"Mass balance closes: worst material residual {abs(b.material).max():.3g}, "
               f"worst element residual {abs(b.element).max():.3g} t REO.")
-    if a.out:
-        path = save_result(res, a.out, fmt=a.format, difference=diff,
-                           baseline_hash=scenario_hash(baseline) if baseline else None,
-                           changes=changes)
-        out.print(f"Results written to {path}")
+    if a.out is not None:
+        try:
+            path = save_result(res, a.out, fmt=a.format, difference=diff,
+                               baseline_hash=scenario_hash(baseline) if baseline else None,
+                               changes=changes, overwrite=a.force)
+        except OutputError as exc:
+            return _cannot_write("--out", a.out, exc)
+        out.print(f"Results written to {path}", markup=False, emoji=False)
     return 0
 
 
@@ -244,12 +269,16 @@ def cmd_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_schema(a: argparse.Namespace) -> int:
+    from retwin._files import write_output_file
     from retwin.scenario.schema import Scenario
 
     text = json.dumps(Scenario.model_json_schema(by_alias=True), indent=2, ensure_ascii=False)
-    if a.output and a.output != "-":
-        Path(a.output).write_text(text + "\n", encoding="utf-8")
-        out.print(f"JSON Schema written to {a.output}")
+    if a.output != "-":
+        try:
+            write_output_file(a.output, text + "\n", force=a.force)
+        except OutputError as exc:
+            return _cannot_write("-o", a.output, exc)
+        out.print(f"JSON Schema written to {a.output}", markup=False, emoji=False)
     else:
         sys.stdout.write(text + "\n")
     return 0
@@ -366,6 +395,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
             res = run_batch(a.spec, a.out, workers=a.workers, dask=a.dask, progress=report,
                             record="daily" if a.daily else None,
                             interrupt_signals=(signal.SIGINT, signal.SIGTERM))
+    except OutputError as exc:
+        return _cannot_write("--out", a.out, exc)
     except BatchInterrupted as exc:
         err.print(f"interrupted: {exc.points_done} of {exc.points_total} points done "
                   f"({exc.runs_done:,} of {exc.runs_total:,} runs) in {exc.out}; run the same "
@@ -381,6 +412,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
 
 
 def cmd_data(a: argparse.Namespace) -> int:
+    from retwin._files import atomic_write
     from retwin.scenario.data import (
         build_manifest,
         check_manifest,
@@ -392,8 +424,8 @@ def cmd_data(a: argparse.Namespace) -> int:
     params = load_parameters()
     if a.write_manifest:
         path = reference_dir() / "data" / "manifest.json"
-        path.write_text(json.dumps(build_manifest(), indent=2, ensure_ascii=False) + "\n",
-                        encoding="utf-8")
+        atomic_write(path, (json.dumps(build_manifest(), indent=2, ensure_ascii=False)
+                            + "\n").encode("utf-8"))
         out.print(f"Manifest written to {path}")
         return 0
     problems = check_manifest()
@@ -541,8 +573,14 @@ def _backcast_tables(bc: Any) -> tuple[Table, Table]:
 
 
 def cmd_backcast(a: argparse.Namespace) -> int:
+    from retwin._files import check_output_file, write_output_file
     from retwin.validation import backcast
 
+    if a.csv is not None:
+        try:
+            check_output_file(a.csv, force=a.force)
+        except OutputError as exc:
+            return _cannot_write("--csv", a.csv, exc)
     bc = backcast(a.model)
     for table in _backcast_tables(bc):
         out.print(table)
@@ -550,10 +588,9 @@ def cmd_backcast(a: argparse.Namespace) -> int:
               + ", ".join(f"{k} = {v:.6g}" for k, v in bc.values.items()), markup=False)
     if a.csv:
         try:
-            bc.table.to_csv(a.csv, index=False)
-        except OSError as exc:
-            err.print(f"error: cannot write {a.csv}: {exc.strerror}", markup=False)
-            return EXIT_BAD_INPUT
+            write_output_file(a.csv, bc.table.to_csv(index=False), force=a.force)
+        except OutputError as exc:
+            return _cannot_write("--csv", a.csv, exc)
         out.print(f"Comparison table written to {a.csv}", markup=False)
     if a.strict and not bc.held_out_within_tolerance:
         err.print("held-out errors exceed their tolerance (see the table)", markup=False)
@@ -595,10 +632,9 @@ def cmd_validation_report(a: argparse.Namespace) -> int:
     from retwin.validation import write_report
 
     try:
-        path = write_report(a.html, a.model)
-    except OSError as exc:
-        err.print(f"error: cannot write {a.html}: {exc.strerror}", markup=False)
-        return EXIT_BAD_INPUT
+        path = write_report(a.html, a.model, force=a.force)
+    except OutputError as exc:
+        return _cannot_write("--html", a.html, exc)
     out.print(f"Validation report written to {path}", markup=False)
     return 0
 
@@ -607,12 +643,11 @@ def cmd_report(a: argparse.Namespace) -> int:
     from retwin.report.html import write_report
 
     try:
-        path = write_report(a.html, a.source, a.baseline, lang=a.lang)
+        path = write_report(a.html, a.source, a.baseline, lang=a.lang, force=a.force)
+    except OutputError as exc:
+        return _cannot_write("--html", a.html, exc)
     except FileNotFoundError as exc:
         err.print(f"error: {exc}", markup=False)
-        return EXIT_BAD_INPUT
-    except OSError as exc:
-        err.print(f"error: cannot write {a.html}: {exc.strerror}", markup=False)
         return EXIT_BAD_INPUT
     out.print(f"Report written to {path}", markup=False)
     return 0
@@ -628,8 +663,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="a what-if change (repeatable): inline JSON or a YAML/JSON file")
     r.add_argument("--replications", type=int, default=1, metavar="N")
     r.add_argument("--seed", type=int, default=0, metavar="S")
-    r.add_argument("--out", metavar="DIR", help="write series, flows, kpis and a manifest")
+    r.add_argument("--out", metavar="DIR", help="write series, flows, kpis and a manifest to "
+                   "a new (or empty) folder")
     r.add_argument("--format", choices=("parquet", "csv"), default="parquet")
+    r.add_argument("--force", action="store_true", help="let --out replace an earlier result "
+                   "folder of retwin run (never other files or folders)")
     r.set_defaults(fn=cmd_run)
 
     v = sub.add_parser("validate", help="check scenario files; one line per problem")
@@ -638,6 +676,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="write the scenario JSON Schema")
     s.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    s.add_argument("--force", action="store_true",
+                   help="replace an existing file (never a folder or anything else)")
     s.set_defaults(fn=cmd_schema)
 
     w = sub.add_parser("warmup", help="compile the kernels (fills the on-disk cache)")
@@ -666,6 +706,8 @@ def _parser() -> argparse.ArgumentParser:
     bk.add_argument("model", nargs="?", default="china-2020",
                     help="a back-cast model file or name (default china-2020)")
     bk.add_argument("--csv", metavar="FILE", help="write the comparison table as CSV")
+    bk.add_argument("--force", action="store_true",
+                    help="replace an existing file (never a folder or anything else)")
     bk.add_argument("--strict", action="store_true",
                     help="exit 1 when a held-out error exceeds its tolerance")
     bk.set_defaults(fn=cmd_backcast)
@@ -680,6 +722,8 @@ def _parser() -> argparse.ArgumentParser:
     vr = sub.add_parser("validation-report", help="write the validation report: back-cast "
                         "errors, charts, source ranges, Baotou against its seeds (HTML)")
     vr.add_argument("--html", required=True, metavar="FILE", help="the HTML file to write")
+    vr.add_argument("--force", action="store_true",
+                    help="replace an existing file (never a folder or anything else)")
     vr.add_argument("--model", default="china-2020", help="the back-cast model")
     vr.set_defaults(fn=cmd_validation_report)
 
@@ -691,6 +735,8 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--baseline", metavar="DIR", help="a baseline result directory to compare "
                     "with (drawn dashed and side by side)")
     rp.add_argument("--lang", choices=("en", "zh"), default="en", help="label language")
+    rp.add_argument("--force", action="store_true",
+                    help="replace an existing file (never a folder or anything else)")
     rp.set_defaults(fn=cmd_report)
 
     sv = sub.add_parser("serve", help="start the what-if service (HTTP API, docs at /docs)")

@@ -6,9 +6,12 @@ reading the code (``capacity_tpa(=-5) must be >= 0``).
 
 from __future__ import annotations
 
+import os
+
 __all__ = [
     "DataError",
     "MassBalanceError",
+    "OutputError",
     "RetwinError",
     "ScenarioError",
 ]
@@ -38,6 +41,25 @@ class ScenarioError(RetwinError):
     def lines(self) -> list[str]:
         """One human-readable line per problem, ``path: message``."""
         return [f"{p}: {m}" if p else m for p, m in self.problems]
+
+
+class OutputError(ScenarioError):
+    """An output cannot be written where asked: something that is not retwin's to replace is
+    in the way (a user's file or folder), replacing an earlier output needs ``force``, or the
+    file system refused (read-only, no space, a file where a folder should be).
+
+    The path is the user's choice, so this is bad input (a :class:`ScenarioError`; the CLI
+    exits with code 2). ``path`` is the output as given, ``reason`` says what is wrong with
+    it, and ``replaceable`` is True when asking to replace (``--force``) would let the write
+    go ahead.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reason: str, *,
+                 replaceable: bool = False) -> None:
+        self.path = os.fspath(path)
+        self.reason = reason
+        self.replaceable = replaceable
+        super().__init__([(self.path, reason)])
 
 
 class DataError(RetwinError):

@@ -1,25 +1,26 @@
 """Result files: one tidy table per kind (series, flows, kpis) plus a JSON manifest.
 
 A run directory is written next to its final place and renamed into it when complete, so a
-reader never sees half a result and an interrupted write leaves nothing behind.
+reader never sees half a result and an interrupted write leaves nothing behind. It takes the
+place of nothing but an empty folder or, when asked, an earlier result directory (told by its
+manifest, and holding nothing else): see :mod:`retwin._files`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
+from retwin._files import check_output_dir, output_dir
 from retwin.engine.run import versions
 from retwin.results import ReplicationSet, RunResult
 from retwin.scenario.load import scenario_hash
 
-__all__ = ["read_table", "save_result"]
+__all__ = ["check_result_dir", "is_result_dir", "read_table", "save_result"]
 
 Format = Literal["parquet", "csv"]
 
@@ -32,6 +33,45 @@ def _write(df: pd.DataFrame, path: Path, fmt: Format) -> str:
     else:
         df.to_csv(target, index=False)
     return name
+
+
+#: The files of a result directory besides its tables.
+_META_FILES = ("manifest.json", "scenario.json")
+
+
+def _not_result_files(path: Path) -> list[str]:
+    """The entries of folder ``path`` that are not part of a result directory written by
+    :func:`save_result` (all of them when its ``manifest.json`` is not one)."""
+    try:
+        with os.scandir(path) as it:
+            entries = {e.name: e.is_file(follow_symlinks=False) for e in it}
+    except OSError:
+        return ["(unreadable)"]
+    allowed: set[str] = set()
+    manifest = path / "manifest.json"
+    try:
+        if entries.get("manifest.json"):
+            m = json.loads(manifest.read_text(encoding="utf-8"))
+            files = m.get("files") if isinstance(m, dict) else None
+            if (isinstance(files, list) and all(isinstance(f, str) for f in files)
+                    and {"scenario_hash", "versions"} <= m.keys()):
+                allowed = {*files, *_META_FILES}
+    except (OSError, ValueError):
+        pass
+    return sorted(n for n, is_file in entries.items() if n not in allowed or not is_file)
+
+
+def is_result_dir(path: str | Path) -> bool:
+    """True when ``path`` is a result directory written by :func:`save_result`: its
+    ``manifest.json`` is one, and it holds nothing but the files that manifest lists."""
+    d = Path(path)
+    return d.is_dir() and (d / "manifest.json").is_file() and not _not_result_files(d)
+
+
+def check_result_dir(out_dir: str | Path, *, overwrite: bool = True) -> None:
+    """Raise :class:`~retwin.errors.OutputError` unless :func:`save_result` could write to
+    ``out_dir`` (call it before a long run)."""
+    check_output_dir(out_dir, foreign=_not_result_files, force=overwrite, what="result")
 
 
 def save_result(
@@ -50,16 +90,16 @@ def save_result(
     ``series`` (daily) and ``flows`` come from the first replication; ``monthly`` holds the
     monthly series (with ``mean, p5, p50, p95`` across replications for a replication set);
     ``kpis`` holds every replication's annual KPIs with a ``replication`` column.
+
+    ``out_dir`` must be missing or an empty folder, or, with ``overwrite``, an earlier
+    result directory (:func:`is_result_dir`), which is replaced only once the new one is
+    complete; anything else raises :class:`~retwin.errors.OutputError` and is left as it is.
     """
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"format(={fmt!r}) must be parquet or csv")
-    out = Path(out_dir)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists")
-    out.parent.mkdir(parents=True, exist_ok=True)
     first = result.first if isinstance(result, ReplicationSet) else result
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with output_dir(out_dir, foreign=_not_result_files, force=overwrite,
+                    what="result") as tmp:
         files = [
             _write(first.series(), tmp / "series", fmt),
             _write(first.flows(), tmp / "flows", fmt),
@@ -98,23 +138,13 @@ def save_result(
             "files": sorted(files),
             "mass_balance_closes": first.balance.closes,
         }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
+                                           encoding="utf-8")
         (tmp / "scenario.json").write_text(
-            json.dumps(sc.model_dump(mode="json", by_alias=True), indent=1, ensure_ascii=False)
+            json.dumps(sc.model_dump(mode="json", by_alias=True), indent=1, ensure_ascii=False),
+            encoding="utf-8",
         )
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir)
 
 
 def read_table(run_dir: str | Path, kind: str) -> pd.DataFrame:

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -33,9 +32,16 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retwin._files import (
+    atomic_write,
+    check_parents,
+    is_temp_name,
+    make_parents,
+    remove_created,
+)
 from retwin.batch.expand import Point, Task
 from retwin.batch.tables import ChunkResult
-from retwin.errors import RetwinError, ScenarioError
+from retwin.errors import OutputError, RetwinError
 
 try:
     import fcntl
@@ -56,21 +62,16 @@ def part_path(out: Path, kind: str, point_id: str, chunk: int) -> Path:
 def write_atomic(out: Path, target: Path, write: Any) -> None:
     """Write ``target`` by calling ``write(binary file)`` on a temporary file under
     ``out/.tmp``, flushing it to disk and renaming it into place; nothing is left behind
-    if the write fails or is interrupted."""
+    if the write fails or is interrupted. A failure of the file system is an
+    :class:`~retwin.errors.OutputError` naming the study directory and the file."""
     tmp_dir = out / ".tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_dir / f"{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        tmp_dir.mkdir(exist_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        atomic_write(target, write, tmp_dir=tmp_dir)
+    except OSError as exc:
+        rel = target.relative_to(out) if target.is_relative_to(out) else target
+        raise OutputError(out, f"cannot write {rel}: {exc.strerror or exc}") from None
 
 
 def _write_parquet(table: pa.Table) -> Any:
@@ -146,27 +147,29 @@ class StudyDir:
         self.release()
 
     def open(self) -> None:
-        """Create or reopen the directory: refuse another study's results, take the lock,
-        clear temporary files, find the chunks already done, write the points table."""
+        """Create or reopen the directory: refuse anything but a new or empty folder or this
+        study's own (another study's results, a user's files), take the lock, clear
+        temporary files, find the chunks already done, write the points table."""
         out = self.out
-        if out.exists() and not out.is_dir():
-            raise ScenarioError([("out", f"{out} exists and is not a directory")])
-        manifest_path = out / "manifest.json"
-        old: dict[str, Any] | None = None
-        if manifest_path.is_file():
-            try:
-                old = json.loads(manifest_path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as exc:
-                raise ScenarioError([("out", f"{manifest_path} is unreadable ({exc}); "
-                                      "choose another output directory")]) from None
-            self._check_same_study(old)
-            self.created = str(old.get("created", self.created))
-        elif out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
-            raise ScenarioError([("out", f"{out} is not empty and holds no study manifest; "
-                                  "choose a new or empty output directory")])
-        out.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        created: list[Path] = []
         try:
+            exists = out.exists()
+        except OSError as exc:  # e.g. a name too long
+            raise OutputError(out, f"cannot look at it: {exc.strerror or exc}") from None
+        if exists:
+            self._check_reopen()
+        else:
+            if os.path.islink(out):
+                raise OutputError(out, "is a broken symbolic link")
+            created = make_parents(out)
+            try:
+                out.mkdir()
+            except OSError as exc:
+                remove_created(created)
+                raise OutputError(out, f"cannot create it: {exc.strerror or exc}") from None
+            created.append(out)
+        try:
+            self._lock()
             shutil.rmtree(out / ".tmp", ignore_errors=True)
             self._scan()
             write_atomic(out, out / "points.parquet",
@@ -174,25 +177,73 @@ class StudyDir:
             self.write_manifest(force=True)
         except BaseException:
             self.release()
+            if created:  # nothing of the user's is in a folder made just now
+                for name in ("manifest.json", "points.parquet", ".lock"):
+                    with contextlib.suppress(OSError):
+                        (out / name).unlink()
+                remove_created(created)
             raise
         self._opened = True
 
+    def _check_reopen(self) -> None:
+        """An existing ``out`` may be this study's (resumed), empty, or what an interrupted
+        start leaves (``.lock``, temporary files); anything else is refused untouched."""
+        out = self.out
+        if not out.is_dir():
+            raise OutputError(out, "is a file, not a folder; name a new or empty folder")
+        manifest_path = out / "manifest.json"
+        if manifest_path.is_file():
+            try:
+                old = json.loads(manifest_path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise OutputError(out, f"its manifest.json is unreadable ({exc}); name "
+                                       "another output folder") from None
+            if not isinstance(old, dict):
+                raise OutputError(out, "holds no retwin sweep (its manifest.json is not one)")
+            self._check_same_study(old)
+            self.created = str(old.get("created", self.created))
+        else:
+            try:
+                names = [e for e in os.listdir(out) if not self._leftover(e)]
+            except OSError as exc:
+                raise OutputError(out, f"cannot read it: {exc.strerror or exc}") from None
+            if names:
+                shown = ", ".join(sorted(names)[:3]) + (
+                    f" and {len(names) - 3} more" if len(names) > 3 else "")
+                raise OutputError(out, f"is not empty and holds no study manifest (it holds "
+                                       f"{shown}); name a new or empty folder")
+        check_parents(out / "manifest.json")  # writable?
+
+    def _leftover(self, name: str) -> bool:
+        """What a start interrupted before its manifest leaves: the lock file and temporary
+        files of retwin's own naming."""
+        p = self.out / name
+        if name == ".lock":
+            return p.is_file() and not p.is_symlink()
+        if name == ".tmp" and p.is_dir() and not p.is_symlink():
+            try:
+                return all(is_temp_name(n) for n in os.listdir(p))
+            except OSError:
+                return False
+        return False
+
     def _check_same_study(self, old: dict[str, Any]) -> None:
         if old.get("format") != FORMAT:
-            raise ScenarioError([("out", f"{self.out} holds no retwin sweep "
-                                  f"(format {old.get('format')!r})")])
+            raise OutputError(self.out, "holds no retwin sweep (manifest format "
+                                        f"{old.get('format')!r}); name another output folder")
         if old.get("spec_sha256") != self.spec_sha256:
-            raise ScenarioError([("out", (
-                f"{self.out} holds the results of another study "
+            raise OutputError(self.out, (
+                f"holds the results of another study "
                 f"({old.get('study')!r}, spec sha256 {str(old.get('spec_sha256'))[:12]}); "
                 f"this spec hashes to {self.spec_sha256[:12]}: use another output directory, "
-                "or delete it to start over"))])
-        old_base = (old.get("base") or {}).get("scenario_sha256")
+                "or delete it to start over"))
+        base = old.get("base")
+        old_base = base.get("scenario_sha256") if isinstance(base, dict) else None
         if old_base != self.base["scenario_sha256"]:
-            raise ScenarioError([("out", (
-                f"the base model changed since the study in {self.out} started (scenario "
+            raise OutputError(self.out, (
+                f"the base model changed since the study in it started (scenario "
                 f"sha256 {str(old_base)[:12]}, now {self.base['scenario_sha256'][:12]}): use "
-                "another output directory, or delete it to start over"))])
+                "another output directory, or delete it to start over"))
 
     def _lock(self) -> None:
         if fcntl is None:

@@ -10,11 +10,10 @@ distributions per point.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from retwin._files import check_output_file, write_output_file
 from retwin.report import figures
 from retwin.report.labels import Labels
 
@@ -117,20 +116,13 @@ def render(source: str | Path, baseline: str | Path | None = None, *,
 
 
 def write_report(path: str | Path, source: str | Path, baseline: str | Path | None = None, *,
-                 lang: str = "en") -> Path:
-    """Write the report of ``source`` to ``path`` atomically; returns the path."""
+                 lang: str = "en", force: bool = False) -> Path:
+    """Write the report of ``source`` to the file ``path`` atomically; returns the path.
+
+    An existing file is replaced only with ``force``; a folder, a link or anything else
+    at ``path`` is never written onto (:class:`~retwin.errors.OutputError`).
+    """
+    check_output_file(path, force=force)  # before the work of rendering
     text, _ = render(source, baseline, lang=lang)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a report is for sharing: the usual file mode
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    write_output_file(path, text, force=force)
+    return Path(path)

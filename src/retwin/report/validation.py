@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from retwin._files import check_output_file, write_output_file
 from retwin.scenario.data import Parameter, formula_parameters
 from retwin.validation.backcast import Backcast, backcast
 from retwin.validation.baotou import BaotouChecks, baotou_checks
@@ -168,9 +169,13 @@ def _fitted_table(bc: Backcast, params: Mapping[str, Parameter]) -> pd.DataFrame
 
 
 def write_report(path: str | Path, model: str | Path = NATIONAL_MODEL,
-                 bc: Backcast | None = None, bt: BaotouChecks | None = None) -> Path:
-    """Write the validation report: one self-contained HTML file (plotly inlined)."""
+                 bc: Backcast | None = None, bt: BaotouChecks | None = None, *,
+                 force: bool = False) -> Path:
+    """Write the validation report: one self-contained HTML file (plotly inlined), written
+    atomically; an existing file is replaced only with ``force`` (see :mod:`retwin._files`).
+    """
     path = Path(path)
+    check_output_file(path, force=force)  # before the work of the back-cast
     params = formula_parameters()
     bc = bc or backcast(model)
     bt = bt or baotou_checks()
@@ -244,8 +249,5 @@ def write_report(path: str | Path, model: str | Path = NATIONAL_MODEL,
         *[f"<li>{_esc(x)}</li>" for x in LIMITATIONS],
         "</ul></body></html>",
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    write_output_file(path, "\n".join(parts), force=force)
     return path

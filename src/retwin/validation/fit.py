@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from retwin._files import atomic_write
 from retwin.engine.run import run
 from retwin.errors import DataError
 from retwin.scenario.data import (
@@ -232,10 +233,10 @@ def write_fitted(result: FitResult, data_dir: Path | None = None) -> Path:
                       f"bounds [{_fmt(lo)}, {_fmt(hi)}], final cost {result.cost:.4g}; "
                       f"{HELD_OUT_YEARS[0]}–{HELD_OUT_YEARS[-1]} held out. {p.meaning}"),
         })
-    path.write_text(buf.getvalue(), encoding="utf-8")
+    atomic_write(path, buf.getvalue().encode("utf-8"))
     manifest = path.parent / "manifest.json"
-    manifest.write_text(json.dumps(build_manifest(path.parent), indent=2, ensure_ascii=False)
-                        + "\n", encoding="utf-8")
+    atomic_write(manifest, (json.dumps(build_manifest(path.parent), indent=2,
+                                       ensure_ascii=False) + "\n").encode("utf-8"))
     return path
 
 
