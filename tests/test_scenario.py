@@ -170,8 +170,9 @@ def test_overlays_nest(tmp_path: Path, base_file: Path) -> None:
 def test_overlay_cycle_is_refused(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", {"base": "b", "name": "a"})
     write(tmp_path / "b.yaml", {"base": "a", "name": "b"})
-    with pytest.raises(ScenarioError, match="overlays nest deeper than 8 levels"):
+    with pytest.raises(ScenarioError) as exc:
         retwin.load_scenario(tmp_path / "a.yaml")
+    assert exc.value.lines() == ["base: overlays form a cycle: a.yaml -> b.yaml -> a.yaml"]
 
 
 def test_overlay_with_unknown_base(tmp_path: Path) -> None:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -33,22 +32,36 @@ err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 def _read_changes(arg: str) -> list[Any]:
     """``--change`` takes inline JSON (one change or a list) or a YAML/JSON file holding a
-    change, a list of changes, or a what-if file with a ``changes:`` list."""
+    change, a list of changes, or a what-if file with a ``changes:`` list.
+
+    The file is read by the scenario reader (same bounds on size, nesting and aliases); the
+    changes themselves are validated later, all together, by ``apply_changes``.
+    """
+    from retwin.scenario.load import read_yaml_value
+
     text = arg.strip()
+    shown = repr(arg if len(arg) <= 60 else arg[:59] + "…")
     if text.startswith(("{", "[")):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ScenarioError([("--change", f"not valid JSON: {exc.msg} at column {exc.colno}")])\
                 from None
+        except (ValueError, RecursionError) as exc:  # nesting, or an int of thousands of digits
+            reason = "nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise ScenarioError([("--change", f"not valid JSON: {reason}")]) from None
     else:
         path = Path(arg)
-        if not path.is_file():
-            raise ScenarioError([("--change", f"{arg!r} is neither JSON nor an existing file")])
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ScenarioError([("--change", f"{path.name}: not valid YAML: {exc}")]) from None
+            is_file = path.is_file()
+        except (OSError, ValueError):  # a name too long, a NUL byte
+            is_file = False
+        if not is_file:
+            raise ScenarioError([("--change", f"{shown} is neither JSON nor an existing file")])
+        try:
+            data = read_yaml_value(path)
+        except ScenarioError as exc:
+            raise ScenarioError([("--change", m) for _, m in exc.problems]) from None
     if isinstance(data, dict) and "changes" in data:
         data = data["changes"]
     if isinstance(data, dict):
@@ -233,19 +246,25 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 
 def cmd_validate(a: argparse.Namespace) -> int:
+    """Every problem of every file, one line each (``FILE: path: message``); exit code 2 if
+    any file is invalid. Names and paths are printed as plain text, escaped to one line."""
+    from retwin.errors import printable
     from retwin.scenario.load import load_scenario
 
     bad = 0
     for f in a.files:
+        name = printable(f)
         try:
             sc = load_scenario(f)
-        except ScenarioError as exc:
+        except (ScenarioError, DataError) as exc:
             bad += 1
-            for line in exc.lines():
-                err.print(f"{f}: {line}", markup=False)
+            lines = exc.lines() if isinstance(exc, ScenarioError) else [f"data error: {exc}"]
+            for line in lines:
+                err.print(f"{name}: {line}", markup=False, emoji=False)
             continue
-        out.print(f"{f}: ok ({sc.name}: {len(sc.plants)} plants, {len(sc.materials)} materials, "
-                  f"{sc.start}..{sc.end}, {len(sc.changes)} timed changes)")
+        out.print(f"{name}: ok ({printable(sc.name)}: {len(sc.plants)} plants, "
+                  f"{len(sc.materials)} materials, {sc.start}..{sc.end}, "
+                  f"{len(sc.changes)} timed changes)", markup=False, emoji=False)
     return EXIT_BAD_INPUT if bad else 0
 
 

@@ -31,8 +31,12 @@ class ScenarioError(RetwinError):
     def __init__(self, problems: list[tuple[str, str]] | str) -> None:
         if isinstance(problems, str):
             problems = [("", problems)]
-        self.problems: list[tuple[str, str]] = problems
-        super().__init__("; ".join(f"{p}: {m}" if p else m for p, m in problems))
+        # A message may quote the bad input: keep each problem one printable line of bounded
+        # length that UTF-8 can encode, whatever that input held (newlines, terminal escapes,
+        # lone surrogates, megabytes).
+        self.problems: list[tuple[str, str]] = [
+            (_clip(printable(p), 500), _clip(printable(m), 4000)) for p, m in problems]
+        super().__init__("; ".join(self.lines()))
 
     def lines(self) -> list[str]:
         """One human-readable line per problem, ``path: message``."""
@@ -64,3 +68,21 @@ class DataError(RetwinError):
 
 class MassBalanceError(RetwinError):
     """A run did not close its mass balance; names the worst residual."""
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters and lone surrogates escaped (``\\n``, ``\\ud800``):
+    one line of valid UTF-8, safe to print and to store."""
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if _unprintable(c) else c
+                   for c in text)
+
+
+def _unprintable(c: str) -> bool:
+    o = ord(c)
+    return o < 0x20 or 0x7F <= o < 0xA0 or 0xD800 <= o < 0xE000
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"

@@ -166,7 +166,7 @@ def test_the_document_states_this_services_limits(spec: dict[str, Any]) -> None:
     ('{"model": "tiny", "label": "\\ud800"}', ["body", "label"]),
     ('{"model": "tiny", "label": "ok \\udfff"}', ["body", "label"]),
     ('{"model": "tiny", "changes": [{"kind": "quota", "quota": "mining", "factor": 0.9, '
-     '"note": "a\\ud83d"}]}', ["body", "changes", 0, "note"]),
+     '"note": "a\\ud83d"}]}', ["body", "changes", 0]),  # the change schema refuses it
     ('{"model": "tiny", "\\ud800": 1}', ["body"]),
     ('{"model": "tiny", "changes": [{"kind": "quota", "quota": "mining", "factor": 1e999}]}',
      ["body", "changes", 0]),

@@ -13,6 +13,7 @@ import ast
 import csv
 import hashlib
 import json
+import math
 import operator
 import os
 import re
@@ -29,6 +30,7 @@ __all__ = [
     "Parameter",
     "build_manifest",
     "check_manifest",
+    "check_tree_shape",
     "evaluate_formula",
     "formula_parameters",
     "load_fitted",
@@ -36,6 +38,7 @@ __all__ = [
     "models_dir",
     "reference_dir",
     "resolve_formulas",
+    "resolve_formulas_collect",
 ]
 
 _KEY = re.compile(r"\{([a-z0-9_]+(?:\.[a-z0-9_]+)+)\}")
@@ -141,21 +144,75 @@ def formula_parameters() -> dict[str, Parameter]:
     return {**params, **fitted}
 
 
+#: Bounds on a formula, so that no input can make the evaluator slow, deep or overflow: its
+#: length, its size (AST nodes, so evaluation time is bounded too), its nesting, the size of an
+#: exponent and the arguments of a function. Every intermediate result must be finite.
+MAX_FORMULA_CHARS = 1000
+MAX_FORMULA_NODES = 300
+MAX_FORMULA_DEPTH = 50
+MAX_EXPONENT = 100.0
+MAX_FUNCTION_ARGS = 50
+MAX_ROUND_DIGITS = 15
+
+#: Bounds on the shape of a scenario or change tree (after YAML or JSON parsing): how deep
+#: mappings and lists nest, and how many values it holds in all.
+MAX_NESTING = 32
+MAX_TREE_NODES = 1_000_000
+
+
+def _pow(a: float, b: float) -> float:
+    if abs(b) > MAX_EXPONENT:
+        raise ValueError(f"exponent(={b:g}) must be within ±{MAX_EXPONENT:g}")
+    if a == 0 and b < 0:
+        raise ZeroDivisionError
+    try:
+        return math.pow(a, b)  # unlike **, never a complex number
+    except ValueError:
+        raise ValueError(f"{a:g} ** {b:g} has no real result") from None
+
+
 _BINOPS: dict[type, Callable[[float, float], float]] = {
     ast.Add: operator.add,
     ast.Sub: operator.sub,
     ast.Mult: operator.mul,
     ast.Div: operator.truediv,
-    ast.Pow: operator.pow,
+    ast.Pow: _pow,
 }
-_FUNCS: dict[str, Callable[..., float]] = {"min": min, "max": max, "round": round}
+
+
+def _round(x: float, ndigits: float = 0.0) -> float:
+    if ndigits != int(ndigits) or abs(ndigits) > MAX_ROUND_DIGITS:
+        raise ValueError(f"round's digits(={ndigits:g}) must be a whole number within "
+                         f"±{MAX_ROUND_DIGITS}")
+    return float(round(x, int(ndigits)))
+
+
+#: Functions a formula may call, with the number of arguments each takes.
+_FUNCS: dict[str, tuple[Callable[..., float], int, int]] = {
+    "min": (lambda *a: min(a), 1, MAX_FUNCTION_ARGS),
+    "max": (lambda *a: max(a), 1, MAX_FUNCTION_ARGS),
+    "round": (_round, 1, 2),
+}
+
+
+def _short(text: str, width: int = 80) -> str:
+    text = text.strip()
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
     """Evaluate ``= expr`` where ``expr`` uses numbers, + - * / **, min/max/round and ``{key}``.
 
-    Raises ``ValueError`` naming the unknown key or the construct that is not allowed.
+    The formula is bounded (:data:`MAX_FORMULA_CHARS` characters, :data:`MAX_FORMULA_NODES`
+    AST nodes nested at most :data:`MAX_FORMULA_DEPTH` deep, exponents within
+    ±:data:`MAX_EXPONENT`, at most :data:`MAX_FUNCTION_ARGS` arguments) and every intermediate
+    result must be a finite real number. Raises ``ValueError`` naming the formula and the
+    unknown key, the construct that is not allowed or the bound it breaks.
     """
+    shown = repr(_short(text))
+    if len(text) > MAX_FORMULA_CHARS:
+        raise ValueError(f"formula {shown} has {len(text)} characters; at most "
+                         f"{MAX_FORMULA_CHARS} are allowed")
     body = text.strip()
     if body.startswith("="):
         body = body[1:]
@@ -164,7 +221,8 @@ def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
     def sub(m: re.Match[str]) -> str:
         key = m.group(1)
         if key not in params:
-            raise ValueError(f"unknown data key {{{key}}} (not in data/parameters.csv)")
+            raise ValueError(f"formula {shown}: unknown data key {{{key}}} (not in "
+                             "data/parameters.csv)")
         name = f"_r{len(names)}"
         names[name] = params[key].value
         return name
@@ -172,18 +230,25 @@ def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
     expr = _KEY.sub(sub, body)
     try:
         tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError:
-        raise ValueError(f"formula {text!r} is not a valid expression") from None
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise ValueError(f"formula {shown} is not a valid expression") from None
+    _check_formula_shape(tree, shown)
+
+    def finite(v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"formula {shown}: a result is out of range (not finite)")
+        return v
 
     def ev(node: ast.AST) -> float:
         if isinstance(node, ast.Expression):
             return ev(node.body)
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return float(node.value)
+        if (isinstance(node, ast.Constant) and isinstance(node.value, int | float)
+                and not isinstance(node.value, bool)):
+            return finite(float(node.value))
         if isinstance(node, ast.Name) and node.id in names:
-            return names[node.id]
+            return finite(names[node.id])
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-            return _BINOPS[type(node.op)](ev(node.left), ev(node.right))
+            return finite(_BINOPS[type(node.op)](ev(node.left), ev(node.right)))
         if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
             v = ev(node.operand)
             return -v if isinstance(node.op, ast.USub) else v
@@ -192,25 +257,100 @@ def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
             and isinstance(node.func, ast.Name)
             and node.func.id in _FUNCS
             and not node.keywords
+            and not any(isinstance(a, ast.Starred) for a in node.args)
         ):
-            return float(_FUNCS[node.func.id](*(ev(a) for a in node.args)))
-        raise ValueError(f"formula {text!r}: {ast.dump(node)[:40]}… is not allowed")
+            fn, least, most = _FUNCS[node.func.id]
+            if not least <= len(node.args) <= most:
+                raise ValueError(f"formula {shown}: {node.func.id}() takes {least} to {most} "
+                                 f"arguments, not {len(node.args)}")
+            return finite(float(fn(*(ev(a) for a in node.args))))
+        raise ValueError(f"formula {shown}: {ast.dump(node)[:40]}… is not allowed")
 
     try:
         return ev(tree)
     except ZeroDivisionError:
-        raise ValueError(f"formula {text!r} divides by zero") from None
+        raise ValueError(f"formula {shown} divides by zero") from None
+    except OverflowError:
+        raise ValueError(f"formula {shown}: a result is out of range (not finite)") from None
+    except ValueError as exc:
+        msg = str(exc)
+        if msg.startswith("formula "):
+            raise
+        raise ValueError(f"formula {shown}: {msg}") from None
+
+
+def _check_formula_shape(tree: ast.AST, shown: str) -> None:
+    """Count the nodes and measure the depth of a parsed formula without recursing."""
+    count = 0
+    stack: list[tuple[ast.AST, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_FORMULA_NODES:
+            raise ValueError(f"formula {shown} has more than {MAX_FORMULA_NODES} terms and "
+                             "operators")
+        if depth > MAX_FORMULA_DEPTH:
+            raise ValueError(f"formula {shown} nests deeper than {MAX_FORMULA_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
+def check_tree_shape(tree: Any, path: str = "") -> None:
+    """Raise :class:`ScenarioError` if ``tree`` nests deeper than :data:`MAX_NESTING` or holds
+    more than :data:`MAX_TREE_NODES` values (also stops a self-referencing mapping)."""
+    count = 0
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(tree, ())]
+    while stack:
+        node, loc = stack.pop()
+        count += 1
+        if count > MAX_TREE_NODES:
+            raise ScenarioError([(path, f"holds more than {MAX_TREE_NODES:,} values")])
+        if isinstance(node, dict | list) and len(loc) >= MAX_NESTING:
+            raise ScenarioError([(_path(path, loc), f"nests deeper than {MAX_NESTING} levels")])
+        if isinstance(node, dict):
+            stack.extend((v, (*loc, k)) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, (*loc, i)) for i, v in enumerate(node))
+
+
+def _path(path: str, loc: tuple[Any, ...]) -> str:
+    """``plants[0].recipe`` from a location (list positions as ``[i]``, keys shortened)."""
+    out = path
+    for part in loc:
+        if isinstance(part, int) and not isinstance(part, bool) and part.bit_length() < 64:
+            out += f"[{part}]"
+        else:
+            text = str(part) if not isinstance(part, int) else f"<{part.bit_length()}-bit int>"
+            text = text if len(text) <= 40 else text[:39] + "…"
+            out += f".{text}" if out else text
+    return out
 
 
 def resolve_formulas(tree: Any, params: dict[str, Parameter] | None = None, path: str = "") -> Any:
-    """Return a copy of a parsed YAML tree with every ``"= …"`` string evaluated."""
-    problems: list[tuple[str, str]] = []
+    """Return a copy of a parsed YAML tree with every ``"= …"`` string evaluated.
 
-    def walk(node: Any, where: str) -> Any:
+    Every bad formula is reported (one problem each, at its path) in one
+    :class:`ScenarioError`; so is a tree too deep or too large (see :func:`check_tree_shape`).
+    """
+    out, problems = resolve_formulas_collect(tree, params, path)
+    if problems:
+        raise ScenarioError([(where, msg) for where, _, msg in problems])
+    return out
+
+
+def resolve_formulas_collect(
+    tree: Any, params: dict[str, Parameter] | None = None, path: str = ""
+) -> tuple[Any, list[tuple[str, tuple[Any, ...], str]]]:
+    """:func:`resolve_formulas` that returns its problems instead of raising them: the tree
+    (a bad formula left as written) and ``(path, location, message)`` per bad formula, the
+    location being the tuple of keys and indices that leads to it."""
+    check_tree_shape(tree, path)
+    problems: list[tuple[str, tuple[Any, ...], str]] = []
+
+    def walk(node: Any, loc: tuple[Any, ...]) -> Any:
         if isinstance(node, dict):
-            return {k: walk(v, f"{where}.{k}" if where else str(k)) for k, v in node.items()}
+            return {k: walk(v, (*loc, k)) for k, v in node.items()}
         if isinstance(node, list):
-            return [walk(v, f"{where}[{i}]") for i, v in enumerate(node)]
+            return [walk(v, (*loc, i)) for i, v in enumerate(node)]
         if isinstance(node, str) and node.lstrip().startswith("="):
             nonlocal params
             if params is None:
@@ -218,14 +358,11 @@ def resolve_formulas(tree: Any, params: dict[str, Parameter] | None = None, path
             try:
                 return evaluate_formula(node, params)
             except ValueError as exc:
-                problems.append((where, str(exc)))
+                problems.append((_path(path, loc), loc, str(exc)))
                 return node
         return node
 
-    out = walk(tree, path)
-    if problems:
-        raise ScenarioError(problems)
-    return out
+    return walk(tree, ()), problems
 
 
 def _sha256(path: Path) -> str:

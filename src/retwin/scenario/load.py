@@ -1,19 +1,33 @@
-"""Loading scenarios: YAML files, ``base:`` overlays, formulas, and typed what-if changes."""
+"""Loading scenarios: YAML files, ``base:`` overlays, formulas, and typed what-if changes.
+
+Every input is read defensively: YAML through one reader (:func:`read_yaml_value`) that bounds
+the file's size, its nesting and what its aliases expand to before building anything; trees
+from Python or JSON are bounded by :func:`~retwin.scenario.data.check_tree_shape`; numbers,
+text and formulas by the schema and the formula evaluator. Problems are collected, not raised
+at the first: a :class:`~retwin.errors.ScenarioError` lists every problem found, one per line.
+"""
 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
 from retwin.errors import ScenarioError
-from retwin.scenario.data import models_dir, resolve_formulas
+from retwin.scenario.data import (
+    MAX_NESTING,
+    check_tree_shape,
+    models_dir,
+    resolve_formulas_collect,
+)
 from retwin.scenario.schema import (
     CapacityChange,
     Change,
@@ -35,17 +49,52 @@ __all__ = [
     "locate_path",
     "parse_changes",
     "read_yaml",
+    "read_yaml_value",
     "resolve_model",
     "scenario_hash",
 ]
 
-_CHANGE_LIST: TypeAdapter[list[Change]] = TypeAdapter(list[Change])
+_CHANGE: TypeAdapter[Change] = TypeAdapter(Change)
+_CHANGE_KINDS: dict[str, type[BaseModel]] = {
+    cls.model_fields["kind"].default: cls
+    for cls in (QuotaChange, PriceChange, CapacityChange, PlantChange, OutageChange,
+                DemandChange, TradeChange, ReserveChange, ParameterChange)
+}
 _MAX_BASE_DEPTH = 8
+
+#: Bounds of a YAML file (scenario, what-if, change or study spec), checked while it is parsed,
+#: before anything is built: its size, its nesting, how many aliases it uses and how many
+#: values it holds once its aliases are expanded (a "billion laughs" file expands to 1e9).
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_ALIASES = 500
+MAX_YAML_VALUES = 200_000
+
+#: libyaml's loader when PyYAML was built with it (much faster); the bounds hold for either.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def available_models() -> list[str]:
     """Names of the reference models shipped in ``models/`` (without ``.yaml``)."""
     return sorted(p.stem for p in models_dir().glob("*.yaml"))
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _shown(value: Any, width: int = 60) -> str:
+    """``repr(value)``, shortened; an int too long for ``repr`` is described instead."""
+    try:
+        return _short(repr(value), width)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits()
+        return f"an integer of {value.bit_length()} bits"
+
+
+def _is_file(p: Path) -> bool:
+    try:
+        return p.is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: no such file
+        return False
 
 
 def _find(ref: str, relative_to: Path | None) -> Path:
@@ -57,22 +106,126 @@ def _find(ref: str, relative_to: Path | None) -> Path:
     if relative_to is not None:
         candidates += [relative_to.parent / f"{ref}.yaml"]
     for c in candidates:
-        if c.is_file():
+        if _is_file(c):
             return c
-    raise ScenarioError(
-        [("", f"scenario {ref!r} not found (a path, or one of: {', '.join(available_models())})")]
-    )
+    raise ScenarioError([("", f"scenario {_short(ref)!r} not found (a path, or one of: "
+                              f"{', '.join(available_models())})")])
+
+
+def read_yaml_value(path: Path) -> Any:
+    """The value a YAML (or JSON) file holds: the one reader of every scenario, what-if,
+    change and study file.
+
+    Refuses, as :class:`ScenarioError` naming the file, the line and the bound: a file larger
+    than :data:`MAX_YAML_BYTES`, not UTF-8 text, not valid YAML, nesting deeper than
+    :data:`~retwin.scenario.data.MAX_NESTING`, using more than :data:`MAX_YAML_ALIASES`
+    aliases, or expanding (through its aliases) to more than :data:`MAX_YAML_VALUES` values.
+    The bounds are checked on the event stream, before any value is built, so a hostile file
+    costs neither memory nor time.
+    """
+    name = path.name
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_YAML_BYTES + 1)
+    except OSError as exc:
+        raise ScenarioError([("", f"{name}: cannot be read ({exc.strerror or exc})")]) from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise ScenarioError([("", f"{name}: larger than {MAX_YAML_BYTES // 1024 // 1024} MiB; "
+                                  "a scenario, change or study file must be smaller")])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError([("", f"{name}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+                                  f"offset {exc.start}); is it a scenario file?")]) from None
+    try:
+        _check_yaml_events(text)
+        return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: plain data only
+    except _YamlBound as exc:
+        raise ScenarioError([("", f"{name}: {exc}")]) from None
+    except yaml.YAMLError as exc:
+        raise ScenarioError([("", f"{name}: not valid YAML: {_yaml_problem(exc)}")]) from None
+    except (ValueError, TypeError, AttributeError, OverflowError) as exc:
+        # a scalar the YAML constructors cannot build (2025-13-45, an int of 5000 digits)
+        raise ScenarioError([("", f"{name}: not valid YAML: {_short(str(exc), 200)}")]) \
+            from None
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping; ``ScenarioError`` if it is not valid YAML or no mapping."""
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ScenarioError([("", f"{path.name}: not valid YAML: {exc}")]) from None
+    """A YAML file's top-level mapping (:func:`read_yaml_value`); ``ScenarioError`` if it is
+    not valid YAML or no mapping."""
+    tree = read_yaml_value(path)
     if not isinstance(tree, dict):
         raise ScenarioError([("", f"{path.name}: must be a mapping at the top level")])
     return tree
+
+
+class _YamlBound(Exception):
+    """A YAML stream breaks one of the reader's bounds (the message says which, and where)."""
+
+
+def _check_yaml_events(text: str) -> None:
+    """Walk the event stream (no values built) and enforce nesting, alias and size bounds.
+
+    Each anchor's expanded size (values) and height (levels of nesting) is measured when its
+    node ends, so an alias counts as everything it stands for, and nesting reached through
+    aliases counts too.
+    """
+    values = aliases = depth = 0
+    # per open collection: its anchor, the count before it, the deepest level inside it
+    frames: list[list[Any]] = []
+    anchors: dict[str, tuple[int, int]] = {}  # anchor -> (values, height)
+
+    def where(event: Any) -> str:
+        m = event.start_mark
+        return f" (line {m.line + 1}, column {m.column + 1})" if m is not None else ""
+
+    def reach(level: int, event: Any) -> None:
+        if level > MAX_NESTING:
+            raise _YamlBound(f"nests deeper than {MAX_NESTING} levels{where(event)}")
+        if frames and level > frames[-1][2]:
+            frames[-1][2] = level
+
+    for event in yaml.parse(text, Loader=_YAML_LOADER):
+        if isinstance(event, yaml.CollectionStartEvent):
+            values += 1
+            depth += 1
+            reach(depth, event)
+            frames.append([event.anchor, values - 1, depth])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, before, deepest = frames.pop()
+            if anchor is not None:
+                anchors[anchor] = (values - before, deepest - depth + 1)
+            depth -= 1
+            if frames and deepest > frames[-1][2]:
+                frames[-1][2] = deepest
+        elif isinstance(event, yaml.ScalarEvent):
+            values += 1
+            if event.anchor is not None:
+                anchors[event.anchor] = (1, 0)
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_YAML_ALIASES:
+                raise _YamlBound(f"uses more than {MAX_YAML_ALIASES} aliases{where(event)}")
+            size, height = anchors.get(event.anchor or "", (1, 0))
+            values += size
+            reach(depth + height, event)
+        if values > MAX_YAML_VALUES:
+            raise _YamlBound(f"holds more than {MAX_YAML_VALUES:,} values once its aliases are "
+                             f"expanded{where(event)}")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong and where, without quoting the file (it may not be a scenario at all)."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        what = "; ".join(str(x) for x in (exc.context, exc.problem) if x) or "syntax error"
+        mark = exc.problem_mark or exc.context_mark
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        return _short(what, 200) + at
+    if isinstance(exc, yaml.reader.ReaderError):
+        ch = exc.character
+        code = f" #x{ch:04x}" if isinstance(ch, int) else ""
+        return f"{exc.reason}{code} at position {exc.position}"
+    return _short(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)
 
 
 def _merge(base: Any, over: Any) -> Any:
@@ -99,16 +252,38 @@ def _merge(base: Any, over: Any) -> Any:
     return over
 
 
-def _resolve_tree(tree: dict[str, Any], here: Path | None, depth: int = 0) -> dict[str, Any]:
+#: What may stand at the top of a scenario file (its fields by YAML name, and ``base``).
+_SCENARIO_KEYS = frozenset(
+    [f.alias or n for n, f in Scenario.model_fields.items()] + ["base"])
+
+
+def _resolve_tree(
+    tree: dict[str, Any], here: Path | None, chain: tuple[Path, ...] = ()
+) -> dict[str, Any]:
+    """Merge ``tree`` over its ``base:`` chain; ``chain`` holds the files already on it."""
     base_ref = tree.get("base")
     tree = {k: v for k, v in tree.items() if k != "base"}
     if base_ref is None:
         return tree
-    if depth >= _MAX_BASE_DEPTH:
+    if not isinstance(base_ref, str) or not base_ref.strip():
+        raise ScenarioError([("base", "must name a scenario file or a reference model "
+                                      f"(got {type(base_ref).__name__})")])
+    base_path = _find(base_ref, here)
+    seen = [p.resolve() for p in chain]
+    if base_path.resolve() in seen:
+        loop = chain[seen.index(base_path.resolve()):]
+        names = " -> ".join(p.name for p in (*loop, base_path))
+        raise ScenarioError([("base", f"overlays form a cycle: {names}")])
+    if len(chain) > _MAX_BASE_DEPTH:
         raise ScenarioError([("base", f"overlays nest deeper than {_MAX_BASE_DEPTH} levels")])
-    base_path = _find(str(base_ref), here)
-    base_tree = _resolve_tree(read_yaml(base_path), base_path.parent, depth + 1)
-    return _merge(base_tree, tree)
+    base_tree = read_yaml(base_path)
+    unknown = [k for k in base_tree if k not in _SCENARIO_KEYS]
+    if unknown:
+        # say what is wrong with the file, but never quote its content: it may be anything
+        raise ScenarioError([("base", f"{_short(base_ref)!r} is not a scenario file: "
+                                      f"{len(unknown)} of its {len(base_tree)} top-level "
+                                      "keys are not scenario fields")])
+    return _merge(_resolve_tree(base_tree, base_path.parent, (*chain, base_path)), tree)
 
 
 def error_location(tree: Any, loc: tuple[Any, ...], name_keys: tuple[str, ...] = ("id",)) -> str:
@@ -119,34 +294,46 @@ def error_location(tree: Any, loc: tuple[Any, ...], name_keys: tuple[str, ...] =
     """
     parts: list[str] = []
     node = tree
+    tag_skipped: Any = None  # the node whose union tag was left out (a tag comes once)
     for item in loc:
-        if isinstance(item, int):
-            label = f"[{item}]"
+        is_key = isinstance(node, dict) and item in node
+        if isinstance(item, int) and not is_key:
+            label = f"[{_shown(item)}]"
             if isinstance(node, list) and 0 <= item < len(node):
                 node = node[item]
                 if isinstance(node, dict):
                     name = next((node[k] for k in name_keys if isinstance(node.get(k), str)), None)
                     if name is not None:
-                        label += f"({name})"
+                        label += f"({_short(name, 40)})"
             else:
                 node = None
             parts.append(label)
         else:
-            if isinstance(node, dict) and node.get("kind") == item:
+            if isinstance(node, dict) and node.get("kind") == item and tag_skipped is not node:
+                tag_skipped = node
                 continue  # the tag of a discriminated union (a change's kind)
-            if str(item)[:1].isupper() or str(item) in ("float", "int", "bool", "str"):
-                continue  # union members add nothing for the reader
-            parts.append(("." if parts else "") + str(item))
+            label = _shown(item) if isinstance(item, int) else str(item)
+            if not is_key and (label[:1].isupper() or "[" in label
+                               or label in ("float", "int", "bool", "str", "date", "none")
+                               or label.startswith(("constrained-", "function-"))):
+                continue  # union members and validator labels add nothing for the reader
+            parts.append(("." if parts else "") + _short(label, 60))
             node = node.get(item) if isinstance(node, dict) else None
     return "".join(parts)
 
 
 
-
-def _problems(exc: ValidationError, tree: Any) -> list[tuple[str, str]]:
+def _problems(
+    exc: ValidationError, tree: Any, skip: Iterable[str] = ()
+) -> list[tuple[str, str]]:
+    """One ``(path, message)`` per pydantic error (the value shown, shortened); errors at a
+    path in ``skip`` (a formula already reported there) are left out."""
     out: list[tuple[str, str]] = []
+    skipped = set(skip)
     for err in exc.errors(include_url=False):
         where = error_location(tree, tuple(err["loc"]))
+        if where in skipped:
+            continue
         msg = str(err["msg"])
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
@@ -159,26 +346,28 @@ def _problems(exc: ValidationError, tree: Any) -> list[tuple[str, str]]:
             if err["type"] not in ("value_error", "assertion_error", "missing") and not isinstance(
                 shown, dict | list
             ):
-                line = f"{line} (got {shown!r})"
+                line = f"{line} (got {_shown(shown)})"
             out.append((where, line))
     return out
 
 
-def validate_tree(tree: dict[str, Any]) -> Scenario:
-    """Validate a resolved tree; raise :class:`ScenarioError` with one line per problem."""
+def validate_tree(tree: dict[str, Any], skip: Iterable[str] = ()) -> Scenario:
+    """Validate a resolved tree; raise :class:`ScenarioError` with one line per problem
+    (leaving out problems at the paths in ``skip``, already reported)."""
     try:
         return Scenario.model_validate(tree)
     except ValidationError as exc:
-        raise ScenarioError(_problems(exc, tree)) from None
+        raise ScenarioError(_problems(exc, tree, skip)) from None
 
 
 def resolve_model(source: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     """A model file (or name, or mapping) with its ``base:`` overlays merged, formulas not yet
     evaluated: the tree :func:`load_scenario` validates."""
     if isinstance(source, Mapping):
+        check_tree_shape(source)  # a mapping from Python: bounded like a file
         return _resolve_tree(dict(source), None)
     path = _find(str(source), None)
-    return _resolve_tree(read_yaml(path), path.parent)
+    return _resolve_tree(read_yaml(path), path.parent, (path,))
 
 
 def load_scenario(
@@ -191,23 +380,123 @@ def load_scenario(
     is validated; an invalid scenario raises :class:`~retwin.errors.ScenarioError`. The
     file's ``changes`` are applied with :func:`apply_changes` (``include_changes=False`` gives
     the scenario without them: the baseline a what-if file is compared with).
+
+    Every problem is reported at once: bad formulas, schema and cross-field problems of the
+    scenario, and (with ``include_changes``) every problem of every change.
     """
-    tree = resolve_formulas(resolve_model(source))
+    tree = resolve_model(source)
     changes = tree.pop("changes", None) or []
-    scenario = validate_tree(tree)
-    return apply_changes(scenario, changes) if include_changes else scenario
+    tree, bad_formulas = resolve_formulas_collect(tree)
+    problems = [(where, msg) for where, _, msg in bad_formulas]
+    if not isinstance(changes, list):
+        problems.append(("changes", f"must be a list of changes (got {type(changes).__name__})"))
+        changes = []
+    scenario: Scenario | None = None
+    try:
+        scenario = validate_tree(tree, skip=[error_location(tree, loc)
+                                             for _, loc, _ in bad_formulas])
+    except ScenarioError as exc:
+        problems += exc.problems
+    if include_changes:
+        try:
+            if scenario is not None and not problems:
+                return apply_changes(scenario, changes)
+            parse_changes(changes)  # the scenario is invalid: check the changes alone
+        except ScenarioError as exc:
+            problems += exc.problems
+    if problems or scenario is None:
+        raise ScenarioError(problems)
+    return scenario
 
 
 def parse_changes(changes: Iterable[Any]) -> list[Change]:
-    """Validate a list of change mappings (or change models) into typed changes."""
+    """Validate a list of change mappings (or change models) into typed changes.
+
+    Every problem of every change is reported in one :class:`ScenarioError`: its bad
+    formulas and fields, and the rules of its kind (``give exactly one of …``) checked on the
+    fields that are good.
+    """
+    parsed = _parse_each(changes)
+    problems = [p for _, _, probs in parsed for p in probs]
+    if problems:
+        raise ScenarioError(problems)
+    return [ch for ch, ok, _ in parsed if ok]
+
+
+#: Stands for a field that failed validation when a change's own rules are checked on the
+#: rest of it (so ``give exactly one of`` counts a field that was given, even if invalid).
+_INVALID = object()
+
+
+def _parse_each(changes: Iterable[Any]) -> list[tuple[Any, bool, list[tuple[str, str]]]]:
+    """Each change validated on its own, with its problems: ``(change, True, [])``, or
+    ``(partial, False, problems)`` where the partial holds the fields that are valid on their
+    own (None for the others), so that it can still be checked against a scenario."""
     raw = [c.model_dump(by_alias=True) if hasattr(c, "model_dump") else c for c in changes]
-    raw = resolve_formulas(raw, path="changes")
-    try:
-        return _CHANGE_LIST.validate_python(raw)
-    except ValidationError as exc:
-        probs = _problems(exc, raw)
-        raise ScenarioError([(f"changes{p}" if p.startswith("[") else p, m) for p, m in probs])\
-            from None
+    raw, bad_formulas = resolve_formulas_collect(raw, path="changes")
+    out: list[tuple[Any, bool, list[tuple[str, str]]]] = []
+    for i, item in enumerate(raw):
+        problems = [(where, msg) for where, loc, msg in bad_formulas if loc[0] == i]
+        try:
+            change = _CHANGE.validate_python(item)
+            if not problems:
+                out.append((change, True, []))
+                continue
+        except ValidationError as exc:
+            skip = {where for where, _ in problems}
+            for p, m in _problems(exc, item):
+                where = f"changes[{i}].{p}" if p and not p.startswith("[") else f"changes[{i}]{p}"
+                if where not in skip:  # a formula that failed there is reported already
+                    problems.append((where, m))
+        rules = _partial_change(item, invalid=_INVALID)
+        if rules is not None:
+            for dec in type(rules).__pydantic_decorators__.model_validators.values():
+                if dec.info.mode != "after":
+                    continue
+                try:
+                    dec.func(rules)
+                except ValueError as exc:
+                    problems.append((f"changes[{i}]", str(exc)))
+                except (TypeError, AttributeError):
+                    pass  # the rule reads a field that is itself invalid (reported above)
+        out.append((_partial_change(item, invalid=None), False, _unique(problems)))
+    return out
+
+
+def _unique(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return list(dict.fromkeys(problems))
+
+
+@cache
+def _field_adapter(cls: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    info = cls.model_fields[name]
+    kind: Any = info.annotation
+    if info.metadata:
+        kind = Annotated[(kind, *info.metadata)]
+    return TypeAdapter(kind, config=ConfigDict(allow_inf_nan=False))
+
+
+def _partial_change(item: Any, *, invalid: Any) -> Any:
+    """The fields of a change mapping that are valid on their own, built without the change's
+    rules (``model_construct``); a field that is not valid becomes ``invalid``, a missing
+    required one None. None when ``item`` names no known kind."""
+    if not isinstance(item, dict):
+        return None
+    kind = item.get("kind")
+    cls = _CHANGE_KINDS.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        return None
+    values: dict[str, Any] = {}
+    for name, info in cls.model_fields.items():
+        key = info.alias if info.alias in item else name
+        if key in item:
+            try:
+                values[name] = _field_adapter(cls, name).validate_python(item[key])
+            except ValidationError:
+                values[name] = invalid
+        elif info.is_required():
+            values[name] = None
+    return cls.model_construct(**values)
 
 
 def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, str]]) -> None:
@@ -216,7 +505,7 @@ def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, st
     mats = {m.id for m in sc.materials}
 
     def need(value: str | None, known: set[str], field: str, what: str) -> None:
-        if value is not None and value not in known:
+        if isinstance(value, str) and value not in known:
             known_list = ", ".join(sorted(known))
             problems.append((f"{where}.{field}", f"unknown {what} {value!r} (known: {known_list})"))
 
@@ -224,7 +513,7 @@ def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, st
         quotas = {q.id: q for q in sc.quotas}
         need(ch.quota, set(quotas), "quota", "quota")
         q = quotas.get(ch.quota)
-        if q is not None and ch.batch is not None and ch.batch > len(q.batches):
+        if q is not None and isinstance(ch.batch, int) and ch.batch > len(q.batches):
             problems.append((f"{where}.batch", f"batch(={ch.batch}) must be in 1..{len(q.batches)}"
                              f" (quota {ch.quota!r} has {len(q.batches)} batches a year)"))
     elif isinstance(ch, PriceChange):
@@ -245,17 +534,18 @@ def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, st
                               (ch.side == "export" and k.export is None)):
             problems.append((f"{where}.side", f"market {ch.market!r} has no {ch.side} side"))
     elif isinstance(ch, ReserveChange):
-        if (ch.region, ch.material) not in {p.key for p in sc.pools}:
+        if isinstance(ch.region, str) and isinstance(ch.material, str) and (
+                (ch.region, ch.material) not in {p.key for p in sc.pools}):
             problems.append(
                 (f"{where}.material", f"no pool for {ch.material!r} in region {ch.region!r}")
             )
     elif isinstance(ch, PlantChange) and ch.action == "retire":
         need(ch.plant_id, plants, "plant_id", "plant")
-    if ch.start is not None and not (sc.start <= ch.start <= sc.end):
+    if isinstance(ch.start, dt.date) and not (sc.start <= ch.start <= sc.end):
         problems.append(
             (f"{where}.from", f"from(={ch.start}) must lie in the horizon {sc.start}..{sc.end}")
         )
-    if ch.end is not None and ch.end < sc.start:
+    if isinstance(ch.end, dt.date) and ch.end < sc.start:
         problems.append(
             (f"{where}.to", f"to(={ch.end}) must not be before the horizon's start {sc.start}")
         )
@@ -318,18 +608,27 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
     ``scenario.changes`` and played by the engine on their dates. Each change is checked
     against the scenario (unknown plant, quota, market…) and the result is validated again.
     """
-    typed = parse_changes(changes)
+    typed = _parse_each(changes)
     if not typed:
         return scenario
     tree = copy.deepcopy(scenario.model_dump(by_alias=True, mode="json"))
     problems: list[tuple[str, str]] = []
     current, dirty = scenario, False
-    for i, ch in enumerate(typed):
-        if dirty and not problems:
+    for i, (ch, ok, parse_problems) in enumerate(typed):
+        problems += parse_problems
+        if ch is None:
+            continue
+        if dirty:
             # a change may name what an earlier change of the same list added
-            current, dirty = validate_tree(copy.deepcopy(tree)), False
-        dirty = isinstance(ch, PlantChange | ParameterChange)
+            try:
+                current = validate_tree(copy.deepcopy(tree))
+            except ScenarioError as exc:
+                problems += exc.problems  # checked against the last valid state below
+        dirty = False
         _check_change(current, i, ch, problems)
+        if not ok:
+            continue  # reported; the rest of it was still checked against the scenario
+        dirty = isinstance(ch, PlantChange | ParameterChange)
         if isinstance(ch, PlantChange) and ch.action == "add":
             assert ch.plant is not None
             new = ch.plant.model_dump(by_alias=True, mode="json")
@@ -351,7 +650,7 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
         else:
             tree.setdefault("changes", []).append(ch.model_dump(by_alias=True, mode="json"))
     if problems:
-        raise ScenarioError(problems)
+        raise ScenarioError(_unique(problems))
     return validate_tree(tree)
 
 

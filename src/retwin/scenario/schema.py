@@ -5,14 +5,29 @@ field names). Cross-field rules (every plant's materials exist, every pool's mat
 quotas name real plants, recipes never create rare-earth elements…) run in
 :meth:`Scenario._check_references`, and each failure names the field path, the value and the
 rule.
+
+Every number is finite (``allow_inf_nan=False`` on every model) and lies in a physical range
+stated by its type below (amounts, factors, prices, fractions, days, years, dates); the range
+is also written into the field's description, so editors show it from the JSON Schema. Every
+text field is :data:`Text`: valid UTF-8 (no lone surrogates) and at most
+:data:`MAX_TEXT_CHARS` characters. These checks live in the schema, so the CLI, the Python API
+and the HTTP service refuse the same input with the same message.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Literal
+import math
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ELEMENTS",
@@ -83,19 +98,133 @@ Stage = Literal[
     "mining", "recycling", "separation", "metal", "magnet", "materials", "motor", "end_product"
 ]
 Id = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_\-]*$", max_length=64)]
-NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Pos = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+# --- physical ranges ------------------------------------------------------------------------
+# Validation limits, not data about the world: each is orders of magnitude beyond anything
+# real (world rare-earth mining is ~4e5 t REO a year; the dearest material, Tb metal, costs
+# ~1e7 CNY/t) yet far enough from float overflow that sums and products over a run stay finite.
+
+#: Largest amount: tonnes, t REO, t/a, or activity units per year of one plant, pool or market.
+MAX_AMOUNT = 1e9
+#: Largest demand, in segment units per year (units can be small: motors, phones).
+MAX_UNITS_PER_YEAR = 1e12
+#: Largest price, CNY per unit of a material (a unit may be a whole product).
+MAX_PRICE_CNY = 1e10
+#: Largest multiplier of a what-if change or a market's price.
+MAX_FACTOR = 1000.0
+#: Largest recipe amount or demand intensity per unit of activity.
+MAX_PER_UNIT = 1e6
+#: Largest element content of one unit of a material, t REO (a whole product or MW).
+MAX_CONTENT_T_REO = 1000.0
+#: Largest magnitude of a KPI target or of a parameter change's number.
+MAX_ABS_VALUE = 1e15
+#: Years and dates a scenario may mention.
+MIN_YEAR, MAX_YEAR = 1900, 2300
+#: Longest text field (names, notes, sources, descriptions), in characters.
+MAX_TEXT_CHARS = 2000
+
+
+def _utf8(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text  # not text: the str validation after this reports it
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"must be valid UTF-8 text; character {text[exc.start]!r} at position {exc.start} "
+            "is a lone surrogate"
+        ) from None
+    return text
+
+
+#: Free text: valid UTF-8 (a lone surrogate cannot be stored) and bounded in length.
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS), BeforeValidator(_utf8)]
+
+Amount = Annotated[float, Field(ge=0, le=MAX_AMOUNT)]
+PosAmount = Annotated[float, Field(gt=0, le=MAX_AMOUNT)]
+Delta = Annotated[float, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT)]
+Factor = Annotated[float, Field(ge=0, le=MAX_FACTOR)]
+Price = Annotated[float, Field(ge=0, le=MAX_PRICE_CNY)]
+PerUnit = Annotated[float, Field(gt=0, le=MAX_PER_UNIT)]
+Content = Annotated[float, Field(ge=0, le=MAX_CONTENT_T_REO)]
+UnitsPerYear = Annotated[float, Field(ge=0, le=MAX_UNITS_PER_YEAR)]
+Days = Annotated[int, Field(ge=0, le=3650)]
+LeadDays = Annotated[int, Field(ge=0, le=365)]
+MeanDays = Annotated[float, Field(gt=0, le=36500)]
+Year = Annotated[int, Field(ge=MIN_YEAR, le=MAX_YEAR)]
+Date = Annotated[dt.date, Field(ge=dt.date(MIN_YEAR, 1, 1), le=dt.date(MAX_YEAR, 12, 31))]
+
+
+def _scalar(value: Any) -> Any:
+    """A parameter change's value, checked before it is typed (one message, not one per
+    member of the union): a finite number within ±MAX_ABS_VALUE, a bool, or :data:`Text`."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):  # compared exactly: a huge int never becomes a float here
+        if abs(value) > MAX_ABS_VALUE:
+            digits = int(value.bit_length() * math.log10(2)) + 1
+            raise ValueError(f"value (an integer of about {digits} digits) must be within "
+                             f"±{MAX_ABS_VALUE:.0e}")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > MAX_ABS_VALUE:
+            raise ValueError(f"value(={value:.6g}) must be a finite number within "
+                             f"±{MAX_ABS_VALUE:.0e}")
+        return value
+    if isinstance(value, str):
+        _utf8(value)
+        if len(value) > MAX_TEXT_CHARS:
+            raise ValueError(f"value has {len(value)} characters; at most {MAX_TEXT_CHARS} "
+                             "are allowed")
+        return value
+    raise ValueError(f"value must be a number, a bool or text (got {type(value).__name__})")
+
+
+def _ranges_in_descriptions(schema: dict[str, Any]) -> None:
+    """Append each numeric or date property's range to its description (editors show it)."""
+    for prop in schema.get("properties", {}).values():
+        text = _range_text(prop)
+        if text:
+            prop["description"] = f"{prop.get('description', '')} {text}".strip()
+
+
+def _range_text(prop: dict[str, Any]) -> str:
+    for sub in (prop, *prop.get("anyOf", ()), prop.get("items") or {},
+                prop.get("additionalProperties") or {}):
+        if not isinstance(sub, dict):
+            continue
+        if sub.get("format") == "date":  # every date of the schema is a `Date`
+            return f"Range: {MIN_YEAR}-01-01 to {MAX_YEAR}-12-31."
+        if sub.get("type") not in ("number", "integer"):
+            continue
+        lo = next(((op, sub[k]) for k, op in (("minimum", "≤"), ("exclusiveMinimum", "<"))
+                   if k in sub), None)
+        hi = next(((op, sub[k]) for k, op in (("maximum", "≤"), ("exclusiveMaximum", "<"))
+                   if k in sub), None)
+        if lo and hi:
+            return f"Range: {_num(lo[1])} {lo[0]} x {hi[0]} {_num(hi[1])}."
+    return ""
+
+
+def _num(x: float) -> str:
+    return f"{x:g}".replace("e+0", "e").replace("e+", "e")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        allow_inf_nan=False,  # NaN and ±inf are refused in every float field
+        json_schema_extra=_ranges_in_descriptions,
+    )
 
 
 class Period(_Model):
     """A closed date range ``[from, to]``."""
 
-    start: dt.date = Field(alias="from")
-    end: dt.date = Field(alias="to")
+    start: Date = Field(alias="from")
+    end: Date = Field(alias="to")
 
     @model_validator(mode="after")
     def _ordered(self) -> Period:
@@ -107,8 +236,8 @@ class Period(_Model):
 class PricePoint(_Model):
     """The price from ``date`` on (until the next point)."""
 
-    date: dt.date
-    price_cny_per_unit: NonNeg
+    date: Date
+    price_cny_per_unit: Price
 
 
 class PriceLink(_Model):
@@ -121,10 +250,11 @@ class PriceLink(_Model):
 class PriceSpec(_Model):
     """A monthly price path with optional mean-reverting noise in log price."""
 
-    base_cny_per_unit: NonNeg = Field(description="Price before the first path point.")
+    base_cny_per_unit: Price = Field(description="Price before the first path point.")
     path: list[PricePoint] = Field(default_factory=list)
-    volatility_per_year: NonNeg = Field(0.0, description="Annualised sigma of log price.")
-    mean_reversion_per_year: NonNeg = Field(
+    volatility_per_year: Annotated[float, Field(ge=0, le=10)] = Field(
+        0.0, description="Annualised sigma of log price.")
+    mean_reversion_per_year: Annotated[float, Field(ge=0, le=365)] = Field(
         1.0, description="Speed at which log-price noise decays back to the path (1/yr)."
     )
     follows: PriceLink | None = Field(
@@ -145,15 +275,15 @@ class Material(_Model):
     """A material, its unit, its element content and its price."""
 
     id: Id
-    name: str
-    name_zh: str = ""
+    name: Text
+    name_zh: Text = ""
     unit: Literal["t", "unit", "MW"] = "t"
-    composition_t_reo_per_unit: dict[Element, NonNeg] = Field(
+    composition_t_reo_per_unit: dict[Element, Content] = Field(
         default_factory=dict,
         description="Oxide-equivalent tonnes of each element in one unit of the material.",
     )
     price: PriceSpec = Field(default_factory=lambda: PriceSpec(base_cny_per_unit=0.0))
-    source: str = ""
+    source: Text = ""
 
     @model_validator(mode="after")
     def _mass_fraction(self) -> Material:
@@ -175,8 +305,8 @@ class Material(_Model):
 class Availability(_Model):
     """Random outages (exponential up and down times) and planned outages."""
 
-    mtbf_days: Pos | None = None
-    mttr_days: Pos | None = None
+    mtbf_days: MeanDays | None = None
+    mttr_days: MeanDays | None = None
     planned_outages: list[Period] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -195,8 +325,8 @@ class Recipe(_Model):
     Yields live here: a 0.92 recovery is an input of 1/0.92 per unit of output.
     """
 
-    outputs: dict[Id, Pos]
-    inputs: dict[Id, Pos] = Field(default_factory=dict)
+    outputs: dict[Id, PerUnit]
+    inputs: dict[Id, PerUnit] = Field(default_factory=dict)
 
     @field_validator("outputs")
     @classmethod
@@ -214,30 +344,30 @@ class Plant(_Model):
     """A plant: where material is transformed, with a capacity and a recipe."""
 
     id: Id
-    name: str
-    name_zh: str = ""
-    company: str = ""
+    name: Text
+    name_zh: Text = ""
+    company: Text = ""
     region: Id = "baotou"
     stage: Stage
-    capacity_tpa: NonNeg = Field(description="Nameplate activity units per year.")
+    capacity_tpa: Amount = Field(description="Nameplate activity units per year.")
     utilisation_max_frac: Annotated[float, Field(gt=0, le=1)] = Field(
         1.0, description="Share of nameplate the plant runs at when nothing else binds."
     )
-    commissioning: dt.date | None = Field(None, description="First day of output; None: running.")
-    ramp_days: Annotated[int, Field(ge=0, le=3650)] = 0
-    retirement: dt.date | None = None
-    lead_time_days: Annotated[int, Field(ge=0, le=365)] = 0
+    commissioning: Date | None = Field(None, description="First day of output; None: running.")
+    ramp_days: Days = 0
+    retirement: Date | None = None
+    lead_time_days: LeadDays = 0
     extracts: bool = Field(
         False, description="Inputs come from the ground (a mine), not from a pool."
     )
     availability: Availability = Field(default_factory=Availability)
     recipe: Recipe
-    cash_cost_cny_per_unit: NonNeg | None = Field(
+    cash_cost_cny_per_unit: Price | None = Field(
         None, description="Processing cash cost per unit of activity (besides its inputs); "
         "with economics on, the plant slows down when its margin turns negative. None: the "
         "stage's share of output value from economics.cash_cost_share_frac.",
     )
-    source: str = ""
+    source: Text = ""
 
 
 class Pool(_Model):
@@ -245,12 +375,12 @@ class Pool(_Model):
 
     region: Id = "baotou"
     material: Id
-    initial_t: NonNeg = 0.0
-    reserve_t: NonNeg = Field(0.0, description="Strategic reserve: never drawn or exported.")
-    target_t: NonNeg = Field(
+    initial_t: Amount = 0.0
+    reserve_t: Amount = Field(0.0, description="Strategic reserve: never drawn or exported.")
+    target_t: Amount = Field(
         0.0, description="Working stock: imports top up to reserve+target; exports leave it."
     )
-    max_t: Pos | None = Field(None, description="Storage ceiling; producers throttle at it.")
+    max_t: PosAmount | None = Field(None, description="Storage ceiling; producers throttle at it.")
 
     @property
     def key(self) -> tuple[str, str]:
@@ -263,11 +393,11 @@ class ImportSpec(_Model):
     on offer rises linearly with the price, by ``cap_tpa`` per ``slope_frac`` of the outside
     price, between nothing and ``cap_tpa``."""
 
-    cap_tpa: NonNeg
-    base_tpa: NonNeg | None = Field(
+    cap_tpa: Amount
+    base_tpa: Amount | None = Field(
         None, description="Volume on offer at the outside price (None: nothing).")
-    lead_time_days: Annotated[int, Field(ge=0, le=365)] = 0
-    price_factor: NonNeg = 1.0
+    lead_time_days: LeadDays = 0
+    price_factor: Factor = 1.0
     premium_frac: Annotated[float, Field(ge=0, le=10)] | None = Field(
         None, description="Landed premium over the outside price before any import "
         "(None: economics.import_premium_frac).")
@@ -282,9 +412,9 @@ class ExportSpec(_Model):
     ``slope_frac`` of the outside price the region sells below (or above) it, never below
     nothing nor above ``cap_tpa`` (the licence or control cap)."""
 
-    cap_tpa: NonNeg
-    price_factor: NonNeg = 1.0
-    base_tpa: NonNeg | None = Field(
+    cap_tpa: Amount
+    price_factor: Factor = 1.0
+    base_tpa: Amount | None = Field(
         None, description="Outside demand at the outside price (None: nothing).")
     slope_frac: Annotated[float, Field(gt=0, le=10)] | None = Field(
         None, description="Discount below the outside price at which outside buyers take the "
@@ -298,12 +428,12 @@ class Market(_Model):
     """The outside world for one material of one region: an import source and/or export sink."""
 
     id: Id
-    name: str = ""
+    name: Text = ""
     region: Id = "baotou"
     material: Id
     import_: ImportSpec | None = Field(None, alias="import")
     export: ExportSpec | None = None
-    source: str = ""
+    source: Text = ""
 
     @model_validator(mode="after")
     def _some_side(self) -> Market:
@@ -333,9 +463,9 @@ class Quota(_Model):
     """
 
     id: Id
-    name: str = ""
+    name: Text = ""
     plants: list[Id]
-    annual_t_reo: dict[int, NonNeg] = Field(
+    annual_t_reo: dict[Year, Amount] = Field(
         description="Year -> ceiling; a year not listed repeats the last listed year before it."
     )
     batches: list[QuotaBatch] = Field(
@@ -344,11 +474,11 @@ class Quota(_Model):
     produce_ahead: bool = Field(
         False, description="Produce ahead of a batch's release, up to the year's total."
     )
-    shares: dict[Id, NonNeg] | None = Field(
+    shares: dict[Id, Amount] | None = Field(
         None, description="Licence shares by plant (relative weights): when the quota cannot "
         "meet every plant's request it is shared by these, and what a plant leaves goes to "
         "the others. None: each plant's nameplate REO capacity as the scenario states it.")
-    source: str = ""
+    source: Text = ""
 
     @model_validator(mode="after")
     def _shares(self) -> Quota:
@@ -376,14 +506,16 @@ class DemandSegment(_Model):
     """End-use demand drawn from a pool: units per year times material per unit."""
 
     id: Id
-    name: str
-    name_zh: str = ""
+    name: Text
+    name_zh: Text = ""
     region: Id = "baotou"
     material: Id = Field(description="What the segment draws from the region's pool.")
-    base_units_per_year: NonNeg = Field(description="Segment units per year at the start.")
-    intensity_per_unit: NonNeg = Field(1.0, description="Material drawn per segment unit.")
+    base_units_per_year: UnitsPerYear = Field(
+        description="Segment units per year at the start.")
+    intensity_per_unit: Annotated[float, Field(ge=0, le=MAX_PER_UNIT)] = Field(
+        1.0, description="Material drawn per segment unit.")
     growth_frac_per_year: Annotated[float, Field(ge=-0.9, le=5)] = 0.0
-    seasonality: list[NonNeg] = Field(
+    seasonality: list[Annotated[float, Field(ge=0, le=12)]] = Field(
         default_factory=lambda: [1.0] * 12, description="12 monthly multipliers, mean 1."
     )
     noise_cv: Annotated[float, Field(ge=0, le=2)] = 0.0
@@ -392,7 +524,7 @@ class DemandSegment(_Model):
         "price_material (thrifting, substitution; None: economics.demand_elasticity).")
     price_material: Id | None = Field(
         None, description="The material whose price the segment responds to (None: material).")
-    source: str = ""
+    source: Text = ""
 
     @field_validator("seasonality")
     @classmethod
@@ -409,14 +541,14 @@ class Target(_Model):
     """A named KPI target (the seeds' 2024 targets), reported as attained or not."""
 
     id: Id
-    name: str
-    name_zh: str = ""
-    year: int
-    kpi: str = Field(description="KPI path, e.g. value.total_yi_cny or output.stage.magnet_t.")
-    value: float
-    unit: str = ""
+    name: Text
+    name_zh: Text = ""
+    year: Year
+    kpi: Text = Field(description="KPI path, e.g. value.total_yi_cny or output.stage.magnet_t.")
+    value: Annotated[float, Field(ge=-MAX_ABS_VALUE, le=MAX_ABS_VALUE)]
+    unit: Text = ""
     kind: Literal["at_least", "at_most"] = "at_least"
-    source: str = ""
+    source: Text = ""
 
 
 class Settings(_Model):
@@ -490,9 +622,9 @@ class Economics(_Model):
 
 
 class _Change(_Model):
-    start: dt.date | None = Field(None, alias="from", description="First day (default: start).")
-    end: dt.date | None = Field(None, alias="to", description="Last day (default: end).")
-    note: str = ""
+    start: Date | None = Field(None, alias="from", description="First day (default: start).")
+    end: Date | None = Field(None, alias="to", description="Last day (default: end).")
+    note: Text = ""
 
     @model_validator(mode="after")
     def _dates(self) -> _Change:
@@ -512,10 +644,10 @@ class QuotaChange(_Change):
 
     kind: Literal["quota"] = "quota"
     quota: Id
-    set_t_reo: NonNeg | None = Field(None, description="New annual ceiling for affected years.")
-    factor: NonNeg | None = None
-    delta_t_reo: float | None = Field(None, description="Added to each affected year's ceiling.")
-    batch: Annotated[int, Field(ge=1)] | None = Field(
+    set_t_reo: Amount | None = Field(None, description="New annual ceiling for affected years.")
+    factor: Factor | None = None
+    delta_t_reo: Delta | None = Field(None, description="Added to each affected year's ceiling.")
+    batch: Annotated[int, Field(ge=1, le=366)] | None = Field(
         None, description="Only this batch (1-based)."
     )
 
@@ -530,9 +662,9 @@ class PriceChange(_Change):
 
     kind: Literal["price"] = "price"
     material: Id
-    factor: NonNeg | None = None
-    value_cny_per_unit: NonNeg | None = None
-    ramp_days: Annotated[int, Field(ge=0, le=3650)] = 0
+    factor: Factor | None = None
+    value_cny_per_unit: Price | None = None
+    ramp_days: Days = 0
 
     @model_validator(mode="after")
     def _one(self) -> PriceChange:
@@ -546,10 +678,10 @@ class CapacityChange(_Change):
     kind: Literal["capacity"] = "capacity"
     plant: Id | None = None
     stage: Stage | None = None
-    set_tpa: NonNeg | None = None
-    factor: NonNeg | None = None
-    delta_tpa: float | None = None
-    ramp_days: Annotated[int, Field(ge=0, le=3650)] = 0
+    set_tpa: Amount | None = None
+    factor: Factor | None = None
+    delta_tpa: Delta | None = None
+    ramp_days: Days = 0
 
     @model_validator(mode="after")
     def _one(self) -> CapacityChange:
@@ -594,7 +726,7 @@ class DemandChange(_Change):
 
     kind: Literal["demand"] = "demand"
     segment: Id
-    factor: NonNeg | None = None
+    factor: Factor | None = None
     growth_frac_per_year: Annotated[float, Field(ge=-0.9, le=5)] | None = None
 
     @model_validator(mode="after")
@@ -609,8 +741,8 @@ class TradeChange(_Change):
     kind: Literal["trade"] = "trade"
     market: Id
     side: Literal["import", "export"]
-    cap_tpa: NonNeg | None = None
-    factor: NonNeg | None = None
+    cap_tpa: Amount | None = None
+    factor: Factor | None = None
 
     @model_validator(mode="after")
     def _one(self) -> TradeChange:
@@ -624,8 +756,8 @@ class ReserveChange(_Change):
     kind: Literal["reserve"] = "reserve"
     material: Id
     region: Id = "baotou"
-    reserve_t: NonNeg | None = None
-    delta_t: float | None = None
+    reserve_t: Amount | None = None
+    delta_t: Delta | None = None
 
     @model_validator(mode="after")
     def _one(self) -> ReserveChange:
@@ -642,8 +774,10 @@ class ParameterChange(_Change):
     """
 
     kind: Literal["parameter"] = "parameter"
-    path: Annotated[str, Field(min_length=1, max_length=300)]
-    value: float | int | bool | str
+    path: Annotated[Text, Field(min_length=1, max_length=300)]
+    value: Annotated[float | int | bool | Text, BeforeValidator(_scalar)] = Field(
+        description=f"A number (finite, within ±{MAX_ABS_VALUE:.0e}), a bool or text; the "
+        "scenario is validated again with it, under the field's own range.")
 
     @model_validator(mode="after")
     def _undated(self) -> ParameterChange:
@@ -669,10 +803,10 @@ Change = Annotated[
 class Scenario(_Model):
     """A whole chain: materials, plants, pools, markets, quotas, demand, targets, changes."""
 
-    name: str
-    description: str = ""
-    start: dt.date
-    end: dt.date
+    name: Text
+    description: Text = ""
+    start: Date
+    end: Date
     materials: list[Material]
     plants: list[Plant]
     pools: list[Pool] = Field(default_factory=list)
