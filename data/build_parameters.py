@@ -1271,6 +1271,20 @@ row("price.pass_through.metal_from_oxide_frac", 1.0, "share of the oxide's relat
 row("price.pass_through.scrap_from_oxide_frac", 1.0, "share of the oxide's relative price change", "", "estimate",
     dd("5c", "NdFeB scrap (PrNd-bearing)"),
     "scrap is priced on its recoverable PrNd content (§5c: scrap ≈ 445 CNY/kg when PrNd oxide was ≈ 388): it moves with the oxide")
+row("invest.margin_threshold_frac", 0.15, "fraction of output value", "", "estimate", MKT,
+    "no source; a stage adds capacity when its plants keep a margin of 15 % of output value for a year while running flat out")
+row("invest.utilisation_threshold_frac", 0.95, "fraction of the utilisation ceiling", "", "estimate", MKT,
+    "no source; 'flat out': at least 95 % of the ceiling on average over the window")
+row("invest.window_months", 12, "months", "", "estimate", MKT,
+    "no source; a year of sustained margins before a project starts")
+row("invest.step_frac", 0.1, "fraction of nameplate", "", "estimate", MKT,
+    "no source; a project adds a tenth of the stage's nameplate")
+row("invest.separation_build_years", 3, "years", "", "estimate", dd("6", "CNRE green-smelting project (phase 1 done Oct 2024)"),
+    "no source for build times of separation lines; placeholder three years")
+derived("invest.magnet_build_years", "{lead.magnet_qualification_eps_years}", "years", "", dd("6", "nldmagnet.com"),
+        "a new magnet line sells to EV and EPS makers only after qualification (> 2 years, C)", flag="estimate")
+row("invest.downstream_build_years", 1.5, "years", "", "estimate", MKT,
+    "no source; metal cells, functional-material lines and motor assembly: placeholder 18 months")
 derived("demand.ndpr_price_elasticity", "(-0.1 + -0.3) / 2", "elasticity", "", dd("9", "short-run price elasticity of demand, NdPr"),
         "midpoint of the −0.1 to −0.3 estimate (not sourced: §8 found no numeric elasticity)", flag="estimate")
 row("demand.price_response_months", 6, "months", "", "estimate", dd("9", "substitution (GBD) rows"),

@@ -212,3 +212,27 @@ def test_decisions_show_in_the_binding_constraints(bt_baseline: Any, bt_base: re
     # the markets-off reference model keeps the kernel's own labels
     plain = retwin.run(retwin.load_scenario("tiny"), seed=1).binding_table
     assert not {"demand", "margin"} & set(plain.constraint)
+
+
+def test_sustained_margins_build_capacity_and_the_switch_turns_it_off(
+        base: retwin.Scenario) -> None:
+    # a doubled demand keeps separation busy and profitable; thresholds and build time are
+    # set here so that a two-year horizon shows a whole project
+    surge = [{"kind": "demand", "segment": "motors", "factor": 2.0, "from": "2024-03-01"},
+             {"kind": "parameter", "path": "economics.investment.build_years.separation",
+              "value": 0.25},
+             {"kind": "parameter", "path": "economics.investment.utilisation_threshold_frac",
+              "value": 0.75},
+             {"kind": "parameter", "path": "economics.investment.margin_threshold_frac",
+              "value": 0.1}]
+    res = _run(base, *surge)
+    built = [e for e in res.events if e[1] in ("investment", "commissioning")]
+    assert ("investment", "separation") in {(k, s) for _, k, s in built}
+    assert ("commissioning", "separation") in {(k, s) for _, k, s in built}
+    cap = res.kpis[(res.kpis.kpi == "capacity.stage") & (res.kpis.key == "separation")]
+    assert cap[cap.year == 2025].value.iloc[0] > cap[cap.year == 2024].value.iloc[0]
+    off = _run(base, *surge, {"kind": "parameter", "path": "settings.investment",
+                              "value": False})
+    assert not [e for e in off.events if e[1] in ("investment", "commissioning")]
+    cap_off = off.kpis[(off.kpis.kpi == "capacity.stage") & (off.kpis.key == "separation")]
+    assert cap_off.value.nunique() == 1

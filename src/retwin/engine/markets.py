@@ -66,6 +66,12 @@ class MarketArrays:
     link_from: IntArray  # (M,) material whose outside price this one follows (-1: none)
     link_share: FloatArray  # (M,)
     has_pool: FloatArray  # (M,) 1 where the material has a pool (its price is formed)
+    # investment (None: off): per stage with a build time, its plants and the days to build
+    invest_stages: list[tuple[str, IntArray, int]]
+    invest_margin: float
+    invest_util: float
+    invest_window: int
+    invest_step: float
     # scalars (from Economics)
     price_adjust: float
     max_step: float
@@ -169,7 +175,17 @@ def compile_markets(c: Compiled) -> MarketArrays:
             link_share[i] = mat.price.follows.share_frac
     has_pool = np.zeros(n_m)
     has_pool[st["pool_mat"]] = 1.0
+    inv = ec.investment if sc.settings.investment else None
+    invest_stages = [] if inv is None else [
+        (str(stage), np.array([p for p, s in enumerate(c.plant_stage) if s == stage], np.int64),
+         round(years * 365))
+        for stage, years in inv.build_years.items() if stage in c.plant_stage]
     return MarketArrays(
+        invest_stages=invest_stages,
+        invest_margin=inv.margin_threshold_frac if inv else 0.0,
+        invest_util=inv.utilisation_threshold_frac if inv else 1.0,
+        invest_window=inv.window_months if inv else 0,
+        invest_step=inv.step_frac if inv else 0.0,
         pool_mat=st["pool_mat"], draw_sp=draw_sp, make_sp=make_sp, seg_sg=seg_sg, mk_sk=mk_sk,
         target_t=st["target"].copy(), in_mp=in_mp, out_mp=out_mp, cash_cost=cash,
         decide_pool=decide, lead_s=lead_s, margin0=np.minimum(margin0, 0.0),

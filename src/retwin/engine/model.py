@@ -75,6 +75,8 @@ class ChainModel:
         #: ceiling); ``cap_day`` is this times the plant's decided share (``decision``)
         self.cap_max_day = c.nameplate_tpa * c.utilisation / 365.0
         self.decision = np.ones(n_p)
+        #: nameplate built so far, as a multiple of the scenario's (investment adds to it)
+        self.built = np.ones(n_p)
         #: outside markets: the caps after trade changes, the share of the import cap on
         #: offer and the outside demand for exports (set monthly when markets are on)
         self.imp_cap_base_tpa = c.imp_cap_tpa.copy()
@@ -187,9 +189,15 @@ class ChainModel:
         up = 1.0 if self._random_up[p] and self._planned_up[p] else 0.0
         self.avail[p] = up * forced
 
+    def add_capacity(self, plants: np.ndarray, share_of_nameplate: float) -> None:
+        """New capacity built (investment): each plant gains that share of its nameplate."""
+        for p in plants:
+            self.built[p] += share_of_nameplate
+            self._refresh_capacity(int(p))
+
     def _refresh_capacity(self, p: int) -> None:
         c = self.c
-        value = float(c.nameplate_tpa[p])
+        value = float(c.nameplate_tpa[p]) * self.built[p]
         for ch, w in self._active(CapacityChange):
             if ch.plant != c.plant_ids[p] and ch.stage != c.plant_stage[p]:
                 continue

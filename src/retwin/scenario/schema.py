@@ -26,6 +26,7 @@ __all__ = [
     "Economics",
     "ExportSpec",
     "ImportSpec",
+    "Investment",
     "Market",
     "Material",
     "OutageChange",
@@ -425,9 +426,27 @@ class Settings(_Model):
     outages: bool = True
     price_noise: bool = True
     demand_noise: bool = True
+    investment: bool = Field(
+        True, description="With economics.investment given: let sustained margins build new "
+        "capacity (false: today's nameplate only).")
     price_mode: Literal["market", "path"] = Field(
         "market", description="market: prices are formed from stock cover around the outside "
         "(path) price; path: the paths are replayed and move nothing (no economics).")
+
+
+class Investment(_Model):
+    """New capacity triggered by sustained margins (with economics on, ``settings.investment``
+    on): when a stage's plants have run at ``utilisation_threshold_frac`` or more of their
+    ceiling with a margin of ``margin_threshold_frac`` or more, on average over the last
+    ``window_months``, the stage starts a project that adds ``step_frac`` of each plant's
+    nameplate after ``build_years``; one project at a time per stage."""
+
+    margin_threshold_frac: Annotated[float, Field(ge=0, le=5)]
+    utilisation_threshold_frac: Annotated[float, Field(gt=0, le=1)]
+    window_months: Annotated[int, Field(ge=1, le=120)]
+    step_frac: Annotated[float, Field(gt=0, le=5)]
+    build_years: dict[Stage, Annotated[float, Field(ge=0, le=30)]] = Field(
+        description="The stages that invest, and how long a project takes to build.")
 
 
 class Economics(_Model):
@@ -463,6 +482,8 @@ class Economics(_Model):
         description="Default short-run price elasticity of demand segments.")
     demand_response_months: Annotated[float, Field(ge=0, le=120)] = Field(
         description="Delay (months, first-order) with which demand sees a price change.")
+    investment: Investment | None = Field(
+        None, description="New capacity from sustained margins (None: no investment).")
 
 
 # --- what-if changes (DESIGN §2.5): one schema for the CLI, Python and HTTP -----------------

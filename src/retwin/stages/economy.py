@@ -34,7 +34,12 @@ last month did (plant activity, demand served, exports, imports) and the stocks 
    margin falling further;
 4. **lets demand respond**: each segment's draw is its base path (with its noise) times
    ``(price seen / outside price without shocks) ** elasticity``, where the price seen follows
-   the formed price with a first-order delay of ``demand_response_months``.
+   the formed price with a first-order delay of ``demand_response_months``;
+5. **lets sustained margins build capacity** (``economics.investment``, switchable by
+   ``settings.investment``): a stage whose plants ran at the utilisation threshold or more of
+   their ceiling with the margin threshold or more, on average over the last window, starts a
+   project (one at a time per stage) that adds a share of each plant's nameplate after the
+   stage's build time.
 
 The random parts (the outside price noise, the demand noise) are drawn up front from the same
 streams as the price-path mode, so a baseline and a what-if share them.
@@ -116,6 +121,7 @@ class _EconomyChain(Chain, Protocol):
     def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray,
                     export_contract_tpa: FloatArray) -> None: ...
     def set_decisions(self, utilisation: FloatArray) -> None: ...
+    def add_capacity(self, plants: IntArray, share_of_nameplate: float) -> None: ...
 
 
 class EconomyProcess:
@@ -140,11 +146,40 @@ class EconomyProcess:
         self.decision_rec = np.ones((len(arrays.cash_cost), len(month_start_day)))
         #: (P, T) why a plant ran below its ceiling: 0, BIND_DEMAND or BIND_MARGIN
         self.reason_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)), np.int8)
+        self._building: set[str] = set()
         #: (P, T) margin per unit of output value
         self.margin_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)))
 
     def start(self, env: simpy.Environment, chain: _EconomyChain) -> None:
         env.process(self._run(env, chain))
+
+    def _invest(self, env: simpy.Environment, chain: _EconomyChain, t: int, day: int) -> None:
+        """5. investment: a stage whose plants ran at their ceiling with a good margin over
+        the last window starts a project (one at a time), built after its lead time."""
+        a = self.a
+        w = a.invest_window
+        if not a.invest_stages or t < w:
+            return
+        for stage, plants, build_days in a.invest_stages:
+            if stage in self._building or len(plants) == 0:
+                continue
+            util = float(self.decision_rec[plants, t - w + 1:t + 1].mean())
+            margin = float(self.margin_rec[plants, t - w + 1:t + 1].mean())
+            if util >= a.invest_util and margin >= a.invest_margin:
+                self._building.add(stage)
+                chain.log(day, "investment", stage)
+                env.process(self._build(env, chain, stage, plants, build_days))
+
+    def _build(self, env: simpy.Environment, chain: _EconomyChain, stage: str,
+               plants: IntArray, build_days: int) -> Generator[Any, Any, None]:
+        if build_days > 0:
+            yield env.timeout(build_days)
+        day = int(env.now)
+        if day < chain.n_days:
+            chain.advance_to(day)
+            chain.add_capacity(plants, self.a.invest_step)
+            chain.log(day, "commissioning", stage)
+        self._building.discard(stage)
 
     def _run(self, env: simpy.Environment, chain: _EconomyChain) -> Generator[Any, Any, None]:
         a = self.a
@@ -228,6 +263,7 @@ class EconomyProcess:
                 self.margin_rec[:, t] = margin
                 self.reason_rec[:, t] = np.where(
                     u >= 1.0 - 1e-9, 0, np.where(u_margin < u_pull, BIND_MARGIN, BIND_DEMAND))
+                self._invest(env, chain, t, day)
             chain.price[:] = p
             chain.price_rec[:, t] = p
             # 2. outside curves
