@@ -174,6 +174,13 @@ def test_the_parts_a_run_needs_import_no_cycle() -> None:
     assert sorted(a for a in run_parts if a in reach(a)) == []
 
 
+def test_the_kpi_declaration_lies_below_everything_that_reads_it() -> None:
+    """Results, the command line, reports and the service read ``retwin.kpis``: it imports
+    nothing of the package."""
+    assert "retwin.kpis" in MODULES
+    assert sorted(d for d in MODULES["retwin.kpis"] if _in(d, "retwin")) == []
+
+
 def test_nothing_imports_the_cli() -> None:
     assert _offenders("retwin.cli", "retwin.cli") == []
 
@@ -208,7 +215,7 @@ API_MODULES: dict[str, set[str]] = {
     for p in sorted((API_ROOT / "api").rglob("*.py"))
 }
 API_MAY_USE = ("retwin.scenario", "retwin.storage", "retwin.registry", "retwin.errors",
-               "retwin.report")
+               "retwin.report", "retwin.kpis")
 
 
 def _api_may_import(dep: str) -> bool:

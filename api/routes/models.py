@@ -1,4 +1,4 @@
-"""Reference models and the schema of what-if changes."""
+"""Reference models, the schema of what-if changes and the KPIs a run reports."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 import retwin
 from api.deps import OwnerDep, ServiceDep
 from api.schemas import ErrorPublic, ModelDetail, ModelPublic, ModelsPublic
+from retwin.kpis import catalogue
 from retwin.scenario import Change
 
 router = APIRouter(tags=["models"], responses={
@@ -56,3 +57,10 @@ async def read_model(name: Annotated[str, Path(max_length=64)], service: Service
 async def read_change_schema(_owner: OwnerDep) -> dict[str, Any]:
     """JSON Schema of a what-if's ``changes`` list (the same for the CLI and Python)."""
     return _CHANGES.json_schema(by_alias=True)
+
+
+@router.get("/kpis", response_model=list[dict[str, Any]])
+async def list_kpis(_owner: OwnerDep) -> list[dict[str, Any]]:
+    """Every KPI a run reports, in the order of its rows: name, what its keys are, unit,
+    display group, English and Chinese labels, what is computed and which keys get a row."""
+    return catalogue()

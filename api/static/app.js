@@ -169,6 +169,14 @@ function fmt(v) {
 
 const HEADLINE = ["output.stage", "value.group", "local_conversion", "fill_rate.segment",
   "element.la_ce_surplus", "element.dy_tb_deficit"];
+// A KPI's label as the package declares it (GET /kpis); its name until that has loaded.
+const kpiLabel = (name) => {
+  const d = state.kpis && state.kpis[name];
+  return d ? (state.lang === "zh" ? d.label_zh : d.label) : name;
+};
+async function loadKpis() {
+  state.kpis = Object.fromEntries((await api("/kpis")).map((k) => [k.name, k]));
+}
 
 // --- the flow ------------------------------------------------------------------------------
 
@@ -244,7 +252,7 @@ function showRun(run) {
     const d = diff.get(`${k.kpi}|${k.key}|${k.year}`);
     const cls = d === undefined || d === null || Math.abs(d) < 1e-9 ? "" : (d > 0 ? "pos" : "neg");
     return el("tr", {},
-      el("td", {}, k.kpi), el("td", {}, k.key), el("td", {}, String(k.year)),
+      el("td", { title: k.kpi }, kpiLabel(k.kpi)), el("td", {}, k.key), el("td", {}, String(k.year)),
       el("td", { class: "num kpi-value", "data-kpi": k.kpi, "data-key": k.key,
         "data-year": String(k.year), "data-value": String(k.mean) }, fmt(k.mean)),
       el("td", { class: "num" }, r.replications > 1 ? `${fmt(k.p5)} – ${fmt(k.p95)}` : ""),
@@ -338,7 +346,7 @@ $("#lang-toggle").addEventListener("click", () => {
   state.lang = state.lang === "zh" ? "en" : "zh";
   localStorage.setItem("retwin.lang", state.lang);
   applyLang();
-  if (state.run) drawCharts();
+  if (state.run) showRun(state.run);
 });
 $("#token-button").addEventListener("click", () => {
   const given = window.prompt("API token:");
@@ -353,4 +361,4 @@ $("#compare-button").addEventListener("click", compare);
 window.addEventListener("hashchange", fromHash);
 
 applyLang();
-loadModels().then(loadRuns).then(fromHash).catch((e) => { $("#message").textContent = e.message; });
+loadModels().then(loadKpis).then(loadRuns).then(fromHash).catch((e) => { $("#message").textContent = e.message; });

@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from retwin import kpis
 from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError, ScenarioError
+from retwin.kpis import Kpi
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -75,19 +77,13 @@ def _read_changes(arg: str) -> list[Any]:
 
 # --- tables --------------------------------------------------------------------------------
 
-_ROWS: list[tuple[str, str, str]] = [
-    # (kpi, label, format)
-    ("output.stage", "Output · {key}", ",.0f"),
-    ("production.material", "Production · {key}", ",.0f"),
-    ("utilisation.stage", "Utilisation · {key}", ".0%"),
-    ("element.la_ce_surplus", "La+Ce surplus (t REO)", ",.0f"),
-    ("element.dy_tb_deficit", "Dy+Tb deficit (t REO)", ",.1f"),
-    ("imports.market", "Imports · {key}", ",.0f"),
-    ("exports.market", "Exports · {key}", ",.0f"),
-    ("local_conversion", "Local conversion rate", ".1%"),
-    ("fill_rate.segment", "Fill rate · {key}", ".1%"),
-    ("value.group", "Output value · {key} (亿元)", ",.1f"),
-]
+#: The KPIs of the run table, in order; their labels, units and formats are declared in
+#: :mod:`retwin.kpis`.
+TABLE_KPIS: tuple[str, ...] = (
+    "output.stage", "production.material", "utilisation.stage", "element.la_ce_surplus",
+    "element.dy_tb_deficit", "imports.market", "exports.market", "local_conversion",
+    "fill_rate.segment", "value.group",
+)
 
 KEY_MATERIALS = ("concentrate", "prnd_oxide", "prnd_metal", "ndfeb_magnet", "la_oxide",
                  "ce_oxide", "magnet")
@@ -99,6 +95,13 @@ def _fmt(v: float, f: str) -> str:
     return format(v, f)
 
 
+def _kpi_label(k: Kpi, key: str) -> str:
+    """A row's label: the KPI's, its key unless it has one fixed key, and its unit when the
+    KPI declares one that is not a share (``Output value · total (亿元)``)."""
+    label = k.label if k.per == "none" else f"{k.label} · {key}"
+    return label if k.unit is None or k.kind == "share" else f"{label} ({k.unit})"
+
+
 def _kpi_table(
     summary: pd.DataFrame, years: list[int], diff: pd.DataFrame | None, bands: bool, title: str
 ) -> Table:
@@ -108,7 +111,9 @@ def _kpi_table(
         t.add_column(str(y), justify="right")
     s = summary.set_index(["kpi", "key", "year"])
     d = diff.set_index(["kpi", "key", "year"]) if diff is not None else None
-    for kpi, label, f in _ROWS:
+    for kpi in TABLE_KPIS:
+        decl = kpis.get(kpi)
+        f = decl.fmt
         keys = list(dict.fromkeys(summary[summary.kpi == kpi].key))
         if kpi == "production.material":
             keys = [k for k in keys if k in KEY_MATERIALS]
@@ -129,7 +134,7 @@ def _kpi_table(
                         style = "green" if dv > 0 else "red"
                         cell += f"\n[{style}]Δ {sign}{_fmt(dv, f)}[/{style}]"
                 cells.append(cell)
-            t.add_row(label.format(key=key), *cells)
+            t.add_row(_kpi_label(decl, key), *cells)
     return t
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 
 from retwin import config
-from retwin._typing import FloatArray, Int8Array
+from retwin._typing import FloatArray, Int8Array, IntArray
 from retwin.compiled import Compiled
 from retwin.errors import MassBalanceError
 from retwin.kernels.flow import (
@@ -22,12 +23,21 @@ from retwin.kernels.flow import (
     BIND_OUTAGE,
     BIND_QUOTA,
 )
+from retwin.kpis import KPIS, VALUE_GROUPS, Kpi
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP
 
 __all__ = ["Balance", "ReplicationSet", "RunResult", "summarise"]
 
 YI = 1e8  # CNY per 亿元
+#: Stages whose output is the region's separated output (local conversion).
 RAW_STAGES = ("separation", "recycling")
+#: Stages whose outputs are the region's raw materials (element surplus).
+RAW_PRODUCERS = ("mining", "recycling", "separation", "metal")
+
+
+def _years(c: Compiled) -> list[int]:
+    """The calendar years of a run of ``c``."""
+    return sorted({y for y, _ in c.months})
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ class RunResult:
 
     @cached_property
     def years(self) -> list[int]:
-        return sorted({y for y, _ in self.compiled.months})
+        return _years(self.compiled)
 
     @cached_property
     def _year_of_day(self) -> np.ndarray:
@@ -154,154 +164,19 @@ class RunResult:
 
     @cached_property
     def kpis(self) -> pd.DataFrame:
-        """Annual KPIs, tidy: columns ``kpi, key, year, value, unit``."""
-        c = self.compiled
-        years = self.years
-        meta: list[tuple[str, str, str]] = []
-        vals: list[np.ndarray] = []
+        """Annual KPIs, tidy: columns ``kpi, key, year, value, unit``.
 
-        def add(kpi: str, key: str, values: np.ndarray, unit: str) -> None:
-            meta.append((kpi, key, unit))
-            vals.append(np.asarray(values, dtype=np.float64))
-
-        topo = c.topology
-        act_y = self._by_year(self.activity)  # (P, Y)
-        cap_y = self._by_year(self.capacity_days)
-        sc = c.scenario
-        main_unit = {p.id: sc.material(p.recipe.main_output).unit for p in sc.plants}
-        for stage, sel in topo.stage_plants.items():
-            units = {main_unit[c.plant_ids[p]] for p in sel}
-            add("output.stage", stage, act_y[sel].sum(axis=0),
-                units.pop() if len(units) == 1 else "mixed")
-            with np.errstate(divide="ignore", invalid="ignore"):
-                util = np.where(cap_y[sel].sum(0) > 0, act_y[sel].sum(0) / cap_y[sel].sum(0), 0)
-            add("utilisation.stage", stage, util, "fraction")
-            add("capacity.stage", stage, self._capacity_at_year_end(sel), "per year")
-        for i, pid in enumerate(c.plant_ids):
-            add("output.plant", pid, act_y[i], main_unit[pid])
-            with np.errstate(divide="ignore", invalid="ignore"):
-                add("utilisation.plant", pid,
-                    np.where(cap_y[i] > 0, act_y[i] / np.where(cap_y[i] > 0, cap_y[i], 1), 0),
-                    "fraction")
-        prod = self._production_by_material()  # (M, Y)
-        for m, mid in enumerate(c.material_ids):
-            if m in topo.produced_materials:
-                add("production.material", mid, prod[m], c.material_unit[m])
-        # trade, per material and in t REO per element
-        pool_mat = topo.pool_material
-        mk_mat = topo.market_material
-        imp_y = self._by_year(self.imports)
-        exp_y = self._by_year(self.exports)
-        for k, kid in enumerate(c.market_ids):
-            unit = c.material_unit[mk_mat[k]]
-            if c.imp_cap_tpa[k] > 0:
-                add("imports.market", kid, imp_y[k], unit)
-            if c.exp_cap_tpa[k] > 0:
-                add("exports.market", kid, exp_y[k], unit)
-        # element balance of the region's raw materials (products of mining, separation,
-        # recycling and metal plants): surplus = stock build-up + net exports of raw material
-        raw = self._raw_materials()
-        pool_raw = np.isin(pool_mat, list(raw))
-        mk_raw = np.isin(mk_mat, list(raw)) if c.market_ids else np.zeros(0, bool)
-        raw_imp = ((imp_y[mk_raw].T @ c.comp[mk_mat[mk_raw]]).T if mk_raw.any()
-                   else np.zeros((len(ELEMENTS), len(years))))
-        raw_exp = ((exp_y[mk_raw].T @ c.comp[mk_mat[mk_raw]]).T if mk_raw.any()
-                   else np.zeros((len(ELEMENTS), len(years))))
-        comp_raw = c.comp[pool_mat] * pool_raw[:, None]
-        stock_el = comp_raw.T @ self.stock  # (E, D)
-        end_idx = np.searchsorted(self._year_of_day, years, side="right") - 1
-        start_stock = np.concatenate(
-            [(comp_raw.T @ c.pool_initial)[:, None], stock_el[:, end_idx[:-1]]], axis=1
-        )
-        surplus = stock_el[:, end_idx] - start_stock + raw_exp - raw_imp
-        for e, el in enumerate(ELEMENTS):
-            add("element.surplus", el, surplus[e], "t REO")
-        la, ce = ELEMENTS.index("La"), ELEMENTS.index("Ce")
-        dy, tb = ELEMENTS.index("Dy"), ELEMENTS.index("Tb")
-        add("element.la_ce_surplus", "La+Ce", surplus[la] + surplus[ce], "t REO")
-        add("element.dy_tb_deficit", "Dy+Tb", -(surplus[dy] + surplus[tb]), "t REO")
-        add("local_conversion", "region", self._local_conversion(exp_y, mk_mat), "fraction")
-        # demand
-        served_y = self._by_year(self.served)
-        unmet_y = self._by_year(self.unmet)
-        for g, gid in enumerate(c.segment_ids):
-            tot = served_y[g] + unmet_y[g]
-            with np.errstate(divide="ignore", invalid="ignore"):
-                add("fill_rate.segment", gid, np.where(tot > 0, served_y[g] / tot, 1.0),
-                    "fraction")
-            add("unmet.segment", gid, unmet_y[g], c.material_unit[topo.segment_material[g]])
-        # output value (产值) per stage and the seeds' three groups
-        val_y = self._month_to_year(self.value_month) / YI
-        groups = {"raw_materials": 0.0, "new_materials": 0.0, "applications": 0.0}
-        gvals = {g: np.zeros(len(years)) for g in groups}
-        for stage, sel in topo.stage_plants.items():
-            v = val_y[sel].sum(axis=0)
-            add("value.stage", stage, v, "亿元")
-            gvals[STAGE_GROUP[stage]] += v
-        for group, v in gvals.items():
-            add("value.group", group, v, "亿元")
-        add("value.group", "total", np.sum(list(gvals.values()), axis=0), "亿元")
-        values = np.concatenate(vals) if vals else np.zeros(0)
-        index = c.labels.get("kpis")
-        if index is None or index[0] != meta:
-            n_y = len(years)
-            frame = pd.DataFrame({
-                "kpi": np.repeat([m[0] for m in meta], n_y),
-                "key": np.repeat([m[1] for m in meta], n_y),
-                "year": np.tile(np.array(years, dtype=np.int64), len(meta)),
-                "unit": np.repeat([m[2] for m in meta], n_y),
-            })
-            index = c.labels["kpis"] = (meta, frame)
-        df = index[1].copy()
-        df.insert(3, "value", values)
+        A row per declared KPI (:data:`retwin.kpis.KPIS`), key and year, in the
+        declaration's order; each KPI is computed by its function in :data:`_COMPUTE`.
+        """
+        layout = _kpi_layout(self.compiled)
+        annual = _Annual(self)
+        blocks = [_COMPUTE[k.name](annual)[rows] for k, rows in zip(KPIS, layout.rows,
+                                                                     strict=True)]
+        values = np.concatenate(blocks, axis=0)[layout.order]
+        df = layout.frame.copy()
+        df.insert(3, "value", values.reshape(-1))
         return df
-
-    def _raw_materials(self) -> set[int]:
-        c = self.compiled
-        out = c.topology.outputs
-        raw: set[int] = set()
-        for p, stage in enumerate(c.plant_stage):
-            if stage in ("mining", "recycling", "separation", "metal"):
-                raw.update(int(m) for m in out.material[out.of(p)])
-        return raw
-
-    def _capacity_at_year_end(self, sel: np.ndarray) -> np.ndarray:
-        """Nameplate capacity per year (activity units) in force on each year's last day."""
-        end_idx = np.searchsorted(self._year_of_day, self.years, side="right") - 1
-        ramp = self.compiled.ramp[sel][:, end_idx]
-        return (ramp * self.nameplate_days[sel][:, end_idx]).sum(axis=0)
-
-    def _production_by_material(self) -> np.ndarray:
-        c = self.compiled
-        outputs = c.topology.outputs
-        act_y = self._by_year(self.activity)
-        out = np.zeros((len(c.material_ids), len(self.years)))
-        for p in range(len(c.plant_ids)):
-            for j in range(outputs.ptr[p], outputs.ptr[p + 1]):
-                out[outputs.material[j]] += act_y[p] * outputs.amount[j]
-        return out
-
-    def _local_conversion(self, exp_y: np.ndarray, mk_mat: np.ndarray) -> np.ndarray:
-        """Share of the region's separated output (separation and recycling, t REO) that is
-        not exported: what the region's own plants use or keep (DESIGN §2.6)."""
-        c = self.compiled
-        outputs = c.topology.outputs
-        act_y = self._by_year(self.activity)
-        sep_mats: set[int] = set()
-        produced = np.zeros(len(self.years))
-        for p, stage in enumerate(c.plant_stage):
-            if stage not in RAW_STAGES:
-                continue
-            for j in range(outputs.ptr[p], outputs.ptr[p + 1]):
-                m = outputs.material[j]
-                sep_mats.add(int(m))
-                produced += act_y[p] * outputs.amount[j] * c.comp[m].sum()
-        exported = np.zeros(len(self.years))
-        for k in range(len(c.market_ids)):
-            if int(mk_mat[k]) in sep_mats:
-                exported += exp_y[k] * c.comp[mk_mat[k]].sum()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(produced > 0, np.clip(1 - exported / produced, 0, 1), np.nan)
 
     def kpi(self, kpi: str, key: str, year: int) -> float:
         """One KPI value; ``KeyError`` if the run has no such KPI for that year."""
@@ -512,6 +387,309 @@ class RunResult:
             "direction": np.repeat(sides, n_t),
             "amount": amounts.reshape(-1),
         })
+
+
+# --- how each declared KPI is computed ------------------------------------------------------
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
+    """``num / den`` where ``den > 0``, else ``empty``."""
+    ok = den > 0
+    return np.where(ok, num / np.where(ok, den, 1.0), empty)
+
+
+class _Annual:
+    """A run's arrays summed by year, each made once, and the annual value of every declared
+    KPI for every key of its axis (a method per KPI, each ``(n_axis, Y)``)."""
+
+    def __init__(self, r: RunResult) -> None:
+        self.r = r
+        self.c = r.compiled
+        self.topo = r.compiled.topology
+        self.n_y = len(r.years)
+
+    # sums by year ---------------------------------------------------------------------
+
+    @cached_property
+    def act(self) -> FloatArray:  # (P, Y) activity units
+        return self.r._by_year(self.r.activity)
+
+    @cached_property
+    def cap(self) -> FloatArray:  # (P, Y) nameplate activity the plants had
+        return self.r._by_year(self.r.capacity_days)
+
+    @cached_property
+    def imp(self) -> FloatArray:  # (K, Y) the market's material
+        return self._by_year_or_empty(self.r.imports)
+
+    @cached_property
+    def exp(self) -> FloatArray:  # (K, Y)
+        return self._by_year_or_empty(self.r.exports)
+
+    @cached_property
+    def served(self) -> FloatArray:  # (G, Y) the segment's material
+        return self._by_year_or_empty(self.r.served)
+
+    @cached_property
+    def unmet(self) -> FloatArray:  # (G, Y)
+        return self._by_year_or_empty(self.r.unmet)
+
+    @cached_property
+    def year_end(self) -> IntArray:  # (Y,) the day index of each year's last day
+        return np.searchsorted(self.r._year_of_day, self.r.years, side="right") - 1
+
+    def _by_year_or_empty(self, daily: FloatArray) -> FloatArray:
+        if not len(daily):
+            return np.zeros((0, self.n_y))
+        return self.r._by_year(daily)
+
+    def _per_stage(self, per_plant: FloatArray) -> FloatArray:
+        """(P, Y) summed over each stage's plants: (stages with plants, Y)."""
+        rows = [per_plant[sel].sum(axis=0) for sel in self.topo.stage_plants.values()]
+        return np.array(rows, dtype=np.float64).reshape(len(rows), self.n_y)
+
+    @cached_property
+    def _stage_act(self) -> FloatArray:
+        return self._per_stage(self.act)
+
+    @cached_property
+    def _stage_value(self) -> FloatArray:
+        """(stages, Y) output value, 亿元."""
+        return self._per_stage(self.r._month_to_year(self.r.value_month) / YI)
+
+    @cached_property
+    def surplus(self) -> FloatArray:
+        """(E, Y) t REO: of the region's raw materials (products of mining, recycling,
+        separation and metal plants), stock build-up plus exports minus imports."""
+        c, topo, years = self.c, self.topo, self.r.years
+        out = topo.outputs
+        raw_plant = np.isin(np.asarray(c.plant_stage, dtype=object), RAW_PRODUCERS)
+        raw = np.zeros(len(c.material_ids), dtype=bool)
+        raw[out.material[raw_plant[out.plant]]] = True
+        pool_mat, mk_mat = topo.pool_material, topo.market_material
+        mk_raw = raw[mk_mat]
+        n_e = len(ELEMENTS)
+        raw_imp = ((self.imp[mk_raw].T @ c.comp[mk_mat[mk_raw]]).T if mk_raw.any()
+                   else np.zeros((n_e, len(years))))
+        raw_exp = ((self.exp[mk_raw].T @ c.comp[mk_mat[mk_raw]]).T if mk_raw.any()
+                   else np.zeros((n_e, len(years))))
+        comp_raw = c.comp[pool_mat] * raw[pool_mat][:, None]
+        stock_end = comp_raw.T @ self.r.stock[:, self.year_end]  # (E, Y) on each last day
+        start_stock = np.concatenate(
+            [(comp_raw.T @ c.pool_initial)[:, None], stock_end[:, :-1]], axis=1
+        )
+        return np.asarray(stock_end - start_stock + raw_exp - raw_imp)
+
+    # the declared KPIs ----------------------------------------------------------------
+
+    def output_stage(self) -> FloatArray:
+        return self._stage_act
+
+    def utilisation_stage(self) -> FloatArray:
+        return _ratio(self._stage_act, self._per_stage(self.cap), 0.0)
+
+    def capacity_stage(self) -> FloatArray:
+        """Nameplate capacity per year (activity units) in force on each year's last day."""
+        end = self.year_end
+        return self._per_stage(self.c.ramp[:, end] * self.r.nameplate_days[:, end])
+
+    def output_plant(self) -> FloatArray:
+        return self.act
+
+    def utilisation_plant(self) -> FloatArray:
+        return _ratio(self.act, self.cap, 0.0)
+
+    def production_material(self) -> FloatArray:
+        out = self.topo.outputs
+        made = np.zeros((len(self.c.material_ids), self.n_y))
+        # add.at adds entry by entry, in plant order
+        np.add.at(made, out.material, self.act[out.plant] * out.amount[:, None])
+        return made
+
+    def imports_market(self) -> FloatArray:
+        return self.imp
+
+    def exports_market(self) -> FloatArray:
+        return self.exp
+
+    def element_surplus(self) -> FloatArray:
+        return self.surplus
+
+    def la_ce_surplus(self) -> FloatArray:
+        s = self.surplus
+        return (s[ELEMENTS.index("La")] + s[ELEMENTS.index("Ce")])[None, :]
+
+    def dy_tb_deficit(self) -> FloatArray:
+        s = self.surplus
+        return (-(s[ELEMENTS.index("Dy")] + s[ELEMENTS.index("Tb")]))[None, :]
+
+    def local_conversion(self) -> FloatArray:
+        """Share of the region's separated output (separation and recycling, t REO) that
+        is not exported: what the region's own plants use or keep (DESIGN §2.6)."""
+        c, out = self.c, self.topo.outputs
+        reo = c.comp.sum(axis=1)  # (M,) t REO per unit
+        sep_plant = np.isin(np.asarray(c.plant_stage, dtype=object), RAW_STAGES)
+        ent = np.flatnonzero(sep_plant[out.plant])
+        produced = np.zeros((1, self.n_y))
+        np.add.at(produced, np.zeros(len(ent), dtype=np.int64),
+                  self.act[out.plant[ent]] * out.amount[ent, None] * reo[out.material[ent], None])
+        sep = np.zeros(len(c.material_ids), dtype=bool)
+        sep[out.material[ent]] = True
+        mk_mat = self.topo.market_material
+        ks = np.flatnonzero(sep[mk_mat])
+        exported = np.zeros((1, self.n_y))
+        np.add.at(exported, np.zeros(len(ks), dtype=np.int64),
+                  self.exp[ks] * reo[mk_mat[ks], None])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(produced > 0, np.clip(1 - exported / produced, 0, 1), np.nan)
+
+    def fill_rate_segment(self) -> FloatArray:
+        return _ratio(self.served, self.served + self.unmet, 1.0)
+
+    def unmet_segment(self) -> FloatArray:
+        return self.unmet
+
+    def value_stage(self) -> FloatArray:
+        return self._stage_value
+
+    def value_group(self) -> FloatArray:
+        """(groups and total, Y): each stage's value added to its group, in stage order."""
+        groups = np.zeros((len(VALUE_GROUPS) - 1, self.n_y))
+        for stage, v in zip(self.topo.stage_plants, self._stage_value, strict=True):
+            groups[VALUE_GROUPS.index(STAGE_GROUP[stage])] += v
+        return np.concatenate([groups, np.sum(groups, axis=0)[None, :]])
+
+
+#: How each declared KPI (:data:`retwin.kpis.KPIS`) is computed: for every key of its
+#: axis, ``(n_axis, Y)`` values in its unit.
+_COMPUTE: dict[str, Callable[[_Annual], FloatArray]] = {
+    "output.stage": _Annual.output_stage,
+    "utilisation.stage": _Annual.utilisation_stage,
+    "capacity.stage": _Annual.capacity_stage,
+    "output.plant": _Annual.output_plant,
+    "utilisation.plant": _Annual.utilisation_plant,
+    "production.material": _Annual.production_material,
+    "imports.market": _Annual.imports_market,
+    "exports.market": _Annual.exports_market,
+    "element.surplus": _Annual.element_surplus,
+    "element.la_ce_surplus": _Annual.la_ce_surplus,
+    "element.dy_tb_deficit": _Annual.dy_tb_deficit,
+    "local_conversion": _Annual.local_conversion,
+    "fill_rate.segment": _Annual.fill_rate_segment,
+    "unmet.segment": _Annual.unmet_segment,
+    "value.stage": _Annual.value_stage,
+    "value.group": _Annual.value_group,
+}
+
+
+def _rows_of(c: Compiled, k: Kpi) -> IntArray:
+    """The positions on ``k``'s axis that get a row in a run of ``c`` (the declaration's
+    ``rows``)."""
+    if k.name == "production.material":
+        mask = np.zeros(len(c.material_ids), dtype=bool)
+        mask[c.topology.outputs.material] = True
+        return np.flatnonzero(mask)
+    if k.name == "imports.market":
+        return np.flatnonzero(c.imp_cap_tpa > 0)
+    if k.name == "exports.market":
+        return np.flatnonzero(c.exp_cap_tpa > 0)
+    return np.arange(len(_axis(c, k)))
+
+
+def _axis(c: Compiled, k: Kpi) -> list[str]:
+    """Every key ``k`` may have in a run of ``c``, in axis order."""
+    return {
+        "stage": lambda: list(c.topology.stage_plants),
+        "plant": lambda: c.plant_ids,
+        "material": lambda: c.material_ids,
+        "market": lambda: c.market_ids,
+        "segment": lambda: c.segment_ids,
+        "element": lambda: list(ELEMENTS),
+        "group": lambda: list(VALUE_GROUPS),
+        "none": lambda: [str(k.key)],
+    }[k.per]()
+
+
+def _main_material(c: Compiled) -> IntArray:
+    """(P,) each plant's main output (the first output of its recipe: a lookup, not a
+    search of the scenario's materials)."""
+    out = c.topology.outputs
+    return out.material[out.ptr[:-1]]
+
+
+def _units(c: Compiled, k: Kpi, rows: IntArray) -> list[str]:
+    """The ``unit`` of each of ``k``'s rows: the declared one, or its key's material's."""
+    if k.unit is not None:
+        return [k.unit] * len(rows)
+    unit = np.asarray(c.material_unit, dtype=object)
+    topo = c.topology
+    if k.per == "stage":
+        main = unit[_main_material(c)]
+        stages = list(topo.stage_plants.values())
+        return [u.pop() if len(u := set(main[stages[i]])) == 1 else "mixed" for i in rows]
+    if k.per == "plant":
+        material = _main_material(c)[rows]
+    elif k.per == "material":
+        material = rows
+    elif k.per == "market":
+        material = topo.market_material[rows]
+    elif k.per == "segment":
+        material = topo.segment_material[rows]
+    else:  # the declaration refuses a KPI without a unit on another axis
+        raise ValueError(f"KPI {k.name}: a KPI per {k.per} needs a declared unit")
+    return [str(u) for u in unit[material]]
+
+
+@dataclass(frozen=True, eq=False)
+class _KpiLayout:
+    """The rows of every run's KPI frame for one compiled scenario."""
+
+    rows: list[IntArray]  # per declared KPI, the positions on its axis that get a row
+    order: IntArray  # the KPIs' rows (concatenated in declaration order) in frame order
+    frame: pd.DataFrame  # kpi, key, year, unit of each row and year
+
+
+def _kpi_layout(c: Compiled) -> _KpiLayout:
+    """Made once per compiled scenario (kept in ``c.labels``): families in declaration
+    order; consecutive families on the same axis interleaved key by key."""
+    cached = c.labels.get("kpis")
+    if cached is not None:
+        return cast(_KpiLayout, cached[0])
+    rows = [_rows_of(c, k) for k in KPIS]
+    names: list[str] = []
+    keys: list[str] = []
+    units: list[str] = []
+    order: list[np.ndarray] = []
+    start = 0
+    i = 0
+    while i < len(KPIS):  # a run of consecutive families on one axis
+        j = i
+        while j + 1 < len(KPIS) and KPIS[j + 1].per == KPIS[i].per:
+            j += 1
+        pos = np.concatenate([rows[f] for f in range(i, j + 1)])
+        fam = np.concatenate([np.full(len(rows[f]), f) for f in range(i, j + 1)])
+        idx = np.lexsort((fam, pos))
+        order.append(start + idx)
+        start += len(pos)
+        axis_keys = {f: _axis(c, KPIS[f]) for f in range(i, j + 1)}
+        unit_of = {f: dict(zip(rows[f].tolist(), _units(c, KPIS[f], rows[f]), strict=True))
+                   for f in range(i, j + 1)}
+        for f, p in zip(fam[idx].tolist(), pos[idx].tolist(), strict=True):
+            names.append(KPIS[f].name)
+            keys.append(axis_keys[f][p])
+            units.append(unit_of[f][p])
+        i = j + 1
+    years = np.array(_years(c), dtype=np.int64)
+    n_y = len(years)
+    frame = pd.DataFrame({
+        "kpi": np.repeat(names, n_y),
+        "key": np.repeat(keys, n_y),
+        "year": np.tile(years, len(names)),
+        "unit": np.repeat(units, n_y),
+    })
+    layout = _KpiLayout(rows, np.concatenate(order), frame)
+    c.labels["kpis"] = (layout, frame)
+    return layout
 
 
 def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -386,7 +386,8 @@ def kpi_table(run_dir: str | Path, *, lang: str = "en") -> Figure:
     lb = _labels(d, lang)
     h = headline(d)
     cols: list[list[Any]] = [
-        h["kpi"].tolist(), [lb(str(k)) for k in h["key"]], h["year"].astype(int).tolist(),
+        [lb(str(k)) for k in h["kpi"]], [lb(str(k)) for k in h["key"]],
+        h["year"].astype(int).tolist(),
         h["unit"].astype(str).tolist(), [_fmt(v) for v in h["mean"]],
         [f"{_fmt(a)} – {_fmt(b)}" for a, b in zip(h["p5"], h["p95"], strict=True)],
         [("+" if (_num(v) or 0) > 0 else "") + _fmt(v) for v in h["delta"]]]

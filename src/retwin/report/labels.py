@@ -1,8 +1,11 @@
-"""English and Chinese labels of stages, chain nodes, materials, elements and chart titles."""
+"""English and Chinese labels of stages, chain nodes, materials, elements, KPIs and chart
+titles. KPI labels are those declared in :mod:`retwin.kpis`."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
+
+from retwin.kpis import KPIS
 
 __all__ = ["LANGS", "Labels", "Lang"]
 
@@ -68,6 +71,11 @@ _FIXED: dict[str, tuple[str, str]] = {
 }
 
 
+#: Every declared KPI's labels, by its name (``output.stage`` -> ("Output", "产量")).
+_KPIS: dict[str, tuple[str, str]] = {k.name: (k.label, k.label_zh) for k in KPIS}
+_LABELS: dict[str, tuple[str, str]] = {**_FIXED, **_KPIS}
+
+
 class Labels:
     """Labels in one language; material and plant names come from the run's scenario
     (``name`` and ``name_zh``), falling back to the fixed table and then to the id."""
@@ -84,7 +92,7 @@ class Labels:
                 self.names[item["id"]] = str(name)
 
     def __call__(self, key: str) -> str:
-        fixed = _FIXED.get(key)
+        fixed = _LABELS.get(key)
         if fixed is not None:
             return fixed[1] if self.lang == "zh" else fixed[0]
         return self.names.get(key, key)

@@ -1,0 +1,306 @@
+"""The KPI declaration (retwin.kpis) and its uses: every KPI a run reports is declared, every
+declared KPI is reported, and the frame's units, the command line's labels, the reports'
+labels and the service's KPI metadata all come from the declaration."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import retwin
+from conftest import make_scenario, mat, plant
+from retwin import kpis
+from retwin.cli import TABLE_KPIS, _kpi_label
+from retwin.kpis import GROUPS, KPIS, NAMES, VALUE_GROUPS, Kpi, catalogue
+from retwin.report.labels import _FIXED, Labels
+from retwin.results import _COMPUTE
+from retwin.scenario.schema import ELEMENTS, STAGE_GROUP, STAGES
+
+REFERENCE = ["baotou-2024", "baotou-2022", "china-2024", "china-2020", "baotou-2024-markets"]
+
+
+# --- the declaration itself ----------------------------------------------------------------
+
+
+def test_names_and_labels_are_unique() -> None:
+    assert len(set(NAMES)) == len(NAMES)
+    for attr in ("label", "label_zh"):
+        labels = [getattr(k, attr) for k in KPIS]
+        assert len(set(labels)) == len(labels), attr
+    assert all(k.label and k.label_zh and k.description and k.rows for k in KPIS)
+
+
+def test_every_declared_kpi_has_one_computation() -> None:
+    """The results compute exactly the declared KPIs, in the declaration's order."""
+    assert list(_COMPUTE) == list(NAMES)
+
+
+def test_value_groups_are_the_stage_groups_and_their_total() -> None:
+    assert set(VALUE_GROUPS) == set(STAGE_GROUP.values()) | {"total"}
+    assert VALUE_GROUPS[-1] == "total"
+    assert set(STAGE_GROUP) == set(STAGES)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"per": "country"}, "per='country' must be one of"),
+    ({"group": "misc"}, "group='misc' must be one of"),
+    ({"per": "none"}, "key=None must be given exactly when per is 'none'"),
+    ({"key": "all"}, "key='all' must be given exactly when per is 'none'"),
+    ({"unit": None, "per": "element"}, "unit=None (its material's) needs keys that have a "
+                                       "material, not per='element'"),
+])
+def test_a_bad_declaration_is_refused_naming_field_and_rule(change: dict[str, Any],
+                                                             message: str) -> None:
+    good: dict[str, Any] = {
+        "name": "x.stage", "per": "stage", "unit": "t", "kind": "amount",
+        "group": "production", "label": "X", "label_zh": "X", "description": "x",
+        "rows": "every stage", "fmt": ",.0f"}
+    Kpi(**good)
+    with pytest.raises(ValueError, match=r"^KPI x\.stage: ") as exc:
+        Kpi(**{**good, **change})
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_get_names_the_known_kpis() -> None:
+    assert kpis.get("value.group").unit == "亿元"
+    with pytest.raises(KeyError, match=r"'value\.grup' is not declared \(known: output\.stage"):
+        kpis.get("value.grup")
+
+
+def test_catalogue_is_json_ready_and_complete() -> None:
+    cat = catalogue()
+    assert [c["name"] for c in cat] == list(NAMES)
+    assert json.loads(json.dumps(cat, ensure_ascii=False)) == cat
+    for c, k in zip(cat, KPIS, strict=True):
+        assert c["label"] == k.label and c["label_zh"] == k.label_zh
+        assert (c["group_label"], c["group_label_zh"]) == GROUPS[k.group]
+        assert (c["unit"], c["unit_from"]) == ((None, "material") if k.unit is None
+                                               else (k.unit, None))
+        assert c["per"] in kpis.PER
+    assert {c["name"]: c["unit"] for c in cat}["element.la_ce_surplus"] == "t REO"
+
+
+# --- what a run reports -----------------------------------------------------------------------
+
+
+def _expected_unit(sc: retwin.Scenario, kpi: str, key: str) -> str:
+    """A row's unit, worked out from the scenario's objects (slow and obvious)."""
+    decl = kpis.get(kpi)
+    if decl.unit is not None:
+        return decl.unit
+    unit = {m.id: m.unit for m in sc.materials}
+    if decl.per == "stage":
+        units = {unit[p.recipe.main_output] for p in sc.plants if p.stage == key}
+        return units.pop() if len(units) == 1 else "mixed"
+    if decl.per == "plant":
+        return unit[sc.plant(key).recipe.main_output]
+    if decl.per == "material":
+        return unit[key]
+    if decl.per == "market":
+        return unit[next(k.material for k in sc.markets if k.id == key)]
+    assert decl.per == "segment"
+    return unit[next(g.material for g in sc.demand if g.id == key)]
+
+
+def _axis(sc: retwin.Scenario, k: Kpi) -> list[str]:
+    """Every key ``k`` may have in a run of ``sc``, in order."""
+    return {
+        "stage": lambda: [s for s in STAGES if any(p.stage == s for p in sc.plants)],
+        "plant": lambda: [p.id for p in sc.plants],
+        "material": lambda: [m.id for m in sc.materials],
+        "market": lambda: [m.id for m in sc.markets],
+        "segment": lambda: [g.id for g in sc.demand],
+        "element": lambda: list(ELEMENTS),
+        "group": lambda: list(VALUE_GROUPS),
+        "none": lambda: [k.key],
+    }[k.per]()
+
+
+def _has_row(sc: retwin.Scenario, k: Kpi, key: str) -> bool:
+    """Whether ``key`` gets a row of ``k``, per the declaration's ``rows``."""
+    if k.name == "production.material":
+        return any(key in p.recipe.outputs for p in sc.plants)
+    if k.name in ("imports.market", "exports.market"):
+        m = next(m for m in sc.markets if m.id == key)
+        side = m.import_ if k.name == "imports.market" else m.export
+        return side is not None and side.cap_tpa > 0
+    return True
+
+
+def _expected_rows(sc: retwin.Scenario) -> list[tuple[str, str]]:
+    """(kpi, key) of a run's rows: families in declaration order, consecutive families on
+    one axis key by key."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(KPIS):
+        j = i
+        while j + 1 < len(KPIS) and KPIS[j + 1].per == KPIS[i].per:
+            j += 1
+        run = [(k, _axis(sc, k)) for k in KPIS[i:j + 1]]  # one axis ('none': a key each)
+        for pos in range(len(run[0][1])):
+            out += [(k.name, axis[pos]) for k, axis in run if _has_row(sc, k, axis[pos])]
+        i = j + 1
+    return out
+
+
+def check_frame(res: Any) -> None:
+    """Every row of the run's KPI frame is a declared KPI, in the declaration's unit and
+    order; every declared KPI has the rows its declaration promises."""
+    sc = res.compiled.scenario
+    df = res.kpis
+    assert list(df.columns) == ["kpi", "key", "year", "value", "unit"]
+    assert set(df.kpi) <= set(NAMES), "undeclared KPIs"
+    rows = df.drop_duplicates(["kpi", "key"])
+    assert list(zip(rows.kpi, rows.key, strict=True)) == _expected_rows(sc)
+    assert list(rows.unit) == [_expected_unit(sc, k, key) for k, key in
+                               zip(rows.kpi, rows.key, strict=True)]
+    # every (kpi, key) has one row per year, in order
+    years = sorted({y for y, _ in res.compiled.months})
+    assert list(df.year) == years * len(rows)
+
+
+def test_tiny_reports_every_declared_kpi(tiny_run: Any) -> None:
+    check_frame(tiny_run)
+    assert set(tiny_run.kpis.kpi) == set(NAMES)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REFERENCE)
+def test_reference_models_report_every_declared_kpi(name: str) -> None:
+    res = retwin.run(retwin.load_scenario(name), seed=1)
+    check_frame(res)
+    missing = {k.name for k in KPIS if not k.optional} - set(res.kpis.kpi)
+    assert missing == set()
+
+
+def test_interleaving_follows_the_declaration(tiny_run: Any) -> None:
+    """Consecutive families on one axis come key by key: a stage's output, utilisation and
+    capacity together; a market's imports, then its exports."""
+    pairs = list(dict.fromkeys(zip(tiny_run.kpis.kpi, tiny_run.kpis.key, strict=True)))
+    stage_rows = [p for p in pairs if p[0] in ("output.stage", "utilisation.stage",
+                                                "capacity.stage")]
+    stages = list(dict.fromkeys(k for _, k in stage_rows))
+    assert stage_rows == [(n, s) for s in stages
+                          for n in ("output.stage", "utilisation.stage", "capacity.stage")]
+    assert pairs[pairs.index(("output.plant", "mine")) + 1] == ("utilisation.plant", "mine")
+    trade = [p for p in pairs if p[0] in ("imports.market", "exports.market")]
+    assert trade == [("exports.market", "la_ce_out"), ("imports.market", "dy_in"),
+                     ("exports.market", "magnet_out")]
+
+
+def test_main_output_units_are_looked_up_not_searched(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plant's unit is its recipe's first output's, whatever the order of the materials;
+    a stage whose plants make different units says ``mixed``; and the KPIs never search the
+    scenario's materials one plant at a time."""
+    sc = make_scenario(
+        [mat("ore", 0.02), mat("scrap", 0.3), mat("motor", 0, unit="unit"),
+         mat("mw", 0, unit="MW"), mat("conc", 0.1)],
+        [plant("mine", "mining", 1000, {"conc": 1}, {"ore": 10}, extracts=True),
+         plant("motors", "motor", 100, {"motor": 1, "scrap": 0.1}, {"conc": 0.5}),
+         plant("turbines", "motor", 10, {"mw": 1}, {"conc": 1})],
+        days=400,
+    )
+
+    def no_search(self: Any, material_id: str) -> Any:
+        raise AssertionError(f"Scenario.material({material_id!r}) searched")
+
+    monkeypatch.setattr(retwin.Scenario, "material", no_search)
+    res = retwin.run(sc, seed=1)
+    df = res.kpis.drop_duplicates(["kpi", "key"]).set_index(["kpi", "key"]).unit
+    assert df[("output.plant", "motors")] == "unit"
+    assert df[("output.plant", "turbines")] == "MW"
+    assert df[("output.stage", "motor")] == "mixed"
+    assert df[("output.stage", "mining")] == "t"
+    assert df[("production.material", "scrap")] == "t"
+    assert df[("capacity.stage", "motor")] == "per year"
+    monkeypatch.undo()
+    check_frame(res)
+
+
+def test_production_and_local_conversion_match_a_plain_loop(tiny_run: Any) -> None:
+    """The array computations against the obvious loops over the scenario's plants."""
+    res = tiny_run
+    sc, c = res.compiled.scenario, res.compiled
+    df = res.kpis.set_index(["kpi", "key", "year"]).value
+    reo = {m.id: m.reo_per_unit for m in sc.materials}
+    years_of_day = c.dates.astype("datetime64[Y]").astype(int) + 1970
+    for y in res.years:
+        act = {p.id: float(res.activity[i, years_of_day == y].sum())
+               for i, p in enumerate(sc.plants)}
+        made: dict[str, float] = {}
+        sep = 0.0
+        sep_mats: set[str] = set()
+        for p in sc.plants:
+            for m, a in p.recipe.outputs.items():
+                made[m] = made.get(m, 0.0) + act[p.id] * a
+                if p.stage in ("separation", "recycling"):
+                    sep += act[p.id] * a * reo[m]
+                    sep_mats.add(m)
+        for m, v in made.items():
+            assert df[("production.material", m, y)] == pytest.approx(v, rel=1e-12)
+        exported = sum(float(res.exports[k, years_of_day == y].sum()) * reo[mk.material]
+                       for k, mk in enumerate(sc.markets) if mk.material in sep_mats)
+        want = min(max(1 - exported / sep, 0.0), 1.0)
+        assert df[("local_conversion", "region", y)] == pytest.approx(want, rel=1e-12)
+
+
+def test_one_layout_per_compiled_scenario(tiny: retwin.Scenario) -> None:
+    """Runs of one compiled scenario share their rows' labels, made once; a frame handed
+    out is the caller's to change."""
+    c = retwin.prepare(tiny)
+    a, b = retwin.run(c, seed=1), retwin.run(c, seed=2)
+    fa, fb = a.kpis, b.kpis
+    layout = c.labels["kpis"][0]
+    pd.testing.assert_frame_equal(fa.drop(columns="value"), fb.drop(columns="value"))
+    assert not np.array_equal(fa.value.to_numpy(), fb.value.to_numpy())
+    fa.loc[0, ["unit", "key"]] = ["changed", "changed"]
+    fresh = retwin.run(c, seed=1).kpis
+    assert c.labels["kpis"][0] is layout
+    assert fresh.loc[0, "unit"] != "changed" and fresh.loc[0, "key"] != "changed"
+    pd.testing.assert_frame_equal(fresh, retwin.run(retwin.prepare(tiny), seed=1).kpis)
+
+
+# --- the command line, the reports, the service -------------------------------------------
+
+
+def test_cli_table_labels_come_from_the_declaration() -> None:
+    assert set(TABLE_KPIS) <= set(NAMES)
+    label = {n: (lambda key, n=n: _kpi_label(kpis.get(n), key)) for n in NAMES}
+    assert label["output.stage"]("mining") == "Output · mining"
+    assert label["utilisation.stage"]("magnet") == "Utilisation · magnet"
+    assert label["element.la_ce_surplus"]("La+Ce") == "La+Ce surplus (t REO)"
+    assert label["local_conversion"]("region") == "Local conversion rate"
+    assert label["fill_rate.segment"]("motors") == "Fill rate · motors"
+    assert label["value.group"]("total") == "Output value · total (亿元)"
+
+
+def test_report_labels_come_from_the_declaration() -> None:
+    assert not set(_FIXED) & set(NAMES)
+    en, zh = Labels("en"), Labels("zh")
+    for k in KPIS:
+        assert en(k.name) == k.label
+        assert zh(k.name) == k.label_zh
+    assert zh("value.group") == "产值"
+
+
+def test_service_lists_the_declared_kpis(tmp_path: Any) -> None:
+    with warnings.catch_warnings():  # Starlette's TestClient would rather have httpx2
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from api.main import create_app
+    from api.settings import Settings
+
+    s = Settings(data_dir=tmp_path, workers=1, precompute=[], host="127.0.0.1",
+                 database_url="")
+    with TestClient(create_app(s), base_url="http://127.0.0.1",
+                    client=("127.0.0.1", 50000)) as client:
+        r = client.get("/api/v1/kpis")
+    assert r.status_code == 200, r.text
+    assert r.json() == catalogue()
