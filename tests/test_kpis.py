@@ -126,6 +126,12 @@ def _has_row(sc: retwin.Scenario, k: Kpi, key: str) -> bool:
     """Whether ``key`` gets a row of ``k``, per the declaration's ``rows``."""
     if k.name == "production.material":
         return any(key in p.recipe.outputs for p in sc.plants)
+    if k.name == "price.material":
+        m = next(m for m in sc.materials if m.id == key)
+        return m.price.base_cny_per_unit > 0 or any(pt.price_cny_per_unit > 0
+                                                    for pt in m.price.path)
+    if k.name == "cover.material":
+        return any(pool.material == key for pool in sc.pools)
     if k.name in ("imports.market", "exports.market"):
         m = next(m for m in sc.markets if m.id == key)
         side = m.import_ if k.name == "imports.market" else m.export

@@ -236,3 +236,18 @@ def test_sustained_margins_build_capacity_and_the_switch_turns_it_off(
     assert not [e for e in off.events if e[1] in ("investment", "commissioning")]
     cap_off = off.kpis[(off.kpis.kpi == "capacity.stage") & (off.kpis.key == "separation")]
     assert cap_off.value.nunique() == 1
+
+
+def test_prices_and_stock_cover_are_kpis(base: retwin.Scenario, baseline: Any) -> None:
+    """The price KPI is the year's mean monthly price; a deep quota cut raises the PrNd price
+    and lowers the days of use the region holds."""
+    k = baseline.kpis
+    price = k[(k.kpi == "price.material") & (k.key == "prnd_oxide") & (k.year == 2025)]
+    assert price.value.iloc[0] == pytest.approx(_price(baseline, "prnd_oxide"), rel=1e-12)
+    cut = _run(base, {"kind": "quota", "quota": "mining", "factor": 0.3, "from": WHEN}).kpis
+
+    def kpi(df: Any, name: str, key: str) -> float:
+        return float(df[(df.kpi == name) & (df.key == key) & (df.year == 2025)].value.iloc[0])
+
+    assert kpi(cut, "price.material", "prnd_oxide") > kpi(k, "price.material", "prnd_oxide")
+    assert kpi(cut, "cover.material", "concentrate") < kpi(k, "cover.material", "concentrate")

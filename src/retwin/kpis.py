@@ -15,7 +15,7 @@ replications' values, :func:`retwin.results.summarise`; differences to a baselin
 by replication). ``kind`` says how a KPI combines beyond that: an ``amount`` (a flow in the
 year) adds up across years, and across keys of one unit; a ``share`` (a ratio of two
 amounts, 0 to 1) never adds up; a ``level`` (a value on the year's last day) does not add up
-across years.
+across years; a ``mean`` (an average over the year's months, such as a price) never adds up.
 
 This module imports nothing of the run, so every layer (results, command line, reports,
 the service) may read it.
@@ -36,7 +36,7 @@ Per = Literal["stage", "plant", "material", "market", "segment", "element", "gro
 PER: tuple[str, ...] = ("stage", "plant", "material", "market", "segment", "element", "group",
                         "none")
 
-Kind = Literal["amount", "share", "level"]
+Kind = Literal["amount", "share", "level", "mean"]
 
 #: The keys of a ``per="group"`` KPI: the seeds' three output value groups (each stage
 #: belongs to one, :data:`retwin.scenario.schema.STAGE_GROUP`) and their total.
@@ -50,6 +50,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "elements": ("Element balance", "元素平衡"),
     "demand": ("End-use demand", "终端需求"),
     "value": ("Output value", "产值"),
+    "markets": ("Prices and stocks", "价格与库存"),
 }
 
 
@@ -179,6 +180,15 @@ KPIS: tuple[Kpi, ...] = (
         "recycling, separation, metal; new materials = magnet, materials; applications = "
         "motor, end product) and their total.",
         "raw_materials, new_materials, applications and total", ",.1f"),
+    Kpi("price.material", "material", "CNY per unit", "mean", "markets", "Price", "价格",
+        "The material's price averaged over the year's months: formed by the region's "
+        "market when the scenario has economics, else its path (with shocks and noise).",
+        "every material with a price above 0", ",.0f"),
+    Kpi("cover.material", "material", "days", "level", "markets", "Stock cover",
+        "库存可用天数",
+        "Stock of the material's pools above their reserve on the year's last day, in days "
+        "of the year's average use (drawn by plants, served to demand, exported); NaN "
+        "without use.", "every material with a pool", ",.0f"),
 )
 
 NAMES: tuple[str, ...] = tuple(k.name for k in KPIS)

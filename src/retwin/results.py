@@ -552,6 +552,40 @@ class _Annual:
     def value_stage(self) -> FloatArray:
         return self._stage_value
 
+    def price_material(self) -> FloatArray:
+        """(M, Y) the monthly prices averaged over each year's months."""
+        r = self.r
+        year_of_month = np.array([y for y, _ in self.c.months])
+        out = np.zeros((len(self.c.material_ids), self.n_y))
+        for i, y in enumerate(r.years):
+            sel = year_of_month == y
+            if sel.any():
+                out[:, i] = r.price_month[:, sel].mean(axis=1)
+        return out
+
+    def cover_material(self) -> FloatArray:
+        """(M, Y) days: stock above reserve on the year's last day over the year's average
+        daily use of the material's pools (plants' draws, demand served, exports)."""
+        c, topo = self.c, self.topo
+        n_m = len(c.material_ids)
+        inp = topo.inputs
+        pooled = inp.pool >= 0
+        use = np.zeros((n_m, self.n_y))
+        np.add.at(use, inp.material[pooled],
+                  self.act[inp.plant[pooled]] * inp.amount[pooled, None])
+        np.add.at(use, topo.segment_material, self.served)
+        np.add.at(use, topo.market_material, self.exp)
+        days = np.bincount(self.r._year_of_day - self.r.years[0],
+                           minlength=self.n_y).astype(np.float64)
+        reserve = np.zeros(n_m)
+        np.add.at(reserve, topo.pool_material, c.reserve0)
+        stock = np.zeros((n_m, self.n_y))
+        np.add.at(stock, topo.pool_material, self.r.stock[:, self.year_end])
+        per_day = use / days[None, :]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(per_day > 0, np.maximum(stock - reserve[:, None], 0) / per_day,
+                            np.nan)
+
     def value_group(self) -> FloatArray:
         """(groups and total, Y): each stage's value added to its group, in stage order."""
         groups = np.zeros((len(VALUE_GROUPS) - 1, self.n_y))
@@ -579,6 +613,8 @@ _COMPUTE: dict[str, Callable[[_Annual], FloatArray]] = {
     "unmet.segment": _Annual.unmet_segment,
     "value.stage": _Annual.value_stage,
     "value.group": _Annual.value_group,
+    "price.material": _Annual.price_material,
+    "cover.material": _Annual.cover_material,
 }
 
 
@@ -589,6 +625,10 @@ def _rows_of(c: Compiled, k: Kpi) -> IntArray:
         mask = np.zeros(len(c.material_ids), dtype=bool)
         mask[c.topology.outputs.material] = True
         return np.flatnonzero(mask)
+    if k.name == "price.material":
+        return np.flatnonzero((c.price_month > 0).any(axis=1))
+    if k.name == "cover.material":
+        return np.unique(c.topology.pool_material)
     if k.name == "imports.market":
         return np.flatnonzero(c.imp_cap_tpa > 0)
     if k.name == "exports.market":
