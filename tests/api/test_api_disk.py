@@ -22,10 +22,11 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from api.jobs import public_error
-from api.main import create_app
-from api.space import Space, is_no_space
 from apiutil import Server, TestClient, settings_for, whatif
+
+from retwin_service.compute import public_error
+from retwin_service.main import create_app
+from retwin_service.space import Space, is_no_space
 
 API = "/api/v1"
 MiB = 1 << 20

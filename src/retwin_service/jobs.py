@@ -1,0 +1,233 @@
+"""Running what-ifs off the event loop, on retwin's executors.
+
+The event loop only awaits futures. Each computation (a what-if with its replications, or a
+baseline) is identified by its *key*, the hash of the request; runs waiting for the same key
+share one computation, and a computation whose result is stored is never run again.
+
+Computations run on :mod:`retwin.batch.executors`, the executors of batch studies: a
+:class:`~retwin.batch.executors.ProcessExecutor` of ``RETWIN_WORKERS`` local processes (they
+leave Ctrl-C and SIGTERM to the server, warm their kernels at start, use one BLAS thread
+each and end themselves when the server is gone), or with ``RETWIN_DASK_ADDRESS`` a
+:class:`~retwin.batch.executors.DaskExecutor` (then the server stores the result: the cluster
+need not share its disk). What a worker does is :mod:`retwin_service.compute`. Its progress
+comes back through the executor into the registry; cancelling a computation raises the
+executor's flag for its key, which the worker sees between two replications.
+
+What lives here: the server's side, :class:`Jobs`. What does not: HTTP
+(:mod:`retwin_service.routes`) and the run rows (:mod:`retwin_service.registry`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import shutil
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from retwin import whatif
+from retwin.batch.executors import DaskExecutor, Executor, ProcessExecutor
+from retwin.storage import read_table
+from retwin_service.compute import Compute, Outcome, Task, is_stored, public_error, result_dir
+from retwin_service.registry import Registry
+from retwin_service.space import NO_SPACE, Space, is_no_space
+
+__all__ = ["Jobs"]
+
+log = logging.getLogger("retwin.api.jobs")
+
+#: How often a computation whose worker pool broke is tried again before it fails.
+MAX_POOL_RETRIES = 2
+#: Seconds between two tries to record the end of a computation while the data folder is full.
+FINISH_RETRY_S = 2.0
+#: Seconds to reach a Dask scheduler at start-up.
+DASK_CONNECT_S = 20.0
+
+
+class Jobs:
+    """The server's side of execution: one tracked computation per key.
+
+    Parameters
+    ----------
+    registry
+        The run registry: progress and the end of every computation are written there.
+    results_root
+        Folder of stored results.
+    workers
+        Local worker processes (ignored with ``dask_address``).
+    dask_address
+        A Dask scheduler to send tasks to instead.
+    """
+
+    def __init__(self, registry: Registry, results_root: Path, *, workers: int,
+                 dask_address: str | None = None, space: Space | None = None) -> None:
+        self.registry = registry
+        self.root = results_root
+        self.space = space
+        self.workers = workers
+        self.dask_address = dask_address
+        self.executor: Executor | None = None
+        self._fn = Compute()
+        self._tracks: dict[str, asyncio.Task[Outcome]] = {}
+
+    @property
+    def kind(self) -> str:
+        return "dask" if self.dask_address else "local"
+
+    def start(self) -> None:
+        """Clean what a killed writer may have left, then start the workers (blocking; call
+        in a thread)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in self.root.glob(".*"):
+            if p.is_dir() and p.name != ".locks":
+                shutil.rmtree(p, ignore_errors=True)  # a half-written result directory
+        if self.dask_address:
+            self.executor = DaskExecutor(self.dask_address, timeout_s=DASK_CONNECT_S,
+                                         on_progress=self._progress)
+        else:
+            self.executor = ProcessExecutor(self.workers, on_progress=self._progress)
+        self.executor.start(self._fn)
+
+    def abandon(self) -> None:
+        """Stop tracking (at shutdown): unfinished runs stay queued in the registry and run
+        again at the next start. Call on the event loop, then :meth:`close`."""
+        for t in list(self._tracks.values()):
+            t.cancel()
+
+    def close(self) -> None:
+        """Stop the workers now (blocking; call in a thread): what they were running stays
+        queued in the registry and runs again at the next start."""
+        ex, self.executor = self.executor, None
+        if ex is not None:
+            ex.abort()
+            ex.close()
+
+    def _progress(self, key: str, done: int, total: int) -> None:
+        """Called (in a thread of the executor) for every progress message."""
+        try:
+            if done == 0:
+                self.registry.mark_running(key)
+            else:
+                self.registry.set_progress(key, done / max(total, 1))
+        except Exception as exc:  # a progress update is never worth failing a computation
+            if is_no_space(exc):
+                log.warning("progress of %s not recorded: %s", key[:12], NO_SPACE)
+            else:
+                log.exception("progress update failed")
+
+    def stored(self, key: str) -> bool:
+        return is_stored(self.root, key)
+
+    def waiter(self, key: str) -> asyncio.Task[Outcome] | None:
+        """The tracked computation of ``key``, if one is under way."""
+        return self._tracks.get(key)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tracks)
+
+    def ensure(self, task: Task) -> asyncio.Task[Outcome]:
+        """Start computing ``task`` unless a computation of its key is under way; must be
+        called on the event loop."""
+        t = self._tracks.get(task.key)
+        if t is None:
+            t = asyncio.get_running_loop().create_task(self._track(task),
+                                                       name=f"retwin-{task.key[:12]}")
+            self._tracks[task.key] = t
+        return t
+
+    async def cancel(self, key: str) -> None:
+        """Stop computation ``key`` if no unfinished run waits for it any more."""
+        if key not in self._tracks or self.executor is None:
+            return
+        if await asyncio.to_thread(self.registry.has_active, key):
+            return
+        await asyncio.to_thread(self.executor.cancel, key)
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a thread; while the data folder is full, tried again until space
+        returns (the runs it records stay unfinished meanwhile, never half-written)."""
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except Exception as exc:
+                if not self._no_space(exc):
+                    raise
+            await asyncio.sleep(FINISH_RETRY_S)
+
+    async def _track(self, task: Task) -> Outcome:
+        try:
+            outcome = await self._run(task)
+            await self._write(self._finish, task, outcome)
+        finally:
+            self._tracks.pop(task.key, None)
+        if self.executor is None:  # shutting down: unfinished runs stay queued
+            return outcome
+        # a run that joined while this computation ended is finished (or run) now
+        if await asyncio.to_thread(self.registry.has_active, task.key):
+            if outcome.status == "done" or self.stored(task.key):
+                await self._write(self.registry.finish, task.key, "done")
+            elif outcome.status == "cancelled":
+                self.ensure(task)
+            else:
+                await self._write(self.registry.finish, task.key, "failed", outcome.error)
+        return outcome
+
+    async def _run(self, task: Task) -> Outcome:
+        if self.stored(task.key):
+            return Outcome("done", cached=True)
+        ex = self.executor
+        if ex is None:
+            return Outcome("cancelled")  # shutting down: the run stays queued
+        await asyncio.to_thread(ex.uncancel, task.key)
+        if self.kind == "dask":  # the server stores; a stored baseline travels along
+            kpis = None
+            if task.baseline_key and self.stored(task.baseline_key):
+                kpis = await asyncio.to_thread(read_table,
+                                               result_dir(self.root, task.baseline_key), "kpis")
+            task = replace(task, results_root=None, baseline_kpis=kpis)
+        for attempt in range(MAX_POOL_RETRIES + 1):
+            try:  # in a thread: replacing a broken pool waits for its processes to go
+                fut = await asyncio.to_thread(ex.submit, self._fn, task)
+                return await asyncio.wrap_future(fut)
+            except concurrent.futures.CancelledError:
+                return Outcome("cancelled")
+            except BrokenProcessPool:
+                log.warning("worker pool broke while computing %s (attempt %d); restarting",
+                            task.key[:12], attempt + 1)
+            except Exception as exc:
+                if not self._no_space(exc):
+                    log.exception("computation %s failed", task.key[:12])
+                return Outcome("failed", error=public_error(exc))
+        return Outcome("failed", error="the worker process stopped while running this "
+                                       "computation (out of memory?)")
+
+    def _no_space(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a write refused for lack of space (remembered for /health)."""
+        if self.space is not None:
+            return self.space.refused(exc)
+        return is_no_space(exc)
+
+    def _finish(self, task: Task, outcome: Outcome) -> None:
+        """Store a result that came back from a cluster, then finish the waiting runs."""
+        res = outcome.result
+        if outcome.status == "done" and res is not None:
+            try:
+                base = res.baseline_only()
+                if base is not None and task.baseline_key is not None:
+                    whatif.save(base, result_dir(self.root, task.baseline_key))
+                whatif.save(res, result_dir(self.root, task.key), baseline_ref=task.baseline_key)
+            except Exception as exc:
+                if not self._no_space(exc):
+                    log.exception("storing computation %s failed", task.key[:12])
+                outcome.status, outcome.error = "failed", public_error(exc)
+            outcome.result = None
+        if outcome.status == "done":
+            self.registry.finish(task.key, "done")
+        elif outcome.status == "failed":
+            self.registry.finish(task.key, "failed", outcome.error)
+        # cancelled: the runs were marked by whoever cancelled them
