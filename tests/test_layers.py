@@ -263,7 +263,7 @@ def _service_may_import(module: str, name: str) -> bool:
 
 
 def test_the_walk_sees_the_service() -> None:
-    for expected in ("retwin_service.main", "retwin_service.jobs", "retwin_service.compute",
+    for expected in ("retwin_service.main", "retwin_service.jobs",
                      "retwin_service.routes.runs", "retwin_service.registry"):
         assert expected in SERVICE_MODULES
 

@@ -8,7 +8,7 @@ through :mod:`retwin.whatif`, worker processes through :mod:`retwin.batch.execut
 ``create_app(settings)`` in :mod:`retwin_service.main` builds the app (``uvicorn --factory
 retwin_service.main:create_app``). Requests go routes → :mod:`~retwin_service.service`
 (check, resolve the what-if once) → :mod:`~retwin_service.registry` (the run row, committed)
-→ :mod:`~retwin_service.jobs` (one computation per key, on an executor) →
-:mod:`~retwin_service.compute` (in a worker: :func:`retwin.whatif.run`, then the stored
-result) → :mod:`~retwin_service.tables` (the stored result, read back).
+→ :mod:`~retwin_service.jobs` (one computation per key, on an executor; in a worker
+:func:`retwin.whatif.run`, then the stored result) → :mod:`~retwin_service.tables` (the
+stored result, read back).
 """

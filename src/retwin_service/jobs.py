@@ -1,44 +1,242 @@
-"""Running what-ifs off the event loop, on retwin's executors.
+"""Running what-ifs off the event loop, on retwin's executors: the computations, the worker's
+side of one, and the server's side of them all.
 
 The event loop only awaits futures. Each computation (a what-if with its replications, or a
-baseline) is identified by its *key*, the hash of the request; runs waiting for the same key
-share one computation, and a computation whose result is stored is never run again.
+baseline) is a :class:`Task` identified by its *key*, the hash of the request, which names its
+stored result (:func:`result_dir`); runs waiting for the same key share one computation, and a
+computation whose result is stored is never run again. A task carries the what-if as the
+service resolved and checked it (:class:`retwin.whatif.WhatIf`: the scenarios themselves, the
+changes applied), so a worker never loads a model or applies a change again.
 
-Computations run on :mod:`retwin.batch.executors`, the executors of batch studies: a
+**Where.** :mod:`retwin.batch.executors`, the executors of batch studies: a
 :class:`~retwin.batch.executors.ProcessExecutor` of ``RETWIN_WORKERS`` local processes (they
-leave Ctrl-C and SIGTERM to the server, warm their kernels at start, use one BLAS thread
-each and end themselves when the server is gone), or with ``RETWIN_DASK_ADDRESS`` a
+leave Ctrl-C and SIGTERM to the server, warm their kernels at start, use one BLAS thread each
+and end themselves when the server is gone), or with ``RETWIN_DASK_ADDRESS`` a
 :class:`~retwin.batch.executors.DaskExecutor` (then the server stores the result: the cluster
-need not share its disk). What a worker does is :mod:`retwin_service.compute`. Its progress
-comes back through the executor into the registry; cancelling a computation raises the
-executor's flag for its key, which the worker sees between two replications.
+need not share its disk).
 
-What lives here: the server's side, :class:`Jobs`. What does not: HTTP
-(:mod:`retwin_service.routes`) and the run rows (:mod:`retwin_service.registry`).
+**The worker** (:func:`compute`) runs the baseline first, unless it is stored already (then
+its KPIs stand in for it), and stores it under its own key; then the what-if and its paired
+difference (:func:`retwin.whatif.run`), stored atomically (:func:`retwin.whatif.save`).
+Between two replications it reports progress and looks for a cancellation through
+:func:`~retwin.batch.executors.task_hooks`; the executor brings the progress back to
+:class:`Jobs`, which writes it to the registry, and :meth:`Jobs.cancel` raises the executor's
+flag for the key.
+
+What lives here: the tasks, the worker's :func:`compute` and the server's :class:`Jobs`.
+What does not: HTTP (:mod:`retwin_service.routes`) and the run rows
+(:mod:`retwin_service.registry`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import shutil
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pandas as pd
+
+import retwin
 from retwin import whatif
-from retwin.batch.executors import DaskExecutor, Executor, ProcessExecutor
+from retwin.batch.executors import (
+    DaskExecutor,
+    Executor,
+    ProcessExecutor,
+    TaskHooks,
+    task_hooks,
+    warm_once,
+)
 from retwin.storage import read_table
-from retwin_service.compute import Compute, Outcome, Task, is_stored, public_error, result_dir
-from retwin_service.registry import Registry
 from retwin_service.space import NO_SPACE, Space, is_no_space
 
-__all__ = ["Jobs"]
+if TYPE_CHECKING:  # a worker needs none of the registry's packages
+    from retwin_service.registry import Registry
+
+__all__ = ["Cancelled", "Compute", "Jobs", "Outcome", "Task", "compute", "is_stored",
+           "public_error", "result_dir", "stored_kpis"]
 
 log = logging.getLogger("retwin.api.jobs")
+
+#: Seconds between two progress messages of one computation.
+PROGRESS_EVERY_S = 0.25
+
+
+class Cancelled(Exception):
+    """Raised inside a worker to stop a computation between two replications."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One computation: everything a worker needs, nothing it has to look up.
+
+    ``baseline_key`` names the stored result of ``whatif.baseline_only()`` with the same
+    seed and replications (``None`` when this task has no baseline: it *is* one).
+    ``results_root`` is where the worker writes (``None``: the server writes, and
+    ``baseline_kpis`` may carry a stored baseline's ``kpis`` table).
+    """
+
+    key: str
+    whatif: whatif.WhatIf
+    seed: int
+    replications: int
+    baseline_key: str | None
+    results_root: str | None
+    baseline_kpis: pd.DataFrame | None = None
+
+
+@dataclass
+class Outcome:
+    """What a computation ended with: ``done``, ``cancelled`` or ``failed`` (``error``).
+
+    Without a results folder a done outcome carries the result for the server to store.
+    """
+
+    status: str
+    error: str | None = None
+    cached: bool = False
+    result: whatif.WhatIfResult | None = None
+
+
+def result_dir(results_root: str | Path, key: str) -> Path:
+    """Where the result of computation ``key`` is stored."""
+    return Path(results_root) / key
+
+
+def is_stored(results_root: str | Path, key: str) -> bool:
+    """A result directory appears only when complete (it is renamed into place)."""
+    return (result_dir(results_root, key) / "manifest.json").is_file()
+
+
+def stored_kpis(results_root: str | Path, key: str) -> list[pd.DataFrame] | None:
+    """The per-replication KPI frames of stored result ``key``, or ``None``."""
+    if not is_stored(results_root, key):
+        return None
+    return whatif.kpi_frames(read_table(result_dir(results_root, key), "kpis"))
+
+
+class _Reporter:
+    """Progress over all the replications a task runs; raises :class:`Cancelled`."""
+
+    def __init__(self, hooks: TaskHooks, key: str, total: int) -> None:
+        self.hooks, self.key, self.total = hooks, key, max(total, 1)
+        self.done = 0
+        self._last = 0.0
+        self.check()
+        hooks.progress(key, 0, self.total)
+
+    def check(self) -> None:
+        if self.hooks.cancelled(self.key):
+            raise Cancelled(self.key)
+
+    def step(self, _part: str = "", _i: int = 0, _n: int = 0) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S or self.done >= self.total:
+            self._last = now
+            self.hooks.progress(self.key, self.done, self.total)
+        self.check()
+
+
+@contextlib.contextmanager
+def _locked(root: str | None, key: str) -> Iterator[None]:
+    """One process at a time computes ``key`` (two tasks of one key, or a what-if and a
+    baseline it needs, may meet after a restart). POSIX advisory lock; none elsewhere."""
+    if root is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    d = Path(root) / ".locks"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / key, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def compute(task: Task) -> Outcome:
+    """Run one task; a cancellation or a bad scenario come back as an :class:`Outcome`,
+    never as an exception."""
+    root = task.results_root
+    try:
+        with _locked(root, task.key):
+            if root is not None and is_stored(root, task.key):
+                return Outcome("done", cached=True)
+            return _compute(task, task_hooks())
+    except Cancelled:
+        return Outcome("cancelled")
+    except retwin.RetwinError as exc:
+        return Outcome("failed", error=public_error(exc))
+
+
+def _compute(task: Task, hooks: TaskHooks) -> Outcome:
+    w, n, seed, root = task.whatif, task.replications, task.seed, task.results_root
+    base: retwin.ReplicationSet | list[pd.DataFrame] | None = None
+    if task.baseline_key is not None:
+        if task.baseline_kpis is not None:
+            base = whatif.kpi_frames(task.baseline_kpis)
+        elif root is not None:
+            base = stored_kpis(root, task.baseline_key)
+    need_base = w.baseline is not None and base is None
+    rep = _Reporter(hooks, task.key, n * (2 if need_base else 1))
+    if need_base and root is not None and task.baseline_key is not None:
+        with _locked(root, task.baseline_key):  # stored once, and reused by what comes next
+            base = stored_kpis(root, task.baseline_key)
+            if base is None:
+                done = whatif.run(w.baseline_only(), replications=n, seed=seed,
+                                  progress=rep.step)
+                whatif.save(done, result_dir(root, task.baseline_key))
+                base = done.whatif
+            else:
+                rep.done += n
+    res = whatif.run(w, replications=n, seed=seed, baseline=base, progress=rep.step)
+    rep.check()
+    if root is None:
+        return Outcome("done", result=res)
+    whatif.save(res, result_dir(root, task.key), baseline_ref=task.baseline_key)
+    return Outcome("done")
+
+
+class Compute:
+    """:func:`compute` as an executor's task function: one for every task of the service
+    (so the workers are started once), warming the kernels as a worker starts."""
+
+    cache_key = "retwin_service.compute"
+
+    def prepare(self) -> None:
+        warm_once()
+
+    def __call__(self, task: Task) -> Outcome:
+        return compute(task)
+
+
+def public_error(exc: BaseException) -> str:
+    """A message fit for a client: a bad scenario or a leaking balance says what is wrong,
+    and so does a full data folder; anything else is an internal error whose details
+    (paths…) stay in the server's log."""
+    if isinstance(exc, retwin.ScenarioError | retwin.MassBalanceError):
+        return str(exc)
+    if is_no_space(exc):
+        return (f"{NO_SPACE} to store this run's result; submit it again once there is "
+                "room")
+    return "internal error while computing this run; see the service log"
+
+
+# --- the server's side ---------------------------------------------------------------------------
+
 
 #: How often a computation whose worker pool broke is tried again before it fails.
 MAX_POOL_RETRIES = 2
@@ -183,7 +381,6 @@ class Jobs:
         ex = self.executor
         if ex is None:
             return Outcome("cancelled")  # shutting down: the run stays queued
-        await asyncio.to_thread(ex.uncancel, task.key)
         if self.kind == "dask":  # the server stores; a stored baseline travels along
             kpis = None
             if task.baseline_key and self.stored(task.baseline_key):
@@ -192,7 +389,7 @@ class Jobs:
             task = replace(task, results_root=None, baseline_kpis=kpis)
         for attempt in range(MAX_POOL_RETRIES + 1):
             try:  # in a thread: replacing a broken pool waits for its processes to go
-                fut = await asyncio.to_thread(ex.submit, self._fn, task)
+                fut = await asyncio.to_thread(ex.submit, self._fn, task, key=task.key)
                 return await asyncio.wrap_future(fut)
             except concurrent.futures.CancelledError:
                 return Outcome("cancelled")

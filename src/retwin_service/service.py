@@ -4,7 +4,7 @@
 limits, resolves it once (:func:`retwin.whatif.resolve`: the changes applied to the model
 and validated; a bad one raises :class:`~retwin.ScenarioError` naming the field), derives
 the computation key (equal requests, equal keys), and holds the registry and the jobs. The
-routes call it; the worker runs what it resolved (:mod:`retwin_service.compute`).
+routes call it; the worker runs what it resolved (:func:`retwin_service.jobs.compute`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from typing import Any
 import retwin
 from retwin import whatif
 from retwin.scenario import available_models, scenario_hash
-from retwin_service.compute import Task
-from retwin_service.jobs import Jobs
+from retwin_service.jobs import Jobs, Task
 from retwin_service.registry import Registry, request_key
 from retwin_service.schemas import WhatIfRequest
 from retwin_service.settings import Settings

@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 from apiutil import Server, TestClient, settings_for, whatif
 
-from retwin_service.compute import public_error
+from retwin_service.jobs import public_error
 from retwin_service.main import create_app
 from retwin_service.space import Space, is_no_space
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import retwin
 from retwin import whatif
 from retwin.batch.executors import SerialExecutor
 from retwin.storage import read_table
-from retwin_service.compute import Compute, Task, compute, is_stored, result_dir
+from retwin_service.jobs import Compute, Task, compute, is_stored, result_dir
 
 
 def task(root: Path, key: str = "w", changes: tuple[Any, ...] = (QUOTA_CUT,), n: int = 2,
@@ -81,3 +83,13 @@ def test_a_failure_in_the_worker_comes_back_as_an_outcome(tmp_path: Path,
     out = compute(task(tmp_path))
     assert out.status == "failed" and "Nd leaks" in (out.error or "")
     assert not is_stored(tmp_path, "w")
+
+
+def test_a_worker_needs_none_of_the_services_web_or_database_packages() -> None:
+    """A Dask worker with ``retwin[dist]`` only can run the service's tasks."""
+    blocked = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "pydantic_settings")
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+            + "import retwin_service.jobs as j\nprint(j.Compute.cache_key)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr

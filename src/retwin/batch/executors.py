@@ -44,6 +44,7 @@ import tempfile
 import threading
 import time
 import uuid
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -276,8 +277,10 @@ class Executor(ABC):
         """
 
     @abstractmethod
-    def submit(self, fn: Callable[[T], R], item: T) -> Future[R]:
-        """``fn(item)`` as one task; its future holds the result (or the exception)."""
+    def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
+        """``fn(item)`` as one task; its future holds the result (or the exception). With a
+        ``key`` (the one the task reports and looks up with :func:`task_hooks`), an earlier
+        :meth:`cancel` of that key is withdrawn first."""
 
     def start(self, fn: Callable[[Any], Any]) -> None:  # noqa: B027 - nothing to start
         """Start (and warm) the workers for ``fn`` now rather than at the first task."""
@@ -287,7 +290,7 @@ class Executor(ABC):
         true."""
 
     def uncancel(self, key: str) -> None:  # noqa: B027
-        """Withdraw :meth:`cancel` (before ``key`` is submitted again)."""
+        """Withdraw :meth:`cancel` (``submit(…, key=key)`` does it)."""
 
     def abort(self) -> None:  # noqa: B027 - nothing to cancel in the simplest executors
         """Cancel what is queued and stop what is running (after an interrupt)."""
@@ -329,7 +332,9 @@ class SerialExecutor(Executor):
                 result = fn(item)
             yield result
 
-    def submit(self, fn: Callable[[T], R], item: T) -> Future[R]:
+    def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
+        if key is not None:
+            self.uncancel(key)
         out: Future[R] = Future()
         try:
             with _hooked(self._hooks):
@@ -413,17 +418,25 @@ class ProcessExecutor(Executor):
     def description(self) -> str:
         return f"{self.workers} local process{'es' if self.workers > 1 else ''}"
 
+    def _flag_dir(self) -> str:
+        """The folder of cancel flags (removed at :meth:`close`, or when this executor is
+        collected or the interpreter exits)."""
+        with self._lock:
+            if self._flags is None:
+                self._flags = tempfile.mkdtemp(prefix="retwin-cancel-")
+                weakref.finalize(self, shutil.rmtree, self._flags, ignore_errors=True)
+            return self._flags
+
     def _hooks_args(self) -> tuple[Any, str]:
         """The progress queue and the cancel-flag folder of a new pool's workers."""
-        if self._flags is None:
-            self._flags = tempfile.mkdtemp(prefix="retwin-cancel-")
+        flags = self._flag_dir()
         self._queue = self._ctx.Queue() if self._on_progress is not None else None
         if self._queue is not None and self._drain is None:
             self._closing.clear()
             self._drain = threading.Thread(target=self._drain_progress, daemon=True,
                                            name="retwin-progress")
             self._drain.start()
-        return self._queue, self._flags
+        return self._queue, flags
 
     def _drain_progress(self) -> None:
         while not self._closing.is_set():
@@ -464,15 +477,13 @@ class ProcessExecutor(Executor):
         for _ in range(self.workers):  # every process starts now, each warms while idle
             pool.submit(_ready)
 
-    def submit(self, fn: Callable[[T], R], item: T) -> Future[R]:
+    def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
+        if key is not None:
+            self.uncancel(key)
         return self._ensure_pool(fn).submit(_call_installed, item)
 
     def cancel(self, key: str) -> None:
-        with self._lock:
-            if self._flags is None:
-                self._flags = tempfile.mkdtemp(prefix="retwin-cancel-")
-            flags = self._flags
-        with open(os.path.join(flags, _flag_name(key)), "wb"):
+        with open(os.path.join(self._flag_dir(), _flag_name(key)), "wb"):
             pass
 
     def uncancel(self, key: str) -> None:
@@ -639,7 +650,9 @@ class DaskExecutor(Executor):
     def start(self, fn: Callable[[Any], Any]) -> None:
         self._scattered(fn)
 
-    def submit(self, fn: Callable[[T], R], item: T) -> Future[R]:
+    def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
+        if key is not None:
+            self.uncancel(key)
         fut = self.client.submit(_apply, self._scattered(fn), item, self._name, pure=False)
         self._submitted.add(fut)
         out: Future[R] = Future()
