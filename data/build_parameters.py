@@ -1216,6 +1216,81 @@ for stage, mtbf, mttr, why in [
 
 
 # ---------------------------------------------------------------------------------------------
+# 11b. Markets and decisions (DESIGN §2.4). No source gives price-adjustment speeds, supply or
+#      demand curves of regional RE trade, or plant cash costs: these are estimates, anchored
+#      where possible on the price record (§5d) and the cost structure of magnets (§5c); the
+#      national back-cast is where the uncertain ones are fitted.
+# ---------------------------------------------------------------------------------------------
+MKT = "none (not in the sources; DESIGN §2.4 market model)"
+derived("market.price_max_step_frac", "3 * {price_vol.nd_oxide.sigma_per_year} / 12 ** 0.5",
+        "change of log price per month (bound)", "", dd("5d", "daily CSV"),
+        "three standard deviations of a month's log return of Nd oxide 2020–24: a formed price moves at most this much in "
+        "one clearing", flag="estimate")
+row("market.price_adjust_per_month", 0.3, "change of log price per month per working stock of gap", "", "estimate",
+    dd("5d", "daily CSV"),
+    "no source; the 2020–22 run-up (×4.4 in 22 months, about +7 %/month in log price) happened while stocks were tight "
+    "(a gap of roughly a quarter of a working stock gives 0.3 × 0.25 ≈ 7.5 %/month)")
+row("market.reference_pull_per_month", 0.2, "share of the log gap to the outside price closed per month", "", "estimate", MKT,
+    "no source; Baotou trades oxides and metals with the rest of China within weeks (lead.china_domestic_re_delivery_days), so "
+    "a regional price gap closes over a few months; 0.2 per month halves it in about three months")
+derived("market.cover_target_days", "{stock.baotou.working_cover_days}", "days of use", "", dd("6/§9", "inventory rows"),
+        "working stock of pools without target_t: the same month of use", flag="estimate")
+row("producer.inventory_adjust_days", 60, "days", "", "estimate", dd("9", "cycle-time estimates (magnet lead time to OEM 6–10 weeks)"),
+    "no source; producers close the gap to their working stock over about two months, the order lead time of magnets (§9)")
+row("producer.margin_band_frac", 0.1, "fraction of output value", "", "estimate", MKT,
+    "no source; a plant whose margin is 10 % of its output value below zero runs at its minimum, in between it slows in proportion")
+derived("producer.min_utilisation_frac", "{util.china_separation_frac.2016}", "fraction of capacity", "",
+        dd("6", "cri-report.com"),
+        "utilisation plants keep however poor the market: the lowest the record shows for a stage (separation ~35 % in 2016)",
+        flag="estimate")
+derived("cost.magnet.cash_cost_share_frac", "1 - {magnet.ndfeb.re_share_of_cost_frac}", "fraction of output value", "",
+        dd("5c", "sdmmagnetic; tymagnets (cost structure)"),
+        "processing cash cost of a magnet maker besides its RE inputs: the non-RE share of magnet cost", flag="estimate")
+row("cost.metal.cash_cost_share_frac", 0.04, "fraction of output value", "", "estimate", dd("5d", "PrNd metal / oxide spot pairs"),
+    "no source for electrolysis costs; the metal/oxide price ratio 1.23 against 1.18 stoichiometric leaves about 4 % of the metal "
+    "price for conversion and margin")
+row("cost.separation.cash_cost_share_frac", 0.15, "fraction of output value", "", "estimate", MKT,
+    "no source for cracking and solvent-extraction costs (acid, alkali, extractant, energy, labour); placeholder 15 % of the "
+    "value of the separated oxides")
+row("cost.mining.cash_cost_share_frac", 0.3, "fraction of output value", "", "estimate", MKT,
+    "no source for Bayan Obo mining and beneficiation costs (co-mined with iron ore); placeholder 30 % of the concentrate value")
+row("cost.recycling.cash_cost_share_frac", 0.15, "fraction of output value", "", "estimate", MKT,
+    "no source; swarf recycling runs the same separation steps on a richer feed: as separation")
+row("cost.downstream.cash_cost_share_frac", 0.3, "fraction of output value", "", "estimate", MKT,
+    "no source for functional materials, motors and end products; placeholder 30 % of output value besides the modelled inputs")
+row("trade.import_premium_frac", 0, "fraction of the outside price", "", "estimate", MKT,
+    "no duty or cost difference assumed between Baotou and the other Chinese provinces it buys from")
+row("trade.import_slope_frac", 0.2, "fraction of the outside price", "", "estimate", MKT,
+    "no source; a region must pay 20 % over the outside price to draw the whole import cap from the rest of China")
+row("trade.export_slope_frac", 0.2, "fraction of the outside price", "", "estimate", MKT,
+    "no source; outside buyers take the whole export cap when the region sells 20 % below the outside price (as trade.import_slope_frac)")
+row("price.pass_through.metal_from_oxide_frac", 1.0, "share of the oxide's relative price change", "", "derived",
+    dd("5d", "PrNd metal / oxide spot pairs"),
+    "the metal/oxide price ratio stays within 1.22–1.28 across the 2020–24 cycle (§5d): metal prices move one-for-one with "
+    "their oxide's in relative terms")
+row("price.pass_through.scrap_from_oxide_frac", 1.0, "share of the oxide's relative price change", "", "estimate",
+    dd("5c", "NdFeB scrap (PrNd-bearing)"),
+    "scrap is priced on its recoverable PrNd content (§5c: scrap ≈ 445 CNY/kg when PrNd oxide was ≈ 388): it moves with the oxide")
+row("invest.margin_threshold_frac", 0.15, "fraction of output value", "", "estimate", MKT,
+    "no source; a stage adds capacity when its plants keep a margin of 15 % of output value for a year while running flat out")
+row("invest.utilisation_threshold_frac", 0.95, "fraction of the utilisation ceiling", "", "estimate", MKT,
+    "no source; 'flat out': at least 95 % of the ceiling on average over the window")
+row("invest.window_months", 12, "months", "", "estimate", MKT,
+    "no source; a year of sustained margins before a project starts")
+row("invest.step_frac", 0.1, "fraction of nameplate", "", "estimate", MKT,
+    "no source; a project adds a tenth of the stage's nameplate")
+row("invest.separation_build_years", 3, "years", "", "estimate", dd("6", "CNRE green-smelting project (phase 1 done Oct 2024)"),
+    "no source for build times of separation lines; placeholder three years")
+derived("invest.magnet_build_years", "{lead.magnet_qualification_eps_years}", "years", "", dd("6", "nldmagnet.com"),
+        "a new magnet line sells to EV and EPS makers only after qualification (> 2 years, C)", flag="estimate")
+row("invest.downstream_build_years", 1.5, "years", "", "estimate", MKT,
+    "no source; metal cells, functional-material lines and motor assembly: placeholder 18 months")
+derived("demand.ndpr_price_elasticity", "(-0.1 + -0.3) / 2", "elasticity", "", dd("9", "short-run price elasticity of demand, NdPr"),
+        "midpoint of the −0.1 to −0.3 estimate (not sourced: §8 found no numeric elasticity)", flag="estimate")
+row("demand.price_response_months", 6, "months", "", "estimate", dd("9", "substitution (GBD) rows"),
+    "no source; thrifting and substitution (Dy-free grades, Ce substitution) take months to qualify: first-order delay of half a year")
+
+# ---------------------------------------------------------------------------------------------
 # 12. National models china-2020 (back-cast 2020-2024) and china-2024: element mix of ionic
 #     clays, the rock/ionic quota split where the sources lack it, the origin of imported feed,
 #     sizing rules and the prices of 2020-2023 the back-cast needs. The back-cast's free

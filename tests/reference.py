@@ -11,17 +11,20 @@ back into the arrays at the end. It ignores the arrays the declaration marks ``d
 
 One day, in order:
 
-1. arrivals: production and imports whose lead time ends today reach their pools;
+1. arrivals: production and imports whose lead time ends today reach their pools; then each
+   market's contracted exports leave, from stock above the reserve;
 2. plants, level by level (upstream first). Each plant asks for
    ``capacity × availability × ramp``; plants under one quota share what the quota allows
    today (the smaller of what has been released and not used, and an even pace of what is
-   left of the year), pro rata; plants drawing on one pool share its free stock (above the
+   left of the year) by their licence shares, what one leaves going to the others; plants
+   drawing on one pool share its free stock (above the
    strategic reserve) pro rata to their requests; plants delivering into a pool with a storage
    ceiling share its room (ceiling minus stock minus what is already on its way to it). The
    activity is the smallest of these limits; the limit recorded is the one that bound (the
    smallest; on a tie the earlier one in that list);
 3. demand segments draw their daily rate from their pools (pro rata when short);
-4. exports take stock above ``reserve + target`` up to each market's daily cap;
+4. exports take stock above ``reserve + target`` up to what the contract left of each
+   market's daily cap;
 5. imports order up to ``reserve + target`` net of imports already in transit, up to each
    market's daily cap, arriving after the market's lead time.
 """
@@ -58,6 +61,7 @@ class Plant:
     lead: int
     quota: int | None
     quota_per_activity: float
+    licence_share: float
     inputs: list[tuple[int | None, int, float]]  # (pool or None: from the ground, material, amt)
     outputs: list[tuple[int, int, float]]  # (pool, material, amount)
 
@@ -94,6 +98,7 @@ class World:
     reserve: list[float]
     import_cap: list[float]
     export_cap: list[float]
+    export_contract: list[float]
     demand_rate: list[float]
     price: list[float]
     quota_released: list[float]
@@ -144,6 +149,7 @@ def _world(a: Mapping[str, np.ndarray], d0: int) -> World:
             lead=int(a["lead"][p]),
             quota=q if q >= 0 else None,
             quota_per_activity=float(a["qcoef"][p]),
+            licence_share=float(a["qshare"][p]),
             inputs=inputs,
             outputs=outputs,
         ))
@@ -177,6 +183,7 @@ def _world(a: Mapping[str, np.ndarray], d0: int) -> World:
         reserve=_floats(a["reserve"]),
         import_cap=_floats(a["imp_cap_day"]),
         export_cap=_floats(a["exp_cap_day"]),
+        export_contract=_floats(a["exp_contract_day"]),
         demand_rate=_floats(a["dem_rate"]),
         price=_floats(a["price"]),
         quota_released=_floats(a["q_avail"]),
@@ -233,11 +240,35 @@ def _run_level(w: World, level: list[Plant], d: int) -> None:
         if _near(allowed, asked):
             tie.update(pl.index for pl in members)
         if allowed < asked:
-            for pl in members:
-                limited = want[pl.index] * allowed / asked
-                if limited < want[pl.index]:
-                    want[pl.index] = limited
-                    code[pl.index] = QUOTA
+            # licence shares, water-filled: in order of request per share, each plant whose
+            # request fits its part of what is left (by shares) gets it in full; the first
+            # that does not, and all after it, get their parts of what is left
+            askers = sorted((pl for pl in members if want[pl.index] > 0.0),
+                            key=lambda pl: (want[pl.index] * pl.quota_per_activity
+                                            / pl.licence_share if pl.licence_share > 0
+                                            else float("inf")))
+            left = allowed
+            for i, pl in enumerate(askers):
+                rest = askers[i:]
+                shares = sum(r.licence_share for r in rest)
+                need = want[pl.index] * pl.quota_per_activity
+                if shares > 0:
+                    part = left * pl.licence_share / shares
+                else:  # no plant left holds a share: what is left goes by requests
+                    part = left * need / sum(r.quota_per_activity * want[r.index] for r in rest)
+                if need <= part:
+                    left -= need
+                    continue
+                for r in rest:
+                    r_need = want[r.index] * r.quota_per_activity
+                    r_part = (left * r.licence_share / shares if shares > 0
+                              else left * r_need / sum(x.quota_per_activity * want[x.index]
+                                                       for x in rest))
+                    if _near(r_part, r_need):
+                        tie.add(r.index)
+                    want[r.index] = r_part / r.quota_per_activity
+                    code[r.index] = QUOTA
+                break
 
     # pools: consumers share the free stock pro rata; producers share a ceiling's room
     asked_stock: dict[int, float] = {}
@@ -308,6 +339,13 @@ def _one_day(w: World, d: int) -> None:
             assert sh.arrival > d, "a shipment was left behind"
             staying.append(sh)
     w.in_transit = staying
+    contracted: dict[int, float] = {}
+    for k, pool in enumerate(w.market_pool):
+        if w.export_contract[k] > 0.0:
+            amount = min(_free(w, pool), w.export_contract[k])
+            w.stock[pool] -= amount
+            w.totals[EXPORTED][w.pool_material[pool]] += amount
+            contracted[k] = amount
 
     # 2. plants, upstream first
     for level in w.levels:
@@ -328,12 +366,13 @@ def _one_day(w: World, d: int) -> None:
     # 4. exports: stock above reserve + target, up to the daily cap, market by market
     for k, pool in enumerate(w.market_pool):
         amount = 0.0
-        if w.export_cap[k] > 0.0:
+        spot = w.export_cap[k] - contracted.get(k, 0.0)
+        if spot > 0.0:
             surplus = w.stock[pool] - w.reserve[pool] - w.target[pool]
-            amount = max(0.0, min(surplus, w.export_cap[k]))
+            amount = max(0.0, min(surplus, spot))
             w.stock[pool] -= amount
             w.totals[EXPORTED][w.pool_material[pool]] += amount
-        w.export_rec[(k, d)] = amount
+        w.export_rec[(k, d)] = contracted.get(k, 0.0) + amount
 
     # 5. imports: order up to reserve + target, net of imports on their way
     for k, pool in enumerate(w.market_pool):

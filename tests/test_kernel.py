@@ -237,6 +237,81 @@ def test_quota_released_later_in_the_year() -> None:
     assert np.all(act.sum(axis=0) * 0.5 <= paced + 1e-12)
 
 
+def test_a_short_quota_is_shared_by_licence_shares() -> None:
+    """Shares 1 : 3 of a quota that meets neither request in full: the smaller licensee gets
+    its quarter; the larger, three quarters."""
+    quota = {"id": "q", "plants": ["mine", "mine2"], "annual_t_reo": {2024: 3660},
+             "shares": {"mine": 1.0, "mine2": 3.0}}
+    sc = make_scenario([ORE, CONC], [mine(capacity_tpa=36500), mine("mine2", capacity_tpa=36500)],
+                       quotas=[quota], days=10)
+
+    def year(a: Args) -> None:
+        a["q_year_left"][0] = a["q_avail"][0] = 366 * 10.0  # 10 t REO a day, paced
+
+    k = both(sc, (0, 10), setup=year)
+    act = k["act_rec"][:, :10]  # t of concentrate a day; 0.5 t REO each
+    np.testing.assert_allclose(act[0] * 0.5, 2.5, rtol=1e-9)
+    np.testing.assert_allclose(act[1] * 0.5, 7.5, rtol=1e-9)
+    assert np.all(k["code_rec"][:, :10] == QUOTA)
+
+
+def test_what_one_licensee_leaves_goes_to_the_others() -> None:
+    """Equal shares, but one plant can use only 2 t REO a day of its 5: the other gets 8."""
+    quota = {"id": "q", "plants": ["mine", "mine2"], "annual_t_reo": {2024: 3660},
+             "shares": {"mine": 1.0, "mine2": 1.0}}
+    sc = make_scenario([ORE, CONC], [mine(capacity_tpa=4 * 365),
+                                     mine("mine2", capacity_tpa=36500)],
+                       quotas=[quota], days=10)
+
+    def year(a: Args) -> None:
+        a["q_year_left"][0] = a["q_avail"][0] = 366 * 10.0
+
+    k = both(sc, (0, 10), setup=year)
+    act = k["act_rec"][:, :10]
+    np.testing.assert_allclose(act[0] * 0.5, 2.0, rtol=1e-9)  # its whole request
+    np.testing.assert_allclose(act[1] * 0.5, 8.0, rtol=1e-9)  # its part and the leftover
+    assert np.all(k["code_rec"][0, :10] == CAPACITY)
+    assert np.all(k["code_rec"][1, :10] == QUOTA)
+
+
+def test_more_capacity_for_one_licensee_takes_nothing_from_another() -> None:
+    """The capacity-proportional sharing this replaces let a plant's expansion cut another's
+    output; by licence shares it only takes what the others leave."""
+    quota = {"id": "q", "plants": ["mine", "mine2"], "annual_t_reo": {2024: 3660}}
+    plants = [mine(capacity_tpa=7300), mine("mine2", capacity_tpa=7300)]
+    sc = make_scenario([ORE, CONC], plants, quotas=[quota], days=10)
+
+    def year(a: Args) -> None:
+        a["q_year_left"][0] = a["q_avail"][0] = 366 * 10.0
+
+    before = both(sc, (0, 10), setup=year)["act_rec"][0, :10].copy()
+
+    def bigger(a: Args) -> None:
+        year(a)
+        a["cap_day"][1] *= 3  # mine2 triples (an event), its licence share does not change
+
+    after = both(sc, (0, 10), setup=bigger)["act_rec"][0, :10]
+    np.testing.assert_allclose(after, before, rtol=1e-12)
+
+
+def test_contracted_exports_leave_before_the_plants_draw() -> None:
+    """A pool of 100 t with a contract of 30 t a day and a plant asking 100 t a day: the
+    contract is shipped first; the plant gets what is left."""
+    sc = make_scenario([CONC, OXIDE], [separator(capacity_tpa=100 * 365, yield_frac=1.0)],
+                       pools=[{"material": "conc", "initial_t": 100}, {"material": "oxide"}],
+                       markets=[{"id": "out", "material": "conc",
+                                 "export": {"cap_tpa": 50 * 365}}], days=3)
+
+    def contract(a: Args) -> None:
+        a["exp_contract_day"][0] = 30.0
+        a["exp_cap_day"][0] = 50.0
+
+    k = both(sc, (0, 3), setup=contract)
+    np.testing.assert_allclose(k["exp_rec"][0], [30.0, 0.0, 0.0])
+    np.testing.assert_allclose(k["act_rec"][0, :1] * 2.0, 70.0)  # 2 t of conc per t of oxide
+    assert k["code_rec"][0, 0] == INPUT
+
+
 def test_quota_pacing_when_plenty_is_released() -> None:
     quota = {"id": "q", "plants": ["mine"], "annual_t_reo": {2024: 365}}
     sc = make_scenario([ORE, CONC], [mine()], quotas=[quota], days=30)

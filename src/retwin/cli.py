@@ -23,8 +23,9 @@ from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError,
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# emoji codes off: a path or a name such as "out:smile:" is printed as it is
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
 
 
 # --- change arguments -----------------------------------------------------------------------

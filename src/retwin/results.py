@@ -14,7 +14,14 @@ from retwin import config
 from retwin._typing import FloatArray, Int8Array
 from retwin.compiled import Compiled
 from retwin.errors import MassBalanceError
-from retwin.kernels.flow import BIND_CAPACITY, BIND_NAMES, BIND_OUTAGE, BIND_QUOTA
+from retwin.kernels.flow import (
+    BIND_CAPACITY,
+    BIND_DEMAND,
+    BIND_MARGIN,
+    BIND_NAMES,
+    BIND_OUTAGE,
+    BIND_QUOTA,
+)
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP
 
 __all__ = ["Balance", "ReplicationSet", "RunResult", "summarise"]
@@ -324,28 +331,40 @@ class RunResult:
 
     @cached_property
     def bottlenecks(self) -> pd.DataFrame:
-        """Per year: the stage most limited by its own constraints (capacity, quota, outage).
-
-        A stage's score is the share of its capacity-weighted plant-days bound by one of its
-        own limits; an input-starved stage is not the bottleneck — its supplier is. Ties go to
-        the stage with the larger output value. The constraint reported is the stage's most
-        frequent own limit.
+        """Per year: the stage most limited by its own supply-side constraints (capacity,
+        quota, outage). An input-starved stage is not the bottleneck — its supplier is. Where
+        no stage is held back by its own supply limits for at least half its capacity-weighted
+        plant-days (markets on), the chain is limited by the market: the stage most held back
+        by the demand on its output or by its margin is reported, with that constraint. Ties go
+        to the stage with the larger output value; the constraint reported is the stage's most
+        frequent limit of the kind that made it the bottleneck.
         """
         bt = self.binding_table
         df = self.kpis
         value = df[df.kpi == "value.stage"].set_index(["key", "year"]).value
         rows = []
-        own = {BIND_NAMES[BIND_CAPACITY], BIND_NAMES[BIND_QUOTA], BIND_NAMES[BIND_OUTAGE]}
-        for y in self.years:
+        supply = {BIND_NAMES[b] for b in (BIND_CAPACITY, BIND_QUOTA, BIND_OUTAGE)}
+        market = {BIND_NAMES[b] for b in (BIND_DEMAND, BIND_MARGIN)}
+
+        def best_of(year_rows: pd.DataFrame, kinds: set[str]) -> tuple[float, float, str, str]:
             best: tuple[float, float, str, str] = (-1.0, 0.0, "", "")
-            for stage, grp in bt[bt.year == y].groupby("stage"):
-                mine = grp[grp.constraint.isin(own)]
+            for stage, grp in year_rows.groupby("stage"):
+                mine = grp[grp.constraint.isin(kinds)]
                 if mine.empty:
                     continue
                 score = (round(float(mine.share.sum()), 9), float(value.get((stage, y), 0.0)))
                 if score > best[:2]:
                     top = str(mine.sort_values("share").constraint.iloc[-1])
                     best = (*score, str(stage), top)
+            return best
+
+        for y in self.years:
+            year_rows = bt[bt.year == y]
+            best = best_of(year_rows, supply)
+            if best[0] < 0.5:
+                held = best_of(year_rows, market)
+                if held[0] >= 0.5:
+                    best = held
             rows.append((y, best[2], best[3], max(best[0], 0.0)))
         return pd.DataFrame(rows, columns=["year", "stage", "constraint", "score"])
 

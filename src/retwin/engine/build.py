@@ -194,6 +194,18 @@ def compile_scenario(sc: Scenario) -> Compiled:
     qcoef = np.array(
         [sum(a * comp[mats[m]].sum() for m, a in p.recipe.outputs.items()) for p in plants]
     )
+    # licence shares (MIIT allocates a quota to licensed producers): stated per quota, or
+    # each plant's nameplate REO capacity as the scenario defines it (later capacity changes
+    # do not move them, so adding capacity takes only what the others leave)
+    qshare = np.ones(len(plants))
+    for qi, q in enumerate(sc.quotas):
+        for pi, p in enumerate(plants):
+            if plant_quota[pi] != qi:
+                continue
+            if q.shares is not None:
+                qshare[pi] = q.shares.get(p.id, 0.0)
+            else:
+                qshare[pi] = p.capacity_tpa * p.utilisation_max_frac * qcoef[pi]
     markets = sc.markets
     lead = np.array([p.lead_time_days for p in plants], np.int64)
     imp_lead = np.array([k.import_.lead_time_days if k.import_ else 0 for k in markets], np.int64)
@@ -251,6 +263,7 @@ def compile_scenario(sc: Scenario) -> Compiled:
         "lead": lead,
         "plant_quota": plant_quota,
         "qcoef": qcoef,
+        "qshare": qshare,
         "in_ptr": topology.inputs.ptr,
         "in_pool": topology.inputs.pool,
         "in_mat": topology.inputs.material,

@@ -9,8 +9,9 @@ import numpy as np
 import simpy
 
 from retwin.compiled import Compiled, TimedChange
+from retwin.engine.markets import market_arrays
 from retwin.kernels import contract
-from retwin.kernels.flow import advance_packed
+from retwin.kernels.flow import BIND_CAPACITY, advance_packed
 from retwin.scenario.schema import (
     CapacityChange,
     OutageChange,
@@ -19,6 +20,7 @@ from retwin.scenario.schema import (
 )
 from retwin.stages import (
     DemandProcess,
+    EconomyProcess,
     MarketProcess,
     PolicyProcess,
     QuotaProcess,
@@ -49,7 +51,7 @@ class ChainModel:
         # events write straight into what the kernel reads.
         self.kernel = contract.pack(contract.allocate(c.kernel_sizes, {
             **c.kernel_static,
-            "cap_day": c.nameplate_tpa * c.utilisation / 365.0,
+            "cap_day": c.nameplate_tpa * c.utilisation / 365.0,  # x decision (1 at start)
             "avail": np.ones(n_p),
             "reserve": c.reserve0,
             "imp_cap_day": c.imp_cap_tpa / 365.0,
@@ -66,8 +68,23 @@ class ChainModel:
         a = self.arrays
         self.cap_day, self.avail, self.reserve = a["cap_day"], a["avail"], a["reserve"]
         self.imp_cap_day, self.exp_cap_day = a["imp_cap_day"], a["exp_cap_day"]
+        self.exp_contract_day = a["exp_contract_day"]
         self.dem_rate, self.price = a["dem_rate"], a["price"]
         self.q_avail, self.q_year_left = a["q_avail"], a["q_year_left"]
+        #: the ceiling of each plant per day (nameplate after capacity changes x utilisation
+        #: ceiling); ``cap_day`` is this times the plant's decided share (``decision``)
+        self.cap_max_day = c.nameplate_tpa * c.utilisation / 365.0
+        self.decision = np.ones(n_p)
+        #: nameplate built so far, as a multiple of the scenario's (investment adds to it)
+        self.built = np.ones(n_p)
+        #: outside markets: the caps after trade changes, the share of the import cap on
+        #: offer and the outside demand for exports (set monthly when markets are on)
+        self.imp_cap_base_tpa = c.imp_cap_tpa.copy()
+        self.exp_cap_base_tpa = c.exp_cap_tpa.copy()
+        n_k = len(c.market_ids)
+        self.imp_share = np.ones(n_k)
+        self.exp_demand_tpa = np.full(n_k, np.inf)
+        self.exp_contract_tpa = np.zeros(n_k)
         self._random_up = [True] * n_p
         self._planned_up = [True] * n_p
         self.price_rec = np.zeros((n_m, n_t))
@@ -85,10 +102,19 @@ class ChainModel:
         QuotaProcess(c.quota_ids, c.releases, c.year_starts, c.quota_year_total,
                      float(first_year_frac), [q.produce_ahead for q in c.scenario.quotas],
                      self.q_avail, self.q_year_left).start(self.env, self)
-        MarketProcess(c.material_ids, c.month_start_day, c.price_month, c.volatility,
-                      c.reversion, st.price_noise, self.price, self.price_rec).start(self.env, self)
-        DemandProcess(c.segment_ids, c.month_start_day, c.demand_month, c.demand_cv,
-                      st.demand_noise, self.dem_rate).start(self.env, self)
+        self.economy: EconomyProcess | None = None
+        if c.scenario.markets_on:
+            self.economy = EconomyProcess(
+                market_arrays(c), c.ramp, c.material_ids, c.segment_ids, c.month_start_day,
+                c.price_month, c.volatility, c.reversion, st.price_noise, c.demand_month,
+                c.demand_cv, st.demand_noise)
+            self.economy.start(self.env, self)
+        else:
+            MarketProcess(c.material_ids, c.month_start_day, c.price_month, c.volatility,
+                          c.reversion, st.price_noise, self.price,
+                          self.price_rec).start(self.env, self)
+            DemandProcess(c.segment_ids, c.month_start_day, c.demand_month, c.demand_cv,
+                          st.demand_noise, self.dem_rate).start(self.env, self)
         PolicyProcess(c.timed).start(self.env, self)
 
     def __getattr__(self, name: str) -> np.ndarray:
@@ -163,9 +189,15 @@ class ChainModel:
         up = 1.0 if self._random_up[p] and self._planned_up[p] else 0.0
         self.avail[p] = up * forced
 
+    def add_capacity(self, plants: np.ndarray, share_of_nameplate: float) -> None:
+        """New capacity built (investment): each plant gains that share of its nameplate."""
+        for p in plants:
+            self.built[p] += share_of_nameplate
+            self._refresh_capacity(int(p))
+
     def _refresh_capacity(self, p: int) -> None:
         c = self.c
-        value = float(c.nameplate_tpa[p])
+        value = float(c.nameplate_tpa[p]) * self.built[p]
         for ch, w in self._active(CapacityChange):
             if ch.plant != c.plant_ids[p] and ch.stage != c.plant_stage[p]:
                 continue
@@ -177,8 +209,28 @@ class ChainModel:
                 new = value + ch.delta_tpa
             value += w * (new - value)
         value = max(0.0, value)
-        self.cap_day[p] = value * c.utilisation[p] / 365.0
+        self.cap_max_day[p] = value * c.utilisation[p] / 365.0
+        self.cap_day[p] = self.cap_max_day[p] * self.decision[p]
         self.capacity_log.append((self.day, p, value))
+
+    def set_decisions(self, utilisation: np.ndarray) -> None:
+        """Producers' decided share of their ceiling (the market process, monthly)."""
+        self.decision[:] = utilisation
+        self.cap_day[:] = self.cap_max_day * self.decision
+
+    def set_outside(self, import_share: np.ndarray, export_demand_tpa: np.ndarray,
+                    export_contract_tpa: np.ndarray) -> None:
+        """The outside curves at this month's prices (the market process, monthly)."""
+        self.imp_share[:] = import_share
+        self.exp_demand_tpa[:] = np.maximum(export_demand_tpa, export_contract_tpa)
+        self.exp_contract_tpa[:] = export_contract_tpa
+        self._apply_trade()
+
+    def _apply_trade(self) -> None:
+        self.imp_cap_day[:] = self.imp_cap_base_tpa * self.imp_share / 365.0
+        self.exp_cap_day[:] = np.minimum(self.exp_cap_base_tpa, self.exp_demand_tpa) / 365.0
+        self.exp_contract_day[:] = np.minimum(self.exp_cap_base_tpa,
+                                              self.exp_contract_tpa) / 365.0
 
     def _refresh_trade(self, k: int) -> None:
         c = self.c
@@ -189,8 +241,11 @@ class ChainModel:
             old = caps[ch.side]
             new = ch.cap_tpa if ch.cap_tpa is not None else old * ch.factor
             caps[ch.side] = old + w * (new - old)
-        self.imp_cap_day[k] = caps["import"] / 365.0
-        self.exp_cap_day[k] = caps["export"] / 365.0
+        self.imp_cap_base_tpa[k] = caps["import"]
+        self.exp_cap_base_tpa[k] = caps["export"]
+        self.imp_cap_day[k] = caps["import"] * self.imp_share[k] / 365.0
+        self.exp_cap_day[k] = min(caps["export"], self.exp_demand_tpa[k]) / 365.0
+        self.exp_contract_day[k] = min(caps["export"], self.exp_contract_tpa[k]) / 365.0
 
     def _refresh_reserve(self, s: int) -> None:
         value = float(self.c.reserve0[s])
@@ -206,6 +261,12 @@ class ChainModel:
         """Play every event of the horizon, then advance the flow to its last day."""
         self.env.run(until=self.n_days)
         self.advance_to(self.n_days)
+        if self.economy is not None:
+            # days the kernel saw as capacity-bound while the plant ran below its ceiling by
+            # its own decision: bound by the demand on its output, or by its margin
+            reason = self.economy.reason_rec[:, self.c.month_of_day]
+            relabel = (self.code_rec == BIND_CAPACITY) & (reason != 0)
+            self.code_rec[relabel] = reason[relabel]
 
 
 def _leap(year: int) -> bool:

@@ -6,15 +6,19 @@ each material's unit (t, units, MW); quotas in t REO; capacities in activity uni
 
 One day, in order:
 
-1. arrivals: production and imports whose lead time ends today reach their pools;
+1. arrivals: production and imports whose lead time ends today reach their pools; then
+   contracted exports leave (each market's ``exp_contract_day``, from stock above the reserve)
+   before any plant of the region draws;
 2. plants, level by level (levels follow the stage order, upstream first). Within a level
    each plant asks for ``capacity × availability × ramp``; plants under one quota share what
-   the quota allows today (pro rata); then plants drawing on one pool share its free stock
+   the quota allows today by their licence shares (``qshare``; what a plant leaves of its
+   part goes to the others by theirs); then plants drawing on one pool share its free stock
    (stock above the strategic reserve, pro rata to their requests); plants delivering into a
    pool with a storage ceiling share its room. A plant's activity is the smallest of these
    limits, and the limit that bound is recorded;
 3. demand segments draw their daily rate from their pools (pro rata when short);
-4. exports take stock above ``reserve + target`` up to each market's daily cap;
+4. exports take stock above ``reserve + target`` up to what the contract left of each
+   market's daily cap;
 5. imports order up to ``reserve + target`` (net of what is already in transit), up to each
    market's daily cap, arriving after the market's lead time.
 
@@ -42,8 +46,10 @@ from retwin.kernels._jit import jit
 
 __all__ = [
     "BIND_CAPACITY",
+    "BIND_DEMAND",
     "BIND_IDLE",
     "BIND_INPUT",
+    "BIND_MARGIN",
     "BIND_NAMES",
     "BIND_OUTAGE",
     "BIND_QUOTA",
@@ -54,6 +60,10 @@ __all__ = [
 ]
 
 BIND_CAPACITY, BIND_QUOTA, BIND_INPUT, BIND_OUTAGE, BIND_STORAGE, BIND_IDLE = 1, 2, 3, 4, 5, 6
+#: Set by the engine, not the kernel: the plant ran below its ceiling by its own decision
+#: (markets on), because the demand on its output asked for no more, or its margin allowed
+#: no more. The kernel reports these days as capacity-bound; the engine relabels them.
+BIND_DEMAND, BIND_MARGIN = 7, 8
 BIND_NAMES = {
     0: "none",
     BIND_CAPACITY: "capacity",
@@ -62,6 +72,8 @@ BIND_NAMES = {
     BIND_OUTAGE: "outage",
     BIND_STORAGE: "storage",
     BIND_IDLE: "idle",
+    BIND_DEMAND: "demand",
+    BIND_MARGIN: "margin",
 }
 
 
@@ -79,6 +91,7 @@ def _flow(
     lead: IntArray,
     plant_quota: IntArray,
     qcoef: FloatArray,
+    qshare: FloatArray,
     in_ptr: IntArray,
     in_pool: IntArray,
     in_mat: IntArray,
@@ -103,6 +116,7 @@ def _flow(
     reserve: FloatArray,
     imp_cap_day: FloatArray,
     exp_cap_day: FloatArray,
+    exp_contract_day: FloatArray,
     dem_rate: FloatArray,
     price: FloatArray,
     q_avail: FloatArray,
@@ -139,17 +153,17 @@ def _flow(
     n_levels = lvl_ptr.shape[0] - 1
     n_plants = order.shape[0]
     nq = max(n_quota, 1)
-    scratch = np.empty(n_plants + 4 * n_pools + 2 * nq)  # one allocation per call
+    scratch = np.empty(n_plants + 4 * n_pools + nq)  # one allocation per call
     want = scratch[:n_plants]
     req_pool = scratch[n_plants:n_plants + n_pools]
     room_req = scratch[n_plants + n_pools:n_plants + 2 * n_pools]
     ratio_pool = scratch[n_plants + 2 * n_pools:n_plants + 3 * n_pools]
     room_ratio = scratch[n_plants + 3 * n_pools:n_plants + 4 * n_pools]
     req_q = scratch[n_plants + 4 * n_pools:n_plants + 4 * n_pools + nq]
-    ratio_q = scratch[n_plants + 4 * n_pools + nq:]
     req_pool[:] = 0.0
     room_req[:] = 0.0
     codes = np.zeros(n_plants, dtype=np.int8)
+    qdone = np.zeros(n_plants, dtype=np.int8)
 
     for d in range(d0, d1):
         slot = d % ring
@@ -162,6 +176,16 @@ def _flow(
                 pipe_sum[s] -= pipe[s, slot]
                 pipe[s, slot] = 0.0
                 ipipe[s, slot] = 0.0
+        # 1b. contracted exports leave before the region's plants draw
+        for k in range(mk_pool.shape[0]):
+            if exp_contract_day[k] > 0.0:
+                s = mk_pool[k]
+                free = stock[s] - reserve[s]
+                if free > 0.0:
+                    amt = free if free < exp_contract_day[k] else exp_contract_day[k]
+                    stock[s] -= amt
+                    tot[4, pool_mat[s]] += amt
+                    exp_rec[k, d] = amt
 
         # 2. plants, level by level
         for lv in range(n_levels):
@@ -189,28 +213,63 @@ def _flow(
                 q = plant_quota[p]
                 if q >= 0:
                     req_q[q] += x * qcoef[p]
-            # 2b. quota shares
+            # 2b. quota shares: a quota that cannot meet its plants' requests is shared by
+            # their licence shares; what a plant leaves of its part goes to the others by
+            # theirs (water-filling: each pass grants in full every request at or below its
+            # part of what is left, until no request is, then splits the rest by shares)
             for q in range(n_quota):
-                if req_q[q] > 0.0:
-                    allow = q_avail[q]
-                    dl = days_left[d]
-                    paced = q_year_left[q] / dl if dl > 0 else q_year_left[q]
-                    if paced < allow:
-                        allow = paced
-                    if allow < 0.0:
-                        allow = 0.0
-                    ratio_q[q] = allow / req_q[q] if allow < req_q[q] else 1.0
-                else:
-                    ratio_q[q] = 1.0
+                if req_q[q] <= 0.0:
+                    continue
+                allow = q_avail[q]
+                dl = days_left[d]
+                paced = q_year_left[q] / dl if dl > 0 else q_year_left[q]
+                if paced < allow:
+                    allow = paced
+                if allow < 0.0:
+                    allow = 0.0
+                if allow >= req_q[q]:
+                    continue
+                for i in range(lo, hi):
+                    pp = order[i]
+                    qdone[pp] = 0 if plant_quota[pp] == q and want[pp] > 0.0 else 1
+                left = allow
+                while True:
+                    shares = 0.0
+                    asked = 0.0
+                    for i in range(lo, hi):
+                        pp = order[i]
+                        if qdone[pp] == 0:
+                            shares += qshare[pp]
+                            asked += want[pp] * qcoef[pp]
+                    if asked <= 0.0:
+                        break
+                    granted = False
+                    for i in range(lo, hi):
+                        pp = order[i]
+                        if qdone[pp] == 0:
+                            part = (left * qshare[pp] / shares if shares > 0.0
+                                    else left * want[pp] * qcoef[pp] / asked)
+                            if want[pp] * qcoef[pp] <= part:
+                                qdone[pp] = 1
+                                left -= want[pp] * qcoef[pp]
+                                granted = True
+                    if not granted:
+                        if left < 0.0:
+                            left = 0.0
+                        for i in range(lo, hi):
+                            pp = order[i]
+                            if qdone[pp] == 0:
+                                part = (left * qshare[pp] / shares if shares > 0.0
+                                        else left * want[pp] * qcoef[pp] / asked)
+                                want[pp] = part / qcoef[pp] if qcoef[pp] > 0.0 else want[pp]
+                                codes[pp] = BIND_QUOTA
+                                qdone[pp] = 1
+                        break
             for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
                 req_pool[lvl_pools[j]] = 0.0
                 room_req[lvl_pools[j]] = 0.0
             for i in range(lo, hi):
                 p = order[i]
-                q = plant_quota[p]
-                if q >= 0 and ratio_q[q] < 1.0 and want[p] > 0.0:
-                    want[p] *= ratio_q[q]
-                    codes[p] = BIND_QUOTA
                 x = want[p]
                 for j in range(in_ptr[p], in_ptr[p + 1]):
                     if in_pool[j] >= 0:
@@ -300,13 +359,14 @@ def _flow(
         # 4. exports, 5. imports
         for k in range(mk_pool.shape[0]):
             s = mk_pool[k]
-            if exp_cap_day[k] > 0.0:
+            spot = exp_cap_day[k] - exp_rec[k, d]  # what the contract left of the cap
+            if spot > 0.0:
                 surplus = stock[s] - reserve[s] - target[s]
                 if surplus > 0.0:
-                    amt = surplus if surplus < exp_cap_day[k] else exp_cap_day[k]
+                    amt = surplus if surplus < spot else spot
                     stock[s] -= amt
                     tot[4, pool_mat[s]] += amt
-                    exp_rec[k, d] = amt
+                    exp_rec[k, d] += amt
             if imp_cap_day[k] > 0.0:
                 need = reserve[s] + target[s] - stock[s] - ipipe_sum[s]
                 if need > 0.0:

@@ -23,8 +23,10 @@ __all__ = [
     "Change",
     "DemandChange",
     "DemandSegment",
+    "Economics",
     "ExportSpec",
     "ImportSpec",
+    "Investment",
     "Market",
     "Material",
     "OutageChange",
@@ -34,6 +36,7 @@ __all__ = [
     "PlantChange",
     "Pool",
     "PriceChange",
+    "PriceLink",
     "PricePoint",
     "PriceSpec",
     "Quota",
@@ -108,6 +111,13 @@ class PricePoint(_Model):
     price_cny_per_unit: NonNeg
 
 
+class PriceLink(_Model):
+    """An outside price that follows another's: ``share_frac`` of its relative change."""
+
+    material: Id
+    share_frac: Annotated[float, Field(ge=0, le=1)]
+
+
 class PriceSpec(_Model):
     """A monthly price path with optional mean-reverting noise in log price."""
 
@@ -117,6 +127,10 @@ class PriceSpec(_Model):
     mean_reversion_per_year: NonNeg = Field(
         1.0, description="Speed at which log-price noise decays back to the path (1/yr)."
     )
+    follows: PriceLink | None = Field(
+        None, description="With economics on, the outside price passes on this share of the "
+        "relative change of another material's outside price (cost pass-through: a metal "
+        "follows its oxide, a magnet its RE metal).")
 
     @field_validator("path")
     @classmethod
@@ -218,6 +232,11 @@ class Plant(_Model):
     )
     availability: Availability = Field(default_factory=Availability)
     recipe: Recipe
+    cash_cost_cny_per_unit: NonNeg | None = Field(
+        None, description="Processing cash cost per unit of activity (besides its inputs); "
+        "with economics on, the plant slows down when its margin turns negative. None: the "
+        "stage's share of output value from economics.cash_cost_share_frac.",
+    )
     source: str = ""
 
 
@@ -239,14 +258,40 @@ class Pool(_Model):
 
 
 class ImportSpec(_Model):
+    """An import source. With economics on it is a supply curve: ``base_tpa`` is on offer
+    while the region's price is at the outside price times ``1 + premium_frac``; the volume
+    on offer rises linearly with the price, by ``cap_tpa`` per ``slope_frac`` of the outside
+    price, between nothing and ``cap_tpa``."""
+
     cap_tpa: NonNeg
+    base_tpa: NonNeg | None = Field(
+        None, description="Volume on offer at the outside price (None: nothing).")
     lead_time_days: Annotated[int, Field(ge=0, le=365)] = 0
     price_factor: NonNeg = 1.0
+    premium_frac: Annotated[float, Field(ge=0, le=10)] | None = Field(
+        None, description="Landed premium over the outside price before any import "
+        "(None: economics.import_premium_frac).")
+    slope_frac: Annotated[float, Field(gt=0, le=10)] | None = Field(
+        None, description="Further premium at which the whole cap is on offer "
+        "(None: economics.import_slope_frac).")
 
 
 class ExportSpec(_Model):
+    """An export sink (another region or the world). With economics on its demand is finite:
+    ``base_tpa`` at the outside price, and a share of ``cap_tpa`` more (or less) per
+    ``slope_frac`` of the outside price the region sells below (or above) it, never below
+    nothing nor above ``cap_tpa`` (the licence or control cap)."""
+
     cap_tpa: NonNeg
     price_factor: NonNeg = 1.0
+    base_tpa: NonNeg | None = Field(
+        None, description="Outside demand at the outside price (None: nothing).")
+    slope_frac: Annotated[float, Field(gt=0, le=10)] | None = Field(
+        None, description="Discount below the outside price at which outside buyers take the "
+        "whole cap (None: economics.export_slope_frac).")
+    contract_frac: Annotated[float, Field(ge=0, le=1)] = Field(
+        0.0, description="Share of base_tpa sold under long-term contracts: with economics on "
+        "it leaves before the region's plants draw, whatever the price (within the cap).")
 
 
 class Market(_Model):
@@ -278,7 +323,9 @@ class QuotaBatch(_Model):
 class Quota(_Model):
     """An annual ceiling in t REO on the output of a set of plants (total-quantity control).
 
-    Each unit of a covered plant's activity uses the REO content of its outputs. Plants pace
+    Each unit of a covered plant's activity uses the REO content of its outputs. When the
+    quota cannot meet what its plants ask for, it is shared by their licence shares (``shares``,
+    or their nameplate REO capacity), and what a plant leaves goes to the others. Plants pace
     their use evenly over the year and never use more than has been released so far — unless
     ``produce_ahead`` is set: then they produce from January against the year's total (the
     sum of its batches, after any quota change), as firms do when the first batch is
@@ -297,6 +344,10 @@ class Quota(_Model):
     produce_ahead: bool = Field(
         False, description="Produce ahead of a batch's release, up to the year's total."
     )
+    shares: dict[Id, NonNeg] | None = Field(
+        None, description="Licence shares by plant (relative weights): when the quota cannot "
+        "meet every plant's request it is shared by these, and what a plant leaves goes to "
+        "the others. None: each plant's nameplate REO capacity as the scenario states it.")
     source: str = ""
 
     @model_validator(mode="after")
@@ -308,6 +359,10 @@ class Quota(_Model):
             raise ValueError("a quota must cover at least one plant")
         if not self.annual_t_reo:
             raise ValueError("annual_t_reo needs at least one year")
+        if self.shares is not None:
+            extra = sorted(set(self.shares) - set(self.plants))
+            if extra:
+                raise ValueError(f"shares names plants the quota does not cover: {extra}")
         return self
 
     def amount_for(self, year: int) -> float:
@@ -332,6 +387,11 @@ class DemandSegment(_Model):
         default_factory=lambda: [1.0] * 12, description="12 monthly multipliers, mean 1."
     )
     noise_cv: Annotated[float, Field(ge=0, le=2)] = 0.0
+    price_elasticity: Annotated[float, Field(ge=-5, le=0)] | None = Field(
+        None, description="Short-run elasticity of the segment's draw to the price of "
+        "price_material (thrifting, substitution; None: economics.demand_elasticity).")
+    price_material: Id | None = Field(
+        None, description="The material whose price the segment responds to (None: material).")
     source: str = ""
 
     @field_validator("seasonality")
@@ -360,11 +420,70 @@ class Target(_Model):
 
 
 class Settings(_Model):
-    """Switches for the random streams (each can be turned off for a deterministic run)."""
+    """Switches for the random streams (each can be turned off for a deterministic run), and
+    for how prices come about when the scenario has ``economics``."""
 
     outages: bool = True
     price_noise: bool = True
     demand_noise: bool = True
+    investment: bool = Field(
+        True, description="With economics.investment given: let sustained margins build new "
+        "capacity (false: today's nameplate only).")
+    price_mode: Literal["market", "path"] = Field(
+        "market", description="market: prices are formed from stock cover around the outside "
+        "(path) price; path: the paths are replayed and move nothing (no economics).")
+
+
+class Investment(_Model):
+    """New capacity triggered by sustained margins (with economics on, ``settings.investment``
+    on): when a stage's plants have run at ``utilisation_threshold_frac`` or more of their
+    ceiling with a margin of ``margin_threshold_frac`` or more, on average over the last
+    ``window_months``, the stage starts a project that adds ``step_frac`` of each plant's
+    nameplate after ``build_years``; one project at a time per stage."""
+
+    margin_threshold_frac: Annotated[float, Field(ge=0, le=5)]
+    utilisation_threshold_frac: Annotated[float, Field(gt=0, le=1)]
+    window_months: Annotated[int, Field(ge=1, le=120)]
+    step_frac: Annotated[float, Field(gt=0, le=5)]
+    build_years: dict[Stage, Annotated[float, Field(ge=0, le=30)]] = Field(
+        description="The stages that invest, and how long a project takes to build.")
+
+
+class Economics(_Model):
+    """Markets and decisions (DESIGN §2.4). Every month each pooled material's price moves
+    with its stock against the working stock it should hold, bounded per step and pulled
+    toward the outside price; imports follow supply curves and exports meet finite demand;
+    plants set their utilisation from downstream stock and margin; demand responds to price
+    with a delay. Parameters come from data/ (estimates where no source exists)."""
+
+    price_adjust_per_month: Annotated[float, Field(ge=0, le=5)] = Field(
+        description="Change in log price per month for a stock gap of one whole working stock.")
+    price_max_step_frac: Annotated[float, Field(gt=0, le=1)] = Field(
+        description="Largest change of log price in one month.")
+    reference_pull_per_month: Annotated[float, Field(ge=0, le=1)] = Field(
+        description="Share of the gap to the outside price closed per month.")
+    cover_target_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        description="Working stock in days of use, for pools without target_t.")
+    inventory_adjust_days: Annotated[float, Field(gt=0, le=3650)] = Field(
+        description="Producers close the gap to their working stock over this many days.")
+    margin_band_frac: Annotated[float, Field(gt=0, le=5)] = Field(
+        description="A plant at this negative margin (share of output value) is at its minimum.")
+    min_utilisation_frac: Annotated[float, Field(ge=0, le=1)] = Field(
+        description="Utilisation a plant keeps however poor its margin or full its stock.")
+    cash_cost_share_frac: dict[Stage, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict, description="Processing cash cost per stage, as a share of the "
+        "output value at the start's prices, for plants without cash_cost_cny_per_unit.")
+    import_premium_frac: Annotated[float, Field(ge=0, le=10)] = 0.0
+    import_slope_frac: Annotated[float, Field(gt=0, le=10)] = Field(
+        description="Premium over the outside price at which an import cap is fully on offer.")
+    export_slope_frac: Annotated[float, Field(gt=0, le=10)] = Field(
+        description="Discount below the outside price at which an export cap is fully taken.")
+    demand_elasticity: Annotated[float, Field(ge=-5, le=0)] = Field(
+        description="Default short-run price elasticity of demand segments.")
+    demand_response_months: Annotated[float, Field(ge=0, le=120)] = Field(
+        description="Delay (months, first-order) with which demand sees a price change.")
+    investment: Investment | None = Field(
+        None, description="New capacity from sustained margins (None: no investment).")
 
 
 # --- what-if changes (DESIGN §2.5): one schema for the CLI, Python and HTTP -----------------
@@ -563,6 +682,14 @@ class Scenario(_Model):
     targets: list[Target] = Field(default_factory=list)
     changes: list[Change] = Field(default_factory=list)
     settings: Settings = Field(default_factory=Settings)
+    economics: Economics | None = Field(
+        None, description="Markets and decisions; without it prices replay their paths and "
+        "plants run at their utilisation ceiling (the chain is pushed).")
+
+    @property
+    def markets_on(self) -> bool:
+        """Prices formed and decisions taken (economics given, price_mode market)."""
+        return self.economics is not None and self.settings.price_mode == "market"
 
     @property
     def horizon_days(self) -> int:
@@ -616,6 +743,11 @@ class Scenario(_Model):
                 )
             if all(m in mats for m in (*p.recipe.inputs, *p.recipe.outputs)):
                 _check_no_creation(i, p, mats, problems)
+        for i, m in enumerate(self.materials):
+            link = m.price.follows
+            if link is not None and (link.material not in mats or link.material == m.id):
+                problems.append(f"materials[{i}].price.follows.material: {link.material!r} "
+                                "must be another material of the scenario")
         for i, pool in enumerate(self.pools):
             if pool.material not in mats:
                 problems.append(f"pools[{i}].material: unknown material {pool.material!r}")
@@ -646,6 +778,9 @@ class Scenario(_Model):
                 problems.append(
                     f"demand[{i}].material: no pool for {g.material!r} in region {g.region!r}"
                 )
+            if g.price_material is not None and g.price_material not in mats:
+                problems.append(
+                    f"demand[{i}].price_material: unknown material {g.price_material!r}")
         for i, ch in enumerate(self.changes):
             if isinstance(ch, PlantChange | ParameterChange):
                 problems.append(

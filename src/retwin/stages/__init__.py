@@ -6,6 +6,7 @@ released, prices and demand are redrawn for the month, a what-if change starts o
 """
 
 from retwin.stages.base import Chain, StageProcess
+from retwin.stages.economy import EconomyProcess
 from retwin.stages.market import DemandProcess, MarketProcess
 from retwin.stages.policy import PolicyProcess
 from retwin.stages.quota import QuotaProcess
@@ -13,6 +14,7 @@ from retwin.stages.quota import QuotaProcess
 __all__ = [
     "Chain",
     "DemandProcess",
+    "EconomyProcess",
     "MarketProcess",
     "PolicyProcess",
     "QuotaProcess",

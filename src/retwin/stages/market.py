@@ -1,8 +1,7 @@
-"""Monthly market clearing (prices) and monthly demand draws."""
+"""Prices and demand replayed from their paths (``price_mode: path``, or no economics)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Generator
 from typing import Any
 
@@ -11,6 +10,7 @@ import simpy
 
 from retwin._typing import FloatArray, IntArray
 from retwin.stages.base import Chain
+from retwin.stages.economy import demand_paths, reference_paths
 
 __all__ = ["DemandProcess", "MarketProcess"]
 
@@ -43,23 +43,9 @@ class MarketProcess:
         env.process(self._run(env, chain))
 
     def _run(self, env: simpy.Environment, chain: Chain) -> Generator[Any, Any, None]:
-        n_m, n_t = len(self.material_ids), len(self.month_start_day)
-        # the log-price noise of the whole horizon, one stream per material (drawn up front:
-        # it does not depend on the state)
-        x = np.zeros((n_m, n_t))
-        dt = 1.0 / 12.0
-        for i in range(n_m):
-            k, s = float(self.reversion[i]), float(self.volatility[i])
-            if s <= 0:
-                continue
-            eps = chain.rng(f"price/{self.material_ids[i]}").standard_normal(n_t)
-            decay = math.exp(-k * dt)
-            sd = s * math.sqrt((1 - decay * decay) / (2 * k)) if k > 0 else s * math.sqrt(dt)
-            level = 0.0
-            for t in range(n_t):
-                level = level * decay + sd * eps[t]
-                x[i, t] = level
-        path = self.price_month * np.exp(x)
+        # the noise of the whole horizon is drawn up front: it does not depend on the state
+        path = reference_paths(chain, self.material_ids, self.price_month, self.volatility,
+                               self.reversion)
         for t, day in enumerate(self.month_start_day):
             if day > env.now:
                 yield env.timeout(int(day) - env.now)
@@ -93,13 +79,7 @@ class DemandProcess:
             env.process(self._run(env, chain))
 
     def _run(self, env: simpy.Environment, chain: Chain) -> Generator[Any, Any, None]:
-        n_t = len(self.month_start_day)
-        sig = np.sqrt(np.log1p(self.cv**2))
-        rate = self.demand_month.copy()
-        for g in range(len(self.segment_ids)):
-            if sig[g] > 0:
-                eps = chain.rng(f"demand/{self.segment_ids[g]}").standard_normal(n_t)
-                rate[g] *= np.exp(sig[g] * eps - 0.5 * sig[g] ** 2)
+        rate = demand_paths(chain, self.segment_ids, self.demand_month, self.cv)
         for t, day in enumerate(self.month_start_day):
             if day > env.now:
                 yield env.timeout(int(day) - env.now)

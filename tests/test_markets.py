@@ -1,0 +1,238 @@
+"""Markets and decisions (DESIGN §2.4) on ``tiny-markets``: the stylised facts a rare-earth
+analyst expects, each as a paired, deterministic comparison with the baseline.
+
+Every run here also closes its mass balance (``retwin.run`` checks it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import retwin
+from conftest import QUIET
+
+WHEN = "2024-07-01"
+YEAR2 = slice(366, 731)  # 2025, in days of the 2024-2025 horizon
+MONTHS2 = slice(12, 24)
+
+
+@pytest.fixture(scope="module")
+def base() -> retwin.Scenario:
+    sc = retwin.load_scenario("tiny-markets")
+    return retwin.apply_changes(sc, [{"kind": "parameter", "path": f"settings.{k}",
+                                      "value": v} for k, v in QUIET.items()])
+
+
+@pytest.fixture(scope="module")
+def baseline(base: retwin.Scenario) -> Any:
+    return retwin.run(base, seed=1)
+
+
+def _run(base: retwin.Scenario, *changes: dict[str, Any]) -> Any:
+    return retwin.run(retwin.apply_changes(base, list(changes)), seed=1)
+
+
+def _act(res: Any, plant: str) -> float:
+    return float(res.activity[res.compiled.plant_ids.index(plant), YEAR2].sum())
+
+
+def _price(res: Any, material: str) -> float:
+    return float(res.price_month[res.compiled.material_ids.index(material), MONTHS2].mean())
+
+
+def _trade(res: Any, side: str, market: str) -> float:
+    rec = res.imports if side == "import" else res.exports
+    return float(rec[res.compiled.market_ids.index(market), YEAR2].sum())
+
+
+def test_markets_are_on_and_a_path_mode_replays_the_paths(base: retwin.Scenario,
+                                                         baseline: Any) -> None:
+    assert base.markets_on
+    c = baseline.compiled
+    assert not np.allclose(baseline.price_month, c.price_month)  # prices are formed
+    path = retwin.run(retwin.apply_changes(base, [
+        {"kind": "parameter", "path": "settings.price_mode", "value": "path"}]), seed=1)
+    np.testing.assert_array_equal(path.price_month, path.compiled.price_month)
+
+
+def test_a_demand_surge_raises_the_price_and_the_output(base: retwin.Scenario,
+                                                        baseline: Any) -> None:
+    res = _run(base, {"kind": "demand", "segment": "motors", "factor": 1.3, "from": WHEN})
+    assert _price(res, "magnet") > _price(baseline, "magnet")
+    assert _act(res, "magnets") > _act(baseline, "magnets")
+    # the region keeps more of its magnets: outside buyers get less
+    assert _trade(res, "export", "magnet_out") < _trade(baseline, "export", "magnet_out")
+
+
+def test_a_deep_quota_cut_cuts_separation_raises_the_price_and_imports(
+        base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "quota", "quota": "mining", "factor": 0.3, "from": WHEN})
+    assert _act(res, "separation") < 0.7 * _act(baseline, "separation")
+    assert _price(res, "prnd_oxide") > 1.05 * _price(baseline, "prnd_oxide")
+    assert _trade(res, "import", "prnd_trade") > _trade(baseline, "import", "prnd_trade")
+    assert _act(res, "magnets") < _act(baseline, "magnets")
+
+
+def test_a_zero_quota_reaches_the_magnets(base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "quota", "quota": "mining", "factor": 0.0, "from": WHEN})
+    assert _act(res, "mine") == 0.0
+    assert _act(res, "magnets") < 0.9 * _act(baseline, "magnets")
+
+
+def test_a_binding_export_control_cuts_exports_price_and_production(
+        base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "trade", "market": "magnet_out", "side": "export",
+                      "factor": 0.25, "from": WHEN})  # 1,500 t/a
+    assert _trade(res, "export", "magnet_out") <= 1500 * 1.0001
+    assert _trade(baseline, "export", "magnet_out") > 1500
+    assert _price(res, "magnet") < _price(baseline, "magnet")
+    assert _act(res, "magnets") < _act(baseline, "magnets")
+
+
+def test_an_outside_price_rise_is_passed_on_draws_supply_and_shifts_trade(
+        base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "price", "material": "prnd_oxide", "factor": 1.5, "from": WHEN})
+    assert _price(res, "prnd_oxide") > 1.3 * _price(baseline, "prnd_oxide")
+    # the metal's outside price follows its oxide's (cost pass-through)
+    assert _price(res, "prnd_metal") > 1.3 * _price(baseline, "prnd_metal")
+    for plant in ("separation", "recycler", "mine"):
+        assert _act(res, plant) > _act(baseline, plant), plant
+    assert _trade(res, "export", "prnd_trade") > _trade(baseline, "export", "prnd_trade")
+    assert _trade(res, "import", "prnd_trade") <= _trade(baseline, "import", "prnd_trade")
+
+
+def test_an_outside_price_fall_does_the_reverse(base: retwin.Scenario, baseline: Any) -> None:
+    res = _run(base, {"kind": "price", "material": "prnd_oxide", "factor": 0.6, "from": WHEN})
+    assert _price(res, "prnd_oxide") < 0.8 * _price(baseline, "prnd_oxide")
+    assert _act(res, "recycler") < _act(baseline, "recycler")
+    assert _trade(res, "export", "prnd_trade") < _trade(baseline, "export", "prnd_trade")
+
+
+def test_more_separation_capacity_lowers_nothing_downstream(base: retwin.Scenario,
+                                                            baseline: Any) -> None:
+    res = _run(base, {"kind": "capacity", "plant": "separation", "factor": 1.5, "from": WHEN})
+    assert _act(res, "separation") > _act(baseline, "separation")
+    assert _act(res, "magnets") >= _act(baseline, "magnets")
+
+
+def test_no_pool_exceeds_its_ceiling(baseline: Any, base: retwin.Scenario) -> None:
+    for res in (baseline, _run(base, {"kind": "trade", "market": "magnet_out",
+                                      "side": "export", "cap_tpa": 0, "from": WHEN})):
+        for s, pool in enumerate(base.pools):
+            if pool.max_t is not None:
+                assert res.stock[s].max() <= pool.max_t * (1 + 1e-9), pool.material
+
+
+# --- baotou-2024-markets: the reference region with markets on ---------------------------
+
+BT_YEAR = 2027
+
+
+@pytest.fixture(scope="module")
+def bt_base() -> retwin.Scenario:
+    sc = retwin.load_scenario("baotou-2024-markets")
+    return retwin.apply_changes(sc, [{"kind": "parameter", "path": f"settings.{k}",
+                                      "value": v} for k, v in QUIET.items()])
+
+
+@pytest.fixture(scope="module")
+def bt_baseline(bt_base: retwin.Scenario) -> Any:
+    return retwin.run(bt_base, seed=1)
+
+
+def _bt(res: Any) -> dict[str, float]:
+    c = res.compiled
+    days = np.array([d.year for d in c.dates.astype("datetime64[D]").astype(object)]) == BT_YEAR
+    months = np.array([y for y, _ in c.months]) == BT_YEAR
+    stage = np.array(c.plant_stage)
+    return {
+        "magnet": float(res.activity[stage == "magnet"][:, days].sum()),
+        "separation": float(res.activity[stage == "separation"][:, days].sum()),
+        "prnd_price": float(res.price_month[c.material_ids.index("prnd_oxide"), months].mean()),
+        "magnet_price": float(
+            res.price_month[c.material_ids.index("ndfeb_magnet"), months].mean()),
+        "prnd_imports": float(
+            res.imports[c.market_ids.index("prnd_oxide_trade"), days].sum()),
+        "magnet_exports": float(
+            res.exports[c.market_ids.index("magnet_export_world"), days].sum()),
+    }
+
+
+@pytest.mark.parametrize(("change", "expect"), [
+    ({"kind": "quota", "quota": "mining", "factor": 0.7, "from": "2025-01-01"},
+     {"separation": -1, "prnd_price": +1, "prnd_imports": +1, "magnet": -1}),
+    ({"kind": "quota", "quota": "mining", "factor": 0.0, "from": "2025-01-01"},
+     {"separation": -1, "prnd_price": +1, "prnd_imports": +1, "magnet": -1}),
+    ({"kind": "demand", "segment": "nev", "factor": 1.3, "from": "2026-01-01"},
+     {"magnet": +1, "magnet_price": +1, "magnet_exports": -1}),
+    ({"kind": "trade", "market": "magnet_export_world", "side": "export", "factor": 0.25,
+      "from": "2025-01-01"},
+     {"magnet_exports": -1, "magnet": -1, "prnd_price": -1}),
+    ({"kind": "capacity", "stage": "separation", "factor": 1.5, "from": "2025-01-01"},
+     {"separation": +1, "prnd_price": -1, "prnd_imports": -1, "magnet": 0}),
+    ({"kind": "price", "material": "prnd_oxide", "factor": 1.5, "from": "2025-01-01"},
+     {"prnd_price": +1, "magnet_price": +1}),
+], ids=["mining-quota-x0.7", "zero-mining-quota", "nev-demand-x1.3", "magnet-export-control",
+        "separation-x1.5", "prnd-price-x1.5"])
+def test_baotou_answers_with_the_signs_economics_gives(bt_base: retwin.Scenario,
+                                                       bt_baseline: Any, change: Any,
+                                                       expect: dict[str, int]) -> None:
+    """Each named KPI moves in the stated direction (0: does not fall)."""
+    b = _bt(bt_baseline)
+    w = _bt(retwin.run(retwin.apply_changes(bt_base, [change]), seed=1))
+    for kpi, sign in expect.items():
+        d = w[kpi] - b[kpi]
+        if sign == 0:
+            assert d >= -1e-6 * max(1.0, abs(b[kpi])), (kpi, d)
+        else:
+            assert sign * d > 0, (kpi, d)
+
+
+def test_decisions_show_in_the_binding_constraints(bt_baseline: Any, bt_base: retwin.Scenario,
+                                                   ) -> None:
+    """With markets on, a plant below its ceiling by its own decision is bound by 'demand' or
+    'margin', not 'capacity'; a binding export control holds the magnets back more often."""
+    bt = bt_baseline.binding_table
+    assert {"demand"} <= set(bt.constraint)
+    def held(table: Any) -> float:
+        """Share of the magnets' plant-days 2025-2030 held back by demand or margin."""
+        sel = table[(table.stage == "magnet") & (table.year >= 2025)]
+        return float(sel[sel.constraint.isin(["demand", "margin"])].share.sum()
+                     / sel.year.nunique())
+
+    base_held = held(bt)
+    mag = bt[(bt.stage == "magnet") & (bt.year == BT_YEAR)].set_index("constraint").share
+    assert mag.get("demand", 0.0) > mag.get("capacity", 0.0)
+    controlled = retwin.run(retwin.apply_changes(bt_base, [
+        {"kind": "trade", "market": "magnet_export_world", "side": "export", "factor": 0.25,
+         "from": "2025-01-01"}]), seed=1).binding_table
+    assert held(controlled) > base_held
+    # the markets-off reference model keeps the kernel's own labels
+    plain = retwin.run(retwin.load_scenario("tiny"), seed=1).binding_table
+    assert not {"demand", "margin"} & set(plain.constraint)
+
+
+def test_sustained_margins_build_capacity_and_the_switch_turns_it_off(
+        base: retwin.Scenario) -> None:
+    # a doubled demand keeps separation busy and profitable; thresholds and build time are
+    # set here so that a two-year horizon shows a whole project
+    surge = [{"kind": "demand", "segment": "motors", "factor": 2.0, "from": "2024-03-01"},
+             {"kind": "parameter", "path": "economics.investment.build_years.separation",
+              "value": 0.25},
+             {"kind": "parameter", "path": "economics.investment.utilisation_threshold_frac",
+              "value": 0.75},
+             {"kind": "parameter", "path": "economics.investment.margin_threshold_frac",
+              "value": 0.1}]
+    res = _run(base, *surge)
+    built = [e for e in res.events if e[1] in ("investment", "commissioning")]
+    assert ("investment", "separation") in {(k, s) for _, k, s in built}
+    assert ("commissioning", "separation") in {(k, s) for _, k, s in built}
+    cap = res.kpis[(res.kpis.kpi == "capacity.stage") & (res.kpis.key == "separation")]
+    assert cap[cap.year == 2025].value.iloc[0] > cap[cap.year == 2024].value.iloc[0]
+    off = _run(base, *surge, {"kind": "parameter", "path": "settings.investment",
+                              "value": False})
+    assert not [e for e in off.events if e[1] in ("investment", "commissioning")]
+    cap_off = off.kpis[(off.kpis.kpi == "capacity.stage") & (off.kpis.key == "separation")]
+    assert cap_off.value.nunique() == 1
