@@ -60,8 +60,8 @@ from retwin_service.space import NO_SPACE, Space, is_no_space
 if TYPE_CHECKING:  # a worker needs none of the registry's packages
     from retwin_service.registry import Registry
 
-__all__ = ["Cancelled", "Compute", "Jobs", "Outcome", "Task", "compute", "is_stored",
-           "public_error", "result_dir", "stored_kpis"]
+__all__ = ["Cancelled", "Compute", "Jobs", "Outcome", "StoreFailed", "Task", "compute",
+           "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
 
 log = logging.getLogger("retwin.api.jobs")
 
@@ -71,6 +71,22 @@ PROGRESS_EVERY_S = 0.25
 
 class Cancelled(Exception):
     """Raised inside a worker to stop a computation between two replications."""
+
+
+class StoreFailed(Exception):
+    """A result could not be stored: the fault is the service's data folder (full,
+    read-only…), never the request. It reaches the server as an exception, which tells a
+    full folder (and remembers it for the health check) from an internal error."""
+
+
+def store(result: whatif.WhatIfResult, results_root: str | Path, key: str,
+          baseline_key: str | None = None) -> None:
+    """Store ``result`` as computation ``key`` (atomically); :class:`StoreFailed` if the
+    data folder refuses it."""
+    try:
+        whatif.save(result, result_dir(results_root, key), baseline_ref=baseline_key)
+    except (retwin.RetwinError, OSError) as exc:
+        raise StoreFailed(f"storing {key[:12]}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -198,7 +214,7 @@ def _compute(task: Task, hooks: TaskHooks) -> Outcome:
             if base is None:
                 done = whatif.run(w.baseline_only(), replications=n, seed=seed,
                                   progress=rep.step)
-                whatif.save(done, result_dir(root, task.baseline_key))
+                store(done, root, task.baseline_key)
                 base = done.whatif
             else:
                 rep.done += n
@@ -206,7 +222,7 @@ def _compute(task: Task, hooks: TaskHooks) -> Outcome:
     rep.check()
     if root is None:
         return Outcome("done", result=res)
-    whatif.save(res, result_dir(root, task.key), baseline_ref=task.baseline_key)
+    store(res, root, task.key, task.baseline_key)
     return Outcome("done")
 
 
@@ -224,14 +240,14 @@ class Compute:
 
 
 def public_error(exc: BaseException) -> str:
-    """A message fit for a client: a bad scenario or a leaking balance says what is wrong,
-    and so does a full data folder; anything else is an internal error whose details
-    (paths…) stay in the server's log."""
-    if isinstance(exc, retwin.ScenarioError | retwin.MassBalanceError):
-        return str(exc)
+    """A message fit for a client: a full data folder says so, and so do a bad scenario or
+    a leaking balance; anything else (a result that could not be stored for another
+    reason…) is an internal error whose details (paths…) stay in the server's log."""
     if is_no_space(exc):
         return (f"{NO_SPACE} to store this run's result; submit it again once there is "
                 "room")
+    if isinstance(exc, retwin.ScenarioError | retwin.MassBalanceError):
+        return str(exc)
     return "internal error while computing this run; see the service log"
 
 
@@ -416,8 +432,8 @@ class Jobs:
             try:
                 base = res.baseline_only()
                 if base is not None and task.baseline_key is not None:
-                    whatif.save(base, result_dir(self.root, task.baseline_key))
-                whatif.save(res, result_dir(self.root, task.key), baseline_ref=task.baseline_key)
+                    store(base, self.root, task.baseline_key)
+                store(res, self.root, task.key, task.baseline_key)
             except Exception as exc:
                 if not self._no_space(exc):
                     log.exception("storing computation %s failed", task.key[:12])

@@ -16,7 +16,15 @@ import retwin
 from retwin import whatif
 from retwin.batch.executors import SerialExecutor
 from retwin.storage import read_table
-from retwin_service.jobs import Compute, Task, compute, is_stored, result_dir
+from retwin_service.jobs import (
+    Compute,
+    StoreFailed,
+    Task,
+    compute,
+    is_stored,
+    public_error,
+    result_dir,
+)
 
 
 def task(root: Path, key: str = "w", changes: tuple[Any, ...] = (QUOTA_CUT,), n: int = 2,
@@ -93,3 +101,21 @@ def test_a_worker_needs_none_of_the_services_web_or_database_packages() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(("reason", "told"), [
+    ("cannot write it: [errno 28] No space left on device", "no space left in the data folder"),
+    ("cannot write it: read-only file system", "internal error"),
+])
+def test_a_result_that_cannot_be_stored_is_the_services_fault(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reason: str, told: str) -> None:
+    """Not the request's: it reaches the server as an exception (which tells a full data
+    folder, for the health check, from an internal error), and no path goes to the client."""
+    def refused(_res: Any, out: Any, **_k: Any) -> Any:
+        raise retwin.ScenarioError([(str(out), reason)])  # as retwin.storage reports it
+
+    monkeypatch.setattr(whatif, "save", refused)
+    with pytest.raises(StoreFailed) as exc:
+        compute(task(tmp_path))
+    msg = public_error(pickle.loads(pickle.dumps(exc.value)))  # as it comes back
+    assert told in msg and str(tmp_path) not in msg
