@@ -310,3 +310,5 @@ def test_the_api_folder_is_only_a_shortcut() -> None:
     deps = {_module_name(p, root.parent): _imports(p, root.parent) for p in root.rglob("*.py")}
     assert {m for m, d in deps.items() if d} == {"api.main"}
     assert {d for d in deps["api.main"] if not d.startswith("retwin_service.main")} == set()
+    shortcut = importlib.import_module("api.main")
+    assert shortcut.create_app is importlib.import_module("retwin_service.main").create_app

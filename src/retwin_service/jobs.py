@@ -184,8 +184,9 @@ def _locked(root: str | None, key: str) -> Iterator[None]:
 
 
 def compute(task: Task) -> Outcome:
-    """Run one task; a cancellation or a bad scenario come back as an :class:`Outcome`,
-    never as an exception."""
+    """Run one task. A cancellation, a bad scenario or a leaking balance come back as an
+    :class:`Outcome`; a result the data folder refuses raises :class:`StoreFailed` (the
+    server's business, not the request's)."""
     root = task.results_root
     try:
         with _locked(root, task.key):
