@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import retwin
@@ -60,11 +59,6 @@ class Catalog:
                 [("model", f"unknown model {name!r} (known: {', '.join(self.names())})")]
             )
         return self.models[name]
-
-    @lru_cache(maxsize=64)  # noqa: B019 - the catalog lives as long as the service
-    def base(self, name: str, end: str | None) -> retwin.Scenario:
-        """Model ``name`` with its horizon ending on ``end`` (default: the model's)."""
-        return whatif.with_end(self.get(name), end)
 
 
 @dataclass(frozen=True)
@@ -155,12 +149,11 @@ class Service:
         self.check_limits(req)
         model = self.catalog.get(req.model)
         end = req.end.isoformat() if req.end and req.end != model.end else None
-        base = self.catalog.base(req.model, end)
-        w = whatif.resolve(base, _canonical_changes(req))
+        w = whatif.resolve(model, _canonical_changes(req), end=end)
         sc = w.scenario
         horizon = (sc.end - sc.start).days + 1
         if horizon > self.settings.max_horizon_days:
-            where = "end" if sc.end == base.end else "changes"
+            where = "end" if sc.end == (w.baseline or sc).end else "changes"
             raise retwin.ScenarioError([(where, (
                 f"horizon of {horizon} days ({sc.start}..{sc.end}) exceeds the "
                 f"service's limit of {self.settings.max_horizon_years:g} years"))])
