@@ -283,14 +283,20 @@ def _check_hooks(ex: Any, seen: list[Any]) -> None:
     assert ex.submit(_hooked, ("peek", "b")).result(timeout=60) is False
 
 
-def test_process_tasks_report_progress_and_are_cancelled_by_key() -> None:
+@pytest.mark.parametrize("own_folder", [False, True])
+def test_process_tasks_report_progress_and_are_cancelled_by_key(tmp_path: Path,
+                                                                own_folder: bool) -> None:
     seen: list[Any] = []
-    ex = ProcessExecutor(2, on_progress=lambda *m: seen.append(m))
+    flags = tmp_path / "flags" if own_folder else None
+    ex = ProcessExecutor(2, on_progress=lambda *m: seen.append(m), flags_dir=flags)
     try:
         _check_hooks(ex, seen)
+        used = Path(ex._flag_dir())
+        assert used == flags if own_folder else used.is_dir()
     finally:
         ex.abort()
         ex.close()
+    assert not used.exists()  # no flag folder is left behind
 
 
 def test_dask_tasks_report_progress_and_are_cancelled_by_key(cluster: Any) -> None:

@@ -298,13 +298,14 @@ class Jobs:
         in a thread)."""
         self.root.mkdir(parents=True, exist_ok=True)
         for p in self.root.glob(".*"):
-            if p.is_dir() and p.name != ".locks":
-                shutil.rmtree(p, ignore_errors=True)  # a half-written result directory
+            if p.is_dir() and p.name != ".locks":  # a half-written result, old cancel flags
+                shutil.rmtree(p, ignore_errors=True)
         if self.dask_address:
             self.executor = DaskExecutor(self.dask_address, timeout_s=DASK_CONNECT_S,
                                          on_progress=self._progress)
         else:
-            self.executor = ProcessExecutor(self.workers, on_progress=self._progress)
+            self.executor = ProcessExecutor(self.workers, on_progress=self._progress,
+                                            flags_dir=self.root / ".cancel")
         self.executor.start(self._fn)
 
     def abandon(self) -> None:

@@ -395,11 +395,14 @@ class ProcessExecutor(Executor):
     broken by a worker's death is replaced at the next :meth:`submit`.
 
     ``on_progress(key, done, total)`` receives what tasks report (:func:`task_hooks`), in a
-    thread of this process.
+    thread of this process. Cancel flags are files in ``flags_dir`` (default: a temporary
+    folder); the folder is removed when the executor is closed (or, a temporary one, when it
+    is collected or the interpreter exits).
     """
 
     def __init__(self, workers: int, *,
-                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
+                 on_progress: Callable[[str, int, int], None] | None = None,
+                 flags_dir: str | os.PathLike[str] | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers(={workers}) must be >= 1")
         self.workers = int(workers)
@@ -411,6 +414,7 @@ class ProcessExecutor(Executor):
         self._on_progress = on_progress
         self._queue: Any = None  # a new one with every pool (a killed writer may hold its lock)
         self._flags: str | None = None
+        self._flags_dir = None if flags_dir is None else os.fspath(flags_dir)
         self._drain: threading.Thread | None = None
         self._closing = threading.Event()
 
@@ -419,10 +423,12 @@ class ProcessExecutor(Executor):
         return f"{self.workers} local process{'es' if self.workers > 1 else ''}"
 
     def _flag_dir(self) -> str:
-        """The folder of cancel flags (removed at :meth:`close`, or when this executor is
-        collected or the interpreter exits)."""
+        """The folder of cancel flags, made on first use."""
         with self._lock:
-            if self._flags is None:
+            if self._flags is None and self._flags_dir is not None:
+                os.makedirs(self._flags_dir, exist_ok=True)
+                self._flags = self._flags_dir
+            elif self._flags is None:
                 self._flags = tempfile.mkdtemp(prefix="retwin-cancel-")
                 weakref.finalize(self, shutil.rmtree, self._flags, ignore_errors=True)
             return self._flags
