@@ -19,8 +19,9 @@ extra = p['optional-dependencies']; \
 print('\n'.join(p['dependencies'] + extra['api'] + extra['dist']))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 COPY README.md ./
+# src/ holds retwin and its service (retwin_service); the top-level api/ is a checkout's
+# shortcut only and is not installed.
 COPY src ./src
-COPY api ./api
 COPY data ./data
 COPY models ./models
 RUN pip wheel --no-deps --wheel-dir /wheels . \

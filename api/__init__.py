@@ -1,6 +1,2 @@
-"""retwin's HTTP service: FastAPI over the twin, with a durable run registry.
-
-``create_app(settings)`` in :mod:`api.main` builds the app; ``retwin serve`` runs it. This
-package talks to retwin only through its public API, :mod:`retwin.storage` and
-:mod:`retwin.registry`.
-"""
+"""A checkout's shortcut to the service: the service itself is the package
+:mod:`retwin_service` (``src/retwin_service``), installed with retwin (not this folder)."""

@@ -36,8 +36,8 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from api.main import create_app
-from api.settings import Settings
+from retwin_service.main import create_app
+from retwin_service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = 30

@@ -28,6 +28,7 @@ from retwin.batch import (
     ProcessExecutor,
     run_batch,
 )
+from retwin.batch.executors import task_hooks
 
 pytestmark = pytest.mark.slow
 
@@ -230,3 +231,107 @@ def test_example_studies_run(name: str, tmp_path: Path) -> None:
         sens = res.sensitivity()
         assert set(sens["kpi"]) == set(res.spec.kpis)
     assert isinstance(retwin.load_scenario(res.spec.base), retwin.Scenario)
+
+
+# --- one task at a time: progress and cancel hooks, thread pools, a dead worker ---------------
+
+
+def _hooked(item: tuple[str, str]) -> Any:
+    """A task that reports progress, waits for its cancel flag, or tells about its process."""
+    mode, key = item
+    hooks = task_hooks()
+    if mode == "report":
+        for i in range(3):
+            hooks.progress(key, i + 1, 3)
+        return key
+    if mode == "wait":
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if hooks.cancelled(key):
+                return True
+            time.sleep(0.02)
+        return False
+    if mode == "peek":
+        return hooks.cancelled(key)
+    if mode == "blas":
+        from threadpoolctl import threadpool_info
+
+        return max((i["num_threads"] for i in threadpool_info()), default=1)
+    return os.getpid()
+
+
+def _wait_for(cond: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _check_hooks(ex: Any, seen: list[Any]) -> None:
+    assert ex.submit(_hooked, ("report", "a")).result(timeout=120) == "a"
+    _wait_for(lambda: len(seen) >= 3)
+    assert seen == [("a", 1, 3), ("a", 2, 3), ("a", 3, 3)]
+    b = ex.submit(_hooked, ("wait", "b"))
+    c = ex.submit(_hooked, ("wait", "c"))
+    time.sleep(0.5)
+    ex.cancel("b")
+    assert b.result(timeout=60) is True
+    assert not c.done()  # a flag stops its own task only
+    ex.cancel("c")
+    assert c.result(timeout=60) is True
+    ex.uncancel("b")
+    assert ex.submit(_hooked, ("peek", "b")).result(timeout=60) is False
+
+
+@pytest.mark.parametrize("own_folder", [False, True])
+def test_process_tasks_report_progress_and_are_cancelled_by_key(tmp_path: Path,
+                                                                own_folder: bool) -> None:
+    seen: list[Any] = []
+    flags = tmp_path / "flags" if own_folder else None
+    ex = ProcessExecutor(2, on_progress=lambda *m: seen.append(m), flags_dir=flags)
+    try:
+        _check_hooks(ex, seen)
+        used = Path(ex._flag_dir())
+        assert used == flags if own_folder else used.is_dir()
+    finally:
+        ex.abort()
+        ex.close()
+    assert not used.exists()  # no flag folder is left behind
+
+
+def test_dask_tasks_report_progress_and_are_cancelled_by_key(cluster: Any) -> None:
+    seen: list[Any] = []
+    ex = DaskExecutor(cluster.scheduler_address, on_progress=lambda *m: seen.append(m))
+    try:
+        _check_hooks(ex, seen)
+    finally:
+        ex.abort()
+        ex.close()
+
+
+def test_workers_use_one_blas_thread(monkeypatch: pytest.MonkeyPatch, cluster: Any) -> None:
+    """Helper threads of BLAS spinning in one worker take the cores of the others: every
+    worker keeps to one, whatever it inherited."""
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "4")
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    with ProcessExecutor(2) as ex:
+        assert ex.submit(_hooked, ("blas", "")).result(timeout=120) == 1
+        assert list(ex.map_unordered(_hooked, [("blas", "")] * 4)) == [1] * 4
+    with DaskExecutor(cluster.scheduler_address) as dx:
+        assert list(dx.map_unordered(_hooked, [("blas", "")] * 2)) == [1, 1]
+
+
+def test_a_pool_whose_worker_died_is_replaced_at_the_next_task() -> None:
+    ex = ProcessExecutor(1)
+    try:
+        pid = ex.submit(_hooked, ("pid", "")).result(timeout=120)
+        pool = ex._pool
+        assert pool is not None
+        os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: getattr(pool, "_broken", False))
+        again = ex.submit(_hooked, ("pid", "")).result(timeout=120)
+        assert again != pid and ex._pool is not pool
+        _wait_for(lambda: not any(p.is_alive() for p in pool._processes.values())
+                  if pool._processes else True)
+    finally:
+        ex.close()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -260,3 +263,62 @@ def test_data_manifest_written_then_checked(reference_copy: Path,
     csv.write_text(csv.read_text(encoding="utf-8") + "\n", encoding="utf-8")
     assert main(["data"]) == 2
     assert "parameters.csv: sha256 differs from the manifest" in capsys.readouterr().err
+
+
+# --- the service's commands -----------------------------------------------------------------
+
+
+def _cli_without(modules: tuple[str, ...], args: list[str], data_dir: Path
+                 ) -> subprocess.CompletedProcess[str]:
+    """``retwin ARGS`` in a fresh interpreter where ``modules`` cannot be imported (as when
+    the ``api`` extra is not installed)."""
+    code = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules) + (
+        f"from retwin.cli import main\nsys.exit(main({args!r}))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETWIN_")}
+    env["RETWIN_DATA_DIR"] = str(data_dir)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+
+
+@pytest.mark.parametrize(("missing", "args"), [
+    ("sqlalchemy", ["token", "list"]),
+    ("fastapi", ["serve", "--port", "1"]),
+    ("uvicorn", ["token", "create", "ann"]),
+    ("pydantic_settings", ["serve"]),
+])
+def test_service_commands_without_the_api_extra_say_what_to_install(
+        missing: str, args: list[str], tmp_path: Path) -> None:
+    done = _cli_without((missing,), args, tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr  # one line, no traceback
+    assert missing in lines[0] and "pip install 'retwin[api]'" in lines[0]
+    assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_the_core_runs_without_the_service(tmp_path: Path) -> None:
+    """retwin itself needs none of the service's packages."""
+    blocked = ("fastapi", "uvicorn", "sqlalchemy", "pydantic_settings", "retwin_service",
+               "api")
+    done = _cli_without(blocked, ["run", "tiny", "--change", QUOTA_CUT], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Δ = what-if − baseline" in done.stdout
+
+
+def test_token_create_list_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for k in [k for k in os.environ if k.startswith("RETWIN_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("RETWIN_DATA_DIR", str(tmp_path))
+    assert main(["token", "create", "ann"]) == 0
+    token = capsys.readouterr().out.strip().splitlines()[-1]
+    assert token.startswith("rtw_")
+    assert main(["token", "list"]) == 0
+    assert "ann" in capsys.readouterr().out
+    assert main(["token", "revoke", "ann"]) == 0
+    assert main(["token", "revoke", "ann"]) == 2
+    assert "no active token" in capsys.readouterr().err
+    assert main(["token", "create"]) == 2
+    monkeypatch.setenv("RETWIN_PORT", "nope")
+    assert main(["serve"]) == 2
+    assert "RETWIN_PORT" in capsys.readouterr().err

@@ -300,8 +300,8 @@ def test_service_lists_the_declared_kpis(tmp_path: Any) -> None:
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    from api.main import create_app
-    from api.settings import Settings
+    from retwin_service.main import create_app
+    from retwin_service.settings import Settings
 
     s = Settings(data_dir=tmp_path, workers=1, precompute=[], host="127.0.0.1",
                  database_url="")

@@ -1,6 +1,10 @@
-"""The layer rule (DESIGN §3) and the public API, checked on the source with ``ast``.
+"""The layer rule (DESIGN §3, README "Architecture") and the public API, checked on the
+source with ``ast``.
 
-kernels ← stages ← engine ← {batch, storage, cli} ← api: nothing imports upward; only
+kernels ← stages ← engine ← storage ← whatif ← {batch, cli} ← service: nothing imports
+upward; retwin (the core) never imports the service (``retwin_service``), except the CLI's
+``serve`` and ``token`` commands inside their functions; the service imports only retwin's
+public modules (names in their ``__all__``), never the engine or what lies below; only
 ``retwin.kernels`` imports numba; only ``retwin.stages`` and ``retwin.engine`` import simpy.
 Within the run, the compiled scenario (``retwin.compiled``) lies below both the engine and the
 results, and the results below the engine (which makes them): kernels ← compiled ← results ←
@@ -207,37 +211,112 @@ def test_error_hierarchy() -> None:
     assert issubclass(retwin.RetwinError, Exception)
 
 
-# --- the service (api/): retwin's public API, storage and the registry, nothing below --------
+# --- the what-if core: one pipeline ------------------------------------------------------------
 
-API_ROOT = Path(__file__).resolve().parents[1]
-API_MODULES: dict[str, set[str]] = {
-    _module_name(p, API_ROOT): _imports(p, API_ROOT)
-    for p in sorted((API_ROOT / "api").rglob("*.py"))
+
+def test_replications_are_run_only_by_the_engine_and_the_whatif_core() -> None:
+    """``retwin run``, the service and batch studies evaluate what-ifs through
+    :mod:`retwin.whatif`; none runs replications or differences of its own."""
+    bad = sorted(m for m, deps in MODULES.items()
+                 if any(d.endswith(".run_replications") for d in deps)
+                 and not any(_in(m, a) for a in ("retwin.engine", "retwin.whatif"))
+                 and m != "retwin")
+    assert bad == []
+    assert "retwin.whatif" in MODULES["retwin.cli"]
+    assert "retwin.whatif" in MODULES["retwin.batch.tables"]
+
+
+def test_the_whatif_core_lies_below_batch_cli_and_the_service() -> None:
+    assert _offenders(("retwin.whatif", "retwin.batch", "retwin.cli", "retwin.validation",
+                       "retwin.report"), "retwin.whatif") == []
+    above = ("retwin.batch", "retwin.cli", "retwin.report", "retwin.validation")
+    assert sorted(d for d in MODULES["retwin.whatif"] if any(_in(d, a) for a in above)) == []
+
+
+# --- the service (src/retwin_service): retwin's public modules only ------------------------------
+
+SERVICE_ROOT = SRC.parent / "retwin_service"
+SERVICE_MODULES: dict[str, set[str]] = {
+    _module_name(p): _imports(p) for p in sorted(SERVICE_ROOT.rglob("*.py"))
 }
-API_MAY_USE = ("retwin.scenario", "retwin.storage", "retwin.registry", "retwin.errors",
-               "retwin.report", "retwin.kpis")
+#: The modules of retwin the service may import names from (only names in their
+#: ``__all__``, or public submodules listed here).
+SERVICE_MAY_USE = ("retwin", "retwin.whatif", "retwin.scenario", "retwin.batch.executors",
+                   "retwin.storage", "retwin.report", "retwin.report.figures", "retwin.kpis")
 
 
-def _api_may_import(dep: str) -> bool:
-    if _in(dep, "numba") or _in(dep, "simpy"):
+def _imported_names(path: Path) -> list[tuple[str, str, int]]:
+    """``(module, name, line)`` of every ``from retwin… import name`` and every
+    ``retwin.name`` attribute read in ``path``; ``(module, "", line)`` for ``import``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    out: list[tuple[str, str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            out += [(node.module, a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, "", node.lineno) for a in node.names]
+        elif (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+              and node.value.id == "retwin"):
+            out.append(("retwin", node.attr, node.lineno))
+    return [o for o in out if _in(o[0], "retwin")]
+
+
+def _service_may_import(module: str, name: str) -> bool:
+    if module not in SERVICE_MAY_USE:
         return False
-    if not _in(dep, "retwin"):
+    if not name:
         return True
-    if dep == "retwin" or any(_in(dep, a) for a in API_MAY_USE):
-        return True
-    return dep.split(".")[1] in PUBLIC_API  # ``from retwin import run``
+    public = set(getattr(importlib.import_module(module), "__all__", ()))
+    return name in public or f"{module}.{name}" in SERVICE_MAY_USE
 
 
 def test_the_walk_sees_the_service() -> None:
-    for expected in ("api.main", "api.jobs", "api.routes.runs", "api.settings"):
-        assert expected in API_MODULES
+    for expected in ("retwin_service.main", "retwin_service.jobs",
+                     "retwin_service.routes.runs", "retwin_service.registry"):
+        assert expected in SERVICE_MODULES
 
 
-def test_api_talks_to_the_public_api_only() -> None:
-    bad = {m: sorted(d for d in deps if not _api_may_import(d))
-           for m, deps in API_MODULES.items()}
-    assert {m: d for m, d in bad.items() if d} == {}
+def test_the_service_uses_only_retwins_public_modules() -> None:
+    bad = [f"{p.relative_to(SERVICE_ROOT)}:{line}: {mod}{'.' + name if name else ''}"
+           for p in sorted(SERVICE_ROOT.rglob("*.py"))
+           for mod, name, line in _imported_names(p) if not _service_may_import(mod, name)]
+    assert bad == []
 
 
-def test_only_the_cli_imports_the_service() -> None:
+def test_the_rule_catches_a_private_import(tmp_path: Path) -> None:
+    f = tmp_path / "m.py"
+    f.write_text("from retwin.engine.run import run\nfrom retwin.whatif import _as_json\n"
+                 "import retwin\nretwin.compiled\n")
+    bad = [(m, n) for m, n, _ in _imported_names(f) if not _service_may_import(m, n)]
+    assert bad == [("retwin.engine.run", "run"), ("retwin.whatif", "_as_json"),
+                   ("retwin", "compiled")]
+
+
+def test_the_service_imports_nothing_below_the_public_api() -> None:
+    for m, deps in SERVICE_MODULES.items():
+        assert not any(_in(d, x) for d in deps for x in ("numba", "simpy")), m
+
+
+def test_the_core_never_imports_the_service() -> None:
+    """Only the CLI reaches the service, and only inside ``serve`` and ``token``."""
+    assert _offenders("retwin.cli", "retwin_service") == []
     assert _offenders("retwin.cli", "api") == []
+    cli = ast.parse((SRC / "cli.py").read_text(encoding="utf-8"))
+    top = {a.name for n in cli.body if isinstance(n, ast.Import) for a in n.names}
+    top |= {n.module or "" for n in cli.body if isinstance(n, ast.ImportFrom)}
+    assert not any(_in(m, "retwin_service") for m in top)
+    users = sorted(f.name for f in ast.walk(cli) if isinstance(f, ast.FunctionDef)
+                   and any(isinstance(n, ast.Import) and any(_in(a.name, "retwin_service")
+                                                            for a in n.names)
+                           for n in ast.walk(f)))
+    assert users == ["_service"]
+
+
+def test_the_api_folder_is_only_a_shortcut() -> None:
+    """``api/`` (not installed) only re-exports the service's app."""
+    root = Path(__file__).resolve().parents[1] / "api"
+    deps = {_module_name(p, root.parent): _imports(p, root.parent) for p in root.rglob("*.py")}
+    assert {m for m, d in deps.items() if d} == {"api.main"}
+    assert {d for d in deps["api.main"] if not d.startswith("retwin_service.main")} == set()
+    shortcut = importlib.import_module("api.main")
+    assert shortcut.create_app is importlib.import_module("retwin_service.main").create_app

@@ -194,9 +194,8 @@ def _progress() -> Progress:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from retwin.engine.run import prepare, run_replications
-    from retwin.scenario.load import apply_changes, load_scenario, scenario_hash
-    from retwin.storage import check_result_dir, save_result
+    from retwin import whatif
+    from retwin.storage import check_result_dir
 
     if a.out is not None:  # refused before the run, not after it
         try:
@@ -206,44 +205,34 @@ def cmd_run(a: argparse.Namespace) -> int:
     changes: list[Any] = []
     for c in a.change or []:
         changes += _read_changes(c)
-    scenario = load_scenario(a.scenario)
-    baseline = None
-    if changes:
-        baseline = scenario
-        scenario = apply_changes(scenario, changes)
-    else:  # a what-if file is compared with the same scenario without its changes
-        plain = load_scenario(a.scenario, include_changes=False)
-        if scenario_hash(plain) != scenario_hash(scenario):
-            baseline = plain
+    w = whatif.resolve(a.scenario, changes)
     with _progress() as prog:
-        task = prog.add_task("whatif" if baseline else "run", total=a.replications)
-        res = run_replications(prepare(scenario), a.replications, seed=a.seed,
-                               progress=lambda i, n: prog.update(task, completed=i))
-        base_res = None
-        if baseline is not None:
-            task2 = prog.add_task("baseline", total=a.replications)
-            base_res = run_replications(prepare(baseline), a.replications, seed=a.seed,
-                                        progress=lambda i, n: prog.update(task2, completed=i))
-    diff = res.difference(base_res) if base_res is not None else None
-    first = res.first
+        bars: dict[str, Any] = {}
+
+        def progress(part: str, done: int, total: int) -> None:
+            if part not in bars:
+                bars[part] = prog.add_task(part, total=total)
+            prog.update(bars[part], completed=done)
+
+        res = whatif.run(w, replications=a.replications, seed=a.seed, progress=progress)
+    diff = res.difference
+    first = res.whatif.first
     years = first.years
-    title = f"{scenario.name}: annual KPIs, seed {a.seed}"
+    title = f"{w.scenario.name}: annual KPIs, seed {a.seed}"
     if a.replications > 1:
         title += f", mean of {a.replications} replications [p5–p95]"
     if diff is not None:
         title += "; Δ = what-if − baseline (common random numbers)"
-    out.print(_kpi_table(res.summary, years, diff, a.replications > 1, title))
+    out.print(_kpi_table(res.whatif.summary, years, diff, a.replications > 1, title))
     out.print(_bottleneck_table(first, years))
-    if scenario.targets:
+    if w.scenario.targets:
         out.print(_target_table(first))
     b = first.balance
     out.print(f"Mass balance closes: worst material residual {abs(b.material).max():.3g}, "
               f"worst element residual {abs(b.element).max():.3g} t REO.")
     if a.out is not None:
         try:
-            path = save_result(res, a.out, fmt=a.format, difference=diff,
-                               baseline_hash=scenario_hash(baseline) if baseline else None,
-                               changes=changes, overwrite=a.force)
+            path = whatif.save(res, a.out, fmt=a.format, overwrite=a.force)
         except OutputError as exc:
             return _cannot_write("--out", a.out, exc)
         out.print(f"Results written to {path}", markup=False, emoji=False)
@@ -456,64 +445,46 @@ def cmd_data(a: argparse.Namespace) -> int:
     return EXIT_BAD_INPUT if problems else 0
 
 
-def _service_settings(**overrides: Any) -> Any:
-    """The service's settings (``RETWIN_…`` environment variables), or a clear error when
-    the ``api`` extra is not installed."""
+def _service(command: str) -> Any:
+    """The service's commands (:mod:`retwin_service.commands`, imported only now: retwin
+    never needs the service), or ``None`` after one line saying what to install when the
+    ``api`` extra is missing."""
     try:
-        from api.settings import Settings
-        from pydantic import ValidationError
-    except ImportError as exc:
-        raise RetwinError(f"the service needs the api extra: pip install 'retwin[api]' "
-                          f"({exc.name} is missing)") from None
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        problems = [(f"RETWIN_{'_'.join(map(str, e['loc'])).upper()}", e["msg"])
-                    for e in exc.errors(include_url=False)]
-        raise ScenarioError(problems) from None
+        import retwin_service.commands as service
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing in ("", "retwin", "retwin_service"):
+            raise  # a broken installation of retwin itself, not a missing extra
+        err.print(f"error: retwin {command} needs the service's packages, and {missing} is "
+                  "not installed: pip install 'retwin[api]'", markup=False)
+        return None
+    return service
 
 
 def cmd_serve(a: argparse.Namespace) -> int:
-    import logging
-
-    settings = _service_settings(host=a.host, port=a.port, workers=a.workers)
-    from api.main import create_app
-    from api.settings import is_loopback
-
-    from retwin.registry import Registry
-
-    if not is_loopback(settings.host) and settings.bootstrap_token is None:
-        reg = Registry(settings.database_url)
-        try:
-            has_tokens = reg.has_tokens()
-        finally:
-            reg.close()
-        if not has_tokens:
-            err.print(f"error: refusing to serve on {settings.host}: beyond loopback every "
-                      "request needs an API token and none exists; create one with "
-                      "'retwin token create NAME' (or set RETWIN_BOOTSTRAP_TOKEN)", markup=False)
-            return EXIT_BAD_INPUT
-    import uvicorn
-
-    host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    url = f"http://{host}:{settings.port}"
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s: %(message)s")
+    service = _service("serve")
+    if service is None:
+        return EXIT_BAD_INPUT
+    settings = service.settings(host=a.host, port=a.port, workers=a.workers)
+    refusal = service.public_without_token(settings)
+    if refusal is not None:
+        err.print(f"error: {refusal}", markup=False)
+        return EXIT_BAD_INPUT
+    url = service.url(settings)
     out.print(f"retwin service on {url} — API docs at {url}/docs (Ctrl-C stops it)")
     out.print(f"data in {settings.data_dir}", markup=False)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=settings.log_level, timeout_graceful_shutdown=5,
-                server_header=False)
+    service.serve(settings)
     return 0
 
 
 def cmd_token(a: argparse.Namespace) -> int:
-    from retwin.registry import Registry, RegistryError
-
     if a.action in ("create", "revoke") and not a.name:
         err.print(f"error: token {a.action} needs a NAME", markup=False)
         return EXIT_BAD_INPUT
-    settings = _service_settings()
-    reg = Registry(settings.database_url)
+    service = _service("token")
+    if service is None:
+        return EXIT_BAD_INPUT
+    reg = service.open_registry(service.settings())
     try:
         if a.action == "create":
             rec, token = reg.create_token(a.name)
@@ -534,7 +505,7 @@ def cmd_token(a: argparse.Namespace) -> int:
                 err.print(f"error: no active token with id or name {a.name!r}", markup=False)
                 return EXIT_BAD_INPUT
             out.print(f"revoked {n} token{'s' if n > 1 else ''}")
-    except RegistryError as exc:
+    except service.RegistryError as exc:
         err.print(f"error: {exc}", markup=False)
         return EXIT_BAD_INPUT
     finally:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from api.settings import Settings
+
+from retwin_service.settings import Settings
 
 with warnings.catch_warnings():  # Starlette's TestClient would rather have httpx2
     warnings.simplefilter("ignore")
@@ -73,7 +74,7 @@ def free_port() -> int:
 @dataclass
 class Server:
     """A ``retwin serve`` subprocess on 127.0.0.1 (or, with ``factory``, the documented
-    ``uvicorn --factory api.main:create_app``)."""
+    ``uvicorn --factory retwin_service.main:create_app``)."""
 
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
@@ -99,7 +100,7 @@ class Server:
         self.log = (self.log_dir or self.data_dir) / f"server-{time.time_ns()}.log"
         t0 = time.perf_counter()
         if self.factory:
-            cmd = [sys.executable, "-m", "uvicorn", "--factory", "api.main:create_app",
+            cmd = [sys.executable, "-m", "uvicorn", "--factory", "retwin_service.main:create_app",
                    "--host", self.host, "--port", str(self.port), "--log-level", "warning"]
         else:
             cmd = [sys.executable, "-m", "retwin.cli", "serve", "--host", self.host,

@@ -12,8 +12,9 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from api.main import create_app
 from apiutil import QUOTA_CUT, TestClient, settings_for, whatif
+
+from retwin_service.main import create_app
 
 API = "/api/v1"
 
@@ -124,14 +125,13 @@ def test_an_identical_request_is_answered_from_the_stored_result(
     body = whatif()
     body["changes"] = [dict(body["changes"][0], note="same numbers, another note")]
     body["label"] = "again"
-    t0 = time.perf_counter()
     r = client.post(f"{API}/runs", json=body)
-    assert r.status_code == 200
+    assert r.status_code == 200  # done at once (without ?wait= a computed run is 202)
     again = r.json()
     assert again["id"] != run["id"] and again["status"] == "done"
     assert again["label"] == "again"
     assert again["result"]["kpis"] == run["result"]["kpis"]
-    assert time.perf_counter() - t0 < 5
+    assert again["started_at"] == again["finished_at"]  # nothing was run for it
 
 
 def test_accepted_then_polled(client: TestClient) -> None:
@@ -444,7 +444,7 @@ def test_a_worker_that_dies_is_replaced_and_its_run_still_finishes(client: TestC
     while client.get(f"{API}/runs/{rid}").json()["status"] != "running":
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    for proc in list(service.jobs.backend.pool._processes.values()):
+    for proc in list(service.jobs.executor._pool._processes.values()):
         os.kill(proc.pid, signal.SIGKILL)  # as the kernel's OOM killer would
     run = client.get(f"{API}/runs/{rid}", params={"wait": 30}).json()
     assert run["status"] == "done", run

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api.main import InsecureBind, create_app
 from apiutil import TestClient, settings_for, whatif
 
-from retwin.registry import OPEN_OWNER, Registry, RegistryError
+from retwin_service.main import InsecureBind, create_app
+from retwin_service.registry import OPEN_OWNER, Registry, RegistryError
 
 API = "/api/v1"
 BOOT = "bootstrap-token-for-tests-0123456789"

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from api.main import create_app
-from api.routes.runs import PERIOD_PATTERN, _date
 from apiutil import TestClient, settings_for, whatif
 from fastapi.exceptions import RequestValidationError
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retwin.registry import OPEN_OWNER, metadata
+from retwin_service.main import create_app
+from retwin_service.registry import OPEN_OWNER, metadata
+from retwin_service.routes.runs import PERIOD_PATTERN, _date
 
 API = "/api/v1"
 

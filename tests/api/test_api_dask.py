@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api.main import create_app
 from apiutil import TestClient, settings_for, whatif
+
+from retwin_service.main import create_app
 
 pytestmark = pytest.mark.slow
 

@@ -22,10 +22,11 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from api.jobs import public_error
-from api.main import create_app
-from api.space import Space, is_no_space
 from apiutil import Server, TestClient, settings_for, whatif
+
+from retwin_service.jobs import StoreFailed, public_error
+from retwin_service.main import create_app
+from retwin_service.space import Space, is_no_space
 
 API = "/api/v1"
 MiB = 1 << 20
@@ -48,6 +49,11 @@ class _Orig(Exception):
     (sa.exc.OperationalError("INSERT", {}, _Orig("could not extend file")), True),
     (RuntimeError("wrapped"), False),
     (PermissionError(errno.EACCES, "Permission denied"), False),
+    # a result the data folder would not take, as the worker reports it
+    (StoreFailed("storing 0123abcd: /srv/data/results/0123: cannot write it: Error writing "
+                 "bytes to file. Detail: [errno 28] No space left on device"), True),
+    (StoreFailed("storing 0123abcd: /srv/data/results/0123: cannot write it: read-only "
+                 "file system"), False),
     (sa.exc.OperationalError("SELECT", {}, sqlite3.OperationalError("database is locked")),
      False),
 ])
@@ -60,6 +66,7 @@ def test_a_full_disk_is_told_from_other_failures(exc: BaseException, full: bool)
     msg = public_error(exc)
     assert ("no space left in the data folder" in msg) is full
     assert full or "internal error" in msg
+    assert "/srv" not in msg  # the server's paths stay in its log
 
 
 class _Disk:

@@ -2,23 +2,35 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
-from api.jobs import Task, compute, is_stored, kpi_frames, paired_difference, result_dir
 from apiutil import QUOTA_CUT
 
 import retwin
-from retwin.scenario import scenario_hash
+from retwin import whatif
+from retwin.batch.executors import SerialExecutor
 from retwin.storage import read_table
+from retwin_service.jobs import (
+    Compute,
+    StoreFailed,
+    Task,
+    compute,
+    is_stored,
+    public_error,
+    result_dir,
+)
 
 
-def task(root: Path, key: str = "w", changes: tuple = (QUOTA_CUT,), n: int = 2,
+def task(root: Path, key: str = "w", changes: tuple[Any, ...] = (QUOTA_CUT,), n: int = 2,
          base: str | None = "b") -> Task:
-    return Task(key=key, model="tiny", model_hash=scenario_hash(retwin.load_scenario("tiny")),
-                end=None, changes=changes, seed=3, replications=n,
-                baseline_key=base if changes else None, results_root=str(root))
+    return Task(key=key, whatif=whatif.resolve(retwin.load_scenario("tiny"), changes), seed=3,
+                replications=n, baseline_key=base if changes else None, results_root=str(root))
 
 
 def test_a_whatif_stores_its_baseline_and_its_paired_difference(tmp_path: Path) -> None:
@@ -43,33 +55,67 @@ def test_a_stored_baseline_is_reused(tmp_path: Path) -> None:
     assert (result_dir(tmp_path, "b") / "manifest.json").stat().st_mtime_ns == before
 
 
-def test_kpi_frames_round_trip(tmp_path: Path) -> None:
-    compute(task(tmp_path, key="b", changes=(), n=3))
-    frames = kpi_frames(read_table(result_dir(tmp_path, "b"), "kpis"))
-    fresh = retwin.run_replications(retwin.load_scenario("tiny"), 3, seed=3)
-    assert len(frames) == 3
-    for a, b in zip(frames, fresh.kpi_frames, strict=True):
-        pd.testing.assert_frame_equal(a, b.reset_index(drop=True), check_dtype=False)
-    with pytest.raises(ValueError, match="replications"):
-        paired_difference(fresh, frames[:2])
+def test_without_a_results_folder_the_result_comes_back_whole(tmp_path: Path) -> None:
+    """As on a Dask cluster: nothing is written, the server gets what-if and baseline."""
+    t = Task(**{**task(tmp_path).__dict__, "results_root": None})
+    out = compute(pickle.loads(pickle.dumps(t)))  # it travels as it is
+    assert out.status == "done" and out.result is not None
+    assert out.result.baseline is not None and out.result.difference is not None
+    assert not any(tmp_path.iterdir())
 
 
-def test_a_cancel_flag_stops_it_between_replications(tmp_path: Path) -> None:
-    (tmp_path / ".cancel").mkdir()
-    (tmp_path / ".cancel" / "w").touch()
-    out = compute(task(tmp_path))
+def test_a_cancelled_task_stops_between_replications(tmp_path: Path) -> None:
+    ex = SerialExecutor()
+    ex.cancel("w")
+    out = ex.submit(Compute(), task(tmp_path)).result()
     assert out.status == "cancelled"
+    assert not is_stored(tmp_path, "w")
+    ex.uncancel("w")
+    assert ex.submit(Compute(), task(tmp_path)).result().status == "done"
+
+
+def test_progress_counts_both_runs_and_ends_at_the_total(tmp_path: Path) -> None:
+    seen: list[tuple[str, int, int]] = []
+    ex = SerialExecutor(on_progress=lambda *m: seen.append(m))
+    assert ex.submit(Compute(), task(tmp_path, n=3)).result().status == "done"
+    assert seen[0] == ("w", 0, 6) and seen[-1] == ("w", 6, 6)  # baseline and what-if
+
+
+def test_a_failure_in_the_worker_comes_back_as_an_outcome(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    def leaks(*_a: Any, **_k: Any) -> Any:
+        raise retwin.MassBalanceError("element Nd leaks 3 t REO")
+
+    monkeypatch.setattr(whatif, "run", leaks)
+    out = compute(task(tmp_path))
+    assert out.status == "failed" and "Nd leaks" in (out.error or "")
     assert not is_stored(tmp_path, "w")
 
 
-def test_a_bad_change_fails_with_its_message(tmp_path: Path) -> None:
-    bad = ({"kind": "quota", "quota": "nope", "factor": 0.5},)
-    out = compute(task(tmp_path, changes=bad))
-    assert out.status == "failed" and "unknown quota 'nope'" in (out.error or "")
+def test_a_worker_needs_none_of_the_services_web_or_database_packages() -> None:
+    """A Dask worker with ``retwin[dist]`` only can run the service's tasks."""
+    blocked = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "pydantic_settings")
+    code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+            + "import retwin_service.jobs as j\nprint(j.Compute.cache_key)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
 
 
-def test_a_changed_model_is_refused(tmp_path: Path) -> None:
-    t = task(tmp_path)
-    stale = Task(**{**t.__dict__, "model_hash": "0" * 64})
-    out = compute(stale)
-    assert out.status == "failed" and "changed since" in (out.error or "")
+@pytest.mark.parametrize(("reason", "told"), [
+    ("cannot write it: [errno 28] No space left on device", "no space left in the data folder"),
+    ("cannot write it: read-only file system", "internal error"),
+])
+def test_a_result_that_cannot_be_stored_is_the_services_fault(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reason: str, told: str) -> None:
+    """Not the request's: it reaches the server as an exception (which tells a full data
+    folder, for the health check, from an internal error), and no path goes to the client."""
+    def refused(_res: Any, out: Any, **_k: Any) -> Any:
+        raise retwin.ScenarioError([(str(out), reason)])  # as retwin.storage reports it
+
+    monkeypatch.setattr(whatif, "save", refused)
+    with pytest.raises(StoreFailed) as exc:
+        compute(task(tmp_path))
+    msg = public_error(pickle.loads(pickle.dumps(exc.value)))  # as it comes back
+    assert told in msg and str(tmp_path) not in msg

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from retwin.registry import (
+from retwin_service.registry import (
     OPEN_OWNER,
     OwnerLimit,
     QueueFull,

@@ -1,7 +1,7 @@
 """Property-based tests of the HTTP API from its own OpenAPI document (schemathesis).
 
-Against a real server: ``uvicorn --factory api.main:create_app`` (the documented entry) in
-its own process on 127.0.0.1. The document is built here from the same settings (the
+Against a real server: ``uvicorn --factory retwin_service.main:create_app`` (the documented
+entry) in its own process on 127.0.0.1. The document is built here from the same settings (the
 parametrized tests need it at import) and checked to be the one the server serves. Every
 operation gets generated requests, valid and invalid (schemathesis' examples, coverage and
 fuzzing phases), and every answer must be no server error and match the status codes,
@@ -19,8 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from api.main import create_app
-from api.settings import Settings
 from apiutil import Server, whatif
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
@@ -30,6 +28,9 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 from schemathesis.specs.openapi.checks import allow_header_conformance
+
+from retwin_service.main import create_app
+from retwin_service.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -264,8 +264,8 @@ def test_health_answers_while_large_tables_are_read(server_factory: Any,
 
 def test_uvicorn_factory_on_every_address_still_answers_only_this_machine(
         server_factory: Any, tmp_path: Path) -> None:
-    """``uvicorn --factory api.main:create_app --host 0.0.0.0`` with no token: the settings
-    say loopback, the socket does not; each request's peer and Host decide. (The peer from
+    """``uvicorn --factory retwin_service.main:create_app --host 0.0.0.0`` with no token: the
+    settings say loopback, the socket does not; each request's peer and Host decide. (The peer from
     elsewhere is the one a proxy on this machine reports, all traffic staying on 127.0.0.1.)"""
     srv: Server = server_factory(tmp_path, FORWARDED_ALLOW_IPS="127.0.0.1")
     srv.factory, srv.host = True, "0.0.0.0"

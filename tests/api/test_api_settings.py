@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from api.settings import Settings, is_loopback
 from pydantic import ValidationError
+
+from retwin_service.settings import Settings, is_loopback
 
 
 def test_environment_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from api.main import create_app
 from apiutil import TestClient, settings_for, whatif
 
-from api import tables
+from retwin_service import tables
+from retwin_service.main import create_app
 
 API = "/api/v1"
 

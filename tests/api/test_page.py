@@ -4,14 +4,16 @@ endpoint; and the page driven end to end in a headless Chromium."""
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from api.main import create_app
 from apiutil import REPO, Server, TestClient, settings_for, whatif
+
+from retwin_service.main import create_app
 
 API = "/api/v1"
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -141,5 +143,14 @@ def test_the_page_end_to_end(server: Server) -> None:
     assert shown == f"{kpi['mean']:,.0f}"
 
 
-def test_the_browser_artifacts_are_ignored() -> None:
-    assert "tests/artifacts" in (REPO / ".gitignore").read_text() or shutil.which("git") is None
+def test_the_browser_artifacts_are_ignored_by_git() -> None:
+    """What the browser test leaves (its screenshot) is never picked up by ``git add``."""
+    git = shutil.which("git")
+    assert git is not None, "git is needed to ask what it ignores"
+    for path in (ARTIFACTS / "page.png", ARTIFACTS / "sub" / "trace.zip"):
+        asked = subprocess.run([git, "-C", str(REPO), "check-ignore", "--no-index", "-q",
+                                str(path)], capture_output=True, text=True, timeout=60)
+        assert asked.returncode == 0, f"git would pick up {path}: {asked.stderr}"
+    kept = subprocess.run([git, "-C", str(REPO), "check-ignore", "--no-index", "-q",
+                           str(REPO / "tests" / "api" / "test_page.py")], timeout=60)
+    assert kept.returncode == 1  # the question is real: a test file is not ignored

@@ -1,12 +1,25 @@
 """Where tasks run: in this process, in a pool of local processes, or on a Dask cluster.
 
-One interface: :meth:`Executor.map_unordered` calls ``fn`` on every item and yields the
-results as they finish. At most a small window of tasks is in flight at once, so results
-never pile up in memory and an interrupt has little to cancel.
+Two ways in, one set of workers:
 
-Workers are started once per study: a local process ignores Ctrl-C (the parent handles it),
-warms the kernels and installs ``fn``; a Dask worker receives ``fn`` once (scattered to every
-worker) and warms its kernels before the first task.
+* :meth:`Executor.map_unordered` calls ``fn`` on every item and yields the results as they
+  finish (batch studies). At most a small window of tasks is in flight at once, so results
+  never pile up in memory and an interrupt has little to cancel.
+* :meth:`Executor.submit` runs one task and returns a :class:`~concurrent.futures.Future`
+  (the service, which keeps track of its tasks itself).
+
+A task talks back through :func:`task_hooks`: ``hooks.progress(key, done, total)`` reaches
+the executor's ``on_progress`` in the submitting process (from a thread of its own), and
+``hooks.cancelled(key)`` turns true once :meth:`Executor.cancel` was called with that key
+(a task looks between two steps of its work and stops itself). Outside an executor, or
+without ``on_progress``, the hooks do nothing.
+
+Workers are started once per ``fn`` (:meth:`Executor.start` starts them at once): a local
+process ignores Ctrl-C and SIGTERM (the parent handles them), ends itself when its parent is
+gone (a parent killed with SIGKILL cannot stop it), limits BLAS and OpenMP thread pools to
+one thread (helper threads spinning in one worker take the cores of the others), installs
+``fn`` and warms it (``fn.prepare()``); a Dask worker receives ``fn`` once (scattered to
+every worker), limits its thread pools and warms its kernels before the first task.
 
 Interrupts are flags, not exceptions thrown at random points: inside :class:`Interrupts`,
 Ctrl-C (and any other signal it is given, such as SIGTERM in the CLI) only sets a flag, and
@@ -20,11 +33,18 @@ background job, ``nohup``) stays ignored.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import multiprocessing
 import os
+import queue
+import shutil
 import signal
+import tempfile
 import threading
 import time
+import uuid
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -41,11 +61,17 @@ __all__ = [
     "Interrupts",
     "ProcessExecutor",
     "SerialExecutor",
+    "TaskHooks",
+    "limit_thread_pools",
     "make_executor",
+    "task_hooks",
+    "warm_once",
 ]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger("retwin.batch")
 
 _installed: Callable[[Any], Any] | None = None
 
@@ -53,6 +79,140 @@ _installed: Callable[[Any], Any] | None = None
 POLL_S = 0.1
 #: Seconds to wait for a killed worker process to be reaped.
 JOIN_S = 5.0
+#: Seconds between two looks of a task on a Dask worker at its cancel flag.
+DASK_CANCEL_CHECK_S = 0.5
+#: Environment variables that size the thread pools of BLAS and OpenMP libraries loaded
+#: after a worker started (those already loaded are limited with threadpoolctl).
+THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+              "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+_warm_lock = threading.Lock()
+_warm = False
+_thread_limits: Any = None
+
+
+def warm_once() -> None:
+    """Compile (or load) the kernels once per process."""
+    global _warm
+    with _warm_lock:
+        if not _warm:
+            from retwin.kernels import warmup
+
+            warmup()
+            _warm = True
+
+
+def limit_thread_pools() -> None:
+    """Limit the BLAS and OpenMP thread pools of this process to one thread: those already
+    loaded (threadpoolctl) and those loaded later (their environment variables). A worker
+    runs one task at a time; more threads only compete with the other workers."""
+    global _thread_limits
+    for name in THREAD_ENV:
+        os.environ[name] = "1"
+    from threadpoolctl import threadpool_limits
+
+    _thread_limits = threadpool_limits(limits=1)
+
+
+# --- what a task sees: progress out, cancellation in ------------------------------------------
+
+
+class TaskHooks:
+    """How a running task talks to whoever submitted it. This base does nothing: it is what
+    a task sees outside an executor, or when nobody listens."""
+
+    def progress(self, key: str, done: int, total: int) -> None:
+        """Report that task ``key`` has done ``done`` of ``total`` steps."""
+
+    def cancelled(self, key: str) -> bool:
+        """Whether task ``key`` was cancelled (:meth:`Executor.cancel`)."""
+        return False
+
+
+_NO_HOOKS = TaskHooks()
+_local = threading.local()  # the hooks of the task running in this thread, if set per call
+_process_hooks: TaskHooks = _NO_HOOKS  # the hooks of a local worker process
+
+
+def task_hooks() -> TaskHooks:
+    """The hooks of the task running in this thread (see the module)."""
+    hooks = getattr(_local, "hooks", None)
+    return hooks if hooks is not None else _process_hooks
+
+
+@contextlib.contextmanager
+def _hooked(hooks: TaskHooks) -> Iterator[None]:
+    old = getattr(_local, "hooks", None)
+    _local.hooks = hooks
+    try:
+        yield
+    finally:
+        _local.hooks = old
+
+
+def _flag_name(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
+
+
+class _CallbackHooks(TaskHooks):
+    """Hooks of a task run in this process: the handler is called directly."""
+
+    def __init__(self, on_progress: Callable[[str, int, int], None] | None,
+                 cancelled: set[str]) -> None:
+        self.on_progress = on_progress
+        self.keys = cancelled
+
+    def progress(self, key: str, done: int, total: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(key, done, total)
+
+    def cancelled(self, key: str) -> bool:
+        return key in self.keys
+
+
+class _ProcessHooks(TaskHooks):
+    """Hooks of a local worker process: progress into a queue the parent drains, cancel
+    flags as files in a folder the parent writes."""
+
+    def __init__(self, progress_queue: Any, flags: str | None, parent: int) -> None:
+        self.queue = progress_queue
+        self.flags = flags
+        self.parent = parent
+
+    def progress(self, key: str, done: int, total: int) -> None:
+        if self.queue is not None:
+            self.queue.put((key, done, total))
+
+    def cancelled(self, key: str) -> bool:
+        if os.getppid() != self.parent:
+            return True  # the parent is gone: nobody waits for this result
+        return self.flags is not None and os.path.exists(
+            os.path.join(self.flags, _flag_name(key)))
+
+
+class _DaskHooks(TaskHooks):
+    """Hooks of a task on a Dask worker: progress as worker events, cancellation as a Dask
+    ``Event`` (looked at no more than every :data:`DASK_CANCEL_CHECK_S`)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._checked = 0.0
+        self._cancel = False
+
+    def progress(self, key: str, done: int, total: int) -> None:
+        from distributed import get_worker
+
+        get_worker().log_event(f"{self.name}-progress",
+                               {"key": key, "done": done, "total": total})
+
+    def cancelled(self, key: str) -> bool:
+        now = time.monotonic()
+        if not self._cancel and now - self._checked > DASK_CANCEL_CHECK_S:
+            from distributed import Event
+
+            self._checked = now
+            self._cancel = bool(Event(f"{self.name}-cancel-{key}").is_set())
+        return self._cancel
 
 
 class Interrupts:
@@ -116,6 +276,22 @@ class Executor(ABC):
         the caller should :meth:`abort`.
         """
 
+    @abstractmethod
+    def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
+        """``fn(item)`` as one task; its future holds the result (or the exception). With a
+        ``key`` (the one the task reports and looks up with :func:`task_hooks`), an earlier
+        :meth:`cancel` of that key is withdrawn first."""
+
+    def start(self, fn: Callable[[Any], Any]) -> None:  # noqa: B027 - nothing to start
+        """Start (and warm) the workers for ``fn`` now rather than at the first task."""
+
+    def cancel(self, key: str) -> None:  # noqa: B027 - overridden where tasks can look
+        """Ask task ``key`` to stop: from now on its ``task_hooks().cancelled(key)`` is
+        true."""
+
+    def uncancel(self, key: str) -> None:  # noqa: B027
+        """Withdraw :meth:`cancel` (``submit(…, key=key)`` does it)."""
+
     def abort(self) -> None:  # noqa: B027 - nothing to cancel in the simplest executors
         """Cancel what is queued and stop what is running (after an interrupt)."""
 
@@ -140,6 +316,9 @@ class Executor(ABC):
 class SerialExecutor(Executor):
     """Every task in this process, one after another (the reference for the others)."""
 
+    def __init__(self, *, on_progress: Callable[[str, int, int], None] | None = None) -> None:
+        self._hooks = _CallbackHooks(on_progress, set())
+
     @property
     def description(self) -> str:
         return "this process"
@@ -149,7 +328,26 @@ class SerialExecutor(Executor):
         for item in items:
             if stop():
                 raise KeyboardInterrupt
-            yield fn(item)
+            with _hooked(self._hooks):
+                result = fn(item)
+            yield result
+
+    def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
+        if key is not None:
+            self.uncancel(key)
+        out: Future[R] = Future()
+        try:
+            with _hooked(self._hooks):
+                out.set_result(fn(item))
+        except Exception as exc:
+            out.set_exception(exc)
+        return out
+
+    def cancel(self, key: str) -> None:
+        self._hooks.keys.add(key)
+
+    def uncancel(self, key: str) -> None:
+        self._hooks.keys.discard(key)
 
 
 def _watch_parent(parent: int) -> None:
@@ -159,15 +357,19 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _init_worker(fn: Callable[[Any], Any], parent: int) -> None:
+def _init_worker(fn: Callable[[Any], Any], parent: int, progress_queue: Any = None,
+                 flags: str | None = None) -> None:
     """Start-up of a local worker process: leave Ctrl-C and SIGTERM to the parent (sent to
     the whole process group, they would otherwise kill the workers under the parent's feet),
-    follow the parent's life, install ``fn``, warm."""
-    global _installed
+    follow the parent's life, one thread per BLAS/OpenMP pool, the task hooks, install
+    ``fn``, warm."""
+    global _installed, _process_hooks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
                      name="retwin-parent-watch").start()
+    limit_thread_pools()
+    _process_hooks = _ProcessHooks(progress_queue, flags, parent)
     _installed = fn
     prepare = getattr(fn, "prepare", None)
     if prepare is not None:
@@ -181,34 +383,119 @@ def _call_installed(item: Any) -> Any:
     return _installed(item)
 
 
+def _ready() -> int:
+    """A no-op task: one per worker makes the pool start them all at once."""
+    return os.getpid()
+
+
 class ProcessExecutor(Executor):
     """A pool of ``workers`` local processes started with ``spawn`` (no state inherited by
     fork; safe with threads and on every platform). The pool is kept while ``fn`` is the
-    same (``fn.cache_key``), so repeated studies on one base model reuse warm workers."""
+    same (``fn.cache_key``), so repeated studies on one base model reuse warm workers; a pool
+    broken by a worker's death is replaced at the next :meth:`submit`.
 
-    def __init__(self, workers: int) -> None:
+    ``on_progress(key, done, total)`` receives what tasks report (:func:`task_hooks`), in a
+    thread of this process. Cancel flags are files in ``flags_dir`` (default: a temporary
+    folder); the folder is removed when the executor is closed (or, a temporary one, when it
+    is collected or the interpreter exits).
+    """
+
+    def __init__(self, workers: int, *,
+                 on_progress: Callable[[str, int, int], None] | None = None,
+                 flags_dir: str | os.PathLike[str] | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers(={workers}) must be >= 1")
         self.workers = int(workers)
+        self._ctx = multiprocessing.get_context("spawn")
         self._pool: ProcessPoolExecutor | None = None
         self._key: Any = None
         self._pending: set[Future[Any]] = set()
+        self._lock = threading.RLock()
+        self._on_progress = on_progress
+        self._queue: Any = None  # a new one with every pool (a killed writer may hold its lock)
+        self._flags: str | None = None
+        self._flags_dir = None if flags_dir is None else os.fspath(flags_dir)
+        self._drain: threading.Thread | None = None
+        self._closing = threading.Event()
 
     @property
     def description(self) -> str:
         return f"{self.workers} local process{'es' if self.workers > 1 else ''}"
 
+    def _flag_dir(self) -> str:
+        """The folder of cancel flags, made on first use."""
+        with self._lock:
+            if self._flags is None and self._flags_dir is not None:
+                os.makedirs(self._flags_dir, exist_ok=True)
+                self._flags = self._flags_dir
+            elif self._flags is None:
+                self._flags = tempfile.mkdtemp(prefix="retwin-cancel-")
+                weakref.finalize(self, shutil.rmtree, self._flags, ignore_errors=True)
+            return self._flags
+
+    def _hooks_args(self) -> tuple[Any, str]:
+        """The progress queue and the cancel-flag folder of a new pool's workers."""
+        flags = self._flag_dir()
+        self._queue = self._ctx.Queue() if self._on_progress is not None else None
+        if self._queue is not None and self._drain is None:
+            self._closing.clear()
+            self._drain = threading.Thread(target=self._drain_progress, daemon=True,
+                                           name="retwin-progress")
+            self._drain.start()
+        return self._queue, flags
+
+    def _drain_progress(self) -> None:
+        while not self._closing.is_set():
+            q = self._queue
+            try:
+                key, done, total = q.get(timeout=POLL_S * 2)
+            except queue.Empty:
+                continue
+            except (AttributeError, EOFError, OSError, ValueError):
+                time.sleep(POLL_S)  # no queue yet, or one being replaced
+                continue
+            try:
+                assert self._on_progress is not None
+                self._on_progress(key, done, total)
+            except Exception:  # a progress report is never worth a dead drain thread
+                log.exception("progress of task %s not handled", str(key)[:12])
+
     def _ensure_pool(self, fn: Callable[[Any], Any]) -> ProcessPoolExecutor:
         key = getattr(fn, "cache_key", None) or id(fn)
-        if self._pool is not None and key != self._key:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(fn, os.getpid()))
-            self._key = key
-        return self._pool
+        with self._lock:
+            pool = self._pool
+            if pool is not None and getattr(pool, "_broken", False):
+                self._pool = None
+                _kill(pool)  # a worker died: the others go too, the pool starts afresh
+            elif pool is not None and key != self._key:
+                self._pool = None
+                pool.shutdown(wait=True)
+            if self._pool is None:
+                progress_queue, flags = self._hooks_args()
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=self._ctx, initializer=_init_worker,
+                    initargs=(fn, os.getpid(), progress_queue, flags))
+                self._key = key
+            return self._pool
+
+    def start(self, fn: Callable[[Any], Any]) -> None:
+        pool = self._ensure_pool(fn)
+        for _ in range(self.workers):  # every process starts now, each warms while idle
+            pool.submit(_ready)
+
+    def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
+        if key is not None:
+            self.uncancel(key)
+        return self._ensure_pool(fn).submit(_call_installed, item)
+
+    def cancel(self, key: str) -> None:
+        with open(os.path.join(self._flag_dir(), _flag_name(key)), "wb"):
+            pass
+
+    def uncancel(self, key: str) -> None:
+        if self._flags is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self._flags, _flag_name(key)))
 
     def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
                       stop: Callable[[], bool] = _never) -> Iterator[R]:
@@ -248,20 +535,36 @@ class ProcessExecutor(Executor):
         for f in self._pending:
             f.cancel()
         self._pending.clear()
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        procs = list((getattr(pool, "_processes", None) or {}).values())
-        for proc in procs:
-            proc.kill()
-        pool.shutdown(wait=False, cancel_futures=True)
-        for proc in procs:
-            proc.join(timeout=JOIN_S)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _kill(pool)
 
     def close(self) -> None:
-        pool, self._pool = self._pool, None
+        with self._lock:
+            pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        self._closing.set()
+        if self._drain is not None:
+            self._drain.join(timeout=2)
+            self._drain = None
+        self._queue = None
+        if self._flags is not None:
+            shutil.rmtree(self._flags, ignore_errors=True)
+            self._flags = None
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: queued tasks dropped, running ones killed, every process reaped."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        with contextlib.suppress(Exception):
+            proc.join(timeout=JOIN_S)
 
 
 def _import_distributed() -> Any:
@@ -274,22 +577,27 @@ def _import_distributed() -> Any:
 
 
 def _warm_worker() -> str:
-    from retwin.batch.tables import warm_once
-
+    limit_thread_pools()
     warm_once()
     return __version__
 
 
-def _apply(fn: Callable[[Any], Any], item: Any) -> Any:
-    return fn(item)
+def _apply(fn: Callable[[Any], Any], item: Any, name: str) -> Any:
+    """A task on a Dask worker, with the hooks of executor ``name``."""
+    with _hooked(_DaskHooks(name)):
+        return fn(item)
 
 
 class DaskExecutor(Executor):
     """Tasks on a Dask distributed cluster: ``address`` (``tcp://host:8786``) or a
     ``distributed.Client``. Each worker gets ``fn`` once and warms its kernels; tasks are
-    submitted in a window sized by the cluster's threads and gathered as they finish."""
+    submitted in a window sized by the cluster's threads and gathered as they finish.
 
-    def __init__(self, address: str | Any, *, timeout_s: float | None = None) -> None:
+    ``on_progress(key, done, total)`` receives what tasks report (as worker events).
+    """
+
+    def __init__(self, address: str | Any, *, timeout_s: float | None = None,
+                 on_progress: Callable[[str, int, int], None] | None = None) -> None:
         if timeout_s is None:
             timeout_s = float(os.environ.get("RETWIN_DASK_CONNECT_TIMEOUT_S", "10"))
         distributed = _import_distributed()
@@ -306,6 +614,16 @@ class DaskExecutor(Executor):
         self.address = str(self.client.scheduler.address)
         self.workers = max(1, sum(self.client.nthreads().values()))
         self._futures: set[Any] = set()
+        self._submitted: set[Any] = set()
+        self._lock = threading.Lock()
+        self._fn: tuple[Any, Any] | None = None  # (cache key, scattered fn)
+        self._name = f"retwin-{uuid.uuid4().hex[:12]}"
+        if on_progress is not None:
+            def _event(event: Any) -> None:
+                _, msg = event
+                on_progress(str(msg["key"]), int(msg["done"]), int(msg["total"]))
+
+            self.client.subscribe_topic(f"{self._name}-progress", _event)
 
     @property
     def description(self) -> str:
@@ -313,23 +631,68 @@ class DaskExecutor(Executor):
         return f"Dask at {self.address} ({n} worker{'s' if n != 1 else ''}, " \
                f"{self.workers} thread{'s' if self.workers != 1 else ''})"
 
+    def _scattered(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn`` on every worker (warmed, versions checked), once per ``fn.cache_key``."""
+        key = getattr(fn, "cache_key", None) or id(fn)
+        with self._lock:
+            if self._fn is not None and self._fn[0] == key:
+                return self._fn[1]
+            client = self.client
+            try:
+                versions = client.run(_warm_worker)
+            except ImportError as exc:
+                raise RetwinError(f"Dask workers cannot import retwin ({exc}); install it on "
+                                  "every worker") from None
+            bad = {w: v for w, v in versions.items() if v != __version__}
+            if bad:
+                raise RetwinError(f"Dask workers run another retwin version ({bad}); the "
+                                  f"client runs {__version__}")
+            self.workers = max(1, sum(client.nthreads().values()))
+            if self._fn is not None:
+                client.cancel([self._fn[1]])
+            self._fn = (key, client.scatter(fn, broadcast=True, hash=False))
+            return self._fn[1]
+
+    def start(self, fn: Callable[[Any], Any]) -> None:
+        self._scattered(fn)
+
+    def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
+        if key is not None:
+            self.uncancel(key)
+        fut = self.client.submit(_apply, self._scattered(fn), item, self._name, pure=False)
+        self._submitted.add(fut)
+        out: Future[R] = Future()
+
+        def _done(f: Any) -> None:
+            self._submitted.discard(f)
+            try:
+                out.set_result(f.result())
+            except BaseException as exc:
+                out.set_exception(exc)
+            finally:
+                f.release()
+
+        fut.add_done_callback(_done)
+        return out
+
+    def _event(self, key: str) -> Any:
+        from distributed import Event
+
+        return Event(f"{self._name}-cancel-{key}", client=self.client)
+
+    def cancel(self, key: str) -> None:
+        self._event(key).set()
+
+    def uncancel(self, key: str) -> None:
+        self._event(key).clear()
+
     def map_unordered(self, fn: Callable[[T], R], items: Iterable[T], *,
                       stop: Callable[[], bool] = _never) -> Iterator[R]:
         distributed = _import_distributed()
         client = self.client
-        try:
-            versions = client.run(_warm_worker)
-        except ImportError as exc:
-            raise RetwinError(f"Dask workers cannot import retwin ({exc}); install it on "
-                              "every worker") from None
-        bad = {w: v for w, v in versions.items() if v != __version__}
-        if bad:
-            raise RetwinError(f"Dask workers run another retwin version ({bad}); the client "
-                              f"runs {__version__}")
-        self.workers = max(1, sum(client.nthreads().values()))
-        fn_future = client.scatter(fn, broadcast=True, hash=False)
+        fn_future = self._scattered(fn)
         it = iter(items)
-        queue = distributed.as_completed(loop=client.loop)
+        done_queue = distributed.as_completed(loop=client.loop)
         futures = self._futures
 
         def fill() -> None:
@@ -338,33 +701,37 @@ class DaskExecutor(Executor):
                     item = next(it)
                 except StopIteration:
                     return
-                fut = client.submit(_apply, fn_future, item, pure=False)
+                fut = client.submit(_apply, fn_future, item, self._name, pure=False)
                 futures.add(fut)
-                queue.add(fut)
+                done_queue.add(fut)
 
         fill()
-        try:
-            while not queue.is_empty():
-                if stop():
-                    raise KeyboardInterrupt
-                if not queue.has_ready():
-                    time.sleep(POLL_S / 10)
-                    continue
-                for fut in queue.next_batch(block=False):
-                    futures.discard(fut)
-                    result = fut.result()
-                    fut.release()
-                    yield result
-                fill()
-        finally:
-            client.cancel([fn_future])
+        while not done_queue.is_empty():
+            if stop():
+                raise KeyboardInterrupt
+            if not done_queue.has_ready():
+                time.sleep(POLL_S / 10)
+                continue
+            for fut in done_queue.next_batch(block=False):
+                futures.discard(fut)
+                result = fut.result()
+                fut.release()
+                yield result
+            fill()
 
     def abort(self) -> None:
-        if self._futures:
-            self.client.cancel(list(self._futures))
+        running = [*self._futures, *self._submitted]
+        if running:
+            self.client.cancel(running)
         self._futures.clear()
+        self._submitted.clear()
 
     def close(self) -> None:
+        with self._lock:
+            fn, self._fn = self._fn, None
+        if fn is not None:
+            with contextlib.suppress(Exception):
+                self.client.cancel([fn[1]])
         if self._own:
             self.client.close()
 

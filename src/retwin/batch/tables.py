@@ -33,17 +33,18 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from retwin import whatif
 from retwin._version import __version__
+from retwin.batch.executors import warm_once
 from retwin.batch.expand import Task
 from retwin.engine.build import Compiled, compile_scenario
 from retwin.engine.run import run
 from retwin.errors import MassBalanceError, RetwinError, ScenarioError
 from retwin.results import RunResult
-from retwin.scenario.load import apply_changes, scenario_hash, validate_tree
+from retwin.scenario.load import scenario_hash, validate_tree
 from retwin.scenario.schema import Scenario
 
-__all__ = ["KINDS", "SCHEMAS", "ChunkBuilder", "ChunkResult", "PointRunner", "kinds_for",
-           "warm_once"]
+__all__ = ["KINDS", "SCHEMAS", "ChunkBuilder", "ChunkResult", "PointRunner", "kinds_for"]
 
 #: Result tables in the order they are written; ``kpis`` is written last.
 KINDS: tuple[str, ...] = ("daily", "monthly", "kpis")
@@ -65,9 +66,6 @@ _RECORD_KINDS: dict[str, tuple[str, ...]] = {
     "daily": ("daily", "monthly", "kpis"),
 }
 
-_warm_lock = threading.Lock()
-_warm = False
-
 
 def kinds_for(record: str) -> tuple[str, ...]:
     """The tables a study keeps: ``kpis``, plus ``monthly`` and ``daily`` as recorded."""
@@ -75,17 +73,6 @@ def kinds_for(record: str) -> tuple[str, ...]:
         return _RECORD_KINDS[record]
     except KeyError:
         raise ValueError(f"record(={record!r}) must be annual, monthly or daily") from None
-
-
-def warm_once() -> None:
-    """Compile (or load) the kernels once per process."""
-    global _warm
-    with _warm_lock:
-        if not _warm:
-            from retwin.kernels import warmup
-
-            warmup()
-            _warm = True
 
 
 def _daily_blocks(c: Compiled, res: RunResult) -> list[tuple[str, list[str], np.ndarray]]:
@@ -275,7 +262,7 @@ class PointRunner:
                 return hit
         base = self.base()
         try:
-            sc = apply_changes(base, list(task.changes)) if task.changes else base
+            sc = whatif.resolve(base, task.changes).scenario
         except ScenarioError as exc:
             raise ScenarioError([(f"point {task.point_id}", line) for line in exc.lines()]) \
                 from None

@@ -14,7 +14,7 @@ from retwin.engine.build import compile_scenario
 from retwin.engine.model import ChainModel
 from retwin.errors import ScenarioError
 from retwin.results import ReplicationSet, RunResult
-from retwin.scenario.load import apply_changes, scenario_hash
+from retwin.scenario.load import apply_changes
 from retwin.scenario.schema import Scenario
 
 __all__ = ["prepare", "replication_seed", "run", "run_replications", "versions"]
@@ -128,9 +128,3 @@ def run_replications(
     return ReplicationSet(first=first, kpi_frames=frames,
                           seeds=[(seed, r) for r in range(replications)],
                           monthly_stack=np.stack(monthly))
-
-
-def run_metadata(c: Compiled, seed: int) -> dict[str, Any]:
-    """Manifest fields of a run: scenario hash, seed, versions."""
-    return {"scenario": c.scenario.name, "scenario_hash": scenario_hash(c.scenario),
-            "seed": seed, "versions": versions()}

@@ -7,8 +7,8 @@ import asyncio
 from fastapi import APIRouter
 
 import retwin
-from api.deps import ServiceDep
-from api.schemas import ErrorPublic, HealthPublic
+from retwin_service.deps import ServiceDep
+from retwin_service.schemas import ErrorPublic, HealthPublic
 
 router = APIRouter(tags=["health"], responses={403: {"model": ErrorPublic, "description": (
     "The service has no API token and the caller is not on its machine.")}})

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from retwin import whatif
 from retwin.storage import read_table
 
 __all__ = [
@@ -51,7 +52,7 @@ MEDIA: dict[str, str] = {
     "csv": "text/csv; charset=utf-8",
     "parquet": "application/vnd.apache.parquet",
 }
-KPI_KEYS = ["kpi", "key", "year", "unit"]
+KPI_KEYS = whatif.KPI_KEYS
 
 #: Rows of a JSON page when no ``limit`` is given, and the most one page holds.
 JSON_PAGE_DEFAULT = 1000
@@ -281,18 +282,12 @@ def filter_table(root: Path, key: str, table: str, f: Filters) -> pd.DataFrame:
     return df[keep]
 
 
-def known_values(root: Path, key: str) -> dict[str, set[str]]:
-    """Values a filter may take in one run (to name the known ones in an error)."""
-    ix = _scenario_index(root, key)
-    return {"stage": ix.stages, "plant": set(ix.plants), "material": set(ix.materials),
-            "element": set().union(*(e.element for e in ix.materials.values()))}
-
-
 # --- comparing -----------------------------------------------------------------------------
 
 
 def compare(root: Path, key_a: str, key_b: str, f: Filters) -> tuple[pd.DataFrame, bool]:
-    """KPI differences a − b; paired by replication when seeds and replications agree."""
+    """KPI differences a − b; paired by replication (:func:`retwin.whatif.paired_difference`,
+    as a what-if's difference to its baseline) when seeds and replications agree."""
     ma, mb = manifest(root, key_a), manifest(root, key_b)
     paired = (ma["seed"], ma["replications"]) == (mb["seed"], mb["replications"])
     sa = filter_table(root, key_a, "summary", f)[[*KPI_KEYS, "mean"]]
@@ -300,16 +295,10 @@ def compare(root: Path, key_a: str, key_b: str, f: Filters) -> tuple[pd.DataFram
     means = sa.merge(sb, on=KPI_KEYS, how="outer", suffixes=("_a", "_b"))
     means = means.rename(columns={"mean_a": "a_mean", "mean_b": "b_mean"})
     if paired:
-        ka = filter_table(root, key_a, "kpis", f)
-        kb = filter_table(root, key_b, "kpis", f)
-        m = ka.merge(kb, on=[*KPI_KEYS, "replication"], how="outer", suffixes=("", "_b"))
-        m = m.fillna({"value": 0.0, "value_b": 0.0})
-        m["d"] = m["value"] - m["value_b"]
-        g = m.groupby(KPI_KEYS, sort=False)["d"]
-        stats = pd.DataFrame({
-            "mean": g.mean(), "p5": g.quantile(0.05), "p50": g.quantile(0.5),
-            "p95": g.quantile(0.95), "n": g.size(),
-        }).reset_index()
+        n = int(ma["replications"])
+        stats = whatif.paired_difference(
+            whatif.kpi_frames(filter_table(root, key_a, "kpis", f), n),
+            whatif.kpi_frames(filter_table(root, key_b, "kpis", f), n))
         out = means.merge(stats, on=KPI_KEYS, how="outer")
     else:
         out = means.copy()

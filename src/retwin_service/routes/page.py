@@ -1,9 +1,9 @@
 """The planner's page (``/``), its static files, and the charts it draws.
 
-The page is plain HTML, CSS and JavaScript in ``api/static`` (no build step); plotly.js is
-served from the installed plotly package. ``GET /api/v1/runs/{id}/charts/{name}`` returns
-the figures of :mod:`retwin.report.figures` for a finished run (and its baseline), the same
-charts ``retwin report`` writes to a file.
+The page is plain HTML, CSS and JavaScript in ``retwin_service/static`` (no build step);
+plotly.js is served from the installed plotly package.
+``GET /api/v1/runs/{id}/charts/{name}`` returns the figures of :mod:`retwin.report.figures`
+for a finished run (and its baseline), the same charts ``retwin report`` writes to a file.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import tables
-from api.deps import OwnerDep, ServiceDep
-from api.errors import query_error
-from api.render import dumps
-from api.schemas import ErrorPublic, ValidationErrorPublic
 from retwin.report import figures
+from retwin_service import tables
+from retwin_service.deps import OwnerDep, ServiceDep
+from retwin_service.errors import query_error
+from retwin_service.render import dumps
+from retwin_service.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["page_router", "router"]
 

@@ -20,7 +20,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.settings import is_loopback
+from retwin_service.settings import is_loopback
 
 __all__ = ["OpenGuard", "host_is_loopback"]
 

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from retwin.errors import RetwinError
+from retwin import RetwinError
 
 __all__ = [
     "ACTIVE",

@@ -14,11 +14,12 @@ from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from api import tables
-from api.deps import OwnerDep, ServiceDep
-from api.errors import query_error
-from api.render import JSONBody, dumps
-from api.schemas import (
+from retwin_service import tables
+from retwin_service.deps import OwnerDep, ServiceDep
+from retwin_service.errors import query_error
+from retwin_service.registry import STATUSES, RunRecord
+from retwin_service.render import JSONBody, dumps
+from retwin_service.schemas import (
     ComparePublic,
     ErrorPublic,
     RunAccepted,
@@ -28,8 +29,7 @@ from api.schemas import (
     ValidationErrorPublic,
     WhatIfRequest,
 )
-from api.service import Service
-from retwin.registry import STATUSES, RunRecord
+from retwin_service.service import Service
 
 router = APIRouter(tags=["runs"], responses={
     401: {"model": ErrorPublic, "description": "Missing, invalid or revoked API token."},
@@ -267,7 +267,7 @@ def _stream(chunks: Iterator[bytes], media: str, headers: dict[str, str]) -> Str
 
 def _table_response(request: Request, run_id: str, table: str, df: Any, fmt: Fmt,
                     offset: int, limit: int | None) -> Response:
-    """JSON: one page (``limit`` rows, by default and at most as :mod:`api.tables` says)
+    """JSON: one page (``limit`` rows, by default and at most as :mod:`retwin_service.tables` says)
     with the total and a link to the next page. CSV or Parquet: every row from ``offset``
     (or ``limit`` of them), streamed."""
     total = len(df)

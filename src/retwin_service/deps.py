@@ -1,9 +1,9 @@
 """Dependencies of the routes: the service, and the caller's identity from their token.
 
 ``Authorization: Bearer <token>``. With no token registered the service is open (every run
-belongs to :data:`~retwin.registry.OPEN_OWNER`), but only for callers on this machine
-(:mod:`api.guard`); once a token exists, every request to ``/api/v1`` except the health check
-needs one. A token's name is its owner; no token name can be the open owner.
+belongs to :data:`~retwin_service.registry.OPEN_OWNER`), but only for callers on this
+machine (:mod:`retwin_service.guard`); once a token exists, every request to ``/api/v1``
+except the health check needs one. A token's name is its owner; no token name can be the open owner.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
-from api.guard import TOKEN_CHECK_AGE_S
-from api.service import Service
-from retwin.registry import OPEN_OWNER
+from retwin_service.guard import TOKEN_CHECK_AGE_S
+from retwin_service.registry import OPEN_OWNER
+from retwin_service.service import Service
 
 __all__ = ["OPEN_OWNER", "OwnerDep", "ServiceDep", "get_owner", "get_service"]
 

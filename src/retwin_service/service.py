@@ -1,9 +1,10 @@
 """The service's state and its one piece of logic: turning a request into a computation.
 
 :class:`Catalog` holds the reference models; :class:`Service` checks a what-if against the
-model and the limits (a bad one raises :class:`~retwin.ScenarioError` naming the field),
-derives the computation key (equal requests, equal keys), and holds the registry and the
-jobs. The routes call it; it calls retwin's public API.
+limits, resolves it once (:func:`retwin.whatif.resolve`: the changes applied to the model
+and validated; a bad one raises :class:`~retwin.ScenarioError` naming the field), derives
+the computation key (equal requests, equal keys), and holds the registry and the jobs. The
+routes call it; the worker runs what it resolved (:func:`retwin_service.jobs.compute`).
 """
 
 from __future__ import annotations
@@ -11,16 +12,16 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import retwin
-from api.jobs import Jobs, Task
-from api.schemas import WhatIfRequest
-from api.settings import Settings
-from api.space import Space
-from retwin.registry import Registry, RunRecord, request_key
+from retwin import whatif
 from retwin.scenario import available_models, scenario_hash
+from retwin_service.jobs import Jobs, Task
+from retwin_service.registry import Registry, request_key
+from retwin_service.schemas import WhatIfRequest
+from retwin_service.settings import Settings
+from retwin_service.space import Space
 
 __all__ = ["Catalog", "Prepared", "Service"]
 
@@ -58,17 +59,6 @@ class Catalog:
                 [("model", f"unknown model {name!r} (known: {', '.join(self.names())})")]
             )
         return self.models[name]
-
-    @lru_cache(maxsize=64)  # noqa: B019 - the catalog lives as long as the service
-    def base(self, name: str, end: str | None) -> retwin.Scenario:
-        """Model ``name`` with its horizon ending on ``end`` (default: the model's)."""
-        sc = self.get(name)
-        if end is None:
-            return sc
-        try:
-            return retwin.apply_changes(sc, [{"kind": "parameter", "path": "end", "value": end}])
-        except retwin.ScenarioError as exc:
-            raise retwin.ScenarioError([("end", m) for _, m in exc.problems]) from None
 
 
 @dataclass(frozen=True)
@@ -159,36 +149,36 @@ class Service:
         self.check_limits(req)
         model = self.catalog.get(req.model)
         end = req.end.isoformat() if req.end and req.end != model.end else None
-        base = self.catalog.base(req.model, end)
-        changes = _canonical_changes(req)
-        whatif = retwin.apply_changes(base, list(changes)) if changes else base
-        horizon = (whatif.end - whatif.start).days + 1
+        w = whatif.resolve(model, _canonical_changes(req), end=end)
+        sc = w.scenario
+        horizon = (sc.end - sc.start).days + 1
         if horizon > self.settings.max_horizon_days:
-            where = "end" if whatif.end == base.end else "changes"
+            where = "end" if sc.end == (w.baseline or sc).end else "changes"
             raise retwin.ScenarioError([(where, (
-                f"horizon of {horizon} days ({whatif.start}..{whatif.end}) exceeds the "
+                f"horizon of {horizon} days ({sc.start}..{sc.end}) exceeds the "
                 f"service's limit of {self.settings.max_horizon_years:g} years"))])
         return Prepared(request=req.model_dump(by_alias=True, mode="json"),
-                        task=self.task(req.model, end, changes, req.seed, req.replications))
+                        task=self.task(req.model, end, w, req.seed, req.replications))
 
-    def task(self, model: str, end: str | None, changes: tuple[dict[str, Any], ...],
-             seed: int, replications: int) -> Task:
-        """The computation of a (checked) request; its key names its stored result."""
+    def task(self, model: str, end: str | None, w: whatif.WhatIf, seed: int,
+             replications: int) -> Task:
+        """The computation of a resolved what-if of ``model``; its key names its stored
+        result, and ``baseline_key`` that of its baseline."""
         model_hash = self.catalog.hashes[model]
 
-        def key(ch: tuple[dict[str, Any], ...]) -> str:
+        def key(ch: tuple[Any, ...]) -> str:
             return request_key({"model": model, "model_hash": model_hash, "end": end,
                                 "changes": list(ch), "seed": seed,
                                 "replications": replications, "version": retwin.__version__})
 
-        return Task(key=key(changes), model=model, model_hash=model_hash, end=end,
-                    changes=changes, seed=seed, replications=replications,
-                    baseline_key=key(()) if changes else None,
+        return Task(key=key(w.changes), whatif=w, seed=seed, replications=replications,
+                    baseline_key=key(()) if w.baseline is not None else None,
                     results_root=str(self.settings.results_dir))
 
     def baseline_task(self, model: str) -> Task:
         """The default baseline of ``model`` (computed at start-up)."""
-        return self.task(model, None, (), DEFAULT_SEED, DEFAULT_REPLICATIONS)
+        return self.task(model, None, whatif.resolve(self.catalog.get(model)), DEFAULT_SEED,
+                         DEFAULT_REPLICATIONS)
 
     # --- recovery -------------------------------------------------------------------------
 
@@ -211,8 +201,3 @@ class Service:
         if n:
             log.info("re-queued %d unfinished runs (%d computations)", n, len(tasks))
         return tasks
-
-    # --- reading --------------------------------------------------------------------------
-
-    def run_for(self, run_id: str, owner: str | None) -> RunRecord:
-        return self.registry.get_run(run_id, owner)

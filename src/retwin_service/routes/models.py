@@ -8,10 +8,10 @@ from fastapi import APIRouter, HTTPException, Path
 from pydantic import TypeAdapter
 
 import retwin
-from api.deps import OwnerDep, ServiceDep
-from api.schemas import ErrorPublic, ModelDetail, ModelPublic, ModelsPublic
 from retwin.kpis import catalogue
 from retwin.scenario import Change
+from retwin_service.deps import OwnerDep, ServiceDep
+from retwin_service.schemas import ErrorPublic, ModelDetail, ModelPublic, ModelsPublic
 
 router = APIRouter(tags=["models"], responses={
     401: {"model": ErrorPublic, "description": "Missing, invalid or revoked API token."},

@@ -27,10 +27,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 import retwin
-from api.render import JSONBody
-from api.space import NO_SPACE, is_no_space
-from api.tables import ResultMissing
-from retwin.registry import OwnerLimit, QueueFull, RegistryError, RunNotFound, Unstorable
+from retwin_service.registry import OwnerLimit, QueueFull, RegistryError, RunNotFound, Unstorable
+from retwin_service.render import JSONBody
+from retwin_service.space import NO_SPACE, is_no_space
+from retwin_service.tables import ResultMissing
 
 __all__ = ["install", "loc_of", "problem_body", "query_error"]
 

@@ -1,0 +1,448 @@
+"""Running what-ifs off the event loop, on retwin's executors: the computations, the worker's
+side of one, and the server's side of them all.
+
+The event loop only awaits futures. Each computation (a what-if with its replications, or a
+baseline) is a :class:`Task` identified by its *key*, the hash of the request, which names its
+stored result (:func:`result_dir`); runs waiting for the same key share one computation, and a
+computation whose result is stored is never run again. A task carries the what-if as the
+service resolved and checked it (:class:`retwin.whatif.WhatIf`: the scenarios themselves, the
+changes applied), so a worker never loads a model or applies a change again.
+
+**Where.** :mod:`retwin.batch.executors`, the executors of batch studies: a
+:class:`~retwin.batch.executors.ProcessExecutor` of ``RETWIN_WORKERS`` local processes (they
+leave Ctrl-C and SIGTERM to the server, warm their kernels at start, use one BLAS thread each
+and end themselves when the server is gone), or with ``RETWIN_DASK_ADDRESS`` a
+:class:`~retwin.batch.executors.DaskExecutor` (then the server stores the result: the cluster
+need not share its disk).
+
+**The worker** (:func:`compute`) runs the baseline first, unless it is stored already (then
+its KPIs stand in for it), and stores it under its own key; then the what-if and its paired
+difference (:func:`retwin.whatif.run`), stored atomically (:func:`retwin.whatif.save`).
+Between two replications it reports progress and looks for a cancellation through
+:func:`~retwin.batch.executors.task_hooks`; the executor brings the progress back to
+:class:`Jobs`, which writes it to the registry, and :meth:`Jobs.cancel` raises the executor's
+flag for the key.
+
+What lives here: the tasks, the worker's :func:`compute` and the server's :class:`Jobs`.
+What does not: HTTP (:mod:`retwin_service.routes`) and the run rows
+(:mod:`retwin_service.registry`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+import retwin
+from retwin import whatif
+from retwin.batch.executors import (
+    DaskExecutor,
+    Executor,
+    ProcessExecutor,
+    TaskHooks,
+    task_hooks,
+    warm_once,
+)
+from retwin.storage import read_table
+from retwin_service.space import NO_SPACE, Space, is_no_space
+
+if TYPE_CHECKING:  # a worker needs none of the registry's packages
+    from retwin_service.registry import Registry
+
+__all__ = ["Cancelled", "Compute", "Jobs", "Outcome", "StoreFailed", "Task", "compute",
+           "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
+
+log = logging.getLogger("retwin.api.jobs")
+
+#: Seconds between two progress messages of one computation.
+PROGRESS_EVERY_S = 0.25
+
+
+class Cancelled(Exception):
+    """Raised inside a worker to stop a computation between two replications."""
+
+
+class StoreFailed(Exception):
+    """A result could not be stored: the fault is the service's data folder (full,
+    read-only…), never the request. It reaches the server as an exception, which tells a
+    full folder (and remembers it for the health check) from an internal error."""
+
+
+def store(result: whatif.WhatIfResult, results_root: str | Path, key: str,
+          baseline_key: str | None = None) -> None:
+    """Store ``result`` as computation ``key`` (atomically); :class:`StoreFailed` if the
+    data folder refuses it."""
+    try:
+        whatif.save(result, result_dir(results_root, key), baseline_ref=baseline_key)
+    except (retwin.RetwinError, OSError) as exc:
+        raise StoreFailed(f"storing {key[:12]}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Task:
+    """One computation: everything a worker needs, nothing it has to look up.
+
+    ``baseline_key`` names the stored result of ``whatif.baseline_only()`` with the same
+    seed and replications (``None`` when this task has no baseline: it *is* one).
+    ``results_root`` is where the worker writes (``None``: the server writes, and
+    ``baseline_kpis`` may carry a stored baseline's ``kpis`` table).
+    """
+
+    key: str
+    whatif: whatif.WhatIf
+    seed: int
+    replications: int
+    baseline_key: str | None
+    results_root: str | None
+    baseline_kpis: pd.DataFrame | None = None
+
+
+@dataclass
+class Outcome:
+    """What a computation ended with: ``done``, ``cancelled`` or ``failed`` (``error``).
+
+    Without a results folder a done outcome carries the result for the server to store.
+    """
+
+    status: str
+    error: str | None = None
+    cached: bool = False
+    result: whatif.WhatIfResult | None = None
+
+
+def result_dir(results_root: str | Path, key: str) -> Path:
+    """Where the result of computation ``key`` is stored."""
+    return Path(results_root) / key
+
+
+def is_stored(results_root: str | Path, key: str) -> bool:
+    """A result directory appears only when complete (it is renamed into place)."""
+    return (result_dir(results_root, key) / "manifest.json").is_file()
+
+
+def stored_kpis(results_root: str | Path, key: str) -> list[pd.DataFrame] | None:
+    """The per-replication KPI frames of stored result ``key``, or ``None``."""
+    if not is_stored(results_root, key):
+        return None
+    return whatif.kpi_frames(read_table(result_dir(results_root, key), "kpis"))
+
+
+class _Reporter:
+    """Progress over all the replications a task runs; raises :class:`Cancelled`."""
+
+    def __init__(self, hooks: TaskHooks, key: str, total: int) -> None:
+        self.hooks, self.key, self.total = hooks, key, max(total, 1)
+        self.done = 0
+        self._last = 0.0
+        self.check()
+        hooks.progress(key, 0, self.total)
+
+    def check(self) -> None:
+        if self.hooks.cancelled(self.key):
+            raise Cancelled(self.key)
+
+    def step(self, _part: str = "", _i: int = 0, _n: int = 0) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S or self.done >= self.total:
+            self._last = now
+            self.hooks.progress(self.key, self.done, self.total)
+        self.check()
+
+
+@contextlib.contextmanager
+def _locked(root: str | None, key: str) -> Iterator[None]:
+    """One process at a time computes ``key`` (two tasks of one key, or a what-if and a
+    baseline it needs, may meet after a restart). POSIX advisory lock; none elsewhere."""
+    if root is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    d = Path(root) / ".locks"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / key, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def compute(task: Task) -> Outcome:
+    """Run one task. A cancellation, a bad scenario or a leaking balance come back as an
+    :class:`Outcome`; a result the data folder refuses raises :class:`StoreFailed` (the
+    server's business, not the request's)."""
+    root = task.results_root
+    try:
+        with _locked(root, task.key):
+            if root is not None and is_stored(root, task.key):
+                return Outcome("done", cached=True)
+            return _compute(task, task_hooks())
+    except Cancelled:
+        return Outcome("cancelled")
+    except retwin.RetwinError as exc:
+        return Outcome("failed", error=public_error(exc))
+
+
+def _compute(task: Task, hooks: TaskHooks) -> Outcome:
+    w, n, seed, root = task.whatif, task.replications, task.seed, task.results_root
+    base: retwin.ReplicationSet | list[pd.DataFrame] | None = None
+    if task.baseline_key is not None:
+        if task.baseline_kpis is not None:
+            base = whatif.kpi_frames(task.baseline_kpis)
+        elif root is not None:
+            base = stored_kpis(root, task.baseline_key)
+    need_base = w.baseline is not None and base is None
+    rep = _Reporter(hooks, task.key, n * (2 if need_base else 1))
+    if need_base and root is not None and task.baseline_key is not None:
+        with _locked(root, task.baseline_key):  # stored once, and reused by what comes next
+            base = stored_kpis(root, task.baseline_key)
+            if base is None:
+                done = whatif.run(w.baseline_only(), replications=n, seed=seed,
+                                  progress=rep.step)
+                store(done, root, task.baseline_key)
+                base = done.whatif
+            else:
+                rep.done += n
+    res = whatif.run(w, replications=n, seed=seed, baseline=base, progress=rep.step)
+    rep.check()
+    if root is None:
+        return Outcome("done", result=res)
+    store(res, root, task.key, task.baseline_key)
+    return Outcome("done")
+
+
+class Compute:
+    """:func:`compute` as an executor's task function: one for every task of the service
+    (so the workers are started once), warming the kernels as a worker starts."""
+
+    cache_key = "retwin_service.compute"
+
+    def prepare(self) -> None:
+        warm_once()
+
+    def __call__(self, task: Task) -> Outcome:
+        return compute(task)
+
+
+def public_error(exc: BaseException) -> str:
+    """A message fit for a client: a full data folder says so, and so do a bad scenario or
+    a leaking balance; anything else (a result that could not be stored for another
+    reason…) is an internal error whose details (paths…) stay in the server's log."""
+    if is_no_space(exc):
+        return (f"{NO_SPACE} to store this run's result; submit it again once there is "
+                "room")
+    if isinstance(exc, retwin.ScenarioError | retwin.MassBalanceError):
+        return str(exc)
+    return "internal error while computing this run; see the service log"
+
+
+# --- the server's side ---------------------------------------------------------------------------
+
+
+#: How often a computation whose worker pool broke is tried again before it fails.
+MAX_POOL_RETRIES = 2
+#: Seconds between two tries to record the end of a computation while the data folder is full.
+FINISH_RETRY_S = 2.0
+#: Seconds to reach a Dask scheduler at start-up.
+DASK_CONNECT_S = 20.0
+
+
+class Jobs:
+    """The server's side of execution: one tracked computation per key.
+
+    Parameters
+    ----------
+    registry
+        The run registry: progress and the end of every computation are written there.
+    results_root
+        Folder of stored results.
+    workers
+        Local worker processes (ignored with ``dask_address``).
+    dask_address
+        A Dask scheduler to send tasks to instead.
+    """
+
+    def __init__(self, registry: Registry, results_root: Path, *, workers: int,
+                 dask_address: str | None = None, space: Space | None = None) -> None:
+        self.registry = registry
+        self.root = results_root
+        self.space = space
+        self.workers = workers
+        self.dask_address = dask_address
+        self.executor: Executor | None = None
+        self._fn = Compute()
+        self._tracks: dict[str, asyncio.Task[Outcome]] = {}
+
+    @property
+    def kind(self) -> str:
+        return "dask" if self.dask_address else "local"
+
+    def start(self) -> None:
+        """Clean what a killed writer may have left, then start the workers (blocking; call
+        in a thread)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for p in self.root.glob(".*"):
+            if p.is_dir() and p.name != ".locks":  # a half-written result, old cancel flags
+                shutil.rmtree(p, ignore_errors=True)
+        if self.dask_address:
+            self.executor = DaskExecutor(self.dask_address, timeout_s=DASK_CONNECT_S,
+                                         on_progress=self._progress)
+        else:
+            self.executor = ProcessExecutor(self.workers, on_progress=self._progress,
+                                            flags_dir=self.root / ".cancel")
+        self.executor.start(self._fn)
+
+    def abandon(self) -> None:
+        """Stop tracking (at shutdown): unfinished runs stay queued in the registry and run
+        again at the next start. Call on the event loop, then :meth:`close`."""
+        for t in list(self._tracks.values()):
+            t.cancel()
+
+    def close(self) -> None:
+        """Stop the workers now (blocking; call in a thread): what they were running stays
+        queued in the registry and runs again at the next start."""
+        ex, self.executor = self.executor, None
+        if ex is not None:
+            ex.abort()
+            ex.close()
+
+    def _progress(self, key: str, done: int, total: int) -> None:
+        """Called (in a thread of the executor) for every progress message."""
+        try:
+            if done == 0:
+                self.registry.mark_running(key)
+            else:
+                self.registry.set_progress(key, done / max(total, 1))
+        except Exception as exc:  # a progress update is never worth failing a computation
+            if is_no_space(exc):
+                log.warning("progress of %s not recorded: %s", key[:12], NO_SPACE)
+            else:
+                log.exception("progress update failed")
+
+    def stored(self, key: str) -> bool:
+        return is_stored(self.root, key)
+
+    def waiter(self, key: str) -> asyncio.Task[Outcome] | None:
+        """The tracked computation of ``key``, if one is under way."""
+        return self._tracks.get(key)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tracks)
+
+    def ensure(self, task: Task) -> asyncio.Task[Outcome]:
+        """Start computing ``task`` unless a computation of its key is under way; must be
+        called on the event loop."""
+        t = self._tracks.get(task.key)
+        if t is None:
+            t = asyncio.get_running_loop().create_task(self._track(task),
+                                                       name=f"retwin-{task.key[:12]}")
+            self._tracks[task.key] = t
+        return t
+
+    async def cancel(self, key: str) -> None:
+        """Stop computation ``key`` if no unfinished run waits for it any more."""
+        if key not in self._tracks or self.executor is None:
+            return
+        if await asyncio.to_thread(self.registry.has_active, key):
+            return
+        await asyncio.to_thread(self.executor.cancel, key)
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` in a thread; while the data folder is full, tried again until space
+        returns (the runs it records stay unfinished meanwhile, never half-written)."""
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except Exception as exc:
+                if not self._no_space(exc):
+                    raise
+            await asyncio.sleep(FINISH_RETRY_S)
+
+    async def _track(self, task: Task) -> Outcome:
+        try:
+            outcome = await self._run(task)
+            await self._write(self._finish, task, outcome)
+        finally:
+            self._tracks.pop(task.key, None)
+        if self.executor is None:  # shutting down: unfinished runs stay queued
+            return outcome
+        # a run that joined while this computation ended is finished (or run) now
+        if await asyncio.to_thread(self.registry.has_active, task.key):
+            if outcome.status == "done" or self.stored(task.key):
+                await self._write(self.registry.finish, task.key, "done")
+            elif outcome.status == "cancelled":
+                self.ensure(task)
+            else:
+                await self._write(self.registry.finish, task.key, "failed", outcome.error)
+        return outcome
+
+    async def _run(self, task: Task) -> Outcome:
+        if self.stored(task.key):
+            return Outcome("done", cached=True)
+        ex = self.executor
+        if ex is None:
+            return Outcome("cancelled")  # shutting down: the run stays queued
+        if self.kind == "dask":  # the server stores; a stored baseline travels along
+            kpis = None
+            if task.baseline_key and self.stored(task.baseline_key):
+                kpis = await asyncio.to_thread(read_table,
+                                               result_dir(self.root, task.baseline_key), "kpis")
+            task = replace(task, results_root=None, baseline_kpis=kpis)
+        for attempt in range(MAX_POOL_RETRIES + 1):
+            try:  # in a thread: replacing a broken pool waits for its processes to go
+                fut = await asyncio.to_thread(ex.submit, self._fn, task, key=task.key)
+                return await asyncio.wrap_future(fut)
+            except concurrent.futures.CancelledError:
+                return Outcome("cancelled")
+            except BrokenProcessPool:
+                log.warning("worker pool broke while computing %s (attempt %d); restarting",
+                            task.key[:12], attempt + 1)
+            except Exception as exc:
+                if not self._no_space(exc):
+                    log.exception("computation %s failed", task.key[:12])
+                return Outcome("failed", error=public_error(exc))
+        return Outcome("failed", error="the worker process stopped while running this "
+                                       "computation (out of memory?)")
+
+    def _no_space(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a write refused for lack of space (remembered for /health)."""
+        if self.space is not None:
+            return self.space.refused(exc)
+        return is_no_space(exc)
+
+    def _finish(self, task: Task, outcome: Outcome) -> None:
+        """Store a result that came back from a cluster, then finish the waiting runs."""
+        res = outcome.result
+        if outcome.status == "done" and res is not None:
+            try:
+                base = res.baseline_only()
+                if base is not None and task.baseline_key is not None:
+                    store(base, self.root, task.baseline_key)
+                store(res, self.root, task.key, task.baseline_key)
+            except Exception as exc:
+                if not self._no_space(exc):
+                    log.exception("storing computation %s failed", task.key[:12])
+                outcome.status, outcome.error = "failed", public_error(exc)
+            outcome.result = None
+        if outcome.status == "done":
+            self.registry.finish(task.key, "done")
+        elif outcome.status == "failed":
+            self.registry.finish(task.key, "failed", outcome.error)
+        # cancelled: the runs were marked by whoever cancelled them
