@@ -582,7 +582,7 @@ class _Annual:
         stock = np.zeros((n_m, self.n_y))
         np.add.at(stock, topo.pool_material, self.r.stock[:, self.year_end])
         per_day = use / days[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return np.where(per_day > 0, np.maximum(stock - reserve[:, None], 0) / per_day,
                             np.nan)
 
