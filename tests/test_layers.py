@@ -1,11 +1,11 @@
 """The layer rule (DESIGN §3, README "Architecture") and the public API, checked on the
 source with ``ast``.
 
-kernels ← stages ← engine ← storage ← whatif ← {batch, cli} ← service: nothing imports
+kernels ← processes ← engine ← storage ← whatif ← {batch, cli} ← service: nothing imports
 upward; retwin (the core) never imports the service (``retwin_service``), except the CLI's
 ``serve`` and ``token`` commands inside their functions; the service imports only retwin's
 public modules (names in their ``__all__``), never the engine or what lies below; only
-``retwin.kernels`` imports numba; only ``retwin.stages`` and ``retwin.engine`` import simpy.
+``retwin.kernels`` imports numba; only ``retwin.processes`` and ``retwin.engine`` import simpy.
 Within the run, the compiled scenario (``retwin.compiled``) lies below both the engine and the
 results, and the results below the engine (which makes them): kernels ← compiled ← results ←
 engine. No two of the parts a run needs import each other, however indirectly. Imports
@@ -92,7 +92,7 @@ def _offenders(importer_ok: str | tuple[str, ...], imported: str) -> list[str]:
 
 
 def test_the_walk_sees_the_package() -> None:
-    for expected in ("retwin", "retwin.kernels.flow", "retwin.engine.model", "retwin.stages.base",
+    for expected in ("retwin", "retwin.kernels.flow", "retwin.engine.model", "retwin.processes.base",
                      "retwin.scenario.schema", "retwin.cli", "retwin.results", "retwin.compiled"):
         assert expected in MODULES
     assert "numba" in MODULES["retwin.kernels._jit"]
@@ -103,11 +103,11 @@ def test_only_kernels_import_numba() -> None:
     assert _offenders("retwin.kernels", "numba") == []
 
 
-def test_only_stages_and_engine_import_simpy() -> None:
-    assert _offenders(("retwin.stages", "retwin.engine"), "simpy") == []
+def test_only_processes_and_engine_import_simpy() -> None:
+    assert _offenders(("retwin.processes", "retwin.engine"), "simpy") == []
 
 
-@pytest.mark.parametrize("forbidden", ["numba", "simpy", "retwin.engine", "retwin.stages",
+@pytest.mark.parametrize("forbidden", ["numba", "simpy", "retwin.engine", "retwin.processes",
                                        "retwin.kernels", "retwin.results", "retwin.storage",
                                        "retwin.cli"])
 def test_scenario_imports_nothing_of_the_run(forbidden: str) -> None:
@@ -127,8 +127,8 @@ def test_kernels_import_only_config_and_typing() -> None:
 
 @pytest.mark.parametrize("forbidden", ["retwin.engine", "retwin.results", "retwin.storage",
                                        "retwin.cli"])
-def test_stages_do_not_import_upward(forbidden: str) -> None:
-    bad = [m for m, deps in MODULES.items() if _in(m, "retwin.stages")
+def test_processes_do_not_import_upward(forbidden: str) -> None:
+    bad = [m for m, deps in MODULES.items() if _in(m, "retwin.processes")
            and any(_in(d, forbidden) for d in deps)]
     assert bad == []
 
@@ -174,7 +174,7 @@ def test_the_parts_a_run_needs_import_no_cycle() -> None:
         return seen
 
     run_parts = {"engine"} | reach("engine")
-    assert {"kernels", "stages", "compiled", "results"} <= run_parts
+    assert {"kernels", "processes", "compiled", "results"} <= run_parts
     assert sorted(a for a in run_parts if a in reach(a)) == []
 
 

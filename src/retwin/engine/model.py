@@ -18,7 +18,7 @@ from retwin.scenario.schema import (
     ReserveChange,
     TradeChange,
 )
-from retwin.stages import (
+from retwin.processes import (
     DemandProcess,
     EconomyProcess,
     MarketProcess,

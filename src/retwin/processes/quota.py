@@ -8,7 +8,7 @@ from typing import Any
 import simpy
 
 from retwin._typing import FloatArray
-from retwin.stages.base import Chain
+from retwin.processes.base import Chain
 
 __all__ = ["QuotaProcess"]
 

@@ -5,11 +5,11 @@ Each process wakes at its event time, asks the chain to advance the flow up to t
 released, prices and demand are redrawn for the month, a what-if change starts or ends.
 """
 
-from retwin.stages.base import Chain, StageProcess
-from retwin.stages.economy import EconomyProcess
-from retwin.stages.market import DemandProcess, MarketProcess
-from retwin.stages.policy import PolicyProcess
-from retwin.stages.quota import QuotaProcess
+from retwin.processes.base import Chain, StageProcess
+from retwin.processes.economy import EconomyProcess
+from retwin.processes.market import DemandProcess, MarketProcess
+from retwin.processes.policy import PolicyProcess
+from retwin.processes.quota import QuotaProcess
 
 __all__ = [
     "Chain",

@@ -9,8 +9,8 @@ import numpy as np
 import simpy
 
 from retwin._typing import FloatArray, IntArray
-from retwin.stages.base import Chain
-from retwin.stages.economy import demand_paths, reference_paths
+from retwin.processes.base import Chain
+from retwin.processes.economy import demand_paths, reference_paths
 
 __all__ = ["DemandProcess", "MarketProcess"]
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import simpy
 
-from retwin.stages.base import Chain
+from retwin.processes.base import Chain
 
 __all__ = ["PolicyProcess"]
 

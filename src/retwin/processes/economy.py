@@ -56,7 +56,7 @@ import simpy
 
 from retwin._typing import FloatArray, IntArray
 from retwin.kernels.flow import BIND_DEMAND, BIND_MARGIN
-from retwin.stages.base import Chain
+from retwin.processes.base import Chain
 
 __all__ = ["EconomyProcess", "demand_paths", "reference_paths"]
 
