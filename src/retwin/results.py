@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, cast
@@ -26,7 +26,10 @@ from retwin.kernels.flow import (
 from retwin.kpis import KPIS, VALUE_GROUPS, Kpi
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP
 
-__all__ = ["Balance", "ReplicationSet", "RunResult", "summarise"]
+__all__ = ["KPI_KEYS", "Balance", "ReplicationSet", "RunResult", "paired_difference", "summarise"]
+
+#: The columns that name one KPI value (with ``value`` they make a tidy KPI frame).
+KPI_KEYS = ["kpi", "key", "year", "unit"]
 
 YI = 1e8  # CNY per 亿元
 #: Stages whose output is the region's separated output (local conversion).
@@ -732,6 +735,26 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
     return layout
 
 
+def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
+                      ) -> pd.DataFrame:
+    """What-if − baseline per replication (common random numbers), then mean and
+    p5/p50/p95 across replications (:func:`retwin.results.summarise`).
+
+    Frame ``r`` of each list is replication ``r``; a KPI row only one of them has counts as
+    0 in the other.
+    """
+    if len(whatif) != len(baseline):
+        raise ValueError(f"a difference needs the baseline's replications ({len(whatif)} "
+                         f"what-if, {len(baseline)} baseline)")
+    diffs = []
+    for a, b in zip(whatif, baseline, strict=True):
+        m = a.merge(b, on=KPI_KEYS, how="outer", suffixes=("", "_base")).fillna(
+            {"value": 0.0, "value_base": 0.0})
+        m["value"] = m["value"] - m["value_base"]
+        diffs.append(m.drop(columns="value_base"))
+    return summarise(diffs)
+
+
 def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Mean and p5/p50/p95 across replications of tidy KPI frames (same rows in each)."""
     if not frames:
@@ -783,10 +806,4 @@ class ReplicationSet:
         """Paired differences to a baseline run with the same seeds (common random numbers)."""
         if self.seeds != baseline.seeds:
             raise ValueError("a difference needs the baseline's seeds and replications")
-        diffs = []
-        for a, b in zip(self.kpi_frames, baseline.kpi_frames, strict=True):
-            m = a.merge(b, on=["kpi", "key", "year", "unit"], how="outer",
-                        suffixes=("", "_base")).fillna({"value": 0.0, "value_base": 0.0})
-            m["value"] = m["value"] - m["value_base"]
-            diffs.append(m.drop(columns="value_base"))
-        return summarise(diffs)
+        return paired_difference(self.kpi_frames, baseline.kpi_frames)

@@ -33,7 +33,7 @@ import pandas as pd
 
 from retwin.engine.run import run_replications
 from retwin.errors import ScenarioError
-from retwin.results import ReplicationSet, summarise
+from retwin.results import KPI_KEYS, ReplicationSet, paired_difference
 from retwin.scenario.load import apply_changes, load_scenario, scenario_hash
 from retwin.scenario.schema import Scenario
 from retwin.storage import Format, save_result
@@ -50,9 +50,6 @@ __all__ = [
     "save",
     "with_end",
 ]
-
-#: The columns that name one KPI value (with ``value`` they make a tidy KPI frame).
-KPI_KEYS = ["kpi", "key", "year", "unit"]
 
 #: ``progress(part, done, total)`` after every replication; ``part`` is ``baseline``,
 #: ``whatif`` or (a scenario without a baseline) ``run``. It may raise to stop the runs.
@@ -151,26 +148,6 @@ def kpi_frames(kpis: pd.DataFrame, replications: int | None = None) -> list[pd.D
         return list(groups.values())
     empty = kpis[cols].iloc[:0].reset_index(drop=True)
     return [groups.get(r, empty) for r in range(replications)]
-
-
-def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
-                      ) -> pd.DataFrame:
-    """What-if − baseline per replication (common random numbers), then mean and
-    p5/p50/p95 across replications (:func:`retwin.results.summarise`).
-
-    Frame ``r`` of each list is replication ``r``; a KPI row only one of them has counts as
-    0 in the other.
-    """
-    if len(whatif) != len(baseline):
-        raise ValueError(f"a difference needs the baseline's replications ({len(whatif)} "
-                         f"what-if, {len(baseline)} baseline)")
-    diffs = []
-    for a, b in zip(whatif, baseline, strict=True):
-        m = a.merge(b, on=KPI_KEYS, how="outer", suffixes=("", "_base")).fillna(
-            {"value": 0.0, "value_base": 0.0})
-        m["value"] = m["value"] - m["value_base"]
-        diffs.append(m.drop(columns="value_base"))
-    return summarise(diffs)
 
 
 @dataclass(frozen=True, eq=False)
