@@ -150,6 +150,14 @@ class EconomyProcess:
         #: (P, T) margin per unit of output value
         self.margin_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)))
 
+    def _margin(self, p: FloatArray) -> FloatArray:
+        """(P,) each plant's margin at prices ``p``: output value less inputs bought and
+        processing cash cost, per unit of output value (0 without output value)."""
+        a = self.a
+        revenue = a.out_mp @ p
+        cost = a.in_mp @ p + a.cash_cost
+        return np.where(revenue > 1e-12, (revenue - cost) / np.maximum(revenue, 1e-12), 0.0)
+
     def start(self, env: simpy.Environment, chain: _EconomyChain) -> None:
         env.process(self._run(env, chain))
 
@@ -242,10 +250,7 @@ class EconomyProcess:
                                -a.max_step, a.max_step)
                 p = np.where(ok, p * np.exp(step), ref[:, t])
                 # 3. producers
-                revenue = a.out_mp @ p
-                cost = a.in_mp @ p + a.cash_cost
-                margin = np.where(revenue > tiny, (revenue - cost) / np.maximum(revenue, tiny),
-                                  0.0)
+                margin = self._margin(p)
                 smooth_margin = margin if smooth_margin is None \
                     else smooth_margin + (margin - smooth_margin) * SMOOTH
                 u_margin = np.clip(1.0 + (smooth_margin - a.margin0) / a.margin_band, 0.0, 1.0)
@@ -264,6 +269,8 @@ class EconomyProcess:
                 self.reason_rec[:, t] = np.where(
                     u >= 1.0 - 1e-9, 0, np.where(u_margin < u_pull, BIND_MARGIN, BIND_DEMAND))
                 self._invest(env, chain, t, day)
+            else:
+                self.margin_rec[:, t] = self._margin(p)
             chain.price[:] = p
             chain.price_rec[:, t] = p
             # 2. outside curves
