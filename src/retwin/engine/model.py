@@ -212,7 +212,13 @@ class ChainModel:
             value += w * (new - value)
         value = max(0.0, value)
         self.cap_max_day[p] = value * c.utilisation[p] / 365.0
-        self.cap_day[p] = self.cap_max_day[p] * self.decision[p]
+        # a producer's decided rate stands until its next decision: a new ceiling caps it,
+        # and only a plant decided to run flat out follows a raised one (a rate decided as
+        # a share of the old ceiling would move with the ceiling, whatever was asked)
+        if self.decision[p] >= 1.0 - 1e-9:
+            self.cap_day[p] = self.cap_max_day[p]
+        else:
+            self.cap_day[p] = min(self.cap_max_day[p], self.cap_day[p])
         self.capacity_log.append((self.day, p, value))
 
     def set_decisions(self, utilisation: np.ndarray) -> None:

@@ -92,6 +92,7 @@ def run(
         events=model.events,
         capacity_log=model.capacity_log,
         kernel_calls=model.kernel_calls,
+        margin_month=None if model.economy is None else model.economy.margin_rec,
         metadata={"seed": int(seed), "replication": int(replication), "engine_seed": eng_seed},
     )
     if check:
