@@ -125,14 +125,14 @@ def test_no_pool_exceeds_its_ceiling(baseline: Any, base: retwin.Scenario) -> No
                 assert res.stock[s].max() <= pool.max_t * (1 + 1e-9), pool.material
 
 
-# --- baotou-2024-markets: the reference region with markets on ---------------------------
+# --- baotou-2024: the reference region (markets on) ----------------------------------------
 
 BT_YEAR = 2027
 
 
 @pytest.fixture(scope="module")
 def bt_base() -> retwin.Scenario:
-    sc = retwin.load_scenario("baotou-2024-markets")
+    sc = retwin.load_scenario("baotou-2024")
     return retwin.apply_changes(sc, [{"kind": "parameter", "path": f"settings.{k}",
                                       "value": v} for k, v in QUIET.items()])
 
