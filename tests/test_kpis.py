@@ -21,7 +21,7 @@ from retwin.report.labels import _FIXED, Labels
 from retwin.results import _COMPUTE
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP, STAGES
 
-REFERENCE = ["baotou-2024", "baotou-2022", "china-2024", "china-2020", "baotou-2024-markets"]
+REFERENCE = ["baotou-2024", "baotou-2022", "china-2024", "china-2020", "baotou-2024-paths"]
 
 
 # --- the declaration itself ----------------------------------------------------------------
