@@ -8,9 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import pytest
-
 import retwin
 from conftest import QUIET
 
@@ -60,3 +57,4 @@ def test_a_plant_held_by_its_quota_asks_its_feed_for_no_more_than_the_quota_allo
     drawn = 2.2 * _act(res, "separation")
     assert _act(res, "mine") < 1.15 * drawn
     assert _price_ratio(res, "concentrate") > 0.7
+
