@@ -83,7 +83,7 @@ def _read_changes(arg: str) -> list[Any]:
 TABLE_KPIS: tuple[str, ...] = (
     "output.stage", "production.material", "utilisation.stage", "element.la_ce_surplus",
     "element.dy_tb_deficit", "imports.market", "exports.market", "local_conversion",
-    "fill_rate.segment", "value.group",
+    "fill_rate.segment", "value.group", "margin.stage",
 )
 
 KEY_MATERIALS = ("concentrate", "prnd_oxide", "prnd_metal", "ndfeb_magnet", "la_oxide",
@@ -225,6 +225,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if diff is not None:
         title += "; Δ = what-if − baseline (common random numbers)"
     out.print(_kpi_table(res.whatif.summary, years, diff, a.replications > 1, title))
+    for note in res.notes:
+        out.print(f"Note: {note}", markup=False, emoji=False)
     out.print(_bottleneck_table(first, years))
     if w.scenario.targets:
         out.print(_target_table(first))
