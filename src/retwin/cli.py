@@ -98,9 +98,12 @@ def _fmt(v: float, f: str) -> str:
 
 def _kpi_label(k: Kpi, key: str) -> str:
     """A row's label: the KPI's, its key unless it has one fixed key, and its unit when the
-    KPI declares one that is not a share (``Output value · total (亿元)``)."""
+    KPI declares one that is not a fraction shown as a percentage (``Output value · total
+    (亿元)``, ``Margin · magnet``)."""
     label = k.label if k.per == "none" else f"{k.label} · {key}"
-    return label if k.unit is None or k.kind == "share" else f"{label} ({k.unit})"
+    if k.unit is None or k.kind == "share" or k.unit == "fraction":
+        return label
+    return f"{label} ({k.unit})"
 
 
 def _kpi_table(
