@@ -317,7 +317,9 @@ class Jobs:
     lease_s
         How long a claim on a computation lasts unless renewed (:meth:`keep_leases`).
     on_computed
-        Called with the outcome's status and the seconds a computation took (metrics).
+        Called for every task a worker ran, with its outcome (``done``, ``failed``,
+        ``cancelled``, or ``stored`` when the worker found it stored already) and the
+        seconds it took (metrics).
 
     Several service processes may share one registry (PostgreSQL) and one data folder: a
     computation is run by the process that claims its key; the others wait for its result,
@@ -478,10 +480,7 @@ class Jobs:
             outcome = await self._claim(task)
             if outcome is None:
                 claimed = True
-                t0 = time.perf_counter()
                 outcome = await self._run(task)
-                if self.on_computed is not None and not outcome.cached:
-                    self.on_computed(outcome.status, time.perf_counter() - t0)
             await self._write(self._finish, task, outcome)
         finally:
             self._tracks.pop(task.key, None)
@@ -514,8 +513,13 @@ class Jobs:
             task = replace(task, results_root=None, baseline_kpis=kpis)
         for attempt in range(MAX_POOL_RETRIES + 1):
             try:  # in a thread: replacing a broken pool waits for its processes to go
+                t0 = time.perf_counter()
                 fut = await asyncio.to_thread(ex.submit, self._fn, task, key=task.key)
-                return await asyncio.wrap_future(fut)
+                outcome = await asyncio.wrap_future(fut)
+                if self.on_computed is not None:  # a worker found it stored: "stored"
+                    self.on_computed("stored" if outcome.cached else outcome.status,
+                                     time.perf_counter() - t0)
+                return outcome
             except concurrent.futures.CancelledError:
                 return Outcome("cancelled")
             except BrokenProcessPool:
