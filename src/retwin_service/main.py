@@ -27,9 +27,9 @@ import retwin
 from retwin_service import errors
 from retwin_service.guard import OpenGuard
 from retwin_service.jobs import Jobs
+from retwin_service.observe import Metrics, RequestContext, configure_logging
 from retwin_service.registry import Registry
 from retwin_service.render import JSONBody
-from retwin_service.observe import Metrics, RequestContext, configure_logging
 from retwin_service.routes import health, models, page, runs
 from retwin_service.routes import metrics as metrics_route
 from retwin_service.service import Catalog, Service

@@ -124,10 +124,20 @@ class Metrics:
 
 
 def _route(scope: Scope) -> str:
-    """The template of the route that answered (bounded label values), else ``unmatched``."""
+    """The template of the route that answered (bounded label values), with the prefix it
+    was included under (``/api/v1/runs/{run_id}``), else ``unmatched``."""
     route = scope.get("route")
-    path = getattr(route, "path", None)
-    return path if isinstance(path, str) else "unmatched"
+    template = getattr(route, "path", None)
+    if not isinstance(template, str):
+        return "unmatched"
+    path = str(scope.get("path", ""))
+    try:
+        rendered = template.format(**(scope.get("path_params") or {}))
+    except (KeyError, IndexError, ValueError):
+        return template
+    if rendered and path.endswith(rendered):
+        return path[: len(path) - len(rendered)] + template
+    return template
 
 
 class RequestContext:
@@ -195,7 +205,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-class _RetwinHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _RetwinHandler(logging.StreamHandler):
     """The handler :func:`configure_logging` installs (found again and replaced by it)."""
 
 

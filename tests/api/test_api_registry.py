@@ -30,7 +30,6 @@ from retwin_service.registry import (
     sqlite_url,
 )
 
-
 BACKENDS = ["sqlite", "postgresql"]
 
 

@@ -239,7 +239,7 @@ def test_a_task_sent_to_a_worker_of_another_version_is_refused(cluster: Cluster)
 
     with distributed.Client(cluster.address, set_as_default=False) as client:
         fut = client.submit(_apply, len, [1, 2], "x", "0.0.0+other", pure=False)
-        with pytest.raises(retwin.RetwinError, match="runs retwin .* the client 0.0.0"):
+        with pytest.raises(retwin.RetwinError, match=r"runs retwin .* the client 0\.0\.0"):
             fut.result(timeout=60)
         assert client.submit(_apply, len, [1, 2], "x", retwin.__version__,
                              pure=False).result(timeout=60) == 2
