@@ -4,8 +4,9 @@ SQLite (in WAL mode) by default, for one service process; PostgreSQL
 (``postgresql+psycopg://…``, the psycopg 3 driver of the ``api`` extra) for several service
 processes sharing one registry. The schema uses only portable SQLAlchemy Core types.
 Results themselves are not stored here but as Parquet directories next to the database
-(:func:`retwin.storage.save_result`); a run row names its result by ``request_hash``, the key of the computation it asks for, so
-identical requests share one stored result while each owner keeps a run row of their own.
+(:func:`retwin.storage.save_result`); a run row names its result by ``request_hash``, the
+key of the computation it asks for, so identical requests share one stored result while each
+owner keeps a run row of their own.
 
 A run row is committed before the service answers, so an accepted run survives a crash:
 at start-up the service finds every row still ``queued`` or ``running`` and runs it again.
