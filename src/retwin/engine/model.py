@@ -75,6 +75,9 @@ class ChainModel:
         #: ceiling); ``cap_day`` is this times the plant's decided share (``decision``)
         self.cap_max_day = c.nameplate_tpa * c.utilisation / 365.0
         self.decision = np.ones(n_p)
+        #: The rate (per day) a plant decided to run flat out was asked for: a raised ceiling
+        #: lifts it no further (unbounded until the first decision).
+        self.want_day = np.full(n_p, np.inf)
         #: nameplate built so far, as a multiple of the scenario's (investment adds to it)
         self.built = np.ones(n_p)
         #: outside markets: the caps after trade changes, the share of the import cap on
@@ -213,17 +216,20 @@ class ChainModel:
         value = max(0.0, value)
         self.cap_max_day[p] = value * c.utilisation[p] / 365.0
         # a producer's decided rate stands until its next decision: a new ceiling caps it,
-        # and only a plant decided to run flat out follows a raised one (a rate decided as
-        # a share of the old ceiling would move with the ceiling, whatever was asked)
+        # and only a plant decided to run flat out follows a raised one, up to the rate its
+        # customers asked for (a rate decided as a share of the old ceiling would move with
+        # the ceiling, whatever was asked)
         if self.decision[p] >= 1.0 - 1e-9:
-            self.cap_day[p] = self.cap_max_day[p]
+            self.cap_day[p] = min(self.cap_max_day[p], self.want_day[p])
         else:
             self.cap_day[p] = min(self.cap_max_day[p], self.cap_day[p])
         self.capacity_log.append((self.day, p, value))
 
-    def set_decisions(self, utilisation: np.ndarray) -> None:
-        """Producers' decided share of their ceiling (the market process, monthly)."""
+    def set_decisions(self, utilisation: np.ndarray, want_day: np.ndarray) -> None:
+        """Producers' decided share of their ceiling, and the rate a plant decided to run
+        flat out would run at were its ceiling higher (the market process, monthly)."""
         self.decision[:] = utilisation
+        self.want_day[:] = want_day
         self.cap_day[:] = self.cap_max_day * self.decision
 
     def set_outside(self, import_share: np.ndarray, export_demand_tpa: np.ndarray,

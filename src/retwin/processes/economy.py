@@ -101,12 +101,12 @@ def demand_paths(chain: Chain, segment_ids: list[str], demand_month: FloatArray,
 #: smoothing over about three months): decisions follow a trend, not one month's noise.
 SMOOTH = 1.0 / 3.0
 
-#: Passes of the first month's decisions (0: the first month runs every plant at its
-#: ceiling, as before). Deciding from the start (4 passes, one per level that draws) removes
-#: the start-up glut behind the non-monotone answers on tiny-markets (recycler capacity
-#: x 1.2: magnets -3.1 % -> +0.4 %), but moves two of baotou-2024-markets' 2027 stylised
-#: facts (mining quota x 0.7, NEV demand x 1.3); off until those are understood.
-N_START_PASSES = 0
+#: Passes of the first month's decisions (0 would run every plant at its ceiling in the first
+#: month). Producers decide from the start, one pass per level that draws, so each level sees
+#: its customers' decisions: without it, a raised capacity flooded its pool in month one and
+#: the price crash that followed could lower output downstream (tiny-markets, recycler
+#: capacity x 1.23: magnets -7.8 % -> 0.0 %; tests/test_properties_markets.py).
+N_START_PASSES = 4
 
 
 def _share_out(ask: FloatArray, share: FloatArray, allow: float) -> FloatArray:
@@ -152,7 +152,7 @@ class _EconomyChain(Chain, Protocol):
 
     def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray,
                     export_contract_tpa: FloatArray) -> None: ...
-    def set_decisions(self, utilisation: FloatArray) -> None: ...
+    def set_decisions(self, utilisation: FloatArray, want_day: FloatArray) -> None: ...
     def add_capacity(self, plants: IntArray, share_of_nameplate: float) -> None: ...
 
 
@@ -269,7 +269,14 @@ class EconomyProcess:
         share = np.where(full, 1.0, np.where(
             chain.cap_max_day > tiny,
             u * ceiling / np.maximum(chain.cap_max_day, tiny), u))
-        chain.set_decisions(np.minimum(share, 1.0))
+        # what a plant running flat out was asked for: its pool's need over what its makers
+        # can deliver, times its own ceiling (a plant not paced on a pool: no limit)
+        asked = np.where(inflow_max > tiny, need / np.maximum(inflow_max, tiny),
+                         np.inf)[a.decide_pool]
+        want = np.full_like(ceiling, np.inf)
+        paced = np.isfinite(asked)
+        want[paced] = np.maximum(asked[paced], 0.0) * ceiling[paced]
+        chain.set_decisions(np.minimum(share, 1.0), want)
         self.decision_rec[:, t] = u
         self.margin_rec[:, t] = margin
         self.reason_rec[:, t] = np.where(
