@@ -41,7 +41,7 @@ from gate_probe import BENCHES  # noqa: E402
 #: Timed calls per side and round. The round's figure of a side is the fastest of them: a
 #: deterministic computation is never faster than its cost, and whatever else the machine
 #: does only adds time.
-CALLS = {"warm_run": 15, "kernel": 15, "results": 10, "replications_100": 1, "whatif_http": 5,
+CALLS = {"warm_run": 10, "kernel": 10, "results": 6, "replications_100": 1, "whatif_http": 3,
          "cold_start": 1}
 #: What is compared: CPU time of the probe's process tree (its own, its children's, the
 #: service's worker processes'): another process's load delays a computation but does not
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default=os.environ.get("BENCH_BASE", "HEAD~1"),
                     help="the commit to compare against (default HEAD~1)")
-    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "15")))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "9")))
     ap.add_argument("--limit", type=float, default=1.15,
                     help="fail when working/base is above this (default 1.15)")
     ap.add_argument("--only", nargs="*", choices=BENCHES, default=list(BENCHES))
