@@ -749,13 +749,15 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
         idx = np.lexsort((fam, pos))
         order.append(start + idx)
         start += len(pos)
-        axis_keys = {f: _axis(c, KPIS[f]) for f in range(i, j + 1)}
-        unit_of = {f: dict(zip(rows[f].tolist(), _units(c, KPIS[f], rows[f]), strict=True))
-                   for f in range(i, j + 1)}
-        for f, p in zip(fam[idx].tolist(), pos[idx].tolist(), strict=True):
-            names.append(KPIS[f].name)
-            keys.append(axis_keys[f][p])
-            units.append(unit_of[f][p])
+        # each row's name, key and unit, in the order of ``pos`` and then of ``idx``
+        fam_names = np.asarray([KPIS[f].name for f in range(i, j + 1)], dtype=object)
+        fam_keys = np.concatenate([np.asarray(_axis(c, KPIS[f]), dtype=object)[rows[f]]
+                                   for f in range(i, j + 1)])
+        fam_units = np.concatenate([np.asarray(_units(c, KPIS[f], rows[f]), dtype=object)
+                                    for f in range(i, j + 1)])
+        names += fam_names[fam[idx] - i].tolist()
+        keys += fam_keys[idx].tolist()
+        units += fam_units[idx].tolist()
         i = j + 1
     years = np.array(_years(c), dtype=np.int64)
     n_y = len(years)
