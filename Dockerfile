@@ -4,6 +4,17 @@
 #              -v retwin-data:/data retwin
 # Beyond loopback every request needs an API token: RETWIN_BOOTSTRAP_TOKEN registers one
 # (owner "admin") at start; more with `docker exec <container> retwin token create NAME`.
+#
+# Several containers on one PostgreSQL database (each runs a computation only if it claims it
+# there; a dead one's work is taken over), sharing the data volume for results:
+#   docker run -e RETWIN_DATABASE_URL=postgresql+psycopg://retwin:SECRET@db:5432/retwin \
+#              -e RETWIN_BOOTSTRAP_TOKEN=... -v retwin-data:/data retwin
+# Runs on a Dask cluster instead of the container's own worker processes (the workers need
+# retwin[dist] of the same version, e.g. this image: `docker run retwin dask worker tcp://scheduler:8786`):
+#   docker run -e RETWIN_DASK_ADDRESS=tcp://scheduler:8786 ... retwin
+# Other settings: RETWIN_WORKERS, RETWIN_LOG_FORMAT=json (one JSON object a line, with request
+# ids), RETWIN_CLAIM_LEASE_SECONDS; metrics for Prometheus at /metrics (with a token from
+# outside the container).
 
 # --- builder: dependencies in a cached layer, then the wheel -----------------------------
 FROM python:3.11-slim AS builder
@@ -43,8 +54,10 @@ USER retwin
 WORKDIR /home/retwin
 VOLUME ["/data"]
 EXPOSE 8000
+# The health endpoint, answered on loopback without a token; unhealthy unless it says "ok"
+# (a full data folder says "degraded").
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/api/v1/health' % os.environ.get('RETWIN_PORT', '8000'), timeout=4)" || exit 1
+  CMD python -c "import json, os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/api/v1/health' % os.environ.get('RETWIN_PORT', '8000'), timeout=4); sys.exit(0 if json.load(r).get('status') == 'ok' else 1)" || exit 1
 # Kernels are compiled into the numba cache at start (workers then load them), so the
 # first what-if does not pay for compilation.
 CMD ["sh", "-c", "retwin warmup && exec retwin serve --host \"$RETWIN_HOST\" --port \"$RETWIN_PORT\""]

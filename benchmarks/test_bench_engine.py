@@ -34,7 +34,8 @@ def test_baotou_100_replications(benchmark, baotou_compiled) -> None:  # type: i
     rs = benchmark.pedantic(retwin.run_replications, args=(baotou_compiled, 100),
                             kwargs={"seed": 3}, rounds=3, warmup_rounds=1)
     assert len(rs.kpi_frames) == 100
-    assert rs.summary["p95"].ge(rs.summary["p5"]).all()
+    s = rs.summary.dropna(subset=["p5", "p95"])  # a stock cover without use is NaN
+    assert len(s) > 0.9 * len(rs.summary) and s["p95"].ge(s["p5"]).all()
 
 
 @pytest.mark.benchmark(group="scaling")

@@ -77,6 +77,19 @@ def test_run_prints_the_kpi_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert "Traceback" not in err
 
 
+def test_the_run_table_shows_margins_when_markets_are_on(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """margin.stage (markets on only) has its rows, as percentages; a chain without
+    markets has none."""
+    assert main(["run", "tiny-markets"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("mining", "separation", "metal", "magnet"):
+        row = next((ln for ln in out.splitlines() if f"Margin · {stage} " in ln), None)
+        assert row is not None and "%" in row and "fraction" not in row, (stage, row)
+    assert main(["run", str(TINY_PATH)]) == 0
+    assert "Margin ·" not in capsys.readouterr().out
+
+
 @pytest.fixture(scope="module")
 def whatif_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "whatif"

@@ -332,7 +332,9 @@ def test_kpis_agree_with_the_daily_arrays(tiny_run: Any) -> None:
     groups = sum(_kpi_series(res, "value.group", g)
                  for g in ("raw_materials", "new_materials", "applications"))
     np.testing.assert_allclose(_kpi_series(res, "value.group", "total"), groups, rtol=1e-12)
-    np.testing.assert_allclose(_kpi_series(res, "value.group", "total"),
+    # output sold plus unsold stock is the value of all output
+    np.testing.assert_allclose(_kpi_series(res, "value.group", "total")
+                               + _kpi_series(res, "unsold_value.group", "total"),
                                [res.value_month[:, [t for t, (y, _) in enumerate(c.months)
                                                     if y == yr]].sum() / 1e8
                                 for yr in res.years], rtol=1e-12)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import retwin
-from conftest import make_scenario, mat, plant
+from conftest import make_scenario, mat, plant, quiet
 from retwin import kpis
 from retwin.cli import TABLE_KPIS, _kpi_label
 from retwin.kpis import GROUPS, KPIS, NAMES, VALUE_GROUPS, Kpi, catalogue
@@ -21,7 +21,7 @@ from retwin.report.labels import _FIXED, Labels
 from retwin.results import _COMPUTE
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP, STAGES
 
-REFERENCE = ["baotou-2024", "baotou-2022", "china-2024", "china-2020", "baotou-2024-markets"]
+REFERENCE = ["baotou-2024", "baotou-2022", "china-2024", "china-2020", "baotou-2024-paths"]
 
 
 # --- the declaration itself ----------------------------------------------------------------
@@ -132,6 +132,8 @@ def _has_row(sc: retwin.Scenario, k: Kpi, key: str) -> bool:
                                                     for pt in m.price.path)
     if k.name == "cover.material":
         return any(pool.material == key for pool in sc.pools)
+    if k.name == "margin.stage":
+        return sc.markets_on
     if k.name in ("imports.market", "exports.market"):
         m = next(m for m in sc.markets if m.id == key)
         side = m.import_ if k.name == "imports.market" else m.export
@@ -173,7 +175,10 @@ def check_frame(res: Any) -> None:
 
 def test_tiny_reports_every_declared_kpi(tiny_run: Any) -> None:
     check_frame(tiny_run)
-    assert set(tiny_run.kpis.kpi) == set(NAMES)
+    assert set(tiny_run.kpis.kpi) == {k.name for k in KPIS if not k.optional}
+    markets = retwin.run(quiet(retwin.load_scenario("tiny-markets")), seed=1)
+    check_frame(markets)
+    assert set(markets.kpis.kpi) == set(NAMES)
 
 
 @pytest.mark.slow
@@ -237,23 +242,83 @@ def test_production_and_local_conversion_match_a_plain_loop(tiny_run: Any) -> No
     reo = {m.id: m.reo_per_unit for m in sc.materials}
     years_of_day = c.dates.astype("datetime64[Y]").astype(int) + 1970
     for y in res.years:
-        act = {p.id: float(res.activity[i, years_of_day == y].sum())
-               for i, p in enumerate(sc.plants)}
+        days = years_of_day == y
+        act = {p.id: float(res.activity[i, days].sum()) for i, p in enumerate(sc.plants)}
         made: dict[str, float] = {}
-        sep = 0.0
-        sep_mats: set[str] = set()
+        sep: dict[str, float] = {}
         for p in sc.plants:
             for m, a in p.recipe.outputs.items():
                 made[m] = made.get(m, 0.0) + act[p.id] * a
                 if p.stage in ("separation", "recycling"):
-                    sep += act[p.id] * a * reo[m]
-                    sep_mats.add(m)
+                    sep[m] = sep.get(m, 0.0) + act[p.id] * a * reo[m]
         for m, v in made.items():
             assert df[("production.material", m, y)] == pytest.approx(v, rel=1e-12)
-        exported = sum(float(res.exports[k, years_of_day == y].sum()) * reo[mk.material]
-                       for k, mk in enumerate(sc.markets) if mk.material in sep_mats)
-        want = min(max(1 - exported / sep, 0.0), 1.0)
-        assert df[("local_conversion", "region", y)] == pytest.approx(want, rel=1e-12)
+        # each separated material's uses: plants' draws, demand, exports, stock build-up
+        converted = 0.0
+        for m, v in sep.items():
+            drawn = sum(act[p.id] * a for p in sc.plants if not p.extracts
+                        for mm, a in p.recipe.inputs.items() if mm == m)
+            served = sum(float(res.served[g, days].sum())
+                         for g, seg in enumerate(sc.demand) if seg.material == m)
+            exported = sum(float(res.exports[k, days].sum())
+                           for k, mk in enumerate(sc.markets) if mk.material == m)
+            s = [i for i, (_, pm) in enumerate(c.pool_keys) if pm == m]
+            last = np.flatnonzero(days)[-1]
+            first = np.flatnonzero(days)[0]
+            before = (res.stock[s, first - 1].sum() if first > 0
+                      else sum(c.pool_initial[i] for i in s))
+            build = max(float(res.stock[s, last].sum() - before), 0.0)
+            uses = drawn + served + exported + build
+            converted += v * drawn / uses if uses > 0 else 0.0
+        want = converted / sum(sep.values())
+        assert df[("local_conversion", "region", y)] == pytest.approx(want, rel=1e-9)
+
+
+def _stockpile(consumer_tpa: float, export_tpa: float, days: int = 365) -> Any:
+    """mine -> separation -> oxide, which a metal plant draws at ``consumer_tpa``, a market
+    buys at ``export_tpa``, and the rest piles up in the oxide pool."""
+    mats = [mat("ore", 0.05), mat("conc", 0.5, price=2000.0), mat("oxide", 1.0, price=1e5),
+            mat("metal", 1.0, price=2e5)]
+    plants = [plant("mine", "mining", 20000, {"conc": 1}, {"ore": 10}, extracts=True),
+              plant("sep", "separation", 5000, {"oxide": 1}, {"conc": 2}),
+              plant("met", "metal", consumer_tpa, {"metal": 1}, {"oxide": 1})]
+    markets = [{"id": "out", "material": "oxide", "export": {"cap_tpa": export_tpa}}] \
+        if export_tpa > 0 else []
+    return retwin.run(make_scenario(mats, plants, days=days, markets=markets), seed=1)
+
+
+@pytest.mark.parametrize(("consumer", "export", "share"), [
+    (0.0, 0.0, 0.0),  # everything piles up: nothing is converted
+    (2500.0, 0.0, 0.5),  # half is drawn, half piles up
+    (2500.0, 2500.0, 0.5),  # half drawn, half exported
+])
+def test_local_conversion_counts_only_what_the_regions_plants_draw(
+        consumer: float, export: float, share: float) -> None:
+    """Stock build-up is not conversion (the old reading, ``1 - exported / made``, said 100 %
+    for a region whose separated output only piled up)."""
+    res = _stockpile(consumer, export)
+    v = res.kpi("local_conversion", "region", 2024)
+    assert v == pytest.approx(share, abs=0.01)
+
+
+def test_unsold_stock_is_valued_apart_from_output_sold() -> None:
+    """Output that piles up in stock is not sold: the value of all output splits into
+    output value (sold) and unsold stock value, per stage and group."""
+    res = _stockpile(2500.0, 0.0)
+    c = res.compiled
+    sep = c.plant_ids.index("sep")
+    made = float(res.value_month[sep].sum()) / 1e8  # every t of oxide at its price
+    sold = res.kpi("value.stage", "separation", 2024)
+    unsold = res.kpi("unsold_value.stage", "separation", 2024)
+    assert sold + unsold == pytest.approx(made, rel=1e-9)
+    assert unsold == pytest.approx(0.5 * made, rel=0.01)
+    all_sold = _stockpile(5000.0, 0.0)
+    assert all_sold.kpi("unsold_value.stage", "separation", 2024) < 1e-3 * made
+    for g in VALUE_GROUPS:
+        total = sum(res.kpi(k, s, 2024) for k in ("value.stage", "unsold_value.stage")
+                    for s in c.topology.stage_plants if g in ("total", STAGE_GROUP[s]))
+        assert res.kpi("value.group", g, 2024) + res.kpi("unsold_value.group", g, 2024) \
+            == pytest.approx(total, rel=1e-9)
 
 
 def test_one_layout_per_compiled_scenario(tiny: retwin.Scenario) -> None:

@@ -92,8 +92,9 @@ def _offenders(importer_ok: str | tuple[str, ...], imported: str) -> list[str]:
 
 
 def test_the_walk_sees_the_package() -> None:
-    for expected in ("retwin", "retwin.kernels.flow", "retwin.engine.model", "retwin.processes.base",
-                     "retwin.scenario.schema", "retwin.cli", "retwin.results", "retwin.compiled"):
+    for expected in ("retwin", "retwin.kernels.flow", "retwin.engine.model",
+                     "retwin.processes.base", "retwin.scenario.schema", "retwin.cli",
+                     "retwin.results", "retwin.compiled"):
         assert expected in MODULES
     assert "numba" in MODULES["retwin.kernels._jit"]
     assert "simpy" in MODULES["retwin.engine.model"]

@@ -18,7 +18,7 @@ import retwin
 from retwin.scenario.data import models_dir
 
 MODELS = models_dir()
-REFERENCE = ["baotou-2024", "baotou-2022", "china-2024", "china-2020"]
+REFERENCE = ["baotou-2024", "baotou-2024-paths", "baotou-2022", "china-2024", "china-2020"]
 ALL_FILES = sorted(MODELS.glob("*.yaml")) + sorted((MODELS / "examples").glob("*.yaml"))
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_KPIS = ("output.stage", "utilisation.stage", "value.group", "local_conversion",

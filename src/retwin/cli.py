@@ -83,7 +83,7 @@ def _read_changes(arg: str) -> list[Any]:
 TABLE_KPIS: tuple[str, ...] = (
     "output.stage", "production.material", "utilisation.stage", "element.la_ce_surplus",
     "element.dy_tb_deficit", "imports.market", "exports.market", "local_conversion",
-    "fill_rate.segment", "value.group",
+    "fill_rate.segment", "value.group", "margin.stage",
 )
 
 KEY_MATERIALS = ("concentrate", "prnd_oxide", "prnd_metal", "ndfeb_magnet", "la_oxide",
@@ -98,9 +98,12 @@ def _fmt(v: float, f: str) -> str:
 
 def _kpi_label(k: Kpi, key: str) -> str:
     """A row's label: the KPI's, its key unless it has one fixed key, and its unit when the
-    KPI declares one that is not a share (``Output value · total (亿元)``)."""
+    KPI declares one that is not a fraction shown as a percentage (``Output value · total
+    (亿元)``, ``Margin · magnet``)."""
     label = k.label if k.per == "none" else f"{k.label} · {key}"
-    return label if k.unit is None or k.kind == "share" else f"{label} ({k.unit})"
+    if k.unit is None or k.kind == "share" or k.unit == "fraction":
+        return label
+    return f"{label} ({k.unit})"
 
 
 def _kpi_table(
@@ -225,6 +228,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     if diff is not None:
         title += "; Δ = what-if − baseline (common random numbers)"
     out.print(_kpi_table(res.whatif.summary, years, diff, a.replications > 1, title))
+    for note in res.notes:
+        out.print(f"Note: {note}", markup=False, emoji=False)
     out.print(_bottleneck_table(first, years))
     if w.scenario.targets:
         out.print(_target_table(first))

@@ -163,7 +163,10 @@ KPIS: tuple[Kpi, ...] = (
     Kpi("local_conversion", "none", "fraction", "share", "trade", "Local conversion rate",
         "就地转化率",
         "Share of the region's separated output (separation and recycling plants, t REO) "
-        "that is not exported: what its own plants use or keep (NaN without such output).",
+        "that the region's plants draw in the year. Each separated material's supply "
+        "(made, imported, drawn from stock) is shared pro rata among its uses (drawn by "
+        "plants, served to demand, exported, stock build-up), so neither exports nor stock "
+        "build-up count as conversion (NaN without such output).",
         "one", _SHARE, key="region"),
     Kpi("fill_rate.segment", "segment", "fraction", "share", "demand", "Fill rate",
         "需求满足率",
@@ -173,12 +176,26 @@ KPIS: tuple[Kpi, ...] = (
         "Demand not served in the year (the segment's material).",
         "every demand segment", _AMOUNT),
     Kpi("value.stage", "stage", "亿元", "amount", "value", "Stage output value", "环节产值",
-        "Output value (产值) of the stage's plants in the year: output sold times price.",
+        "Output value (产值) of the stage's plants in the year: output sold times price. "
+        "What stays in stock is not sold: a pool's build-up over the year (at most what "
+        "flowed in) is taken pro rata from what flowed in (made and imported), and its "
+        "value is reported apart (unsold_value.stage).",
+        "every stage that has plants", ",.1f"),
+    Kpi("unsold_value.stage", "stage", "亿元", "amount", "value", "Stage unsold stock value",
+        "环节未售库存产值",
+        "Value of the stage's output that stayed in stock in the year: each output's value "
+        "times the share of its pool's inflow (made and imported) the pool built up in the "
+        "year; 0 where the pool drew down. Output value plus this is the value of all output.",
         "every stage that has plants", ",.1f"),
     Kpi("value.group", "group", "亿元", "amount", "value", "Output value", "产值",
         "Output value of the seeds' three groups (stages: raw materials = mining, "
         "recycling, separation, metal; new materials = magnet, materials; applications = "
         "motor, end product) and their total.",
+        "raw_materials, new_materials, applications and total", ",.1f"),
+    Kpi("unsold_value.group", "group", "亿元", "amount", "value", "Unsold stock value",
+        "未售库存产值",
+        "Unsold stock value (unsold_value.stage) of the seeds' three groups and their total: "
+        "output that went into stock, not sold, kept out of the output value.",
         "raw_materials, new_materials, applications and total", ",.1f"),
     Kpi("price.material", "material", "CNY per unit", "mean", "markets", "Price", "价格",
         "The material's price averaged over the year's months: formed by the region's "
@@ -189,6 +206,13 @@ KPIS: tuple[Kpi, ...] = (
         "Stock of the material's pools above their reserve on the year's last day, in days "
         "of the year's average use (drawn by plants, served to demand, exported); NaN "
         "without use.", "every material with a pool", ",.0f"),
+    Kpi("margin.stage", "stage", "fraction", "mean", "markets", "Margin", "利润率",
+        "The margin the producers' decisions read, as a share of output value: output "
+        "value at the month's prices less inputs bought at those prices and the processing "
+        "cash cost, over output value; the stage's plants weighted by their output value at "
+        "capacity, averaged over the year's months (NaN in a year without capacity).",
+        "every stage that has plants, when markets are on", ".1%",
+        optional="needs markets on (economics and price_mode market)"),
 )
 
 NAMES: tuple[str, ...] = tuple(k.name for k in KPIS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, cast
@@ -26,7 +26,10 @@ from retwin.kernels.flow import (
 from retwin.kpis import KPIS, VALUE_GROUPS, Kpi
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP
 
-__all__ = ["Balance", "ReplicationSet", "RunResult", "summarise"]
+__all__ = ["KPI_KEYS", "Balance", "ReplicationSet", "RunResult", "paired_difference", "summarise"]
+
+#: The columns that name one KPI value (with ``value`` they make a tidy KPI frame).
+KPI_KEYS = ["kpi", "key", "year", "unit"]
 
 YI = 1e8  # CNY per 亿元
 #: Stages whose output is the region's separated output (local conversion).
@@ -84,6 +87,9 @@ class RunResult:
     kernel_calls: int
     capacity_log: list[tuple[int, int, float]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: (P, T) each plant's margin as a share of its output value, as the producers'
+    #: decisions read it each month (markets on; ``None`` otherwise)
+    margin_month: FloatArray | None = None
 
     # --- mass balance -------------------------------------------------------------------
 
@@ -561,25 +567,62 @@ class _Annual:
         s = self.surplus
         return (-(s[ELEMENTS.index("Dy")] + s[ELEMENTS.index("Tb")]))[None, :]
 
+    @cached_property
+    def build_up(self) -> FloatArray:
+        """(S, Y) each pool's stock on the year's last day less on the previous year's
+        (the starting stock for the first year)."""
+        end = self.r.stock[:, self.year_end]
+        start = np.concatenate([self.c.pool_initial[:, None], end[:, :-1]], axis=1)
+        return np.asarray(end - start)
+
+    @cached_property
+    def unsold_share(self) -> FloatArray:
+        """(S, Y) the share of each pool's inflow in the year (made by plants, imported)
+        that stayed in it: its build-up, 0 where it drew down, at most all of the inflow."""
+        topo, out = self.topo, self.topo.outputs
+        inflow = np.zeros((len(topo.pool_material), self.n_y))
+        np.add.at(inflow, out.pool, self.act[out.plant] * out.amount[:, None])
+        np.add.at(inflow, topo.market_pool, self.imp)
+        return _ratio(np.clip(self.build_up, 0.0, inflow), inflow, 0.0)
+
+    @cached_property
+    def _stage_unsold(self) -> FloatArray:
+        """(stages, Y) 亿元: each output's value in the year (at the month's prices) times
+        the share of its pool's inflow that stayed in stock."""
+        r, out = self.r, self.topo.outputs
+        starts = self.c.month_start_day
+        act_m = np.add.reduceat(r.activity, starts, axis=1)  # (P, T)
+        entry_m = act_m[out.plant] * out.amount[:, None] * r.price_month[out.material]
+        entry_y = r._month_to_year(entry_m)  # (entries, Y) CNY
+        per_plant = np.zeros((len(self.c.plant_ids), self.n_y))
+        np.add.at(per_plant, out.plant, entry_y * self.unsold_share[out.pool])
+        return self._per_stage(per_plant / YI)
+
     def local_conversion(self) -> FloatArray:
-        """Share of the region's separated output (separation and recycling, t REO) that
-        is not exported: what the region's own plants use or keep (DESIGN §2.6)."""
-        c, out = self.c, self.topo.outputs
+        """Share of the region's separated output (separation and recycling, t REO) drawn
+        by the region's plants (DESIGN §2.6). Each separated material's supply in the year
+        (made, imported, drawn from stock) goes to its uses pro rata: plants' draws, demand
+        served, exports and stock build-up; only the plants' part is converted locally."""
+        c, topo, out = self.c, self.topo, self.topo.outputs
+        n_m = len(c.material_ids)
         reo = c.comp.sum(axis=1)  # (M,) t REO per unit
         sep_plant = np.isin(np.asarray(c.plant_stage, dtype=object), RAW_STAGES)
         ent = np.flatnonzero(sep_plant[out.plant])
-        produced = np.zeros((1, self.n_y))
-        np.add.at(produced, np.zeros(len(ent), dtype=np.int64),
+        made = np.zeros((n_m, self.n_y))  # (M, Y) separated output, t REO
+        np.add.at(made, out.material[ent],
                   self.act[out.plant[ent]] * out.amount[ent, None] * reo[out.material[ent], None])
-        sep = np.zeros(len(c.material_ids), dtype=bool)
-        sep[out.material[ent]] = True
-        mk_mat = self.topo.market_material
-        ks = np.flatnonzero(sep[mk_mat])
-        exported = np.zeros((1, self.n_y))
-        np.add.at(exported, np.zeros(len(ks), dtype=np.int64),
-                  self.exp[ks] * reo[mk_mat[ks], None])
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(produced > 0, np.clip(1 - exported / produced, 0, 1), np.nan)
+        inp = topo.inputs
+        pooled = inp.pool >= 0
+        drawn = np.zeros((n_m, self.n_y))
+        np.add.at(drawn, inp.material[pooled],
+                  self.act[inp.plant[pooled]] * inp.amount[pooled, None])
+        uses = drawn.copy()
+        np.add.at(uses, topo.segment_material, self.served)
+        np.add.at(uses, topo.market_material, self.exp)
+        np.add.at(uses, topo.pool_material, np.maximum(self.build_up, 0.0))
+        converted = (made * _ratio(drawn, uses, 0.0)).sum(axis=0, keepdims=True)
+        produced = made.sum(axis=0, keepdims=True)
+        return _ratio(np.minimum(converted, produced), produced, np.nan)
 
     def fill_rate_segment(self) -> FloatArray:
         return _ratio(self.served, self.served + self.unmet, 1.0)
@@ -588,7 +631,12 @@ class _Annual:
         return self.unmet
 
     def value_stage(self) -> FloatArray:
-        return self._stage_value
+        """(stages, Y) 亿元: output sold (the value of all output less what stayed in
+        stock)."""
+        return self._stage_value - self._stage_unsold
+
+    def unsold_value_stage(self) -> FloatArray:
+        return self._stage_unsold
 
     def price_material(self) -> FloatArray:
         """(M, Y) the monthly prices averaged over each year's months."""
@@ -624,12 +672,43 @@ class _Annual:
             return np.where(per_day > 0, np.maximum(stock - reserve[:, None], 0) / per_day,
                             np.nan)
 
-    def value_group(self) -> FloatArray:
-        """(groups and total, Y): each stage's value added to its group, in stage order."""
+    def _groups(self, per_stage: FloatArray) -> FloatArray:
+        """(groups and total, Y): each stage's row added to its group, in stage order."""
         groups = np.zeros((len(VALUE_GROUPS) - 1, self.n_y))
-        for stage, v in zip(self.topo.stage_plants, self._stage_value, strict=True):
+        for stage, v in zip(self.topo.stage_plants, per_stage, strict=True):
             groups[VALUE_GROUPS.index(STAGE_GROUP[stage])] += v
         return np.concatenate([groups, np.sum(groups, axis=0)[None, :]])
+
+    def value_group(self) -> FloatArray:
+        return self._groups(self.value_stage())
+
+    def unsold_value_group(self) -> FloatArray:
+        return self._groups(self._stage_unsold)
+
+    def margin_stage(self) -> FloatArray:
+        """(stages, Y) the monthly margins of the stage's plants (share of output value),
+        weighted by their output value at capacity, averaged over the year's months."""
+        r, out = self.r, self.topo.outputs
+        n_stages = len(self.topo.stage_plants)
+        if r.margin_month is None:
+            return np.full((n_stages, self.n_y), np.nan)
+        starts = self.c.month_start_day
+        unit_value = np.zeros((len(self.c.plant_ids), len(starts)))  # (P, T) CNY per unit
+        np.add.at(unit_value, out.plant, out.amount[:, None] * r.price_month[out.material])
+        weight = np.add.reduceat(r.capacity_days, starts, axis=1) * unit_value
+        sels = list(self.topo.stage_plants.values())
+        stage_w = np.array([weight[sel].sum(axis=0) for sel in sels]).reshape(n_stages, -1)
+        stage_wm = np.array([(weight * r.margin_month)[sel].sum(axis=0) for sel in sels]
+                            ).reshape(n_stages, -1)
+        stage_m = _ratio(stage_wm, stage_w, np.nan)
+        year_of_month = np.array([y for y, _ in self.c.months])
+        res = np.full((n_stages, self.n_y), np.nan)
+        for i, y in enumerate(r.years):
+            sel = (year_of_month == y)[None, :] & (stage_w > 0)
+            n = sel.sum(axis=1)
+            tot = np.where(sel, stage_m, 0.0).sum(axis=1)
+            res[:, i] = np.where(n > 0, tot / np.maximum(n, 1), np.nan)
+        return res
 
 
 #: How each declared KPI (:data:`retwin.kpis.KPIS`) is computed: for every key of its
@@ -650,9 +729,12 @@ _COMPUTE: dict[str, Callable[[_Annual], FloatArray]] = {
     "fill_rate.segment": _Annual.fill_rate_segment,
     "unmet.segment": _Annual.unmet_segment,
     "value.stage": _Annual.value_stage,
+    "unsold_value.stage": _Annual.unsold_value_stage,
     "value.group": _Annual.value_group,
+    "unsold_value.group": _Annual.unsold_value_group,
     "price.material": _Annual.price_material,
     "cover.material": _Annual.cover_material,
+    "margin.stage": _Annual.margin_stage,
 }
 
 
@@ -671,6 +753,8 @@ def _rows_of(c: Compiled, k: Kpi) -> IntArray:
         return np.flatnonzero(c.imp_cap_tpa > 0)
     if k.name == "exports.market":
         return np.flatnonzero(c.exp_cap_tpa > 0)
+    if k.name == "margin.stage" and not c.scenario.markets_on:
+        return np.zeros(0, dtype=np.int64)
     return np.arange(len(_axis(c, k)))
 
 
@@ -792,6 +876,26 @@ def _kpi_index(c: Compiled) -> dict[tuple[str, str, int], int]:
     return index
 
 
+def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
+                      ) -> pd.DataFrame:
+    """What-if − baseline per replication (common random numbers), then mean and
+    p5/p50/p95 across replications (:func:`retwin.results.summarise`).
+
+    Frame ``r`` of each list is replication ``r``; a KPI row only one of them has counts as
+    0 in the other.
+    """
+    if len(whatif) != len(baseline):
+        raise ValueError(f"a difference needs the baseline's replications ({len(whatif)} "
+                         f"what-if, {len(baseline)} baseline)")
+    diffs = []
+    for a, b in zip(whatif, baseline, strict=True):
+        m = a.merge(b, on=KPI_KEYS, how="outer", suffixes=("", "_base")).fillna(
+            {"value": 0.0, "value_base": 0.0})
+        m["value"] = m["value"] - m["value_base"]
+        diffs.append(m.drop(columns="value_base"))
+    return summarise(diffs)
+
+
 def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Mean and p5/p50/p95 across replications of tidy KPI frames (same rows in each)."""
     if not frames:
@@ -843,10 +947,4 @@ class ReplicationSet:
         """Paired differences to a baseline run with the same seeds (common random numbers)."""
         if self.seeds != baseline.seeds:
             raise ValueError("a difference needs the baseline's seeds and replications")
-        diffs = []
-        for a, b in zip(self.kpi_frames, baseline.kpi_frames, strict=True):
-            m = a.merge(b, on=["kpi", "key", "year", "unit"], how="outer",
-                        suffixes=("", "_base")).fillna({"value": 0.0, "value_base": 0.0})
-            m["value"] = m["value"] - m["value_base"]
-            diffs.append(m.drop(columns="value_base"))
-        return summarise(diffs)
+        return paired_difference(self.kpi_frames, baseline.kpi_frames)

@@ -83,13 +83,16 @@ def save_result(
     baseline_hash: str | None = None,
     changes: list[dict[str, Any]] | None = None,
     overwrite: bool = True,
+    notes: list[str] | None = None,
 ) -> Path:
     """Write ``series``, ``flows``, ``monthly``, ``kpis`` (and ``summary``, ``difference``,
     ``targets``, ``bottlenecks``) plus ``manifest.json`` into ``out_dir``; returns it.
 
     ``series`` (daily) and ``flows`` come from the first replication; ``monthly`` holds the
     monthly series (with ``mean, p5, p50, p95`` across replications for a replication set);
-    ``kpis`` holds every replication's annual KPIs with a ``replication`` column.
+    ``kpis`` holds every replication's annual KPIs with a ``replication`` column. The
+    manifest keeps ``notes``: plain sentences about the run (a what-if's changes that did not
+    bind, :func:`retwin.whatif.binding_notes`).
 
     ``out_dir`` must be missing or an empty folder, or, with ``overwrite``, an earlier
     result directory (:func:`is_result_dir`), which is replaced only once the new one is
@@ -131,6 +134,7 @@ def save_result(
             "seed": first.seed,
             "replications": replications,
             "changes": changes or [],
+            "notes": notes or [],
             "start": sc.start.isoformat(),
             "end": sc.end.isoformat(),
             "versions": versions(),

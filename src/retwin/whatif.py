@@ -7,7 +7,9 @@ and the points of ``retwin sweep``:
    horizon moved to ``end`` if asked (:func:`with_end`), the changes applied once and
    validated once: a :class:`WhatIf`, holding the what-if scenario and its baseline;
 2. :func:`run` — the baseline's and the what-if's replications with the same seeds (common
-   random numbers), then their :func:`paired_difference`: a :class:`WhatIfResult`;
+   random numbers), then their :func:`paired_difference`: a :class:`WhatIfResult`, with
+   ``notes`` on the what-if's trade, quota and capacity changes that never bound
+   (:func:`binding_notes`);
 3. :func:`save` — a result directory (:func:`retwin.storage.save_result`: atomic).
 
 A baseline computed earlier can stand in for step 2's baseline runs: pass its replication
@@ -29,13 +31,23 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from pydantic import TypeAdapter
 
+from retwin.compiled import Compiled
 from retwin.engine.run import run_replications
 from retwin.errors import ScenarioError
-from retwin.results import ReplicationSet, summarise
+from retwin.kernels.flow import BIND_CAPACITY, BIND_QUOTA
+from retwin.results import KPI_KEYS, ReplicationSet, RunResult, paired_difference
 from retwin.scenario.load import apply_changes, load_scenario, scenario_hash
-from retwin.scenario.schema import Scenario
+from retwin.scenario.schema import (
+    CapacityChange,
+    Change,
+    QuotaChange,
+    Scenario,
+    TradeChange,
+)
 from retwin.storage import Format, save_result
 
 __all__ = [
@@ -43,6 +55,7 @@ __all__ = [
     "Progress",
     "WhatIf",
     "WhatIfResult",
+    "binding_notes",
     "kpi_frames",
     "paired_difference",
     "resolve",
@@ -50,9 +63,6 @@ __all__ = [
     "save",
     "with_end",
 ]
-
-#: The columns that name one KPI value (with ``value`` they make a tidy KPI frame).
-KPI_KEYS = ["kpi", "key", "year", "unit"]
 
 #: ``progress(part, done, total)`` after every replication; ``part`` is ``baseline``,
 #: ``whatif`` or (a scenario without a baseline) ``run``. It may raise to stop the runs.
@@ -153,39 +163,24 @@ def kpi_frames(kpis: pd.DataFrame, replications: int | None = None) -> list[pd.D
     return [groups.get(r, empty) for r in range(replications)]
 
 
-def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
-                      ) -> pd.DataFrame:
-    """What-if − baseline per replication (common random numbers), then mean and
-    p5/p50/p95 across replications (:func:`retwin.results.summarise`).
-
-    Frame ``r`` of each list is replication ``r``; a KPI row only one of them has counts as
-    0 in the other.
-    """
-    if len(whatif) != len(baseline):
-        raise ValueError(f"a difference needs the baseline's replications ({len(whatif)} "
-                         f"what-if, {len(baseline)} baseline)")
-    diffs = []
-    for a, b in zip(whatif, baseline, strict=True):
-        m = a.merge(b, on=KPI_KEYS, how="outer", suffixes=("", "_base")).fillna(
-            {"value": 0.0, "value_base": 0.0})
-        m["value"] = m["value"] - m["value_base"]
-        diffs.append(m.drop(columns="value_base"))
-    return summarise(diffs)
-
-
 @dataclass(frozen=True, eq=False)
 class WhatIfResult:
     """What :func:`run` computed.
 
     ``baseline`` is the baseline's replication set when it was run (or given) here, ``None``
     when only its KPI frames were given or there is no baseline; ``difference`` (what-if −
-    baseline, paired) is ``None`` only without a baseline.
+    baseline, paired) is ``None`` only without a baseline; ``notes`` say which of the
+    what-if's changes did not bind (computed from the what-if's own runs, so a baseline
+    given as KPI frames gets them too).
     """
 
     spec: WhatIf
     whatif: ReplicationSet
     baseline: ReplicationSet | None
     difference: pd.DataFrame | None
+    #: Plain sentences about the answer: each trade, quota or capacity change of the
+    #: what-if that bound on no day of any of its replications (:func:`binding_notes`).
+    notes: tuple[str, ...] = ()
 
     @property
     def scenario_hash(self) -> str:
@@ -202,11 +197,170 @@ class WhatIfResult:
         return WhatIfResult(self.spec.baseline_only(), self.baseline, None, None)
 
 
+# --- changes that do not bind ---------------------------------------------------------------
+
+_CHANGE: TypeAdapter[Change] = TypeAdapter(Change)
+
+#: A change whose binding :func:`binding_notes` checks.
+Noted = TradeChange | QuotaChange | CapacityChange
+
+#: Relative tolerance of "a flow reached its cap" (the kernel ships the cap exactly, up to
+#: rounding of the contract and spot parts).
+REACHED_RTOL = 1e-6
+
+
+def _noted(w: WhatIf) -> list[tuple[int, Noted]]:
+    """The what-if's own trade, quota and capacity changes, each with its index in the list
+    it was given in (``changes``, or a what-if file's own ``changes`` when none were given).
+    """
+    if w.baseline is None:
+        return []
+    if w.changes:
+        typed = [_CHANGE.validate_python(c) for c in w.changes]
+    else:  # a what-if file: its changes are the what-if's beyond the baseline's
+        typed = list(w.scenario.changes[len(w.baseline.changes):])
+    return [(i, ch) for i, ch in enumerate(typed)
+            if isinstance(ch, TradeChange | QuotaChange | CapacityChange)]
+
+
+def _window(c: Compiled, ch: Noted, *, to_year_end: bool = False) -> slice:
+    """The days of a run of ``c`` on which ``ch`` is in force (a quota change: through the
+    end of the last year whose releases it changes)."""
+    sc = c.scenario
+    start = ch.start or sc.start
+    end = ch.end or sc.end
+    if to_year_end:
+        end = end.replace(month=12, day=31)
+    days = c.dates.astype("datetime64[D]")
+    d0 = int(np.searchsorted(days, np.datetime64(start, "D")))
+    d1 = int(np.searchsorted(days, np.datetime64(end, "D"), side="right"))
+    return slice(d0, max(d0, d1))
+
+
+def _trade_cap_day(c: Compiled, market: str, side: str) -> np.ndarray:
+    """(D,) the market's cap on ``side`` per day (t/day) with every trade change of the
+    scenario in force, in the order the engine applies them."""
+    k = c.market_ids.index(market)
+    cap = np.full(c.n_days, float((c.imp_cap_tpa if side == "import" else c.exp_cap_tpa)[k]))
+    for ch in c.scenario.changes:
+        if isinstance(ch, TradeChange) and ch.market == market and ch.side == side:
+            win = _window(c, ch)
+            cap[win] = ch.cap_tpa if ch.cap_tpa is not None else cap[win] * ch.factor
+    return cap / 365.0
+
+
+def _plants_of(c: Compiled, ch: QuotaChange | CapacityChange) -> np.ndarray:
+    if isinstance(ch, QuotaChange):
+        return np.flatnonzero(c.topology.plant_quota == c.quota_ids.index(ch.quota))
+    return np.array([p for p, pid in enumerate(c.plant_ids)
+                     if pid == ch.plant or c.plant_stage[p] == ch.stage], np.int64)
+
+
+def _reach(r: RunResult, ch: Noted) -> tuple[bool, float]:
+    """Whether ``ch`` bound on some day of run ``r``, and (trade) the largest share of the
+    cap the flow reached while it was in force."""
+    c = r.compiled
+    if isinstance(ch, TradeChange):
+        win = _window(c, ch)
+        cap = _trade_cap_day(c, ch.market, ch.side)[win]
+        flow = (r.imports if ch.side == "import" else r.exports)[c.market_ids.index(ch.market),
+                                                                 win]
+        if not len(cap):
+            return False, 0.0
+        bound = bool(np.any(flow >= cap * (1.0 - REACHED_RTOL)))
+        ok = cap > 0
+        peak = float(np.max(flow[ok] / cap[ok])) if ok.any() else 0.0
+        return bound, peak
+    if isinstance(ch, QuotaChange):
+        win = _window(c, ch, to_year_end=True)
+        return bool(np.any(r.binding[_plants_of(c, ch), win] == BIND_QUOTA)), 0.0
+    win = _window(c, ch)
+    plants = _plants_of(c, ch)
+    # at its ceiling; or in service with no capacity left (a ceiling of 0 holds the plant
+    # idle: the kernel calls those days idle, not capacity-bound)
+    at_ceiling = r.binding[plants, win] == BIND_CAPACITY
+    closed = (r.nameplate_days[plants, win] <= 0) & (c.ramp[plants, win] > 0)
+    return bool(np.any(at_ceiling | closed)), 0.0
+
+
+def _what(ch: Noted) -> str:
+    """A change in a few words (``export cap on market magnet_out``)."""
+    if isinstance(ch, TradeChange):
+        return f"{ch.side} cap on market {ch.market}"
+    if isinstance(ch, QuotaChange):
+        return f"quota {ch.quota}"
+    return f"capacity of plant {ch.plant}" if ch.plant else f"capacity of the {ch.stage} stage"
+
+
+def _note(i: int, ch: Noted, n_runs: int, peak: float) -> str:
+    runs = "the what-if's run" if n_runs == 1 else f"each of the what-if's {n_runs} replications"
+    head = f"changes[{i}] ({_what(ch)}) does not bind"
+    if isinstance(ch, TradeChange):
+        flows = "exports" if ch.side == "export" else "imports"
+        return (f"{head}: {flows} stayed below the cap on every day it was in force, in "
+                f"{runs} (at most {peak:.0%} of it).")
+    if isinstance(ch, QuotaChange):
+        return (f"{head}: no plant under the quota was held by it on any day of the years "
+                f"it changes, in {runs}.")
+    plants = f"plant {ch.plant}" if ch.plant else f"the {ch.stage} stage's plants"
+    return (f"{head}: {plants} never reached the capacity ceiling while it was in force, "
+            f"in {runs}.")
+
+
+class _Binding:
+    """Watches a what-if's runs (``see``) for whether each of its trade, quota and capacity
+    changes bound; ``notes`` names those that never did."""
+
+    def __init__(self, w: WhatIf) -> None:
+        self.changes = _noted(w)
+        self.bound = [False] * len(self.changes)
+        self.peak = [0.0] * len(self.changes)
+        self.runs = 0
+
+    def see(self, r: RunResult) -> None:
+        self.runs += 1
+        for j, (_, ch) in enumerate(self.changes):
+            if not self.bound[j]:
+                bound, peak = _reach(r, ch)
+                self.bound[j] = bound
+                self.peak[j] = max(self.peak[j], peak)
+
+    def notes(self) -> tuple[str, ...]:
+        return tuple(_note(i, ch, self.runs, peak) for (i, ch), bound, peak
+                     in zip(self.changes, self.bound, self.peak, strict=True) if not bound)
+
+
+def binding_notes(w: WhatIf, runs: Iterable[RunResult]) -> tuple[str, ...]:
+    """A plain sentence for each trade (import or export cap), quota or capacity change of
+    ``w`` that bound on no day of any of ``runs`` (the what-if's runs):
+
+    * a trade change binds on a day its market's flow on that side reaches the cap then in
+      force (every trade change of the scenario applied);
+    * a quota change binds on a day one of the quota's plants is held by the quota (its
+      binding constraint), from its start to the end of the last year it changes;
+    * a capacity change binds on a day one of its plants runs at its capacity ceiling (the
+      binding constraint ``capacity``: not below it by its own decision, markets on), or is
+      in service with a ceiling of 0.
+
+    Where changes of one kind overlap on one market or plant, each is judged by the cap or
+    ceiling then in force (all of them applied).
+
+    Each note names the change as ``changes[i]``, its index in the changes given (or in a
+    what-if file's own changes).
+    """
+    b = _Binding(w)
+    for r in runs:
+        b.see(r)
+    return b.notes()
+
+
 def _replications(sc: Scenario, n: int, seed: int, progress: Progress | None,
-                  part: str) -> ReplicationSet:
+                  part: str, each: Callable[[RunResult], None] | None = None
+                  ) -> ReplicationSet:
     if progress is None:
-        return run_replications(sc, n, seed=seed)
-    return run_replications(sc, n, seed=seed, progress=lambda i, total: progress(part, i, total))
+        return run_replications(sc, n, seed=seed, each=each)
+    return run_replications(sc, n, seed=seed, each=each,
+                            progress=lambda i, total: progress(part, i, total))
 
 
 def run(w: WhatIf, *, replications: int = 1, seed: int = 0,
@@ -230,19 +384,20 @@ def run(w: WhatIf, *, replications: int = 1, seed: int = 0,
         base_set = _replications(w.baseline, replications, seed, progress, "baseline")
         base_frames = base_set.kpi_frames
     part = "run" if w.baseline is None else "whatif"
-    res = _replications(w.scenario, replications, seed, progress, part)
+    binding = _Binding(w)
+    res = _replications(w.scenario, replications, seed, progress, part, binding.see)
     if base_set is not None and base_set.seeds != res.seeds:
         raise ValueError("a difference needs the baseline's seeds and replications")
     diff = None if base_frames is None else paired_difference(res.kpi_frames, base_frames)
-    return WhatIfResult(w, res, base_set, diff)
+    return WhatIfResult(w, res, base_set, diff, binding.notes())
 
 
 def save(result: WhatIfResult, out_dir: str | Path, *, fmt: Format = "parquet",
          overwrite: bool = True, baseline_ref: str | None = None) -> Path:
     """Write the what-if's result directory: its tables, the difference, and a manifest
-    naming the changes and the baseline (``baseline_ref``, default the baseline scenario's
-    hash). See :func:`retwin.storage.save_result`."""
+    naming the changes, the baseline (``baseline_ref``, default the baseline scenario's
+    hash) and the notes. See :func:`retwin.storage.save_result`."""
     ref = baseline_ref if baseline_ref is not None else result.baseline_hash
     return save_result(result.whatif, out_dir, fmt=fmt, difference=result.difference,
                        baseline_hash=ref, changes=list(result.spec.changes),
-                       overwrite=overwrite)
+                       overwrite=overwrite, notes=list(result.notes))

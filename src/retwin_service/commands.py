@@ -7,7 +7,6 @@ the service's packages; importing it needs all of them (the ``api`` extra), and 
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import uvicorn
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 
 import retwin
 from retwin_service.main import create_app
+from retwin_service.observe import configure_logging
 from retwin_service.registry import Registry, RegistryError, TokenRecord
 from retwin_service.settings import Settings, is_loopback
 
@@ -62,6 +62,11 @@ def url(s: Settings) -> str:
 
 def serve(s: Settings) -> None:
     """Run the service until Ctrl-C or SIGTERM (uvicorn stops it gracefully)."""
-    logging.basicConfig(level=s.log_level.upper(), format="%(levelname)s: %(message)s")
+    configure_logging(s.log_level, s.log_format)
+    json_logs = s.log_format == "json"
+    # JSON logs: uvicorn keeps the logging set up here, and the service writes one line per
+    # request itself (with its request id) instead of uvicorn's access line
     uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=s.log_level,
-                timeout_graceful_shutdown=5, server_header=False)
+                timeout_graceful_shutdown=5, server_header=False,
+                log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
+                access_log=not json_logs)

@@ -34,8 +34,11 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import shutil
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -261,6 +264,41 @@ MAX_POOL_RETRIES = 2
 FINISH_RETRY_S = 2.0
 #: Seconds to reach a Dask scheduler at start-up.
 DASK_CONNECT_S = 20.0
+#: Seconds a claim on a computation lasts unless renewed (see :mod:`retwin_service.registry`).
+CLAIM_LEASE_S = 30.0
+
+
+def instance_name() -> str:
+    """A name for this service process, unique across machines and restarts:
+    ``host:pid:random``."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is gone too
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def gone_here(holder: str, me: str) -> bool:
+    """Whether ``holder`` was a service process of this machine that is gone: its host is
+    ours and its pid is dead, or is ours while the name is not (an earlier life of this
+    process, e.g. pid 1 of a restarted container). Holders of other machines are never
+    judged here: their leases lapse."""
+    host, _, rest = holder.rpartition(":")[0].rpartition(":")
+    my_host = me.rpartition(":")[0].rpartition(":")[0]
+    if holder == me or host != my_host or not rest.isdigit():
+        return False
+    pid = int(rest)
+    return pid == os.getpid() or not _pid_alive(pid)
 
 
 class Jobs:
@@ -276,16 +314,31 @@ class Jobs:
         Local worker processes (ignored with ``dask_address``).
     dask_address
         A Dask scheduler to send tasks to instead.
+    lease_s
+        How long a claim on a computation lasts unless renewed (:meth:`keep_leases`).
+    on_computed
+        Called for every task a worker ran, with its outcome (``done``, ``failed``,
+        ``cancelled``, or ``stored`` when the worker found it stored already) and the
+        seconds it took (metrics).
+
+    Several service processes may share one registry (PostgreSQL) and one data folder: a
+    computation is run by the process that claims its key; the others wait for its result,
+    and take the computation over if the holder's lease expires (it died).
     """
 
     def __init__(self, registry: Registry, results_root: Path, *, workers: int,
-                 dask_address: str | None = None, space: Space | None = None) -> None:
+                 dask_address: str | None = None, space: Space | None = None,
+                 lease_s: float = CLAIM_LEASE_S,
+                 on_computed: Callable[[str, float], None] | None = None) -> None:
         self.registry = registry
         self.root = results_root
         self.space = space
         self.workers = workers
         self.dask_address = dask_address
         self.executor: Executor | None = None
+        self.instance = instance_name()
+        self.lease_s = float(lease_s)
+        self.on_computed = on_computed
         self._fn = Compute()
         self._tracks: dict[str, asyncio.Task[Outcome]] = {}
 
@@ -297,16 +350,49 @@ class Jobs:
         """Clean what a killed writer may have left, then start the workers (blocking; call
         in a thread)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        for p in self.root.glob(".*"):
-            if p.is_dir() and p.name != ".locks":  # a half-written result, old cancel flags
-                shutil.rmtree(p, ignore_errors=True)
+        self.keep_leases()
+        self.clean()
         if self.dask_address:
             self.executor = DaskExecutor(self.dask_address, timeout_s=DASK_CONNECT_S,
                                          on_progress=self._progress)
         else:
+            flags = self.root / ".cancel" / self.instance.replace(":", "-")
             self.executor = ProcessExecutor(self.workers, on_progress=self._progress,
-                                            flags_dir=self.root / ".cancel")
+                                            flags_dir=flags)
         self.executor.start(self._fn)
+
+    def clean(self) -> int:
+        """Remove half-written results and old cancel flags, unless another live service
+        process shares the data folder (its writes are under way); only what predates this
+        look is removed. Returns how many entries went."""
+        t0 = time.time()
+        if self.registry.others_alive(self.instance):
+            return 0
+        n = 0
+        for p in self.root.glob(".*"):
+            try:
+                old = p.is_dir() and p.name != ".locks" and p.stat().st_mtime < t0
+            except OSError:
+                continue
+            if old:  # a half-written result, old cancel flags
+                shutil.rmtree(p, ignore_errors=True)
+                n += 1
+        return n
+
+    def keep_leases(self) -> None:
+        """Renew this process's claims, and drop those of service processes of this machine
+        that are gone (their computations are taken over without waiting for the lease);
+        blocking, call every third of the lease."""
+        self.registry.renew(self.instance, self.lease_s)
+        for holder in self.registry.holders():
+            if gone_here(holder, self.instance):
+                n = self.registry.drop_claims(holder)
+                if n:
+                    log.warning("service process %s is gone; its %d computations are "
+                                "free again", holder, n)
+
+    def tracked(self, key: str) -> bool:
+        return key in self._tracks
 
     def abandon(self) -> None:
         """Stop tracking (at shutdown): unfinished runs stay queued in the registry and run
@@ -375,12 +461,32 @@ class Jobs:
                     raise
             await asyncio.sleep(FINISH_RETRY_S)
 
+    async def _claim(self, task: Task) -> Outcome | None:
+        """Claim ``task``'s computation: ``None`` once it is this process's to run; an
+        outcome when another process finished it (or nothing waits for it any more)."""
+        key, reg = task.key, self.registry
+        while not await asyncio.to_thread(reg.claim, key, self.instance, self.lease_s):
+            # another service process runs it: wait for its end (or for its lease to lapse)
+            await asyncio.sleep(min(1.0, self.lease_s / 10))
+            if self.stored(key):
+                return Outcome("done", cached=True)
+            if not await asyncio.to_thread(reg.has_active, key):
+                return Outcome("cancelled")  # finished or cancelled by the holder
+        return None
+
     async def _track(self, task: Task) -> Outcome:
+        claimed = False
         try:
-            outcome = await self._run(task)
+            outcome = await self._claim(task)
+            if outcome is None:
+                claimed = True
+                outcome = await self._run(task)
             await self._write(self._finish, task, outcome)
         finally:
             self._tracks.pop(task.key, None)
+            if claimed:
+                with contextlib.suppress(Exception):  # else the lease simply lapses
+                    await asyncio.to_thread(self.registry.release, task.key, self.instance)
         if self.executor is None:  # shutting down: unfinished runs stay queued
             return outcome
         # a run that joined while this computation ended is finished (or run) now
@@ -407,8 +513,13 @@ class Jobs:
             task = replace(task, results_root=None, baseline_kpis=kpis)
         for attempt in range(MAX_POOL_RETRIES + 1):
             try:  # in a thread: replacing a broken pool waits for its processes to go
+                t0 = time.perf_counter()
                 fut = await asyncio.to_thread(ex.submit, self._fn, task, key=task.key)
-                return await asyncio.wrap_future(fut)
+                outcome = await asyncio.wrap_future(fut)
+                if self.on_computed is not None:  # a worker found it stored: "stored"
+                    self.on_computed("stored" if outcome.cached else outcome.status,
+                                     time.perf_counter() - t0)
+                return outcome
             except concurrent.futures.CancelledError:
                 return Outcome("cancelled")
             except BrokenProcessPool:

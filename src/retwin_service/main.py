@@ -27,9 +27,11 @@ import retwin
 from retwin_service import errors
 from retwin_service.guard import OpenGuard
 from retwin_service.jobs import Jobs
+from retwin_service.observe import Metrics, RequestContext, configure_logging
 from retwin_service.registry import Registry
 from retwin_service.render import JSONBody
 from retwin_service.routes import health, models, page, runs
+from retwin_service.routes import metrics as metrics_route
 from retwin_service.service import Catalog, Service
 from retwin_service.settings import Settings
 from retwin_service.space import Space
@@ -118,7 +120,7 @@ class BodyLimit:
         await self.app(scope, replay, send_with_headers)
 
 
-async def _start(app: FastAPI, settings: Settings) -> Service:
+async def _start(app: FastAPI, settings: Settings, metrics: Metrics) -> Service:
     registry = await asyncio.to_thread(Registry, settings.database_url)
     if settings.bootstrap_token is not None:
         await asyncio.to_thread(registry.add_token, settings.bootstrap_token_name,
@@ -130,14 +132,16 @@ async def _start(app: FastAPI, settings: Settings) -> Service:
             "API token, and none exists (retwin token create NAME, or RETWIN_BOOTSTRAP_TOKEN)")
     space = Space(settings.data_dir, settings.min_free_bytes)
     jobs = Jobs(registry, settings.results_dir, workers=settings.workers,
-                dask_address=settings.dask_address, space=space)
+                dask_address=settings.dask_address, space=space,
+                lease_s=settings.claim_lease_seconds, on_computed=metrics.computed)
     await asyncio.to_thread(jobs.start)  # workers start (and compile) while models load
     try:
         catalog = await asyncio.to_thread(Catalog().load)
     except BaseException:
         await asyncio.to_thread(jobs.close)
         raise
-    service = Service(settings, registry, catalog, jobs, space)
+    service = Service(settings, registry, catalog, jobs, space, metrics)
+    metrics.watch(registry.counts, registry.active_computations, lambda: jobs.in_flight)
     for task in await asyncio.to_thread(service.recover):
         jobs.ensure(task)
     for name in settings.precompute:
@@ -147,6 +151,20 @@ async def _start(app: FastAPI, settings: Settings) -> Service:
              retwin.__version__, len(catalog.models), settings.workers, jobs.kind,
              settings.data_dir)
     return service
+
+
+async def _maintain(service: Service) -> None:
+    """While the service runs: renew its claims on computations, and take over those no
+    live service process holds any more (one sharing the database died)."""
+    every = service.jobs.lease_s / 3
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(service.jobs.keep_leases)
+            for task in await asyncio.to_thread(service.adopt):
+                service.jobs.ensure(task)
+        except Exception:  # the database may be away for a moment: try again next time
+            log.exception("keeping leases failed")
 
 
 def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
@@ -171,14 +189,20 @@ def _openapi(app: FastAPI, settings: Settings) -> dict[str, Any]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service as an ASGI app; ``settings`` default to the environment's."""
     settings = settings or Settings()
+    if settings.log_format == "json":
+        configure_logging(settings.log_level, settings.log_format)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = await _start(app, settings)
+        service = await _start(app, settings, metrics)
         app.state.service = service
+        keeper = asyncio.get_running_loop().create_task(_maintain(service),
+                                                        name="retwin-leases")
         try:
             yield
         finally:
+            keeper.cancel()
             service.jobs.abandon()
             await asyncio.to_thread(service.jobs.close)
             service.registry.close()
@@ -196,9 +220,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         default_response_class=JSONBody,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
     errors.install(app)
     app.add_middleware(OpenGuard)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, metrics=metrics,
+                       access_log=settings.log_format == "json")
+    app.include_router(metrics_route.router)
     app.include_router(health.router, prefix=API_PREFIX)
     app.include_router(models.router, prefix=API_PREFIX)
     app.include_router(runs.router, prefix=API_PREFIX)

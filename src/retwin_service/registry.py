@@ -1,13 +1,23 @@
 """The run registry of the what-if service: runs and API tokens in one SQL database.
 
-SQLite (in WAL mode) by default; the schema uses only portable SQLAlchemy Core types, so a
-PostgreSQL URL (``postgresql+psycopg://…``) works as well. Results themselves are not stored
-here but as Parquet directories next to the database (:func:`retwin.storage.save_result`);
-a run row names its result by ``request_hash``, the key of the computation it asks for, so
-identical requests share one stored result while each owner keeps a run row of their own.
+SQLite (in WAL mode) by default, for one service process; PostgreSQL
+(``postgresql+psycopg://…``, the psycopg 3 driver of the ``api`` extra) for several service
+processes sharing one registry. The schema uses only portable SQLAlchemy Core types.
+Results themselves are not stored here but as Parquet directories next to the database
+(:func:`retwin.storage.save_result`); a run row names its result by ``request_hash``, the
+key of the computation it asks for, so identical requests share one stored result while each
+owner keeps a run row of their own.
 
 A run row is committed before the service answers, so an accepted run survives a crash:
 at start-up the service finds every row still ``queued`` or ``running`` and runs it again.
+
+**Several service processes on one database.** A computation is run by the process that
+*claims* its key (a row of ``claims``: the key, the holder and when its lease expires;
+:meth:`Registry.claim`). The holder renews its leases while it lives; the others wait for
+the result. A holder that dies (``kill -9``) stops renewing, and once its lease has expired
+another process claims the key and runs it again: no computation runs twice at once, none is
+lost. Admission (the queue and per-owner limits, then the insert) is serialised across
+processes by a PostgreSQL advisory lock (within one process by a lock of this object).
 
 This module knows nothing of HTTP; the service maps its errors to status codes.
 """
@@ -170,6 +180,18 @@ runs = sa.Table(
     sa.Index("ix_runs_created_at", "created_at"),
 )
 
+claims = sa.Table(
+    "claims",
+    metadata,
+    sa.Column("request_hash", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_claims_holder", "holder"),
+)
+
+#: Key of the PostgreSQL advisory lock that serialises admission across service processes.
+ADMISSION_LOCK = 0x72747731
+
 tokens = sa.Table(
     "tokens",
     metadata,
@@ -260,8 +282,9 @@ class Registry:
     Notes
     -----
     Admission (the queue and per-owner limits checked, then the row inserted) holds a lock
-    of this object, so one service process admits runs one at a time; run one service
-    process per registry.
+    of this object, and on PostgreSQL an advisory lock too, so runs are admitted one at a
+    time however many service processes share the database. Use PostgreSQL for more than
+    one process: SQLite serves one machine.
     """
 
     def __init__(self, url: str) -> None:
@@ -277,6 +300,8 @@ class Registry:
             kwargs["max_overflow"] = 48
         else:
             kwargs["pool_pre_ping"] = True
+            kwargs["pool_size"] = 10  # request threads, progress and the lease keeper
+            kwargs["max_overflow"] = 30
         self.engine: Engine = sa.create_engine(url, **kwargs)
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -403,6 +428,8 @@ class Registry:
         if status == "done":
             rec.update(progress=1.0, started_at=now, finished_at=now)
         with self._admit, self.engine.begin() as conn:
+            if status in ACTIVE and not self.is_sqlite:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ADMISSION_LOCK)))
             if status in ACTIVE:
                 if owner_max is not None:
                     mine = conn.execute(
@@ -495,20 +522,115 @@ class Registry:
 
     def requeue(self) -> int:
         """At start-up: runs left ``running`` by a stopped service go back to ``queued``
-        (their attempt counted); returns how many unfinished runs there are."""
+        (their attempt counted); returns how many unfinished runs there are. Runs whose
+        computation another live service process holds (:meth:`claim`) are left to it."""
         with self.engine.begin() as conn:
+            held = (sa.select(claims.c.request_hash)
+                    .where(claims.c.expires_at > self._clock(conn)))
+            orphan = runs.c.request_hash.not_in(held)
             conn.execute(
-                runs.update().where(runs.c.status == "running")
+                runs.update().where(runs.c.status == "running").where(orphan)
                 .values(status="queued", progress=0.0, started_at=None)
             )
             conn.execute(
-                runs.update().where(runs.c.status == "queued")
+                runs.update().where(runs.c.status == "queued").where(orphan)
                 .values(attempts=runs.c.attempts + 1)
             )
             n = conn.execute(
                 sa.select(sa.func.count()).select_from(runs).where(runs.c.status == "queued")
             ).scalar_one()
         return int(n)
+
+    # --- claims: which service process runs a computation --------------------------------
+
+    def _clock(self, conn: sa.Connection) -> dt.datetime:
+        """Now, by the database's clock on PostgreSQL (service processes on several machines
+        then agree on when a lease expires), by this machine's on SQLite."""
+        if self.is_sqlite:
+            return _now()
+        value = conn.execute(sa.select(sa.func.now())).scalar_one()
+        return _utc(value) or _now()
+
+    def claim(self, request_hash: str, holder: str, lease_s: float) -> bool:
+        """Claim computation ``request_hash`` for ``holder`` for ``lease_s`` seconds: true
+        if it is now ``holder``'s (free, expired, or already theirs), false while another
+        holder's lease runs. At most one holder wins, however many try at once."""
+        with self.engine.begin() as conn:
+            now = self._clock(conn)
+            until = now + dt.timedelta(seconds=lease_s)
+            taken = conn.execute(
+                claims.update().where(claims.c.request_hash == request_hash)
+                .where(sa.or_(claims.c.holder == holder, claims.c.expires_at <= now))
+                .values(holder=holder, expires_at=until)
+            ).rowcount
+            if taken:
+                return True
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(claims.insert().values(request_hash=request_hash, holder=holder,
+                                                    expires_at=until))
+        except sa.exc.IntegrityError:
+            return False  # another holder has it (or took it a moment ago)
+        return True
+
+    def renew(self, holder: str, lease_s: float) -> int:
+        """Extend every lease of ``holder`` by ``lease_s`` seconds from now; returns how many
+        it holds."""
+        with self.engine.begin() as conn:
+            until = self._clock(conn) + dt.timedelta(seconds=lease_s)
+            n = conn.execute(claims.update().where(claims.c.holder == holder)
+                             .values(expires_at=until)).rowcount
+        return int(n or 0)
+
+    def release(self, request_hash: str, holder: str) -> None:
+        """``holder`` is done with computation ``request_hash``."""
+        with self.engine.begin() as conn:
+            conn.execute(claims.delete().where(claims.c.request_hash == request_hash)
+                         .where(claims.c.holder == holder))
+
+    def holder_of(self, request_hash: str) -> str | None:
+        """Who holds a live lease on ``request_hash``, if anyone."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(claims.c.holder).where(claims.c.request_hash == request_hash)
+                .where(claims.c.expires_at > self._clock(conn))
+            ).first()
+        return None if row is None else str(row[0])
+
+    def holders(self) -> list[str]:
+        """Every holder with a claim, live or lapsed."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(claims.c.holder).distinct()).all()
+        return [str(r[0]) for r in rows]
+
+    def drop_claims(self, holder: str) -> int:
+        """Forget every claim of ``holder`` (a process known to be gone)."""
+        with self.engine.begin() as conn:
+            n = conn.execute(claims.delete().where(claims.c.holder == holder)).rowcount
+        return int(n or 0)
+
+    def others_alive(self, holder: str) -> bool:
+        """Whether another holder has a live lease (another service process is computing)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(claims.c.holder).where(claims.c.holder != holder)
+                .where(claims.c.expires_at > self._clock(conn)).limit(1)
+            ).first()
+        return row is not None
+
+    def orphaned_keys(self) -> list[str]:
+        """Computations that unfinished runs wait for and no live lease covers (their
+        holder died, or nobody has claimed them yet), oldest run first."""
+        with self.engine.connect() as conn:
+            held = (sa.select(claims.c.request_hash)
+                    .where(claims.c.expires_at > self._clock(conn)))
+            rows = conn.execute(
+                sa.select(runs.c.request_hash, sa.func.min(runs.c.created_at).label("t"))
+                .where(runs.c.status.in_(ACTIVE))
+                .where(runs.c.request_hash.not_in(held))
+                .group_by(runs.c.request_hash).order_by("t")
+            ).all()
+        return [str(r[0]) for r in rows]
 
     def mark_running(self, request_hash: str) -> None:
         """The computation ``request_hash`` has started: its queued runs are running."""
@@ -558,6 +680,15 @@ class Registry:
                 .values(status="cancelled", finished_at=_now())
             )
         return self.get_run(run_id, owner)
+
+    def active_computations(self) -> int:
+        """Distinct computations queued or running (the queue's depth)."""
+        with self.engine.connect() as conn:
+            n = conn.execute(
+                sa.select(sa.func.count(sa.distinct(runs.c.request_hash)))
+                .where(runs.c.status.in_(ACTIVE))
+            ).scalar_one()
+        return int(n)
 
     def counts(self) -> dict[str, int]:
         """Number of runs per status."""

@@ -134,6 +134,11 @@ class RunResultPublic(BaseModel):
         description="What-if − baseline, paired by replication; null for a baseline run.")
     targets: list[TargetRow]
     bottlenecks: list[BottleneckRow]
+    notes: list[str] = Field(
+        default_factory=list,
+        description="Plain sentences about the answer: each trade (import or export cap), "
+        "quota or capacity change of the what-if that bound on no day of its replications, "
+        "named changes[i].")
 
 
 class RunSummary(BaseModel):

@@ -18,7 +18,8 @@ import retwin
 from retwin import whatif
 from retwin.scenario import available_models, scenario_hash
 from retwin_service.jobs import Jobs, Task
-from retwin_service.registry import Registry, request_key
+from retwin_service.observe import Metrics
+from retwin_service.registry import Registry, RunRecord, request_key
 from retwin_service.schemas import WhatIfRequest
 from retwin_service.settings import Settings
 from retwin_service.space import Space
@@ -113,12 +114,14 @@ class Service:
     """Settings, registry, catalog and jobs of one running service."""
 
     def __init__(self, settings: Settings, registry: Registry, catalog: Catalog,
-                 jobs: Jobs, space: Space | None = None) -> None:
+                 jobs: Jobs, space: Space | None = None, metrics: Metrics | None = None
+                 ) -> None:
         self.settings = settings
         self.registry = registry
         self.catalog = catalog
         self.jobs = jobs
         self.space = space or Space(settings.data_dir, settings.min_free_bytes)
+        self.metrics = metrics or Metrics()
 
     # --- requests -------------------------------------------------------------------------
 
@@ -184,10 +187,30 @@ class Service:
 
     def recover(self) -> list[Task]:
         """Tasks for every run left queued or running by a stopped service (in the order
-        they were accepted); a run whose request no longer checks out fails with why."""
+        they were accepted); a run whose request no longer checks out fails with why. Runs
+        another live service process computes are left to it (their tasks wait for it)."""
         n = self.registry.requeue()
+        tasks = self._tasks_for(self.registry.active_keys())
+        if n:
+            log.info("re-queued %d unfinished runs (%d computations)", n, len(tasks))
+        return tasks
+
+    def adopt(self) -> list[Task]:
+        """Tasks for the unfinished runs no live service process holds and this one does not
+        track: those of a process that died (its leases lapsed), or accepted by one that
+        stopped before it could claim them."""
+        keys = [k for k in self.registry.orphaned_keys() if not self.jobs.tracked(k)]
+        if not keys:
+            return []
+        active = self.registry.active_keys()
+        tasks = self._tasks_for({k: active[k] for k in keys if k in active})
+        if tasks:
+            log.warning("took over %d computations no live service process held", len(tasks))
+        return tasks
+
+    def _tasks_for(self, active: dict[str, list[RunRecord]]) -> list[Task]:
         tasks = []
-        for key, recs in self.registry.active_keys().items():
+        for key, recs in active.items():
             try:
                 prep = self.prepare(WhatIfRequest.model_validate(recs[0].request))
             except (retwin.RetwinError, ValueError) as exc:
@@ -198,6 +221,4 @@ class Service:
                                                     "accepted; submit it again")
                 continue
             tasks.append(prep.task)
-        if n:
-            log.info("re-queued %d unfinished runs (%d computations)", n, len(tasks))
         return tasks

@@ -51,7 +51,8 @@ class Settings(BaseSettings):
                            description="Registry database and stored results.")
     database_url: str = Field(
         "", description="SQLAlchemy URL of the run registry; default: a SQLite file in "
-                        "data_dir. A postgresql+psycopg:// URL works as well.")
+                        "data_dir (one service process). postgresql+psycopg://user:pw@host/db "
+                        "for several service processes sharing one registry (and data_dir).")
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8000
     workers: PosInt = Field(default_factory=lambda: max(1, os.cpu_count() or 1),
@@ -76,6 +77,13 @@ class Settings(BaseSettings):
         default_factory=lambda: ["baotou-2024"],
         description="Models whose default baseline is computed at start-up.")
     log_level: str = "info"
+    log_format: str = Field(
+        "text", description="text (human-readable lines) or json (one JSON object a line, "
+                            "with the request id of the request that logged it).")
+    claim_lease_seconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        30.0, description="How long a service process's claim on a computation lasts "
+                          "unless renewed; another process sharing the database takes the "
+                          "computation over once it lapses.")
 
     @field_validator("dask_address")
     @classmethod
@@ -99,6 +107,14 @@ class Settings(BaseSettings):
         v = v.lower()
         if v not in ("critical", "error", "warning", "info", "debug"):
             raise ValueError(f"log_level(={v!r}) must be critical, error, warning, info or debug")
+        return v
+
+    @field_validator("log_format")
+    @classmethod
+    def _format(cls, v: str) -> str:
+        v = v.lower()
+        if v not in ("text", "json"):
+            raise ValueError(f"log_format(={v!r}) must be text or json")
         return v
 
     @model_validator(mode="after")

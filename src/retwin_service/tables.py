@@ -215,6 +215,7 @@ def run_result(root: Path, key: str) -> dict[str, Any]:
                        _records(diff[[*KPI_KEYS, "mean", "p5", "p50", "p95", "n"]])),
         "targets": _records(targets),
         "bottlenecks": _records(bottlenecks),
+        "notes": list(m.get("notes", [])),
     }
 
 

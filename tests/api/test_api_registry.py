@@ -1,11 +1,16 @@
-"""The run registry: tokens hashed at rest, admission limits, the run life cycle, recovery."""
+"""The run registry: tokens hashed at rest, admission limits, the run life cycle, recovery,
+claims on computations. Every test runs on SQLite and on a live PostgreSQL server
+(:mod:`pgserver`), each time on a new, empty database."""
 
 from __future__ import annotations
 
 import datetime as dt
 import sqlite3
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
+import pgserver
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
@@ -25,12 +30,41 @@ from retwin_service.registry import (
     sqlite_url,
 )
 
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A new, empty registry database: a SQLite file, or a database on the live server."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "reg.sqlite3")
+        return
+    pg = pgserver.server()
+    u = pg.new_database()
+    yield u
+    pg.drop_database(u)
+
 
 @pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    r = Registry(sqlite_url(tmp_path / "reg.sqlite3"))
+def reg(url: str) -> Iterator[Registry]:
+    r = Registry(url)
     yield r
     r.close()
+
+
+def raw_contents(reg: Registry, tmp_path: Path) -> bytes:
+    """Everything the database holds, as bytes: the SQLite file and its WAL, or every row
+    of every table of the PostgreSQL database."""
+    if reg.is_sqlite:
+        raw = (tmp_path / "reg.sqlite3").read_bytes()
+        for wal in tmp_path.glob("*-wal"):
+            raw += wal.read_bytes()
+        return raw
+    out = []
+    with reg.engine.connect() as conn:
+        for table in metadata.sorted_tables:
+            out += [repr(tuple(r)) for r in conn.execute(sa.select(table)).all()]
+    return "\n".join(out).encode()
 
 
 def add(reg: Registry, key: str = "k1", owner: str = "ann", **kw: object) -> str:
@@ -38,8 +72,10 @@ def add(reg: Registry, key: str = "k1", owner: str = "ann", **kw: object) -> str
                        request_hash=key, **kw).id  # type: ignore[arg-type]
 
 
-def test_sqlite_runs_in_wal_mode(reg: Registry, tmp_path: Path) -> None:
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    reg = Registry(sqlite_url(tmp_path / "reg.sqlite3"))
     add(reg)
+    reg.close()
     con = sqlite3.connect(tmp_path / "reg.sqlite3")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     con.close()
@@ -51,9 +87,7 @@ def test_tokens_are_stored_hashed_and_revocable(reg: Registry, tmp_path: Path) -
     assert token.startswith("rtw_") and len(token) > 40
     assert reg.has_tokens() and reg.owner_of(token) == "ann"
     assert reg.owner_of(token + "x") is None
-    raw = (tmp_path / "reg.sqlite3").read_bytes()
-    for wal in tmp_path.glob("*-wal"):
-        raw += wal.read_bytes()
+    raw = raw_contents(reg, tmp_path)
     assert token.encode() not in raw
     assert hash_token(token).encode() in raw
     assert reg.revoke_token(rec.id) == 1
@@ -134,10 +168,9 @@ def test_schema_compiles_for_postgresql() -> None:
     assert "count(DISTINCT" in str(q.compile(dialect=dialect))
 
 
-def test_open_mode_runs_of_an_older_registry_go_to_the_open_owner(tmp_path: Path) -> None:
+def test_open_mode_runs_of_an_older_registry_go_to_the_open_owner(url: str) -> None:
     """Older registries named the open owner ``local``, a name a token can have: the runs
     made before any token of that name existed were open-mode runs."""
-    url = sqlite_url(tmp_path / "reg.sqlite3")
     reg = Registry(url)
     runs_t = metadata.tables["runs"]
     t0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
@@ -173,3 +206,110 @@ def test_a_request_that_json_cannot_carry_is_not_stored(reg: Registry) -> None:
             reg.add_run(owner="ann", model="tiny", request=request, request_hash="k")
     assert reg.list_runs()[1] == 0
     assert reg.get_run(add(reg)).request == {"model": "tiny"}
+
+
+def test_the_backend_is_the_one_asked_for(reg: Registry, request: pytest.FixtureRequest) -> None:
+    """The parametrisation really reaches PostgreSQL (not a SQLite fallback)."""
+    with reg.engine.connect() as conn:
+        name = conn.dialect.name
+    assert name == request.node.callspec.params["url"]
+    if name == "postgresql":
+        with reg.engine.connect() as conn:
+            assert "PostgreSQL" in conn.execute(sa.text("select version()")).scalar_one()
+
+
+def test_times_come_back_in_utc(reg: Registry) -> None:
+    rec = reg.get_run(add(reg))
+    assert rec.created_at.tzinfo is not None
+    assert rec.created_at.utcoffset() == dt.timedelta(0)
+    assert abs(rec.created_at - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
+
+
+def test_a_claim_has_one_holder_until_it_is_released_or_lapses(reg: Registry) -> None:
+    assert reg.claim("k1", "a", 60) and reg.holder_of("k1") == "a"
+    assert not reg.claim("k1", "b", 60)
+    assert reg.claim("k1", "a", 60)  # a holder renews its own claim
+    assert reg.others_alive("b") and not reg.others_alive("a")
+    reg.release("k1", "b")  # only the holder releases
+    assert reg.holder_of("k1") == "a"
+    reg.release("k1", "a")
+    assert reg.holder_of("k1") is None and reg.claim("k1", "b", 60)
+    assert reg.claim("k2", "c", -1)  # a lease that has lapsed already
+    assert reg.holder_of("k2") is None and reg.claim("k2", "b", 60)
+    assert reg.renew("b", 60) == 2 and sorted(reg.holders()) == ["b"]
+    assert reg.drop_claims("b") == 2 and reg.holders() == []
+
+
+def test_only_orphaned_computations_are_requeued_and_offered(reg: Registry) -> None:
+    """Another live process's computations are left to it at a restart; a lapsed lease's
+    are offered to whoever looks (they are not lost)."""
+    a, b, c = add(reg, "held"), add(reg, "lapsed"), add(reg, "free")
+    for key in ("held", "lapsed", "free"):
+        reg.mark_running(key)
+    assert reg.claim("held", "alive", 60) and reg.claim("lapsed", "dead", -1)
+    assert reg.requeue() == 2
+    assert reg.get_run(a).status == "running" and reg.get_run(a).attempts == 0
+    assert reg.get_run(b).status == "queued" and reg.get_run(c).attempts == 1
+    assert reg.orphaned_keys() == ["lapsed", "free"]
+    reg.finish("free", "done")
+    assert reg.orphaned_keys() == ["lapsed"]
+
+
+def test_concurrent_claims_have_exactly_one_winner(url: str) -> None:
+    """Eight threads, each with its own registry (as separate service processes would have
+    on PostgreSQL), claim the same keys at once: each key has exactly one holder."""
+    n = 8 if not url.startswith("sqlite") else 4
+    regs = [Registry(url) for _ in range(n)]
+    keys = [f"k{i}" for i in range(20)]
+    wins: dict[str, list[int]] = {k: [] for k in keys}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
+
+    def claim(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            for k in keys:
+                if regs[i].claim(k, f"h{i}", 60):
+                    wins[k].append(i)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for r in regs:
+        r.close()
+    assert not errors, errors
+    assert all(len(w) == 1 for w in wins.values()), wins
+
+
+def test_admission_limits_hold_across_registries(url: str) -> None:
+    """Runs submitted at once through several registries on one database (several service
+    processes) never exceed the queue's limit."""
+    shared = url.startswith("sqlite")  # SQLite serves one process: one registry, threads
+    regs = [Registry(url)] * 6 if shared else [Registry(url) for _ in range(6)]
+    admitted: list[str] = []
+    refused: list[str] = []
+    barrier = threading.Barrier(len(regs))
+
+    def submit(i: int) -> None:
+        barrier.wait(timeout=30)
+        for j in range(5):
+            try:
+                regs[i].add_run(owner=f"o{i}", model="tiny", request={}, queue_max=7,
+                                request_hash=f"k{i}-{j}")
+                admitted.append(f"k{i}-{j}")
+            except QueueFull:
+                refused.append(f"k{i}-{j}")
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(regs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(admitted) == 7 and len(refused) == 23
+    assert regs[0].active_computations() == 7
+    for r in set(regs):
+        r.close()

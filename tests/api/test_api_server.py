@@ -2,7 +2,10 @@
 
 The happy path and auth with a token made by ``retwin token create``; Ctrl-C; ``kill -9``
 with runs queued and running, then a restart on the same data folder (every accepted run
-finishes exactly once); and a bounded concurrent load (50 clients × 20 requests).
+finishes exactly once); and a bounded concurrent load (50 clients × 20 requests). The last
+two run on a SQLite registry and on a live PostgreSQL server (:mod:`pgserver`); on
+PostgreSQL two service processes share the database and the data folder: the second takes
+over what the killed one was running, and under load no computation is run twice.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pgserver
 import pytest
 from apiutil import REPO, Server, whatif
 
@@ -40,6 +44,27 @@ def server_factory(tmp_path: Path) -> Iterator[Any]:
     yield make
     for s in servers:
         s.kill()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """The registry's settings: the default SQLite file, or a new database on the live
+    PostgreSQL server (with a short claim lease, so a dead process's work is taken over
+    quickly)."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    pg = pgserver.server()
+    url = pg.new_database()
+    yield {"RETWIN_DATABASE_URL": url, "RETWIN_CLAIM_LEASE_SECONDS": "3"}
+    pg.drop_database(url)
+
+
+def dispatched(srv: Server) -> int:
+    """Tasks the server's workers ran (all outcomes), from its /metrics."""
+    text = httpx.get(f"{srv.url}/metrics", timeout=30).text
+    return int(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("retwin_computation_seconds_count")))
 
 
 def retwin_cli(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -118,10 +143,16 @@ def test_serve_refuses_a_public_host_without_tokens(tmp_path: Path) -> None:
     assert "refusing to serve on 0.0.0.0" in r.stderr
 
 
-def test_kill_9_and_restart_loses_and_duplicates_nothing(server_factory: Any,
-                                                         tmp_path: Path) -> None:
-    srv: Server = server_factory(tmp_path, RETWIN_WORKERS="1")
+def test_kill_9_and_restart_loses_and_duplicates_nothing(server_factory: Any, tmp_path: Path,
+                                                         database: dict[str, str]) -> None:
+    """SQLite: kill -9, then a restart finishes everything. PostgreSQL: a second service
+    process on the same database is up when the first is killed, and takes its work over."""
+    shared = bool(database)
+    srv: Server = server_factory(tmp_path, RETWIN_WORKERS="1", **database)
     srv.start()
+    if shared:  # the peer, up before the kill
+        srv2: Server = server_factory(tmp_path, RETWIN_WORKERS="2", **database)
+        srv2.start()
     assert srv.proc is not None
     bodies = [whatif(seed=s, replications=40) for s in range(6)]
     ids = []
@@ -145,8 +176,9 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(server_factory: Any,
         time.sleep(0.1)
     assert not [p for p in workers if alive(p)]
 
-    srv2: Server = server_factory(tmp_path, RETWIN_WORKERS="2")
-    srv2.start()
+    if not shared:
+        srv2 = server_factory(tmp_path, RETWIN_WORKERS="2")
+        srv2.start()
     with httpx.Client(base_url=srv2.url, timeout=60) as c:
         finals = [c.get(f"{API}/runs/{i}", params={"wait": 30}).json() for i in ids]
         listing = c.get(f"{API}/runs", params={"limit": 500}).json()
@@ -160,11 +192,16 @@ def test_kill_9_and_restart_loses_and_duplicates_nothing(server_factory: Any,
     assert not [p for p in results.iterdir() if re.match(r"\.[0-9a-f]{64}\.", p.name)]
 
 
-def test_concurrent_load_loses_nothing_and_never_fails(server_factory: Any,
-                                                       tmp_path: Path) -> None:
-    srv: Server = server_factory(tmp_path, RETWIN_QUEUE_MAX="1000",
-                                 RETWIN_PER_TOKEN_CONCURRENT="1000")
-    srv.start()
+def test_concurrent_load_loses_nothing_and_never_fails(server_factory: Any, tmp_path: Path,
+                                                       database: dict[str, str]) -> None:
+    """On PostgreSQL the clients alternate between two service processes sharing the
+    database and the data folder: each of the 25 computations is run once, by one of them."""
+    env = {"RETWIN_QUEUE_MAX": "1000", "RETWIN_PER_TOKEN_CONCURRENT": "1000", **database}
+    servers: list[Server] = [server_factory(tmp_path, **env)
+                             for _ in range(2 if database else 1)]
+    for s in servers:
+        s.start()
+    srv = servers[0]
     clients, per_client = 50, 20
     statuses: list[int] = []
     accepted: list[str] = []
@@ -188,11 +225,15 @@ def test_concurrent_load_loses_nothing_and_never_fails(server_factory: Any,
 
     async def main() -> float:
         limits = httpx.Limits(max_connections=clients)
-        async with httpx.AsyncClient(base_url=srv.url, timeout=60, limits=limits) as c:
+        cs = [httpx.AsyncClient(base_url=s.url, timeout=60, limits=limits) for s in servers]
+        try:
             t0 = time.perf_counter()
-            await asyncio.wait_for(asyncio.gather(*(one(i, c) for i in range(clients))),
-                                   timeout=120)
+            await asyncio.wait_for(asyncio.gather(
+                *(one(i, cs[i % len(cs)]) for i in range(clients))), timeout=120)
             return time.perf_counter() - t0
+        finally:
+            for c in cs:
+                await c.aclose()
 
     seconds = asyncio.run(main())
     assert len(statuses) == clients * per_client
@@ -207,7 +248,31 @@ def test_concurrent_load_loses_nothing_and_never_fails(server_factory: Any,
     assert len(accepted) == clients * per_client // 4
     assert finals == ["done"] * len(accepted)
     assert count == len(accepted)
-    assert srv.stop() in (0, 130)
+    # 25 what-ifs (each with its baseline), each run once by one process
+    assert sum(dispatched(s) for s in servers) == 25
+    stored = [p for p in (tmp_path / "results").iterdir() if not p.name.startswith(".")]
+    assert len(stored) == 50
+    if len(servers) > 1:  # one longer computation asked of both at once: run by one only
+        body = whatif(seed=100, replications=200)
+
+        async def both() -> list[dict[str, Any]]:
+            async with httpx.AsyncClient(timeout=60) as c:
+                rs = await asyncio.gather(*(c.post(f"{s.url}{API}/runs", json=body)
+                                            for s in servers))
+                assert [r.status_code for r in rs] == [202, 202], [r.text for r in rs]
+                return [(await c.get(f"{s.url}{API}/runs/{r.json()['id']}",
+                                     params={"wait": 30})).json()
+                        for s, r in zip(servers, rs, strict=True)]
+
+        assert [r["status"] for r in asyncio.run(both())] == ["done", "done"]
+        for s in servers:  # until neither tracks anything more (a duplicate would be counted)
+            deadline = time.monotonic() + 30
+            while httpx.get(f"{s.url}{API}/health").json()["in_flight"]:
+                assert time.monotonic() < deadline, "a computation outlived its runs"
+                time.sleep(0.1)
+        assert sum(dispatched(s) for s in servers) == 26
+    for s in servers:
+        assert s.stop() in (0, 130)
 
 
 def test_sigterm_stops_it_too(server_factory: Any, tmp_path: Path) -> None:

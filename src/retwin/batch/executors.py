@@ -582,10 +582,23 @@ def _warm_worker() -> str:
     return __version__
 
 
-def _apply(fn: Callable[[Any], Any], item: Any, name: str) -> Any:
-    """A task on a Dask worker, with the hooks of executor ``name``."""
+def _apply(fn: Callable[[Any], Any], item: Any, name: str, version: str | None = None) -> Any:
+    """A task on a Dask worker, with the hooks of executor ``name``; refused on a worker
+    whose retwin is not ``version`` (one that joined after the check at start)."""
+    if version is not None and version != __version__:
+        raise RetwinError(f"a Dask worker runs retwin {__version__}, the client {version}; "
+                          "install the same version on every worker")
     with _hooked(_DaskHooks(name)):
         return fn(item)
+
+
+def _result(fut: Any) -> Any:
+    """A Dask task's result; a worker that cannot load retwin is named as such."""
+    try:
+        return fut.result()
+    except ImportError as exc:
+        raise RetwinError(f"a Dask worker cannot import retwin ({exc}); install "
+                          f"retwin[dist] {__version__} on every worker") from None
 
 
 class DaskExecutor(Executor):
@@ -640,13 +653,18 @@ class DaskExecutor(Executor):
             client = self.client
             try:
                 versions = client.run(_warm_worker)
-            except ImportError as exc:
-                raise RetwinError(f"Dask workers cannot import retwin ({exc}); install it on "
-                                  "every worker") from None
+            except Exception as exc:  # the worker's error comes back as its text
+                text = str(exc).strip().splitlines()[-1] if str(exc).strip() else repr(exc)
+                if isinstance(exc, ImportError) or "No module named" in text:
+                    raise RetwinError(f"Dask workers cannot import retwin ({text}); install "
+                                      f"retwin[dist] {__version__} on every worker") from None
+                raise RetwinError(f"Dask workers could not be prepared: {text}") from None
             bad = {w: v for w, v in versions.items() if v != __version__}
             if bad:
-                raise RetwinError(f"Dask workers run another retwin version ({bad}); the "
-                                  f"client runs {__version__}")
+                which = ", ".join(f"{w} has {v}" for w, v in sorted(bad.items()))
+                raise RetwinError(f"Dask workers run another retwin version ({which}); the "
+                                  f"client runs {__version__}: install the same version on "
+                                  "every worker")
             self.workers = max(1, sum(client.nthreads().values()))
             if self._fn is not None:
                 client.cancel([self._fn[1]])
@@ -659,14 +677,15 @@ class DaskExecutor(Executor):
     def submit(self, fn: Callable[[T], R], item: T, *, key: str | None = None) -> Future[R]:
         if key is not None:
             self.uncancel(key)
-        fut = self.client.submit(_apply, self._scattered(fn), item, self._name, pure=False)
+        fut = self.client.submit(_apply, self._scattered(fn), item, self._name, __version__,
+                                 pure=False)
         self._submitted.add(fut)
         out: Future[R] = Future()
 
         def _done(f: Any) -> None:
             self._submitted.discard(f)
             try:
-                out.set_result(f.result())
+                out.set_result(_result(f))
             except BaseException as exc:
                 out.set_exception(exc)
             finally:
@@ -701,7 +720,8 @@ class DaskExecutor(Executor):
                     item = next(it)
                 except StopIteration:
                     return
-                fut = client.submit(_apply, fn_future, item, self._name, pure=False)
+                fut = client.submit(_apply, fn_future, item, self._name, __version__,
+                                    pure=False)
                 futures.add(fut)
                 done_queue.add(fut)
 
@@ -714,7 +734,7 @@ class DaskExecutor(Executor):
                 continue
             for fut in done_queue.next_batch(block=False):
                 futures.discard(fut)
-                result = fut.result()
+                result = _result(fut)
                 fut.release()
                 yield result
             fill()

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from retwin import whatif
 from retwin._version import __version__
 from retwin.batch.executors import Executor, Interrupts, make_executor
 from retwin.batch.expand import Point, Task, expand_points, make_change, plan_tasks
@@ -26,7 +27,7 @@ from retwin.batch.store import StudyDir
 from retwin.batch.tables import SCHEMAS, PointRunner, kinds_for
 from retwin.engine.run import prepare, run
 from retwin.errors import RetwinError, ScenarioError
-from retwin.scenario.load import apply_changes, load_scenario, scenario_hash
+from retwin.scenario.load import load_scenario, scenario_hash
 from retwin.scenario.schema import Scenario
 
 __all__ = [
@@ -108,7 +109,7 @@ def _check_parameters(spec: StudySpec, base: Scenario, points: list[Point]) -> l
         lines: dict[tuple[str, str], list[Any]] = {}
         for v in taken:
             try:
-                apply_changes(base, [make_change(p, v)])
+                whatif.resolve(base, [make_change(p, v)])
             except ScenarioError as exc:
                 for prob in _rename_changes(exc.problems, [where]):
                     lines.setdefault(prob, []).append(v)
@@ -123,7 +124,7 @@ def _check_parameters(spec: StudySpec, base: Scenario, points: list[Point]) -> l
     names = [spec.where(i) for i in range(len(spec.vary))]
     for pt in points:
         try:
-            apply_changes(base, list(pt.changes))
+            whatif.resolve(base, pt.changes)
         except ScenarioError as exc:
             label = ", ".join(f"{k}={v!r}" for k, v in pt.values.items())
             problems += [(f"point {pt.index} ({label}): {path}", msg)
@@ -167,7 +168,7 @@ def prepare_study(source: str | Path | Mapping[str, Any] | StudySpec, *,
         spec = StudySpec.model_validate({**spec.model_dump(), "record": record})
     base = _load_base(spec, here)
     if spec.changes:
-        base = apply_changes(base, spec.changes)
+        base = whatif.resolve(base, spec.changes).scenario
     points = expand_points(spec, base)
     problems = _check_parameters(spec, base, points)
     if not problems:

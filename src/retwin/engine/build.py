@@ -9,26 +9,17 @@ that act on state during the run (capacity, outage, trade, reserve) become timed
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from retwin._typing import FloatArray, IntArray
 from retwin.compiled import Compiled, RecipeSide, TimedChange, Topology
 from retwin.kernels import contract
-from retwin.scenario.schema import (
-    ELEMENTS,
-    STAGES,
-    CapacityChange,
-    DemandChange,
-    OutageChange,
-    PriceChange,
-    QuotaChange,
-    ReserveChange,
-    Scenario,
-    TradeChange,
-)
+from retwin.scenario.schema import ELEMENTS, STAGES, Scenario
 
-__all__ = ["Compiled", "TimedChange", "compile_scenario"]
+__all__ = ["PATH_BUILDERS", "Compiled", "TimedChange", "compile_scenario"]
 
 #: Sentinel day for "never" (retirement) in the kernel's int64 day arrays.
 NEVER = np.iinfo(np.int64).max // 4
@@ -48,6 +39,11 @@ def _month_index(sc: Scenario, n_days: int) -> tuple[list[tuple[int, int]], IntA
     return months, month_of_day.astype(np.int64), first.astype(np.int64)
 
 
+def _of_kind(sc: Scenario, kind: str) -> list[Any]:
+    """The scenario's changes of one kind, in their order."""
+    return [ch for ch in sc.changes if ch.kind == kind]
+
+
 def _price_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
     """Monthly base prices (the value in force mid-month) with price shocks applied."""
     mids = [dt.date(y, m, 15) for y, m in months]
@@ -60,9 +56,7 @@ def _price_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
                     v = pt.price_cny_per_unit
             out[i, t] = v
     idx = {m.id: i for i, m in enumerate(sc.materials)}
-    for ch in sc.changes:
-        if not isinstance(ch, PriceChange):
-            continue
+    for ch in _of_kind(sc, "price"):
         i = idx[ch.material]
         lo, hi = ch.start or sc.start, ch.end or sc.end
         for t, mid in enumerate(mids):
@@ -91,8 +85,8 @@ def _demand_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
         level0 = seg.base_units_per_year * seg.intensity_per_unit / 365.0
         rate = np.full(n_days, seg.growth_frac_per_year)
         factor = np.ones(n_days)
-        for ch in sc.changes:
-            if not isinstance(ch, DemandChange) or ch.segment != seg.id:
+        for ch in _of_kind(sc, "demand"):
+            if ch.segment != seg.id:
                 continue
             lo = max(0, _day(sc, ch.start, 0))
             hi = min(n_days, _day(sc, ch.end, n_days - 1) + 1)
@@ -118,8 +112,8 @@ def _quota_releases(
             for b, batch in enumerate(q.batches, start=1):
                 when = dt.date(y, batch.month, batch.day)
                 amount = q.amount_for(y) * batch.share_frac
-                for ch in sc.changes:
-                    if not isinstance(ch, QuotaChange) or ch.quota != q.id:
+                for ch in _of_kind(sc, "quota"):
+                    if ch.quota != q.id:
                         continue
                     if ch.batch is not None and ch.batch != b:
                         continue
@@ -137,6 +131,13 @@ def _quota_releases(
                     releases.append((max(day, 0), qi, amount))
     releases.sort(key=lambda r: (r[0], r[1]))
     return releases, totals
+
+
+#: The ``path`` change kinds (``retwin.scenario.kinds``), each with the builder that compiles
+#: it into its path; ``timed`` kinds become :class:`TimedChange` entries, ``data`` kinds never
+#: reach the engine (they rewrote the scenario when applied).
+PATH_BUILDERS: dict[str, Callable[..., Any]] = {
+    "price": _price_paths, "demand": _demand_paths, "quota": _quota_releases}
 
 
 def compile_scenario(sc: Scenario) -> Compiled:
@@ -217,7 +218,7 @@ def compile_scenario(sc: Scenario) -> Compiled:
 
     timed: list[TimedChange] = []
     for i, ch in enumerate(sc.changes):
-        if isinstance(ch, CapacityChange | OutageChange | TradeChange | ReserveChange):
+        if ch.reaches == "timed":
             start = max(0, _day(sc, ch.start, 0))
             end = n_days if ch.end is None else min(n_days, _day(sc, ch.end, n_days) + 1)
             if end > start:

@@ -12,12 +12,6 @@ from retwin.compiled import Compiled, TimedChange
 from retwin.engine.markets import market_arrays
 from retwin.kernels import contract
 from retwin.kernels.flow import BIND_CAPACITY, advance_packed
-from retwin.scenario.schema import (
-    CapacityChange,
-    OutageChange,
-    ReserveChange,
-    TradeChange,
-)
 from retwin.processes import (
     DemandProcess,
     EconomyProcess,
@@ -26,8 +20,14 @@ from retwin.processes import (
     QuotaProcess,
     StageProcess,
 )
+from retwin.scenario.schema import (
+    CapacityChange,
+    OutageChange,
+    ReserveChange,
+    TradeChange,
+)
 
-__all__ = ["ChainModel"]
+__all__ = ["TIMED_HANDLERS", "ChainModel"]
 
 
 class ChainModel:
@@ -160,30 +160,32 @@ class ChainModel:
             self._weights[timed.index] = (timed, weight)
         else:
             self._weights.pop(timed.index, None)
-        ch = timed.change
+        getattr(self, TIMED_HANDLERS[timed.kind])(timed.change)
+
+    def _on_capacity(self, ch: CapacityChange) -> None:
         c = self.c
-        if isinstance(ch, CapacityChange):
-            hit = [i for i, pid in enumerate(c.plant_ids)
-                   if pid == ch.plant or c.plant_stage[i] == ch.stage]
-            for p in hit:
+        for p, pid in enumerate(c.plant_ids):
+            if pid == ch.plant or c.plant_stage[p] == ch.stage:
                 self._refresh_capacity(p)
-        elif isinstance(ch, OutageChange):
-            self._refresh_avail(c.plant_ids.index(ch.plant))
-        elif isinstance(ch, TradeChange):
-            self._refresh_trade(c.market_ids.index(ch.market))
-        elif isinstance(ch, ReserveChange):
-            self._refresh_reserve(c.pool_keys.index((ch.region, ch.material)))
+
+    def _on_outage(self, ch: OutageChange) -> None:
+        self._refresh_avail(self.c.plant_ids.index(ch.plant))
+
+    def _on_trade(self, ch: TradeChange) -> None:
+        self._refresh_trade(self.c.market_ids.index(ch.market))
+
+    def _on_reserve(self, ch: ReserveChange) -> None:
+        self._refresh_reserve(self.c.pool_keys.index((ch.region, ch.material)))
 
     # --- recomputing state from the base and the active changes ---------------------------
 
-    def _active(self, kind: type) -> list[tuple[Any, float]]:
-        return [(t.change, w) for i, (t, w) in sorted(self._weights.items())
-                if isinstance(t.change, kind)]
+    def _active(self, kind: str) -> list[tuple[Any, float]]:
+        return [(t.change, w) for i, (t, w) in sorted(self._weights.items()) if t.kind == kind]
 
     def _refresh_avail(self, p: int) -> None:
         forced = 1.0
         pid = self.c.plant_ids[p]
-        for ch, w in self._active(OutageChange):
+        for ch, w in self._active("outage"):
             if ch.plant == pid:
                 forced = min(forced, 1.0 - w * (1.0 - ch.capacity_frac))
         up = 1.0 if self._random_up[p] and self._planned_up[p] else 0.0
@@ -198,7 +200,7 @@ class ChainModel:
     def _refresh_capacity(self, p: int) -> None:
         c = self.c
         value = float(c.nameplate_tpa[p]) * self.built[p]
-        for ch, w in self._active(CapacityChange):
+        for ch, w in self._active("capacity"):
             if ch.plant != c.plant_ids[p] and ch.stage != c.plant_stage[p]:
                 continue
             if ch.set_tpa is not None:
@@ -210,7 +212,13 @@ class ChainModel:
             value += w * (new - value)
         value = max(0.0, value)
         self.cap_max_day[p] = value * c.utilisation[p] / 365.0
-        self.cap_day[p] = self.cap_max_day[p] * self.decision[p]
+        # a producer's decided rate stands until its next decision: a new ceiling caps it,
+        # and only a plant decided to run flat out follows a raised one (a rate decided as
+        # a share of the old ceiling would move with the ceiling, whatever was asked)
+        if self.decision[p] >= 1.0 - 1e-9:
+            self.cap_day[p] = self.cap_max_day[p]
+        else:
+            self.cap_day[p] = min(self.cap_max_day[p], self.cap_day[p])
         self.capacity_log.append((self.day, p, value))
 
     def set_decisions(self, utilisation: np.ndarray) -> None:
@@ -235,7 +243,7 @@ class ChainModel:
     def _refresh_trade(self, k: int) -> None:
         c = self.c
         caps = {"import": float(c.imp_cap_tpa[k]), "export": float(c.exp_cap_tpa[k])}
-        for ch, w in self._active(TradeChange):
+        for ch, w in self._active("trade"):
             if ch.market != c.market_ids[k]:
                 continue
             old = caps[ch.side]
@@ -250,7 +258,7 @@ class ChainModel:
     def _refresh_reserve(self, s: int) -> None:
         value = float(self.c.reserve0[s])
         key = self.c.pool_keys[s]
-        for ch, w in self._active(ReserveChange):
+        for ch, w in self._active("reserve"):
             if (ch.region, ch.material) != key:
                 continue
             new = ch.reserve_t if ch.reserve_t is not None else value + ch.delta_t
@@ -267,6 +275,13 @@ class ChainModel:
             reason = self.economy.reason_rec[:, self.c.month_of_day]
             relabel = (self.code_rec == BIND_CAPACITY) & (reason != 0)
             self.code_rec[relabel] = reason[relabel]
+
+
+#: The ``timed`` change kinds (``retwin.scenario.kinds``), each with the method that puts its
+#: current weight into run state when the policy process starts, ramps or ends it.
+TIMED_HANDLERS: dict[str, str] = {
+    "capacity": "_on_capacity", "outage": "_on_outage", "trade": "_on_trade",
+    "reserve": "_on_reserve"}
 
 
 def _leap(year: int) -> bool:

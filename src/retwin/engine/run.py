@@ -92,6 +92,7 @@ def run(
         events=model.events,
         capacity_log=model.capacity_log,
         kernel_calls=model.kernel_calls,
+        margin_month=None if model.economy is None else model.economy.margin_rec,
         metadata={"seed": int(seed), "replication": int(replication), "engine_seed": eng_seed},
     )
     if check:
@@ -106,9 +107,13 @@ def run_replications(
     seed: int = 0,
     changes: Iterable[Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    each: Callable[[RunResult], None] | None = None,
 ) -> ReplicationSet:
     """Run ``replications`` seeded replications; keep the first run whole and every run's
-    annual KPIs. The same ``seed`` gives the same replications (common random numbers)."""
+    annual KPIs. The same ``seed`` gives the same replications (common random numbers).
+
+    ``each``, when given, sees every run whole as it ends (before ``progress``), to read
+    what the KPI frames do not keep."""
     if not 1 <= replications <= MAX_REPLICATIONS:
         raise ScenarioError([("replications",
                               f"replications(={replications}) must be in 1..{MAX_REPLICATIONS}")])
@@ -120,6 +125,8 @@ def run_replications(
         res = run(c, seed=seed, replication=r)
         frames.append(res.kpis)
         monthly.append(res.monthly_values()[1])
+        if each is not None:
+            each(res)
         if first is None:
             first = res
         if progress is not None:

@@ -10,7 +10,6 @@ at the first: a :class:`~retwin.errors.ScenarioError` lists every problem found,
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
@@ -28,19 +27,10 @@ from retwin.scenario.data import (
     models_dir,
     resolve_formulas_collect,
 )
-from retwin.scenario.schema import (
-    CapacityChange,
-    Change,
-    DemandChange,
-    OutageChange,
-    ParameterChange,
-    PlantChange,
-    PriceChange,
-    QuotaChange,
-    ReserveChange,
-    Scenario,
-    TradeChange,
-)
+from retwin.scenario.kinds import KINDS, check_change, rewrite
+from retwin.scenario.paths import item_key as _item_key
+from retwin.scenario.paths import locate_path
+from retwin.scenario.schema import Change, Scenario
 
 __all__ = [
     "apply_changes",
@@ -55,11 +45,6 @@ __all__ = [
 ]
 
 _CHANGE: TypeAdapter[Change] = TypeAdapter(Change)
-_CHANGE_KINDS: dict[str, type[BaseModel]] = {
-    cls.model_fields["kind"].default: cls
-    for cls in (QuotaChange, PriceChange, CapacityChange, PlantChange, OutageChange,
-                DemandChange, TradeChange, ReserveChange, ParameterChange)
-}
 _MAX_BASE_DEPTH = 8
 
 #: Bounds of a YAML file (scenario, what-if, change or study spec), checked while it is parsed,
@@ -483,7 +468,7 @@ def _partial_change(item: Any, *, invalid: Any) -> Any:
     if not isinstance(item, dict):
         return None
     kind = item.get("kind")
-    cls = _CHANGE_KINDS.get(kind) if isinstance(kind, str) else None
+    cls = KINDS[kind].model if isinstance(kind, str) and kind in KINDS else None
     if cls is None:
         return None
     values: dict[str, Any] = {}
@@ -497,107 +482,6 @@ def _partial_change(item: Any, *, invalid: Any) -> Any:
         elif info.is_required():
             values[name] = None
     return cls.model_construct(**values)
-
-
-def _check_change(sc: Scenario, i: int, ch: Change, problems: list[tuple[str, str]]) -> None:
-    where = f"changes[{i}]"
-    plants = {p.id for p in sc.plants}
-    mats = {m.id for m in sc.materials}
-
-    def need(value: str | None, known: set[str], field: str, what: str) -> None:
-        if isinstance(value, str) and value not in known:
-            known_list = ", ".join(sorted(known))
-            problems.append((f"{where}.{field}", f"unknown {what} {value!r} (known: {known_list})"))
-
-    if isinstance(ch, QuotaChange):
-        quotas = {q.id: q for q in sc.quotas}
-        need(ch.quota, set(quotas), "quota", "quota")
-        q = quotas.get(ch.quota)
-        if q is not None and isinstance(ch.batch, int) and ch.batch > len(q.batches):
-            problems.append((f"{where}.batch", f"batch(={ch.batch}) must be in 1..{len(q.batches)}"
-                             f" (quota {ch.quota!r} has {len(q.batches)} batches a year)"))
-    elif isinstance(ch, PriceChange):
-        need(ch.material, mats, "material", "material")
-    elif isinstance(ch, CapacityChange):
-        need(ch.plant, plants, "plant", "plant")
-        if ch.stage is not None and not any(p.stage == ch.stage for p in sc.plants):
-            problems.append((f"{where}.stage", f"no plant of stage {ch.stage!r} in the scenario"))
-    elif isinstance(ch, OutageChange):
-        need(ch.plant, plants, "plant", "plant")
-    elif isinstance(ch, DemandChange):
-        need(ch.segment, {g.id for g in sc.demand}, "segment", "demand segment")
-    elif isinstance(ch, TradeChange):
-        markets = {k.id: k for k in sc.markets}
-        need(ch.market, set(markets), "market", "market")
-        k = markets.get(ch.market)
-        if k is not None and ((ch.side == "import" and k.import_ is None) or
-                              (ch.side == "export" and k.export is None)):
-            problems.append((f"{where}.side", f"market {ch.market!r} has no {ch.side} side"))
-    elif isinstance(ch, ReserveChange):
-        if isinstance(ch.region, str) and isinstance(ch.material, str) and (
-                (ch.region, ch.material) not in {p.key for p in sc.pools}):
-            problems.append(
-                (f"{where}.material", f"no pool for {ch.material!r} in region {ch.region!r}")
-            )
-    elif isinstance(ch, PlantChange) and ch.action == "retire":
-        need(ch.plant_id, plants, "plant_id", "plant")
-    if isinstance(ch.start, dt.date) and not (sc.start <= ch.start <= sc.end):
-        problems.append(
-            (f"{where}.from", f"from(={ch.start}) must lie in the horizon {sc.start}..{sc.end}")
-        )
-    if isinstance(ch.end, dt.date) and ch.end < sc.start:
-        problems.append(
-            (f"{where}.to", f"to(={ch.end}) must not be before the horizon's start {sc.start}")
-        )
-
-
-def locate_path(tree: Mapping[str, Any], path: str) -> tuple[Any, str]:
-    """The mapping that holds the field a parameter path names, and the field's name.
-
-    Paths address list items by id (``plants.<id>``) or, for pools, ``<region>/<material>``
-    (``pools.baotou/concentrate.max_t``); ``KeyError`` names the part that does not exist.
-    """
-    *parents, last = path.split(".")
-    node: Any = tree
-    for part in parents:
-        if isinstance(node, list):
-            match = [x for x in node if isinstance(x, dict) and _item_key(x) == part]
-            if not match:
-                keys = ", ".join(str(_item_key(x)) for x in node)
-                raise KeyError(f"no item {part!r} (known: {keys})")
-            node = match[0]
-        elif isinstance(node, Mapping):
-            if part not in node:
-                raise KeyError(f"no field {part!r} (known: {', '.join(map(str, node))})")
-            node = node[part]
-        else:
-            raise KeyError(f"{part!r}: cannot descend into a scalar")
-    if isinstance(node, list):
-        raise KeyError("a path must end at a field, not at a list item")
-    if not isinstance(node, Mapping):
-        raise KeyError(f"{last!r}: cannot descend into a scalar")
-    if last not in node:
-        raise KeyError(f"no field {last!r} (known: {', '.join(map(str, node))})")
-    return node, last
-
-
-def _set_path(tree: dict[str, Any], path: str, value: Any) -> None:
-    node, field = locate_path(tree, path)
-    if isinstance(node[field], dict | list):
-        raise KeyError(f"{field!r} is not a scalar field")
-    node[field] = value
-
-
-def _item_key(x: dict[str, Any]) -> str | None:
-    """How list items are addressed: by ``id``, or a pool by ``region/material``."""
-    if "id" in x:
-        return str(x["id"])
-    if "material" in x and set(x) <= _POOL_FIELDS:
-        return f"{x.get('region', 'baotou')}/{x['material']}"
-    return None
-
-
-_POOL_FIELDS = {"region", "material", "initial_t", "reserve_t", "target_t", "max_t"}
 
 
 def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
@@ -625,29 +509,13 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
             except ScenarioError as exc:
                 problems += exc.problems  # checked against the last valid state below
         dirty = False
-        _check_change(current, i, ch, problems)
+        check_change(current, i, ch, problems)
         if not ok:
             continue  # reported; the rest of it was still checked against the scenario
-        dirty = isinstance(ch, PlantChange | ParameterChange)
-        if isinstance(ch, PlantChange) and ch.action == "add":
-            assert ch.plant is not None
-            new = ch.plant.model_dump(by_alias=True, mode="json")
-            if any(p["id"] == new["id"] for p in tree["plants"]):
-                problems.append((f"changes[{i}].plant.id", f"plant {new['id']!r} already exists"))
-                continue
-            if ch.start is not None and ch.plant.commissioning is None:
-                new["commissioning"] = ch.start.isoformat()
-            tree["plants"].append(new)
-        elif isinstance(ch, PlantChange):
-            for p in tree["plants"]:
-                if p["id"] == ch.plant_id:
-                    p["retirement"] = (ch.start or scenario.start).isoformat()
-        elif isinstance(ch, ParameterChange):
-            try:
-                _set_path(tree, ch.path, ch.value)
-            except KeyError as exc:
-                problems.append((f"changes[{i}].path", f"{ch.path!r}: {exc.args[0]}"))
-        else:
+        if ch.reaches == "data":
+            dirty = True
+            problems += rewrite(tree, i, ch, scenario)
+        else:  # played by the engine on its dates
             tree.setdefault("changes", []).append(ch.model_dump(by_alias=True, mode="json"))
     if problems:
         raise ScenarioError(_unique(problems))

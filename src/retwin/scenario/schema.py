@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -57,6 +57,7 @@ __all__ = [
     "Quota",
     "QuotaBatch",
     "QuotaChange",
+    "Reaches",
     "Recipe",
     "ReserveChange",
     "Scenario",
@@ -621,7 +622,14 @@ class Economics(_Model):
 # --- what-if changes (DESIGN §2.5): one schema for the CLI, Python and HTTP -----------------
 
 
+#: How a change kind reaches a run: ``data`` rewrites the scenario when the change is applied;
+#: ``path`` is compiled into a base path (prices, demand, quota releases); ``timed`` acts on run
+#: state from its date to its end. ``retwin.scenario.kinds`` lists every kind with its checks.
+Reaches = Literal["data", "path", "timed"]
+
+
 class _Change(_Model):
+    reaches: ClassVar[Reaches]
     start: Date | None = Field(None, alias="from", description="First day (default: start).")
     end: Date | None = Field(None, alias="to", description="Last day (default: end).")
     note: Text = ""
@@ -643,6 +651,7 @@ class QuotaChange(_Change):
     """Set, scale or shift a quota's releases dated inside ``[from, to]``."""
 
     kind: Literal["quota"] = "quota"
+    reaches: ClassVar[Reaches] = "path"
     quota: Id
     set_t_reo: Amount | None = Field(None, description="New annual ceiling for affected years.")
     factor: Factor | None = None
@@ -661,6 +670,7 @@ class PriceChange(_Change):
     """A shock to a material's price path over ``[from, to]``, reached after ``ramp_days``."""
 
     kind: Literal["price"] = "price"
+    reaches: ClassVar[Reaches] = "path"
     material: Id
     factor: Factor | None = None
     value_cny_per_unit: Price | None = None
@@ -676,6 +686,7 @@ class CapacityChange(_Change):
     """Set, scale or shift the capacity of a plant or of every plant of a stage."""
 
     kind: Literal["capacity"] = "capacity"
+    reaches: ClassVar[Reaches] = "timed"
     plant: Id | None = None
     stage: Stage | None = None
     set_tpa: Amount | None = None
@@ -694,6 +705,7 @@ class PlantChange(_Change):
     """Add a plant (commissioned on ``from``) or retire one (on ``from``)."""
 
     kind: Literal["plant"] = "plant"
+    reaches: ClassVar[Reaches] = "data"
     action: Literal["add", "retire"]
     plant: Plant | None = Field(None, description="The new plant (action add).")
     plant_id: Id | None = Field(None, description="The plant to retire (action retire).")
@@ -711,6 +723,7 @@ class OutageChange(_Change):
     """A plant down (or derated to ``capacity_frac``) over ``[from, to]``."""
 
     kind: Literal["outage"] = "outage"
+    reaches: ClassVar[Reaches] = "timed"
     plant: Id
     capacity_frac: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
@@ -725,6 +738,7 @@ class DemandChange(_Change):
     """Scale a demand segment, or change its growth, over ``[from, to]``."""
 
     kind: Literal["demand"] = "demand"
+    reaches: ClassVar[Reaches] = "path"
     segment: Id
     factor: Factor | None = None
     growth_frac_per_year: Annotated[float, Field(ge=-0.9, le=5)] | None = None
@@ -739,6 +753,7 @@ class TradeChange(_Change):
     """Cap or scale a market's import or export side (export controls, disruptions)."""
 
     kind: Literal["trade"] = "trade"
+    reaches: ClassVar[Reaches] = "timed"
     market: Id
     side: Literal["import", "export"]
     cap_tpa: Amount | None = None
@@ -754,6 +769,7 @@ class ReserveChange(_Change):
     """Build (raise) or release (lower) a pool's strategic reserve from ``from`` to ``to``."""
 
     kind: Literal["reserve"] = "reserve"
+    reaches: ClassVar[Reaches] = "timed"
     material: Id
     region: Id = "baotou"
     reserve_t: Amount | None = None
@@ -774,6 +790,7 @@ class ParameterChange(_Change):
     """
 
     kind: Literal["parameter"] = "parameter"
+    reaches: ClassVar[Reaches] = "data"
     path: Annotated[Text, Field(min_length=1, max_length=300)]
     value: Annotated[float | int | bool | Text, BeforeValidator(_scalar)] = Field(
         description=f"A number (finite, within ±{MAX_ABS_VALUE:.0e}), a bool or text; the "
@@ -916,7 +933,7 @@ class Scenario(_Model):
                 problems.append(
                     f"demand[{i}].price_material: unknown material {g.price_material!r}")
         for i, ch in enumerate(self.changes):
-            if isinstance(ch, PlantChange | ParameterChange):
+            if ch.reaches == "data":
                 problems.append(
                     f"changes[{i}]: a {ch.kind} change rewrites the scenario; "
                     "apply it with apply_changes (load_scenario does) rather than listing it"

@@ -152,14 +152,16 @@ LIMITATIONS: tuple[str, ...] = (
     "not validated (the element distribution of Baotou concentrate is a proxy, not an assay).",
     "Baotou local conversion is below the seeds' > 85 % in 2022 and in 2024: the model sells all "
     "the Sm, Eu, Gd, Y and heavy oxides out of the region (no local user of them is modelled) and "
-    "a quarter of the La/Ce line's output (an estimate); the seeds do not say on what basis the "
-    "rate is measured.",
+    "the La/Ce the region does not use, at a discount beyond the quarter of the line's output "
+    "outside buyers take at the outside price (an estimate); the seeds do not say on what basis "
+    "the rate is measured.",
     "Baotou 2022: the seeds give 2022 capacity only for magnets; every other plant keeps its 2024 "
     "target capacity, and output value is gross (each stage's output at its price, as 产值 is "
     "counted) at 2022 prices, when PrNd oxide was about twice its 2024 level. The model's 2022 "
     "output value is therefore far above the seeds' 450 亿元, which also has an unclear scope "
     "(zone, expected); the seeds themselves go from 450 (zone, 2022) to a 1,000 target (city, "
-    "2024), which the 2024 run meets.",
+    "2024), which the 2024 run reaches to about 92 % with markets on (plants are paced by the "
+    "demand on their output; pushed at their ceiling, with replayed prices, they met it).",
 )
 
 

@@ -158,6 +158,7 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
         return JSONBody({"detail": f"{full}; free some space there (RETWIN_DATA_DIR) "
                                        "and try again"}, status_code=507)
     if service.jobs.stored(task.key):
+        service.metrics.cache_hits.inc()
         rec = await run_in_threadpool(lambda: reg.add_run(
             owner=owner, model=body.model, request=prep.request, request_hash=task.key,
             status="done"))

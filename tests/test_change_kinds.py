@@ -1,0 +1,107 @@
+"""Every change kind is handled at every step it reaches (``retwin.scenario.kinds``).
+
+The table of kinds is complete (it lists every member of the ``Change`` union, and nothing
+else), each kind has the handler its way of reaching a run needs, and — so that a handler that
+exists but does nothing is caught too — one change of each kind is parsed, checked against the
+scenario (a wrong reference is refused, naming the field), applied, compiled and run, and
+changes the run.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, get_args
+
+import numpy as np
+import pytest
+
+import retwin
+from retwin.engine.build import PATH_BUILDERS
+from retwin.engine.model import TIMED_HANDLERS, ChainModel
+from retwin.errors import ScenarioError
+from retwin.scenario.kinds import KINDS
+from retwin.scenario.schema import Change
+
+#: One change of each kind on ``tiny`` that must change a run with randomness off, and the
+#: field that, set to an unknown id, the check against the scenario must name.
+EXAMPLES: dict[str, tuple[dict[str, Any], str | None]] = {
+    "quota": ({"kind": "quota", "quota": "mining", "factor": 0.5, "from": "2024-06-01"}, "quota"),
+    "price": ({"kind": "price", "material": "magnet", "factor": 1.5, "from": "2024-06-01"},
+              "material"),
+    "capacity": ({"kind": "capacity", "plant": "metal", "factor": 0.5, "from": "2024-06-01"},
+                 "plant"),
+    "plant": ({"kind": "plant", "action": "retire", "plant_id": "magnets",
+               "from": "2024-06-01"}, "plant_id"),
+    "outage": ({"kind": "outage", "plant": "separation", "from": "2024-06-01",
+                "to": "2024-09-30"}, "plant"),
+    "demand": ({"kind": "demand", "segment": "motors", "factor": 2.0, "from": "2024-06-01"},
+               "segment"),
+    "trade": ({"kind": "trade", "market": "la_ce_out", "side": "export", "cap_tpa": 0,
+               "from": "2024-06-01"}, "market"),
+    "reserve": ({"kind": "reserve", "material": "prnd_oxide", "reserve_t": 400,
+                 "from": "2024-06-01"}, "material"),
+    "parameter": ({"kind": "parameter", "path": "plants.magnets.utilisation_max_frac",
+                   "value": 0.4}, None),
+}
+
+
+def test_the_table_lists_every_kind_of_the_change_union() -> None:
+    union = {cls.model_fields["kind"].default for cls in get_args(get_args(Change)[0])}
+    assert set(KINDS) == union
+    assert set(EXAMPLES) == union, "add an example of the new kind to this test"
+    for k in KINDS.values():
+        assert k.reaches in ("data", "path", "timed"), k.kind
+
+
+def test_every_kind_has_the_handler_its_way_of_reaching_a_run_needs() -> None:
+    by_way = {way: {k.kind for k in KINDS.values() if k.reaches == way}
+              for way in ("data", "path", "timed")}
+    assert {k.kind for k in KINDS.values() if k.rewrite is not None} == by_way["data"]
+    assert set(PATH_BUILDERS) == by_way["path"]
+    assert set(TIMED_HANDLERS) == by_way["timed"]
+    for method in TIMED_HANDLERS.values():
+        assert callable(getattr(ChainModel, method))
+
+
+@pytest.fixture(scope="module")
+def tiny() -> retwin.Scenario:
+    return retwin.apply_changes(retwin.load_scenario("tiny"), [
+        {"kind": "parameter", "path": f"settings.{name}", "value": False}
+        for name in ("outages", "price_noise", "demand_noise")])
+
+
+def _kpis(res: retwin.RunResult) -> dict[tuple[Any, ...], float]:
+    k = res.kpis
+    return {(a, b, c): float(v) for a, b, c, v in zip(k["kpi"], k["key"], k["year"], k["value"],
+                                                       strict=True)}
+
+
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_each_kind_changes_a_run(tiny: retwin.Scenario, kind: str) -> None:
+    change, _ = EXAMPLES[kind]
+    base = retwin.run(tiny, seed=1)
+    what_if = retwin.run(tiny, seed=1, changes=[change])
+    a, b = _kpis(base), _kpis(what_if)
+    moved = [key for key in a.keys() | b.keys()
+             if key not in a or key not in b or not np.isclose(a[key], b[key], rtol=1e-9)]
+    assert moved, f"a {kind} change left every KPI of the run as it was"
+
+
+@pytest.mark.parametrize("kind", sorted(k for k, (_, f) in EXAMPLES.items() if f))
+def test_each_kind_checks_its_reference_against_the_scenario(tiny: retwin.Scenario,
+                                                             kind: str) -> None:
+    change, field = EXAMPLES[kind]
+    bad = copy.deepcopy(change)
+    bad[field] = "nowhere"
+    with pytest.raises(ScenarioError) as err:
+        retwin.apply_changes(tiny, [bad])
+    assert any(where == f"changes[0].{field}" and "'nowhere'" in msg
+               for where, msg in err.value.problems), err.value.problems
+
+
+def test_a_parameter_change_names_a_path_that_does_not_exist(tiny: retwin.Scenario) -> None:
+    with pytest.raises(ScenarioError) as err:
+        retwin.apply_changes(tiny, [{"kind": "parameter", "path": "plants.nowhere.capacity_tpa",
+                                     "value": 1}])
+    assert err.value.problems[0][0] == "changes[0].path"
+    assert "nowhere" in err.value.problems[0][1]

@@ -1,0 +1,151 @@
+"""Monotonicity with markets on (hypothesis): ``tiny-markets``, randomness off, its plants'
+capacities and its mining quota scaled by generated factors (0.7–1.3).
+
+The property (DESIGN §2.4): raising one plant's capacity, or the quota, never lowers the
+chain's final output — the magnet stage's activity over the horizon — by more than
+:data:`TOLERANCE`; and no pool ever holds more than its ``max_t``.
+
+Why a tolerance, and why 1 %: producers decide monthly, from smoothed (three-month) use and
+margin, so a raise changes *when* plants respond, and so what sits in stock between stages
+when the horizon ends. The metal and magnet pools' working stocks (100 t of metal, about
+330 t of magnets' worth, and 200 t of magnets) are about 6 % of the two years' magnet output
+(~8,600 t); a what-if that ends with them a sixth fuller moves the total by about 1 % with
+nothing lost. More than that is a real fall, not timing.
+
+It does not hold today. Measured (seed 0, ``tiny-markets``, factors as in
+:data:`MEASURED`), magnets fall by up to 7.8 %. Most cases are the known start-up glut: in
+month one every plant runs at its ceiling before any decision (``N_START_PASSES = 0`` in
+:mod:`retwin.processes.economy`), so a raised plant floods its pool, prices fall, and the
+months after are cut back further than the baseline's. Deciding from the start (4 passes)
+brings those cases inside the tolerance (figures per case below). The metal case is not
+explained by that: it falls 7.7 % with the start passes too. Each measured case is a strict
+xfail with its figure, so a fix shows up as an unexpected pass; the pool ceilings hold and
+are tested without one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+import retwin
+from conftest import quiet
+from retwin.results import RunResult
+
+#: Largest fall of the magnet stage's output, as a share of the baseline's, that counts as
+#: timing rather than a fall (see the module docstring).
+TOLERANCE = 0.01
+
+PLANTS = ("mine", "separation", "metal", "magnets", "recycler")
+TARGETS = (*PLANTS, "quota")
+
+_BASE = quiet(retwin.load_scenario("tiny-markets"))
+_CAPACITY = {p.id: p.capacity_tpa for p in _BASE.plants}
+
+
+def _scenario(factors: dict[str, float], quota: float) -> retwin.Scenario:
+    """tiny-markets (randomness off) with each plant's capacity and the quota scaled."""
+    return retwin.apply_changes(_BASE, [
+        *({"kind": "parameter", "path": f"plants.{p}.capacity_tpa",
+           "value": _CAPACITY[p] * f} for p, f in factors.items()),
+        {"kind": "quota", "quota": "mining", "factor": quota}])
+
+
+def _raise(target: str, up: float) -> dict[str, Any]:
+    if target == "quota":
+        return {"kind": "quota", "quota": "mining", "factor": up}
+    return {"kind": "capacity", "plant": target, "factor": up}
+
+
+def _magnets(r: RunResult) -> float:
+    return float(r.activity[r.compiled.plant_ids.index("magnets")].sum())
+
+
+def _runs(factors: dict[str, float], quota: float, target: str, up: float
+          ) -> tuple[RunResult, RunResult]:
+    sc = _scenario(factors, quota)
+    return retwin.run(sc, seed=0), retwin.run(sc, seed=0, changes=[_raise(target, up)])
+
+
+def _assert_pools_within_ceilings(r: RunResult) -> None:
+    for s, pool in enumerate(r.compiled.scenario.pools):
+        if pool.max_t is not None:
+            assert r.stock[s].max() <= pool.max_t * (1 + 1e-9) + 1e-9, pool.material
+
+
+factors_st = st.fixed_dictionaries({p: st.floats(0.7, 1.3) for p in PLANTS})
+
+
+@settings(max_examples=6)
+@given(factors_st, st.floats(0.7, 1.3), st.sampled_from(TARGETS), st.floats(1.05, 2.0))
+def test_no_pool_exceeds_its_ceiling_when_a_capacity_or_the_quota_rises(
+        factors: dict[str, float], quota: float, target: str, up: float) -> None:
+    for r in _runs(factors, quota, target, up):
+        _assert_pools_within_ceilings(r)
+
+
+#: Measured falls (seed 0): target, base factors, quota factor, raise, the fall with
+#: ``N_START_PASSES = 0`` (today) and with 4 start passes.
+MEASURED: list[tuple[str, dict[str, float], float, float, str]] = [
+    ("recycler", {"mine": 1.25, "separation": 0.94, "metal": 1.19, "magnets": 1.24,
+                  "recycler": 0.84}, 0.72, 1.23,
+     "magnets -7.8 % (with start passes: 0.0 %): first-month decisions"),
+    ("metal", {"mine": 1.24, "separation": 1.05, "metal": 0.72, "magnets": 1.13,
+               "recycler": 1.04}, 1.2, 2.0,
+     "magnets -7.7 % (with start passes: -7.7 %): not the first month; cause not found"),
+    ("magnets", {"mine": 1.24, "separation": 1.05, "metal": 0.72, "magnets": 1.13,
+                 "recycler": 1.04}, 1.2, 1.38,
+     "magnets -3.9 % (with start passes: +0.5 %): first-month decisions"),
+    ("separation", {"mine": 0.71, "separation": 0.99, "metal": 0.81, "magnets": 1.28,
+                    "recycler": 1.24}, 1.28, 1.54,
+     "magnets -2.7 % (with start passes: +0.2 %): first-month decisions"),
+    ("mine", {"mine": 1.02, "separation": 0.98, "metal": 0.83, "magnets": 1.15,
+              "recycler": 0.77}, 0.85, 1.82,
+     "magnets -4.7 % (with start passes: 0.0 %): first-month decisions"),
+    ("quota", {"mine": 1.25, "separation": 0.94, "metal": 1.19, "magnets": 1.24,
+               "recycler": 0.84}, 0.72, 1.78,
+     "magnets -1.6 % (with start passes: 0.0 %): first-month decisions"),
+]
+
+
+def _assert_no_fall(factors: dict[str, float], quota: float, target: str, up: float) -> None:
+    base, more = _runs(factors, quota, target, up)
+    for r in (base, more):
+        _assert_pools_within_ceilings(r)
+    before, after = _magnets(base), _magnets(more)
+    assert after >= before * (1 - TOLERANCE), (
+        f"raising {target} x{up:.3g} moved magnets {after / before - 1:+.2%}")
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="magnets fall up to 7.8 % (MEASURED): producers' first-month "
+                   "decisions (N_START_PASSES = 0), and an unexplained metal case")
+@settings(max_examples=6)
+@example(factors=MEASURED[0][1], quota=MEASURED[0][2], target=MEASURED[0][0],
+         up=MEASURED[0][3])
+@given(factors=factors_st, quota=st.floats(0.7, 1.3), target=st.sampled_from(TARGETS),
+       up=st.floats(1.05, 2.0))
+def test_raising_a_capacity_or_the_quota_never_lowers_magnets(
+        factors: dict[str, float], quota: float, target: str, up: float) -> None:
+    """The property over generated chains; its explicit example (the measured recycler
+    case) fails today, so the test is a strict xfail until the property holds."""
+    _assert_no_fall(factors, quota, target, up)
+
+
+@pytest.mark.parametrize("target,factors,quota,up", [
+    pytest.param(t, f, q, u, id=t, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
+                                                            reason=why))
+    for t, f, q, u, why in MEASURED])
+def test_measured_falls(target: str, factors: dict[str, float], quota: float,
+                        up: float) -> None:
+    _assert_no_fall(factors, quota, target, up)
+
+
+@pytest.mark.parametrize("target,up", [("mine", 2.0), ("magnets", 2.0), ("quota", 2.0)])
+def test_raises_on_the_shipped_chain_lower_nothing(target: str, up: float) -> None:
+    """Where the property holds: the shipped factors, a doubled mine, magnet plant or quota
+    (measured: 0.0 %, +17.9 %, 0.0 %)."""
+    _assert_no_fall({}, 1.0, target, up)
