@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run baseline test test-jit test-nojit lint bench bench-save bench-compare schema clean
+.PHONY: setup run baseline test test-jit test-nojit lint bench bench-save bench-compare bench-gate bench-report schema clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -51,6 +51,17 @@ bench-save: $(STAMP)
 bench-compare: $(STAMP)
 	$(BIN)/python -m pytest benchmarks -q --benchmark-only \
 		--benchmark-compare --benchmark-compare-fail=median:15%
+
+# The regression gate: the working tree against the previous commit (BENCH_BASE=REV for
+# another), built in its own environment, the core benchmarks of both interleaved round by
+# round; fails when one is more than 15 % slower (median of the per-round ratios).
+BENCH_BASE ?= HEAD~1
+bench-gate: $(STAMP)
+	$(BIN)/python benchmarks/gate.py --base $(BENCH_BASE)
+
+# An HTML page of the runs bench-save kept in .benchmarks/: each benchmark's median over time.
+bench-report: $(STAMP)
+	$(BIN)/python benchmarks/report.py .benchmarks -o .benchmarks/report.html
 
 schema: $(STAMP)
 	$(BIN)/retwin schema -o models/scenario.schema.json --force

@@ -186,29 +186,60 @@ class RunResult:
 
     def kpi(self, kpi: str, key: str, year: int) -> float:
         """One KPI value; ``KeyError`` if the run has no such KPI for that year."""
-        df = self.kpis
-        hit = df[(df.kpi == kpi) & (df.key == key) & (df.year == year)]
-        if hit.empty:
+        row = self._kpi_rows.get((kpi, key, year))
+        if row is None:
             raise KeyError(f"no KPI {kpi}[{key}] for {year}")
-        return float(hit.value.iloc[0])
+        return float(self._kpi_values[row])
+
+    @cached_property
+    def _kpi_rows(self) -> dict[tuple[str, str, int], int]:
+        return _kpi_index(self.compiled)
+
+    @cached_property
+    def _kpi_values(self) -> FloatArray:
+        """The ``value`` column of :attr:`kpis`, in its rows' order (see :func:`_kpi_index`)."""
+        return cast(FloatArray, self.kpis["value"].to_numpy())
+
+    @cached_property
+    def _binding_shares(self) -> FloatArray:
+        """(stages, codes, Y): share of each stage's capacity-weighted plant-days each
+        binding code (:data:`BIND_NAMES`) bound, per year; 0 where the stage had no capacity."""
+        c = self.compiled
+        w = self.capacity_days
+        n_days = c.n_days
+        codes = np.fromiter(BIND_NAMES, dtype=np.int64)
+        n_c = int(codes.max()) + 1
+        day = np.arange(n_days)
+        out = np.zeros((len(c.topology.stage_plants), len(codes), len(self.years)))
+        for i, sel in enumerate(c.topology.stage_plants.values()):
+            b = self.binding[sel].astype(np.int64)
+            ws = w[sel]
+            # daily weight per code, summed over the stage's plants in plant order
+            daily = np.bincount((b * n_days + day).ravel(), weights=ws.ravel(),
+                                minlength=n_c * n_days).reshape(n_c, n_days)[codes]
+            share = self._by_year(daily)
+            total = self._by_year(ws.sum(0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[i] = np.where(total > 0, share / total, 0.0)
+        return out
 
     @cached_property
     def binding_table(self) -> pd.DataFrame:
         """Share of capacity-weighted plant-days each constraint bound, per stage and year;
         and the bottleneck stage per year."""
-        c = self.compiled
-        w = self.capacity_days
-        rows = []
-        for stage, sel in c.topology.stage_plants.items():
-            for code, name in BIND_NAMES.items():
-                share = self._by_year(np.where(self.binding[sel] == code, w[sel], 0).sum(0))
-                total = self._by_year(w[sel].sum(0))
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    frac = np.where(total > 0, share / total, 0.0)
-                for y, f in zip(self.years, frac, strict=True):
-                    if f > 0:
-                        rows.append((stage, y, name, float(f)))
-        return pd.DataFrame(rows, columns=["stage", "year", "constraint", "share"])
+        cols = ["stage", "year", "constraint", "share"]
+        frac = self._binding_shares
+        si, ci, yi = np.nonzero(frac > 0)  # stage, then constraint, then year order
+        if not len(si):
+            return pd.DataFrame([], columns=cols)
+        stages = np.asarray(list(self.compiled.topology.stage_plants), dtype=object)
+        names = np.asarray(list(BIND_NAMES.values()), dtype=object)
+        return pd.DataFrame({
+            "stage": stages[si],
+            "year": np.asarray(self.years, dtype=np.int64)[yi],
+            "constraint": names[ci],
+            "share": frac[si, ci, yi],
+        })
 
     @cached_property
     def bottlenecks(self) -> pd.DataFrame:
@@ -220,33 +251,40 @@ class RunResult:
         to the stage with the larger output value; the constraint reported is the stage's most
         frequent limit of the kind that made it the bottleneck.
         """
-        bt = self.binding_table
-        df = self.kpis
-        value = df[df.kpi == "value.stage"].set_index(["key", "year"]).value
-        rows = []
-        supply = {BIND_NAMES[b] for b in (BIND_CAPACITY, BIND_QUOTA, BIND_OUTAGE)}
-        market = {BIND_NAMES[b] for b in (BIND_DEMAND, BIND_MARGIN)}
+        frac = self._binding_shares
+        stage_names = list(self.compiled.topology.stage_plants)
+        code_names = list(BIND_NAMES.values())
+        code_pos = {code: i for i, code in enumerate(BIND_NAMES)}
+        supply = sorted(code_pos[b] for b in (BIND_CAPACITY, BIND_QUOTA, BIND_OUTAGE))
+        market = sorted(code_pos[b] for b in (BIND_DEMAND, BIND_MARGIN))
+        rows_of = self._kpi_rows
+        values = self._kpi_values
+        # stages in name order, and a tie on the score keeps the first: as grouping by name
+        by_name = sorted(range(len(stage_names)), key=lambda i: stage_names[i])
 
-        def best_of(year_rows: pd.DataFrame, kinds: set[str]) -> tuple[float, float, str, str]:
+        def best_of(y: int, kinds: list[int]) -> tuple[float, float, str, str]:
             best: tuple[float, float, str, str] = (-1.0, 0.0, "", "")
-            for stage, grp in year_rows.groupby("stage"):
-                mine = grp[grp.constraint.isin(kinds)]
-                if mine.empty:
+            for i in by_name:
+                f = frac[i, :, y]
+                held = [k for k in kinds if f[k] > 0]  # in the order of the codes
+                if not held:
                     continue
-                score = (round(float(mine.share.sum()), 9), float(value.get((stage, y), 0.0)))
+                score = (round(sum(float(f[k]) for k in held), 9),
+                         _at(values, rows_of.get(("value.stage", stage_names[i],
+                                                  self.years[y]))))
                 if score > best[:2]:
-                    top = str(mine.sort_values("share").constraint.iloc[-1])
-                    best = (*score, str(stage), top)
+                    top = max(held, key=lambda k: (f[k], k))  # a tie: the later code
+                    best = (*score, stage_names[i], code_names[top])
             return best
 
-        for y in self.years:
-            year_rows = bt[bt.year == y]
-            best = best_of(year_rows, supply)
+        rows = []
+        for y, year in enumerate(self.years):
+            best = best_of(y, supply)
             if best[0] < 0.5:
-                held = best_of(year_rows, market)
+                held = best_of(y, market)
                 if held[0] >= 0.5:
                     best = held
-            rows.append((y, best[2], best[3], max(best[0], 0.0)))
+            rows.append((year, best[2], best[3], max(best[0], 0.0)))
         return pd.DataFrame(rows, columns=["year", "stage", "constraint", "score"])
 
     @cached_property
@@ -795,13 +833,15 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
         idx = np.lexsort((fam, pos))
         order.append(start + idx)
         start += len(pos)
-        axis_keys = {f: _axis(c, KPIS[f]) for f in range(i, j + 1)}
-        unit_of = {f: dict(zip(rows[f].tolist(), _units(c, KPIS[f], rows[f]), strict=True))
-                   for f in range(i, j + 1)}
-        for f, p in zip(fam[idx].tolist(), pos[idx].tolist(), strict=True):
-            names.append(KPIS[f].name)
-            keys.append(axis_keys[f][p])
-            units.append(unit_of[f][p])
+        # each row's name, key and unit, in the order of ``pos`` and then of ``idx``
+        fam_names = np.asarray([KPIS[f].name for f in range(i, j + 1)], dtype=object)
+        fam_keys = np.concatenate([np.asarray(_axis(c, KPIS[f]), dtype=object)[rows[f]]
+                                   for f in range(i, j + 1)])
+        fam_units = np.concatenate([np.asarray(_units(c, KPIS[f], rows[f]), dtype=object)
+                                    for f in range(i, j + 1)])
+        names += fam_names[fam[idx] - i].tolist()
+        keys += fam_keys[idx].tolist()
+        units += fam_units[idx].tolist()
         i = j + 1
     years = np.array(_years(c), dtype=np.int64)
     n_y = len(years)
@@ -814,6 +854,26 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
     layout = _KpiLayout(rows, np.concatenate(order), frame)
     c.labels["kpis"] = (layout, frame)
     return layout
+
+
+def _at(values: FloatArray, row: int | None) -> float:
+    """``values[row]``, 0 without a row."""
+    return 0.0 if row is None else float(values[row])
+
+
+def _kpi_index(c: Compiled) -> dict[tuple[str, str, int], int]:
+    """The row of each (kpi, key, year) in the KPI frame of every run of ``c`` (the first, if
+    repeated): made once per compiled scenario, from the rows its runs share."""
+    frame = _kpi_layout(c).frame
+    cached = c.labels.get("kpi_index")
+    if cached is not None and cached[0] is frame:
+        return cast(dict[tuple[str, str, int], int], cached[1])
+    index: dict[tuple[str, str, int], int] = {}
+    columns = (frame[col].to_numpy().tolist() for col in ("kpi", "key", "year"))
+    for i, k in enumerate(zip(*columns, strict=True)):
+        index.setdefault(k, i)
+    c.labels["kpi_index"] = (frame, index)
+    return index
 
 
 def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]

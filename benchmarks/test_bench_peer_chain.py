@@ -1,0 +1,81 @@
+"""The peers' 5-stage chain (``peer_chain.yaml``, 10 years daily) in retwin next to a
+hand-written Numba loop of the same chain (``peer_loop.py``): a warm ``retwin.run``, the
+flow kernel alone over the whole horizon in one call (ns per plant-day), and the loop. The
+ratios to the loop go to ``extra_info`` and are printed
+(``pytest benchmarks/test_bench_peer_chain.py --benchmark-only -s``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import peer_loop
+import retwin
+from retwin.engine.model import ChainModel
+from retwin.kernels.flow import advance_unchecked
+
+SCENARIO = Path(__file__).with_name("peer_chain.yaml")
+_median: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def peer() -> Any:
+    return retwin.prepare(retwin.load_scenario(SCENARIO))
+
+
+def _vs_loop(benchmark: Any, name: str) -> None:
+    med = benchmark.stats.stats.median
+    _median[name] = med
+    if "loop" in _median and name != "loop":
+        ratio = med / _median["loop"]
+        benchmark.extra_info["times_the_hand_written_loop"] = round(ratio, 1)
+        print(f"\npeer chain, {name}: {med * 1e3:.3f} ms = {ratio:.1f} x the hand-written "
+              f"loop ({_median['loop'] * 1e3:.3f} ms)")
+
+
+@pytest.mark.benchmark(group="peer-chain")
+def test_peer_chain_hand_written_loop(benchmark: Any) -> None:
+    dem = peer_loop.demand()
+    peer_loop.run(dem)  # compiled (or loaded from the cache) outside the timed region
+    served, stock, made = benchmark.pedantic(peer_loop.run, args=(dem,), rounds=200,
+                                             warmup_rounds=5)
+    # mass balance: what the mine made is served, in a store or on its way
+    assert made[0] >= served + stock.sum() - 1e-6
+    assert served > 0.95 * dem.sum()  # capacity 120 a day against demand 100: served
+    _vs_loop(benchmark, "loop")
+
+
+@pytest.mark.benchmark(group="peer-chain")
+def test_peer_chain_kernel_whole_horizon(benchmark: Any, peer: Any) -> None:
+    """retwin's flow kernel over the whole horizon in one call (no events between days)."""
+
+    def setup() -> tuple[tuple[ChainModel], dict[str, Any]]:
+        m = ChainModel(peer, seed=1)
+        m.env.run(until=1)  # day-0 events: demand, prices
+        return (m,), {}
+
+    def advance(m: ChainModel) -> ChainModel:
+        advance_unchecked(0, peer.n_days, *m._args)
+        return m
+
+    m = benchmark.pedantic(advance, setup=setup, rounds=100, warmup_rounds=3)
+    assert m.act_rec.sum() > 0 and np.all(m.stock_rec >= -1e-6)
+    plant_days = len(peer.plant_ids) * peer.n_days
+    ns = benchmark.stats.stats.median / plant_days * 1e9
+    benchmark.extra_info["plant_days"] = plant_days
+    benchmark.extra_info["ns_per_plant_day"] = round(ns, 2)
+    print(f"\npeer chain kernel: {ns:.1f} ns per plant-day")
+    _vs_loop(benchmark, "kernel")
+
+
+@pytest.mark.benchmark(group="peer-chain")
+def test_peer_chain_warm_run(benchmark: Any, peer: Any) -> None:
+    res = benchmark.pedantic(retwin.run, args=(peer,), kwargs={"seed": 1}, rounds=50,
+                             warmup_rounds=2)
+    assert res.balance.closes
+    assert res.kpi("fill_rate.segment", "customers", 2030) > 0.99
+    benchmark.extra_info["kernel_calls"] = res.kernel_calls
+    _vs_loop(benchmark, "run")

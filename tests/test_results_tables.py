@@ -1,0 +1,101 @@
+"""The binding table, the bottlenecks and the targets of a run, computed on arrays, against
+their definition written plainly with pandas (one row per stage, constraint and year with a
+positive share; the bottleneck by summed share, then output value, then stage name; its
+constraint the most frequent, a tie going to the later code). Binding codes are drawn at
+random, whole years of one code included, so shares tie between stages and constraints."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import retwin
+from retwin.kernels.flow import (
+    BIND_CAPACITY,
+    BIND_DEMAND,
+    BIND_MARGIN,
+    BIND_NAMES,
+    BIND_OUTAGE,
+    BIND_QUOTA,
+)
+from retwin.results import RunResult
+
+
+def binding_table(r: RunResult) -> pd.DataFrame:
+    c, w = r.compiled, r.capacity_days
+    rows = []
+    for stage, sel in c.topology.stage_plants.items():
+        for code, name in BIND_NAMES.items():
+            share = r._by_year(np.where(r.binding[sel] == code, w[sel], 0).sum(0))
+            total = r._by_year(w[sel].sum(0))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                frac = np.where(total > 0, share / total, 0.0)
+            rows += [(stage, y, name, float(f)) for y, f in zip(r.years, frac, strict=True)
+                     if f > 0]
+    return pd.DataFrame(rows, columns=["stage", "year", "constraint", "share"])
+
+
+def bottlenecks(r: RunResult) -> pd.DataFrame:
+    bt, df = binding_table(r), r.kpis
+    value = df[df.kpi == "value.stage"].set_index(["key", "year"]).value
+    supply = {BIND_NAMES[b] for b in (BIND_CAPACITY, BIND_QUOTA, BIND_OUTAGE)}
+    market = {BIND_NAMES[b] for b in (BIND_DEMAND, BIND_MARGIN)}
+
+    def best_of(year_rows: pd.DataFrame, kinds: set[str], y: int) -> tuple[float, float, str, str]:
+        best: tuple[float, float, str, str] = (-1.0, 0.0, "", "")
+        for stage, grp in year_rows.groupby("stage"):
+            mine = grp[grp.constraint.isin(kinds)]
+            if mine.empty:
+                continue
+            score = (round(float(mine.share.sum()), 9), float(value.get((stage, y), 0.0)))
+            if score > best[:2]:
+                top = mine[mine.share == mine.share.max()].constraint.iloc[-1]
+                best = (*score, str(stage), str(top))
+        return best
+
+    rows = []
+    for y in r.years:
+        year_rows = bt[bt.year == y]
+        best = best_of(year_rows, supply, y)
+        if best[0] < 0.5:
+            held = best_of(year_rows, market, y)
+            if held[0] >= 0.5:
+                best = held
+        rows.append((y, best[2], best[3], max(best[0], 0.0)))
+    return pd.DataFrame(rows, columns=["year", "stage", "constraint", "score"])
+
+
+@pytest.fixture(scope="module")
+def result() -> RunResult:
+    return retwin.run(retwin.load_scenario("tiny-markets"), seed=1)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_tables_match_their_definition(result: RunResult, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    codes = rng.choice(list(BIND_NAMES), size=rng.integers(1, 5), replace=False)
+    b = rng.choice(codes, size=result.binding.shape).astype(result.binding.dtype)
+    if seed % 3 == 0:
+        b[:] = codes[0]  # every stage bound by one constraint all year: ties everywhere
+    r = dataclasses.replace(result, binding=b)
+    pd.testing.assert_frame_equal(r.binding_table, binding_table(r), check_exact=True)
+    pd.testing.assert_frame_equal(r.bottlenecks, bottlenecks(r), check_exact=True)
+
+
+def test_targets_and_kpi_lookup_read_the_kpi_frame(result: RunResult) -> None:
+    r = dataclasses.replace(result)
+    df = r.kpis
+    for row in df.sample(50, random_state=0).itertuples():
+        first = df[(df.kpi == row.kpi) & (df.key == row.key) & (df.year == row.year)]
+        assert r.kpi(row.kpi, row.key, row.year) == first.value.iloc[0]
+    with pytest.raises(KeyError):
+        r.kpi("output.stage", "no-such-stage", r.years[0])
+    tt = r.target_table
+    assert len(tt) == len(r.compiled.scenario.targets)
+    for t in tt.itertuples():
+        kpi, _, key = next(x.kpi for x in r.compiled.scenario.targets
+                           if x.id == t.target).rpartition(".")
+        assert t.value == r.kpi(kpi, key, t.year)
