@@ -27,6 +27,8 @@ def peer() -> Any:
 
 
 def _vs_loop(benchmark: Any, name: str) -> None:
+    if benchmark.stats is None:  # --benchmark-disable: run once as a test, nothing timed
+        return
     med = benchmark.stats.stats.median
     _median[name] = med
     if "loop" in _median and name != "loop":
@@ -64,6 +66,8 @@ def test_peer_chain_kernel_whole_horizon(benchmark: Any, peer: Any) -> None:
     m = benchmark.pedantic(advance, setup=setup, rounds=100, warmup_rounds=3)
     assert m.act_rec.sum() > 0 and np.all(m.stock_rec >= -1e-6)
     plant_days = len(peer.plant_ids) * peer.n_days
+    if benchmark.stats is None:  # --benchmark-disable
+        return
     ns = benchmark.stats.stats.median / plant_days * 1e9
     benchmark.extra_info["plant_days"] = plant_days
     benchmark.extra_info["ns_per_plant_day"] = round(ns, 2)

@@ -74,7 +74,9 @@ def _server_seconds(run: dict[str, Any]) -> float:
 def client() -> Iterator[TestClient]:
     with tempfile.TemporaryDirectory() as d:
         s = Settings(data_dir=Path(d), workers=2, precompute=["baotou-2024"])
-        with TestClient(create_app(s)) as c:
+        # a loopback peer and Host: the service answers those without an API token
+        with TestClient(create_app(s), base_url="http://127.0.0.1",
+                        client=("127.0.0.1", 50000)) as c:
             c.post("/api/v1/runs", json={"model": "baotou-2024"}, params={"wait": 120})
             yield c
 
