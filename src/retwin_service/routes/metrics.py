@@ -21,6 +21,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 @router.get("/metrics", response_class=Response, responses={
     200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
     401: {"model": ErrorPublic, "description": "From beyond loopback without a valid token."},
+    403: {"model": ErrorPublic, "description": (
+        "The service has no API token and the caller is not on its machine.")},
 })
 async def read_metrics(request: Request) -> Response:
     """Runs per status, queue depth, computation seconds, cache hits, HTTP latency per
