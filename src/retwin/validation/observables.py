@@ -175,11 +175,19 @@ LIMITATIONS: tuple[str, ...] = (
     "unreported mining, stock releases and any overstatement of PrNd per t of magnet (29.5 %), "
     "and it cannot follow year-to-year changes in them: over the fitted years the model grows "
     "more slowly than reported (2020 too high, 2022 too low).",
-    "Imports per origin for 2020-2022 are taken at each origin's 2023 mine output, the first year "
-    "the sources give; the sources do not say whether imported feed counts against the smelting "
-    "quota (the model keeps it outside).",
-    "Dy and Tb are topped up from outside, so they never limit magnet output: the HREE balance is "
-    "not validated (the element distribution of Baotou concentrate is a proxy, not an assay).",
+    "Imports per origin are one fitted share (0.76, on the 2022 customs total converted to t REO "
+    "with estimated product-form shares) of each origin's mine output, and 2020-2022 take the "
+    "2023 output, the first year the sources give; the customs totals of later years are not in "
+    "the sources, so the RE-product trade has no held-out check yet. Whether imported feed counts "
+    "against the smelting quota is not in the sources (the model keeps it outside).",
+    "Dy and Tb: the light-RE feed carries Bayan Obo's published medium + heavy content (1.84 % of "
+    "REO; ratios inside the group from a proxy), so the ionic clays, Myanmar and recycled swarf "
+    "supply most of the magnets' Dy and Tb and the rest is topped up from outside; the ionic-clay "
+    "element mix is an estimate, so the HREE balance is not validated against a record.",
+    "Non-magnet demand (metallurgy, polishing, catalysts, hydrogen storage, phosphors, glass and "
+    "ceramics) is sized from the 2020 magnet share of China's RE demand and the seeds' one third "
+    "for metallurgy, split by estimates and held flat; RE-product exports are split by element "
+    "by estimate.",
     "Baotou local conversion is below the seeds' > 85 % in 2022 and in 2024: the model sells all "
     "the Sm, Eu, Gd, Y and heavy oxides out of the region (no local user of them is modelled) and "
     "the La/Ce the region does not use, at a discount beyond the quarter of the line's output "
