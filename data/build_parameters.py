@@ -1366,6 +1366,151 @@ for yr in (2020, 2021, 2022, 2023):
             f"as {{price.ndfeb_swarf.cny_per_t.2024}}, with the oxide prices of {yr}; an upper bound", flag="estimate")
 
 
+# --- 12b. Bayan Obo composition rescaled to its published medium + heavy RE content ------------
+# The Araxá proxy (dist.baotou_concentrate.*) puts Sm..Lu + Y at 6.8 % of REO; Bayan Obo's published
+# M+HREE content (Minerals 2025, A) is 1,005 ppm (aegirine-type ore) and 1,204 ppm (fluorite-type
+# ore) at the 6 % REO grade, i.e. 1.7-2.0 % of REO. The rescaled mix keeps the proxy's ratios inside
+# the light group (La : Ce : Pr : Nd) and inside the medium/heavy group (Sm : Eu : Gd : Tb : Dy : Y :
+# other), and sums to 1. The national models use it for all light-RE feed (models/china-2024.yaml).
+MHREE = dd("2", "Minerals 2025, 15(3):212 (MDPI)")
+row("ore.bayan_obo.mhree_ppm.aegirine", 1005, "ppm M+HREE in ore", 2025, "A", MHREE,
+    "Bayan Obo medium + heavy RE: 1,005 ppm (aegirine-type ore)")
+row("ore.bayan_obo.mhree_ppm.fluorite", 1204, "ppm M+HREE in ore", 2025, "A", MHREE,
+    "Bayan Obo medium + heavy RE: 1,204 ppm (fluorite-type ore)")
+_MH = ("sm", "eu", "gd", "tb", "dy", "y", "other")
+_LR = ("la", "ce", "pr", "nd")
+_proxy_mh = " + ".join(f"{{dist.baotou_concentrate.{el}_frac}}" for el in _MH)
+_proxy_lr = " + ".join(f"{{dist.baotou_concentrate.{el}_frac}}" for el in _LR)
+derived("dist.bayan_obo.mhree_frac",
+        "({ore.bayan_obo.mhree_ppm.aegirine} + {ore.bayan_obo.mhree_ppm.fluorite}) / 2 / 1e6 / {ore.bayan_obo.grade_frac}",
+        "fraction of REO", "", MHREE + "; " + KYN,
+        "medium + heavy RE (Sm..Lu + Y) as a share of REO: the mean of the two ore types' M+HREE content over the ore "
+        "grade (range 1.68-2.01 %); the ppm are taken as oxide-equivalent (the source does not say; as element they "
+        "would be about 15 % lower as oxide)")
+derived("dist.bayan_obo.mhree_scale", f"{{dist.bayan_obo.mhree_frac}} / ({_proxy_mh})", "ratio", "", MHREE + "; " + PROXY,
+        "factor on the proxy's medium/heavy shares (Sm..Lu + Y sum to 6.8 % in the proxy)")
+derived("dist.bayan_obo.lree_scale", f"(1 - {{dist.bayan_obo.mhree_frac}}) / ({_proxy_lr})", "ratio", "", MHREE + "; " + PROXY,
+        "factor on the proxy's La, Ce, Pr, Nd so that the mix sums to 1 with the light-RE ratios kept (LREE 98.2 %, "
+        "consistent with the reported > 95 %, §2a)")
+for el in _LR:
+    derived(f"dist.bayan_obo.{el}_frac", f"{{dist.baotou_concentrate.{el}_frac}} * {{dist.bayan_obo.lree_scale}}",
+            "fraction of REO", "", MHREE + "; " + PROXY, "the proxy's share rescaled: light-RE ratios kept")
+for el in _MH:
+    derived(f"dist.bayan_obo.{el}_frac", f"{{dist.baotou_concentrate.{el}_frac}} * {{dist.bayan_obo.mhree_scale}}",
+            "fraction of REO", "", MHREE + "; " + PROXY,
+            "the proxy's share rescaled to the published M+HREE content (ratios inside Sm..Lu + Y kept)")
+assert abs(sum(v(f"dist.bayan_obo.{el}_frac") for el in _LR + _MH) - 1) < 1e-12
+
+# --- 12c. Non-magnet domestic demand (China, t REO/a) ------------------------------------------
+# Sized from the 2020 share of permanent magnets in China's RE demand (42 % by volume, §4b) and the
+# seeds' "metallurgy takes about 1/3 of RE use"; the rest split by estimate. Held flat (estimate).
+DEMAND_SHARE = dd("4b", "sanwenwang.com; ccmagnetics.com")
+derived("demand.china.magnet_t_reo.2020",
+        "round({prod.china.re_pm_t.2020} * ({magnet.ndfeb.prnd_frac} / {stoich.prnd_oxide_baotou.metal_kg_per_kg} + "
+        "{magnet.ndfeb.dy_tb_frac} * (1 - {magnet.ndfeb.tb_share_of_dytb_frac}) / {stoich.dy2o3.metal_kg_per_kg} + "
+        "{magnet.ndfeb.dy_tb_frac} * {magnet.ndfeb.tb_share_of_dytb_frac} / {stoich.tb4o7.metal_kg_per_kg}))",
+        "t REO/a", 2020, dd("7/§3c", "rizinia.com; magnet composition rows"),
+        "REO in China's 2020 permanent-magnet output (PrNd, Dy, Tb metal content as oxide)")
+derived("demand.china.re_total_t_reo.2020",
+        "round({demand.china.magnet_t_reo.2020} / {demand.china.pm_share_of_re_volume_frac.2020})", "t REO/a", 2020,
+        DEMAND_SHARE, "China's RE demand by volume: magnets are 42 % of it")
+derived("demand.china.non_magnet_t_reo.2020",
+        "{demand.china.re_total_t_reo.2020} - {demand.china.magnet_t_reo.2020}", "t REO/a", 2020, DEMAND_SHARE,
+        "the 58 % of China's RE demand that is not magnets")
+derived("demand.china.metallurgy_t_reo.2020",
+        "round({demand.china.re_total_t_reo.2020} * {demand.china.metallurgy_share_of_re_use_frac})", "t REO/a", 2020,
+        S0 + "; " + DEMAND_SHARE,
+        "alloys and metallurgy (steel, cast iron, Al/Mg alloys): the seeds' one third of RE use (c.2010) applied to 2020, "
+        "an assumption", flag="estimate")
+derived("demand.china.other_uses_t_reo.2020",
+        "{demand.china.non_magnet_t_reo.2020} - {demand.china.metallurgy_t_reo.2020}", "t REO/a", 2020,
+        S0 + "; " + DEMAND_SHARE, "polishing, catalysts, hydrogen storage, phosphors, glass and ceramics together",
+        flag="estimate")
+row("demand.china.phosphor_share_of_other_frac", 0.10, "fraction of the other non-magnet uses", "", "estimate",
+    S0, "no national figure after the seeds' > 14 kt (phosphor material, 2013 forecast), which LED lighting has since "
+    "eroded; placeholder 10 % of the non-magnet, non-metallurgy uses (about 4 kt REO)")
+row("demand.china.glass_ceramics_share_of_other_frac", 0.15, "fraction of the other non-magnet uses", "", "estimate",
+    S0, "no figure in the sources (the seeds name glass colouring, decolouring and ceramics uses only qualitatively); "
+    "placeholder 15 %")
+_rest = "(1 - {demand.china.phosphor_share_of_other_frac} - {demand.china.glass_ceramics_share_of_other_frac})"
+_w = {"polishing": "{target.baotou.polishing_capacity_tpa.2024} * {material.polishing_powder.reo_t_per_t}",
+      "catalysts": "{target.baotou.catalyst_additive_capacity_tpa.2024} * {material.catalyst_additive.reo_t_per_t}",
+      "h2_storage": "{target.baotou.h2_storage_capacity_tpa.2024} * {material.h2_storage_alloy.re_metal_t_per_t} / "
+                    "{stoich.lace_mischmetal.metal_kg_per_kg}"}
+_wsum = " + ".join(f"({x})" for x in _w.values())
+for use, what in (("polishing", "CeO2 polishing powders"), ("catalysts", "FCC and exhaust catalysts, additives"),
+                  ("h2_storage", "hydrogen-storage alloys (NiMH)")):
+    derived(f"demand.china.{use}_t_reo.2020",
+            f"round({{demand.china.other_uses_t_reo.2020}} * {_rest} * ({_w[use]}) / ({_wsum}))", "t REO/a", 2020,
+            S34 + "; " + DEMAND_SHARE,
+            f"{what}: the rest of the non-metallurgy uses split in proportion to the REO in Baotou's 2024 capacity "
+            "targets (polishing 40 kt, catalysts 20 kt, H2 storage 7 kt of product), an assumption", flag="estimate")
+derived("demand.china.phosphors_t_reo.2020",
+        "round({demand.china.other_uses_t_reo.2020} * {demand.china.phosphor_share_of_other_frac})", "t REO/a", 2020,
+        S0, "phosphors (Y host, Eu/Tb activators)", flag="estimate")
+derived("demand.china.glass_ceramics_t_reo.2020",
+        "round({demand.china.other_uses_t_reo.2020} * {demand.china.glass_ceramics_share_of_other_frac})", "t REO/a", 2020,
+        S0, "glass (Ce decolouring/polishing, La optical glass) and ceramics (Y-stabilised zirconia)", flag="estimate")
+derived("demand.china.metallurgy_la_share_frac",
+        "{dist.bayan_obo.la_frac} / ({dist.bayan_obo.la_frac} + {dist.bayan_obo.ce_frac})", "fraction of La+Ce", "",
+        MHREE + "; " + PROXY, "mischmetal for metallurgy carries La and Ce in the ore's ratio (assumption)", flag="estimate")
+row("demand.china.catalysts_la_share_frac", 0.5, "fraction of catalyst REO", "", "estimate", S0,
+    "FCC catalysts take La, exhaust catalysts Ce (seeds, qualitative); half each, placeholder")
+row("demand.china.glass_ceramics_y_share_frac", 0.3, "fraction of glass and ceramics REO", "", "estimate", S0,
+    "ceramics (Y) about a third of glass + ceramics, the rest Ce for glass; placeholder")
+row("demand.china.non_magnet_growth_per_year", 0.0, "1/a", "", "estimate", "none (not in the sources)",
+    "no growth figure for non-magnet uses in the sources; held flat (mature uses; La/Ce persistently over-produced, §8)")
+
+# --- 12d. RE-product trade (customs, gross weight) and its REO content ------------------------------
+CUSTOMS = dd("7", "rareearths.com (2024-01-12); wap.imsilkroad.com/p/530992.html")
+row("trade.china.re_product_export_gross_t.2022", 48727, "t (gross weight)", 2022, "B", CUSTOMS,
+    "China RE product exports 2022 (customs, gross weight): 48,727 t")
+row("trade.china.re_product_import_gross_t.2022", 121400, "t (gross weight)", 2022, "B", CUSTOMS,
+    "China RE product imports 2022 ≈ 121,400 t (customs, gross weight; derived by the source from the 2023 figure and "
+    "its reported growth)")
+for form, val, why in (
+        ("oxide", 1.0, "an oxide is counted as its own weight of REO (purity taken as 100 %)"),
+        ("compound", 0.5, "carbonates, chlorides, fluorides, hydroxides: e.g. La2(CO3)3·8H2O holds 54 % La2O3, "
+                          "LaCl3·7H2O 44 %; about half, estimate"),
+        ("concentrate", 0.6, "imported bastnaesite/monazite concentrate at about 60 % REO (Baotou concentrates are "
+                             "sold at 45/50/60 %, §2; imported concentrate is taken at the high grade), estimate")):
+    row(f"trade.reo_per_gross_t.{form}", val, "t REO / t gross weight", "", "estimate", dd("2/§3b", "stoichiometry"), why)
+derived("trade.reo_per_gross_t.metal", rounded("1 / {stoich.lace_mischmetal.metal_kg_per_kg}", 4), "t REO / t gross weight",
+        "", dd("3b", "stoichiometry"), "metals and alloys counted as the oxide they were made from (La/Ce mischmetal)")
+for side, shares, why in (
+        ("export", {"oxide": 0.45, "compound": 0.35, "metal": 0.20},
+         "the sources give no split by product form; China's RE-product exports are mostly La/Ce oxides and compounds "
+         "with some metal"),
+        ("import", {"concentrate": 0.45, "compound": 0.45, "oxide": 0.10},
+         "the sources give no split by product form; China's imports are mostly Myanmar's mixed RE carbonate and "
+         "oxides and US and other concentrate")):
+    for form, sh in shares.items():
+        row(f"trade.china.re_product_{side}_{form}_share_frac", sh, "fraction of gross weight", "", "estimate", CUSTOMS,
+            f"{why}; placeholder")
+    conv = " + ".join(f"{{trade.china.re_product_{side}_{f}_share_frac}} * {{trade.reo_per_gross_t.{f}}}" for f in shares)
+    derived(f"trade.china.re_product_{side}_t_reo.2022",
+            f"round({{trade.china.re_product_{side}_gross_t.2022}} * ({conv}))", "t REO", 2022, CUSTOMS,
+            f"customs gross weight converted to t REO by product form (shares and REO contents: estimates)")
+row("trade.china.re_product_export_la_frac", 0.35, "fraction of RE-product exports (t REO)", "", "estimate", CUSTOMS,
+    "no split by element in the sources; La and Ce are most of China's RE-product exports (the surplus elements, §8); "
+    "placeholder: La 35 %, Ce 45 %, the rest (Y, Sm, Gd, Ho-Lu) 20 %")
+row("trade.china.re_product_export_ce_frac", 0.45, "fraction of RE-product exports (t REO)", "", "estimate", CUSTOMS,
+    "see trade.china.re_product_export_la_frac")
+derived("trade.china.re_product_export_other_frac",
+        "1 - {trade.china.re_product_export_la_frac} - {trade.china.re_product_export_ce_frac}",
+        "fraction of RE-product exports (t REO)", "", CUSTOMS, "Y, Sm, Gd and Ho-Lu oxides, shared equally (estimate)",
+        flag="estimate")
+
+# Domestic magnet consumption on the published basis: output (blank t, as the statistics count it)
+# less exports (t, customs), the two in the tonnage they are published in.
+derived("demand.china.ndfeb_apparent_t.2021", "{prod.china.ndfeb_t.2021} - {trade.china.magnet_export_t.2021}",
+        "t NdFeB (published basis)", 2021, dd("7", "askci.com; rizinia.com"),
+        "published basis: output less exports, without converting blanks to finished magnets")
+derived("demand.china.ndfeb_apparent_t.2023", "{prod.china.ndfeb_t.2023.csre_blank} - {trade.china.magnet_export_t.2023}",
+        "t NdFeB (published basis)", 2023, dd("7", "metalnomist.com (CSRE); adamasintel.com"),
+        "published basis: output less exports, without converting blanks to finished magnets")
+
+
 def main(out: Path = OUT) -> None:
     rows = sorted(ROWS, key=lambda r: r["key"])
     with out.open("w", encoding="utf-8", newline="") as fh:

@@ -135,3 +135,24 @@ def test_bad_tables_are_refused(tmp_path: Path, rows: list[list[str]], message: 
 def test_wrong_columns_are_refused(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="columns must be key, value"):
         load_parameters(_table(tmp_path, [], header=("key", "value")))
+
+
+def test_bayan_obo_mix_has_the_published_medium_heavy_content() -> None:
+    """The national light-RE mix: Sm..Lu + Y within the published 1,005-1,204 ppm at the ore
+    grade, light-RE ratios of the proxy kept, and the mix sums to 1."""
+    from retwin.scenario.data import formula_parameters
+
+    p = {k: r.value for k, r in formula_parameters().items()}
+    mh = ("sm", "eu", "gd", "tb", "dy", "y", "other")
+    lr = ("la", "ce", "pr", "nd")
+    share = sum(p[f"dist.bayan_obo.{e}_frac"] for e in mh)
+    grade = p["ore.bayan_obo.grade_frac"]
+    assert p["ore.bayan_obo.mhree_ppm.aegirine"] / 1e6 / grade <= share
+    assert share <= p["ore.bayan_obo.mhree_ppm.fluorite"] / 1e6 / grade
+    assert sum(p[f"dist.bayan_obo.{e}_frac"] for e in lr + mh) == pytest.approx(1, abs=1e-9)
+    for e in lr[1:]:
+        assert (p[f"dist.bayan_obo.{e}_frac"] / p["dist.bayan_obo.la_frac"]
+                == pytest.approx(p[f"dist.baotou_concentrate.{e}_frac"]
+                                 / p["dist.baotou_concentrate.la_frac"]))
+    national = (REPO / "models" / "china-2024.yaml").read_text(encoding="utf-8")
+    assert "dist.baotou_concentrate." not in national  # the proxy's M+HREE is not used

@@ -100,6 +100,17 @@ FREE_PARAMETERS: tuple[FreeParameter, ...] = (
         "fit.china.magnet_export_share_frac", "fraction of finished magnets", upper=0.6,
         lower=0.05, meaning="share of finished sintered NdFeB made for export",
     ),
+    FreeParameter(
+        "fit.china.re_product_export_t_reo", "t REO/a", upper=150_000.0,
+        meaning="foreign demand for China's RE products (oxides, metals, compounds) at the world "
+        "price, split by element by estimate; fitted on the 2022 customs total in t REO",
+    ),
+    FreeParameter(
+        "fit.china.import_share_frac", "fraction of the origins' mine output", upper=1.0,
+        lower=0.2, meaning="share of the origins' mine output (Myanmar, USA, other origins) that "
+        "China imports as feed, every year (2020-2022 at the origins' 2023 output, the first "
+        "year the sources give); fitted on the 2022 customs imports in t REO",
+    ),
 )
 
 

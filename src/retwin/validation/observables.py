@@ -52,6 +52,9 @@ _SMELTING_QUOTA = "smelting"
 _EXPORT_MARKET = "magnet_exports"
 _PRND_OXIDE = "prnd_oxide"
 _DOMESTIC_FEED = ("rock_concentrate", "ionic_mixed_re")
+# The recorded origins of imported feed (customs imports); the supply outside the statistics
+# (``unreported_supply``) is not an import in the customs sense.
+_IMPORT_ORIGINS = ("myanmar", "usa", "other_origins")
 _KEY_REF = re.compile(r"\{([a-z0-9_]+(?:\.[a-z0-9_]+)+)\}")
 
 
@@ -125,6 +128,33 @@ OBSERVABLES: tuple[Observable, ...] = (
         "2023 is derived from 2024 (+10 %); no 2020 or 2022 figure in the sources. Simulated: "
         "the export market of finished magnets.",
     ),
+    Observable(
+        "domestic_magnet_consumption", "Domestic magnet consumption (published basis)", "t",
+        {2021: ("demand.china.ndfeb_apparent_t.2021",),
+         2023: ("demand.china.ndfeb_apparent_t.2023",)},
+        0.10,
+        "On the published basis: NdFeB output (blank t, as the statistics count it) less magnet "
+        "exports (t, customs), derived from the published figures. Simulated: blank output less "
+        "exports. The end uses are served finished magnets (0.70 t per t blank): see the "
+        "consumption table of the report.",
+    ),
+    Observable(
+        "re_product_exports", "RE-product exports (oxides, metals, compounds)", "t REO",
+        {2022: ("trade.china.re_product_export_t_reo.2022",)},
+        0.25,
+        "Customs 2022, 48,727 t gross weight, converted to t REO by product form (oxide 1.0, "
+        "compound 0.5, metal 1.21 t REO per t; form shares estimated). No later year in the "
+        "sources. Simulated: the RE-product export markets.",
+    ),
+    Observable(
+        "re_product_imports", "RE-product imports (feed from Myanmar, USA, other origins)",
+        "t REO",
+        {2022: ("trade.china.re_product_import_t_reo.2022",)},
+        0.25,
+        "Customs 2022, about 121,400 t gross weight (derived by the source), converted to t REO "
+        "by product form (concentrate 0.6, compound 0.5, oxide 1.0 t REO per t; form shares "
+        "estimated). No later year in the sources. Simulated: imports of the recorded origins.",
+    ),
 )
 
 #: What the model cannot reproduce, and why (the report and the README show this list).
@@ -145,11 +175,19 @@ LIMITATIONS: tuple[str, ...] = (
     "unreported mining, stock releases and any overstatement of PrNd per t of magnet (29.5 %), "
     "and it cannot follow year-to-year changes in them: over the fitted years the model grows "
     "more slowly than reported (2020 too high, 2022 too low).",
-    "Imports per origin for 2020-2022 are taken at each origin's 2023 mine output, the first year "
-    "the sources give; the sources do not say whether imported feed counts against the smelting "
-    "quota (the model keeps it outside).",
-    "Dy and Tb are topped up from outside, so they never limit magnet output: the HREE balance is "
-    "not validated (the element distribution of Baotou concentrate is a proxy, not an assay).",
+    "Imports per origin are one fitted share (0.76, on the 2022 customs total converted to t REO "
+    "with estimated product-form shares) of each origin's mine output, and 2020-2022 take the "
+    "2023 output, the first year the sources give; the customs totals of later years are not in "
+    "the sources, so the RE-product trade has no held-out check yet. Whether imported feed counts "
+    "against the smelting quota is not in the sources (the model keeps it outside).",
+    "Dy and Tb: the light-RE feed carries Bayan Obo's published medium + heavy content (1.84 % of "
+    "REO; ratios inside the group from a proxy), so the ionic clays, Myanmar and recycled swarf "
+    "supply most of the magnets' Dy and Tb and the rest is topped up from outside; the ionic-clay "
+    "element mix is an estimate, so the HREE balance is not validated against a record.",
+    "Non-magnet demand (metallurgy, polishing, catalysts, hydrogen storage, phosphors, glass and "
+    "ceramics) is sized from the 2020 magnet share of China's RE demand and the seeds' one third "
+    "for metallurgy, split by estimates and held flat; RE-product exports are split by element "
+    "by estimate.",
     "Baotou local conversion is below the seeds' > 85 % in 2022 and in 2024: the model sells all "
     "the Sm, Eu, Gd, Y and heavy oxides out of the region (no local user of them is modelled) and "
     "the La/Ce the region does not use, at a discount beyond the quarter of the line's output "
@@ -221,6 +259,11 @@ def simulate(res: Any) -> dict[str, dict[int, float]]:
     recyclers = [p for p in sc.plants if p.stage == "recycling"]
     magnets = kp[(kp.kpi == "output.stage") & (kp.key == "magnet")].set_index("year").value
     exports = kp[(kp.kpi == "exports.market") & (kp.key == _EXPORT_MARKET)].set_index("year").value
+    oxides = {m.id for m in sc.materials
+              if m.id.endswith("_oxide") or m.id == "other_reo"}
+    re_exports = [k.id for k in sc.markets
+                  if k.export is not None and k.material in oxides and k.region == "china"]
+    origins = [k.id for k in sc.markets if k.id in _IMPORT_ORIGINS]
     return {
         "mine_output": reo([p.id for p in sc.plants if p.stage == "mining"]),
         "smelting_output": reo(smelting.plants),
@@ -231,7 +274,18 @@ def simulate(res: Any) -> dict[str, dict[int, float]]:
             for y in years
         },
         "magnet_exports": {y: float(exports.get(y, 0.0)) for y in years},
+        "domestic_magnet_consumption": {
+            y: float(magnets.get(y, 0.0)) - float(exports.get(y, 0.0)) for y in years},
+        "re_product_exports": _market_sum(kp, "exports.market", re_exports, years),
+        "re_product_imports": _market_sum(kp, "imports.market", origins, years),
     }
+
+
+def _market_sum(kp: pd.DataFrame, kpi: str, markets: Sequence[str],
+                years: Sequence[int]) -> dict[int, float]:
+    rows = kp[(kp.kpi == kpi) & kp.key.isin(list(markets))]
+    by_year = rows.groupby("year").value.sum()
+    return {y: float(by_year.get(y, 0.0)) for y in years}
 
 
 def balance_residuals(res: Any) -> dict[int, float]:
