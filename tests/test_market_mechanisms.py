@@ -58,3 +58,23 @@ def test_a_plant_held_by_its_quota_asks_its_feed_for_no_more_than_the_quota_allo
     assert _act(res, "mine") < 1.15 * drawn
     assert _price_ratio(res, "concentrate") > 0.7
 
+
+
+# --- (b) a joint producer is pulled by its main outputs that are short ---------------------
+
+
+def test_a_joint_producer_whose_most_valuable_output_piles_up_still_makes_the_short_one() -> None:
+    """The separation plant makes La/Ce, PrNd and Dy oxide; the magnets take less Dy than it
+    makes, so the Dy pool is in surplus and its price falls (to 0.25 of the outside price).
+    With the Dy outside price raised to 6 M CNY/t, Dy carries 54 % of the plant's output
+    value at the start's prices. Paced on that output alone, the plant ran as little as the
+    Dy pool asked for while PrNd was short: year 2, separation 7,399 t (13,283 t at the
+    shipped Dy price), magnets 4,344 t (4,670 t). Paced on the shortest of its main outputs
+    (PrNd, 39 %, and Dy), it makes the PrNd the chain asks for, whatever Dy is worth."""
+    sc = _tiny()
+    dear = retwin.apply_changes(sc, [{"kind": "parameter", "value": 6e6,
+                                      "path": "materials.dy_oxide.price.base_cny_per_unit"}])
+    base, res = retwin.run(sc, seed=1), retwin.run(dear, seed=1)
+    assert _price_ratio(res, "dy_oxide") < 0.5  # Dy piles up
+    assert _act(res, "separation") >= 0.97 * _act(base, "separation")
+    assert _act(res, "magnets") >= 0.99 * _act(base, "magnets")
