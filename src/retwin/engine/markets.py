@@ -22,7 +22,14 @@ import numpy as np
 from retwin._typing import FloatArray, IntArray
 from retwin.engine.build import Compiled, _price_paths
 
-__all__ = ["MarketArrays", "compile_markets", "market_arrays"]
+__all__ = ["MAIN_OUTPUT_VALUE_SHARE", "MarketArrays", "compile_markets", "market_arrays"]
+
+#: An output that carries at least this share of a joint producer's output value (at the
+#: start's prices) is one of its main outputs: the plant runs as hard as the shortest of its
+#: main outputs' pools asks (a by-product below this share never sets its pace). A quarter:
+#: the ionic-clay separators' PrNd (32 %) and Dy (38 %) oxides are both main outputs, the
+#: rock separators' Dy and Tb (7 %, 10 %) are not.
+MAIN_OUTPUT_VALUE_SHARE = 0.25
 
 
 def market_arrays(c: Compiled) -> MarketArrays:
@@ -48,7 +55,8 @@ class MarketArrays:
     in_mp: FloatArray  # (P, M) pooled input per unit of activity (what a plant buys)
     out_mp: FloatArray  # (P, M) output per unit of activity (what it sells)
     cash_cost: FloatArray  # (P,) CNY per unit of activity
-    decide_pool: IntArray  # (P,) the pool whose stock paces the plant (its main value)
+    decide_pool: IntArray  # (P,) the pool of the plant's most valuable output
+    main_sp: FloatArray  # (S, P) 1 where pool s takes one of plant p's main outputs
     lead_s: FloatArray  # (S,) capacity-weighted lead time (days) of the plants making into s
     margin0: FloatArray  # (P,) margin at the start's prices, where negative (else 0)
     imp_base_share: FloatArray  # (K,) share of the import cap on offer at parity
@@ -135,6 +143,16 @@ def compile_markets(c: Compiled) -> MarketArrays:
                 best, best_v = int(st["out_pool"][j]), v
         decide[p] = best
 
+    # a joint producer's main outputs: the most valuable one, and any other that carries at
+    # least MAIN_OUTPUT_VALUE_SHARE of its output value (at the start's prices)
+    main_sp = np.zeros((n_s, n_p))
+    value_sp = make_sp * price0[st["pool_mat"]][:, None]
+    total = value_sp.sum(axis=0)
+    for p in range(n_p):
+        if total[p] > 0:
+            main_sp[value_sp[:, p] >= MAIN_OUTPUT_VALUE_SHARE * total[p], p] = 1.0
+        main_sp[decide[p], p] = 1.0
+
     cap0 = c.nameplate_tpa * c.utilisation
     weight = make_sp * cap0[None, :]
     lead_s = np.where(weight.sum(axis=1) > 0,
@@ -203,7 +221,7 @@ def compile_markets(c: Compiled) -> MarketArrays:
         invest_step=inv.step_frac if inv else 0.0,
         pool_mat=st["pool_mat"], draw_sp=draw_sp, make_sp=make_sp, seg_sg=seg_sg, mk_sk=mk_sk,
         target_t=st["target"].copy(), in_mp=in_mp, out_mp=out_mp, cash_cost=cash,
-        decide_pool=decide, lead_s=lead_s, margin0=np.minimum(margin0, 0.0),
+        decide_pool=decide, main_sp=main_sp, lead_s=lead_s, margin0=np.minimum(margin0, 0.0),
         imp_base_share=imp_share0, imp_on=imp_on,
         exp_on=exp_on, imp_premium=imp_premium,
         imp_slope=imp_slope, exp_base_tpa=exp_base, exp_slope=exp_el,

@@ -23,7 +23,10 @@ last month did (plant activity, demand served, exports, imports) and the stocks 
    prices pass cost changes on: a material that ``follows`` another takes its share of that
    material's relative change (shock and noise);
 3. **lets producers decide**: each plant runs at the share of its ceiling that the expected
-   use of its main output pool asks for (use smoothed over about three months), plus the gap
+   use of its main output pools asks for (a joint producer's main outputs are those that
+   carry a quarter or more of its output value at the start's prices, and the most
+   valuable one: the shortest of them sets the pace, so a main output in surplus does not
+   stop the others) (use smoothed over about three months), plus the gap
    between that pool's inventory position (stock above reserve, plus what is in the
    pipeline) and its working stock plus the pipeline that use needs over the producers' lead
    time (a base-stock policy), closed over ``inventory_adjust_days``; and no more than its
@@ -261,18 +264,21 @@ class EconomyProcess:
         inflow_max = a.make_sp @ ceiling
         position = free + chain.pipe_sum + chain.ipipe_sum
         need = expected + (target + expected * a.lead_s - position) / a.inventory_adjust_days
-        u_pool = np.where(inflow_max > tiny,
-                          np.clip(need / np.maximum(inflow_max, tiny), 0.0, 1.0), 1.0)
-        u_pull = u_pool[a.decide_pool]
+        # each pool's need as a share of what its makers can deliver (inf: no makers)
+        ratio = np.where(inflow_max > tiny, need / np.maximum(inflow_max, tiny), np.inf)
+        # a joint producer is pulled by the main output that is shortest: a main output
+        # whose pool is in surplus does not hold back the others (what piles up is sold off
+        # at its falling price; the margin says whether the bundle still pays)
+        asked = np.where(a.main_sp > 0, ratio[:, None], -np.inf).max(axis=0)
+        asked = np.where(np.isneginf(asked), np.inf, asked)
+        u_pull = np.clip(asked, 0.0, 1.0)
         u = np.maximum(a.min_util, np.minimum(u_margin, u_pull))
         full = u >= 1.0 - 1e-9
         share = np.where(full, 1.0, np.where(
             chain.cap_max_day > tiny,
             u * ceiling / np.maximum(chain.cap_max_day, tiny), u))
-        # what a plant running flat out was asked for: its pool's need over what its makers
-        # can deliver, times its own ceiling (a plant not paced on a pool: no limit)
-        asked = np.where(inflow_max > tiny, need / np.maximum(inflow_max, tiny),
-                         np.inf)[a.decide_pool]
+        # what a plant running flat out was asked for: its main pools' need over what their
+        # makers can deliver, times its own ceiling (a plant not paced on a pool: no limit)
         want = np.full_like(ceiling, np.inf)
         paced = np.isfinite(asked)
         want[paced] = np.maximum(asked[paced], 0.0) * ceiling[paced]
