@@ -146,3 +146,20 @@ def test_retwin_run_prints_the_notes(capsys: pytest.CaptureFixture[str]) -> None
     out = " ".join(capsys.readouterr().out.split())  # the console wraps long lines
     assert "Note: changes[0] (export cap on market magnet_out) does not bind" in out
     assert "changes[1]" not in out
+
+
+@pytest.mark.parametrize("change", [
+    {"kind": "trade", "market": "la_ce_out", "side": "export", "factor": 10.0},
+    {"kind": "trade", "market": "la_ce_out", "side": "export", "cap_tpa": 40000}])
+def test_a_raise_not_used_up_is_not_called_a_change_without_effect(change: dict[str, Any]
+                                                                   ) -> None:
+    """tiny's La/Ce exports are held at their 4,000 t/a cap; a tenfold cap lets them rise by
+    about 6,000 t a year without reaching the new cap. The note must not say the change does
+    not bind: the cap it replaced did."""
+    res = whatif.run(whatif.resolve("tiny", [change]), seed=1)
+    assert res.difference is not None
+    d = res.difference
+    rise = d[(d.kpi == "exports.market") & (d.key == "la_ce_out")]["mean"]
+    assert (rise > 1000).all()
+    assert _named(res.notes) == {0}
+    assert "raise not used up" in res.notes[0] and "does not bind" not in res.notes[0]

@@ -292,12 +292,43 @@ def _what(ch: Noted) -> str:
     return f"capacity of plant {ch.plant}" if ch.plant else f"capacity of the {ch.stage} stage"
 
 
-def _note(i: int, ch: Noted, n_runs: int, peak: float) -> str:
+def _loosens(ch: Noted, base: Scenario | None) -> bool:
+    """Whether ``ch`` raises the limit it changes (a cap, a quota, a capacity) rather than
+    lowering it: its remaining room then says that part of the raise went unused, not that the
+    change had no effect (the limit it replaced may well have bound)."""
+    if ch.factor is not None:
+        return ch.factor > 1.0
+    if base is None:
+        return False
+    if isinstance(ch, TradeChange):
+        k = next((m for m in base.markets if m.id == ch.market), None)
+        side = None if k is None else (k.import_ if ch.side == "import" else k.export)
+        return side is not None and ch.cap_tpa is not None and ch.cap_tpa > side.cap_tpa
+    if isinstance(ch, QuotaChange):
+        if ch.delta_t_reo is not None:
+            return ch.delta_t_reo > 0
+        q = next((q for q in base.quotas if q.id == ch.quota), None)
+        return (q is not None and ch.set_t_reo is not None
+                and ch.set_t_reo > max(q.amount_for(y) for y in range(base.start.year,
+                                                                      base.end.year + 1)))
+    if ch.delta_tpa is not None:
+        return ch.delta_tpa > 0
+    plants = [p for p in base.plants if p.id == ch.plant or p.stage == ch.stage]
+    return bool(plants) and ch.set_tpa is not None and ch.set_tpa > max(
+        p.capacity_tpa for p in plants)
+
+
+def _note(i: int, ch: Noted, n_runs: int, peak: float, loosens: bool = False) -> str:
     runs = "the what-if's run" if n_runs == 1 else f"each of the what-if's {n_runs} replications"
-    head = f"changes[{i}] ({_what(ch)}) does not bind"
+    if loosens:  # a raise not used up: the old limit may have bound, the new one does not
+        head = f"changes[{i}] ({_what(ch)}) is a raise not used up"
+        limit = "the raised cap" if isinstance(ch, TradeChange) else "the raised limit"
+    else:
+        head = f"changes[{i}] ({_what(ch)}) does not bind"
+        limit = "the cap"
     if isinstance(ch, TradeChange):
         flows = "exports" if ch.side == "export" else "imports"
-        return (f"{head}: {flows} stayed below the cap on every day it was in force, in "
+        return (f"{head}: {flows} stayed below {limit} on every day it was in force, in "
                 f"{runs} (at most {peak:.0%} of it).")
     if isinstance(ch, QuotaChange):
         return (f"{head}: no plant under the quota was held by it on any day of the years "
@@ -313,6 +344,7 @@ class _Binding:
 
     def __init__(self, w: WhatIf) -> None:
         self.changes = _noted(w)
+        self.loosens = [_loosens(ch, w.baseline) for _, ch in self.changes]
         self.bound = [False] * len(self.changes)
         self.peak = [0.0] * len(self.changes)
         self.runs = 0
@@ -326,8 +358,9 @@ class _Binding:
                 self.peak[j] = max(self.peak[j], peak)
 
     def notes(self) -> tuple[str, ...]:
-        return tuple(_note(i, ch, self.runs, peak) for (i, ch), bound, peak
-                     in zip(self.changes, self.bound, self.peak, strict=True) if not bound)
+        return tuple(_note(i, ch, self.runs, peak, loose) for (i, ch), bound, peak, loose
+                     in zip(self.changes, self.bound, self.peak, self.loosens, strict=True)
+                     if not bound)
 
 
 def binding_notes(w: WhatIf, runs: Iterable[RunResult]) -> tuple[str, ...]:
