@@ -84,63 +84,125 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         srv.stop()
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                    "(apt-get install chromium; .ci/run installs it)")
-@pytest.mark.skipif(_playwright() is None, reason="needs playwright (the dev extra)")
-def test_the_page_end_to_end(server: Server) -> None:
+def needs_browser(test: Any) -> Any:
+    """A test driving the page in Debian's headless Chromium (the compiled pass only)."""
+    for mark in (
+        pytest.mark.slow,
+        pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at "
+                           "/usr/bin/chromium (apt-get install chromium; .ci/run installs it)"),
+        pytest.mark.skipif(_playwright() is None, reason="needs playwright (the dev extra)"),
+    ):
+        test = mark(test)
+    return test
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
     sync_playwright = _playwright()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server.url + "/")
-            page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-            page.select_option("#model", "tiny")
-            page.wait_for_function("() => { const o = document.querySelector('#model');"
-                                   " return o.value === 'tiny'; }")
-            page.wait_for_timeout(300)  # the model's ids load
-            page.click("#add-change")
-            row = page.locator("#changes .change").first
-            row.locator("select[name=kind]").select_option("quota")
-            row.locator("select[name=quota]").select_option("mining")
-            row.locator("input[name=value]").fill("0.8")
-            row.locator("input[name=from]").fill("2025-01-01")
-            page.fill("#replications", "2")
-            page.fill("#seed", "3")
-            # a bad value first: the API's error shows next to the field
-            page.fill("#replications", "0")
-            page.click("#submit")
-            page.wait_for_function(
-                "document.querySelector('[data-loc=replications]').textContent.length > 0")
-            page.fill("#replications", "2")
-            page.click("#submit")
-            page.wait_for_selector("#sankey .main-svg", timeout=120_000)
-            page.wait_for_selector("#timeseries .main-svg", timeout=60_000)
-            page.wait_for_selector("#sankey-baseline .main-svg", timeout=60_000)
-            page.wait_for_function(
-                "document.querySelector('#sankey').data && "
-                "document.querySelector('#sankey').data[0].link.value.length > 0 && "
-                "document.querySelector('#timeseries').data.length > 0")
-            page.wait_for_timeout(800)
-            page.screenshot(path=str(ARTIFACTS / "page.png"), full_page=True)
-            run_id = page.locator("#run-link").inner_text()
-            cell = page.locator(
-                ".kpi-value[data-kpi='output.stage'][data-key='magnet'][data-year='2024']")
-            shown = cell.inner_text()
-            assert errors == []
+            yield b
         finally:
-            browser.close()
-    run = httpx.get(f"{server.url}{API}/runs/{run_id}").json()
-    assert run["request"]["changes"][0]["factor"] == 0.8 and run["request"]["seed"] == 3
-    kpi = next(k for k in run["result"]["kpis"]
-               if (k["kpi"], k["key"], k["year"]) == ("output.stage", "magnet", 2024))
-    assert shown == f"{kpi['mean']:,.0f}"
+            b.close()
+
+
+def _open(browser: Any, server: Server, model: str = "baotou-2024",
+          viewport: tuple[int, int] = (1400, 2400)) -> tuple[Any, list[str]]:
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server.url + "/")
+    page.wait_for_function("document.querySelectorAll('#model option').length > 0")
+    page.select_option("#model", model)
+    page.wait_for_function(f"window.retwinModel === {model!r}")
+    return page, errors
+
+
+def _wait_done(page: Any) -> str:
+    page.wait_for_function("window.retwinShown && window.retwinShown.status === 'done'",
+                           timeout=180_000)
+    return str(page.evaluate("window.retwinShown.id"))
+
+
+def _api_run(server: Server, body: dict[str, Any]) -> dict[str, Any]:
+    r = httpx.post(f"{server.url}{API}/runs", params={"wait": 300}, json=body, timeout=320)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def _diff(run: dict[str, Any], kpi: str, key: str, year: int) -> float:
+    return float(next(d["mean"] for d in run["result"]["difference"]
+                      if (d["kpi"], d["key"], d["year"]) == (kpi, key, year)))
+
+
+@needs_browser
+def test_an_outage_from_the_form_is_the_outage_of_the_api(browser: Any, server: Server) -> None:
+    """The outage form takes the plant down (capacity 0) over dates it shows, says so in
+    plain words, and the run it sends is the same outage sent over the API: same Δ."""
+    page, errors = _open(browser, server)
+    try:
+        page.click("#add-change")
+        row = page.locator("#changes .change").first
+        row.locator("select[name=kind]").select_option("outage")
+        row.locator("select[name=plant]").select_option("cnre_separation")
+        # the dates are there to be seen, never left empty
+        assert row.locator("input[name=from]").input_value() == "2025-04-01"
+        assert row.locator("input[name=to]").input_value() == "2025-06-30"
+        plain = row.locator("[data-role=plain]").inner_text()
+        assert "down 2025-04-01 → 2025-06-30" in plain, plain
+        # an empty date is refused next to its field, nothing is sent
+        row.locator("input[name=to]").fill("")
+        page.click("#submit")
+        assert "required" in row.locator("[data-field=to]").inner_text()
+        row.locator("input[name=to]").fill("2025-06-30")
+        page.fill("#replications", "4")
+        page.fill("#seed", "5")
+        page.click("#submit")
+        run_id = _wait_done(page)
+        assert errors == []
+    finally:
+        page.close()
+    run = httpx.get(f"{server.url}{API}/runs/{run_id}", timeout=60).json()
+    assert run["request"]["changes"][0]["capacity_frac"] == 0.0
+    api = _api_run(server, {"model": "baotou-2024", "replications": 4, "seed": 5, "changes": [
+        {"kind": "outage", "plant": "cnre_separation", "from": "2025-04-01",
+         "to": "2025-06-30"}]})
+    form_delta = _diff(run, "output.stage", "separation", 2025)
+    assert form_delta < -1000  # a quarter without the main separator is felt
+    assert form_delta == pytest.approx(_diff(api, "output.stage", "separation", 2025), rel=1e-12)
+
+
+@needs_browser
+def test_a_new_plant_from_the_form(browser: Any, server: Server) -> None:
+    """A magnet plant added from its stage's template (capacity, start, ramp) raises
+    magnet output once it runs."""
+    page, errors = _open(browser, server)
+    try:
+        page.click("#add-change")
+        row = page.locator("#changes .change").first
+        row.locator("select[name=kind]").select_option("plant")
+        row.locator("select[name=action]").select_option("add")
+        row.locator("select[name=stage]").select_option("magnet")
+        row.locator("input[name=capacity_tpa]").fill("20000")
+        row.locator("input[name=from]").fill("2025-01-01")
+        row.locator("input[name=ramp_days]").fill("90")
+        plain = row.locator("[data-role=plain]").inner_text()
+        assert "a magnet plant of 20,000 t/yr" in plain and "2025-01-01" in plain
+        page.fill("#replications", "2")
+        page.click("#submit")
+        run_id = _wait_done(page)
+        assert errors == []
+    finally:
+        page.close()
+    run = httpx.get(f"{server.url}{API}/runs/{run_id}", timeout=60).json()
+    plant = run["request"]["changes"][0]["plant"]
+    assert plant["stage"] == "magnet" and plant["capacity_tpa"] == 20000
+    assert plant["ramp_days"] == 90 and plant["commissioning"] == "2025-01-01"
+    assert _diff(run, "output.plant", plant["id"], 2026) > 1000
 
 
 def test_the_browser_artifacts_are_ignored_by_git() -> None:

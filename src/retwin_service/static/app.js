@@ -18,22 +18,6 @@ const I18N = {
 };
 const t = (key, fallback) => (I18N[state.lang] || {})[key] || fallback || key;
 
-// --- changes -------------------------------------------------------------------------------
-// Per change kind: what it names (and where the model lists the ids), its extra choice, and
-// the amounts it can take.
-const KINDS = {
-  quota: { target: "quota", ids: "quota_ids", amounts: ["factor", "set_t_reo", "delta_t_reo"] },
-  price: { target: "material", ids: "material_ids", amounts: ["factor", "value_cny_per_unit"] },
-  capacity: { target: "plant", ids: "plant_ids", amounts: ["factor", "set_tpa", "delta_tpa"] },
-  // the form retires a plant; adding one takes a whole plant spec (API, CLI or a what-if file)
-  plant: { target: "plant_id", ids: "plant_ids", extra: ["action", ["retire"]], amounts: [] },
-  outage: { target: "plant", ids: "plant_ids", amounts: ["capacity_frac"] },
-  demand: { target: "segment", ids: "segment_ids", amounts: ["factor", "growth_frac_per_year"] },
-  trade: { target: "market", ids: "market_ids", extra: ["side", ["import", "export"]],
-           amounts: ["factor", "cap_tpa"] },
-  reserve: { target: "material", ids: "material_ids", amounts: ["reserve_t", "delta_t"] },
-};
-
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -44,63 +28,386 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-function options(select, values, selected) {
-  select.replaceChildren(...values.map((v) => el("option", { value: v }, v)));
-  if (selected !== undefined) select.value = selected;
+function options(sel, values, selected) {
+  sel.replaceChildren(...values.map((v) => el("option", { value: v }, v)));
+  if (selected !== undefined) sel.value = selected;
+}
+
+// --- changes -------------------------------------------------------------------------------
+// One form per change kind, with the fields that kind has (retwin.scenario.schema) and honest
+// defaults: every date is filled in where it can be seen (nothing silently runs to the end of
+// the horizon), an outage takes the plant down unless a partial share is chosen, and a line
+// under each row says in plain words what the change will do.
+
+const ZH = () => state.lang === "zh";
+const sc = () => (state.model && state.model.scenario) || { plants: [], materials: [], quotas: [],
+  markets: [], demand: [], pools: [] };
+const byId = (list, id) => (list || []).find((x) => x.id === id);
+const nameOf = (list, id) => {
+  const x = byId(list, id);
+  if (!x) return id;
+  return (ZH() && x.name_zh) || x.name || id;
+};
+const STAGE_ZH = { mining: "采选", recycling: "回收", separation: "冶炼分离", metal: "金属",
+  magnet: "磁材", materials: "功能材料", motor: "电机", end_product: "终端产品" };
+const stageName = (s) => (!s ? "?" : ZH() ? STAGE_ZH[s] || s : s.replace("_", " "));
+const unitOf = (materialId) => ((byId(sc().materials, materialId) || {}).unit || "t");
+const plantUnit = (plantId) => {
+  const p = byId(sc().plants, plantId);
+  return p ? unitOf(Object.keys(p.recipe.outputs)[0]) : "t";
+};
+const modelStart = () => (state.model ? String(state.model.start) : "2024-01-01");
+const modelEnd = () => (state.model ? String(state.model.end) : "2030-12-31");
+// The first day of the year after the model's start: a what-if usually starts there.
+const nextYear = () => `${Number(modelStart().slice(0, 4)) + 1}-01-01`;
+const num = (v) => Number(v).toLocaleString("en-US", { maximumFractionDigits: 3 });
+const pct = (f) => `${f >= 1 ? "+" : "−"}${num(Math.abs(f - 1) * 100)} %`;
+
+// A field of a form: [name, label en, label zh, kind of input, default (a function of the row)]
+const F = {
+  amount: (modes, dflt) => ({ name: "mode", modes, dflt }),
+};
+const FORMS = {
+  quota: {
+    target: ["quota", "quota_ids"],
+    modes: [["factor", "× factor", "倍数", 0.9], ["set_t_reo", "set to t REO/yr", "设为 吨REO/年", null],
+            ["delta_t_reo", "add t REO/yr", "增加 吨REO/年", -10000]],
+  },
+  price: {
+    target: ["material", "material_ids"],
+    modes: [["factor", "× factor", "倍数", 1.2], ["value_cny_per_unit", "set to CNY per unit", "设为 元/单位", null]],
+    ramp: 90,
+  },
+  capacity: {
+    target: ["plant", "plant_ids"], scope: true,
+    modes: [["factor", "× factor", "倍数", 1.2], ["set_tpa", "set to per year", "设为 每年", null],
+            ["delta_tpa", "add per year", "增加 每年", 10000]],
+    ramp: 180,
+  },
+  plant: { action: true },
+  outage: { target: ["plant", "plant_ids"], outage: true },
+  demand: {
+    target: ["segment", "segment_ids"],
+    modes: [["factor", "× factor", "倍数", 1.1], ["growth_frac_per_year", "growth per year", "年增长率", 0.1]],
+  },
+  trade: {
+    target: ["market", "market_ids"], side: true,
+    modes: [["factor", "× factor", "倍数", 0.5], ["cap_tpa", "cap per year", "上限 每年", 0]],
+  },
+  reserve: {
+    target: ["material", "material_ids"],
+    modes: [["delta_t", "add t", "增加 吨", 1000], ["reserve_t", "set to t", "设为 吨", 1000]],
+  },
+};
+const KIND_ZH = { quota: "配额", price: "价格", capacity: "产能", plant: "工厂", outage: "停产",
+  demand: "需求", trade: "贸易", reserve: "储备" };
+
+// The current value of a mode's default (a set-to mode starts at today's level where known).
+function modeDefault(form, mode, target) {
+  const m = form.modes.find((x) => x[0] === mode);
+  if (m[3] !== null) return m[3];
+  if (mode === "set_t_reo") {
+    const q = byId(sc().quotas, target);
+    const v = q && Object.values(q.annual_t_reo || {})[0];
+    return v ? Math.round(v * 0.9) : 0;
+  }
+  if (mode === "value_cny_per_unit") {
+    const m2 = byId(sc().materials, target);
+    return m2 ? Math.round(m2.price.base_cny_per_unit * 1.2) : 0;
+  }
+  if (mode === "set_tpa") {
+    const p = byId(sc().plants, target);
+    return p ? Math.round(p.capacity_tpa * 1.2) : 0;
+  }
+  return 0;
+}
+
+function field(label, input, errName) {
+  return [el("label", {}, label + " ", input), el("span", { class: "err", "data-field": errName })];
+}
+
+function input(name, type, value, extra = {}) {
+  return el("input", Object.assign({ name, type, value: value === undefined ? "" : String(value) },
+    type === "number" ? { step: "any" } : {}, extra));
+}
+
+function select(name, values, selected, labels) {
+  const s = el("select", { name });
+  s.replaceChildren(...values.map((v, i) => el("option", { value: v }, labels ? labels[i] : v)));
+  if (selected !== undefined && values.includes(selected)) s.value = selected;
+  return s;
+}
+
+function plantLabels(ids) { return ids.map((id) => `${nameOf(sc().plants, id)} (${id})`); }
+
+function targetSelect(form, init) {
+  const [name, idsKey] = form.target;
+  const ids = (state.model && state.model[idsKey]) || [];
+  const labels = idsKey === "plant_ids" ? plantLabels(ids)
+    : idsKey === "material_ids" ? ids.map((id) => `${nameOf(sc().materials, id)} (${id})`)
+      : idsKey === "segment_ids" ? ids.map((id) => `${nameOf(sc().demand, id)} (${id})`)
+        : idsKey === "quota_ids" ? ids.map((id) => `${nameOf(sc().quotas, id)} (${id})`) : ids;
+  // a price change most often asks about PrNd oxide
+  const dflt = init[name] || (idsKey === "material_ids" && ids.includes("prnd_oxide") ? "prnd_oxide" : undefined);
+  return select(name, ids, dflt, labels);
+}
+
+function dates(fields, init, { from, to, toNeeded = true }) {
+  fields.append(...field(t("from", "from"), input("from", "date", init.from || from,
+    { required: "" }), "from"));
+  if (toNeeded) {
+    fields.append(...field(t("to", "to"), input("to", "date", init.to || to, { required: "" }), "to"));
+  }
 }
 
 function addChange(init = {}) {
   const row = el("div", { class: "change" });
-  const kind = el("select", { name: "kind" });
-  options(kind, Object.keys(KINDS), init.kind || "quota");
-  const fields = el("span");
+  const kind = select("kind", Object.keys(FORMS), init.kind || "quota",
+    Object.keys(FORMS).map((k) => (ZH() ? KIND_ZH[k] : k)));
+  const fields = el("span", { class: "fields" });
+  const plain = el("div", { class: "plain", "data-role": "plain" });
   const err = el("span", { class: "err", "data-role": "err" });
-  const draw = () => {
-    const spec = KINDS[kind.value];
-    const target = el("select", { name: spec.target });
-    options(target, (state.model && state.model[spec.ids]) || []);
-    fields.replaceChildren(el("label", {}, spec.target + " ", target),
-      el("span", { class: "err", "data-field": spec.target }));
-    if (spec.extra) {
-      const x = el("select", { name: spec.extra[0] });
-      options(x, spec.extra[1]);
-      fields.append(el("label", {}, spec.extra[0] + " ", x),
-        el("span", { class: "err", "data-field": spec.extra[0] }));
+  const draw = (first) => {
+    const k = kind.value;
+    const form = FORMS[k];
+    const i = first ? init : {};
+    fields.replaceChildren();
+    if (form.action) {
+      const action = select("action", ["add", "retire"], i.action || "add",
+        ZH() ? ["新建", "退役"] : ["add a plant", "retire a plant"]);
+      fields.append(...field(t("action", "action"), action, "action"));
+      const sub = el("span", { class: "sub" });
+      fields.append(sub);
+      const drawPlant = () => {
+        sub.replaceChildren();
+        if (action.value === "retire") {
+          sub.append(...field(t("plant", "plant"), targetSelect({ target: ["plant_id", "plant_ids"] }, i),
+            "plant_id"));
+          dates(sub, i, { from: nextYear(), toNeeded: false });
+        } else {
+          const stages = [...new Set(sc().plants.map((p) => p.stage))];
+          const stage = select("stage", stages, (i.plant && i.plant.stage) || "magnet",
+            stages.map(stageName));
+          const capacity = input("capacity_tpa", "number", "", { min: "0" });
+          const id = input("plant_id_new", "text", "", { maxlength: "64", size: "18" });
+          const name = input("plant_name", "text", "", { maxlength: "200", size: "18" });
+          const template = () => sc().plants.filter((p) => p.stage === stage.value)
+            .sort((a, b) => b.capacity_tpa - a.capacity_tpa)[0];
+          const fill = () => {
+            const tp = template();
+            capacity.value = tp ? String(Math.round(tp.capacity_tpa / 2)) : "10000";
+            id.value = `new_${stage.value}_plant`;
+            name.value = ZH() ? `新建${stageName(stage.value)}厂` : `New ${stageName(stage.value)} plant`;
+            row.dataset.template = tp ? tp.id : "";
+          };
+          stage.addEventListener("change", () => { fill(); update(); });
+          fill();
+          if (i.plant) {
+            capacity.value = String(i.plant.capacity_tpa);
+            id.value = i.plant.id;
+            name.value = i.plant.name;
+          }
+          sub.append(...field(t("stage", "stage"), stage, "stage"),
+            ...field(t("plant_id", "id"), id, "id"), ...field(t("name", "name"), name, "name"),
+            ...field(t("capacity", "capacity per year"), capacity, "capacity_tpa"));
+          dates(sub, i, { from: nextYear(), toNeeded: false });
+          sub.append(...field(t("ramp", "ramp days"), input("ramp_days", "number",
+            i.plant ? i.plant.ramp_days : 180, { min: "0", max: "3650", step: "1" }), "ramp_days"));
+        }
+        update();
+      };
+      action.addEventListener("change", drawPlant);
+      drawPlant();
+      return;
     }
-    if (spec.amounts.length) {
-      const which = el("select", { name: "amount" });
-      options(which, spec.amounts);
-      const value = el("input", { name: "value", type: "number", step: "any", value: "0.9" });
-      fields.append(which, value);
-      for (const a of spec.amounts) fields.append(el("span", { class: "err", "data-field": a }));
+    if (form.scope) {
+      const scope = select("scope", ["plant", "stage"], i.stage ? "stage" : "plant",
+        ZH() ? ["一家工厂", "整个环节"] : ["one plant", "every plant of a stage"]);
+      const holder = el("span");
+      const drawScope = () => {
+        if (scope.value === "stage") {
+          const stages = [...new Set(sc().plants.map((p) => p.stage))];
+          holder.replaceChildren(...field(t("stage", "stage"),
+            select("stage", stages, i.stage, stages.map(stageName)), "stage"));
+        } else {
+          holder.replaceChildren(...field(t("plant", "plant"), targetSelect(form, i), "plant"));
+        }
+        update();
+      };
+      scope.addEventListener("change", drawScope);
+      fields.append(scope, holder);
+      drawScope();
+    } else {
+      fields.append(...field(t(form.target[0], form.target[0]), targetSelect(form, i), form.target[0]));
     }
-    fields.append(el("label", {}, t("from", "from") + " ", el("input", { name: "from", type: "date", value: "2025-01-01" })),
-      el("span", { class: "err", "data-field": "from" }),
-      el("label", {}, t("to", "to") + " ", el("input", { name: "to", type: "date" })),
-      el("span", { class: "err", "data-field": "to" }));
+    if (form.side) {
+      fields.append(...field(t("side", "side"), select("side", ["import", "export"], i.side || "export",
+        ZH() ? ["进口", "出口"] : ["import", "export"]), "side"));
+    }
+    if (form.outage) {
+      const how = select("how", ["down", "partial"], i.capacity_frac ? "partial" : "down",
+        ZH() ? ["完全停产（产能 0）", "部分停产"] : ["down (capacity 0)", "partial: keeps a share"]);
+      const share = input("capacity_frac", "number", i.capacity_frac || 0.5,
+        { min: "0", max: "0.99", step: "0.05" });
+      const shareLabel = el("label", {}, (ZH() ? "保留产能比例" : "share kept") + " ", share);
+      const showShare = () => { shareLabel.hidden = how.value !== "partial"; update(); };
+      how.addEventListener("change", showShare);
+      fields.append(how, shareLabel, el("span", { class: "err", "data-field": "capacity_frac" }));
+      showShare();
+      const y = nextYear().slice(0, 4);
+      dates(fields, i, { from: `${y}-04-01`, to: `${y}-06-30` });
+    } else {
+      const modeNames = form.modes.map((m) => m[0]);
+      const given = modeNames.find((m) => i[m] !== undefined && i[m] !== null);
+      const mode = select("mode", modeNames, given || modeNames[0],
+        form.modes.map((m) => (ZH() ? m[2] : m[1])));
+      const targetOf = () => { const s = fields.querySelector(`[name="${form.target[0]}"]`); return s && s.value; };
+      const value = input("value", "number", given ? i[given] : modeDefault(form, mode.value, targetOf()));
+      mode.addEventListener("change", () => {
+        value.value = String(modeDefault(form, mode.value, targetOf()));
+        update();
+      });
+      fields.append(mode, value, ...modeNames.map((m) => el("span", { class: "err", "data-field": m })));
+      if (form.ramp !== undefined) {
+        fields.append(...field(t("ramp", "ramp days"), input("ramp_days", "number",
+          i.ramp_days !== undefined ? i.ramp_days : form.ramp, { min: "0", max: "3650", step: "1" }),
+        "ramp_days"));
+      }
+      dates(fields, i, { from: nextYear(), to: modelEnd() });
+    }
+    update();
   };
-  kind.addEventListener("change", draw);
-  draw();
+  const update = () => { plain.textContent = describe(readChange(row)); };
+  kind.addEventListener("change", () => draw(false));
+  row.addEventListener("input", update);
+  row.addEventListener("change", update);
   row.append(el("label", {}, t("kind", "kind") + " ", kind), fields,
-    el("button", { type: "button", onclick: () => row.remove() }, t("remove", "remove")), err);
+    el("button", { type: "button", class: "remove", onclick: () => row.remove() }, t("remove", "remove")),
+    err, plain);
   $("#changes").append(row);
+  draw(true);
   return row;
 }
 
+// The change a row stands for, as the API takes it (every date explicit).
 function readChange(row) {
-  const kind = row.querySelector("[name=kind]").value;
-  const spec = KINDS[kind];
-  const ch = { kind };
-  ch[spec.target] = row.querySelector(`[name=${spec.target}]`).value;
-  if (spec.extra) ch[spec.extra[0]] = row.querySelector(`[name=${spec.extra[0]}]`).value;
-  const which = row.querySelector("[name=amount]");
-  const value = row.querySelector("[name=value]");
-  if (which && value.value !== "") ch[which.value] = Number(value.value);
-  for (const k of ["from", "to"]) {
-    const v = row.querySelector(`[name=${k}]`).value;
-    if (v) ch[k] = v;
+  const get = (n) => { const e = row.querySelector(`[name="${n}"]`); return e ? e.value : undefined; };
+  const k = get("kind");
+  const ch = { kind: k };
+  const from = get("from");
+  const to = get("to");
+  if (from !== undefined) ch.from = from;
+  if (to !== undefined) ch.to = to;
+  const numOr = (v) => (v === "" || v === undefined ? v : Number(v));
+  if (k === "plant") {
+    ch.action = get("action");
+    if (ch.action === "retire") { ch.plant_id = get("plant_id"); return ch; }
+    const tp = byId(sc().plants, row.dataset.template) || {};
+    const plant = JSON.parse(JSON.stringify(tp));
+    Object.assign(plant, {
+      id: get("plant_id_new"), name: get("plant_name"), name_zh: "", stage: get("stage"),
+      capacity_tpa: numOr(get("capacity_tpa")), ramp_days: numOr(get("ramp_days")),
+      commissioning: from || null, retirement: null,
+      availability: tp.availability ? Object.assign({}, tp.availability, { planned_outages: [] }) : undefined,
+      source: `added on the planner's page from the template ${tp.id || "?"}`,
+    });
+    for (const key of Object.keys(plant)) if (plant[key] === undefined) delete plant[key];
+    ch.plant = plant;
+    return ch;
   }
+  if (k === "outage") {
+    ch.plant = get("plant");
+    ch.capacity_frac = get("how") === "partial" ? numOr(get("capacity_frac")) : 0;
+    return ch;
+  }
+  const form = FORMS[k];
+  if (form.scope) {
+    if (get("scope") === "stage") ch.stage = get("stage"); else ch.plant = get("plant");
+  } else {
+    ch[form.target[0]] = get(form.target[0]);
+  }
+  if (form.side) ch.side = get("side");
+  ch[get("mode")] = numOr(get("value"));
+  if (form.ramp !== undefined) ch.ramp_days = numOr(get("ramp_days"));
   return ch;
+}
+
+// What a change will do, in one plain sentence.
+function describe(ch) {
+  const zh = ZH();
+  const when = ch.to ? `${ch.from || "?"} → ${ch.to}` : (zh ? `自 ${ch.from || "?"} 起` : `from ${ch.from || "?"}`);
+  const ramp = ch.ramp_days ? (zh ? `，${ch.ramp_days} 天内逐步达到` : `, reached over ${ch.ramp_days} days`) : "";
+  const amount = (unit) => {
+    if (ch.factor !== undefined) return `× ${num(ch.factor)} (${pct(ch.factor)})`;
+    for (const [key, verb, verbZh] of [["set_t_reo", "set to", "设为"], ["set_tpa", "set to", "设为"],
+      ["value_cny_per_unit", "set to", "设为"], ["cap_tpa", "capped at", "上限"], ["reserve_t", "set to", "设为"]]) {
+      if (ch[key] !== undefined) return `${zh ? verbZh : verb} ${num(ch[key])} ${unit}`;
+    }
+    for (const key of ["delta_t_reo", "delta_tpa", "delta_t"]) {
+      if (ch[key] !== undefined) return `${ch[key] >= 0 ? "+" : "−"}${num(Math.abs(ch[key]))} ${unit}`;
+    }
+    if (ch.growth_frac_per_year !== undefined) {
+      return zh ? `年增长率改为 ${num(ch.growth_frac_per_year * 100)} %` : `grows ${num(ch.growth_frac_per_year * 100)} % a year`;
+    }
+    return "?";
+  };
+  switch (ch.kind) {
+    case "outage":
+      return ch.capacity_frac
+        ? `${nameOf(sc().plants, ch.plant)} ${zh ? `降至 ${num(ch.capacity_frac * 100)} % 产能` : `at ${num(ch.capacity_frac * 100)} % of capacity`} ${when}`
+        : `${nameOf(sc().plants, ch.plant)} ${zh ? "停产" : "down"} ${when}`;
+    case "quota":
+      return `${nameOf(sc().quotas, ch.quota)} ${amount("t REO/yr")} ${when}`;
+    case "price": {
+      const mat = nameOf(sc().materials, ch.material);
+      const mkt = sc().economics && (sc().settings || {}).price_mode !== "path";
+      const how = mkt ? (zh ? "（市场模式：改变外部价格，本地价格经市场跟随）"
+        : " (markets on: moves the outside price; the local price follows through the market)") : "";
+      return `${mat} ${zh ? "价格" : "price"} ${amount(`CNY/${unitOf(ch.material)}`)} ${when}${ramp}${how}`;
+    }
+    case "capacity": {
+      const who = ch.stage ? (zh ? `${stageName(ch.stage)}环节全部工厂` : `every ${stageName(ch.stage)} plant`)
+        : nameOf(sc().plants, ch.plant);
+      return `${who} ${zh ? "产能" : "capacity"} ${amount(`${ch.plant ? plantUnit(ch.plant) : "t"}/yr`)} ${when}${ramp}`;
+    }
+    case "plant":
+      if (ch.action === "retire") return `${nameOf(sc().plants, ch.plant_id)} ${zh ? "退役，自" : "retired from"} ${ch.from || "?"}`;
+      {
+        const u = unitOf(Object.keys((ch.plant.recipe || { outputs: { t: 1 } }).outputs)[0]);
+        return zh
+          ? `新建${stageName(ch.plant.stage)}厂 ${ch.plant.name}（${ch.plant.id}），产能 ${num(ch.plant.capacity_tpa)} ${u}/年，${ch.from || "?"} 投产，${ch.plant.ramp_days} 天达产；工艺参照 ${row_template(ch)}`
+          : `Add ${ch.plant.name} (${ch.plant.id}), a ${stageName(ch.plant.stage)} plant of ${num(ch.plant.capacity_tpa)} ${u}/yr, starts ${ch.from || "?"}, full after ${ch.plant.ramp_days} days; recipe of ${row_template(ch)}`;
+      }
+    case "demand":
+      return `${nameOf(sc().demand, ch.segment)} ${zh ? "需求" : "demand"} ${amount("")} ${when}`;
+    case "trade":
+      return `${nameOf(sc().markets, ch.market)} ${ch.side === "import" ? (zh ? "进口" : "imports") : (zh ? "出口" : "exports")} ${amount("t/yr")} ${when}`;
+    case "reserve":
+      return `${nameOf(sc().materials, ch.material)} ${zh ? "战略储备" : "strategic reserve"} ${amount("t")} ${when}`;
+    default:
+      return "";
+  }
+}
+const row_template = (ch) => {
+  const src = (ch.plant && ch.plant.source) || "";
+  const m = /template (\S+)$/.exec(src);
+  return m ? nameOf(sc().plants, m[1]) : "?";
+};
+
+// Dates are required: an empty one is reported next to its field before anything is sent.
+function checkRows() {
+  let ok = true;
+  for (const row of document.querySelectorAll("#changes .change")) {
+    for (const name of ["from", "to"]) {
+      const e = row.querySelector(`[name="${name}"]`);
+      if (e && !e.value) {
+        ok = false;
+        row.classList.add("invalid");
+        row.querySelector(`[data-field="${name}"]`).textContent = ZH() ? "请填写日期" : `${name} is required (a date)`;
+      }
+    }
+  }
+  return ok;
 }
 
 // --- HTTP ----------------------------------------------------------------------------------
@@ -189,12 +496,14 @@ async function loadModels() {
 async function loadModel() {
   state.model = await api(`/models/${encodeURIComponent($("#model").value)}`);
   $("#changes").replaceChildren();
+  window.retwinModel = state.model.name;
 }
 
 async function submit(ev) {
   ev.preventDefault();
   clearErrors();
   $("#message").textContent = "";
+  if (!checkRows()) return;
   const body = {
     model: $("#model").value,
     changes: [...document.querySelectorAll("#changes .change")].map(readChange),
@@ -231,6 +540,7 @@ async function follow(id) {
 
 function showRun(run) {
   state.run = run;
+  window.retwinShown = { id: run.id, status: run.status };
   const r = run.result;
   $("#result").hidden = false;
   $("#run-link").textContent = run.id;
