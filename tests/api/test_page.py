@@ -3,6 +3,7 @@ endpoint; and the page driven end to end in a headless Chromium."""
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 from apiutil import REPO, Server, TestClient, settings_for, whatif
 
 from retwin_service.main import create_app
+from retwin_service.routes import answer
 
 API = "/api/v1"
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -61,6 +63,58 @@ def test_charts_of_a_run(client: TestClient, run: dict[str, Any]) -> None:
     assert client.get(f"{base}/sankey", params={"year": 2030}).status_code == 422
     assert client.get(f"{base}/nothing").status_code == 422
     assert client.get(f"{API}/runs/nope/charts/sankey").status_code == 404
+
+
+def test_the_summary_of_a_run(client: TestClient, run: dict[str, Any]) -> None:
+    """The page's compact answer: the headline cards carry the run's own numbers (a card of
+    one KPI row is that row and its paired difference; a sum is the sum of its rows), and the
+    first year a change acts."""
+    s = client.get(f"{API}/runs/{run['id']}/summary").json()
+    assert s["status"] == "done" and s["request"] == run["request"]
+    r = s["result"]
+    assert r["years"] == [2024, 2025] and r["focus_year"] == 2025  # the quota cut's year
+    kpis = {(k["kpi"], k["key"], k["year"]): k for k in run["result"]["kpis"]}
+    diffs = {(k["kpi"], k["key"], k["year"]): k for k in run["result"]["difference"]}
+    assert r["cards"], "the tiny model has headline KPIs"
+    for card in r["cards"]:
+        for i, year in enumerate(card["years"]):
+            if card["key"] is not None:
+                row = (card["kpi"], card["key"], year)
+                k, d = kpis[row], diffs[row]
+                # the same numbers (the run's JSON keeps 15 significant digits)
+                assert [card["mean"][i], card["p5"][i], card["p95"][i]] == pytest.approx(
+                    [k["mean"], k["p5"], k["p95"]], rel=1e-13), card["id"]
+                assert card["delta"][i] == pytest.approx(d["mean"], rel=1e-13), card["id"]
+                assert card["base"][i] == pytest.approx(k["mean"] - d["mean"])
+            else:
+                rows = [k for (n, _, y), k in kpis.items()
+                        if n == card["kpi"] and y == year and k["unit"] == card["sum_of"]]
+                assert card["mean"][i] == pytest.approx(sum(k["mean"] for k in rows))
+                assert card["delta"][i] == pytest.approx(sum(
+                    diffs[(k["kpi"], k["key"], year)]["mean"] for k in rows), abs=1e-6)
+    assert len(client.get(f"{API}/runs/{run['id']}/summary").content) < 30_000
+    for name in ("stages", "markets"):
+        panel = client.get(f"{API}/runs/{run['id']}/panels/{name}")
+        assert panel.status_code == 200 and panel.json()["baseline"] is True, name
+    stages = client.get(f"{API}/runs/{run['id']}/panels/stages").json()
+    assert set(stages["whatif"]) == set(stages["stages"])
+    assert all(len(v) == len(stages["months"]) for v in stages["whatif"].values())
+    assert client.get(f"{API}/runs/nope/summary").status_code == 404
+    assert client.get(f"{API}/runs/{run['id']}/panels/nothing").status_code == 422
+
+
+@pytest.mark.parametrize(("changes", "year"), [
+    ([], 2024),
+    ([{"kind": "quota", "quota": "q", "factor": 0.9}], 2024),  # no start: from the first year
+    ([{"kind": "outage", "plant": "p", "from": "2027-04-01", "to": "2027-05-01"},
+      {"kind": "quota", "quota": "q", "factor": 0.9, "from": "2026-02-01"}], 2026),
+    ([{"kind": "plant", "action": "add", "plant": {"id": "n", "commissioning": "2028-01-01"}}],
+     2028),
+    ([{"kind": "demand", "segment": "s", "factor": 2, "from": "2040-01-01"}], 2030),
+    ([{"kind": "demand", "segment": "s", "factor": 2, "from": "2001-01-01"}], 2024),
+])
+def test_the_first_year_a_change_acts(changes: list[dict[str, Any]], year: int) -> None:
+    assert answer.focus_year(changes, list(range(2024, 2031))) == year
 
 
 # --- in a real browser ---------------------------------------------------------------------
@@ -203,6 +257,93 @@ def test_a_new_plant_from_the_form(browser: Any, server: Server) -> None:
     assert plant["stage"] == "magnet" and plant["capacity_tpa"] == 20000
     assert plant["ramp_days"] == 90 and plant["commissioning"] == "2025-01-01"
     assert _diff(run, "output.plant", plant["id"], 2026) > 1000
+
+
+def _fmt(v: float, unit: str) -> str:
+    """A number as the page prints it (``fmtNum`` in app.js)."""
+    if unit == "fraction":
+        return f"{v * 100:.1f} %"
+    a = abs(v)
+    if a < 1e-9:
+        return "0"
+    if a >= 100:
+        return f"{math.floor(v + 0.5):,}"
+    g = float(f"{v:.3g}")
+    return f"{int(g):,}" if g == int(g) else str(g)
+
+
+def _fmt_delta(d: float, unit: str, ref: float) -> str:
+    if abs(d) <= 1e-9 * max(1.0, abs(ref)):
+        return "0"
+    if unit == "fraction":
+        return f"{'+' if d > 0 else '−'}{abs(d) * 100:.1f} pp"
+    return ("+" if d > 0 else "−") + _fmt(abs(d), unit)
+
+
+#: A what-if whose changes act from 2026 only: an outage of the main separator, and an export
+#: cap far above anything shipped (it never binds, so the run says so in its notes).
+LATE = {"model": "baotou-2024", "replications": 4, "seed": 7, "changes": [
+    {"kind": "outage", "plant": "cnre_separation", "from": "2026-04-01", "to": "2026-06-30"},
+    {"kind": "trade", "market": "concentrate_out", "side": "export", "cap_tpa": 1e8,
+     "from": "2026-01-01", "to": "2030-12-31"}]}
+
+
+@needs_browser
+def test_the_first_screen_of_a_run(browser: Any, server: Server) -> None:
+    """A finished run opened at ``/#run=<id>``: the headline cards show the API's numbers
+    (value and Δ of the year the changes start, with the unit), the notes of changes that
+    never bound are shown, the Sankey opens on the first year a change acts, and everything
+    the run's first screen asks of the API weighs under 100 KB."""
+    run = _api_run(server, LATE)
+    result = run["result"]
+    assert result["notes"], "the never-binding export cap is noted"
+    page, errors = _open(browser, server)
+    sizes: dict[str, int] = {}
+
+    def count(response: Any) -> None:
+        if f"{API}/runs/{run['id']}" in response.url:
+            sizes[response.url] = len(response.body())
+
+    page.on("response", count)
+    try:
+        page.goto(f"{server.url}/#run={run['id']}")
+        page.reload()
+        page.wait_for_function(f"window.retwinDrawn === {run['id']!r}", timeout=120_000)
+        assert page.locator("#year").input_value() == "2026"
+        assert page.locator("#sankey-year").input_value() == "2026"
+        assert page.evaluate("document.querySelector('#sankey').dataset.year") == "2026"
+        title = page.evaluate("document.querySelector('#sankey').layout.title.text")
+        assert "2026" in title
+        shown_notes = page.locator("#notes li").all_inner_texts()
+        assert shown_notes == result["notes"]
+        kpis = {(k["kpi"], k["key"], k["year"]): k for k in result["kpis"]}
+        diffs = {(k["kpi"], k["key"], k["year"]): k for k in result["difference"]}
+        checked = 0
+        for card, kpi, key in (("magnet", "output.stage", "magnet"),
+                               ("separation", "output.stage", "separation"),
+                               ("prnd_price", "price.material", "prnd_oxide"),
+                               ("local_conversion", "local_conversion", "region"),
+                               ("value_total", "value.group", "total")):
+            k, d = kpis[(kpi, key, 2026)], diffs[(kpi, key, 2026)]
+            loc = page.locator(f".card[data-card={card}]")
+            unit = k["unit"]
+            assert loc.locator(".card-value .v").inner_text() == _fmt(k["mean"], unit), card
+            assert loc.locator(".card-delta .d").inner_text() == _fmt_delta(
+                d["mean"], unit, k["mean"] - d["mean"]), card
+            assert f"{_fmt(k['p5'], unit)} – {_fmt(k['p95'], unit)}" in \
+                loc.locator(".card-band").inner_text(), card
+            checked += 1
+        assert checked == 5
+        assert page.locator(".card[data-card=prnd_price] .unit").inner_text() == "CNY/t"
+        assert any("/panels/stages" in u for u in sizes)  # the page asked for its panels
+        page.screenshot(path=str(ARTIFACTS / "page-en.png"))
+        assert errors == []
+    finally:
+        page.close()
+    total = sum(sizes.values())
+    assert total < 100_000, f"the first screen of a run is {total} bytes: {sizes}"
+    # the whole run's answer is several times that: the page does not ask for it
+    assert not any(u.endswith(f"/runs/{run['id']}") for u in sizes)
 
 
 def test_the_browser_artifacts_are_ignored_by_git() -> None:

@@ -333,8 +333,10 @@ function readChange(row) {
 }
 
 // What a change will do, in one plain sentence.
-function describe(ch) {
+function describe(given) {
   const zh = ZH();
+  // a stored request names every field, the ones not given as null
+  const ch = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== null && v !== ""));
   const when = ch.to ? `${ch.from || "?"} → ${ch.to}` : (zh ? `自 ${ch.from || "?"} 起` : `from ${ch.from || "?"}`);
   const ramp = ch.ramp_days ? (zh ? `，${ch.ramp_days} 天内逐步达到` : `, reached over ${ch.ramp_days} days`) : "";
   const amount = (unit) => {
@@ -466,17 +468,6 @@ function showErrors(detail) {
   }
 }
 
-// --- numbers -------------------------------------------------------------------------------
-
-function fmt(v) {
-  if (v === null || v === undefined) return "–";
-  if (Math.abs(v) >= 100) return Math.round(v).toLocaleString("en-US");
-  return Number(v.toPrecision(3)).toLocaleString("en-US", { maximumSignificantDigits: 3 });
-}
-
-const HEADLINE = ["output.stage", "value.group", "local_conversion", "fill_rate.segment",
-  "element.la_ce_surplus", "element.dy_tb_deficit"];
-// A KPI's label as the package declares it (GET /kpis); its name until that has loaded.
 const kpiLabel = (name) => {
   const d = state.kpis && state.kpis[name];
   return d ? (state.lang === "zh" ? d.label_zh : d.label) : name;
@@ -525,7 +516,8 @@ async function submit(ev) {
 async function follow(id) {
   $("#progress").hidden = false;
   for (;;) {
-    const run = await api(`/runs/${encodeURIComponent(id)}?wait=2`);
+    // the compact answer: status, then the first screen's numbers (not every KPI)
+    const run = await api(`/runs/${encodeURIComponent(id)}/summary?wait=2`);
     $("#progress-bar").value = run.progress || 0;
     $("#progress-text").textContent = `${run.status} ${Math.round((run.progress || 0) * 100)} %`;
     if (["done", "failed", "cancelled"].includes(run.status)) {
@@ -538,15 +530,50 @@ async function follow(id) {
   }
 }
 
+// --- numbers -------------------------------------------------------------------------------
+
+// Sensible rounding: no float noise; three significant digits below 100, whole numbers above.
+function fmtNum(v, unit) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  if (unit === "fraction") return `${(v * 100).toLocaleString("en-US", { maximumFractionDigits: 1, minimumFractionDigits: 1 })} %`;
+  const a = Math.abs(v);
+  if (a < 1e-9) return "0";
+  if (a >= 100) return Math.round(v).toLocaleString("en-US");
+  return Number(v.toPrecision(3)).toLocaleString("en-US", { maximumSignificantDigits: 3 });
+}
+function fmtDelta(v, unit, ref) {
+  if (v === null || v === undefined) return "–";
+  // a difference below a billionth of the value it changes is float noise: no change
+  if (Math.abs(v) <= 1e-9 * Math.max(1, Math.abs(ref || 0))) return "0";
+  if (unit === "fraction") {
+    const pp = v * 100;
+    return `${pp > 0 ? "+" : "−"}${Math.abs(pp).toLocaleString("en-US", { maximumFractionDigits: 1, minimumFractionDigits: 1 })} pp`;
+  }
+  return (v > 0 ? "+" : "−") + fmtNum(Math.abs(v), unit);
+}
+function fmtPct(v) {
+  if (v === null || v === undefined) return "–";
+  if (Math.abs(v) < 0.05) return "0 %";
+  return `${v > 0 ? "+" : "−"}${Math.abs(v).toLocaleString("en-US", { maximumFractionDigits: 1, minimumFractionDigits: 1 })} %`;
+}
+// the unit beside a number (a share is printed as a percentage, its % already written)
+const unitText = (u) => (u === "fraction" ? "" : u || "");
+const sign = (v, ref) => (v === null || v === undefined || Math.abs(v) <= 1e-9 * Math.max(1, Math.abs(ref || 0)) ? "" : (v > 0 ? "pos" : "neg"));
+
+// --- the answer ----------------------------------------------------------------------------
+
 function showRun(run) {
   state.run = run;
-  window.retwinShown = { id: run.id, status: run.status };
   const r = run.result;
   $("#result").hidden = false;
   $("#run-link").textContent = run.id;
   $("#run-link").href = `#run=${run.id}`;
-  $("#run-meta").textContent = `${run.model} · ${r.start} – ${r.end} · seed ${r.seed} · ` +
-    `${r.replications} × · ${(run.request.changes || []).length} change(s)`;
+  const n = (run.request.changes || []).length;
+  $("#run-meta").textContent = `${run.model} · ${r.start} – ${r.end} · ${t("seed", "seed")} ${r.seed} · ` +
+    `${r.replications} ${t("reps", "replications")} · ${n} ${t("changes_n", "change(s)")}` +
+    (run.request.changes || []).map((c) => `\n• ${describe(c)}`).join("");
+  $("#notes").replaceChildren(...(r.notes || []).map((x) => el("li", {}, x)));
+  options($("#year"), r.years.map(String), String(r.focus_year));
   const dl = [];
   for (const table of ["kpis", "series", "flows"]) {
     for (const f of ["csv", "parquet"]) {
@@ -555,24 +582,136 @@ function showRun(run) {
     }
   }
   $("#downloads").replaceChildren(...dl);
-  const diff = new Map((r.difference || []).map((d) => [`${d.kpi}|${d.key}|${d.year}`, d.mean]));
-  const rows = r.kpis.filter((k) => HEADLINE.includes(k.kpi))
-    .sort((a, b) => HEADLINE.indexOf(a.kpi) - HEADLINE.indexOf(b.kpi));
-  $("#kpi-table tbody").replaceChildren(...rows.map((k) => {
-    const d = diff.get(`${k.kpi}|${k.key}|${k.year}`);
-    const cls = d === undefined || d === null || Math.abs(d) < 1e-9 ? "" : (d > 0 ? "pos" : "neg");
-    return el("tr", {},
-      el("td", { title: k.kpi }, kpiLabel(k.kpi)), el("td", {}, k.key), el("td", {}, String(k.year)),
-      el("td", { class: "num kpi-value", "data-kpi": k.kpi, "data-key": k.key,
-        "data-year": String(k.year), "data-value": String(k.mean) }, fmt(k.mean)),
-      el("td", { class: "num" }, r.replications > 1 ? `${fmt(k.p5)} – ${fmt(k.p95)}` : ""),
-      el("td", { class: `num ${cls}` }, d === undefined ? "" : (d > 0 ? "+" : "") + fmt(d)));
+  drawCards();
+  drawTargets();
+  if ($("#kpi-details").open) drawKpiTable();
+  drawBottlenecks();
+  window.retwinShown = { id: run.id, status: run.status, year: r.focus_year };
+  drawCharts();
+}
+
+function sparkline(c, i) {
+  const w = 150, h = 36;
+  const vals = [...c.mean, ...c.base, ...c.p5, ...c.p95].filter((v) => v !== null && v !== undefined);
+  if (!vals.length) return el("span");
+  const lo = Math.min(...vals), hi = Math.max(...vals);
+  const x = (k) => 2 + (k * (w - 4)) / Math.max(1, c.years.length - 1);
+  const y = (v) => h - 2 - ((v - lo) / ((hi - lo) || 1)) * (h - 4);
+  const path = (arr) => arr.map((v, k) => (v === null ? "" : `${k && arr[k - 1] !== null ? "L" : "M"}${x(k).toFixed(1)},${y(v).toFixed(1)}`)).join("");
+  const band = c.p5.map((v, k) => `${k ? "L" : "M"}${x(k).toFixed(1)},${y(v ?? lo).toFixed(1)}`).join("") +
+    [...c.p95].reverse().map((v, k) => `L${x(c.years.length - 1 - k).toFixed(1)},${y(v ?? lo).toFixed(1)}`).join("") + "Z";
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("class", "spark");
+  const add = (d, cls) => { const e = document.createElementNS(ns, "path"); e.setAttribute("d", d); e.setAttribute("class", cls); svg.append(e); };
+  add(band, "band");
+  if (c.base.some((v) => v !== null)) add(path(c.base), "base");
+  add(path(c.mean), "what");
+  const dot = document.createElementNS(ns, "circle");
+  dot.setAttribute("cx", x(i)); dot.setAttribute("cy", y(c.mean[i] ?? lo)); dot.setAttribute("r", "2.5");
+  svg.append(dot);
+  return svg;
+}
+
+function drawCards() {
+  const r = state.run.result;
+  const year = Number($("#year").value);
+  const i = r.years.indexOf(year);
+  $("#cards").replaceChildren(...r.cards.map((c) => {
+    const goal = c.targets.find((g) => g.year === year);
+    const other = c.targets.filter((g) => g.year !== year).map((g) => g.year);
+    let target = "";
+    let tcls = "";
+    if (goal) {
+      const met = goal.kind === "at_most" ? c.mean[i] <= goal.goal : c.mean[i] >= goal.goal;
+      target = `${t("target", "target")} ${fmtNum(goal.goal, c.unit)} · ${met ? t("attained", "attained") : t("missed", "missed")}`;
+      tcls = met ? "ok" : "bad";
+    } else if (other.length) {
+      target = `${t("target_only", "target set for")} ${other.join(", ")}`;
+    }
+    return el("div", { class: "card", "data-card": c.id },
+      el("div", { class: "card-title", title: c.sum_of ? `${c.kpi} (sum of rows in ${c.sum_of})` : `${c.kpi} · ${c.key}` },
+        ZH() ? c.label_zh : c.label),
+      el("div", { class: "card-value" }, el("span", { class: "v", "data-value": String(c.mean[i]) }, fmtNum(c.mean[i], c.unit)),
+        " ", el("span", { class: "unit" }, unitText(c.unit))),
+      el("div", { class: `card-delta ${sign(c.delta[i], c.base[i])}` },
+        el("span", { class: "d", "data-value": String(c.delta[i]) }, fmtDelta(c.delta[i], c.unit, c.base[i])), " · ",
+        el("span", { class: "dp" }, fmtPct(c.delta_pct[i]))),
+      el("div", { class: "card-band" }, `p5–p95 ${fmtNum(c.p5[i], c.unit)} – ${fmtNum(c.p95[i], c.unit)}`),
+      sparkline(c, i),
+      el("div", { class: `card-target ${tcls}` }, target));
   }));
+}
+
+function drawTargets() {
+  const r = state.run.result;
   $("#target-table tbody").replaceChildren(...r.targets.map((g) => el("tr",
     { class: g.attained ? "ok" : "bad" }, el("td", {}, g.name), el("td", {}, String(g.year)),
-    el("td", { class: "num" }, `${fmt(g.value)} / ${fmt(g.goal)} ${g.unit}`),
+    el("td", { class: "num" }, `${fmtNum(g.goal, g.unit)} ${unitText(g.unit)}`),
+    el("td", { class: "num" }, g.baseline_value === null || g.baseline_value === undefined ? "–" : fmtNum(g.baseline_value, g.unit)),
+    el("td", { class: "num" }, fmtNum(g.value, g.unit)),
     el("td", {}, g.attained ? t("attained", "attained") : t("missed", "missed")))));
-  drawCharts();
+}
+
+// The full KPI table: asked for only when opened, for the chosen year only.
+async function drawKpiTable() {
+  const year = $("#year").value;
+  const id = encodeURIComponent(state.run.id);
+  const q = `from=${year}&to=${year}&limit=10000`;
+  const [sum, diff] = await Promise.all([api(`/runs/${id}/kpis?${q}`),
+    api(`/runs/${id}/kpis?view=difference&${q}`).catch(() => ({ rows: [] }))]);
+  const d = new Map(diff.rows.map((x) => [`${x.kpi}|${x.key}`, x.mean]));
+  const groups = new Map();
+  for (const row of sum.rows) {
+    const decl = (state.kpis || {})[row.kpi] || { group: "other", group_label: "Other", group_label_zh: "其他" };
+    if (!groups.has(decl.group)) groups.set(decl.group, { decl, rows: [] });
+    groups.get(decl.group).rows.push(row);
+  }
+  const bodies = [...groups.values()].map(({ decl, rows }) => el("tbody", {},
+    el("tr", { class: "group" }, el("th", { colspan: "7" }, ZH() ? decl.group_label_zh : decl.group_label)),
+    ...rows.map((k) => {
+      const dv = d.get(`${k.kpi}|${k.key}`);
+      const unit = k.unit === "CNY per unit" ? `CNY/${unitOf(k.key)}` : k.unit;
+      const base = dv === undefined || k.mean === null ? null : k.mean - dv;
+      return el("tr", {},
+        el("td", { title: k.kpi }, kpiLabel(k.kpi)), el("td", { title: k.key }, keyName(k.kpi, k.key)),
+        el("td", {}, unit === "fraction" ? "%" : unitText(unit)),
+        el("td", { class: "num kpi-value", "data-kpi": k.kpi, "data-key": k.key, "data-value": String(k.mean) }, fmtNum(k.mean, unit)),
+        el("td", { class: "num" }, state.run.result.replications > 1 ? `${fmtNum(k.p5, unit)} – ${fmtNum(k.p95, unit)}` : ""),
+        el("td", { class: `num ${sign(dv, base)}` }, dv === undefined ? "" : fmtDelta(dv, unit, base)),
+        el("td", { class: "num" }, dv === undefined || !base ? "" : fmtPct((100 * dv) / Math.abs(base))));
+    })));
+  $("#kpi-table").replaceChildren($("#kpi-table thead"), ...bodies);
+}
+
+function keyName(kpi, key) {
+  if (kpi.endsWith(".stage")) return stageName(key);
+  if (kpi.endsWith(".plant")) return nameOf(sc().plants, key);
+  if (kpi.endsWith(".material")) return nameOf(sc().materials, key);
+  if (kpi.endsWith(".segment")) return nameOf(sc().demand, key);
+  if (kpi.endsWith(".market")) return nameOf(sc().markets, key);
+  if (kpi.endsWith(".group")) return ZH() ? ({ raw_materials: "原材料", new_materials: "新材料", applications: "应用", total: "合计" })[key] || key : key.replace("_", " ");
+  return key;
+}
+
+// The bottleneck of each stage and year, baseline beside what-if; a change shows in colour.
+function drawBottlenecks() {
+  const r = state.run.result;
+  const cell = (rows) => new Map((rows || []).map((b) => [`${b.stage}|${b.year}`, b]));
+  const w = cell(r.bottlenecks), b = cell(r.baseline_bottlenecks);
+  const stages = [...new Set(sc().plants.map((p) => p.stage))];
+  const head = el("tr", {}, el("th", {}, t("stage", "stage")), ...r.years.map((y) => el("th", {}, String(y))));
+  const rows = stages.filter((s) => r.years.some((y) => w.has(`${s}|${y}`) || b.has(`${s}|${y}`))).map((s) => el("tr", {},
+    el("th", {}, stageName(s)), ...r.years.map((y) => {
+      const x = w.get(`${s}|${y}`), z = b.get(`${s}|${y}`);
+      const wx = x ? x.constraint : "", bz = z ? z.constraint : "";
+      const changed = r.baseline_bottlenecks && wx !== bz;
+      return el("td", { class: changed ? "changed" : "", title: `${t("baseline", "baseline")}: ${bz || "–"} · ${t("whatif", "what-if")}: ${wx || "–"}` },
+        r.baseline_bottlenecks ? `${bz || "–"} → ${wx || "–"}` : wx || "–");
+    })));
+  $("#bottlenecks").replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)),
+    el("p", { class: "meta" }, t("bn_hint", "Each cell: the baseline's binding constraint → the what-if's (the stage's most binding one that year); a change is highlighted.")));
 }
 
 async function chart(name, params = {}) {
@@ -586,32 +725,88 @@ function plot(div, fig) {
 }
 
 async function drawSankey(year) {
-  const s = await chart("sankey", year ? { year } : {});
-  if (!year) options($("#sankey-year"), s.years.map(String), String(s.year));
+  const s = await chart("sankey", { year: year || state.run.result.focus_year });
+  options($("#sankey-year"), s.years.map(String), String(s.year));
   const [what, base] = s.figures;
   if (base) {
-    base.layout.title.text += ` — ${state.lang === "zh" ? "基准" : "baseline"}`;
-    what.layout.title.text += ` — ${state.lang === "zh" ? "情景" : "what-if"}`;
+    base.layout.title.text += ` — ${ZH() ? "基准" : "baseline"}`;
+    what.layout.title.text += ` — ${ZH() ? "情景" : "what-if"}`;
     $("#sankey-baseline").hidden = false;
     plot("sankey-baseline", base);
   } else {
     $("#sankey-baseline").hidden = true;
   }
   plot("sankey", what);
+  $("#sankey").dataset.year = String(s.year);
 }
 
-async function drawSeries() {
-  const s = await chart("timeseries", { kind: $("#ts-kind").value });
-  plot("timeseries", s.figures[0]);
+const COLOURS = ["#1f4e9c", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#475569"];
+function rgba(hex, a) { const n = parseInt(hex.slice(1), 16); return `rgba(${n >> 16},${(n >> 8) & 255},${n & 255},${a})`; }
+
+// Output per stage: one small chart per stage, each with its own unit on its axis.
+async function drawStages() {
+  const p = await api(`/runs/${encodeURIComponent(state.run.id)}/panels/stages`);
+  const stages = p.stages.filter((s) => p.whatif[s]);
+  const cols = 4, rows = Math.ceil(stages.length / cols);
+  const data = [], layout = { height: 230 * rows, margin: { t: 30, l: 60, r: 10, b: 30 }, showlegend: false, annotations: [] };
+  const x = p.months.map((m) => `${m}-01`);
+  stages.forEach((s, k) => {
+    const ax = k ? String(k + 1) : "";
+    const row = Math.floor(k / cols), col = k % cols;
+    const c = COLOURS[k % COLOURS.length];
+    layout[`xaxis${ax}`] = { domain: [col / cols + 0.03, (col + 1) / cols - 0.02], anchor: `y${ax}`, type: "date" };
+    layout[`yaxis${ax}`] = { domain: [1 - (row + 1) / rows + 0.08, 1 - row / rows - 0.06], anchor: `x${ax}`,
+      title: { text: `${unitText(p.units[s])}/${ZH() ? "月" : "month"}`, font: { size: 10 } }, rangemode: "tozero" };
+    layout.annotations.push({ text: `<b>${stageName(s)}</b>`, xref: `x${ax} domain`, yref: `y${ax} domain`, x: 0, y: 1.12, showarrow: false, xanchor: "left" });
+    if (p.base) data.push({ x, y: p.base[s], xaxis: `x${ax}`, yaxis: `y${ax}`, mode: "lines", line: { color: c, dash: "dash", width: 1 }, name: `${s} baseline`, meta: "baseline" });
+    data.push({ x, y: p.whatif[s], xaxis: `x${ax}`, yaxis: `y${ax}`, mode: "lines", line: { color: c, width: 2 }, name: `${s} what-if`, meta: "whatif" });
+  });
+  Plotly.react("stages", data, layout, { displaylogo: false, responsive: true });
+}
+
+// Prices (monthly, p5–p95 bands), margins per stage and stock cover (annual), baseline dashed.
+async function drawMarkets() {
+  const p = await api(`/runs/${encodeURIComponent(state.run.id)}/panels/markets`);
+  const x = p.months.map((m) => `${m}-01`);
+  const yx = p.years.map((y) => `${y}-07-01`);
+  const data = [];
+  const mats = Object.keys(p.whatif.price);
+  const mname = (m) => (ZH() && p.materials[m].name_zh) || p.materials[m].name;
+  mats.forEach((m, k) => {
+    const c = COLOURS[k % COLOURS.length];
+    const w = p.whatif.price[m];
+    // one unit per axis: a price relative to its baseline's first month (= 100)
+    const ref = ((p.base && p.base.price[m]) || w).mean.find((v) => v) || 1;
+    const idx = (arr) => arr.map((v) => (v === null ? null : (100 * v) / ref));
+    data.push({ x: [...x, ...[...x].reverse()], y: [...idx(w.p95), ...idx(w.p5).reverse()], fill: "toself", fillcolor: rgba(c, 0.12), line: { width: 0 }, hoverinfo: "skip", showlegend: false, xaxis: "x", yaxis: "y", meta: "band" });
+    if (p.base) data.push({ x, y: idx(p.base.price[m].mean), mode: "lines", line: { color: c, dash: "dash", width: 1 }, name: `${mname(m)} (${t("baseline", "baseline")})`, showlegend: false, xaxis: "x", yaxis: "y", meta: "baseline" });
+    data.push({ x, y: idx(w.mean), mode: "lines", line: { color: c, width: 2 }, name: `${mname(m)} (${fmtNum(ref)} ${p.materials[m].unit} = 100)`, xaxis: "x", yaxis: "y", meta: "whatif" });
+  });
+  Object.keys(p.whatif.margin).forEach((s, k) => {
+    const c = COLOURS[k % COLOURS.length];
+    if (p.base && p.base.margin[s]) data.push({ x: yx, y: p.base.margin[s].mean.map((v) => v * 100), mode: "lines+markers", line: { color: c, dash: "dash", width: 1 }, marker: { size: 4 }, showlegend: false, name: `${stageName(s)} (${t("baseline", "baseline")})`, xaxis: "x2", yaxis: "y2", meta: "baseline" });
+    data.push({ x: yx, y: p.whatif.margin[s].mean.map((v) => v * 100), mode: "lines+markers", line: { color: c, width: 2 }, marker: { size: 5 }, name: stageName(s), legendgroup: "margin", xaxis: "x2", yaxis: "y2", meta: "whatif" });
+  });
+  Object.keys(p.whatif.cover).forEach((m, k) => {
+    const c = COLOURS[k % COLOURS.length];
+    if (p.base && p.base.cover[m]) data.push({ x: yx, y: p.base.cover[m].mean, mode: "lines", line: { color: c, dash: "dash", width: 1 }, showlegend: false, name: `${mname(m)} (${t("baseline", "baseline")})`, xaxis: "x3", yaxis: "y3", meta: "baseline" });
+    data.push({ x: yx, y: p.whatif.cover[m].mean, mode: "lines+markers", line: { color: c, width: 2 }, marker: { size: 5 }, showlegend: false, name: mname(m), xaxis: "x3", yaxis: "y3", meta: "whatif" });
+  });
+  const layout = {
+    height: 420, margin: { t: 40, l: 60, r: 10, b: 40 }, legend: { orientation: "h", y: -0.15, font: { size: 10 } },
+    xaxis: { domain: [0, 0.42], type: "date", anchor: "y" }, yaxis: { title: { text: ZH() ? "价格指数（基准首月 = 100）" : "price index (baseline's first month = 100)" } },
+    xaxis2: { domain: [0.5, 0.73], type: "date", anchor: "y2" }, yaxis2: { anchor: "x2", title: { text: ZH() ? "利润率 %" : "margin %" } },
+    xaxis3: { domain: [0.8, 1], type: "date", anchor: "y3" }, yaxis3: { anchor: "x3", title: { text: ZH() ? "库存可用天数" : "stock cover, days" } },
+    annotations: [[0, ZH() ? "价格（月度，p5–p95）" : "Prices (monthly, p5–p95)"], [0.5, ZH() ? "各环节利润率（年度）" : "Margin per stage (annual)"], [0.8, ZH() ? "库存可用天数（年度）" : "Stock cover (annual)"]]
+      .map(([xx, text]) => ({ text: `<b>${text}</b>`, xref: "paper", yref: "paper", x: xx, y: 1.08, showarrow: false, xanchor: "left" })),
+  };
+  Plotly.react("markets", data, layout, { displaylogo: false, responsive: true });
 }
 
 async function drawCharts() {
-  await Promise.all([
-    drawSankey(),
-    drawSeries(),
-    chart("elements").then((s) => plot("elements", s.figures[0])),
-    chart("bottlenecks").then((s) => plot("bottlenecks", s.figures[0])),
-  ]).catch((e) => { $("#message").textContent = e.message; });
+  await Promise.all([drawSankey(), drawStages(), drawMarkets()])
+    .catch((e) => { $("#message").textContent = e.message; });
+  window.retwinDrawn = state.run.id;
 }
 
 async function loadRuns() {
@@ -622,17 +817,28 @@ async function loadRuns() {
     el("td", {}, r.label), el("td", {}, r.status), el("td", {}, (r.created_at || "").slice(0, 19)))));
 }
 
+// Two runs side by side: their headline cards in the first year either run's changes act.
 async function compare() {
   const ids = [...document.querySelectorAll(".pick:checked")].map((c) => c.value);
   const out = $("#compare-result");
-  if (ids.length !== 2) { out.textContent = "Tick exactly two runs."; return; }
+  if (ids.length !== 2) { out.textContent = ZH() ? "请勾选两次运行。" : "Tick exactly two runs."; return; }
   try {
-    const c = await api(`/runs/${ids[0]}/compare/${ids[1]}?kpi=output.stage&kpi=value.group&kpi=element.la_ce_surplus&kpi=element.dy_tb_deficit`);
-    out.replaceChildren(el("p", {}, `${c.a} − ${c.b}${c.paired ? " (paired)" : ""}`),
-      el("table", {}, el("thead", {}, el("tr", {}, ...["kpi", "key", "year", "a", "b", "a − b"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, ...c.rows.map((r) => el("tr", {}, el("td", {}, r.kpi), el("td", {}, r.key),
-          el("td", {}, String(r.year)), el("td", { class: "num" }, fmt(r.a_mean)),
-          el("td", { class: "num" }, fmt(r.b_mean)), el("td", { class: "num" }, fmt(r.mean)))))));
+    const [a, b] = await Promise.all(ids.map((id) => api(`/runs/${encodeURIComponent(id)}/summary`)));
+    if (!a.result || !b.result) { out.textContent = ZH() ? "两次运行都须已完成。" : "Both runs must be done."; return; }
+    const year = Math.min(a.result.focus_year, b.result.focus_year);
+    const cb = new Map(b.result.cards.map((c) => [c.id, c]));
+    const head = el("tr", {}, el("th", {}, String(year)), el("th", {}, a.label || a.id), el("th", {}, b.label || b.id),
+      el("th", {}, `${ZH() ? "差" : "a − b"}`), el("th", {}, t("unit", "unit")));
+    const rows = a.result.cards.filter((c) => cb.has(c.id)).map((c) => {
+      const d = cb.get(c.id);
+      const i = c.years.indexOf(year), j = d.years.indexOf(year);
+      const va = c.mean[i], vb = d.mean[j];
+      const diff = va === null || vb === null ? null : va - vb;
+      return el("tr", {}, el("td", {}, ZH() ? c.label_zh : c.label), el("td", { class: "num" }, fmtNum(va, c.unit)),
+        el("td", { class: "num" }, fmtNum(vb, c.unit)), el("td", { class: `num ${sign(diff, vb)}` }, fmtDelta(diff, c.unit, vb)),
+        el("td", {}, unitText(c.unit)));
+    });
+    out.replaceChildren(el("table", { class: "compare" }, el("thead", {}, head), el("tbody", {}, ...rows)));
   } catch (e) { out.textContent = e.message; }
 }
 
@@ -666,7 +872,8 @@ $("#model").addEventListener("change", loadModel);
 $("#add-change").addEventListener("click", () => addChange());
 $("#whatif-form").addEventListener("submit", submit);
 $("#sankey-year").addEventListener("change", (e) => drawSankey(Number(e.target.value)));
-$("#ts-kind").addEventListener("change", drawSeries);
+$("#year").addEventListener("change", () => { drawCards(); if ($("#kpi-details").open) drawKpiTable(); });
+$("#kpi-details").addEventListener("toggle", () => { if ($("#kpi-details").open && state.run) drawKpiTable(); });
 $("#compare-button").addEventListener("click", compare);
 window.addEventListener("hashchange", fromHash);
 
