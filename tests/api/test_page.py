@@ -336,7 +336,6 @@ def test_the_first_screen_of_a_run(browser: Any, server: Server) -> None:
         assert checked == 5
         assert page.locator(".card[data-card=prnd_price] .unit").inner_text() == "CNY/t"
         assert any("/panels/stages" in u for u in sizes)  # the page asked for its panels
-        page.screenshot(path=str(ARTIFACTS / "page-en.png"))
         assert errors == []
     finally:
         page.close()
@@ -344,6 +343,52 @@ def test_the_first_screen_of_a_run(browser: Any, server: Server) -> None:
     assert total < 100_000, f"the first screen of a run is {total} bytes: {sizes}"
     # the whole run's answer is several times that: the page does not ask for it
     assert not any(u.endswith(f"/runs/{run['id']}") for u in sizes)
+
+
+#: Draws two Chinese characters of a zh label, and a code point no font has (a private-use
+#: one, drawn as the missing-glyph box), in the page's font on a canvas; returns their alpha
+#: masks. Without a CJK font every Chinese character is that same box.
+GLYPHS_JS = """(sel) => {
+  const font = getComputedStyle(document.querySelector(sel)).fontFamily;
+  const draw = (ch) => {
+    const c = document.createElement('canvas'); c.width = 48; c.height = 48;
+    const x = c.getContext('2d'); x.font = `36px ${font}`; x.textBaseline = 'top';
+    x.fillStyle = '#000'; x.fillText(ch, 4, 4);
+    return Array.from(x.getImageData(0, 0, 48, 48).data.filter((_, i) => i % 4 === 3));
+  };
+  return {font, a: draw('磁'), b: draw('产'), box: draw('\\u{10FFFD}')};
+}"""
+
+
+@needs_browser
+def test_the_page_in_chinese_renders_glyphs(browser: Any, server: Server) -> None:
+    """中文 switches the page's labels, and they are drawn as Chinese glyphs (distinct
+    shapes, none of them the missing-glyph box); the first screen is saved in both languages
+    (tests/artifacts/page-en.png, page-zh.png)."""
+    run = _api_run(server, LATE)
+    page, errors = _open(browser, server)
+    try:
+        page.goto(f"{server.url}/#run={run['id']}")
+        page.wait_for_function(f"window.retwinDrawn === {run['id']!r}", timeout=120_000)
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / "page-en.png"))
+        page.click("#lang-toggle")
+        page.wait_for_function(f"window.retwinDrawn === {run['id']!r} && "
+                               "document.documentElement.lang === 'zh'")
+        page.wait_for_function("document.querySelector('.card[data-card=magnet] .card-title')"
+                               ".textContent === '磁材产量'")
+        assert page.locator("#submit").inner_text() == "运行情景"
+        g = page.evaluate(GLYPHS_JS, ".card[data-card=magnet] .card-title")
+        ink = [sum(1 for v in g[k] if v) for k in ("a", "b", "box")]
+        assert ink[0] > 40 and ink[1] > 40, f"nothing drawn for the Chinese glyphs ({ink})"
+        assert g["a"] != g["b"], f"two Chinese characters draw the same box in {g['font']}"
+        assert g["a"] != g["box"] and g["b"] != g["box"], "a Chinese character is the box"
+        page.wait_for_timeout(800)  # the charts redraw with the Chinese labels
+        page.screenshot(path=str(ARTIFACTS / "page-zh.png"))
+        page.click("#lang-toggle")  # back to English for the other tests
+        assert errors == []
+    finally:
+        page.close()
 
 
 def test_the_browser_artifacts_are_ignored_by_git() -> None:

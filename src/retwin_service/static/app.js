@@ -13,6 +13,15 @@ const I18N = {
     kpis: "主要指标", kpi: "指标", key: "对象", year: "年份", value: "数值", delta: "与基准之差",
     targets: "目标", flows: "物料流向（吨 REO）", series: "时间序列", series_kind: "序列", token: "API 令牌",
     remove: "删除", kind: "类型", from: "起", to: "止", attained: "达成", missed: "未达成",
+    cards_hint: "情景值 · 与基准之差及百分比（配对）· 各次重复的 p5–p95 · 走势线：实线为情景，虚线为基准",
+    all_kpis: "全部指标（分组，所选年份）", unit: "单位", targets_hint: "各目标按模型设定的年份列出；数值为各次重复的平均值。",
+    target: "目标", goal: "目标值", baseline: "基准", whatif: "情景", markets: "价格、利润率与库存可用天数",
+    flows_hint: "默认显示变化开始生效的第一年；左为基准。", bottlenecks: "各环节逐年的制约因素",
+    series: "各环节月度产量（实线为情景，虚线为基准）", reps: "次重复", changes_n: "项变化",
+    target_only: "目标年份：", stage: "环节", plant: "工厂", action: "操作", capacity: "年产能",
+    ramp: "爬坡天数", name: "名称", plant_id: "编号", side: "方向", quota: "配额", material: "物料",
+    segment: "需求板块", market: "市场", plant_id_retire: "工厂",
+    bn_hint: "每格：基准的制约因素 → 情景的制约因素（该环节当年最紧的约束）；有变化的格子高亮。",
   },
   en: {},
 };
@@ -647,7 +656,8 @@ function drawCards() {
 function drawTargets() {
   const r = state.run.result;
   $("#target-table tbody").replaceChildren(...r.targets.map((g) => el("tr",
-    { class: g.attained ? "ok" : "bad" }, el("td", {}, g.name), el("td", {}, String(g.year)),
+    { class: g.attained ? "ok" : "bad" }, el("td", {}, (ZH() && (byId(sc().targets, g.target) || {}).name_zh) || g.name),
+    el("td", {}, String(g.year)),
     el("td", { class: "num" }, `${fmtNum(g.goal, g.unit)} ${unitText(g.unit)}`),
     el("td", { class: "num" }, g.baseline_value === null || g.baseline_value === undefined ? "–" : fmtNum(g.baseline_value, g.unit)),
     el("td", { class: "num" }, fmtNum(g.value, g.unit)),
