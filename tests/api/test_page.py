@@ -117,6 +117,57 @@ def test_the_first_year_a_change_acts(changes: list[dict[str, Any]], year: int) 
     assert answer.focus_year(changes, list(range(2024, 2031))) == year
 
 
+THREE = [{"kind": "quota", "quota": "mining", "factor": 0.8, "from": "2025-01-01",
+          "to": "2025-12-31"},
+         {"kind": "outage", "plant": "magnets", "from": "2025-03-01", "to": "2025-04-30"},
+         {"kind": "demand", "segment": "motors", "factor": 1.2, "from": "2025-01-01",
+          "to": "2025-12-31"}]
+
+
+def test_why_attributes_each_cards_difference_to_the_changes(client: TestClient) -> None:
+    """A what-if of three changes taken apart: each change alone and all but each, every
+    part a stored run paired with the same baseline; the parts add up (the whole Δ is the sum
+    of the changes alone plus their interaction) and each part is the run the API gives for
+    those changes."""
+    body = whatif(changes=THREE, replications=2, seed=4)
+    run = client.post(f"{API}/runs", params={"wait": 120}, json=body).json()
+    why = client.post(f"{API}/runs/{run['id']}/why", params={"wait": 300})
+    assert why.status_code == 200, why.text
+    w = why.json()
+    assert w["status"] == "done" and len(w["parts"]) == 6  # 3 alone, 3 all-but-one
+    alone = [client.post(f"{API}/runs", params={"wait": 120},
+                         json=whatif(changes=[c], replications=2, seed=4)).json()
+             for c in THREE]
+    without = [client.post(f"{API}/runs", params={"wait": 120}, json=whatif(
+        changes=THREE[:i] + THREE[i + 1:], replications=2, seed=4)).json() for i in range(3)]
+    summary = client.get(f"{API}/runs/{run['id']}/summary").json()["result"]
+    cards = {c["id"]: c for c in summary["cards"]}
+    moved = 0
+    for c in w["cards"]:
+        assert c["total"] == cards[c["id"]]["delta"]
+        for k, year in enumerate(c["years"]):
+            total = c["total"][k]
+            for i in range(3):
+                a = client.get(f"{API}/runs/{alone[i]['id']}/summary").json()["result"]
+                one = next(x for x in a["cards"] if x["id"] == c["id"])["delta"][k]
+                assert c["one"][i][k] == pytest.approx(one, abs=1e-9), (c["id"], year, i)
+                wo = client.get(f"{API}/runs/{without[i]['id']}/summary").json()["result"]
+                rest = next(x for x in wo["cards"] if x["id"] == c["id"])["delta"][k]
+                assert c["marginal"][i][k] == pytest.approx(total - rest, abs=1e-9)
+            assert total == pytest.approx(
+                sum(c["one"][i][k] for i in range(3)) + c["interaction"][k], abs=1e-9)
+            moved += abs(total) > 1e-6
+    assert moved, "the changes move some headline card"
+    # asked again: the stored parts answer at once, and no run is submitted twice
+    before = client.get(f"{API}/runs", params={"limit": 500}).json()["count"]
+    again = client.post(f"{API}/runs/{run['id']}/why").json()
+    assert again["status"] == "done" and again["cards"] == w["cards"]
+    assert client.get(f"{API}/runs", params={"limit": 500}).json()["count"] == before
+    plain = client.post(f"{API}/runs", params={"wait": 60}, json=whatif(changes=[])).json()
+    assert client.post(f"{API}/runs/{plain['id']}/why").status_code == 409
+    assert client.post(f"{API}/runs/nope/why").status_code == 404
+
+
 # --- in a real browser ---------------------------------------------------------------------
 
 
@@ -389,6 +440,33 @@ def test_the_page_in_chinese_renders_glyphs(browser: Any, server: Server) -> Non
         assert errors == []
     finally:
         page.close()
+
+
+@needs_browser
+def test_the_why_panel(browser: Any, server: Server) -> None:
+    """"Explain the difference" runs the changes one at a time and draws, for the card they
+    move most, a waterfall from the baseline through each change and their interaction to
+    the what-if: the same numbers as the API's why."""
+    run = _api_run(server, LATE)
+    page, errors = _open(browser, server)
+    try:
+        page.goto(f"{server.url}/#run={run['id']}")
+        page.wait_for_function(f"window.retwinDrawn === {run['id']!r}", timeout=120_000)
+        page.click("#why-button")
+        page.wait_for_function("document.querySelector('#why').dataset.card", timeout=300_000)
+        page.wait_for_timeout(500)
+        card = page.evaluate("document.querySelector('#why').dataset.card")
+        bars = page.evaluate("document.querySelector('#why').data[0].y")
+        page.locator("#why-panel").screenshot(path=str(ARTIFACTS / "page-why.png"))
+        assert errors == []
+    finally:
+        page.close()
+    why = httpx.post(f"{server.url}{API}/runs/{run['id']}/why", timeout=60).json()
+    c = next(x for x in why["cards"] if x["id"] == card)
+    i = c["years"].index(2026)
+    assert bars == pytest.approx([c["base"][i], c["one"][0][i], c["one"][1][i],
+                                  c["interaction"][i], c["mean"][i]])
+    assert abs(c["total"][i]) > 0  # the card the changes move most does move
 
 
 def test_the_browser_artifacts_are_ignored_by_git() -> None:

@@ -12,6 +12,7 @@ when the planner opens them.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import math
@@ -364,6 +365,144 @@ async def read_run_panel(run_id: RunId, name: PanelName, service: ServiceDep,
             body = panel(root, rec.request_hash, name)
         except tables.ResultMissing:
             raise HTTPException(410, f"the result of run {run_id!r} is gone") from None
+        return Response(dumps(body), media_type="application/json")
+
+    return await run_in_threadpool(build)
+
+
+# --- why: the difference of each headline card, change by change ----------------------------
+
+#: Most changes a "why" takes apart (each needs one or two runs of its own).
+WHY_MAX_CHANGES = 8
+
+
+def _part_bodies(request: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    """The runs a "why" needs: each change alone (``one``) and, with three changes or more,
+    every change but one (``without``); the same model, horizon, seed and replications, so
+    every part is paired with the same baseline (common random numbers)."""
+    changes = list(request.get("changes") or [])
+    common = {k: request[k] for k in ("model", "seed", "replications", "end") if k in request}
+    parts = [("one", i, {**common, "changes": [c]}) for i, c in enumerate(changes)]
+    if len(changes) >= 3:
+        parts += [("without", i, {**common, "changes": changes[:i] + changes[i + 1:]})
+                  for i in range(len(changes))]
+    return parts
+
+
+def why(root: Path, key: str, parts: list[tuple[str, int, str]],
+        n_changes: int) -> list[dict[str, Any]]:
+    """Attribute each headline card's Δ to the changes.
+
+    ``one[i]`` is the Δ of change ``i`` alone; ``marginal[i]`` is the Δ it adds to all the
+    others (the whole Δ less the Δ without it; with two changes, the whole less the other
+    alone); ``interaction`` is what the changes do together beyond the sum of their ``one``.
+    All of it per year, every run paired with the same baseline."""
+    m = tables.manifest(root, key)
+    base_key = m.get("baseline_hash")
+    scenario = json.loads((root / key / "scenario.json").read_text(encoding="utf-8"))
+    whole = {c["id"]: c for c in cards(root, key, base_key, scenario)}
+    got: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    for kind, i, part_key in parts:
+        sc = json.loads((root / part_key / "scenario.json").read_text(encoding="utf-8"))
+        pm = tables.manifest(root, part_key)
+        got[(kind, i)] = {c["id"]: c for c in cards(root, part_key, pm.get("baseline_hash"), sc)}
+    out = []
+    for cid, c in whole.items():
+        years = c["years"]
+
+        def delta(kind: str, i: int, cid: str = cid, years: list[int] = years
+                  ) -> list[float | None]:
+            part = got.get((kind, i), {}).get(cid)
+            return part["delta"] if part else [None] * len(years)
+
+        one = [delta("one", i) for i in range(n_changes)]
+        if n_changes == 1:
+            without: list[list[float | None]] = [[0.0] * len(years)]
+        elif n_changes == 2:
+            without = [one[1], one[0]]
+        else:
+            without = [delta("without", i) for i in range(n_changes)]
+        total = c["delta"]
+        marginal = [[None if t is None or w is None else t - w for t, w in zip(total, wo,
+                                                                                 strict=True)]
+                    for wo in without]
+        interaction = []
+        for k in range(len(years)):
+            vals = [o[k] for o in one]
+            interaction.append(None if total[k] is None or any(v is None for v in vals)
+                               else total[k] - sum(v for v in vals if v is not None))
+        out.append({"id": cid, "label": c["label"], "label_zh": c["label_zh"],
+                    "unit": c["unit"], "years": years, "base": c["base"], "mean": c["mean"],
+                    "total": total, "one": one, "marginal": marginal,
+                    "interaction": interaction})
+    return out
+
+
+@router.post("/runs/{run_id}/why", response_model=dict[str, Any],
+             responses={429: {"model": ErrorPublic}})
+async def explain_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
+                      wait: Wait = 0.0) -> Response:
+    """Why the headline cards moved: the what-if's changes taken one at a time (and, with
+    three or more, all but one), each a run of its own with the same seed and replications
+    (stored, and reused when asked again), computed like any run through ``retwin.whatif``
+    with common random numbers. ``status`` is ``running`` until every part is done (ask again,
+    or wait up to ``wait`` seconds); then ``cards`` holds, per headline card and year, the
+    whole Δ, each change's Δ alone (``one``), what it adds to the others (``marginal``) and
+    the ``interaction`` (the whole Δ less the sum of ``one``)."""
+    from retwin_service.routes.runs import create_run
+    from retwin_service.schemas import WhatIfRequest
+
+    rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
+    if rec.status != "done":
+        raise HTTPException(409, f"run {run_id!r} is {rec.status}; it can be explained once "
+                                 "it is done")
+    changes = list(rec.request.get("changes") or [])
+    if not changes:
+        raise HTTPException(409, f"run {run_id!r} has no changes: there is nothing to "
+                                 "attribute")
+    if len(changes) > WHY_MAX_CHANGES:
+        raise HTTPException(409, f"run {run_id!r} has {len(changes)} changes; a why takes "
+                                 f"at most {WHY_MAX_CHANGES} apart")
+    root = Path(service.settings.results_dir)
+    deadline = asyncio.get_running_loop().time() + min(wait, service.settings.wait_max_seconds)
+    parts: list[tuple[str, int, str]] = []
+    status: list[dict[str, Any]] = []
+    active = await run_in_threadpool(service.registry.active_keys)
+    waiting: list[tuple[int, str]] = []
+    for kind, i, body in _part_bodies(rec.request):
+        what = "only" if kind == "one" else "all but"
+        req = WhatIfRequest(**body, label=f"why {run_id}: {what} change {i + 1}")
+        prep = await run_in_threadpool(service.prepare, req)
+        part_key = prep.task.key
+        part_id = None
+        if not service.jobs.stored(part_key):
+            # a part asked for before and still running is followed, not submitted again
+            mine = [r for r in active.get(part_key, []) if r.owner == owner]
+            if mine:
+                part_id = mine[0].id
+            else:
+                answer = await create_run(req, service, owner, 0.0)
+                if answer.status_code not in (200, 202):
+                    return answer  # refused (a full queue, a full disk): said as it was
+                part_id = json.loads(bytes(answer.body))["id"]
+            waiting.append((len(status), part_id))
+        parts.append((kind, i, part_key))
+        status.append({"part": kind, "change": i, "run": part_id, "status": "done"})
+    for at, part_id in waiting:  # every part submitted first, so they run side by side
+        left = max(0.0, deadline - asyncio.get_running_loop().time())
+        part = await _wait(service, await run_in_threadpool(
+            service.registry.get_run, part_id, owner), left)
+        if part.status in ("failed", "cancelled"):
+            raise HTTPException(409, f"part {part_id!r} of the why is {part.status}: "
+                                     f"{part.error or ''}")
+        status[at]["status"] = part.status
+    done = all(s["status"] == "done" for s in status)
+
+    def build() -> Response:
+        body: dict[str, Any] = {"run": run_id, "status": "done" if done else "running",
+                                "changes": changes, "parts": status, "cards": None}
+        if done:
+            body["cards"] = why(root, rec.request_hash, parts, len(changes))
         return Response(dumps(body), media_type="application/json")
 
     return await run_in_threadpool(build)

@@ -21,6 +21,9 @@ const I18N = {
     target_only: "目标年份：", stage: "环节", plant: "工厂", action: "操作", capacity: "年产能",
     ramp: "爬坡天数", name: "名称", plant_id: "编号", side: "方向", quota: "配额", material: "物料",
     segment: "需求板块", market: "市场", plant_id_retire: "工厂",
+    why: "为何变化？（各项变化对差值的贡献）", why_button: "分解差值", card: "指标卡",
+    why_hint: "以相同随机种子和重复次数分别单独运行每项变化（三项及以上时还运行“去掉其中一项”），与同一基准配对，把每张指标卡的差值分解到各项变化及其交互作用。",
+    change: "变化",
     bn_hint: "每格：基准的制约因素 → 情景的制约因素（该环节当年最紧的约束）；有变化的格子高亮。",
   },
   en: {},
@@ -595,6 +598,16 @@ function showRun(run) {
   drawTargets();
   if ($("#kpi-details").open) drawKpiTable();
   drawBottlenecks();
+  $("#why-panel").hidden = !(run.request.changes || []).length;
+  if (!state.why || state.why.run !== run.id) {
+    state.why = null;
+    $("#why-status").textContent = "";
+    $("#why-table").replaceChildren();
+    Plotly.purge("why");
+    options($("#why-card"), []);
+  } else {
+    drawWhy();
+  }
   window.retwinShown = { id: run.id, status: run.status, year: r.focus_year };
   drawCharts();
 }
@@ -813,6 +826,66 @@ async function drawMarkets() {
   Plotly.react("markets", data, layout, { displaylogo: false, responsive: true });
 }
 
+// --- why: the Δ of each card, change by change ---------------------------------------------
+
+async function explain() {
+  const id = state.run.id;
+  $("#why-status").textContent = ZH() ? "计算中…" : "running the parts…";
+  try {
+    for (;;) {
+      const w = await api(`/runs/${encodeURIComponent(id)}/why?wait=5`, { method: "POST" });
+      if (!state.run || state.run.id !== id) return;
+      const done = w.parts.filter((p) => p.status === "done").length;
+      $("#why-status").textContent = `${done} / ${w.parts.length} ${ZH() ? "个分解运行已完成" : "parts done"}`;
+      if (w.status === "done") { state.why = w; break; }
+    }
+  } catch (e) { $("#why-status").textContent = e.message; return; }
+  const cards = state.why.cards;
+  const year = Number($("#year").value);
+  // open on the card the changes move most, relative to its baseline
+  const rel = (c) => { const i = c.years.indexOf(year); return c.base[i] ? Math.abs(c.total[i] / c.base[i]) : 0; };
+  const top = [...cards].sort((a, b) => rel(b) - rel(a))[0];
+  options($("#why-card"), cards.map((c) => c.id), top.id);
+  [...$("#why-card").options].forEach((o, k) => { o.textContent = ZH() ? cards[k].label_zh : cards[k].label; });
+  drawWhy();
+}
+
+function drawWhy() {
+  const w = state.why;
+  if (!w || !state.run || w.run !== state.run.id) return;
+  const c = w.cards.find((x) => x.id === $("#why-card").value) || w.cards[0];
+  const year = Number($("#year").value);
+  const i = c.years.indexOf(year);
+  const names = w.changes.map((ch, k) => `${k + 1}. ${describe(ch)}`);
+  // an axis label: the sentence's first words, on lines of about 22 characters
+  const short = (text) => text.slice(0, 64).split(" ").reduce((lines, word) => {
+    const last = lines[lines.length - 1];
+    if (last.length + word.length > 22 && last) lines.push(word); else lines[lines.length - 1] = last ? `${last} ${word}` : word;
+    return lines;
+  }, [""]).slice(0, 3).join("<br>");
+  const steps = c.one.map((o) => o[i]);
+  const x = [ZH() ? "基准" : "baseline", ...names.map(short), ZH() ? "交互作用" : "interaction", ZH() ? "情景" : "what-if"];
+  const y = [c.base[i], ...steps, c.interaction[i], c.mean[i]];
+  const fig = [{ type: "waterfall", x, y, measure: ["absolute", ...steps.map(() => "relative"), "relative", "total"],
+    text: y.map((v, k) => (k === 0 || k === y.length - 1 ? fmtNum(v, c.unit) : fmtDelta(v, c.unit, c.base[i]))),
+    textposition: "outside", connector: { line: { color: "#94a3b8" } },
+    increasing: { marker: { color: "#15803d" } }, decreasing: { marker: { color: "#b91c1c" } },
+    totals: { marker: { color: "#1f4e9c" } } }];
+  const lo = Math.min(c.base[i], c.mean[i]), hi = Math.max(c.base[i], c.mean[i]);
+  const pad = Math.max((hi - lo) * 1.5, Math.abs(hi) * 0.01, 1e-9);
+  Plotly.react("why", fig, {
+    title: { text: `${ZH() ? c.label_zh : c.label} · ${year}` }, height: 380,
+    margin: { t: 50, l: 80, r: 20, b: 70 }, showlegend: false, xaxis: { tickangle: 0 },
+    yaxis: { range: [lo - pad, hi + pad], title: { text: unitText(c.unit) || "%" } },
+  }, { displaylogo: false, responsive: true });
+  $("#why").dataset.card = c.id;
+  $("#why-table").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, t("change", "change")),
+    el("th", {}, ZH() ? "单独作用" : "alone"), el("th", {}, ZH() ? "在其他变化之上的增量" : "added to the others"))),
+  el("tbody", {}, ...w.changes.map((ch, k) => el("tr", {}, el("td", {}, names[k]),
+    el("td", { class: `num ${sign(c.one[k][i], c.base[i])}` }, fmtDelta(c.one[k][i], c.unit, c.base[i])),
+    el("td", { class: `num ${sign(c.marginal[k][i], c.base[i])}` }, fmtDelta(c.marginal[k][i], c.unit, c.base[i]))))));
+}
+
 async function drawCharts() {
   await Promise.all([drawSankey(), drawStages(), drawMarkets()])
     .catch((e) => { $("#message").textContent = e.message; });
@@ -882,9 +955,11 @@ $("#model").addEventListener("change", loadModel);
 $("#add-change").addEventListener("click", () => addChange());
 $("#whatif-form").addEventListener("submit", submit);
 $("#sankey-year").addEventListener("change", (e) => drawSankey(Number(e.target.value)));
-$("#year").addEventListener("change", () => { drawCards(); if ($("#kpi-details").open) drawKpiTable(); });
+$("#year").addEventListener("change", () => { drawCards(); drawWhy(); if ($("#kpi-details").open) drawKpiTable(); });
 $("#kpi-details").addEventListener("toggle", () => { if ($("#kpi-details").open && state.run) drawKpiTable(); });
 $("#compare-button").addEventListener("click", compare);
+$("#why-button").addEventListener("click", explain);
+$("#why-card").addEventListener("change", drawWhy);
 window.addEventListener("hashchange", fromHash);
 
 applyLang();
