@@ -22,6 +22,7 @@ from retwin_service import tables
 from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.errors import query_error
 from retwin_service.render import dumps
+from retwin_service.routes import answer
 from retwin_service.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["page_router", "router"]
@@ -133,3 +134,6 @@ async def read_run_chart(
         return Response(dumps(_clean(body)), media_type="application/json")
 
     return await run_in_threadpool(build)
+
+
+router.include_router(answer.router)

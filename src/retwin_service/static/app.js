@@ -13,26 +13,22 @@ const I18N = {
     kpis: "主要指标", kpi: "指标", key: "对象", year: "年份", value: "数值", delta: "与基准之差",
     targets: "目标", flows: "物料流向（吨 REO）", series: "时间序列", series_kind: "序列", token: "API 令牌",
     remove: "删除", kind: "类型", from: "起", to: "止", attained: "达成", missed: "未达成",
+    cards_hint: "情景值 · 与基准之差及百分比（配对）· 各次重复的 p5–p95 · 走势线：实线为情景，虚线为基准",
+    all_kpis: "全部指标（分组，所选年份）", unit: "单位", targets_hint: "各目标按模型设定的年份列出；数值为各次重复的平均值。",
+    target: "目标", goal: "目标值", baseline: "基准", whatif: "情景", markets: "价格、利润率与库存可用天数",
+    flows_hint: "默认显示变化开始生效的第一年；左为基准。", bottlenecks: "各环节逐年的制约因素",
+    series: "各环节月度产量（实线为情景，虚线为基准）", reps: "次重复", changes_n: "项变化",
+    target_only: "目标年份：", stage: "环节", plant: "工厂", action: "操作", capacity: "年产能",
+    ramp: "爬坡天数", name: "名称", plant_id: "编号", side: "方向", quota: "配额", material: "物料",
+    segment: "需求板块", market: "市场", plant_id_retire: "工厂",
+    why: "为何变化？（各项变化对差值的贡献）", why_button: "分解差值", card: "指标卡",
+    why_hint: "以相同随机种子和重复次数分别单独运行每项变化（三项及以上时还运行“去掉其中一项”），与同一基准配对，把每张指标卡的差值分解到各项变化及其交互作用。",
+    change: "变化",
+    bn_hint: "每格：基准的制约因素 → 情景的制约因素（该环节当年最紧的约束）；有变化的格子高亮。",
   },
   en: {},
 };
 const t = (key, fallback) => (I18N[state.lang] || {})[key] || fallback || key;
-
-// --- changes -------------------------------------------------------------------------------
-// Per change kind: what it names (and where the model lists the ids), its extra choice, and
-// the amounts it can take.
-const KINDS = {
-  quota: { target: "quota", ids: "quota_ids", amounts: ["factor", "set_t_reo", "delta_t_reo"] },
-  price: { target: "material", ids: "material_ids", amounts: ["factor", "value_cny_per_unit"] },
-  capacity: { target: "plant", ids: "plant_ids", amounts: ["factor", "set_tpa", "delta_tpa"] },
-  // the form retires a plant; adding one takes a whole plant spec (API, CLI or a what-if file)
-  plant: { target: "plant_id", ids: "plant_ids", extra: ["action", ["retire"]], amounts: [] },
-  outage: { target: "plant", ids: "plant_ids", amounts: ["capacity_frac"] },
-  demand: { target: "segment", ids: "segment_ids", amounts: ["factor", "growth_frac_per_year"] },
-  trade: { target: "market", ids: "market_ids", extra: ["side", ["import", "export"]],
-           amounts: ["factor", "cap_tpa"] },
-  reserve: { target: "material", ids: "material_ids", amounts: ["reserve_t", "delta_t"] },
-};
 
 function el(tag, attrs = {}, ...children) {
   const e = document.createElement(tag);
@@ -44,63 +40,388 @@ function el(tag, attrs = {}, ...children) {
   return e;
 }
 
-function options(select, values, selected) {
-  select.replaceChildren(...values.map((v) => el("option", { value: v }, v)));
-  if (selected !== undefined) select.value = selected;
+function options(sel, values, selected) {
+  sel.replaceChildren(...values.map((v) => el("option", { value: v }, v)));
+  if (selected !== undefined) sel.value = selected;
+}
+
+// --- changes -------------------------------------------------------------------------------
+// One form per change kind, with the fields that kind has (retwin.scenario.schema) and honest
+// defaults: every date is filled in where it can be seen (nothing silently runs to the end of
+// the horizon), an outage takes the plant down unless a partial share is chosen, and a line
+// under each row says in plain words what the change will do.
+
+const ZH = () => state.lang === "zh";
+const sc = () => (state.model && state.model.scenario) || { plants: [], materials: [], quotas: [],
+  markets: [], demand: [], pools: [] };
+const byId = (list, id) => (list || []).find((x) => x.id === id);
+const nameOf = (list, id) => {
+  const x = byId(list, id);
+  if (!x) return id;
+  return (ZH() && x.name_zh) || x.name || id;
+};
+const STAGE_ZH = { mining: "采选", recycling: "回收", separation: "冶炼分离", metal: "金属",
+  magnet: "磁材", materials: "功能材料", motor: "电机", end_product: "终端产品" };
+const stageName = (s) => (!s ? "?" : ZH() ? STAGE_ZH[s] || s : s.replace("_", " "));
+const unitOf = (materialId) => ((byId(sc().materials, materialId) || {}).unit || "t");
+const plantUnit = (plantId) => {
+  const p = byId(sc().plants, plantId);
+  return p ? unitOf(Object.keys(p.recipe.outputs)[0]) : "t";
+};
+const modelStart = () => (state.model ? String(state.model.start) : "2024-01-01");
+const modelEnd = () => (state.model ? String(state.model.end) : "2030-12-31");
+// The first day of the year after the model's start: a what-if usually starts there.
+const nextYear = () => `${Number(modelStart().slice(0, 4)) + 1}-01-01`;
+const num = (v) => Number(v).toLocaleString("en-US", { maximumFractionDigits: 3 });
+const pct = (f) => `${f >= 1 ? "+" : "−"}${num(Math.abs(f - 1) * 100)} %`;
+
+// A field of a form: [name, label en, label zh, kind of input, default (a function of the row)]
+const F = {
+  amount: (modes, dflt) => ({ name: "mode", modes, dflt }),
+};
+const FORMS = {
+  quota: {
+    target: ["quota", "quota_ids"],
+    modes: [["factor", "× factor", "倍数", 0.9], ["set_t_reo", "set to t REO/yr", "设为 吨REO/年", null],
+            ["delta_t_reo", "add t REO/yr", "增加 吨REO/年", -10000]],
+  },
+  price: {
+    target: ["material", "material_ids"],
+    modes: [["factor", "× factor", "倍数", 1.2], ["value_cny_per_unit", "set to CNY per unit", "设为 元/单位", null]],
+    ramp: 90,
+  },
+  capacity: {
+    target: ["plant", "plant_ids"], scope: true,
+    modes: [["factor", "× factor", "倍数", 1.2], ["set_tpa", "set to per year", "设为 每年", null],
+            ["delta_tpa", "add per year", "增加 每年", 10000]],
+    ramp: 180,
+  },
+  plant: { action: true },
+  outage: { target: ["plant", "plant_ids"], outage: true },
+  demand: {
+    target: ["segment", "segment_ids"],
+    modes: [["factor", "× factor", "倍数", 1.1], ["growth_frac_per_year", "growth per year", "年增长率", 0.1]],
+  },
+  trade: {
+    target: ["market", "market_ids"], side: true,
+    modes: [["factor", "× factor", "倍数", 0.5], ["cap_tpa", "cap per year", "上限 每年", 0]],
+  },
+  reserve: {
+    target: ["material", "material_ids"],
+    modes: [["delta_t", "add t", "增加 吨", 1000], ["reserve_t", "set to t", "设为 吨", 1000]],
+  },
+};
+const KIND_ZH = { quota: "配额", price: "价格", capacity: "产能", plant: "工厂", outage: "停产",
+  demand: "需求", trade: "贸易", reserve: "储备" };
+
+// The current value of a mode's default (a set-to mode starts at today's level where known).
+function modeDefault(form, mode, target) {
+  const m = form.modes.find((x) => x[0] === mode);
+  if (m[3] !== null) return m[3];
+  if (mode === "set_t_reo") {
+    const q = byId(sc().quotas, target);
+    const v = q && Object.values(q.annual_t_reo || {})[0];
+    return v ? Math.round(v * 0.9) : 0;
+  }
+  if (mode === "value_cny_per_unit") {
+    const m2 = byId(sc().materials, target);
+    return m2 ? Math.round(m2.price.base_cny_per_unit * 1.2) : 0;
+  }
+  if (mode === "set_tpa") {
+    const p = byId(sc().plants, target);
+    return p ? Math.round(p.capacity_tpa * 1.2) : 0;
+  }
+  return 0;
+}
+
+function field(label, input, errName) {
+  return [el("label", {}, label + " ", input), el("span", { class: "err", "data-field": errName })];
+}
+
+function input(name, type, value, extra = {}) {
+  return el("input", Object.assign({ name, type, value: value === undefined ? "" : String(value) },
+    type === "number" ? { step: "any" } : {}, extra));
+}
+
+function select(name, values, selected, labels) {
+  const s = el("select", { name });
+  s.replaceChildren(...values.map((v, i) => el("option", { value: v }, labels ? labels[i] : v)));
+  if (selected !== undefined && values.includes(selected)) s.value = selected;
+  return s;
+}
+
+function plantLabels(ids) { return ids.map((id) => `${nameOf(sc().plants, id)} (${id})`); }
+
+function targetSelect(form, init) {
+  const [name, idsKey] = form.target;
+  const ids = (state.model && state.model[idsKey]) || [];
+  const labels = idsKey === "plant_ids" ? plantLabels(ids)
+    : idsKey === "material_ids" ? ids.map((id) => `${nameOf(sc().materials, id)} (${id})`)
+      : idsKey === "segment_ids" ? ids.map((id) => `${nameOf(sc().demand, id)} (${id})`)
+        : idsKey === "quota_ids" ? ids.map((id) => `${nameOf(sc().quotas, id)} (${id})`) : ids;
+  // a price change most often asks about PrNd oxide
+  const dflt = init[name] || (idsKey === "material_ids" && ids.includes("prnd_oxide") ? "prnd_oxide" : undefined);
+  return select(name, ids, dflt, labels);
+}
+
+function dates(fields, init, { from, to, toNeeded = true }) {
+  fields.append(...field(t("from", "from"), input("from", "date", init.from || from,
+    { required: "" }), "from"));
+  if (toNeeded) {
+    fields.append(...field(t("to", "to"), input("to", "date", init.to || to, { required: "" }), "to"));
+  }
 }
 
 function addChange(init = {}) {
   const row = el("div", { class: "change" });
-  const kind = el("select", { name: "kind" });
-  options(kind, Object.keys(KINDS), init.kind || "quota");
-  const fields = el("span");
+  const kind = select("kind", Object.keys(FORMS), init.kind || "quota",
+    Object.keys(FORMS).map((k) => (ZH() ? KIND_ZH[k] : k)));
+  const fields = el("span", { class: "fields" });
+  const plain = el("div", { class: "plain", "data-role": "plain" });
   const err = el("span", { class: "err", "data-role": "err" });
-  const draw = () => {
-    const spec = KINDS[kind.value];
-    const target = el("select", { name: spec.target });
-    options(target, (state.model && state.model[spec.ids]) || []);
-    fields.replaceChildren(el("label", {}, spec.target + " ", target),
-      el("span", { class: "err", "data-field": spec.target }));
-    if (spec.extra) {
-      const x = el("select", { name: spec.extra[0] });
-      options(x, spec.extra[1]);
-      fields.append(el("label", {}, spec.extra[0] + " ", x),
-        el("span", { class: "err", "data-field": spec.extra[0] }));
+  const draw = (first) => {
+    const k = kind.value;
+    const form = FORMS[k];
+    const i = first ? init : {};
+    fields.replaceChildren();
+    if (form.action) {
+      const action = select("action", ["add", "retire"], i.action || "add",
+        ZH() ? ["新建", "退役"] : ["add a plant", "retire a plant"]);
+      fields.append(...field(t("action", "action"), action, "action"));
+      const sub = el("span", { class: "sub" });
+      fields.append(sub);
+      const drawPlant = () => {
+        sub.replaceChildren();
+        if (action.value === "retire") {
+          sub.append(...field(t("plant", "plant"), targetSelect({ target: ["plant_id", "plant_ids"] }, i),
+            "plant_id"));
+          dates(sub, i, { from: nextYear(), toNeeded: false });
+        } else {
+          const stages = [...new Set(sc().plants.map((p) => p.stage))];
+          const stage = select("stage", stages, (i.plant && i.plant.stage) || "magnet",
+            stages.map(stageName));
+          const capacity = input("capacity_tpa", "number", "", { min: "0" });
+          const id = input("plant_id_new", "text", "", { maxlength: "64", size: "18" });
+          const name = input("plant_name", "text", "", { maxlength: "200", size: "18" });
+          const template = () => sc().plants.filter((p) => p.stage === stage.value)
+            .sort((a, b) => b.capacity_tpa - a.capacity_tpa)[0];
+          const fill = () => {
+            const tp = template();
+            capacity.value = tp ? String(Math.round(tp.capacity_tpa / 2)) : "10000";
+            id.value = `new_${stage.value}_plant`;
+            name.value = ZH() ? `新建${stageName(stage.value)}厂` : `New ${stageName(stage.value)} plant`;
+            row.dataset.template = tp ? tp.id : "";
+          };
+          stage.addEventListener("change", () => { fill(); update(); });
+          fill();
+          if (i.plant) {
+            capacity.value = String(i.plant.capacity_tpa);
+            id.value = i.plant.id;
+            name.value = i.plant.name;
+          }
+          sub.append(...field(t("stage", "stage"), stage, "stage"),
+            ...field(t("plant_id", "id"), id, "id"), ...field(t("name", "name"), name, "name"),
+            ...field(t("capacity", "capacity per year"), capacity, "capacity_tpa"));
+          dates(sub, i, { from: nextYear(), toNeeded: false });
+          sub.append(...field(t("ramp", "ramp days"), input("ramp_days", "number",
+            i.plant ? i.plant.ramp_days : 180, { min: "0", max: "3650", step: "1" }), "ramp_days"));
+        }
+        update();
+      };
+      action.addEventListener("change", drawPlant);
+      drawPlant();
+      return;
     }
-    if (spec.amounts.length) {
-      const which = el("select", { name: "amount" });
-      options(which, spec.amounts);
-      const value = el("input", { name: "value", type: "number", step: "any", value: "0.9" });
-      fields.append(which, value);
-      for (const a of spec.amounts) fields.append(el("span", { class: "err", "data-field": a }));
+    if (form.scope) {
+      const scope = select("scope", ["plant", "stage"], i.stage ? "stage" : "plant",
+        ZH() ? ["一家工厂", "整个环节"] : ["one plant", "every plant of a stage"]);
+      const holder = el("span");
+      const drawScope = () => {
+        if (scope.value === "stage") {
+          const stages = [...new Set(sc().plants.map((p) => p.stage))];
+          holder.replaceChildren(...field(t("stage", "stage"),
+            select("stage", stages, i.stage, stages.map(stageName)), "stage"));
+        } else {
+          holder.replaceChildren(...field(t("plant", "plant"), targetSelect(form, i), "plant"));
+        }
+        update();
+      };
+      scope.addEventListener("change", drawScope);
+      fields.append(scope, holder);
+      drawScope();
+    } else {
+      fields.append(...field(t(form.target[0], form.target[0]), targetSelect(form, i), form.target[0]));
     }
-    fields.append(el("label", {}, t("from", "from") + " ", el("input", { name: "from", type: "date", value: "2025-01-01" })),
-      el("span", { class: "err", "data-field": "from" }),
-      el("label", {}, t("to", "to") + " ", el("input", { name: "to", type: "date" })),
-      el("span", { class: "err", "data-field": "to" }));
+    if (form.side) {
+      fields.append(...field(t("side", "side"), select("side", ["import", "export"], i.side || "export",
+        ZH() ? ["进口", "出口"] : ["import", "export"]), "side"));
+    }
+    if (form.outage) {
+      const how = select("how", ["down", "partial"], i.capacity_frac ? "partial" : "down",
+        ZH() ? ["完全停产（产能 0）", "部分停产"] : ["down (capacity 0)", "partial: keeps a share"]);
+      const share = input("capacity_frac", "number", i.capacity_frac || 0.5,
+        { min: "0", max: "0.99", step: "0.05" });
+      const shareLabel = el("label", {}, (ZH() ? "保留产能比例" : "share kept") + " ", share);
+      const showShare = () => { shareLabel.hidden = how.value !== "partial"; update(); };
+      how.addEventListener("change", showShare);
+      fields.append(how, shareLabel, el("span", { class: "err", "data-field": "capacity_frac" }));
+      showShare();
+      const y = nextYear().slice(0, 4);
+      dates(fields, i, { from: `${y}-04-01`, to: `${y}-06-30` });
+    } else {
+      const modeNames = form.modes.map((m) => m[0]);
+      const given = modeNames.find((m) => i[m] !== undefined && i[m] !== null);
+      const mode = select("mode", modeNames, given || modeNames[0],
+        form.modes.map((m) => (ZH() ? m[2] : m[1])));
+      const targetOf = () => { const s = fields.querySelector(`[name="${form.target[0]}"]`); return s && s.value; };
+      const value = input("value", "number", given ? i[given] : modeDefault(form, mode.value, targetOf()));
+      mode.addEventListener("change", () => {
+        value.value = String(modeDefault(form, mode.value, targetOf()));
+        update();
+      });
+      fields.append(mode, value, ...modeNames.map((m) => el("span", { class: "err", "data-field": m })));
+      if (form.ramp !== undefined) {
+        fields.append(...field(t("ramp", "ramp days"), input("ramp_days", "number",
+          i.ramp_days !== undefined ? i.ramp_days : form.ramp, { min: "0", max: "3650", step: "1" }),
+        "ramp_days"));
+      }
+      dates(fields, i, { from: nextYear(), to: modelEnd() });
+    }
+    update();
   };
-  kind.addEventListener("change", draw);
-  draw();
+  const update = () => { plain.textContent = describe(readChange(row)); };
+  kind.addEventListener("change", () => draw(false));
+  row.addEventListener("input", update);
+  row.addEventListener("change", update);
   row.append(el("label", {}, t("kind", "kind") + " ", kind), fields,
-    el("button", { type: "button", onclick: () => row.remove() }, t("remove", "remove")), err);
+    el("button", { type: "button", class: "remove", onclick: () => row.remove() }, t("remove", "remove")),
+    err, plain);
   $("#changes").append(row);
+  draw(true);
   return row;
 }
 
+// The change a row stands for, as the API takes it (every date explicit).
 function readChange(row) {
-  const kind = row.querySelector("[name=kind]").value;
-  const spec = KINDS[kind];
-  const ch = { kind };
-  ch[spec.target] = row.querySelector(`[name=${spec.target}]`).value;
-  if (spec.extra) ch[spec.extra[0]] = row.querySelector(`[name=${spec.extra[0]}]`).value;
-  const which = row.querySelector("[name=amount]");
-  const value = row.querySelector("[name=value]");
-  if (which && value.value !== "") ch[which.value] = Number(value.value);
-  for (const k of ["from", "to"]) {
-    const v = row.querySelector(`[name=${k}]`).value;
-    if (v) ch[k] = v;
+  const get = (n) => { const e = row.querySelector(`[name="${n}"]`); return e ? e.value : undefined; };
+  const k = get("kind");
+  const ch = { kind: k };
+  const from = get("from");
+  const to = get("to");
+  if (from !== undefined) ch.from = from;
+  if (to !== undefined) ch.to = to;
+  const numOr = (v) => (v === "" || v === undefined ? v : Number(v));
+  if (k === "plant") {
+    ch.action = get("action");
+    if (ch.action === "retire") { ch.plant_id = get("plant_id"); return ch; }
+    const tp = byId(sc().plants, row.dataset.template) || {};
+    const plant = JSON.parse(JSON.stringify(tp));
+    Object.assign(plant, {
+      id: get("plant_id_new"), name: get("plant_name"), name_zh: "", stage: get("stage"),
+      capacity_tpa: numOr(get("capacity_tpa")), ramp_days: numOr(get("ramp_days")),
+      commissioning: from || null, retirement: null,
+      availability: tp.availability ? Object.assign({}, tp.availability, { planned_outages: [] }) : undefined,
+      source: `added on the planner's page from the template ${tp.id || "?"}`,
+    });
+    for (const key of Object.keys(plant)) if (plant[key] === undefined) delete plant[key];
+    ch.plant = plant;
+    return ch;
   }
+  if (k === "outage") {
+    ch.plant = get("plant");
+    ch.capacity_frac = get("how") === "partial" ? numOr(get("capacity_frac")) : 0;
+    return ch;
+  }
+  const form = FORMS[k];
+  if (form.scope) {
+    if (get("scope") === "stage") ch.stage = get("stage"); else ch.plant = get("plant");
+  } else {
+    ch[form.target[0]] = get(form.target[0]);
+  }
+  if (form.side) ch.side = get("side");
+  ch[get("mode")] = numOr(get("value"));
+  if (form.ramp !== undefined) ch.ramp_days = numOr(get("ramp_days"));
   return ch;
+}
+
+// What a change will do, in one plain sentence.
+function describe(given) {
+  const zh = ZH();
+  // a stored request names every field, the ones not given as null
+  const ch = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== null && v !== ""));
+  const when = ch.to ? `${ch.from || "?"} → ${ch.to}` : (zh ? `自 ${ch.from || "?"} 起` : `from ${ch.from || "?"}`);
+  const ramp = ch.ramp_days ? (zh ? `，${ch.ramp_days} 天内逐步达到` : `, reached over ${ch.ramp_days} days`) : "";
+  const amount = (unit) => {
+    if (ch.factor !== undefined) return `× ${num(ch.factor)} (${pct(ch.factor)})`;
+    for (const [key, verb, verbZh] of [["set_t_reo", "set to", "设为"], ["set_tpa", "set to", "设为"],
+      ["value_cny_per_unit", "set to", "设为"], ["cap_tpa", "capped at", "上限"], ["reserve_t", "set to", "设为"]]) {
+      if (ch[key] !== undefined) return `${zh ? verbZh : verb} ${num(ch[key])} ${unit}`;
+    }
+    for (const key of ["delta_t_reo", "delta_tpa", "delta_t"]) {
+      if (ch[key] !== undefined) return `${ch[key] >= 0 ? "+" : "−"}${num(Math.abs(ch[key]))} ${unit}`;
+    }
+    if (ch.growth_frac_per_year !== undefined) {
+      return zh ? `年增长率改为 ${num(ch.growth_frac_per_year * 100)} %` : `grows ${num(ch.growth_frac_per_year * 100)} % a year`;
+    }
+    return "?";
+  };
+  switch (ch.kind) {
+    case "outage":
+      return ch.capacity_frac
+        ? `${nameOf(sc().plants, ch.plant)} ${zh ? `降至 ${num(ch.capacity_frac * 100)} % 产能` : `at ${num(ch.capacity_frac * 100)} % of capacity`} ${when}`
+        : `${nameOf(sc().plants, ch.plant)} ${zh ? "停产" : "down"} ${when}`;
+    case "quota":
+      return `${nameOf(sc().quotas, ch.quota)} ${amount("t REO/yr")} ${when}`;
+    case "price": {
+      const mat = nameOf(sc().materials, ch.material);
+      const mkt = sc().economics && (sc().settings || {}).price_mode !== "path";
+      const how = mkt ? (zh ? "（市场模式：改变外部价格，本地价格经市场跟随）"
+        : " (markets on: moves the outside price; the local price follows through the market)") : "";
+      return `${mat} ${zh ? "价格" : "price"} ${amount(`CNY/${unitOf(ch.material)}`)} ${when}${ramp}${how}`;
+    }
+    case "capacity": {
+      const who = ch.stage ? (zh ? `${stageName(ch.stage)}环节全部工厂` : `every ${stageName(ch.stage)} plant`)
+        : nameOf(sc().plants, ch.plant);
+      return `${who} ${zh ? "产能" : "capacity"} ${amount(`${ch.plant ? plantUnit(ch.plant) : "t"}/yr`)} ${when}${ramp}`;
+    }
+    case "plant":
+      if (ch.action === "retire") return `${nameOf(sc().plants, ch.plant_id)} ${zh ? "退役，自" : "retired from"} ${ch.from || "?"}`;
+      {
+        const u = unitOf(Object.keys((ch.plant.recipe || { outputs: { t: 1 } }).outputs)[0]);
+        return zh
+          ? `新建${stageName(ch.plant.stage)}厂 ${ch.plant.name}（${ch.plant.id}），产能 ${num(ch.plant.capacity_tpa)} ${u}/年，${ch.from || "?"} 投产，${ch.plant.ramp_days} 天达产；工艺参照 ${row_template(ch)}`
+          : `Add ${ch.plant.name} (${ch.plant.id}), a ${stageName(ch.plant.stage)} plant of ${num(ch.plant.capacity_tpa)} ${u}/yr, starts ${ch.from || "?"}, full after ${ch.plant.ramp_days} days; recipe of ${row_template(ch)}`;
+      }
+    case "demand":
+      return `${nameOf(sc().demand, ch.segment)} ${zh ? "需求" : "demand"} ${amount("")} ${when}`;
+    case "trade":
+      return `${nameOf(sc().markets, ch.market)} ${ch.side === "import" ? (zh ? "进口" : "imports") : (zh ? "出口" : "exports")} ${amount("t/yr")} ${when}`;
+    case "reserve":
+      return `${nameOf(sc().materials, ch.material)} ${zh ? "战略储备" : "strategic reserve"} ${amount("t")} ${when}`;
+    default:
+      return "";
+  }
+}
+const row_template = (ch) => {
+  const src = (ch.plant && ch.plant.source) || "";
+  const m = /template (\S+)$/.exec(src);
+  return m ? nameOf(sc().plants, m[1]) : "?";
+};
+
+// Dates are required: an empty one is reported next to its field before anything is sent.
+function checkRows() {
+  let ok = true;
+  for (const row of document.querySelectorAll("#changes .change")) {
+    for (const name of ["from", "to"]) {
+      const e = row.querySelector(`[name="${name}"]`);
+      if (e && !e.value) {
+        ok = false;
+        row.classList.add("invalid");
+        row.querySelector(`[data-field="${name}"]`).textContent = ZH() ? "请填写日期" : `${name} is required (a date)`;
+      }
+    }
+  }
+  return ok;
 }
 
 // --- HTTP ----------------------------------------------------------------------------------
@@ -159,17 +480,6 @@ function showErrors(detail) {
   }
 }
 
-// --- numbers -------------------------------------------------------------------------------
-
-function fmt(v) {
-  if (v === null || v === undefined) return "–";
-  if (Math.abs(v) >= 100) return Math.round(v).toLocaleString("en-US");
-  return Number(v.toPrecision(3)).toLocaleString("en-US", { maximumSignificantDigits: 3 });
-}
-
-const HEADLINE = ["output.stage", "value.group", "local_conversion", "fill_rate.segment",
-  "element.la_ce_surplus", "element.dy_tb_deficit"];
-// A KPI's label as the package declares it (GET /kpis); its name until that has loaded.
 const kpiLabel = (name) => {
   const d = state.kpis && state.kpis[name];
   return d ? (state.lang === "zh" ? d.label_zh : d.label) : name;
@@ -189,12 +499,14 @@ async function loadModels() {
 async function loadModel() {
   state.model = await api(`/models/${encodeURIComponent($("#model").value)}`);
   $("#changes").replaceChildren();
+  window.retwinModel = state.model.name;
 }
 
 async function submit(ev) {
   ev.preventDefault();
   clearErrors();
   $("#message").textContent = "";
+  if (!checkRows()) return;
   const body = {
     model: $("#model").value,
     changes: [...document.querySelectorAll("#changes .change")].map(readChange),
@@ -216,7 +528,8 @@ async function submit(ev) {
 async function follow(id) {
   $("#progress").hidden = false;
   for (;;) {
-    const run = await api(`/runs/${encodeURIComponent(id)}?wait=2`);
+    // the compact answer: status, then the first screen's numbers (not every KPI)
+    const run = await api(`/runs/${encodeURIComponent(id)}/summary?wait=2`);
     $("#progress-bar").value = run.progress || 0;
     $("#progress-text").textContent = `${run.status} ${Math.round((run.progress || 0) * 100)} %`;
     if (["done", "failed", "cancelled"].includes(run.status)) {
@@ -229,14 +542,50 @@ async function follow(id) {
   }
 }
 
+// --- numbers -------------------------------------------------------------------------------
+
+// Sensible rounding: no float noise; three significant digits below 100, whole numbers above.
+function fmtNum(v, unit) {
+  if (v === null || v === undefined || Number.isNaN(v)) return "–";
+  if (unit === "fraction") return `${(v * 100).toLocaleString("en-US", { maximumFractionDigits: 1, minimumFractionDigits: 1 })} %`;
+  const a = Math.abs(v);
+  if (a < 1e-9) return "0";
+  if (a >= 100) return Math.round(v).toLocaleString("en-US");
+  return Number(v.toPrecision(3)).toLocaleString("en-US", { maximumSignificantDigits: 3 });
+}
+function fmtDelta(v, unit, ref) {
+  if (v === null || v === undefined) return "–";
+  // a difference below a billionth of the value it changes is float noise: no change
+  if (Math.abs(v) <= 1e-9 * Math.max(1, Math.abs(ref || 0))) return "0";
+  if (unit === "fraction") {
+    const pp = v * 100;
+    return `${pp > 0 ? "+" : "−"}${Math.abs(pp).toLocaleString("en-US", { maximumFractionDigits: 1, minimumFractionDigits: 1 })} pp`;
+  }
+  return (v > 0 ? "+" : "−") + fmtNum(Math.abs(v), unit);
+}
+function fmtPct(v) {
+  if (v === null || v === undefined) return "–";
+  if (Math.abs(v) < 0.05) return "0 %";
+  return `${v > 0 ? "+" : "−"}${Math.abs(v).toLocaleString("en-US", { maximumFractionDigits: 1, minimumFractionDigits: 1 })} %`;
+}
+// the unit beside a number (a share is printed as a percentage, its % already written)
+const unitText = (u) => (u === "fraction" ? "" : u || "");
+const sign = (v, ref) => (v === null || v === undefined || Math.abs(v) <= 1e-9 * Math.max(1, Math.abs(ref || 0)) ? "" : (v > 0 ? "pos" : "neg"));
+
+// --- the answer ----------------------------------------------------------------------------
+
 function showRun(run) {
   state.run = run;
   const r = run.result;
   $("#result").hidden = false;
   $("#run-link").textContent = run.id;
   $("#run-link").href = `#run=${run.id}`;
-  $("#run-meta").textContent = `${run.model} · ${r.start} – ${r.end} · seed ${r.seed} · ` +
-    `${r.replications} × · ${(run.request.changes || []).length} change(s)`;
+  const n = (run.request.changes || []).length;
+  $("#run-meta").textContent = `${run.model} · ${r.start} – ${r.end} · ${t("seed", "seed")} ${r.seed} · ` +
+    `${r.replications} ${t("reps", "replications")} · ${n} ${t("changes_n", "change(s)")}` +
+    (run.request.changes || []).map((c) => `\n• ${describe(c)}`).join("");
+  $("#notes").replaceChildren(...(r.notes || []).map((x) => el("li", {}, x)));
+  options($("#year"), r.years.map(String), String(r.focus_year));
   const dl = [];
   for (const table of ["kpis", "series", "flows"]) {
     for (const f of ["csv", "parquet"]) {
@@ -245,24 +594,147 @@ function showRun(run) {
     }
   }
   $("#downloads").replaceChildren(...dl);
-  const diff = new Map((r.difference || []).map((d) => [`${d.kpi}|${d.key}|${d.year}`, d.mean]));
-  const rows = r.kpis.filter((k) => HEADLINE.includes(k.kpi))
-    .sort((a, b) => HEADLINE.indexOf(a.kpi) - HEADLINE.indexOf(b.kpi));
-  $("#kpi-table tbody").replaceChildren(...rows.map((k) => {
-    const d = diff.get(`${k.kpi}|${k.key}|${k.year}`);
-    const cls = d === undefined || d === null || Math.abs(d) < 1e-9 ? "" : (d > 0 ? "pos" : "neg");
-    return el("tr", {},
-      el("td", { title: k.kpi }, kpiLabel(k.kpi)), el("td", {}, k.key), el("td", {}, String(k.year)),
-      el("td", { class: "num kpi-value", "data-kpi": k.kpi, "data-key": k.key,
-        "data-year": String(k.year), "data-value": String(k.mean) }, fmt(k.mean)),
-      el("td", { class: "num" }, r.replications > 1 ? `${fmt(k.p5)} – ${fmt(k.p95)}` : ""),
-      el("td", { class: `num ${cls}` }, d === undefined ? "" : (d > 0 ? "+" : "") + fmt(d)));
-  }));
-  $("#target-table tbody").replaceChildren(...r.targets.map((g) => el("tr",
-    { class: g.attained ? "ok" : "bad" }, el("td", {}, g.name), el("td", {}, String(g.year)),
-    el("td", { class: "num" }, `${fmt(g.value)} / ${fmt(g.goal)} ${g.unit}`),
-    el("td", {}, g.attained ? t("attained", "attained") : t("missed", "missed")))));
+  drawCards();
+  drawTargets();
+  if ($("#kpi-details").open) drawKpiTable();
+  drawBottlenecks();
+  $("#why-panel").hidden = !(run.request.changes || []).length;
+  if (!state.why || state.why.run !== run.id) {
+    state.why = null;
+    $("#why-status").textContent = "";
+    $("#why-table").replaceChildren();
+    Plotly.purge("why");
+    options($("#why-card"), []);
+  } else {
+    drawWhy();
+  }
+  window.retwinShown = { id: run.id, status: run.status, year: r.focus_year };
   drawCharts();
+}
+
+function sparkline(c, i) {
+  const w = 150, h = 36;
+  const vals = [...c.mean, ...c.base, ...c.p5, ...c.p95].filter((v) => v !== null && v !== undefined);
+  if (!vals.length) return el("span");
+  const lo = Math.min(...vals), hi = Math.max(...vals);
+  const x = (k) => 2 + (k * (w - 4)) / Math.max(1, c.years.length - 1);
+  const y = (v) => h - 2 - ((v - lo) / ((hi - lo) || 1)) * (h - 4);
+  const path = (arr) => arr.map((v, k) => (v === null ? "" : `${k && arr[k - 1] !== null ? "L" : "M"}${x(k).toFixed(1)},${y(v).toFixed(1)}`)).join("");
+  const band = c.p5.map((v, k) => `${k ? "L" : "M"}${x(k).toFixed(1)},${y(v ?? lo).toFixed(1)}`).join("") +
+    [...c.p95].reverse().map((v, k) => `L${x(c.years.length - 1 - k).toFixed(1)},${y(v ?? lo).toFixed(1)}`).join("") + "Z";
+  const ns = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(ns, "svg");
+  svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
+  svg.setAttribute("class", "spark");
+  const add = (d, cls) => { const e = document.createElementNS(ns, "path"); e.setAttribute("d", d); e.setAttribute("class", cls); svg.append(e); };
+  add(band, "band");
+  if (c.base.some((v) => v !== null)) add(path(c.base), "base");
+  add(path(c.mean), "what");
+  const dot = document.createElementNS(ns, "circle");
+  dot.setAttribute("cx", x(i)); dot.setAttribute("cy", y(c.mean[i] ?? lo)); dot.setAttribute("r", "2.5");
+  svg.append(dot);
+  return svg;
+}
+
+function drawCards() {
+  const r = state.run.result;
+  const year = Number($("#year").value);
+  const i = r.years.indexOf(year);
+  $("#cards").replaceChildren(...r.cards.map((c) => {
+    const goal = c.targets.find((g) => g.year === year);
+    const other = c.targets.filter((g) => g.year !== year).map((g) => g.year);
+    let target = "";
+    let tcls = "";
+    if (goal) {
+      const met = goal.kind === "at_most" ? c.mean[i] <= goal.goal : c.mean[i] >= goal.goal;
+      target = `${t("target", "target")} ${fmtNum(goal.goal, c.unit)} · ${met ? t("attained", "attained") : t("missed", "missed")}`;
+      tcls = met ? "ok" : "bad";
+    } else if (other.length) {
+      target = `${t("target_only", "target set for")} ${other.join(", ")}`;
+    }
+    return el("div", { class: "card", "data-card": c.id },
+      el("div", { class: "card-title", title: c.sum_of ? `${c.kpi} (sum of rows in ${c.sum_of})` : `${c.kpi} · ${c.key}` },
+        ZH() ? c.label_zh : c.label),
+      el("div", { class: "card-value" }, el("span", { class: "v", "data-value": String(c.mean[i]) }, fmtNum(c.mean[i], c.unit)),
+        " ", el("span", { class: "unit" }, unitText(c.unit))),
+      el("div", { class: `card-delta ${sign(c.delta[i], c.base[i])}` },
+        el("span", { class: "d", "data-value": String(c.delta[i]) }, fmtDelta(c.delta[i], c.unit, c.base[i])), " · ",
+        el("span", { class: "dp" }, fmtPct(c.delta_pct[i]))),
+      el("div", { class: "card-band" }, `p5–p95 ${fmtNum(c.p5[i], c.unit)} – ${fmtNum(c.p95[i], c.unit)}`),
+      sparkline(c, i),
+      el("div", { class: `card-target ${tcls}` }, target));
+  }));
+}
+
+function drawTargets() {
+  const r = state.run.result;
+  $("#target-table tbody").replaceChildren(...r.targets.map((g) => el("tr",
+    { class: g.attained ? "ok" : "bad" }, el("td", {}, (ZH() && (byId(sc().targets, g.target) || {}).name_zh) || g.name),
+    el("td", {}, String(g.year)),
+    el("td", { class: "num" }, `${fmtNum(g.goal, g.unit)} ${unitText(g.unit)}`),
+    el("td", { class: "num" }, g.baseline_value === null || g.baseline_value === undefined ? "–" : fmtNum(g.baseline_value, g.unit)),
+    el("td", { class: "num" }, fmtNum(g.value, g.unit)),
+    el("td", {}, g.attained ? t("attained", "attained") : t("missed", "missed")))));
+}
+
+// The full KPI table: asked for only when opened, for the chosen year only.
+async function drawKpiTable() {
+  const year = $("#year").value;
+  const id = encodeURIComponent(state.run.id);
+  const q = `from=${year}&to=${year}&limit=10000`;
+  const [sum, diff] = await Promise.all([api(`/runs/${id}/kpis?${q}`),
+    api(`/runs/${id}/kpis?view=difference&${q}`).catch(() => ({ rows: [] }))]);
+  const d = new Map(diff.rows.map((x) => [`${x.kpi}|${x.key}`, x.mean]));
+  const groups = new Map();
+  for (const row of sum.rows) {
+    const decl = (state.kpis || {})[row.kpi] || { group: "other", group_label: "Other", group_label_zh: "其他" };
+    if (!groups.has(decl.group)) groups.set(decl.group, { decl, rows: [] });
+    groups.get(decl.group).rows.push(row);
+  }
+  const bodies = [...groups.values()].map(({ decl, rows }) => el("tbody", {},
+    el("tr", { class: "group" }, el("th", { colspan: "7" }, ZH() ? decl.group_label_zh : decl.group_label)),
+    ...rows.map((k) => {
+      const dv = d.get(`${k.kpi}|${k.key}`);
+      const unit = k.unit === "CNY per unit" ? `CNY/${unitOf(k.key)}` : k.unit;
+      const base = dv === undefined || k.mean === null ? null : k.mean - dv;
+      return el("tr", {},
+        el("td", { title: k.kpi }, kpiLabel(k.kpi)), el("td", { title: k.key }, keyName(k.kpi, k.key)),
+        el("td", {}, unit === "fraction" ? "%" : unitText(unit)),
+        el("td", { class: "num kpi-value", "data-kpi": k.kpi, "data-key": k.key, "data-value": String(k.mean) }, fmtNum(k.mean, unit)),
+        el("td", { class: "num" }, state.run.result.replications > 1 ? `${fmtNum(k.p5, unit)} – ${fmtNum(k.p95, unit)}` : ""),
+        el("td", { class: `num ${sign(dv, base)}` }, dv === undefined ? "" : fmtDelta(dv, unit, base)),
+        el("td", { class: "num" }, dv === undefined || !base ? "" : fmtPct((100 * dv) / Math.abs(base))));
+    })));
+  $("#kpi-table").replaceChildren($("#kpi-table thead"), ...bodies);
+}
+
+function keyName(kpi, key) {
+  if (kpi.endsWith(".stage")) return stageName(key);
+  if (kpi.endsWith(".plant")) return nameOf(sc().plants, key);
+  if (kpi.endsWith(".material")) return nameOf(sc().materials, key);
+  if (kpi.endsWith(".segment")) return nameOf(sc().demand, key);
+  if (kpi.endsWith(".market")) return nameOf(sc().markets, key);
+  if (kpi.endsWith(".group")) return ZH() ? ({ raw_materials: "原材料", new_materials: "新材料", applications: "应用", total: "合计" })[key] || key : key.replace("_", " ");
+  return key;
+}
+
+// The bottleneck of each stage and year, baseline beside what-if; a change shows in colour.
+function drawBottlenecks() {
+  const r = state.run.result;
+  const cell = (rows) => new Map((rows || []).map((b) => [`${b.stage}|${b.year}`, b]));
+  const w = cell(r.bottlenecks), b = cell(r.baseline_bottlenecks);
+  const stages = [...new Set(sc().plants.map((p) => p.stage))];
+  const head = el("tr", {}, el("th", {}, t("stage", "stage")), ...r.years.map((y) => el("th", {}, String(y))));
+  const rows = stages.filter((s) => r.years.some((y) => w.has(`${s}|${y}`) || b.has(`${s}|${y}`))).map((s) => el("tr", {},
+    el("th", {}, stageName(s)), ...r.years.map((y) => {
+      const x = w.get(`${s}|${y}`), z = b.get(`${s}|${y}`);
+      const wx = x ? x.constraint : "", bz = z ? z.constraint : "";
+      const changed = r.baseline_bottlenecks && wx !== bz;
+      return el("td", { class: changed ? "changed" : "", title: `${t("baseline", "baseline")}: ${bz || "–"} · ${t("whatif", "what-if")}: ${wx || "–"}` },
+        r.baseline_bottlenecks ? `${bz || "–"} → ${wx || "–"}` : wx || "–");
+    })));
+  $("#bottlenecks").replaceChildren(el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows)),
+    el("p", { class: "meta" }, t("bn_hint", "Each cell: the baseline's binding constraint → the what-if's (the stage's most binding one that year); a change is highlighted.")));
 }
 
 async function chart(name, params = {}) {
@@ -276,32 +748,148 @@ function plot(div, fig) {
 }
 
 async function drawSankey(year) {
-  const s = await chart("sankey", year ? { year } : {});
-  if (!year) options($("#sankey-year"), s.years.map(String), String(s.year));
+  const s = await chart("sankey", { year: year || state.run.result.focus_year });
+  options($("#sankey-year"), s.years.map(String), String(s.year));
   const [what, base] = s.figures;
   if (base) {
-    base.layout.title.text += ` — ${state.lang === "zh" ? "基准" : "baseline"}`;
-    what.layout.title.text += ` — ${state.lang === "zh" ? "情景" : "what-if"}`;
+    base.layout.title.text += ` — ${ZH() ? "基准" : "baseline"}`;
+    what.layout.title.text += ` — ${ZH() ? "情景" : "what-if"}`;
     $("#sankey-baseline").hidden = false;
     plot("sankey-baseline", base);
   } else {
     $("#sankey-baseline").hidden = true;
   }
   plot("sankey", what);
+  $("#sankey").dataset.year = String(s.year);
 }
 
-async function drawSeries() {
-  const s = await chart("timeseries", { kind: $("#ts-kind").value });
-  plot("timeseries", s.figures[0]);
+const COLOURS = ["#1f4e9c", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#475569"];
+function rgba(hex, a) { const n = parseInt(hex.slice(1), 16); return `rgba(${n >> 16},${(n >> 8) & 255},${n & 255},${a})`; }
+
+// Output per stage: one small chart per stage, each with its own unit on its axis.
+async function drawStages() {
+  const p = await api(`/runs/${encodeURIComponent(state.run.id)}/panels/stages`);
+  const stages = p.stages.filter((s) => p.whatif[s]);
+  const cols = 4, rows = Math.ceil(stages.length / cols);
+  const data = [], layout = { height: 230 * rows, margin: { t: 30, l: 60, r: 10, b: 30 }, showlegend: false, annotations: [] };
+  const x = p.months.map((m) => `${m}-01`);
+  stages.forEach((s, k) => {
+    const ax = k ? String(k + 1) : "";
+    const row = Math.floor(k / cols), col = k % cols;
+    const c = COLOURS[k % COLOURS.length];
+    layout[`xaxis${ax}`] = { domain: [col / cols + 0.03, (col + 1) / cols - 0.02], anchor: `y${ax}`, type: "date" };
+    layout[`yaxis${ax}`] = { domain: [1 - (row + 1) / rows + 0.08, 1 - row / rows - 0.06], anchor: `x${ax}`,
+      title: { text: `${unitText(p.units[s])}/${ZH() ? "月" : "month"}`, font: { size: 10 } }, rangemode: "tozero" };
+    layout.annotations.push({ text: `<b>${stageName(s)}</b>`, xref: `x${ax} domain`, yref: `y${ax} domain`, x: 0, y: 1.12, showarrow: false, xanchor: "left" });
+    if (p.base) data.push({ x, y: p.base[s], xaxis: `x${ax}`, yaxis: `y${ax}`, mode: "lines", line: { color: c, dash: "dash", width: 1 }, name: `${s} baseline`, meta: "baseline" });
+    data.push({ x, y: p.whatif[s], xaxis: `x${ax}`, yaxis: `y${ax}`, mode: "lines", line: { color: c, width: 2 }, name: `${s} what-if`, meta: "whatif" });
+  });
+  Plotly.react("stages", data, layout, { displaylogo: false, responsive: true });
+}
+
+// Prices (monthly, p5–p95 bands), margins per stage and stock cover (annual), baseline dashed.
+async function drawMarkets() {
+  const p = await api(`/runs/${encodeURIComponent(state.run.id)}/panels/markets`);
+  const x = p.months.map((m) => `${m}-01`);
+  const yx = p.years.map((y) => `${y}-07-01`);
+  const data = [];
+  const mats = Object.keys(p.whatif.price);
+  const mname = (m) => (ZH() && p.materials[m].name_zh) || p.materials[m].name;
+  mats.forEach((m, k) => {
+    const c = COLOURS[k % COLOURS.length];
+    const w = p.whatif.price[m];
+    // one unit per axis: a price relative to its baseline's first month (= 100)
+    const ref = ((p.base && p.base.price[m]) || w).mean.find((v) => v) || 1;
+    const idx = (arr) => arr.map((v) => (v === null ? null : (100 * v) / ref));
+    data.push({ x: [...x, ...[...x].reverse()], y: [...idx(w.p95), ...idx(w.p5).reverse()], fill: "toself", fillcolor: rgba(c, 0.12), line: { width: 0 }, hoverinfo: "skip", showlegend: false, xaxis: "x", yaxis: "y", meta: "band" });
+    if (p.base) data.push({ x, y: idx(p.base.price[m].mean), mode: "lines", line: { color: c, dash: "dash", width: 1 }, name: `${mname(m)} (${t("baseline", "baseline")})`, showlegend: false, xaxis: "x", yaxis: "y", meta: "baseline" });
+    data.push({ x, y: idx(w.mean), mode: "lines", line: { color: c, width: 2 }, name: `${mname(m)} (${fmtNum(ref)} ${p.materials[m].unit} = 100)`, xaxis: "x", yaxis: "y", meta: "whatif" });
+  });
+  Object.keys(p.whatif.margin).forEach((s, k) => {
+    const c = COLOURS[k % COLOURS.length];
+    if (p.base && p.base.margin[s]) data.push({ x: yx, y: p.base.margin[s].mean.map((v) => v * 100), mode: "lines+markers", line: { color: c, dash: "dash", width: 1 }, marker: { size: 4 }, showlegend: false, name: `${stageName(s)} (${t("baseline", "baseline")})`, xaxis: "x2", yaxis: "y2", meta: "baseline" });
+    data.push({ x: yx, y: p.whatif.margin[s].mean.map((v) => v * 100), mode: "lines+markers", line: { color: c, width: 2 }, marker: { size: 5 }, name: stageName(s), legendgroup: "margin", xaxis: "x2", yaxis: "y2", meta: "whatif" });
+  });
+  Object.keys(p.whatif.cover).forEach((m, k) => {
+    const c = COLOURS[k % COLOURS.length];
+    if (p.base && p.base.cover[m]) data.push({ x: yx, y: p.base.cover[m].mean, mode: "lines", line: { color: c, dash: "dash", width: 1 }, showlegend: false, name: `${mname(m)} (${t("baseline", "baseline")})`, xaxis: "x3", yaxis: "y3", meta: "baseline" });
+    data.push({ x: yx, y: p.whatif.cover[m].mean, mode: "lines+markers", line: { color: c, width: 2 }, marker: { size: 5 }, showlegend: false, name: mname(m), xaxis: "x3", yaxis: "y3", meta: "whatif" });
+  });
+  const layout = {
+    height: 420, margin: { t: 40, l: 60, r: 10, b: 40 }, legend: { orientation: "h", y: -0.15, font: { size: 10 } },
+    xaxis: { domain: [0, 0.42], type: "date", anchor: "y" }, yaxis: { title: { text: ZH() ? "价格指数（基准首月 = 100）" : "price index (baseline's first month = 100)" } },
+    xaxis2: { domain: [0.5, 0.73], type: "date", anchor: "y2" }, yaxis2: { anchor: "x2", title: { text: ZH() ? "利润率 %" : "margin %" } },
+    xaxis3: { domain: [0.8, 1], type: "date", anchor: "y3" }, yaxis3: { anchor: "x3", title: { text: ZH() ? "库存可用天数" : "stock cover, days" } },
+    annotations: [[0, ZH() ? "价格（月度，p5–p95）" : "Prices (monthly, p5–p95)"], [0.5, ZH() ? "各环节利润率（年度）" : "Margin per stage (annual)"], [0.8, ZH() ? "库存可用天数（年度）" : "Stock cover (annual)"]]
+      .map(([xx, text]) => ({ text: `<b>${text}</b>`, xref: "paper", yref: "paper", x: xx, y: 1.08, showarrow: false, xanchor: "left" })),
+  };
+  Plotly.react("markets", data, layout, { displaylogo: false, responsive: true });
+}
+
+// --- why: the Δ of each card, change by change ---------------------------------------------
+
+async function explain() {
+  const id = state.run.id;
+  $("#why-status").textContent = ZH() ? "计算中…" : "running the parts…";
+  try {
+    for (;;) {
+      const w = await api(`/runs/${encodeURIComponent(id)}/why?wait=5`, { method: "POST" });
+      if (!state.run || state.run.id !== id) return;
+      const done = w.parts.filter((p) => p.status === "done").length;
+      $("#why-status").textContent = `${done} / ${w.parts.length} ${ZH() ? "个分解运行已完成" : "parts done"}`;
+      if (w.status === "done") { state.why = w; break; }
+    }
+  } catch (e) { $("#why-status").textContent = e.message; return; }
+  const cards = state.why.cards;
+  const year = Number($("#year").value);
+  // open on the card the changes move most, relative to its baseline
+  const rel = (c) => { const i = c.years.indexOf(year); return c.base[i] ? Math.abs(c.total[i] / c.base[i]) : 0; };
+  const top = [...cards].sort((a, b) => rel(b) - rel(a))[0];
+  options($("#why-card"), cards.map((c) => c.id), top.id);
+  [...$("#why-card").options].forEach((o, k) => { o.textContent = ZH() ? cards[k].label_zh : cards[k].label; });
+  drawWhy();
+}
+
+function drawWhy() {
+  const w = state.why;
+  if (!w || !state.run || w.run !== state.run.id) return;
+  const c = w.cards.find((x) => x.id === $("#why-card").value) || w.cards[0];
+  const year = Number($("#year").value);
+  const i = c.years.indexOf(year);
+  const names = w.changes.map((ch, k) => `${k + 1}. ${describe(ch)}`);
+  // an axis label: the sentence's first words, on lines of about 22 characters
+  const short = (text) => text.slice(0, 64).split(" ").reduce((lines, word) => {
+    const last = lines[lines.length - 1];
+    if (last.length + word.length > 22 && last) lines.push(word); else lines[lines.length - 1] = last ? `${last} ${word}` : word;
+    return lines;
+  }, [""]).slice(0, 3).join("<br>");
+  const steps = c.one.map((o) => o[i]);
+  const x = [ZH() ? "基准" : "baseline", ...names.map(short), ZH() ? "交互作用" : "interaction", ZH() ? "情景" : "what-if"];
+  const y = [c.base[i], ...steps, c.interaction[i], c.mean[i]];
+  const fig = [{ type: "waterfall", x, y, measure: ["absolute", ...steps.map(() => "relative"), "relative", "total"],
+    text: y.map((v, k) => (k === 0 || k === y.length - 1 ? fmtNum(v, c.unit) : fmtDelta(v, c.unit, c.base[i]))),
+    textposition: "outside", connector: { line: { color: "#94a3b8" } },
+    increasing: { marker: { color: "#15803d" } }, decreasing: { marker: { color: "#b91c1c" } },
+    totals: { marker: { color: "#1f4e9c" } } }];
+  const lo = Math.min(c.base[i], c.mean[i]), hi = Math.max(c.base[i], c.mean[i]);
+  const pad = Math.max((hi - lo) * 1.5, Math.abs(hi) * 0.01, 1e-9);
+  Plotly.react("why", fig, {
+    title: { text: `${ZH() ? c.label_zh : c.label} · ${year}` }, height: 380,
+    margin: { t: 50, l: 80, r: 20, b: 70 }, showlegend: false, xaxis: { tickangle: 0 },
+    yaxis: { range: [lo - pad, hi + pad], title: { text: unitText(c.unit) || "%" } },
+  }, { displaylogo: false, responsive: true });
+  $("#why").dataset.card = c.id;
+  $("#why-table").replaceChildren(el("thead", {}, el("tr", {}, el("th", {}, t("change", "change")),
+    el("th", {}, ZH() ? "单独作用" : "alone"), el("th", {}, ZH() ? "在其他变化之上的增量" : "added to the others"))),
+  el("tbody", {}, ...w.changes.map((ch, k) => el("tr", {}, el("td", {}, names[k]),
+    el("td", { class: `num ${sign(c.one[k][i], c.base[i])}` }, fmtDelta(c.one[k][i], c.unit, c.base[i])),
+    el("td", { class: `num ${sign(c.marginal[k][i], c.base[i])}` }, fmtDelta(c.marginal[k][i], c.unit, c.base[i]))))));
 }
 
 async function drawCharts() {
-  await Promise.all([
-    drawSankey(),
-    drawSeries(),
-    chart("elements").then((s) => plot("elements", s.figures[0])),
-    chart("bottlenecks").then((s) => plot("bottlenecks", s.figures[0])),
-  ]).catch((e) => { $("#message").textContent = e.message; });
+  await Promise.all([drawSankey(), drawStages(), drawMarkets()])
+    .catch((e) => { $("#message").textContent = e.message; });
+  window.retwinDrawn = state.run.id;
 }
 
 async function loadRuns() {
@@ -312,17 +900,28 @@ async function loadRuns() {
     el("td", {}, r.label), el("td", {}, r.status), el("td", {}, (r.created_at || "").slice(0, 19)))));
 }
 
+// Two runs side by side: their headline cards in the first year either run's changes act.
 async function compare() {
   const ids = [...document.querySelectorAll(".pick:checked")].map((c) => c.value);
   const out = $("#compare-result");
-  if (ids.length !== 2) { out.textContent = "Tick exactly two runs."; return; }
+  if (ids.length !== 2) { out.textContent = ZH() ? "请勾选两次运行。" : "Tick exactly two runs."; return; }
   try {
-    const c = await api(`/runs/${ids[0]}/compare/${ids[1]}?kpi=output.stage&kpi=value.group&kpi=element.la_ce_surplus&kpi=element.dy_tb_deficit`);
-    out.replaceChildren(el("p", {}, `${c.a} − ${c.b}${c.paired ? " (paired)" : ""}`),
-      el("table", {}, el("thead", {}, el("tr", {}, ...["kpi", "key", "year", "a", "b", "a − b"].map((h) => el("th", {}, h)))),
-        el("tbody", {}, ...c.rows.map((r) => el("tr", {}, el("td", {}, r.kpi), el("td", {}, r.key),
-          el("td", {}, String(r.year)), el("td", { class: "num" }, fmt(r.a_mean)),
-          el("td", { class: "num" }, fmt(r.b_mean)), el("td", { class: "num" }, fmt(r.mean)))))));
+    const [a, b] = await Promise.all(ids.map((id) => api(`/runs/${encodeURIComponent(id)}/summary`)));
+    if (!a.result || !b.result) { out.textContent = ZH() ? "两次运行都须已完成。" : "Both runs must be done."; return; }
+    const year = Math.min(a.result.focus_year, b.result.focus_year);
+    const cb = new Map(b.result.cards.map((c) => [c.id, c]));
+    const head = el("tr", {}, el("th", {}, String(year)), el("th", {}, a.label || a.id), el("th", {}, b.label || b.id),
+      el("th", {}, `${ZH() ? "差" : "a − b"}`), el("th", {}, t("unit", "unit")));
+    const rows = a.result.cards.filter((c) => cb.has(c.id)).map((c) => {
+      const d = cb.get(c.id);
+      const i = c.years.indexOf(year), j = d.years.indexOf(year);
+      const va = c.mean[i], vb = d.mean[j];
+      const diff = va === null || vb === null ? null : va - vb;
+      return el("tr", {}, el("td", {}, ZH() ? c.label_zh : c.label), el("td", { class: "num" }, fmtNum(va, c.unit)),
+        el("td", { class: "num" }, fmtNum(vb, c.unit)), el("td", { class: `num ${sign(diff, vb)}` }, fmtDelta(diff, c.unit, vb)),
+        el("td", {}, unitText(c.unit)));
+    });
+    out.replaceChildren(el("table", { class: "compare" }, el("thead", {}, head), el("tbody", {}, ...rows)));
   } catch (e) { out.textContent = e.message; }
 }
 
@@ -356,8 +955,11 @@ $("#model").addEventListener("change", loadModel);
 $("#add-change").addEventListener("click", () => addChange());
 $("#whatif-form").addEventListener("submit", submit);
 $("#sankey-year").addEventListener("change", (e) => drawSankey(Number(e.target.value)));
-$("#ts-kind").addEventListener("change", drawSeries);
+$("#year").addEventListener("change", () => { drawCards(); drawWhy(); if ($("#kpi-details").open) drawKpiTable(); });
+$("#kpi-details").addEventListener("toggle", () => { if ($("#kpi-details").open && state.run) drawKpiTable(); });
 $("#compare-button").addEventListener("click", compare);
+$("#why-button").addEventListener("click", explain);
+$("#why-card").addEventListener("change", drawWhy);
 window.addEventListener("hashchange", fromHash);
 
 applyLang();
