@@ -6,6 +6,10 @@ each material's unit (t, units, MW); quotas in t REO; capacities in activity uni
 
 One day, in order:
 
+0. outages: a plant whose outage calendar changes today (drawn when the run starts: its
+   times do not depend on the state) takes ``derate × cal_up`` of that change point as its
+   availability. The changes of day ``d1`` are applied at the end of a call (the state it
+   leaves is that of the start of day ``d1``, what the events of ``d1`` see);
 1. arrivals: production and imports whose lead time ends today reach their pools; then
    contracted exports leave (each market's ``exp_contract_day``, from stock above the reserve)
    before any plant of the region draws;
@@ -113,6 +117,12 @@ def _flow(
     # state, changed by events between calls
     cap_day: FloatArray,
     avail: FloatArray,
+    derate: FloatArray,
+    # the outage calendar, drawn when the run starts
+    cal_ptr: IntArray,
+    cal_day: IntArray,
+    cal_up: FloatArray,
+    cal_at: IntArray,
     reserve: FloatArray,
     imp_cap_day: FloatArray,
     exp_cap_day: FloatArray,
@@ -165,7 +175,27 @@ def _flow(
     codes = np.zeros(n_plants, dtype=np.int8)
     qdone = np.zeros(n_plants, dtype=np.int8)
 
-    for d in range(d0, d1):
+    # 0. the outage calendar: the first day a plant's availability changes (past d1: none)
+    next_change = d1 + 1
+    for p in range(n_plants):
+        k = cal_at[p]
+        if k < cal_ptr[p + 1] and cal_day[k] < next_change:
+            next_change = cal_day[k]
+
+    for d in range(d0, d1 + 1):
+        if d >= next_change:  # the calendar's change points of today (and on d1, of then)
+            next_change = d1 + 1
+            for p in range(n_plants):
+                k = cal_at[p]
+                k_end = cal_ptr[p + 1]
+                while k < k_end and cal_day[k] <= d:
+                    avail[p] = derate[p] * cal_up[k]
+                    k += 1
+                cal_at[p] = k
+                if k < k_end and cal_day[k] < next_change:
+                    next_change = cal_day[k]
+        if d == d1:
+            break
         slot = d % ring
         mon = month_of_day[d]
         # 1. arrivals
