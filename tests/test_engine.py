@@ -248,6 +248,25 @@ def test_a_what_if_outage_acts_with_the_drawn_outages(tiny: Scenario) -> None:
         assert m.avail[p] == 0.5 * up[d], d
 
 
+def test_ramp_computes_only_plants_that_change(tiny_tree: dict[str, Any]) -> None:
+    """``Compiled.ramp`` skips plants at full capacity all along, and is the kernel's rule
+    for every plant: commissioned before the start (ramped up or still ramping), within the
+    horizon, retired within it."""
+    plants = tiny_tree["plants"]
+    plants[0].update({"commissioning": "2023-12-20", "ramp_days": 30})  # still ramping
+    plants[1].update({"commissioning": "2023-06-01", "ramp_days": 30})  # ramped up before
+    plants[2].update({"commissioning": "2024-03-01", "ramp_days": 10})
+    plants[3].update({"retirement": "2025-02-01"})
+    c = retwin.prepare(retwin.load_scenario(tiny_tree))
+    d = np.arange(c.n_days)
+    for p in range(len(c.plant_ids)):
+        com, ramp, ret = (int(c.commission_day[p]), int(c.ramp_days[p]), int(c.retire_day[p]))
+        rule = [0.0 if not com <= x < ret else min(1.0, (x - com + 1) / ramp) if ramp else 1.0
+                for x in d]
+        np.testing.assert_array_equal(c.ramp[p], rule, err_msg=c.plant_ids[p])
+    assert c.ramp[0, 0] < 1.0 and c.ramp[1].min() == 1.0 and c.ramp[3, -1] == 0.0
+
+
 # --- quotas ---------------------------------------------------------------------------------
 
 

@@ -162,6 +162,7 @@ def _flow(
     ring = pipe.shape[1]
     n_levels = lvl_ptr.shape[0] - 1
     n_plants = order.shape[0]
+    n_segments = dem_pool.shape[0]
     nq = max(n_quota, 1)
     scratch = np.empty(n_plants + 4 * n_pools + nq)  # one allocation per call
     want = scratch[:n_plants]
@@ -221,6 +222,8 @@ def _flow(
         for lv in range(n_levels):
             lo = lvl_ptr[lv]
             hi = lvl_ptr[lv + 1]
+            if lo == hi:  # a stage without plants
+                continue
             for q in range(n_quota):
                 req_q[q] = 0.0
             # 2a. what each plant could do on capacity alone
@@ -368,17 +371,18 @@ def _flow(
                 act_rec[p, d] = x
                 code_rec[p, d] = codes[p]
 
-        # 3. demand
-        for s in range(n_pools):
-            req_pool[s] = 0.0
-        for g in range(dem_pool.shape[0]):
+        # 3. demand (only the pools segments draw on)
+        for g in range(n_segments):
+            req_pool[dem_pool[g]] = 0.0
+        for g in range(n_segments):
             req_pool[dem_pool[g]] += dem_rate[g]
-        for s in range(n_pools):
+        for g in range(n_segments):
+            s = dem_pool[g]
             free = stock[s] - reserve[s]
             if free < 0.0:
                 free = 0.0
             ratio_pool[s] = free / req_pool[s] if req_pool[s] > free else 1.0
-        for g in range(dem_pool.shape[0]):
+        for g in range(n_segments):
             s = dem_pool[g]
             served = dem_rate[g] * ratio_pool[s]
             stock[s] -= served
