@@ -11,6 +11,9 @@ back into the arrays at the end. It ignores the arrays the declaration marks ``d
 
 One day, in order:
 
+0. outages: a plant whose outage calendar has change points not yet applied on or before
+   today takes ``derate × cal_up`` of the last of them as its availability (also on the day
+   after the last, ``d1``: the state left is that of the start of that day);
 1. arrivals: production and imports whose lead time ends today reach their pools; then each
    market's contracted exports leave, from stock above the reserve;
 2. plants, level by level (upstream first). Each plant asks for
@@ -95,6 +98,9 @@ class World:
     # state set by events
     cap_day: list[float]
     avail: list[float]
+    derate: list[float]
+    #: per plant, its outage calendar's change points not yet applied: (day, share up)
+    calendar: list[list[tuple[int, float]]]
     reserve: list[float]
     import_cap: list[float]
     export_cap: list[float]
@@ -180,6 +186,10 @@ def _world(a: Mapping[str, np.ndarray], d0: int) -> World:
         month_of_day=_ints(a["month_of_day"]),
         cap_day=_floats(a["cap_day"]),
         avail=_floats(a["avail"]),
+        derate=_floats(a["derate"]),
+        calendar=[list(zip(_ints(a["cal_day"][at:end]), _floats(a["cal_up"][at:end]),
+                           strict=True))
+                  for at, end in zip(_ints(a["cal_at"]), _ints(a["cal_ptr"][1:]), strict=True)],
         reserve=_floats(a["reserve"]),
         import_cap=_floats(a["imp_cap_day"]),
         export_cap=_floats(a["exp_cap_day"]),
@@ -329,7 +339,17 @@ def _run_level(w: World, level: list[Plant], d: int) -> None:
             w.ties.add((p, d))
 
 
+def _outages(w: World, d: int) -> None:
+    for p, points in enumerate(w.calendar):
+        due = [up for day, up in points if day <= d]
+        if due:
+            w.avail[p] = w.derate[p] * due[-1]
+            w.calendar[p] = points[len(due):]
+
+
 def _one_day(w: World, d: int) -> None:
+    # 0. outages
+    _outages(w, d)
     # 1. arrivals
     staying = []
     for sh in w.in_transit:
@@ -395,9 +415,12 @@ def _one_day(w: World, d: int) -> None:
 
 def _write_back(w: World, a: Mapping[str, np.ndarray]) -> None:
     for name, values in (("q_avail", w.quota_released), ("q_year_left", w.quota_year_left),
-                         ("stock", w.stock)):
+                         ("stock", w.stock), ("avail", w.avail)):
         for i, v in enumerate(values):
             a[name][i] = v
+    ends = a["cal_ptr"][1:]
+    for p, points in enumerate(w.calendar):
+        a["cal_at"][p] = int(ends[p]) - len(points)
     ring = a["pipe"].shape[1]
     for name in ("pipe", "ipipe", "pipe_sum", "ipipe_sum"):
         a[name][:] = 0.0
@@ -432,5 +455,6 @@ def advance_named(d0: int, d1: int, a: Mapping[str, np.ndarray]) -> set[tuple[in
     w = _world(a, d0)
     for d in range(d0, d1):
         _one_day(w, d)
+    _outages(w, d1)
     _write_back(w, a)
     return w.ties

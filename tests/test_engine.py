@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import itertools
+import math
 from typing import Any
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import retwin
 from conftest import assert_same_run
 from retwin import MassBalanceError, ScenarioError
+from retwin.engine.model import ChainModel
 from retwin.kernels.flow import BIND_OUTAGE
 from retwin.scenario.schema import STAGES, Scenario
 
@@ -111,6 +113,158 @@ def test_kernel_calls_are_bounded_by_event_days(tiny_run: Any) -> None:
         tiny_run.compiled.month_start_day.tolist())
     assert 1 <= tiny_run.kernel_calls <= len(event_days) + 1
     assert tiny_run.kernel_calls < tiny_run.compiled.n_days / 5
+
+
+# --- outages drawn when a run starts ----------------------------------------------------------
+
+
+def _one_at_a_time(model: ChainModel, pid: str, mtbf: float, mttr: float
+                   ) -> list[tuple[int, str, str]]:
+    """A plant's failures and repairs as they were drawn when each was an event of its own:
+    one exponential at a time from the plant's stream, up, down, up…, until the horizon."""
+    rng = model.rng(f"outage/{pid}")
+    t, out = 0, []
+    while True:
+        for kind, mean in (("failure", mtbf), ("repair", mttr)):
+            t += max(1, math.ceil(rng.standard_exponential() * mean))
+            if t >= model.n_days:
+                return out
+            out.append((t, kind, pid))
+
+
+def _up(model: ChainModel, p: int) -> np.ndarray:
+    """(D,) the share of capacity the drawn outages leave plant ``p`` on each day."""
+    cal = model.outages
+    lo, hi = int(cal.ptr[p]), int(cal.ptr[p + 1])
+    up = np.ones(model.n_days)
+    for k in range(lo, hi):
+        up[cal.day[k]:] = cal.up[k]
+    return up
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 123456])
+def test_drawn_outages_are_the_draws_of_one_event_at_a_time(tiny: Scenario, seed: int) -> None:
+    """Drawing a plant's outages up front takes the same numbers from the same stream as
+    drawing each when the last happened: the same outages, so a baseline and its what-if
+    still share them (common random numbers) and results stay reproducible."""
+    c = retwin.prepare(tiny)
+    m = ChainModel(c, seed)
+    for p, pid in enumerate(c.plant_ids):
+        drawn = [e for e in m.outages.events if e[2] == pid]
+        if np.isnan(c.mtbf[p]):
+            assert not drawn
+            continue
+        assert drawn == _one_at_a_time(m, pid, float(c.mtbf[p]), float(c.mttr[p]))
+        assert drawn
+        up = _up(m, p)
+        for d, kind, _ in drawn:
+            assert up[d] == (0.0 if kind == "failure" else 1.0)
+            assert up[d - 1] == (1.0 if kind == "failure" else 0.0)
+
+
+def test_mean_availability_is_the_renewal_value(tiny_tree: dict[str, Any]) -> None:
+    """Over many replications each plant is up the share of days renewal theory gives for
+    whole-day times to failure and to repair (at least one day each): a mean time up of
+    1 / (1 - exp(-1/MTBF)) days and down of 1 / (1 - exp(-1/MTTR))."""
+    tiny_tree["start"], tiny_tree["end"] = "2024-01-01", "2033-12-31"
+    tiny_tree["plants"][0]["availability"] = {"mtbf_days": 20, "mttr_days": 5}
+    c = retwin.prepare(retwin.load_scenario(tiny_tree))
+    warm = 200  # days to forget the start (every plant starts up)
+    for p in (0, 1):
+        mtbf, mttr = float(c.mtbf[p]), float(c.mttr[p])
+        t_up, t_down = 1 / (1 - math.exp(-1 / mtbf)), 1 / (1 - math.exp(-1 / mttr))
+        share = [_up(ChainModel(c, seed), p)[warm:].mean() for seed in range(60)]
+        mean, se = float(np.mean(share)), float(np.std(share) / math.sqrt(len(share)))
+        assert abs(mean - t_up / (t_up + t_down)) < 4 * se + 1e-3, (p, mean, se)
+
+
+def test_outages_cost_no_kernel_call(tiny: Scenario) -> None:
+    """Outages are drawn when the run starts and read by the kernel day by day: a run with
+    them makes exactly the kernel calls of the same run without them."""
+    quiet_outages = retwin.apply_changes(tiny, [
+        {"kind": "parameter", "path": "settings.outages", "value": False}])
+    on, off = retwin.run(tiny, seed=3), retwin.run(quiet_outages, seed=3)
+    assert any(k == "failure" for _, k, _ in on.events)
+    assert on.kernel_calls == off.kernel_calls
+    assert (on.binding == BIND_OUTAGE).any() and not (off.binding == BIND_OUTAGE).any()
+
+
+def test_planned_and_random_outages_overlap(tiny_tree: dict[str, Any]) -> None:
+    """A plant is down while it is failed or in any planned outage, overlapping ones too."""
+    tiny_tree["plants"][1]["availability"] = {
+        "mtbf_days": 10, "mttr_days": 4, "planned_outages": [
+            {"from": "2024-03-01", "to": "2024-03-20"}, {"from": "2024-03-10", "to": "2024-04-05"}]}
+    sc = retwin.load_scenario(tiny_tree)
+    res = retwin.run(sc, seed=2)
+    m = ChainModel(res.compiled, res.metadata["engine_seed"])
+    lo = (dt.date(2024, 3, 1) - sc.start).days
+    hi = (dt.date(2024, 4, 5) - sc.start).days + 1
+    down = np.zeros(m.n_days, bool)
+    down[lo:hi] = True
+    failed = np.zeros(m.n_days, bool)
+    at = None
+    for d, kind, pid in m.outages.events:
+        if pid != "separation":
+            continue
+        if kind == "failure":
+            at = d
+        elif kind == "repair":
+            assert at is not None
+            failed[at:d] = True
+            at = None
+    if at is not None:
+        failed[at:] = True
+    np.testing.assert_array_equal(_up(m, 1), np.where(down | failed, 0.0, 1.0))
+    assert np.all(res.activity[1, down | failed] == 0.0)
+    assert np.all(res.binding[1, down | failed] == BIND_OUTAGE)
+
+
+def test_a_what_if_outage_acts_with_the_drawn_outages(tiny: Scenario) -> None:
+    """An outage change derates a plant on top of its drawn outages: down on the days they
+    say, at most its derated capacity on the others, and the economy's view of the plant
+    (``avail``) says the same on the day it looks."""
+    change = {"kind": "outage", "plant": "separation", "from": "2024-06-01",
+              "to": "2024-09-30", "capacity_frac": 0.5}
+    base = retwin.run(tiny, seed=4)
+    res = retwin.run(tiny, changes=[change], seed=4)
+    p = idx(res, "separation")
+    m = ChainModel(res.compiled, res.metadata["engine_seed"])
+    up = _up(m, p)
+    lo = (dt.date(2024, 6, 1) - tiny.start).days
+    hi = (dt.date(2024, 9, 30) - tiny.start).days + 1
+    window = np.zeros(m.n_days, bool)
+    window[lo:hi] = True
+    assert (window & (up == 0.0)).any() and (window & (up == 1.0)).any()
+    assert [e for e in res.events if e[1] in ("failure", "repair")] == \
+        [e for e in base.events if e[1] in ("failure", "repair")]  # the same outages
+    assert np.all(res.activity[p, up == 0.0] == 0.0)
+    ceiling = float(m.cap_max_day[p])
+    assert np.all(res.activity[p, window & (up == 1.0)] <= 0.5 * ceiling * (1 + 1e-12))
+    assert np.all(res.binding[p, window] != 0)
+    # the state a process sees on a day: what-if derate x the drawn outages of that day
+    m.env.run(until=lo + 1)
+    for d in range(lo + 1, hi):
+        m.advance_to(d)
+        assert m.avail[p] == 0.5 * up[d], d
+
+
+def test_ramp_computes_only_plants_that_change(tiny_tree: dict[str, Any]) -> None:
+    """``Compiled.ramp`` skips plants at full capacity all along, and is the kernel's rule
+    for every plant: commissioned before the start (ramped up or still ramping), within the
+    horizon, retired within it."""
+    plants = tiny_tree["plants"]
+    plants[0].update({"commissioning": "2023-12-20", "ramp_days": 30})  # still ramping
+    plants[1].update({"commissioning": "2023-06-01", "ramp_days": 30})  # ramped up before
+    plants[2].update({"commissioning": "2024-03-01", "ramp_days": 10})
+    plants[3].update({"retirement": "2025-02-01"})
+    c = retwin.prepare(retwin.load_scenario(tiny_tree))
+    d = np.arange(c.n_days)
+    for p in range(len(c.plant_ids)):
+        com, ramp, ret = (int(c.commission_day[p]), int(c.ramp_days[p]), int(c.retire_day[p]))
+        rule = [0.0 if not com <= x < ret else min(1.0, (x - com + 1) / ramp) if ramp else 1.0
+                for x in d]
+        np.testing.assert_array_equal(c.ramp[p], rule, err_msg=c.plant_ids[p])
+    assert c.ramp[0, 0] < 1.0 and c.ramp[1].min() == 1.0 and c.ramp[3, -1] == 0.0
 
 
 # --- quotas ---------------------------------------------------------------------------------

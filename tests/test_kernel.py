@@ -96,10 +96,12 @@ class _Recording(Mapping[str, np.ndarray]):
 
 def every_part(days: int = 30) -> retwin.Scenario:
     """A chain with one of everything the kernel handles: a quota, a lead time, markets both
-    ways, demand."""
+    ways, demand, an outage."""
     quota = {"id": "q", "plants": ["mine"], "annual_t_reo": {2024: 100000}}
+    outage = {"planned_outages": [{"from": "2024-01-04", "to": "2024-01-05"}]}
     return make_scenario(
-        [ORE, CONC, OXIDE], [mine(capacity_tpa=36500, lead_time_days=2), separator()],
+        [ORE, CONC, OXIDE],
+        [mine(capacity_tpa=36500, lead_time_days=2), separator(availability=outage)],
         days=days, quotas=[quota], pools=[{"material": "oxide", "target_t": 50}],
         markets=[{"id": "conc-out", "material": "conc", "export": {"cap_tpa": 365}},
                  {"id": "ox-in", "material": "oxide",
@@ -161,8 +163,10 @@ def test_a_run_allocates_its_arrays_from_the_declaration() -> None:
     sc = make_scenario([ORE, CONC, OXIDE], [mine(), separator()], days=10)
     c = retwin.prepare(sc)
     arrays = chain_model(sc).arrays
+    # the outage calendar is drawn per run: its length is the run's
+    sizes = {**c.kernel_sizes, "C": arrays["cal_day"].size}
     for spec in contract.FLOW_ARRAYS:
-        assert arrays[spec.name].shape == spec.shape(c.kernel_sizes), spec.name
+        assert arrays[spec.name].shape == spec.shape(sizes), spec.name
     with pytest.raises(KeyError, match="kernel inputs not given: order"):
         contract.allocate(c.kernel_sizes, {n: a for n, a in c.kernel_static.items()
                                            if n != "order"})
@@ -786,8 +790,9 @@ POINTERS = [s for s in contract.FLOW_ARRAYS if s.ptr_into is not None]
 
 
 @pytest.fixture
-def kernel_sizes() -> dict[str, int]:
-    return retwin.prepare(every_part(30)).kernel_sizes
+def kernel_sizes(kernel_args: list[np.ndarray]) -> dict[str, int]:
+    """The size of every axis (those of a run, like the outage calendar's, included)."""
+    return contract.check(dict(zip(ARG_NAMES, kernel_args, strict=True)))
 
 
 @pytest.mark.usefixtures("no_kernel")
@@ -832,7 +837,19 @@ def test_wrapper_refuses_a_wrong_number_of_arrays(kernel_args: list[np.ndarray])
 
 
 def test_wrapper_empty_range_changes_nothing(kernel_args: list[np.ndarray]) -> None:
+    """An empty range at the state's day (an un-run model's is day 0) changes nothing; at a
+    later day it only applies the outage calendar's changes due by then, as the reference
+    does (the separator is down on days 3 and 4)."""
     before = [a.copy() for a in kernel_args]
-    flow.advance(7, 7, *kernel_args)
+    flow.advance(0, 0, *kernel_args)
     for a, b in zip(kernel_args, before, strict=True):
         np.testing.assert_array_equal(a, b)
+    ref = [a.copy() for a in kernel_args]
+    flow.advance(7, 7, *kernel_args)
+    reference.advance(7, 7, *ref)
+    for name, a, b, r in zip(ARG_NAMES, kernel_args, before, ref, strict=True):
+        np.testing.assert_array_equal(a, r, err_msg=name)
+        if name not in ("avail", "cal_at"):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert kernel_args[_at("cal_at")][1] == kernel_args[_at("cal_ptr")][2]  # both applied
+    assert kernel_args[_at("avail")][1] == 1.0  # up again

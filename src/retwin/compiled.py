@@ -128,10 +128,26 @@ class Compiled:
     @cached_property
     def ramp(self) -> FloatArray:
         """(P, D) share of nameplate each plant has: 0 before commissioning and from
-        retirement on, rising linearly over its ramp (the kernel's rule). Computed once."""
-        d = np.arange(self.n_days)[None, :]
-        com = self.commission_day[:, None]
-        ramp = self.ramp_days[:, None].astype(float)
-        r = np.where(ramp > 0, np.clip((d - com + 1) / np.where(ramp > 0, ramp, 1), 0, 1), 1.0)
-        live = (d >= com) & (d < self.retire_day[:, None])
-        return np.where(live, r, 0.0)
+        retirement on, rising linearly over its ramp (the kernel's rule). Computed once.
+
+        Plants at full capacity over the whole horizon (commissioned and ramped up before it
+        starts, not retired within it; most of a large chain) are rows of ones: the rule is
+        computed only for the others."""
+        out = np.ones((len(self.commission_day), self.n_days))
+        full_from = self.commission_day + np.maximum(self.ramp_days, 1) - 1
+        moving = np.flatnonzero((full_from > 0) | (self.retire_day < self.n_days))
+        if moving.size:
+            out[moving] = _ramp_rows(self.commission_day[moving], self.ramp_days[moving],
+                                     self.retire_day[moving], self.n_days)
+        return out
+
+
+def _ramp_rows(commission_day: IntArray, ramp_days: IntArray, retire_day: IntArray,
+               n_days: int) -> FloatArray:
+    """The rule of :attr:`Compiled.ramp` for the given plants."""
+    d = np.arange(n_days)[None, :]
+    com = commission_day[:, None]
+    ramp = ramp_days[:, None].astype(float)
+    r = np.where(ramp > 0, np.clip((d - com + 1) / np.where(ramp > 0, ramp, 1), 0, 1), 1.0)
+    live = (d >= com) & (d < retire_day[:, None])
+    return np.where(live, r, 0.0)

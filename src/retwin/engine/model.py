@@ -18,7 +18,7 @@ from retwin.processes import (
     MarketProcess,
     PolicyProcess,
     QuotaProcess,
-    StageProcess,
+    draw_outages,
 )
 from retwin.scenario.schema import (
     CapacityChange,
@@ -45,6 +45,11 @@ class ChainModel:
         self.month_start_day = c.month_start_day
         n_p, n_m, n_t = len(c.plant_ids), len(c.material_ids), len(c.months)
         st = c.scenario.settings
+        self._seed_seq = np.random.SeedSequence(self.seed)
+        # Outages do not depend on the run's state: drawn now, read by the kernel day by day
+        # (an outage costs no event and no kernel call).
+        self.outages = draw_outages(c.plant_ids, c.mtbf, c.mttr, c.planned, st.outages,
+                                    c.n_days, self.rng)
         # The kernel's arrays (retwin.kernels.contract): the compiled inputs, the state with
         # its starting values, everything else zero. The engine calls the packed kernel (a
         # third of the dispatch cost per event); the 1-D arrays are views into its blobs, so
@@ -53,6 +58,11 @@ class ChainModel:
             **c.kernel_static,
             "cap_day": c.nameplate_tpa * c.utilisation / 365.0,  # x decision (1 at start)
             "avail": np.ones(n_p),
+            "derate": np.ones(n_p),
+            "cal_ptr": self.outages.ptr,
+            "cal_day": self.outages.day,
+            "cal_up": self.outages.up,
+            "cal_at": self.outages.ptr[:-1].copy(),
             "reserve": c.reserve0,
             "imp_cap_day": c.imp_cap_tpa / 365.0,
             "exp_cap_day": c.exp_cap_tpa / 365.0,
@@ -67,6 +77,7 @@ class ChainModel:
         # the state events change, by name for the methods below and the processes
         a = self.arrays
         self.cap_day, self.avail, self.reserve = a["cap_day"], a["avail"], a["reserve"]
+        self.derate, self.cal_at = a["derate"], a["cal_at"]
         self.imp_cap_day, self.exp_cap_day = a["imp_cap_day"], a["exp_cap_day"]
         self.exp_contract_day = a["exp_contract_day"]
         self.dem_rate, self.price = a["dem_rate"], a["price"]
@@ -88,19 +99,14 @@ class ChainModel:
         self.imp_share = np.ones(n_k)
         self.exp_demand_tpa = np.full(n_k, np.inf)
         self.exp_contract_tpa = np.zeros(n_k)
-        self._random_up = [True] * n_p
-        self._planned_up = [True] * n_p
         self.price_rec = np.zeros((n_m, n_t))
         self.day = 0
         self.kernel_calls = 0
         self.events: list[tuple[int, str, str]] = []
         self.capacity_log: list[tuple[int, int, float]] = []  # (day, plant, nameplate_tpa)
         self._weights: dict[int, tuple[TimedChange, float]] = {}
-        self._seed_seq = np.random.SeedSequence(self.seed)
-
-        for stage, plants in c.topology.stage_plants.items():
-            StageProcess(stage, plants.tolist(), c.plant_ids, c.mtbf, c.mttr, c.planned,
-                         st.outages).start(self.env, self)
+        # the state of day 0: the calendar's changes of that day (an empty kernel call)
+        advance_packed(0, 0, *self._packed)
         first_year_frac = c.days_left[0] / (366 if _leap(c.scenario.start.year) else 365)
         QuotaProcess(c.quota_ids, c.releases, c.year_starts, c.quota_year_total,
                      float(first_year_frac), [q.produce_ahead for q in c.scenario.quotas],
@@ -147,17 +153,6 @@ class ChainModel:
     def log(self, day: int, kind: str, subject: str) -> None:
         self.events.append((day, kind, subject))
 
-    def set_plant_state(self, plant: int, *, random_up: bool | None = None,
-                        planned_up: bool | None = None) -> None:
-        if random_up is not None:
-            self._random_up[plant] = random_up
-        if planned_up is not None:
-            self._planned_up[plant] = planned_up
-        if self._weights:
-            self._refresh_avail(plant)
-        else:  # no what-if outage active: the plant is up unless failed or in planned outage
-            self.avail[plant] = 1.0 if self._random_up[plant] and self._planned_up[plant] else 0.0
-
     def set_change_weight(self, timed: TimedChange, weight: float) -> None:
         if weight > 0:
             self._weights[timed.index] = (timed, weight)
@@ -186,13 +181,17 @@ class ChainModel:
         return [(t.change, w) for i, (t, w) in sorted(self._weights.items()) if t.kind == kind]
 
     def _refresh_avail(self, p: int) -> None:
+        """A plant's availability: what the what-if outages leave (``derate``) times what
+        the drawn outages leave today (the calendar's last change point applied)."""
         forced = 1.0
         pid = self.c.plant_ids[p]
         for ch, w in self._active("outage"):
             if ch.plant == pid:
                 forced = min(forced, 1.0 - w * (1.0 - ch.capacity_frac))
-        up = 1.0 if self._random_up[p] and self._planned_up[p] else 0.0
-        self.avail[p] = up * forced
+        self.derate[p] = forced
+        k = int(self.cal_at[p])
+        up = float(self.outages.up[k - 1]) if k > self.outages.ptr[p] else 1.0
+        self.avail[p] = forced * up
 
     def add_capacity(self, plants: np.ndarray, share_of_nameplate: float) -> None:
         """New capacity built (investment): each plant gains that share of its nameplate."""
@@ -275,6 +274,10 @@ class ChainModel:
         """Play every event of the horizon, then advance the flow to its last day."""
         self.env.run(until=self.n_days)
         self.advance_to(self.n_days)
+        # the drawn outages join the log in day order (stable: within a day, the processes'
+        # events first)
+        if self.outages.events:
+            self.events = sorted(self.events + self.outages.events, key=lambda e: e[0])
         if self.economy is not None:
             # days the kernel saw as capacity-bound while the plant ran below its ceiling by
             # its own decision: bound by the demand on its output, or by its margin

@@ -60,13 +60,15 @@ AXES: dict[str, str] = {
     "K": "markets",
     "G": "demand segments",
     "Q": "quotas",
+    "C": "change points of the outage calendar (all plants')",
+    "C1": "change points + 1 (a position in the outage calendar, its end included)",
     "D": "days",
     "T": "months",
     "R": "slots of the ring of shipments in transit (longer than the longest lead time)",
     "6": "the six rows of the totals",
 }
-#: Axes whose size follows from another's: ``P1`` is ``P + 1``.
-_ONE_MORE: dict[str, str] = {"P1": "P"}
+#: Axes whose size follows from another's: ``P1`` is ``P + 1``, ``C1`` is ``C + 1``.
+_ONE_MORE: dict[str, str] = {"P1": "P", "C1": "C"}
 #: Axes of a fixed size.
 _FIXED: dict[str, int] = {"6": 6}
 
@@ -159,7 +161,16 @@ FLOW_ARRAYS: tuple[KernelArray, ...] = (
     _a("month_of_day", _I, "D", "input", "month of each day", values_in="T"),
     # state set by events between calls
     _a("cap_day", _F, "P", "state", "capacity in activity units per day (with utilisation)"),
-    _a("avail", _F, "P", "state", "share of capacity available (0: down)"),
+    _a("avail", _F, "P", "state", "share of capacity available (0: down); the kernel sets it "
+       "to derate x cal_up at each change point of the outage calendar"),
+    _a("derate", _F, "P", "state", "share of capacity what-if outages leave (1: all)"),
+    # the outage calendar, drawn when a run starts (its times do not depend on the state)
+    _a("cal_ptr", _I, "P1", "state",
+       "plant p's change points are entries cal_ptr[p]:cal_ptr[p+1]", ptr_into="C"),
+    _a("cal_day", _I, "C", "state", "day of a change point (rising within a plant)"),
+    _a("cal_up", _F, "C", "state", "share of capacity the drawn outages leave from that day"),
+    _a("cal_at", _I, "P", "state", "each plant's next change point not yet applied",
+       values_in="C1", derived=True),
     _a("reserve", _F, "S", "state", "strategic reserve nobody draws on"),
     _a("imp_cap_day", _F, "K", "state", "import cap per day (0: no imports)"),
     _a("exp_cap_day", _F, "K", "state", "export cap per day (0: no exports)"),
@@ -339,6 +350,8 @@ def check(arrays: Mapping[str, object], *, d1: int | None = None,
         if ax in seen and base in seen and seen[ax] != seen[base] + 1:
             raise ValueError(f"{where[ax]} has {seen[ax]} entries; it must have one more than "
                              f"the {seen[base]} {AXES[base]}")
+        if base in seen:
+            seen.setdefault(ax, seen[base] + 1)
     if d1 is not None and "D" in seen and d1 > seen["D"]:
         raise ValueError(f"day range ends at {d1}, past the {seen['D']} days of the records")
     unknown = sorted({ax for name in checked for ax in (_BY_NAME[name].values_in,

@@ -6,6 +6,10 @@ each material's unit (t, units, MW); quotas in t REO; capacities in activity uni
 
 One day, in order:
 
+0. outages: a plant whose outage calendar changes today (drawn when the run starts: its
+   times do not depend on the state) takes ``derate × cal_up`` of that change point as its
+   availability. The changes of day ``d1`` are applied at the end of a call (the state it
+   leaves is that of the start of day ``d1``, what the events of ``d1`` see);
 1. arrivals: production and imports whose lead time ends today reach their pools; then
    contracted exports leave (each market's ``exp_contract_day``, from stock above the reserve)
    before any plant of the region draws;
@@ -113,6 +117,12 @@ def _flow(
     # state, changed by events between calls
     cap_day: FloatArray,
     avail: FloatArray,
+    derate: FloatArray,
+    # the outage calendar, drawn when the run starts
+    cal_ptr: IntArray,
+    cal_day: IntArray,
+    cal_up: FloatArray,
+    cal_at: IntArray,
     reserve: FloatArray,
     imp_cap_day: FloatArray,
     exp_cap_day: FloatArray,
@@ -152,6 +162,7 @@ def _flow(
     ring = pipe.shape[1]
     n_levels = lvl_ptr.shape[0] - 1
     n_plants = order.shape[0]
+    n_segments = dem_pool.shape[0]
     nq = max(n_quota, 1)
     scratch = np.empty(n_plants + 4 * n_pools + nq)  # one allocation per call
     want = scratch[:n_plants]
@@ -165,7 +176,27 @@ def _flow(
     codes = np.zeros(n_plants, dtype=np.int8)
     qdone = np.zeros(n_plants, dtype=np.int8)
 
-    for d in range(d0, d1):
+    # 0. the outage calendar: the first day a plant's availability changes (past d1: none)
+    next_change = d1 + 1
+    for p in range(n_plants):
+        k = cal_at[p]
+        if k < cal_ptr[p + 1] and cal_day[k] < next_change:
+            next_change = cal_day[k]
+
+    for d in range(d0, d1 + 1):
+        if d >= next_change:  # the calendar's change points of today (and on d1, of then)
+            next_change = d1 + 1
+            for p in range(n_plants):
+                k = cal_at[p]
+                k_end = cal_ptr[p + 1]
+                while k < k_end and cal_day[k] <= d:
+                    avail[p] = derate[p] * cal_up[k]
+                    k += 1
+                cal_at[p] = k
+                if k < k_end and cal_day[k] < next_change:
+                    next_change = cal_day[k]
+        if d == d1:
+            break
         slot = d % ring
         mon = month_of_day[d]
         # 1. arrivals
@@ -191,6 +222,8 @@ def _flow(
         for lv in range(n_levels):
             lo = lvl_ptr[lv]
             hi = lvl_ptr[lv + 1]
+            if lo == hi:  # a stage without plants
+                continue
             for q in range(n_quota):
                 req_q[q] = 0.0
             # 2a. what each plant could do on capacity alone
@@ -338,17 +371,18 @@ def _flow(
                 act_rec[p, d] = x
                 code_rec[p, d] = codes[p]
 
-        # 3. demand
-        for s in range(n_pools):
-            req_pool[s] = 0.0
-        for g in range(dem_pool.shape[0]):
+        # 3. demand (only the pools segments draw on)
+        for g in range(n_segments):
+            req_pool[dem_pool[g]] = 0.0
+        for g in range(n_segments):
             req_pool[dem_pool[g]] += dem_rate[g]
-        for s in range(n_pools):
+        for g in range(n_segments):
+            s = dem_pool[g]
             free = stock[s] - reserve[s]
             if free < 0.0:
                 free = 0.0
             ratio_pool[s] = free / req_pool[s] if req_pool[s] > free else 1.0
-        for g in range(dem_pool.shape[0]):
+        for g in range(n_segments):
             s = dem_pool[g]
             served = dem_rate[g] * ratio_pool[s]
             stock[s] -= served

@@ -1,17 +1,16 @@
-"""The interface the processes see of a run, and the per-stage outage processes."""
+"""The interface the processes see of a run, and the outage calendar drawn when it starts."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Generator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import simpy
 
-from retwin._typing import FloatArray
+from retwin._typing import FloatArray, IntArray
 
-__all__ = ["Chain", "StageProcess"]
+__all__ = ["Chain", "OutageCalendar", "draw_outages"]
 
 
 class Chain(Protocol):
@@ -22,76 +21,91 @@ class Chain(Protocol):
     avail: FloatArray
 
     def advance_to(self, day: int) -> None: ...
-    def set_plant_state(self, plant: int, *, random_up: bool | None = None,
-                        planned_up: bool | None = None) -> None: ...
     def log(self, day: int, kind: str, subject: str) -> None: ...
     def rng(self, stream: str) -> np.random.Generator: ...
 
 
-class StageProcess:
-    """The discrete events of one stage's plants: random failures and repairs (exponential
-    times to failure and to repair, drawn from a stream per plant, so adding a plant does not
-    shift another plant's outages), and planned outages.
+@dataclass(frozen=True, eq=False)
+class OutageCalendar:
+    """Each plant's outages over the horizon, as change points in compressed sparse rows:
+    plant ``p``'s are entries ``ptr[p]:ptr[p + 1]``, on rising days (one per day at most),
+    each the share of capacity the outages leave from that day on (1: up, 0: down). What the
+    kernel reads as ``cal_ptr``, ``cal_day``, ``cal_up``; ``events`` is what the run's event
+    log says of them, ``(day, kind, plant id)`` in day order."""
 
-    Durations are whole days (at least one): the flow resolution is daily.
+    ptr: IntArray  # (P + 1,)
+    day: IntArray  # (C,)
+    up: FloatArray  # (C,)
+    events: list[tuple[int, str, str]]
+
+
+def _random_down(rng: np.random.Generator, mtbf: float, mttr: float, n_days: int
+                 ) -> tuple[IntArray, IntArray]:
+    """Days of the failures and the repairs within ``[0, n_days)``: alternate exponential
+    times to failure and to repair, whole days of at least one, drawn from ``rng`` in blocks
+    sized to the horizon (the same numbers as one at a time: up, down, up, …)."""
+    block = max(8, 2 * int(n_days / (mtbf + mttr)) + 8)  # even: a block holds whole cycles
+    scale = np.tile([mtbf, mttr], block // 2)
+    times: list[IntArray] = []
+    t = 0
+    while t < n_days:
+        steps = np.maximum(1, np.ceil(rng.standard_exponential(block) * scale)).astype(np.int64)
+        at = t + np.cumsum(steps)
+        times.append(at[at < n_days])
+        t = int(at[-1])
+    every = np.concatenate(times)
+    return every[0::2], every[1::2]
+
+
+def draw_outages(plant_ids: list[str], mtbf: FloatArray, mttr: FloatArray,
+                 planned: list[list[tuple[int, int]]], random_outages: bool, n_days: int,
+                 rng: Callable[[str], np.random.Generator]) -> OutageCalendar:
+    """Every plant's outages over the horizon, drawn before the run starts: their times do
+    not depend on the run's state, so they need not stop the flow.
+
+    Random failures and repairs (when ``random_outages``) for each plant with an MTBF:
+    exponential times to failure and to repair, from the stream ``outage/<plant id>`` (one
+    per plant, so adding a plant does not shift another plant's outages, and a baseline and
+    its what-if share them). Planned outages are ``[start, end)`` days. A plant is down while
+    it is failed or in any planned outage. Durations are whole days (at least one): the flow
+    resolution is daily.
     """
-
-    def __init__(
-        self,
-        stage: str,
-        plants: list[int],
-        plant_ids: list[str],
-        mtbf: FloatArray,
-        mttr: FloatArray,
-        planned: list[list[tuple[int, int]]],
-        random_outages: bool,
-    ) -> None:
-        self.stage = stage
-        self.plants = plants
-        self.plant_ids = plant_ids
-        self.mtbf = mtbf
-        self.mttr = mttr
-        self.planned = planned
-        self.random_outages = random_outages
-
-    def start(self, env: simpy.Environment, chain: Chain) -> None:
-        for p in self.plants:
-            if self.random_outages and not math.isnan(self.mtbf[p]):
-                env.process(self._random(env, chain, p))
-            for start, end in self.planned[p]:
-                env.process(self._planned(env, chain, p, start, end))
-
-    def _random(self, env: simpy.Environment, chain: Chain, p: int) -> Generator[Any, Any, None]:
-        rng = chain.rng(f"outage/{self.plant_ids[p]}")
-        mtbf, mttr = float(self.mtbf[p]), float(self.mttr[p])
-        pid = self.plant_ids[p]
-        # Draw in blocks (same numbers as one at a time from this stream: up, down, up, …)
-        # sized to the horizon, so a run makes a few generator calls rather than one an event.
-        block = max(8, 2 * int(chain.n_days / (mtbf + mttr)) + 8)
-        advance_to, set_state, log = chain.advance_to, chain.set_plant_state, chain.log
-        while True:
-            draws = rng.standard_exponential(block)
-            for k in range(0, block - 1, 2):
-                yield env.timeout(max(1, math.ceil(draws[k] * mtbf)))
-                now = int(env.now)
-                advance_to(now)
-                set_state(p, random_up=False)
-                log(now, "failure", pid)
-                yield env.timeout(max(1, math.ceil(draws[k + 1] * mttr)))
-                now = int(env.now)
-                advance_to(now)
-                set_state(p, random_up=True)
-                log(now, "repair", pid)
-
-    def _planned(
-        self, env: simpy.Environment, chain: Chain, p: int, start: int, end: int
-    ) -> Generator[Any, Any, None]:
-        if start > 0:
-            yield env.timeout(start)
-        chain.advance_to(int(env.now))
-        chain.set_plant_state(p, planned_up=False)
-        chain.log(int(env.now), "planned_outage", self.plant_ids[p])
-        yield env.timeout(end - max(start, 0))
-        chain.advance_to(int(env.now))
-        chain.set_plant_state(p, planned_up=True)
-        chain.log(int(env.now), "planned_outage_end", self.plant_ids[p])
+    n_p = len(plant_ids)
+    ptr = np.zeros(n_p + 1, np.int64)
+    days: list[IntArray] = []
+    ups: list[FloatArray] = []
+    events: list[tuple[int, str, str]] = []
+    empty = np.zeros(0, np.int64)
+    for p, pid in enumerate(plant_ids):
+        fail, repair = empty, empty
+        if random_outages and not np.isnan(mtbf[p]):
+            fail, repair = _random_down(rng(f"outage/{pid}"), float(mtbf[p]), float(mttr[p]),
+                                        n_days)
+            events += [(int(d), "failure", pid) for d in fail]
+            events += [(int(d), "repair", pid) for d in repair]
+        starts = np.array([s for s, _ in planned[p]], np.int64)
+        ends = np.array([e for _, e in planned[p]], np.int64)
+        events += [(int(d), "planned_outage", pid) for d in starts]
+        events += [(int(d), "planned_outage_end", pid) for d in ends if d < n_days]
+        if not fail.size and not starts.size:
+            ptr[p + 1] = ptr[p]
+            continue
+        # how many outages hold the plant down, changed at each of these days
+        at = np.concatenate([fail, starts, repair, ends])
+        step = np.concatenate([np.ones(fail.size + starts.size, np.int64),
+                               -np.ones(repair.size + ends.size, np.int64)])
+        uniq, inv = np.unique(at, return_inverse=True)
+        net = np.zeros(uniq.size, np.int64)
+        np.add.at(net, inv, step)
+        up = (np.cumsum(net) == 0).astype(np.float64)
+        changed = up != np.r_[1.0, up[:-1]]
+        keep = changed & (uniq < n_days)
+        days.append(uniq[keep])
+        ups.append(up[keep])
+        ptr[p + 1] = ptr[p] + int(keep.sum())
+    events.sort(key=lambda e: e[0])
+    return OutageCalendar(
+        ptr=ptr,
+        day=np.concatenate(days) if days else np.zeros(0, np.int64),
+        up=np.concatenate(ups) if ups else np.zeros(0, np.float64),
+        events=events)
