@@ -38,7 +38,7 @@ test-nojit: $(STAMP)
 	NUMBA_DISABLE_JIT=1 HYPOTHESIS_PROFILE=nojit $(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks api
+	$(BIN)/ruff check src tests benchmarks api examples
 	$(BIN)/mypy
 
 # Benchmarks: save a baseline on this machine, then compare the working tree against it.
