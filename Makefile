@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup run baseline test test-jit test-nojit lint bench bench-save bench-compare bench-gate bench-report schema clean
+.PHONY: setup run baseline test system-packages test-jit test-nojit lint bench bench-save bench-compare bench-gate bench-report schema clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,11 @@ run: $(STAMP)
 baseline: $(STAMP)
 	$(BIN)/retwin run models/baotou-2024.yaml
 
-test: test-jit test-nojit
+test: system-packages test-jit test-nojit
+
+# Debian packages the tests start or drive (PostgreSQL, Chromium, CJK fonts), when missing
+system-packages:
+	bash scripts/system-packages.sh
 
 test-jit: $(STAMP)
 	$(BIN)/retwin warmup
