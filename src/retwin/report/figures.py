@@ -453,7 +453,7 @@ def tornado(sweep_dir: str | Path, *, lang: str = "en") -> list[Figure]:
     return out
 
 
-def _point_labels(d: Path) -> dict[str, str]:
+def _point_labels(d: Path, lb: Labels) -> dict[str, str]:
     """Each point's name: a one-at-a-time point says which parameter it moves and where to
     (``q low (0.63)``), the base point ``base``; a sweep's point lists its parameters' values
     (``q=0.63, util=0.95``), named as the study names them."""
@@ -471,9 +471,9 @@ def _point_labels(d: Path) -> dict[str, str]:
         param = str(r["parameter"]) if "parameter" in pts.columns and pd.notna(
             r["parameter"]) else ""
         if role in ("low", "high") and param in params:
-            out[str(r["point"])] = f"{param} {role} ({value(r[param])})"
+            out[str(r["point"])] = f"{param} {lb(role)} ({value(r[param])})"
         elif role == "base":
-            out[str(r["point"])] = "base"
+            out[str(r["point"])] = lb("base")
         else:
             out[str(r["point"])] = ", ".join(f"{c}={value(r[c])}" for c in params
                                              if pd.notna(r[c])) or str(r["point"])
@@ -507,7 +507,7 @@ def distributions(sweep_dir: str | Path, *, lang: str = "en") -> list[Figure]:
     selectors = [KpiSelector.parse(t) for t in (m.get("spec") or {}).get("kpis") or []]
     kpis = pd.read_parquet(d / "kpis")
     kpis["point"] = kpis["point"].astype(str)
-    names = _point_labels(d)
+    names = _point_labels(d, lb)
     out = []
     for sel in selectors:
         rows = kpis[(kpis["kpi"] == sel.kpi) & (kpis["key"] == sel.key)]
