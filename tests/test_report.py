@@ -12,8 +12,11 @@ from conftest import TINY_PATH
 from retwin.cli import main
 from retwin.report import figures
 from retwin.report.html import render
+from retwin.report.why import explain, result_cards
+from retwin.storage import read_table
 
 QUOTA = '{"kind": "quota", "quota": "mining", "factor": 0.9, "from": "2025-01-01"}'
+OUTAGE = '{"kind": "outage", "plant": "magnets", "from": "2025-03-01", "to": "2025-06-30"}'
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +101,7 @@ def test_tornado_is_ordered_by_swing(sweep: Path) -> None:
     sens = pd.read_parquet(sweep / "sensitivity.parquet")
     assert len(figs) == sens["kpi"].nunique()
     for fig in figs:
-        kpi = fig["layout"]["title"]["text"].split(": ", 1)[1].split(" (")[0]
+        kpi = fig["layout"]["meta"]["kpi"]
         g = sens[sens["kpi"] == kpi]
         order = fig["data"][0]["y"]
         swings = [float(g.loc[g.parameter == p, "swing"].iloc[0]) for p in order]
@@ -129,3 +132,84 @@ def test_report_command_writes_one_html_file(runs: tuple[Path, Path], sweep: Pat
 def test_report_command_refuses_a_missing_dir(tmp_path: Path) -> None:
     assert main(["report", str(tmp_path / "nope"), "--html", str(tmp_path / "x.html")]) == 2
     assert not (tmp_path / "x.html").exists()
+
+
+def test_report_cards_are_the_results_numbers(runs: tuple[Path, Path]) -> None:
+    """A card of one KPI row is that row of the result's summary and difference; a sum is
+    the sum of its rows per replication, paired with the baseline's; the HTML shows them."""
+    base, what = runs
+    cards = result_cards(what, base)
+    summ = read_table(what, "summary").set_index(["kpi", "key", "year"])
+    diff = read_table(what, "difference").set_index(["kpi", "key", "year"])
+    kpis, bk = read_table(what, "kpis"), read_table(base, "kpis")
+    assert {"magnet", "separation", "value_total", "exports"} <= {c["id"] for c in cards}
+    for c in cards:
+        for i, year in enumerate(c["years"]):
+            if c["key"] is not None:
+                row, d = summ.loc[(c["kpi"], c["key"], year)], diff.loc[(c["kpi"], c["key"], year)]
+                assert [c["mean"][i], c["p5"][i], c["p95"][i]] == [row["mean"], row["p5"],
+                                                                  row["p95"]], c["id"]
+                assert c["delta"][i] == d["mean"] and c["base"][i] == pytest.approx(
+                    row["mean"] - d["mean"])
+            else:
+                def total(k: pd.DataFrame, c: dict = c, year: int = year) -> pd.Series:
+                    r = k[(k.kpi == c["kpi"]) & (k.unit == c["sum_of"]) & (k.year == year)]
+                    return r.groupby("replication")["value"].sum()
+                assert c["mean"][i] == pytest.approx(total(kpis).mean())
+                assert c["delta"][i] == pytest.approx((total(kpis) - total(bk)).mean(), abs=1e-9)
+    text, _ = render(what, base)
+    magnet = next(c for c in cards if c["id"] == "magnet")
+    i = magnet["years"].index(2025)  # the quota cut's year, the cards' year
+    assert "Headline cards, 2025" in text and "<svg class='spark'" in text
+    assert f"data-card='magnet'><div class='card-title' title='output.stage · magnet'>" \
+           f"Magnet output</div><div class='card-value'><span class='v' " \
+           f"data-value='{magnet['mean'][i]!r}'>" in text
+    assert f"data-value='{magnet['delta'][i]!r}'" in text
+    zh, _ = render(what, base, lang="zh")
+    assert "磁材产量" in zh and "主要指标卡" in zh
+
+
+def test_why_takes_the_difference_apart(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    """Two changes: the parts add up to the whole Δ, and the quota cut alone is the Δ of the
+    what-if of that change alone, run on its own with the same seed (common random
+    numbers)."""
+    base, alone = runs
+    both = tmp_path / "both"
+    assert main(["run", str(TINY_PATH), "--replications", "2", "--seed", "1", "--change",
+                 QUOTA, "--change", OUTAGE, "--out", str(both)]) == 0
+    w = explain(both, base)
+    quota = {c["id"]: c["delta"] for c in result_cards(alone, base)}
+    moved = 0
+    for c in w["cards"]:
+        for k in range(len(c["years"])):
+            t = c["total"][k]
+            assert t == pytest.approx(c["one"][0][k] + c["one"][1][k] + c["interaction"][k],
+                                      abs=1e-9)
+            assert c["one"][0][k] == pytest.approx(quota[c["id"]][k], abs=1e-9), c["id"]
+            assert c["marginal"][1][k] == pytest.approx(t - c["one"][0][k], abs=1e-9)
+            moved += abs(c["one"][1][k]) > 1e-6  # the outage moves some card alone
+    assert moved
+    out = tmp_path / "why.html"
+    assert main(["report", str(both), "--html", str(out)]) == 0
+    assert "--why" in out.read_text(encoding="utf-8")  # said how to get the why
+    # refused before any run: no baseline, or not the result's baseline
+    assert main(["report", str(both), "--html", str(out), "--force", "--why"]) == 2
+    assert main(["report", str(both), "--html", str(tmp_path / "n.html"), "--why",
+                 "--baseline", str(alone)]) == 2
+    assert not (tmp_path / "n.html").exists()
+    text, ids = render(both, base, why=w)
+    assert "chart-why-magnet" in ids and "interaction" in text and "alone" in text
+
+
+def test_sweep_charts_have_readable_labels(sweep: Path) -> None:
+    torn = figures.tornado(sweep)
+    titles = [f["layout"]["title"]["text"] for f in torn]
+    assert any("Output value — Total, mean over the years (亿元)" in t for t in titles)
+    assert any("Output — Magnets" in t for t in titles)
+    dist = figures.distributions(sweep, lang="zh")
+    assert "产值 — 合计" in dist[0]["layout"]["title"]["text"]
+    names = {b["name"] for b in dist[0]["data"]}
+    assert {"基准", "q 下调 (0.7)", "q 上调 (1.3)"} <= names, names
+    en = {b["name"] for b in figures.distributions(sweep)[1]["data"]}
+    assert {"base", "util low (0.64)", "util high (0.96)"} <= en, en
+    assert figures.distributions(sweep)[1]["layout"]["yaxis"]["title"]["text"] == "t"

@@ -623,12 +623,22 @@ def cmd_validation_report(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     from retwin.report.html import write_report
+    from retwin.report.why import WhyError
 
     try:
-        path = write_report(a.html, a.source, a.baseline, lang=a.lang, force=a.force)
+        with _progress() as prog:
+            bars: dict[str, Any] = {}
+
+            def progress(part: str, done: int, total: int) -> None:
+                if part not in bars:
+                    bars[part] = prog.add_task(f"why: {part}", total=total)
+                prog.update(bars[part], completed=done)
+
+            path = write_report(a.html, a.source, a.baseline, lang=a.lang, force=a.force,
+                                why=a.why, progress=progress)
     except OutputError as exc:
         return _cannot_write("--html", a.html, exc)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, WhyError) as exc:
         err.print(f"error: {exc}", markup=False)
         return EXIT_BAD_INPUT
     out.print(f"Report written to {path}", markup=False)
@@ -717,6 +727,10 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--baseline", metavar="DIR", help="a baseline result directory to compare "
                     "with (drawn dashed and side by side)")
     rp.add_argument("--lang", choices=("en", "zh"), default="en", help="label language")
+    rp.add_argument("--why", action="store_true", help="take each headline card's Δ apart "
+                    "over the result's changes: runs each change alone (and, with three or "
+                    "more, all but each) with the result's seed and replications, paired with "
+                    "--baseline (needed: the result's own baseline directory)")
     rp.add_argument("--force", action="store_true",
                     help="replace an existing file (never a folder or anything else)")
     rp.set_defaults(fn=cmd_report)

@@ -30,10 +30,12 @@ __all__ = [
     "is_run_dir",
     "is_sweep_dir",
     "kpi_table",
+    "kpi_title",
     "sankey",
     "sankey_years",
     "timeseries",
     "tornado",
+    "why_waterfall",
 ]
 
 Figure = dict[str, Any]
@@ -415,12 +417,15 @@ def kpi_table(run_dir: str | Path, *, lang: str = "en") -> Figure:
 def tornado(sweep_dir: str | Path, *, lang: str = "en") -> list[Figure]:
     """One tornado per ranked KPI of a one-at-a-time study: the KPI's change when each
     input moves low and high, the widest swing on top."""
+    from retwin.batch.spec import KpiSelector
+
     d = Path(sweep_dir)
     lb = Labels(lang)
     f = d / "sensitivity.parquet"
     if not f.is_file():
         return []
     sens = pd.read_parquet(f)
+    units = _sweep_units(d)
     out = []
     for kpi, g in sens.groupby("kpi", sort=False):
         g = g.sort_values("swing", ascending=False, kind="stable")
@@ -436,23 +441,58 @@ def tornado(sweep_dir: str | Path, *, lang: str = "en") -> list[Figure]:
              "customdata": [_num(v) for v in g["value_high"]],
              "hovertemplate": "%{y} = %{customdata}: Δ %{x:,.3g}<extra></extra>"},
         ]
+        sel = KpiSelector.parse(str(kpi))
+        unit = units.get((sel.kpi, sel.key), "")
         out.append({"data": data, "layout": _layout(
-            f"{lb('tornado')}: {kpi} (base {_fmt(base)})", barmode="overlay",
-            yaxis={"autorange": "reversed", "categoryorder": "array", "categoryarray": params},
-            xaxis={"title": {"text": "Δ"}, "zeroline": True},
-            height=max(220, 80 + 40 * len(params)))})
+            f"{lb('tornado')}: {kpi_title(sel.kpi, sel.key, sel.year, unit, lb)} "
+            f"({lb('base')} {_fmt(base)})", barmode="overlay",
+            yaxis={"autorange": "reversed", "categoryorder": "array", "categoryarray": params,
+                   "title": {"text": lb("parameter")}},
+            xaxis={"title": {"text": f"Δ ({unit})" if unit else "Δ"}, "zeroline": True},
+            height=max(220, 80 + 40 * len(params)), meta={"kpi": str(kpi)})})
     return out
 
 
-def _point_labels(d: Path) -> dict[str, str]:
+def _point_labels(d: Path, lb: Labels) -> dict[str, str]:
+    """Each point's name: a one-at-a-time point says which parameter it moves and where to
+    (``q low (0.63)``), the base point ``base``; a sweep's point lists its parameters' values
+    (``q=0.63, util=0.95``), named as the study names them."""
+    from retwin.batch.spec import RESERVED_COLUMNS
+
     pts = pd.read_parquet(d / "points.parquet")
-    skip = {"point", "index", "seed", "changes", "role", "parameter"}
-    params = [c for c in pts.columns if c not in skip]
+    params = [c for c in pts.columns if c not in RESERVED_COLUMNS]
+
+    def value(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, float | int) else str(v)
+
     out = {}
     for _, r in pts.iterrows():
-        out[str(r["point"])] = ", ".join(f"{c}={r[c]:g}" if isinstance(r[c], float | int)
-                                         else f"{c}={r[c]}" for c in params) or str(r["point"])
+        role = str(r["role"]) if "role" in pts.columns and pd.notna(r["role"]) else ""
+        param = str(r["parameter"]) if "parameter" in pts.columns and pd.notna(
+            r["parameter"]) else ""
+        if role in ("low", "high") and param in params:
+            out[str(r["point"])] = f"{param} {lb(role)} ({value(r[param])})"
+        elif role == "base":
+            out[str(r["point"])] = lb("base")
+        else:
+            out[str(r["point"])] = ", ".join(f"{c}={value(r[c])}" for c in params
+                                             if pd.notna(r[c])) or str(r["point"])
     return out
+
+
+def _sweep_units(d: Path) -> dict[tuple[str, str], str]:
+    """The unit of each (kpi, key) the sweep's KPI rows carry."""
+    kpis = pd.read_parquet(d / "kpis", columns=["kpi", "key", "unit"]).drop_duplicates()
+    return {(str(k), str(y)): str(u) for k, y, u in kpis.itertuples(index=False)}
+
+
+def kpi_title(kpi: str, key: str, year: int | None, unit: str, lb: Labels) -> str:
+    """A KPI row in words: its declared label, the key's name, the year (else the mean over
+    the years) and the unit: ``Output value — Total, mean over the years (亿元)``."""
+    when = str(year) if year is not None else lb("over_years")
+    name = lb(kpi)
+    thing = "" if key in ("region",) else f" — {lb.name(key)}"
+    return f"{name}{thing}, {when}" + (f" ({unit})" if unit else "")
 
 
 def distributions(sweep_dir: str | Path, *, lang: str = "en") -> list[Figure]:
@@ -463,10 +503,11 @@ def distributions(sweep_dir: str | Path, *, lang: str = "en") -> list[Figure]:
     d = Path(sweep_dir)
     lb = Labels(lang)
     m = _json(d / "manifest.json")
+    units = _sweep_units(d)
     selectors = [KpiSelector.parse(t) for t in (m.get("spec") or {}).get("kpis") or []]
     kpis = pd.read_parquet(d / "kpis")
     kpis["point"] = kpis["point"].astype(str)
-    names = _point_labels(d)
+    names = _point_labels(d, lb)
     out = []
     for sel in selectors:
         rows = kpis[(kpis["kpi"] == sel.kpi) & (kpis["key"] == sel.key)]
@@ -478,6 +519,44 @@ def distributions(sweep_dir: str | Path, *, lang: str = "en") -> list[Figure]:
             data.append({"type": "box", "name": names.get(str(pt), str(pt)),
                          "y": g["value"].tolist(), "boxmean": True,
                          "marker": {"color": PALETTE[i % len(PALETTE)]}, "showlegend": False})
-        out.append({"data": data, "layout": _layout(f"{lb('distributions')}: {sel.label}",
-                                                    xaxis={"tickangle": -30})})
+        unit = units.get((sel.kpi, sel.key), "")
+        out.append({"data": data, "layout": _layout(
+            f"{lb('distributions')}: {kpi_title(sel.kpi, sel.key, sel.year, unit, lb)}",
+            xaxis={"tickangle": -30, "title": {"text": lb("point")}},
+            yaxis={"title": {"text": unit}}, meta={"kpi": sel.label})})
     return out
+
+
+# --- why --------------------------------------------------------------------------------------
+
+
+def why_waterfall(card: dict[str, Any], year: int, names: list[str], *,
+                  lang: str = "en") -> Figure:
+    """A card's Δ in ``year`` taken apart (:func:`retwin.report.cards.attribute`): from the
+    baseline, each change alone (``names``, in order), their interaction, to the what-if."""
+    lb = Labels(lang)
+    i = card["years"].index(year)
+    steps = [o[i] for o in card["one"]]
+    x = [lb("baseline"), *names, lb("interaction"), lb("whatif")]
+    y = [card["base"][i], *steps, card["interaction"][i], card["mean"][i]]
+    label = card["label_zh"] if lang == "zh" else card["label"]
+    return {"data": [{"type": "waterfall", "x": x, "y": [_num(v) if v is not None else None
+                                                           for v in y],
+                      "measure": ["absolute", *(["relative"] * len(steps)), "relative",
+                                  "total"],
+                      "text": [_fmt(v) if k in (0, len(y) - 1) else _signed(v)
+                               for k, v in enumerate(y)],
+                      "textposition": "outside", "connector": {"line": {"color": "#94a3b8"}},
+                      "increasing": {"marker": {"color": "#15803d"}},
+                      "decreasing": {"marker": {"color": "#b91c1c"}},
+                      "totals": {"marker": {"color": "#1f4e9c"}}}],
+            "layout": _layout(f"{label} · {year}", showlegend=False,
+                              yaxis={"title": {"text": card["unit"]}},
+                              meta={"card": card["id"], "year": year})}
+
+
+def _signed(v: Any) -> str:
+    f = _num(v) if v is not None else None
+    if f is None:
+        return "–"
+    return ("+" if f > 0 else "") + _fmt(f)

@@ -68,6 +68,23 @@ _FIXED: dict[str, tuple[str, str]] = {
     "input": ("input", "原料"),
     "demand": ("demand", "需求"),
     "t_reo": ("t REO", "吨 REO"),
+    # output value groups (the keys of value.group)
+    "raw_materials": ("Raw materials", "原材料"),
+    "new_materials": ("New materials", "新材料"),
+    "total": ("Total", "合计"),
+    # sweeps and the why
+    "parameter": ("Parameter", "参数"),
+    "base": ("base", "基准"),
+    "over_years": ("mean over the years", "各年均值"),
+    "cards": ("Headline cards", "主要指标卡"),
+    "why": ("Why: the Δ of each card, change by change", "为何变化：各项变化对差值的贡献"),
+    "interaction": ("interaction", "交互作用"),
+    "alone": ("alone", "单独作用"),
+    "added": ("added to the others", "在其他变化之上的增量"),
+    "change": ("Change", "变化"),
+    "total_delta": ("Δ of all changes", "全部变化之差"),
+    "none_moved": ("The changes move no headline card in this year.",
+                   "这些变化在该年未改变任何主要指标。"),
 }
 
 

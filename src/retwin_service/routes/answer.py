@@ -13,11 +13,9 @@ when the planner opens them.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +24,14 @@ from fastapi import APIRouter, HTTPException, Response
 from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
-from retwin.kpis import get as kpi_decl
+from retwin.report.cards import (
+    CARDS,
+    Card,
+    attribute,
+    card_values,
+    focus_year,
+    part_changes,
+)
 from retwin_service import tables
 from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.render import dumps
@@ -45,144 +50,24 @@ router = APIRouter(tags=["page"], responses={
 RunId = Annotated[str, PathParam(min_length=1, max_length=64)]
 
 
-@dataclass(frozen=True)
-class Card:
-    """A headline card: one KPI row (``keys`` of one key), or the sum of several rows measured
-    in ``unit`` (``keys`` empty: every key of that unit), summed per replication."""
-
-    id: str
-    kpi: str
-    keys: tuple[str, ...]
-    label: str
-    label_zh: str
-    unit: str | None = None  # for a sum: the unit of the rows summed
-
-
-CARDS: tuple[Card, ...] = (
-    Card("magnet", "output.stage", ("magnet",), "Magnet output", "磁材产量"),
-    Card("separation", "output.stage", ("separation",), "Separated output", "冶炼分离产量"),
-    Card("prnd_price", "price.material", ("prnd_oxide",), "PrNd oxide price", "氧化镨钕价格"),
-    Card("local_conversion", "local_conversion", ("region",), "Local conversion", "就地转化率"),
-    Card("value_total", "value.group", ("total",), "Output value, total", "产值：合计"),
-    Card("value_raw", "value.group", ("raw_materials",), "Output value, raw materials",
-         "产值：原材料"),
-    Card("value_new", "value.group", ("new_materials",), "Output value, new materials",
-         "产值：新材料"),
-    Card("value_app", "value.group", ("applications",), "Output value, applications",
-         "产值：应用"),
-    Card("unmet", "unmet.segment", (), "Unmet demand (t)", "未满足需求（吨）", unit="t"),
-    Card("imports", "imports.market", (), "Imports (t)", "进口量（吨）", unit="t"),
-    Card("exports", "exports.market", (), "Exports (t)", "出口量（吨）", unit="t"),
-)
-
-
 def _f(v: Any) -> float | None:
     f = float(v)
     return None if math.isnan(f) or math.isinf(f) else f
 
 
-def _unit(card: Card, unit: str, materials: dict[str, dict[str, Any]]) -> str:
-    if card.kpi == "price.material" and card.keys:
-        return f"CNY/{materials.get(card.keys[0], {}).get('unit', 'unit')}"
-    return unit
-
-
-def _quantiles(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby("year")["value"]
-    out = pd.DataFrame({"mean": g.mean(), "p5": g.quantile(0.05), "p95": g.quantile(0.95)})
-    return out
-
-
-def _sum_rows(reps: pd.DataFrame, card: Card) -> pd.DataFrame:
-    rows = reps[(reps["kpi"] == card.kpi) & (reps["unit"] == card.unit)]
-    return pd.DataFrame(rows.groupby(["replication", "year"], as_index=False)["value"].sum())
-
-
 def cards(root: Path, key: str, base_key: str | None,
           scenario: dict[str, Any]) -> list[dict[str, Any]]:
-    """The headline cards of a stored result (and its baseline's, for the difference).
+    """The headline cards of a stored result (and its baseline's, for the difference):
+    :func:`retwin.report.cards.card_values` of its tables, the cards ``retwin report`` shows.
 
     A card of one KPI row takes its numbers from the result's summary and difference tables,
     so they are the numbers of ``GET /runs/{id}`` exactly. A sum is taken per replication
     from both runs' replication tables and paired by replication (common random numbers)."""
-    summary = tables.read(root, key, "summary")
     files = tables.manifest(root, key).get("files", [])
     diff = tables.read(root, key, "difference") if "difference.parquet" in files else None
-    materials = {m["id"]: m for m in scenario.get("materials", [])}
-    targets = scenario.get("targets", [])
-    years = sorted(int(y) for y in summary["year"].unique())
-    out: list[dict[str, Any]] = []
-    for card in CARDS:
-        if card.keys:
-            rows = summary[(summary["kpi"] == card.kpi) & (summary["key"] == card.keys[0])]
-            if rows.empty:
-                continue
-            what = rows.set_index("year")[["mean", "p5", "p95"]]
-            unit = str(rows["unit"].iloc[0])
-            delta = None
-            if diff is not None:
-                d = diff[(diff["kpi"] == card.kpi) & (diff["key"] == card.keys[0])]
-                delta = d.set_index("year")[["mean", "p5", "p95"]]
-        else:
-            reps = tables.read(root, key, "kpis")
-            s = _sum_rows(reps, card)
-            if s.empty:
-                continue
-            what = _quantiles(s)
-            unit = card.unit or ""
-            delta = None
-            if base_key is not None:
-                b = _sum_rows(tables.read(root, base_key, "kpis"), card)
-                paired = s.merge(b, on=["replication", "year"], suffixes=("", "_b"))
-                paired["value"] = paired["value"] - paired["value_b"]
-                delta = _quantiles(paired)
-        series: dict[str, list[float | None]] = {n: [] for n in (
-            "mean", "p5", "p95", "base", "delta", "delta_p5", "delta_p95", "delta_pct")}
-        for y in years:
-            w = what.loc[y] if y in what.index else None
-            dy = delta.loc[y] if delta is not None and y in delta.index else None
-            m = None if w is None else _f(w["mean"])
-            series["mean"].append(m)
-            series["p5"].append(None if w is None else _f(w["p5"]))
-            series["p95"].append(None if w is None else _f(w["p95"]))
-            dm = None if dy is None else _f(dy["mean"])
-            base = None if m is None or dm is None else m - dm
-            series["delta"].append(dm)
-            series["delta_p5"].append(None if dy is None else _f(dy["p5"]))
-            series["delta_p95"].append(None if dy is None else _f(dy["p95"]))
-            series["base"].append(base if dy is not None else None)
-            series["delta_pct"].append(
-                None if dm is None or not base else 100.0 * dm / abs(base))
-        path = f"{card.kpi}.{card.keys[0]}" if card.keys else ""
-        goals = [{"year": int(g["year"]), "goal": _f(g["value"]),
-                  "kind": g.get("kind", "at_least"), "name": g.get("name", ""),
-                  "name_zh": g.get("name_zh", "")}
-                 for g in targets if path and g.get("kpi") == path]
-        decl = kpi_decl(card.kpi)
-        out.append({"id": card.id, "kpi": card.kpi, "key": card.keys[0] if card.keys else None,
-                    "sum_of": None if card.keys else card.unit, "label": card.label,
-                    "label_zh": card.label_zh, "unit": _unit(card, unit, materials),
-                    "kind": decl.kind, "years": years, **series, "targets": goals})
-    return out
-
-
-def _start(ch: dict[str, Any]) -> dt.date | None:
-    """The day a change starts acting: its ``from``, or an added plant's commissioning."""
-    day = ch.get("from")
-    plant = ch.get("plant")
-    if not day and isinstance(plant, dict):
-        day = plant.get("commissioning")
-    return dt.date.fromisoformat(str(day)) if day else None
-
-
-def focus_year(changes: list[dict[str, Any]], years: list[int]) -> int | None:
-    """The first year of the run in which a change acts (a change without a start acts from
-    the first year); the first year when there is no change."""
-    if not years:
-        return None
-    starts = [(d.year if (d := _start(ch)) else years[0]) for ch in changes]
-    y = min(starts) if starts else years[0]
-    return min(max(y, years[0]), years[-1])
+    return card_values(
+        tables.read(root, key, "summary"), diff, lambda: tables.read(root, key, "kpis"),
+        None if base_key is None else (lambda: tables.read(root, base_key, "kpis")), scenario)
 
 
 def _bottlenecks(root: Path, key: str) -> list[dict[str, Any]]:
@@ -377,65 +262,32 @@ WHY_MAX_CHANGES = 8
 
 
 def _part_bodies(request: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
-    """The runs a "why" needs: each change alone (``one``) and, with three changes or more,
-    every change but one (``without``); the same model, horizon, seed and replications, so
-    every part is paired with the same baseline (common random numbers)."""
-    changes = list(request.get("changes") or [])
-    common = {k: request[k] for k in ("model", "seed", "replications", "end") if k in request}
-    parts = [("one", i, {**common, "changes": [c]}) for i, c in enumerate(changes)]
-    if len(changes) >= 3:
-        parts += [("without", i, {**common, "changes": changes[:i] + changes[i + 1:]})
-                  for i in range(len(changes))]
-    return parts
+    """The runs a "why" needs (:func:`retwin.report.cards.part_changes`): each change alone
+    (``one``) and, with three changes or more, every change but one (``without``); the same
+    model, horizon, seed and replications, so every part is paired with the same baseline
+    (common random numbers)."""
+    common: dict[str, Any] = {k: request[k] for k in ("model", "seed", "replications", "end")
+                              if k in request}
+    return [(kind, i, {**common, "changes": ch})
+            for kind, i, ch in part_changes(request.get("changes") or [])]
 
 
 def why(root: Path, key: str, parts: list[tuple[str, int, str]],
         n_changes: int) -> list[dict[str, Any]]:
-    """Attribute each headline card's Δ to the changes.
-
-    ``one[i]`` is the Δ of change ``i`` alone; ``marginal[i]`` is the Δ it adds to all the
-    others (the whole Δ less the Δ without it; with two changes, the whole less the other
-    alone); ``interaction`` is what the changes do together beyond the sum of their ``one``.
-    All of it per year, every run paired with the same baseline."""
+    """Attribute each headline card's Δ to the changes
+    (:func:`retwin.report.cards.attribute`): ``one[i]`` is the Δ of change ``i`` alone;
+    ``marginal[i]`` is the Δ it adds to all the others; ``interaction`` is what the changes
+    do together beyond the sum of their ``one``. All of it per year, every run paired with
+    the same baseline."""
     m = tables.manifest(root, key)
-    base_key = m.get("baseline_hash")
     scenario = json.loads((root / key / "scenario.json").read_text(encoding="utf-8"))
-    whole = {c["id"]: c for c in cards(root, key, base_key, scenario)}
-    got: dict[tuple[str, int], dict[str, dict[str, Any]]] = {}
+    whole = cards(root, key, m.get("baseline_hash"), scenario)
+    got: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for kind, i, part_key in parts:
         sc = json.loads((root / part_key / "scenario.json").read_text(encoding="utf-8"))
         pm = tables.manifest(root, part_key)
-        got[(kind, i)] = {c["id"]: c for c in cards(root, part_key, pm.get("baseline_hash"), sc)}
-    out = []
-    for cid, c in whole.items():
-        years = c["years"]
-
-        def delta(kind: str, i: int, cid: str = cid, years: list[int] = years
-                  ) -> list[float | None]:
-            part = got.get((kind, i), {}).get(cid)
-            return part["delta"] if part else [None] * len(years)
-
-        one = [delta("one", i) for i in range(n_changes)]
-        if n_changes == 1:
-            without: list[list[float | None]] = [[0.0] * len(years)]
-        elif n_changes == 2:
-            without = [one[1], one[0]]
-        else:
-            without = [delta("without", i) for i in range(n_changes)]
-        total = c["delta"]
-        marginal = [[None if t is None or w is None else t - w for t, w in zip(total, wo,
-                                                                                 strict=True)]
-                    for wo in without]
-        interaction = []
-        for k in range(len(years)):
-            vals = [o[k] for o in one]
-            interaction.append(None if total[k] is None or any(v is None for v in vals)
-                               else total[k] - sum(v for v in vals if v is not None))
-        out.append({"id": cid, "label": c["label"], "label_zh": c["label_zh"],
-                    "unit": c["unit"], "years": years, "base": c["base"], "mean": c["mean"],
-                    "total": total, "one": one, "marginal": marginal,
-                    "interaction": interaction})
-    return out
+        got[(kind, i)] = cards(root, part_key, pm.get("baseline_hash"), sc)
+    return attribute(whole, got, n_changes)
 
 
 @router.post("/runs/{run_id}/why", response_model=dict[str, Any],
