@@ -243,7 +243,8 @@ SERVICE_MODULES: dict[str, set[str]] = {
 #: The modules of retwin the service may import names from (only names in their
 #: ``__all__``, or public submodules listed here).
 SERVICE_MAY_USE = ("retwin", "retwin.whatif", "retwin.scenario", "retwin.batch.executors",
-                   "retwin.storage", "retwin.report", "retwin.report.figures", "retwin.kpis")
+                   "retwin.storage", "retwin.report", "retwin.report.figures",
+                   "retwin.report.cards", "retwin.kpis")
 
 
 def _imported_names(path: Path) -> list[tuple[str, str, int]]:
