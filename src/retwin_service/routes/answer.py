@@ -35,7 +35,7 @@ from retwin.report.cards import (
 from retwin_service import tables
 from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.render import dumps
-from retwin_service.routes.runs import Wait, _summary, _wait
+from retwin_service.routes.runs import Wait, _done_run, _summary, _wait
 from retwin_service.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["CARDS", "Card", "cards", "focus_year", "router"]
@@ -239,10 +239,7 @@ async def read_run_panel(run_id: RunId, name: PanelName, service: ServiceDep,
     """Monthly series of one chart panel of a finished run, the baseline's beside:
     ``stages`` (output per stage, each in its unit) or ``markets`` (prices with p5–p95, margin
     per stage, stock cover). Numbers are kept to 4 significant digits."""
-    rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
-    if rec.status != "done":
-        raise HTTPException(409, f"run {run_id!r} is {rec.status}; its charts exist once it "
-                                 "is done")
+    rec = await _done_run(service, run_id, owner, "charts")
     root = Path(service.settings.results_dir)
 
     def build() -> Response:

@@ -23,6 +23,7 @@ from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.errors import query_error
 from retwin_service.render import dumps
 from retwin_service.routes import answer
+from retwin_service.routes.runs import _done_run
 from retwin_service.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["page_router", "router"]
@@ -116,10 +117,7 @@ async def read_run_chart(
     """Plotly figures of a finished run: ``sankey`` (a year's flows in t REO, the
     baseline's beside), ``timeseries`` (monthly ``kind``, p5–p95 bands, baseline dashed),
     ``elements``, ``bottlenecks`` and ``kpis``. ``figures`` holds the what-if's first."""
-    rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
-    if rec.status != "done":
-        raise HTTPException(409, f"run {run_id!r} is {rec.status}; its charts exist once it "
-                                 "is done")
+    rec = await _done_run(service, run_id, owner, "charts")
     root = Path(service.settings.results_dir)
 
     def build() -> Response:

@@ -237,10 +237,12 @@ def _date(name: str, value: str | None, *, last: bool) -> dt.date | None:
     return dt.date(parts[0], parts[1], parts[2])
 
 
-async def _done_run(service: Service, run_id: str, owner: str) -> RunRecord:
+async def _done_run(service: Service, run_id: str, owner: str, what: str = "tables"
+                    ) -> RunRecord:
+    """The run's record, once it is done (409 before: its ``what`` exist only then)."""
     rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
     if rec.status != "done":
-        raise HTTPException(409, f"run {run_id!r} is {rec.status}; its tables exist once it "
+        raise HTTPException(409, f"run {run_id!r} is {rec.status}; its {what} exist once it "
                                  "is done")
     return rec
 
