@@ -102,7 +102,7 @@ class MarketArrays:
     min_util: float
     response_months: float
     #: the static arrays as the compiled month takes them (:mod:`retwin.kernels.market`):
-    #: ``(ints, sp, seg_sg, mk_sk, pm, pf, sf, kf, mf, gf, ref0, par)``
+    #: ``(pool_mat, mk_mat, seg_price_mat, plant_quota, sp, pf, sf, kf, mf, ref0, par)``
     packed: tuple[Any, ...] = ()
 
 
@@ -122,14 +122,12 @@ def _pack(a: MarketArrays) -> tuple[Any, ...]:
                "margin_band": a.margin_band, "min_util": a.min_util, "alpha": alpha,
                "smooth": SMOOTH}
     return (
-        (i64(a.pool_mat), i64(a.mk_mat), i64(a.seg_price_mat), i64(a.plant_quota)),
+        i64(a.pool_mat), i64(a.mk_mat), i64(a.seg_price_mat), i64(a.plant_quota),
         f64(np.stack([a.draw_sp, a.make_sp, a.main_sp])),
-        f64(a.seg_sg), f64(a.mk_sk),
-        f64(np.stack([a.in_mp, a.out_mp])),
         f64(np.stack([a.cash_cost, a.margin0, a.qcoef, a.qshare])),
         f64(np.stack([a.target_t, a.lead_s])),
         f64(np.stack([getattr(a, name) for name in KF_NAMES])),
-        f64(a.has_pool), f64(a.seg_elasticity), f64(a.ref_price_month),
+        f64(a.has_pool), f64(a.ref_price_month),
         f64([scalars[name] for name in PAR_NAMES]),
     )
 

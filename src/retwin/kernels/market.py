@@ -39,8 +39,8 @@ from retwin._typing import FloatArray, IntArray
 from retwin.kernels._jit import jit
 from retwin.kernels.flow import BIND_DEMAND, BIND_MARGIN
 
-__all__ = ["KF_NAMES", "PAR_NAMES", "month", "ou_levels", "pairwise_sum", "share_out",
-           "start_pass", "warmup"]
+__all__ = ["KF_NAMES", "PAR_NAMES", "decide", "margins", "month_close", "month_open",
+           "month_step", "ou_levels", "pairwise_sum", "pools", "running_room", "share_out"]
 
 TINY = 1e-12
 
@@ -147,26 +147,6 @@ def _masked_sum(x: FloatArray, mask: np.ndarray, buf: FloatArray) -> float:
 
 
 @jit
-def _matvec(a: FloatArray, x: FloatArray, out: FloatArray) -> None:
-    """``out[:] = a @ x``, summed in column order."""
-    for i in range(a.shape[0]):
-        acc = 0.0
-        for j in range(a.shape[1]):
-            acc += a[i, j] * x[j]
-        out[i] = acc
-
-
-@jit
-def _matvec_add(a: FloatArray, x: FloatArray, out: FloatArray) -> None:
-    """``out += a @ x``."""
-    for i in range(a.shape[0]):
-        acc = 0.0
-        for j in range(a.shape[1]):
-            acc += a[i, j] * x[j]
-        out[i] += acc
-
-
-@jit
 def share_out(ask: FloatArray, share: FloatArray, allow: float, got: FloatArray) -> None:
     """What each of a quota's plants is granted of ``allow`` when they ask ``ask`` (t REO per
     day), into ``got``: by licence shares, what one leaves of its part going to the others by
@@ -265,64 +245,112 @@ def _quota_room(want: FloatArray, plant_quota: IntArray, qcoef: FloatArray,
 
 
 @jit
-def _asked_of_pools(asked: FloatArray, ints: tuple[IntArray, IntArray, IntArray, IntArray],
-                    sp: FloatArray, seg_sg: FloatArray, mk_sk: FloatArray, pf: FloatArray,
-                    sf: FloatArray, par: FloatArray, cap_day: FloatArray, avail: FloatArray,
-                    ramp: FloatArray, ramp_col: int, exp_cap_day: FloatArray,
-                    stock: FloatArray, reserve: FloatArray, q_left: FloatArray,
-                    days_left: float, offtake: FloatArray, free: FloatArray,
-                    target: FloatArray, room: FloatArray) -> None:
-    """Each pool's offtake per day (plants at their decided rates within their quotas, the
-    segments' ``asked``, outside buyers at the current curve), its stock above the reserve
-    and its working stock; and each plant's room under its quota."""
-    n_p, n_s = len(cap_day), len(stock)
+def running_room(ramp_col: int, days_left: float, cap_day: FloatArray, avail: FloatArray,
+                 ramp: FloatArray, plant_quota: IntArray, pf: FloatArray, q_left: FloatArray,
+                 granted: FloatArray, room: FloatArray) -> None:
+    """Each plant's rate at its decided rate (``cap_day * avail * ramp``) no more than its
+    quota lets it run (``granted``), and the most its quota lets it run (``room``)."""
+    n_p = len(cap_day)
     running = np.empty(n_p)
     for i in range(n_p):
         running[i] = cap_day[i] * avail[i] * ramp[i, ramp_col]
-    granted = np.empty(n_p)
-    _quota_room(running, ints[3], pf[2], pf[3], q_left, days_left, granted, room)
-    _matvec(sp[0], granted, offtake)
-    tmp = np.empty(n_s)
-    _matvec(seg_sg, asked, tmp)
-    for s in range(n_s):
-        offtake[s] += tmp[s]
-    _matvec_add(mk_sk, exp_cap_day, offtake)
+    _quota_room(running, plant_quota, pf[2], pf[3], q_left, days_left, granted, room)
+
+
+@jit
+def month_open(t: int, prev_day: int, day: int, ramp_col: int, days_left: float,
+               plant_quota: IntArray, pf: FloatArray, mf: FloatArray, ref: FloatArray,
+               p: FloatArray, exp_asked: FloatArray, cap_day: FloatArray, avail: FloatArray,
+               ramp: FloatArray, q_left: FloatArray, served_rec: FloatArray,
+               unmet_rec: FloatArray, exp_rec: FloatArray, asked: FloatArray,
+               unmet: FloatArray, not_shipped: FloatArray, granted: FloatArray,
+               room: FloatArray, ok: np.ndarray, ratio: FloatArray) -> None:
+    """What last month's buyers asked per day (``asked``) and did not get (``unmet``,
+    ``not_shipped``), the plants' rates within their quotas (``granted``, ``room``), which
+    materials' prices form (``ok``) and the outside price over the formed one (``ratio``, 1
+    where the price does not form: its log pulls the price toward the outside)."""
+    n = day - prev_day
+    for g in range(len(asked)):
+        unmet[g] = 0.0 + pairwise_sum(unmet_rec[g], prev_day, n)
+        asked[g] = (0.0 + pairwise_sum(served_rec[g], prev_day, n) + unmet[g]) / n
+    for k in range(len(exp_asked)):
+        not_shipped[k] = _max(exp_asked[k] - (0.0 + pairwise_sum(exp_rec[k], prev_day, n)),
+                              0.0)
+    running_room(ramp_col, days_left, cap_day, avail, ramp, plant_quota, pf, q_left,
+                 granted, room)
+    for m in range(len(p)):
+        r = ref[m, t]
+        ok[m] = mf[m] > 0 and p[m] > TINY and r > TINY
+        ratio[m] = r / p[m] if ok[m] else 1.0
+
+
+@jit
+def pools(offtake: FloatArray, stock: FloatArray, reserve: FloatArray, sf: FloatArray,
+          par: FloatArray, free: FloatArray, target: FloatArray) -> None:
+    """Each pool's stock above its reserve (``free``) and working stock (``target``)."""
     cover = par[PAR_COVER]
-    for s in range(n_s):
+    for s in range(len(stock)):
         free[s] = _max(stock[s] - reserve[s], 0.0)
         target[s] = sf[0, s] if sf[0, s] > 0 else cover * offtake[s]
 
 
 @jit
-def _margin(p: FloatArray, pm: FloatArray, pf: FloatArray, out: FloatArray) -> None:
-    """Each plant's margin at prices ``p``: output value less inputs bought and cash cost,
-    per unit of output value (0 without output value)."""
-    n_p = pm.shape[1]
-    revenue = np.empty(n_p)
-    cost = np.empty(n_p)
-    _matvec(pm[1], p, revenue)
-    _matvec(pm[0], p, cost)
-    for i in range(n_p):
-        cost[i] += pf[0, i]
-        r = revenue[i]
-        out[i] = (r - cost[i]) / _max(r, 1e-12) if r > 1e-12 else 0.0
+def month_step(offtake: FloatArray, short: FloatArray, pull: FloatArray, ok: np.ndarray,
+               pool_mat: IntArray, sf: FloatArray, par: FloatArray, stock: FloatArray,
+               reserve: FloatArray, free: FloatArray, target: FloatArray,
+               step: FloatArray) -> None:
+    """1. prices: each material's step in log price from the gap between the stock its pools
+    hold (less what buyers did not get, ``short``) and their working stock, and the pull
+    toward the outside price (``pull``); and ``free``, ``target`` (:func:`pools`)."""
+    pools(offtake, stock, reserve, sf, par, free, target)
+    n_m = len(step)
+    free_m, target_m = np.zeros(n_m), np.zeros(n_m)
+    for s in range(len(stock)):
+        free_m[pool_mat[s]] += free[s] - short[s]
+    for s in range(len(stock)):
+        target_m[pool_mat[s]] += target[s]
+    adjust, pull_k, max_step = par[PAR_PRICE_ADJUST], par[PAR_REFERENCE_PULL], \
+        par[PAR_MAX_STEP]
+    for m in range(n_m):
+        tm = target_m[m]
+        gap = (_min(_max((tm - free_m[m]) / _max(tm, TINY), -1.0), 1.0) if tm > TINY
+               else 0.0)
+        step[m] = _min(_max(adjust * gap + pull_k * pull[m], -max_step), max_step)
 
 
 @jit
-def _decide(t: int, margin: FloatArray, smooth_margin: FloatArray, expected: FloatArray,
-            free: FloatArray, target: FloatArray, room: FloatArray, sp: FloatArray,
-            pf: FloatArray, sf: FloatArray, par: FloatArray, cap_max_day: FloatArray,
-            pipe_sum: FloatArray, ipipe_sum: FloatArray, share: FloatArray,
-            want: FloatArray, decision_rec: FloatArray, margin_rec: FloatArray,
-            reason_rec: np.ndarray) -> None:
-    """Each plant's share of its ceiling for the month (``share``, no more than 1), the rate
-    a plant running flat out was asked for (``want``), and the month's records."""
-    n_s, n_p = sp.shape[1], sp.shape[2]
-    ceiling = np.empty(n_p)
-    for i in range(n_p):
+def margins(primed: bool, revenue: FloatArray, bought: FloatArray, offtake: FloatArray,
+            pf: FloatArray, par: FloatArray, cap_max_day: FloatArray, room: FloatArray,
+            margin: FloatArray, smooth_margin: FloatArray, expected: FloatArray,
+            ceiling: FloatArray) -> None:
+    """3. each plant's margin from its output value (``revenue``) and inputs (``bought``)
+    per unit of activity, per unit of output value (0 without output value); the smoothed
+    margin and expected offtake (the first values where not ``primed``); and each plant's
+    ceiling (its capacity, no more than its quota lets it run)."""
+    smooth = par[PAR_SMOOTH]
+    for i in range(len(revenue)):
+        r = revenue[i]
+        cost = bought[i] + pf[0, i]
+        margin[i] = (r - cost) / _max(r, 1e-12) if r > 1e-12 else 0.0
+        smooth_margin[i] = (smooth_margin[i] + (margin[i] - smooth_margin[i]) * smooth
+                            if primed else margin[i])
         ceiling[i] = _min(cap_max_day[i], room[i])
-    inflow_max = np.empty(n_s)
-    _matvec(sp[1], ceiling, inflow_max)
+    for s in range(len(offtake)):
+        expected[s] = (expected[s] + (offtake[s] - expected[s]) * smooth
+                       if primed else offtake[s])
+
+
+@jit
+def decide(t: int, margin: FloatArray, smooth_margin: FloatArray, expected: FloatArray,
+           free: FloatArray, target: FloatArray, ceiling: FloatArray, inflow_max: FloatArray,
+           sp: FloatArray, pf: FloatArray, sf: FloatArray, par: FloatArray,
+           cap_max_day: FloatArray, pipe_sum: FloatArray, ipipe_sum: FloatArray,
+           share: FloatArray, want: FloatArray, decision_rec: FloatArray,
+           margin_rec: FloatArray, reason_rec: np.ndarray) -> None:
+    """Each plant's share of its ceiling for the month (``share``, no more than 1), the rate
+    a plant running flat out was asked for (``want``), and the month's records; what the
+    makers of each pool can deliver is ``inflow_max``."""
+    n_s, n_p = sp.shape[1], sp.shape[2]
     ratio = np.empty(n_s)
     inv_adjust = par[PAR_INV_ADJUST]
     for s in range(n_s):
@@ -359,21 +387,19 @@ def _decide(t: int, margin: FloatArray, smooth_margin: FloatArray, expected: Flo
 
 
 @jit
-def _after(t: int, p: FloatArray, seen: FloatArray, ref: FloatArray, rates: FloatArray,
-           ints: tuple[IntArray, IntArray, IntArray, IntArray], kf: FloatArray,
-           gf: FloatArray, ref0: FloatArray, par: FloatArray, price: FloatArray,
-           price_rec: FloatArray, imp_share: FloatArray, exp_tpa: FloatArray,
-           dem_rate: FloatArray) -> None:
-    """The month's prices into the chain, the outside curves at them, and demand's
-    response."""
+def month_close(t: int, p: FloatArray, seen: FloatArray, ref: FloatArray, mk_mat: IntArray,
+                seg_mat: IntArray, kf: FloatArray, ref0: FloatArray, par: FloatArray,
+                price: FloatArray, price_rec: FloatArray, imp_share: FloatArray,
+                exp_tpa: FloatArray, seen_rel: FloatArray, seen_ok: np.ndarray) -> None:
+    """The month's prices into the chain; 2. the outside curves at them (``imp_share``,
+    ``exp_tpa``); 4. the price demand sees, and each segment's seen price over the outside
+    price without shocks (``seen_rel``, where ``seen_ok``: demand scales by its power)."""
     for m in range(len(p)):
         price[m] = p[m]
         price_rec[m, t] = p[m]
-    mk_mat = ints[1]
     for k in range(len(mk_mat)):
         pm, rm = p[mk_mat[k]], ref[mk_mat[k], t]
-        priced = pm > TINY and rm > TINY
-        if priced:
+        if pm > TINY and rm > TINY:
             x = kf[KF_IMP_BASE, k] + (pm / rm - 1.0 - kf[KF_IMP_PREMIUM, k]) / kf[KF_IMP_SLOPE, k]
             imp_share[k] = kf[KF_IMP_ON, k] * _min(_max(x, 0.0), 1.0)
         else:
@@ -385,121 +411,10 @@ def _after(t: int, p: FloatArray, seen: FloatArray, ref: FloatArray, rates: Floa
     alpha = par[PAR_ALPHA]
     for m in range(len(seen)):
         seen[m] += (p[m] - seen[m]) * alpha
-    seg_mat = ints[2]
     for g in range(len(seg_mat)):
         sm = seg_mat[g]
-        base = _max(ref0[sm, t], TINY)
-        factor = (_max(seen[sm], TINY) / base) ** gf[g] if seen[sm] > TINY else 1.0
-        dem_rate[g] = rates[g, t] * factor
-
-
-@jit
-def month(t: int, prev_day: int, day: int, primed: bool, ramp_col: int, days_left: float,
-          # static
-          ints: tuple[IntArray, IntArray, IntArray, IntArray], sp: FloatArray,
-          seg_sg: FloatArray, mk_sk: FloatArray, pm: FloatArray, pf: FloatArray,
-          sf: FloatArray, kf: FloatArray, mf: FloatArray, gf: FloatArray, ref0: FloatArray,
-          par: FloatArray,
-          # this run's paths and the process's state
-          ref: FloatArray, rates: FloatArray, p: FloatArray, seen: FloatArray,
-          smooth_margin: FloatArray, expected: FloatArray, exp_asked: FloatArray,
-          # the chain
-          cap_day: FloatArray, avail: FloatArray, cap_max_day: FloatArray, ramp: FloatArray,
-          exp_cap_day: FloatArray, stock: FloatArray, reserve: FloatArray,
-          pipe_sum: FloatArray, ipipe_sum: FloatArray, q_left: FloatArray,
-          served_rec: FloatArray, unmet_rec: FloatArray, exp_rec: FloatArray,
-          price: FloatArray, price_rec: FloatArray, dem_rate: FloatArray,
-          # out
-          share: FloatArray, want: FloatArray, imp_share: FloatArray, exp_tpa: FloatArray,
-          decision_rec: FloatArray, margin_rec: FloatArray, reason_rec: np.ndarray) -> bool:
-    """One month of markets from ``prev_day`` to ``day`` (month ``t``): when days have passed,
-    prices form from last month's stocks and use, producers decide (``share``, ``want`` and
-    the records; returns True); then the month's prices go to the chain, the outside curves
-    are set at them (``imp_share``, ``exp_tpa``) and demand responds (``dem_rate``)."""
-    n = day - prev_day
-    decided = n > 0
-    if decided:
-        n_g, n_s, n_m, n_p = len(rates), len(stock), len(p), len(cap_day)
-        unmet = np.empty(n_g)
-        asked = np.empty(n_g)
-        for g in range(n_g):
-            unmet[g] = 0.0 + pairwise_sum(unmet_rec[g], prev_day, n)
-            asked[g] = (0.0 + pairwise_sum(served_rec[g], prev_day, n) + unmet[g]) / n
-        offtake, free, target = np.empty(n_s), np.empty(n_s), np.empty(n_s)
-        room = np.empty(n_p)
-        _asked_of_pools(asked, ints, sp, seg_sg, mk_sk, pf, sf, par, cap_day, avail, ramp,
-                        ramp_col, exp_cap_day, stock, reserve, q_left, days_left, offtake,
-                        free, target, room)
-        n_k = len(exp_asked)
-        not_shipped = np.empty(n_k)
-        for k in range(n_k):
-            not_shipped[k] = _max(exp_asked[k] - (0.0 + pairwise_sum(exp_rec[k], prev_day, n)),
-                                  0.0)
-        short = np.empty(n_s)
-        _matvec(seg_sg, unmet, short)
-        _matvec_add(mk_sk, not_shipped, short)
-        # 1. prices
-        free_m, target_m = np.zeros(n_m), np.zeros(n_m)
-        pool_mat = ints[0]
-        for s in range(n_s):
-            free_m[pool_mat[s]] += free[s] - short[s]
-        for s in range(n_s):
-            target_m[pool_mat[s]] += target[s]
-        adjust, pull_k, max_step = par[PAR_PRICE_ADJUST], par[PAR_REFERENCE_PULL], \
-            par[PAR_MAX_STEP]
-        for m in range(n_m):
-            tm = target_m[m]
-            gap = (_min(_max((tm - free_m[m]) / _max(tm, TINY), -1.0), 1.0) if tm > TINY
-                   else 0.0)
-            r = ref[m, t]
-            ok = mf[m] > 0 and p[m] > TINY and r > TINY
-            pull = math.log(r / p[m]) if ok else 0.0
-            step = _min(_max(adjust * gap + pull_k * pull, -max_step), max_step)
-            p[m] = p[m] * math.exp(step) if ok else r
-        # 3. producers
-        margin = np.empty(n_p)
-        _margin(p, pm, pf, margin)
-        smooth = par[PAR_SMOOTH]
-        for i in range(n_p):
-            smooth_margin[i] = (smooth_margin[i] + (margin[i] - smooth_margin[i]) * smooth
-                                if primed else margin[i])
-        for s in range(n_s):
-            expected[s] = (expected[s] + (offtake[s] - expected[s]) * smooth
-                           if primed else offtake[s])
-        _decide(t, margin, smooth_margin, expected, free, target, room, sp, pf, sf, par,
-                cap_max_day, pipe_sum, ipipe_sum, share, want, decision_rec, margin_rec,
-                reason_rec)
-    _after(t, p, seen, ref, rates, ints, kf, gf, ref0, par, price, price_rec, imp_share,
-           exp_tpa, dem_rate)
-    return decided
-
-
-@jit
-def start_pass(t: int, ramp_col: int, days_left: float,
-               ints: tuple[IntArray, IntArray, IntArray, IntArray], sp: FloatArray,
-               seg_sg: FloatArray, mk_sk: FloatArray, pm: FloatArray, pf: FloatArray,
-               sf: FloatArray, par: FloatArray, p: FloatArray, smooth_margin: FloatArray,
-               expected: FloatArray, cap_day: FloatArray, avail: FloatArray,
-               cap_max_day: FloatArray, ramp: FloatArray, exp_cap_day: FloatArray,
-               stock: FloatArray, reserve: FloatArray, pipe_sum: FloatArray,
-               ipipe_sum: FloatArray, q_left: FloatArray, dem_rate: FloatArray,
-               share: FloatArray, want: FloatArray, decision_rec: FloatArray,
-               margin_rec: FloatArray, reason_rec: np.ndarray) -> None:
-    """One pass of the producers' decisions from the start: what the demand segments ask
-    now (``dem_rate``), the outside curves and the plants' own draws at their decided rates,
-    at prices ``p``; the margin (unsmoothed) into ``smooth_margin`` and the offtake into
-    ``expected``."""
-    n_s, n_p = len(stock), len(cap_day)
-    asked = dem_rate.copy()
-    free, target = np.empty(n_s), np.empty(n_s)
-    room = np.empty(n_p)
-    _asked_of_pools(asked, ints, sp, seg_sg, mk_sk, pf, sf, par, cap_day, avail, ramp,
-                    ramp_col, exp_cap_day, stock, reserve, q_left, days_left, expected, free,
-                    target, room)
-    _margin(p, pm, pf, smooth_margin)
-    _decide(t, smooth_margin, smooth_margin, expected, free, target, room, sp, pf, sf, par,
-            cap_max_day, pipe_sum, ipipe_sum, share, want, decision_rec, margin_rec,
-            reason_rec)
+        seen_ok[g] = seen[sm] > TINY
+        seen_rel[g] = _max(seen[sm], TINY) / _max(ref0[sm, t], TINY)
 
 
 @jit

@@ -209,22 +209,28 @@ class EconomyProcess:
             if not moved:
                 break
         rates = demand_paths(chain, self.segment_ids, self.demand_month, self.demand_cv)
-        static = a.packed
-        ints, sp, seg_sg, mk_sk, pm, pf, sf = static[:7]
-        par = static[-1]
-        n_m, n_p, n_k = ref.shape[0], len(a.cash_cost), len(a.mk_mat)
+        (pool_mat, mk_mat, seg_mat, plant_quota, sp, pf, sf, kf, mf, ref0,
+         par) = a.packed
+        n_m, n_p, n_k, n_s = ref.shape[0], len(a.cash_cost), len(a.mk_mat), len(a.pool_mat)
+        n_g = len(self.segment_ids)
         p = ref[:, 0].copy()
         seen = p.copy()
-        smooth_margin = np.zeros(n_p)
-        expected = np.zeros(len(a.pool_mat))
+        # the month's working arrays, filled in place by the compiled steps
+        margin, smooth_margin, ceiling = np.zeros(n_p), np.zeros(n_p), np.zeros(n_p)
+        granted, room, share, want = np.zeros(n_p), np.zeros(n_p), np.zeros(n_p), np.zeros(n_p)
+        expected, free, target = np.zeros(n_s), np.zeros(n_s), np.zeros(n_s)
+        asked, unmet = np.zeros(n_g), np.zeros(n_g)
+        seen_rel, seen_ok = np.zeros(n_g), np.zeros(n_g, np.bool_)
+        ok, ratio, step = np.zeros(n_m, np.bool_), np.zeros(n_m), np.zeros(n_m)
+        not_shipped, imp_share, exp_tpa = np.zeros(n_k), np.zeros(n_k), np.zeros(n_k)
         exp_asked = self._exp_asked
-        share, want = np.zeros(n_p), np.zeros(n_p)
-        imp_share, exp_tpa = np.zeros(n_k), np.zeros(n_k)
         ramp = np.ascontiguousarray(self.ramp, dtype=float)
         last_day = len(a.days_left) - 1
         primed = False  # smooth_margin and expected hold a first value
         prev_day = 0
         n_months = len(self.month_start_day)
+        # The arithmetic is compiled (retwin.kernels.market) except the matrix products and
+        # exp/log/power, left to numpy so that results stay the same bit for bit.
         for t in range(n_months):
             day = int(self.month_start_day[t])
             if day > env.now:
@@ -237,36 +243,61 @@ class EconomyProcess:
                 q_left = chain.q_year_left
             ramp_col = min(day, chain.n_days - 1)
             days_left = float(a.days_left[min(day, last_day)])
-            # 1.-4. (see the module docstring), compiled: prices from last month's stocks and
-            # use, producers' decisions, this month's prices, outside curves and demand
-            if kmarket.month(
-                    t, prev_day, day, primed, ramp_col, days_left, *static, ref, rates, p, seen,
-                    smooth_margin, expected, exp_asked, chain.cap_day, chain.avail,
-                    chain.cap_max_day, ramp, chain.exp_cap_day, chain.stock, chain.reserve,
-                    chain.pipe_sum, chain.ipipe_sum, q_left, chain.served_rec,
-                    chain.unmet_rec, chain.exp_rec, chain.price, chain.price_rec,
-                    chain.dem_rate, share, want, imp_share, exp_tpa, self.decision_rec,
-                    self.margin_rec, self.reason_rec):
+            if day > prev_day:
+                # what is asked of each pool per day (not what it could serve: a pool that
+                # ran dry must still see its demand): plants at their decided rates, demand
+                # segments' requests of last month, outside buyers at this month's curve
+                kmarket.month_open(t, prev_day, day, ramp_col, days_left, plant_quota, pf, mf,
+                                   ref, p, exp_asked, chain.cap_day, chain.avail, ramp, q_left,
+                                   chain.served_rec, chain.unmet_rec, chain.exp_rec, asked,
+                                   unmet, not_shipped, granted, room, ok, ratio)
+                offtake = a.draw_sp @ granted + a.seg_sg @ asked + a.mk_sk @ chain.exp_cap_day
+                # what buyers asked for last month and did not get: demand segments' unmet
+                # draws and outside demand (below any control cap) the region could not ship
+                short = a.seg_sg @ unmet + a.mk_sk @ not_shipped
+                # 1. prices
+                kmarket.month_step(offtake, short, np.log(ratio), ok, pool_mat, sf, par,
+                                   chain.stock, chain.reserve, free, target, step)
+                p = np.where(ok, p * np.exp(step), ref[:, t])
+                # 3. producers
+                kmarket.margins(primed, a.out_mp @ p, a.in_mp @ p, offtake, pf, par,
+                                chain.cap_max_day, room, margin, smooth_margin, expected,
+                                ceiling)
                 primed = True
+                kmarket.decide(t, margin, smooth_margin, expected, free, target, ceiling,
+                               a.make_sp @ ceiling, sp, pf, sf, par, chain.cap_max_day,
+                               chain.pipe_sum, chain.ipipe_sum, share, want, self.decision_rec,
+                               self.margin_rec, self.reason_rec)
                 chain.set_decisions(share, want)
                 self._invest(env, chain, t, day)
+            # 2. outside curves; 4. demand
+            kmarket.month_close(t, p, seen, ref, mk_mat, seg_mat, kf, ref0, par, chain.price,
+                                chain.price_rec, imp_share, exp_tpa, seen_rel, seen_ok)
             chain.set_outside(imp_share, exp_tpa, a.exp_contract_tpa)
             next_day = int(self.month_start_day[t + 1]) if t + 1 < n_months else chain.n_days
-            # what outside buyers ask this month (its shortfall raises next month's prices)
             np.multiply(chain.exp_cap_day, next_day - day, out=exp_asked)
+            chain.dem_rate[:] = rates[:, t] * np.where(
+                seen_ok, seen_rel ** a.seg_elasticity, 1.0)
             if day == prev_day and N_START_PASSES > 0:
                 # 3. producers, from the start: what the demand segments and the outside
                 # curves ask now, and the plants' own draws at their decided rates (a few
                 # passes, so each level sees its customers' decisions), at the start's
                 # prices; so the first month is paced too, not run at every ceiling
+                np.copyto(asked, chain.dem_rate)
+                revenue, bought = a.out_mp @ p, a.in_mp @ p
                 for _ in range(N_START_PASSES):
-                    kmarket.start_pass(
-                        t, ramp_col, days_left, ints, sp, seg_sg, mk_sk, pm, pf, sf, par, p,
-                        smooth_margin, expected, chain.cap_day, chain.avail,
-                        chain.cap_max_day, ramp, chain.exp_cap_day, chain.stock,
-                        chain.reserve, chain.pipe_sum, chain.ipipe_sum, q_left,
-                        chain.dem_rate, share, want, self.decision_rec, self.margin_rec,
-                        self.reason_rec)
+                    kmarket.running_room(ramp_col, days_left, chain.cap_day, chain.avail,
+                                         ramp, plant_quota, pf, q_left, granted, room)
+                    offtake = (a.draw_sp @ granted + a.seg_sg @ asked
+                               + a.mk_sk @ chain.exp_cap_day)
+                    kmarket.pools(offtake, chain.stock, chain.reserve, sf, par, free, target)
+                    kmarket.margins(False, revenue, bought, offtake, pf, par,
+                                    chain.cap_max_day, room, margin, smooth_margin, expected,
+                                    ceiling)
+                    kmarket.decide(t, margin, smooth_margin, expected, free, target, ceiling,
+                                   a.make_sp @ ceiling, sp, pf, sf, par, chain.cap_max_day,
+                                   chain.pipe_sum, chain.ipipe_sum, share, want,
+                                   self.decision_rec, self.margin_rec, self.reason_rec)
                     chain.set_decisions(share, want)
                 primed = True
             prev_day = day
