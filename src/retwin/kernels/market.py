@@ -2,31 +2,28 @@
 what it means; this module only computes it).
 
 A month of markets is a few hundred operations on arrays of a few dozen entries: as numpy
-calls, each costs more to dispatch than to compute. Here the whole month is one call: prices,
-margins, the producers' decisions (with their quotas' water-filling), the outside curves and
-demand's response. The arithmetic follows the numpy formulation operation by operation, in
-the same order, with numpy's semantics (``np.maximum``/``np.minimum``/``np.clip`` propagate
-NaN; a sum over a row is numpy's pairwise sum, bit for bit; ``np.bincount`` adds in index
-order). Two things differ in the last bit only: a matrix-vector product is summed in column
-order (BLAS may use another order and fused multiply-adds), and ``exp``/``log``/``**`` are the
-C library's (numpy may use its own SIMD versions).
+calls, each costs more to dispatch than to compute. Here a month is a few calls (the process
+chains them): what buyers asked and the quotas' water-filling (:func:`month_open`), the price
+step (:func:`month_step`), margins (:func:`margins`), the producers' decisions
+(:func:`decide`) and the outside curves and demand's response (:func:`month_close`). The
+matrix products and ``exp``/``log``/``**`` stay with numpy between the calls (BLAS sums in its
+own order, with fused multiply-adds, and numpy has its own SIMD ``exp``/``log``/``power``):
+everything here follows numpy's arithmetic operation by operation, in the same order and with
+numpy's semantics (``np.maximum``/``np.minimum``/``np.clip`` propagate NaN; a sum is numpy's
+pairwise sum; ``np.bincount`` adds in index order), so a run's results are the same bit for
+bit as the numpy formulation's.
 
 Static arrays come packed once per compiled scenario
 (:func:`retwin.engine.markets.market_arrays`, ``MarketArrays.packed``):
 
-* ``ints``: (4,) int64 arrays: ``pool_mat`` (S), ``mk_mat`` (K), ``seg_price_mat`` (G),
-  ``plant_quota`` (P);
 * ``sp``: (3, S, P) drawn from / delivered to / main output pool per unit of activity;
-* ``seg_sg`` (S, G) and ``mk_sk`` (S, K): 1 where a segment or a market touches a pool;
-* ``pm``: (2, P, M) pooled input and output per unit of activity;
 * ``pf``: (4, P) cash cost, margin at the start's prices (where negative), quota
   coefficient, licence share;
 * ``sf``: (2, S) working stock (0: cover days of use), lead time of the pool's makers;
-* ``kf``: (8, K) the outside curves (see ``KF_*``);
+* ``kf``: (8, K) the outside curves (``KF_NAMES``);
 * ``mf``: (M,) 1 where the material has a pool (its price is formed);
-* ``gf``: (G,) each segment's price elasticity;
 * ``ref0``: (M, T) outside price paths without shocks;
-* ``par``: the scalars (see ``PAR_*``).
+* ``par``: the scalars (``PAR_NAMES``).
 """
 
 from __future__ import annotations
@@ -157,7 +154,7 @@ def share_out(ask: FloatArray, share: FloatArray, allow: float, got: FloatArray)
         got[i] = ask[i]
     if 0.0 + pairwise_sum(ask, 0, n) <= allow:
         return
-    left = 0.0 if 0.0 > allow else allow
+    left = 0.0 if allow < 0.0 else allow
     open_ = np.empty(n, np.bool_)
     fits = np.empty(n, np.bool_)
     part = np.empty(n)
@@ -174,7 +171,7 @@ def share_out(ask: FloatArray, share: FloatArray, allow: float, got: FloatArray)
                 part[i] = left * share[i] / shares
         else:
             s = _masked_sum(ask, open_, buf)
-            s = 1e-300 if 1e-300 > s else s
+            s = 1e-300 if s < 1e-300 else s
             for i in range(n):
                 part[i] = left * ask[i] / s
         n_fit = 0
@@ -214,7 +211,7 @@ def _quota_room(want: FloatArray, plant_quota: IntArray, qcoef: FloatArray,
             any_quota = True
     if not any_quota:
         return
-    dl = 1.0 if 1.0 > days_left else days_left
+    dl = 1.0 if days_left < 1.0 else days_left
     idx = np.empty(n_p, np.int64)
     for q in range(len(q_left)):
         pace = _max(q_left[q], 0.0) / dl

@@ -224,6 +224,9 @@ class EconomyProcess:
         ok, ratio, step = np.zeros(n_m, np.bool_), np.zeros(n_m), np.zeros(n_m)
         not_shipped, imp_share, exp_tpa = np.zeros(n_k), np.zeros(n_k), np.zeros(n_k)
         exp_asked = self._exp_asked
+        # the chain's records and pool state: arrays it fills in place, read once here
+        served_rec, unmet_rec, exp_rec = chain.served_rec, chain.unmet_rec, chain.exp_rec
+        stock, pipe_sum, ipipe_sum = chain.stock, chain.pipe_sum, chain.ipipe_sum
         ramp = np.ascontiguousarray(self.ramp, dtype=float)
         last_day = len(a.days_left) - 1
         primed = False  # smooth_margin and expected hold a first value
@@ -249,7 +252,7 @@ class EconomyProcess:
                 # segments' requests of last month, outside buyers at this month's curve
                 kmarket.month_open(t, prev_day, day, ramp_col, days_left, plant_quota, pf, mf,
                                    ref, p, exp_asked, chain.cap_day, chain.avail, ramp, q_left,
-                                   chain.served_rec, chain.unmet_rec, chain.exp_rec, asked,
+                                   served_rec, unmet_rec, exp_rec, asked,
                                    unmet, not_shipped, granted, room, ok, ratio)
                 offtake = a.draw_sp @ granted + a.seg_sg @ asked + a.mk_sk @ chain.exp_cap_day
                 # what buyers asked for last month and did not get: demand segments' unmet
@@ -257,7 +260,7 @@ class EconomyProcess:
                 short = a.seg_sg @ unmet + a.mk_sk @ not_shipped
                 # 1. prices
                 kmarket.month_step(offtake, short, np.log(ratio), ok, pool_mat, sf, par,
-                                   chain.stock, chain.reserve, free, target, step)
+                                   stock, chain.reserve, free, target, step)
                 p = np.where(ok, p * np.exp(step), ref[:, t])
                 # 3. producers
                 kmarket.margins(primed, a.out_mp @ p, a.in_mp @ p, offtake, pf, par,
@@ -266,7 +269,7 @@ class EconomyProcess:
                 primed = True
                 kmarket.decide(t, margin, smooth_margin, expected, free, target, ceiling,
                                a.make_sp @ ceiling, sp, pf, sf, par, chain.cap_max_day,
-                               chain.pipe_sum, chain.ipipe_sum, share, want, self.decision_rec,
+                               pipe_sum, ipipe_sum, share, want, self.decision_rec,
                                self.margin_rec, self.reason_rec)
                 chain.set_decisions(share, want)
                 self._invest(env, chain, t, day)
@@ -290,13 +293,13 @@ class EconomyProcess:
                                          ramp, plant_quota, pf, q_left, granted, room)
                     offtake = (a.draw_sp @ granted + a.seg_sg @ asked
                                + a.mk_sk @ chain.exp_cap_day)
-                    kmarket.pools(offtake, chain.stock, chain.reserve, sf, par, free, target)
+                    kmarket.pools(offtake, stock, chain.reserve, sf, par, free, target)
                     kmarket.margins(False, revenue, bought, offtake, pf, par,
                                     chain.cap_max_day, room, margin, smooth_margin, expected,
                                     ceiling)
                     kmarket.decide(t, margin, smooth_margin, expected, free, target, ceiling,
                                    a.make_sp @ ceiling, sp, pf, sf, par, chain.cap_max_day,
-                                   chain.pipe_sum, chain.ipipe_sum, share, want,
+                                   pipe_sum, ipipe_sum, share, want,
                                    self.decision_rec, self.margin_rec, self.reason_rec)
                     chain.set_decisions(share, want)
                 primed = True
