@@ -15,12 +15,17 @@ little over the outside price to draw imports, and one with a surplus sells it a
 from __future__ import annotations
 
 import calendar
+import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from retwin._typing import FloatArray, IntArray
 from retwin.engine.build import Compiled, _price_paths
+from retwin.kernels.market import KF_NAMES, PAR_NAMES
+from retwin.processes.economy import SMOOTH
 
 __all__ = ["MAIN_OUTPUT_VALUE_SHARE", "MarketArrays", "compile_markets", "market_arrays"]
 
@@ -96,6 +101,35 @@ class MarketArrays:
     margin_band: float
     min_util: float
     response_months: float
+    #: the static arrays as the compiled month takes them (:mod:`retwin.kernels.market`):
+    #: ``(pool_mat, mk_mat, seg_price_mat, plant_quota, sp, pf, sf, kf, mf, ref0, par)``
+    packed: tuple[Any, ...] = ()
+
+
+def _pack(a: MarketArrays) -> tuple[Any, ...]:
+    """``a``'s static arrays packed for :func:`retwin.kernels.market.month` (contiguous,
+    float64 / int64), computed once per compiled scenario."""
+    def f64(x: Any) -> FloatArray:
+        return np.ascontiguousarray(x, dtype=np.float64)
+
+    def i64(x: Any) -> IntArray:
+        return np.ascontiguousarray(x, dtype=np.int64)
+
+    alpha = 1.0 - math.exp(-1.0 / a.response_months) if a.response_months > 0 else 1.0
+    scalars = {"price_adjust": a.price_adjust, "max_step": a.max_step,
+               "reference_pull": a.reference_pull, "cover_target_days": a.cover_target_days,
+               "inventory_adjust_days": a.inventory_adjust_days,
+               "margin_band": a.margin_band, "min_util": a.min_util, "alpha": alpha,
+               "smooth": SMOOTH}
+    return (
+        i64(a.pool_mat), i64(a.mk_mat), i64(a.seg_price_mat), i64(a.plant_quota),
+        f64(np.stack([a.draw_sp, a.make_sp, a.main_sp])),
+        f64(np.stack([a.cash_cost, a.margin0, a.qcoef, a.qshare])),
+        f64(np.stack([a.target_t, a.lead_s])),
+        f64(np.stack([getattr(a, name) for name in KF_NAMES])),
+        f64(a.has_pool), f64(a.ref_price_month),
+        f64([scalars[name] for name in PAR_NAMES]),
+    )
 
 
 def compile_markets(c: Compiled) -> MarketArrays:
@@ -211,7 +245,7 @@ def compile_markets(c: Compiled) -> MarketArrays:
                             * c.quota_year_total.get((q, year), 0.0)
                             for q in range(len(c.quota_ids))])
         for day, year in c.year_starts}
-    return MarketArrays(
+    arrays = MarketArrays(
         plant_quota=st["plant_quota"].copy(), qcoef=st["qcoef"].copy(),
         qshare=st["qshare"].copy(), days_left=c.days_left, quota_year_start=quota_year_start,
         invest_stages=invest_stages,
@@ -234,3 +268,4 @@ def compile_markets(c: Compiled) -> MarketArrays:
         inventory_adjust_days=ec.inventory_adjust_days, margin_band=ec.margin_band_frac,
         min_util=ec.min_utilisation_frac, response_months=ec.demand_response_months,
     )
+    return dataclasses.replace(arrays, packed=_pack(arrays))

@@ -58,7 +58,7 @@ import numpy as np
 import simpy
 
 from retwin._typing import FloatArray, IntArray
-from retwin.kernels.flow import BIND_DEMAND, BIND_MARGIN
+from retwin.kernels import market as kmarket
 from retwin.processes.base import Chain
 
 __all__ = ["EconomyProcess", "demand_paths", "reference_paths"]
@@ -79,10 +79,7 @@ def reference_paths(chain: Chain, material_ids: list[str], price_month: FloatArr
         eps = np.asarray(chain.rng(f"price/{material_ids[i]}").standard_normal(size=int(n_t)))
         decay = math.exp(-k * dt)
         sd = s * math.sqrt((1 - decay * decay) / (2 * k)) if k > 0 else s * math.sqrt(dt)
-        level = 0.0
-        for t in range(n_t):
-            level = level * decay + sd * eps[t]
-            x[i, t] = level
+        kmarket.ou_levels(eps, decay, sd, x[i])
     return price_month * np.exp(x)
 
 
@@ -110,30 +107,6 @@ SMOOTH = 1.0 / 3.0
 #: the price crash that followed could lower output downstream (tiny-markets, recycler
 #: capacity x 1.23: magnets -7.8 % -> 0.0 %; tests/test_properties_markets.py).
 N_START_PASSES = 4
-
-
-def _share_out(ask: FloatArray, share: FloatArray, allow: float) -> FloatArray:
-    """What each of a quota's plants is granted of ``allow`` when they ask ``ask`` (t REO per
-    day): by licence shares, what one leaves of its part going to the others by theirs
-    (water-filling, as the flow kernel shares a quota)."""
-    got = ask.copy()
-    if ask.sum() <= allow:
-        return got
-    left = max(allow, 0.0)
-    open_ = ask > 0
-    got[open_] = 0.0
-    while open_.any():
-        shares = share[open_].sum()
-        part = (left * share / shares if shares > 0
-                else left * ask / max(ask[open_].sum(), 1e-300))
-        fits = open_ & (ask <= part)
-        if not fits.any():
-            got[open_] = part[open_]
-            break
-        got[fits] = ask[fits]
-        left -= ask[fits].sum()
-        open_ &= ~fits
-    return got
 
 
 class _EconomyChain(Chain, Protocol):
@@ -184,109 +157,6 @@ class EconomyProcess:
         self._building: set[str] = set()
         #: (P, T) margin per unit of output value
         self.margin_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)))
-
-    def _margin(self, p: FloatArray) -> FloatArray:
-        """(P,) each plant's margin at prices ``p``: output value less inputs bought and
-        processing cash cost, per unit of output value (0 without output value)."""
-        a = self.a
-        revenue = a.out_mp @ p
-        cost = a.in_mp @ p + a.cash_cost
-        return np.where(revenue > 1e-12, (revenue - cost) / np.maximum(revenue, 1e-12), 0.0)
-
-    def _quota_pace(self, chain: _EconomyChain, day: int) -> FloatArray:
-        """(Q,) what each quota lets its plants run per day from ``day`` on: what is left of
-        the year's total over the days left (at a year's start, that year's total, whether
-        or not the quota process has opened the year yet)."""
-        a = self.a
-        left = a.quota_year_start.get(day)
-        if left is None:
-            left = chain.q_year_left
-        dl = float(a.days_left[min(day, len(a.days_left) - 1)])
-        return np.maximum(np.asarray(left, dtype=float), 0.0) / max(dl, 1.0)
-
-    def _quota_room(self, chain: _EconomyChain, day: int, want: FloatArray
-                    ) -> tuple[FloatArray, FloatArray]:
-        """(P,) each plant's rate at ``want`` (activity per day) no more than its quota lets
-        it run, and (P,) the most its quota lets it run (``inf`` outside a quota): the
-        quota's pace is shared by licence shares, and what a plant leaves of its part goes to
-        the others (as the kernel shares it), so a plant's room is its own part or what the
-        others leave, whichever is more."""
-        a = self.a
-        granted = want.copy()
-        room = np.full(len(want), np.inf)
-        if not np.any(a.plant_quota >= 0):
-            return granted, room
-        pace = self._quota_pace(chain, day)
-        for q in range(len(pace)):
-            plants = np.flatnonzero(a.plant_quota == q)
-            coef = a.qcoef[plants]
-            if len(plants) == 0:
-                continue
-            ask = want[plants] * coef
-            got = _share_out(ask, a.qshare[plants], float(pace[q]))
-            granted[plants] = np.where(coef > 0, got / np.where(coef > 0, coef, 1.0),
-                                       want[plants])
-            shares = a.qshare[plants]
-            own = (float(pace[q]) * shares / shares.sum() if shares.sum() > 0
-                   else np.full(len(plants), float(pace[q]) / len(plants)))
-            left_by_others = float(pace[q]) - (got.sum() - got)
-            room[plants] = np.where(coef > 0, np.maximum(own, left_by_others)
-                                    / np.where(coef > 0, coef, 1.0), np.inf)
-        return granted, room
-
-    def _asked_of_pools(self, chain: _EconomyChain, day: int, asked: FloatArray
-                        ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """(S,) each pool's offtake per day (plants at their decided rates, no more than
-        their quotas let them run; the demand segments' ``asked`` per day; outside buyers at
-        the current curve), its stock above the reserve, and its working stock; and (P,)
-        the most each plant's quota lets it run per day."""
-        a = self.a
-        running = chain.cap_day * chain.avail * self.ramp[:, min(day, chain.n_days - 1)]
-        running, room = self._quota_room(chain, day, running)
-        offtake = a.draw_sp @ running + a.seg_sg @ asked + a.mk_sk @ chain.exp_cap_day
-        free = np.maximum(chain.stock - chain.reserve, 0.0)
-        target = np.where(a.target_t > 0, a.target_t, a.cover_target_days * offtake)
-        return offtake, free, target, room
-
-    def _decide(self, chain: _EconomyChain, t: int, margin: FloatArray,
-                smooth_margin: FloatArray, expected: FloatArray, free: FloatArray,
-                target: FloatArray, room: FloatArray) -> None:
-        """3. each plant's share of its ceiling for the month (see the module docstring).
-
-        A plant's ceiling here is what it may run: its capacity, and no more than its quota
-        lets it run (``room``); a pool's makers are paced on what they can deliver, and a
-        plant that wants less than it may run decides a rate of that (the kernel still
-        shares the quota day by day, and a plant that wants all it may run is left to it)."""
-        a = self.a
-        tiny = 1e-12
-        ceiling = np.minimum(chain.cap_max_day, room)
-        u_margin = np.clip(1.0 + (smooth_margin - a.margin0) / a.margin_band, 0.0, 1.0)
-        inflow_max = a.make_sp @ ceiling
-        position = free + chain.pipe_sum + chain.ipipe_sum
-        need = expected + (target + expected * a.lead_s - position) / a.inventory_adjust_days
-        # each pool's need as a share of what its makers can deliver (inf: no makers)
-        ratio = np.where(inflow_max > tiny, need / np.maximum(inflow_max, tiny), np.inf)
-        # a joint producer is pulled by the main output that is shortest: a main output
-        # whose pool is in surplus does not hold back the others (what piles up is sold off
-        # at its falling price; the margin says whether the bundle still pays)
-        asked = np.where(a.main_sp > 0, ratio[:, None], -np.inf).max(axis=0)
-        asked = np.where(np.isneginf(asked), np.inf, asked)
-        u_pull = np.clip(asked, 0.0, 1.0)
-        u = np.maximum(a.min_util, np.minimum(u_margin, u_pull))
-        full = u >= 1.0 - 1e-9
-        share = np.where(full, 1.0, np.where(
-            chain.cap_max_day > tiny,
-            u * ceiling / np.maximum(chain.cap_max_day, tiny), u))
-        # what a plant running flat out was asked for: its main pools' need over what their
-        # makers can deliver, times its own ceiling (a plant not paced on a pool: no limit)
-        want = np.full_like(ceiling, np.inf)
-        paced = np.isfinite(asked)
-        want[paced] = np.maximum(asked[paced], 0.0) * ceiling[paced]
-        chain.set_decisions(np.minimum(share, 1.0), want)
-        self.decision_rec[:, t] = u
-        self.margin_rec[:, t] = margin
-        self.reason_rec[:, t] = np.where(
-            full, 0, np.where(u_margin < u_pull, BIND_MARGIN, BIND_DEMAND))
 
     def start(self, env: simpy.Environment, chain: _EconomyChain) -> None:
         env.process(self._run(env, chain))
@@ -339,83 +209,98 @@ class EconomyProcess:
             if not moved:
                 break
         rates = demand_paths(chain, self.segment_ids, self.demand_month, self.demand_cv)
-        n_m = ref.shape[0]
-        formed = a.has_pool > 0
+        (pool_mat, mk_mat, seg_mat, plant_quota, sp, pf, sf, kf, mf, ref0,
+         par) = a.packed
+        n_m, n_p, n_k, n_s = ref.shape[0], len(a.cash_cost), len(a.mk_mat), len(a.pool_mat)
+        n_g = len(self.segment_ids)
         p = ref[:, 0].copy()
         seen = p.copy()
-        alpha = 1.0 - math.exp(-1.0 / a.response_months) if a.response_months > 0 else 1.0
+        # the month's working arrays, filled in place by the compiled steps
+        margin, smooth_margin, ceiling = np.zeros(n_p), np.zeros(n_p), np.zeros(n_p)
+        granted, room, share, want = np.zeros(n_p), np.zeros(n_p), np.zeros(n_p), np.zeros(n_p)
+        expected, free, target = np.zeros(n_s), np.zeros(n_s), np.zeros(n_s)
+        asked, unmet = np.zeros(n_g), np.zeros(n_g)
+        seen_rel, seen_ok = np.zeros(n_g), np.zeros(n_g, np.bool_)
+        ok, ratio, step = np.zeros(n_m, np.bool_), np.zeros(n_m), np.zeros(n_m)
+        not_shipped, imp_share, exp_tpa = np.zeros(n_k), np.zeros(n_k), np.zeros(n_k)
+        exp_asked = self._exp_asked
+        # the chain's records and pool state: arrays it fills in place, read once here
+        served_rec, unmet_rec, exp_rec = chain.served_rec, chain.unmet_rec, chain.exp_rec
+        stock, pipe_sum, ipipe_sum = chain.stock, chain.pipe_sum, chain.ipipe_sum
+        ramp = np.ascontiguousarray(self.ramp, dtype=float)
+        last_day = len(a.days_left) - 1
+        primed = False  # smooth_margin and expected hold a first value
         prev_day = 0
-        expected: FloatArray | None = None
-        smooth_margin: FloatArray | None = None
-        for t, day in enumerate(self.month_start_day):
-            day = int(day)
+        n_months = len(self.month_start_day)
+        # The arithmetic is compiled (retwin.kernels.market) except the matrix products and
+        # exp/log/power, left to numpy so that results stay the same bit for bit.
+        for t in range(n_months):
+            day = int(self.month_start_day[t])
             if day > env.now:
                 yield env.timeout(day - env.now)
             chain.advance_to(day)
-            n = day - prev_day
-            if n > 0:
+            # what each quota has left of its year: at a year's start, that year's total,
+            # whether or not the quota process has opened the year yet
+            q_left = a.quota_year_start.get(day)
+            if q_left is None:
+                q_left = chain.q_year_left
+            ramp_col = min(day, chain.n_days - 1)
+            days_left = float(a.days_left[min(day, last_day)])
+            if day > prev_day:
                 # what is asked of each pool per day (not what it could serve: a pool that
                 # ran dry must still see its demand): plants at their decided rates, demand
                 # segments' requests of last month, outside buyers at this month's curve
-                unmet = chain.unmet_rec[:, prev_day:day].sum(axis=1)
-                asked = (chain.served_rec[:, prev_day:day].sum(axis=1) + unmet) / n
-                offtake, free, target, room = self._asked_of_pools(chain, day, asked)
+                kmarket.month_open(t, prev_day, day, ramp_col, days_left, plant_quota, pf, mf,
+                                   ref, p, exp_asked, chain.cap_day, chain.avail, ramp, q_left,
+                                   served_rec, unmet_rec, exp_rec, asked,
+                                   unmet, not_shipped, granted, room, ok, ratio)
+                offtake = a.draw_sp @ granted + a.seg_sg @ asked + a.mk_sk @ chain.exp_cap_day
                 # what buyers asked for last month and did not get: demand segments' unmet
                 # draws and outside demand (below any control cap) the region could not ship
-                not_shipped = np.maximum(
-                    self._exp_asked - chain.exp_rec[:, prev_day:day].sum(axis=1), 0.0)
                 short = a.seg_sg @ unmet + a.mk_sk @ not_shipped
                 # 1. prices
-                free_m = np.bincount(a.pool_mat, free - short, minlength=n_m)
-                target_m = np.bincount(a.pool_mat, target, minlength=n_m)
-                gap = np.where(target_m > tiny,
-                               np.clip((target_m - free_m) / np.maximum(target_m, tiny), -1, 1),
-                               0.0)
-                ok = formed & (p > tiny) & (ref[:, t] > tiny)
-                pull = np.log(np.where(ok, ref[:, t], 1.0) / np.where(ok, p, 1.0))
-                step = np.clip(a.price_adjust * gap + a.reference_pull * pull,
-                               -a.max_step, a.max_step)
+                kmarket.month_step(offtake, short, np.log(ratio), ok, pool_mat, sf, par,
+                                   stock, chain.reserve, free, target, step)
                 p = np.where(ok, p * np.exp(step), ref[:, t])
                 # 3. producers
-                margin = self._margin(p)
-                smooth_margin = margin if smooth_margin is None \
-                    else smooth_margin + (margin - smooth_margin) * SMOOTH
-                expected = offtake if expected is None else expected + (offtake - expected) * SMOOTH
-                self._decide(chain, t, margin, smooth_margin, expected, free, target, room)
+                kmarket.margins(primed, a.out_mp @ p, a.in_mp @ p, offtake, pf, par,
+                                chain.cap_max_day, room, margin, smooth_margin, expected,
+                                ceiling)
+                primed = True
+                kmarket.decide(t, margin, smooth_margin, expected, free, target, ceiling,
+                               a.make_sp @ ceiling, sp, pf, sf, par, chain.cap_max_day,
+                               pipe_sum, ipipe_sum, share, want, self.decision_rec,
+                               self.margin_rec, self.reason_rec)
+                chain.set_decisions(share, want)
                 self._invest(env, chain, t, day)
-            chain.price[:] = p
-            chain.price_rec[:, t] = p
-            # 2. outside curves
-            # a material without a price (a feed such as Fe/B) has no market: its import cap
-            # is on offer and its outside demand is its base
-            pm = p[a.mk_mat]
-            rm = ref[a.mk_mat, t]
-            priced = (pm > tiny) & (rm > tiny)
-            rm, pm = np.where(priced, rm, 1.0), np.where(priced, pm, 1.0)
-            imp_share = a.imp_on * np.where(priced, np.clip(
-                a.imp_base_share + (pm / rm - 1.0 - a.imp_premium) / a.imp_slope, 0, 1), 1.0)
-            exp_tpa = a.exp_on * np.clip(
-                a.exp_base_tpa + a.exp_depth_tpa * (1.0 - pm / rm) / a.exp_slope, 0.0, None)
+            # 2. outside curves; 4. demand
+            kmarket.month_close(t, p, seen, ref, mk_mat, seg_mat, kf, ref0, par, chain.price,
+                                chain.price_rec, imp_share, exp_tpa, seen_rel, seen_ok)
             chain.set_outside(imp_share, exp_tpa, a.exp_contract_tpa)
-            next_day = int(self.month_start_day[t + 1]) if t + 1 < len(self.month_start_day) \
-                else chain.n_days
-            self._exp_asked = chain.exp_cap_day * (next_day - day)
-            # 4. demand
-            seen += (p - seen) * alpha
-            sm = a.seg_price_mat
-            base = np.maximum(a.ref_price_month[sm, t], tiny)
-            factor = np.where(seen[sm] > tiny, (np.maximum(seen[sm], tiny) / base)
-                              ** a.seg_elasticity, 1.0)
-            chain.dem_rate[:] = rates[:, t] * factor
-            if n == 0 and N_START_PASSES > 0:
+            next_day = int(self.month_start_day[t + 1]) if t + 1 < n_months else chain.n_days
+            np.multiply(chain.exp_cap_day, next_day - day, out=exp_asked)
+            chain.dem_rate[:] = rates[:, t] * np.where(
+                seen_ok, seen_rel ** a.seg_elasticity, 1.0)
+            if day == prev_day and N_START_PASSES > 0:
                 # 3. producers, from the start: what the demand segments and the outside
                 # curves ask now, and the plants' own draws at their decided rates (a few
                 # passes, so each level sees its customers' decisions), at the start's
                 # prices; so the first month is paced too, not run at every ceiling
-                margin = smooth_margin = self._margin(p)
+                np.copyto(asked, chain.dem_rate)
+                revenue, bought = a.out_mp @ p, a.in_mp @ p
                 for _ in range(N_START_PASSES):
-                    offtake, free, target, room = self._asked_of_pools(
-                        chain, day, chain.dem_rate.copy())
-                    self._decide(chain, t, margin, smooth_margin, offtake, free, target, room)
-                expected = offtake
+                    kmarket.running_room(ramp_col, days_left, chain.cap_day, chain.avail,
+                                         ramp, plant_quota, pf, q_left, granted, room)
+                    offtake = (a.draw_sp @ granted + a.seg_sg @ asked
+                               + a.mk_sk @ chain.exp_cap_day)
+                    kmarket.pools(offtake, stock, chain.reserve, sf, par, free, target)
+                    kmarket.margins(False, revenue, bought, offtake, pf, par,
+                                    chain.cap_max_day, room, margin, smooth_margin, expected,
+                                    ceiling)
+                    kmarket.decide(t, margin, smooth_margin, expected, free, target, ceiling,
+                                   a.make_sp @ ceiling, sp, pf, sf, par, chain.cap_max_day,
+                                   pipe_sum, ipipe_sum, share, want,
+                                   self.decision_rec, self.margin_rec, self.reason_rec)
+                    chain.set_decisions(share, want)
+                primed = True
             prev_day = day
