@@ -653,7 +653,7 @@ def _argument_types(args: tuple[Any, ...]) -> tuple[Any, ...]:
 def test_warmup_compiles_the_kernel_the_engine_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     """Warm-up must call the packed kernel with the argument types of the engine's calls, so
     that a run after warm-up compiles nothing; compiled, that is one signature, and a run
-    adds none."""
+    adds none (warm-up's own market run calls it with those types too)."""
     calls: dict[str, list[tuple[Any, ...]]] = {"warmup": [], "engine": []}
     real = flow._advance_packed
 
@@ -667,7 +667,7 @@ def test_warmup_compiles_the_kernel_the_engine_calls(monkeypatch: pytest.MonkeyP
     retwin.warmup()
     monkeypatch.setattr(engine_model, "advance_packed", spy("engine"))
     retwin.run(make_scenario([ORE, CONC, OXIDE], [mine(), separator()], days=30))
-    assert len(calls["warmup"]) == 1 and calls["engine"]
+    assert len(set(calls["warmup"])) == 1 and calls["engine"]
     assert set(calls["engine"]) == set(calls["warmup"])
     signatures = getattr(real, "signatures", None)
     if signatures is not None:  # compiled (with NUMBA_DISABLE_JIT=1 the kernel is Python)

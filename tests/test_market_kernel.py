@@ -7,6 +7,8 @@ exactly (same operations, same order), not merely closely.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -63,3 +65,25 @@ def test_a_market_run_is_reproducible_bit_for_bit() -> None:
     a, b = retwin.run(sc, seed=5), retwin.run(sc, seed=5)
     np.testing.assert_array_equal(a.price_month, b.price_month)
     np.testing.assert_array_equal(a.activity, b.activity)
+
+
+def test_warmup_compiles_the_market_kernels_a_run_calls(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Warm-up runs the market month (so it compiles, or loads, the market kernels); compiled,
+    a run with markets on after it adds no signature to any market kernel."""
+    market = km
+    opened: list[int] = []
+    real = market.month_open
+
+    def spy(*args: Any) -> Any:
+        opened.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(market, "month_open", spy)
+    retwin.warmup()
+    assert opened, "warm-up did not run a market month"
+    monkeypatch.undo()
+    kernels = {n: f for n, f in vars(market).items() if hasattr(f, "signatures")}
+    before = {n: len(f.signatures) for n, f in kernels.items()}
+    retwin.run(retwin.load_scenario("tiny-markets"), seed=4)
+    assert {n: len(f.signatures) for n, f in kernels.items()} == before

@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from retwin._version import __version__
 from retwin.engine import run, run_replications
-from retwin.engine.run import prepare
+from retwin.engine.run import prepare, warmup
 from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError, ScenarioError
-from retwin.kernels import warmup
 from retwin.results import ReplicationSet, RunResult
 from retwin.scenario import Scenario, apply_changes, load_scenario
 

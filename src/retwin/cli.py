@@ -285,7 +285,7 @@ def cmd_schema(a: argparse.Namespace) -> int:
 
 
 def cmd_warmup(a: argparse.Namespace) -> int:
-    from retwin.kernels import warmup
+    from retwin.engine.run import warmup
 
     out.print(f"Kernels ready in {warmup():.2f} s")
     return 0

@@ -96,7 +96,7 @@ def warm_once() -> None:
     global _warm
     with _warm_lock:
         if not _warm:
-            from retwin.kernels import warmup
+            from retwin.engine.run import warmup
 
             warmup()
             _warm = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -13,11 +14,12 @@ from retwin.config import MAX_REPLICATIONS
 from retwin.engine.build import compile_scenario
 from retwin.engine.model import ChainModel
 from retwin.errors import ScenarioError
+from retwin.kernels import warmup as _warm_flow
 from retwin.results import ReplicationSet, RunResult
-from retwin.scenario.load import apply_changes
+from retwin.scenario.load import apply_changes, load_scenario
 from retwin.scenario.schema import Scenario
 
-__all__ = ["prepare", "replication_seed", "run", "run_replications", "versions"]
+__all__ = ["prepare", "replication_seed", "run", "run_replications", "versions", "warmup"]
 
 
 def versions() -> dict[str, str]:
@@ -135,3 +137,16 @@ def run_replications(
     return ReplicationSet(first=first, kpi_frames=frames,
                           seeds=[(seed, r) for r in range(replications)],
                           monthly_stack=np.stack(monthly))
+
+
+def warmup() -> float:
+    """Compile (or load from the on-disk cache) every kernel a run calls; returns the seconds
+    taken. The flow kernel is warmed on an empty chain; the market month's kernels by one
+    month of ``tiny-markets`` (their argument types are a market run's), so that the first
+    run with markets on compiles nothing either."""
+    t0 = time.perf_counter()
+    _warm_flow()
+    month = apply_changes(load_scenario("tiny-markets"),
+                          [{"kind": "parameter", "path": "end", "value": "2024-02-29"}])
+    run(month, seed=0)
+    return time.perf_counter() - t0
