@@ -6,10 +6,9 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pandas as pd
 
 from retwin import config
 from retwin._typing import FloatArray, Int8Array, IntArray
@@ -25,6 +24,9 @@ from retwin.kernels.flow import (
 )
 from retwin.kpis import KPIS, VALUE_GROUPS, Kpi
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["KPI_KEYS", "Balance", "ReplicationSet", "RunResult", "paired_difference", "summarise"]
 
@@ -175,14 +177,21 @@ class RunResult:
         A row per declared KPI (:data:`retwin.kpis.KPIS`), key and year, in the
         declaration's order; each KPI is computed by its function in :data:`_COMPUTE`.
         """
+        df = _kpi_layout(self.compiled).frame.copy()
+        df.insert(3, "value", self.kpi_values.copy())
+        return df
+
+    @cached_property
+    def kpi_values(self) -> FloatArray:
+        """The ``value`` column of :attr:`kpis` as an array, in its rows' order (without
+        building the frame); the rows' labels are those of :func:`kpi_labels`."""
         layout = _kpi_layout(self.compiled)
         annual = _Annual(self)
         blocks = [_COMPUTE[k.name](annual)[rows] for k, rows in zip(KPIS, layout.rows,
                                                                      strict=True)]
-        values = np.concatenate(blocks, axis=0)[layout.order]
-        df = layout.frame.copy()
-        df.insert(3, "value", values.reshape(-1))
-        return df
+        values = np.concatenate(blocks, axis=0)[layout.order].reshape(-1)
+        values.flags.writeable = False  # shared by every reader of this run
+        return cast(FloatArray, values)
 
     def kpi(self, kpi: str, key: str, year: int) -> float:
         """One KPI value; ``KeyError`` if the run has no such KPI for that year."""
@@ -195,10 +204,10 @@ class RunResult:
     def _kpi_rows(self) -> dict[tuple[str, str, int], int]:
         return _kpi_index(self.compiled)
 
-    @cached_property
+    @property
     def _kpi_values(self) -> FloatArray:
         """The ``value`` column of :attr:`kpis`, in its rows' order (see :func:`_kpi_index`)."""
-        return cast(FloatArray, self.kpis["value"].to_numpy())
+        return self.kpi_values
 
     @cached_property
     def _binding_shares(self) -> FloatArray:
@@ -227,6 +236,8 @@ class RunResult:
     def binding_table(self) -> pd.DataFrame:
         """Share of capacity-weighted plant-days each constraint bound, per stage and year;
         and the bottleneck stage per year."""
+        import pandas as pd
+
         cols = ["stage", "year", "constraint", "share"]
         frac = self._binding_shares
         si, ci, yi = np.nonzero(frac > 0)  # stage, then constraint, then year order
@@ -251,6 +262,8 @@ class RunResult:
         to the stage with the larger output value; the constraint reported is the stage's most
         frequent limit of the kind that made it the bottleneck.
         """
+        import pandas as pd
+
         frac = self._binding_shares
         stage_names = list(self.compiled.topology.stage_plants)
         code_names = list(BIND_NAMES.values())
@@ -290,6 +303,8 @@ class RunResult:
     @cached_property
     def target_table(self) -> pd.DataFrame:
         """The scenario's targets against the run: ``target, year, goal, value, attained``."""
+        import pandas as pd
+
         rows = []
         for t in self.compiled.scenario.targets:
             kpi, _, key = t.kpi.rpartition(".")
@@ -307,6 +322,8 @@ class RunResult:
 
     def series(self) -> pd.DataFrame:
         """Daily series, tidy: ``date, kind, id, value`` for plant activity and pool stock."""
+        import pandas as pd
+
         c = self.compiled
         dates = c.dates
         parts = []
@@ -347,6 +364,8 @@ class RunResult:
         ``stock`` (per pool, at the month's end), ``imports``/``exports`` (per market),
         ``served``/``unmet`` (per segment), ``price`` (per material, CNY per unit).
         """
+        import pandas as pd
+
         c = self.compiled
         starts = c.month_start_day
         ends = np.r_[starts[1:], c.n_days] - 1
@@ -399,6 +418,8 @@ class RunResult:
 
     def flows(self) -> pd.DataFrame:
         """Monthly flows per plant: ``month, plant, stage, material, direction, amount``."""
+        import pandas as pd
+
         c = self.compiled
         starts = c.month_start_day
         act_m = np.add.reduceat(self.activity, starts, axis=1)  # (P, T)
@@ -808,7 +829,19 @@ class _KpiLayout:
 
     rows: list[IntArray]  # per declared KPI, the positions on its axis that get a row
     order: IntArray  # the KPIs' rows (concatenated in declaration order) in frame order
-    frame: pd.DataFrame  # kpi, key, year, unit of each row and year
+    kpi: list[str]  # the frame's columns: kpi, key, year, unit of each row and year
+    key: list[str]
+    year: IntArray
+    unit: list[str]
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """``kpi, key, year, unit`` as a frame (made on first use: pandas is not needed to
+        run, only to hand out frames)."""
+        import pandas as pd
+
+        return pd.DataFrame({"kpi": self.kpi, "key": self.key, "year": self.year,
+                             "unit": self.unit})
 
 
 def _kpi_layout(c: Compiled) -> _KpiLayout:
@@ -845,14 +878,12 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
         i = j + 1
     years = np.array(_years(c), dtype=np.int64)
     n_y = len(years)
-    frame = pd.DataFrame({
-        "kpi": np.repeat(names, n_y),
-        "key": np.repeat(keys, n_y),
-        "year": np.tile(years, len(names)),
-        "unit": np.repeat(units, n_y),
-    })
-    layout = _KpiLayout(rows, np.concatenate(order), frame)
-    c.labels["kpis"] = (layout, frame)
+    layout = _KpiLayout(rows, np.concatenate(order),
+                        [n for n in names for _ in range(n_y)],
+                        [k for k in keys for _ in range(n_y)],
+                        np.tile(years, len(names)),
+                        [u for u in units for _ in range(n_y)])
+    c.labels["kpis"] = (layout, layout.kpi)
     return layout
 
 
@@ -864,16 +895,22 @@ def _at(values: FloatArray, row: int | None) -> float:
 def _kpi_index(c: Compiled) -> dict[tuple[str, str, int], int]:
     """The row of each (kpi, key, year) in the KPI frame of every run of ``c`` (the first, if
     repeated): made once per compiled scenario, from the rows its runs share."""
-    frame = _kpi_layout(c).frame
+    layout = _kpi_layout(c)
     cached = c.labels.get("kpi_index")
-    if cached is not None and cached[0] is frame:
+    if cached is not None and cached[0] is layout:
         return cast(dict[tuple[str, str, int], int], cached[1])
     index: dict[tuple[str, str, int], int] = {}
-    columns = (frame[col].to_numpy().tolist() for col in ("kpi", "key", "year"))
-    for i, k in enumerate(zip(*columns, strict=True)):
+    for i, k in enumerate(zip(layout.kpi, layout.key, layout.year.tolist(), strict=True)):
         index.setdefault(k, i)
-    c.labels["kpi_index"] = (frame, index)
+    c.labels["kpi_index"] = (layout, index)
     return index
+
+
+def kpi_labels(c: Compiled) -> tuple[list[str], list[str], IntArray, list[str]]:
+    """The ``kpi, key, year, unit`` columns of the KPI frame of every run of ``c``, in the
+    order of :attr:`RunResult.kpi_values` (made once per compiled scenario; do not change)."""
+    layout = _kpi_layout(c)
+    return layout.kpi, layout.key, layout.year, layout.unit
 
 
 def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
@@ -898,6 +935,8 @@ def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.Data
 
 def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Mean and p5/p50/p95 across replications of tidy KPI frames (same rows in each)."""
+    import pandas as pd
+
     if not frames:
         raise ValueError("summarise needs at least one KPI frame")
     cols = ["kpi", "key", "year", "unit"]

@@ -29,10 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from pydantic import TypeAdapter
 
 from retwin.compiled import Compiled
@@ -49,6 +48,9 @@ from retwin.scenario.schema import (
     TradeChange,
 )
 from retwin.storage import Format, save_result
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "KPI_KEYS",
