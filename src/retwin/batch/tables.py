@@ -27,10 +27,9 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from retwin import whatif
@@ -40,9 +39,12 @@ from retwin.batch.expand import Task
 from retwin.engine.build import Compiled, compile_scenario
 from retwin.engine.run import run
 from retwin.errors import MassBalanceError, RetwinError, ScenarioError
-from retwin.results import RunResult
+from retwin.results import RunResult, kpi_labels
 from retwin.scenario.load import scenario_hash, validate_tree
 from retwin.scenario.schema import Scenario
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["KINDS", "SCHEMAS", "ChunkBuilder", "ChunkResult", "PointRunner", "kinds_for"]
 
@@ -150,38 +152,36 @@ class ChunkBuilder:
         self.c = c
         self.kinds = kinds
         self._parts: dict[str, list[pa.Table]] = {k: [] for k in kinds}
-        self._kpi_keys: pd.DataFrame | None = None
-        self._kpi_ends: tuple[Any, ...] = ()
         self._kpi_cols: dict[str, pa.Array] = {}
         self._layouts: dict[str, _SeriesLayout] = {}
 
-    def _kpi_table(self, df: pd.DataFrame, replication: int) -> pa.Table:
+    def _kpi_table(self, res: RunResult, replication: int) -> pa.Table:
         # Which KPI rows a run reports depends on the compiled scenario only (its plants,
         # markets, segments and years), never on the draws: a chunk (one point) builds its
-        # key columns once, and checks each run's row count and first and last keys.
-        first_last = (tuple(df.iloc[0, :3]), tuple(df.iloc[-1, :3])) if len(df) else ()
-        if self._kpi_keys is None or len(df) != len(self._kpi_keys) or \
-                first_last != self._kpi_ends:
-            keys = df[["kpi", "key", "year", "unit"]]
-            self._kpi_keys = keys.reset_index(drop=True)
-            self._kpi_ends = first_last
+        # key columns once, from the labels the compiled scenario keeps, and each run adds
+        # its values.
+        if not self._kpi_cols:
+            kpi, key, year, unit = kpi_labels(self.c)
             self._kpi_cols = {
-                "kpi": pa.array(keys["kpi"].tolist(), pa.string()),
-                "key": pa.array(keys["key"].tolist(), pa.string()),
-                "year": pa.array(keys["year"].to_numpy(np.int64)),
-                "unit": pa.array(keys["unit"].tolist(), pa.string()),
+                "kpi": pa.array(kpi, pa.string()),
+                "key": pa.array(key, pa.string()),
+                "year": pa.array(np.asarray(year, np.int64)),
+                "unit": pa.array(unit, pa.string()),
             }
         cols = self._kpi_cols
+        values = res.kpi_values
+        if len(values) != len(cols["kpi"]):
+            raise RetwinError("a run's KPIs do not match the point's layout")
         return pa.table({
             "kpi": cols["kpi"], "key": cols["key"], "year": cols["year"],
-            "value": pa.array(df["value"].to_numpy(np.float64)), "unit": cols["unit"],
-            "replication": pa.array(np.full(len(df), replication, np.int64)),
+            "value": pa.array(values, pa.float64()), "unit": cols["unit"],
+            "replication": pa.array(np.full(len(values), replication, np.int64)),
         })
 
     def add(self, res: RunResult, replication: int) -> None:
         for kind in self.kinds:
             if kind == "kpis":
-                self._parts[kind].append(self._kpi_table(res.kpis, replication))
+                self._parts[kind].append(self._kpi_table(res, replication))
             else:
                 layout = self._layouts.get(kind)
                 if layout is None:
