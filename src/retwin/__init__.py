@@ -20,12 +20,13 @@ from retwin._version import __version__
 from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError, ScenarioError
 
 if TYPE_CHECKING:
-    from retwin.batch import run_batch
-    from retwin.engine import run, run_replications
-    from retwin.engine.run import prepare
+    from retwin.engine.run import prepare, run, run_replications
     from retwin.kernels import warmup
     from retwin.results import ReplicationSet, RunResult
     from retwin.scenario import Scenario, apply_changes, load_scenario
+
+if TYPE_CHECKING:
+    from retwin.batch import run_batch
 
 __all__ = [
     "DataError",

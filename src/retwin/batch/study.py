@@ -142,8 +142,8 @@ def _check_kpis(spec: StudySpec, base: Scenario) -> list[tuple[str, str]]:
     kpi, key, year, _ = kpi_labels(prepare(base))
     problems: list[tuple[str, str]] = []
     keys_of: dict[str, dict[str, None]] = {}
-    for f, k in zip(kpi, key, strict=True):
-        keys_of.setdefault(f, {})[k] = None
+    for family, row_key in zip(kpi, key, strict=True):
+        keys_of.setdefault(family, {})[row_key] = None
     families = list(keys_of)
     years = sorted(set(year.tolist()))
     for k, sel in enumerate(spec.selectors):
