@@ -335,3 +335,38 @@ def test_token_create_list_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("RETWIN_PORT", "nope")
     assert main(["serve"]) == 2
     assert "RETWIN_PORT" in capsys.readouterr().err
+
+
+# --- what each command imports ----------------------------------------------------------------
+
+
+def _python_without(modules: tuple[str, ...], code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter where ``modules`` cannot be imported: it fails with an
+    ImportError if it needs any of them."""
+    blocked = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETWIN_")}
+    return subprocess.run([sys.executable, "-c", blocked + code], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300)
+
+
+#: Libraries that only some commands need (tables, Parquet, charts, the compiler, fitting).
+HEAVY = ("pandas", "pyarrow", "plotly", "numba", "scipy", "llvmlite")
+
+
+@pytest.mark.parametrize(("needs", "code"), [
+    # the package and its names: loaded on first use
+    ((), "import retwin; import retwin.cli; print(retwin.__version__)"),
+    ((), "from retwin import ScenarioError, RetwinError, __version__"),
+    # checking files needs the schema, not the engine
+    ((), "from retwin.cli import main; sys.exit(main(['validate', 'models/tiny.yaml']))"),
+    ((), "from retwin.cli import main; sys.exit(main(['schema']))"),
+    # a run and its KPI values need the compiler, not the libraries of tables
+    (("numba", "llvmlite", "scipy"),
+     "import retwin; r = retwin.run(retwin.load_scenario('tiny'), seed=1); "
+     "print(r.kpi('value.group', 'total', 2024), len(r.kpi_values), r.balance.closes)"),
+])
+def test_each_command_imports_only_what_it_uses(needs: tuple[str, ...], code: str) -> None:
+    """A command that does not need a library runs where that library cannot be imported
+    (start-up time: pandas, Numba and pyarrow each cost 100-200 ms to import)."""
+    proc = _python_without(tuple(m for m in HEAVY if m not in needs), code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
