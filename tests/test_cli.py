@@ -364,9 +364,41 @@ HEAVY = ("pandas", "pyarrow", "plotly", "numba", "scipy", "llvmlite")
     (("numba", "llvmlite", "scipy"),
      "import retwin; r = retwin.run(retwin.load_scenario('tiny'), seed=1); "
      "print(r.kpi('value.group', 'total', 2024), len(r.kpi_values), r.balance.closes)"),
+    # and so does the run command's table of KPIs, binding constraints and targets
+    (("numba", "llvmlite", "scipy"),
+     "from retwin.cli import main; sys.exit(main(['run', 'tiny', '--replications', '2']))"),
 ])
 def test_each_command_imports_only_what_it_uses(needs: tuple[str, ...], code: str) -> None:
     """A command that does not need a library runs where that library cannot be imported
     (start-up time: pandas, Numba and pyarrow each cost 100-200 ms to import)."""
     proc = _python_without(tuple(m for m in HEAVY if m not in needs), code)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("model", ["models/examples/quota-cut.yaml", "baotou-2024"])
+def test_a_run_reads_and_validates_its_model_once(model: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``retwin run FILE`` resolves the model with its own changes and without them (the
+    baseline of a what-if file) from one reading of each file, and one validation."""
+    from retwin import whatif
+    from retwin.scenario import load
+
+    reads: list[str] = []
+    validations: list[int] = []
+    read, validate = load.read_yaml_value, load.validate_tree
+
+    def counted_read(path: Path) -> Any:
+        reads.append(Path(path).name)
+        return read(path)
+
+    def counted_validate(tree: dict[str, Any], skip: Any = ()) -> Any:
+        validations.append(1)
+        return validate(tree, skip)
+
+    monkeypatch.setattr(load, "read_yaml_value", counted_read)
+    monkeypatch.setattr(load, "validate_tree", counted_validate)
+    w = whatif.resolve(str(REPO / model) if model.endswith(".yaml") else model)
+    assert sorted(reads) == sorted(set(reads)) and reads
+    files_with_changes = 1 if model.endswith(".yaml") else 0
+    assert len(validations) == 1 + files_with_changes  # the model; its changes applied
+    assert (w.baseline is not None) == bool(files_with_changes)

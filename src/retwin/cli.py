@@ -143,13 +143,14 @@ def _cells(frame: pd.DataFrame, columns: tuple[str, ...]) -> dict[tuple[str, str
 
 
 def _kpi_table(
-    summary: pd.DataFrame, years: list[int], diff: pd.DataFrame | None, bands: bool, title: str
+    summary: pd.DataFrame | dict[tuple[str, str, int], tuple[Any, ...]], years: list[int],
+    diff: pd.DataFrame | None, bands: bool, title: str
 ) -> Table:
     t = _table(title=title, title_justify="left", show_lines=False, pad_edge=False)
     t.add_column("KPI", style="bold", no_wrap=True)
     for y in years:
         t.add_column(str(y), justify="right")
-    s = _cells(summary, ("mean", "p5", "p95"))
+    s = summary if isinstance(summary, dict) else _cells(summary, ("mean", "p5", "p95"))
     d = _cells(diff, ("mean",)) if diff is not None else None
     keys_of: dict[str, dict[str, None]] = {}
     for kpi, key, _ in s:  # each KPI's keys in the order of the summary's rows
@@ -188,26 +189,23 @@ def _bottleneck_table(first: Any, years: list[int]) -> Table:
     t.add_column("Stage", style="bold")
     for y in years:
         t.add_column(str(y), justify="right")
-    bt = first.binding_table
+    stages, bind_years, constraints, shares = (c.tolist() for c in first.binding_columns)
     # per stage and year, the constraint with the largest share (a tie: the last row, as a
     # stable sort by share would put it)
     top: dict[tuple[str, int], tuple[float, str]] = {}
-    for stage, year, constraint, share in zip(bt["stage"].tolist(), bt["year"].tolist(),
-                                              bt["constraint"].tolist(),
-                                              bt["share"].tolist(), strict=True):
+    for stage, year, constraint, share in zip(stages, bind_years, constraints, shares,
+                                              strict=True):
         best = top.get((stage, year))
         if best is None or share >= best[0]:
             top[(stage, year)] = (share, constraint)
-    for stage in dict.fromkeys(bt["stage"].tolist()):
+    for stage in dict.fromkeys(stages):
         cells = []
         for y in years:
             best = top.get((stage, y))
             cells.append(f"{best[1]} {best[0]:.0%}" if best is not None else "–")
         t.add_row(stage, *cells)
-    bn = first.bottlenecks
-    per_year = dict(zip(bn["year"].tolist(), zip(bn["stage"].tolist(),
-                                                 bn["constraint"].tolist(), strict=True),
-                        strict=True))
+    per_year = {year: (stage, constraint)
+                for year, stage, constraint, _ in first.bottleneck_rows}
     t.add_row("[b]bottleneck[/b]",
               *[f"[b]{per_year[y][0]}[/b] ({per_year[y][1]})" for y in years])
     return t
@@ -217,10 +215,10 @@ def _target_table(first: Any) -> Table:
     t = _table(title="Targets", title_justify="left", pad_edge=False)
     for col in ("Target", "Year", "Goal", "Model", "Unit", "Attained"):
         t.add_column(col, justify="right" if col in ("Goal", "Model") else "left")
-    for r in first.target_table.itertuples():
-        f = ",.1f" if abs(r.goal) >= 100 else ".3g"
-        t.add_row(r.name, str(r.year), _fmt(r.goal, f), _fmt(r.value, f), r.unit,
-                  "[green]yes[/green]" if r.attained else "[red]no[/red]")
+    for _, name, year, goal, value, unit, attained in first.target_rows:
+        f = ",.1f" if abs(goal) >= 100 else ".3g"
+        t.add_row(name, str(year), _fmt(goal, f), _fmt(value, f), unit,
+                  "[green]yes[/green]" if attained else "[red]no[/red]")
     return t
 
 
@@ -281,7 +279,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         title += f", mean of {a.replications} replications [p5–p95]"
     if diff is not None:
         title += "; Δ = what-if − baseline (common random numbers)"
-    out.print(_kpi_table(res.whatif.summary, years, diff, a.replications > 1, title))
+    out.print(_kpi_table(res.whatif.kpi_cells(), years, diff, a.replications > 1, title))
     for note in res.notes:
         out.print(f"Note: {note}", markup=False, emoji=False)
     out.print(_bottleneck_table(first, years))

@@ -239,21 +239,33 @@ class RunResult:
         import pandas as pd
 
         cols = ["stage", "year", "constraint", "share"]
+        stage, year, constraint, share = self.binding_columns
+        if not len(stage):
+            return pd.DataFrame([], columns=cols)
+        return pd.DataFrame({"stage": stage, "year": year, "constraint": constraint,
+                             "share": share})
+
+    @cached_property
+    def binding_columns(self) -> tuple[np.ndarray, IntArray, np.ndarray, FloatArray]:
+        """The columns of :attr:`binding_table` (``stage, year, constraint, share``) as
+        arrays, without building the frame."""
         frac = self._binding_shares
         si, ci, yi = np.nonzero(frac > 0)  # stage, then constraint, then year order
-        if not len(si):
-            return pd.DataFrame([], columns=cols)
         stages = np.asarray(list(self.compiled.topology.stage_plants), dtype=object)
         names = np.asarray(list(BIND_NAMES.values()), dtype=object)
-        return pd.DataFrame({
-            "stage": stages[si],
-            "year": np.asarray(self.years, dtype=np.int64)[yi],
-            "constraint": names[ci],
-            "share": frac[si, ci, yi],
-        })
+        return (stages[si], np.asarray(self.years, dtype=np.int64)[yi], names[ci],
+                frac[si, ci, yi])
 
     @cached_property
     def bottlenecks(self) -> pd.DataFrame:
+        """Per year: ``year, stage, constraint, score`` (see :attr:`bottleneck_rows`)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.bottleneck_rows, columns=["year", "stage", "constraint",
+                                                           "score"])
+
+    @cached_property
+    def bottleneck_rows(self) -> list[tuple[int, str, str, float]]:
         """Per year: the stage most limited by its own supply-side constraints (capacity,
         quota, outage). An input-starved stage is not the bottleneck — its supplier is. Where
         no stage is held back by its own supply limits for at least half its capacity-weighted
@@ -262,8 +274,6 @@ class RunResult:
         to the stage with the larger output value; the constraint reported is the stage's most
         frequent limit of the kind that made it the bottleneck.
         """
-        import pandas as pd
-
         frac = self._binding_shares
         stage_names = list(self.compiled.topology.stage_plants)
         code_names = list(BIND_NAMES.values())
@@ -298,13 +308,19 @@ class RunResult:
                 if held[0] >= 0.5:
                     best = held
             rows.append((year, best[2], best[3], max(best[0], 0.0)))
-        return pd.DataFrame(rows, columns=["year", "stage", "constraint", "score"])
+        return rows
 
     @cached_property
     def target_table(self) -> pd.DataFrame:
         """The scenario's targets against the run: ``target, year, goal, value, attained``."""
         import pandas as pd
 
+        return pd.DataFrame(self.target_rows, columns=["target", "name", "year", "goal",
+                                                       "value", "unit", "attained"])
+
+    @cached_property
+    def target_rows(self) -> list[tuple[str, str, int, float, float, str, bool]]:
+        """The rows of :attr:`target_table`, without building the frame."""
         rows = []
         for t in self.compiled.scenario.targets:
             kpi, _, key = t.kpi.rpartition(".")
@@ -315,8 +331,7 @@ class RunResult:
             tol = 1e-9 * max(1.0, abs(t.value))  # a target met exactly is met
             ok = v >= t.value - tol if t.kind == "at_least" else v <= t.value + tol
             rows.append((t.id, t.name, t.year, t.value, v, t.unit, bool(ok and not np.isnan(v))))
-        return pd.DataFrame(rows, columns=["target", "name", "year", "goal", "value", "unit",
-                                           "attained"])
+        return rows
 
     # --- tidy frames --------------------------------------------------------------------
 
@@ -366,6 +381,28 @@ class RunResult:
         """
         import pandas as pd
 
+        blocks, values = self._monthly_blocks()
+        c = self.compiled
+        key = tuple((kind, tuple(ids)) for kind, ids, _ in blocks)
+        cached = c.labels.get("monthly")
+        if cached is None or cached[0] != key:
+            months = np.array([np.datetime64(f"{y:04d}-{m:02d}-01") for y, m in c.months])
+            labels = pd.concat([
+                pd.DataFrame({
+                    "month": np.tile(months, len(ids)),
+                    "kind": kind,
+                    "id": np.repeat(np.asarray(ids, dtype=object), len(months)),
+                })
+                for kind, ids, _ in blocks
+            ], ignore_index=True)
+            cached = c.labels["monthly"] = (key, labels)
+        return cached[1], values
+
+    def monthly_array(self) -> FloatArray:
+        """The values of :meth:`monthly_values` alone (without their labels' frame)."""
+        return self._monthly_blocks()[1]
+
+    def _monthly_blocks(self) -> tuple[list[tuple[str, list[str], np.ndarray]], FloatArray]:
         c = self.compiled
         starts = c.month_start_day
         ends = np.r_[starts[1:], c.n_days] - 1
@@ -396,20 +433,7 @@ class RunResult:
         blocks = [b for b in blocks if len(b[1])]
         values = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1)
                                  for _, _, a in blocks])
-        key = tuple((kind, tuple(ids)) for kind, ids, _ in blocks)
-        cached = c.labels.get("monthly")
-        if cached is None or cached[0] != key:
-            months = np.array([np.datetime64(f"{y:04d}-{m:02d}-01") for y, m in c.months])
-            labels = pd.concat([
-                pd.DataFrame({
-                    "month": np.tile(months, len(ids)),
-                    "kind": kind,
-                    "id": np.repeat(np.asarray(ids, dtype=object), len(months)),
-                })
-                for kind, ids, _ in blocks
-            ], ignore_index=True)
-            cached = c.labels["monthly"] = (key, labels)
-        return cached[1], values
+        return blocks, values
 
     def monthly(self) -> pd.DataFrame:
         """Monthly series, tidy: ``month, kind, id, value`` (see :meth:`monthly_values`)."""
@@ -958,18 +982,65 @@ def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
-@dataclass
 class ReplicationSet:
-    """Replications of one scenario: the first run in full, every run's KPI frame."""
+    """Replications of one scenario: the first run in full, every run's KPI frame.
 
-    first: RunResult
-    kpi_frames: list[pd.DataFrame]
-    seeds: list[tuple[int, int]]
-    monthly_stack: np.ndarray | None = None  # (replications, rows of first.monthly_values())
+    The engine gives each run's KPI values (``kpi_values``, in the rows of the first run's
+    :func:`kpi_labels`); the frames are made from them on first use, so reading the summary
+    of a run (:meth:`kpi_cells`) needs no pandas. Frames may be given instead.
+    """
+
+    def __init__(self, first: RunResult, kpi_frames: Sequence[pd.DataFrame] | None = None,
+                 seeds: Sequence[tuple[int, int]] = (), monthly_stack: np.ndarray | None = None,
+                 *, kpi_values: Sequence[FloatArray] | None = None) -> None:
+        if (kpi_frames is None) == (kpi_values is None):
+            raise ValueError("a replication set needs either KPI frames or KPI values")
+        self.first = first
+        self.seeds = list(seeds)
+        self.monthly_stack = monthly_stack  # (replications, rows of first.monthly_values())
+        self._frames = None if kpi_frames is None else list(kpi_frames)
+        self._values = None if kpi_values is None else list(kpi_values)
+
+    def __repr__(self) -> str:
+        return (f"ReplicationSet({self.first.compiled.scenario.name!r}, "
+                f"{len(self.seeds) or len(self.kpi_frames)} replications)")
+
+    @property
+    def kpi_frames(self) -> list[pd.DataFrame]:
+        """Every run's tidy KPI frame (``kpi, key, year, value, unit``)."""
+        if self._frames is None:
+            assert self._values is not None
+            layout = _kpi_layout(self.first.compiled)
+            frames = []
+            for values in self._values:
+                df = layout.frame.copy()
+                df.insert(3, "value", np.array(values, dtype=np.float64))
+                frames.append(df)
+            self._frames = frames
+        return self._frames
 
     @cached_property
     def summary(self) -> pd.DataFrame:
         return summarise(self.kpi_frames)
+
+    def kpi_cells(self) -> dict[tuple[str, str, int], tuple[float, float, float]]:
+        """``(kpi, key, year)`` -> ``(mean, p5, p95)`` across the replications: the
+        :attr:`summary` (the first row of a repeated key), as plain values."""
+        if self._values is not None:
+            kpi, key, year, _ = kpi_labels(self.first.compiled)
+            values = np.stack(self._values)
+            columns = [values.mean(axis=0), np.percentile(values, 5, axis=0),
+                       np.percentile(values, 95, axis=0)]
+            keys = zip(kpi, key, year.tolist(), strict=True)
+        else:
+            s = self.summary
+            columns = [s[c].to_numpy() for c in ("mean", "p5", "p95")]
+            keys = zip(s["kpi"].tolist(), s["key"].tolist(), s["year"].tolist(), strict=True)
+        out: dict[tuple[str, str, int], tuple[float, float, float]] = {}
+        for k, cell in zip(keys, zip(*(c.tolist() for c in columns), strict=True),
+                           strict=True):
+            out.setdefault(k, cell)
+        return out
 
     @cached_property
     def monthly_bands(self) -> pd.DataFrame:
