@@ -402,3 +402,18 @@ def test_a_run_reads_and_validates_its_model_once(model: str,
     files_with_changes = 1 if model.endswith(".yaml") else 0
     assert len(validations) == 1 + files_with_changes  # the model; its changes applied
     assert (w.baseline is not None) == bool(files_with_changes)
+
+
+def test_a_run_does_not_load_scipy_linalg() -> None:
+    """Loading the cached kernel does not import ``scipy.linalg`` (Numba imports it only to
+    probe for BLAS, which the kernels do not use: ~150 ms of a cold ``retwin run``), and a
+    compiled function that does use BLAS still works afterwards."""
+    code = ("import sys\n"
+            "from retwin.cli import main\n"
+            "assert main(['run', 'tiny']) == 0\n"
+            "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg loaded'\n"
+            "import numba, numpy as np\n"
+            "dot = numba.njit(lambda a, b: np.dot(a, b))\n"
+            "assert dot(np.ones(3), np.ones(3)) == 3.0\n")
+    proc = _python_without((), code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
