@@ -1,5 +1,6 @@
-"""Batch studies: 1,000 Baotou replications on 2 workers, 1 -> 2 worker scaling, the Dask
-path's overhead per run against local processes, and the peak memory of a 10,000-run study.
+"""Batch studies: 1,000 Baotou replications on 2 workers (in this process, and as the
+``retwin sweep`` command with its workers' memory), 1 -> 2 worker scaling, the Dask path's
+overhead per run against local processes, and the peak memory of a 10,000-run study.
 
 Worker pools are started outside the timed region (a warm pool is what a long study sees);
 the cold start is reported in ``extra_info``. Each benchmark asserts a correctness fact.
@@ -200,3 +201,65 @@ def test_peak_memory_of_a_10000_run_study(benchmark, tmp_path: Path  # type: ign
     benchmark.extra_info["seconds_10000_runs"] = round(big["seconds"], 2)
     rows = sum(1 for _ in (tmp_path).rglob("monthly/point=*/part-*.parquet"))
     assert rows >= 100 * 2  # every point's monthly files of both studies are there
+
+
+_SWEEP = """
+import json, os, sys, threading, time
+from retwin.cli import main
+
+def hwm_mb(pid):
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+def pool_workers():
+    pids = []
+    try:
+        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as fh:
+            for pid in fh.read().split():
+                with open(f"/proc/{pid}/cmdline") as cmd:
+                    if "spawn_main" in cmd.read():  # not the resource tracker
+                        pids.append(pid)
+    except OSError:
+        pass
+    return pids
+
+workers = {}
+done = threading.Event()
+def watch():
+    while not done.wait(0.1):
+        for pid in pool_workers():
+            workers[pid] = max(workers.get(pid, 0.0), hwm_mb(pid))
+
+threading.Thread(target=watch, daemon=True).start()
+code = main(["sweep", sys.argv[1], "--out", sys.argv[2], "--workers", "2"])
+done.set()
+print(json.dumps({"code": code, "worker_mb": max(workers.values(), default=0.0)}))
+"""
+
+
+@pytest.mark.benchmark(group="batch-1000-command")
+def test_sweep_command_1000_baotou_replications(benchmark, tmp_path: Path  # type: ignore[no-untyped-def]
+                                                ) -> None:
+    """``retwin sweep`` of 1,000 baotou-2024 replications on 2 workers as a whole process
+    (start-up, workers started and warmed, results written; target <= 4 s), and the peak
+    resident memory of its workers (target <= 300 MB)."""
+    spec = tmp_path / "mc-1000.yaml"
+    spec.write_text(json.dumps(_mc(1000)), encoding="utf-8")
+    found: dict[str, float] = {}
+
+    def command() -> None:
+        out = _out(tmp_path)
+        done = subprocess.run([sys.executable, "-c", _SWEEP, str(spec), str(out)],
+                              capture_output=True, text=True, check=True)
+        found.update(json.loads(done.stdout.strip().splitlines()[-1]))
+        assert found["code"] == 0
+
+    benchmark.pedantic(command, rounds=2, warmup_rounds=0)
+    benchmark.extra_info["worker_peak_mb"] = round(found["worker_mb"], 1)
+    assert 0 < found["worker_mb"] <= 300, found

@@ -335,3 +335,85 @@ def test_token_create_list_revoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("RETWIN_PORT", "nope")
     assert main(["serve"]) == 2
     assert "RETWIN_PORT" in capsys.readouterr().err
+
+
+# --- what each command imports ----------------------------------------------------------------
+
+
+def _python_without(modules: tuple[str, ...], code: str) -> subprocess.CompletedProcess[str]:
+    """``code`` in a fresh interpreter where ``modules`` cannot be imported: it fails with an
+    ImportError if it needs any of them."""
+    blocked = "import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in modules)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETWIN_")}
+    return subprocess.run([sys.executable, "-c", blocked + code], capture_output=True,
+                          text=True, env=env, cwd=REPO, timeout=300)
+
+
+#: Libraries that only some commands need (tables, Parquet, charts, the compiler, fitting).
+HEAVY = ("pandas", "pyarrow", "plotly", "numba", "scipy", "llvmlite")
+
+
+@pytest.mark.parametrize(("needs", "code"), [
+    # the package and its names: loaded on first use
+    ((), "import retwin; import retwin.cli; print(retwin.__version__)"),
+    ((), "from retwin import ScenarioError, RetwinError, __version__"),
+    # checking files needs the schema, not the engine
+    ((), "from retwin.cli import main; sys.exit(main(['validate', 'models/tiny.yaml']))"),
+    ((), "from retwin.cli import main; sys.exit(main(['schema']))"),
+    # a run and its KPI values need the compiler, not the libraries of tables
+    (("numba", "llvmlite", "scipy"),
+     "import retwin; r = retwin.run(retwin.load_scenario('tiny'), seed=1); "
+     "print(r.kpi('value.group', 'total', 2024), len(r.kpi_values), r.balance.closes)"),
+    # and so does the run command's table of KPIs, binding constraints and targets
+    (("numba", "llvmlite", "scipy"),
+     "from retwin.cli import main; sys.exit(main(['run', 'tiny', '--replications', '2']))"),
+])
+def test_each_command_imports_only_what_it_uses(needs: tuple[str, ...], code: str) -> None:
+    """A command that does not need a library runs where that library cannot be imported
+    (start-up time: pandas, Numba and pyarrow each cost 100-200 ms to import)."""
+    proc = _python_without(tuple(m for m in HEAVY if m not in needs), code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("model", ["models/examples/quota-cut.yaml", "baotou-2024"])
+def test_a_run_reads_and_validates_its_model_once(model: str,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``retwin run FILE`` resolves the model with its own changes and without them (the
+    baseline of a what-if file) from one reading of each file, and one validation."""
+    from retwin import whatif
+    from retwin.scenario import load
+
+    reads: list[str] = []
+    validations: list[int] = []
+    read, validate = load.read_yaml_value, load.validate_tree
+
+    def counted_read(path: Path) -> Any:
+        reads.append(Path(path).name)
+        return read(path)
+
+    def counted_validate(tree: dict[str, Any], skip: Any = ()) -> Any:
+        validations.append(1)
+        return validate(tree, skip)
+
+    monkeypatch.setattr(load, "read_yaml_value", counted_read)
+    monkeypatch.setattr(load, "validate_tree", counted_validate)
+    w = whatif.resolve(str(REPO / model) if model.endswith(".yaml") else model)
+    assert sorted(reads) == sorted(set(reads)) and reads
+    files_with_changes = 1 if model.endswith(".yaml") else 0
+    assert len(validations) == 1 + files_with_changes  # the model; its changes applied
+    assert (w.baseline is not None) == bool(files_with_changes)
+
+
+def test_a_run_does_not_load_scipy_linalg() -> None:
+    """Loading the cached kernel does not import ``scipy.linalg`` (Numba imports it only to
+    probe for BLAS, which the kernels do not use: ~150 ms of a cold ``retwin run``), and a
+    compiled function that does use BLAS still works afterwards."""
+    code = ("import sys\n"
+            "from retwin.cli import main\n"
+            "assert main(['run', 'tiny']) == 0\n"
+            "assert 'scipy.linalg' not in sys.modules, 'scipy.linalg loaded'\n"
+            "import numba, numpy as np\n"
+            "dot = numba.njit(lambda a, b: np.dot(a, b))\n"
+            "assert dot(np.ones(3), np.ones(3)) == 3.0\n")
+    proc = _python_without((), code)
+    assert proc.returncode == 0, proc.stderr[-2000:]

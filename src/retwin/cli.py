@@ -7,20 +7,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from retwin import kpis
 from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError, ScenarioError
 from retwin.kpis import Kpi
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.progress import Progress
+    from rich.table import Table
+
+# Only what every command needs is imported here: each command imports what it uses (pandas,
+# Numba, pyarrow, the tables of rich), so `retwin validate` never loads the engine, and
+# `retwin run` never pays for what it does not print.
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -90,10 +97,26 @@ KEY_MATERIALS = ("concentrate", "prnd_oxide", "prnd_metal", "ndfeb_magnet", "la_
                  "ce_oxide", "magnet")
 
 
+def _missing(v: Any) -> bool:
+    """``None``, NaN or pandas' NA (a missing cell)."""
+    if v is None:
+        return True
+    try:
+        return math.isnan(v)
+    except TypeError:  # pandas' NA and NaT refuse float(); a string is never missing
+        return type(v).__name__ in ("NAType", "NaTType")
+
+
 def _fmt(v: float, f: str) -> str:
-    if pd.isna(v):
+    if _missing(v):
         return "–"
     return format(v, f)
+
+
+def _table(**options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(**options)
 
 
 def _kpi_label(k: Kpi, key: str) -> str:
@@ -106,34 +129,52 @@ def _kpi_label(k: Kpi, key: str) -> str:
     return f"{label} ({k.unit})"
 
 
+def _cells(frame: pd.DataFrame, columns: tuple[str, ...]) -> dict[tuple[str, str, int],
+                                                                    tuple[Any, ...]]:
+    """A tidy KPI frame's ``columns`` by ``(kpi, key, year)`` (the first row of a repeated
+    key, as a frame indexed by them would give), read column by column, not cell by cell."""
+    keys = zip(frame["kpi"].tolist(), frame["key"].tolist(), frame["year"].tolist(),
+               strict=True)
+    values = zip(*(frame[c].tolist() for c in columns), strict=True)
+    out: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+    for k, v in zip(keys, values, strict=True):
+        out.setdefault(k, v)
+    return out
+
+
 def _kpi_table(
-    summary: pd.DataFrame, years: list[int], diff: pd.DataFrame | None, bands: bool, title: str
+    summary: pd.DataFrame | dict[tuple[str, str, int], tuple[Any, ...]], years: list[int],
+    diff: pd.DataFrame | None, bands: bool, title: str
 ) -> Table:
-    t = Table(title=title, title_justify="left", show_lines=False, pad_edge=False)
+    t = _table(title=title, title_justify="left", show_lines=False, pad_edge=False)
     t.add_column("KPI", style="bold", no_wrap=True)
     for y in years:
         t.add_column(str(y), justify="right")
-    s = summary.set_index(["kpi", "key", "year"])
-    d = diff.set_index(["kpi", "key", "year"]) if diff is not None else None
+    s = summary if isinstance(summary, dict) else _cells(summary, ("mean", "p5", "p95"))
+    d = _cells(diff, ("mean",)) if diff is not None else None
+    keys_of: dict[str, dict[str, None]] = {}
+    for kpi, key, _ in s:  # each KPI's keys in the order of the summary's rows
+        keys_of.setdefault(kpi, {})[key] = None
     for kpi in TABLE_KPIS:
         decl = kpis.get(kpi)
         f = decl.fmt
-        keys = list(dict.fromkeys(summary[summary.kpi == kpi].key))
+        keys = list(keys_of.get(kpi, ()))
         if kpi == "production.material":
             keys = [k for k in keys if k in KEY_MATERIALS]
         for key in keys:
             cells = []
             for y in years:
-                if (kpi, key, y) not in s.index:
+                row = s.get((kpi, key, y))
+                if row is None:
                     cells.append("–")
                     continue
-                row = s.loc[(kpi, key, y)]  # type: ignore[index]
-                cell = _fmt(row["mean"], f)
-                if bands and row["p5"] != row["p95"]:
-                    cell += f"\n[dim][{_fmt(row['p5'], f)}–{_fmt(row['p95'], f)}][/dim]"
-                if d is not None and (kpi, key, y) in d.index:
-                    dv = d.loc[(kpi, key, y)]["mean"]  # type: ignore[index]
-                    if abs(dv) > 1e-9 * max(1.0, abs(row["mean"])):
+                mean, p5, p95 = row
+                cell = _fmt(mean, f)
+                if bands and p5 != p95:
+                    cell += f"\n[dim][{_fmt(p5, f)}–{_fmt(p95, f)}][/dim]"
+                if d is not None and (kpi, key, y) in d:
+                    dv = d[(kpi, key, y)][0]
+                    if abs(dv) > 1e-9 * max(1.0, abs(mean)):
                         sign = "+" if dv > 0 else ""
                         style = "green" if dv > 0 else "red"
                         cell += f"\n[{style}]Δ {sign}{_fmt(dv, f)}[/{style}]"
@@ -143,32 +184,41 @@ def _kpi_table(
 
 
 def _bottleneck_table(first: Any, years: list[int]) -> Table:
-    t = Table(title="Binding constraint per stage (share of plant-days) and bottleneck",
-              title_justify="left", pad_edge=False)
+    t = _table(title="Binding constraint per stage (share of plant-days) and bottleneck",
+               title_justify="left", pad_edge=False)
     t.add_column("Stage", style="bold")
     for y in years:
         t.add_column(str(y), justify="right")
-    bt = first.binding_table
-    for stage in dict.fromkeys(bt.stage):
+    stages, bind_years, constraints, shares = (c.tolist() for c in first.binding_columns)
+    # per stage and year, the constraint with the largest share (a tie: the last row, as a
+    # stable sort by share would put it)
+    top: dict[tuple[str, int], tuple[float, str]] = {}
+    for stage, year, constraint, share in zip(stages, bind_years, constraints, shares,
+                                              strict=True):
+        best = top.get((stage, year))
+        if best is None or share >= best[0]:
+            top[(stage, year)] = (share, constraint)
+    for stage in dict.fromkeys(stages):
         cells = []
         for y in years:
-            g = bt[(bt.stage == stage) & (bt.year == y)].sort_values("share")
-            cells.append(f"{g.constraint.iloc[-1]} {g.share.iloc[-1]:.0%}" if len(g) else "–")
+            best = top.get((stage, y))
+            cells.append(f"{best[1]} {best[0]:.0%}" if best is not None else "–")
         t.add_row(stage, *cells)
-    bn = first.bottlenecks.set_index("year")
+    per_year = {year: (stage, constraint)
+                for year, stage, constraint, _ in first.bottleneck_rows}
     t.add_row("[b]bottleneck[/b]",
-              *[f"[b]{bn.loc[y, 'stage']}[/b] ({bn.loc[y, 'constraint']})" for y in years])
+              *[f"[b]{per_year[y][0]}[/b] ({per_year[y][1]})" for y in years])
     return t
 
 
 def _target_table(first: Any) -> Table:
-    t = Table(title="Targets", title_justify="left", pad_edge=False)
+    t = _table(title="Targets", title_justify="left", pad_edge=False)
     for col in ("Target", "Year", "Goal", "Model", "Unit", "Attained"):
         t.add_column(col, justify="right" if col in ("Goal", "Model") else "left")
-    for r in first.target_table.itertuples():
-        f = ",.1f" if abs(r.goal) >= 100 else ".3g"
-        t.add_row(r.name, str(r.year), _fmt(r.goal, f), _fmt(r.value, f), r.unit,
-                  "[green]yes[/green]" if r.attained else "[red]no[/red]")
+    for _, name, year, goal, value, unit, attained in first.target_rows:
+        f = ",.1f" if abs(goal) >= 100 else ".3g"
+        t.add_row(name, str(year), _fmt(goal, f), _fmt(value, f), unit,
+                  "[green]yes[/green]" if attained else "[red]no[/red]")
     return t
 
 
@@ -192,6 +242,8 @@ def _cannot_write(option: str, value: str, exc: OutputError) -> int:
 
 
 def _progress() -> Progress:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
     return Progress(TextColumn("{task.description}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
                     console=err, transient=True, disable=not err.is_terminal)
@@ -227,7 +279,7 @@ def cmd_run(a: argparse.Namespace) -> int:
         title += f", mean of {a.replications} replications [p5–p95]"
     if diff is not None:
         title += "; Δ = what-if − baseline (common random numbers)"
-    out.print(_kpi_table(res.whatif.summary, years, diff, a.replications > 1, title))
+    out.print(_kpi_table(res.whatif.kpi_cells(), years, diff, a.replications > 1, title))
     for note in res.notes:
         out.print(f"Note: {note}", markup=False, emoji=False)
     out.print(_bottleneck_table(first, years))
@@ -321,7 +373,7 @@ def _sweep_tables(res: Any) -> None:
     if spec.is_oat:
         sens = res.sensitivity()
         for kpi, grp in sens.groupby("kpi", sort=False):
-            t = Table(title=f"Sensitivity of {kpi} (mean over {spec.replications} "
+            t = _table(title=f"Sensitivity of {kpi} (mean over {spec.replications} "
                       "replications), largest swing first", title_justify="left", pad_edge=False)
             for col in ("Rank", "Parameter", "Low", "High", f"{kpi} at low", "at base",
                         "at high", "Swing"):
@@ -335,7 +387,7 @@ def _sweep_tables(res: Any) -> None:
     if len(res.points) > 20 or not spec.kpis:
         return
     means = res.kpi_means().pivot(index="point", columns="kpi", values="value")
-    t = Table(title=f"KPIs per point (mean over {spec.replications} replications)",
+    t = _table(title=f"KPIs per point (mean over {spec.replications} replications)",
               title_justify="left", pad_edge=False)
     t.add_column("Point")
     names = [p.label for p in spec.vary]
@@ -355,7 +407,15 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     import signal
     import time
 
-    from rich.progress import MofNCompleteColumn, ProgressColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     from retwin.batch import BatchInterrupted, BatchProgress, run_batch
@@ -498,7 +558,7 @@ def cmd_token(a: argparse.Namespace) -> int:
                       markup=False)
             sys.stdout.write(token + "\n")
         elif a.action == "list":
-            t = Table(title="API tokens", title_justify="left", pad_edge=False)
+            t = _table(title="API tokens", title_justify="left", pad_edge=False)
             for col in ("id", "name", "created", "revoked"):
                 t.add_column(col)
             for r in reg.list_tokens():
@@ -523,13 +583,13 @@ def cmd_token(a: argparse.Namespace) -> int:
 
 
 def _pct(v: Any, signed: bool = False) -> str:
-    if v is None or pd.isna(v):
+    if _missing(v):
         return "–"
     return format(float(v), "+.1%" if signed else ".1%")
 
 
 def _backcast_tables(bc: Any) -> tuple[Table, Table]:
-    t = Table(title=f"{bc.model}: simulated against reported; error = simulated / reported − 1. "
+    t = _table(title=f"{bc.model}: simulated against reported; error = simulated / reported − 1. "
               "Fitted years were used by `retwin fit`, held-out years were not.",
               title_justify="left", pad_edge=False)
     for col in ("Observable", "Year", "Split", "Reported", "Simulated", "Error", "Tolerance",
@@ -543,7 +603,7 @@ def _backcast_tables(bc: Any) -> tuple[Table, Table]:
         src = r.reported_key + (f" ({r.alternatives})" if r.alternatives else "")
         t.add_row(r.label, str(r.year), r.split, _fmt(r.reported, ",.0f"),
                   _fmt(r.simulated, ",.0f"), e, _pct(r.tolerance_frac), src)
-    s = Table(title="Errors by observable (|error|)", title_justify="left", pad_edge=False)
+    s = _table(title="Errors by observable (|error|)", title_justify="left", pad_edge=False)
     for col in ("Observable", "Split", "N", "Mean", "Max", "Tolerance", "Within"):
         s.add_column(col, justify="left" if col in ("Observable", "Split") else "right")
     for r in bc.summary().itertuples():
@@ -587,7 +647,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         task = prog.add_task(f"fit on {FIT_YEARS[0]}-{FIT_YEARS[-1]}", total=None)
         res = fit(a.model, progress=lambda n: prog.update(task, completed=n))
     diff = fitted_diff(res)
-    t = Table(title=f"Fit of {res.model} on {FIT_YEARS[0]}-{FIT_YEARS[-1]}: {res.evaluations} "
+    t = _table(title=f"Fit of {res.model} on {FIT_YEARS[0]}-{FIT_YEARS[-1]}: {res.evaluations} "
               f"runs, final cost {res.cost:.4g} ({res.message})", title_justify="left",
               pad_edge=False)
     for col in ("Parameter", "Committed", "Fitted", "Change"):
@@ -596,7 +656,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         t.add_row(str(row["key"]), _fmt(row["committed"], ".6g"), _fmt(row["fitted"], ".6g"),
                   _pct(row["change_frac"], signed=True))
     out.print(t)
-    rt = Table(title="Residuals at the fitted values", title_justify="left", pad_edge=False)
+    rt = _table(title="Residuals at the fitted values", title_justify="left", pad_edge=False)
     for col in ("Residual", "Year", "Value"):
         rt.add_column(col, justify="right" if col == "Value" else "left")
     for r in res.residuals.itertuples():

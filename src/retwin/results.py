@@ -6,10 +6,9 @@ import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
-import pandas as pd
 
 from retwin import config
 from retwin._typing import FloatArray, Int8Array, IntArray
@@ -25,6 +24,9 @@ from retwin.kernels.flow import (
 )
 from retwin.kpis import KPIS, VALUE_GROUPS, Kpi
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["KPI_KEYS", "Balance", "ReplicationSet", "RunResult", "paired_difference", "summarise"]
 
@@ -175,14 +177,21 @@ class RunResult:
         A row per declared KPI (:data:`retwin.kpis.KPIS`), key and year, in the
         declaration's order; each KPI is computed by its function in :data:`_COMPUTE`.
         """
+        df = _kpi_layout(self.compiled).frame.copy()
+        df.insert(3, "value", self.kpi_values.copy())
+        return df
+
+    @cached_property
+    def kpi_values(self) -> FloatArray:
+        """The ``value`` column of :attr:`kpis` as an array, in its rows' order (without
+        building the frame); the rows' labels are those of :func:`kpi_labels`."""
         layout = _kpi_layout(self.compiled)
         annual = _Annual(self)
         blocks = [_COMPUTE[k.name](annual)[rows] for k, rows in zip(KPIS, layout.rows,
                                                                      strict=True)]
-        values = np.concatenate(blocks, axis=0)[layout.order]
-        df = layout.frame.copy()
-        df.insert(3, "value", values.reshape(-1))
-        return df
+        values = np.concatenate(blocks, axis=0)[layout.order].reshape(-1)
+        values.flags.writeable = False  # shared by every reader of this run
+        return cast(FloatArray, values)
 
     def kpi(self, kpi: str, key: str, year: int) -> float:
         """One KPI value; ``KeyError`` if the run has no such KPI for that year."""
@@ -195,10 +204,10 @@ class RunResult:
     def _kpi_rows(self) -> dict[tuple[str, str, int], int]:
         return _kpi_index(self.compiled)
 
-    @cached_property
+    @property
     def _kpi_values(self) -> FloatArray:
         """The ``value`` column of :attr:`kpis`, in its rows' order (see :func:`_kpi_index`)."""
-        return cast(FloatArray, self.kpis["value"].to_numpy())
+        return self.kpi_values
 
     @cached_property
     def _binding_shares(self) -> FloatArray:
@@ -227,22 +236,36 @@ class RunResult:
     def binding_table(self) -> pd.DataFrame:
         """Share of capacity-weighted plant-days each constraint bound, per stage and year;
         and the bottleneck stage per year."""
+        import pandas as pd
+
         cols = ["stage", "year", "constraint", "share"]
+        stage, year, constraint, share = self.binding_columns
+        if not len(stage):
+            return pd.DataFrame([], columns=cols)
+        return pd.DataFrame({"stage": stage, "year": year, "constraint": constraint,
+                             "share": share})
+
+    @cached_property
+    def binding_columns(self) -> tuple[np.ndarray, IntArray, np.ndarray, FloatArray]:
+        """The columns of :attr:`binding_table` (``stage, year, constraint, share``) as
+        arrays, without building the frame."""
         frac = self._binding_shares
         si, ci, yi = np.nonzero(frac > 0)  # stage, then constraint, then year order
-        if not len(si):
-            return pd.DataFrame([], columns=cols)
         stages = np.asarray(list(self.compiled.topology.stage_plants), dtype=object)
         names = np.asarray(list(BIND_NAMES.values()), dtype=object)
-        return pd.DataFrame({
-            "stage": stages[si],
-            "year": np.asarray(self.years, dtype=np.int64)[yi],
-            "constraint": names[ci],
-            "share": frac[si, ci, yi],
-        })
+        return (stages[si], np.asarray(self.years, dtype=np.int64)[yi], names[ci],
+                frac[si, ci, yi])
 
     @cached_property
     def bottlenecks(self) -> pd.DataFrame:
+        """Per year: ``year, stage, constraint, score`` (see :attr:`bottleneck_rows`)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.bottleneck_rows, columns=["year", "stage", "constraint",
+                                                           "score"])
+
+    @cached_property
+    def bottleneck_rows(self) -> list[tuple[int, str, str, float]]:
         """Per year: the stage most limited by its own supply-side constraints (capacity,
         quota, outage). An input-starved stage is not the bottleneck — its supplier is. Where
         no stage is held back by its own supply limits for at least half its capacity-weighted
@@ -285,11 +308,19 @@ class RunResult:
                 if held[0] >= 0.5:
                     best = held
             rows.append((year, best[2], best[3], max(best[0], 0.0)))
-        return pd.DataFrame(rows, columns=["year", "stage", "constraint", "score"])
+        return rows
 
     @cached_property
     def target_table(self) -> pd.DataFrame:
         """The scenario's targets against the run: ``target, year, goal, value, attained``."""
+        import pandas as pd
+
+        return pd.DataFrame(self.target_rows, columns=["target", "name", "year", "goal",
+                                                       "value", "unit", "attained"])
+
+    @cached_property
+    def target_rows(self) -> list[tuple[str, str, int, float, float, str, bool]]:
+        """The rows of :attr:`target_table`, without building the frame."""
         rows = []
         for t in self.compiled.scenario.targets:
             kpi, _, key = t.kpi.rpartition(".")
@@ -300,13 +331,14 @@ class RunResult:
             tol = 1e-9 * max(1.0, abs(t.value))  # a target met exactly is met
             ok = v >= t.value - tol if t.kind == "at_least" else v <= t.value + tol
             rows.append((t.id, t.name, t.year, t.value, v, t.unit, bool(ok and not np.isnan(v))))
-        return pd.DataFrame(rows, columns=["target", "name", "year", "goal", "value", "unit",
-                                           "attained"])
+        return rows
 
     # --- tidy frames --------------------------------------------------------------------
 
     def series(self) -> pd.DataFrame:
         """Daily series, tidy: ``date, kind, id, value`` for plant activity and pool stock."""
+        import pandas as pd
+
         c = self.compiled
         dates = c.dates
         parts = []
@@ -347,6 +379,30 @@ class RunResult:
         ``stock`` (per pool, at the month's end), ``imports``/``exports`` (per market),
         ``served``/``unmet`` (per segment), ``price`` (per material, CNY per unit).
         """
+        import pandas as pd
+
+        blocks, values = self._monthly_blocks()
+        c = self.compiled
+        key = tuple((kind, tuple(ids)) for kind, ids, _ in blocks)
+        cached = c.labels.get("monthly")
+        if cached is None or cached[0] != key:
+            months = np.array([np.datetime64(f"{y:04d}-{m:02d}-01") for y, m in c.months])
+            labels = pd.concat([
+                pd.DataFrame({
+                    "month": np.tile(months, len(ids)),
+                    "kind": kind,
+                    "id": np.repeat(np.asarray(ids, dtype=object), len(months)),
+                })
+                for kind, ids, _ in blocks
+            ], ignore_index=True)
+            cached = c.labels["monthly"] = (key, labels)
+        return cached[1], values
+
+    def monthly_array(self) -> FloatArray:
+        """The values of :meth:`monthly_values` alone (without their labels' frame)."""
+        return self._monthly_blocks()[1]
+
+    def _monthly_blocks(self) -> tuple[list[tuple[str, list[str], np.ndarray]], FloatArray]:
         c = self.compiled
         starts = c.month_start_day
         ends = np.r_[starts[1:], c.n_days] - 1
@@ -377,20 +433,7 @@ class RunResult:
         blocks = [b for b in blocks if len(b[1])]
         values = np.concatenate([np.asarray(a, dtype=np.float64).reshape(-1)
                                  for _, _, a in blocks])
-        key = tuple((kind, tuple(ids)) for kind, ids, _ in blocks)
-        cached = c.labels.get("monthly")
-        if cached is None or cached[0] != key:
-            months = np.array([np.datetime64(f"{y:04d}-{m:02d}-01") for y, m in c.months])
-            labels = pd.concat([
-                pd.DataFrame({
-                    "month": np.tile(months, len(ids)),
-                    "kind": kind,
-                    "id": np.repeat(np.asarray(ids, dtype=object), len(months)),
-                })
-                for kind, ids, _ in blocks
-            ], ignore_index=True)
-            cached = c.labels["monthly"] = (key, labels)
-        return cached[1], values
+        return blocks, values
 
     def monthly(self) -> pd.DataFrame:
         """Monthly series, tidy: ``month, kind, id, value`` (see :meth:`monthly_values`)."""
@@ -399,6 +442,8 @@ class RunResult:
 
     def flows(self) -> pd.DataFrame:
         """Monthly flows per plant: ``month, plant, stage, material, direction, amount``."""
+        import pandas as pd
+
         c = self.compiled
         starts = c.month_start_day
         act_m = np.add.reduceat(self.activity, starts, axis=1)  # (P, T)
@@ -808,7 +853,19 @@ class _KpiLayout:
 
     rows: list[IntArray]  # per declared KPI, the positions on its axis that get a row
     order: IntArray  # the KPIs' rows (concatenated in declaration order) in frame order
-    frame: pd.DataFrame  # kpi, key, year, unit of each row and year
+    kpi: list[str]  # the frame's columns: kpi, key, year, unit of each row and year
+    key: list[str]
+    year: IntArray
+    unit: list[str]
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """``kpi, key, year, unit`` as a frame (made on first use: pandas is not needed to
+        run, only to hand out frames)."""
+        import pandas as pd
+
+        return pd.DataFrame({"kpi": self.kpi, "key": self.key, "year": self.year,
+                             "unit": self.unit})
 
 
 def _kpi_layout(c: Compiled) -> _KpiLayout:
@@ -845,14 +902,12 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
         i = j + 1
     years = np.array(_years(c), dtype=np.int64)
     n_y = len(years)
-    frame = pd.DataFrame({
-        "kpi": np.repeat(names, n_y),
-        "key": np.repeat(keys, n_y),
-        "year": np.tile(years, len(names)),
-        "unit": np.repeat(units, n_y),
-    })
-    layout = _KpiLayout(rows, np.concatenate(order), frame)
-    c.labels["kpis"] = (layout, frame)
+    layout = _KpiLayout(rows, np.concatenate(order),
+                        [n for n in names for _ in range(n_y)],
+                        [k for k in keys for _ in range(n_y)],
+                        np.tile(years, len(names)),
+                        [u for u in units for _ in range(n_y)])
+    c.labels["kpis"] = (layout, layout.kpi)
     return layout
 
 
@@ -864,16 +919,22 @@ def _at(values: FloatArray, row: int | None) -> float:
 def _kpi_index(c: Compiled) -> dict[tuple[str, str, int], int]:
     """The row of each (kpi, key, year) in the KPI frame of every run of ``c`` (the first, if
     repeated): made once per compiled scenario, from the rows its runs share."""
-    frame = _kpi_layout(c).frame
+    layout = _kpi_layout(c)
     cached = c.labels.get("kpi_index")
-    if cached is not None and cached[0] is frame:
+    if cached is not None and cached[0] is layout:
         return cast(dict[tuple[str, str, int], int], cached[1])
     index: dict[tuple[str, str, int], int] = {}
-    columns = (frame[col].to_numpy().tolist() for col in ("kpi", "key", "year"))
-    for i, k in enumerate(zip(*columns, strict=True)):
+    for i, k in enumerate(zip(layout.kpi, layout.key, layout.year.tolist(), strict=True)):
         index.setdefault(k, i)
-    c.labels["kpi_index"] = (frame, index)
+    c.labels["kpi_index"] = (layout, index)
     return index
+
+
+def kpi_labels(c: Compiled) -> tuple[list[str], list[str], IntArray, list[str]]:
+    """The ``kpi, key, year, unit`` columns of the KPI frame of every run of ``c``, in the
+    order of :attr:`RunResult.kpi_values` (made once per compiled scenario; do not change)."""
+    layout = _kpi_layout(c)
+    return layout.kpi, layout.key, layout.year, layout.unit
 
 
 def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
@@ -898,6 +959,8 @@ def paired_difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.Data
 
 def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """Mean and p5/p50/p95 across replications of tidy KPI frames (same rows in each)."""
+    import pandas as pd
+
     if not frames:
         raise ValueError("summarise needs at least one KPI frame")
     cols = ["kpi", "key", "year", "unit"]
@@ -919,18 +982,65 @@ def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return out
 
 
-@dataclass
 class ReplicationSet:
-    """Replications of one scenario: the first run in full, every run's KPI frame."""
+    """Replications of one scenario: the first run in full, every run's KPI frame.
 
-    first: RunResult
-    kpi_frames: list[pd.DataFrame]
-    seeds: list[tuple[int, int]]
-    monthly_stack: np.ndarray | None = None  # (replications, rows of first.monthly_values())
+    The engine gives each run's KPI values (``kpi_values``, in the rows of the first run's
+    :func:`kpi_labels`); the frames are made from them on first use, so reading the summary
+    of a run (:meth:`kpi_cells`) needs no pandas. Frames may be given instead.
+    """
+
+    def __init__(self, first: RunResult, kpi_frames: Sequence[pd.DataFrame] | None = None,
+                 seeds: Sequence[tuple[int, int]] = (), monthly_stack: np.ndarray | None = None,
+                 *, kpi_values: Sequence[FloatArray] | None = None) -> None:
+        if (kpi_frames is None) == (kpi_values is None):
+            raise ValueError("a replication set needs either KPI frames or KPI values")
+        self.first = first
+        self.seeds = list(seeds)
+        self.monthly_stack = monthly_stack  # (replications, rows of first.monthly_values())
+        self._frames = None if kpi_frames is None else list(kpi_frames)
+        self._values = None if kpi_values is None else list(kpi_values)
+
+    def __repr__(self) -> str:
+        return (f"ReplicationSet({self.first.compiled.scenario.name!r}, "
+                f"{len(self.seeds) or len(self.kpi_frames)} replications)")
+
+    @property
+    def kpi_frames(self) -> list[pd.DataFrame]:
+        """Every run's tidy KPI frame (``kpi, key, year, value, unit``)."""
+        if self._frames is None:
+            assert self._values is not None
+            layout = _kpi_layout(self.first.compiled)
+            frames = []
+            for values in self._values:
+                df = layout.frame.copy()
+                df.insert(3, "value", np.array(values, dtype=np.float64))
+                frames.append(df)
+            self._frames = frames
+        return self._frames
 
     @cached_property
     def summary(self) -> pd.DataFrame:
         return summarise(self.kpi_frames)
+
+    def kpi_cells(self) -> dict[tuple[str, str, int], tuple[float, float, float]]:
+        """``(kpi, key, year)`` -> ``(mean, p5, p95)`` across the replications: the
+        :attr:`summary` (the first row of a repeated key), as plain values."""
+        if self._values is not None:
+            kpi, key, year, _ = kpi_labels(self.first.compiled)
+            values = np.stack(self._values)
+            columns = [values.mean(axis=0), np.percentile(values, 5, axis=0),
+                       np.percentile(values, 95, axis=0)]
+            keys = zip(kpi, key, year.tolist(), strict=True)
+        else:
+            s = self.summary
+            columns = [s[c].to_numpy() for c in ("mean", "p5", "p95")]
+            keys = zip(s["kpi"].tolist(), s["key"].tolist(), s["year"].tolist(), strict=True)
+        out: dict[tuple[str, str, int], tuple[float, float, float]] = {}
+        for k, cell in zip(keys, zip(*(c.tolist() for c in columns), strict=True),
+                           strict=True):
+            out.setdefault(k, cell)
+        return out
 
     @cached_property
     def monthly_bands(self) -> pd.DataFrame:

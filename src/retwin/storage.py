@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Literal
 
 from retwin._files import check_output_dir, output_dir
 from retwin.engine.run import versions
 from retwin.results import ReplicationSet, RunResult
 from retwin.scenario.load import scenario_hash
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["check_result_dir", "is_result_dir", "read_table", "save_result"]
 
@@ -112,6 +113,8 @@ def save_result(
         else:
             files.append(_write(first.monthly(), tmp / "monthly", fmt))
         if isinstance(result, ReplicationSet):
+            import pandas as pd
+
             kpis = pd.concat(
                 [f.assign(replication=r) for r, f in enumerate(result.kpi_frames)],
                 ignore_index=True,
@@ -153,6 +156,8 @@ def save_result(
 
 def read_table(run_dir: str | Path, kind: str) -> pd.DataFrame:
     """Read one table (``series``, ``flows``, ``kpis``…) of a saved run."""
+    import pandas as pd
+
     d = Path(run_dir)
     for ext, reader in (("parquet", pd.read_parquet), ("csv", pd.read_csv)):
         f = d / f"{kind}.{ext}"

@@ -29,10 +29,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from pydantic import TypeAdapter
 
 from retwin.compiled import Compiled
@@ -40,7 +39,7 @@ from retwin.engine.run import run_replications
 from retwin.errors import ScenarioError
 from retwin.kernels.flow import BIND_CAPACITY, BIND_QUOTA
 from retwin.results import KPI_KEYS, ReplicationSet, RunResult, paired_difference
-from retwin.scenario.load import apply_changes, load_scenario, scenario_hash
+from retwin.scenario.load import apply_changes, load_scenario, load_with_baseline, scenario_hash
 from retwin.scenario.schema import (
     CapacityChange,
     Change,
@@ -49,6 +48,9 @@ from retwin.scenario.schema import (
     TradeChange,
 )
 from retwin.storage import Format, save_result
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "KPI_KEYS",
@@ -140,9 +142,13 @@ def resolve(source: str | Path | Scenario, changes: Iterable[Any] = (), *,
     if isinstance(source, Scenario):
         base = with_end(source, end)
         plain = None
-    else:
+    elif given:
         base = with_end(load_scenario(source), end)
-        plain = None if given else with_end(load_scenario(source, include_changes=False), end)
+        plain = None
+    else:  # the file read once, with its own changes and without them
+        full, without = load_with_baseline(source)
+        base = with_end(full, end)
+        plain = None if without is None else with_end(without, end)
     if given:
         return WhatIf(apply_changes(base, given), base, given)
     if plain is not None and scenario_hash(plain) != scenario_hash(base):

@@ -12,33 +12,51 @@ started again skips what is done.
 >>> res.to_pandas(filter={"kpi": "value.group", "key": "total"})
 """
 
-from retwin.batch.executors import (
-    DaskExecutor,
-    Executor,
-    ProcessExecutor,
-    SerialExecutor,
-    make_executor,
-)
-from retwin.batch.expand import (
-    Point,
-    Task,
-    expand_points,
-    grid_values,
-    latin_hypercube,
-    plan_tasks,
-    point_id,
-    point_seed,
-)
-from retwin.batch.sensitivity import kpi_means, sensitivity_table
-from retwin.batch.spec import KpiSelector, Range, StudySpec, VariedParameter, load_spec
-from retwin.batch.study import (
-    BatchInterrupted,
-    BatchProgress,
-    BatchResult,
-    Study,
-    prepare_study,
-    run_batch,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from retwin.batch.executors import (
+        DaskExecutor,
+        Executor,
+        ProcessExecutor,
+        SerialExecutor,
+        make_executor,
+    )
+    from retwin.batch.expand import (
+        Point,
+        Task,
+        expand_points,
+        grid_values,
+        latin_hypercube,
+        plan_tasks,
+        point_id,
+        point_seed,
+    )
+    from retwin.batch.sensitivity import kpi_means, sensitivity_table
+    from retwin.batch.spec import KpiSelector, Range, StudySpec, VariedParameter, load_spec
+    from retwin.batch.study import (
+        BatchInterrupted,
+        BatchProgress,
+        BatchResult,
+        Study,
+        prepare_study,
+        run_batch,
+    )
+
+# Each name is imported on first use: a worker process, which only needs the task function
+# (:mod:`retwin.batch.tables`), never loads pandas or pyarrow's dataset layer.
+_LAZY = {
+    **dict.fromkeys(("DaskExecutor", "Executor", "ProcessExecutor", "SerialExecutor",
+                     "make_executor"), "retwin.batch.executors"),
+    **dict.fromkeys(("Point", "Task", "expand_points", "grid_values", "latin_hypercube",
+                     "plan_tasks", "point_id", "point_seed"), "retwin.batch.expand"),
+    **dict.fromkeys(("kpi_means", "sensitivity_table"), "retwin.batch.sensitivity"),
+    **dict.fromkeys(("KpiSelector", "Range", "StudySpec", "VariedParameter", "load_spec"),
+                    "retwin.batch.spec"),
+    **dict.fromkeys(("BatchInterrupted", "BatchProgress", "BatchResult", "Study",
+                     "prepare_study", "run_batch"), "retwin.batch.study"),
+}
 
 __all__ = [
     "BatchInterrupted",
@@ -68,3 +86,16 @@ __all__ = [
     "run_batch",
     "sensitivity_table",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'retwin.batch' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -336,7 +336,7 @@ class StudyDir:
         info = {"spec_sha256": self.spec_sha256, "point": task.point_id, "chunk": task.chunk,
                 "first": task.first, "stop": task.stop}
         for kind in self.kinds:
-            table = result.tables.get(kind)
+            table = result.table(kind)
             if table is None or table.num_rows == 0:
                 raise RetwinError(f"point {task.point_id} chunk {task.chunk} returned no "
                                   f"{kind} rows")

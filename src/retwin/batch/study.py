@@ -25,8 +25,9 @@ from retwin.batch.sensitivity import kpi_means, sensitivity_table
 from retwin.batch.spec import KpiSelector, StudySpec, load_spec, spec_hash
 from retwin.batch.store import StudyDir
 from retwin.batch.tables import SCHEMAS, PointRunner, kinds_for
-from retwin.engine.run import prepare, run
+from retwin.engine.run import prepare
 from retwin.errors import RetwinError, ScenarioError
+from retwin.results import kpi_labels
 from retwin.scenario.load import load_scenario, scenario_hash
 from retwin.scenario.schema import Scenario
 
@@ -133,20 +134,24 @@ def _check_parameters(spec: StudySpec, base: Scenario, points: list[Point]) -> l
 
 
 def _check_kpis(spec: StudySpec, base: Scenario) -> list[tuple[str, str]]:
-    """The KPIs to rank exist in a run of the base model (one run, seed of the study)."""
+    """The KPIs to rank exist in a run of the base model: the rows of a run's KPI table
+    depend on the compiled model only (its plants, markets, segments and years), never on
+    the draws, so they are read from the compiled model without running it."""
     if not spec.kpis:
         return []
-    df = run(prepare(base), seed=spec.seed).kpis
+    kpi, key, year, _ = kpi_labels(prepare(base))
     problems: list[tuple[str, str]] = []
-    families = list(dict.fromkeys(df["kpi"]))
-    years = sorted(set(df["year"]))
+    keys_of: dict[str, dict[str, None]] = {}
+    for family, row_key in zip(kpi, key, strict=True):
+        keys_of.setdefault(family, {})[row_key] = None
+    families = list(keys_of)
+    years = sorted(set(year.tolist()))
     for k, sel in enumerate(spec.selectors):
-        rows = df[df["kpi"] == sel.kpi]
-        if rows.empty:
+        if sel.kpi not in keys_of:
             problems.append((f"kpis[{k}]", f"unknown KPI {sel.kpi!r} in {sel.label!r} "
                              f"(known: {', '.join(families)})"))
-        elif sel.key not in set(rows["key"]):
-            keys = ", ".join(dict.fromkeys(rows["key"]))
+        elif sel.key not in keys_of[sel.kpi]:
+            keys = ", ".join(keys_of[sel.kpi])
             problems.append((f"kpis[{k}]", f"{sel.kpi} has no key {sel.key!r} (known: {keys})"))
         elif sel.year is not None and sel.year not in years:
             problems.append((f"kpis[{k}]", f"year {sel.year} is outside the run "

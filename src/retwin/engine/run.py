@@ -121,12 +121,12 @@ def run_replications(
                               f"replications(={replications}) must be in 1..{MAX_REPLICATIONS}")])
     c = prepare(scenario, changes)
     first = None
-    frames = []
+    values = []
     monthly = []
     for r in range(replications):
         res = run(c, seed=seed, replication=r)
-        frames.append(res.kpis)
-        monthly.append(res.monthly_values()[1])
+        values.append(res.kpi_values)
+        monthly.append(res.monthly_array())
         if each is not None:
             each(res)
         if first is None:
@@ -134,7 +134,7 @@ def run_replications(
         if progress is not None:
             progress(r + 1, replications)
     assert first is not None
-    return ReplicationSet(first=first, kpi_frames=frames,
+    return ReplicationSet(first=first, kpi_values=values,
                           seeds=[(seed, r) for r in range(replications)],
                           monthly_stack=np.stack(monthly))
 

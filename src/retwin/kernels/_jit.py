@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
 import numba
 
 from retwin.config import NUMBA_CACHE
+
+
+def _skip_numba_blas_probe() -> None:
+    """Load Numba's array-math registry without its BLAS probe.
+
+    When Numba's CPU target first loads (the first compile, or the first load from the
+    on-disk cache) it imports ``numba.np.arraymath``, which imports ``scipy.linalg`` only to
+    see whether BLAS is there: ~150 ms, half of loading our cached kernel in a fresh process,
+    for kernels that use no linear algebra. The probe is answered here from whether scipy is
+    installed, as it would be; functions that do use BLAS (``np.dot``) still import
+    ``scipy.linalg`` when they are compiled (Numba's ``ensure_blas``).
+    """
+    if "numba.np.arraymath" in sys.modules:
+        return
+    probe = "scipy.linalg.cython_blas"
+    blocked = probe not in sys.modules
+    if blocked:
+        sys.modules[probe] = None  # type: ignore[assignment]  # the import fails at once
+    try:
+        import numba.np.arraymath as arraymath
+    finally:
+        if blocked and sys.modules.get(probe, False) is None:
+            del sys.modules[probe]
+    arraymath._HAVE_BLAS = importlib.util.find_spec("scipy") is not None
+
+
+_skip_numba_blas_probe()
 
 F = TypeVar("F", bound=Callable[..., Any])
 

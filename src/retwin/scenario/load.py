@@ -36,6 +36,7 @@ __all__ = [
     "apply_changes",
     "available_models",
     "load_scenario",
+    "load_with_baseline",
     "locate_path",
     "parse_changes",
     "read_yaml",
@@ -369,6 +370,22 @@ def load_scenario(
     Every problem is reported at once: bad formulas, schema and cross-field problems of the
     scenario, and (with ``include_changes``) every problem of every change.
     """
+    return _load(source, include_changes)[0]
+
+
+def load_with_baseline(source: str | Path | Mapping[str, Any]) -> tuple[Scenario,
+                                                                          Scenario | None]:
+    """:func:`load_scenario` and, when the file holds ``changes``, the scenario without them
+    (the baseline a what-if file is compared with; ``None`` without changes): the file is
+    read, resolved and validated once for both."""
+    scenario, plain, changes = _load(source, True)
+    return scenario, (plain if changes else None)
+
+
+def _load(source: str | Path | Mapping[str, Any], include_changes: bool
+          ) -> tuple[Scenario, Scenario, list[Any]]:
+    """The scenario (with its changes if asked), the scenario without its changes, and the
+    changes as written."""
     tree = resolve_model(source)
     changes = tree.pop("changes", None) or []
     tree, bad_formulas = resolve_formulas_collect(tree)
@@ -385,13 +402,13 @@ def load_scenario(
     if include_changes:
         try:
             if scenario is not None and not problems:
-                return apply_changes(scenario, changes)
+                return apply_changes(scenario, changes), scenario, changes
             parse_changes(changes)  # the scenario is invalid: check the changes alone
         except ScenarioError as exc:
             problems += exc.problems
     if problems or scenario is None:
         raise ScenarioError(problems)
-    return scenario
+    return scenario, scenario, changes
 
 
 def parse_changes(changes: Iterable[Any]) -> list[Change]:
