@@ -4,8 +4,9 @@
 
 Runs the baseline once and each what-if below with the same seeds (common random numbers),
 and prints, for YEAR, the paired differences (mean and p5–p95 across replications) of the
-magnet and separated output, the PrNd oxide price, PrNd oxide net imports and magnet exports,
-with the notes on changes that did not bind. Defaults: baotou-2024, 20 replications, 2027.
+magnet and separated output, the PrNd oxide price, PrNd oxide net imports, magnet exports and
+the PrNd oxide stock cover (days of use held at the year's end), with the notes on changes
+that did not bind. Defaults: baotou-2024, 20 replications, 2027.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def main(model: str = "baotou-2024", replications: int = 20, year: int = 2027) -
     out = sys.stdout.write
     out(f"| what-if on {model} ({replications} paired replications, {year}) "
         "| Δ magnets t [p5, p95] | Δ separation t | Δ PrNd oxide CNY/t "
-        "| Δ PrNd oxide net imports t | Δ magnet exports t | notes |\n")
-    out("|---|---|---|---|---|---|---|\n")
+        "| Δ PrNd oxide net imports t | Δ magnet exports t | Δ PrNd oxide cover days | notes |\n")
+    out("|---|---|---|---|---|---|---|---|\n")
     baseline = None
     for label, change in WHATIFS:
         res = whatif.run(whatif.resolve(model, [change]), replications=replications, seed=0,
@@ -66,6 +67,7 @@ def main(model: str = "baotou-2024", replications: int = 20, year: int = 2027) -
             f"{_value(d, year, 'price.material', 'prnd_oxide'):+,.0f}",
             f"{_value(d, year, 'imports.market', 'prnd_oxide_trade') - _value(d, year, 'exports.market', 'prnd_oxide_trade'):+,.0f}",  # noqa: E501
             f"{sum(_value(d, year, 'exports.market', k) for k in magnet_markets):+,.0f}",
+            f"{_value(d, year, 'cover.material', 'prnd_oxide'):+,.1f}",
             " ".join(res.notes),
         ]
         out(f"| {label} | " + " | ".join(cells) + " |\n")
