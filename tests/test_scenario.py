@@ -784,3 +784,14 @@ def test_scenario_error_lines_are_path_and_message() -> None:
     assert e.lines() == ["a.b: bad", "global"]
     assert str(e) == "a.b: bad; global"
     assert ScenarioError("plain").problems == [("", "plain")]
+
+
+def test_price_follows_cycle_is_refused(tiny_tree: dict[str, Any]) -> None:
+    mats = {m["id"]: m for m in tiny_tree["materials"]}
+    mats["prnd_metal"]["price"]["follows"] = {"material": "magnet", "share_frac": 0.8}
+    mats["magnet"]["price"]["follows"] = {"material": "prnd_metal", "share_frac": 0.5}
+    with pytest.raises(ScenarioError) as exc:
+        retwin.load_scenario(tiny_tree)
+    lines = exc.value.lines()
+    assert len(lines) == 2 and all("through a cycle of follows links" in x for x in lines)
+    assert any(x.startswith("materials[") and "'magnet' follows itself" in x for x in lines)

@@ -899,6 +899,17 @@ class Scenario(_Model):
             if link is not None and (link.material not in mats or link.material == m.id):
                 problems.append(f"materials[{i}].price.follows.material: {link.material!r} "
                                 "must be another material of the scenario")
+        leader = {m.id: m.price.follows.material for m in self.materials
+                  if m.price.follows is not None}
+        for i, m in enumerate(self.materials):
+            seen, cur = {m.id}, leader.get(m.id)
+            while cur is not None and cur not in seen:
+                seen.add(cur)
+                cur = leader.get(cur)
+            if cur == m.id and leader.get(m.id) != m.id:
+                problems.append(f"materials[{i}].price.follows: {m.id!r} follows itself "
+                                "through a cycle of follows links; a chain of followers must "
+                                "end at a material that follows none")
         for i, pool in enumerate(self.pools):
             if pool.material not in mats:
                 problems.append(f"pools[{i}].material: unknown material {pool.material!r}")
