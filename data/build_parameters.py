@@ -1354,7 +1354,15 @@ derived("price.concentrate_reo50.cny_per_t.2021h2", rounded("{price.concentrate_
         dd("5b", "yicaiglobal.com"),
         "the Jan 2022 contract price was +65 % on the price before it; no earlier concentrate price in the sources (the "
         "back-cast holds it back to 2020)")
-for yr in (2020, 2021, 2022):
+derived("price.ndfeb_magnet.cny_per_t.2020",
+        "round({magnet.ndfeb.prnd_frac} / {yield.magnet_blank_to_finished_frac} * {price.prnd_metal.cny_per_t.2020} "
+        "/ {magnet.ndfeb.re_share_of_cost_frac})",
+        "CNY/t sintered NdFeB (finished)", 2020, dd("5c/§9", "magnet price estimate: RE content cost ÷ RE share of cost"),
+        "§9's logic for its 2023 estimate (PrNd metal per t of finished magnet × the PrNd metal price ÷ the RE share of "
+        "cost) with the 2020 metal price; no magnet price series in the sources. Nothing of a later year enters it (the "
+        "back-cast starts from it)",
+        flag="estimate")
+for yr in (2021, 2022):
     derived(f"price.ndfeb_magnet.cny_per_t.{yr}",
             f"round({{price.ndfeb_magnet.cny_per_t.2023}} * (1 + {{magnet.ndfeb.re_share_of_cost_frac}} * "
             f"({{price.prnd_oxide.cny_per_t.{yr}}} / {{price.prnd_oxide.cny_per_t.2023}} - 1)))",
@@ -1363,7 +1371,7 @@ for yr in (2020, 2021, 2022):
             flag="estimate")
 for yr in (2020, 2021, 2022, 2023):
     derived(f"price.ndfeb_swarf.cny_per_t.{yr}", swarf_formula(yr), "CNY/t swarf", yr, MODEL + "; " + ARGUS_P,
-            f"as {{price.ndfeb_swarf.cny_per_t.2024}}, with the oxide prices of {yr}; an upper bound", flag="estimate")
+            f"as price.ndfeb_swarf.cny_per_t.2024, with the oxide prices of {yr}; an upper bound", flag="estimate")
 
 
 # --- 12b. Bayan Obo composition rescaled to its published medium + heavy RE content ------------

@@ -4,9 +4,11 @@
 
 Runs the baseline once and each what-if below with the same seeds (common random numbers),
 and prints, for YEAR, the paired differences (mean and p5–p95 across replications) of the
-magnet and separated output, the PrNd oxide price, PrNd oxide net imports, magnet exports and
-the PrNd oxide stock cover (days of use held at the year's end), with the notes on changes
-that did not bind. Defaults: baotou-2024, 20 replications, 2027.
+magnet and separated output, the PrNd oxide price, PrNd oxide net imports (Baotou trades PrNd
+oxide with the rest of China; the national model imports feed, not oxide: "–"), magnet
+exports and the PrNd oxide stock cover (days of use held at the year's end), with the notes
+on changes that did not bind. Defaults: baotou-2024, 20 replications, 2027. A ``china-*``
+model gets the national what-ifs (its quota, market and segment ids).
 """
 
 from __future__ import annotations
@@ -40,6 +42,25 @@ WHATIFS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
+CHINA_WHATIFS: list[tuple[str, dict[str, Any]]] = [
+    ("smelting quota x0.7 from 2025",
+     {"kind": "quota", "quota": "smelting", "factor": 0.7, "from": "2025-01-01"}),
+    ("rock mining quota x0 from 2025",
+     {"kind": "quota", "quota": "mining_rock", "factor": 0.0, "from": "2025-01-01"}),
+    ("PrNd oxide price x1.5 from 2025",
+     {"kind": "price", "material": "prnd_oxide", "factor": 1.5, "from": "2025-01-01"}),
+    ("PrNd oxide price x0.6 from 2025",
+     {"kind": "price", "material": "prnd_oxide", "factor": 0.6, "from": "2025-01-01"}),
+    ("NEV demand x1.3 from 2026",
+     {"kind": "demand", "segment": "nev", "factor": 1.3, "from": "2026-01-01"}),
+    ("magnet exports x0.25 from 2025",
+     {"kind": "trade", "market": "magnet_exports", "side": "export", "factor": 0.25,
+      "from": "2025-01-01"}),
+    ("ionic separation (sep_ionic) capacity x1.5 from 2025",
+     {"kind": "capacity", "plant": "sep_ionic", "factor": 1.5, "from": "2025-01-01"}),
+]
+
+
 def _value(d: pd.DataFrame, year: int, kpi: str, key: str, col: str = "mean") -> float:
     rows = d[(d.year == year) & (d.kpi == kpi) & (d.key == key)]
     return float(rows[col].sum())
@@ -52,7 +73,7 @@ def main(model: str = "baotou-2024", replications: int = 20, year: int = 2027) -
         "| Δ PrNd oxide net imports t | Δ magnet exports t | Δ PrNd oxide cover days | notes |\n")
     out("|---|---|---|---|---|---|---|---|\n")
     baseline = None
-    for label, change in WHATIFS:
+    for label, change in (CHINA_WHATIFS if model.startswith("china") else WHATIFS):
         res = whatif.run(whatif.resolve(model, [change]), replications=replications, seed=0,
                          baseline=baseline)
         baseline = baseline or res.baseline
@@ -65,7 +86,8 @@ def main(model: str = "baotou-2024", replications: int = 20, year: int = 2027) -
             f"{_value(d, year, 'output.stage', 'magnet', 'p95'):+,.0f}]",
             f"{_value(d, year, 'output.stage', 'separation'):+,.0f}",
             f"{_value(d, year, 'price.material', 'prnd_oxide'):+,.0f}",
-            f"{_value(d, year, 'imports.market', 'prnd_oxide_trade') - _value(d, year, 'exports.market', 'prnd_oxide_trade'):+,.0f}",  # noqa: E501
+            (f"{_value(d, year, 'imports.market', 'prnd_oxide_trade') - _value(d, year, 'exports.market', 'prnd_oxide_trade'):+,.0f}"  # noqa: E501
+             if "prnd_oxide_trade" in set(d[d.kpi == "imports.market"].key) else "–"),
             f"{sum(_value(d, year, 'exports.market', k) for k in magnet_markets):+,.0f}",
             f"{_value(d, year, 'cover.material', 'prnd_oxide'):+,.1f}",
             " ".join(res.notes),

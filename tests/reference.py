@@ -122,6 +122,8 @@ class World:
     export_rec: dict[tuple[int, int], float] = field(default_factory=dict)
     served: dict[tuple[int, int], float] = field(default_factory=dict)
     unmet: dict[tuple[int, int], float] = field(default_factory=dict)
+    #: per pool, plants' requests beyond its free stock, summed over the days advanced
+    short: list[float] = field(default_factory=list)
     #: (plant, day) whose binding constraint was decided by a tie within round-off
     ties: set[tuple[int, int]] = field(default_factory=set)
 
@@ -201,6 +203,7 @@ def _world(a: Mapping[str, np.ndarray], d0: int) -> World:
         stock=_floats(a["stock"]),
         in_transit=transit,
         value_month=[_floats(r) for r in a["val_month"]],
+        short=_floats(a["short_sum"]),
         totals=[_floats(r) for r in a["tot"]],
     )
 
@@ -290,6 +293,9 @@ def _run_level(w: World, level: list[Plant], d: int) -> None:
         for pool, _mat, amt in pl.outputs:
             asked_room[pool] = asked_room.get(pool, 0.0) + want[pl.index] * amt
     stock_share = {pool: _share(_free(w, pool), asked) for pool, asked in asked_stock.items()}
+    for pool, asked in asked_stock.items():
+        if asked > _free(w, pool):
+            w.short[pool] += asked - _free(w, pool)
     room_share: dict[int, float] = {}
     for pool, asked in asked_room.items():
         ceiling = w.ceiling[pool]
@@ -415,7 +421,7 @@ def _one_day(w: World, d: int) -> None:
 
 def _write_back(w: World, a: Mapping[str, np.ndarray]) -> None:
     for name, values in (("q_avail", w.quota_released), ("q_year_left", w.quota_year_left),
-                         ("stock", w.stock), ("avail", w.avail)):
+                         ("stock", w.stock), ("avail", w.avail), ("short_sum", w.short)):
         for i, v in enumerate(values):
             a[name][i] = v
     ends = a["cal_ptr"][1:]

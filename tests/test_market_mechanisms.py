@@ -6,8 +6,11 @@ Each test is a deterministic comparison on ``tiny-markets`` or a chain built fro
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
+import numpy as np
 import pytest
 
 import retwin
@@ -108,3 +111,28 @@ def test_a_metal_maker_whose_oxide_is_short_does_not_sell_below_its_feeds_cost()
     metal = res.price_month[m] / c.price_month[m]
     assert oxide.max() > 1.2  # the oxide is short
     assert (metal >= oxide * (1 - 1e-9)).all()
+
+
+def test_a_deeper_shortage_raises_the_price_more() -> None:
+    """The price step grows with what buyers could not get: in full up to one working stock
+    of it, by its logarithm beyond (an empty pool whose plants could not draw three working
+    stocks moves its price more than one whose plants missed one). Before, the gap stopped at
+    one working stock, so a national pool already short answered a quota cut with no price
+    change at all."""
+    from retwin.kernels import market as km
+
+    par = np.zeros(len(km.PAR_NAMES))
+    par[km.PAR_PRICE_ADJUST], par[km.PAR_MAX_STEP], par[km.PAR_COVER] = 0.1, 10.0, 30.0
+    sf = np.zeros((2, 1))  # no fixed working stock: cover days of use
+    offtake = np.array([10.0])  # per day: a working stock of 300
+    steps = []
+    for short in (0.0, 150.0, 300.0, 900.0, 2700.0):
+        step = np.zeros(1)
+        km.month_step(offtake, np.array([short]), np.zeros(1), np.ones(1, np.bool_),
+                      np.zeros(1, np.int64), sf, par, np.array([0.0]), np.zeros(1),
+                      np.zeros(1), np.zeros(1), step)
+        steps.append(float(step[0]))
+    # empty pool: gap 1 (step 0.1); short 150: 1.5 -> 1 + ln 1.5; 300: 2 -> 1 + ln 2 ...
+    assert steps == pytest.approx([0.1 * g for g in (1.0, 1 + math.log(1.5), 1 + math.log(2),
+                                                     1 + math.log(4), 1 + math.log(10))])
+    assert all(b > a for a, b in itertools.pairwise(steps))

@@ -56,18 +56,37 @@ def test_held_out_errors_stay_within_their_tolerance(bc: v.Backcast) -> None:
     assert set(held.observable) == {o.id for o in v.OBSERVABLES
                                     if set(o.reported) & set(v.HELD_OUT_YEARS)}
     assert len(v.OBSERVABLES) >= 7
-    assert max(o.tolerance_frac for o in v.OBSERVABLES) <= 0.25
-    tol = {o.id: o.tolerance_frac for o in v.OBSERVABLES}
+    tol = {o.id: o.tolerance_frac for o in v.OBSERVABLES if o.tolerance_frac is not None}
+    assert max(tol.values()) <= 0.25
+    # reported without a tolerance: only what the model is known not to reproduce yet (the
+    # PrNd price path, a strict xfail below), never fitted to
+    assert [o.id for o in v.OBSERVABLES if o.tolerance_frac is None] == ["prnd_oxide_price"]
+    assert not any(o.fitted for o in v.OBSERVABLES if o.tolerance_frac is None)
     for r in held.itertuples():
-        assert abs(r.error_frac) <= tol[r.observable], (r.observable, r.year, r.error_frac)
+        if r.observable in tol:
+            assert abs(r.error_frac) <= tol[r.observable], (r.observable, r.year, r.error_frac)
     assert bc.held_out_within_tolerance
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the formed PrNd oxide price stays near 390-400 thousand CNY/t: the fitted pull toward "
+    "the outside price (held at its 2020 level; 0.50 of the log gap a month against a price "
+    "adjustment of 0.08) holds it there, so the model reproduces neither the 2021-22 spike "
+    "(x 2.7 by 2022) nor the 2023-24 fall. The spike's drivers (Myanmar's border closures, "
+    "stockpiling, expectations) are not modelled"))
+def test_the_prnd_price_rises_to_a_2022_peak_and_falls_in_2023_and_2024(
+        bc: v.Backcast) -> None:
+    t = bc.table[bc.table.observable == "prnd_oxide_price"].set_index("year").simulated
+    assert t[2021] > 1.2 * t[2020] and t[2022] > 1.1 * t[2021]  # the rise to the 2022 peak
+    assert t[2023] < 0.9 * t[2022] and t[2024] < 0.9 * t[2023]  # the fall after it
 
 
 def test_fitted_years_are_close_and_the_split_is_marked(bc: v.Backcast) -> None:
     t = bc.table
     assert set(t[t.year.isin(v.FIT_YEARS)].split) == {"fitted"}
     assert set(t[t.year.isin(v.HELD_OUT_YEARS)].split) == {"held-out"}
-    fitted = t[(t.split == "fitted") & t.reported.notna()]
+    in_fit = {o.id for o in v.OBSERVABLES if o.fitted}
+    fitted = t[(t.split == "fitted") & t.reported.notna() & t.observable.isin(in_fit)]
     assert (fitted.error_frac.abs() <= 0.05).all(), fitted[["observable", "year", "error_frac"]]
     assert t.tolerance_frac[t.split == "fitted"].isna().all()
 
@@ -159,14 +178,14 @@ def test_national_models_refer_to_every_fitted_key(name: str) -> None:
         assert "{" + p.key + "}" in text
 
 
-# --- the fit (slow: dozens of runs) ---------------------------------------------------------
+# --- the fit (slow: about a thousand runs) ---------------------------------------------
 
 
 @pytest.mark.slow
 def test_fit_is_reproducible_and_equals_the_committed_values() -> None:
+    # the committed values were written by `retwin fit` in another process: a fit here that
+    # equals them is a fit that is reproducible (a seeded search; about a minute)
     first = v.fit()
-    second = v.fit()
-    assert first.values == second.values
     committed = formula_parameters()
     for p in v.FREE_PARAMETERS:
         assert math.isclose(first.values[p.key], committed[p.key].value, rel_tol=1e-4), p.key
@@ -237,7 +256,7 @@ def test_fit_command_writes_the_fitted_table_and_the_manifest(
     params = formula_parameters()
     values = {p.key: params[p.key].value * 1.01 for p in v.FREE_PARAMETERS}
     canned = v.FitResult(
-        model="china-2020", values=values, start=values,
+        model="china-2020", values=values,
         bounds={p.key: p.bounds(params) for p in v.FREE_PARAMETERS}, cost=0.5, evaluations=3,
         message="stub", residuals=pd.DataFrame({"what": ["ndfeb_output"], "year": [2021],
                                                 "residual": [0.01]}))
@@ -321,7 +340,10 @@ def test_readme_states_the_tolerances_and_the_commands() -> None:
                 "retwin validation-report --html"):
         assert cmd in section
     for o in v.OBSERVABLES:
-        assert f"{o.tolerance_frac * 100:g} %" in section, o.id
+        if o.tolerance_frac is None:
+            assert f"{o.label}: no tolerance yet" in section, o.id
+        else:
+            assert f"{o.tolerance_frac * 100:g} %" in section, o.id
     assert "What the model cannot reproduce" in section
     assert set(load_fitted()) == {p.key for p in v.FREE_PARAMETERS}
 

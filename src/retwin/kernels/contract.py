@@ -196,6 +196,8 @@ FLOW_ARRAYS: tuple[KernelArray, ...] = (
     _a("exp_rec", _F, "K D", "output", "exports per day"),
     _a("served_rec", _F, "G D", "output", "demand served per day"),
     _a("unmet_rec", _F, "G D", "output", "demand not served per day"),
+    _a("short_sum", _F, "S", "output", "plants' requests on a pool beyond its free stock, "
+       "summed over the days advanced (what they asked for and could not draw)"),
     _a("val_month", _F, "P T", "output", "output value per plant and month (CNY)"),
     _a("tot", _F, "6 M", "output", "per material: produced, drawn by plants, extracted, "
        "imported, exported, drawn by demand"),

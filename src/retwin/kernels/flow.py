@@ -145,6 +145,7 @@ def _flow(
     exp_rec: FloatArray,
     served_rec: FloatArray,
     unmet_rec: FloatArray,
+    short_sum: FloatArray,
     val_month: FloatArray,
     tot: FloatArray,
 ) -> None:
@@ -316,6 +317,8 @@ def _flow(
                 if free < 0.0:
                     free = 0.0
                 ratio_pool[s] = free / req_pool[s] if req_pool[s] > free else 1.0
+                if req_pool[s] > free:
+                    short_sum[s] += req_pool[s] - free
                 room_ratio[s] = 1.0
                 if pool_max[s] < np.inf and room_req[s] > 0.0:
                     room = pool_max[s] - stock[s] - pipe_sum[s] - ipipe_sum[s]

@@ -310,8 +310,13 @@ def month_step(offtake: FloatArray, short: FloatArray, pull: FloatArray, ok: np.
         par[PAR_MAX_STEP]
     for m in range(n_m):
         tm = target_m[m]
-        gap = (_min(_max((tm - free_m[m]) / _max(tm, TINY), -1.0), 1.0) if tm > TINY
-               else 0.0)
+        # a surplus counts up to one working stock; a shortage in full up to one working
+        # stock and by its logarithm beyond (1 + ln gap: what buyers could not get can be many
+        # working stocks, and a deeper shortage must still raise the price), the step itself
+        # bounded by max_step
+        gap = _max((tm - free_m[m]) / _max(tm, TINY), -1.0) if tm > TINY else 0.0
+        if gap > 1.0:
+            gap = 1.0 + math.log(gap)
         step[m] = _min(_max(adjust * gap + pull_k * pull[m], -max_step), max_step)
 
 

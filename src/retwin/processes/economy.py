@@ -5,9 +5,11 @@ last month did (plant activity, demand served, exports, imports) and the stocks 
 
 1. **forms prices**: each pooled material's log price moves with the gap between the stock
    it holds (above its reserve, less what buyers asked for last month and did not get:
-   unmet demand and outside demand the region could not ship) and the working stock it should
-   hold — the pool's ``target_t``, or ``cover_target_days`` of what is asked of it per day —
-   as a share of that working stock, times ``price_adjust_per_month``; it is pulled toward
+   plants' draws beyond its free stock, unmet demand and outside demand the region could not
+   ship) and the working stock it should hold — the pool's ``target_t``, or
+   ``cover_target_days`` of what is asked of it per day — as a share of that working stock
+   (a surplus counts up to one working stock, a shortage beyond one by ``1 + ln``, so a
+   deeper shortage still raises the price), times ``price_adjust_per_month``; it is pulled toward
    the outside (reference) price by ``reference_pull_per_month``, and no month moves it more
    than ``price_max_step_frac``.
    Materials without a pool take the outside price;
@@ -125,6 +127,7 @@ class _EconomyChain(Chain, Protocol):
     exp_rec: FloatArray
     served_rec: FloatArray
     unmet_rec: FloatArray
+    short_sum: FloatArray
 
     def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray,
                     export_contract_tpa: FloatArray) -> None: ...
@@ -227,6 +230,7 @@ class EconomyProcess:
         # the chain's records and pool state: arrays it fills in place, read once here
         served_rec, unmet_rec, exp_rec = chain.served_rec, chain.unmet_rec, chain.exp_rec
         stock, pipe_sum, ipipe_sum = chain.stock, chain.pipe_sum, chain.ipipe_sum
+        short_sum, short_then = chain.short_sum, chain.short_sum.copy()
         ramp = np.ascontiguousarray(self.ramp, dtype=float)
         last_day = len(a.days_left) - 1
         primed = False  # smooth_margin and expected hold a first value
@@ -255,9 +259,11 @@ class EconomyProcess:
                                    served_rec, unmet_rec, exp_rec, asked,
                                    unmet, not_shipped, granted, room, ok, ratio)
                 offtake = a.draw_sp @ granted + a.seg_sg @ asked + a.mk_sk @ chain.exp_cap_day
-                # what buyers asked for last month and did not get: demand segments' unmet
-                # draws and outside demand (below any control cap) the region could not ship
-                short = a.seg_sg @ unmet + a.mk_sk @ not_shipped
+                # what buyers asked for last month and did not get: plants' draws beyond a
+                # pool's free stock, demand segments' unmet draws and outside demand (below
+                # any control cap) the region could not ship
+                short = (short_sum - short_then) + a.seg_sg @ unmet + a.mk_sk @ not_shipped
+                np.copyto(short_then, short_sum)
                 # 1. prices
                 kmarket.month_step(offtake, short, np.log(ratio), ok, pool_mat, sf, par,
                                    stock, chain.reserve, free, target, step)

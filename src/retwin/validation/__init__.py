@@ -2,23 +2,24 @@
 
 The procedure (README, "Validation"):
 
-1. ``models/china-2020.yaml`` runs China's chain over 2020–2024 with the historical quotas and
-   prices of ``data/`` (deterministic: no outages, no noise; seed :data:`SEED`).
+1. ``models/china-2020.yaml`` runs China's chain over 2020–2024 with the historical quotas of
+   ``data/`` and markets on, prices formed from their 2020 levels (deterministic: no outages,
+   no noise; seed :data:`SEED`).
 2. Its free parameters (:data:`FREE_PARAMETERS`) are fitted on the *fitted years*
-   :data:`FIT_YEARS` only. :func:`fit` minimises, with ``scipy.optimize.least_squares``
-   (trust-region reflective, bounded), the sum of squares of
+   :data:`FIT_YEARS` only. :func:`fit` minimises, with ``scipy.optimize.differential_evolution``
+   (seeded, then polished), the sum of squares of
 
-   * the relative error ``(simulated - reported) / reported`` of every observation of an
-     :data:`OBSERVABLES` entry in a fitted year (the first data key of the year is the figure
-     used; the others only make the range), and
+   * the relative error ``(simulated - reported) / reported`` of every observation of a fitted
+     :data:`OBSERVABLES` entry (``Observable.fitted``) in a fitted year (the first data key of
+     the year is the figure used; the others only make the range), and
    * the *balance condition* of each fitted year: the domestic concentrate left unseparated,
      as a share of the domestic mine output (:func:`balance_residuals`). Mining and smelting
      quotas are set together, so mined concentrate is separated, not stockpiled; without this
      condition any recovery above the one that fills the smelting quota fits equally well.
 
-   The start is the middle of each parameter's bounds, so the fit is deterministic and
-   reproducible. ``retwin fit`` writes the result to ``data/fitted.csv`` with how it was
-   obtained; the models refer to the fitted keys by formula.
+   The search is seeded, so the fit is deterministic and reproducible. ``retwin fit`` writes
+   the result to ``data/fitted.csv`` with how it was obtained; the models refer to the fitted
+   keys by formula.
 3. The held-out years :data:`HELD_OUT_YEARS` are never used by the fit; :func:`backcast` runs
    the model with the committed fitted values and reports every year, each marked fitted or
    held out, with the error and, for held-out years, the tolerance of :data:`OBSERVABLES`.

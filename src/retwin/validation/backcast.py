@@ -51,9 +51,11 @@ class Backcast:
                     "observable": o.id, "label": o.label, "split": split, "n": len(g),
                     "mean_abs_error_frac": float(err.mean()),
                     "max_abs_error_frac": float(err.max()),
-                    "tolerance_frac": o.tolerance_frac if split == "held-out" else math.nan,
+                    "tolerance_frac": (o.tolerance_frac if split == "held-out"
+                                       and o.tolerance_frac is not None else math.nan),
                     "within_tolerance": (bool((err <= o.tolerance_frac).all())
-                                         if split == "held-out" else None),
+                                         if split == "held-out" and o.tolerance_frac is not None
+                                         else None),
                 })
         return pd.DataFrame(rows)
 
