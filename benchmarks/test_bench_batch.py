@@ -137,10 +137,8 @@ def test_dask_overhead_per_run(benchmark, tmp_path: Path, where: str  # type: ig
         pd.testing.assert_frame_equal(a, b, check_exact=True)  # same results either way
 
 
-_PEAK = """
-import json, os, sys, time
-from retwin.batch import run_batch
-
+#: Shared by the scripts below, which run in fresh processes.
+_HWM = '''
 def hwm_mb(pid="self"):
     # VmHWM: peak resident set of this address space (reset by exec, unlike ru_maxrss,
     # which a spawned process inherits from the one that forked it)
@@ -152,7 +150,12 @@ def hwm_mb(pid="self"):
     except OSError:
         pass
     return 0.0
+'''
 
+_PEAK = """
+import json, os, sys, time
+from retwin.batch import run_batch
+""" + _HWM + """
 def children():
     try:
         with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as fh:
@@ -206,17 +209,7 @@ def test_peak_memory_of_a_10000_run_study(benchmark, tmp_path: Path  # type: ign
 _SWEEP = """
 import json, os, sys, threading, time
 from retwin.cli import main
-
-def hwm_mb(pid):
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
+""" + _HWM + """
 def pool_workers():
     pids = []
     try:

@@ -1239,6 +1239,10 @@ row("producer.inventory_adjust_days", 60, "days", "", "estimate", dd("9", "cycle
     "no source; producers close the gap to their working stock over about two months, the order lead time of magnets (§9)")
 row("producer.margin_band_frac", 0.1, "fraction of output value", "", "estimate", MKT,
     "no source; a plant whose margin is 10 % of its output value below zero runs at its minimum, in between it slows in proportion")
+row("producer.main_output_value_share_frac", 0.25, "fraction of output value", "", "estimate", MKT,
+    "no source; an output that carries a quarter or more of a joint producer's output value (at the start's prices) is "
+    "one of its main outputs, whose demand paces it: the ionic-clay separators' PrNd (32 %) and Dy (38 %) oxides are "
+    "both main outputs, the rock separators' Dy and Tb (7 %, 10 %) are not")
 derived("producer.min_utilisation_frac", "{util.china_separation_frac.2016}", "fraction of capacity", "",
         dd("6", "cri-report.com"),
         "utilisation plants keep however poor the market: the lowest the record shows for a stage (separation ~35 % in 2016)",

@@ -21,7 +21,6 @@ Tables (one row per value, tidy):
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import os
 import socket
 import threading
@@ -342,10 +341,5 @@ class PointRunner:
                                        f"{task.seed}): {exc}") from None
             builder.add(res, r)
             del res
-            # A run leaves its model in reference cycles (model, simulation environment,
-            # processes) holding its arrays; collected only by the next full collection,
-            # a worker's memory grew by ~25 MB per 100 runs. The cycles are still young here:
-            # a collection of the young generations frees them, for ~0.1 ms.
-            gc.collect(1)
         return ChunkResult(task, builder.tables(), time.perf_counter() - t0,
                            f"{socket.gethostname()}:{os.getpid()}")

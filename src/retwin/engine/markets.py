@@ -27,14 +27,7 @@ from retwin.engine.build import Compiled, _price_paths
 from retwin.kernels.market import KF_NAMES, PAR_NAMES
 from retwin.processes.economy import SMOOTH
 
-__all__ = ["MAIN_OUTPUT_VALUE_SHARE", "MarketArrays", "compile_markets", "market_arrays"]
-
-#: An output that carries at least this share of a joint producer's output value (at the
-#: start's prices) is one of its main outputs: the plant runs as hard as the shortest of its
-#: main outputs' pools asks (a by-product below this share never sets its pace). A quarter:
-#: the ionic-clay separators' PrNd (32 %) and Dy (38 %) oxides are both main outputs, the
-#: rock separators' Dy and Tb (7 %, 10 %) are not.
-MAIN_OUTPUT_VALUE_SHARE = 0.25
+__all__ = ["MarketArrays", "compile_markets", "market_arrays"]
 
 
 def market_arrays(c: Compiled) -> MarketArrays:
@@ -178,13 +171,15 @@ def compile_markets(c: Compiled) -> MarketArrays:
         decide[p] = best
 
     # a joint producer's main outputs: the most valuable one, and any other that carries at
-    # least MAIN_OUTPUT_VALUE_SHARE of its output value (at the start's prices)
+    # least economics.main_output_value_share_frac of its output value (at the start's
+    # prices): the plant runs as hard as the shortest of its main outputs' pools asks (a
+    # by-product below that share never sets its pace)
     main_sp = np.zeros((n_s, n_p))
     value_sp = make_sp * price0[st["pool_mat"]][:, None]
     total = value_sp.sum(axis=0)
     for p in range(n_p):
         if total[p] > 0:
-            main_sp[value_sp[:, p] >= MAIN_OUTPUT_VALUE_SHARE * total[p], p] = 1.0
+            main_sp[value_sp[:, p] >= ec.main_output_value_share_frac * total[p], p] = 1.0
         main_sp[decide[p], p] = 1.0
 
     cap0 = c.nameplate_tpa * c.utilisation

@@ -285,6 +285,13 @@ class ChainModel:
             relabel = (self.code_rec == BIND_CAPACITY) & (reason != 0)
             self.code_rec[relabel] = reason[relabel]
 
+    def close(self) -> None:
+        """Drop the simulation once its results are taken: the processes still waiting past
+        the horizon hold the model in reference cycles (model, environment, processes), which
+        would keep its arrays alive until the next full garbage collection."""
+        self.env._queue.clear()
+        del self.env
+
 
 #: The ``timed`` change kinds (``retwin.scenario.kinds``), each with the method that puts its
 #: current weight into run state when the policy process starts, ramps or ends it.

@@ -97,6 +97,7 @@ def run(
         margin_month=None if model.economy is None else model.economy.margin_rec,
         metadata={"seed": int(seed), "replication": int(replication), "engine_seed": eng_seed},
     )
+    model.close()
     if check:
         res.check_balance()
     return res

@@ -26,9 +26,9 @@ last month did (plant activity, demand served, exports, imports) and the stocks 
    material's relative change (shock and noise);
 3. **lets producers decide**: each plant runs at the share of its ceiling that the expected
    use of its main output pools asks for (a joint producer's main outputs are those that
-   carry a quarter or more of its output value at the start's prices, and the most
-   valuable one: the shortest of them sets the pace, so a main output in surplus does not
-   stop the others) (use smoothed over about three months), plus the gap
+   carry ``main_output_value_share_frac`` or more of its output value at the start's prices,
+   and the most valuable one: the shortest of them sets the pace, so a main output in
+   surplus does not stop the others) (use smoothed over about three months), plus the gap
    between that pool's inventory position (stock above reserve, plus what is in the
    pipeline) and its working stock plus the pipeline that use needs over the producers' lead
    time (a base-stock policy), closed over ``inventory_adjust_days``; and no more than its

@@ -603,6 +603,10 @@ class Economics(_Model):
         description="A plant at this negative margin (share of output value) is at its minimum.")
     min_utilisation_frac: Annotated[float, Field(ge=0, le=1)] = Field(
         description="Utilisation a plant keeps however poor its margin or full its stock.")
+    main_output_value_share_frac: Annotated[float, Field(gt=0, le=1)] = Field(
+        description="An output carrying at least this share of a joint producer's output "
+        "value (at the start's prices) is one of its main outputs: the shortest of their "
+        "pools paces the plant (its most valuable output always does).")
     cash_cost_share_frac: dict[Stage, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict, description="Processing cash cost per stage, as a share of the "
         "output value at the start's prices, for plants without cash_cost_cny_per_unit.")
