@@ -1237,6 +1237,15 @@ derived("market.cover_target_days", "{stock.baotou.working_cover_days}", "days o
         "working stock of pools without target_t: the same month of use", flag="estimate")
 row("producer.inventory_adjust_days", 60, "days", "", "estimate", dd("9", "cycle-time estimates (magnet lead time to OEM 6–10 weeks)"),
     "no source; producers close the gap to their working stock over about two months, the order lead time of magnets (§9)")
+derived("demand.china.ndfeb_growth_2020_2022_frac", "({prod.china.ndfeb_t.2022} / {prod.china.re_pm_t.2020}) ** 0.5 - 1",
+        "1/a", "2020-2022", dd("7", "askci.com; rizinia.com; ccmagnetics.com"),
+        "growth of China's NdFeB output over 2020-2022 (two fitted years of the back-cast), standing for the growth of "
+        "its domestic magnet demand then (NEVs, wind); the world's 2023-2040 outlook (demand.world.ndfeb_growth_per_year) "
+        "is far slower", flag="derived")
+row("trade.china.magnet_export_contract_frac", 1.0, "fraction of export demand", "", "estimate", MKT,
+    "no source gives the share; magnet exports are delivered under long-term supply agreements with foreign motor, "
+    "automotive and electronics makers (qualification takes years, §6), so exporters serve them before domestic spot "
+    "buyers, even in a shortage: all of the foreign demand at the world price")
 row("producer.margin_band_frac", 0.1, "fraction of output value", "", "estimate", MKT,
     "no source; a plant whose margin is 10 % of its output value below zero runs at its minimum, in between it slows in proportion")
 row("producer.main_output_value_share_frac", 0.25, "fraction of output value", "", "estimate", MKT,

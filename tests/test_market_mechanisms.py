@@ -15,6 +15,7 @@ import pytest
 
 import retwin
 from conftest import QUIET
+from retwin.kernels.flow import BIND_DEMAND
 
 YEAR2 = slice(366, 731)  # 2025, in days of the 2024-2025 horizon
 MONTHS2 = slice(12, 24)
@@ -136,3 +137,26 @@ def test_a_deeper_shortage_raises_the_price_more() -> None:
     assert steps == pytest.approx([0.1 * g for g in (1.0, 1 + math.log(1.5), 1 + math.log(2),
                                                      1 + math.log(4), 1 + math.log(10))])
     assert all(b > a for a, b in itertools.pairwise(steps))
+
+
+def test_a_planned_plant_runs_to_its_ceiling_whatever_the_demand() -> None:
+    """A plant marked ``planned`` (state-planned output, such as China's quota holders) is not
+    paced by the demand on its output: when the motor makers' demand falls to a tenth, the
+    paced separator slows down, the planned one keeps separating (its store fills, so
+    stocks build and its oxide's price falls instead)."""
+    cut = {"kind": "demand", "segment": "motors", "factor": 0.1, "from": "2024-03-01"}
+
+    def run(planned: bool) -> Any:
+        sc = retwin.apply_changes(_tiny(), [
+            {"kind": "parameter", "path": "plants.separation.planned", "value": planned}])
+        return retwin.run(sc, seed=1), retwin.run(sc, seed=1, changes=[cut])
+
+    paced, paced_cut = run(False)
+    planned, planned_cut = run(True)
+    assert _act(paced_cut, "separation") < 0.9 * _act(paced, "separation")
+    assert _act(planned_cut, "separation") >= 0.99 * _act(planned, "separation")
+    assert _price_ratio(planned_cut, "prnd_oxide") < _price_ratio(planned, "prnd_oxide")
+    # a planned plant is never reported bound by the demand on its output
+    c = planned_cut.compiled
+    sep = c.plant_ids.index("separation")
+    assert not (planned_cut.binding[sep] == BIND_DEMAND).any()

@@ -311,6 +311,10 @@ def test_china_runs_with_markets_on_and_path_mode_switches_them_off(cn_base: ret
     ({"kind": "trade", "market": "magnet_exports", "side": "export", "factor": 0.1,
       "from": "2025-01-01"},
      {"magnet_exports": -1, "prnd_price": -1, "magnet": -1}),
+    # the export cap is the licensed volume (the 2024 exports), so a quarter of it binds too
+    ({"kind": "trade", "market": "magnet_exports", "side": "export", "factor": 0.25,
+      "from": "2025-01-01"},
+     {"magnet_exports": -1, "prnd_price": -1, "magnet": -1}),
     # a demand surge raises the price of what is demanded and the demand left unmet: the
     # national chain is short at every stage by 2026 (the quotas stay at their 2024 level while
     # demand grows), so output cannot follow, and the metal makers, at their ceiling, cannot ask
@@ -320,7 +324,8 @@ def test_china_runs_with_markets_on_and_path_mode_switches_them_off(cn_base: ret
      {"magnet_price": +1, "unmet": +1}),
     ({"kind": "price", "material": "prnd_oxide", "factor": 1.5, "from": "2025-01-01"},
      {"prnd_price": +1}),
-], ids=["smelting-quota-x0.7", "magnet-export-control", "nev-demand-x1.3", "prnd-price-x1.5"])
+], ids=["smelting-quota-x0.7", "magnet-export-control", "magnet-export-control-x0.25",
+        "nev-demand-x1.3", "prnd-price-x1.5"])
 def test_china_answers_with_the_signs_economics_gives(cn_base: retwin.Scenario,
                                                       cn_baseline: Any, change: Any,
                                                       expect: dict[str, int]) -> None:

@@ -55,6 +55,7 @@ class MarketArrays:
     cash_cost: FloatArray  # (P,) CNY per unit of activity
     decide_pool: IntArray  # (P,) the pool of the plant's most valuable output
     main_sp: FloatArray  # (S, P) 1 where pool s takes one of plant p's main outputs
+                         # (none for a planned plant: no demand paces it)
     lead_s: FloatArray  # (S,) capacity-weighted lead time (days) of the plants making into s
     margin0: FloatArray  # (P,) margin at the start's prices, where negative (else 0)
     imp_base_share: FloatArray  # (K,) share of the import cap on offer at parity
@@ -181,6 +182,9 @@ def compile_markets(c: Compiled) -> MarketArrays:
         if total[p] > 0:
             main_sp[value_sp[:, p] >= ec.main_output_value_share_frac * total[p], p] = 1.0
         main_sp[decide[p], p] = 1.0
+    for p, pid in enumerate(c.plant_ids):
+        if plants[pid].planned:  # state-planned output: no pool's demand paces it
+            main_sp[:, p] = 0.0
 
     cap0 = c.nameplate_tpa * c.utilisation
     weight = make_sp * cap0[None, :]

@@ -363,6 +363,12 @@ class Plant(_Model):
     )
     availability: Availability = Field(default_factory=Availability)
     recipe: Recipe
+    planned: bool = Field(
+        False, description="With economics on, the plant runs to its ceiling (capacity, "
+        "quota) whatever the demand on its output, slowing only for its margin or a full "
+        "store: state-planned output, such as China's quota holders, who mined and separated "
+        "their full quotas in 2021-2024 while prices fell. False: it is paced by the demand "
+        "on its main outputs.")
     cash_cost_cny_per_unit: Price | None = Field(
         None, description="Processing cash cost per unit of activity (besides its inputs); "
         "with economics on, the plant slows down when its margin turns negative. None: the "

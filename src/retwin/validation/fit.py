@@ -102,8 +102,11 @@ FREE_PARAMETERS: tuple[FreeParameter, ...] = (
         "unreported mining, stock releases (constant over the years)",
     ),
     FreeParameter(
-        "fit.china.magnet_export_share_frac", "fraction of finished magnets", upper=0.6,
-        lower=0.05, meaning="share of finished sintered NdFeB made for export",
+        "fit.china.magnet_export_t", "t/a", upper=120_000.0, lower=10_000.0,
+        meaning="foreign demand for China's finished magnets at the world price, also the "
+        "licensed export volume (constant over the years); exports draw on the same pool as "
+        "domestic users, a share under long-term agreements first "
+        "(trade.china.magnet_export_contract_frac)",
     ),
     FreeParameter(
         "fit.china.re_product_export_t_reo", "t REO/a", upper=150_000.0,

@@ -174,24 +174,24 @@ OBSERVABLES: tuple[Observable, ...] = (
 
 #: What the model cannot reproduce, and why (the report and the README show this list).
 LIMITATIONS: tuple[str, ...] = (
-    "Mine and smelting output: with markets on, mines and separators are paced by the demand on "
-    "their output and by their margin, under the quotas; PrNd is short in every year, so the "
-    "mining quotas bind on every day of 2020-2024 and the smelting quota on 6 % of the "
-    "separators' days in 2020 rising to 59 % in 2024 (their feed binds the rest). The sources "
-    "report no production other than the quota, so these small errors test the quota and "
-    "pacing mechanics, not the model's foresight.",
+    "Mine and smelting output: the quota holders are planned (they mine and separate their "
+    "quotas whatever the demand, slowing only for their margin or a full store), so the mining "
+    "quotas bind on every day of 2020-2024 and the smelting quota on 6 % of the separators' "
+    "days in 2020 rising to 59 % in 2024 (their feed binds the rest). The sources report no "
+    "production other than the quota, so these small errors test the quota mechanics, not the "
+    "model's foresight.",
     "PrNd oxide price: formed by the market from its 2020 level with the outside price held "
-    "there (no later price enters the back-cast), it stays near 390-400 thousand CNY/t: the "
-    "fitted pull toward the outside price (0.50 of the log gap a month, against a price "
-    "adjustment of 0.08) holds it, and the fit, on physical figures only, prefers it so. The "
-    "model reproduces neither the 2021-22 spike (x 2.7 by 2022) nor the fall after it; its "
-    "2024 error is small only because the record came back to the 2020 level. The spike's "
-    "drivers (Myanmar's border closures, stockpiling, expectations) are not modelled, so the "
-    "price is reported without a tolerance.",
-    "Magnet exports: the export share is one number fitted on the only fitted-year figure (2021): "
-    "about 33 % of finished output. In 2023 exports were about 28 % of finished output (52.9 kt "
-    "of 0.7 x 270 kt) as domestic demand (NEVs, wind) grew faster; a constant share cannot follow "
-    "that, so held-out exports come out too high. Export controls (2025) are outside the horizon.",
+    "there (no later price enters the back-cast, and the fit does not see it), it rises in 2021 "
+    "and falls after (480, 537, 528, 505, 469 thousand CNY/t): the turn comes a year early and "
+    "the swing is a tenth of the record's (x 2.7 from 2020 to 2022). The fitted price "
+    "adjustment (0.16) and pull toward the outside price (0.42 a month) are weakly determined "
+    "by the physical figures the fit sees; the spike's drivers (Myanmar's border closures, "
+    "stockpiling, expectations) are not modelled, so the price is reported without a "
+    "tolerance.",
+    "Magnet exports: foreign demand is one constant fitted on the only fitted-year figure "
+    "(2021: 48.7 kt), served before domestic users; exports grew to 52.9 kt in 2023 and 58.2 kt "
+    "in 2024 with world demand, so held-out exports come out 8-16 % low. Export controls (2025) "
+    "are outside the horizon.",
     "PrNd oxide from scrap in 2024: Argus reports a 14 % fall, which it ties to low prices; the "
     "recyclers are paced by their margin, but the formed price barely moves, so the model "
     "cannot reproduce the fall. Only magnet-making swarf is recycled (the recyclers' capacity "
