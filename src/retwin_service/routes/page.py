@@ -7,7 +7,7 @@ with no body while the file is unchanged.
 ``GET /api/v1/runs/{id}/charts/{name}`` returns the figures of :mod:`retwin.report.figures`
 for a finished run (and its baseline), the same charts ``retwin report`` writes to a file.
 ``GET /api/v1/models/{name}/outline`` is what the page's what-if form needs of a model (a
-tenth of the whole model document); ``GET /api/v1/runs/{id}/panels/stages/{stage}`` the
+quarter of the whole model document); ``GET /api/v1/runs/{id}/panels/stages/{stage}`` the
 monthly output of each plant of one stage.
 """
 
