@@ -26,6 +26,8 @@ RUN_TABLES: dict[str, dict[str, str]] = {
               "direction": "str", "amount": "float"},
     "monthly": {"month": "time", "kind": "str", "id": "str", "mean": "float", "p5": "float",
                 "p50": "float", "p95": "float"},
+    "stage_output": {"month": "time", "stage": "str", "mean": "float", "p5": "float",
+                     "p50": "float", "p95": "float"},
     "kpis": {"kpi": "str", "key": "str", "year": "int", "value": "float", "unit": "str",
              "replication": "int"},
     "summary": {"kpi": "str", "key": "str", "year": "int", "unit": "str", "mean": "float",

@@ -440,6 +440,42 @@ class RunResult:
         labels, values = self.monthly_values()
         return labels.assign(value=values)  # assign copies: the cached labels stay intact
 
+    def stage_output(self, stack: FloatArray | None = None) -> pd.DataFrame:
+        """Monthly output per stage across replications: ``month, stage, mean, p5, p50,
+        p95`` (stages in :attr:`Topology.stage_plants` order, months within each).
+
+        ``stack`` (replications, rows of :meth:`monthly_values`) holds the replications'
+        monthly values; this run alone by default (a band of width 0). Each replication's
+        stage total is the sum of its plants' ``activity`` in that replication, and the
+        band is taken across those totals: the sum of the plants' p5 is not the stage's
+        p5 (the plants' outages and noise do not strike together)."""
+        import pandas as pd
+
+        c = self.compiled
+        labels, values = self.monthly_values()
+        if stack is None:
+            stack = values[None, :]
+        n_p, n_m = len(c.plant_ids), len(c.months)
+        rows = np.flatnonzero(labels["kind"].to_numpy() == "activity")
+        # monthly_values lays a kind's rows out id-major, months within each id
+        if len(rows) != n_p * n_m or (n_p and not np.array_equal(
+                labels["id"].to_numpy()[rows[::n_m]], np.asarray(c.plant_ids, dtype=object))):
+            raise ValueError("the monthly activity rows are not one per plant and month")
+        act = stack[:, rows].reshape(len(stack), n_p, n_m)  # (R, P, T)
+        stages = list(c.topology.stage_plants)
+        member = np.zeros((len(stages), n_p))
+        for i, sel in enumerate(c.topology.stage_plants.values()):
+            member[i, sel] = 1.0
+        totals = np.matmul(member, act)  # (R, stages, T): each replication's stage totals
+        p5, p50, p95 = np.percentile(totals, [5, 50, 95], axis=0)
+        months = labels["month"].to_numpy()[rows[:n_m]]
+        return pd.DataFrame({
+            "month": np.tile(months, len(stages)),
+            "stage": np.repeat(np.asarray(stages, dtype=object), n_m),
+            "mean": totals.mean(axis=0).reshape(-1),
+            "p5": p5.reshape(-1), "p50": p50.reshape(-1), "p95": p95.reshape(-1),
+        })
+
     def flows(self) -> pd.DataFrame:
         """Monthly flows per plant: ``month, plant, stage, material, direction, amount``."""
         import pandas as pd
@@ -1052,6 +1088,12 @@ class ReplicationSet:
         for q in (5, 50, 95):
             out[f"p{q}"] = np.percentile(stack, q, axis=0)
         return out
+
+    @cached_property
+    def stage_output(self) -> pd.DataFrame:
+        """Monthly output per stage: ``month, stage, mean, p5, p50, p95`` of the
+        replications' stage totals (:meth:`RunResult.stage_output`)."""
+        return self.first.stage_output(self.monthly_stack)
 
     def difference(self, baseline: ReplicationSet) -> pd.DataFrame:
         """Paired differences to a baseline run with the same seeds (common random numbers)."""

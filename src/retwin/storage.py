@@ -86,11 +86,14 @@ def save_result(
     overwrite: bool = True,
     notes: list[str] | None = None,
 ) -> Path:
-    """Write ``series``, ``flows``, ``monthly``, ``kpis`` (and ``summary``, ``difference``,
-    ``targets``, ``bottlenecks``) plus ``manifest.json`` into ``out_dir``; returns it.
+    """Write ``series``, ``flows``, ``monthly``, ``stage_output``, ``kpis`` (and
+    ``summary``, ``difference``, ``targets``, ``bottlenecks``) plus ``manifest.json`` into
+    ``out_dir``; returns it.
 
     ``series`` (daily) and ``flows`` come from the first replication; ``monthly`` holds the
     monthly series (with ``mean, p5, p50, p95`` across replications for a replication set);
+    ``stage_output`` the monthly output per stage, its band taken across the replications'
+    stage totals (:meth:`~retwin.results.RunResult.stage_output`);
     ``kpis`` holds every replication's annual KPIs with a ``replication`` column. The
     manifest keeps ``notes``: plain sentences about the run (a what-if's changes that did not
     bind, :func:`retwin.whatif.binding_notes`).
@@ -110,8 +113,10 @@ def save_result(
         ]
         if isinstance(result, ReplicationSet):
             files.append(_write(result.monthly_bands, tmp / "monthly", fmt))
+            files.append(_write(result.stage_output, tmp / "stage_output", fmt))
         else:
             files.append(_write(first.monthly(), tmp / "monthly", fmt))
+            files.append(_write(first.stage_output(), tmp / "stage_output", fmt))
         if isinstance(result, ReplicationSet):
             import pandas as pd
 

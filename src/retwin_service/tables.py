@@ -41,9 +41,11 @@ __all__ = [
     "iter_csv",
     "iter_parquet",
     "manifest",
+    "plant_output",
     "read",
     "render",
     "run_result",
+    "stage_output",
 ]
 
 Fmt = Literal["json", "csv", "parquet"]
@@ -217,6 +219,41 @@ def run_result(root: Path, key: str) -> dict[str, Any]:
         "bottlenecks": _records(bottlenecks),
         "notes": list(m.get("notes", [])),
     }
+
+
+def stage_output(root: Path, key: str, plant_stage: dict[str, str]) -> pd.DataFrame:
+    """Monthly output per stage of a stored result: ``stage, month, mean, p5, p95``, months
+    in order within each stage.
+
+    The band is the one stored in the result's ``stage_output`` table, taken across the
+    replications' stage totals (:meth:`retwin.results.RunResult.stage_output`), not the
+    sum of the plants' bands. A result stored before that table existed gives the sum of
+    its plants' monthly means (``plant_stage`` names each plant's stage) and no band
+    (``p5`` and ``p95`` NaN)."""
+    if any(f.startswith("stage_output.") for f in manifest(root, key).get("files", [])):
+        df = read(root, key, "stage_output")
+        return df[["stage", "month", "mean", "p5", "p95"]].sort_values(
+            ["stage", "month"], kind="stable").reset_index(drop=True)
+    mon = read(root, key, "monthly")
+    act = mon[mon["kind"] == "activity"]
+    col = "mean" if "mean" in act.columns else "value"
+    g = (act.assign(stage=act["id"].astype(str).map(plant_stage))
+         .groupby(["stage", "month"], observed=True)[col].sum())
+    out = g.rename("mean").reset_index()
+    out["p5"] = out["p95"] = np.nan
+    return out
+
+
+def plant_output(root: Path, key: str, plants: Sequence[str]) -> pd.DataFrame:
+    """Monthly output of some plants of a stored result: ``id, month, mean, p5, p95``
+    (each plant's own band across the replications), months in order within each plant;
+    a plant the result does not have has no rows."""
+    mon = read(root, key, "monthly")
+    act = mon[(mon["kind"] == "activity") & mon["id"].astype(str).isin(list(plants))]
+    if "mean" not in act.columns:  # one run: its values, a band of width 0
+        act = act.assign(mean=act["value"], p5=act["value"], p95=act["value"])
+    out = act[["id", "month", "mean", "p5", "p95"]].assign(id=act["id"].astype(str))
+    return out.sort_values(["id", "month"], kind="stable").reset_index(drop=True)
 
 
 # --- filtering -----------------------------------------------------------------------------

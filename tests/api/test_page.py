@@ -14,7 +14,7 @@ import httpx
 import pytest
 from apiutil import REPO, Server, TestClient, settings_for, whatif
 
-from retwin_service.main import create_app
+from retwin_service.main import GZIP_MIN_BYTES, create_app
 from retwin_service.routes import answer
 
 API = "/api/v1"
@@ -394,6 +394,172 @@ def test_the_first_screen_of_a_run(browser: Any, server: Server) -> None:
     assert total < 100_000, f"the first screen of a run is {total} bytes: {sizes}"
     # the whole run's answer is several times that: the page does not ask for it
     assert not any(u.endswith(f"/runs/{run['id']}") for u in sizes)
+
+
+@needs_browser
+def test_the_first_screen_over_the_wire(browser: Any, server: Server) -> None:
+    """A finished run opened at ``/#run=<id>`` in a browser with nothing cached: everything
+    the first screen fetches (the page, its script and style, the model outline, the runs,
+    the summary, the panels and the Sankey) comes gzipped and weighs under 100 KB over the
+    wire. plotly.js (1.5 MB gzipped) comes once: a reload revalidates it (304, no body), and
+    the whole reload, plotly.js counted, stays under 100 KB."""
+    run = _api_run(server, LATE)
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    loads: list[list[dict[str, Any]]] = [[]]
+
+    def finished(request: Any) -> None:
+        response = request.response()
+        body = 0 if 300 <= response.status < 400 else len(response.body())  # 304: none
+        loads[-1].append({"url": request.url.removeprefix(server.url),
+                          "wire": request.sizes()["responseBodySize"],
+                          "status": response.status, "body": body,
+                          "encoding": response.headers.get("content-encoding", "")})
+
+    page.on("requestfinished", finished)
+    try:
+        page.goto(f"{server.url}/#run={run['id']}")
+        page.wait_for_function(f"window.retwinDrawn === {run['id']!r}", timeout=120_000)
+        page.wait_for_function("window.retwinPlants", timeout=60_000)
+        page.wait_for_timeout(300)
+        loads.append([])
+        page.reload()
+        page.wait_for_function(f"window.retwinDrawn === {run['id']!r}", timeout=120_000)
+        page.wait_for_function("window.retwinPlants", timeout=60_000)
+        page.wait_for_timeout(300)
+        assert errors == []
+    finally:
+        page.close()
+    cold, warm = loads
+    urls = [r["url"] for r in cold]
+    for part in ("/", "/static/app.js", "/static/app.css", "/static/plotly.min.js",
+                 "/api/v1/models/baotou-2024/outline", f"/runs/{run['id']}/summary",
+                 "/panels/stages", "/panels/markets", "/charts/sankey"):
+        assert any(u == part if part == "/" else part in u for u in urls), (part, urls)
+    # the whole model document, the KPI catalogue and the whole run are not asked for
+    assert not any(u.endswith(("/models/baotou-2024", "/kpis", f"/runs/{run['id']}"))
+                   for u in urls), urls
+    for r in cold:
+        if r["body"] >= GZIP_MIN_BYTES:
+            assert r["encoding"] == "gzip" and r["wire"] < r["body"], r
+    plotly = [r for r in cold if r["url"].endswith("/plotly.min.js")]
+    first = sum(r["wire"] for r in cold if r not in plotly)
+    assert first < 100_000, f"the first screen is {first} bytes over the wire: {cold}"
+    again = [r for r in warm if r["url"].endswith("/plotly.min.js")]
+    assert again and again[0]["status"] == 304 and again[0]["wire"] == 0, again
+    total = sum(r["wire"] for r in warm)
+    assert total < 100_000, f"a reload is {total} bytes over the wire: {warm}"
+
+
+#: A what-if on the magnet stage (an outage of a magnet plant, from 2026), with the runs
+#: the series test opens after it: another seed, and one replication.
+MAGNET = {"model": "baotou-2024", "replications": 4, "seed": 7, "changes": [
+    {"kind": "outage", "plant": "jl_mag_baotou", "from": "2026-04-01", "to": "2026-06-30"}]}
+
+
+def _plants_shown(page: Any) -> dict[str, Any]:
+    return dict(page.evaluate("""() => ({
+      shown: window.retwinPlants,
+      boxes: [...document.querySelectorAll('#plant-list .plant-box')]
+        .map((b) => [b.value, b.checked]),
+      all: document.querySelector('#plant-list .plant-all').checked,
+      labels: [...document.querySelectorAll('#plant-list label')].map((l) => l.textContent.trim()),
+      traces: document.querySelector('#plants').data
+        .map((d) => [d.meta, d.legendgroup, d.name]),
+      shapes: (document.querySelector('#plants').layout.shapes || []).map((x) => x.x0),
+      stageShapes: (document.querySelector('#stages').layout.shapes || []).map((x) => x.x0),
+    })"""))
+
+
+@needs_browser
+def test_the_series_bands_and_the_plants_chosen(browser: Any, server: Server) -> None:
+    """Output per stage draws each stage's p5–p95 band (the API's, around the mean); output
+    per plant opens on the stage of the changed plant with every plant ticked, draws only
+    the plants ticked, and keeps them when the year, the run or the language changes; a
+    run of one replication draws no band (tests/artifacts/page-plants.png)."""
+    run = _api_run(server, MAGNET)
+    other = _api_run(server, {**MAGNET, "seed": 8})
+    one = _api_run(server, {**MAGNET, "replications": 1})
+    panel = httpx.get(f"{server.url}{API}/runs/{run['id']}/panels/stages", timeout=60).json()
+    magnet = httpx.get(f"{server.url}{API}/runs/{run['id']}/panels/stages/magnet",
+                       timeout=60).json()
+    ids = [p["id"] for p in magnet["plants"]]
+    names = {p["id"]: p["name"] for p in magnet["plants"]}
+    assert len(ids) >= 4
+    page, errors = _open(browser, server)
+    try:
+        page.goto(f"{server.url}/#run={run['id']}")
+        page.wait_for_function(f"window.retwinDrawn === {run['id']!r} && window.retwinPlants "
+                               f"&& window.retwinPlants.run === {run['id']!r}", timeout=120_000)
+        # every stage's band: the API's p95 forth and p5 back, around the mean drawn
+        traces = page.evaluate("document.querySelector('#stages').data.map((d) => "
+                               "({meta: d.meta, group: d.legendgroup, y: d.y}))")
+        bands = {t["group"]: t["y"] for t in traces if t["meta"] == "band"}
+        means = {t["group"]: t["y"] for t in traces if t["meta"] == "whatif"}
+        assert set(bands) == set(panel["bands"]) == set(means) and bands
+        for stage, y in bands.items():
+            b = panel["bands"][stage]
+            assert y == b["p95"] + b["p5"][::-1], stage
+            assert all(lo <= m <= hi for lo, m, hi in
+                       zip(b["p5"], means[stage], b["p95"], strict=True)), stage
+        # the plants: the changed plant's stage, every plant ticked ("all")
+        s = _plants_shown(page)
+        assert s["shown"]["stage"] == "magnet" and s["shown"]["plants"] == ids
+        assert s["all"] and all(on for _, on in s["boxes"])
+        assert [g for m, g, _ in s["traces"] if m == "whatif"] == ids
+        assert [g for m, g, _ in s["traces"] if m == "band"] == ids  # 4 replications: bands
+        # untick two: only the others are drawn, "all" is no longer ticked
+        for pid in ids[1:3]:
+            page.locator(f"#plant-list .plant-box[value={pid}]").uncheck()
+        kept = [ids[0], *ids[3:]]
+        page.wait_for_function(f"window.retwinPlants.plants.join() === {','.join(kept)!r}")
+        s = _plants_shown(page)
+        assert not s["all"] and [v for v, on in s["boxes"] if on] == kept
+        assert [n for m, _, n in s["traces"] if m == "whatif"] == [names[i] for i in kept]
+        assert {g for m, g, _ in s["traces"]} == set(kept)
+        # another year: the shading moves, the plants stay
+        page.select_option("#year", "2028")
+        page.wait_for_function("window.retwinPlants.year === 2028")
+        s = _plants_shown(page)
+        assert [v for v, on in s["boxes"] if on] == kept and s["shown"]["plants"] == kept
+        assert s["shapes"] == ["2028-01-01"] and set(s["stageShapes"]) == {"2028-01-01"}
+        page.locator("#series-block").screenshot(path=str(ARTIFACTS / "page-plants.png"))
+        # another run of the model: the same stage and plants
+        page.goto(f"{server.url}/#run={other['id']}")
+        page.wait_for_function(f"window.retwinPlants && window.retwinPlants.run === "
+                               f"{other['id']!r}", timeout=120_000)
+        s = _plants_shown(page)
+        assert s["shown"]["stage"] == "magnet" and s["shown"]["plants"] == kept
+        assert [v for v, on in s["boxes"] if on] == kept
+        # another stage opens on all of its plants; back, the choice is there
+        page.select_option("#plant-stage", "separation")
+        page.wait_for_function("window.retwinPlants.stage === 'separation'")
+        assert _plants_shown(page)["all"]
+        page.select_option("#plant-stage", "magnet")
+        page.wait_for_function(f"window.retwinPlants.stage === 'magnet' && "
+                               f"window.retwinPlants.plants.join() === {','.join(kept)!r}")
+        # in Chinese: the labels and the plants' names, the same plants ticked
+        page.click("#lang-toggle")
+        page.wait_for_function("document.querySelector('#plant-list legend').textContent "
+                               "=== '工厂'")
+        s = _plants_shown(page)
+        zh = {p["id"]: p["name_zh"] or p["name"] for p in magnet["plants"]}
+        assert s["labels"][0] == "全部" and s["labels"][1:] == [zh[i] for i in ids]
+        assert [v for v, on in s["boxes"] if on] == kept
+        assert [n for m, _, n in s["traces"] if m == "whatif"] == [zh[i] for i in kept]
+        page.click("#lang-toggle")  # back to English for the other tests
+        page.wait_for_function("document.documentElement.lang === 'en'")
+        # one replication: the means, no band
+        page.goto(f"{server.url}/#run={one['id']}")
+        page.wait_for_function(f"window.retwinPlants && window.retwinPlants.run === "
+                               f"{one['id']!r}", timeout=120_000)
+        metas = page.evaluate("[...document.querySelector('#stages').data, "
+                              "...document.querySelector('#plants').data].map((d) => d.meta)")
+        assert "band" not in metas and "whatif" in metas
+        assert errors == []
+    finally:
+        page.close()
 
 
 #: Draws two Chinese characters of a zh label, and a code point no font has (a private-use

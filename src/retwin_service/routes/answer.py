@@ -153,15 +153,21 @@ def _monthly(root: Path, key: str) -> pd.DataFrame:
     return tables.read(root, key, "monthly")
 
 
-def _stage_series(root: Path, key: str, plants: dict[str, str]) -> dict[str, Any]:
-    mon = _monthly(root, key)
-    act = mon[mon["kind"] == "activity"].copy()
-    act["stage"] = act["id"].astype(str).map(plants)
-    g = act.groupby(["stage", "month"], observed=True)["mean"].sum()
-    out: dict[str, Any] = {}
-    for stage, s in g.groupby(level=0):
-        out[str(stage)] = _round(s.to_numpy())
-    return out
+def _stage_series(root: Path, key: str, plants: dict[str, str],
+                  bands: bool = True) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Each stage's monthly mean output, and (with ``bands``) its p5–p95 band across the
+    replications' stage totals (:func:`retwin_service.tables.stage_output`; ``None`` for
+    one replication, or a result stored without that band)."""
+    df = tables.stage_output(root, key, plants)
+    bands = (bands and int(tables.manifest(root, key).get("replications", 1)) > 1
+             and bool(df["p5"].notna().all()))
+    means: dict[str, Any] = {}
+    band: dict[str, Any] = {}
+    for stage, s in df.groupby("stage", sort=False):
+        means[str(stage)] = _round(s["mean"])
+        if bands:
+            band[str(stage)] = {"p5": _round(s["p5"]), "p95": _round(s["p95"])}
+    return means, band if bands else None
 
 
 def _months(root: Path, key: str) -> list[str]:
@@ -187,8 +193,9 @@ def panel(root: Path, key: str, name: str) -> dict[str, Any]:
             units[p["stage"]] = unit if units.get(p["stage"], unit) == unit else "mixed"
         body["stages"] = list(dict.fromkeys(p["stage"] for p in scenario["plants"]))
         body["units"] = units
-        body["whatif"] = _stage_series(root, key, stages)
-        body["base"] = _stage_series(root, base_key, stages) if base_key else None
+        body["whatif"], body["bands"] = _stage_series(root, key, stages)
+        body["base"] = (_stage_series(root, base_key, stages, bands=False)[0] if base_key
+                        else None)
         return body
     # markets: monthly prices (with bands) of the materials a planner watches, and the
     # annual margin per stage and stock cover per material from the KPIs
@@ -237,8 +244,10 @@ def panel(root: Path, key: str, name: str) -> dict[str, Any]:
 async def read_run_panel(run_id: RunId, name: PanelName, service: ServiceDep,
                          owner: OwnerDep) -> Response:
     """Monthly series of one chart panel of a finished run, the baseline's beside:
-    ``stages`` (output per stage, each in its unit) or ``markets`` (prices with p5–p95, margin
-    per stage, stock cover). Numbers are kept to 4 significant digits."""
+    ``stages`` (output per stage, each in its unit, with ``bands``: the what-if's p5–p95
+    across the replications' stage totals, ``null`` for one replication) or ``markets``
+    (prices with p5–p95, margin per stage, stock cover). Numbers are kept to 4 significant
+    digits."""
     rec = await _done_run(service, run_id, owner, "charts")
     root = Path(service.settings.results_dir)
 

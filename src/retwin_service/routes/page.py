@@ -1,22 +1,29 @@
 """The planner's page (``/``), its static files, and the charts it draws.
 
 The page is plain HTML, CSS and JavaScript in ``retwin_service/static`` (no build step);
-plotly.js is served from the installed plotly package.
+plotly.js is served from the installed plotly package. Static files carry an ``ETag`` and
+``Cache-Control: no-cache``: a browser asks again on every load and is answered ``304``
+with no body while the file is unchanged.
 ``GET /api/v1/runs/{id}/charts/{name}`` returns the figures of :mod:`retwin.report.figures`
 for a finished run (and its baseline), the same charts ``retwin report`` writes to a file.
+``GET /api/v1/models/{name}/outline`` is what the page's what-if form needs of a model (a
+quarter of the whole model document); ``GET /api/v1/runs/{id}/panels/stages/{stage}`` the
+monthly output of each plant of one stage.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+import retwin
 from retwin.report import figures
 from retwin_service import tables
 from retwin_service.deps import OwnerDep, ServiceDep
@@ -46,21 +53,34 @@ def _plotly_js() -> Path:
     return Path(plotly.__file__).resolve().parent / "package_data" / "plotly.min.js"
 
 
+def _static(request: Request, path: Path, media_type: str) -> Response:
+    """A static file, or ``304 Not Modified`` when the browser holds it already (its
+    ``If-None-Match`` names the file's ``ETag``); the browser asks again on every load."""
+    stat = path.stat()
+    etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+    headers = {"etag": etag, "cache-control": "no-cache"}
+    asked = request.headers.get("if-none-match", "")
+    held = {t.strip().removeprefix("W/") for t in asked.split(",")}
+    if etag in held or "*" in held:
+        return Response(status_code=304, headers=headers)
+    return FileResponse(path, media_type=media_type, headers=headers, stat_result=stat)
+
+
 @page_router.get("/")
-async def page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html; charset=utf-8")
+async def page(request: Request) -> Response:
+    return _static(request, STATIC / "index.html", "text/html; charset=utf-8")
 
 
 @page_router.get("/static/plotly.min.js")
-async def plotly_js() -> FileResponse:
-    return FileResponse(_plotly_js(), media_type="text/javascript; charset=utf-8")
+async def plotly_js(request: Request) -> Response:
+    return _static(request, _plotly_js(), "text/javascript; charset=utf-8")
 
 
 @page_router.get("/static/{name}")
-async def static_file(name: str) -> FileResponse:
+async def static_file(name: str, request: Request) -> Response:
     if name not in _FILES:
         raise HTTPException(404, f"no static file {name!r}")
-    return FileResponse(STATIC / name, media_type=_FILES[name])
+    return _static(request, STATIC / name, _FILES[name])
 
 
 def _clean(x: Any) -> Any:
@@ -130,6 +150,114 @@ async def read_run_chart(
             base_dir = root / str(base_key)
         body = _charts(run_dir, base_dir, name, year, kind, lang)
         return Response(dumps(_clean(body)), media_type="application/json")
+
+    return await run_in_threadpool(build)
+
+
+# --- what the what-if form needs of a model ------------------------------------------------
+
+
+def outline(sc: retwin.Scenario) -> dict[str, Any]:
+    """What the page's what-if form reads of a model (a :class:`retwin.Scenario`): the
+    ids, names, stages, capacities and units of what a change may name, the defaults a form
+    starts from (a quota's tonnes, a material's base price), the targets' names, and
+    whether markets are on (a price change then moves the outside price)."""
+    def named(x: Any, **more: Any) -> dict[str, Any]:
+        return {"id": x.id, "name": x.name, "name_zh": getattr(x, "name_zh", "") or "", **more}
+
+    return {
+        "start": sc.start.isoformat(), "end": sc.end.isoformat(), "markets_on": sc.markets_on,
+        "plants": [named(p, stage=p.stage, capacity_tpa=p.capacity_tpa,
+                         output=next(iter(p.recipe.outputs))) for p in sc.plants],
+        "materials": [named(m, unit=m.unit, base_cny_per_unit=m.price.base_cny_per_unit)
+                      for m in sc.materials],
+        "quotas": [named(q, annual_t_reo={str(y): v for y, v in q.annual_t_reo.items()})
+                   for q in sc.quotas],
+        "markets": [named(k, material=k.material) for k in sc.markets],
+        "demand": [named(g, material=g.material) for g in sc.demand],
+        "targets": [named(t, year=t.year) for t in sc.targets],
+    }
+
+
+@router.get("/models/{name}/outline", response_model=dict[str, Any], tags=["page"],
+            responses={404: {"model": ErrorPublic}})
+async def read_model_outline(name: Annotated[str, PathParam(max_length=64)],
+                             service: ServiceDep, _owner: OwnerDep) -> dict[str, Any]:
+    """What the planner's page's what-if form needs of a reference model: for each plant,
+    material, quota, market, demand segment and target its id, English and Chinese name
+    and what a form shows of it (a plant's stage, capacity per year and main output; a
+    material's unit and base price; a quota's tonnes REO per year); the horizon; and
+    ``markets_on``. ``GET /models/{name}`` holds the whole scenario."""
+    cat = service.catalog
+    if name not in cat.models:
+        raise HTTPException(404, f"model {name!r} not found (known: {', '.join(cat.names())})")
+    return {"name": name, **outline(cat.models[name])}
+
+
+# --- monthly output per plant of one stage --------------------------------------------------
+
+
+def stage_plants(root: Path, key: str, stage: str) -> dict[str, Any]:
+    """Monthly output of each plant of ``stage`` of a stored result: the what-if's mean and
+    (more than one replication) its p5–p95 across the replications, the baseline's mean;
+    4 significant digits, in the stage's unit."""
+    m = tables.manifest(root, key)
+    base_key = m.get("baseline_hash")
+    if base_key and not (root / str(base_key) / "manifest.json").is_file():
+        base_key = None
+    scenario = json.loads((root / key / "scenario.json").read_text(encoding="utf-8"))
+    plants = [p for p in scenario["plants"] if p["stage"] == stage]
+    if not plants:
+        stages = list(dict.fromkeys(p["stage"] for p in scenario["plants"]))
+        raise HTTPException(404, f"stage(={stage!r}) is not a stage of this run's model "
+                                 f"(its stages: {', '.join(stages)})")
+    ids = [p["id"] for p in plants]
+    mats = {x["id"]: x for x in scenario["materials"]}
+    units = {mats.get(next(iter(p["recipe"]["outputs"])), {}).get("unit", "t") for p in plants}
+    bands = int(m.get("replications", 1)) > 1
+
+    def series(k: str, with_bands: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        df = tables.plant_output(root, k, ids)
+        means: dict[str, Any] = {}
+        band: dict[str, Any] = {}
+        for pid, s in df.groupby("id", sort=False):
+            means[str(pid)] = answer._round(s["mean"])
+            if with_bands:
+                band[str(pid)] = {"p5": answer._round(s["p5"]), "p95": answer._round(s["p95"])}
+        return means, band
+
+    whatif, band = series(key, bands)
+    return {
+        "name": "plants", "stage": stage, "months": answer._months(root, key),
+        "baseline": base_key is not None, "unit": units.pop() if len(units) == 1 else "mixed",
+        "plants": [{"id": p["id"], "name": p.get("name", p["id"]),
+                    "name_zh": p.get("name_zh", "") or ""} for p in plants],
+        "whatif": whatif, "bands": band if bands else None,
+        "base": series(str(base_key), False)[0] if base_key else None,
+    }
+
+
+@router.get("/runs/{run_id}/panels/stages/{stage}", response_model=dict[str, Any],
+            tags=["page"])
+async def read_run_stage_plants(
+    run_id: Annotated[str, PathParam(min_length=1, max_length=64)],
+    stage: Annotated[str, PathParam(min_length=1, max_length=64)],
+    service: ServiceDep, owner: OwnerDep,
+) -> Response:
+    """Monthly output of each plant of one stage of a finished run, in the stage's unit:
+    ``whatif`` (each plant's mean over the replications), ``bands`` (its p5–p95, ``null``
+    for one replication) and ``base`` (the baseline's mean, ``null`` without one); the
+    plants' ids and names in ``plants``. 404 when the run's model has no such stage.
+    Numbers are kept to 4 significant digits."""
+    rec = await _done_run(service, run_id, owner, "charts")
+    root = Path(service.settings.results_dir)
+
+    def build() -> Response:
+        try:
+            body = stage_plants(root, rec.request_hash, stage)
+        except tables.ResultMissing:
+            raise HTTPException(410, f"the result of run {run_id!r} is gone") from None
+        return Response(dumps(body), media_type="application/json")
 
     return await run_in_threadpool(build)
 

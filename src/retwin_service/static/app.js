@@ -17,13 +17,15 @@ const I18N = {
     all_kpis: "全部指标（分组，所选年份）", unit: "单位", targets_hint: "各目标按模型设定的年份列出；数值为各次重复的平均值。",
     target: "目标", goal: "目标值", baseline: "基准", whatif: "情景", markets: "价格、利润率与库存可用天数",
     flows_hint: "默认显示变化开始生效的第一年；左为基准。", bottlenecks: "各环节逐年的制约因素",
-    series: "各环节月度产量（实线为情景，虚线为基准）", reps: "次重复", changes_n: "项变化",
+    series: "各环节月度产量（实线为情景，阴影为各次重复中该环节合计的 p5–p95，虚线为基准）", reps: "次重复", changes_n: "项变化",
     target_only: "目标年份：", stage: "环节", plant: "工厂", action: "操作", capacity: "年产能",
     ramp: "爬坡天数", name: "名称", plant_id: "编号", side: "方向", quota: "配额", material: "物料",
     segment: "需求板块", market: "市场", plant_id_retire: "工厂",
     why: "为何变化？（各项变化对差值的贡献）", why_button: "分解差值", card: "指标卡",
     why_hint: "以相同随机种子和重复次数分别单独运行每项变化（三项及以上时还运行“去掉其中一项”），与同一基准配对，把每张指标卡的差值分解到各项变化及其交互作用。",
     change: "变化",
+    plants_title: "各工厂月度产量（实线为情景及其 p5–p95 区间，虚线为基准）", plants: "工厂", all: "全部",
+    none_ticked: "请勾选要显示的工厂。",
     bn_hint: "每格：基准的制约因素 → 情景的制约因素（该环节当年最紧的约束）；有变化的格子高亮。",
   },
   en: {},
@@ -52,8 +54,11 @@ function options(sel, values, selected) {
 // under each row says in plain words what the change will do.
 
 const ZH = () => state.lang === "zh";
-const sc = () => (state.model && state.model.scenario) || { plants: [], materials: [], quotas: [],
-  markets: [], demand: [], pools: [] };
+// The model as the form needs it (GET /models/{name}/outline): ids, names, stages, capacities.
+const sc = () => state.model || { plants: [], materials: [], quotas: [], markets: [], demand: [],
+  targets: [] };
+const IDS = { plant_ids: "plants", material_ids: "materials", quota_ids: "quotas", market_ids: "markets",
+  segment_ids: "demand" };
 const byId = (list, id) => (list || []).find((x) => x.id === id);
 const nameOf = (list, id) => {
   const x = byId(list, id);
@@ -66,7 +71,7 @@ const stageName = (s) => (!s ? "?" : ZH() ? STAGE_ZH[s] || s : s.replace("_", " 
 const unitOf = (materialId) => ((byId(sc().materials, materialId) || {}).unit || "t");
 const plantUnit = (plantId) => {
   const p = byId(sc().plants, plantId);
-  return p ? unitOf(Object.keys(p.recipe.outputs)[0]) : "t";
+  return p ? unitOf(p.output) : "t";
 };
 const modelStart = () => (state.model ? String(state.model.start) : "2024-01-01");
 const modelEnd = () => (state.model ? String(state.model.end) : "2030-12-31");
@@ -125,7 +130,7 @@ function modeDefault(form, mode, target) {
   }
   if (mode === "value_cny_per_unit") {
     const m2 = byId(sc().materials, target);
-    return m2 ? Math.round(m2.price.base_cny_per_unit * 1.2) : 0;
+    return m2 ? Math.round(m2.base_cny_per_unit * 1.2) : 0;
   }
   if (mode === "set_tpa") {
     const p = byId(sc().plants, target);
@@ -154,7 +159,7 @@ function plantLabels(ids) { return ids.map((id) => `${nameOf(sc().plants, id)} (
 
 function targetSelect(form, init) {
   const [name, idsKey] = form.target;
-  const ids = (state.model && state.model[idsKey]) || [];
+  const ids = (sc()[IDS[idsKey]] || []).map((x) => x.id);
   const labels = idsKey === "plant_ids" ? plantLabels(ids)
     : idsKey === "material_ids" ? ids.map((id) => `${nameOf(sc().materials, id)} (${id})`)
       : idsKey === "segment_ids" ? ids.map((id) => `${nameOf(sc().demand, id)} (${id})`)
@@ -214,6 +219,7 @@ function addChange(init = {}) {
           };
           stage.addEventListener("change", () => { fill(); update(); });
           fill();
+          fullModel().then(update).catch(() => {});
           if (i.plant) {
             capacity.value = String(i.plant.capacity_tpa);
             id.value = i.plant.id;
@@ -314,7 +320,11 @@ function readChange(row) {
   if (k === "plant") {
     ch.action = get("action");
     if (ch.action === "retire") { ch.plant_id = get("plant_id"); return ch; }
-    const tp = byId(sc().plants, row.dataset.template) || {};
+    // the template's whole plant (its recipe, availability…) comes from the full model
+    // document, asked for once a plant is added; until it is here, its main output names the unit
+    const full = state.full && state.full.name === (state.model || {}).name ? state.full.scenario.plants : [];
+    const brief = byId(sc().plants, row.dataset.template);
+    const tp = byId(full, row.dataset.template) || (brief ? { id: brief.id, recipe: { outputs: { [brief.output]: 1 } } } : {});
     const plant = JSON.parse(JSON.stringify(tp));
     Object.assign(plant, {
       id: get("plant_id_new"), name: get("plant_name"), name_zh: "", stage: get("stage"),
@@ -374,7 +384,7 @@ function describe(given) {
       return `${nameOf(sc().quotas, ch.quota)} ${amount("t REO/yr")} ${when}`;
     case "price": {
       const mat = nameOf(sc().materials, ch.material);
-      const mkt = sc().economics && (sc().settings || {}).price_mode !== "path";
+      const mkt = sc().markets_on;
       const how = mkt ? (zh ? "（市场模式：改变外部价格，本地价格经市场跟随）"
         : " (markets on: moves the outside price; the local price follows through the market)") : "";
       return `${mat} ${zh ? "价格" : "price"} ${amount(`CNY/${unitOf(ch.material)}`)} ${when}${ramp}${how}`;
@@ -484,8 +494,9 @@ const kpiLabel = (name) => {
   const d = state.kpis && state.kpis[name];
   return d ? (state.lang === "zh" ? d.label_zh : d.label) : name;
 };
+// The KPI catalogue (labels, units, groups): asked for when the KPI table is first opened.
 async function loadKpis() {
-  state.kpis = Object.fromEntries((await api("/kpis")).map((k) => [k.name, k]));
+  if (!state.kpis) state.kpis = Object.fromEntries((await api("/kpis")).map((k) => [k.name, k]));
 }
 
 // --- the flow ------------------------------------------------------------------------------
@@ -497,9 +508,19 @@ async function loadModels() {
 }
 
 async function loadModel() {
-  state.model = await api(`/models/${encodeURIComponent($("#model").value)}`);
+  state.model = await api(`/models/${encodeURIComponent($("#model").value)}/outline`);
   $("#changes").replaceChildren();
   window.retwinModel = state.model.name;
+}
+
+// The whole model document: only a new plant needs it (its template's recipe and availability).
+async function fullModel() {
+  const name = state.model.name;
+  if (!state.full || state.full.name !== name) {
+    const full = await api(`/models/${encodeURIComponent(name)}`);
+    if (state.model && state.model.name === name) state.full = full;
+  }
+  return state.full;
 }
 
 async function submit(ev) {
@@ -507,6 +528,9 @@ async function submit(ev) {
   clearErrors();
   $("#message").textContent = "";
   if (!checkRows()) return;
+  try {
+    if (document.querySelector('#changes [name="action"]')) await fullModel();
+  } catch (e) { $("#message").textContent = e.message; return; }
   const body = {
     model: $("#model").value,
     changes: [...document.querySelectorAll("#changes .change")].map(readChange),
@@ -679,6 +703,7 @@ function drawTargets() {
 
 // The full KPI table: asked for only when opened, for the chosen year only.
 async function drawKpiTable() {
+  await loadKpis();
   const year = $("#year").value;
   const id = encodeURIComponent(state.run.id);
   const q = `from=${year}&to=${year}&limit=10000`;
@@ -766,25 +791,123 @@ async function drawSankey(year) {
 const COLOURS = ["#1f4e9c", "#c2410c", "#15803d", "#7c3aed", "#b91c1c", "#0e7490", "#a16207", "#475569"];
 function rgba(hex, a) { const n = parseInt(hex.slice(1), 16); return `rgba(${n >> 16},${(n >> 8) & 255},${n & 255},${a})`; }
 
-// Output per stage: one small chart per stage, each with its own unit on its axis.
+// The chosen year, shaded on a monthly chart's date axes (one rectangle per x axis).
+function yearShapes(axes) {
+  const y = Number($("#year").value);
+  if (!y) return [];
+  return axes.map((ax) => ({ type: "rect", xref: `x${ax}`, yref: `y${ax} domain`, x0: `${y}-01-01`, x1: `${y + 1}-01-01`,
+    y0: 0, y1: 1, fillcolor: "rgba(250,204,21,0.16)", line: { width: 0 }, layer: "below" }));
+}
+
+// Output per stage: one small chart per stage, each with its own unit on its axis; the band is
+// the p5–p95 of the replications' stage totals (not the sum of the plants' bands).
 async function drawStages() {
   const p = await api(`/runs/${encodeURIComponent(state.run.id)}/panels/stages`);
+  state.stagesPanel = { run: state.run.id, p };
   const stages = p.stages.filter((s) => p.whatif[s]);
   const cols = 4, rows = Math.ceil(stages.length / cols);
   const data = [], layout = { height: 230 * rows, margin: { t: 30, l: 60, r: 10, b: 30 }, showlegend: false, annotations: [] };
   const x = p.months.map((m) => `${m}-01`);
+  const axes = [];
   stages.forEach((s, k) => {
     const ax = k ? String(k + 1) : "";
+    axes.push(ax);
     const row = Math.floor(k / cols), col = k % cols;
     const c = COLOURS[k % COLOURS.length];
     layout[`xaxis${ax}`] = { domain: [col / cols + 0.03, (col + 1) / cols - 0.02], anchor: `y${ax}`, type: "date" };
     layout[`yaxis${ax}`] = { domain: [1 - (row + 1) / rows + 0.08, 1 - row / rows - 0.06], anchor: `x${ax}`,
       title: { text: `${unitText(p.units[s])}/${ZH() ? "月" : "month"}`, font: { size: 10 } }, rangemode: "tozero" };
     layout.annotations.push({ text: `<b>${stageName(s)}</b>`, xref: `x${ax} domain`, yref: `y${ax} domain`, x: 0, y: 1.12, showarrow: false, xanchor: "left" });
-    if (p.base) data.push({ x, y: p.base[s], xaxis: `x${ax}`, yaxis: `y${ax}`, mode: "lines", line: { color: c, dash: "dash", width: 1 }, name: `${s} baseline`, meta: "baseline" });
-    data.push({ x, y: p.whatif[s], xaxis: `x${ax}`, yaxis: `y${ax}`, mode: "lines", line: { color: c, width: 2 }, name: `${s} what-if`, meta: "whatif" });
+    const band = p.bands && p.bands[s];
+    if (band) data.push({ x: [...x, ...[...x].reverse()], y: [...band.p95, ...[...band.p5].reverse()], fill: "toself", fillcolor: rgba(c, 0.16), line: { width: 0 }, hoverinfo: "skip", xaxis: `x${ax}`, yaxis: `y${ax}`, name: `${s} p5–p95`, meta: "band", legendgroup: s });
+    if (p.base) data.push({ x, y: p.base[s], xaxis: `x${ax}`, yaxis: `y${ax}`, mode: "lines", line: { color: c, dash: "dash", width: 1 }, name: `${s} baseline`, meta: "baseline", legendgroup: s });
+    data.push({ x, y: p.whatif[s], xaxis: `x${ax}`, yaxis: `y${ax}`, mode: "lines", line: { color: c, width: 2 }, name: `${s} what-if`, meta: "whatif", legendgroup: s });
   });
+  state.stageAxes = axes;
+  layout.shapes = yearShapes(axes);
   Plotly.react("stages", data, layout, { displaylogo: false, responsive: true });
+}
+
+// Output per plant of one stage: the planner picks the stage and ticks the plants to draw ("all"
+// by default). The choice is kept, per stage, when the year, the run or the language changes.
+const plantPick = { stage: null, chosen: {} }; // chosen[stage]: the ticked ids; absent = all
+
+function defaultStage(stages) {
+  for (const ch of (state.run.request.changes || [])) {
+    const id = ch.plant && typeof ch.plant === "object" ? ch.plant.id : ch.plant || ch.plant_id;
+    const p = id && byId(sc().plants, id);
+    const s = ch.stage || (p && p.stage) || (ch.plant && ch.plant.stage);
+    if (s && stages.includes(s)) return s;
+  }
+  return stages.includes("magnet") ? "magnet" : stages[0];
+}
+
+async function drawPlants() {
+  const run = state.run;
+  const stages = state.stagesPanel.p.stages.filter((s) => state.stagesPanel.p.whatif[s]);
+  if (!stages.length) return;
+  if (!stages.includes(plantPick.stage)) plantPick.stage = defaultStage(stages);
+  const stage = plantPick.stage;
+  options($("#plant-stage"), stages, stage);
+  [...$("#plant-stage").options].forEach((o) => { o.textContent = stageName(o.value); });
+  let cached = state.plantPanel;
+  if (!cached || cached.run !== run.id || cached.stage !== stage) {
+    const p = await api(`/runs/${encodeURIComponent(run.id)}/panels/stages/${encodeURIComponent(stage)}`);
+    if (state.run !== run) return;
+    cached = state.plantPanel = { run: run.id, stage, p };
+  }
+  const p = cached.p;
+  const ids = p.plants.map((x) => x.id);
+  let chosen = plantPick.chosen[stage];
+  // a run of another model may not have the plants ticked before: then all of them
+  if (chosen && chosen.length && !chosen.some((id) => ids.includes(id))) chosen = undefined;
+  const ticked = new Set(chosen ? chosen.filter((id) => ids.includes(id)) : ids);
+  const nameOfPlant = (x) => (ZH() && x.name_zh) || x.name || x.id;
+  const box = (value, checked, label, cls) => el("label", { class: "plant-choice" },
+    el("input", Object.assign({ type: "checkbox", class: cls, value }, checked ? { checked: "" } : {})), ` ${label}`);
+  $("#plant-list").replaceChildren(el("legend", {}, t("plants", "Plants")),
+    box("*", !chosen, t("all", "all"), "plant-all"),
+    ...p.plants.map((x) => box(x.id, ticked.has(x.id), nameOfPlant(x), "plant-box")));
+  const x = p.months.map((m) => `${m}-01`);
+  const data = [];
+  p.plants.forEach((pl, k) => {
+    if (!ticked.has(pl.id)) return;
+    const c = COLOURS[k % COLOURS.length];
+    const name = nameOfPlant(pl);
+    const band = p.bands && p.bands[pl.id];
+    if (band) data.push({ x: [...x, ...[...x].reverse()], y: [...band.p95, ...[...band.p5].reverse()], fill: "toself", fillcolor: rgba(c, 0.14), line: { width: 0 }, hoverinfo: "skip", showlegend: false, name: `${name} p5–p95`, meta: "band", legendgroup: pl.id });
+    if (p.base && p.base[pl.id]) data.push({ x, y: p.base[pl.id], mode: "lines", line: { color: c, dash: "dash", width: 1 }, showlegend: false, name: `${name} (${t("baseline", "baseline")})`, meta: "baseline", legendgroup: pl.id });
+    data.push({ x, y: p.whatif[pl.id], mode: "lines", line: { color: c, width: 2 }, name, meta: "whatif", legendgroup: pl.id });
+  });
+  const layout = { height: 360, margin: { t: 20, l: 70, r: 10, b: 40 }, legend: { orientation: "h", y: -0.15, font: { size: 10 } },
+    xaxis: { type: "date" }, yaxis: { title: { text: `${unitText(p.unit)}/${ZH() ? "月" : "month"}` }, rangemode: "tozero" },
+    shapes: yearShapes([""]),
+    annotations: ticked.size ? [] : [{ text: t("none_ticked", "Tick a plant to draw it."), xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false }] };
+  Plotly.react("plants", data, layout, { displaylogo: false, responsive: true });
+  const drawn = p.plants.filter((pl) => ticked.has(pl.id)).map((pl) => pl.id);
+  $("#plants").dataset.stage = stage;
+  $("#plants").dataset.plants = drawn.join(",");
+  window.retwinPlants = { run: run.id, stage, plants: drawn, year: Number($("#year").value) };
+}
+
+// A tick: the plants ticked are kept for this stage ("all" ticked again = every plant, also later ones).
+function pickPlants(ev) {
+  const stage = plantPick.stage;
+  if (ev.target.classList.contains("plant-all")) {
+    plantPick.chosen[stage] = ev.target.checked ? undefined : [];
+  } else {
+    const boxes = [...document.querySelectorAll("#plant-list .plant-box")];
+    const on = boxes.filter((b) => b.checked).map((b) => b.value);
+    plantPick.chosen[stage] = on.length === boxes.length ? undefined : on;
+  }
+  drawPlants().catch((e) => { $("#message").textContent = e.message; });
+}
+
+// The year changed: move the shading of the monthly charts (nothing else of them changes).
+function markYear() {
+  if (state.stageAxes && $("#stages").data) Plotly.relayout("stages", { shapes: yearShapes(state.stageAxes) });
+  if ($("#plants").data) Plotly.relayout("plants", { shapes: yearShapes([""]) });
+  if (window.retwinPlants) window.retwinPlants = Object.assign({}, window.retwinPlants, { year: Number($("#year").value) });
 }
 
 // Prices (monthly, p5–p95 bands), margins per stage and stock cover (annual), baseline dashed.
@@ -887,7 +1010,7 @@ function drawWhy() {
 }
 
 async function drawCharts() {
-  await Promise.all([drawSankey(), drawStages(), drawMarkets()])
+  await Promise.all([drawSankey(), drawStages().then(drawPlants), drawMarkets()])
     .catch((e) => { $("#message").textContent = e.message; });
   window.retwinDrawn = state.run.id;
 }
@@ -955,7 +1078,9 @@ $("#model").addEventListener("change", loadModel);
 $("#add-change").addEventListener("click", () => addChange());
 $("#whatif-form").addEventListener("submit", submit);
 $("#sankey-year").addEventListener("change", (e) => drawSankey(Number(e.target.value)));
-$("#year").addEventListener("change", () => { drawCards(); drawWhy(); if ($("#kpi-details").open) drawKpiTable(); });
+$("#year").addEventListener("change", () => { drawCards(); drawWhy(); markYear(); if ($("#kpi-details").open) drawKpiTable(); });
+$("#plant-stage").addEventListener("change", (e) => { plantPick.stage = e.target.value; drawPlants().catch((x) => { $("#message").textContent = x.message; }); });
+$("#plant-list").addEventListener("change", pickPlants);
 $("#kpi-details").addEventListener("toggle", () => { if ($("#kpi-details").open && state.run) drawKpiTable(); });
 $("#compare-button").addEventListener("click", compare);
 $("#why-button").addEventListener("click", explain);
@@ -963,4 +1088,4 @@ $("#why-card").addEventListener("change", drawWhy);
 window.addEventListener("hashchange", fromHash);
 
 applyLang();
-loadModels().then(loadKpis).then(loadRuns).then(fromHash).catch((e) => { $("#message").textContent = e.message; });
+loadModels().then(loadRuns).then(fromHash).catch((e) => { $("#message").textContent = e.message; });
