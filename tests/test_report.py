@@ -213,3 +213,17 @@ def test_sweep_charts_have_readable_labels(sweep: Path) -> None:
     en = {b["name"] for b in figures.distributions(sweep)[1]["data"]}
     assert {"base", "util low (0.64)", "util high (0.96)"} <= en, en
     assert figures.distributions(sweep)[1]["layout"]["yaxis"]["title"]["text"] == "t"
+
+
+def test_every_stage_has_an_english_and_a_chinese_label() -> None:
+    # the Sankey and the stage charts name stages by these labels (motor and end_product were
+    # shown as their ids on the Chinese page)
+    from typing import get_args
+
+    from retwin.report.labels import Labels
+    from retwin.scenario.schema import Stage
+
+    en, zh = Labels("en"), Labels("zh")
+    for stage in get_args(Stage):
+        assert en(stage) != stage and zh(stage) != stage, stage
+        assert any("\u4e00" <= ch <= "\u9fff" for ch in zh(stage)), stage

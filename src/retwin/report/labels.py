@@ -21,6 +21,8 @@ _FIXED: dict[str, tuple[str, str]] = {
     "magnet": ("Magnets", "磁材"),
     "materials": ("Other materials", "其他功能材料"),
     "applications": ("Applications", "终端应用"),
+    "motor": ("PM motors", "永磁电机"),
+    "end_product": ("End products", "终端产品"),
     # chain nodes of the Sankey
     "ore_body": ("Ore body", "矿产资源"),
     "imports": ("Imports", "进口"),
