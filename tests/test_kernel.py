@@ -400,17 +400,9 @@ def test_two_plants_share_a_short_pool_pro_rata() -> None:
     np.testing.assert_allclose(k["act_rec"][:, 0], [6.0, 18.0])
     assert list(k["code_rec"][:, 0]) == [INPUT, INPUT]
     np.testing.assert_allclose(k["act_rec"][:, 1], 0.0)
-
-
-def test_what_plants_could_not_draw_is_summed_per_pool() -> None:
-    sc = make_scenario(
-        [ORE, CONC, OXIDE],
-        [separator("s1", capacity_tpa=3650), separator("s2", capacity_tpa=3 * 3650)],
-        pools=[{"material": "conc", "initial_t": 60}],
-    )
-    k = both(sc, (0, 3))
-    short = k["short_sum"]
+    # what the plants could not draw is summed per pool (the markets read it as shortage):
     # asked 100 t a day: 40 t short on day 0, 100 t on days 1 and 2; no other pool is short
+    short = k["short_sum"]
     assert np.count_nonzero(short) == 1
     assert short.max() == pytest.approx(240.0)
 

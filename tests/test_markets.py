@@ -142,22 +142,30 @@ def bt_baseline(bt_base: retwin.Scenario) -> Any:
     return retwin.run(bt_base, seed=1)
 
 
-def _bt(res: Any) -> dict[str, float]:
+def _facts(res: Any, year: int, exports: str, imports: str | None = None) -> dict[str, float]:
+    """A run's year in the figures the stylised facts speak of: magnet and separated output,
+    the PrNd oxide and magnet prices, unmet demand, magnet exports (market ``exports``) and,
+    with ``imports``, that market's PrNd oxide imports."""
     c = res.compiled
-    days = np.array([d.year for d in c.dates.astype("datetime64[D]").astype(object)]) == BT_YEAR
-    months = np.array([y for y, _ in c.months]) == BT_YEAR
+    days = c.dates.astype("datetime64[Y]").astype(int) + 1970 == year
+    months = np.array([y for y, _ in c.months]) == year
     stage = np.array(c.plant_stage)
-    return {
+    out = {
         "magnet": float(res.activity[stage == "magnet"][:, days].sum()),
         "separation": float(res.activity[stage == "separation"][:, days].sum()),
         "prnd_price": float(res.price_month[c.material_ids.index("prnd_oxide"), months].mean()),
         "magnet_price": float(
             res.price_month[c.material_ids.index("ndfeb_magnet"), months].mean()),
-        "prnd_imports": float(
-            res.imports[c.market_ids.index("prnd_oxide_trade"), days].sum()),
-        "magnet_exports": float(
-            res.exports[c.market_ids.index("magnet_export_world"), days].sum()),
+        "unmet": float(res.unmet[:, days].sum()),
+        "magnet_exports": float(res.exports[c.market_ids.index(exports), days].sum()),
     }
+    if imports is not None:
+        out["prnd_imports"] = float(res.imports[c.market_ids.index(imports), days].sum())
+    return out
+
+
+def _bt(res: Any) -> dict[str, float]:
+    return _facts(res, BT_YEAR, "magnet_export_world", "prnd_oxide_trade")
 
 
 @pytest.mark.parametrize(("change", "expect"), [
@@ -275,19 +283,7 @@ def cn_baseline(cn_base: retwin.Scenario) -> Any:
 
 
 def _cn(res: Any) -> dict[str, float]:
-    c = res.compiled
-    days = c.dates.astype("datetime64[Y]").astype(int) + 1970 == CN_YEAR
-    months = np.array([y for y, _ in c.months]) == CN_YEAR
-    stage = np.array(c.plant_stage)
-    return {
-        "magnet": float(res.activity[stage == "magnet"][:, days].sum()),
-        "separation": float(res.activity[stage == "separation"][:, days].sum()),
-        "prnd_price": float(res.price_month[c.material_ids.index("prnd_oxide"), months].mean()),
-        "magnet_price": float(
-            res.price_month[c.material_ids.index("ndfeb_magnet"), months].mean()),
-        "unmet": float(res.unmet[:, days].sum()),
-        "magnet_exports": float(res.exports[c.market_ids.index("magnet_exports"), days].sum()),
-    }
+    return _facts(res, CN_YEAR, "magnet_exports")
 
 
 def test_china_runs_with_markets_on_and_path_mode_switches_them_off(cn_base: retwin.Scenario,

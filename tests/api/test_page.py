@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +233,23 @@ def _wait_done(page: Any) -> str:
     return str(page.evaluate("window.retwinShown.id"))
 
 
+def _run_from_form(browser: Any, server: Server, fill: Callable[[Any, Any], None]
+                   ) -> dict[str, Any]:
+    """Open the page, add one change row, let ``fill(page, row)`` fill it and the run's
+    settings, submit, and return the finished run as the API has it; no page error on the
+    way."""
+    page, errors = _open(browser, server)
+    try:
+        page.click("#add-change")
+        fill(page, page.locator("#changes .change").first)
+        page.click("#submit")
+        run_id = _wait_done(page)
+        assert errors == []
+    finally:
+        page.close()
+    return dict(httpx.get(f"{server.url}{API}/runs/{run_id}", timeout=60).json())
+
+
 def _api_run(server: Server, body: dict[str, Any]) -> dict[str, Any]:
     r = httpx.post(f"{server.url}{API}/runs", params={"wait": 300}, json=body, timeout=320)
     assert r.status_code == 200, r.text
@@ -248,10 +265,7 @@ def _diff(run: dict[str, Any], kpi: str, key: str, year: int) -> float:
 def test_an_outage_from_the_form_is_the_outage_of_the_api(browser: Any, server: Server) -> None:
     """The outage form takes the plant down (capacity 0) over dates it shows, says so in
     plain words, and the run it sends is the same outage sent over the API: same Δ."""
-    page, errors = _open(browser, server)
-    try:
-        page.click("#add-change")
-        row = page.locator("#changes .change").first
+    def fill(page: Any, row: Any) -> None:
         row.locator("select[name=kind]").select_option("outage")
         row.locator("select[name=plant]").select_option("cnre_separation")
         # the dates are there to be seen, never left empty
@@ -266,12 +280,8 @@ def test_an_outage_from_the_form_is_the_outage_of_the_api(browser: Any, server: 
         row.locator("input[name=to]").fill("2025-06-30")
         page.fill("#replications", "4")
         page.fill("#seed", "5")
-        page.click("#submit")
-        run_id = _wait_done(page)
-        assert errors == []
-    finally:
-        page.close()
-    run = httpx.get(f"{server.url}{API}/runs/{run_id}", timeout=60).json()
+
+    run = _run_from_form(browser, server, fill)
     assert run["request"]["changes"][0]["capacity_frac"] == 0.0
     api = _api_run(server, {"model": "baotou-2024", "replications": 4, "seed": 5, "changes": [
         {"kind": "outage", "plant": "cnre_separation", "from": "2025-04-01",
@@ -285,10 +295,7 @@ def test_an_outage_from_the_form_is_the_outage_of_the_api(browser: Any, server: 
 def test_a_new_plant_from_the_form(browser: Any, server: Server) -> None:
     """A magnet plant added from its stage's template (capacity, start, ramp) raises
     magnet output once it runs."""
-    page, errors = _open(browser, server)
-    try:
-        page.click("#add-change")
-        row = page.locator("#changes .change").first
+    def fill(page: Any, row: Any) -> None:
         row.locator("select[name=kind]").select_option("plant")
         row.locator("select[name=action]").select_option("add")
         row.locator("select[name=stage]").select_option("magnet")
@@ -298,12 +305,8 @@ def test_a_new_plant_from_the_form(browser: Any, server: Server) -> None:
         plain = row.locator("[data-role=plain]").inner_text()
         assert "a magnet plant of 20,000 t/yr" in plain and "2025-01-01" in plain
         page.fill("#replications", "2")
-        page.click("#submit")
-        run_id = _wait_done(page)
-        assert errors == []
-    finally:
-        page.close()
-    run = httpx.get(f"{server.url}{API}/runs/{run_id}", timeout=60).json()
+
+    run = _run_from_form(browser, server, fill)
     plant = run["request"]["changes"][0]["plant"]
     assert plant["stage"] == "magnet" and plant["capacity_tpa"] == 20000
     assert plant["ramp_days"] == 90 and plant["commissioning"] == "2025-01-01"

@@ -316,9 +316,11 @@ def _flow(
                 free = stock[s] - reserve[s]
                 if free < 0.0:
                     free = 0.0
-                ratio_pool[s] = free / req_pool[s] if req_pool[s] > free else 1.0
                 if req_pool[s] > free:
+                    ratio_pool[s] = free / req_pool[s]
                     short_sum[s] += req_pool[s] - free
+                else:
+                    ratio_pool[s] = 1.0
                 room_ratio[s] = 1.0
                 if pool_max[s] < np.inf and room_req[s] > 0.0:
                     room = pool_max[s] - stock[s] - pipe_sum[s] - ipipe_sum[s]

@@ -15,13 +15,12 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pandas as pd
 from fastapi import APIRouter, HTTPException, Response
-from fastapi import Path as PathParam
 from starlette.concurrency import run_in_threadpool
 
 from retwin.report.cards import (
@@ -35,7 +34,7 @@ from retwin.report.cards import (
 from retwin_service import tables
 from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.render import dumps
-from retwin_service.routes.runs import Wait, _done_run, _summary, _wait
+from retwin_service.routes.runs import RunId, Wait, _done_run, _summary, _wait
 from retwin_service.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["CARDS", "Card", "cards", "focus_year", "router"]
@@ -47,7 +46,18 @@ router = APIRouter(tags=["page"], responses={
     404: {"model": ErrorPublic}, 409: {"model": ErrorPublic}, 410: {"model": ErrorPublic},
     422: {"model": ValidationErrorPublic, "description": "The request does not validate."}})
 
-RunId = Annotated[str, PathParam(min_length=1, max_length=64)]
+
+
+async def result_answer(run_id: str, body: Callable[[], Any]) -> Response:
+    """``body()`` computed in a worker thread and sent as JSON; a stored result gone from the
+    data folder (:class:`~retwin_service.tables.ResultMissing`) is a 410."""
+    def build() -> Response:
+        try:
+            return Response(dumps(body()), media_type="application/json")
+        except tables.ResultMissing:
+            raise HTTPException(410, f"the result of run {run_id!r} is gone") from None
+
+    return await run_in_threadpool(build)
 
 
 def _f(v: Any) -> float | None:
@@ -85,13 +95,20 @@ def _targets(root: Path, key: str, base_key: str | None) -> list[dict[str, Any]]
     return rows
 
 
-def page_result(root: Path, key: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
-    """What the first screen of a finished run draws."""
+def stored(root: Path, key: str) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """A stored result's manifest, its baseline's key (``None`` when it has none, or the
+    baseline's result is gone) and its scenario."""
     m = tables.manifest(root, key)
     base_key = m.get("baseline_hash")
     if base_key and not (root / str(base_key) / "manifest.json").is_file():
         base_key = None
     scenario = json.loads((root / key / "scenario.json").read_text(encoding="utf-8"))
+    return m, (str(base_key) if base_key else None), scenario
+
+
+def page_result(root: Path, key: str, changes: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the first screen of a finished run draws."""
+    m, base_key, scenario = stored(root, key)
     cs = cards(root, key, base_key, scenario)
     years = cs[0]["years"] if cs else sorted(
         int(y) for y in tables.read(root, key, "summary")["year"].unique())
@@ -141,7 +158,8 @@ PanelName = Literal["stages", "markets"]
 DIGITS = 4
 
 
-def _round(values: Iterable[Any]) -> list[float | None]:
+def round_digits(values: Iterable[Any]) -> list[float | None]:
+    """``values`` to :data:`DIGITS` significant digits, a missing one as ``None``."""
     out: list[float | None] = []
     for v in values:
         f = _f(v)
@@ -161,28 +179,33 @@ def _stage_series(root: Path, key: str, plants: dict[str, str],
     df = tables.stage_output(root, key, plants)
     bands = (bands and int(tables.manifest(root, key).get("replications", 1)) > 1
              and bool(df["p5"].notna().all()))
-    means: dict[str, Any] = {}
-    band: dict[str, Any] = {}
-    for stage, s in df.groupby("stage", sort=False):
-        means[str(stage)] = _round(s["mean"])
-        if bands:
-            band[str(stage)] = {"p5": _round(s["p5"]), "p95": _round(s["p95"])}
+    means, band = grouped_series(df, "stage", bands)
     return means, band if bands else None
 
 
-def _months(root: Path, key: str) -> list[str]:
+def grouped_series(df: pd.DataFrame, by: str, bands: bool
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each group's (``by``: stage, plant id) monthly ``mean`` and, with ``bands``, its
+    ``p5``/``p95``, rounded to :data:`DIGITS` significant digits."""
+    means: dict[str, Any] = {}
+    band: dict[str, Any] = {}
+    for name, s in df.groupby(by, sort=False):
+        means[str(name)] = round_digits(s["mean"])
+        if bands:
+            band[str(name)] = {"p5": round_digits(s["p5"]), "p95": round_digits(s["p95"])}
+    return means, band
+
+
+def result_months(root: Path, key: str) -> list[str]:
+    """The months (``YYYY-MM``) of a stored result's monthly series."""
     mon = _monthly(root, key)
     return [pd.Timestamp(m).strftime("%Y-%m") for m in sorted(mon["month"].unique())]
 
 
 def panel(root: Path, key: str, name: str) -> dict[str, Any]:
     """A panel's monthly series: the what-if's and the baseline's."""
-    m = tables.manifest(root, key)
-    base_key = m.get("baseline_hash")
-    if base_key and not (root / str(base_key) / "manifest.json").is_file():
-        base_key = None
-    scenario = json.loads((root / key / "scenario.json").read_text(encoding="utf-8"))
-    body: dict[str, Any] = {"name": name, "months": _months(root, key),
+    _, base_key, scenario = stored(root, key)
+    body: dict[str, Any] = {"name": name, "months": result_months(root, key),
                             "baseline": base_key is not None}
     if name == "stages":
         stages = {p["id"]: p["stage"] for p in scenario["plants"]}
@@ -209,9 +232,9 @@ def panel(root: Path, key: str, name: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for mid, s in pr.groupby(pr["id"].astype(str)):
             s = s.sort_values("month")
-            out[str(mid)] = {"mean": _round(s["mean"])}
+            out[str(mid)] = {"mean": round_digits(s["mean"])}
             if bands:  # the what-if's band is drawn; the baseline is a dashed mean
-                out[str(mid)].update(p5=_round(s["p5"]), p95=_round(s["p95"]))
+                out[str(mid)].update(p5=round_digits(s["p5"]), p95=round_digits(s["p95"]))
         return out
 
     def annual(k: str, kpi: str) -> dict[str, Any]:
@@ -219,7 +242,7 @@ def panel(root: Path, key: str, name: str) -> dict[str, Any]:
         s = s[s["kpi"] == kpi]
         out: dict[str, Any] = {}
         for key_, r in s.groupby("key", observed=True):
-            out[str(key_)] = {"mean": _round(r.sort_values("year")["mean"])}
+            out[str(key_)] = {"mean": round_digits(r.sort_values("year")["mean"])}
         return out
 
     summ = tables.read(root, key, "summary")
@@ -250,15 +273,7 @@ async def read_run_panel(run_id: RunId, name: PanelName, service: ServiceDep,
     digits."""
     rec = await _done_run(service, run_id, owner, "charts")
     root = Path(service.settings.results_dir)
-
-    def build() -> Response:
-        try:
-            body = panel(root, rec.request_hash, name)
-        except tables.ResultMissing:
-            raise HTTPException(410, f"the result of run {run_id!r} is gone") from None
-        return Response(dumps(body), media_type="application/json")
-
-    return await run_in_threadpool(build)
+    return await result_answer(run_id, lambda: panel(root, rec.request_hash, name))
 
 
 # --- why: the difference of each headline card, change by change ----------------------------

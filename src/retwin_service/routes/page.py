@@ -13,7 +13,6 @@ monthly output of each plant of one stage.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,7 +29,7 @@ from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.errors import query_error
 from retwin_service.render import dumps
 from retwin_service.routes import answer
-from retwin_service.routes.runs import _done_run
+from retwin_service.routes.runs import RunId, _done_run
 from retwin_service.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["page_router", "router"]
@@ -125,7 +124,7 @@ def _charts(run_dir: Path, base_dir: Path | None, name: str, year: int | None, k
 
 @router.get("/runs/{run_id}/charts/{name}", response_model=dict[str, Any])
 async def read_run_chart(
-    run_id: Annotated[str, PathParam(min_length=1, max_length=64)],
+    run_id: RunId,
     name: ChartName, service: ServiceDep, owner: OwnerDep,
     year: Annotated[int | None, Query(ge=1900, le=2200)] = None,
     kind: Annotated[Literal["activity", "capacity", "utilisation", "stock", "imports",
@@ -201,11 +200,7 @@ def stage_plants(root: Path, key: str, stage: str) -> dict[str, Any]:
     """Monthly output of each plant of ``stage`` of a stored result: the what-if's mean and
     (more than one replication) its p5–p95 across the replications, the baseline's mean;
     4 significant digits, in the stage's unit."""
-    m = tables.manifest(root, key)
-    base_key = m.get("baseline_hash")
-    if base_key and not (root / str(base_key) / "manifest.json").is_file():
-        base_key = None
-    scenario = json.loads((root / key / "scenario.json").read_text(encoding="utf-8"))
+    m, base_key, scenario = answer.stored(root, key)
     plants = [p for p in scenario["plants"] if p["stage"] == stage]
     if not plants:
         stages = list(dict.fromkeys(p["stage"] for p in scenario["plants"]))
@@ -217,30 +212,23 @@ def stage_plants(root: Path, key: str, stage: str) -> dict[str, Any]:
     bands = int(m.get("replications", 1)) > 1
 
     def series(k: str, with_bands: bool) -> tuple[dict[str, Any], dict[str, Any]]:
-        df = tables.plant_output(root, k, ids)
-        means: dict[str, Any] = {}
-        band: dict[str, Any] = {}
-        for pid, s in df.groupby("id", sort=False):
-            means[str(pid)] = answer._round(s["mean"])
-            if with_bands:
-                band[str(pid)] = {"p5": answer._round(s["p5"]), "p95": answer._round(s["p95"])}
-        return means, band
+        return answer.grouped_series(tables.plant_output(root, k, ids), "id", with_bands)
 
     whatif, band = series(key, bands)
     return {
-        "name": "plants", "stage": stage, "months": answer._months(root, key),
+        "name": "plants", "stage": stage, "months": answer.result_months(root, key),
         "baseline": base_key is not None, "unit": units.pop() if len(units) == 1 else "mixed",
         "plants": [{"id": p["id"], "name": p.get("name", p["id"]),
                     "name_zh": p.get("name_zh", "") or ""} for p in plants],
         "whatif": whatif, "bands": band if bands else None,
-        "base": series(str(base_key), False)[0] if base_key else None,
+        "base": series(base_key, False)[0] if base_key else None,
     }
 
 
 @router.get("/runs/{run_id}/panels/stages/{stage}", response_model=dict[str, Any],
             tags=["page"])
 async def read_run_stage_plants(
-    run_id: Annotated[str, PathParam(min_length=1, max_length=64)],
+    run_id: RunId,
     stage: Annotated[str, PathParam(min_length=1, max_length=64)],
     service: ServiceDep, owner: OwnerDep,
 ) -> Response:
@@ -251,15 +239,7 @@ async def read_run_stage_plants(
     Numbers are kept to 4 significant digits."""
     rec = await _done_run(service, run_id, owner, "charts")
     root = Path(service.settings.results_dir)
-
-    def build() -> Response:
-        try:
-            body = stage_plants(root, rec.request_hash, stage)
-        except tables.ResultMissing:
-            raise HTTPException(410, f"the result of run {run_id!r} is gone") from None
-        return Response(dumps(body), media_type="application/json")
-
-    return await run_in_threadpool(build)
+    return await answer.result_answer(run_id, lambda: stage_plants(root, rec.request_hash, stage))
 
 
 router.include_router(answer.router)
