@@ -17,7 +17,9 @@ import retwin
 from conftest import assert_same_run
 from retwin import MassBalanceError, ScenarioError
 from retwin.engine.model import ChainModel
+from retwin.kernels import outages as outage_kernels
 from retwin.kernels.flow import BIND_OUTAGE
+from retwin.processes import base as outage_drawing
 from retwin.scenario.schema import STAGES, Scenario
 
 NEW_MINE = {"id": "mine2", "name": "Second mine", "stage": "mining", "capacity_tpa": 3650,
@@ -142,11 +144,16 @@ def _up(model: ChainModel, p: int) -> np.ndarray:
     return up
 
 
+@pytest.mark.parametrize("block", [None, 2])
 @pytest.mark.parametrize("seed", [0, 1, 7, 123456])
-def test_drawn_outages_are_the_draws_of_one_event_at_a_time(tiny: Scenario, seed: int) -> None:
+def test_drawn_outages_are_the_draws_of_one_event_at_a_time(
+        tiny: Scenario, seed: int, block: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Drawing a plant's outages up front takes the same numbers from the same stream as
     drawing each when the last happened: the same outages, so a baseline and its what-if
-    still share them (common random numbers) and results stay reproducible."""
+    still share them (common random numbers) and results stay reproducible. Also when the
+    numbers come in blocks too short for the horizon (``block=2``: block after block)."""
+    if block is not None:
+        monkeypatch.setattr(outage_drawing, "_block", lambda *_: block)
     c = retwin.prepare(tiny)
     m = ChainModel(c, seed)
     for p, pid in enumerate(c.plant_ids):
@@ -160,6 +167,19 @@ def test_drawn_outages_are_the_draws_of_one_event_at_a_time(tiny: Scenario, seed
         for d, kind, _ in drawn:
             assert up[d] == (0.0 if kind == "failure" else 1.0)
             assert up[d - 1] == (1.0 if kind == "failure" else 0.0)
+
+
+def test_warmup_compiles_the_outage_kernels_a_run_calls() -> None:
+    """Warm-up compiles (or loads) the kernels that build the outage calendar; compiled, a
+    run with random and planned outages after it adds no signature to them."""
+    retwin.warmup()
+    kernels = {n: f for n, f in vars(outage_kernels).items() if hasattr(f, "signatures")}
+    assert set(kernels) == {"_calendar", "_reached"} or not kernels  # (not compiled: no JIT)
+    before = {n: len(f.signatures) for n, f in kernels.items()}
+    assert all(before.values())
+    res = retwin.run(retwin.load_scenario("tiny"), seed=4)
+    assert any(e[1] == "failure" for e in res.events)
+    assert {n: len(f.signatures) for n, f in kernels.items()} == before
 
 
 def test_mean_availability_is_the_renewal_value(tiny_tree: dict[str, Any]) -> None:

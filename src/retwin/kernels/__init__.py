@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 
-from retwin.kernels import contract
+import numpy as np
+
+from retwin.kernels import contract, outages
 from retwin.kernels.flow import BIND_NAMES, advance
 
 __all__ = ["BIND_NAMES", "advance", "warmup"]
@@ -23,8 +25,12 @@ def warmup() -> float:
     """Compile (or load from the on-disk cache) every kernel; returns the seconds taken.
 
     Compilation depends on the arguments' types only, so one call on an empty chain compiles
-    the kernel the engine calls (with the same packed argument types).
+    the kernel the engine calls (with the same packed argument types); likewise the outage
+    calendar's kernels on no plants.
     """
     t0 = time.perf_counter()
     advance(0, 1, *contract.zeros(_EMPTY_CHAIN).values())
+    no_plants, no_draws, no_days = np.zeros(1, np.int64), np.zeros(0), np.zeros(0, np.int64)
+    outages.reached(no_draws, no_plants, no_draws, no_draws, 1)
+    outages.calendar(no_draws, no_plants, no_draws, no_draws, no_plants, no_days, no_days, 1)
     return time.perf_counter() - t0

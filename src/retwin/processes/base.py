@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from retwin._typing import FloatArray, IntArray
+from retwin.kernels import outages
 
 __all__ = ["Chain", "OutageCalendar", "draw_outages"]
 
@@ -39,22 +40,15 @@ class OutageCalendar:
     events: list[tuple[int, str, str]]
 
 
-def _random_down(rng: np.random.Generator, mtbf: float, mttr: float, n_days: int
-                 ) -> tuple[IntArray, IntArray]:
-    """Days of the failures and the repairs within ``[0, n_days)``: alternate exponential
-    times to failure and to repair, whole days of at least one, drawn from ``rng`` in blocks
-    sized to the horizon (the same numbers as one at a time: up, down, up, …)."""
-    block = max(8, 2 * int(n_days / (mtbf + mttr)) + 8)  # even: a block holds whole cycles
-    scale = np.tile([mtbf, mttr], block // 2)
-    times: list[IntArray] = []
-    t = 0
-    while t < n_days:
-        steps = np.maximum(1, np.ceil(rng.standard_exponential(block) * scale)).astype(np.int64)
-        at = t + np.cumsum(steps)
-        times.append(at[at < n_days])
-        t = int(at[-1])
-    every = np.concatenate(times)
-    return every[0::2], every[1::2]
+#: The event log's name of each kind of :func:`retwin.kernels.outages.calendar`'s entries.
+_EVENT_KINDS = np.array(["failure", "repair", "planned_outage", "planned_outage_end"],
+                        dtype=object)
+
+
+def _block(mtbf: float, mttr: float, n_days: int) -> int:
+    """How many exponentials to draw at a time for a plant: about twice the cycles the
+    horizon holds (even: a block holds whole cycles, failure then repair)."""
+    return max(8, 2 * int(n_days / (mtbf + mttr)) + 8)
 
 
 def draw_outages(plant_ids: list[str], mtbf: FloatArray, mttr: FloatArray,
@@ -69,43 +63,48 @@ def draw_outages(plant_ids: list[str], mtbf: FloatArray, mttr: FloatArray,
     its what-if share them). Planned outages are ``[start, end)`` days. A plant is down while
     it is failed or in any planned outage. Durations are whole days (at least one): the flow
     resolution is daily.
+
+    The exponentials are drawn from each stream in blocks sized to the horizon (the same
+    numbers as one at a time: up, down, up, …); the calendar is then built for all plants in
+    one compiled call (:func:`retwin.kernels.outages.calendar`).
     """
     n_p = len(plant_ids)
-    ptr = np.zeros(n_p + 1, np.int64)
-    days: list[IntArray] = []
-    ups: list[FloatArray] = []
-    events: list[tuple[int, str, str]] = []
-    empty = np.zeros(0, np.int64)
-    for p, pid in enumerate(plant_ids):
-        fail, repair = empty, empty
-        if random_outages and not np.isnan(mtbf[p]):
-            fail, repair = _random_down(rng(f"outage/{pid}"), float(mtbf[p]), float(mttr[p]),
-                                        n_days)
-            events += [(int(d), "failure", pid) for d in fail]
-            events += [(int(d), "repair", pid) for d in repair]
-        starts = np.array([s for s, _ in planned[p]], np.int64)
-        ends = np.array([e for _, e in planned[p]], np.int64)
-        events += [(int(d), "planned_outage", pid) for d in starts]
-        events += [(int(d), "planned_outage_end", pid) for d in ends if d < n_days]
-        if not fail.size and not starts.size:
-            ptr[p + 1] = ptr[p]
-            continue
-        # how many outages hold the plant down, changed at each of these days
-        at = np.concatenate([fail, starts, repair, ends])
-        step = np.concatenate([np.ones(fail.size + starts.size, np.int64),
-                               -np.ones(repair.size + ends.size, np.int64)])
-        uniq, inv = np.unique(at, return_inverse=True)
-        net = np.zeros(uniq.size, np.int64)
-        np.add.at(net, inv, step)
-        up = (np.cumsum(net) == 0).astype(np.float64)
-        changed = up != np.r_[1.0, up[:-1]]
-        keep = changed & (uniq < n_days)
-        days.append(uniq[keep])
-        ups.append(up[keep])
-        ptr[p + 1] = ptr[p] + int(keep.sum())
-    events.sort(key=lambda e: e[0])
-    return OutageCalendar(
-        ptr=ptr,
-        day=np.concatenate(days) if days else np.zeros(0, np.int64),
-        up=np.concatenate(ups) if ups else np.zeros(0, np.float64),
-        events=events)
+    gens: dict[int, np.random.Generator] = {}
+    draws: list[FloatArray] = [_NO_DRAWS] * n_p
+    if random_outages:
+        for p in np.flatnonzero(~np.isnan(mtbf)).tolist():
+            gens[p] = rng(f"outage/{plant_ids[p]}")
+            draws[p] = gens[p].standard_exponential(_block(float(mtbf[p]), float(mttr[p]),
+                                                           n_days))
+    scale_f = np.where(np.isnan(mtbf), 0.0, mtbf)
+    scale_r = np.where(np.isnan(mttr), 0.0, mttr)
+    draw_ptr = _row_pointers([d.size for d in draws])
+    flat = np.concatenate([_NO_DRAWS, *draws])
+    while gens:
+        done = outages.reached(flat, draw_ptr, scale_f, scale_r, n_days)
+        short = [p for p in gens if not done[p]]
+        if not short:
+            break
+        for p in short:  # rare: the block fell short of the horizon; one more block
+            more = gens[p].standard_exponential(_block(float(mtbf[p]), float(mttr[p]), n_days))
+            draws[p] = np.concatenate([draws[p], more])
+        draw_ptr = _row_pointers([d.size for d in draws])
+        flat = np.concatenate([_NO_DRAWS, *draws])
+    plan_ptr = _row_pointers([len(w) for w in planned])
+    spans = np.array([se for w in planned for se in w], np.int64).reshape(-1, 2)
+    ptr, day, up, ev_day, ev_kind, ev_plant = outages.calendar(
+        flat, draw_ptr, scale_f, scale_r, plan_ptr, np.ascontiguousarray(spans[:, 0]),
+        np.ascontiguousarray(spans[:, 1]), n_days)
+    pids = np.array(plant_ids, dtype=object)
+    events = list(zip(ev_day.tolist(), _EVENT_KINDS[ev_kind].tolist(),
+                      pids[ev_plant].tolist(), strict=True))
+    return OutageCalendar(ptr=ptr, day=day, up=up, events=events)
+
+
+_NO_DRAWS = np.zeros(0, np.float64)
+
+
+def _row_pointers(sizes: list[int]) -> IntArray:
+    ptr = np.zeros(len(sizes) + 1, np.int64)
+    ptr[1:] = np.cumsum(sizes)
+    return ptr
