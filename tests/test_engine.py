@@ -7,6 +7,7 @@ import copy
 import datetime as dt
 import itertools
 import math
+import zlib
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from conftest import assert_same_run
 from retwin import MassBalanceError, ScenarioError
 from retwin.engine.model import ChainModel
 from retwin.kernels import outages as outage_kernels
+from retwin.kernels import streams
 from retwin.kernels.flow import BIND_OUTAGE
 from retwin.processes import base as outage_drawing
 from retwin.scenario.schema import STAGES, Scenario
@@ -169,12 +171,12 @@ def test_drawn_outages_are_the_draws_of_one_event_at_a_time(
             assert up[d - 1] == (1.0 if kind == "failure" else 0.0)
 
 
-def test_warmup_compiles_the_outage_kernels_a_run_calls() -> None:
-    """Warm-up compiles (or loads) the kernels that build the outage calendar; compiled, a
-    run with random and planned outages after it adds no signature to them."""
+def test_warmup_compiles_the_outage_and_stream_kernels_a_run_calls() -> None:
+    """Warm-up compiles (or loads) the kernels that build the outage calendar and seed the
+    random streams; compiled, a run with random outages after it adds no signature to them."""
     retwin.warmup()
-    kernels = {n: f for n, f in vars(outage_kernels).items() if hasattr(f, "signatures")}
-    assert set(kernels) == {"_calendar", "_reached"} or not kernels  # (not compiled: no JIT)
+    entries = (outage_kernels._calendar, outage_kernels._reached, streams._generate64)
+    kernels = {f.__name__: f for f in entries if hasattr(f, "signatures")}  # (none: no JIT)
     before = {n: len(f.signatures) for n, f in kernels.items()}
     assert all(before.values())
     res = retwin.run(retwin.load_scenario("tiny"), seed=4)
@@ -419,6 +421,26 @@ def test_demand_noise_seeded(tiny: Scenario) -> None:
     total_b = b.served + b.unmet
     assert not np.array_equal(total_a, total_b)
     assert_same_run(a, retwin.run(tiny, seed=1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 2**32 - 1, 2**32, 2**63 - 1, 2**64 + 3, 2**200 + 1])
+def test_a_named_stream_is_numpys_seed_sequence_stream(tiny: Scenario, seed: int) -> None:
+    """``rng(name)`` hashes its seed sequence in compiled code: the numbers must be those of
+    ``PCG64(SeedSequence(seed, spawn_key=(crc32(name),)))``, for seeds of one word and of
+    more words than numpy's pool holds, and the seed sequence's words too."""
+    m = ChainModel(retwin.prepare(tiny), seed)
+    for name in ("outage/mine", "price/ndpr_oxide", "demand/ev", ""):
+        key = zlib.crc32(name.encode())
+        numpy_ss = np.random.SeedSequence(seed, spawn_key=(key,))
+        expected = np.random.Generator(np.random.PCG64(numpy_ss)).standard_normal(64)
+        np.testing.assert_array_equal(m.rng(name).standard_normal(64), expected)
+    for key in (0, 1, 2**32 - 1):
+        numpy_ss = np.random.SeedSequence(seed, spawn_key=(key,))
+        for n_words, dtype in itertools.product((1, 4, 7), (np.uint32, np.uint64)):
+            got = streams.generate_state(m._seed_words, key, n_words, dtype)
+            want = numpy_ss.generate_state(n_words, dtype)
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
 
 
 def test_negative_seed_is_refused(tiny: Scenario) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import simpy
+from numpy.random.bit_generator import ISeedSequence
 
 from retwin.compiled import Compiled, TimedChange
 from retwin.engine.markets import market_arrays
-from retwin.kernels import contract
+from retwin.kernels import contract, streams
 from retwin.kernels.flow import BIND_CAPACITY, advance_packed
 from retwin.processes import (
     DemandProcess,
@@ -45,7 +46,7 @@ class ChainModel:
         self.month_start_day = c.month_start_day
         n_p, n_m, n_t = len(c.plant_ids), len(c.material_ids), len(c.months)
         st = c.scenario.settings
-        self._seed_seq = np.random.SeedSequence(self.seed)
+        self._seed_words = np.array(streams.entropy_words(self.seed), np.int64)
         # Outages do not depend on the run's state: drawn now, read by the kernel day by day
         # (an outage costs no event and no kernel call).
         self.outages = draw_outages(c.plant_ids, c.mtbf, c.mttr, c.planned, st.outages,
@@ -137,10 +138,14 @@ class ChainModel:
 
     def rng(self, stream: str) -> np.random.Generator:
         """An independent generator per named stream: the same name gets the same numbers in
-        every run with this seed (common random numbers between a baseline and a what-if)."""
+        every run with this seed (common random numbers between a baseline and a what-if).
+
+        The stream is ``PCG64(SeedSequence(seed, spawn_key=(crc32(name),)))``, its seed
+        sequence hashed by a compiled copy of numpy's (:class:`_StreamSeed`)."""
         key = zlib.crc32(stream.encode())
-        return np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed,
-                                                                           spawn_key=(key,))))
+        # numpy takes any ISeedSequence (its stubs name only SeedSequence)
+        seed_seq = cast(np.random.SeedSequence, _StreamSeed(self._seed_words, key))
+        return np.random.Generator(np.random.PCG64(seed_seq))
 
     def advance_to(self, day: int) -> None:
         if day > self.day:
@@ -227,23 +232,26 @@ class ChainModel:
     def set_decisions(self, utilisation: np.ndarray, want_day: np.ndarray) -> None:
         """Producers' decided share of their ceiling, and the rate a plant decided to run
         flat out would run at were its ceiling higher (the market process, monthly)."""
-        self.decision[:] = utilisation
-        self.want_day[:] = want_day
-        self.cap_day[:] = self.cap_max_day * self.decision
+        np.copyto(self.decision, utilisation)
+        np.copyto(self.want_day, want_day)
+        np.multiply(self.cap_max_day, self.decision, out=self.cap_day)
 
     def set_outside(self, import_share: np.ndarray, export_demand_tpa: np.ndarray,
                     export_contract_tpa: np.ndarray) -> None:
         """The outside curves at this month's prices (the market process, monthly)."""
-        self.imp_share[:] = import_share
-        self.exp_demand_tpa[:] = np.maximum(export_demand_tpa, export_contract_tpa)
-        self.exp_contract_tpa[:] = export_contract_tpa
+        np.copyto(self.imp_share, import_share)
+        np.maximum(export_demand_tpa, export_contract_tpa, out=self.exp_demand_tpa)
+        np.copyto(self.exp_contract_tpa, export_contract_tpa)
         self._apply_trade()
 
     def _apply_trade(self) -> None:
-        self.imp_cap_day[:] = self.imp_cap_base_tpa * self.imp_share / 365.0
-        self.exp_cap_day[:] = np.minimum(self.exp_cap_base_tpa, self.exp_demand_tpa) / 365.0
-        self.exp_contract_day[:] = np.minimum(self.exp_cap_base_tpa,
-                                              self.exp_contract_tpa) / 365.0
+        # in place, a ufunc call per operation (monthly with markets on)
+        np.multiply(self.imp_cap_base_tpa, self.imp_share, out=self.imp_cap_day)
+        np.divide(self.imp_cap_day, 365.0, out=self.imp_cap_day)
+        np.minimum(self.exp_cap_base_tpa, self.exp_demand_tpa, out=self.exp_cap_day)
+        np.divide(self.exp_cap_day, 365.0, out=self.exp_cap_day)
+        np.minimum(self.exp_cap_base_tpa, self.exp_contract_tpa, out=self.exp_contract_day)
+        np.divide(self.exp_contract_day, 365.0, out=self.exp_contract_day)
 
     def _refresh_trade(self, k: int) -> None:
         c = self.c
@@ -291,6 +299,19 @@ class ChainModel:
         would keep its arrays alive until the next full garbage collection."""
         self.env._queue.clear()
         del self.env
+
+
+class _StreamSeed(ISeedSequence):
+    """``np.random.SeedSequence(seed, spawn_key=(key,))`` as a ``PCG64`` reads it: its
+    ``generate_state``, computed by :func:`retwin.kernels.streams.generate_state` (numpy
+    builds its seed sequence in Python-level code, at several times the cost of drawing a
+    stream's numbers)."""
+
+    def __init__(self, seed_words: np.ndarray, key: int) -> None:
+        self._seed_words, self._key = seed_words, key
+
+    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
+        return streams.generate_state(self._seed_words, self._key, n_words, dtype)
 
 
 #: The ``timed`` change kinds (``retwin.scenario.kinds``), each with the method that puts its

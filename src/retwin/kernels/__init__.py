@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from retwin.kernels import contract, outages
+from retwin.kernels import contract, outages, streams
 from retwin.kernels.flow import BIND_NAMES, advance
 
 __all__ = ["BIND_NAMES", "advance", "warmup"]
@@ -26,11 +26,12 @@ def warmup() -> float:
 
     Compilation depends on the arguments' types only, so one call on an empty chain compiles
     the kernel the engine calls (with the same packed argument types); likewise the outage
-    calendar's kernels on no plants.
+    calendar's kernels on no plants, and the random streams' seeding.
     """
     t0 = time.perf_counter()
     advance(0, 1, *contract.zeros(_EMPTY_CHAIN).values())
     no_plants, no_draws, no_days = np.zeros(1, np.int64), np.zeros(0), np.zeros(0, np.int64)
     outages.reached(no_draws, no_plants, no_draws, no_draws, 1)
     outages.calendar(no_draws, no_plants, no_draws, no_draws, no_plants, no_days, no_days, 1)
+    streams.generate_state(np.zeros(1, np.int64), 0, 4, np.uint64)
     return time.perf_counter() - t0
