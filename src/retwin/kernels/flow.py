@@ -164,18 +164,31 @@ def _flow(
     n_levels = lvl_ptr.shape[0] - 1
     n_plants = order.shape[0]
     n_segments = dem_pool.shape[0]
+    n_markets = mk_pool.shape[0]
     nq = max(n_quota, 1)
-    scratch = np.empty(n_plants + 4 * n_pools + nq)  # one allocation per call
+    scratch = np.empty(n_plants + 4 * n_pools + nq + n_markets)  # one allocation per call
     want = scratch[:n_plants]
     req_pool = scratch[n_plants:n_plants + n_pools]
     room_req = scratch[n_plants + n_pools:n_plants + 2 * n_pools]
     ratio_pool = scratch[n_plants + 2 * n_pools:n_plants + 3 * n_pools]
     room_ratio = scratch[n_plants + 3 * n_pools:n_plants + 4 * n_pools]
     req_q = scratch[n_plants + 4 * n_pools:n_plants + 4 * n_pools + nq]
+    contracted = scratch[n_plants + 4 * n_pools + nq:]  # today's contracted exports
     req_pool[:] = 0.0
     room_req[:] = 0.0
     codes = np.zeros(n_plants, dtype=np.int8)
     qdone = np.zeros(n_plants, dtype=np.int8)
+    # Where storage room can bind: plants delivering into a pool with a ceiling, and the
+    # levels that have such plants (elsewhere every room ratio is 1 and is not computed).
+    ceiled = np.zeros(n_plants, dtype=np.int8)
+    lvl_ceiled = np.zeros(n_levels, dtype=np.int8)
+    for lv in range(n_levels):
+        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+            p = order[i]
+            for j in range(out_ptr[p], out_ptr[p + 1]):
+                if pool_max[out_pool[j]] < np.inf:
+                    ceiled[p] = 1
+                    lvl_ceiled[lv] = 1
 
     # 0. the outage calendar: the first day a plant's availability changes (past d1: none)
     next_change = d1 + 1
@@ -209,7 +222,8 @@ def _flow(
                 pipe[s, slot] = 0.0
                 ipipe[s, slot] = 0.0
         # 1b. contracted exports leave before the region's plants draw
-        for k in range(mk_pool.shape[0]):
+        for k in range(n_markets):
+            contracted[k] = 0.0
             if exp_contract_day[k] > 0.0:
                 s = mk_pool[k]
                 free = stock[s] - reserve[s]
@@ -218,6 +232,7 @@ def _flow(
                     stock[s] -= amt
                     tot[4, pool_mat[s]] += amt
                     exp_rec[k, d] = amt
+                    contracted[k] = amt
 
         # 2. plants, level by level
         for lv in range(n_levels):
@@ -227,7 +242,12 @@ def _flow(
                 continue
             for q in range(n_quota):
                 req_q[q] = 0.0
-            # 2a. what each plant could do on capacity alone
+            for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+                req_pool[lvl_pools[j]] = 0.0
+                room_req[lvl_pools[j]] = 0.0
+            # 2a. what each plant could do on capacity alone, and what that asks of the
+            # quotas, of the pools it draws on and of the room of the pools it delivers into
+            # (asked again below if a quota cuts a request)
             for i in range(lo, hi):
                 p = order[i]
                 if d < commission_day[p] or d >= retire_day[p]:
@@ -247,10 +267,17 @@ def _flow(
                 q = plant_quota[p]
                 if q >= 0:
                     req_q[q] += x * qcoef[p]
+                for j in range(in_ptr[p], in_ptr[p + 1]):
+                    if in_pool[j] >= 0:
+                        req_pool[in_pool[j]] += x * in_amt[j]
+                if ceiled[p]:
+                    for j in range(out_ptr[p], out_ptr[p + 1]):
+                        room_req[out_pool[j]] += x * out_amt[j]
             # 2b. quota shares: a quota that cannot meet its plants' requests is shared by
             # their licence shares; what a plant leaves of its part goes to the others by
             # theirs (water-filling: each pass grants in full every request at or below its
             # part of what is left, until no request is, then splits the rest by shares)
+            cut = False
             for q in range(n_quota):
                 if req_q[q] <= 0.0:
                     continue
@@ -263,6 +290,7 @@ def _flow(
                     allow = 0.0
                 if allow >= req_q[q]:
                     continue
+                cut = True
                 for i in range(lo, hi):
                     pp = order[i]
                     qdone[pp] = 0 if plant_quota[pp] == q and want[pp] > 0.0 else 1
@@ -299,18 +327,21 @@ def _flow(
                                 codes[pp] = BIND_QUOTA
                                 qdone[pp] = 1
                         break
-            for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-                req_pool[lvl_pools[j]] = 0.0
-                room_req[lvl_pools[j]] = 0.0
-            for i in range(lo, hi):
-                p = order[i]
-                x = want[p]
-                for j in range(in_ptr[p], in_ptr[p + 1]):
-                    if in_pool[j] >= 0:
-                        req_pool[in_pool[j]] += x * in_amt[j]
-                for j in range(out_ptr[p], out_ptr[p + 1]):
-                    room_req[out_pool[j]] += x * out_amt[j]
+            if cut:  # the requests on the pools, at what the quotas left
+                for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+                    req_pool[lvl_pools[j]] = 0.0
+                    room_req[lvl_pools[j]] = 0.0
+                for i in range(lo, hi):
+                    p = order[i]
+                    x = want[p]
+                    for j in range(in_ptr[p], in_ptr[p + 1]):
+                        if in_pool[j] >= 0:
+                            req_pool[in_pool[j]] += x * in_amt[j]
+                    if ceiled[p]:
+                        for j in range(out_ptr[p], out_ptr[p + 1]):
+                            room_req[out_pool[j]] += x * out_amt[j]
             # 2c. pool shares (inputs) and storage room (outputs) of the pools this level uses
+            short = False
             for jj in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
                 s = lvl_pools[jj]
                 free = stock[s] - reserve[s]
@@ -319,10 +350,11 @@ def _flow(
                 if req_pool[s] > free:
                     ratio_pool[s] = free / req_pool[s]
                     short_sum[s] += req_pool[s] - free
+                    short = True
                 else:
                     ratio_pool[s] = 1.0
                 room_ratio[s] = 1.0
-                if pool_max[s] < np.inf and room_req[s] > 0.0:
+                if lvl_ceiled[lv] and pool_max[s] < np.inf and room_req[s] > 0.0:
                     room = pool_max[s] - stock[s] - pipe_sum[s] - ipipe_sum[s]
                     if room < 0.0:
                         room = 0.0
@@ -333,13 +365,15 @@ def _flow(
                 p = order[i]
                 x = want[p]
                 r_in = 1.0
-                for j in range(in_ptr[p], in_ptr[p + 1]):
-                    if in_pool[j] >= 0 and ratio_pool[in_pool[j]] < r_in:
-                        r_in = ratio_pool[in_pool[j]]
+                if short:  # (else every pool of the level meets its requests)
+                    for j in range(in_ptr[p], in_ptr[p + 1]):
+                        if in_pool[j] >= 0 and ratio_pool[in_pool[j]] < r_in:
+                            r_in = ratio_pool[in_pool[j]]
                 r_out = 1.0
-                for j in range(out_ptr[p], out_ptr[p + 1]):
-                    if room_ratio[out_pool[j]] < r_out:
-                        r_out = room_ratio[out_pool[j]]
+                if ceiled[p]:
+                    for j in range(out_ptr[p], out_ptr[p + 1]):
+                        if room_ratio[out_pool[j]] < r_out:
+                            r_out = room_ratio[out_pool[j]]
                 if x > 0.0:
                     if r_in < 1.0 and r_in <= r_out:
                         x *= r_in
@@ -396,16 +430,16 @@ def _flow(
             unmet_rec[g, d] = dem_rate[g] - served
 
         # 4. exports, 5. imports
-        for k in range(mk_pool.shape[0]):
+        for k in range(n_markets):
             s = mk_pool[k]
-            spot = exp_cap_day[k] - exp_rec[k, d]  # what the contract left of the cap
+            spot = exp_cap_day[k] - contracted[k]  # what the contract left of the cap
             if spot > 0.0:
                 surplus = stock[s] - reserve[s] - target[s]
                 if surplus > 0.0:
                     amt = surplus if surplus < spot else spot
                     stock[s] -= amt
                     tot[4, pool_mat[s]] += amt
-                    exp_rec[k, d] += amt
+                    exp_rec[k, d] = contracted[k] + amt
             if imp_cap_day[k] > 0.0:
                 need = reserve[s] + target[s] - stock[s] - ipipe_sum[s]
                 if need > 0.0:
