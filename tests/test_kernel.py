@@ -139,8 +139,9 @@ def test_kernel_body_must_follow_the_declaration(monkeypatch: pytest.MonkeyPatch
 
 
 def test_packed_call_shares_the_state_the_events_write() -> None:
-    """Every array of a run is what its packed call passes: the 1-D ones are views into the
-    blobs (an event writing ``avail`` writes what the kernel reads), the others the arrays."""
+    """Every array of a run is what its packed call passes: the int64 and float64 ones (1-D
+    and 2-D) are views into the blobs (an event writing ``avail`` writes what the kernel
+    reads), the others the arrays; the call carries the 2-D ones' shapes."""
     sc = make_scenario([ORE, CONC, OXIDE], [mine(), separator()], days=10)
     m = chain_model(sc)
     si, _, sf, _, *rest = m._packed
@@ -155,8 +156,13 @@ def test_packed_call_shares_the_state_the_events_write() -> None:
             assert a.base is blob, name
     assert [id(a) for a in m._args] == [id(m.arrays[n]) for n in ARG_NAMES]
     m.avail[1] = 0.25  # what an outage does
-    sf_off = m._packed[3]
+    sf_off, shapes = m._packed[3], m._packed[4]
     assert sf[sf_off[contract.PACKED_FLOATS.index("avail")] + 1] == 0.25
+    assert contract.PACKED_2D and shapes.tolist() == [
+        d for n in contract.PACKED_2D for d in m.arrays[n].shape]
+    m.act_rec[1, 3] = 7.0
+    i = contract.PACKED_FLOATS.index("act_rec")
+    assert sf[sf_off[i] + m.act_rec.shape[1] + 3] == 7.0
 
 
 def test_a_run_allocates_its_arrays_from_the_declaration() -> None:

@@ -55,7 +55,7 @@ class ChainModel:
         # its starting values, everything else zero. The engine calls the packed kernel (a
         # third of the dispatch cost per event); the 1-D arrays are views into its blobs, so
         # events write straight into what the kernel reads.
-        self.kernel = contract.pack(contract.allocate(c.kernel_sizes, {
+        self.kernel = contract.allocate_packed(c.kernel_sizes, {
             **c.kernel_static,
             "cap_day": c.nameplate_tpa * c.utilisation / 365.0,  # x decision (1 at start)
             "avail": np.ones(n_p),
@@ -69,7 +69,7 @@ class ChainModel:
             "exp_cap_day": c.exp_cap_tpa / 365.0,
             "price": c.price_month[:, 0],
             "stock": c.pool_initial,
-        }))
+        })
         #: Every kernel array by its declared name (also readable as ``model.<name>``).
         self.arrays = self.kernel.views
         #: The kernel's arguments after ``d0, d1``, in its order (for the named call).

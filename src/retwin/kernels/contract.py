@@ -2,7 +2,7 @@
 
 :data:`FLOW_ARRAYS` lists the kernel's arrays in the order the kernel takes them (after the day
 range ``d0, d1``), each with its dtype, its axes, its role and what it holds. Everything else
-is derived from it: the kernel's packed call (:func:`pack`; the 1-D int64 and float64 arrays go
+is derived from it: the kernel's packed call (:func:`pack`; the int64 and float64 arrays go
 into two contiguous blobs, because a call's cost grows with its number of arguments), the
 checks of the public wrapper (:func:`check`), the zero-filled state and records of a run
 (:func:`allocate`), and the argument list of the reference implementation in the tests.
@@ -22,6 +22,7 @@ Roles:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -33,12 +34,14 @@ __all__ = [
     "FLOW_ARRAYS",
     "INPUTS",
     "NAMES",
+    "PACKED_2D",
     "PACKED_FLOATS",
     "PACKED_INTS",
     "UNPACKED",
     "KernelArray",
     "Packed",
     "allocate",
+    "allocate_packed",
     "check",
     "pack",
     "unpack_into",
@@ -103,8 +106,9 @@ class KernelArray:
 
     @property
     def packed(self) -> bool:
-        """Whether the array travels in a blob of the packed call (1-D int64 or float64)."""
-        return len(self.axes) == 1 and self.dtype in (np.int64, np.float64)
+        """Whether the array travels in a blob of the packed call (int64 or float64; a 2-D
+        one with its shape in the packed call's ``shapes``)."""
+        return self.dtype in (np.int64, np.float64)
 
 
 def _a(name: str, dtype: type[np.generic], axes: str, role: Role, doc: str, *,
@@ -215,6 +219,9 @@ PACKED_INTS: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS
 #: The float64 blob's arrays, in order.
 PACKED_FLOATS: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS
                                        if a.packed and a.dtype is np.float64)
+#: The packed arrays of two dimensions, in order: the packed call's ``shapes`` holds their
+#: rows and columns (``shapes[2 * i]``, ``shapes[2 * i + 1]``).
+PACKED_2D: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS if a.packed and len(a.axes) == 2)
 #: The arrays the packed call takes as they are (after the blobs), in order.
 UNPACKED: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS if not a.packed)
 #: Packed arrays the kernel may write: copied back by a caller that packed its own arrays.
@@ -245,10 +252,10 @@ class Packed:
     """The kernel's arguments, packed for its cheap call.
 
     ``call`` is what :func:`retwin.kernels.flow.advance_packed` takes after ``d0, d1``: the
-    int64 blob and its offsets, the float64 blob and its offsets, then the arrays of
-    :data:`UNPACKED`. ``views`` holds every kernel array by name: a packed one as its view
-    inside a blob (so whoever writes into it between calls writes what the kernel reads),
-    the others as given.
+    int64 blob and its offsets, the float64 blob and its offsets, the shapes of the 2-D
+    arrays in the blobs (:data:`PACKED_2D`), then the arrays of :data:`UNPACKED`. ``views``
+    holds every kernel array by name: a packed one as its view inside a blob (so whoever
+    writes into it between calls writes what the kernel reads), the others as given.
     """
 
     call: tuple[np.ndarray, ...]
@@ -260,21 +267,39 @@ class Packed:
         return tuple(self.views[n] for n in NAMES)
 
 
-def pack(named: Mapping[str, np.ndarray]) -> Packed:
-    """Copy the 1-D int64 and float64 arrays into two blobs (see :class:`Packed`)."""
+def _packed(shapes: Mapping[str, tuple[int, ...]], given: Mapping[str, np.ndarray]) -> Packed:
+    """Blobs of zeros for arrays of these shapes, with the ``given`` arrays copied in."""
 
     def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, np.ndarray]:
-        parts: list[np.ndarray] = [np.ascontiguousarray(named[n], dtype=dtype) for n in names]
-        off = np.zeros(len(parts) + 1, np.int64)
-        off[1:] = np.cumsum([p.size for p in parts])
-        return np.concatenate(parts).astype(dtype), off
+        off = np.zeros(len(names) + 1, np.int64)
+        off[1:] = np.cumsum([math.prod(shapes[n]) for n in names])
+        return np.zeros(int(off[-1]), dtype), off
 
     si, si_off = blob(PACKED_INTS, np.int64)
     sf, sf_off = blob(PACKED_FLOATS, np.float64)
-    views = {n: si[si_off[i]:si_off[i + 1]] for i, n in enumerate(PACKED_INTS)}
-    views.update({n: sf[sf_off[i]:sf_off[i + 1]] for i, n in enumerate(PACKED_FLOATS)})
-    views.update({n: named[n] for n in UNPACKED})
-    return Packed((si, si_off, sf, sf_off, *(named[n] for n in UNPACKED)), views)
+    views: dict[str, np.ndarray] = {}
+    for names, b, off in ((PACKED_INTS, si, si_off), (PACKED_FLOATS, sf, sf_off)):
+        for i, n in enumerate(names):
+            views[n] = b[off[i]:off[i + 1]].reshape(shapes[n])
+            if n in given:
+                views[n][...] = given[n]
+    shp = np.array([d for n in PACKED_2D for d in shapes[n]], np.int64)
+    views.update({n: given[n] if n in given else np.zeros(shapes[n], _BY_NAME[n].dtype)
+                  for n in UNPACKED})
+    return Packed((si, si_off, sf, sf_off, shp, *(views[n] for n in UNPACKED)), views)
+
+
+def pack(named: Mapping[str, np.ndarray]) -> Packed:
+    """Copy the int64 and float64 arrays of ``named`` (every kernel array) into two blobs
+    (see :class:`Packed`)."""
+    return _packed({n: named[n].shape for n in NAMES}, named)
+
+
+def allocate_packed(sizes: Mapping[str, int], given: Mapping[str, np.ndarray]) -> Packed:
+    """:func:`pack` of :func:`allocate`, without copying the arrays that start at zero."""
+    _check_given(given)
+    return _packed({a.name: given[a.name].shape if a.name in given else a.shape(sizes)
+                    for a in FLOW_ARRAYS}, given)
 
 
 def unpack_into(named: Mapping[str, np.ndarray], packed: Packed) -> None:
@@ -291,13 +316,17 @@ def zeros(sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
 def allocate(sizes: Mapping[str, int], given: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The kernel's arrays for a run: ``given`` (every input, and any state with a starting
     value), the rest zero-filled in the shapes ``sizes`` gives their axes."""
+    _check_given(given)
+    return {a.name: given[a.name] if a.name in given else np.zeros(a.shape(sizes), a.dtype)
+            for a in FLOW_ARRAYS}
+
+
+def _check_given(given: Mapping[str, np.ndarray]) -> None:
     if given.keys() - _NAME_SET:
         raise KeyError(f"not kernel arrays: {', '.join(sorted(given.keys() - _NAME_SET))}")
     if _INPUT_SET - given.keys():
         raise KeyError("kernel inputs not given: "
                        + ", ".join(n for n in INPUTS if n not in given))
-    return {a.name: given[a.name] if a.name in given else np.zeros(a.shape(sizes), a.dtype)
-            for a in FLOW_ARRAYS}
 
 
 def _where(name: str) -> str:

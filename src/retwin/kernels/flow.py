@@ -31,7 +31,7 @@ that the mass balance can be checked against independently summed quantities aft
 
 The kernel's arrays are declared once, in :mod:`retwin.kernels.contract`. The body
 (:func:`_flow`) names each of them; the compiled entry point (:func:`advance_packed`) is
-generated from the declaration and that body, and takes the 1-D arrays packed in two blobs.
+generated from the declaration and that body, and takes the arrays packed in two blobs.
 """
 
 from __future__ import annotations
@@ -485,9 +485,10 @@ if _signature_errors():
 def _packed_entry() -> Callable[..., None]:
     """Generate :func:`advance_packed` from the declaration and the body of :func:`_flow`.
 
-    The generated function takes ``d0, d1``, the two blobs and their offsets, and the arrays
-    of :data:`retwin.kernels.contract.UNPACKED`; one line cuts the blobs into the body's 1-D
-    arrays, and then come the body's statements, verbatim. (Calling the body as a compiled
+    The generated function takes ``d0, d1``, the two blobs and their offsets, the shapes of
+    the 2-D arrays in them, and the arrays of :data:`retwin.kernels.contract.UNPACKED`; one
+    line cuts the blobs into the body's arrays, and then come the body's statements,
+    verbatim. (Calling the body as a compiled
     function of its own instead costs about a quarter more per call: a call with that many
     arguments cannot be inlined.) The source is compiled under this file's name with the
     body's statements on their own line numbers, so errors point into :func:`_flow`, and
@@ -503,7 +504,10 @@ def _packed_entry() -> Callable[..., None]:
     cut = {n: f"si[si_off[{i}]:si_off[{i + 1}]]" for i, n in enumerate(contract.PACKED_INTS)}
     cut.update({n: f"sf[sf_off[{i}]:sf_off[{i + 1}]]"
                 for i, n in enumerate(contract.PACKED_FLOATS)})
-    params = ", ".join(("d0", "d1", "si", "si_off", "sf", "sf_off", *contract.UNPACKED))
+    for i, n in enumerate(contract.PACKED_2D):
+        cut[n] += f".reshape((shapes[{2 * i}], shapes[{2 * i + 1}]))"
+    params = ", ".join(("d0", "d1", "si", "si_off", "sf", "sf_off", "shapes",
+                        *contract.UNPACKED))
     src = ("\n" * (first - 1)
            + f"def _advance_packed({params}):\n"
            + "    " + "; ".join(f"{n} = {cut[n]}" for n in cut) + "\n"
@@ -516,7 +520,7 @@ def _packed_entry() -> Callable[..., None]:
     assert callable(entry)
     entry.__doc__ = (
         "The flow kernel (:func:`_flow`) on packed arguments: ``d0, d1, si, si_off, sf, "
-        "sf_off`` and then the arrays of :data:`retwin.kernels.contract.UNPACKED` (see "
+        "sf_off, shapes`` and then the arrays of :data:`retwin.kernels.contract.UNPACKED` (see "
         ":class:`retwin.kernels.contract.Packed`). Packing matters because the engine calls "
         "the kernel once per event, and a call's cost grows with its arguments.")
     compiled: Callable[..., None] = jit(entry)
