@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import zlib
 from typing import Any, cast
 
@@ -142,7 +144,7 @@ class ChainModel:
 
         The stream is ``PCG64(SeedSequence(seed, spawn_key=(crc32(name),)))``, its seed
         sequence hashed by a compiled copy of numpy's (:class:`_StreamSeed`)."""
-        key = zlib.crc32(stream.encode())
+        key = _stream_key(stream)
         # numpy takes any ISeedSequence (its stubs name only SeedSequence)
         seed_seq = cast(np.random.SeedSequence, _StreamSeed(self._seed_words, key))
         return np.random.Generator(np.random.PCG64(seed_seq))
@@ -285,7 +287,7 @@ class ChainModel:
         # the drawn outages join the log in day order (stable: within a day, the processes'
         # events first)
         if self.outages.events:
-            self.events = sorted(self.events + self.outages.events, key=lambda e: e[0])
+            self.events = sorted(self.events + self.outages.events, key=operator.itemgetter(0))
         if self.economy is not None:
             # days the kernel saw as capacity-bound while the plant ran below its ceiling by
             # its own decision: bound by the demand on its output, or by its margin
@@ -299,6 +301,12 @@ class ChainModel:
         would keep its arrays alive until the next full garbage collection."""
         self.env._queue.clear()
         del self.env
+
+
+@functools.lru_cache(maxsize=4096)
+def _stream_key(stream: str) -> int:
+    """The spawn key of a named stream (the same names come back in every run)."""
+    return zlib.crc32(stream.encode())
 
 
 class _StreamSeed(ISeedSequence):

@@ -158,6 +158,23 @@ def calendar(draws: FloatArray, draw_ptr: IntArray, mtbf: FloatArray, mttr: Floa
     ev_plant = np.empty(cap, np.int64)
     n_cal, n_ev = _calendar(draws, draw_ptr, mtbf, mttr, plan_ptr, plan_start, plan_end,
                             int(n_days), ptr, cal_day, cal_up, ev_day, ev_kind, ev_plant)
-    order = np.argsort(ev_day[:n_ev], kind="stable")
+    order = np.empty(n_ev, np.int64)
+    _day_order(ev_day[:n_ev], order)
     return (ptr, cal_day[:n_cal].copy(), cal_up[:n_cal].copy(), ev_day[:n_ev][order],
             ev_kind[:n_ev][order], ev_plant[:n_ev][order])
+
+
+@jit
+def _day_order(day: IntArray, order: IntArray) -> None:
+    """``order``: the entries by day (days >= 0), stable: a counting sort."""
+    last = 0
+    for i in range(day.shape[0]):
+        last = max(last, day[i])
+    start = np.zeros(last + 2, np.int64)
+    for i in range(day.shape[0]):
+        start[day[i] + 1] += 1
+    for d in range(last + 1):
+        start[d + 1] += start[d]
+    for i in range(day.shape[0]):
+        order[start[day[i]]] = i
+        start[day[i]] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -105,6 +106,4 @@ _NO_DRAWS = np.zeros(0, np.float64)
 
 
 def _row_pointers(sizes: list[int]) -> IntArray:
-    ptr = np.zeros(len(sizes) + 1, np.int64)
-    ptr[1:] = np.cumsum(sizes)
-    return ptr
+    return np.fromiter(itertools.accumulate(sizes, initial=0), np.int64, len(sizes) + 1)
