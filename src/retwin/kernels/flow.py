@@ -189,6 +189,17 @@ def _flow(
                 if pool_max[out_pool[j]] < np.inf:
                     ceiled[p] = 1
                     lvl_ceiled[lv] = 1
+    # What holds over the whole call: each plant's output value per unit of activity at
+    # today's prices (events change prices between calls), and whether it runs ramped up
+    # on every day of the call (commissioned and ramped up by d0, not retired before d1).
+    unit_value = np.zeros(n_plants)
+    steady = np.zeros(n_plants, dtype=np.int8)
+    for p in range(n_plants):
+        for j in range(out_ptr[p], out_ptr[p + 1]):
+            unit_value[p] += out_amt[j] * price[out_mat[j]]
+        if (commission_day[p] <= d0 and d1 <= retire_day[p]
+                and d0 - commission_day[p] + 1 >= ramp_days[p]):
+            steady[p] = 1
 
     # 0. the outage calendar: the first day a plant's availability changes (past d1: none)
     next_change = d1 + 1
@@ -250,7 +261,9 @@ def _flow(
             # (asked again below if a quota cuts a request)
             for i in range(lo, hi):
                 p = order[i]
-                if d < commission_day[p] or d >= retire_day[p]:
+                if steady[p]:
+                    ramp = 1.0
+                elif d < commission_day[p] or d >= retire_day[p]:
                     ramp = 0.0
                 elif ramp_days[p] > 0:
                     ramp = min(1.0, (d - commission_day[p] + 1) / ramp_days[p])
@@ -388,7 +401,6 @@ def _flow(
                         tot[1, in_mat[j]] += amt
                     else:
                         tot[2, in_mat[j]] += amt
-                unit_value = 0.0
                 for j in range(out_ptr[p], out_ptr[p + 1]):
                     amt = x * out_amt[j]
                     s = out_pool[j]
@@ -401,12 +413,11 @@ def _flow(
                         pipe[s, t] += amt
                         pipe_sum[s] += amt
                     tot[0, out_mat[j]] += amt
-                    unit_value += out_amt[j] * price[out_mat[j]]
                 q = plant_quota[p]
                 if q >= 0:
                     q_avail[q] -= x * qcoef[p]
                     q_year_left[q] -= x * qcoef[p]
-                val_month[p, mon] += x * unit_value
+                val_month[p, mon] += x * unit_value[p]
                 act_rec[p, d] = x
                 code_rec[p, d] = codes[p]
 
