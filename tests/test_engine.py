@@ -18,6 +18,7 @@ import retwin
 from conftest import assert_same_run
 from retwin import MassBalanceError, ScenarioError
 from retwin.engine.model import ChainModel
+from retwin.kernels import flow as flow_kernel
 from retwin.kernels import outages as outage_kernels
 from retwin.kernels import streams
 from retwin.kernels.flow import BIND_OUTAGE
@@ -172,14 +173,16 @@ def test_drawn_outages_are_the_draws_of_one_event_at_a_time(
 
 
 def test_warmup_compiles_the_outage_and_stream_kernels_a_run_calls() -> None:
-    """Warm-up compiles (or loads) the kernels that build the outage calendar and seed the
-    random streams; compiled, a run with random outages after it adds no signature to them."""
+    """Warm-up compiles (or loads) the kernels that build the outage calendar, seed the
+    random streams and relabel the days plants held back; compiled, a run with random
+    outages after it adds no signature to them."""
     retwin.warmup()
-    entries = (outage_kernels._calendar, outage_kernels._reached, streams._generate64)
+    entries = (outage_kernels._calendar, outage_kernels._reached, streams._generate64,
+               flow_kernel._relabel)
     kernels = {f.__name__: f for f in entries if hasattr(f, "signatures")}  # (none: no JIT)
     before = {n: len(f.signatures) for n, f in kernels.items()}
     assert all(before.values())
-    res = retwin.run(retwin.load_scenario("tiny"), seed=4)
+    res = retwin.run(retwin.load_scenario("tiny-markets"), seed=4)
     assert any(e[1] == "failure" for e in res.events)
     assert {n: len(f.signatures) for n, f in kernels.items()} == before
 

@@ -864,3 +864,29 @@ def test_wrapper_empty_range_changes_nothing(kernel_args: list[np.ndarray]) -> N
             np.testing.assert_array_equal(a, b, err_msg=name)
     assert kernel_args[_at("cal_at")][1] == kernel_args[_at("cal_ptr")][2]  # both applied
     assert kernel_args[_at("avail")][1] == 1.0  # up again
+
+
+# --- relabelling the days a plant held back by its own decision -----------------------------
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 4), st.integers(1, 5))
+def test_relabel_capacity_is_the_per_day_rule(seed: int, n_plants: int, n_months: int) -> None:
+    """A capacity-bound day takes its plant-month's reason when that is not 0; every other
+    day keeps its code (the rule written per day, with each day's month)."""
+    rng = np.random.default_rng(seed)
+    month_start = np.concatenate([[0], np.cumsum(rng.integers(0, 4, n_months - 1))])
+    n_days = int(month_start[-1]) + int(rng.integers(0, 4))
+    month_of_day = np.searchsorted(month_start, np.arange(n_days), side="right") - 1
+    code = rng.integers(0, 7, (n_plants, n_days)).astype(np.int8)
+    reason = rng.choice(np.array([0, flow.BIND_DEMAND, flow.BIND_MARGIN], np.int8),
+                        (n_plants, n_months))
+    expected = code.copy()
+    for p in range(n_plants):
+        for d in range(n_days):
+            r = reason[p, month_of_day[d]]
+            if r != 0 and code[p, d] == CAPACITY:
+                expected[p, d] = r
+    flow.relabel_capacity(code, reason, month_start.astype(np.int64))
+    np.testing.assert_array_equal(code, expected)
+    with pytest.raises(ValueError, match="reason_rec has shape"):
+        flow.relabel_capacity(code, reason[:, :-1], month_start.astype(np.int64))

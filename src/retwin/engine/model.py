@@ -14,7 +14,7 @@ from numpy.random.bit_generator import ISeedSequence
 from retwin.compiled import Compiled, TimedChange
 from retwin.engine.markets import market_arrays
 from retwin.kernels import contract, streams
-from retwin.kernels.flow import BIND_CAPACITY, advance_packed
+from retwin.kernels.flow import advance_packed, relabel_capacity
 from retwin.processes import (
     DemandProcess,
     EconomyProcess,
@@ -291,9 +291,7 @@ class ChainModel:
         if self.economy is not None:
             # days the kernel saw as capacity-bound while the plant ran below its ceiling by
             # its own decision: bound by the demand on its output, or by its margin
-            reason = self.economy.reason_rec[:, self.c.month_of_day]
-            relabel = (self.code_rec == BIND_CAPACITY) & (reason != 0)
-            self.code_rec[relabel] = reason[relabel]
+            relabel_capacity(self.code_rec, self.economy.reason_rec, self.month_start_day)
 
     def close(self) -> None:
         """Drop the simulation once its results are taken: the processes still waiting past

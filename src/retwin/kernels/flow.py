@@ -61,6 +61,7 @@ __all__ = [
     "advance",
     "advance_packed",
     "advance_unchecked",
+    "relabel_capacity",
 ]
 
 BIND_CAPACITY, BIND_QUOTA, BIND_INPUT, BIND_OUTAGE, BIND_STORAGE, BIND_IDLE = 1, 2, 3, 4, 5, 6
@@ -468,6 +469,34 @@ def _flow(
 
         for s in range(n_pools):
             stock_rec[s, d] = stock[s]
+
+
+@jit
+def _relabel(code_rec: Int8Array, reason_rec: Int8Array, month_start_day: IntArray) -> None:
+    n_days = code_rec.shape[1]
+    n_months = month_start_day.shape[0]
+    for p in range(code_rec.shape[0]):
+        for t in range(n_months):
+            reason = reason_rec[p, t]
+            if reason == 0:
+                continue
+            end = month_start_day[t + 1] if t + 1 < n_months else n_days
+            for d in range(month_start_day[t], end):
+                if code_rec[p, d] == BIND_CAPACITY:
+                    code_rec[p, d] = reason
+
+
+def relabel_capacity(code_rec: Int8Array, reason_rec: Int8Array,
+                     month_start_day: IntArray) -> None:
+    """Days the kernel recorded as capacity-bound (``BIND_CAPACITY``) in a month whose
+    ``reason_rec`` (P, T) is not 0 take that reason (``BIND_DEMAND``, ``BIND_MARGIN``): the
+    plant ran below its ceiling by its own decision. ``code_rec`` is (P, D), changed in
+    place; month ``t`` is days ``month_start_day[t]`` up to the next month's first day."""
+    if reason_rec.shape != (code_rec.shape[0], month_start_day.shape[0]):
+        raise ValueError(f"reason_rec has shape {reason_rec.shape}; it must be (plants, months)"
+                         f" = {(code_rec.shape[0], month_start_day.shape[0])}")
+    _relabel(code_rec, np.ascontiguousarray(reason_rec, dtype=np.int8),
+             np.ascontiguousarray(month_start_day, dtype=np.int64))
 
 
 def _signature_errors() -> list[str]:
