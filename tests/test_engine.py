@@ -21,6 +21,7 @@ from retwin.engine.model import ChainModel
 from retwin.kernels import flow as flow_kernel
 from retwin.kernels import outages as outage_kernels
 from retwin.kernels import streams
+from retwin.kernels import trade as trade_kernel
 from retwin.kernels.flow import BIND_OUTAGE
 from retwin.processes import base as outage_drawing
 from retwin.scenario.schema import STAGES, Scenario
@@ -174,11 +175,11 @@ def test_drawn_outages_are_the_draws_of_one_event_at_a_time(
 
 def test_warmup_compiles_the_outage_and_stream_kernels_a_run_calls() -> None:
     """Warm-up compiles (or loads) the kernels that build the outage calendar, seed the
-    random streams and relabel the days plants held back; compiled, a run with random
-    outages after it adds no signature to them."""
+    random streams, set the monthly trade caps and relabel the days plants held back;
+    compiled, a run with markets and random outages after it adds no signature to them."""
     retwin.warmup()
     entries = (outage_kernels._calendar, outage_kernels._reached, streams._generate64,
-               flow_kernel._relabel)
+               flow_kernel._relabel, trade_kernel._set_caps)
     kernels = {f.__name__: f for f in entries if hasattr(f, "signatures")}  # (none: no JIT)
     before = {n: len(f.signatures) for n, f in kernels.items()}
     assert all(before.values())
@@ -444,6 +445,34 @@ def test_a_named_stream_is_numpys_seed_sequence_stream(tiny: Scenario, seed: int
             want = numpy_ss.generate_state(n_words, dtype)
             assert got.dtype == want.dtype
             np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_monthly_trade_caps_are_numpys_arithmetic(seed: int) -> None:
+    """The compiled monthly trade caps are the numpy formulas bit for bit, NaN and inf
+    included: imports base x share / 365, exports min(base, max(demand, contract)) / 365,
+    contracted exports min(base, contract) / 365."""
+    rng = np.random.default_rng(seed)
+    n_k = 40
+
+    def values() -> np.ndarray:
+        x = rng.choice([rng.uniform(0, 1e4), 0.0, -0.0, np.inf, np.nan, 1e4], n_k,
+                       p=[0.6, 0.1, 0.05, 0.1, 0.05, 0.1])
+        return np.where(rng.random(n_k) < 0.5, rng.uniform(0, 1e4, n_k), x)
+
+    share, demand, contract, base_imp, base_exp = (values() for _ in range(5))
+    table = np.empty((5, n_k))
+    table[trade_kernel.BASE_IMPORT], table[trade_kernel.BASE_EXPORT] = base_imp, base_exp
+    imp, exp, exp_contract = np.empty(n_k), np.empty(n_k), np.empty(n_k)
+    trade_kernel.set_caps(share, demand, contract, table, imp, exp, exp_contract)
+    wanted = np.maximum(demand, contract)
+    np.testing.assert_array_equal(table[trade_kernel.EXPORT_DEMAND], wanted)
+    np.testing.assert_array_equal(table[trade_kernel.IMPORT_SHARE], share)
+    np.testing.assert_array_equal(table[trade_kernel.CONTRACT], contract)
+    with np.errstate(invalid="ignore"):  # inf x 0 is NaN, in both
+        np.testing.assert_array_equal(imp, base_imp * share / 365.0)
+    np.testing.assert_array_equal(exp, np.minimum(base_exp, wanted) / 365.0)
+    np.testing.assert_array_equal(exp_contract, np.minimum(base_exp, contract) / 365.0)
 
 
 def test_negative_seed_is_refused(tiny: Scenario) -> None:

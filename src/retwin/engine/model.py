@@ -13,7 +13,7 @@ from numpy.random.bit_generator import ISeedSequence
 
 from retwin.compiled import Compiled, TimedChange
 from retwin.engine.markets import market_arrays
-from retwin.kernels import contract, streams
+from retwin.kernels import contract, streams, trade
 from retwin.kernels.flow import advance_packed, relabel_capacity
 from retwin.processes import (
     DemandProcess,
@@ -96,12 +96,18 @@ class ChainModel:
         self.built = np.ones(n_p)
         #: outside markets: the caps after trade changes, the share of the import cap on
         #: offer and the outside demand for exports (set monthly when markets are on)
-        self.imp_cap_base_tpa = c.imp_cap_tpa.copy()
-        self.exp_cap_base_tpa = c.exp_cap_tpa.copy()
         n_k = len(c.market_ids)
-        self.imp_share = np.ones(n_k)
-        self.exp_demand_tpa = np.full(n_k, np.inf)
-        self.exp_contract_tpa = np.zeros(n_k)
+        self._trade = np.empty((5, n_k))  # rows: retwin.kernels.trade
+        self.imp_cap_base_tpa, self.exp_cap_base_tpa = (self._trade[trade.BASE_IMPORT],
+                                                        self._trade[trade.BASE_EXPORT])
+        self.imp_share, self.exp_demand_tpa, self.exp_contract_tpa = (
+            self._trade[trade.IMPORT_SHARE], self._trade[trade.EXPORT_DEMAND],
+            self._trade[trade.CONTRACT])
+        self.imp_cap_base_tpa[:] = c.imp_cap_tpa
+        self.exp_cap_base_tpa[:] = c.exp_cap_tpa
+        self.imp_share[:] = 1.0
+        self.exp_demand_tpa[:] = np.inf
+        self.exp_contract_tpa[:] = 0.0
         self.price_rec = np.zeros((n_m, n_t))
         self.day = 0
         self.kernel_calls = 0
@@ -241,19 +247,8 @@ class ChainModel:
     def set_outside(self, import_share: np.ndarray, export_demand_tpa: np.ndarray,
                     export_contract_tpa: np.ndarray) -> None:
         """The outside curves at this month's prices (the market process, monthly)."""
-        np.copyto(self.imp_share, import_share)
-        np.maximum(export_demand_tpa, export_contract_tpa, out=self.exp_demand_tpa)
-        np.copyto(self.exp_contract_tpa, export_contract_tpa)
-        self._apply_trade()
-
-    def _apply_trade(self) -> None:
-        # in place, a ufunc call per operation (monthly with markets on)
-        np.multiply(self.imp_cap_base_tpa, self.imp_share, out=self.imp_cap_day)
-        np.divide(self.imp_cap_day, 365.0, out=self.imp_cap_day)
-        np.minimum(self.exp_cap_base_tpa, self.exp_demand_tpa, out=self.exp_cap_day)
-        np.divide(self.exp_cap_day, 365.0, out=self.exp_cap_day)
-        np.minimum(self.exp_cap_base_tpa, self.exp_contract_tpa, out=self.exp_contract_day)
-        np.divide(self.exp_contract_day, 365.0, out=self.exp_contract_day)
+        trade.set_caps(import_share, export_demand_tpa, export_contract_tpa, self._trade,
+                       self.imp_cap_day, self.exp_cap_day, self.exp_contract_day)
 
     def _refresh_trade(self, k: int) -> None:
         c = self.c

@@ -1,0 +1,58 @@
+"""The month's trade caps, set from the outside curves (markets on), in one compiled call.
+
+The market process sets the outside curves every month; the engine turns them into the
+daily caps the flow kernel reads. As numpy calls that was a dozen dispatches on arrays of a
+few dozen markets; here it is one, with numpy's arithmetic (``np.maximum``/``np.minimum``
+propagate NaN; a product, then a division by 365), so the caps are the same bit for bit.
+"""
+
+from __future__ import annotations
+
+from retwin._typing import FloatArray
+from retwin.kernels._jit import jit
+
+__all__ = [
+    "BASE_EXPORT",
+    "BASE_IMPORT",
+    "CONTRACT",
+    "EXPORT_DEMAND",
+    "IMPORT_SHARE",
+    "set_caps",
+]
+
+#: Rows of the engine's ``(5, K)`` trade state: the caps after trade changes (t a year), the
+#: share of the import cap on offer, the outside demand for exports (at least the contract)
+#: and the exports under contract (t a year).
+BASE_IMPORT, BASE_EXPORT, IMPORT_SHARE, EXPORT_DEMAND, CONTRACT = range(5)
+
+
+@jit
+def _set_caps(import_share: FloatArray, export_demand_tpa: FloatArray,
+              export_contract_tpa: FloatArray, trade: FloatArray, imp_cap_day: FloatArray,
+              exp_cap_day: FloatArray, exp_contract_day: FloatArray) -> None:
+    for k in range(trade.shape[1]):
+        demand, contract = export_demand_tpa[k], export_contract_tpa[k]
+        trade[IMPORT_SHARE, k] = import_share[k]
+        # np.maximum / np.minimum: the first unless the second is larger (smaller), NaN kept
+        trade[EXPORT_DEMAND, k] = demand if (demand >= contract or demand != demand) \
+            else contract
+        trade[CONTRACT, k] = contract
+        imp_cap_day[k] = trade[BASE_IMPORT, k] * trade[IMPORT_SHARE, k] / 365.0
+        base = trade[BASE_EXPORT, k]
+        demand = trade[EXPORT_DEMAND, k]
+        exp_cap_day[k] = (base if (base <= demand or base != base) else demand) / 365.0
+        exp_contract_day[k] = (base if (base <= contract or base != base) else contract) \
+            / 365.0
+
+
+def set_caps(import_share: FloatArray, export_demand_tpa: FloatArray,
+             export_contract_tpa: FloatArray, trade: FloatArray, imp_cap_day: FloatArray,
+             exp_cap_day: FloatArray, exp_contract_day: FloatArray) -> None:
+    """Take this month's outside curves (each ``(K,)``: the share of the import cap on offer,
+    the outside demand for exports and the exports under contract, t a year) into ``trade``
+    (``(5, K)``, rows as above; the demand kept is at least the contract), and set the daily
+    caps: imports ``base x share / 365``, exports ``min(base, demand) / 365`` and contracted
+    exports ``min(base, contract) / 365``. Arrays float64 and contiguous (not checked: the
+    engine's own, every month)."""
+    _set_caps(import_share, export_demand_tpa, export_contract_tpa, trade, imp_cap_day,
+              exp_cap_day, exp_contract_day)
