@@ -33,15 +33,16 @@ def _set_caps(import_share: FloatArray, export_demand_tpa: FloatArray,
     for k in range(trade.shape[1]):
         demand, contract = export_demand_tpa[k], export_contract_tpa[k]
         trade[IMPORT_SHARE, k] = import_share[k]
-        # np.maximum / np.minimum: the first unless the second is larger (smaller), NaN kept
-        trade[EXPORT_DEMAND, k] = demand if (demand >= contract or demand != demand) \
+        # np.maximum / np.minimum: the first if it is larger (smaller) or NaN, else the
+        # second (so a NaN in either propagates, and of two equal zeros the second is kept)
+        trade[EXPORT_DEMAND, k] = demand if (demand > contract or demand != demand) \
             else contract
         trade[CONTRACT, k] = contract
         imp_cap_day[k] = trade[BASE_IMPORT, k] * trade[IMPORT_SHARE, k] / 365.0
         base = trade[BASE_EXPORT, k]
         demand = trade[EXPORT_DEMAND, k]
-        exp_cap_day[k] = (base if (base <= demand or base != base) else demand) / 365.0
-        exp_contract_day[k] = (base if (base <= contract or base != base) else contract) \
+        exp_cap_day[k] = (base if (base < demand or base != base) else demand) / 365.0
+        exp_contract_day[k] = (base if (base < contract or base != base) else contract) \
             / 365.0
 
 
