@@ -39,17 +39,23 @@ def entropy_words(n: int) -> list[int]:
     return words
 
 
+# The words are kept below 2**32 and every product is masked to 32 bits: compiled, products
+# wrap in 64 bits (their low 32 bits are right); as Python (the JIT off), int() makes them
+# Python ints, which do not overflow.
+
+
 @jit
 def _hashmix(value: int, hash_const: IntArray) -> int:
-    value = (value ^ hash_const[0]) & _MASK
-    hash_const[0] = (hash_const[0] * _MULT_A) & _MASK
-    value = (value * hash_const[0]) & _MASK
+    value = (int(value) ^ int(hash_const[0])) & _MASK
+    h = (int(hash_const[0]) * _MULT_A) & _MASK
+    hash_const[0] = h
+    value = (value * h) & _MASK
     return value ^ (value >> _XSHIFT)
 
 
 @jit
 def _mix(x: int, y: int) -> int:
-    result = (_MIX_MULT_L * x - _MIX_MULT_R * y) & _MASK
+    result = (_MIX_MULT_L * int(x) - _MIX_MULT_R * int(y)) & _MASK
     return result ^ (result >> _XSHIFT)
 
 
@@ -81,7 +87,7 @@ def _generate(seed_words: IntArray, key: int, out: IntArray) -> None:
     mixer = _pool(seed_words, key)
     h = _INIT_B
     for i in range(out.shape[0]):
-        value = (mixer[i % POOL_SIZE] ^ h) & _MASK
+        value = (int(mixer[i % POOL_SIZE]) ^ h) & _MASK
         h = (h * _MULT_B) & _MASK
         value = (value * h) & _MASK
         out[i] = value ^ (value >> _XSHIFT)
