@@ -89,8 +89,8 @@ class _Probe:
         return call
 
     def setup_kernel(self) -> Callable[[], object]:
-        from retwin.engine.model import ChainModel
-        from retwin.kernels.flow import advance_unchecked
+        # the engine's own call (in either tree): the run's arrays, nothing packed or copied
+        from retwin.engine.model import ChainModel, advance_packed
 
         c = self.compiled()
 
@@ -98,7 +98,7 @@ class _Probe:
             m = ChainModel(c, seed=0)
             m.env.run(until=1)  # day-0 events (quota year, prices, demand): not the kernel
             t0, c0 = time.perf_counter(), time.process_time()
-            advance_unchecked(0, c.n_days, *m._args)
+            advance_packed(0, c.n_days, *m._packed)
             return time.perf_counter() - t0, time.process_time() - c0  # the kernel call only
         return call
 

@@ -479,6 +479,26 @@ def test_monthly_trade_caps_are_numpys_arithmetic(seed: int) -> None:
     same_bits(exp_contract, np.minimum(base_exp, contract) / 365.0)
 
 
+def test_price_path_takes_the_last_point_on_or_before_mid_month(
+        tiny_tree: dict[str, Any]) -> None:
+    """Each month's base price is the path's last point dated on or before the 15th (the
+    later of two points of one date), the base price before the first point."""
+    tiny_tree["materials"][1]["price"]["path"] = [
+        {"date": "2020-01-01", "price_cny_per_unit": 5},
+        {"date": "2024-03-15", "price_cny_per_unit": 6},
+        {"date": "2024-03-15", "price_cny_per_unit": 7},
+        {"date": "2024-06-14", "price_cny_per_unit": 8},
+        {"date": "2024-06-16", "price_cny_per_unit": 9},
+        {"date": "2090-01-01", "price_cny_per_unit": 10}]
+    c = retwin.prepare(retwin.load_scenario(tiny_tree))
+    assert c.price_month[1, :8].tolist() == [5, 5, 7, 7, 7, 8, 9, 9]
+    tiny_tree["materials"][1]["price"]["path"] = [
+        {"date": "2024-02-16", "price_cny_per_unit": 4}]
+    base = tiny_tree["materials"][1]["price"]["base_cny_per_unit"]  # concentrate
+    c = retwin.prepare(retwin.load_scenario(tiny_tree))
+    assert c.price_month[1, :3].tolist() == [base, base, 4]
+
+
 def test_negative_seed_is_refused(tiny: Scenario) -> None:
     with pytest.raises(ScenarioError, match=r"seed\(=-1\) must be >= 0"):
         retwin.run(tiny, seed=-1)

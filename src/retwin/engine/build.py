@@ -47,14 +47,16 @@ def _of_kind(sc: Scenario, kind: str) -> list[Any]:
 def _price_paths(sc: Scenario, months: list[tuple[int, int]]) -> FloatArray:
     """Monthly base prices (the value in force mid-month) with price shocks applied."""
     mids = [dt.date(y, m, 15) for y, m in months]
+    mid_days = np.array(mids, dtype="datetime64[D]")
     out = np.empty((len(sc.materials), len(months)))
     for i, mat in enumerate(sc.materials):
-        for t, mid in enumerate(mids):
-            v = mat.price.base_cny_per_unit
-            for pt in mat.price.path:
-                if pt.date <= mid:
-                    v = pt.price_cny_per_unit
-            out[i, t] = v
+        # the last path point on or before each mid-month (the path's dates rise), else
+        # the base price
+        path = mat.price.path
+        prices = np.array([mat.price.base_cny_per_unit,
+                           *(pt.price_cny_per_unit for pt in path)], np.float64)
+        dates = np.array([pt.date for pt in path], dtype="datetime64[D]")
+        out[i] = prices[np.searchsorted(dates, mid_days, side="right")]
     idx = {m.id: i for i, m in enumerate(sc.materials)}
     for ch in _of_kind(sc, "price"):
         i = idx[ch.material]
