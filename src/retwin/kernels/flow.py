@@ -177,6 +177,8 @@ def _flow(
     contracted = scratch[n_plants + 4 * n_pools + nq:]  # today's contracted exports
     req_pool[:] = 0.0
     room_req[:] = 0.0
+    room_ratio[:] = 1.0  # (recomputed daily only for pools with a storage ceiling)
+    contracted[:] = 0.0
     codes = np.zeros(n_plants, dtype=np.int8)
     qdone = np.zeros(n_plants, dtype=np.int8)
     # Where storage room can bind: plants delivering into a pool with a ceiling, and the
@@ -190,6 +192,44 @@ def _flow(
                 if pool_max[out_pool[j]] < np.inf:
                     ceiled[p] = 1
                     lvl_ceiled[lv] = 1
+    # Of each level's pools, those its plants draw on (whose shares are computed), then those
+    # with a storage ceiling (whose room is): lvl_use[lvl_use_ptr[lv]:lvl_room_at[lv]] and
+    # lvl_use[lvl_room_at[lv]:lvl_use_ptr[lv + 1]].
+    n_lp = lvl_pools.shape[0]
+    lvl_use = np.empty(2 * n_lp, dtype=np.int64)
+    lvl_use_ptr = np.zeros(n_levels + 1, dtype=np.int64)
+    lvl_room_at = np.zeros(n_levels, dtype=np.int64)
+    drawn = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) drawing on a pool
+    n_use = 0
+    for lv in range(n_levels):
+        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+            p = order[i]
+            for j in range(in_ptr[p], in_ptr[p + 1]):
+                if in_pool[j] >= 0:
+                    drawn[in_pool[j]] = lv + 1
+        for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+            if drawn[lvl_pools[j]] == lv + 1:
+                lvl_use[n_use] = lvl_pools[j]
+                n_use += 1
+        lvl_room_at[lv] = n_use
+        for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+            if pool_max[lvl_pools[j]] < np.inf:
+                lvl_use[n_use] = lvl_pools[j]
+                n_use += 1
+        lvl_use_ptr[lv + 1] = n_use
+    # The markets that trade during the call (caps and contracts change between calls only):
+    # those with contracted exports, and those with an export or an import cap, in order.
+    contract_k = np.empty(n_markets, dtype=np.int64)
+    trade_k = np.empty(n_markets, dtype=np.int64)
+    n_contract = 0
+    n_trade = 0
+    for k in range(n_markets):
+        if exp_contract_day[k] > 0.0:
+            contract_k[n_contract] = k
+            n_contract += 1
+        if exp_cap_day[k] > 0.0 or imp_cap_day[k] > 0.0:
+            trade_k[n_trade] = k
+            n_trade += 1
     # What holds over the whole call: each plant's output value per unit of activity at
     # today's prices (events change prices between calls), and whether it runs ramped up
     # on every day of the call (commissioned and ramped up by d0, not retired before d1).
@@ -234,17 +274,17 @@ def _flow(
                 pipe[s, slot] = 0.0
                 ipipe[s, slot] = 0.0
         # 1b. contracted exports leave before the region's plants draw
-        for k in range(n_markets):
+        for kk in range(n_contract):
+            k = contract_k[kk]
             contracted[k] = 0.0
-            if exp_contract_day[k] > 0.0:
-                s = mk_pool[k]
-                free = stock[s] - reserve[s]
-                if free > 0.0:
-                    amt = free if free < exp_contract_day[k] else exp_contract_day[k]
-                    stock[s] -= amt
-                    tot[4, pool_mat[s]] += amt
-                    exp_rec[k, d] = amt
-                    contracted[k] = amt
+            s = mk_pool[k]
+            free = stock[s] - reserve[s]
+            if free > 0.0:
+                amt = free if free < exp_contract_day[k] else exp_contract_day[k]
+                stock[s] -= amt
+                tot[4, pool_mat[s]] += amt
+                exp_rec[k, d] = amt
+                contracted[k] = amt
 
         # 2. plants, level by level
         for lv in range(n_levels):
@@ -254,9 +294,9 @@ def _flow(
                 continue
             for q in range(n_quota):
                 req_q[q] = 0.0
-            for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-                req_pool[lvl_pools[j]] = 0.0
-                room_req[lvl_pools[j]] = 0.0
+            for j in range(lvl_use_ptr[lv], lvl_use_ptr[lv + 1]):
+                req_pool[lvl_use[j]] = 0.0
+                room_req[lvl_use[j]] = 0.0
             # 2a. what each plant could do on capacity alone, and what that asks of the
             # quotas, of the pools it draws on and of the room of the pools it delivers into
             # (asked again below if a quota cuts a request)
@@ -286,7 +326,8 @@ def _flow(
                         req_pool[in_pool[j]] += x * in_amt[j]
                 if ceiled[p]:
                     for j in range(out_ptr[p], out_ptr[p + 1]):
-                        room_req[out_pool[j]] += x * out_amt[j]
+                        if pool_max[out_pool[j]] < np.inf:
+                            room_req[out_pool[j]] += x * out_amt[j]
             # 2b. quota shares: a quota that cannot meet its plants' requests is shared by
             # their licence shares; what a plant leaves of its part goes to the others by
             # theirs (water-filling: each pass grants in full every request at or below its
@@ -342,9 +383,9 @@ def _flow(
                                 qdone[pp] = 1
                         break
             if cut:  # the requests on the pools, at what the quotas left
-                for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-                    req_pool[lvl_pools[j]] = 0.0
-                    room_req[lvl_pools[j]] = 0.0
+                for j in range(lvl_use_ptr[lv], lvl_use_ptr[lv + 1]):
+                    req_pool[lvl_use[j]] = 0.0
+                    room_req[lvl_use[j]] = 0.0
                 for i in range(lo, hi):
                     p = order[i]
                     x = want[p]
@@ -353,11 +394,12 @@ def _flow(
                             req_pool[in_pool[j]] += x * in_amt[j]
                     if ceiled[p]:
                         for j in range(out_ptr[p], out_ptr[p + 1]):
-                            room_req[out_pool[j]] += x * out_amt[j]
+                            if pool_max[out_pool[j]] < np.inf:
+                                room_req[out_pool[j]] += x * out_amt[j]
             # 2c. pool shares (inputs) and storage room (outputs) of the pools this level uses
             short = False
-            for jj in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-                s = lvl_pools[jj]
+            for jj in range(lvl_use_ptr[lv], lvl_room_at[lv]):
+                s = lvl_use[jj]
                 free = stock[s] - reserve[s]
                 if free < 0.0:
                     free = 0.0
@@ -367,13 +409,16 @@ def _flow(
                     short = True
                 else:
                     ratio_pool[s] = 1.0
-                room_ratio[s] = 1.0
-                if lvl_ceiled[lv] and pool_max[s] < np.inf and room_req[s] > 0.0:
-                    room = pool_max[s] - stock[s] - pipe_sum[s] - ipipe_sum[s]
-                    if room < 0.0:
-                        room = 0.0
-                    if room < room_req[s]:
-                        room_ratio[s] = room / room_req[s]
+            if lvl_ceiled[lv]:
+                for jj in range(lvl_room_at[lv], lvl_use_ptr[lv + 1]):
+                    s = lvl_use[jj]
+                    room_ratio[s] = 1.0
+                    if room_req[s] > 0.0:
+                        room = pool_max[s] - stock[s] - pipe_sum[s] - ipipe_sum[s]
+                        if room < 0.0:
+                            room = 0.0
+                        if room < room_req[s]:
+                            room_ratio[s] = room / room_req[s]
             # 2d. run: draw inputs, deliver outputs, account
             for i in range(lo, hi):
                 p = order[i]
@@ -442,7 +487,8 @@ def _flow(
             unmet_rec[g, d] = dem_rate[g] - served
 
         # 4. exports, 5. imports
-        for k in range(n_markets):
+        for kk in range(n_trade):
+            k = trade_k[kk]
             s = mk_pool[k]
             spot = exp_cap_day[k] - contracted[k]  # what the contract left of the cap
             if spot > 0.0:
