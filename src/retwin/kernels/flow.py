@@ -217,6 +217,30 @@ def _flow(
                 lvl_use[n_use] = lvl_pools[j]
                 n_use += 1
         lvl_use_ptr[lv + 1] = n_use
+    # The pools shipments can arrive in (from plants with a lead time, imports with one, or
+    # already on their way), and the levels with plants under a quota.
+    arrives = np.zeros(n_pools, dtype=np.int8)
+    lvl_quota = np.zeros(n_levels, dtype=np.int8)
+    for lv in range(n_levels):
+        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+            p = order[i]
+            if plant_quota[p] >= 0:
+                lvl_quota[lv] = 1
+            if lead[p] > 0:
+                for j in range(out_ptr[p], out_ptr[p + 1]):
+                    arrives[out_pool[j]] = 1
+    for k in range(n_markets):
+        if imp_lead[k] > 0:
+            arrives[mk_pool[k]] = 1
+    for s in range(n_pools):  # and whatever is on its way already
+        if pipe_sum[s] != 0.0 or ipipe_sum[s] != 0.0:
+            arrives[s] = 1
+    arrive_s = np.empty(n_pools, dtype=np.int64)
+    n_arrive = 0
+    for s in range(n_pools):
+        if arrives[s]:
+            arrive_s[n_arrive] = s
+            n_arrive += 1
     # The markets that trade during the call (caps and contracts change between calls only):
     # those with contracted exports, and those with an export or an import cap, in order.
     contract_k = np.empty(n_markets, dtype=np.int64)
@@ -266,7 +290,8 @@ def _flow(
         slot = d % ring
         mon = month_of_day[d]
         # 1. arrivals
-        for s in range(n_pools):
+        for ss in range(n_arrive):
+            s = arrive_s[ss]
             if pipe[s, slot] != 0.0 or ipipe[s, slot] != 0.0:
                 stock[s] += pipe[s, slot] + ipipe[s, slot]
                 ipipe_sum[s] -= ipipe[s, slot]
@@ -292,8 +317,9 @@ def _flow(
             hi = lvl_ptr[lv + 1]
             if lo == hi:  # a stage without plants
                 continue
-            for q in range(n_quota):
-                req_q[q] = 0.0
+            if lvl_quota[lv]:
+                for q in range(n_quota):
+                    req_q[q] = 0.0
             for j in range(lvl_use_ptr[lv], lvl_use_ptr[lv + 1]):
                 req_pool[lvl_use[j]] = 0.0
                 room_req[lvl_use[j]] = 0.0
@@ -333,7 +359,7 @@ def _flow(
             # theirs (water-filling: each pass grants in full every request at or below its
             # part of what is left, until no request is, then splits the rest by shares)
             cut = False
-            for q in range(n_quota):
+            for q in range(n_quota if lvl_quota[lv] else 0):
                 if req_q[q] <= 0.0:
                     continue
                 allow = q_avail[q]
