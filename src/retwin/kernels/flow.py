@@ -183,15 +183,23 @@ def _flow(
     qdone = np.zeros(n_plants, dtype=np.int8)
     # Where storage room can bind: plants delivering into a pool with a ceiling, and the
     # levels that have such plants (elsewhere every room ratio is 1 and is not computed).
+    # A plant's outputs into such pools are ceil_out[ceil_ptr[p]:ceil_ptr[p + 1]] (positions
+    # in its recipe's outputs).
     ceiled = np.zeros(n_plants, dtype=np.int8)
     lvl_ceiled = np.zeros(n_levels, dtype=np.int8)
+    ceil_ptr = np.zeros(n_plants + 1, dtype=np.int64)
+    ceil_out = np.empty(out_pool.shape[0], dtype=np.int64)
+    for p in range(n_plants):
+        ceil_ptr[p + 1] = ceil_ptr[p]
+        for j in range(out_ptr[p], out_ptr[p + 1]):
+            if pool_max[out_pool[j]] < np.inf:
+                ceil_out[ceil_ptr[p + 1]] = j
+                ceil_ptr[p + 1] += 1
+                ceiled[p] = 1
     for lv in range(n_levels):
         for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-            p = order[i]
-            for j in range(out_ptr[p], out_ptr[p + 1]):
-                if pool_max[out_pool[j]] < np.inf:
-                    ceiled[p] = 1
-                    lvl_ceiled[lv] = 1
+            if ceiled[order[i]]:
+                lvl_ceiled[lv] = 1
     # Of each level's pools, those its plants draw on (whose shares are computed), then those
     # with a storage ceiling (whose room is): lvl_use[lvl_use_ptr[lv]:lvl_room_at[lv]] and
     # lvl_use[lvl_room_at[lv]:lvl_use_ptr[lv + 1]].
@@ -350,10 +358,9 @@ def _flow(
                 for j in range(in_ptr[p], in_ptr[p + 1]):
                     if in_pool[j] >= 0:
                         req_pool[in_pool[j]] += x * in_amt[j]
-                if ceiled[p]:
-                    for j in range(out_ptr[p], out_ptr[p + 1]):
-                        if pool_max[out_pool[j]] < np.inf:
-                            room_req[out_pool[j]] += x * out_amt[j]
+                for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                    j = ceil_out[jj]
+                    room_req[out_pool[j]] += x * out_amt[j]
             # 2b. quota shares: a quota that cannot meet its plants' requests is shared by
             # their licence shares; what a plant leaves of its part goes to the others by
             # theirs (water-filling: each pass grants in full every request at or below its
@@ -418,10 +425,9 @@ def _flow(
                     for j in range(in_ptr[p], in_ptr[p + 1]):
                         if in_pool[j] >= 0:
                             req_pool[in_pool[j]] += x * in_amt[j]
-                    if ceiled[p]:
-                        for j in range(out_ptr[p], out_ptr[p + 1]):
-                            if pool_max[out_pool[j]] < np.inf:
-                                room_req[out_pool[j]] += x * out_amt[j]
+                    for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                        j = ceil_out[jj]
+                        room_req[out_pool[j]] += x * out_amt[j]
             # 2c. pool shares (inputs) and storage room (outputs) of the pools this level uses
             short = False
             for jj in range(lvl_use_ptr[lv], lvl_room_at[lv]):
@@ -454,11 +460,10 @@ def _flow(
                     for j in range(in_ptr[p], in_ptr[p + 1]):
                         if in_pool[j] >= 0 and ratio_pool[in_pool[j]] < r_in:
                             r_in = ratio_pool[in_pool[j]]
-                r_out = 1.0
-                if ceiled[p]:
-                    for j in range(out_ptr[p], out_ptr[p + 1]):
-                        if room_ratio[out_pool[j]] < r_out:
-                            r_out = room_ratio[out_pool[j]]
+                r_out = 1.0  # (the room of a pool without a ceiling is 1)
+                for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                    if room_ratio[out_pool[ceil_out[jj]]] < r_out:
+                        r_out = room_ratio[out_pool[ceil_out[jj]]]
                 if x > 0.0:
                     if r_in < 1.0 and r_in <= r_out:
                         x *= r_in
