@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from retwin._typing import FloatArray
 from retwin.compiled import Compiled, TimedChange
 from retwin.engine.markets import market_arrays
 from retwin.kernels import contract
@@ -95,6 +96,8 @@ class ChainModel:
         #: offer and the outside demand for exports (set monthly when markets are on)
         self.imp_cap_base_tpa = c.imp_cap_tpa.copy()
         self.exp_cap_base_tpa = c.exp_cap_tpa.copy()
+        #: (K,) outside demand's growth since the start (markets' ``growth_frac_per_year``)
+        self.exp_growth_fac = np.ones(len(c.exp_cap_tpa))
         n_k = len(c.market_ids)
         self.imp_share = np.ones(n_k)
         self.exp_demand_tpa = np.full(n_k, np.inf)
@@ -245,9 +248,17 @@ class ChainModel:
         self.exp_contract_day[:] = np.minimum(self.exp_cap_base_tpa,
                                               self.exp_contract_tpa) / 365.0
 
+    def grow_exports(self, factor: FloatArray) -> None:
+        """Outside demand's growth since the start, per market: the export caps follow (a
+        trade change's factor scales the grown cap, its ``cap_tpa`` replaces it)."""
+        self.exp_growth_fac[:] = factor
+        for k in np.flatnonzero(self.c.exp_cap_tpa > 0):
+            self._refresh_trade(int(k))
+
     def _refresh_trade(self, k: int) -> None:
         c = self.c
-        caps = {"import": float(c.imp_cap_tpa[k]), "export": float(c.exp_cap_tpa[k])}
+        caps = {"import": float(c.imp_cap_tpa[k]),
+                "export": float(c.exp_cap_tpa[k] * self.exp_growth_fac[k])}
         for ch, w in self._active("trade"):
             if ch.market != c.market_ids[k]:
                 continue
