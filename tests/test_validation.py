@@ -12,6 +12,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -292,7 +293,22 @@ def test_validation_report_writes_one_self_contained_file(tmp_path: Path) -> Non
     assert html.count('class="held-out"') >= 6 and html.count('class="fitted"') >= 6
     assert "plotly" in html.lower() and 'src="https://' not in html  # plotly.js is inlined
     assert html.count("Plotly.newPlot") == len(v.OBSERVABLES) + 1
+    assert "simulated, monthly" in html  # the formed PrNd price, month by month
     assert not list(path.parent.glob("*.tmp"))
+
+
+def test_the_report_draws_the_monthly_price_within_its_years(bc: v.Backcast) -> None:
+    """The price chart's monthly line: twelve months inside each year's span of the axis,
+    averaging to the year's simulated mean (the annual figure is a daily mean)."""
+    from retwin.report.validation import _monthly_price
+
+    x, y = _monthly_price(bc, "prnd_oxide")
+    annual = bc.table[bc.table.observable == "prnd_oxide_price"].set_index("year").simulated
+    assert len(x) == 12 * len(annual)
+    for year, mean in annual.items():
+        months = [p for t, p in zip(x, y, strict=True) if year - 0.5 < t < year + 0.5]
+        assert len(months) == 12
+        assert np.mean(months) == pytest.approx(mean, rel=0.02)
 
 
 def test_validation_report_bad_path_is_bad_input(tmp_path: Path) -> None:
