@@ -446,3 +446,22 @@ def test_cached_kernels_load_without_numbas_registries() -> None:
             "assert draws(5) == 5\n")
     proc = _python_without((), code)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_warmup_writes_the_bytecode_of_every_module(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``retwin warmup`` leaves the next process nothing to compile: every module of retwin
+    has its bytecode in ``__pycache__`` (read even where Python writes none itself)."""
+    import importlib.util
+
+    import retwin
+
+    package = Path(retwin.__file__).parent
+    sources = sorted(package.rglob("*.py"))
+    for src in sources:  # as in a fresh checkout, or after a change to every file
+        Path(importlib.util.cache_from_source(str(src))).unlink(missing_ok=True)
+    assert main(["warmup"]) == 0
+    assert "Kernels ready" in capsys.readouterr().out
+    missing = [str(s.relative_to(package)) for s in sources
+               if not Path(importlib.util.cache_from_source(str(s))).is_file()]
+    assert not missing, missing

@@ -336,7 +336,21 @@ def cmd_schema(a: argparse.Namespace) -> int:
     return 0
 
 
+def _byte_compile(package: Path) -> bool:
+    """Write the bytecode of every module under ``package`` (``__pycache__``), so that a
+    new process reads it instead of compiling the source: ~0.1 s of a cold ``retwin run``
+    where Python is told not to write bytecode itself (``PYTHONDONTWRITEBYTECODE``, or a
+    read-only install's first run). Up-to-date files are kept; a folder that cannot be
+    written is left as it is (the modules then compile as they are imported)."""
+    import compileall
+
+    return bool(compileall.compile_dir(package, quiet=2, workers=1))
+
+
 def cmd_warmup(a: argparse.Namespace) -> int:
+    import retwin
+
+    _byte_compile(Path(retwin.__file__).parent)
     from retwin.engine.run import warmup
 
     out.print(f"Kernels ready in {warmup():.2f} s")
