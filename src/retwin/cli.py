@@ -418,6 +418,31 @@ def _sweep_tables(res: Any) -> None:
 
 
 def cmd_sweep(a: argparse.Namespace) -> int:
+    from retwin.batch.executors import (
+        Executor,
+        ProcessExecutor,
+        forkserver_available,
+        stop_fork_server,
+    )
+
+    if a.workers < 1:
+        err.print(f"--workers(={a.workers}) must be >= 1")
+        return EXIT_BAD_INPUT
+    executor: Executor | None = None
+    if a.dask is None and a.workers > 1 and forkserver_available():
+        # This process runs one study and ends: its workers are forked from a server that
+        # loads retwin and the kernels once, while this process reads and checks the study.
+        executor = ProcessExecutor(a.workers, start_method="forkserver")
+        executor.boot()
+    try:
+        return _sweep(a, executor)
+    finally:
+        if executor is not None:
+            executor.close()
+            stop_fork_server()
+
+
+def _sweep(a: argparse.Namespace, executor: Any) -> int:
     import signal
     import time
 
@@ -433,10 +458,6 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     from rich.text import Text
 
     from retwin.batch import BatchInterrupted, BatchProgress, run_batch
-
-    if a.workers < 1:
-        err.print(f"--workers(={a.workers}) must be >= 1")
-        return EXIT_BAD_INPUT
 
     class RateColumn(ProgressColumn):
         def render(self, task: Any) -> Text:
@@ -467,7 +488,7 @@ def cmd_sweep(a: argparse.Namespace) -> int:
     try:
         with prog:
             res = run_batch(a.spec, a.out, workers=a.workers, dask=a.dask, progress=report,
-                            record="daily" if a.daily else None,
+                            record="daily" if a.daily else None, executor=executor,
                             interrupt_signals=(signal.SIGINT, signal.SIGTERM))
     except OutputError as exc:
         return _cannot_write("--out", a.out, exc)
