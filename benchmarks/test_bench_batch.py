@@ -210,16 +210,30 @@ _SWEEP = """
 import json, os, sys, threading, time
 from retwin.cli import main
 """ + _HWM + """
-def pool_workers():
-    pids = []
+def kids(pid):
     try:
-        with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as fh:
-            for pid in fh.read().split():
-                with open(f"/proc/{pid}/cmdline") as cmd:
-                    if "spawn_main" in cmd.read():  # not the resource tracker
-                        pids.append(pid)
+        with open(f"/proc/{pid}/task/{pid}/children") as fh:
+            return fh.read().split()
     except OSError:
-        pass
+        return []
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline") as cmd:
+            return cmd.read()
+    except OSError:
+        return ""
+
+def pool_workers():
+    # spawned workers are children of this process; forked ones, of its fork server (not
+    # the resource tracker, not the server itself)
+    pids = []
+    for pid in kids(os.getpid()):
+        line = cmdline(pid)
+        if "spawn_main" in line:
+            pids.append(pid)
+        elif "forkserver" in line:
+            pids += kids(pid)
     return pids
 
 workers = {}

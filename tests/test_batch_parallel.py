@@ -28,7 +28,7 @@ from retwin.batch import (
     ProcessExecutor,
     run_batch,
 )
-from retwin.batch.executors import task_hooks
+from retwin.batch.executors import stop_fork_server, task_hooks
 
 pytestmark = pytest.mark.slow
 
@@ -257,6 +257,10 @@ def _hooked(item: tuple[str, str]) -> Any:
         from threadpoolctl import threadpool_info
 
         return max((i["num_threads"] for i in threadpool_info()), default=1)
+    if mode == "warm":  # whether the kernels were loaded before this task (no prepare())
+        from retwin.batch import executors
+
+        return executors._warm
     return os.getpid()
 
 
@@ -335,3 +339,62 @@ def test_a_pool_whose_worker_died_is_replaced_at_the_next_task() -> None:
                   if pool._processes else True)
     finally:
         ex.close()
+
+
+# --- workers forked from a fork server ---------------------------------------------------------
+
+
+def test_forked_workers_start_warm_report_and_equal_serial(serial: Path, tmp_path: Path
+                                                          ) -> None:
+    """Workers forked from the fork server have retwin and the kernels loaded before their
+    first task (a spawned worker of a function without ``prepare`` has not), follow their
+    submitting process, report progress, see their cancel flags, and give serial's
+    results."""
+    seen: list[Any] = []
+    try:
+        with ProcessExecutor(1) as spawned:
+            assert spawned.submit(_hooked, ("warm", "")).result(timeout=120) is False
+        forked = ProcessExecutor(2, start_method="forkserver",
+                                 on_progress=lambda *m: seen.append(m))
+        try:
+            assert forked.submit(_hooked, ("warm", "")).result(timeout=300) is True
+            _check_hooks(forked, seen)
+        finally:
+            forked.abort()
+            forked.close()
+        with ProcessExecutor(2, start_method="forkserver") as ex:
+            res = run_batch(STUDY, tmp_path / "f", executor=ex)
+        assert res.complete
+        assert_same_results(serial, tmp_path / "f")
+    finally:
+        stop_fork_server()
+    from multiprocessing import forkserver
+
+    assert forkserver._forkserver._forkserver_pid is None  # type: ignore[attr-defined]
+
+
+def test_sweep_command_forks_its_workers_and_leaves_no_process(
+        serial: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``retwin sweep --workers 2`` forks its workers from a fork server started before the
+    study is read, and ends the server (and so every worker) before it returns."""
+    from multiprocessing import forkserver
+
+    from retwin.batch import executors
+    from retwin.cli import main
+
+    booted: list[str] = []
+    boot = executors.ProcessExecutor.boot
+
+    def spy(self: Any) -> None:
+        booted.append(self._ctx.get_start_method())
+        boot(self)
+
+    monkeypatch.setattr(executors.ProcessExecutor, "boot", spy)
+    spec = tmp_path / "study.yaml"
+    spec.write_text(yaml.safe_dump(STUDY))
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--workers", "2"]) == 0
+    assert booted == ["forkserver"]
+    assert forkserver._forkserver._forkserver_pid is None  # type: ignore[attr-defined]
+    assert_same_results(serial, tmp_path / "o")
+    assert "6 points, 30 runs in" in capsys.readouterr().out

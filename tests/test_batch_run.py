@@ -105,6 +105,20 @@ def test_read_with_plain_pyarrow_and_pandas(grid: BatchResult) -> None:
     assert set(dset.schema.names) == {"month", "kind", "id", "value", "replication", "point"}
 
 
+def test_only_label_columns_are_dictionary_encoded(grid: BatchResult) -> None:
+    """Run results (float columns) are written without a dictionary, which a column of
+    results rarely fills and which would cost about half of the write; labels keep one."""
+    import pyarrow.parquet as pq
+
+    part = next((grid.path / "kpis").rglob("*.parquet"))
+    meta = pq.ParquetFile(part).metadata.row_group(0)
+    enc = {meta.column(i).path_in_schema: meta.column(i).encodings
+           for i in range(meta.num_columns)}
+    assert not any("DICTIONARY" in e for e in enc["value"])
+    for label in ("kpi", "key", "unit"):
+        assert any("DICTIONARY" in e for e in enc[label]), label
+
+
 def test_readers_need_no_retwin(grid: BatchResult) -> None:
     code = ("import sys; sys.modules['retwin'] = None; import pandas as pd; "
             "import pyarrow.dataset as ds; "

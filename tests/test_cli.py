@@ -417,3 +417,51 @@ def test_a_run_does_not_load_scipy_linalg() -> None:
             "assert dot(np.ones(3), np.ones(3)) == 3.0\n")
     proc = _python_without((), code)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+#: Modules of Numba's typing and lowering registries that only a compilation reads.
+NUMBA_REGISTRIES = ("numba.typed.typedlist", "numba.np.random.legacy", "numba.np.npyimpl",
+                    "numba.cpython.listobj")
+
+
+def test_cached_kernels_load_without_numbas_registries() -> None:
+    """A run whose kernels are in the on-disk cache loads none of Numba's registries (their
+    import and installation was ~100 ms of a cold ``retwin run``), and a function compiled
+    afterwards, which needs them, still compiles and runs."""
+    fill = _python_without((), "from retwin.cli import main; main(['run', 'tiny'])")
+    assert fill.returncode == 0, fill.stderr[-2000:]  # the cache holds every kernel now
+    code = ("import sys\n"
+            "from retwin.cli import main\n"
+            "assert main(['run', 'tiny']) == 0\n"
+            f"loaded = [m for m in {NUMBA_REGISTRIES!r} if m in sys.modules]\n"
+            "assert not loaded, loaded\n"
+            "import numba, numpy as np\n"
+            "from numba.typed import List\n"
+            "@numba.njit\n"
+            "def draws(n):\n"
+            "    out = List()\n"
+            "    for _ in range(n):\n"
+            "        out.append(np.random.random())\n"
+            "    return len(out)\n"
+            "assert draws(5) == 5\n")
+    proc = _python_without((), code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_warmup_writes_the_bytecode_of_every_module(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``retwin warmup`` leaves the next process nothing to compile: every module of retwin
+    has its bytecode in ``__pycache__`` (read even where Python writes none itself)."""
+    import importlib.util
+
+    import retwin
+
+    package = Path(retwin.__file__).parent
+    sources = sorted(package.rglob("*.py"))
+    for src in sources:  # as in a fresh checkout, or after a change to every file
+        Path(importlib.util.cache_from_source(str(src))).unlink(missing_ok=True)
+    assert main(["warmup"]) == 0
+    assert "Kernels ready" in capsys.readouterr().out
+    missing = [str(s.relative_to(package)) for s in sources
+               if not Path(importlib.util.cache_from_source(str(s))).is_file()]
+    assert not missing, missing

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -405,3 +406,63 @@ def test_hostile_targets(target: str, command: str, force: bool, ctx: dict[str, 
         assert str(rel_target) in after
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+# --- tables: drawn as plain text where rich would draw the same -----------------------------
+
+_CELL = st.lists(st.sampled_from([*"ab Z09,.%–·[]/亿元é👍\n\t\x07\u200b", "[dim]", "[/dim]",
+                                  "[b]", "[/b]", "354,137", "demand 83%"]),
+                 max_size=8).map("".join)
+
+
+@hyp_settings(max_examples=300, deadline=None)
+@given(title=st.one_of(st.none(), _CELL), pad_edge=st.booleans(),
+       columns=st.lists(st.tuples(_CELL, st.sampled_from(["left", "right"]), st.booleans()),
+                        min_size=1, max_size=5),
+       rows=st.lists(st.lists(_CELL, max_size=5), max_size=6),
+       width=st.integers(min_value=10, max_value=90))
+def test_tables_print_as_rich_draws_them(title: str | None, pad_edge: bool,
+                                         columns: list[tuple[str, str, bool]],
+                                         rows: list[list[str]], width: int) -> None:
+    """A table of the commands prints the bytes rich's ``Table`` prints, however it is then
+    drawn (as plain text, or by rich when it must shrink, wrap or style)."""
+    from rich.console import Console
+    from rich.errors import MarkupError
+
+    from retwin.cli import _table
+
+    t = _table(title=title, title_justify="left", show_lines=False, pad_edge=pad_edge)
+    for header, justify, no_wrap in columns:
+        t.add_column(header, justify=justify, style="bold", no_wrap=no_wrap)
+    for row in rows:
+        t.add_row(*row[: len(columns)])
+    printed = []
+    for table in (t, t.rich()):
+        buf = io.StringIO()
+        console = Console(file=buf, highlight=False, emoji=False, width=width)
+        try:
+            console.print(table)
+        except MarkupError:  # bad markup is refused either way (the first cell found)
+            printed.append("bad markup")
+            continue
+        printed.append(buf.getvalue())
+    assert printed[0] == printed[1]
+
+
+def test_the_run_command_draws_its_kpi_table_without_rich(capsys: pytest.CaptureFixture[str],
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    """``retwin run``'s table of KPIs (its largest) is drawn as plain text, not by rich."""
+    from retwin import cli
+
+    drawn_by_rich: list[str] = []
+    rich = cli._Table.rich
+
+    def spy(self: Any) -> Any:
+        drawn_by_rich.append(str(self.options.get("title")))
+        return rich(self)
+
+    monkeypatch.setattr(cli._Table, "rich", spy)
+    assert cli.main(["run", "tiny"]) == 0
+    assert "annual KPIs" in capsys.readouterr().out
+    assert not [t for t in drawn_by_rich if "annual KPIs" in t], drawn_by_rich

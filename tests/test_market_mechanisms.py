@@ -160,3 +160,35 @@ def test_a_planned_plant_runs_to_its_ceiling_whatever_the_demand() -> None:
     c = planned_cut.compiled
     sep = c.plant_ids.index("separation")
     assert not (planned_cut.binding[sep] == BIND_DEMAND).any()
+
+
+# --- outside demand that grows year by year -------------------------------------------------
+
+
+def _magnet_exports(growth: float, changes: list[dict[str, Any]] | None = None
+                    ) -> dict[int, float]:
+    """tiny-markets' magnet exports per year, all under contract (they leave whatever the
+    price), with outside demand growing by ``growth`` a year."""
+    d = _tiny().model_dump(mode="json", by_alias=True, exclude_none=True)
+    for m in d["markets"]:
+        if m["id"] == "magnet_out":
+            m["export"].update(contract_frac=1.0, growth_frac_per_year=growth)
+    res = retwin.run(retwin.Scenario.model_validate(d), seed=0, changes=changes or [])
+    kp = res.kpis
+    rows = kp[(kp.kpi == "exports.market") & (kp.key == "magnet_out")]
+    return {int(y): float(v) for y, v in zip(rows.year, rows.value, strict=True)}
+
+
+def test_outside_demand_grows_each_year_and_a_control_scales_the_grown_cap() -> None:
+    """base 2,500 t, cap 6,000 t: growing by 20 % a year, 2025's contracted exports are
+    3,000 t (2,500 without growth); a control at 0.3 of the cap from 2025 caps them at
+    0.3 x 6,000 x 1.2 = 2,160 t (the grown cap), a cap of 2,000 t replaces it."""
+    flat, grown = _magnet_exports(0.0), _magnet_exports(0.2)
+    assert flat[2025] == pytest.approx(2500.0, rel=1e-6)
+    assert grown[2025] == pytest.approx(3000.0, rel=1e-6)
+    assert grown[2024] == pytest.approx(flat[2024], rel=1e-9)  # the start's year is the base
+    control = {"kind": "trade", "market": "magnet_out", "side": "export", "from": "2025-01-01"}
+    assert _magnet_exports(0.2, [{**control, "factor": 0.3}])[2025] == pytest.approx(
+        2160.0, rel=1e-6)
+    assert _magnet_exports(0.2, [{**control, "cap_tpa": 2000}])[2025] == pytest.approx(
+        2000.0, rel=1e-6)

@@ -357,19 +357,36 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _init_worker(fn: Callable[[Any], Any], parent: int, progress_queue: Any = None,
                  flags: str | None = None) -> None:
     """Start-up of a local worker process: leave Ctrl-C and SIGTERM to the parent (sent to
     the whole process group, they would otherwise kill the workers under the parent's feet),
     follow the parent's life, one thread per BLAS/OpenMP pool, the task hooks, install
-    ``fn``, warm."""
+    ``fn``, warm.
+
+    The process followed is the one this worker was started by: the submitting process
+    (``parent``) when spawned, the fork server when forked from one (it ends when the
+    submitting process does, and so do its workers)."""
     global _installed, _process_hooks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True,
+    if not _alive(parent):
+        os._exit(1)  # gone before this worker started
+    origin = os.getppid()
+    threading.Thread(target=_watch_parent, args=(origin,), daemon=True,
                      name="retwin-parent-watch").start()
     limit_thread_pools()
-    _process_hooks = _ProcessHooks(progress_queue, flags, parent)
+    _process_hooks = _ProcessHooks(progress_queue, flags, origin)
     _installed = fn
     prepare = getattr(fn, "prepare", None)
     if prepare is not None:
@@ -388,11 +405,39 @@ def _ready() -> int:
     return os.getpid()
 
 
+#: The module a fork server imports before it forks any worker (``start_method="forkserver"``).
+PRELOAD = "retwin.batch.preload"
+
+
+def forkserver_available() -> bool:
+    """Whether this platform starts processes from a fork server (POSIX)."""
+    return "forkserver" in multiprocessing.get_all_start_methods()
+
+
+def stop_fork_server() -> None:
+    """End this interpreter's fork server, if one runs, and reap it: a command that used one
+    leaves no process behind (the server would otherwise end only once this one has)."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)
+    if stop is not None and getattr(server, "_forkserver_pid", None) is not None:
+        with contextlib.suppress(OSError):
+            stop()
+
+
 class ProcessExecutor(Executor):
     """A pool of ``workers`` local processes started with ``spawn`` (no state inherited by
     fork; safe with threads and on every platform). The pool is kept while ``fn`` is the
     same (``fn.cache_key``), so repeated studies on one base model reuse warm workers; a pool
     broken by a worker's death is replaced at the next :meth:`submit`.
+
+    ``start_method="forkserver"`` (POSIX) forks the workers from a fork server instead: a
+    fresh, single-threaded process that has imported retwin and warmed the kernels once
+    (:data:`PRELOAD`), so a worker starts with nothing left to import or load. The server is
+    this interpreter's, started with its environment at the first such pool (or by
+    :meth:`boot`) and kept until it exits: a short-lived command gains a worker's start-up
+    per worker; a long-lived process that changes its environment or code keeps ``spawn``.
 
     ``on_progress(key, done, total)`` receives what tasks report (:func:`task_hooks`), in a
     thread of this process. Cancel flags are files in ``flags_dir`` (default: a temporary
@@ -402,11 +447,16 @@ class ProcessExecutor(Executor):
 
     def __init__(self, workers: int, *,
                  on_progress: Callable[[str, int, int], None] | None = None,
-                 flags_dir: str | os.PathLike[str] | None = None) -> None:
+                 flags_dir: str | os.PathLike[str] | None = None,
+                 start_method: str = "spawn") -> None:
         if workers < 1:
             raise ValueError(f"workers(={workers}) must be >= 1")
+        if start_method not in ("spawn", "forkserver"):
+            raise ValueError(f"start_method(={start_method!r}) must be spawn or forkserver")
         self.workers = int(workers)
-        self._ctx = multiprocessing.get_context("spawn")
+        self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            self._ctx.set_forkserver_preload([PRELOAD])
         self._pool: ProcessPoolExecutor | None = None
         self._key: Any = None
         self._pending: set[Future[Any]] = set()
@@ -477,6 +527,14 @@ class ProcessExecutor(Executor):
                     initargs=(fn, os.getpid(), progress_queue, flags))
                 self._key = key
             return self._pool
+
+    def boot(self) -> None:
+        """Start the fork server now (``start_method="forkserver"``), so that it loads retwin
+        and the kernels while this process does other work; nothing for ``spawn``."""
+        if self._ctx.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
 
     def start(self, fn: Callable[[Any], Any]) -> None:
         pool = self._ensure_pool(fn)

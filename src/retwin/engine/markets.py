@@ -67,6 +67,8 @@ class MarketArrays:
     exp_slope: FloatArray  # (K,)
     exp_depth_tpa: FloatArray  # (K,) the scenario's export caps (before any control)
     exp_contract_tpa: FloatArray  # (K,) exports under long-term contracts
+    exp_growth: FloatArray  # (K,) growth of outside demand per calendar year
+    year_index: IntArray  # (T,) calendar years since the start's, per month
     mk_mat: IntArray  # (K,) material of each market
     seg_price_mat: IntArray  # (G,) material whose price each segment responds to
     seg_elasticity: FloatArray  # (G,)
@@ -201,7 +203,7 @@ def compile_markets(c: Compiled) -> MarketArrays:
     exp_contract = np.zeros(n_k)
     imp_on, exp_on = np.zeros(n_k), np.zeros(n_k)
     imp_premium, imp_slope = np.zeros(n_k), np.ones(n_k)
-    exp_base, exp_el = np.zeros(n_k), np.ones(n_k)
+    exp_base, exp_el, exp_growth = np.zeros(n_k), np.ones(n_k), np.zeros(n_k)
     mk_mat = np.zeros(n_k, np.int64)
     for k, kid in enumerate(c.market_ids):
         mk = markets[kid]
@@ -218,6 +220,7 @@ def compile_markets(c: Compiled) -> MarketArrays:
             exp_on[k] = 1.0
             exp_base[k] = mk.export.base_tpa or 0.0
             exp_contract[k] = exp_base[k] * mk.export.contract_frac
+            exp_growth[k] = mk.export.growth_frac_per_year
             exp_el[k] = (mk.export.slope_frac if mk.export.slope_frac is not None
                          else ec.export_slope_frac)
     seg_mat = np.array([
@@ -258,7 +261,8 @@ def compile_markets(c: Compiled) -> MarketArrays:
         imp_base_share=imp_share0, imp_on=imp_on,
         exp_on=exp_on, imp_premium=imp_premium,
         imp_slope=imp_slope, exp_base_tpa=exp_base, exp_slope=exp_el,
-        exp_depth_tpa=c.exp_cap_tpa.copy(), exp_contract_tpa=exp_contract, mk_mat=mk_mat,
+        exp_depth_tpa=c.exp_cap_tpa.copy(), exp_contract_tpa=exp_contract, exp_growth=exp_growth,
+        year_index=np.array([y - c.months[0][0] for y, _ in c.months], np.int64), mk_mat=mk_mat,
         seg_price_mat=seg_mat, seg_elasticity=seg_el,
         ref_price_month=_price_paths(sc.model_copy(update={"changes": []}), c.months),
         has_pool=has_pool, link_from=link_from, link_share=link_share,

@@ -11,6 +11,7 @@ import numpy as np
 import simpy
 from numpy.random.bit_generator import ISeedSequence
 
+from retwin._typing import FloatArray
 from retwin.compiled import Compiled, TimedChange
 from retwin.engine.markets import market_arrays
 from retwin.kernels import contract, streams, trade
@@ -96,6 +97,8 @@ class ChainModel:
         self.built = np.ones(n_p)
         #: outside markets: the caps after trade changes, the share of the import cap on
         #: offer and the outside demand for exports (set monthly when markets are on)
+        #: (K,) outside demand's growth since the start (markets' ``growth_frac_per_year``)
+        self.exp_growth_fac = np.ones(len(c.exp_cap_tpa))
         n_k = len(c.market_ids)
         self._trade = np.empty((5, n_k))  # rows: retwin.kernels.trade
         self.imp_cap_base_tpa, self.exp_cap_base_tpa = (self._trade[trade.BASE_IMPORT],
@@ -250,9 +253,17 @@ class ChainModel:
         trade.set_caps(import_share, export_demand_tpa, export_contract_tpa, self._trade,
                        self.imp_cap_day, self.exp_cap_day, self.exp_contract_day)
 
+    def grow_exports(self, factor: FloatArray) -> None:
+        """Outside demand's growth since the start, per market: the export caps follow (a
+        trade change's factor scales the grown cap, its ``cap_tpa`` replaces it)."""
+        self.exp_growth_fac[:] = factor
+        for k in np.flatnonzero(self.c.exp_cap_tpa > 0):
+            self._refresh_trade(int(k))
+
     def _refresh_trade(self, k: int) -> None:
         c = self.c
-        caps = {"import": float(c.imp_cap_tpa[k]), "export": float(c.exp_cap_tpa[k])}
+        caps = {"import": float(c.imp_cap_tpa[k]),
+                "export": float(c.exp_cap_tpa[k] * self.exp_growth_fac[k])}
         for ch, w in self._active("trade"):
             if ch.market != c.market_ids[k]:
                 continue

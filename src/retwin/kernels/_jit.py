@@ -38,6 +38,33 @@ def _skip_numba_blas_probe() -> None:
 
 _skip_numba_blas_probe()
 
+
+def _load_cached_without_refresh() -> None:
+    """Load a kernel from the on-disk cache without first loading Numba's whole registry.
+
+    Numba's cache refreshes the target context before it loads a cached function: it
+    imports and installs every typing and lowering registry (~100 ms, most of loading our
+    cached kernels in a fresh process) that only a compilation reads. A loaded function
+    needs the runtime (NRT) alone; a compilation refreshes the contexts itself (Numba's
+    ``CompilerBase``), so a cache miss still sees every registry.
+    """
+    from numba.core.caching import Cache
+    from numba.core.runtime import rtsys
+
+    if getattr(Cache.load_overload, "_retwin", False):
+        return
+
+    def load_overload(self: Any, sig: Any, target_context: Any) -> Any:
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
+
+    load_overload._retwin = True  # type: ignore[attr-defined]
+    Cache.load_overload = load_overload  # type: ignore[method-assign]
+
+
+_load_cached_without_refresh()
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 

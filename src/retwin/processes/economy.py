@@ -61,6 +61,7 @@ import simpy
 
 from retwin._typing import FloatArray, IntArray
 from retwin.kernels import market as kmarket
+from retwin.kernels.market import KF_EXP_BASE, KF_EXP_DEPTH
 from retwin.processes.base import Chain
 
 __all__ = ["EconomyProcess", "demand_paths", "reference_paths"]
@@ -132,6 +133,7 @@ class _EconomyChain(Chain, Protocol):
     def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray,
                     export_contract_tpa: FloatArray) -> None: ...
     def set_decisions(self, utilisation: FloatArray, want_day: FloatArray) -> None: ...
+    def grow_exports(self, factor: FloatArray) -> None: ...
     def add_capacity(self, plants: IntArray, share_of_nameplate: float) -> None: ...
 
 
@@ -216,6 +218,11 @@ class EconomyProcess:
          par) = a.packed
         n_m, n_p, n_k, n_s = ref.shape[0], len(a.cash_cost), len(a.mk_mat), len(a.pool_mat)
         n_g = len(self.segment_ids)
+        # outside demand that grows year by year works on its own copy of the curves
+        growing, year, contract = bool(np.any(a.exp_growth != 0.0)), 0, a.exp_contract_tpa
+        kf0 = kf
+        if growing:
+            kf = kf0.copy()
         p = ref[:, 0].copy()
         seen = p.copy()
         # the month's working arrays, filled in place by the compiled steps
@@ -279,10 +286,18 @@ class EconomyProcess:
                                self.margin_rec, self.reason_rec)
                 chain.set_decisions(share, want)
                 self._invest(env, chain, t, day)
+            if growing and a.year_index[t] != year:
+                # a new calendar year: outside demand (and the caps with it) grows
+                year = int(a.year_index[t])
+                grown = (1.0 + a.exp_growth) ** year
+                kf[KF_EXP_BASE] = kf0[KF_EXP_BASE] * grown
+                kf[KF_EXP_DEPTH] = kf0[KF_EXP_DEPTH] * grown
+                contract = a.exp_contract_tpa * grown
+                chain.grow_exports(grown)
             # 2. outside curves; 4. demand
             kmarket.month_close(t, p, seen, ref, mk_mat, seg_mat, kf, ref0, par, chain.price,
                                 chain.price_rec, imp_share, exp_tpa, seen_rel, seen_ok)
-            chain.set_outside(imp_share, exp_tpa, a.exp_contract_tpa)
+            chain.set_outside(imp_share, exp_tpa, contract)
             next_day = int(self.month_start_day[t + 1]) if t + 1 < n_months else chain.n_days
             np.multiply(chain.exp_cap_day, next_day - day, out=exp_asked)
             chain.dem_rate[:] = rates[:, t] * np.where(

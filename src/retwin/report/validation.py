@@ -119,6 +119,11 @@ def _charts(bc: Backcast) -> list[str]:
                       annotation_text="held-out years", annotation_position="top left")
         fig.add_trace(go.Scatter(x=t.year, y=t.simulated, mode="lines+markers",
                                  name="simulated", line={"color": "#1f4e9c"}))
+        if o.id == "prnd_oxide_price":
+            x, y = _monthly_price(bc, "prnd_oxide")
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="simulated, monthly",
+                                     line={"color": "#1f4e9c", "width": 1, "dash": "dot"},
+                                     hovertemplate="%{y:,.0f}<extra></extra>"))
         rep = t[t.reported.notna()]
         fig.add_trace(go.Scatter(
             x=rep.year, y=rep.reported, mode="markers", name="reported (figure used)",
@@ -138,6 +143,17 @@ def _charts(bc: Backcast) -> list[str]:
         out.append(fig.to_html(full_html=False, include_plotlyjs=first))
         first = False
     return out
+
+
+def _monthly_price(bc: Backcast, material: str) -> tuple[list[float], list[float]]:
+    """The formed monthly price of ``material`` in the back-cast, each month at its middle on
+    the charts' year axis, where year ``y`` spans ``y - 0.5`` to ``y + 0.5`` (mid-January 2020
+    is at 2019.54), next to the annual means."""
+    res = bc.result
+    c = res.compiled
+    i = c.material_ids.index(material)
+    x = [y + (m - 0.5) / 12 - 0.5 for y, m in c.months]
+    return x, [float(v) for v in res.price_month[i]]
 
 
 def _baotou_chart(bt: BaotouChecks, include_js: bool) -> str:

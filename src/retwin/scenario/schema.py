@@ -429,6 +429,11 @@ class ExportSpec(_Model):
     contract_frac: Annotated[float, Field(ge=0, le=1)] = Field(
         0.0, description="Share of base_tpa sold under long-term contracts: with economics on "
         "it leaves before the region's plants draw, whatever the price (within the cap).")
+    growth_frac_per_year: Annotated[float, Field(ge=-0.5, le=1)] = Field(
+        0.0, description="With economics on, outside demand grows by this share each calendar "
+        "year after the start's (compounding): base_tpa, its contracted share and cap_tpa "
+        "together, so the licensed volume keeps pace with demand unless a trade change caps "
+        "it (a change's factor scales the grown cap; its cap_tpa replaces it).")
 
 
 class Market(_Model):

@@ -103,8 +103,9 @@ FREE_PARAMETERS: tuple[FreeParameter, ...] = (
     ),
     FreeParameter(
         "fit.china.magnet_export_t", "t/a", upper=120_000.0, lower=10_000.0,
-        meaning="foreign demand for China's finished magnets at the world price, also the "
-        "licensed export volume (constant over the years); exports draw on the same pool as "
+        meaning="foreign demand for China's finished magnets at the world price in 2020, also "
+        "the licensed export volume, growing each year with the world's NdFeB demand "
+        "(demand.world.ndfeb_growth_per_year); exports draw on the same pool as "
         "domestic users, a share under long-term agreements first "
         "(trade.china.magnet_export_contract_frac)",
     ),
@@ -123,8 +124,9 @@ FREE_PARAMETERS: tuple[FreeParameter, ...] = (
         "fit.china.price_adjust_per_month", "change of log price per month per working stock "
         "of gap", upper=0.6, lower=0.02,
         meaning="how fast China's formed prices move with stock against working stock "
-        "(economics.price_adjust_per_month of the national models); fitted with the PrNd "
-        "oxide price of the fitted years among the residuals",
+        "(economics.price_adjust_per_month of the national models); fitted on the physical "
+        "figures only (the PrNd oxide price is an observable, not a residual), which "
+        "determine it weakly",
     ),
     FreeParameter(
         "fit.china.reference_pull_per_month", "share of the log gap to the outside price "
