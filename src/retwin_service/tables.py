@@ -232,6 +232,48 @@ def headline(df: pd.DataFrame) -> pd.DataFrame:
     return df[keep]
 
 
+def _arrow(root: Path, key: str, table: str, columns: Sequence[str] | None = None) -> Any:
+    """One stored table as an Arrow table (no pandas on the way: the answer of a run reads
+    four small tables, and pandas' conversion cost more than the reading)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = _dir(root, key)
+    path = d / f"{table}.parquet"
+    try:
+        return pq.read_table(path, columns=list(columns) if columns else None)
+    except FileNotFoundError:
+        df = read(root, key, table)  # a result stored as CSV
+        return pa.Table.from_pandas(df[list(columns)] if columns else df,
+                                    preserve_index=False)
+
+
+def _headline_rows(t: Any) -> Any:
+    """:func:`headline` of an Arrow table."""
+    import pyarrow.compute as pc
+
+    keep = None
+    for name, keys in HEADLINE_KPIS.items():
+        rows = pc.equal(t["kpi"].cast("string"), name)
+        if keys:
+            rows = pc.and_(rows, pc.is_in(t["key"].cast("string"),
+                                          value_set=pa_strings(keys)))
+        keep = rows if keep is None else pc.or_(keep, rows)
+    return t.filter(keep)
+
+
+def pa_strings(values: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(list(values), type=pa.string())
+
+
+def _json_rows(t: Any) -> list[dict[str, Any]]:
+    """An Arrow table's rows as :func:`records` makes them (the numbers of the tables'
+    JSON exactly)."""
+    return _records(t.to_pandas())
+
+
 def _has_table(m: dict[str, Any], table: str) -> bool:
     """Whether a result's manifest lists ``table``, written or deferred."""
     return (any(str(f).split(".", 1)[0] == table for f in m.get("files", []))
@@ -244,22 +286,21 @@ def run_result(root: Path, key: str, detail: Detail = "headline") -> dict[str, A
     the rows of :data:`HEADLINE_KPIS` in ``kpis`` and ``difference``, with ``"full"``
     every KPI row."""
     m = manifest(root, key)
-    summary = read(root, key, "summary")
-    diff = read(root, key, "difference") if _has_table(m, "difference") else None
+    summary = _arrow(root, key, "summary", _STAT_COLUMNS)
+    diff = (_arrow(root, key, "difference", _STAT_COLUMNS) if _has_table(m, "difference")
+            else None)
     if detail == "headline":
-        summary = headline(summary)
-        diff = None if diff is None else headline(diff)
-    targets = read(root, key, "targets")
-    bottlenecks = read(root, key, "bottlenecks")
+        summary = _headline_rows(summary)
+        diff = None if diff is None else _headline_rows(diff)
     return {
         "scenario": m["scenario"], "scenario_hash": m["scenario_hash"], "start": m["start"],
         "end": m["end"], "seed": m["seed"], "replications": m["replications"],
         "mass_balance_closes": bool(m.get("mass_balance_closes", True)),
         "detail": detail,
-        "kpis": _records(summary[_STAT_COLUMNS]),
-        "difference": None if diff is None else _records(diff[_STAT_COLUMNS]),
-        "targets": _records(targets),
-        "bottlenecks": _records(bottlenecks),
+        "kpis": _json_rows(summary),
+        "difference": None if diff is None else _json_rows(diff),
+        "targets": _json_rows(_arrow(root, key, "targets")),
+        "bottlenecks": _json_rows(_arrow(root, key, "bottlenecks")),
         "notes": list(m.get("notes", [])),
     }
 

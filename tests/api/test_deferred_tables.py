@@ -7,6 +7,7 @@ completion that was interrupted."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,29 @@ def test_a_completion_on_a_cluster_hands_the_runs_back_and_a_full_disk_says_so(
     back = pickle.loads(pickle.dumps(exc.value))
     assert back.errno == errno.ENOSPC and "no space left" in str(back)
     assert deferred_tables(part) == ["series"]
+
+
+def test_a_forked_child_writes_a_result_after_its_parent_did(
+        tmp_path: Path, runs: retwin.ReplicationSet) -> None:
+    """Result files are flushed to disk side by side by a pool of threads; a child forked
+    after the parent used it has none of those threads, and makes a pool of its own."""
+    import os
+
+    save_result(runs, tmp_path / "parent")  # more files than the child's: every thread
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+            save_result(runs, tmp_path / "child", defer=DEFERRABLE)
+        finally:
+            os._exit(0 if is_result_dir(tmp_path / "child") else 1)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung flushing its result")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
