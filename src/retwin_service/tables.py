@@ -240,8 +240,9 @@ def _arrow(root: Path, key: str, table: str, columns: Sequence[str] | None = Non
 
     d = _dir(root, key)
     path = d / f"{table}.parquet"
-    try:
-        return pq.read_table(path, columns=list(columns) if columns else None)
+    try:  # one small file: no dataset, no threads (they cost more than the reading)
+        return pq.ParquetFile(path).read(columns=list(columns) if columns else None,
+                                         use_threads=False)
     except FileNotFoundError:
         df = read(root, key, table)  # a result stored as CSV
         return pa.Table.from_pandas(df[list(columns)] if columns else df,
@@ -271,7 +272,7 @@ def pa_strings(values: Sequence[str]) -> Any:
 def _json_rows(t: Any) -> list[dict[str, Any]]:
     """An Arrow table's rows as :func:`records` makes them (the numbers of the tables'
     JSON exactly)."""
-    return _records(t.to_pandas())
+    return _records(t.to_pandas(ignore_metadata=True, use_threads=False))
 
 
 def _has_table(m: dict[str, Any], table: str) -> bool:
