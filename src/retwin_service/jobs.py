@@ -427,6 +427,9 @@ class Jobs:
         self.on_computed = on_computed
         self._fn = Compute()
         self._tracks: dict[str, asyncio.Task[Outcome]] = {}
+        # per tracked key: done once its runs are finished in the registry (a waiting
+        # request answers then, before the claim is released)
+        self._ended: dict[str, asyncio.Future[None]] = {}
         self._completing: dict[str, asyncio.Task[None]] = {}
         self._complete: set[str] = set()  # stored results known to defer nothing
 
@@ -512,9 +515,10 @@ class Jobs:
     def stored(self, key: str) -> bool:
         return is_stored(self.root, key)
 
-    def waiter(self, key: str) -> asyncio.Task[Outcome] | None:
-        """The tracked computation of ``key``, if one is under way."""
-        return self._tracks.get(key)
+    def waiter(self, key: str) -> asyncio.Future[Any] | None:
+        """What to await for the computation of ``key``, if one is under way: done as
+        soon as its runs are finished in the registry."""
+        return self._ended.get(key)
 
     @property
     def in_flight(self) -> int:
@@ -525,8 +529,9 @@ class Jobs:
         called on the event loop."""
         t = self._tracks.get(task.key)
         if t is None:
-            t = asyncio.get_running_loop().create_task(self._track(task),
-                                                       name=f"retwin-{task.key[:12]}")
+            loop = asyncio.get_running_loop()
+            self._ended[task.key] = loop.create_future()
+            t = loop.create_task(self._track(task), name=f"retwin-{task.key[:12]}")
             self._tracks[task.key] = t
         return t
 
@@ -571,6 +576,9 @@ class Jobs:
                 outcome = await self._run(task)
             await self._write(self._finish, task, outcome)
         finally:
+            ended = self._ended.pop(task.key, None)
+            if ended is not None and not ended.done():
+                ended.set_result(None)
             self._tracks.pop(task.key, None)
             if claimed:
                 with contextlib.suppress(Exception):  # else the lease simply lapses

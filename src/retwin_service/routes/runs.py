@@ -143,7 +143,7 @@ async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
     while True:
         left = deadline - asyncio.get_running_loop().time()
         track = service.jobs.waiter(rec.request_hash)
-        if track is None:
+        if track is None or track.done():
             await asyncio.sleep(min(0.05, max(left, 0)))
         else:
             await asyncio.wait({track}, timeout=max(left, 0))
