@@ -70,7 +70,6 @@ from retwin.storage import (
     deferred_tables,
     read_table,
     rerun_replications,
-    save_result,
 )
 from retwin_service.space import NO_SPACE, Space, is_no_space
 
@@ -112,11 +111,8 @@ def store(result: whatif.WhatIfResult, results_root: str | Path, key: str,
     """Store ``result`` as computation ``key`` (atomically), the tables of
     :func:`deferred_for` left for later; :class:`StoreFailed` if the data folder refuses
     it."""
-    ref = baseline_key if baseline_key is not None else result.baseline_hash
     try:
-        save_result(result.whatif, result_dir(results_root, key),
-                    difference=result.difference, baseline_hash=ref,
-                    changes=list(result.spec.changes), notes=list(result.notes),
+        whatif.save(result, result_dir(results_root, key), baseline_ref=baseline_key,
                     defer=deferred_for(len(result.whatif.seeds) or 1))
     except (retwin.RetwinError, OSError) as exc:
         raise StoreFailed(f"storing {key[:12]}: {exc}") from exc
@@ -286,11 +282,9 @@ def complete(task: Completion) -> Outcome:
     """Run a :class:`Completion`: the stored scenario again (it must read back to the hash
     it was stored with), then its deferred tables written (or, without a results folder,
     the runs handed back to the server to write)."""
-    from retwin.scenario.schema import Scenario
-
     root = task.results_root
     try:
-        sc = Scenario.model_validate(task.scenario)
+        sc = retwin.Scenario.model_validate(task.scenario)
         with _locked(root, task.key):
             n = task.replications
             if root is not None:

@@ -16,7 +16,6 @@ import retwin
 from retwin import whatif
 from retwin.batch.executors import SerialExecutor
 from retwin.storage import read_table
-from retwin_service import jobs
 from retwin_service.jobs import (
     Compute,
     StoreFailed,
@@ -115,7 +114,7 @@ def test_a_result_that_cannot_be_stored_is_the_services_fault(
     def refused(_res: Any, out: Any, **_k: Any) -> Any:
         raise retwin.ScenarioError([(str(out), reason)])  # as retwin.storage reports it
 
-    monkeypatch.setattr(jobs, "save_result", refused)
+    monkeypatch.setattr(whatif, "save", refused)
     with pytest.raises(StoreFailed) as exc:
         compute(task(tmp_path))
     msg = public_error(pickle.loads(pickle.dumps(exc.value)))  # as it comes back
