@@ -184,7 +184,7 @@ def stored_kpis(results_root: str | Path, key: str) -> list[pd.DataFrame] | None
     return _kpis_of(str(results_root), key)
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=4)
 def _kpis_of(results_root: str, key: str) -> list[pd.DataFrame]:
     return whatif.kpi_frames(read_table(result_dir(results_root, key), "kpis"))
 
