@@ -247,7 +247,8 @@ def _run_from_form(browser: Any, server: Server, fill: Callable[[Any, Any], None
         assert errors == []
     finally:
         page.close()
-    return dict(httpx.get(f"{server.url}{API}/runs/{run_id}", timeout=60).json())
+    return dict(httpx.get(f"{server.url}{API}/runs/{run_id}", params={"detail": "full"},
+                          timeout=60).json())
 
 
 def _api_run(server: Server, body: dict[str, Any]) -> dict[str, Any]:
