@@ -7,10 +7,14 @@ the first answer after a cold start.
 - ``end_to_end``: a real ``retwin serve`` on 127.0.0.1 over HTTP.
 - ``cold_start``: from starting ``retwin serve`` on an empty data folder to the first what-if
   answered (registry created, workers started, baseline and what-if computed).
+- ``store``: the CPU time of storing a finished 1-replication what-if in this process, as the
+  service stores it (the daily tables left for their first reader) and whole
+  (``retwin run --out``), and of writing what was left when it is first read.
 
 Every round submits a different what-if (else it would be answered from the stored result),
-against the baseline the service computed at start. p50/p95 go to ``extra_info`` and are
-printed: ``pytest benchmarks/test_bench_service.py --benchmark-only -s``.
+against the baseline the service computed at start. p50/p95 and the answer's size go to
+``extra_info`` and are printed: ``pytest benchmarks/test_bench_service.py --benchmark-only
+-s``. The machine may be shared: CPU times (``store``) move less than wall times.
 """
 
 from __future__ import annotations
@@ -64,6 +68,12 @@ def _report(benchmark: Any, name: str, seconds: list[float]) -> None:
     print(f"\n{name}: p50 {p['p50_ms']} ms, p95 {p['p95_ms']} ms (n={len(seconds)})")
 
 
+def _report_size(benchmark: Any, name: str, sizes: list[int]) -> None:
+    benchmark.extra_info[f"{name}_body_bytes"] = max(sizes)
+    print(f"\n{name}: answer body {max(sizes)} bytes (largest of {len(sizes)}, "
+          "uncompressed)")
+
+
 def _server_seconds(run: dict[str, Any]) -> float:
     t0 = dt.datetime.fromisoformat(run["created_at"])
     t1 = dt.datetime.fromisoformat(run["finished_at"])
@@ -84,12 +94,14 @@ def client() -> Iterator[TestClient]:
 @pytest.mark.benchmark(group="service")
 def test_whatif_latency_server(benchmark: Any, client: TestClient) -> None:
     server: list[float] = []
+    sizes: list[int] = []
 
     def one() -> dict[str, Any]:
         r = client.post("/api/v1/runs", json=whatif(), params={"wait": 60})
         run = r.json()
         assert r.status_code == 200 and run["status"] == "done", run
         server.append(_server_seconds(run))
+        sizes.append(len(r.content))
         return run
 
     run = benchmark.pedantic(one, rounds=ROUNDS, warmup_rounds=2)
@@ -97,6 +109,7 @@ def test_whatif_latency_server(benchmark: Any, client: TestClient) -> None:
     assert run["result"]["difference"]
     _report(benchmark, "server_accepted_to_finished", server[2:])
     _report(benchmark, "in_process_request", list(benchmark.stats.stats.data))
+    _report_size(benchmark, "in_process_request", sizes)
 
 
 def _free_port() -> int:
@@ -138,15 +151,19 @@ def test_whatif_latency_end_to_end(benchmark: Any, tmp_path: Path) -> None:
     proc = _serve(tmp_path, port)
     try:
         _first_answer(url, {"model": "baotou-2024"})  # the baseline, computed at start
+        sizes: list[int] = []
+        # as a client that takes gzip (httpx's default) would; the size is the uncompressed
         with httpx.Client(base_url=url, timeout=60) as c:
             def one() -> dict[str, Any]:
                 r = c.post("/api/v1/runs", json=whatif(), params={"wait": 60})
                 assert r.status_code == 200, r.text
+                sizes.append(len(r.content))
                 return dict(r.json())
 
             run = benchmark.pedantic(one, rounds=ROUNDS, warmup_rounds=2)
         assert run["status"] == "done" and run["result"]["mass_balance_closes"]
         _report(benchmark, "end_to_end", list(benchmark.stats.stats.data))
+        _report_size(benchmark, "end_to_end", sizes)
     finally:
         proc.send_signal(2)
         proc.wait(timeout=30)
@@ -176,3 +193,40 @@ def test_cold_start_to_first_answer(benchmark: Any, tmp_path: Path) -> None:
         stop_previous()
     assert run["status"] == "done" and run["result"]["difference"]
     _report(benchmark, "cold_start_first_answer", list(benchmark.stats.stats.data))
+
+
+@pytest.mark.benchmark(group="service")
+def test_store_cpu(benchmark: Any, tmp_path: Path) -> None:
+    """CPU time of storing one finished 1-replication what-if on baotou-2024: as the service
+    stores it before answering (:func:`retwin_service.jobs.store`, the daily tables left for
+    later), whole (every table at once, as ``retwin run --out``), and of writing what was
+    left (:func:`retwin.storage.complete_result`, when a reader first asks)."""
+    import retwin
+    from retwin import whatif as wi
+    from retwin.storage import complete_result, deferred_tables, save_result
+    from retwin_service.jobs import store
+
+    model = retwin.load_scenario("baotou-2024")
+    base = wi.run(wi.resolve(model), replications=1)
+    results = [wi.run(wi.resolve(model, [whatif()["changes"][0]]), replications=1,
+                      baseline=base.whatif.kpi_frames) for _ in range(ROUNDS + 2)]
+    cpu: dict[str, list[float]] = {"service_store": [], "whole_save": [], "completion": []}
+    keys = itertools.count()
+
+    def one() -> None:
+        res = results[next(keys) % len(results)]
+        key = f"r{len(cpu['service_store'])}"
+        t = time.process_time()
+        store(res, tmp_path, key, "base")
+        cpu["service_store"].append(time.process_time() - t)
+        t = time.process_time()
+        save_result(res.whatif, tmp_path / f"{key}-whole", difference=res.difference)
+        cpu["whole_save"].append(time.process_time() - t)
+        t = time.process_time()
+        complete_result(tmp_path / key, res.whatif)
+        cpu["completion"].append(time.process_time() - t)
+        assert deferred_tables(tmp_path / key) == []
+
+    benchmark.pedantic(one, rounds=ROUNDS, warmup_rounds=2)
+    for name, seconds in cpu.items():
+        _report(benchmark, f"{name}_cpu", seconds[2:])

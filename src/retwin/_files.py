@@ -32,6 +32,7 @@ import secrets
 import shutil
 import stat
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, Literal
 
@@ -175,15 +176,34 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@functools.cache
+def _syncers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=8, thread_name_prefix="retwin-fsync")
+
+
+# a forked child has none of the parent's threads: it makes a pool of its own
+os.register_at_fork(after_in_child=_syncers.cache_clear)
+
+
 def _fsync_tree(root: Path) -> None:
-    """Flush every file under ``root``, then the folders, to disk."""
+    """Flush every file under ``root``, then the folders, to disk. The files are flushed
+    side by side: the file system commits them together (one after the other, each waits
+    for a commit of its own)."""
     for dirpath, _, filenames in os.walk(root):
-        for f in filenames:
-            fd = os.open(os.path.join(dirpath, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        paths = [os.path.join(dirpath, f) for f in filenames]
+        if len(paths) > 1:
+            for _ in _syncers().map(_fsync_file, paths):  # raises the first failure
+                pass
+        elif paths:
+            _fsync_file(paths[0])
         _fsync_dir(Path(dirpath))
 
 

@@ -4,16 +4,29 @@ A run directory is written next to its final place and renamed into it when comp
 reader never sees half a result and an interrupted write leaves nothing behind. It takes the
 place of nothing but an empty folder or, when asked, an earlier result directory (told by its
 manifest, and holding nothing else): see :mod:`retwin._files`.
+
+**Deferred tables.** The tables made from the runs' daily records (:data:`DEFERRABLE`:
+``series``, ``flows``, ``monthly``, ``stage_output``) may be left out of a result directory
+(``save_result(..., defer=...)``) and written when they are first needed
+(:func:`complete_result`), from the same runs made again: results are deterministic, so the
+tables are those the first write would have made. The manifest names them under
+``"deferred"`` until they are written; each is written whole (:func:`retwin._files.
+atomic_write`), then the manifest is replaced, so an interrupted completion leaves a
+directory that reads as before and is completed again. :func:`read_table` of a deferred
+table not written yet raises :class:`TableDeferred`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from retwin._files import check_output_dir, output_dir
+from retwin._files import atomic_write, check_output_dir, is_temp_name, output_dir
 from retwin.engine.run import versions
 from retwin.results import ReplicationSet, RunResult
 from retwin.scenario.load import scenario_hash
@@ -21,19 +34,68 @@ from retwin.scenario.load import scenario_hash
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["check_result_dir", "is_result_dir", "read_table", "save_result"]
+__all__ = ["DEFERRABLE", "TableDeferred", "check_result_dir", "complete_result",
+           "deferred_tables", "is_result_dir", "read_table", "rerun_replications",
+           "save_result"]
 
 Format = Literal["parquet", "csv"]
+
+#: Tables :func:`save_result` may leave for :func:`complete_result`: those made from the
+#: runs' daily records. ``series`` and ``flows`` need the first replication again;
+#: ``monthly`` and ``stage_output`` every replication (their bands span them).
+DEFERRABLE: tuple[str, ...] = ("series", "flows", "monthly", "stage_output")
+_FIRST_ONLY = frozenset({"series", "flows"})
+
+
+class TableDeferred(FileNotFoundError):
+    """A table a result directory defers (see the module) and has not written yet."""
+
+
+def _parquet(df: pd.DataFrame, where: Any) -> None:
+    """``df.to_parquet(where, index=False)``, converted in this thread: pyarrow would start
+    a pool of threads for each table of many rows, which costs more than it saves here."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pandas(df, preserve_index=False, nthreads=1), where)
+
+
+def _bytes(df: pd.DataFrame, fmt: Format) -> bytes:
+    if fmt == "parquet":
+        import io
+
+        buf = io.BytesIO()
+        _parquet(df, buf)
+        return buf.getvalue()
+    return df.to_csv(index=False).encode("utf-8")
 
 
 def _write(df: pd.DataFrame, path: Path, fmt: Format) -> str:
     name = f"{path.name}.{fmt}"
     target = path.with_name(name)
     if fmt == "parquet":
-        df.to_parquet(target, index=False)
+        _parquet(df, target)
     else:
         df.to_csv(target, index=False)
     return name
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
+    """The versions of the packages this process runs (they do not change while it runs;
+    reading them from the installed metadata costs more than a small table)."""
+    return versions()
+
+
+def _deferrable(result: RunResult | ReplicationSet) -> dict[str, Callable[[], pd.DataFrame]]:
+    """How each deferrable table is made from ``result``."""
+    first = result.first if isinstance(result, ReplicationSet) else result
+    if isinstance(result, ReplicationSet):
+        monthly, stage = (lambda: result.monthly_bands), (lambda: result.stage_output)
+    else:
+        monthly, stage = first.monthly, first.stage_output
+    return {"series": first.series, "flows": first.flows, "monthly": monthly,
+            "stage_output": stage}
 
 
 #: The files of a result directory besides its tables.
@@ -56,7 +118,7 @@ def _not_result_files(path: Path) -> list[str]:
             files = m.get("files") if isinstance(m, dict) else None
             if (isinstance(files, list) and all(isinstance(f, str) for f in files)
                     and {"scenario_hash", "versions"} <= m.keys()):
-                allowed = {*files, *_META_FILES}
+                allowed = {*files, *_META_FILES, *_deferred_files(m)}
     except (OSError, ValueError):
         pass
     return sorted(n for n, is_file in entries.items() if n not in allowed or not is_file)
@@ -85,6 +147,7 @@ def save_result(
     changes: list[dict[str, Any]] | None = None,
     overwrite: bool = True,
     notes: list[str] | None = None,
+    defer: Iterable[str] = (),
 ) -> Path:
     """Write ``series``, ``flows``, ``monthly``, ``stage_output``, ``kpis`` (and
     ``summary``, ``difference``, ``targets``, ``bottlenecks``) plus ``manifest.json`` into
@@ -101,22 +164,21 @@ def save_result(
     ``out_dir`` must be missing or an empty folder, or, with ``overwrite``, an earlier
     result directory (:func:`is_result_dir`), which is replaced only once the new one is
     complete; anything else raises :class:`~retwin.errors.OutputError` and is left as it is.
+
+    ``defer`` names tables of :data:`DEFERRABLE` to leave out for now: the manifest lists
+    them under ``"deferred"``, and :func:`complete_result` writes them when they are needed.
     """
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"format(={fmt!r}) must be parquet or csv")
+    later = sorted(set(defer))
+    unknown = [t for t in later if t not in DEFERRABLE]
+    if unknown:
+        raise ValueError(f"defer(={unknown!r}) may name only {', '.join(DEFERRABLE)}")
     first = result.first if isinstance(result, ReplicationSet) else result
     with output_dir(out_dir, foreign=_not_result_files, force=overwrite,
                     what="result") as tmp:
-        files = [
-            _write(first.series(), tmp / "series", fmt),
-            _write(first.flows(), tmp / "flows", fmt),
-        ]
-        if isinstance(result, ReplicationSet):
-            files.append(_write(result.monthly_bands, tmp / "monthly", fmt))
-            files.append(_write(result.stage_output, tmp / "stage_output", fmt))
-        else:
-            files.append(_write(first.monthly(), tmp / "monthly", fmt))
-            files.append(_write(first.stage_output(), tmp / "stage_output", fmt))
+        files = [_write(make(), tmp / name, fmt)
+                 for name, make in _deferrable(result).items() if name not in later]
         if isinstance(result, ReplicationSet):
             import pandas as pd
 
@@ -145,22 +207,105 @@ def save_result(
             "notes": notes or [],
             "start": sc.start.isoformat(),
             "end": sc.end.isoformat(),
-            "versions": versions(),
+            "versions": _versions(),
             "format": fmt,
             "files": sorted(files),
             "mass_balance_closes": first.balance.closes,
         }
+        if later:
+            manifest["deferred"] = later
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
                                            encoding="utf-8")
-        (tmp / "scenario.json").write_text(
-            json.dumps(sc.model_dump(mode="json", by_alias=True), indent=1, ensure_ascii=False),
+        (tmp / "scenario.json").write_text(  # compact: indenting takes json's slow path
+            json.dumps(sc.model_dump(mode="json", by_alias=True), ensure_ascii=False,
+                       separators=(",", ":")),
             encoding="utf-8",
         )
     return Path(out_dir)
 
 
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    m = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+    if not isinstance(m, dict):
+        raise ValueError(f"{run_dir / 'manifest.json'} is not a result's manifest")
+    return m
+
+
+def _deferred_files(m: dict[str, Any]) -> list[str]:
+    later = m.get("deferred") or []
+    fmt = m.get("format", "parquet")
+    return [f"{t}.{fmt}" for t in later if isinstance(t, str) and t in DEFERRABLE]
+
+
+def deferred_tables(run_dir: str | Path) -> list[str]:
+    """The tables result directory ``run_dir`` defers and has not written yet (empty for a
+    complete result)."""
+    d = Path(run_dir)
+    m = _manifest(d)
+    fmt = m.get("format", "parquet")
+    return [t for t in m.get("deferred") or [] if t in DEFERRABLE
+            and not (d / f"{t}.{fmt}").is_file()]
+
+
+def rerun_replications(run_dir: str | Path) -> int:
+    """How many replications (from the first) :func:`complete_result` needs run again to
+    write what ``run_dir`` defers: none for a complete result, one for ``series`` and
+    ``flows``, every replication for ``monthly`` and ``stage_output``."""
+    d = Path(run_dir)
+    later = deferred_tables(d)
+    if not later:
+        return 0
+    if set(later) <= _FIRST_ONLY:
+        return 1
+    return int(_manifest(d)["replications"])
+
+
+def complete_result(run_dir: str | Path, result: RunResult | ReplicationSet) -> list[str]:
+    """Write the tables result directory ``run_dir`` defers, made from ``result``: the
+    same scenario, seed and (for ``monthly`` and ``stage_output``) replications run again.
+    Returns the tables written.
+
+    Each table is written whole, then the manifest is replaced by one that lists it, so a
+    reader sees a table whole or not at all, and an interrupted completion is simply done
+    again. Temporary files an interrupted write left are removed first. One writer at a time:
+    the caller serialises completions of one directory. A ``result`` of another scenario,
+    seed or number of replications raises ValueError and writes nothing.
+    """
+    d = Path(run_dir)
+    m = _manifest(d)
+    later = deferred_tables(d)
+    if isinstance(result, ReplicationSet) and not any(
+            str(f).startswith("summary.") for f in m.get("files", [])):
+        result = result.first  # it was saved from one run: its tables are that run's
+    first = result.first if isinstance(result, ReplicationSet) else result
+    n = (len(result.seeds) or len(result.kpi_frames)
+         if isinstance(result, ReplicationSet) else 1)
+    sc_hash = scenario_hash(first.compiled.scenario)
+    if sc_hash != m.get("scenario_hash") or first.seed != m.get("seed"):
+        raise ValueError(f"{d}: the runs given are of another scenario or seed "
+                         f"(scenario {sc_hash[:12]}, seed {first.seed}); nothing written")
+    if not set(later) <= _FIRST_ONLY and n != int(m["replications"]):
+        raise ValueError(f"{d}: {', '.join(later)} need all {m['replications']} "
+                         f"replications, {n} given; nothing written")
+    for entry in os.listdir(d):  # what an interrupted write left
+        if is_temp_name(entry):
+            with contextlib.suppress(OSError):
+                os.unlink(d / entry)
+    fmt: Format = m.get("format", "parquet")
+    makers = _deferrable(result)
+    for name in later:
+        atomic_write(d / f"{name}.{fmt}", _bytes(makers[name](), fmt))
+    written = {f"{t}.{fmt}" for t in m.get("deferred") or [] if (d / f"{t}.{fmt}").is_file()}
+    m["files"] = sorted(set(m.get("files", [])) | written)
+    m.pop("deferred", None)
+    atomic_write(d / "manifest.json",
+                 json.dumps(m, indent=2, ensure_ascii=False).encode("utf-8"))
+    return later
+
+
 def read_table(run_dir: str | Path, kind: str) -> pd.DataFrame:
-    """Read one table (``series``, ``flows``, ``kpis``…) of a saved run."""
+    """Read one table (``series``, ``flows``, ``kpis``…) of a saved run; a table it defers
+    and has not written yet raises :class:`TableDeferred` (see :func:`complete_result`)."""
     import pandas as pd
 
     d = Path(run_dir)
@@ -168,4 +313,10 @@ def read_table(run_dir: str | Path, kind: str) -> pd.DataFrame:
         f = d / f"{kind}.{ext}"
         if f.is_file():
             return reader(f)
+    later: list[str] = []
+    with contextlib.suppress(OSError, ValueError):
+        later = deferred_tables(d)
+    if kind in later:
+        raise TableDeferred(f"{d} has not written its {kind} table yet (deferred; "
+                            "complete_result writes it)")
     raise FileNotFoundError(f"{d} has no {kind} table")

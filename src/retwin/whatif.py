@@ -432,11 +432,13 @@ def run(w: WhatIf, *, replications: int = 1, seed: int = 0,
 
 
 def save(result: WhatIfResult, out_dir: str | Path, *, fmt: Format = "parquet",
-         overwrite: bool = True, baseline_ref: str | None = None) -> Path:
+         overwrite: bool = True, baseline_ref: str | None = None,
+         defer: Iterable[str] = ()) -> Path:
     """Write the what-if's result directory: its tables, the difference, and a manifest
     naming the changes, the baseline (``baseline_ref``, default the baseline scenario's
-    hash) and the notes. See :func:`retwin.storage.save_result`."""
+    hash) and the notes; the tables named in ``defer`` are left for later. See
+    :func:`retwin.storage.save_result`."""
     ref = baseline_ref if baseline_ref is not None else result.baseline_hash
     return save_result(result.whatif, out_dir, fmt=fmt, difference=result.difference,
                        baseline_hash=ref, changes=list(result.spec.changes),
-                       overwrite=overwrite, notes=list(result.notes))
+                       overwrite=overwrite, notes=list(result.notes), defer=defer)

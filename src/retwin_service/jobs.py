@@ -17,7 +17,13 @@ need not share its disk).
 
 **The worker** (:func:`compute`) runs the baseline first, unless it is stored already (then
 its KPIs stand in for it), and stores it under its own key; then the what-if and its paired
-difference (:func:`retwin.whatif.run`), stored atomically (:func:`retwin.whatif.save`).
+difference (:func:`retwin.whatif.run`), stored atomically (:func:`store`). What the answer
+needs is written before it (the KPIs, their summary and difference, targets, bottlenecks);
+the tables made from the daily records (:func:`deferred_for`) are left for the first request
+that reads them: :meth:`Jobs.complete` has a worker run them again (:class:`Completion`,
+:func:`complete`; results are deterministic) and write them whole
+(:func:`retwin.storage.complete_result`). Nothing is lost when the service stops before:
+the result reads as before, and is completed when asked.
 Between two replications it reports progress and looks for a cancellation through
 :func:`~retwin.batch.executors.task_hooks`; the executor brings the progress back to
 :class:`Jobs`, which writes it to the registry, and :meth:`Jobs.cancel` raises the executor's
@@ -33,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
+import functools
 import logging
 import os
 import shutil
@@ -57,14 +65,20 @@ from retwin.batch.executors import (
     task_hooks,
     warm_once,
 )
-from retwin.storage import read_table
+from retwin.storage import (
+    complete_result,
+    deferred_tables,
+    read_table,
+    rerun_replications,
+)
 from retwin_service.space import NO_SPACE, Space, is_no_space
 
 if TYPE_CHECKING:  # a worker needs none of the registry's packages
     from retwin_service.registry import Registry
 
-__all__ = ["Cancelled", "Compute", "Jobs", "Outcome", "StoreFailed", "Task", "compute",
-           "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
+__all__ = ["Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed", "Task",
+           "complete", "compute", "deferred_for", "is_stored", "public_error", "result_dir",
+           "store", "stored_kpis"]
 
 log = logging.getLogger("retwin.api.jobs")
 
@@ -82,12 +96,24 @@ class StoreFailed(Exception):
     full folder (and remembers it for the health check) from an internal error."""
 
 
+def deferred_for(replications: int) -> tuple[str, ...]:
+    """The tables a stored result leaves for its first reader (:meth:`Jobs.complete`):
+    those one replication run again makes. ``series`` and ``flows`` always (they are the
+    first replication's); ``monthly`` and ``stage_output`` when there is one replication
+    (else their bands need every replication again, so they are written at once)."""
+    if replications == 1:
+        return ("series", "flows", "monthly", "stage_output")
+    return ("series", "flows")
+
+
 def store(result: whatif.WhatIfResult, results_root: str | Path, key: str,
           baseline_key: str | None = None) -> None:
-    """Store ``result`` as computation ``key`` (atomically); :class:`StoreFailed` if the
-    data folder refuses it."""
+    """Store ``result`` as computation ``key`` (atomically), the tables of
+    :func:`deferred_for` left for later; :class:`StoreFailed` if the data folder refuses
+    it."""
     try:
-        whatif.save(result, result_dir(results_root, key), baseline_ref=baseline_key)
+        whatif.save(result, result_dir(results_root, key), baseline_ref=baseline_key,
+                    defer=deferred_for(len(result.whatif.seeds) or 1))
     except (retwin.RetwinError, OSError) as exc:
         raise StoreFailed(f"storing {key[:12]}: {exc}") from exc
 
@@ -111,17 +137,32 @@ class Task:
     baseline_kpis: pd.DataFrame | None = None
 
 
+@dataclass(frozen=True)
+class Completion:
+    """Writing the tables stored result ``key`` deferred: its scenario (``scenario.json``)
+    run again with its seed, ``replications`` replications from the first. ``results_root``
+    is where the worker writes (``None``: the runs go back to the server, which writes)."""
+
+    key: str
+    scenario: dict[str, Any]
+    seed: int
+    replications: int
+    results_root: str | None
+
+
 @dataclass
 class Outcome:
     """What a computation ended with: ``done``, ``cancelled`` or ``failed`` (``error``).
 
-    Without a results folder a done outcome carries the result for the server to store.
+    Without a results folder a done outcome carries the result for the server to store
+    (``runs``: those of a :class:`Completion`).
     """
 
     status: str
     error: str | None = None
     cached: bool = False
     result: whatif.WhatIfResult | None = None
+    runs: retwin.ReplicationSet | None = None
 
 
 def result_dir(results_root: str | Path, key: str) -> Path:
@@ -135,9 +176,16 @@ def is_stored(results_root: str | Path, key: str) -> bool:
 
 
 def stored_kpis(results_root: str | Path, key: str) -> list[pd.DataFrame] | None:
-    """The per-replication KPI frames of stored result ``key``, or ``None``."""
+    """The per-replication KPI frames of stored result ``key``, or ``None``. A stored
+    result never changes (its key names one computation), so this process keeps the last
+    few it read: every what-if on one model reads the same baseline."""
     if not is_stored(results_root, key):
         return None
+    return _kpis_of(str(results_root), key)
+
+
+@functools.lru_cache(maxsize=4)
+def _kpis_of(results_root: str, key: str) -> list[pd.DataFrame]:
     return whatif.kpi_frames(read_table(result_dir(results_root, key), "kpis"))
 
 
@@ -230,16 +278,46 @@ def _compute(task: Task, hooks: TaskHooks) -> Outcome:
     return Outcome("done")
 
 
+def complete(task: Completion) -> Outcome:
+    """Run a :class:`Completion`: the stored scenario again (it must read back to the hash
+    it was stored with), then its deferred tables written (or, without a results folder,
+    the runs handed back to the server to write)."""
+    root = task.results_root
+    try:
+        sc = retwin.Scenario.model_validate(task.scenario)
+        with _locked(root, task.key):
+            n = task.replications
+            if root is not None:
+                n = rerun_replications(result_dir(root, task.key))
+                if n == 0:  # completed meanwhile
+                    return Outcome("done", cached=True)
+            runs = retwin.run_replications(sc, n, seed=task.seed)
+            if root is None:
+                return Outcome("done", runs=runs)
+            try:
+                complete_result(result_dir(root, task.key), runs)
+            except (ValueError, OSError) as exc:
+                if is_no_space(exc):  # said as such to the server (a cause is not pickled)
+                    raise OSError(errno.ENOSPC, NO_SPACE) from exc
+                raise StoreFailed(f"completing {task.key[:12]}: {exc}") from exc
+    except retwin.RetwinError as exc:
+        return Outcome("failed", error=public_error(exc))
+    return Outcome("done")
+
+
 class Compute:
-    """:func:`compute` as an executor's task function: one for every task of the service
-    (so the workers are started once), warming the kernels as a worker starts."""
+    """:func:`compute` (and :func:`complete`) as an executor's task function: one for every
+    task of the service (so the workers are started once), warming the kernels as a worker
+    starts."""
 
     cache_key = "retwin_service.compute"
 
     def prepare(self) -> None:
         warm_once()
 
-    def __call__(self, task: Task) -> Outcome:
+    def __call__(self, task: Task | Completion) -> Outcome:
+        if isinstance(task, Completion):
+            return complete(task)
         return compute(task)
 
 
@@ -266,6 +344,8 @@ FINISH_RETRY_S = 2.0
 DASK_CONNECT_S = 20.0
 #: Seconds a claim on a computation lasts unless renewed (see :mod:`retwin_service.registry`).
 CLAIM_LEASE_S = 30.0
+#: Stored results remembered as complete (a look at the manifest spared each).
+COMPLETE_KEPT = 4096
 
 
 def instance_name() -> str:
@@ -341,6 +421,11 @@ class Jobs:
         self.on_computed = on_computed
         self._fn = Compute()
         self._tracks: dict[str, asyncio.Task[Outcome]] = {}
+        # per tracked key: done once its runs are finished in the registry (a waiting
+        # request answers then, before the claim is released)
+        self._ended: dict[str, asyncio.Future[None]] = {}
+        self._completing: dict[str, asyncio.Task[None]] = {}
+        self._complete: set[str] = set()  # stored results known to defer nothing
 
     @property
     def kind(self) -> str:
@@ -424,9 +509,10 @@ class Jobs:
     def stored(self, key: str) -> bool:
         return is_stored(self.root, key)
 
-    def waiter(self, key: str) -> asyncio.Task[Outcome] | None:
-        """The tracked computation of ``key``, if one is under way."""
-        return self._tracks.get(key)
+    def waiter(self, key: str) -> asyncio.Future[Any] | None:
+        """What to await for the computation of ``key``, if one is under way: done as
+        soon as its runs are finished in the registry."""
+        return self._ended.get(key)
 
     @property
     def in_flight(self) -> int:
@@ -437,8 +523,9 @@ class Jobs:
         called on the event loop."""
         t = self._tracks.get(task.key)
         if t is None:
-            t = asyncio.get_running_loop().create_task(self._track(task),
-                                                       name=f"retwin-{task.key[:12]}")
+            loop = asyncio.get_running_loop()
+            self._ended[task.key] = loop.create_future()
+            t = loop.create_task(self._track(task), name=f"retwin-{task.key[:12]}")
             self._tracks[task.key] = t
         return t
 
@@ -483,6 +570,9 @@ class Jobs:
                 outcome = await self._run(task)
             await self._write(self._finish, task, outcome)
         finally:
+            ended = self._ended.pop(task.key, None)
+            if ended is not None and not ended.done():
+                ended.set_result(None)
             self._tracks.pop(task.key, None)
             if claimed:
                 with contextlib.suppress(Exception):  # else the lease simply lapses
@@ -531,6 +621,81 @@ class Jobs:
                 return Outcome("failed", error=public_error(exc))
         return Outcome("failed", error="the worker process stopped while running this "
                                        "computation (out of memory?)")
+
+    # --- deferred tables ------------------------------------------------------------------
+
+    async def complete(self, key: str) -> None:
+        """Make sure stored result ``key`` has every table (a result stores some only when
+        first read, :func:`deferred_for`): a worker runs what they are made of again and
+        writes them (:func:`complete`). Requests for one result share one completion. A
+        result that is not stored (gone) is left alone: reading it says so. Raises
+        :class:`StoreFailed` (or the write's OSError) when the tables cannot be written."""
+        if key in self._complete:
+            return
+        t = self._completing.get(key)
+        if t is None:
+            t = asyncio.get_running_loop().create_task(self._completion(key),
+                                                       name=f"retwin-complete-{key[:12]}")
+            self._completing[key] = t
+            t.add_done_callback(lambda _t: self._completing.pop(key, None))
+        await asyncio.shield(t)
+
+    async def _completion(self, key: str) -> None:
+        d = result_dir(self.root, key)
+        todo = await asyncio.to_thread(self._todo, d)
+        if todo is None:
+            return
+        ex = self.executor
+        if ex is None:
+            raise StoreFailed("the service is stopping; ask again once it runs")
+        scenario, seed, n = todo
+        task = Completion(key=key, scenario=scenario, seed=seed, replications=n,
+                          results_root=None if self.kind == "dask" else str(self.root))
+        outcome: Outcome | None = None
+        for _ in range(MAX_POOL_RETRIES + 1):
+            try:
+                fut = await asyncio.to_thread(ex.submit, self._fn, task)
+                outcome = await asyncio.wrap_future(fut)
+                break
+            except BrokenProcessPool:
+                log.warning("worker pool broke while completing %s; restarting", key[:12])
+        if outcome is None or outcome.status != "done":
+            raise StoreFailed(f"completing {key[:12]}: "
+                              f"{'the worker stopped' if outcome is None else outcome.error}")
+        if outcome.runs is not None:  # from a cluster: written here
+            runs = outcome.runs
+
+            def write() -> None:
+                with _locked(str(self.root), key):
+                    if deferred_tables(d):
+                        complete_result(d, runs)
+
+            await asyncio.to_thread(write)
+        from retwin_service import tables
+
+        tables.manifest.cache_clear()  # the result's list of files has grown
+        self._known_complete(key)
+
+    def _known_complete(self, key: str) -> None:
+        if len(self._complete) >= COMPLETE_KEPT:
+            self._complete.clear()  # it only spares a look at the manifest
+        self._complete.add(key)
+
+    def _todo(self, d: Path) -> tuple[dict[str, Any], int, int] | None:
+        """What completing result folder ``d`` needs: its scenario, seed and the
+        replications to run again; ``None`` when it defers nothing (or is gone)."""
+        import json
+
+        try:
+            n = rerun_replications(d)
+        except FileNotFoundError:
+            return None  # gone: reading it answers 410
+        if n == 0:
+            self._known_complete(d.name)
+            return None
+        m = json.loads((d / "manifest.json").read_text(encoding="utf-8"))
+        scenario = json.loads((d / "scenario.json").read_text(encoding="utf-8"))
+        return scenario, int(m["seed"]), n
 
     def _no_space(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a write refused for lack of space (remembered for /health)."""

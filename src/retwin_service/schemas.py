@@ -71,10 +71,18 @@ class WhatIfRequest(BaseModel):
 
 
 class Links(BaseModel):
+    """Where a run's parts are: ``full`` is the run with every KPI row
+    (``?detail=full``), ``summary`` what the planner's page shows first, ``kpis`` and
+    ``difference`` the KPI tables (every KPI, key and year; filtered and paged),
+    ``series`` and ``flows`` the daily series and monthly flows."""
+
     self: str
+    full: str
+    summary: str
+    kpis: str
+    difference: str
     series: str
     flows: str
-    kpis: str
     cancel: str
 
 
@@ -129,9 +137,15 @@ class RunResultPublic(BaseModel):
     seed: int
     replications: int
     mass_balance_closes: bool
+    detail: Literal["headline", "full"] = Field(description=(
+        "headline: `kpis` and `difference` hold the headline KPIs (output per stage, output "
+        "value per group, local conversion, La+Ce surplus, Dy+Tb deficit, PrNd oxide price) "
+        "per year; full: every KPI, key and year. The tables at `links.kpis` and "
+        "`links.difference` hold every row either way."))
     kpis: list[KpiRow]
     difference: list[KpiRow] | None = Field(
-        description="What-if − baseline, paired by replication; null for a baseline run.")
+        description="What-if − baseline, paired by replication, on the rows of `kpis`; null "
+                    "for a baseline run.")
     targets: list[TargetRow]
     bottlenecks: list[BottleneckRow]
     notes: list[str] = Field(
@@ -154,7 +168,8 @@ class RunSummary(BaseModel):
 
 
 class RunPublic(RunSummary):
-    """A run: its request, status and progress, and when done its KPIs and difference."""
+    """A run: its request, status and progress, and when done its headline KPIs and their
+    difference (``?detail=full``: every KPI)."""
 
     request: dict[str, Any]
     error: str | None

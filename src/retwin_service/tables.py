@@ -27,10 +27,11 @@ import numpy as np
 import pandas as pd
 
 from retwin import whatif
-from retwin.storage import read_table
+from retwin.storage import TableDeferred, read_table
 
 __all__ = [
     "CHUNK_ROWS",
+    "HEADLINE_KPIS",
     "JSON_PAGE_DEFAULT",
     "JSON_PAGE_MAX",
     "MEDIA",
@@ -38,6 +39,7 @@ __all__ = [
     "ResultMissing",
     "compare",
     "filter_table",
+    "headline",
     "iter_csv",
     "iter_parquet",
     "manifest",
@@ -179,6 +181,8 @@ def read(root: Path, key: str, table: str) -> pd.DataFrame:
     d = _dir(root, key)
     try:
         return read_table(d, table)
+    except TableDeferred:
+        raise  # not written yet: Jobs.complete writes it (a route's business, not a 410)
     except FileNotFoundError:
         raise ResultMissing(key) from None
 
@@ -200,23 +204,104 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) or math.isinf(f) else f
 
 
+#: The KPIs of a run's compact answer (``detail=headline``), each with every key it has,
+#: or only the keys named: region-wide figures a planner reads first. Every row stays in
+#: the tables (``/kpis``, ``/kpis?view=difference``) and in ``detail=full``.
+HEADLINE_KPIS: dict[str, tuple[str, ...]] = {
+    "output.stage": (),
+    "value.group": (),
+    "local_conversion": (),
+    "element.la_ce_surplus": (),
+    "element.dy_tb_deficit": (),
+    "price.material": ("prnd_oxide",),
+}
+
+Detail = Literal["headline", "full"]
+_STAT_COLUMNS = [*KPI_KEYS, "mean", "p5", "p50", "p95", "n"]
+
+
+def headline(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of a summary or difference table that :data:`HEADLINE_KPIS` names."""
+    keep = np.zeros(len(df), dtype=bool)
+    kpi = df["kpi"].astype(str)
+    for name, keys in HEADLINE_KPIS.items():
+        rows = (kpi == name).to_numpy()
+        if keys:
+            rows = rows & df["key"].astype(str).isin(keys).to_numpy()
+        keep |= rows
+    return df[keep]
+
+
+def _arrow(root: Path, key: str, table: str, columns: Sequence[str] | None = None) -> Any:
+    """One stored table as an Arrow table (no pandas on the way: the answer of a run reads
+    four small tables, and pandas' conversion cost more than the reading)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = _dir(root, key)
+    path = d / f"{table}.parquet"
+    try:  # one small file: no dataset, no threads (they cost more than the reading)
+        return pq.ParquetFile(path).read(columns=list(columns) if columns else None,
+                                         use_threads=False)
+    except FileNotFoundError:
+        df = read(root, key, table)  # a result stored as CSV
+        return pa.Table.from_pandas(df[list(columns)] if columns else df,
+                                    preserve_index=False)
+
+
+def _headline_rows(t: Any) -> Any:
+    """:func:`headline` of an Arrow table."""
+    import pyarrow.compute as pc
+
+    keep = None
+    for name, keys in HEADLINE_KPIS.items():
+        rows = pc.equal(t["kpi"].cast("string"), name)
+        if keys:
+            rows = pc.and_(rows, pc.is_in(t["key"].cast("string"),
+                                          value_set=pa_strings(keys)))
+        keep = rows if keep is None else pc.or_(keep, rows)
+    return t.filter(keep)
+
+
+def pa_strings(values: Sequence[str]) -> Any:
+    import pyarrow as pa
+
+    return pa.array(list(values), type=pa.string())
+
+
+def _json_rows(t: Any) -> list[dict[str, Any]]:
+    """An Arrow table's rows as :func:`records` makes them (the numbers of the tables'
+    JSON exactly)."""
+    return _records(t.to_pandas(ignore_metadata=True, use_threads=False))
+
+
+def _has_table(m: dict[str, Any], table: str) -> bool:
+    """Whether a result's manifest lists ``table``, written or deferred."""
+    return (any(str(f).split(".", 1)[0] == table for f in m.get("files", []))
+            or table in (m.get("deferred") or []))
+
+
 @lru_cache(maxsize=64)
-def run_result(root: Path, key: str) -> dict[str, Any]:
-    """The body of ``RunPublic.result`` for a stored result."""
+def run_result(root: Path, key: str, detail: Detail = "headline") -> dict[str, Any]:
+    """The body of ``RunPublic.result`` for a stored result: with ``detail="headline"``
+    the rows of :data:`HEADLINE_KPIS` in ``kpis`` and ``difference``, with ``"full"``
+    every KPI row."""
     m = manifest(root, key)
-    summary = read(root, key, "summary")
-    diff = read(root, key, "difference") if "difference.parquet" in m.get("files", []) else None
-    targets = read(root, key, "targets")
-    bottlenecks = read(root, key, "bottlenecks")
+    summary = _arrow(root, key, "summary", _STAT_COLUMNS)
+    diff = (_arrow(root, key, "difference", _STAT_COLUMNS) if _has_table(m, "difference")
+            else None)
+    if detail == "headline":
+        summary = _headline_rows(summary)
+        diff = None if diff is None else _headline_rows(diff)
     return {
         "scenario": m["scenario"], "scenario_hash": m["scenario_hash"], "start": m["start"],
         "end": m["end"], "seed": m["seed"], "replications": m["replications"],
         "mass_balance_closes": bool(m.get("mass_balance_closes", True)),
-        "kpis": _records(summary[[*KPI_KEYS, "mean", "p5", "p50", "p95", "n"]]),
-        "difference": (None if diff is None else
-                       _records(diff[[*KPI_KEYS, "mean", "p5", "p50", "p95", "n"]])),
-        "targets": _records(targets),
-        "bottlenecks": _records(bottlenecks),
+        "detail": detail,
+        "kpis": _json_rows(summary),
+        "difference": None if diff is None else _json_rows(diff),
+        "targets": _json_rows(_arrow(root, key, "targets")),
+        "bottlenecks": _json_rows(_arrow(root, key, "bottlenecks")),
         "notes": list(m.get("notes", [])),
     }
 
@@ -230,7 +315,7 @@ def stage_output(root: Path, key: str, plant_stage: dict[str, str]) -> pd.DataFr
     sum of the plants' bands. A result stored before that table existed gives the sum of
     its plants' monthly means (``plant_stage`` names each plant's stage) and no band
     (``p5`` and ``p95`` NaN)."""
-    if any(f.startswith("stage_output.") for f in manifest(root, key).get("files", [])):
+    if _has_table(manifest(root, key), "stage_output"):
         df = read(root, key, "stage_output")
         return df[["stage", "month", "mean", "p5", "p95"]].sort_values(
             ["stage", "month"], kind="stable").reset_index(drop=True)

@@ -89,8 +89,10 @@ def test_change_schema_lists_the_nine_kinds(client: TestClient) -> None:
 # --- the happy path ------------------------------------------------------------------------
 
 
-def test_whatif_reports_kpis_with_bands_and_the_difference(run: dict[str, Any]) -> None:
-    res = run["result"]
+def test_whatif_reports_kpis_with_bands_and_the_difference(
+        client: TestClient, run: dict[str, Any]) -> None:
+    res = client.get(f"{API}/runs/{run['id']}", params={"detail": "full"}).json()["result"]
+    assert res["detail"] == "full"
     assert res["replications"] == 2 and res["seed"] == 1
     assert res["mass_balance_closes"] is True
     row = next(k for k in res["kpis"] if k["kpi"] == "output.plant" and k["key"] == "mine"
@@ -223,7 +225,51 @@ def test_kpis_by_stage_element_and_difference_view(client: TestClient,
     assert {(row["kpi"], row["key"]) for row in t["rows"]} == {
         ("element.surplus", "Dy"), ("element.dy_tb_deficit", "Dy+Tb")}
     d = client.get(f"{API}/runs/{run['id']}/kpis", params={"view": "difference"}).json()
-    assert d["total"] == len(run["result"]["difference"])
+    full = client.get(run["links"]["full"]).json()["result"]
+    assert d["total"] == len(full["difference"]) == len(full["kpis"])
+
+
+def _rows(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    return {(r["kpi"], r["key"], r["year"]): r for r in rows}
+
+
+def test_a_finished_run_answers_its_headline_kpis_and_links_the_rest(
+        client: TestClient, run: dict[str, Any]) -> None:
+    """By default a run holds the headline KPIs per year and their difference (the rows of
+    HEADLINE_KPIS, each as the full tables have it); ``detail=full`` and the links hold
+    every row."""
+    from retwin_service.tables import HEADLINE_KPIS
+
+    res = run["result"]
+    assert res["detail"] == "headline"
+    full = client.get(f"{API}/runs/{run['id']}", params={"detail": "full"}).json()["result"]
+    assert full["detail"] == "full"
+    assert {k: v for k, v in full.items() if k not in ("detail", "kpis", "difference")} == {
+        k: v for k, v in res.items() if k not in ("detail", "kpis", "difference")}
+    want = {k: r for k, r in _rows(full["kpis"]).items()
+            if k[0] in HEADLINE_KPIS and (not HEADLINE_KPIS[k[0]] or k[1] in HEADLINE_KPIS[k[0]])}
+    assert want and _rows(res["kpis"]) == want
+    assert {k[0] for k in want} == {"output.stage", "value.group", "local_conversion",
+                                    "element.la_ce_surplus", "element.dy_tb_deficit",
+                                    "price.material"}
+    diff = _rows(full["difference"])
+    assert _rows(res["difference"]) == {k: diff[k] for k in want}
+    assert len(full["kpis"]) > 3 * len(res["kpis"])
+    # every link resolves, and the KPI tables hold every row of the full answer
+    links = run["links"]
+    for name in ("self", "full", "summary", "kpis", "difference", "series", "flows"):
+        r = client.get(links[name])
+        assert r.status_code == 200, (name, r.text)
+    for name in ("kpis", "difference"):  # the same rows, the same numbers
+        sep = "&" if "?" in links[name] else "?"
+        table = client.get(f"{links[name]}{sep}limit=10000").json()
+        assert table["total"] == len(full[name])
+        assert table["rows"] == full[name]
+    # a run answered from the stored result, and the answer to POST ?detail=full, agree
+    again = client.post(f"{API}/runs", json=whatif(), params={"detail": "full"}).json()
+    assert again["result"] == full
+    r = client.post(f"{API}/runs", json=whatif(), params={"detail": "most"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "detail"]
 
 
 def test_table_paging(client: TestClient, run: dict[str, Any]) -> None:
@@ -449,3 +495,21 @@ def test_a_worker_that_dies_is_replaced_and_its_run_still_finishes(client: TestC
     run = client.get(f"{API}/runs/{rid}", params={"wait": 30}).json()
     assert run["status"] == "done", run
     assert run["result"]["replications"] == 300
+
+
+#: The most a finished run's default answer may hold (its full KPI table is ten times more).
+COMPACT_BYTES = 50_000
+
+
+@pytest.mark.slow
+def test_a_reference_model_run_answers_in_a_few_kilobytes(client: TestClient) -> None:
+    body = {"model": "baotou-2024", "replications": 1, "seed": 0, "changes": [
+        {"kind": "quota", "quota": "mining", "factor": 0.9, "from": "2025-01-01"}]}
+    r = client.post(f"{API}/runs", params={"wait": 120}, json=body,
+                    headers={"Accept-Encoding": "identity"})
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
+    assert len(r.content) <= COMPACT_BYTES
+    run = r.json()
+    assert run["result"]["difference"] and run["result"]["bottlenecks"]
+    full = client.get(run["links"]["full"], headers={"Accept-Encoding": "identity"})
+    assert len(full.content) > 5 * COMPACT_BYTES

@@ -203,9 +203,11 @@ def test_a_full_tmpfs_data_folder(small_disk: Path, tmp_path: Path) -> None:
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             assert c.get(f"{API}/health").json()["status"] == "ok"
-            # room for the run's row, not for its result: the run fails, saying why
+            # room for the run's row, not for its result (what is stored before the answer:
+            # with two replications the monthly tables too, some 200 KB for its baseline
+            # alone): the run fails, saying why
             fillers = [_fill(small_disk, 160 * 1024)]
-            long = whatif(end="2038-12-31", replications=1)
+            long = whatif(end="2038-12-31", replications=2)
             r = c.post(f"{API}/runs", json=long)
             assert r.status_code == 202, r.text
             run = c.get(f"{API}/runs/{r.json()['id']}", params={"wait": 30}).json()
@@ -227,6 +229,12 @@ def test_a_full_tmpfs_data_folder(small_disk: Path, tmp_path: Path) -> None:
             assert c.get(f"{API}/health").json()["status"] == "ok"
             r = c.post(f"{API}/runs", json=long, params={"wait": 30})
             assert r.status_code == 200 and r.json()["status"] == "done", r.text
+            # its daily series is written when first read: with no room, that read is a
+            # 507 and leaves the result as it was; with room again, it is written
+            filler = _fill(small_disk, 0)
+            s = c.get(f"{API}/runs/{r.json()['id']}/series", params={"format": "csv"})
+            assert s.status_code == 507 and "no space left" in s.json()["detail"], s.text
+            filler.unlink()
             s = c.get(f"{API}/runs/{r.json()['id']}/series", params={"format": "csv"})
             assert s.status_code == 200 and s.text.startswith("date,kind,id,value")
         assert "Traceback" not in srv.output(), srv.output()

@@ -30,7 +30,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def run(client: TestClient) -> dict[str, Any]:
-    r = client.post(f"{API}/runs", params={"wait": 60}, json=whatif())
+    r = client.post(f"{API}/runs", params={"wait": 60, "detail": "full"}, json=whatif())
     assert r.status_code == 200, r.text
     return dict(r.json())
 
@@ -247,11 +247,13 @@ def _run_from_form(browser: Any, server: Server, fill: Callable[[Any, Any], None
         assert errors == []
     finally:
         page.close()
-    return dict(httpx.get(f"{server.url}{API}/runs/{run_id}", timeout=60).json())
+    return dict(httpx.get(f"{server.url}{API}/runs/{run_id}", params={"detail": "full"},
+                          timeout=60).json())
 
 
 def _api_run(server: Server, body: dict[str, Any]) -> dict[str, Any]:
-    r = httpx.post(f"{server.url}{API}/runs", params={"wait": 300}, json=body, timeout=320)
+    r = httpx.post(f"{server.url}{API}/runs", params={"wait": 300, "detail": "full"},
+                   json=body, timeout=320)
     assert r.status_code == 200, r.text
     return dict(r.json())
 

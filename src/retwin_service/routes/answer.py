@@ -34,7 +34,14 @@ from retwin.report.cards import (
 from retwin_service import tables
 from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.render import dumps
-from retwin_service.routes.runs import RunId, Wait, _done_run, _summary, _wait
+from retwin_service.routes.runs import (
+    RunId,
+    Wait,
+    _done_run,
+    _summary,
+    _wait,
+    complete_tables,
+)
 from retwin_service.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["CARDS", "Card", "cards", "focus_year", "router"]
@@ -273,6 +280,7 @@ async def read_run_panel(run_id: RunId, name: PanelName, service: ServiceDep,
     digits."""
     rec = await _done_run(service, run_id, owner, "charts")
     root = Path(service.settings.results_dir)
+    await complete_tables(service, rec.request_hash, baseline=True)
     return await result_answer(run_id, lambda: panel(root, rec.request_hash, name))
 
 

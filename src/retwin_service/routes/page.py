@@ -29,7 +29,7 @@ from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.errors import query_error
 from retwin_service.render import dumps
 from retwin_service.routes import answer
-from retwin_service.routes.runs import RunId, _done_run
+from retwin_service.routes.runs import RunId, _done_run, complete_tables
 from retwin_service.schemas import ErrorPublic, ValidationErrorPublic
 
 __all__ = ["page_router", "router"]
@@ -138,6 +138,7 @@ async def read_run_chart(
     ``elements``, ``bottlenecks`` and ``kpis``. ``figures`` holds the what-if's first."""
     rec = await _done_run(service, run_id, owner, "charts")
     root = Path(service.settings.results_dir)
+    await complete_tables(service, rec.request_hash, baseline=baseline)
 
     def build() -> Response:
         run_dir = root / rec.request_hash
@@ -239,6 +240,7 @@ async def read_run_stage_plants(
     Numbers are kept to 4 significant digits."""
     rec = await _done_run(service, run_id, owner, "charts")
     root = Path(service.settings.results_dir)
+    await complete_tables(service, rec.request_hash, baseline=True)
     return await answer.result_answer(run_id, lambda: stage_plants(root, rec.request_hash, stage))
 
 

@@ -14,6 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from retwin.storage import DEFERRABLE
 from retwin_service import tables
 from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.errors import query_error
@@ -44,6 +45,11 @@ Wait = Annotated[float, Query(ge=0, le=3600, description=(
     "RETWIN_WAIT_MAX_SECONDS)."))]
 Fmt = Literal["json", "csv", "parquet"]
 Many = Annotated[list[str] | None, Query(max_length=100)]
+Detail = Annotated[tables.Detail, Query(description=(
+    "How much of a finished run's KPIs the answer holds: `headline` (the default) the "
+    "region-wide KPIs a planner reads first, per year, and their difference to the "
+    "baseline; `full` every KPI, key and year (also at `links.kpis` and "
+    "`links.difference`, filterable and paged)."))]
 
 # A period bound: YYYY, YYYY-MM or YYYY-MM-DD, a real day of the Gregorian calendar in
 # 1900..2199. The OpenAPI pattern and the parser use this one expression, so whatever the
@@ -78,8 +84,9 @@ NO_SPACE_DOC: dict[int | str, dict[str, Any]] = {507: {"model": ErrorPublic, "de
 
 def _links(run_id: str) -> dict[str, str]:
     base = f"/api/v1/runs/{run_id}"
-    return {"self": base, "series": f"{base}/series", "flows": f"{base}/flows",
-            "kpis": f"{base}/kpis", "cancel": base}
+    return {"self": base, "full": f"{base}?detail=full", "summary": f"{base}/summary",
+            "kpis": f"{base}/kpis", "difference": f"{base}/kpis?view=difference",
+            "series": f"{base}/series", "flows": f"{base}/flows", "cancel": base}
 
 
 def _time(t: dt.datetime | None) -> str | None:
@@ -98,17 +105,33 @@ def _accepted(rec: RunRecord) -> dict[str, Any]:
             "created_at": _time(rec.created_at), "links": _links(rec.id)}
 
 
-def _public(service: Service, rec: RunRecord) -> dict[str, Any]:
+def _public(service: Service, rec: RunRecord, detail: tables.Detail) -> dict[str, Any]:
     result = None
     if rec.status == "done":
-        result = tables.run_result(service.settings.results_dir, rec.request_hash)
+        result = tables.run_result(service.settings.results_dir, rec.request_hash, detail)
     return {**_summary(rec), "request": rec.request, "error": rec.error, "result": result}
 
 
-async def _answer(service: Service, rec: RunRecord, status: int = 200) -> Response:
-    """The whole run, read and encoded in a worker thread (a result can be large)."""
-    body = await run_in_threadpool(lambda: dumps(_public(service, rec)))
+async def _answer(service: Service, rec: RunRecord, detail: tables.Detail = "headline",
+                  status: int = 200) -> Response:
+    """The run, read and encoded in a worker thread (``detail=full`` can be large)."""
+    body = await run_in_threadpool(lambda: dumps(_public(service, rec, detail)))
     return Response(body, status_code=status, media_type="application/json")
+
+
+async def complete_tables(service: Service, key: str, *, baseline: bool = False) -> None:
+    """Have stored result ``key`` (and with ``baseline`` its baseline's) write the tables it
+    leaves for their first reader (:meth:`retwin_service.jobs.Jobs.complete`), before a
+    route reads them. A result that is gone is left alone: reading it answers 410."""
+    keys = [key]
+    if baseline:
+        try:
+            m = await run_in_threadpool(tables.manifest, service.settings.results_dir, key)
+        except tables.ResultMissing:
+            return
+        if m.get("baseline_hash"):
+            keys.append(str(m["baseline_hash"]))
+    await asyncio.gather(*(service.jobs.complete(k) for k in keys))
 
 
 async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
@@ -120,7 +143,7 @@ async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
     while True:
         left = deadline - asyncio.get_running_loop().time()
         track = service.jobs.waiter(rec.request_hash)
-        if track is None:
+        if track is None or track.done():
             await asyncio.sleep(min(0.05, max(left, 0)))
         else:
             await asyncio.wait({track}, timeout=max(left, 0))
@@ -143,12 +166,14 @@ async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
         **NO_SPACE_DOC},
 )
 async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
-                     wait: Wait = 0.0) -> Response:
+                     wait: Wait = 0.0, detail: Detail = "headline") -> Response:
     """Submit a what-if. It is stored before the answer, so it survives a restart.
 
     An identical request (same model, changes, seed, replications, horizon) is answered from
     the stored result. Otherwise the answer is ``202`` with the run's id and links, or
-    ``200`` with the whole run when it finishes within ``wait`` seconds.
+    ``200`` with the finished run when it finishes within ``wait`` seconds: its headline
+    KPIs and their difference to the baseline (``detail=full``: every KPI), targets,
+    bottlenecks and notes, with links to the full tables.
     """
     prep = await run_in_threadpool(service.prepare, body)
     task = prep.task
@@ -162,7 +187,7 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
         rec = await run_in_threadpool(lambda: reg.add_run(
             owner=owner, model=body.model, request=prep.request, request_hash=task.key,
             status="done"))
-        return await _answer(service, rec)
+        return await _answer(service, rec, detail)
     rec = await run_in_threadpool(lambda: reg.add_run(
         owner=owner, model=body.model, request=prep.request, request_hash=task.key,
         queue_max=service.settings.queue_max,
@@ -170,7 +195,7 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
     service.jobs.ensure(task)
     rec = await _wait(service, rec, wait)
     if rec.finished:
-        return await _answer(service, rec)
+        return await _answer(service, rec, detail)
     return JSONBody(_accepted(rec), status_code=202,
                         headers={"Location": _links(rec.id)["self"]})
 
@@ -195,12 +220,13 @@ async def list_runs(
 @router.get("/runs/{run_id}", response_model=RunPublic,
             responses={404: {"model": ErrorPublic}, 410: {"model": ErrorPublic}})
 async def read_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
-                   wait: Wait = 0.0) -> Response:
-    """A run: status and progress; once done, its KPIs (mean, p5, p50, p95) and the
-    difference to the baseline of the same model, seed and replications."""
+                   wait: Wait = 0.0, detail: Detail = "headline") -> Response:
+    """A run: status and progress; once done, its headline KPIs (mean, p5, p50, p95 per
+    year; ``detail=full``: every KPI) and their difference to the baseline of the same
+    model, seed and replications, its targets, bottlenecks and notes."""
     rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
     rec = await _wait(service, rec, wait)
-    return await _answer(service, rec)
+    return await _answer(service, rec, detail)
 
 
 @router.delete("/runs/{run_id}", response_model=RunPublic,
@@ -296,6 +322,8 @@ async def _table(request: Request, service: Service, run_id: str, owner: str, ta
     rec = await _done_run(service, run_id, owner)
     root = service.settings.results_dir
     chosen = tables.pick_format(fmt, accept)
+    if table in DEFERRABLE:
+        await complete_tables(service, rec.request_hash)
 
     def build() -> Response:
         df = tables.filter_table(root, rec.request_hash, table, f)
