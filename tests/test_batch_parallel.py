@@ -398,3 +398,21 @@ def test_sweep_command_forks_its_workers_and_leaves_no_process(
     assert forkserver._forkserver._forkserver_pid is None  # type: ignore[attr-defined]
     assert_same_results(serial, tmp_path / "o")
     assert "6 points, 30 runs in" in capsys.readouterr().out
+
+
+def test_pid_alive_sees_running_ended_and_zombie_processes() -> None:
+    """A worker's watch on its parent and the service's check of a claim's holder read the
+    same rule: running counts; a process that ended, reaped or not yet (a zombie), does not."""
+    from retwin.batch.executors import pid_alive
+
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # ended but not reaped: a zombie
+        with open(f"/proc/{child.pid}/stat") as fh:
+            if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.01)
+    assert not pid_alive(child.pid)
+    child.wait()
+    assert not pid_alive(child.pid)

@@ -62,6 +62,7 @@ from retwin.batch.executors import (
     Executor,
     ProcessExecutor,
     TaskHooks,
+    pid_alive,
     task_hooks,
     warm_once,
 )
@@ -354,20 +355,6 @@ def instance_name() -> str:
     return f"{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is gone too
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def gone_here(holder: str, me: str) -> bool:
     """Whether ``holder`` was a service process of this machine that is gone: its host is
     ours and its pid is dead, or is ours while the name is not (an earlier life of this
@@ -378,7 +365,7 @@ def gone_here(holder: str, me: str) -> bool:
     if holder == me or host != my_host or not rest.isdigit():
         return False
     pid = int(rest)
-    return pid == os.getpid() or not _pid_alive(pid)
+    return pid == os.getpid() or not pid_alive(pid)
 
 
 class Jobs:

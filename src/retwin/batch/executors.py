@@ -64,6 +64,7 @@ __all__ = [
     "TaskHooks",
     "limit_thread_pools",
     "make_executor",
+    "pid_alive",
     "task_hooks",
     "warm_once",
 ]
@@ -357,14 +358,20 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` is running on this machine (another user's counts; a zombie,
+    ended but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # no /proc: running
+        return True
 
 
 def _init_worker(fn: Callable[[Any], Any], parent: int, progress_queue: Any = None,
@@ -380,7 +387,7 @@ def _init_worker(fn: Callable[[Any], Any], parent: int, progress_queue: Any = No
     global _installed, _process_hooks
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if not _alive(parent):
+    if not pid_alive(parent):
         os._exit(1)  # gone before this worker started
     origin = os.getppid()
     threading.Thread(target=_watch_parent, args=(origin,), daemon=True,
