@@ -510,3 +510,19 @@ def test_main_in_a_callers_process_leaves_its_garbage_collector_alone(
     frozen = gc.get_freeze_count()
     assert main(["run", "tiny"]) == 0
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_the_scenario_schema_is_built_from_evaluated_annotations() -> None:
+    """Every model of the scenario schema declares its fields with annotations that are
+    objects, not strings pydantic must parse as the model is built (a forward reference
+    compiled per field of every model, in every process that loads the schema)."""
+    from pydantic import BaseModel
+
+    from retwin.scenario import schema
+
+    models = [m for m in vars(schema).values()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m is not BaseModel]
+    assert len(models) > 20
+    strings = {f"{m.__name__}.{name}" for m in models
+               for name, a in vars(m).get("__annotations__", {}).items() if isinstance(a, str)}
+    assert not strings, sorted(strings)
