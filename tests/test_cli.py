@@ -465,3 +465,64 @@ def test_warmup_writes_the_bytecode_of_every_module(
     missing = [str(s.relative_to(package)) for s in sources
                if not Path(importlib.util.cache_from_source(str(s))).is_file()]
     assert not missing, missing
+
+
+# --- the command's process --------------------------------------------------------------------
+
+
+def test_the_command_keeps_its_libraries_out_of_the_garbage_collectors_scans() -> None:
+    """In the ``retwin`` process, what the imports made is frozen out of the collector's
+    reach before the run (which collects its own garbage as usual), and everything is frozen
+    before the interpreter shuts down, whose collections would otherwise scan it all; the
+    command's output is the same."""
+    code = ("import atexit, gc, sys\n"
+            "from retwin import whatif\n"
+            "seen = {}\n"
+            "run = whatif.run\n"
+            "def watched(*args, **kwargs):\n"
+            "    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())\n"
+            "    return run(*args, **kwargs)\n"
+            "whatif.run = watched\n"
+            "def at_exit():\n"
+            "    print('GC', seen['enabled'], seen['frozen'], gc.get_freeze_count(),\n"
+            "          len(gc.get_objects()))\n"
+            "atexit.register(at_exit)\n"
+            "sys.argv = ['retwin', 'run', 'tiny']\n"
+            "from retwin.cli import entry\n"
+            "entry()\n")
+    proc = _python_without((), code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    *text, last = proc.stdout.splitlines()
+    _, enabled, frozen_at_run, frozen_at_exit, tracked_at_exit = last.split()
+    assert enabled == "True"  # the run's own cycles are collected
+    assert int(frozen_at_run) > 50_000  # the libraries are out of the scans by then
+    assert int(tracked_at_exit) < int(frozen_at_exit) // 100  # and everything at exit
+    in_process = subprocess.run([sys.executable, "-c", "import sys; from retwin.cli import main;"
+                                 " sys.exit(main(['run', 'tiny']))"],
+                                capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert "\n".join(text) + "\n" == in_process.stdout
+
+
+def test_main_in_a_callers_process_leaves_its_garbage_collector_alone(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import gc
+
+    frozen = gc.get_freeze_count()
+    assert main(["run", "tiny"]) == 0
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_the_scenario_schema_is_built_from_evaluated_annotations() -> None:
+    """Every model of the scenario schema declares its fields with annotations that are
+    objects, not strings pydantic must parse as the model is built (a forward reference
+    compiled per field of every model, in every process that loads the schema)."""
+    from pydantic import BaseModel
+
+    from retwin.scenario import schema
+
+    models = [m for m in vars(schema).values()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m is not BaseModel]
+    assert len(models) > 20
+    strings = {f"{m.__name__}.{name}" for m in models
+               for name, a in vars(m).get("__annotations__", {}).items() if isinstance(a, str)}
+    assert not strings, sorted(strings)

@@ -466,3 +466,118 @@ def test_the_run_command_draws_its_kpi_table_without_rich(capsys: pytest.Capture
     assert cli.main(["run", "tiny"]) == 0
     assert "annual KPIs" in capsys.readouterr().out
     assert not [t for t in drawn_by_rich if "annual KPIs" in t], drawn_by_rich
+
+
+# --- the console: text and tables that rich would write as they are are written directly ----
+
+_TEXT = st.lists(st.sampled_from([*"ab Z09,.%–·[]/亿元é👍\n\t\x07\u200b", "[dim]", "[/dim]",
+                                  "  ", "354,137", "demand 83%", "x" * 40]),
+                 max_size=12).map("".join)
+#: Variables by which rich would write to a stream that is not a terminal as to one.
+FORCING = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
+def _printed_both_ways(obj: Any, markup: bool | None, width: int | None, soft_wrap: bool,
+                       stderr: bool) -> tuple[str, str]:
+    """What the command's console prints of ``obj``, and what rich's prints, to a stream
+    that is not a terminal."""
+    from rich.console import Console
+    from rich.errors import MarkupError
+
+    from retwin import cli
+
+    name = "stderr" if stderr else "stdout"
+    printed = []
+    for ours in (True, False):
+        buf, stream = io.StringIO(), getattr(sys, name)
+        setattr(sys, name, buf)
+        try:
+            console: Any = cli._Console(stderr=stderr, width=width, soft_wrap=soft_wrap) \
+                if ours else Console(stderr=stderr, highlight=False, emoji=False, width=width,
+                                     soft_wrap=soft_wrap)
+            console.print(obj, markup=markup, emoji=False)
+        except MarkupError:
+            buf.write("bad markup")
+        finally:
+            setattr(sys, name, stream)
+        printed.append(buf.getvalue())
+    return printed[0], printed[1]
+
+
+@pytest.fixture
+def no_forcing(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in FORCING:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.usefixtures("no_forcing")
+@hyp_settings(max_examples=300, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_TEXT, markup=st.sampled_from([None, True, False]),
+       width=st.integers(min_value=5, max_value=60), soft_wrap=st.booleans())
+def test_the_console_prints_text_as_rich_does(text: str, markup: bool | None, width: int,
+                                              soft_wrap: bool) -> None:
+    """Text the commands print (on stdout with a width, on stderr without wrapping) is the
+    bytes rich's console prints, whether it is written directly or by rich."""
+    for stderr, w in ((False, width), (True, None)):
+        ours, rich = _printed_both_ways(text, markup, w, soft_wrap or stderr, stderr)
+        assert ours == rich
+
+
+@pytest.mark.usefixtures("no_forcing")
+@hyp_settings(max_examples=100, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(title=st.one_of(st.none(), _TEXT),
+       rows=st.lists(st.lists(_CELL, min_size=2, max_size=2), max_size=4),
+       width=st.integers(min_value=10, max_value=90))
+def test_the_console_prints_tables_as_rich_does(title: str | None, rows: list[list[str]],
+                                                width: int) -> None:
+    from retwin.cli import _table
+
+    t = _table(title=title, title_justify="left", pad_edge=False)
+    t.add_column("KPI", style="bold")
+    t.add_column("2024", justify="right")
+    for row in rows:
+        t.add_row(*row)
+    ours, rich = _printed_both_ways(t, None, width, False, False)
+    assert ours == rich
+
+
+@pytest.mark.parametrize("forcing", FORCING)
+def test_a_console_forced_to_be_a_terminal_prints_through_rich(
+        forcing: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where rich would treat a stream that is not a terminal as one (and write styles),
+    the command's console leaves it to rich."""
+    from retwin.cli import _table
+
+    t = _table(title="Targets", title_justify="left", pad_edge=False)
+    t.add_column("KPI", style="bold")
+    t.add_row("value")
+    for name in FORCING:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(forcing, "1")
+    for obj in (t, "plain text"):
+        ours, rich = _printed_both_ways(obj, None, 40, False, False)
+        assert ours == rich
+    if forcing != "TTY_INTERACTIVE":  # (which only says whether to animate)
+        assert "\x1b[" in _printed_both_ways(t, None, 40, False, False)[1]
+
+
+def test_commands_print_without_rich_where_it_would_write_text_as_it_is(
+        tmp_path: Path) -> None:
+    """Printing lines to a file or a pipe needs neither rich's console nor its progress bar
+    (their import was ~20 ms of a command): ``retwin validate`` runs where they cannot be
+    imported, and ``retwin run`` where the progress bar cannot; both print what rich
+    prints (it does, when told the output is no terminal)."""
+    env = {k: v for k, v in os.environ.items() if k not in FORCING}
+    for blocked, args in ((("rich.console", "rich.progress"), ["validate", str(TINY_PATH)]),
+                          (("rich.progress",), ["run", "tiny"])):
+        code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
+                + f"from retwin.cli import main\nsys.exit(main({args!r}))\n")
+        plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               env=env, timeout=300)
+        assert plain.returncode == 0, plain.stderr[-2000:]
+        by_rich = subprocess.run([sys.executable, "-c", CLI, *args], capture_output=True,
+                                 text=True, env={**env, "TTY_COMPATIBLE": "0"}, timeout=300)
+        assert by_rich.returncode == 0, by_rich.stderr[-2000:]
+        assert plain.stdout == by_rich.stdout and plain.stdout

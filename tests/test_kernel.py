@@ -9,7 +9,12 @@ wrong answer unnoticed.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import numba
@@ -163,6 +168,101 @@ def test_packed_call_shares_the_state_the_events_write() -> None:
     m.act_rec[1, 3] = 7.0
     i = contract.PACKED_FLOATS.index("act_rec")
     assert sf[sf_off[i] + m.act_rec.shape[1] + 3] == 7.0
+
+
+# --- the packed entry point, generated from the body and kept next to Numba's cache ----------
+
+
+FLOW_SOURCE = Path(flow._FILENAME).read_bytes()
+
+
+def _no_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(source: str) -> str:
+        raise AssertionError("the entry point was generated again")
+
+    monkeypatch.setattr(flow, "_entry_source", refuse)
+
+
+def test_the_generated_entry_point_is_read_from_its_cache_while_fresh(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh = flow._entry_code(FLOW_SOURCE, None)
+    assert flow._entry_code(FLOW_SOURCE, tmp_path) == fresh  # generated, and written
+    assert [p.suffix for p in tmp_path.iterdir()] == [".code"]  # whole: no temporary left
+    _no_generation(monkeypatch)
+    assert flow._entry_code(FLOW_SOURCE, tmp_path) == fresh
+    scope: dict[str, Any] = {**vars(flow)}
+    exec(fresh, scope)
+    entry = scope["_advance_packed"]
+    assert entry.__code__.co_filename == flow._FILENAME  # errors point into the body:
+    body_first = flow._flow.__code__.co_firstlineno  # its statements keep their lines
+    assert entry.__code__.co_firstlineno == body_first
+    assert {line for *_, line in entry.__code__.co_lines() if line} \
+        - {line for *_, line in flow._flow.__code__.co_lines() if line} == {body_first + 1}
+
+
+def _changed_body(source: bytes) -> bytes:
+    old = b"    n_pools = stock.shape[0]\n"
+    assert source.count(old) == 1
+    return source.replace(old, b"    n_pools = stock.shape[0] + 0\n")
+
+
+def _changed_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(contract, "UNPACKED", (*contract.UNPACKED, "extra"))
+
+
+def _other_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "MAGIC_NUMBER", b"\0\0\r\n")
+
+
+@pytest.mark.parametrize("change", ["body", "layout", "python", "damaged", "cut short",
+                                    "empty"])
+def test_the_generated_entry_point_is_generated_again_when_stale(
+        change: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anything the entry point follows from (the body, the packed layout, the Python
+    bytecode's version) or a damaged cache file makes it generated again, and the file
+    rewritten: it is never taken for what it is not."""
+    before = flow._entry_code(FLOW_SOURCE, tmp_path)
+    (cached,) = tmp_path.iterdir()
+    source = FLOW_SOURCE
+    if change == "body":
+        source = _changed_body(FLOW_SOURCE)
+    elif change == "layout":
+        _changed_layout(monkeypatch)
+    elif change == "python":
+        _other_python(monkeypatch)
+    else:
+        data = cached.read_bytes()
+        cached.write_bytes({"damaged": data[:-40] + bytes([data[-40] ^ 1]) + data[-39:],
+                            "cut short": data[:-1], "empty": b""}[change])
+    expected = flow._entry_code(source, None)
+    assert flow._entry_code(source, tmp_path) == expected
+    if change in ("body", "layout"):
+        assert expected != before
+    _no_generation(monkeypatch)
+    assert flow._entry_code(source, tmp_path) == expected  # the file holds the new one
+
+
+def test_a_process_takes_the_entry_point_from_the_cache() -> None:
+    """Once a process has written it (``retwin warmup`` does), the next compiles nothing to
+    make the entry point, and the kernel runs."""
+    code = ("import sys\n"
+            "generated = []\n"
+            "def hook(event, args):\n"
+            "    if event == 'compile' and isinstance(args[0], (str, bytes)):\n"
+            "        text = args[0] if isinstance(args[0], str) \\\n"
+            "            else args[0].decode('utf-8', 'replace')\n"
+            "        if text.lstrip('\\n').startswith('def _advance_packed('):\n"
+            "            generated.append(args[1])\n"
+            "sys.addaudithook(hook)\n"
+            "import retwin.kernels\n"
+            "retwin.kernels.warmup()\n"
+            "print(len(generated))\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETWIN_")}
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=env, timeout=600) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert runs[1].stdout.split() == ["0"]
 
 
 def test_a_run_allocates_its_arrays_from_the_declaration() -> None:

@@ -6,15 +6,16 @@ Errors are one clear line per problem on stderr; bad input exits with code 2.
 from __future__ import annotations
 
 import argparse
+import builtins
+import contextlib
+import gc
 import json
 import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any, ClassVar, TextIO, cast
 
 from retwin import kpis
 from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError, ScenarioError
@@ -22,19 +23,127 @@ from retwin.kpis import Kpi
 
 if TYPE_CHECKING:
     import pandas as pd
-    from rich.progress import Progress
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
     from rich.table import Table
 
 # Only what every command needs is imported here: each command imports what it uses (pandas,
-# Numba, pyarrow, the tables of rich), so `retwin validate` never loads the engine, and
-# `retwin run` never pays for what it does not print.
+# Numba, pyarrow, rich's console and tables), so `retwin validate` never loads the engine,
+# and `retwin run` never pays for what it does not print.
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
-# emoji codes off: a path or a name such as "out:smile:" is printed as it is
-out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, emoji=False, soft_wrap=True)
+
+class _Console:
+    """rich's ``Console`` with the given options, made on first use; but a line of text, or
+    a :class:`_Table`, that it would write as it is (no styles: output that is not a
+    terminal, nothing forcing one) and without wrapping or cropping is written here directly,
+    the same bytes. Importing rich's console and rendering through it was ~20 ms of a
+    ``retwin run`` whose output goes to a file or a pipe.
+
+    Everything else (``print`` with other options or several objects, markup to render,
+    text to wrap, a terminal, every other attribute) is rich's own. Once rich's console
+    exists, it prints everything, as it may hold state (a live display, a capture).
+    """
+
+    def __init__(self, *, stderr: bool = False, width: int | None = None,
+                 soft_wrap: bool = False) -> None:
+        # emoji codes off: a path or a name such as "out:smile:" is printed as it is
+        self._options: dict[str, Any] = {"stderr": stderr, "highlight": False, "emoji": False,
+                                         "width": width, "soft_wrap": soft_wrap}
+        self._rich: Console | None = None
+
+    @property
+    def rich(self) -> Console:
+        if self._rich is None:
+            from rich.console import Console
+
+            self._rich = Console(**self._options)
+        return self._rich
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.rich, name)
+
+    def _file(self) -> TextIO | None:
+        return sys.stderr if self._options["stderr"] else sys.stdout
+
+    def plain(self) -> bool:
+        """Whether rich would write this console's output without styles or control codes:
+        its stream is not a terminal, and nothing rich reads says otherwise (the variables
+        ``FORCE_COLOR``, ``TTY_COMPATIBLE``, ``TTY_INTERACTIVE``; Jupyter; Windows' legacy
+        console; a stream rich redirects)."""
+        if self._rich is not None or sys.platform == "win32" or \
+                hasattr(builtins, "get_ipython") or \
+                any(v in os.environ for v in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")):
+            return False
+        file = self._file()
+        if file is None or hasattr(file, "rich_proxied_file"):
+            return False
+        try:
+            return not file.isatty()
+        except (AttributeError, ValueError):
+            return False
+
+    def _lines(self, obj: Any, markup: bool | None) -> list[str] | None:
+        """What rich would write of ``obj``, line by line, or ``None`` if it must say."""
+        width: int | None = self._options["width"]
+        if isinstance(obj, _Table):
+            return None if width is None else obj._plain_lines(None, width)
+        if not isinstance(obj, str) or not obj.isprintable() or \
+                (markup is not False and "[" in obj):
+            return None  # (rich drops control codes, expands tabs, splits lines)
+        if self._options["soft_wrap"]:
+            return [obj]
+        from rich.cells import cell_len
+
+        return [obj] if width is not None and cell_len(obj) <= width else None
+
+    def print(self, *objects: Any, markup: bool | None = None, **options: Any) -> None:
+        if len(objects) == 1 and set(options) <= {"emoji"} and not options.get("emoji") \
+                and self.plain():
+            lines = self._lines(objects[0], markup)
+            file = self._file()
+            if lines is not None and file is not None:
+                file.write("".join(f"{line}\n" for line in lines))
+                file.flush()
+                return
+        self.rich.print(*objects, markup=markup, **options)
+
+
+out = _Console(width=None if sys.stdout.isatty() else 160)
+err = _Console(stderr=True, soft_wrap=True)
+
+
+# --- the process ------------------------------------------------------------------------------
+
+#: Whether this process is the ``retwin`` command (set by :func:`entry`; not when a caller
+#: runs :func:`main` in its own process).
+_COMMAND_PROCESS = False
+
+
+@contextlib.contextmanager
+def _loading() -> Any:
+    """Around a command's imports of its libraries: in the ``retwin`` process, the cyclic
+    garbage collector is off while they load, and what they made is then frozen out of its
+    reach (:func:`gc.freeze`).
+
+    Importing numpy, pydantic, the scenario schema, Numba and the engine makes ~90 000
+    objects that live as long as the process and are never garbage; each of the ~250
+    collections that their allocations set off would scan the younger ones again
+    (~30 ms of a cold ``retwin run``), and every later collection all of them. New objects are
+    collected as usual afterwards. In a caller's process (tests, the service's workers) this
+    does nothing: what it has made is its own business.
+    """
+    if not _COMMAND_PROCESS or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
 
 
 # --- change arguments -----------------------------------------------------------------------
@@ -370,17 +479,37 @@ def _cannot_write(option: str, value: str, exc: OutputError) -> int:
 # --- commands ------------------------------------------------------------------------------
 
 
-def _progress() -> Progress:
+class _NoProgress:
+    """What rich's ``Progress`` does where it is disabled (``err`` is not a terminal):
+    nothing, without importing it."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, **fields: Any) -> TaskID:
+        return cast("TaskID", 0)
+
+    def update(self, task_id: TaskID, **fields: Any) -> None:
+        return None
+
+
+def _progress() -> Progress | _NoProgress:
+    if err.plain():
+        return _NoProgress()
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("{task.description}"), BarColumn(),
                     TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                    console=err, transient=True, disable=not err.is_terminal)
+                    console=err.rich, transient=True, disable=not err.is_terminal)
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from retwin import whatif
-    from retwin.storage import check_result_dir
+    with _loading():
+        from retwin import whatif
+        from retwin.storage import check_result_dir
 
     if a.out is not None:  # refused before the run, not after it
         try:
@@ -595,7 +724,7 @@ def _sweep(a: argparse.Namespace, executor: Any) -> int:
     live = err.is_terminal
     prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("runs"), RateColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=err, transient=True, disable=not live)
+                    TimeRemainingColumn(), console=err.rich, transient=True, disable=not live)
     task_id: list[Any] = []
     t0 = time.perf_counter()
 
@@ -1004,8 +1133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> None:
     """The ``retwin`` command: :func:`main`, then exit with its code. An interrupted command
     (code 130) has already written what it keeps and killed its worker processes; it exits at
-    once, as the process pool's own threads could otherwise hold the process at exit."""
+    once, as the process pool's own threads could otherwise hold the process at exit.
+
+    Before the interpreter shuts down, every object left is frozen out of the garbage
+    collector's reach: its collections at shutdown would otherwise scan all of them (the
+    libraries' and the command's, ~100 ms after a ``retwin run``) to find the few cycles that
+    a process about to end need not free. Exit handlers, and the closing of files, still run.
+    """
+    global _COMMAND_PROCESS
+    _COMMAND_PROCESS = True
     code = main()
+    gc.freeze()
     if code == 130:
         sys.stdout.flush()
         sys.stderr.flush()

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import marshal
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from types import CodeType
 from typing import Any, TypeVar, cast
 
 import numba
@@ -83,3 +89,72 @@ def jit(fn: F | None = None, *, inline: bool = False) -> Any:
         return cast(F, compiled)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def kernel_cache_dir(fn: Callable[..., Any]) -> Path | None:
+    """The folder of Numba's on-disk cache for the kernels of ``fn``'s file (``__pycache__``
+    beside it, ``NUMBA_CACHE_DIR``, or the user's cache where that cannot be written), or
+    ``None`` when kernels are not cached (``RETWIN_NUMBA_CACHE=0``) or nowhere can be
+    written."""
+    if not NUMBA_CACHE:
+        return None
+    from numba.core.caching import FunctionCache
+
+    try:
+        return Path(FunctionCache(fn).cache_path)
+    except RuntimeError:  # no writable place
+        return None
+
+
+def generated_code(filename: str, source: str, generate: Callable[[str], str],
+                   cache_dir: Path | None, *, name: str, layout: str = "") -> CodeType:
+    """``compile(generate(source), filename, "exec")`` (with no ``__future__`` flags of the
+    caller's), kept in ``cache_dir`` under ``name``.
+
+    For code generated from a module's own text (a kernel's entry point). The cache file
+    holds a key of everything the code follows from (Python's bytecode version, ``filename``,
+    ``layout``: whatever else ``generate`` reads, and ``source``), a digest of the code, and
+    the code (``marshal``). It is used only when both match; otherwise the code is generated
+    and the file written anew, whole or not at all (a reader sees the old file or the new
+    one). A folder that cannot be written leaves the code uncached.
+    """
+    key = hashlib.sha256(b"\0".join((
+        importlib.util.MAGIC_NUMBER, Path(__file__).read_bytes(),
+        *(part.encode("utf-8", "surrogatepass") for part in (filename, layout, source))))
+    ).digest()
+    path = None if cache_dir is None else \
+        cache_dir / f"{name}.{sys.implementation.cache_tag}.code"
+    if path is not None:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        body = data[64:]
+        if data[:32] == key and data[32:64] == hashlib.sha256(body).digest():
+            try:
+                code = marshal.loads(body)
+            except (EOFError, ValueError, TypeError):
+                code = None
+            if isinstance(code, CodeType):
+                return code
+    code = compile(generate(source), filename, "exec", dont_inherit=True)
+    if path is not None:
+        body = marshal.dumps(code)
+        _write_whole(path, key + hashlib.sha256(body).digest() + body)
+    return code
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a new file beside it, replaced into place (with
+    the permissions a new file gets, as Numba's cache files); on any failure nothing is left
+    behind and ``path`` is as it was."""
+    import uuid
+
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)

@@ -38,15 +38,15 @@ from __future__ import annotations
 
 import ast
 import inspect
-import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from types import CodeType
 
 import numpy as np
 
 from retwin._typing import FloatArray, Int8Array, IntArray
 from retwin.kernels import contract
-from retwin.kernels._jit import jit
+from retwin.kernels._jit import generated_code, jit, kernel_cache_dir
 
 __all__ = [
     "BIND_CAPACITY",
@@ -63,6 +63,9 @@ __all__ = [
     "advance_unchecked",
     "relabel_capacity",
 ]
+
+#: This file, as the generated entry point is compiled under its name.
+_FILENAME = str(Path(__file__).resolve())
 
 BIND_CAPACITY, BIND_QUOTA, BIND_INPUT, BIND_OUTAGE, BIND_STORAGE, BIND_IDLE = 1, 2, 3, 4, 5, 6
 #: Set by the engine, not the kernel: the plant ran below its ceiling by its own decision
@@ -599,25 +602,23 @@ if _signature_errors():
                     + "; ".join(_signature_errors()))
 
 
-def _packed_entry() -> Callable[..., None]:
-    """Generate :func:`advance_packed` from the declaration and the body of :func:`_flow`.
+def _entry_source(source: str) -> str:
+    """The source of :func:`advance_packed`, generated from the declaration and the body of
+    :func:`_flow` in ``source`` (the text of this file).
 
     The generated function takes ``d0, d1``, the two blobs and their offsets, the shapes of
     the 2-D arrays in them, and the arrays of :data:`retwin.kernels.contract.UNPACKED`; one
     line cuts the blobs into the body's arrays, and then come the body's statements,
-    verbatim. (Calling the body as a compiled
-    function of its own instead costs about a quarter more per call: a call with that many
-    arguments cannot be inlined.) The source is compiled under this file's name with the
-    body's statements on their own line numbers, so errors point into :func:`_flow`, and
-    Numba's on-disk cache keeps it (the cache keys on the bytecode, which follows the
-    declaration).
+    verbatim, on their own line numbers (blank lines stand in for the rest of the file), so
+    that errors point into :func:`_flow`. (Calling the body as a compiled function of its own
+    instead costs about a quarter more per call: a call with that many arguments cannot be
+    inlined.)
     """
-    lines, first = inspect.getsourcelines(_flow)
-    tree = ast.parse(textwrap.dedent("".join(lines)))
-    fn = tree.body[0]
-    assert isinstance(fn, ast.FunctionDef)
+    fn = next(node for node in ast.parse(source).body
+              if isinstance(node, ast.FunctionDef) and node.name == "_flow")
     stmts = fn.body[1:] if ast.get_docstring(fn) is not None else fn.body
-    start = stmts[0].lineno  # of the first statement, counted within ``lines``
+    first, start = fn.lineno, stmts[0].lineno  # of the ``def`` and of the first statement
+    assert fn.end_lineno is not None and start >= first + 2
     cut = {n: f"si[si_off[{i}]:si_off[{i + 1}]]" for i, n in enumerate(contract.PACKED_INTS)}
     cut.update({n: f"sf[sf_off[{i}]:sf_off[{i + 1}]]"
                 for i, n in enumerate(contract.PACKED_FLOATS)})
@@ -625,12 +626,35 @@ def _packed_entry() -> Callable[..., None]:
         cut[n] += f".reshape((shapes[{2 * i}], shapes[{2 * i + 1}]))"
     params = ", ".join(("d0", "d1", "si", "si_off", "sf", "sf_off", "shapes",
                         *contract.UNPACKED))
-    src = ("\n" * (first - 1)
-           + f"def _advance_packed({params}):\n"
-           + "    " + "; ".join(f"{n} = {cut[n]}" for n in cut) + "\n"
-           + "\n" * (start - 3)
-           + "".join(lines[start - 1:]))
-    code = compile(src, str(Path(__file__).resolve()), "exec")
+    lines = source.splitlines(keepends=True)
+    return ("\n" * (first - 1)
+            + f"def _advance_packed({params}):\n"
+            + "    " + "; ".join(f"{n} = {cut[n]}" for n in cut) + "\n"
+            + "\n" * (start - first - 2)
+            + "".join(lines[start - 1:fn.end_lineno]))
+
+
+def _entry_code(source: bytes, cache_dir: Path | None) -> CodeType:
+    """The compiled module code of :func:`_entry_source`, kept in ``cache_dir`` (next to
+    Numba's cache of this file's kernels) and taken from there while it is fresh.
+
+    Generating it (parsing this file, compiling the body) was ~15 ms of every process that
+    imports the kernels. What it is generated from is the key: this file's text, the packed
+    layout of :mod:`retwin.kernels.contract`, and the Python bytecode's version; any other
+    key, or a file that cannot be read, means it is generated again (and written, when
+    ``cache_dir`` can be written). ``cache_dir=None``: generated, not kept.
+    """
+    return generated_code(
+        _FILENAME, source.decode("utf-8"), _entry_source, cache_dir,
+        name="flow._advance_packed",
+        layout=repr((contract.PACKED_INTS, contract.PACKED_FLOATS, contract.PACKED_2D,
+                     contract.UNPACKED)))
+
+
+def _packed_entry() -> Callable[..., None]:
+    """Compile :func:`advance_packed` (see :func:`_entry_source`). Numba's on-disk cache
+    keeps the compiled kernel (it keys on the bytecode, which follows the declaration)."""
+    code = _entry_code(Path(_FILENAME).read_bytes(), kernel_cache_dir(_flow))
     scope: dict[str, object] = {**globals(), "__name__": __name__}
     exec(code, scope)
     entry = scope["_advance_packed"]

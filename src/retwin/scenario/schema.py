@@ -14,11 +14,14 @@ text field is :data:`Text`: valid UTF-8 (no lone surrogates) and at most
 and the HTTP service refuse the same input with the same message.
 """
 
-from __future__ import annotations
+# No ``from __future__ import annotations`` in this module: its annotations are evaluated as
+# the classes are defined, where pydantic would otherwise parse each field's annotation from a
+# string (a ``typing.ForwardRef`` compiled per field, ~5 ms of every process that loads the
+# schema). Validators of a class return ``Self``.
 
 import datetime as dt
 import math
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -228,7 +231,7 @@ class Period(_Model):
     end: Date = Field(alias="to")
 
     @model_validator(mode="after")
-    def _ordered(self) -> Period:
+    def _ordered(self) -> Self:
         if self.end < self.start:
             raise ValueError(f"to(={self.end}) must not be before from(={self.start})")
         return self
@@ -287,7 +290,7 @@ class Material(_Model):
     source: Text = ""
 
     @model_validator(mode="after")
-    def _mass_fraction(self) -> Material:
+    def _mass_fraction(self) -> Self:
         total = sum(self.composition_t_reo_per_unit.values())
         # A tonne of metal holds more than a tonne of oxide-equivalent (1/0.85), so allow up
         # to 1.25 t REO per t for metals; anything above is a unit mistake.
@@ -311,7 +314,7 @@ class Availability(_Model):
     planned_outages: list[Period] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _both(self) -> Availability:
+    def _both(self) -> Self:
         if (self.mtbf_days is None) != (self.mttr_days is None):
             raise ValueError("mtbf_days and mttr_days must be given together")
         return self
@@ -448,7 +451,7 @@ class Market(_Model):
     source: Text = ""
 
     @model_validator(mode="after")
-    def _some_side(self) -> Market:
+    def _some_side(self) -> Self:
         if self.import_ is None and self.export is None:
             raise ValueError("a market needs an import side, an export side, or both")
         return self
@@ -493,7 +496,7 @@ class Quota(_Model):
     source: Text = ""
 
     @model_validator(mode="after")
-    def _shares(self) -> Quota:
+    def _shares(self) -> Self:
         total = sum(b.share_frac for b in self.batches)
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"batches share_frac sums to {total:.6g}; must sum to 1")
@@ -650,7 +653,7 @@ class _Change(_Model):
     note: Text = ""
 
     @model_validator(mode="after")
-    def _dates(self) -> _Change:
+    def _dates(self) -> Self:
         if self.start and self.end and self.end < self.start:
             raise ValueError(f"to(={self.end}) must not be before from(={self.start})")
         return self
@@ -676,7 +679,7 @@ class QuotaChange(_Change):
     )
 
     @model_validator(mode="after")
-    def _one(self) -> QuotaChange:
+    def _one(self) -> Self:
         _exactly_one(self, ("set_t_reo", "factor", "delta_t_reo"))
         return self
 
@@ -692,7 +695,7 @@ class PriceChange(_Change):
     ramp_days: Days = 0
 
     @model_validator(mode="after")
-    def _one(self) -> PriceChange:
+    def _one(self) -> Self:
         _exactly_one(self, ("factor", "value_cny_per_unit"))
         return self
 
@@ -710,7 +713,7 @@ class CapacityChange(_Change):
     ramp_days: Days = 0
 
     @model_validator(mode="after")
-    def _one(self) -> CapacityChange:
+    def _one(self) -> Self:
         _exactly_one(self, ("plant", "stage"))
         _exactly_one(self, ("set_tpa", "factor", "delta_tpa"))
         return self
@@ -726,7 +729,7 @@ class PlantChange(_Change):
     plant_id: Id | None = Field(None, description="The plant to retire (action retire).")
 
     @model_validator(mode="after")
-    def _fields(self) -> PlantChange:
+    def _fields(self) -> Self:
         if self.action == "add" and self.plant is None:
             raise ValueError("action add needs plant")
         if self.action == "retire" and self.plant_id is None:
@@ -743,7 +746,7 @@ class OutageChange(_Change):
     capacity_frac: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
     @model_validator(mode="after")
-    def _dated(self) -> OutageChange:
+    def _dated(self) -> Self:
         if self.start is None or self.end is None:
             raise ValueError("an outage needs both from and to")
         return self
@@ -759,7 +762,7 @@ class DemandChange(_Change):
     growth_frac_per_year: Annotated[float, Field(ge=-0.9, le=5)] | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> DemandChange:
+    def _one(self) -> Self:
         _exactly_one(self, ("factor", "growth_frac_per_year"))
         return self
 
@@ -775,7 +778,7 @@ class TradeChange(_Change):
     factor: Factor | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> TradeChange:
+    def _one(self) -> Self:
         _exactly_one(self, ("cap_tpa", "factor"))
         return self
 
@@ -791,7 +794,7 @@ class ReserveChange(_Change):
     delta_t: Delta | None = None
 
     @model_validator(mode="after")
-    def _one(self) -> ReserveChange:
+    def _one(self) -> Self:
         _exactly_one(self, ("reserve_t", "delta_t"))
         return self
 
@@ -812,7 +815,7 @@ class ParameterChange(_Change):
         "scenario is validated again with it, under the field's own range.")
 
     @model_validator(mode="after")
-    def _undated(self) -> ParameterChange:
+    def _undated(self) -> Self:
         if self.start is not None or self.end is not None:
             raise ValueError("a parameter change applies to the whole run; remove from/to")
         return self
@@ -874,7 +877,7 @@ class Scenario(_Model):
         raise KeyError(plant_id)
 
     @model_validator(mode="after")
-    def _check_references(self) -> Scenario:
+    def _check_references(self) -> Self:
         from retwin.config import MAX_HORIZON_DAYS
 
         problems: list[str] = []
