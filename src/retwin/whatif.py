@@ -32,17 +32,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import TypeAdapter
 
 from retwin.compiled import Compiled
 from retwin.engine.run import run_replications
 from retwin.errors import ScenarioError
 from retwin.kernels.flow import BIND_CAPACITY, BIND_QUOTA
 from retwin.results import KPI_KEYS, ReplicationSet, RunResult, paired_difference
-from retwin.scenario.load import apply_changes, load_scenario, load_with_baseline, scenario_hash
+from retwin.scenario.load import (
+    CHANGE_ADAPTER,
+    apply_changes,
+    load_scenario,
+    load_with_baseline,
+    scenario_hash,
+)
 from retwin.scenario.schema import (
     CapacityChange,
-    Change,
     QuotaChange,
     Scenario,
     TradeChange,
@@ -205,8 +209,6 @@ class WhatIfResult:
 
 # --- changes that do not bind ---------------------------------------------------------------
 
-_CHANGE: TypeAdapter[Change] = TypeAdapter(Change)
-
 #: A change whose binding :func:`binding_notes` checks.
 Noted = TradeChange | QuotaChange | CapacityChange
 
@@ -222,7 +224,7 @@ def _noted(w: WhatIf) -> list[tuple[int, Noted]]:
     if w.baseline is None:
         return []
     if w.changes:
-        typed = [_CHANGE.validate_python(c) for c in w.changes]
+        typed = [CHANGE_ADAPTER.validate_python(c) for c in w.changes]
     else:  # a what-if file: its changes are the what-if's beyond the baseline's
         typed = list(w.scenario.changes[len(w.baseline.changes):])
     return [(i, ch) for i, ch in enumerate(typed)

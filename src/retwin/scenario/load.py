@@ -33,6 +33,7 @@ from retwin.scenario.paths import locate_path
 from retwin.scenario.schema import Change, Scenario
 
 __all__ = [
+    "CHANGE_ADAPTER",
     "apply_changes",
     "available_models",
     "load_scenario",
@@ -45,7 +46,8 @@ __all__ = [
     "scenario_hash",
 ]
 
-_CHANGE: TypeAdapter[Change] = TypeAdapter(Change)
+#: Parses one change of any kind (the ``Change`` union); one adapter for the package.
+CHANGE_ADAPTER: TypeAdapter[Change] = TypeAdapter(Change)
 _MAX_BASE_DEPTH = 8
 
 #: Bounds of a YAML file (scenario, what-if, change or study spec), checked while it is parsed,
@@ -440,7 +442,7 @@ def _parse_each(changes: Iterable[Any]) -> list[tuple[Any, bool, list[tuple[str,
     for i, item in enumerate(raw):
         problems = [(where, msg) for where, loc, msg in bad_formulas if loc[0] == i]
         try:
-            change = _CHANGE.validate_python(item)
+            change = CHANGE_ADAPTER.validate_python(item)
             if not problems:
                 out.append((change, True, []))
                 continue
