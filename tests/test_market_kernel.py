@@ -94,9 +94,10 @@ def test_warmup_compiles_the_market_kernels_a_run_calls(monkeypatch: pytest.Monk
 
 def _numpy_room(v: dict[str, Any], a: Any) -> tuple[np.ndarray, np.ndarray]:
     """Each plant's rate within its quota and the most its quota lets it run, in numpy."""
-    running = v["cap_day"] * v["avail"] * v["ramp"][:, v["ramp_col"]]
+    ramp_col = min(v["day"], v["ramp"].shape[1] - 1)
+    running = v["cap_day"] * v["avail"] * v["ramp"][:, ramp_col]
     granted, room = running.copy(), np.full(len(running), np.inf)
-    pace_days = max(v["days_left"], 1.0)
+    pace_days = max(float(a.days_left[min(v["day"], len(a.days_left) - 1)]), 1.0)
     for q in range(len(v["q_left"])):
         idx = np.flatnonzero(a.plant_quota == q)
         if len(idx) == 0:
@@ -119,7 +120,8 @@ def _numpy_month(v: dict[str, Any], a: Any) -> dict[str, np.ndarray]:
     market arrays ``a``."""
     w, t, n = v["w"], v["t"], v["day"] - v["prev_day"]
     n_m, n_p, n_s, n_k = a.out_mp.shape[1], len(a.cash_cost), len(a.pool_mat), len(a.mk_mat)
-    par = dict(zip(km.PAR_NAMES, v["par"], strict=True))
+    static = dict(zip(km.STATIC_PARTS, km.static_parts(v["si"], v["sx"]), strict=True))
+    par = dict(zip(km.PAR_NAMES, static["par"], strict=True))
     days = slice(v["prev_day"], v["day"])
     unmet = v["unmet_rec"][:, days].sum(axis=1)
     asked = (v["served_rec"][:, days].sum(axis=1) + unmet) / n
@@ -244,3 +246,54 @@ def test_the_compiled_month_is_the_numpy_formulation(name: str, changes: list[An
                                        err_msg=f"{name} month {t}: {key}")
         np.testing.assert_array_equal(v["price"], got["p"])
         np.testing.assert_array_equal(v["price_rec"][:, t], got["p"])
+
+
+def _numpy_follow(ref: np.ndarray, price_month: np.ndarray, ref0: np.ndarray,
+                  link_from: np.ndarray, link_share: np.ndarray) -> np.ndarray:
+    """The outside prices' cost pass-through as numpy computed it before it was compiled."""
+    ref = ref.copy()
+    for _ in range(len(link_from)):
+        moved = False
+        for i in np.flatnonzero(link_from >= 0):
+            j = link_from[i]
+            rel = np.where(ref0[j] > 1e-12, ref[j] / np.maximum(ref0[j], 1e-12), 1.0)
+            new = price_month[i] * (1.0 + link_share[i] * (rel - 1.0))
+            if not np.array_equal(new, ref[i]):
+                ref[i] = new
+                moved = True
+        if not moved:
+            break
+    return ref
+
+
+def test_follow_links_is_the_numpy_pass_through_bit_for_bit() -> None:
+    rng = np.random.default_rng(3)
+    # 0 <- 2 <- 4 (a follower before its leader needs a second pass), 1 <- 0, 3 alone
+    link_from = np.array([2, 0, 4, -1, -1, 3], np.int64)
+    for _ in range(50):
+        ref0 = rng.uniform(1, 10, (6, 12)) * (rng.uniform(size=(6, 12)) > 0.1)
+        price_month = ref0 * rng.uniform(0.5, 2.0, (6, 12))
+        ref = price_month * np.exp(rng.standard_normal((6, 12)) * 0.1)
+        share = rng.uniform(0, 1, 6)
+        want = _numpy_follow(ref, price_month, ref0, link_from, share)
+        km.follow_links(ref, price_month, ref0, link_from, share)
+        np.testing.assert_array_equal(ref, want)
+
+
+def test_static_parts_unpack_what_pack_static_packed() -> None:
+    rng = np.random.default_rng(4)
+    n_m, n_p, n_s, n_g, n_k, n_t = 5, 7, 4, 3, 6, 9
+    parts = {"pool_mat": rng.integers(0, n_m, n_s), "plant_quota": rng.integers(-1, 2, n_p),
+             "mk_mat": rng.integers(0, n_m, n_k), "seg_mat": rng.integers(0, n_m, n_g),
+             "csr_ptr": rng.integers(0, 9, 11), "csr_col": rng.integers(0, 9, 13),
+             "days_left": rng.integers(1, 366, 40), "csr_val": rng.uniform(size=13),
+             "pf": rng.uniform(size=(4, n_p)), "sf": rng.uniform(size=(2, n_s)),
+             "mf": rng.uniform(size=n_m), "par": rng.uniform(size=len(km.PAR_NAMES)),
+             "ref0": rng.uniform(size=(n_m, n_t)), "seg_el": rng.uniform(size=n_g)}
+    got = km.static_parts(*km.pack_static(**parts))
+    assert len(got) == len(km.STATIC_PARTS)
+    for name, x in zip(km.STATIC_PARTS, got, strict=True):
+        np.testing.assert_array_equal(x, parts[name], err_msg=name)
+        assert x.shape == parts[name].shape, name
+    with pytest.raises(TypeError, match="pack_static takes"):
+        km.pack_static(**{k: v for k, v in parts.items() if k != "par"})

@@ -24,7 +24,7 @@ import numpy as np
 
 from retwin._typing import FloatArray, IntArray
 from retwin.engine.build import Compiled, _price_paths
-from retwin.kernels.market import CSR_NAMES, KF_NAMES, PAR_NAMES
+from retwin.kernels.market import CSR_NAMES, KF_NAMES, PAR_NAMES, pack_static
 from retwin.processes.economy import SMOOTH
 
 __all__ = ["MarketArrays", "compile_markets", "market_arrays"]
@@ -98,8 +98,8 @@ class MarketArrays:
     min_util: float
     response_months: float
     #: the static arrays as the compiled month takes them (:mod:`retwin.kernels.market`):
-    #: ``(pool_mat, mk_mat, seg_price_mat, plant_quota, csr_ptr, csr_col, csr_val, pf, sf,
-    #: kf, mf, ref0, par, seg_el)``
+    #: ``(si, sx, kf)``, the blobs of :func:`~retwin.kernels.market.pack_static` and the
+    #: outside curves (``KF_NAMES``)
     packed: tuple[Any, ...] = ()
 
 
@@ -141,15 +141,16 @@ def _pack(a: MarketArrays) -> tuple[Any, ...]:
     matrices = {"draw_sp": a.draw_sp, "seg_sg": a.seg_sg, "mk_sk": a.mk_sk,
                 "make_sp": a.make_sp, "out_mp": a.out_mp, "in_mp": a.in_mp,
                 "main_ps": a.main_sp.T}
-    return (
-        i64(a.pool_mat), i64(a.mk_mat), i64(a.seg_price_mat), i64(a.plant_quota),
-        *_csr([matrices[name] for name in CSR_NAMES]),
-        f64(np.stack([a.cash_cost, a.margin0, a.qcoef, a.qshare])),
-        f64(np.stack([a.target_t, a.lead_s])),
-        f64(np.stack([getattr(a, name) for name in KF_NAMES])),
-        f64(a.has_pool), f64(a.ref_price_month),
-        f64([scalars[name] for name in PAR_NAMES]), f64(a.seg_elasticity),
-    )
+    csr_ptr, csr_col, csr_val = _csr([matrices[name] for name in CSR_NAMES])
+    si, sx = pack_static(
+        pool_mat=i64(a.pool_mat), plant_quota=i64(a.plant_quota), mk_mat=i64(a.mk_mat),
+        seg_mat=i64(a.seg_price_mat), csr_ptr=csr_ptr, csr_col=csr_col,
+        days_left=i64(a.days_left), csr_val=csr_val,
+        pf=f64(np.stack([a.cash_cost, a.margin0, a.qcoef, a.qshare])),
+        sf=f64(np.stack([a.target_t, a.lead_s])), mf=f64(a.has_pool),
+        par=f64([scalars[name] for name in PAR_NAMES]), ref0=f64(a.ref_price_month),
+        seg_el=f64(a.seg_elasticity))
+    return si, sx, f64(np.stack([getattr(a, name) for name in KF_NAMES]))
 
 
 def compile_markets(c: Compiled) -> MarketArrays:

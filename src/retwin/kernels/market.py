@@ -41,6 +41,7 @@ reads its decisions and outside curves from row views.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -48,9 +49,10 @@ from retwin._typing import FloatArray, IntArray
 from retwin.kernels._jit import jit
 from retwin.kernels.flow import BIND_DEMAND, BIND_MARGIN
 
-__all__ = ["CSR_NAMES", "KF_NAMES", "PAR_NAMES", "W_NAMES", "close", "margins", "month",
-           "month_step", "new_work", "ou_levels", "pairwise_sum", "pools", "running_room",
-           "share_out", "start_pass"]
+__all__ = ["CSR_NAMES", "KF_NAMES", "PAR_NAMES", "STATIC_PARTS", "W_NAMES", "close",
+           "follow_links", "margins", "month", "month_step", "new_work", "ou_levels",
+           "pack_static", "pairwise_sum", "pools", "running_room", "share_out", "start_pass",
+           "static_parts"]
 
 TINY = 1e-12
 
@@ -94,6 +96,71 @@ N_SCRATCH = 9
 def new_work(*sizes: int) -> FloatArray:
     """A zeroed working array ``w`` for axes of these sizes (rows ``W_NAMES``)."""
     return np.zeros((len(W_NAMES) - 1 + N_SCRATCH, max((1, *sizes))))
+
+
+#: The static arrays a month reads, in the order :func:`static_parts` returns them: the
+#: material of each pool, market and demand segment (the price it responds to), each plant's
+#: quota (-1: none), the sparse matrices (``CSR_NAMES``), the days left in the calendar year
+#: per day (int64, in ``si``); then the sparse matrices' values, ``pf``, ``sf``, ``mf``,
+#: ``par``, ``ref0`` and ``seg_el`` (float64, in ``sx``).
+STATIC_PARTS = ("pool_mat", "plant_quota", "mk_mat", "seg_mat", "csr_ptr", "csr_col",
+                "days_left", "csr_val", "pf", "sf", "mf", "par", "ref0", "seg_el")
+_N_INT_PARTS = 7
+#: The sizes heading ``si``: materials, plants, pools, segments, markets, months, then the
+#: lengths of ``csr_ptr`` and ``csr_col`` and the days.
+_N_HEAD = 9
+
+
+def pack_static(**parts: np.ndarray) -> tuple[IntArray, FloatArray]:
+    """The static arrays (``STATIC_PARTS``, by name) in two blobs: ``si`` (the sizes, then
+    the int64 parts) and ``sx`` (the float64 parts), as :func:`static_parts` reads them."""
+    if set(parts) != set(STATIC_PARTS):
+        raise TypeError(f"pack_static takes {', '.join(STATIC_PARTS)}; got {', '.join(parts)}")
+    n_m, n_t = parts["ref0"].shape
+    head = [n_m, len(parts["plant_quota"]), len(parts["pool_mat"]), len(parts["seg_mat"]),
+            len(parts["mk_mat"]), n_t, len(parts["csr_ptr"]), len(parts["csr_col"]),
+            len(parts["days_left"])]
+    ints = [np.asarray(parts[n], np.int64).ravel() for n in STATIC_PARTS[:_N_INT_PARTS]]
+    floats = [np.asarray(parts[n], np.float64).ravel() for n in STATIC_PARTS[_N_INT_PARTS:]]
+    return (np.concatenate([np.array(head, np.int64), *ints]),
+            np.concatenate([np.zeros(0), *floats]))
+
+
+@jit
+def static_parts(si: IntArray, sx: FloatArray) -> tuple[Any, ...]:
+    """The static arrays packed by :func:`pack_static`, as views (``STATIC_PARTS``)."""
+    n_m, n_p, n_s, n_g, n_k, n_t = si[0], si[1], si[2], si[3], si[4], si[5]
+    n_ptr, n_col, n_d = si[6], si[7], si[8]
+    o = _N_HEAD
+    pool_mat = si[o:o + n_s]
+    o += n_s
+    plant_quota = si[o:o + n_p]
+    o += n_p
+    mk_mat = si[o:o + n_k]
+    o += n_k
+    seg_mat = si[o:o + n_g]
+    o += n_g
+    csr_ptr = si[o:o + n_ptr]
+    o += n_ptr
+    csr_col = si[o:o + n_col]
+    o += n_col
+    days_left = si[o:o + n_d]
+    o = 0
+    csr_val = sx[o:o + n_col]
+    o += n_col
+    pf = sx[o:o + 4 * n_p].reshape((4, n_p))
+    o += 4 * n_p
+    sf = sx[o:o + 2 * n_s].reshape((2, n_s))
+    o += 2 * n_s
+    mf = sx[o:o + n_m]
+    o += n_m
+    par = sx[o:o + len(PAR_NAMES)]
+    o += len(PAR_NAMES)
+    ref0 = sx[o:o + n_m * n_t].reshape((n_m, n_t))
+    o += n_m * n_t
+    seg_el = sx[o:o + n_g]
+    return (pool_mat, plant_quota, mk_mat, seg_mat, csr_ptr, csr_col, days_left, csr_val, pf,
+            sf, mf, par, ref0, seg_el)
 
 
 
@@ -448,24 +515,34 @@ def _producers(t: int, primed: bool, csr_ptr: IntArray, csr_col: IntArray,
 
 
 @jit
-def month(t: int, prev_day: int, day: int, ramp_col: int, days_left: float, primed: bool,
-          pool_mat: IntArray, plant_quota: IntArray, csr_ptr: IntArray, csr_col: IntArray,
-          csr_val: FloatArray, pf: FloatArray, sf: FloatArray, mf: FloatArray,
-          par: FloatArray, ref: FloatArray, cap_day: FloatArray, avail: FloatArray,
-          ramp: FloatArray, q_left: FloatArray, served_rec: FloatArray,
+def _calendar(day: int, days_left_of: IntArray, ramp: FloatArray) -> tuple[int, float]:
+    """The ramp's column for ``day`` (its last beyond the horizon) and the days left in the
+    calendar year (the last day's beyond it)."""
+    ramp_col = day if day < ramp.shape[1] - 1 else ramp.shape[1] - 1
+    last = len(days_left_of) - 1
+    return ramp_col, float(days_left_of[day if day < last else last])
+
+
+@jit
+def month(t: int, prev_day: int, day: int, primed: bool, si: IntArray, sx: FloatArray,
+          kf: FloatArray, ref: FloatArray, rates: FloatArray, cap_day: FloatArray,
+          avail: FloatArray, ramp: FloatArray, q_left: FloatArray, served_rec: FloatArray,
           unmet_rec: FloatArray, exp_rec: FloatArray, exp_cap_day: FloatArray,
           short_sum: FloatArray, stock: FloatArray, reserve: FloatArray,
           cap_max_day: FloatArray, pipe_sum: FloatArray, ipipe_sum: FloatArray,
-          w: FloatArray, decision_rec: FloatArray, margin_rec: FloatArray,
-          reason_rec: np.ndarray, mk_mat: IntArray, seg_mat: IntArray, kf: FloatArray,
-          ref0: FloatArray, seg_el: FloatArray, rates: FloatArray, price: FloatArray,
-          price_rec: FloatArray, dem_rate: FloatArray) -> None:
+          price: FloatArray, price_rec: FloatArray, dem_rate: FloatArray, w: FloatArray,
+          decision_rec: FloatArray, margin_rec: FloatArray, reason_rec: np.ndarray) -> None:
     """One month's clearing from what the days ``prev_day .. day - 1`` did: what buyers
     asked and did not get, the plants' rates within their quotas, 1. the prices (into
     ``w[W_P]``), 3. the producers' decisions (``w[W_SHARE]``, ``w[W_WANT]``) and the
-    month's records (column ``t``); then :func:`close`."""
+    month's records (column ``t``); then :func:`close`. ``si``, ``sx``: the static arrays
+    (:func:`pack_static`); ``kf``: the outside curves (this year's); ``ref``, ``rates``: the
+    run's outside price and base demand paths; the rest the chain's and the run's state."""
+    (pool_mat, plant_quota, mk_mat, seg_mat, csr_ptr, csr_col, days_left_of, csr_val, pf, sf,
+     mf, par, ref0, seg_el) = static_parts(si, sx)
     n_m, n_p, n_s = len(mf), pf.shape[1], sf.shape[1]
     n_g, n_k = served_rec.shape[0], exp_rec.shape[0]
+    ramp_col, days_left = _calendar(day, days_left_of, ramp)
     n = day - prev_day
     # what the segments asked per day (served or not) and did not get, what outside buyers
     # asked (the month's curve) and the region could not ship
@@ -508,22 +585,23 @@ def month(t: int, prev_day: int, day: int, ramp_col: int, days_left: float, prim
     _producers(t, primed, csr_ptr, csr_col, csr_val, pf, sf, par, cap_max_day, pipe_sum,
                ipipe_sum, w, decision_rec, margin_rec, reason_rec)
     # 2. outside curves; 4. demand
-    close(t, mk_mat, seg_mat, kf, ref0, par, seg_el, ref, rates, w, price, price_rec,
-          dem_rate)
+    _close(t, mk_mat, seg_mat, kf, ref0, par, seg_el, ref, rates, w, price, price_rec,
+           dem_rate)
 
 
 @jit
-def start_pass(t: int, ramp_col: int, days_left: float, pool_mat: IntArray,
-               plant_quota: IntArray, csr_ptr: IntArray, csr_col: IntArray,
-               csr_val: FloatArray, pf: FloatArray, sf: FloatArray, par: FloatArray,
-               cap_day: FloatArray, avail: FloatArray, ramp: FloatArray, q_left: FloatArray,
-               dem_rate: FloatArray, exp_cap_day: FloatArray, stock: FloatArray,
-               reserve: FloatArray, cap_max_day: FloatArray, pipe_sum: FloatArray,
-               ipipe_sum: FloatArray, w: FloatArray, decision_rec: FloatArray,
-               margin_rec: FloatArray, reason_rec: np.ndarray) -> None:
+def start_pass(t: int, day: int, si: IntArray, sx: FloatArray, cap_day: FloatArray,
+               avail: FloatArray, ramp: FloatArray, q_left: FloatArray, dem_rate: FloatArray,
+               exp_cap_day: FloatArray, stock: FloatArray, reserve: FloatArray,
+               cap_max_day: FloatArray, pipe_sum: FloatArray, ipipe_sum: FloatArray,
+               w: FloatArray, decision_rec: FloatArray, margin_rec: FloatArray,
+               reason_rec: np.ndarray) -> None:
     """3. producers, from the start: one pass of the first month's decisions at the start's
     prices, from what the segments (``dem_rate``) and the outside curves (``exp_cap_day``)
     ask now and the plants' own draws at their decided rates (``cap_day``)."""
+    (_, plant_quota, _, _, csr_ptr, csr_col, days_left_of, csr_val, pf, sf, _, par, _,
+     _) = static_parts(si, sx)
+    ramp_col, days_left = _calendar(day, days_left_of, ramp)
     n_p, n_s, n_g = pf.shape[1], sf.shape[1], len(dem_rate)
     asked = w[W_ASKED, :n_g]
     for g in range(n_g):
@@ -539,14 +617,24 @@ def start_pass(t: int, ramp_col: int, days_left: float, pool_mat: IntArray,
 
 
 @jit
-def close(t: int, mk_mat: IntArray, seg_mat: IntArray, kf: FloatArray, ref0: FloatArray,
-          par: FloatArray, seg_el: FloatArray, ref: FloatArray, rates: FloatArray,
-          w: FloatArray, price: FloatArray, price_rec: FloatArray,
+def close(t: int, si: IntArray, sx: FloatArray, kf: FloatArray, ref: FloatArray,
+          rates: FloatArray, w: FloatArray, price: FloatArray, price_rec: FloatArray,
           dem_rate: FloatArray) -> None:
     """The month's prices (``w[W_P]``) into the chain (``price``, ``price_rec``); 2. the
     outside curves at them (``w[W_IMP_SHARE]``, ``w[W_EXP_TPA]``); 4. the price demand sees
     and each segment's draw: its base path (``rates``) times the seen price over the outside
     price without shocks to the power of its elasticity."""
+    (_, _, mk_mat, seg_mat, _, _, _, _, _, _, _, par, ref0, seg_el) = static_parts(si, sx)
+    _close(t, mk_mat, seg_mat, kf, ref0, par, seg_el, ref, rates, w, price, price_rec,
+           dem_rate)
+
+
+@jit
+def _close(t: int, mk_mat: IntArray, seg_mat: IntArray, kf: FloatArray, ref0: FloatArray,
+           par: FloatArray, seg_el: FloatArray, ref: FloatArray, rates: FloatArray,
+           w: FloatArray, price: FloatArray, price_rec: FloatArray,
+           dem_rate: FloatArray) -> None:
+    """:func:`close` on the unpacked static arrays."""
     p, seen = w[W_P], w[W_SEEN]
     imp_share, exp_tpa = w[W_IMP_SHARE], w[W_EXP_TPA]
     for m in range(len(price)):
@@ -570,6 +658,43 @@ def close(t: int, mk_mat: IntArray, seg_mat: IntArray, kf: FloatArray, ref0: Flo
         sm = seg_mat[g]
         rel = _max(seen[sm], TINY) / _max(ref0[sm, t], TINY)
         dem_rate[g] = rates[g, t] * (rel ** seg_el[g] if seen[sm] > TINY else 1.0)
+
+@jit
+def _followed(ref: FloatArray, price_month: FloatArray, ref0: FloatArray,
+              link_share: FloatArray, i: int, j: int, t: int) -> float:
+    """Material ``i``'s outside price in month ``t`` following material ``j``'s."""
+    r0 = ref0[j, t]
+    rel = ref[j, t] / _max(r0, TINY) if r0 > TINY else 1.0
+    return price_month[i, t] * (1.0 + link_share[i] * (rel - 1.0))
+
+
+@jit
+def follow_links(ref: FloatArray, price_month: FloatArray, ref0: FloatArray,
+                 link_from: IntArray, link_share: FloatArray) -> None:
+    """Outside price paths ``ref`` (M, T) that pass cost changes on, in place: a material
+    that follows another (``link_from``, -1: none) takes ``link_share`` of the relative
+    change of that material's path against its path without shocks (``ref0``), applied to
+    its own replayed path (``price_month``); followers in material order, passes until none
+    moves (at most one per material)."""
+    n_m, n_t = ref.shape
+    for _ in range(n_m):
+        moved = False
+        for i in range(n_m):
+            j = link_from[i]
+            if j < 0:
+                continue
+            differs = False
+            for t in range(n_t):
+                if _followed(ref, price_month, ref0, link_share, i, j, t) != ref[i, t]:
+                    differs = True
+                    break
+            if differs:  # the whole path, as it was computed from the leader's
+                moved = True
+                for t in range(n_t):
+                    ref[i, t] = _followed(ref, price_month, ref0, link_share, i, j, t)
+        if not moved:
+            break
+
 
 @jit
 def ou_levels(eps: FloatArray, decay: float, sd: float, out: FloatArray) -> None:

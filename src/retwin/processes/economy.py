@@ -205,27 +205,16 @@ class EconomyProcess:
         working array the run carries from month to month); in the first month,
         :func:`retwin.kernels.market.close` and :func:`retwin.kernels.market.start_pass`."""
         a = self.a
-        tiny = 1e-12
         ref = reference_paths(chain, self.material_ids, self.price_month, self.volatility,
                               self.reversion)
         # cost pass-through between outside prices: a follower takes its share of the
         # relative change (shock and noise) of the material it follows, in link order
-        for _ in range(len(a.link_from)):
-            moved = False
-            for i in np.flatnonzero(a.link_from >= 0):
-                j = a.link_from[i]
-                rel = np.where(a.ref_price_month[j] > tiny,
-                               ref[j] / np.maximum(a.ref_price_month[j], tiny), 1.0)
-                new = self.price_month[i] * (1.0 + a.link_share[i] * (rel - 1.0))
-                if not np.array_equal(new, ref[i]):
-                    ref[i] = new
-                    moved = True
-            if not moved:
-                break
+        kmarket.follow_links(ref, np.ascontiguousarray(self.price_month, dtype=float),
+                             np.ascontiguousarray(a.ref_price_month, dtype=float), a.link_from,
+                             a.link_share)
         rates = np.ascontiguousarray(
             demand_paths(chain, self.segment_ids, self.demand_month, self.demand_cv))
-        (pool_mat, mk_mat, seg_mat, plant_quota, csr_ptr, csr_col, csr_val, pf, sf, kf, mf,
-         ref0, par, seg_el) = a.packed
+        si, sx, kf = a.packed
         n_m, n_p, n_k, n_s = ref.shape[0], len(a.cash_cost), len(a.mk_mat), len(a.pool_mat)
         n_g = len(self.segment_ids)
         # outside demand that grows year by year works on its own copy of the curves
@@ -252,11 +241,10 @@ class EconomyProcess:
         decision_rec, margin_rec, reason_rec = (self.decision_rec, self.margin_rec,
                                                 self.reason_rec)
         ramp = np.ascontiguousarray(self.ramp, dtype=float)
-        days_left_of = a.days_left
-        last_day = len(days_left_of) - 1
         month_days = [int(d) for d in self.month_start_day]
         year_index = a.year_index.tolist()
         n_months = len(month_days)
+        invest = bool(a.invest_stages)
         primed = False  # the smoothed margins and expected use hold a first value
         prev_day = 0
         for t in range(n_months):
@@ -269,8 +257,6 @@ class EconomyProcess:
             q_left = a.quota_year_start.get(day)
             if q_left is None:
                 q_left = chain.q_year_left
-            ramp_col = min(day, chain.n_days - 1)
-            days_left = float(days_left_of[min(day, last_day)])
             grows = growing and year_index[t] != year
             if grows:
                 # a new calendar year: outside demand (and the caps with it) grows
@@ -282,19 +268,18 @@ class EconomyProcess:
             if day > prev_day:
                 # 1. prices, 3. producers, from what last month's days did; 2. outside
                 # curves, 4. demand
-                kmarket.month(t, prev_day, day, ramp_col, days_left, primed, pool_mat,
-                              plant_quota, csr_ptr, csr_col, csr_val, pf, sf, mf, par, ref,
-                              cap_day, avail, ramp, q_left, served_rec, unmet_rec, exp_rec,
-                              exp_cap_day, short_sum, stock, reserve, cap_max_day, pipe_sum,
-                              ipipe_sum, w, decision_rec, margin_rec, reason_rec, mk_mat,
-                              seg_mat, kf, ref0, seg_el, rates, price, price_rec, dem_rate)
+                kmarket.month(t, prev_day, day, primed, si, sx, kf, ref, rates, cap_day, avail,
+                              ramp, q_left, served_rec, unmet_rec, exp_rec, exp_cap_day,
+                              short_sum, stock, reserve, cap_max_day, pipe_sum, ipipe_sum,
+                              price, price_rec, dem_rate, w, decision_rec, margin_rec,
+                              reason_rec)
                 primed = True
                 chain.set_decisions(share, want)
-                self._invest(env, chain, t, day)
+                if invest:
+                    self._invest(env, chain, t, day)
             else:
                 # 2. outside curves, 4. demand at the start's prices
-                kmarket.close(t, mk_mat, seg_mat, kf, ref0, par, seg_el, ref, rates, w,
-                              price, price_rec, dem_rate)
+                kmarket.close(t, si, sx, kf, ref, rates, w, price, price_rec, dem_rate)
             if grows:
                 chain.grow_exports(grown)
             chain.set_outside(imp_share, exp_tpa, contract)
@@ -306,11 +291,9 @@ class EconomyProcess:
                 # passes, so each level sees its customers' decisions), at the start's
                 # prices; so the first month is paced too, not run at every ceiling
                 for _ in range(N_START_PASSES):
-                    kmarket.start_pass(t, ramp_col, days_left, pool_mat, plant_quota,
-                                       csr_ptr, csr_col, csr_val, pf, sf, par, cap_day, avail,
-                                       ramp, q_left, dem_rate, exp_cap_day, stock, reserve,
-                                       cap_max_day, pipe_sum, ipipe_sum, w, decision_rec,
-                                       margin_rec, reason_rec)
+                    kmarket.start_pass(t, day, si, sx, cap_day, avail, ramp, q_left, dem_rate,
+                                       exp_cap_day, stock, reserve, cap_max_day, pipe_sum,
+                                       ipipe_sum, w, decision_rec, margin_rec, reason_rec)
                     chain.set_decisions(share, want)
                 primed = True
             prev_day = day
