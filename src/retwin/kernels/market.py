@@ -2,13 +2,15 @@
 what it means; this module only computes it).
 
 A month of markets is a few hundred operations on arrays of a few dozen entries: as numpy
-calls, each costs more to dispatch than to compute. Here a month is two calls from the
-process, all its arithmetic inside them: :func:`month` (what buyers asked and did not get, the
+calls, each costs more to dispatch than to compute. Here a month is one call from the
+process, all its arithmetic inside it: :func:`month` (what buyers asked and did not get, the
 quotas' water-filling, the products of the pools' and plants' matrices, the price step with
-its ``log`` and ``exp``, margins and the producers' decisions) and :func:`close` (the outside
-curves and demand's response, with its power); the first month's decisions from the start
-are :func:`start_pass`. The process keeps what decides (when a month opens, investment, the
-chain's setters) and calls these in between.
+its ``log`` and ``exp``, margins, the producers' decisions, then the outside curves and
+demand's response with its power: :func:`close`). The first month, which has no last month
+to clear, is :func:`close` and a few :func:`start_pass`. The process keeps what decides
+(when a month opens, investment, outside demand's growth, the chain's setters) and calls
+these in between; before the first month, :func:`follow_links` passes cost changes between
+the outside price paths.
 
 Numerics: the matrix products are sparse rows summed from 0.0 in column order (no BLAS, no
 fused multiply-add: Numba without fastmath), ``exp``/``log``/``**`` are the C library's; a
@@ -19,19 +21,27 @@ formulation with numpy's BLAS products and SIMD ``exp``/``log``, which a run wit
 amplifies over the months.
 
 Static arrays come packed once per compiled scenario
-(:func:`retwin.engine.markets.market_arrays`, ``MarketArrays.packed``):
+(:func:`retwin.engine.markets.market_arrays`, ``MarketArrays.packed``: ``(si, sx, kf)``), the
+int64 and float64 ones each in one blob (:func:`pack_static`; :func:`static_parts` unpacks
+them as views, ``STATIC_PARTS``):
 
+* ``pool_mat``, ``plant_quota``, ``mk_mat``, ``seg_mat``: the material of each pool, each
+  plant's quota (-1: none), the material of each outside market and the one whose price
+  each demand segment responds to;
 * ``csr_ptr``, ``csr_col``, ``csr_val``: the sparse matrices ``CSR_*`` (:data:`CSR_NAMES`),
   row by row: ``csr_ptr[mat]`` is where matrix ``mat``'s row pointers start in
   ``csr_ptr``; row ``r``'s entries are ``csr_ptr[csr_ptr[mat] + r]`` up to the next;
+* ``days_left``: (D,) days left in the calendar year, per day;
 * ``pf``: (4, P) cash cost, margin at the start's prices (where negative), quota
   coefficient, licence share;
 * ``sf``: (2, S) working stock (0: cover days of use), lead time of the pool's makers;
-* ``kf``: (8, K) the outside curves (``KF_NAMES``);
 * ``mf``: (M,) 1 where the material has a pool (its price is formed);
-* ``ref0``: (M, T) outside price paths without shocks;
 * ``par``: the scalars (``PAR_NAMES``);
-* ``seg_el``: (G,) each demand segment's price elasticity.
+* ``ref0``: (M, T) outside price paths without shocks;
+* ``seg_el``: (G,) each demand segment's price elasticity;
+
+and, apart (a run whose outside demand grows works on its own copy), ``kf``: (8, K) the
+outside curves (``KF_NAMES``).
 
 What a run carries from month to month is one float array ``w`` (:func:`new_work`), a row
 per quantity (``W_*``, :data:`W_NAMES`), each row as long as the longest axis; the process
