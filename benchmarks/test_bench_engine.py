@@ -3,9 +3,14 @@ a run against plants × days on synthetic chains."""
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
+import numpy as np
 import pytest
 
 import retwin
+from retwin.kernels import market as kmarket
 from synthetic import chain
 
 
@@ -27,6 +32,29 @@ def test_baotou_prepare_and_run(benchmark, baotou) -> None:  # type: ignore[no-u
 
     kpis = benchmark(whatif)
     assert not kpis.empty
+
+
+@pytest.mark.benchmark(group="engine")
+def test_baotou_market_month(benchmark, baotou_compiled) -> None:  # type: ignore[no-untyped-def]
+    """One compiled market month as the market process calls it (baotou-2024's month 20,
+    its inputs as the run gave them): what each of a markets-on run's 84 months costs."""
+    seen: list[tuple[Any, ...]] = []
+    month = kmarket.month
+
+    def spy(*args: Any) -> None:
+        if args[0] == 20:
+            seen.append(tuple(x.copy() if isinstance(x, np.ndarray) else x for x in args))
+        month(*args)
+
+    kmarket.month = spy
+    try:
+        retwin.run(baotou_compiled, seed=1)
+    finally:
+        kmarket.month = month
+    (args,) = seen
+    benchmark(month, *args)
+    w = args[list(inspect.signature(getattr(month, "py_func", month)).parameters).index("w")]
+    assert np.isfinite(w[kmarket.W_P]).all()
 
 
 @pytest.mark.benchmark(group="batch")

@@ -24,7 +24,7 @@ import numpy as np
 
 from retwin._typing import FloatArray, IntArray
 from retwin.engine.build import Compiled, _price_paths
-from retwin.kernels.market import KF_NAMES, PAR_NAMES
+from retwin.kernels.market import CSR_NAMES, KF_NAMES, PAR_NAMES, pack_static
 from retwin.processes.economy import SMOOTH
 
 __all__ = ["MarketArrays", "compile_markets", "market_arrays"]
@@ -98,8 +98,29 @@ class MarketArrays:
     min_util: float
     response_months: float
     #: the static arrays as the compiled month takes them (:mod:`retwin.kernels.market`):
-    #: ``(pool_mat, mk_mat, seg_price_mat, plant_quota, sp, pf, sf, kf, mf, ref0, par)``
+    #: ``(si, sx, kf)``, the blobs of :func:`~retwin.kernels.market.pack_static` and the
+    #: outside curves (``KF_NAMES``)
     packed: tuple[Any, ...] = ()
+
+
+def _csr(mats: list[FloatArray]) -> tuple[IntArray, IntArray, FloatArray]:
+    """Dense matrices packed as sparse rows (the layout :mod:`retwin.kernels.market` reads):
+    the start of each matrix's row pointers, then the row pointers of each in turn into the
+    column indices and values of its nonzero entries, row by row in column order."""
+    heads: list[int] = []
+    ptr: list[int] = []
+    cols: list[int] = []
+    vals: list[float] = []
+    for m in mats:
+        heads.append(len(mats) + len(ptr))
+        ptr.append(len(cols))
+        for row in np.asarray(m, dtype=np.float64):
+            nz = np.flatnonzero(row)
+            cols.extend(int(j) for j in nz)
+            vals.extend(float(v) for v in row[nz])
+            ptr.append(len(cols))
+    return (np.array(heads + ptr, np.int64), np.array(cols, np.int64),
+            np.array(vals, np.float64))
 
 
 def _pack(a: MarketArrays) -> tuple[Any, ...]:
@@ -117,15 +138,19 @@ def _pack(a: MarketArrays) -> tuple[Any, ...]:
                "inventory_adjust_days": a.inventory_adjust_days,
                "margin_band": a.margin_band, "min_util": a.min_util, "alpha": alpha,
                "smooth": SMOOTH}
-    return (
-        i64(a.pool_mat), i64(a.mk_mat), i64(a.seg_price_mat), i64(a.plant_quota),
-        f64(np.stack([a.draw_sp, a.make_sp, a.main_sp])),
-        f64(np.stack([a.cash_cost, a.margin0, a.qcoef, a.qshare])),
-        f64(np.stack([a.target_t, a.lead_s])),
-        f64(np.stack([getattr(a, name) for name in KF_NAMES])),
-        f64(a.has_pool), f64(a.ref_price_month),
-        f64([scalars[name] for name in PAR_NAMES]),
-    )
+    matrices = {"draw_sp": a.draw_sp, "seg_sg": a.seg_sg, "mk_sk": a.mk_sk,
+                "make_sp": a.make_sp, "out_mp": a.out_mp, "in_mp": a.in_mp,
+                "main_ps": a.main_sp.T}
+    csr_ptr, csr_col, csr_val = _csr([matrices[name] for name in CSR_NAMES])
+    si, sx = pack_static(
+        pool_mat=i64(a.pool_mat), plant_quota=i64(a.plant_quota), mk_mat=i64(a.mk_mat),
+        seg_mat=i64(a.seg_price_mat), csr_ptr=csr_ptr, csr_col=csr_col,
+        days_left=i64(a.days_left), csr_val=csr_val,
+        pf=f64(np.stack([a.cash_cost, a.margin0, a.qcoef, a.qshare])),
+        sf=f64(np.stack([a.target_t, a.lead_s])), mf=f64(a.has_pool),
+        par=f64([scalars[name] for name in PAR_NAMES]), ref0=f64(a.ref_price_month),
+        seg_el=f64(a.seg_elasticity))
+    return si, sx, f64(np.stack([getattr(a, name) for name in KF_NAMES]))
 
 
 def compile_markets(c: Compiled) -> MarketArrays:

@@ -154,7 +154,8 @@ class EconomyProcess:
         self.reversion = reversion
         self.demand_month = demand_month
         self.demand_cv = demand_cv if demand_noise else np.zeros_like(demand_cv)
-        self._exp_asked = np.zeros(len(arrays.mk_mat))
+        #: what the month carries over (retwin.kernels.market.new_work), set by a run
+        self._work = kmarket.new_work()
         #: (P, T) utilisation decided each month (share of the plant's ceiling)
         self.decision_rec = np.ones((len(arrays.cash_cost), len(month_start_day)))
         #: (P, T) why a plant ran below its ceiling: 0, BIND_DEMAND or BIND_MARGIN
@@ -195,27 +196,25 @@ class EconomyProcess:
         self._building.discard(stage)
 
     def _run(self, env: simpy.Environment, chain: _EconomyChain) -> Generator[Any, Any, None]:
+        """The market month, on the first day of each month (the module docstring says what
+        it does). The process decides when a month opens, advances the flow to it, starts
+        investment, grows outside demand at a new year and hands the chain its decisions
+        (``set_decisions``) and outside curves (``set_outside``); a month's arithmetic is one
+        compiled call, :func:`retwin.kernels.market.month` (steps 1 to 4, the matrix products
+        and ``exp``/``log``/``**`` included, over the scenario's packed arrays and one
+        working array the run carries from month to month); in the first month,
+        :func:`retwin.kernels.market.close` and :func:`retwin.kernels.market.start_pass`."""
         a = self.a
-        tiny = 1e-12
         ref = reference_paths(chain, self.material_ids, self.price_month, self.volatility,
                               self.reversion)
         # cost pass-through between outside prices: a follower takes its share of the
         # relative change (shock and noise) of the material it follows, in link order
-        for _ in range(len(a.link_from)):
-            moved = False
-            for i in np.flatnonzero(a.link_from >= 0):
-                j = a.link_from[i]
-                rel = np.where(a.ref_price_month[j] > tiny,
-                               ref[j] / np.maximum(a.ref_price_month[j], tiny), 1.0)
-                new = self.price_month[i] * (1.0 + a.link_share[i] * (rel - 1.0))
-                if not np.array_equal(new, ref[i]):
-                    ref[i] = new
-                    moved = True
-            if not moved:
-                break
-        rates = demand_paths(chain, self.segment_ids, self.demand_month, self.demand_cv)
-        (pool_mat, mk_mat, seg_mat, plant_quota, sp, pf, sf, kf, mf, ref0,
-         par) = a.packed
+        kmarket.follow_links(ref, np.ascontiguousarray(self.price_month, dtype=float),
+                             np.ascontiguousarray(a.ref_price_month, dtype=float), a.link_from,
+                             a.link_share)
+        rates = np.ascontiguousarray(
+            demand_paths(chain, self.segment_ids, self.demand_month, self.demand_cv))
+        si, sx, kf = a.packed
         n_m, n_p, n_k, n_s = ref.shape[0], len(a.cash_cost), len(a.mk_mat), len(a.pool_mat)
         n_g = len(self.segment_ids)
         # outside demand that grows year by year works on its own copy of the curves
@@ -223,30 +222,33 @@ class EconomyProcess:
         kf0 = kf
         if growing:
             kf = kf0.copy()
-        p = ref[:, 0].copy()
-        seen = p.copy()
-        # the month's working arrays, filled in place by the compiled steps
-        margin, smooth_margin, ceiling = np.zeros(n_p), np.zeros(n_p), np.zeros(n_p)
-        granted, room, share, want = np.zeros(n_p), np.zeros(n_p), np.zeros(n_p), np.zeros(n_p)
-        expected, free, target = np.zeros(n_s), np.zeros(n_s), np.zeros(n_s)
-        asked, unmet = np.zeros(n_g), np.zeros(n_g)
-        seen_rel, seen_ok = np.zeros(n_g), np.zeros(n_g, np.bool_)
-        ok, ratio, step = np.zeros(n_m, np.bool_), np.zeros(n_m), np.zeros(n_m)
-        not_shipped, imp_share, exp_tpa = np.zeros(n_k), np.zeros(n_k), np.zeros(n_k)
-        exp_asked = self._exp_asked
+        # what the month carries over, and the views the process hands to the chain
+        w = self._work = kmarket.new_work(n_m, n_p, n_s, n_g, n_k)
+        w[kmarket.W_P, :n_m] = ref[:, 0]
+        w[kmarket.W_SEEN, :n_m] = ref[:, 0]
+        share, want = w[kmarket.W_SHARE, :n_p], w[kmarket.W_WANT, :n_p]
+        imp_share, exp_tpa = w[kmarket.W_IMP_SHARE, :n_k], w[kmarket.W_EXP_TPA, :n_k]
+        exp_asked = w[kmarket.W_EXP_ASKED, :n_k]
         # the chain's records and pool state: arrays it fills in place, read once here
         served_rec, unmet_rec, exp_rec = chain.served_rec, chain.unmet_rec, chain.exp_rec
-        stock, pipe_sum, ipipe_sum = chain.stock, chain.pipe_sum, chain.ipipe_sum
-        short_sum, short_then = chain.short_sum, chain.short_sum.copy()
+        stock, reserve, pipe_sum, ipipe_sum = (chain.stock, chain.reserve, chain.pipe_sum,
+                                               chain.ipipe_sum)
+        short_sum, exp_cap_day, cap_max_day = (chain.short_sum, chain.exp_cap_day,
+                                               chain.cap_max_day)
+        cap_day, avail, dem_rate = chain.cap_day, chain.avail, chain.dem_rate
+        price, price_rec = chain.price, chain.price_rec
+        w[kmarket.W_SHORT_THEN, :n_s] = short_sum
+        decision_rec, margin_rec, reason_rec = (self.decision_rec, self.margin_rec,
+                                                self.reason_rec)
         ramp = np.ascontiguousarray(self.ramp, dtype=float)
-        last_day = len(a.days_left) - 1
-        primed = False  # smooth_margin and expected hold a first value
+        month_days = [int(d) for d in self.month_start_day]
+        year_index = a.year_index.tolist()
+        n_months = len(month_days)
+        invest = bool(a.invest_stages)
+        primed = False  # the smoothed margins and expected use hold a first value
         prev_day = 0
-        n_months = len(self.month_start_day)
-        # The arithmetic is compiled (retwin.kernels.market) except the matrix products and
-        # exp/log/power, left to numpy so that results stay the same bit for bit.
         for t in range(n_months):
-            day = int(self.month_start_day[t])
+            day = month_days[t]
             if day > env.now:
                 yield env.timeout(day - env.now)
             chain.advance_to(day)
@@ -255,73 +257,43 @@ class EconomyProcess:
             q_left = a.quota_year_start.get(day)
             if q_left is None:
                 q_left = chain.q_year_left
-            ramp_col = min(day, chain.n_days - 1)
-            days_left = float(a.days_left[min(day, last_day)])
-            if day > prev_day:
-                # what is asked of each pool per day (not what it could serve: a pool that
-                # ran dry must still see its demand): plants at their decided rates, demand
-                # segments' requests of last month, outside buyers at this month's curve
-                kmarket.month_open(t, prev_day, day, ramp_col, days_left, plant_quota, pf, mf,
-                                   ref, p, exp_asked, chain.cap_day, chain.avail, ramp, q_left,
-                                   served_rec, unmet_rec, exp_rec, asked,
-                                   unmet, not_shipped, granted, room, ok, ratio)
-                offtake = a.draw_sp @ granted + a.seg_sg @ asked + a.mk_sk @ chain.exp_cap_day
-                # what buyers asked for last month and did not get: plants' draws beyond a
-                # pool's free stock, demand segments' unmet draws and outside demand (below
-                # any control cap) the region could not ship
-                short = (short_sum - short_then) + a.seg_sg @ unmet + a.mk_sk @ not_shipped
-                np.copyto(short_then, short_sum)
-                # 1. prices
-                kmarket.month_step(offtake, short, np.log(ratio), ok, pool_mat, sf, par,
-                                   stock, chain.reserve, free, target, step)
-                p = np.where(ok, p * np.exp(step), ref[:, t])
-                # 3. producers
-                kmarket.margins(primed, a.out_mp @ p, a.in_mp @ p, offtake, pf, par,
-                                chain.cap_max_day, room, margin, smooth_margin, expected,
-                                ceiling)
-                primed = True
-                kmarket.decide(t, margin, smooth_margin, expected, free, target, ceiling,
-                               a.make_sp @ ceiling, sp, pf, sf, par, chain.cap_max_day,
-                               pipe_sum, ipipe_sum, share, want, self.decision_rec,
-                               self.margin_rec, self.reason_rec)
-                chain.set_decisions(share, want)
-                self._invest(env, chain, t, day)
-            if growing and a.year_index[t] != year:
+            grows = growing and year_index[t] != year
+            if grows:
                 # a new calendar year: outside demand (and the caps with it) grows
-                year = int(a.year_index[t])
+                year = year_index[t]
                 grown = (1.0 + a.exp_growth) ** year
                 kf[KF_EXP_BASE] = kf0[KF_EXP_BASE] * grown
                 kf[KF_EXP_DEPTH] = kf0[KF_EXP_DEPTH] * grown
                 contract = a.exp_contract_tpa * grown
+            if day > prev_day:
+                # 1. prices, 3. producers, from what last month's days did; 2. outside
+                # curves, 4. demand
+                kmarket.month(t, prev_day, day, primed, si, sx, kf, ref, rates, cap_day, avail,
+                              ramp, q_left, served_rec, unmet_rec, exp_rec, exp_cap_day,
+                              short_sum, stock, reserve, cap_max_day, pipe_sum, ipipe_sum,
+                              price, price_rec, dem_rate, w, decision_rec, margin_rec,
+                              reason_rec)
+                primed = True
+                chain.set_decisions(share, want)
+                if invest:
+                    self._invest(env, chain, t, day)
+            else:
+                # 2. outside curves, 4. demand at the start's prices
+                kmarket.close(t, si, sx, kf, ref, rates, w, price, price_rec, dem_rate)
+            if grows:
                 chain.grow_exports(grown)
-            # 2. outside curves; 4. demand
-            kmarket.month_close(t, p, seen, ref, mk_mat, seg_mat, kf, ref0, par, chain.price,
-                                chain.price_rec, imp_share, exp_tpa, seen_rel, seen_ok)
             chain.set_outside(imp_share, exp_tpa, contract)
-            next_day = int(self.month_start_day[t + 1]) if t + 1 < n_months else chain.n_days
-            np.multiply(chain.exp_cap_day, next_day - day, out=exp_asked)
-            chain.dem_rate[:] = rates[:, t] * np.where(
-                seen_ok, seen_rel ** a.seg_elasticity, 1.0)
+            next_day = month_days[t + 1] if t + 1 < n_months else chain.n_days
+            np.multiply(exp_cap_day, next_day - day, out=exp_asked)
             if day == prev_day and N_START_PASSES > 0:
                 # 3. producers, from the start: what the demand segments and the outside
                 # curves ask now, and the plants' own draws at their decided rates (a few
                 # passes, so each level sees its customers' decisions), at the start's
                 # prices; so the first month is paced too, not run at every ceiling
-                np.copyto(asked, chain.dem_rate)
-                revenue, bought = a.out_mp @ p, a.in_mp @ p
                 for _ in range(N_START_PASSES):
-                    kmarket.running_room(ramp_col, days_left, chain.cap_day, chain.avail,
-                                         ramp, plant_quota, pf, q_left, granted, room)
-                    offtake = (a.draw_sp @ granted + a.seg_sg @ asked
-                               + a.mk_sk @ chain.exp_cap_day)
-                    kmarket.pools(offtake, stock, chain.reserve, sf, par, free, target)
-                    kmarket.margins(False, revenue, bought, offtake, pf, par,
-                                    chain.cap_max_day, room, margin, smooth_margin, expected,
-                                    ceiling)
-                    kmarket.decide(t, margin, smooth_margin, expected, free, target, ceiling,
-                                   a.make_sp @ ceiling, sp, pf, sf, par, chain.cap_max_day,
-                                   pipe_sum, ipipe_sum, share, want,
-                                   self.decision_rec, self.margin_rec, self.reason_rec)
+                    kmarket.start_pass(t, day, si, sx, cap_day, avail, ramp, q_left, dem_rate,
+                                       exp_cap_day, stock, reserve, cap_max_day, pipe_sum,
+                                       ipipe_sum, w, decision_rec, margin_rec, reason_rec)
                     chain.set_decisions(share, want)
                 primed = True
             prev_day = day
