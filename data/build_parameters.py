@@ -1226,10 +1226,13 @@ derived("market.price_max_step_frac", "3 * {price_vol.nd_oxide.sigma_per_year} /
         "change of log price per month (bound)", "", dd("5d", "daily CSV"),
         "three standard deviations of a month's log return of Nd oxide 2020–24: a formed price moves at most this much in "
         "one clearing", flag="estimate")
-row("market.price_adjust_per_month", 0.3, "change of log price per month per working stock of gap", "", "estimate",
+row("market.price_adjust_per_month", 0.1, "change of log price per month per working stock of gap", "", "estimate",
     dd("5d", "daily CSV"),
-    "no source; the 2020–22 run-up (×4.4 in 22 months, about +7 %/month in log price) happened while stocks were tight "
-    "(a gap of roughly a quarter of a working stock gives 0.3 × 0.25 ≈ 7.5 %/month)")
+    "no source; the 2020–22 run-up (×4.4 in 22 months, about +7 %/month in log price) stands for a gap of about 0.7 "
+    "working stock, a tight market. At 0.3 (the earlier estimate: a quarter of a working stock) a regional chain's "
+    "prices and margins cycled month to month, a cobweb no price record shows, and a capacity raise lowered output on "
+    "about 3 % of generated chains (tests/test_properties_markets.py). The national models fit their own "
+    "(fit.china.price_adjust_per_month)")
 row("market.reference_pull_per_month", 0.2, "share of the log gap to the outside price closed per month", "", "estimate", MKT,
     "no source; Baotou trades oxides and metals with the rest of China within weeks (lead.china_domestic_re_delivery_days), so "
     "a regional price gap closes over a few months; 0.2 per month halves it in about three months")
@@ -1246,8 +1249,11 @@ row("trade.china.magnet_export_contract_frac", 1.0, "fraction of export demand",
     "no source gives the share; magnet exports are delivered under long-term supply agreements with foreign motor, "
     "automotive and electronics makers (qualification takes years, §6), so exporters serve them before domestic spot "
     "buyers, even in a shortage: all of the foreign demand at the world price")
-row("producer.margin_band_frac", 0.1, "fraction of output value", "", "estimate", MKT,
-    "no source; a plant whose margin is 10 % of its output value below zero runs at its minimum, in between it slows in proportion")
+row("producer.margin_band_frac", 0.15, "fraction of output value", "", "estimate", MKT,
+    "no source; a plant whose margin is 15 % of its output value below zero runs at its minimum, in between it slows in "
+    "proportion. Short-run supply is nearly inelastic (domain_data.md §9: ≈ 0 within a quota year), so output should "
+    "move little with a month's margin: at 0.1 a thin-margin converter (metal makers) went from full to minimum on a "
+    "10 % move of its input price")
 row("producer.main_output_value_share_frac", 0.25, "fraction of output value", "", "estimate", MKT,
     "no source; an output that carries a quarter or more of a joint producer's output value (at the start's prices) is "
     "one of its main outputs, whose demand paces it: the ionic-clay separators' PrNd (32 %) and Dy (38 %) oxides are "

@@ -132,8 +132,13 @@ def _numpy_month(v: dict[str, Any], a: Any) -> dict[str, np.ndarray]:
              + a.mk_sk @ not_shipped)
     # 1. prices
     p, ref = w[km.W_P, :n_m], v["ref"][:, t]
-    ok = (a.has_pool > 0) & (p > km.TINY) & (ref > km.TINY)
-    ratio = np.where(ok, ref / np.where(ok, p, 1.0), 1.0)
+    # the anchor of a material that follows a formed price: its share of that price's gap
+    lead = a.link_from
+    moved = (lead >= 0) & (a.has_pool[lead] > 0) & (ref[lead] > km.TINY) & (p[lead] > km.TINY)
+    anchor = np.where(moved, ref * (1.0 + a.link_share * (p[lead] / np.where(
+        moved, ref[lead], 1.0) - 1.0)), ref)
+    ok = (a.has_pool > 0) & (p > km.TINY) & (anchor > km.TINY)
+    ratio = np.where(ok, anchor / np.where(ok, p, 1.0), 1.0)
     free = np.maximum(v["stock"] - v["reserve"], 0.0)
     target = np.where(a.target_t > 0, a.target_t, par["cover_target_days"] * offtake)
     free_m = np.bincount(a.pool_mat, free - short, minlength=n_m)
@@ -289,7 +294,8 @@ def test_static_parts_unpack_what_pack_static_packed() -> None:
              "days_left": rng.integers(1, 366, 40), "csr_val": rng.uniform(size=13),
              "pf": rng.uniform(size=(4, n_p)), "sf": rng.uniform(size=(2, n_s)),
              "mf": rng.uniform(size=n_m), "par": rng.uniform(size=len(km.PAR_NAMES)),
-             "ref0": rng.uniform(size=(n_m, n_t)), "seg_el": rng.uniform(size=n_g)}
+             "ref0": rng.uniform(size=(n_m, n_t)), "seg_el": rng.uniform(size=n_g),
+             "link": rng.uniform(size=(2, n_m))}
     got = km.static_parts(*km.pack_static(**parts))
     assert len(got) == len(km.STATIC_PARTS)
     for name, x in zip(km.STATIC_PARTS, got, strict=True):

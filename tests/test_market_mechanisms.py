@@ -71,7 +71,8 @@ def test_a_plant_held_by_its_quota_asks_its_feed_for_no_more_than_the_quota_allo
 
 def test_a_joint_producer_whose_most_valuable_output_piles_up_still_makes_the_short_one() -> None:
     """The separation plant makes La/Ce, PrNd and Dy oxide; the magnets take less Dy than it
-    makes, so the Dy pool is in surplus and its price falls (to 0.25 of the outside price).
+    makes, so the Dy pool is in surplus and its price falls (year 2: 0.62 of the outside
+    price; 0.25 when prices moved three times as fast with a stock gap).
     With the Dy outside price raised to 6 M CNY/t, Dy carries 54 % of the plant's output
     value at the start's prices. Paced on that output alone, the plant ran as little as the
     Dy pool asked for while PrNd was short: year 2, separation 7,399 t (13,283 t at the
@@ -81,7 +82,7 @@ def test_a_joint_producer_whose_most_valuable_output_piles_up_still_makes_the_sh
     dear = retwin.apply_changes(sc, [{"kind": "parameter", "value": 6e6,
                                       "path": "materials.dy_oxide.price.base_cny_per_unit"}])
     base, res = retwin.run(sc, seed=1), retwin.run(dear, seed=1)
-    assert _price_ratio(res, "dy_oxide") < 0.5  # Dy piles up
+    assert _price_ratio(res, "dy_oxide") < 0.7  # Dy piles up
     assert _act(res, "separation") >= 0.97 * _act(base, "separation")
     assert _act(res, "magnets") >= 0.99 * _act(base, "magnets")
 
@@ -90,20 +91,20 @@ def test_a_joint_producer_whose_most_valuable_output_piles_up_still_makes_the_sh
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="an outside price that follows another takes the change of the "
-                   "leader's outside price, not of its formed one: the metal maker's margin "
-                   "falls to -0.27 (start -0.10) when its oxide alone is short")
+                   reason="the metal's formed price is pulled toward its oxide's passed on, not "
+                   "held above it: month 3, oxide 1.12x and metal 0.91x their outside prices "
+                   "(the metal makers' margin -0.36), then the metal overshoots to 1.33x")
 def test_a_metal_maker_whose_oxide_is_short_does_not_sell_below_its_feeds_cost() -> None:
     """A mining-quota cut to 30 % leaves the oxide short: its formed price runs above its
-    outside price. The metal ``follows`` the oxide (share 1), but only the oxide's *outside*
-    price, so in months where the oxide is short and the metal is not, the metal sells near
-    its outside price while its feed cost runs up (month 2: oxide 1.16x, metal 1.00x their
-    outside prices; the metal maker's margin -0.27 against -0.10 at the start) and the metal
-    maker cuts output. In china-2020 with markets on this holds PrNd electrolysis at a
-    negative margin and, through it, separation and mining. A floor at the oxide's formed
-    price passed on makes this test pass but, applied to every follower and to the outside
-    curves, moves baotou-2024's and china-2024's answers to quota cuts
-    (tests/test_markets.py), so it is not in yet."""
+    outside price. The metal ``follows`` the oxide (share 1): its formed price is pulled
+    toward its outside price moved by the oxide's formed-price gap (the region's cost
+    pass-through), ``reference_pull_per_month`` of the log distance a month, and moves with
+    its own pool's stock gap too. So it can still sell below its feed's cost for a few
+    months: the metal pool fills while the metal makers' customers slow, its price falls
+    (month 3: 0.91x against the oxide's 1.12x), the makers cut and the metal then overshoots
+    (1.33x in month 7). A floor (the metal never below its oxide passed on) would make this
+    test pass; prices that jump together each month (the pass-through taken at once) made
+    generated chains cycle more, not less (tests/test_properties_markets.py)."""
     res = retwin.run(_tiny(), seed=1,
                      changes=[{"kind": "quota", "quota": "mining", "factor": 0.3}])
     c = res.compiled

@@ -149,7 +149,7 @@ def _pack(a: MarketArrays) -> tuple[Any, ...]:
         pf=f64(np.stack([a.cash_cost, a.margin0, a.qcoef, a.qshare])),
         sf=f64(np.stack([a.target_t, a.lead_s])), mf=f64(a.has_pool),
         par=f64([scalars[name] for name in PAR_NAMES]), ref0=f64(a.ref_price_month),
-        seg_el=f64(a.seg_elasticity))
+        seg_el=f64(a.seg_elasticity), link=f64(np.stack([a.link_from, a.link_share])))
     return si, sx, f64(np.stack([getattr(a, name) for name in KF_NAMES]))
 
 

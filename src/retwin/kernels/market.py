@@ -39,6 +39,8 @@ them as views, ``STATIC_PARTS``):
 * ``par``: the scalars (``PAR_NAMES``);
 * ``ref0``: (M, T) outside price paths without shocks;
 * ``seg_el``: (G,) each demand segment's price elasticity;
+* ``link``: (2, M) the material whose price each one follows (-1: none) and the share it
+  follows (the scenario's ``price.follows``);
 
 and, apart (a run whose outside demand grows works on its own copy), ``kf``: (8, K) the
 outside curves (``KF_NAMES``).
@@ -112,9 +114,9 @@ def new_work(*sizes: int) -> FloatArray:
 #: material of each pool, market and demand segment (the price it responds to), each plant's
 #: quota (-1: none), the sparse matrices (``CSR_NAMES``), the days left in the calendar year
 #: per day (int64, in ``si``); then the sparse matrices' values, ``pf``, ``sf``, ``mf``,
-#: ``par``, ``ref0`` and ``seg_el`` (float64, in ``sx``).
+#: ``par``, ``ref0``, ``seg_el`` and ``link`` (float64, in ``sx``).
 STATIC_PARTS = ("pool_mat", "plant_quota", "mk_mat", "seg_mat", "csr_ptr", "csr_col",
-                "days_left", "csr_val", "pf", "sf", "mf", "par", "ref0", "seg_el")
+                "days_left", "csr_val", "pf", "sf", "mf", "par", "ref0", "seg_el", "link")
 _N_INT_PARTS = 7
 #: The sizes heading ``si``: materials, plants, pools, segments, markets, months, then the
 #: lengths of ``csr_ptr`` and ``csr_col`` and the days.
@@ -169,8 +171,10 @@ def static_parts(si: IntArray, sx: FloatArray) -> tuple[Any, ...]:
     ref0 = sx[o:o + n_m * n_t].reshape((n_m, n_t))
     o += n_m * n_t
     seg_el = sx[o:o + n_g]
+    o += n_g
+    link = sx[o:o + 2 * n_m].reshape((2, n_m))
     return (pool_mat, plant_quota, mk_mat, seg_mat, csr_ptr, csr_col, days_left, csr_val, pf,
-            sf, mf, par, ref0, seg_el)
+            sf, mf, par, ref0, seg_el, link)
 
 
 
@@ -549,7 +553,7 @@ def month(t: int, prev_day: int, day: int, primed: bool, si: IntArray, sx: Float
     (:func:`pack_static`); ``kf``: the outside curves (this year's); ``ref``, ``rates``: the
     run's outside price and base demand paths; the rest the chain's and the run's state."""
     (pool_mat, plant_quota, mk_mat, seg_mat, csr_ptr, csr_col, days_left_of, csr_val, pf, sf,
-     mf, par, ref0, seg_el) = static_parts(si, sx)
+     mf, par, ref0, seg_el, link) = static_parts(si, sx)
     n_m, n_p, n_s = len(mf), pf.shape[1], sf.shape[1]
     n_g, n_k = served_rec.shape[0], exp_rec.shape[0]
     ramp_col, days_left = _calendar(day, days_left_of, ramp)
@@ -578,12 +582,18 @@ def month(t: int, prev_day: int, day: int, primed: bool, si: IntArray, sx: Float
                     + _row(csr_ptr, csr_col, csr_val, CSR_SEG, s, unmet)) \
             + _row(csr_ptr, csr_col, csr_val, CSR_MK, s, not_shipped)
         short_then[s] = short_sum[s]
-    # 1. prices: a formed price is pulled toward the outside one by the log of their ratio
-    # (0 where it does not form); where it does not, it is the outside price
+    # 1. prices: a formed price is pulled toward its anchor by the log of their ratio (0
+    # where it does not form); where it does not, it is the outside price. The anchor is the
+    # outside price, moved, for a material that follows one whose price is formed, by its
+    # share of how far that formed price stood from its own outside price last month (the
+    # region's cost pass-through: metal made from the region's dear oxide is dear)
     p, pull = w[W_P], w[W_PULL, :n_m]
     ok = np.empty(n_m, np.bool_)
     for m in range(n_m):
         r = ref[m, t]
+        j = int(link[0, m])
+        if j >= 0 and mf[j] > 0 and ref[j, t] > TINY and p[j] > TINY:
+            r = r * (1.0 + link[1, m] * (p[j] / ref[j, t] - 1.0))
         ok[m] = mf[m] > 0 and p[m] > TINY and r > TINY
         pull[m] = math.log(r / p[m]) if ok[m] else 0.0
     step = w[W_STEP, :n_m]
@@ -610,7 +620,7 @@ def start_pass(t: int, day: int, si: IntArray, sx: FloatArray, cap_day: FloatArr
     prices, from what the segments (``dem_rate``) and the outside curves (``exp_cap_day``)
     ask now and the plants' own draws at their decided rates (``cap_day``)."""
     (_, plant_quota, _, _, csr_ptr, csr_col, days_left_of, csr_val, pf, sf, _, par, _,
-     _) = static_parts(si, sx)
+     _, _) = static_parts(si, sx)
     ramp_col, days_left = _calendar(day, days_left_of, ramp)
     n_p, n_s, n_g = pf.shape[1], sf.shape[1], len(dem_rate)
     asked = w[W_ASKED, :n_g]
@@ -634,7 +644,7 @@ def close(t: int, si: IntArray, sx: FloatArray, kf: FloatArray, ref: FloatArray,
     outside curves at them (``w[W_IMP_SHARE]``, ``w[W_EXP_TPA]``); 4. the price demand sees
     and each segment's draw: its base path (``rates``) times the seen price over the outside
     price without shocks to the power of its elasticity."""
-    (_, _, mk_mat, seg_mat, _, _, _, _, _, _, _, par, ref0, seg_el) = static_parts(si, sx)
+    (_, _, mk_mat, seg_mat, _, _, _, _, _, _, _, par, ref0, seg_el, _) = static_parts(si, sx)
     _close(t, mk_mat, seg_mat, kf, ref0, par, seg_el, ref, rates, w, price, price_rec,
            dem_rate)
 

@@ -10,8 +10,12 @@ last month did (plant activity, demand served, exports, imports) and the stocks 
    ``cover_target_days`` of what is asked of it per day — as a share of that working stock
    (a surplus counts up to one working stock, a shortage beyond one by ``1 + ln``, so a
    deeper shortage still raises the price), times ``price_adjust_per_month``; it is pulled toward
-   the outside (reference) price by ``reference_pull_per_month``, and no month moves it more
-   than ``price_max_step_frac``.
+   its anchor by ``reference_pull_per_month``, and no month moves it more than
+   ``price_max_step_frac``. The anchor is the outside (reference) price; for a material that
+   ``follows`` another whose price is formed too, that outside price moved by its share of
+   how far the other's formed price stood from its own outside price (the region's cost
+   pass-through: metal made from the region's dear oxide is dear, so a converter's margin
+   does not collapse each time its input's price jumps).
    Materials without a pool take the outside price;
 2. **sets the outside curves**: an import side offers its base volume (default nothing) at
    the outside price times ``1 + premium``, and a share of its cap more per ``slope`` of the
