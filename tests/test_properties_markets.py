@@ -44,8 +44,10 @@ holds that case to its economics.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -185,17 +187,29 @@ def test_raises_on_the_shipped_chain_lower_nothing(target: str, up: float) -> No
     _assert_no_fall({}, 1.0, target, up)
 
 
-def _sample(n: int, seed: int) -> None:
-    """Print how ``n`` cases drawn with numpy seed ``seed`` move magnet output and value."""
-    import numpy as np
-
+def _cases(n: int, seed: int) -> Iterator[tuple[dict[str, float], float, str, float]]:
+    """``n`` cases drawn as the property draws them (uniformly), with numpy seed ``seed``:
+    plant factors, quota factor, the target raised and the raise."""
     rng = np.random.default_rng(seed)
-    volume, value, worst = [], [], None
     for _ in range(n):
         factors = {p: float(rng.uniform(0.7, 1.3)) for p in PLANTS}
         quota = float(rng.uniform(0.7, 1.3))
         target = TARGETS[int(rng.integers(len(TARGETS)))]
-        up = float(rng.uniform(1.05, 2.0))
+        yield factors, quota, target, float(rng.uniform(1.05, 2.0))
+
+
+@pytest.mark.slow
+def test_no_case_of_a_larger_sample_falls() -> None:
+    """300 cases beyond the few hypothesis draws of a run (numpy seed 7; measured: the
+    worst falls by 0.62 %)."""
+    for factors, quota, target, up in _cases(300, 7):
+        _assert_no_fall(factors, quota, target, up)
+
+
+def _sample(n: int, seed: int) -> None:
+    """Print how ``n`` cases drawn with numpy seed ``seed`` move magnet output and value."""
+    volume, value, worst = [], [], None
+    for factors, quota, target, up in _cases(n, seed):
         base, more = _runs(factors, quota, target, up)
         j = base.compiled.plant_ids.index("magnets")
         volume.append(_magnets(more) / _magnets(base) - 1)
