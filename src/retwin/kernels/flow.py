@@ -10,6 +10,9 @@ One day, in order:
    times do not depend on the state) takes ``derate × cal_up`` of that change point as its
    availability. The changes of day ``d1`` are applied at the end of a call (the state it
    leaves is that of the start of day ``d1``, what the events of ``d1`` see);
+   on a month's first day, when prices and demand are replayed from paths drawn when the
+   run starts (markets off: they do not depend on the state either), each segment's daily
+   demand and each material's price become the month's (``dem_path``, ``price_path``);
 1. arrivals: production and imports whose lead time ends today reach their pools; then
    contracted exports leave (each market's ``exp_contract_day``, from stock above the reserve)
    before any plant of the region draws;
@@ -133,6 +136,9 @@ def _flow(
     exp_contract_day: FloatArray,
     dem_rate: FloatArray,
     price: FloatArray,
+    # the price and demand paths, drawn when the run starts (no months: not replayed)
+    dem_path: FloatArray,
+    price_path: FloatArray,
     q_avail: FloatArray,
     q_year_left: FloatArray,
     # state, changed by the kernel
@@ -265,9 +271,10 @@ def _flow(
         if exp_cap_day[k] > 0.0 or imp_cap_day[k] > 0.0:
             trade_k[n_trade] = k
             n_trade += 1
-    # What holds over the whole call: each plant's output value per unit of activity at
-    # today's prices (events change prices between calls), and whether it runs ramped up
-    # on every day of the call (commissioned and ramped up by d0, not retired before d1).
+    # Each plant's output value per unit of activity at the month's prices (recomputed when
+    # the paths set new prices; else events change prices between calls only), and whether
+    # it runs ramped up on every day of the call (commissioned and ramped up by d0, not
+    # retired before d1).
     unit_value = np.zeros(n_plants)
     steady = np.zeros(n_plants, dtype=np.int8)
     for p in range(n_plants):
@@ -276,6 +283,8 @@ def _flow(
         if (commission_day[p] <= d0 and d1 <= retire_day[p]
                 and d0 - commission_day[p] + 1 >= ramp_days[p]):
             steady[p] = 1
+    replay = price_path.shape[1] > 0  # the paths set prices and demand month by month
+    path_mon = -1  # the month whose prices and demand are set
 
     # 0. the outage calendar: the first day a plant's availability changes (past d1: none)
     next_change = d1 + 1
@@ -296,6 +305,17 @@ def _flow(
                 cal_at[p] = k
                 if k < k_end and cal_day[k] < next_change:
                     next_change = cal_day[k]
+        if replay and d < month_of_day.shape[0] and month_of_day[d] != path_mon:
+            # 0b. a new month: its prices and demand (on d1 too, as for the calendar)
+            path_mon = month_of_day[d]
+            for g in range(n_segments):
+                dem_rate[g] = dem_path[g, path_mon]
+            for m in range(price.shape[0]):
+                price[m] = price_path[m, path_mon]
+            for p in range(n_plants):
+                unit_value[p] = 0.0
+                for j in range(out_ptr[p], out_ptr[p + 1]):
+                    unit_value[p] += out_amt[j] * price[out_mat[j]]
         if d == d1:
             break
         slot = d % ring
