@@ -675,6 +675,34 @@ def test_storage_binds_before_input_when_smaller() -> None:
     assert list(k["code_rec"][0]) == [STORAGE, STORAGE]
 
 
+def test_a_plant_alone_at_its_pools_runs_as_one_sharing_them_with_an_idle_twin() -> None:
+    """A plant that no other plant of its level shares a pool with has its shares computed as
+    it runs rather than gathered for the level first: the same numbers, to the last bit, as
+    when an idle twin (asking for nothing) shares its pools. Storage and input both bind."""
+
+    def chain(twins: bool) -> retwin.Scenario:
+        plants = [mine(capacity_tpa=7300), separator(capacity_tpa=7300)]
+        if twins:
+            plants += [mine("mine2", capacity_tpa=0), separator("sep2", capacity_tpa=0)]
+        return make_scenario([ORE, CONC, OXIDE], plants, days=40,
+                             pools=[{"material": "conc", "initial_t": 5, "max_t": 30},
+                                    {"material": "oxide", "max_t": 12}],
+                             demand=[{"id": "g", "name": "g", "material": "oxide",
+                                      "base_units_per_year": 1}])
+
+    def demand(a: Args) -> None:
+        set_demand(a, [3.0])
+
+    alone, shared = both(chain(False), (0, 40), setup=demand), both(chain(True), (0, 40),
+                                                                       setup=demand)
+    codes = set(alone["code_rec"].ravel().tolist())
+    assert {STORAGE, INPUT} <= codes, codes
+    for name in ("act_rec", "code_rec"):
+        np.testing.assert_array_equal(alone[name], shared[name][:2])
+    for name in ("stock_rec", "short_sum", "served_rec", "tot"):
+        np.testing.assert_array_equal(alone[name], shared[name])
+
+
 def test_levels_run_upstream_first_and_value_is_accounted() -> None:
     sc = make_scenario([ORE, CONC, OXIDE], [separator(), mine()], days=40)  # listed downstream
     k = both(sc, (0, 40))

@@ -205,32 +205,59 @@ def _flow(
                 ceil_out[ceil_ptr[p + 1]] = j
                 ceil_ptr[p + 1] += 1
                 ceiled[p] = 1
+    # A plant is alone when no other plant of its level draws on or delivers into a pool it
+    # draws on or delivers into, and it names each such pool once: its share of a pool's free
+    # stock or room is then all of it, computed as the plant runs (2d) instead of gathered
+    # for the level first (2a, 2c) -- the same numbers, without the level's pass over pools.
+    alone = np.ones(n_plants, dtype=np.int8)
+    seen = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) touching a pool
+    shared = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) touching it twice
     for lv in range(n_levels):
         for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-            if ceiled[order[i]]:
+            p = order[i]
+            for j in range(in_ptr[p], in_ptr[p + 1] + out_ptr[p + 1] - out_ptr[p]):
+                s = in_pool[j] if j < in_ptr[p + 1] else out_pool[out_ptr[p] + j - in_ptr[p + 1]]
+                if s >= 0:
+                    if seen[s] == lv + 1:
+                        shared[s] = lv + 1
+                    seen[s] = lv + 1
+        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+            p = order[i]
+            for j in range(in_ptr[p], in_ptr[p + 1]):
+                if in_pool[j] >= 0 and shared[in_pool[j]] == lv + 1:
+                    alone[p] = 0
+            for j in range(out_ptr[p], out_ptr[p + 1]):
+                if shared[out_pool[j]] == lv + 1:
+                    alone[p] = 0
+            if ceiled[p] and not alone[p]:
                 lvl_ceiled[lv] = 1
     # Of each level's pools, those its plants draw on (whose shares are computed), then those
-    # with a storage ceiling (whose room is): lvl_use[lvl_use_ptr[lv]:lvl_room_at[lv]] and
-    # lvl_use[lvl_room_at[lv]:lvl_use_ptr[lv + 1]].
+    # with a storage ceiling its plants deliver into (whose room is), of plants not alone:
+    # lvl_use[lvl_use_ptr[lv]:lvl_room_at[lv]] and lvl_use[lvl_room_at[lv]:lvl_use_ptr[lv + 1]].
     n_lp = lvl_pools.shape[0]
     lvl_use = np.empty(2 * n_lp, dtype=np.int64)
     lvl_use_ptr = np.zeros(n_levels + 1, dtype=np.int64)
     lvl_room_at = np.zeros(n_levels, dtype=np.int64)
     drawn = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) drawing on a pool
+    roomed = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) filling a ceiled pool
     n_use = 0
     for lv in range(n_levels):
         for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
             p = order[i]
+            if alone[p]:
+                continue
             for j in range(in_ptr[p], in_ptr[p + 1]):
                 if in_pool[j] >= 0:
                     drawn[in_pool[j]] = lv + 1
+            for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                roomed[out_pool[ceil_out[jj]]] = lv + 1
         for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
             if drawn[lvl_pools[j]] == lv + 1:
                 lvl_use[n_use] = lvl_pools[j]
                 n_use += 1
         lvl_room_at[lv] = n_use
         for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-            if pool_max[lvl_pools[j]] < np.inf:
+            if roomed[lvl_pools[j]] == lv + 1:
                 lvl_use[n_use] = lvl_pools[j]
                 n_use += 1
         lvl_use_ptr[lv + 1] = n_use
@@ -378,6 +405,8 @@ def _flow(
                 q = plant_quota[p]
                 if q >= 0:
                     req_q[q] += x * qcoef[p]
+                if alone[p]:
+                    continue
                 for j in range(in_ptr[p], in_ptr[p + 1]):
                     if in_pool[j] >= 0:
                         req_pool[in_pool[j]] += x * in_amt[j]
@@ -444,6 +473,8 @@ def _flow(
                     room_req[lvl_use[j]] = 0.0
                 for i in range(lo, hi):
                     p = order[i]
+                    if alone[p]:
+                        continue
                     x = want[p]
                     for j in range(in_ptr[p], in_ptr[p + 1]):
                         if in_pool[j] >= 0:
@@ -479,14 +510,37 @@ def _flow(
                 p = order[i]
                 x = want[p]
                 r_in = 1.0
-                if short:  # (else every pool of the level meets its requests)
-                    for j in range(in_ptr[p], in_ptr[p + 1]):
-                        if in_pool[j] >= 0 and ratio_pool[in_pool[j]] < r_in:
-                            r_in = ratio_pool[in_pool[j]]
                 r_out = 1.0  # (the room of a pool without a ceiling is 1)
-                for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
-                    if room_ratio[out_pool[ceil_out[jj]]] < r_out:
-                        r_out = room_ratio[out_pool[ceil_out[jj]]]
+                if alone[p]:  # its pools' shares (as 2c computes them), all its own
+                    for j in range(in_ptr[p], in_ptr[p + 1]):
+                        s = in_pool[j]
+                        if s >= 0:
+                            free = stock[s] - reserve[s]
+                            if free < 0.0:
+                                free = 0.0
+                            need = x * in_amt[j]
+                            if need > free:
+                                short_sum[s] += need - free
+                                if free / need < r_in:
+                                    r_in = free / need
+                    for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                        j = ceil_out[jj]
+                        need = x * out_amt[j]
+                        if need > 0.0:
+                            s = out_pool[j]
+                            room = pool_max[s] - stock[s] - pipe_sum[s] - ipipe_sum[s]
+                            if room < 0.0:
+                                room = 0.0
+                            if room < need and room / need < r_out:
+                                r_out = room / need
+                else:
+                    if short:  # (else every pool of the level meets its requests)
+                        for j in range(in_ptr[p], in_ptr[p + 1]):
+                            if in_pool[j] >= 0 and ratio_pool[in_pool[j]] < r_in:
+                                r_in = ratio_pool[in_pool[j]]
+                    for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                        if room_ratio[out_pool[ceil_out[jj]]] < r_out:
+                            r_out = room_ratio[out_pool[ceil_out[jj]]]
                 if x > 0.0:
                     if r_in < 1.0 and r_in <= r_out:
                         x *= r_in
