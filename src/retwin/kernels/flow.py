@@ -320,6 +320,7 @@ def _flow(
         if k < cal_ptr[p + 1] and cal_day[k] < next_change:
             next_change = cal_day[k]
 
+    slot = d0 % ring - 1  # the ring's slot of today: d % ring, counted rather than divided
     for d in range(d0, d1 + 1):
         if d >= next_change:  # the calendar's change points of today (and on d1, of then)
             next_change = d1 + 1
@@ -345,7 +346,9 @@ def _flow(
                     unit_value[p] += out_amt[j] * price[out_mat[j]]
         if d == d1:
             break
-        slot = d % ring
+        slot += 1
+        if slot == ring:
+            slot = 0
         mon = month_of_day[d]
         # 1. arrivals
         for ss in range(n_arrive):
