@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import operator
 import zlib
 from typing import Any, cast
 
@@ -18,6 +17,7 @@ from retwin.kernels import contract, streams, trade
 from retwin.kernels.flow import advance_packed, relabel_capacity
 from retwin.processes import (
     EconomyProcess,
+    EventLog,
     PolicyProcess,
     QuotaProcess,
     demand_paths,
@@ -296,10 +296,8 @@ class ChainModel:
         """Play every event of the horizon, then advance the flow to its last day."""
         self.env.run(until=self.n_days)
         self.advance_to(self.n_days)
-        # the drawn outages join the log in day order (stable: within a day, the processes'
-        # events first)
-        if self.outages.events:
-            self.events = sorted(self.events + self.outages.events, key=operator.itemgetter(0))
+        # the drawn outages join the log in day order, when it is first read
+        self.event_log = EventLog(self.events, self.outages)
         if self.economy is not None:
             # days the kernel saw as capacity-bound while the plant ran below its ceiling by
             # its own decision: bound by the demand on its output, or by its margin

@@ -9,7 +9,7 @@ so are the price and demand paths (:func:`reference_paths`, :func:`demand_paths`
 kernel replays month by month.
 """
 
-from retwin.processes.base import Chain, OutageCalendar, draw_outages
+from retwin.processes.base import Chain, EventLog, OutageCalendar, draw_outages
 from retwin.processes.economy import EconomyProcess, demand_paths, reference_paths
 from retwin.processes.policy import PolicyProcess
 from retwin.processes.quota import QuotaProcess
@@ -17,6 +17,7 @@ from retwin.processes.quota import QuotaProcess
 __all__ = [
     "Chain",
     "EconomyProcess",
+    "EventLog",
     "OutageCalendar",
     "PolicyProcess",
     "QuotaProcess",
