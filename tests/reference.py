@@ -13,7 +13,9 @@ One day, in order:
 
 0. outages: a plant whose outage calendar has change points not yet applied on or before
    today takes ``derate × cal_up`` of the last of them as its availability (also on the day
-   after the last, ``d1``: the state left is that of the start of that day);
+   after the last, ``d1``: the state left is that of the start of that day); when the price
+   and demand paths have months, each segment's demand and each material's price are those
+   of today's month (also on ``d1``, when it is a day of the records);
 1. arrivals: production and imports whose lead time ends today reach their pools; then each
    market's contracted exports leave, from stock above the reserve;
 2. plants, level by level (upstream first). Each plant asks for
@@ -107,6 +109,10 @@ class World:
     export_contract: list[float]
     demand_rate: list[float]
     price: list[float]
+    #: per segment (material), its demand (price) in each month; no months: not replayed
+    path_months: int
+    demand_path: list[list[float]]
+    price_path: list[list[float]]
     quota_released: list[float]
     quota_year_left: list[float]
     # state moved by the flow
@@ -198,6 +204,9 @@ def _world(a: Mapping[str, np.ndarray], d0: int) -> World:
         export_contract=_floats(a["exp_contract_day"]),
         demand_rate=_floats(a["dem_rate"]),
         price=_floats(a["price"]),
+        path_months=int(a["price_path"].shape[1]),
+        demand_path=[_floats(r) for r in a["dem_path"]],
+        price_path=[_floats(r) for r in a["price_path"]],
         quota_released=_floats(a["q_avail"]),
         quota_year_left=_floats(a["q_year_left"]),
         stock=_floats(a["stock"]),
@@ -353,9 +362,17 @@ def _outages(w: World, d: int) -> None:
             w.calendar[p] = points[len(due):]
 
 
+def _paths(w: World, d: int) -> None:
+    if w.path_months and d < len(w.month_of_day):
+        t = w.month_of_day[d]
+        w.demand_rate = [row[t] for row in w.demand_path]
+        w.price = [row[t] for row in w.price_path]
+
+
 def _one_day(w: World, d: int) -> None:
-    # 0. outages
+    # 0. outages, and the month's prices and demand
     _outages(w, d)
+    _paths(w, d)
     # 1. arrivals
     staying = []
     for sh in w.in_transit:
@@ -421,7 +438,8 @@ def _one_day(w: World, d: int) -> None:
 
 def _write_back(w: World, a: Mapping[str, np.ndarray]) -> None:
     for name, values in (("q_avail", w.quota_released), ("q_year_left", w.quota_year_left),
-                         ("stock", w.stock), ("avail", w.avail), ("short_sum", w.short)):
+                         ("stock", w.stock), ("avail", w.avail), ("short_sum", w.short),
+                         ("dem_rate", w.demand_rate), ("price", w.price)):
         for i, v in enumerate(values):
             a[name][i] = v
     ends = a["cal_ptr"][1:]
@@ -462,5 +480,6 @@ def advance_named(d0: int, d1: int, a: Mapping[str, np.ndarray]) -> set[tuple[in
     for d in range(d0, d1):
         _one_day(w, d)
     _outages(w, d1)
+    _paths(w, d1)
     _write_back(w, a)
     return w.ties

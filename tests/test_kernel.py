@@ -31,6 +31,13 @@ from retwin.engine import model as engine_model
 from retwin.kernels import contract, flow
 
 Args = dict[str, np.ndarray]
+
+
+def set_demand(a: Args, rates: Any) -> None:
+    """Each segment's demand per day for the whole run: the rate, and its monthly path (which
+    the kernel replays on each month's first day, and on the first day of a call)."""
+    a["dem_rate"][:] = rates
+    a["dem_path"][:] = np.asarray(rates, np.float64).reshape(-1, 1)
 Segment = tuple[int, int] | tuple[int, int, Callable[[Args], None]]
 
 FLOAT_RTOL = 1e-12
@@ -121,7 +128,7 @@ def test_reference_uses_every_declared_array_but_the_derived_ones() -> None:
     arrays = {n: x.copy() for n, x in zip(ARG_NAMES, chain_model(every_part(10))._args,
                                           strict=True)}
     arrays["q_avail"][:] = arrays["q_year_left"][:] = 1e5  # the chain runs: a quota is
-    arrays["dem_rate"][:] = 1.0  # released, demand draws, trade moves
+    set_demand(arrays, 1.0)  # released, demand draws, trade moves
     a = _Recording(arrays)
     reference.advance_named(0, 10, a)
     for name in ("act_rec", "served_rec"):
@@ -460,7 +467,7 @@ def test_empty_plant_list() -> None:
     )
 
     def demand(a: Args) -> None:
-        a["dem_rate"][0] = 4.0
+        set_demand(a, [4.0])
 
     k = both(sc, (0, 40), setup=demand)
     assert k["act_rec"].shape[0] == 0
@@ -581,6 +588,27 @@ def test_export_leaves_reserve_and_target() -> None:
     np.testing.assert_allclose(k["stock_rec"][0], 50.0)
 
 
+def test_replayed_paths_set_demand_and_price_on_each_months_first_day() -> None:
+    """Markets off, the month's demand and prices come from paths drawn when the run starts;
+    the kernel sets them on each month's first day (and on a call's first), so calls that
+    start and end mid-month see the same months (January 31 days, February 29)."""
+    sc = make_scenario([ORE, CONC], [mine()], days=60,
+                       pools=[{"material": "conc", "initial_t": 1000}],
+                       demand=[{"id": "g", "name": "g", "material": "conc",
+                                "base_units_per_year": 1}])
+
+    def paths(a: Args) -> None:
+        assert a["dem_path"].shape == (1, 2) and a["price_path"].shape == (2, 2)
+        a["dem_path"][0] = [3.0, 5.0]
+        a["price_path"][:] = [[0.0, 0.0], [1.0, 2.0]]  # ore, conc in January, February
+
+    k = both(sc, (0, 20), (20, 45), (45, 60), setup=paths)
+    np.testing.assert_array_equal(k["served_rec"][0, :31], 3.0)
+    np.testing.assert_array_equal(k["served_rec"][0, 31:], 5.0)
+    np.testing.assert_allclose(k["val_month"][0], [31 * 10 * 1.0, 29 * 10 * 2.0])
+    assert k["dem_rate"][0] == 5.0 and k["price"][1] == 2.0  # February's, as the run ends
+
+
 def test_demand_short_is_shared_pro_rata() -> None:
     seg = {"name": "g", "material": "conc", "base_units_per_year": 1}
     sc = make_scenario([CONC], [], pools=[{"material": "conc", "initial_t": 30,
@@ -588,7 +616,7 @@ def test_demand_short_is_shared_pro_rata() -> None:
                        demand=[{"id": "g1", **seg}, {"id": "g2", **seg}])
 
     def rates(a: Args) -> None:
-        a["dem_rate"][:] = [10.0, 20.0]
+        set_demand(a, [10.0, 20.0])
 
     k = both(sc, (0, 3), setup=rates)
     np.testing.assert_allclose(k["served_rec"][:, 0], [8.0, 16.0])
@@ -647,6 +675,34 @@ def test_storage_binds_before_input_when_smaller() -> None:
     assert list(k["code_rec"][0]) == [STORAGE, STORAGE]
 
 
+def test_a_plant_alone_at_its_pools_runs_as_one_sharing_them_with_an_idle_twin() -> None:
+    """A plant that no other plant of its level shares a pool with has its shares computed as
+    it runs rather than gathered for the level first: the same numbers, to the last bit, as
+    when an idle twin (asking for nothing) shares its pools. Storage and input both bind."""
+
+    def chain(twins: bool) -> retwin.Scenario:
+        plants = [mine(capacity_tpa=7300), separator(capacity_tpa=7300)]
+        if twins:
+            plants += [mine("mine2", capacity_tpa=0), separator("sep2", capacity_tpa=0)]
+        return make_scenario([ORE, CONC, OXIDE], plants, days=40,
+                             pools=[{"material": "conc", "initial_t": 5, "max_t": 30},
+                                    {"material": "oxide", "max_t": 12}],
+                             demand=[{"id": "g", "name": "g", "material": "oxide",
+                                      "base_units_per_year": 1}])
+
+    def demand(a: Args) -> None:
+        set_demand(a, [3.0])
+
+    alone, shared = both(chain(False), (0, 40), setup=demand), both(chain(True), (0, 40),
+                                                                       setup=demand)
+    codes = set(alone["code_rec"].ravel().tolist())
+    assert {STORAGE, INPUT} <= codes, codes
+    for name in ("act_rec", "code_rec"):
+        np.testing.assert_array_equal(alone[name], shared[name][:2])
+    for name in ("stock_rec", "short_sum", "served_rec", "tot"):
+        np.testing.assert_array_equal(alone[name], shared[name])
+
+
 def test_levels_run_upstream_first_and_value_is_accounted() -> None:
     sc = make_scenario([ORE, CONC, OXIDE], [separator(), mine()], days=40)  # listed downstream
     k = both(sc, (0, 40))
@@ -679,7 +735,7 @@ def test_tiny_model_a_year_with_events_state() -> None:
     def setup(a: Args) -> None:
         a["q_avail"][0] = 7500.0
         a["q_year_left"][0] = 15000.0
-        a["dem_rate"][0] = 5.5
+        set_demand(a, [5.5])
 
     def second_batch(a: Args) -> None:
         a["q_avail"][0] += 7500.0
@@ -734,6 +790,8 @@ def kernel_case(draw: st.DrawFn) -> tuple[retwin.Scenario, dict[str, Any]]:
         "q_avail": draw(st.floats(0, 400)),
         "q_year_left": draw(st.floats(0, 2000)),
         "dem_rate": draw(st.floats(0, 30)),
+        # paths replayed by the kernel (markets off), or set between calls (markets on)
+        "replay": draw(st.booleans()),
         "split": draw(st.integers(0, 4)),
     }
     return sc, state
@@ -746,7 +804,10 @@ def test_kernel_matches_reference_on_random_chains(case: tuple[retwin.Scenario, 
 
     def setup(a: Args) -> None:
         a["avail"][:] = state["avail"]
-        a["dem_rate"][:] = state["dem_rate"]
+        set_demand(a, state["dem_rate"])
+        if not state["replay"]:
+            for name in ("dem_path", "price_path"):
+                a[name] = np.zeros((a[name].shape[0], 0))
         if a["q_avail"].size:
             a["q_avail"][0] = state["q_avail"]
             a["q_year_left"][0] = state["q_year_left"]

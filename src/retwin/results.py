@@ -85,7 +85,7 @@ class RunResult:
     totals: FloatArray  # (6, M) produced, drawn, extracted, imported, exported, demand
     final_stock: FloatArray
     in_transit: FloatArray  # (S,) production and imports not yet arrived
-    events: list[tuple[int, str, str]]
+    events: Sequence[tuple[int, str, str]]  # (day, kind, subject) in day order
     kernel_calls: int
     capacity_log: list[tuple[int, int, float]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)

@@ -287,7 +287,8 @@ def compile_scenario(sc: Scenario) -> Compiled:
     # Fail here, once, rather than on the hot path: the inputs are what the kernel declares
     # (names, dtypes, shapes, indices in range); the run's state and records take these sizes.
     sizes = contract.check(static, sizes={"M": n_m, "Q": len(sc.quotas), "T": len(months),
-                                          "R": ring})
+                                          "R": ring,
+                                          "TP": 0 if sc.markets_on else len(months)})
 
     def avail_spec(attr: str) -> FloatArray:
         return np.array([getattr(p.availability, attr) or np.nan for p in plants], np.float64)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import operator
 import zlib
 from typing import Any, cast
 
@@ -17,12 +16,13 @@ from retwin.engine.markets import market_arrays
 from retwin.kernels import contract, streams, trade
 from retwin.kernels.flow import advance_packed, relabel_capacity
 from retwin.processes import (
-    DemandProcess,
     EconomyProcess,
-    MarketProcess,
+    EventLog,
     PolicyProcess,
     QuotaProcess,
+    demand_paths,
     draw_outages,
+    reference_paths,
 )
 from retwin.scenario.schema import (
     CapacityChange,
@@ -54,6 +54,18 @@ class ChainModel:
         # (an outage costs no event and no kernel call).
         self.outages = draw_outages(c.plant_ids, c.mtbf, c.mttr, c.planned, st.outages,
                                     c.n_days, self.rng)
+        self.price_rec = np.zeros((n_m, n_t))
+        # Markets off: prices and demand follow their paths (with noise drawn now, as it does
+        # not depend on the state either); the kernel sets them month by month. Markets on:
+        # the economy sets them monthly, from the state.
+        paths: dict[str, FloatArray] = {}
+        if not c.scenario.markets_on:
+            vol = c.volatility if st.price_noise else np.zeros_like(c.volatility)
+            cv = c.demand_cv if st.demand_noise else np.zeros_like(c.demand_cv)
+            self.price_rec[:] = reference_paths(self, c.material_ids, c.price_month, vol,
+                                                c.reversion)
+            paths = {"price_path": self.price_rec,
+                     "dem_path": demand_paths(self, c.segment_ids, c.demand_month, cv)}
         # The kernel's arrays (retwin.kernels.contract): the compiled inputs, the state with
         # its starting values, everything else zero. The engine calls the packed kernel (a
         # third of the dispatch cost per event); the 1-D arrays are views into its blobs, so
@@ -72,6 +84,7 @@ class ChainModel:
             "exp_cap_day": c.exp_cap_tpa / 365.0,
             "price": c.price_month[:, 0],
             "stock": c.pool_initial,
+            **paths,
         })
         #: Every kernel array by its declared name (also readable as ``model.<name>``).
         self.arrays = self.kernel.views
@@ -111,7 +124,6 @@ class ChainModel:
         self.imp_share[:] = 1.0
         self.exp_demand_tpa[:] = np.inf
         self.exp_contract_tpa[:] = 0.0
-        self.price_rec = np.zeros((n_m, n_t))
         self.day = 0
         self.kernel_calls = 0
         self.events: list[tuple[int, str, str]] = []
@@ -130,12 +142,6 @@ class ChainModel:
                 c.price_month, c.volatility, c.reversion, st.price_noise, c.demand_month,
                 c.demand_cv, st.demand_noise)
             self.economy.start(self.env, self)
-        else:
-            MarketProcess(c.material_ids, c.month_start_day, c.price_month, c.volatility,
-                          c.reversion, st.price_noise, self.price,
-                          self.price_rec).start(self.env, self)
-            DemandProcess(c.segment_ids, c.month_start_day, c.demand_month, c.demand_cv,
-                          st.demand_noise, self.dem_rate).start(self.env, self)
         PolicyProcess(c.timed).start(self.env, self)
 
     def __getattr__(self, name: str) -> np.ndarray:
@@ -290,10 +296,8 @@ class ChainModel:
         """Play every event of the horizon, then advance the flow to its last day."""
         self.env.run(until=self.n_days)
         self.advance_to(self.n_days)
-        # the drawn outages join the log in day order (stable: within a day, the processes'
-        # events first)
-        if self.outages.events:
-            self.events = sorted(self.events + self.outages.events, key=operator.itemgetter(0))
+        # the drawn outages join the log in day order, when it is first read
+        self.event_log = EventLog(self.events, self.outages)
         if self.economy is not None:
             # days the kernel saw as capacity-bound while the plant ran below its ceiling by
             # its own decision: bound by the demand on its output, or by its margin

@@ -91,7 +91,7 @@ def run(
         totals=a["tot"],
         final_stock=a["stock"].copy(),
         in_transit=a["pipe"].sum(axis=1) + a["ipipe"].sum(axis=1),
-        events=model.events,
+        events=model.event_log,
         capacity_log=model.capacity_log,
         kernel_calls=model.kernel_calls,
         margin_month=None if model.economy is None else model.economy.margin_rec,

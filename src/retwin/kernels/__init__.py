@@ -16,9 +16,11 @@ from retwin.kernels.flow import BIND_NAMES, advance
 __all__ = ["BIND_NAMES", "advance", "warmup"]
 
 #: Axis sizes of the smallest valid kernel call: nothing on any axis, but one day (in one
-#: month, with a ring of one slot) and the single entry of each row-pointer array.
+#: month, with a ring of one slot), the single entry of each row-pointer array, and the plan
+#: of a chain of nothing.
 _EMPTY_CHAIN: dict[str, int] = {**dict.fromkeys(contract.AXES, 0),
                                 "P1": 1, "L1": 1, "D": 1, "T": 1, "R": 1}
+_EMPTY_CHAIN["W"] = contract.plan_words(_EMPTY_CHAIN)
 
 
 def warmup() -> float:

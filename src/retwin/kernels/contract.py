@@ -44,6 +44,7 @@ __all__ = [
     "allocate_packed",
     "check",
     "pack",
+    "plan_words",
     "unpack_into",
     "zeros",
 ]
@@ -68,12 +69,23 @@ AXES: dict[str, str] = {
     "D": "days",
     "T": "months",
     "R": "slots of the ring of shipments in transit (longer than the longest lead time)",
+    "W": "words of the kernel's plan of the chain: 3 P + O + 4 L + 2 LP + 3 (L: levels)",
+    "TP": "months of the replayed price and demand paths: T, or 0 when a process sets prices "
+          "and demand between calls (markets on)",
     "6": "the six rows of the totals",
 }
 #: Axes whose size follows from another's: ``P1`` is ``P + 1``, ``C1`` is ``C + 1``.
 _ONE_MORE: dict[str, str] = {"P1": "P", "C1": "C"}
 #: Axes of a fixed size.
 _FIXED: dict[str, int] = {"6": 6}
+#: Axes whose size, when not given, is this (no replayed paths: a process sets them).
+_DEFAULT: dict[str, int] = {"TP": 0}
+
+
+def plan_words(sizes: Mapping[str, int]) -> int:
+    """The size of the kernel's plan (axis ``W``) of a chain of these sizes."""
+    n_levels = sizes["L1"] - 1
+    return 3 * sizes["P"] + sizes["O"] + 4 * n_levels + 2 * sizes["LP"] + 3
 
 
 @dataclass(frozen=True)
@@ -100,7 +112,11 @@ class KernelArray:
     def shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         """The array's shape, given the size of each of its axes."""
         try:
-            return tuple([_FIXED[ax] if ax in _FIXED else sizes[ax] for ax in self.axes])
+            return tuple([_FIXED[ax] if ax in _FIXED
+                          else sizes[ax] if ax in sizes
+                          else plan_words(sizes) if ax == "W"
+                          else _DEFAULT[ax] if ax in _DEFAULT
+                          else sizes[ax] for ax in self.axes])
         except KeyError as e:
             raise KeyError(f"{self.name}: no size given for axis {e.args[0]}") from None
 
@@ -182,6 +198,11 @@ FLOW_ARRAYS: tuple[KernelArray, ...] = (
        "exports per day under contract, shipped before the region's plants draw"),
     _a("dem_rate", _F, "G", "state", "demand per day"),
     _a("price", _F, "M", "state", "price per unit of each material"),
+    # paths drawn when a run starts (markets off: prices and demand do not depend on the state)
+    _a("dem_path", _F, "G TP", "state", "demand per day of each segment and month: the kernel "
+       "sets dem_rate from it on each month's first day (no months: it does not)"),
+    _a("price_path", _F, "M TP", "state", "price of each material and month: the kernel sets "
+       "price from it on each month's first day (no months: it does not)"),
     _a("q_avail", _F, "Q", "state", "t REO released and not yet used (drawn down by the kernel)"),
     _a("q_year_left", _F, "Q", "state", "t REO left of the year's ceiling (drawn down likewise)"),
     # state carried by the kernel
@@ -192,6 +213,9 @@ FLOW_ARRAYS: tuple[KernelArray, ...] = (
        derived=True),
     _a("pipe_sum", _F, "S", "state", "production in transit per pool (row sums of pipe)",
        derived=True),
+    _a("plan", _I, "W", "state", "what the kernel works out from the inputs alone (which "
+       "plants share pools, where storage can bind…), by a run's first call: 0 in its first "
+       "word until then; the checked wrapper has it worked out again", derived=True),
     # records and totals
     _a("act_rec", _F, "P D", "output", "activity per plant and day"),
     _a("code_rec", _B, "P D", "output", "binding constraint per plant and day (BIND_*)"),
@@ -383,6 +407,9 @@ def check(arrays: Mapping[str, object], *, d1: int | None = None,
                              f"the {seen[base]} {AXES[base]}")
         if base in seen:
             seen.setdefault(ax, seen[base] + 1)
+    if seen.get("TP", 0) not in (0, seen.get("T", 0)):
+        raise ValueError(f"{where['TP']} has {seen['TP']} months of paths; it must have the "
+                         f"{seen.get('T', 0)} months of the run ({AXES['T']}) or none")
     if d1 is not None and "D" in seen and d1 > seen["D"]:
         raise ValueError(f"day range ends at {d1}, past the {seen['D']} days of the records")
     unknown = sorted({ax for name in checked for ax in (_BY_NAME[name].values_in,
@@ -403,4 +430,8 @@ def check(arrays: Mapping[str, object], *, d1: int | None = None,
             if a.size == 0 or a[0] != 0 or a[-1] != n or np.any(np.diff(a) < 0):
                 raise ValueError(f"{name} holds {a[:8].tolist()}; row pointers must rise "
                                  f"from 0 to {n} ({AXES[spec.ptr_into]})")
+    if "W" in seen and all(ax in seen for ax in ("P", "O", "L1", "LP")) \
+            and seen["W"] != plan_words(seen):
+        raise ValueError(f"{where['W']} has {seen['W']} along axis W ({AXES['W']}) where a "
+                         f"chain of these sizes has {plan_words(seen)}")
     return seen

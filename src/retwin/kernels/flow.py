@@ -10,6 +10,9 @@ One day, in order:
    times do not depend on the state) takes ``derate × cal_up`` of that change point as its
    availability. The changes of day ``d1`` are applied at the end of a call (the state it
    leaves is that of the start of day ``d1``, what the events of ``d1`` see);
+   on a month's first day, when prices and demand are replayed from paths drawn when the
+   run starts (markets off: they do not depend on the state either), each segment's daily
+   demand and each material's price become the month's (``dem_path``, ``price_path``);
 1. arrivals: production and imports whose lead time ends today reach their pools; then
    contracted exports leave (each market's ``exp_contract_day``, from stock above the reserve)
    before any plant of the region draws;
@@ -133,6 +136,9 @@ def _flow(
     exp_contract_day: FloatArray,
     dem_rate: FloatArray,
     price: FloatArray,
+    # the price and demand paths, drawn when the run starts (no months: not replayed)
+    dem_path: FloatArray,
+    price_path: FloatArray,
     q_avail: FloatArray,
     q_year_left: FloatArray,
     # state, changed by the kernel
@@ -141,6 +147,7 @@ def _flow(
     ipipe: FloatArray,
     ipipe_sum: FloatArray,
     pipe_sum: FloatArray,
+    plan: IntArray,
     # records
     act_rec: FloatArray,
     code_rec: Int8Array,
@@ -184,62 +191,109 @@ def _flow(
     contracted[:] = 0.0
     codes = np.zeros(n_plants, dtype=np.int8)
     qdone = np.zeros(n_plants, dtype=np.int8)
-    # Where storage room can bind: plants delivering into a pool with a ceiling, and the
-    # levels that have such plants (elsewhere every room ratio is 1 and is not computed).
-    # A plant's outputs into such pools are ceil_out[ceil_ptr[p]:ceil_ptr[p + 1]] (positions
-    # in its recipe's outputs).
-    ceiled = np.zeros(n_plants, dtype=np.int8)
-    lvl_ceiled = np.zeros(n_levels, dtype=np.int8)
-    ceil_ptr = np.zeros(n_plants + 1, dtype=np.int64)
-    ceil_out = np.empty(out_pool.shape[0], dtype=np.int64)
-    for p in range(n_plants):
-        ceil_ptr[p + 1] = ceil_ptr[p]
-        for j in range(out_ptr[p], out_ptr[p + 1]):
-            if pool_max[out_pool[j]] < np.inf:
-                ceil_out[ceil_ptr[p + 1]] = j
-                ceil_ptr[p + 1] += 1
-                ceiled[p] = 1
-    for lv in range(n_levels):
-        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-            if ceiled[order[i]]:
-                lvl_ceiled[lv] = 1
-    # Of each level's pools, those its plants draw on (whose shares are computed), then those
-    # with a storage ceiling (whose room is): lvl_use[lvl_use_ptr[lv]:lvl_room_at[lv]] and
-    # lvl_use[lvl_room_at[lv]:lvl_use_ptr[lv + 1]].
+    # The chain's plan: what follows from the inputs alone, worked out by a run's first call
+    # and kept in ``plan`` (its first word 1 once it is). Where storage room can bind:
+    # plants delivering into a pool with a ceiling (``ceiled``), their outputs into such
+    # pools ceil_out[ceil_ptr[p]:ceil_ptr[p + 1]] (positions in the recipe's outputs), and
+    # the levels with such plants not alone (elsewhere every room ratio is 1 and is not
+    # computed); which plants are alone at their pools; the pools of each level whose shares
+    # and room are computed; the levels with plants under a quota.
+    n_out = out_pool.shape[0]
     n_lp = lvl_pools.shape[0]
-    lvl_use = np.empty(2 * n_lp, dtype=np.int64)
-    lvl_use_ptr = np.zeros(n_levels + 1, dtype=np.int64)
-    lvl_room_at = np.zeros(n_levels, dtype=np.int64)
-    drawn = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) drawing on a pool
-    n_use = 0
-    for lv in range(n_levels):
-        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-            p = order[i]
-            for j in range(in_ptr[p], in_ptr[p + 1]):
-                if in_pool[j] >= 0:
-                    drawn[in_pool[j]] = lv + 1
-        for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-            if drawn[lvl_pools[j]] == lv + 1:
-                lvl_use[n_use] = lvl_pools[j]
-                n_use += 1
-        lvl_room_at[lv] = n_use
-        for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-            if pool_max[lvl_pools[j]] < np.inf:
-                lvl_use[n_use] = lvl_pools[j]
-                n_use += 1
-        lvl_use_ptr[lv + 1] = n_use
-    # The pools shipments can arrive in (from plants with a lead time, imports with one, or
-    # already on their way), and the levels with plants under a quota.
-    arrives = np.zeros(n_pools, dtype=np.int8)
-    lvl_quota = np.zeros(n_levels, dtype=np.int8)
-    for lv in range(n_levels):
-        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-            p = order[i]
-            if plant_quota[p] >= 0:
-                lvl_quota[lv] = 1
-            if lead[p] > 0:
+    at = 1
+    ceiled = plan[at:at + n_plants]
+    at += n_plants
+    ceil_ptr = plan[at:at + n_plants + 1]
+    at += n_plants + 1
+    ceil_out = plan[at:at + n_out]
+    at += n_out
+    alone = plan[at:at + n_plants]
+    at += n_plants
+    lvl_ceiled = plan[at:at + n_levels]
+    at += n_levels
+    lvl_use = plan[at:at + 2 * n_lp]
+    at += 2 * n_lp
+    lvl_use_ptr = plan[at:at + n_levels + 1]
+    at += n_levels + 1
+    lvl_room_at = plan[at:at + n_levels]
+    at += n_levels
+    lvl_quota = plan[at:at + n_levels]
+    if plan[0] == 0:
+        plan[1:] = 0
+        alone[:] = 1
+        for p in range(n_plants):
+            ceil_ptr[p + 1] = ceil_ptr[p]
+            for j in range(out_ptr[p], out_ptr[p + 1]):
+                if pool_max[out_pool[j]] < np.inf:
+                    ceil_out[ceil_ptr[p + 1]] = j
+                    ceil_ptr[p + 1] += 1
+                    ceiled[p] = 1
+        # A plant is alone when no other plant of its level draws on or delivers into a pool
+        # it draws on or delivers into, and it names each such pool once: its share of a
+        # pool's free stock or room is then all of it, computed as the plant runs (2d)
+        # instead of gathered for the level first (2a, 2c) -- the same numbers, without the
+        # level's pass over pools.
+        seen = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) touching a pool
+        shared = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) touching it twice
+        for lv in range(n_levels):
+            for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+                p = order[i]
+                n_in = in_ptr[p + 1] - in_ptr[p]
+                for jj in range(n_in + out_ptr[p + 1] - out_ptr[p]):
+                    s = in_pool[in_ptr[p] + jj] if jj < n_in else out_pool[out_ptr[p] + jj - n_in]
+                    if s >= 0:
+                        if seen[s] == lv + 1:
+                            shared[s] = lv + 1
+                        seen[s] = lv + 1
+            for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+                p = order[i]
+                for j in range(in_ptr[p], in_ptr[p + 1]):
+                    if in_pool[j] >= 0 and shared[in_pool[j]] == lv + 1:
+                        alone[p] = 0
                 for j in range(out_ptr[p], out_ptr[p + 1]):
-                    arrives[out_pool[j]] = 1
+                    if shared[out_pool[j]] == lv + 1:
+                        alone[p] = 0
+                if ceiled[p] and not alone[p]:
+                    lvl_ceiled[lv] = 1
+        # Of each level's pools, those its plants draw on (whose shares are computed), then
+        # those with a storage ceiling its plants deliver into (whose room is), of plants not
+        # alone: lvl_use[lvl_use_ptr[lv]:lvl_room_at[lv]] and
+        # lvl_use[lvl_room_at[lv]:lvl_use_ptr[lv + 1]].
+        drawn = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) drawing on a pool
+        roomed = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) filling a ceiled pool
+        n_use = 0
+        for lv in range(n_levels):
+            for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+                p = order[i]
+                if alone[p]:
+                    continue
+                for j in range(in_ptr[p], in_ptr[p + 1]):
+                    if in_pool[j] >= 0:
+                        drawn[in_pool[j]] = lv + 1
+                for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                    roomed[out_pool[ceil_out[jj]]] = lv + 1
+            for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+                if drawn[lvl_pools[j]] == lv + 1:
+                    lvl_use[n_use] = lvl_pools[j]
+                    n_use += 1
+            lvl_room_at[lv] = n_use
+            for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+                if roomed[lvl_pools[j]] == lv + 1:
+                    lvl_use[n_use] = lvl_pools[j]
+                    n_use += 1
+            lvl_use_ptr[lv + 1] = n_use
+        for lv in range(n_levels):
+            for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+                if plant_quota[order[i]] >= 0:
+                    lvl_quota[lv] = 1
+        plan[0] = 1
+    # The pools shipments can arrive in (from plants with a lead time, imports with one, or
+    # already on their way).
+    arrives = np.zeros(n_pools, dtype=np.int8)
+    for p in range(n_plants):
+        if lead[p] > 0:
+            for j in range(out_ptr[p], out_ptr[p + 1]):
+                arrives[out_pool[j]] = 1
     for k in range(n_markets):
         if imp_lead[k] > 0:
             arrives[mk_pool[k]] = 1
@@ -265,9 +319,10 @@ def _flow(
         if exp_cap_day[k] > 0.0 or imp_cap_day[k] > 0.0:
             trade_k[n_trade] = k
             n_trade += 1
-    # What holds over the whole call: each plant's output value per unit of activity at
-    # today's prices (events change prices between calls), and whether it runs ramped up
-    # on every day of the call (commissioned and ramped up by d0, not retired before d1).
+    # Each plant's output value per unit of activity at the month's prices (recomputed when
+    # the paths set new prices; else events change prices between calls only), and whether
+    # it runs ramped up on every day of the call (commissioned and ramped up by d0, not
+    # retired before d1).
     unit_value = np.zeros(n_plants)
     steady = np.zeros(n_plants, dtype=np.int8)
     for p in range(n_plants):
@@ -276,6 +331,8 @@ def _flow(
         if (commission_day[p] <= d0 and d1 <= retire_day[p]
                 and d0 - commission_day[p] + 1 >= ramp_days[p]):
             steady[p] = 1
+    replay = price_path.shape[1] > 0  # the paths set prices and demand month by month
+    path_mon = -1  # the month whose prices and demand are set
 
     # 0. the outage calendar: the first day a plant's availability changes (past d1: none)
     next_change = d1 + 1
@@ -284,6 +341,7 @@ def _flow(
         if k < cal_ptr[p + 1] and cal_day[k] < next_change:
             next_change = cal_day[k]
 
+    slot = d0 % ring - 1  # the ring's slot of today: d % ring, counted rather than divided
     for d in range(d0, d1 + 1):
         if d >= next_change:  # the calendar's change points of today (and on d1, of then)
             next_change = d1 + 1
@@ -296,9 +354,22 @@ def _flow(
                 cal_at[p] = k
                 if k < k_end and cal_day[k] < next_change:
                     next_change = cal_day[k]
+        if replay and d < month_of_day.shape[0] and month_of_day[d] != path_mon:
+            # 0b. a new month: its prices and demand (on d1 too, as for the calendar)
+            path_mon = month_of_day[d]
+            for g in range(n_segments):
+                dem_rate[g] = dem_path[g, path_mon]
+            for m in range(price.shape[0]):
+                price[m] = price_path[m, path_mon]
+            for p in range(n_plants):
+                unit_value[p] = 0.0
+                for j in range(out_ptr[p], out_ptr[p + 1]):
+                    unit_value[p] += out_amt[j] * price[out_mat[j]]
         if d == d1:
             break
-        slot = d % ring
+        slot += 1
+        if slot == ring:
+            slot = 0
         mon = month_of_day[d]
         # 1. arrivals
         for ss in range(n_arrive):
@@ -358,6 +429,8 @@ def _flow(
                 q = plant_quota[p]
                 if q >= 0:
                     req_q[q] += x * qcoef[p]
+                if alone[p]:
+                    continue
                 for j in range(in_ptr[p], in_ptr[p + 1]):
                     if in_pool[j] >= 0:
                         req_pool[in_pool[j]] += x * in_amt[j]
@@ -424,6 +497,8 @@ def _flow(
                     room_req[lvl_use[j]] = 0.0
                 for i in range(lo, hi):
                     p = order[i]
+                    if alone[p]:
+                        continue
                     x = want[p]
                     for j in range(in_ptr[p], in_ptr[p + 1]):
                         if in_pool[j] >= 0:
@@ -459,14 +534,37 @@ def _flow(
                 p = order[i]
                 x = want[p]
                 r_in = 1.0
-                if short:  # (else every pool of the level meets its requests)
-                    for j in range(in_ptr[p], in_ptr[p + 1]):
-                        if in_pool[j] >= 0 and ratio_pool[in_pool[j]] < r_in:
-                            r_in = ratio_pool[in_pool[j]]
                 r_out = 1.0  # (the room of a pool without a ceiling is 1)
-                for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
-                    if room_ratio[out_pool[ceil_out[jj]]] < r_out:
-                        r_out = room_ratio[out_pool[ceil_out[jj]]]
+                if alone[p]:  # its pools' shares (as 2c computes them), all its own
+                    for j in range(in_ptr[p], in_ptr[p + 1]):
+                        s = in_pool[j]
+                        if s >= 0:
+                            free = stock[s] - reserve[s]
+                            if free < 0.0:
+                                free = 0.0
+                            need = x * in_amt[j]
+                            if need > free:
+                                short_sum[s] += need - free
+                                if free / need < r_in:
+                                    r_in = free / need
+                    for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                        j = ceil_out[jj]
+                        need = x * out_amt[j]
+                        if need > 0.0:
+                            s = out_pool[j]
+                            room = pool_max[s] - stock[s] - pipe_sum[s] - ipipe_sum[s]
+                            if room < 0.0:
+                                room = 0.0
+                            if room < need and room / need < r_out:
+                                r_out = room / need
+                else:
+                    if short:  # (else every pool of the level meets its requests)
+                        for j in range(in_ptr[p], in_ptr[p + 1]):
+                            if in_pool[j] >= 0 and ratio_pool[in_pool[j]] < r_in:
+                                r_in = ratio_pool[in_pool[j]]
+                    for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                        if room_ratio[out_pool[ceil_out[jj]]] < r_out:
+                            r_out = room_ratio[out_pool[ceil_out[jj]]]
                 if x > 0.0:
                     if r_in < 1.0 and r_in <= r_out:
                         x *= r_in
@@ -691,14 +789,17 @@ def advance(d0: int, d1: int, *arrays: np.ndarray) -> None:
 
     Checks the day range and every array against its declaration
     (:func:`retwin.kernels.contract.check`: type, dtype, C order, shape, and that every index
-    and row pointer it holds is in range) — the compiled kernel does no bounds checks. The
-    engine checks its inputs once when it compiles a scenario and then calls
-    :func:`advance_packed` directly on its hot path.
+    and row pointer it holds is in range) — the compiled kernel does no bounds checks — and
+    has the kernel work out its ``plan`` again from these inputs. The engine checks its inputs
+    once when it compiles a scenario and then calls :func:`advance_packed` directly on its
+    hot path (a run's first call works out the plan, the others read it).
     """
     if not 0 <= d0 <= d1:
         raise ValueError(f"day range [{d0}, {d1}) must satisfy 0 <= d0 <= d1")
     if len(arrays) != len(contract.NAMES):
         raise TypeError(f"the kernel takes {len(contract.NAMES)} arrays after d0, d1; "
                         f"got {len(arrays)}")
-    contract.check(dict(zip(contract.NAMES, arrays, strict=True)), d1=d1)
+    named = dict(zip(contract.NAMES, arrays, strict=True))
+    contract.check(named, d1=d1)
+    named["plan"][:1] = 0  # worked out again from these inputs (it is not checked)
     advance_unchecked(d0, d1, *arrays)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from functools import cached_property
+from typing import Any, Protocol, overload
 
 import numpy as np
 
 from retwin._typing import FloatArray, IntArray
 from retwin.kernels import outages
 
-__all__ = ["Chain", "OutageCalendar", "draw_outages"]
+__all__ = ["Chain", "EventLog", "OutageCalendar", "draw_outages"]
 
 
 class Chain(Protocol):
@@ -33,12 +35,66 @@ class OutageCalendar:
     plant ``p``'s are entries ``ptr[p]:ptr[p + 1]``, on rising days (one per day at most),
     each the share of capacity the outages leave from that day on (1: up, 0: down). What the
     kernel reads as ``cal_ptr``, ``cal_day``, ``cal_up``; ``events`` is what the run's event
-    log says of them, ``(day, kind, plant id)`` in day order."""
+    log says of them, ``(day, kind, plant id)`` in day order, made from the arrays ``ev_day``,
+    ``ev_kind`` (:data:`retwin.kernels.outages.EV_FAILURE`…) and ``ev_plant`` when first
+    read (most runs are read for their figures, not their log)."""
 
     ptr: IntArray  # (P + 1,)
     day: IntArray  # (C,)
     up: FloatArray  # (C,)
-    events: list[tuple[int, str, str]]
+    ev_day: IntArray  # (E,)
+    ev_kind: IntArray  # (E,)
+    ev_plant: IntArray  # (E,)
+    plant_ids: list[str]
+
+    @cached_property
+    def events(self) -> list[tuple[int, str, str]]:
+        pids = np.array(self.plant_ids, dtype=object)
+        return list(zip(self.ev_day.tolist(), _EVENT_KINDS[self.ev_kind].tolist(),
+                        pids[self.ev_plant].tolist(), strict=True))
+
+
+class EventLog(Sequence[tuple[int, str, str]]):
+    """A run's event log, ``(day, kind, subject)`` in day order: what its processes logged
+    and its drawn outages, merged when first read (stable: within a day, the processes'
+    entries first)."""
+
+    def __init__(self, logged: list[tuple[int, str, str]], outages: OutageCalendar) -> None:
+        self._logged, self._outages = logged, outages
+        self._merged: list[tuple[int, str, str]] | None = None
+
+    def _all(self) -> list[tuple[int, str, str]]:
+        if self._merged is None:
+            drawn = self._outages.events
+            self._merged = (sorted(self._logged + drawn, key=operator.itemgetter(0)) if drawn
+                            else list(self._logged))
+        return self._merged
+
+    @overload
+    def __getitem__(self, i: int) -> tuple[int, str, str]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[int, str, str]]: ...
+
+    def __getitem__(self, i: int | slice) -> tuple[int, str, str] | list[tuple[int, str, str]]:
+        return self._all()[i]
+
+    def __len__(self) -> int:
+        return len(self._logged) + len(self._outages.ev_day)
+
+    def __iter__(self) -> Iterator[tuple[int, str, str]]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EventLog):
+            return self._all() == other._all()
+        if isinstance(other, list):
+            return self._all() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the list it stands for
+
+    def __repr__(self) -> str:
+        return f"EventLog({self._all()!r})"
 
 
 #: The event log's name of each kind of :func:`retwin.kernels.outages.calendar`'s entries.
@@ -96,10 +152,8 @@ def draw_outages(plant_ids: list[str], mtbf: FloatArray, mttr: FloatArray,
     ptr, day, up, ev_day, ev_kind, ev_plant = outages.calendar(
         flat, draw_ptr, scale_f, scale_r, plan_ptr, np.ascontiguousarray(spans[:, 0]),
         np.ascontiguousarray(spans[:, 1]), n_days)
-    pids = np.array(plant_ids, dtype=object)
-    events = list(zip(ev_day.tolist(), _EVENT_KINDS[ev_kind].tolist(),
-                      pids[ev_plant].tolist(), strict=True))
-    return OutageCalendar(ptr=ptr, day=day, up=up, events=events)
+    return OutageCalendar(ptr=ptr, day=day, up=up, ev_day=ev_day, ev_kind=ev_kind,
+                          ev_plant=ev_plant, plant_ids=plant_ids)
 
 
 _NO_DRAWS = np.zeros(0, np.float64)
