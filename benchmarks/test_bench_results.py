@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from synthetic import chain
 
 import retwin
+from synthetic import chain
 
 
 def _fresh(c: Any, *read: str) -> Any:
