@@ -22,6 +22,8 @@ Roles:
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -294,23 +296,25 @@ class Packed:
 def _packed(shapes: Mapping[str, tuple[int, ...]], given: Mapping[str, np.ndarray]) -> Packed:
     """Blobs of zeros for arrays of these shapes, with the ``given`` arrays copied in."""
 
-    def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, np.ndarray]:
-        off = np.zeros(len(names) + 1, np.int64)
-        off[1:] = np.cumsum([math.prod(shapes[n]) for n in names])
-        return np.zeros(int(off[-1]), dtype), off
+    def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, list[int]]:
+        off = list(itertools.accumulate((math.prod(shapes[n]) for n in names), initial=0))
+        return np.zeros(off[-1], dtype), off
 
     si, si_off = blob(PACKED_INTS, np.int64)
     sf, sf_off = blob(PACKED_FLOATS, np.float64)
     views: dict[str, np.ndarray] = {}
     for names, b, off in ((PACKED_INTS, si, si_off), (PACKED_FLOATS, sf, sf_off)):
         for i, n in enumerate(names):
-            views[n] = b[off[i]:off[i + 1]].reshape(shapes[n])
+            shape = shapes[n]
+            view = b[off[i]:off[i + 1]]
+            views[n] = view = view if len(shape) == 1 else view.reshape(shape)
             if n in given:
-                views[n][...] = given[n]
+                view[...] = given[n]
     shp = np.array([d for n in PACKED_2D for d in shapes[n]], np.int64)
     views.update({n: given[n] if n in given else np.zeros(shapes[n], _BY_NAME[n].dtype)
                   for n in UNPACKED})
-    return Packed((si, si_off, sf, sf_off, shp, *(views[n] for n in UNPACKED)), views)
+    return Packed((si, np.array(si_off, np.int64), sf, np.array(sf_off, np.int64), shp,
+                   *(views[n] for n in UNPACKED)), views)
 
 
 def pack(named: Mapping[str, np.ndarray]) -> Packed:
@@ -322,8 +326,19 @@ def pack(named: Mapping[str, np.ndarray]) -> Packed:
 def allocate_packed(sizes: Mapping[str, int], given: Mapping[str, np.ndarray]) -> Packed:
     """:func:`pack` of :func:`allocate`, without copying the arrays that start at zero."""
     _check_given(given)
-    return _packed({a.name: given[a.name].shape if a.name in given else a.shape(sizes)
-                    for a in FLOW_ARRAYS}, given)
+    shapes = dict(_shapes(tuple(sizes.items()), frozenset(given)))
+    for n, a in given.items():
+        shapes[n] = a.shape
+    return _packed(shapes, given)
+
+
+@functools.lru_cache(maxsize=64)
+def _shapes(sizes: tuple[tuple[str, int], ...], given: frozenset[str]
+            ) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The shape of every array not given, for these axis sizes (the same come back run after
+    run)."""
+    by_axis = dict(sizes)
+    return tuple((a.name, a.shape(by_axis)) for a in FLOW_ARRAYS if a.name not in given)
 
 
 def unpack_into(named: Mapping[str, np.ndarray], packed: Packed) -> None:
