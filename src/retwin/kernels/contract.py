@@ -68,6 +68,9 @@ AXES: dict[str, str] = {
     "Q": "quotas",
     "C": "change points of the outage calendar (all plants')",
     "C1": "change points + 1 (a position in the outage calendar, its end included)",
+    "QC": "entries of the quota calendar (a year's start for each quota, each batch released)",
+    "QC1": "entries of the quota calendar + 1 (a position in it, its end included)",
+    "1": "one (a single value)",
     "D": "days",
     "T": "months",
     "R": "slots of the ring of shipments in transit (longer than the longest lead time)",
@@ -77,9 +80,9 @@ AXES: dict[str, str] = {
     "6": "the six rows of the totals",
 }
 #: Axes whose size follows from another's: ``P1`` is ``P + 1``, ``C1`` is ``C + 1``.
-_ONE_MORE: dict[str, str] = {"P1": "P", "C1": "C"}
+_ONE_MORE: dict[str, str] = {"P1": "P", "C1": "C", "QC1": "QC"}
 #: Axes of a fixed size.
-_FIXED: dict[str, int] = {"6": 6}
+_FIXED: dict[str, int] = {"6": 6, "1": 1}
 #: Axes whose size, when not given, is this (no replayed paths: a process sets them).
 _DEFAULT: dict[str, int] = {"TP": 0}
 
@@ -181,6 +184,15 @@ FLOW_ARRAYS: tuple[KernelArray, ...] = (
     # calendar (fixed)
     _a("days_left", _I, "D", "input", "days left in the calendar year, this day included"),
     _a("month_of_day", _I, "D", "input", "month of each day", values_in="T"),
+    # the quota calendar (fixed): on entry i's day (rising), quota qcal_q[i] either starts a
+    # year (qcal_year 1: q_year_left and q_avail are set to qcal_left and qcal_avail) or
+    # has a batch released (qcal_year 0: qcal_avail is added to q_avail)
+    _a("qcal_day", _I, "QC", "input", "day of a quota calendar entry (rising)"),
+    _a("qcal_q", _I, "QC", "input", "the quota of the entry", values_in="Q"),
+    _a("qcal_year", _I, "QC", "input", "1: the quota's year starts; 0: a batch is released"),
+    _a("qcal_left", _F, "QC", "input", "a year's start: the year's ceiling (t REO)"),
+    _a("qcal_avail", _F, "QC", "input", "a year's start: what is released at once (t REO); "
+       "a batch: what it adds"),
     # state set by events between calls
     _a("cap_day", _F, "P", "state", "capacity in activity units per day (with utilisation)"),
     _a("avail", _F, "P", "state", "share of capacity available (0: down); the kernel sets it "
@@ -193,6 +205,8 @@ FLOW_ARRAYS: tuple[KernelArray, ...] = (
     _a("cal_up", _F, "C", "state", "share of capacity the drawn outages leave from that day"),
     _a("cal_at", _I, "P", "state", "each plant's next change point not yet applied",
        values_in="C1", derived=True),
+    _a("qcal_at", _I, "1", "state", "the quota calendar's next entry not yet applied",
+       values_in="QC1", derived=True),
     _a("reserve", _F, "S", "state", "strategic reserve nobody draws on"),
     _a("imp_cap_day", _F, "K", "state", "import cap per day (0: no imports)"),
     _a("exp_cap_day", _F, "K", "state", "export cap per day (0: no exports)"),
