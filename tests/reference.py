@@ -13,7 +13,9 @@ One day, in order:
 
 0. outages: a plant whose outage calendar has change points not yet applied on or before
    today takes ``derate × cal_up`` of the last of them as its availability (also on the day
-   after the last, ``d1``: the state left is that of the start of that day); when the price
+   after the last, ``d1``: the state left is that of the start of that day); the quota
+   calendar's entries of today not yet applied (also on ``d1``) set a quota's year (its
+   ceiling, and what is released at once) or add a released batch; when the price
    and demand paths have months, each segment's demand and each material's price are those
    of today's month (also on ``d1``, when it is a day of the records);
 1. arrivals: production and imports whose lead time ends today reach their pools; then each
@@ -103,6 +105,8 @@ class World:
     derate: list[float]
     #: per plant, its outage calendar's change points not yet applied: (day, share up)
     calendar: list[list[tuple[int, float]]]
+    #: the quota calendar's entries not yet applied: (day, quota, starts a year, left, avail)
+    quota_calendar: list[tuple[int, int, bool, float, float]]
     reserve: list[float]
     import_cap: list[float]
     export_cap: list[float]
@@ -198,6 +202,10 @@ def _world(a: Mapping[str, np.ndarray], d0: int) -> World:
         calendar=[list(zip(_ints(a["cal_day"][at:end]), _floats(a["cal_up"][at:end]),
                            strict=True))
                   for at, end in zip(_ints(a["cal_at"]), _ints(a["cal_ptr"][1:]), strict=True)],
+        quota_calendar=list(zip(_ints(a["qcal_day"]), _ints(a["qcal_q"]),
+                                [bool(x) for x in _ints(a["qcal_year"])],
+                                _floats(a["qcal_left"]), _floats(a["qcal_avail"]),
+                                strict=True))[int(a["qcal_at"][0]):],
         reserve=_floats(a["reserve"]),
         import_cap=_floats(a["imp_cap_day"]),
         export_cap=_floats(a["exp_cap_day"]),
@@ -362,6 +370,16 @@ def _outages(w: World, d: int) -> None:
             w.calendar[p] = points[len(due):]
 
 
+def _quotas(w: World, d: int) -> None:
+    while w.quota_calendar and w.quota_calendar[0][0] <= d:
+        _, q, year, left, avail = w.quota_calendar.pop(0)
+        if year:
+            w.quota_year_left[q] = left
+            w.quota_released[q] = avail
+        else:
+            w.quota_released[q] += avail
+
+
 def _paths(w: World, d: int) -> None:
     if w.path_months and d < len(w.month_of_day):
         t = w.month_of_day[d]
@@ -370,8 +388,9 @@ def _paths(w: World, d: int) -> None:
 
 
 def _one_day(w: World, d: int) -> None:
-    # 0. outages, and the month's prices and demand
+    # 0. outages, the quota calendar, and the month's prices and demand
     _outages(w, d)
+    _quotas(w, d)
     _paths(w, d)
     # 1. arrivals
     staying = []
@@ -442,6 +461,7 @@ def _write_back(w: World, a: Mapping[str, np.ndarray]) -> None:
                          ("dem_rate", w.demand_rate), ("price", w.price)):
         for i, v in enumerate(values):
             a[name][i] = v
+    a["qcal_at"][0] = len(a["qcal_day"]) - len(w.quota_calendar)
     ends = a["cal_ptr"][1:]
     for p, points in enumerate(w.calendar):
         a["cal_at"][p] = int(ends[p]) - len(points)
@@ -480,6 +500,7 @@ def advance_named(d0: int, d1: int, a: Mapping[str, np.ndarray]) -> set[tuple[in
     for d in range(d0, d1):
         _one_day(w, d)
     _outages(w, d1)
+    _quotas(w, d1)
     _paths(w, d1)
     _write_back(w, a)
     return w.ties

@@ -33,6 +33,17 @@ from retwin.kernels import contract, flow
 Args = dict[str, np.ndarray]
 
 
+def by_hand(a: Args) -> None:
+    """The quotas' state is set by hand (``q_avail``, ``q_year_left``, from 0): the scenario's
+    quota calendar, which the kernel applies from day 0, is emptied."""
+    for name in ("qcal_day", "qcal_q", "qcal_year"):
+        a[name] = np.zeros(0, np.int64)
+    for name in ("qcal_left", "qcal_avail"):
+        a[name] = np.zeros(0)
+    a["qcal_at"][:] = 0
+    a["q_avail"][:] = a["q_year_left"][:] = 0.0
+
+
 def set_demand(a: Args, rates: Any) -> None:
     """Each segment's demand per day for the whole run: the rate, and its monthly path (which
     the kernel replays on each month's first day, and on the first day of a call)."""
@@ -127,6 +138,7 @@ def test_reference_uses_every_declared_array_but_the_derived_ones() -> None:
     untested: the reference must read every array the declaration does not mark derived."""
     arrays = {n: x.copy() for n, x in zip(ARG_NAMES, chain_model(every_part(10))._args,
                                           strict=True)}
+    by_hand(arrays)
     arrays["q_avail"][:] = arrays["q_year_left"][:] = 1e5  # the chain runs: a quota is
     set_demand(arrays, 1.0)  # released, demand draws, trade moves
     a = _Recording(arrays)
@@ -328,12 +340,46 @@ def test_zero_quota_stops_the_plants_under_it() -> None:
     assert np.all(k["code_rec"][0, :30] == QUOTA)
 
 
+@pytest.mark.parametrize("ahead", [False, True])
+def test_the_quota_calendar_opens_years_and_releases_batches(ahead: bool) -> None:
+    """The quota calendar, compiled with the scenario, needs no event: a horizon from
+    2024-07-01 gets half of 2024 (184 of 366 days) of its ceiling and of its January batch
+    (released on its first day), its September batch whole; unused quota lapses on
+    2025-01-01 and 2025 opens with its January batch. Producing ahead, each year's total is
+    there from its start.
+    Calls that start and end between the entries see the same (kernel and reference)."""
+    batches = [{"month": 1, "share_frac": 0.4}, {"month": 9, "share_frac": 0.6}]
+    quota = {"id": "q", "plants": ["mine"], "annual_t_reo": {2024: 1000, 2025: 2000},
+             "batches": batches, "produce_ahead": ahead}
+    sc = make_scenario([ORE, CONC], [mine(capacity_tpa=36.5)], quotas=[quota],
+                       start="2024-07-01", days=365)
+    sept, jan = 62, 184  # 2024-09-01 and 2025-01-01
+    seen: dict[int, tuple[float, float]] = {}
+
+    def look(day: int) -> Callable[[Args], None]:
+        def at(a: Args) -> None:
+            seen.setdefault(day, (float(a["q_avail"][0]), float(a["q_year_left"][0])))
+        return at
+
+    k = both(sc, (0, 30), (30, sept, look(30)), (sept, jan, look(sept)), (jan, 365, look(jan)))
+    half = 184 / 366
+    left = {30: half * 1000 - 30 * 0.05, sept: half * 1000 - sept * 0.05, jan: 2000.0}
+    avail = ({30: half * 1000 - 30 * 0.05, sept: half * 1000 - sept * 0.05, jan: 2000.0}
+             if ahead else
+             {30: half * 400 - 30 * 0.05, sept: half * 400 + 600 - sept * 0.05, jan: 800.0})
+    for day in (30, sept, jan):  # the mine draws 0.05 t REO a day (0.1 t at 0.5 t REO/t)
+        np.testing.assert_allclose(seen[day], (avail[day], left[day]), rtol=1e-12)
+    assert k["qcal_at"][0] == len(k["qcal_day"])  # every entry applied
+    assert np.all(k["act_rec"][0] > 0)  # never short of quota
+
+
 def test_quota_released_later_in_the_year() -> None:
     quota = {"id": "q", "plants": ["mine", "mine2"], "annual_t_reo": {2024: 1000}}
     sc = make_scenario([ORE, CONC], [mine(), mine("mine2", capacity_tpa=7300)], quotas=[quota],
                        days=120)
 
     def year(a: Args) -> None:
+        by_hand(a)
         a["q_year_left"][0] = 1000.0  # the year's ceiling, nothing released yet
 
     def release(a: Args) -> None:
@@ -363,6 +409,7 @@ def test_a_short_quota_is_shared_by_licence_shares() -> None:
                        quotas=[quota], days=10)
 
     def year(a: Args) -> None:
+        by_hand(a)
         a["q_year_left"][0] = a["q_avail"][0] = 366 * 10.0  # 10 t REO a day, paced
 
     k = both(sc, (0, 10), setup=year)
@@ -381,6 +428,7 @@ def test_what_one_licensee_leaves_goes_to_the_others() -> None:
                        quotas=[quota], days=10)
 
     def year(a: Args) -> None:
+        by_hand(a)
         a["q_year_left"][0] = a["q_avail"][0] = 366 * 10.0
 
     k = both(sc, (0, 10), setup=year)
@@ -399,6 +447,7 @@ def test_more_capacity_for_one_licensee_takes_nothing_from_another() -> None:
     sc = make_scenario([ORE, CONC], plants, quotas=[quota], days=10)
 
     def year(a: Args) -> None:
+        by_hand(a)
         a["q_year_left"][0] = a["q_avail"][0] = 366 * 10.0
 
     before = both(sc, (0, 10), setup=year)["act_rec"][0, :10].copy()
@@ -434,6 +483,7 @@ def test_quota_pacing_when_plenty_is_released() -> None:
     sc = make_scenario([ORE, CONC], [mine()], quotas=[quota], days=30)
 
     def setup(a: Args) -> None:
+        by_hand(a)
         a["q_avail"][0] = 365.0
         a["q_year_left"][0] = 365.0
 
@@ -656,6 +706,7 @@ def test_derated_plant_bound_by_quota_records_quota() -> None:
     sc = make_scenario([ORE, CONC], [mine()], quotas=[quota], days=5)
 
     def setup(a: Args) -> None:
+        by_hand(a)
         a["avail"][0] = 0.5  # could do 5 t a day = 2.5 t REO
         a["q_avail"][0] = 366.0
         a["q_year_left"][0] = 366.0  # paced: 1 t REO a day = 2 t concentrate
@@ -720,6 +771,7 @@ def test_quota_spans_two_levels() -> None:
     sc = make_scenario([ORE, CONC, OXIDE], [mine(), separator()], quotas=[quota], days=10)
 
     def setup(a: Args) -> None:
+        by_hand(a)
         a["q_avail"][0] = 50.0
         a["q_year_left"][0] = 366 * 3.0
 
@@ -733,6 +785,7 @@ def test_tiny_model_a_year_with_events_state() -> None:
     sc = retwin.load_scenario("tiny")
 
     def setup(a: Args) -> None:
+        by_hand(a)
         a["q_avail"][0] = 7500.0
         a["q_year_left"][0] = 15000.0
         set_demand(a, [5.5])
@@ -803,6 +856,7 @@ def test_kernel_matches_reference_on_random_chains(case: tuple[retwin.Scenario, 
     sc, state = case
 
     def setup(a: Args) -> None:
+        by_hand(a)
         a["avail"][:] = state["avail"]
         set_demand(a, state["dem_rate"])
         if not state["replay"]:

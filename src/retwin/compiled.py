@@ -114,6 +114,8 @@ class Compiled:
     releases: list[tuple[int, int, float]]  # (day, quota, t REO), sorted
     year_starts: list[tuple[int, int]]  # (day, year) of every calendar year in the horizon
     quota_year_total: dict[tuple[int, int], float]  # (quota, year) -> t REO
+    #: what the event log says of the quota calendar: (day, kind, subject) in day order
+    quota_log: list[tuple[int, str, str]]
     timed: list[TimedChange]
     #: The flow kernel's inputs by their declared names (``retwin.kernels.contract.INPUTS``);
     #: they share their arrays with :attr:`topology` and the fields above.

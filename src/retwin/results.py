@@ -42,7 +42,38 @@ RAW_PRODUCERS = ("mining", "recycling", "separation", "metal")
 
 def _years(c: Compiled) -> list[int]:
     """The calendar years of a run of ``c``."""
-    return sorted({y for y, _ in c.months})
+    return _calendar(c).years
+
+
+@dataclass(frozen=True)
+class _Calendar:
+    """The years of a compiled scenario's days and months (made once per scenario)."""
+
+    years: list[int]
+    year_of_day: IntArray  # (D,) the calendar year of each day
+    year_of_month: IntArray  # (T,)
+    day_starts: IntArray  # (Y,) each year's first day
+    month_starts: IntArray  # (Y,) each year's first month
+    year_end: IntArray  # (Y,) each year's last day
+    month_masks: list[np.ndarray]  # (T,) bool: each year's months
+    days: FloatArray  # (Y,) the days of each year in the run
+
+
+def _calendar(c: Compiled) -> _Calendar:
+    cached = c.labels.get("calendar")
+    if cached is None:
+        years = sorted({y for y, _ in c.months})
+        year_of_day = c.dates.astype("datetime64[Y]").astype(np.int64) + 1970
+        year_of_month = np.array([y for y, _ in c.months], dtype=np.int64)
+        month_starts = np.searchsorted(year_of_month, years)
+        cal = _Calendar(years, year_of_day, year_of_month,
+                        np.searchsorted(year_of_day, years), month_starts,
+                        np.searchsorted(year_of_day, years, side="right") - 1,
+                        [year_of_month == y for y in years],
+                        np.bincount(year_of_day - years[0],
+                                    minlength=len(years)).astype(np.float64))
+        cached = c.labels["calendar"] = (cal, cal)
+    return cast(_Calendar, cached[0])
 
 
 @dataclass(frozen=True)
@@ -135,24 +166,20 @@ class RunResult:
 
     # --- calendar helpers ---------------------------------------------------------------
 
-    @cached_property
+    @property
     def years(self) -> list[int]:
-        return _years(self.compiled)
+        return list(_calendar(self.compiled).years)
 
-    @cached_property
+    @property
     def _year_of_day(self) -> np.ndarray:
-        return self.compiled.dates.astype("datetime64[Y]").astype(int) + 1970
+        return _calendar(self.compiled).year_of_day
 
     def _by_year(self, daily: np.ndarray) -> np.ndarray:
         """Sum a (..., D) array into (..., Y)."""
-        yd = self._year_of_day
-        starts = np.searchsorted(yd, self.years)
-        return np.add.reduceat(daily, starts, axis=-1)
+        return np.add.reduceat(daily, _calendar(self.compiled).day_starts, axis=-1)
 
     def _month_to_year(self, monthly: np.ndarray) -> np.ndarray:
-        ym = np.array([y for y, _ in self.compiled.months])
-        starts = np.searchsorted(ym, self.years)
-        return np.add.reduceat(monthly, starts, axis=-1)
+        return np.add.reduceat(monthly, _calendar(self.compiled).month_starts, axis=-1)
 
     # --- KPIs ---------------------------------------------------------------------------
 
@@ -168,7 +195,21 @@ class RunResult:
     @cached_property
     def capacity_days(self) -> FloatArray:
         """(P, D) nameplate activity per day a plant had (commissioned, ramped, not retired)."""
-        return self.compiled.ramp * self.nameplate_days / 365.0
+        nameplate = (self.compiled.nameplate_tpa[:, None] if not self.capacity_log
+                     else self.nameplate_days)  # (held all along, or as changed)
+        out = np.multiply(self.compiled.ramp, nameplate)
+        out /= 365.0
+        return out
+
+    @cached_property
+    def activity_month(self) -> FloatArray:
+        """(P, T) activity per plant and month (the sum of its days)."""
+        return np.add.reduceat(self.activity, self.compiled.month_start_day, axis=1)
+
+    @cached_property
+    def capacity_month(self) -> FloatArray:
+        """(P, T) nameplate activity per plant and month (the sum of :attr:`capacity_days`)."""
+        return np.add.reduceat(self.capacity_days, self.compiled.month_start_day, axis=1)
 
     @cached_property
     def kpis(self) -> pd.DataFrame:
@@ -177,8 +218,13 @@ class RunResult:
         A row per declared KPI (:data:`retwin.kpis.KPIS`), key and year, in the
         declaration's order; each KPI is computed by its function in :data:`_COMPUTE`.
         """
-        df = _kpi_layout(self.compiled).frame.copy()
-        df.insert(3, "value", self.kpi_values.copy())
+        import pandas as pd
+
+        # the labels are shared by every run of the compiled scenario: a shallow copy where
+        # pandas copies on write (3.0 on), else a deep one, so that no caller can change them
+        shared = int(pd.__version__.split(".")[0]) >= 3
+        df = _kpi_layout(self.compiled).frame.copy(deep=not shared)
+        df["value"] = self.kpi_values.copy()
         return df
 
     @cached_property
@@ -213,24 +259,15 @@ class RunResult:
     def _binding_shares(self) -> FloatArray:
         """(stages, codes, Y): share of each stage's capacity-weighted plant-days each
         binding code (:data:`BIND_NAMES`) bound, per year; 0 where the stage had no capacity."""
+        from retwin.kernels.tables import binding_weights
+
         c = self.compiled
-        w = self.capacity_days
-        n_days = c.n_days
         codes = np.fromiter(BIND_NAMES, dtype=np.int64)
-        n_c = int(codes.max()) + 1
-        day = np.arange(n_days)
-        out = np.zeros((len(c.topology.stage_plants), len(codes), len(self.years)))
-        for i, sel in enumerate(c.topology.stage_plants.values()):
-            b = self.binding[sel].astype(np.int64)
-            ws = w[sel]
-            # daily weight per code, summed over the stage's plants in plant order
-            daily = np.bincount((b * n_days + day).ravel(), weights=ws.ravel(),
-                                minlength=n_c * n_days).reshape(n_c, n_days)[codes]
-            share = self._by_year(daily)
-            total = self._by_year(ws.sum(0))
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out[i] = np.where(total > 0, share / total, 0.0)
-        return out
+        share, total = binding_weights(self.binding, self.capacity_days, _stage_of(c),
+                                       len(c.topology.stage_plants), int(codes.max()) + 1,
+                                       self._year_of_day - self.years[0], len(self.years))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(total[:, None, :] > 0, share[:, codes] / total[:, None, :], 0.0)
 
     @cached_property
     def binding_table(self) -> pd.DataFrame:
@@ -406,8 +443,7 @@ class RunResult:
         c = self.compiled
         starts = c.month_start_day
         ends = np.r_[starts[1:], c.n_days] - 1
-        act_m = np.add.reduceat(self.activity, starts, axis=1)
-        cap_m = np.add.reduceat(self.capacity_days, starts, axis=1)
+        act_m, cap_m = self.activity_month, self.capacity_month
         stage_plants = c.topology.stage_plants
         stages = list(stage_plants)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -481,8 +517,7 @@ class RunResult:
         import pandas as pd
 
         c = self.compiled
-        starts = c.month_start_day
-        act_m = np.add.reduceat(self.activity, starts, axis=1)  # (P, T)
+        act_m = self.activity_month  # (P, T)
         months = np.empty(len(c.months), dtype=object)
         months[:] = [dt.date(y, m, 1) for y, m in c.months]
         plant_of, mat_of, side_of, amt_of = [], [], [], []
@@ -561,7 +596,7 @@ class _Annual:
 
     @cached_property
     def year_end(self) -> IntArray:  # (Y,) the day index of each year's last day
-        return np.searchsorted(self.r._year_of_day, self.r.years, side="right") - 1
+        return _calendar(self.c).year_end
 
     def _by_year_or_empty(self, daily: FloatArray) -> FloatArray:
         if not len(daily):
@@ -569,9 +604,10 @@ class _Annual:
         return self.r._by_year(daily)
 
     def _per_stage(self, per_plant: FloatArray) -> FloatArray:
-        """(P, Y) summed over each stage's plants: (stages with plants, Y)."""
-        rows = [per_plant[sel].sum(axis=0) for sel in self.topo.stage_plants.values()]
-        return np.array(rows, dtype=np.float64).reshape(len(rows), self.n_y)
+        """(P, Y) summed over each stage's plants, in plant order: (stages with plants, Y)."""
+        out = np.zeros((len(self.topo.stage_plants), self.n_y))
+        np.add.at(out, _stage_of(self.c), per_plant)
+        return out
 
     @cached_property
     def _stage_act(self) -> FloatArray:
@@ -588,7 +624,7 @@ class _Annual:
         separation and metal plants), stock build-up plus exports minus imports."""
         c, topo, years = self.c, self.topo, self.r.years
         out = topo.outputs
-        raw_plant = np.isin(np.asarray(c.plant_stage, dtype=object), RAW_PRODUCERS)
+        raw_plant = _stages_in(c, RAW_PRODUCERS)
         raw = np.zeros(len(c.material_ids), dtype=bool)
         raw[out.material[raw_plant[out.plant]]] = True
         pool_mat, mk_mat = topo.pool_material, topo.market_material
@@ -616,7 +652,9 @@ class _Annual:
     def capacity_stage(self) -> FloatArray:
         """Nameplate capacity per year (activity units) in force on each year's last day."""
         end = self.year_end
-        return self._per_stage(self.c.ramp[:, end] * self.r.nameplate_days[:, end])
+        nameplate = (self.c.nameplate_tpa[:, None] if not self.r.capacity_log
+                     else self.r.nameplate_days[:, end])
+        return self._per_stage(self.c.ramp[:, end] * nameplate)
 
     def output_plant(self) -> FloatArray:
         return self.act
@@ -671,8 +709,7 @@ class _Annual:
         """(stages, Y) 亿元: each output's value in the year (at the month's prices) times
         the share of its pool's inflow that stayed in stock."""
         r, out = self.r, self.topo.outputs
-        starts = self.c.month_start_day
-        act_m = np.add.reduceat(r.activity, starts, axis=1)  # (P, T)
+        act_m = r.activity_month  # (P, T)
         entry_m = act_m[out.plant] * out.amount[:, None] * r.price_month[out.material]
         entry_y = r._month_to_year(entry_m)  # (entries, Y) CNY
         per_plant = np.zeros((len(self.c.plant_ids), self.n_y))
@@ -687,7 +724,7 @@ class _Annual:
         c, topo, out = self.c, self.topo, self.topo.outputs
         n_m = len(c.material_ids)
         reo = c.comp.sum(axis=1)  # (M,) t REO per unit
-        sep_plant = np.isin(np.asarray(c.plant_stage, dtype=object), RAW_STAGES)
+        sep_plant = _stages_in(c, RAW_STAGES)
         ent = np.flatnonzero(sep_plant[out.plant])
         made = np.zeros((n_m, self.n_y))  # (M, Y) separated output, t REO
         np.add.at(made, out.material[ent],
@@ -722,12 +759,10 @@ class _Annual:
     def price_material(self) -> FloatArray:
         """(M, Y) the monthly prices averaged over each year's months."""
         r = self.r
-        year_of_month = np.array([y for y, _ in self.c.months])
         out = np.zeros((len(self.c.material_ids), self.n_y))
-        for i, y in enumerate(r.years):
-            sel = year_of_month == y
-            if sel.any():
-                out[:, i] = r.price_month[:, sel].mean(axis=1)
+        for i, months in enumerate(_calendar(self.c).month_masks):
+            if months.any():
+                out[:, i] = r.price_month[:, months].mean(axis=1)
         return out
 
     def cover_material(self) -> FloatArray:
@@ -742,8 +777,7 @@ class _Annual:
                   self.act[inp.plant[pooled]] * inp.amount[pooled, None])
         np.add.at(use, topo.segment_material, self.served)
         np.add.at(use, topo.market_material, self.exp)
-        days = np.bincount(self.r._year_of_day - self.r.years[0],
-                           minlength=self.n_y).astype(np.float64)
+        days = _calendar(self.c).days
         reserve = np.zeros(n_m)
         np.add.at(reserve, topo.pool_material, c.reserve0)
         stock = np.zeros((n_m, self.n_y))
@@ -776,20 +810,18 @@ class _Annual:
         starts = self.c.month_start_day
         unit_value = np.zeros((len(self.c.plant_ids), len(starts)))  # (P, T) CNY per unit
         np.add.at(unit_value, out.plant, out.amount[:, None] * r.price_month[out.material])
-        weight = np.add.reduceat(r.capacity_days, starts, axis=1) * unit_value
-        sels = list(self.topo.stage_plants.values())
-        stage_w = np.array([weight[sel].sum(axis=0) for sel in sels]).reshape(n_stages, -1)
-        stage_wm = np.array([(weight * r.margin_month)[sel].sum(axis=0) for sel in sels]
-                            ).reshape(n_stages, -1)
+        weight = r.capacity_month * unit_value
+        stage_of = _stage_of(self.c)
+        stage_w = np.zeros((n_stages, len(starts)))
+        np.add.at(stage_w, stage_of, weight)
+        stage_wm = np.zeros((n_stages, len(starts)))
+        np.add.at(stage_wm, stage_of, weight * r.margin_month)
         stage_m = _ratio(stage_wm, stage_w, np.nan)
-        year_of_month = np.array([y for y, _ in self.c.months])
-        res = np.full((n_stages, self.n_y), np.nan)
-        for i, y in enumerate(r.years):
-            sel = (year_of_month == y)[None, :] & (stage_w > 0)
-            n = sel.sum(axis=1)
-            tot = np.where(sel, stage_m, 0.0).sum(axis=1)
-            res[:, i] = np.where(n > 0, tot / np.maximum(n, 1), np.nan)
-        return res
+        # (stages, Y, T): each year's months where the stage had a weight
+        sel = np.array(_calendar(self.c).month_masks)[None, :, :] & (stage_w > 0)[:, None, :]
+        n = sel.sum(axis=2)
+        tot = np.where(sel, stage_m[:, None, :], 0.0).sum(axis=2)
+        return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
 
 
 #: How each declared KPI (:data:`retwin.kpis.KPIS`) is computed: for every key of its
@@ -896,12 +928,12 @@ class _KpiLayout:
 
     @cached_property
     def frame(self) -> pd.DataFrame:
-        """``kpi, key, year, unit`` as a frame (made on first use: pandas is not needed to
-        run, only to hand out frames)."""
+        """``kpi, key, year, value, unit`` as a frame, ``value`` 0 (made on first use:
+        pandas is not needed to run, only to hand out frames)."""
         import pandas as pd
 
         return pd.DataFrame({"kpi": self.kpi, "key": self.key, "year": self.year,
-                             "unit": self.unit})
+                             "value": np.zeros(len(self.year)), "unit": self.unit})
 
 
 def _kpi_layout(c: Compiled) -> _KpiLayout:
@@ -945,6 +977,28 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
                         [u for u in units for _ in range(n_y)])
     c.labels["kpis"] = (layout, layout.kpi)
     return layout
+
+
+def _stage_of(c: Compiled) -> IntArray:
+    """(P,) each plant's stage, as its position in ``c.topology.stage_plants`` (every plant is
+    in one): made once per compiled scenario."""
+    cached = c.labels.get("stage_of")
+    if cached is None:
+        out = np.zeros(len(c.plant_ids), dtype=np.int64)
+        for i, sel in enumerate(c.topology.stage_plants.values()):
+            out[sel] = i
+        cached = c.labels["stage_of"] = (out, out)
+    return cast(IntArray, cached[0])
+
+
+def _stages_in(c: Compiled, stages: tuple[str, ...]) -> np.ndarray:
+    """(P,) bool: the plants of these stages (made once per compiled scenario)."""
+    name = "stages_in:" + ",".join(stages)
+    cached = c.labels.get(name)
+    if cached is None:
+        mask = np.array([s in stages for s in c.plant_stage], dtype=bool)
+        cached = c.labels[name] = (mask, mask)
+    return cast(np.ndarray, cached[0])
 
 
 def _at(values: FloatArray, row: int | None) -> float:
@@ -1050,7 +1104,7 @@ class ReplicationSet:
             frames = []
             for values in self._values:
                 df = layout.frame.copy()
-                df.insert(3, "value", np.array(values, dtype=np.float64))
+                df["value"] = np.array(values, dtype=np.float64)
                 frames.append(df)
             self._frames = frames
         return self._frames

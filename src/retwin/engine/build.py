@@ -8,6 +8,7 @@ that act on state during the run (capacity, outage, trade, reserve) become timed
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 from collections.abc import Callable
 from typing import Any
@@ -135,6 +136,51 @@ def _quota_releases(
     return releases, totals
 
 
+def _quota_calendar(sc: Scenario, releases: list[tuple[int, int, float]],
+                    year_starts: list[tuple[int, int]], totals: dict[tuple[int, int], float],
+                    days_left0: int) -> tuple[dict[str, np.ndarray], list[tuple[int, str, str]]]:
+    """The quota calendar the flow kernel reads (``qcal_*``) and what the event log says of
+    it. At each calendar year's start, unused quota lapses and each quota's year ceiling is
+    set (for a quota that produces ahead, the whole year's total is available from the
+    start); on each batch date the batch is released (for a quota that produces ahead, only
+    logged). A horizon that starts mid-year gets the share of that year's ceiling and of its
+    earlier batches (released on its first day) that the remaining days represent."""
+    first_frac = days_left0 / (366 if calendar.isleap(sc.start.year) else 365)
+    ahead = [q.produce_ahead for q in sc.quotas]
+    n_q = len(sc.quotas)
+    events = sorted([(day, 0, year, 0.0) for day, year in year_starts]
+                    + [(day, 1, q, amount) for day, q, amount in releases] if n_q else [],
+                    key=lambda e: (e[0], e[1]))
+    day_, q_, year_, left_, avail_ = [], [], [], [], []
+    log: list[tuple[int, str, str]] = []
+    first = True
+    for day, kind, which, amount in events:
+        if kind == 0:
+            frac = first_frac if first else 1.0
+            first = False
+            for q in range(n_q):
+                total = frac * totals.get((q, int(which)), 0.0)
+                day_.append(day)
+                q_.append(q)
+                year_.append(1)
+                left_.append(total)
+                avail_.append(total if ahead[q] else 0.0)
+            log.append((day, "quota_year", str(which)))
+        else:
+            if not ahead[int(which)]:
+                share = first_frac if day == 0 else 1.0
+                day_.append(day)
+                q_.append(int(which))
+                year_.append(0)
+                left_.append(0.0)
+                avail_.append(share * amount)
+            log.append((day, "quota_release", sc.quotas[int(which)].id))
+    arrays = {"qcal_day": np.array(day_, np.int64), "qcal_q": np.array(q_, np.int64),
+              "qcal_year": np.array(year_, np.int64), "qcal_left": np.array(left_, np.float64),
+              "qcal_avail": np.array(avail_, np.float64)}
+    return arrays, log
+
+
 #: The ``path`` change kinds (``retwin.scenario.kinds``), each with the builder that compiles
 #: it into its path; ``timed`` kinds become :class:`TimedChange` entries, ``data`` kinds never
 #: reach the engine (they rewrote the scenario when applied).
@@ -217,6 +263,7 @@ def compile_scenario(sc: Scenario) -> Compiled:
     releases, totals = _quota_releases(sc, n_days)
     year_starts = [(max(0, (dt.date(y, 1, 1) - sc.start).days), y)
                    for y in range(sc.start.year, sc.end.year + 1)]
+    qcal, quota_log = _quota_calendar(sc, releases, year_starts, totals, int(days_left[0]))
 
     timed: list[TimedChange] = []
     for i, ch in enumerate(sc.changes):
@@ -283,6 +330,7 @@ def compile_scenario(sc: Scenario) -> Compiled:
         "dem_pool": dem_pool,
         "days_left": days_left,
         "month_of_day": month_of_day,
+        **qcal,
     }
     # Fail here, once, rather than on the hot path: the inputs are what the kernel declares
     # (names, dtypes, shapes, indices in range); the run's state and records take these sizes.
@@ -341,6 +389,7 @@ def compile_scenario(sc: Scenario) -> Compiled:
         releases=releases,
         year_starts=year_starts,
         quota_year_total=totals,
+        quota_log=quota_log,
         timed=timed,
         kernel_static=static,
         kernel_sizes=sizes,

@@ -14,7 +14,6 @@ little over the outside price to draw imports, and one with a surplus sells it a
 
 from __future__ import annotations
 
-import calendar
 import dataclasses
 import math
 from dataclasses import dataclass
@@ -81,7 +80,6 @@ class MarketArrays:
     qcoef: FloatArray  # (P,) t REO counted against the quota per unit of activity
     qshare: FloatArray  # (P,) licence share of each plant in its quota
     days_left: IntArray  # (D,) days left in the calendar year, today included
-    quota_year_start: dict[int, FloatArray]  # day of a year's start -> (Q,) that year's totals
     # investment (None: off): per stage with a build time, its plants and the days to build
     invest_stages: list[tuple[str, IntArray, int]]
     invest_margin: float
@@ -266,15 +264,9 @@ def compile_markets(c: Compiled) -> MarketArrays:
         (str(stage), np.array([p for p, s in enumerate(c.plant_stage) if s == stage], np.int64),
          round(years * 365))
         for stage, years in inv.build_years.items() if stage in c.plant_stage]
-    first_year_frac = c.days_left[0] / (366 if calendar.isleap(sc.start.year) else 365)
-    quota_year_start = {
-        int(day): np.array([(first_year_frac if day == 0 else 1.0)
-                            * c.quota_year_total.get((q, year), 0.0)
-                            for q in range(len(c.quota_ids))])
-        for day, year in c.year_starts}
     arrays = MarketArrays(
         plant_quota=st["plant_quota"].copy(), qcoef=st["qcoef"].copy(),
-        qshare=st["qshare"].copy(), days_left=c.days_left, quota_year_start=quota_year_start,
+        qshare=st["qshare"].copy(), days_left=c.days_left,
         invest_stages=invest_stages,
         invest_margin=inv.margin_threshold_frac if inv else 0.0,
         invest_util=inv.utilisation_threshold_frac if inv else 1.0,

@@ -19,7 +19,6 @@ from retwin.processes import (
     EconomyProcess,
     EventLog,
     PolicyProcess,
-    QuotaProcess,
     demand_paths,
     draw_outages,
     reference_paths,
@@ -131,10 +130,6 @@ class ChainModel:
         self._weights: dict[int, tuple[TimedChange, float]] = {}
         # the state of day 0: the calendar's changes of that day (an empty kernel call)
         advance_packed(0, 0, *self._packed)
-        first_year_frac = c.days_left[0] / (366 if _leap(c.scenario.start.year) else 365)
-        QuotaProcess(c.quota_ids, c.releases, c.year_starts, c.quota_year_total,
-                     float(first_year_frac), [q.produce_ahead for q in c.scenario.quotas],
-                     self.q_avail, self.q_year_left).start(self.env, self)
         self.economy: EconomyProcess | None = None
         if c.scenario.markets_on:
             self.economy = EconomyProcess(
@@ -297,7 +292,7 @@ class ChainModel:
         self.env.run(until=self.n_days)
         self.advance_to(self.n_days)
         # the drawn outages join the log in day order, when it is first read
-        self.event_log = EventLog(self.events, self.outages)
+        self.event_log = EventLog(self.events, self.outages, self.c.quota_log)
         if self.economy is not None:
             # days the kernel saw as capacity-bound while the plant ran below its ceiling by
             # its own decision: bound by the demand on its output, or by its margin
@@ -336,6 +331,3 @@ TIMED_HANDLERS: dict[str, str] = {
     "capacity": "_on_capacity", "outage": "_on_outage", "trade": "_on_trade",
     "reserve": "_on_reserve"}
 
-
-def _leap(year: int) -> bool:
-    return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)

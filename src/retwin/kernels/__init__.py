@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from retwin.kernels import contract, outages, streams
+from retwin.kernels import contract, outages, streams, tables
 from retwin.kernels.flow import BIND_NAMES, advance
 
 __all__ = ["BIND_NAMES", "advance", "warmup"]
@@ -28,7 +28,8 @@ def warmup() -> float:
 
     Compilation depends on the arguments' types only, so one call on an empty chain compiles
     the kernel the engine calls (with the same packed argument types); likewise the outage
-    calendar's kernels on no plants, and the random streams' seeding.
+    calendar's kernels on no plants, the random streams' seeding, and the result tables' sums
+    on no plants.
     """
     t0 = time.perf_counter()
     advance(0, 1, *contract.zeros(_EMPTY_CHAIN).values())
@@ -36,4 +37,6 @@ def warmup() -> float:
     outages.reached(no_draws, no_plants, no_draws, no_draws, 1)
     outages.calendar(no_draws, no_plants, no_draws, no_draws, no_plants, no_days, no_days, 1)
     streams.generate_state(np.zeros(1, np.int64), 0, 4, np.uint64)
+    tables.binding_weights(np.zeros((0, 1), np.int8), np.zeros((0, 1)), no_days, 0, 1,
+                           np.zeros(1, np.int64), 1)
     return time.perf_counter() - t0

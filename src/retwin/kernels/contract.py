@@ -22,6 +22,8 @@ Roles:
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -66,6 +68,9 @@ AXES: dict[str, str] = {
     "Q": "quotas",
     "C": "change points of the outage calendar (all plants')",
     "C1": "change points + 1 (a position in the outage calendar, its end included)",
+    "QC": "entries of the quota calendar (a year's start for each quota, each batch released)",
+    "QC1": "entries of the quota calendar + 1 (a position in it, its end included)",
+    "1": "one (a single value)",
     "D": "days",
     "T": "months",
     "R": "slots of the ring of shipments in transit (longer than the longest lead time)",
@@ -75,9 +80,9 @@ AXES: dict[str, str] = {
     "6": "the six rows of the totals",
 }
 #: Axes whose size follows from another's: ``P1`` is ``P + 1``, ``C1`` is ``C + 1``.
-_ONE_MORE: dict[str, str] = {"P1": "P", "C1": "C"}
+_ONE_MORE: dict[str, str] = {"P1": "P", "C1": "C", "QC1": "QC"}
 #: Axes of a fixed size.
-_FIXED: dict[str, int] = {"6": 6}
+_FIXED: dict[str, int] = {"6": 6, "1": 1}
 #: Axes whose size, when not given, is this (no replayed paths: a process sets them).
 _DEFAULT: dict[str, int] = {"TP": 0}
 
@@ -179,6 +184,15 @@ FLOW_ARRAYS: tuple[KernelArray, ...] = (
     # calendar (fixed)
     _a("days_left", _I, "D", "input", "days left in the calendar year, this day included"),
     _a("month_of_day", _I, "D", "input", "month of each day", values_in="T"),
+    # the quota calendar (fixed): on entry i's day (rising), quota qcal_q[i] either starts a
+    # year (qcal_year 1: q_year_left and q_avail are set to qcal_left and qcal_avail) or
+    # has a batch released (qcal_year 0: qcal_avail is added to q_avail)
+    _a("qcal_day", _I, "QC", "input", "day of a quota calendar entry (rising)"),
+    _a("qcal_q", _I, "QC", "input", "the quota of the entry", values_in="Q"),
+    _a("qcal_year", _I, "QC", "input", "1: the quota's year starts; 0: a batch is released"),
+    _a("qcal_left", _F, "QC", "input", "a year's start: the year's ceiling (t REO)"),
+    _a("qcal_avail", _F, "QC", "input", "a year's start: what is released at once (t REO); "
+       "a batch: what it adds"),
     # state set by events between calls
     _a("cap_day", _F, "P", "state", "capacity in activity units per day (with utilisation)"),
     _a("avail", _F, "P", "state", "share of capacity available (0: down); the kernel sets it "
@@ -191,6 +205,8 @@ FLOW_ARRAYS: tuple[KernelArray, ...] = (
     _a("cal_up", _F, "C", "state", "share of capacity the drawn outages leave from that day"),
     _a("cal_at", _I, "P", "state", "each plant's next change point not yet applied",
        values_in="C1", derived=True),
+    _a("qcal_at", _I, "1", "state", "the quota calendar's next entry not yet applied",
+       values_in="QC1", derived=True),
     _a("reserve", _F, "S", "state", "strategic reserve nobody draws on"),
     _a("imp_cap_day", _F, "K", "state", "import cap per day (0: no imports)"),
     _a("exp_cap_day", _F, "K", "state", "export cap per day (0: no exports)"),
@@ -294,23 +310,25 @@ class Packed:
 def _packed(shapes: Mapping[str, tuple[int, ...]], given: Mapping[str, np.ndarray]) -> Packed:
     """Blobs of zeros for arrays of these shapes, with the ``given`` arrays copied in."""
 
-    def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, np.ndarray]:
-        off = np.zeros(len(names) + 1, np.int64)
-        off[1:] = np.cumsum([math.prod(shapes[n]) for n in names])
-        return np.zeros(int(off[-1]), dtype), off
+    def blob(names: tuple[str, ...], dtype: type) -> tuple[np.ndarray, list[int]]:
+        off = list(itertools.accumulate((math.prod(shapes[n]) for n in names), initial=0))
+        return np.zeros(off[-1], dtype), off
 
     si, si_off = blob(PACKED_INTS, np.int64)
     sf, sf_off = blob(PACKED_FLOATS, np.float64)
     views: dict[str, np.ndarray] = {}
     for names, b, off in ((PACKED_INTS, si, si_off), (PACKED_FLOATS, sf, sf_off)):
         for i, n in enumerate(names):
-            views[n] = b[off[i]:off[i + 1]].reshape(shapes[n])
+            shape = shapes[n]
+            view = b[off[i]:off[i + 1]]
+            views[n] = view = view if len(shape) == 1 else view.reshape(shape)
             if n in given:
-                views[n][...] = given[n]
+                view[...] = given[n]
     shp = np.array([d for n in PACKED_2D for d in shapes[n]], np.int64)
     views.update({n: given[n] if n in given else np.zeros(shapes[n], _BY_NAME[n].dtype)
                   for n in UNPACKED})
-    return Packed((si, si_off, sf, sf_off, shp, *(views[n] for n in UNPACKED)), views)
+    return Packed((si, np.array(si_off, np.int64), sf, np.array(sf_off, np.int64), shp,
+                   *(views[n] for n in UNPACKED)), views)
 
 
 def pack(named: Mapping[str, np.ndarray]) -> Packed:
@@ -322,8 +340,19 @@ def pack(named: Mapping[str, np.ndarray]) -> Packed:
 def allocate_packed(sizes: Mapping[str, int], given: Mapping[str, np.ndarray]) -> Packed:
     """:func:`pack` of :func:`allocate`, without copying the arrays that start at zero."""
     _check_given(given)
-    return _packed({a.name: given[a.name].shape if a.name in given else a.shape(sizes)
-                    for a in FLOW_ARRAYS}, given)
+    shapes = dict(_shapes(tuple(sizes.items()), frozenset(given)))
+    for n, a in given.items():
+        shapes[n] = a.shape
+    return _packed(shapes, given)
+
+
+@functools.lru_cache(maxsize=64)
+def _shapes(sizes: tuple[tuple[str, int], ...], given: frozenset[str]
+            ) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The shape of every array not given, for these axis sizes (the same come back run after
+    run)."""
+    by_axis = dict(sizes)
+    return tuple((a.name, a.shape(by_axis)) for a in FLOW_ARRAYS if a.name not in given)
 
 
 def unpack_into(named: Mapping[str, np.ndarray], packed: Packed) -> None:

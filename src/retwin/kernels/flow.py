@@ -10,6 +10,8 @@ One day, in order:
    times do not depend on the state) takes ``derate × cal_up`` of that change point as its
    availability. The changes of day ``d1`` are applied at the end of a call (the state it
    leaves is that of the start of day ``d1``, what the events of ``d1`` see);
+   the quota calendar's entries of today (a quota year's start: its ceiling, and what is
+   released at once; a batch released) change what each quota allows (also those of ``d1``);
    on a month's first day, when prices and demand are replayed from paths drawn when the
    run starts (markets off: they do not depend on the state either), each segment's daily
    demand and each material's price become the month's (``dem_path``, ``price_path``);
@@ -121,6 +123,12 @@ def _flow(
     # calendar
     days_left: IntArray,
     month_of_day: IntArray,
+    # the quota calendar
+    qcal_day: IntArray,
+    qcal_q: IntArray,
+    qcal_year: IntArray,
+    qcal_left: FloatArray,
+    qcal_avail: FloatArray,
     # state, changed by events between calls
     cap_day: FloatArray,
     avail: FloatArray,
@@ -130,6 +138,7 @@ def _flow(
     cal_day: IntArray,
     cal_up: FloatArray,
     cal_at: IntArray,
+    qcal_at: IntArray,
     reserve: FloatArray,
     imp_cap_day: FloatArray,
     exp_cap_day: FloatArray,
@@ -332,6 +341,8 @@ def _flow(
                 and d0 - commission_day[p] + 1 >= ramp_days[p]):
             steady[p] = 1
     replay = price_path.shape[1] > 0  # the paths set prices and demand month by month
+    n_qcal = qcal_day.shape[0]
+    qc = qcal_at[0]  # the quota calendar's next entry
     path_mon = -1  # the month whose prices and demand are set
 
     # 0. the outage calendar: the first day a plant's availability changes (past d1: none)
@@ -354,6 +365,14 @@ def _flow(
                 cal_at[p] = k
                 if k < k_end and cal_day[k] < next_change:
                     next_change = cal_day[k]
+        while qc < n_qcal and qcal_day[qc] <= d:  # the quota calendar's entries of today
+            q = qcal_q[qc]
+            if qcal_year[qc]:
+                q_year_left[q] = qcal_left[qc]
+                q_avail[q] = qcal_avail[qc]
+            else:
+                q_avail[q] += qcal_avail[qc]
+            qc += 1
         if replay and d < month_of_day.shape[0] and month_of_day[d] != path_mon:
             # 0b. a new month: its prices and demand (on d1 too, as for the calendar)
             path_mon = month_of_day[d]
@@ -647,6 +666,7 @@ def _flow(
 
         for s in range(n_pools):
             stock_rec[s, d] = stock[s]
+    qcal_at[0] = qc
 
 
 @jit

@@ -55,19 +55,20 @@ class OutageCalendar:
 
 
 class EventLog(Sequence[tuple[int, str, str]]):
-    """A run's event log, ``(day, kind, subject)`` in day order: what its processes logged
-    and its drawn outages, merged when first read (stable: within a day, the processes'
-    entries first)."""
+    """A run's event log, ``(day, kind, subject)`` in day order: its quota calendar's entries,
+    what its processes logged and its drawn outages, merged when first read (stable: within a
+    day, in that order)."""
 
-    def __init__(self, logged: list[tuple[int, str, str]], outages: OutageCalendar) -> None:
+    def __init__(self, logged: list[tuple[int, str, str]], outages: OutageCalendar,
+                 calendar: list[tuple[int, str, str]] | None = None) -> None:
         self._logged, self._outages = logged, outages
+        self._calendar = calendar or []
         self._merged: list[tuple[int, str, str]] | None = None
 
     def _all(self) -> list[tuple[int, str, str]]:
         if self._merged is None:
-            drawn = self._outages.events
-            self._merged = (sorted(self._logged + drawn, key=operator.itemgetter(0)) if drawn
-                            else list(self._logged))
+            self._merged = sorted(self._calendar + self._logged + self._outages.events,
+                                  key=operator.itemgetter(0))
         return self._merged
 
     @overload
@@ -79,7 +80,7 @@ class EventLog(Sequence[tuple[int, str, str]]):
         return self._all()[i]
 
     def __len__(self) -> int:
-        return len(self._logged) + len(self._outages.ev_day)
+        return len(self._calendar) + len(self._logged) + len(self._outages.ev_day)
 
     def __iter__(self) -> Iterator[tuple[int, str, str]]:
         return iter(self._all())

@@ -256,11 +256,8 @@ class EconomyProcess:
             if day > env.now:
                 yield env.timeout(day - env.now)
             chain.advance_to(day)
-            # what each quota has left of its year: at a year's start, that year's total,
-            # whether or not the quota process has opened the year yet
-            q_left = a.quota_year_start.get(day)
-            if q_left is None:
-                q_left = chain.q_year_left
+            # what each quota has left of its year (at a year's start, the flow has opened it)
+            q_left = chain.q_year_left
             grows = growing and year_index[t] != year
             if grows:
                 # a new calendar year: outside demand (and the caps with it) grows
