@@ -136,6 +136,9 @@ class _EconomyChain(Chain, Protocol):
 
     def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray,
                     export_contract_tpa: FloatArray) -> None: ...
+    def hand_over(self, decide: bool, utilisation: FloatArray, want_day: FloatArray,
+                  import_share: FloatArray, export_demand_tpa: FloatArray,
+                  export_contract_tpa: FloatArray, exp_asked: FloatArray, days: int) -> None: ...
     def set_decisions(self, utilisation: FloatArray, want_day: FloatArray) -> None: ...
     def grow_exports(self, factor: FloatArray) -> None: ...
     def add_capacity(self, plants: IntArray, share_of_nameplate: float) -> None: ...
@@ -275,7 +278,6 @@ class EconomyProcess:
                               price, price_rec, dem_rate, w, decision_rec, margin_rec,
                               reason_rec)
                 primed = True
-                chain.set_decisions(share, want)
                 if invest:
                     self._invest(env, chain, t, day)
             else:
@@ -283,9 +285,10 @@ class EconomyProcess:
                 kmarket.close(t, si, sx, kf, ref, rates, w, price, price_rec, dem_rate)
             if grows:
                 chain.grow_exports(grown)
-            chain.set_outside(imp_share, exp_tpa, contract)
+            # the decisions (after a month's clearing) and the outside curves to the flow
             next_day = month_days[t + 1] if t + 1 < n_months else chain.n_days
-            np.multiply(exp_cap_day, next_day - day, out=exp_asked)
+            chain.hand_over(day > prev_day, share, want, imp_share, exp_tpa, contract,
+                            exp_asked, next_day - day)
             if day == prev_day and N_START_PASSES > 0:
                 # 3. producers, from the start: what the demand segments and the outside
                 # curves ask now, and the plants' own draws at their decided rates (a few
