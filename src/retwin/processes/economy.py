@@ -134,8 +134,6 @@ class _EconomyChain(Chain, Protocol):
     unmet_rec: FloatArray
     short_sum: FloatArray
 
-    def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray,
-                    export_contract_tpa: FloatArray) -> None: ...
     def hand_over(self, decide: bool, utilisation: FloatArray, want_day: FloatArray,
                   import_share: FloatArray, export_demand_tpa: FloatArray,
                   export_contract_tpa: FloatArray, exp_asked: FloatArray, days: int) -> None: ...
@@ -205,8 +203,9 @@ class EconomyProcess:
     def _run(self, env: simpy.Environment, chain: _EconomyChain) -> Generator[Any, Any, None]:
         """The market month, on the first day of each month (the module docstring says what
         it does). The process decides when a month opens, advances the flow to it, starts
-        investment, grows outside demand at a new year and hands the chain its decisions
-        (``set_decisions``) and outside curves (``set_outside``); a month's arithmetic is one
+        investment, grows outside demand at a new year and hands the chain its decisions and
+        outside curves (``hand_over``; in the first month's passes ``set_decisions``); a
+        month's arithmetic is one
         compiled call, :func:`retwin.kernels.market.month` (steps 1 to 4, the matrix products
         and ``exp``/``log``/``**`` included, over the scenario's packed arrays and one
         working array the run carries from month to month); in the first month,
