@@ -179,7 +179,7 @@ def test_warmup_compiles_the_outage_and_stream_kernels_a_run_calls() -> None:
     compiled, a run with markets and random outages after it adds no signature to them."""
     retwin.warmup()
     entries = (outage_kernels._calendar, outage_kernels._reached, streams._generate64,
-               flow_kernel._relabel, trade_kernel._set_caps)
+               flow_kernel._relabel, trade_kernel._hand_over)
     kernels = {f.__name__: f for f in entries if hasattr(f, "signatures")}  # (none: no JIT)
     before = {n: len(f.signatures) for n, f in kernels.items()}
     assert all(before.values())

@@ -248,11 +248,17 @@ class ChainModel:
         np.copyto(self.want_day, want_day)
         np.multiply(self.cap_max_day, self.decision, out=self.cap_day)
 
-    def set_outside(self, import_share: np.ndarray, export_demand_tpa: np.ndarray,
-                    export_contract_tpa: np.ndarray) -> None:
-        """The outside curves at this month's prices (the market process, monthly)."""
-        trade.set_caps(import_share, export_demand_tpa, export_contract_tpa, self._trade,
-                       self.imp_cap_day, self.exp_cap_day, self.exp_contract_day)
+    def hand_over(self, decide: bool, utilisation: np.ndarray, want_day: np.ndarray,
+                  import_share: np.ndarray, export_demand_tpa: np.ndarray,
+                  export_contract_tpa: np.ndarray, exp_asked: np.ndarray, days: int) -> None:
+        """A month's decisions (as :meth:`set_decisions`, when ``decide``), the outside curves
+        at its prices (the import share on offer, outside demand for exports, exports under
+        contract, t a year: the daily trade caps follow) and what outside buyers ask over its
+        ``days`` (``exp_asked``), in one compiled call (:func:`retwin.kernels.trade.hand_over`)."""
+        trade.hand_over(decide, utilisation, want_day, self.decision, self.want_day,
+                        self.cap_max_day, self.cap_day, import_share, export_demand_tpa,
+                        export_contract_tpa, self._trade, self.imp_cap_day, self.exp_cap_day,
+                        self.exp_contract_day, exp_asked, days)
 
     def grow_exports(self, factor: FloatArray) -> None:
         """Outside demand's growth since the start, per market: the export caps follow (a

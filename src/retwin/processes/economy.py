@@ -134,8 +134,9 @@ class _EconomyChain(Chain, Protocol):
     unmet_rec: FloatArray
     short_sum: FloatArray
 
-    def set_outside(self, import_share: FloatArray, export_demand_tpa: FloatArray,
-                    export_contract_tpa: FloatArray) -> None: ...
+    def hand_over(self, decide: bool, utilisation: FloatArray, want_day: FloatArray,
+                  import_share: FloatArray, export_demand_tpa: FloatArray,
+                  export_contract_tpa: FloatArray, exp_asked: FloatArray, days: int) -> None: ...
     def set_decisions(self, utilisation: FloatArray, want_day: FloatArray) -> None: ...
     def grow_exports(self, factor: FloatArray) -> None: ...
     def add_capacity(self, plants: IntArray, share_of_nameplate: float) -> None: ...
@@ -202,8 +203,9 @@ class EconomyProcess:
     def _run(self, env: simpy.Environment, chain: _EconomyChain) -> Generator[Any, Any, None]:
         """The market month, on the first day of each month (the module docstring says what
         it does). The process decides when a month opens, advances the flow to it, starts
-        investment, grows outside demand at a new year and hands the chain its decisions
-        (``set_decisions``) and outside curves (``set_outside``); a month's arithmetic is one
+        investment, grows outside demand at a new year and hands the chain its decisions and
+        outside curves (``hand_over``; in the first month's passes ``set_decisions``); a
+        month's arithmetic is one
         compiled call, :func:`retwin.kernels.market.month` (steps 1 to 4, the matrix products
         and ``exp``/``log``/``**`` included, over the scenario's packed arrays and one
         working array the run carries from month to month); in the first month,
@@ -275,7 +277,6 @@ class EconomyProcess:
                               price, price_rec, dem_rate, w, decision_rec, margin_rec,
                               reason_rec)
                 primed = True
-                chain.set_decisions(share, want)
                 if invest:
                     self._invest(env, chain, t, day)
             else:
@@ -283,9 +284,10 @@ class EconomyProcess:
                 kmarket.close(t, si, sx, kf, ref, rates, w, price, price_rec, dem_rate)
             if grows:
                 chain.grow_exports(grown)
-            chain.set_outside(imp_share, exp_tpa, contract)
+            # the decisions (after a month's clearing) and the outside curves to the flow
             next_day = month_days[t + 1] if t + 1 < n_months else chain.n_days
-            np.multiply(exp_cap_day, next_day - day, out=exp_asked)
+            chain.hand_over(day > prev_day, share, want, imp_share, exp_tpa, contract,
+                            exp_asked, next_day - day)
             if day == prev_day and N_START_PASSES > 0:
                 # 3. producers, from the start: what the demand segments and the outside
                 # curves ask now, and the plants' own draws at their decided rates (a few
