@@ -128,23 +128,13 @@ class RunResult:
 
     @cached_property
     def balance(self) -> Balance:
+        from retwin.kernels.tables import mass_balance
+
         c = self.compiled
-        n_m = len(c.material_ids)
-        pool_mat = c.topology.pool_material
-        init = np.bincount(pool_mat, c.pool_initial, minlength=n_m)
-        final = np.bincount(pool_mat, self.final_stock, minlength=n_m)
-        transit = np.bincount(pool_mat, self.in_transit, minlength=n_m)
-        produced, drawn, extracted, imported, exported, demand = self.totals
-        mat_res = (init + produced + imported) - (drawn + exported + demand + final + transit)
-        scale = np.maximum.reduce([init, produced, imported, drawn, exported, demand, final,
-                                   extracted, np.ones(n_m)])
-        losses = self.activity.sum(axis=1) @ c.loss_per_act  # (E,)
-        el_in = (init + extracted + imported) @ c.comp
-        el_out = (exported + demand + final + transit) @ c.comp + losses
-        el_res = el_in - el_out
-        el_scale = max(float(np.max(el_in)), float(np.max(el_out)), 1.0)
-        rtol = config.MASS_BALANCE_RTOL
-        return Balance(mat_res, el_res, rtol * scale * 10, rtol * el_scale * 10)
+        material, tol_m, element, tol_e = mass_balance(
+            c.topology.pool_material, c.pool_initial, self.final_stock, self.in_transit,
+            self.totals, self.activity, c.loss_per_act, c.comp, config.MASS_BALANCE_RTOL)
+        return Balance(material, element, tol_m, tol_e)
 
     def check_balance(self) -> None:
         """Raise :class:`MassBalanceError` naming the worst residual unless the run closes."""

@@ -29,7 +29,7 @@ def warmup() -> float:
     Compilation depends on the arguments' types only, so one call on an empty chain compiles
     the kernel the engine calls (with the same packed argument types); likewise the outage
     calendar's kernels on no plants, the random streams' seeding, and the result tables' sums
-    on no plants.
+    and the mass balance on no plants.
     """
     t0 = time.perf_counter()
     advance(0, 1, *contract.zeros(_EMPTY_CHAIN).values())
@@ -39,4 +39,6 @@ def warmup() -> float:
     streams.generate_state(np.zeros(1, np.int64), 0, 4, np.uint64)
     tables.binding_weights(np.zeros((0, 1), np.int8), np.zeros((0, 1)), no_days, 0, 1,
                            np.zeros(1, np.int64), 1)
+    tables.mass_balance(no_days, no_draws, no_draws, no_draws, np.zeros((6, 0)),
+                        np.zeros((0, 1)), np.zeros((0, 0)), np.zeros((0, 0)), 1e-9)
     return time.perf_counter() - t0
