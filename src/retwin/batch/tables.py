@@ -188,15 +188,17 @@ class KpiRows:
     def table(self) -> pa.Table:
         import pyarrow as pa
 
+        from retwin.batch import arrow
+
         n_runs, n_rows = self.values.shape
-        each = pa.array(np.tile(np.arange(n_rows, dtype=np.int64), n_runs))
         return pa.table({
-            "kpi": pa.array(self.kpi, pa.string()).take(each),
-            "key": pa.array(self.key, pa.string()).take(each),
-            "year": pa.array(np.tile(np.asarray(self.year, np.int64), n_runs)),
-            "value": pa.array(self.values.reshape(-1), pa.float64()),
-            "unit": pa.array(self.unit, pa.string()).take(each),
-            "replication": pa.array(np.repeat(self.replications.astype(np.int64), n_rows)),
+            "kpi": arrow.repeated_strings(self.kpi, n_runs),
+            "key": arrow.repeated_strings(self.key, n_runs),
+            "year": arrow.numbers(np.tile(np.asarray(self.year, np.int64), n_runs), pa.int64()),
+            "value": arrow.numbers(self.values, pa.float64()),
+            "unit": arrow.repeated_strings(self.unit, n_runs),
+            "replication": arrow.numbers(np.repeat(self.replications.astype(np.int64), n_rows),
+                                         pa.int64()),
         }, schema=_schemas()["kpis"])
 
 
