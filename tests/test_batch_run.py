@@ -3,6 +3,7 @@ refusals, sensitivity and the ``retwin sweep`` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -677,3 +678,46 @@ def test_workers_start_before_the_output_folder_is_opened(tmp_path: Path) -> Non
             with pytest.raises(retwin.OutputError):
                 run_batch(small, tmp_path / "x")
         assert calls[0].startswith("start ") and calls[1:] == ["abort"]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_the_last_tasks_are_split_and_their_parts_cover_them(workers: int) -> None:
+    """With several workers, each of the last ``workers`` tasks runs as parts of consecutive
+    replications that cover it exactly; the other tasks (and every task of one worker) run
+    whole."""
+    from retwin.batch.study import TAIL_PARTS, split_tail
+
+    tasks = prepare_study({**GRID, "replications": 7, "chunk_replications": 3}).tasks
+    assert {t.runs for t in tasks[-3:]} == {1, 3}  # the last chunk of a point is short
+    units = split_tail(tasks, workers)
+    n_split = 0 if workers == 1 else workers
+    assert units[:len(tasks) - n_split] == tasks[:len(tasks) - n_split]
+    for task in tasks[len(tasks) - n_split:]:
+        parts = [u for u in units if (u.point_id, u.chunk) == (task.point_id, task.chunk)]
+        assert len(parts) == min(TAIL_PARTS, task.runs)
+        assert [p.first for p in parts] == [task.first] + [p.stop for p in parts[:-1]]
+        assert parts[-1].stop == task.stop and all(p.runs >= 1 for p in parts)
+        assert all(dataclasses.replace(p, first=task.first, stop=task.stop) == task
+                   for p in parts)
+
+
+@pytest.mark.parametrize("record", ["annual", "monthly"])
+def test_a_task_joined_from_its_parts_equals_the_task(record: str) -> None:
+    """A task's result put together from its parts' results (in any order) has the tables
+    the task run whole has; parts that leave a gap are refused."""
+    from retwin.batch.study import split_tail
+    from retwin.batch.tables import ChunkResult
+
+    study = prepare_study({**GRID, "record": record, "replications": 5,
+                           "chunk_replications": 5})
+    task = study.tasks[-1]
+    runner = study.runner()
+    parts = [runner(p) for p in split_tail([task], 2, parts=3)]
+    assert len(parts) == 3
+    joined = ChunkResult.join(task, parts[::-1])
+    whole = runner(task)
+    assert joined.task == task and set(joined.tables) == set(whole.tables)
+    for kind in whole.tables:
+        assert joined.table(kind).equals(whole.table(kind)), kind
+    with pytest.raises(retwin.RetwinError, match=r"do not cover replications 0\.\.4"):
+        ChunkResult.join(task, [parts[0], parts[2]])

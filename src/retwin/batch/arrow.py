@@ -59,17 +59,22 @@ def repeated_strings(values: Sequence[str | None], times: int) -> pa.Array:
     import pyarrow as pa
 
     encoded = [b"" if v is None else v.encode("utf-8") for v in values]
-    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-    once = np.zeros(len(encoded) + 1, np.int64)
-    np.cumsum(lengths, out=once[1:])
+    n = len(encoded)
+    once = np.zeros(n + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=n), out=once[1:])
     size = int(once[-1])
     if size * times > _MAX_STRING_BYTES:  # past 32-bit offsets: pyarrow sorts it out
         return pa.array(list(values) * times, pa.string())
-    offsets = (once[:-1][None, :] + size * np.arange(times, dtype=np.int64)[:, None]).reshape(-1)
-    offsets = np.append(offsets, size * times).astype(np.int32)
-    present = np.fromiter((v is not None for v in values), dtype=np.bool_, count=len(values))
-    bitmap, nulls = _validity(np.tile(present, times))
-    return pa.Array.from_buffers(pa.string(), len(encoded) * times,
+    offsets = np.empty(n * times + 1, np.int32)
+    starts = once[:-1].astype(np.int32)
+    shifts = size * np.arange(times, dtype=np.int32)
+    np.add(starts[None, :], shifts[:, None], out=offsets[:-1].reshape(times, n))
+    offsets[-1] = size * times
+    bitmap, nulls = None, 0
+    if any(v is None for v in values):
+        present = np.fromiter((v is not None for v in values), dtype=np.bool_, count=n)
+        bitmap, nulls = _validity(np.tile(present, times))
+    return pa.Array.from_buffers(pa.string(), n * times,
                                  [bitmap, pa.py_buffer(offsets),
                                   pa.py_buffer(b"".join(encoded) * times)], null_count=nulls)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -228,6 +229,47 @@ class BatchProgress:
         return (self.runs_total - self.runs_done) / rate if rate > 0 else None
 
 
+#: The last tasks of a study, one per worker, are each run as this many parts: the workers
+#: then finish within a part of one another, not within a whole task (tasks are equal in
+#: size, the cores' speeds are not, on a shared machine or a cluster).
+TAIL_PARTS = 4
+
+
+def split_tail(tasks: Sequence[Task], workers: int, parts: int = TAIL_PARTS) -> list[Task]:
+    """``tasks`` to hand out, with each of the last ``workers`` of them (when there is more
+    than one worker) split into up to ``parts`` tasks of consecutive replications; their
+    results are put together again by :class:`_Assembler` before they are written."""
+    if workers < 2 or parts < 2:
+        return list(tasks)
+    head = list(tasks[:-workers])
+    for task in tasks[-workers:]:
+        n = min(parts, task.runs)
+        bounds = [task.first + (task.runs * k) // n for k in range(n + 1)]
+        head += [replace(task, first=a, stop=b) for a, b in itertools.pairwise(bounds)]
+    return head
+
+
+class _Assembler:
+    """Collects the results of the parts of a split task; gives a task's result once it is
+    whole (at once for a task that was not split)."""
+
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        self.whole = {(t.point_id, t.chunk): t for t in tasks}
+        self.parts: dict[tuple[str, int], list[ChunkResult]] = {}
+
+    def add(self, result: ChunkResult) -> ChunkResult | None:
+        key = (result.task.point_id, result.task.chunk)
+        task = self.whole[key]
+        if result.task == task:
+            return result
+        got = self.parts.setdefault(key, [])
+        got.append(result)
+        if sum(p.task.runs for p in got) < task.runs:
+            return None
+        del self.parts[key]
+        return ChunkResult.join(task, got)
+
+
 def _nanmean(values: np.ndarray, axis: int) -> Any:
     """The mean along ``axis`` of the values that are not NaN (NaN where none is), as
     pandas takes a mean, without numpy's warning about an empty slice."""
@@ -380,6 +422,7 @@ def run_batch(
         runs_at_start = store.runs_done
         by_id = {p.id: p for p in study.points}
         tally = KpiTally(sp.selectors, sp.replications)
+        whole = _Assembler(todo)
 
         def report(point: Point | None = None, seconds: float = 0.0) -> None:
             if progress is not None:
@@ -391,7 +434,11 @@ def run_batch(
         try:
             with Interrupts(*interrupt_signals) as interrupts:
                 report()
-                for res in ex.map_unordered(runner, todo, stop=interrupts.__bool__):
+                for part in ex.map_unordered(runner, split_tail(todo, ex.workers),
+                                             stop=interrupts.__bool__):
+                    res = whole.add(part)
+                    if res is None:  # a part of a task: written once the task is whole
+                        continue
                     complete = store.write_chunk(res)
                     tally.add(res)
                     report(by_id[res.task.point_id] if complete else None, res.seconds)
