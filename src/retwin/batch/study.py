@@ -294,19 +294,25 @@ class KpiTally:
         self.selectors = list(selectors)
         self.replications = replications
         self._rows: dict[str, list[np.ndarray]] = {}  # point -> row indices per selector
+        self._layouts: dict[Any, list[np.ndarray]] = {}  # the same for points alike
         # point -> its chunks' (replications, values (runs, selectors)); 8 bytes a KPI a run
         self._chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def _rows_of(self, point: str, kpis: KpiRows) -> list[np.ndarray]:
         rows = self._rows.get(point)
         if rows is None:
-            index: dict[tuple[str, str], list[tuple[int, int]]] = {}
-            for i, (kpi, key, year) in enumerate(zip(kpis.kpi, kpis.key, kpis.year.tolist(),
-                                                      strict=True)):
-                index.setdefault((kpi, key), []).append((int(year), i))
-            rows = [np.array([i for year, i in index.get((sel.kpi, sel.key), [])
-                              if sel.year is None or year == sel.year], np.int64)
-                    for sel in self.selectors]
+            layout = (tuple(kpis.kpi), tuple(kpis.key), np.asarray(kpis.year).tobytes())
+            rows = self._layouts.get(layout)
+            if rows is None:
+                index: dict[tuple[str, str], list[tuple[int, int]]] = {}
+                for i, (kpi, key, year) in enumerate(zip(kpis.kpi, kpis.key,
+                                                          np.asarray(kpis.year).tolist(),
+                                                          strict=True)):
+                    index.setdefault((kpi, key), []).append((int(year), i))
+                rows = [np.array([i for year, i in index.get((sel.kpi, sel.key), [])
+                                  if sel.year is None or year == sel.year], np.int64)
+                        for sel in self.selectors]
+                self._layouts[layout] = rows
             self._rows[point] = rows
         return rows
 
