@@ -3,6 +3,7 @@ refusals, sensitivity and the ``retwin sweep`` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -546,3 +547,177 @@ def test_selected_kpis_are_checked_without_running_the_base_model(
     assert prepare_study(GRID).spec.kpis
     with pytest.raises(retwin.ScenarioError, match=r"kpis\[1\].*no key 'nowhere'"):
         prepare_study({**GRID, "kpis": ["value.group.total", "output.stage.nowhere"]})
+
+
+# --- what the study's process does --------------------------------------------------------------
+
+
+def test_a_study_and_its_summary_need_no_pandas(tmp_path: Path) -> None:
+    """Running a study (KPIs only) and printing its KPIs per point load no pandas in the
+    study's process: its tables are made from their buffers (``pyarrow.array`` would load
+    pandas) and the summary from the results as they came, not read back."""
+    spec = write_spec(tmp_path, {**GRID, "base": "tiny", "record": "annual"})
+    out = tmp_path / "o"
+    code = ("import sys\n"
+            "sys.modules['pandas'] = None  # any import of it fails\n"
+            "from retwin.cli import main\n"
+            f"code = main(['sweep', {str(spec)!r}, '--out', {str(out)!r}])\n"
+            "assert 'pyarrow.dataset' not in sys.modules\n"
+            "sys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "KPIs per point" in proc.stdout and "–" not in proc.stdout
+    res = BatchResult.open(out)
+    assert res.complete and len(res.to_pandas()) > 0
+
+
+def _kpi_rows(point: str, reps: list[int], values: np.ndarray) -> Any:
+    from retwin.batch.expand import Task
+    from retwin.batch.tables import ChunkResult, KpiRows
+
+    rows = KpiRows(kpi=["value.group"] * 3 + ["output.stage"], key=["total"] * 3 + ["magnet"],
+                   year=np.array([2024, 2025, 2026, 2025]), unit=["亿元"] * 3 + ["t"],
+                   values=values, replications=np.array(reps, np.int64))
+    task = Task(point=0, point_id=point, changes=(), seed=1, chunk=reps[0] // 2,
+                first=reps[0], stop=reps[-1] + 1)
+    return ChunkResult(task, {"kpis": rows}, 0.0, "here"), rows
+
+
+def test_the_tally_of_kpis_equals_the_means_of_the_written_rows() -> None:
+    """Per point and selector, the tally of the chunks as they arrive (in any order, with
+    NaN values and a KPI the point does not report) equals ``kpi_means`` of the rows the
+    chunks are written as; a point with a replication missing gives no tally at all."""
+    from retwin.batch.study import KpiTally
+
+    rng = np.random.default_rng(3)
+    selectors = [KpiSelector.parse(k) for k in ("value.group.total", "value.group.total@2025",
+                                                "output.stage.magnet", "output.stage.mine")]
+    chunks = []
+    for point in ("a", "b"):
+        for first in (0, 2, 4):
+            values = rng.normal(100, 30, (2, 4))
+            if point == "b" and first == 2:
+                values[0, 1] = values[1, :] = np.nan
+            chunks.append(_kpi_rows(point, [first, first + 1], values))
+    tally = KpiTally(selectors, 6)
+    for i in (3, 0, 5, 1, 4, 2):
+        tally.add(chunks[i][0])
+    got = tally.means(["a", "b"])
+    frames = []
+    for res, rows in chunks:
+        t = rows.table().to_pandas()
+        frames.append(t.assign(point=res.task.point_id))
+    want = kpi_means(pd.concat(frames, ignore_index=True), selectors)
+    assert got is not None
+    assert {(p, k) for p, d in got.items() for k in d} == {
+        (r.point, r.kpi) for r in want.itertuples()}  # output.stage.mine: no rows, no mean
+    for r in want.itertuples():
+        assert got[r.point][r.kpi] == pytest.approx(r.value, rel=1e-13, nan_ok=True), r
+    short = KpiTally(selectors, 6)
+    for res, _ in chunks[:5]:
+        short.add(res)
+    assert short.means(["a", "b"]) is None and short.means(["a"]) is not None
+
+
+def test_point_means_come_from_the_run_or_from_the_dataset(tmp_path: Path,
+                                                          grid: BatchResult) -> None:
+    """After a study, its KPIs per point (from its results as they came) equal those read
+    back from its dataset, which a resumed study with nothing left to run gives."""
+    import shutil
+
+    assert grid._means is not None
+    shutil.copytree(grid.path, tmp_path / "again")
+    resumed = run_batch(GRID, tmp_path / "again")
+    assert resumed._means is None
+    got, want = grid.point_means(), resumed.point_means()
+    assert got.keys() == want.keys() == set(grid.points["point"])
+    for point, means in want.items():
+        assert got[point] == pytest.approx(means, rel=1e-13)
+    assert set(want[grid.points["point"][0]]) == set(GRID["kpis"])
+
+
+def test_workers_start_before_the_output_folder_is_opened(tmp_path: Path) -> None:
+    """A study starts its executor's workers (they load the kernels) before it prepares the
+    output folder, and runs its tasks with the function they were started for; a refused
+    folder stops the workers it started."""
+    from retwin.batch import SerialExecutor
+    from retwin.batch.store import StudyDir
+
+    calls: list[str] = []
+    opened: list[str] = []
+
+    class Recording(SerialExecutor):
+        def start(self, fn: Any) -> None:
+            calls.append(f"start {fn.cache_key}")
+
+        def map_unordered(self, fn: Any, items: Any, **kw: Any) -> Any:
+            calls.append(f"map {fn.cache_key}")
+            return super().map_unordered(fn, items, **kw)
+
+        def abort(self) -> None:
+            calls.append("abort")
+
+    open_ = StudyDir.open
+
+    def spy(self: StudyDir) -> None:
+        opened.append(calls[-1] if calls else "")
+        open_(self)
+
+    small = {**GRID, "vary": GRID["vary"][:1], "replications": 1}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StudyDir, "open", spy)
+        res = run_batch(small, tmp_path / "o", executor=Recording())
+        assert res.complete
+        assert calls[0].startswith("start ") and calls[1] == "map " + calls[0][6:]
+        assert opened == [calls[0]]
+        calls.clear()
+        (tmp_path / "x").write_text("not a folder")
+        with mp.context() as mp2:
+            mp2.setattr("retwin.batch.study.make_executor", lambda *a, **k: Recording())
+            with pytest.raises(retwin.OutputError):
+                run_batch(small, tmp_path / "x")
+        assert calls[0].startswith("start ") and calls[1:] == ["abort"]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_the_last_tasks_are_split_and_their_parts_cover_them(workers: int) -> None:
+    """With several workers, each of the last ``workers`` tasks runs as parts of consecutive
+    replications that cover it exactly; the other tasks (and every task of one worker) run
+    whole."""
+    from retwin.batch.study import TAIL_PARTS, split_tail
+
+    tasks = prepare_study({**GRID, "replications": 7, "chunk_replications": 3}).tasks
+    assert {t.runs for t in tasks[-3:]} == {1, 3}  # the last chunk of a point is short
+    units = split_tail(tasks, workers)
+    n_split = 0 if workers == 1 else workers
+    assert units[:len(tasks) - n_split] == tasks[:len(tasks) - n_split]
+    for task in tasks[len(tasks) - n_split:]:
+        parts = [u for u in units if (u.point_id, u.chunk) == (task.point_id, task.chunk)]
+        assert len(parts) == min(TAIL_PARTS, task.runs)
+        assert [p.first for p in parts] == [task.first] + [p.stop for p in parts[:-1]]
+        assert parts[-1].stop == task.stop and all(p.runs >= 1 for p in parts)
+        assert all(dataclasses.replace(p, first=task.first, stop=task.stop) == task
+                   for p in parts)
+
+
+@pytest.mark.parametrize("record", ["annual", "monthly"])
+def test_a_task_joined_from_its_parts_equals_the_task(record: str) -> None:
+    """A task's result put together from its parts' results (in any order) has the tables
+    the task run whole has; parts that leave a gap are refused."""
+    from retwin.batch.study import split_tail
+    from retwin.batch.tables import ChunkResult
+
+    study = prepare_study({**GRID, "record": record, "replications": 5,
+                           "chunk_replications": 5})
+    task = study.tasks[-1]
+    runner = study.runner()
+    parts = [runner(p) for p in split_tail([task], 2, parts=3)]
+    assert len(parts) == 3
+    joined = ChunkResult.join(task, parts[::-1])
+    whole = runner(task)
+    assert joined.task == task and set(joined.tables) == set(whole.tables)
+    for kind in whole.tables:
+        assert joined.table(kind).equals(whole.table(kind)), kind
+    with pytest.raises(retwin.RetwinError, match=r"do not cover replications 0\.\.4"):
+        ChunkResult.join(task, [parts[0], parts[2]])

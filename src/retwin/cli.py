@@ -656,9 +656,11 @@ def _sweep_tables(res: Any) -> None:
                           _num(r.kpi_high), _num(r.swing))
             out.print(t)
         return
-    if len(res.points) > 20 or not spec.kpis:
+    points = res.manifest["points"]
+    if len(points) > 20 or not spec.kpis:
         return
-    means = res.kpi_means().pivot(index="point", columns="kpi", values="value")
+    # the means of this session's results when it ran every point (no dataset read back)
+    means = res.point_means()
     t = _table(title=f"KPIs per point (mean over {spec.replications} replications)",
               title_justify="left", pad_edge=False)
     t.add_column("Point")
@@ -667,10 +669,10 @@ def _sweep_tables(res: Any) -> None:
         t.add_column(n, justify="right")
     for k in spec.kpis:
         t.add_column(k, justify="right")
-    for row in res.points.to_dict("records"):
-        cells = [_num(row[n]) for n in names]
-        cells += [_num(means.loc[row["point"], k]) if row["point"] in means.index
-                  and k in means.columns else "–" for k in spec.kpis]
+    for row in points:
+        cells = [_num(row["values"].get(n)) for n in names]
+        got = means.get(row["point"], {})
+        cells += [_num(got[k]) if k in got else "–" for k in spec.kpis]
         t.add_row(str(row["point"]), *cells)
     out.print(t)
 

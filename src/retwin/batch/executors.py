@@ -428,9 +428,15 @@ def stop_fork_server() -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     stop = getattr(server, "_stop", None)
-    if stop is not None and getattr(server, "_forkserver_pid", None) is not None:
+    pid = getattr(server, "_forkserver_pid", None)
+    if stop is not None and pid is not None:
+        # The server holds nothing to save or flush (its workers are gone by now): killed,
+        # it ends at once, where asked to stop it would first tear down an interpreter that
+        # has loaded numba and the kernels (~0.1 s the command would wait for).
         with contextlib.suppress(OSError):
-            stop()
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            stop()  # closes its pipe, reaps it, removes its socket file
 
 
 class ProcessExecutor(Executor):

@@ -39,6 +39,7 @@ from retwin._files import (
     make_parents,
     remove_created,
 )
+from retwin.batch import arrow
 from retwin.batch.expand import Point, Task
 from retwin.batch.tables import ChunkResult
 from retwin.errors import OutputError, RetwinError
@@ -90,23 +91,24 @@ def points_table(points: list[Point], names: list[str]) -> pa.Table:
     """One row per point: ``point, index, role, parameter, seed``, one column per parameter
     (its value at the point) and ``changes`` (the point's varied changes, as JSON)."""
     cols: dict[str, Any] = {
-        "point": pa.array([p.id for p in points], pa.string()),
-        "index": pa.array([p.index for p in points], pa.int64()),
-        "role": pa.array([p.role for p in points], pa.string()),
-        "parameter": pa.array([p.parameter for p in points], pa.string()),
-        "seed": pa.array([p.seed for p in points], pa.int64()),
+        "point": arrow.strings([p.id for p in points]),
+        "index": arrow.numbers([p.index for p in points], pa.int64()),
+        "role": arrow.strings([p.role for p in points]),
+        "parameter": arrow.strings([p.parameter for p in points]),
+        "seed": arrow.numbers([p.seed for p in points], pa.int64()),
     }
     for name in names:
         values = [p.values.get(name) for p in points]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
-            cols[name] = pa.array(values, pa.int64() if all(isinstance(v, int) for v in values)
-                                  else pa.float64())
+            cols[name] = arrow.numbers(values, pa.int64() if all(isinstance(v, int)
+                                                                 for v in values)
+                                       else pa.float64())
         elif all(isinstance(v, bool) for v in values):
-            cols[name] = pa.array(values, pa.bool_())
+            cols[name] = arrow.numbers(values, pa.bool_())
         else:
-            cols[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
-    cols["changes"] = pa.array([json.dumps(list(p.changes), ensure_ascii=False)
-                                for p in points], pa.string())
+            cols[name] = arrow.strings([None if v is None else str(v) for v in values])
+    cols["changes"] = arrow.strings([json.dumps(list(p.changes), ensure_ascii=False)
+                                     for p in points])
     return pa.table(cols)
 
 

@@ -3,33 +3,39 @@
 from __future__ import annotations
 
 import importlib.metadata
+import itertools
 import json
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
 from retwin import whatif
 from retwin._version import __version__
 from retwin.batch.executors import Executor, Interrupts, make_executor
 from retwin.batch.expand import Point, Task, expand_points, make_change, plan_tasks
-from retwin.batch.sensitivity import kpi_means, sensitivity_table
 from retwin.batch.spec import KpiSelector, StudySpec, load_spec, spec_hash
 from retwin.batch.store import StudyDir
-from retwin.batch.tables import SCHEMAS, PointRunner, kinds_for
+from retwin.batch.tables import SCHEMAS, ChunkResult, KpiRows, PointRunner, kinds_for
 from retwin.engine.run import prepare
 from retwin.errors import RetwinError, ScenarioError
 from retwin.results import kpi_labels
 from retwin.scenario.load import load_scenario, scenario_hash
 from retwin.scenario.schema import Scenario
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow.compute as pc
+    import pyarrow.dataset as ds
+
+# pandas and pyarrow's dataset and compute layers are imported where results are read
+# (:class:`BatchResult`), not to run a study: a sweep starts its workers sooner without them.
 
 __all__ = [
     "FULL_CHECK_MAX_POINTS",
@@ -223,6 +229,123 @@ class BatchProgress:
         return (self.runs_total - self.runs_done) / rate if rate > 0 else None
 
 
+#: The last tasks of a study, one per worker, are each run as this many parts: the workers
+#: then finish within a part of one another, not within a whole task (tasks are equal in
+#: size, the cores' speeds are not, on a shared machine or a cluster).
+TAIL_PARTS = 4
+
+
+def split_tail(tasks: Sequence[Task], workers: int, parts: int = TAIL_PARTS) -> list[Task]:
+    """``tasks`` to hand out, with each of the last ``workers`` of them (when there is more
+    than one worker) split into up to ``parts`` tasks of consecutive replications; their
+    results are put together again by :class:`_Assembler` before they are written."""
+    if workers < 2 or parts < 2:
+        return list(tasks)
+    head = list(tasks[:-workers])
+    for task in tasks[-workers:]:
+        n = min(parts, task.runs)
+        bounds = [task.first + (task.runs * k) // n for k in range(n + 1)]
+        head += [replace(task, first=a, stop=b) for a, b in itertools.pairwise(bounds)]
+    return head
+
+
+class _Assembler:
+    """Collects the results of the parts of a split task; gives a task's result once it is
+    whole (at once for a task that was not split)."""
+
+    def __init__(self, tasks: Sequence[Task]) -> None:
+        self.whole = {(t.point_id, t.chunk): t for t in tasks}
+        self.parts: dict[tuple[str, int], list[ChunkResult]] = {}
+
+    def add(self, result: ChunkResult) -> ChunkResult | None:
+        key = (result.task.point_id, result.task.chunk)
+        task = self.whole[key]
+        if result.task == task:
+            return result
+        got = self.parts.setdefault(key, [])
+        got.append(result)
+        if sum(p.task.runs for p in got) < task.runs:
+            return None
+        del self.parts[key]
+        return ChunkResult.join(task, got)
+
+
+def _nanmean(values: np.ndarray, axis: int) -> Any:
+    """The mean along ``axis`` of the values that are not NaN (NaN where none is), as
+    pandas takes a mean, without numpy's warning about an empty slice."""
+    ok = ~np.isnan(values)
+    n = ok.sum(axis=axis)
+    total = np.where(ok, values, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+class KpiTally:
+    """The spec's KPIs (its ``kpis`` selectors), per point and replication, taken from the
+    results as they arrive: what :meth:`BatchResult.point_means` shows after a study, without
+    reading back the dataset it has just written.
+
+    A selector with a year takes that year's row; one without takes the mean over the years
+    of each replication (as :func:`~retwin.batch.sensitivity.kpi_means`). A point counts once
+    every replication of it was seen.
+    """
+
+    def __init__(self, selectors: Sequence[KpiSelector], replications: int) -> None:
+        self.selectors = list(selectors)
+        self.replications = replications
+        self._rows: dict[str, list[np.ndarray]] = {}  # point -> row indices per selector
+        self._layouts: dict[Any, list[np.ndarray]] = {}  # the same for points alike
+        # point -> its chunks' (replications, values (runs, selectors)); 8 bytes a KPI a run
+        self._chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+
+    def _rows_of(self, point: str, kpis: KpiRows) -> list[np.ndarray]:
+        rows = self._rows.get(point)
+        if rows is None:
+            layout = (tuple(kpis.kpi), tuple(kpis.key), np.asarray(kpis.year).tobytes())
+            rows = self._layouts.get(layout)
+            if rows is None:
+                index: dict[tuple[str, str], list[tuple[int, int]]] = {}
+                for i, (kpi, key, year) in enumerate(zip(kpis.kpi, kpis.key,
+                                                          np.asarray(kpis.year).tolist(),
+                                                          strict=True)):
+                    index.setdefault((kpi, key), []).append((int(year), i))
+                rows = [np.array([i for year, i in index.get((sel.kpi, sel.key), [])
+                                  if sel.year is None or year == sel.year], np.int64)
+                        for sel in self.selectors]
+                self._layouts[layout] = rows
+            self._rows[point] = rows
+        return rows
+
+    def add(self, result: ChunkResult) -> None:
+        kpis = result.tables.get("kpis")
+        if not isinstance(kpis, KpiRows):
+            return
+        point = result.task.point_id
+        rows = self._rows_of(point, kpis)
+        per_run = np.full((len(kpis.replications), len(rows)), np.nan)
+        for j, r in enumerate(rows):
+            if len(r):
+                per_run[:, j] = _nanmean(kpis.values[:, r], axis=1)
+        self._chunks.setdefault(point, []).append((kpis.replications, per_run))
+
+    def means(self, points: Sequence[str]) -> dict[str, dict[str, float]] | None:
+        """Per point and selector label, the mean over the replications; ``None`` unless
+        every replication of every point in ``points`` was seen (a resumed study's earlier
+        points are on disk only)."""
+        out: dict[str, dict[str, float]] = {}
+        for point in points:
+            chunks = self._chunks.get(point, [])
+            reps = np.concatenate([r for r, _ in chunks]) if chunks else np.zeros(0, np.int64)
+            if len(np.unique(reps)) != self.replications:
+                return None
+            order = np.argsort(reps, kind="stable")  # the same sum whatever the arrival order
+            values = np.concatenate([v for _, v in chunks])[order]
+            out[point] = {sel.label: float(_nanmean(values[:, j], axis=0))
+                          for j, sel in enumerate(self.selectors)
+                          if len(self._rows[point][j])}
+        return out
+
+
 class BatchInterrupted(KeyboardInterrupt):
     """A study stopped by Ctrl-C (or SIGTERM in the CLI); finished points are kept."""
 
@@ -289,11 +412,14 @@ def run_batch(
     store = StudyDir(out, spec=sp.model_dump(mode="json"), spec_sha256=study.spec_sha256,
                      base=base_info, versions=versions, points=study.points,
                      tasks=study.tasks, kinds=study.kinds, names=study.names)
+    runner = study.runner()
     ex = executor or make_executor(workers, dask)  # reach a cluster before writing anything
     try:
+        ex.start(runner)  # the workers start and warm up while the output folder is opened
         store.open()
     except BaseException:
         if executor is None:
+            ex.abort()  # the workers hold nothing yet
             ex.close()
         raise
     with store:
@@ -301,6 +427,8 @@ def run_batch(
         t0 = time.perf_counter()
         runs_at_start = store.runs_done
         by_id = {p.id: p for p in study.points}
+        tally = KpiTally(sp.selectors, sp.replications)
+        whole = _Assembler(todo)
 
         def report(point: Point | None = None, seconds: float = 0.0) -> None:
             if progress is not None:
@@ -312,8 +440,13 @@ def run_batch(
         try:
             with Interrupts(*interrupt_signals) as interrupts:
                 report()
-                for res in ex.map_unordered(study.runner(), todo, stop=interrupts.__bool__):
+                for part in ex.map_unordered(runner, split_tail(todo, ex.workers),
+                                             stop=interrupts.__bool__):
+                    res = whole.add(part)
+                    if res is None:  # a part of a task: written once the task is whole
+                        continue
                     complete = store.write_chunk(res)
+                    tally.add(res)
                     report(by_id[res.task.point_id] if complete else None, res.seconds)
         except KeyboardInterrupt:
             ex.abort()
@@ -332,10 +465,13 @@ def run_batch(
             store.write_table("sensitivity", pa.Table.from_pandas(result.sensitivity(),
                                                                   preserve_index=False))
         store.finish("complete")
-    return BatchResult(store.out)
+    return BatchResult(store.out, means=tally.means([p.id for p in study.points]))
 
 
-_POINT_PARTITION = ds.partitioning(pa.schema([("point", pa.string())]), flavor="hive")
+def _point_partition() -> ds.Partitioning:
+    import pyarrow.dataset as ds
+
+    return ds.partitioning(pa.schema([("point", pa.string())]), flavor="hive")
 
 
 class BatchResult:
@@ -346,10 +482,12 @@ class BatchResult:
     a selection; :attr:`points` has each point's parameter values and seed.
     """
 
-    def __init__(self, out: str | Path) -> None:
+    def __init__(self, out: str | Path, *,
+                 means: dict[str, dict[str, float]] | None = None) -> None:
         self.path = Path(out)
         if not (self.path / "manifest.json").is_file():
             raise RetwinError(f"{self.path} holds no study (no manifest.json)")
+        self._means = means
 
     @classmethod
     def open(cls, out: str | Path) -> BatchResult:
@@ -383,17 +521,21 @@ class BatchResult:
     def points(self) -> pd.DataFrame:
         """One row per point: ``point, index, role, parameter, seed``, the parameters'
         values, and ``changes`` (JSON)."""
+        import pandas as pd
+
         return pd.read_parquet(self.path / "points.parquet")
 
     def table_dataset(self, table: str = "kpis") -> ds.Dataset:
         """``kpis``, ``monthly`` or ``daily`` as a pyarrow dataset (with a ``point`` column)."""
+        import pyarrow.dataset as ds
+
         if table not in self.tables:
             raise RetwinError(f"the study has no {table!r} table (it has: "
                               f"{', '.join(self.tables)}; record: daily keeps all three)")
         root = self.path / table
         if not root.is_dir():  # no point finished yet
             return ds.dataset([], schema=SCHEMAS[table].append(pa.field("point", pa.string())))
-        return ds.dataset(root, format="parquet", partitioning=_POINT_PARTITION)
+        return ds.dataset(root, format="parquet", partitioning=_point_partition())
 
     @property
     def dataset(self) -> ds.Dataset:
@@ -429,23 +571,45 @@ class BatchResult:
     def kpi_means(self, kpis: Sequence[str] | None = None) -> pd.DataFrame:
         """Per point, the mean over replications of each KPI selector (the spec's ``kpis``
         by default): ``point, kpi, value``."""
+        from retwin.batch.sensitivity import kpi_means
+
         selectors = [KpiSelector.parse(k) for k in (kpis or self.spec.kpis)]
         families = sorted({s.kpi for s in selectors})
         df = self.to_pandas(columns=["point", "kpi", "key", "year", "value", "replication"],
                             filter={"kpi": families})
         return kpi_means(df, selectors)
 
+    def point_means(self) -> dict[str, dict[str, float]]:
+        """Per point id, the mean over replications of each of the spec's ``kpis`` (by
+        label; a KPI the point's runs do not report is left out): what :meth:`kpi_means`
+        gives, as plain numbers. After :func:`run_batch` ran every point of the study, they
+        come from the results as they arrived; otherwise they are read from the dataset."""
+        if self._means is not None:
+            return self._means
+        df = self.kpi_means()
+        out: dict[str, dict[str, float]] = {}
+        for point, kpi, value in zip(df["point"].astype(str), df["kpi"].astype(str),
+                                     df["value"].to_numpy(np.float64).tolist(), strict=True):
+            out.setdefault(point, {})[kpi] = value
+        return out
+
     def sensitivity(self, kpis: Sequence[str] | None = None) -> pd.DataFrame:
         """The ranked one-at-a-time table: per KPI, each parameter's low/base/high value, the
         KPI there (mean over replications), the swing and its rank."""
         if not self.spec.is_oat:
             raise RetwinError("sensitivity needs a one-at-a-time study (mode: oat)")
+        import pandas as pd
+
+        from retwin.batch.sensitivity import sensitivity_table
+
         if kpis is None and (self.path / "sensitivity.parquet").is_file():
             return pd.read_parquet(self.path / "sensitivity.parquet")
         return sensitivity_table(self.points, self.kpi_means(kpis))
 
 
 def _expression(filter: Mapping[str, Any]) -> pc.Expression | None:
+    import pyarrow.compute as pc
+
     expr: pc.Expression | None = None
     for col, want in filter.items():
         if isinstance(want, list | tuple | set | frozenset):
