@@ -75,11 +75,11 @@ from retwin.storage import (
 from retwin_service.space import NO_SPACE, Space, is_no_space
 
 if TYPE_CHECKING:  # a worker needs none of the registry's packages
-    from retwin_service.registry import Registry
+    from retwin_service.registry import Finished, Registry
 
 __all__ = ["Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed", "Task",
-           "complete", "compute", "deferred_for", "is_stored", "public_error", "result_dir",
-           "store", "stored_kpis"]
+           "answer_of", "complete", "compute", "deferred_for", "is_stored", "public_error",
+           "result_dir", "store", "stored_kpis"]
 
 log = logging.getLogger("retwin.api.jobs")
 
@@ -156,7 +156,9 @@ class Outcome:
     """What a computation ended with: ``done``, ``cancelled`` or ``failed`` (``error``).
 
     Without a results folder a done outcome carries the result for the server to store
-    (``runs``: those of a :class:`Completion`).
+    (``runs``: those of a :class:`Completion`). A result computed and stored carries the
+    ``result`` of its run's answer (:func:`answer_of`), so that the request waiting for it
+    reads nothing back.
     """
 
     status: str
@@ -164,6 +166,27 @@ class Outcome:
     cached: bool = False
     result: whatif.WhatIfResult | None = None
     runs: retwin.ReplicationSet | None = None
+    answer: dict[str, Any] | None = None
+
+
+def answer_of(result: whatif.WhatIfResult, results_root: str | Path, key: str
+              ) -> dict[str, Any] | None:
+    """The ``result`` of a run's answer (``detail=headline``) for ``result``, just stored
+    as ``key``: made from the tables in memory, as :func:`retwin_service.tables.run_result`
+    would read them back. ``None`` if it cannot be made (the answer then reads the tables)."""
+    import json
+
+    from retwin_service import tables
+
+    try:
+        m = json.loads((result_dir(results_root, key) / "manifest.json").read_text(
+            encoding="utf-8"))
+        runs = result.whatif
+        return tables.result_of(m, runs.summary, result.difference, runs.first.target_table,
+                                runs.first.bottlenecks)
+    except Exception:  # never worth failing a stored result: its answer reads it back
+        log.exception("the answer of %s was not made in memory", key[:12])
+        return None
 
 
 def result_dir(results_root: str | Path, key: str) -> Path:
@@ -276,7 +299,7 @@ def _compute(task: Task, hooks: TaskHooks) -> Outcome:
     if root is None:
         return Outcome("done", result=res)
     store(res, root, task.key, task.baseline_key)
-    return Outcome("done")
+    return Outcome("done", answer=answer_of(res, root, task.key))
 
 
 def complete(task: Completion) -> Outcome:
@@ -408,9 +431,10 @@ class Jobs:
         self.on_computed = on_computed
         self._fn = Compute()
         self._tracks: dict[str, asyncio.Task[Outcome]] = {}
-        # per tracked key: done once its runs are finished in the registry (a waiting
-        # request answers then, before the claim is released)
-        self._ended: dict[str, asyncio.Future[None]] = {}
+        # per key: done at the next finish of its runs here (with what was written), or
+        # when its tracking ends (None); and how many requests wait on it (see watch)
+        self._events: dict[str, asyncio.Future[Finished | None]] = {}
+        self._watchers: dict[str, int] = {}
         self._completing: dict[str, asyncio.Task[None]] = {}
         self._complete: set[str] = set()  # stored results known to defer nothing
 
@@ -496,10 +520,35 @@ class Jobs:
     def stored(self, key: str) -> bool:
         return is_stored(self.root, key)
 
-    def waiter(self, key: str) -> asyncio.Future[Any] | None:
-        """What to await for the computation of ``key``, if one is under way: done as
-        soon as its runs are finished in the registry."""
-        return self._ended.get(key)
+    def watch(self, key: str) -> asyncio.Future[Finished | None]:
+        """What a request waiting for runs of ``key`` awaits: done as soon as this process
+        finishes them in the registry (with what it wrote:
+        :class:`~retwin_service.registry.Finished`), or with ``None`` when their runs may
+        have changed otherwise (the computation's tracking ended, a run was cancelled).
+        Call on the event loop, and :meth:`unwatch` after."""
+        fut = self._events.get(key)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._events[key] = fut
+        self._watchers[key] = self._watchers.get(key, 0) + 1
+        return fut
+
+    def unwatch(self, key: str, fut: asyncio.Future[Finished | None]) -> None:
+        """A request stopped waiting on ``fut`` (from :meth:`watch`)."""
+        n = self._watchers.get(key, 1) - 1
+        if n > 0:
+            self._watchers[key] = n
+            return
+        self._watchers.pop(key, None)
+        if self._events.get(key) is fut:
+            del self._events[key]
+            fut.cancel()
+
+    def notify(self, key: str, finished: Finished | None = None) -> None:
+        """Wake the requests waiting for runs of ``key`` (:meth:`watch`)."""
+        fut = self._events.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(finished)
 
     @property
     def in_flight(self) -> int:
@@ -511,7 +560,6 @@ class Jobs:
         t = self._tracks.get(task.key)
         if t is None:
             loop = asyncio.get_running_loop()
-            self._ended[task.key] = loop.create_future()
             t = loop.create_task(self._track(task), name=f"retwin-{task.key[:12]}")
             self._tracks[task.key] = t
         return t
@@ -555,11 +603,14 @@ class Jobs:
             if outcome is None:
                 claimed = True
                 outcome = await self._run(task)
-            await self._write(self._finish, task, outcome)
+            if outcome.answer is not None:
+                from retwin_service import tables
+
+                tables.prime(self.root, task.key, "headline", outcome.answer)
+                outcome.answer = None
+            self.notify(task.key, await self._write(self._finish, task, outcome))
         finally:
-            ended = self._ended.pop(task.key, None)
-            if ended is not None and not ended.done():
-                ended.set_result(None)
+            self.notify(task.key)
             self._tracks.pop(task.key, None)
             if claimed:
                 with contextlib.suppress(Exception):  # else the lease simply lapses
@@ -569,11 +620,13 @@ class Jobs:
         # a run that joined while this computation ended is finished (or run) now
         if await asyncio.to_thread(self.registry.has_active, task.key):
             if outcome.status == "done" or self.stored(task.key):
-                await self._write(self.registry.finish, task.key, "done")
+                self.notify(task.key, await self._write(self.registry.finish_runs, task.key,
+                                                        "done"))
             elif outcome.status == "cancelled":
                 self.ensure(task)
             else:
-                await self._write(self.registry.finish, task.key, "failed", outcome.error)
+                self.notify(task.key, await self._write(self.registry.finish_runs, task.key,
+                                                        "failed", outcome.error))
         return outcome
 
     async def _run(self, task: Task) -> Outcome:
@@ -690,8 +743,9 @@ class Jobs:
             return self.space.refused(exc)
         return is_no_space(exc)
 
-    def _finish(self, task: Task, outcome: Outcome) -> None:
-        """Store a result that came back from a cluster, then finish the waiting runs."""
+    def _finish(self, task: Task, outcome: Outcome) -> Finished | None:
+        """Store a result that came back from a cluster, then finish the waiting runs;
+        what was written (``None``: nothing)."""
         res = outcome.result
         if outcome.status == "done" and res is not None:
             try:
@@ -703,9 +757,15 @@ class Jobs:
                 if not self._no_space(exc):
                     log.exception("storing computation %s failed", task.key[:12])
                 outcome.status, outcome.error = "failed", public_error(exc)
+            else:
+                answer = answer_of(res, self.root, task.key)
+                if answer is not None:
+                    from retwin_service import tables
+
+                    tables.prime(self.root, task.key, "headline", answer)
             outcome.result = None
         if outcome.status == "done":
-            self.registry.finish(task.key, "done")
-        elif outcome.status == "failed":
-            self.registry.finish(task.key, "failed", outcome.error)
-        # cancelled: the runs were marked by whoever cancelled them
+            return self.registry.finish_runs(task.key, "done")
+        if outcome.status == "failed":
+            return self.registry.finish_runs(task.key, "failed", outcome.error)
+        return None  # cancelled: the runs were marked by whoever cancelled them

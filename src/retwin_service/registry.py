@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ __all__ = [
     "FINISHED",
     "OPEN_OWNER",
     "STATUSES",
+    "Finished",
     "OwnerLimit",
     "QueueFull",
     "Registry",
@@ -238,6 +239,25 @@ class TokenRecord:
     @property
     def active(self) -> bool:
         return self.revoked_at is None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What :meth:`Registry.finish_runs` wrote: the runs it finished (id -> their
+    ``started_at`` and ``progress`` as stored), with ``status`` and ``error``, at ``at``."""
+
+    status: str
+    error: str | None
+    at: dt.datetime
+    runs: dict[str, tuple[dt.datetime, float]]
+
+    def apply(self, rec: RunRecord) -> RunRecord | None:
+        """``rec`` as this finish left it, or ``None`` when it did not finish ``rec``."""
+        row = self.runs.get(rec.id)
+        if row is None:
+            return None
+        return replace(rec, status=self.status, error=self.error, finished_at=self.at,
+                       started_at=row[0], progress=row[1])
 
 
 def _run(row: Any) -> RunRecord:
@@ -653,21 +673,31 @@ class Registry:
 
     def finish(self, request_hash: str, status: Status, error: str | None = None) -> list[str]:
         """Finish every unfinished run of a computation; returns their ids."""
+        return list(self.finish_runs(request_hash, status, error).runs)
+
+    def finish_runs(self, request_hash: str, status: Status, error: str | None = None
+                    ) -> Finished:
+        """Finish every unfinished run of a computation; what was written (a waiting
+        request answers from it without reading its run again)."""
         if status not in FINISHED:
             raise ValueError(f"status(={status!r}) must be one of {', '.join(FINISHED)}")
         now = _now()
         with self.engine.begin() as conn:
-            ids = [r[0] for r in conn.execute(
-                sa.select(runs.c.id).where(runs.c.request_hash == request_hash)
+            rows = conn.execute(
+                sa.select(runs.c.id, runs.c.started_at, runs.c.progress)
+                .where(runs.c.request_hash == request_hash)
                 .where(runs.c.status.in_(ACTIVE))
-            ).all()]
+            ).all()
+            ids = [r[0] for r in rows]
             if ids:
                 values: dict[str, Any] = {"status": status, "finished_at": now, "error": error,
                                           "started_at": sa.func.coalesce(runs.c.started_at, now)}
                 if status == "done":
                     values["progress"] = 1.0
                 conn.execute(runs.update().where(runs.c.id.in_(ids)).values(**values))
-        return ids
+        return Finished(status=status, error=error, at=now, runs={
+            str(r[0]): (_utc(r[1]) or now, 1.0 if status == "done" else float(r[2]))
+            for r in rows})
 
     def cancel(self, run_id: str, owner: str | None = None) -> RunRecord:
         """Cancel an unfinished run (a finished one is returned unchanged)."""

@@ -147,6 +147,27 @@ def test_accepted_then_polled(client: TestClient) -> None:
     assert r.json()["status"] == "done"
 
 
+def test_a_waiting_request_is_woken_by_the_finish_with_the_run_as_written(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that waits is answered as its computation's runs are finished: from what
+    the finish wrote (no look at the registry in between, no poll), and what it answers
+    is the run as stored, result included."""
+    reg = client.app.state.service.registry  # type: ignore[attr-defined]
+    real, reads = reg.get_run, []
+
+    def get_run(*a: Any, **kw: Any) -> Any:
+        reads.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(reg, "get_run", get_run)
+    for seed in (21, 22):
+        answer = done(client, whatif(seed=seed))
+        assert reads == []
+        stored = client.get(answer["links"]["self"]).json()
+        assert stored == answer
+        reads.clear()
+
+
 def test_list_runs_paginates_and_filters(client: TestClient, run: dict[str, Any]) -> None:
     done(client, whatif(seed=11))
     all_runs = client.get(f"{API}/runs", params={"limit": 500}).json()

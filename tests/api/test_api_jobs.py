@@ -16,6 +16,7 @@ import retwin
 from retwin import whatif
 from retwin.batch.executors import SerialExecutor
 from retwin.storage import read_table
+from retwin_service import tables
 from retwin_service.jobs import (
     Compute,
     StoreFailed,
@@ -24,6 +25,7 @@ from retwin_service.jobs import (
     is_stored,
     public_error,
     result_dir,
+    store,
 )
 
 
@@ -46,6 +48,25 @@ def test_a_whatif_stores_its_baseline_and_its_paired_difference(tmp_path: Path) 
     pd.testing.assert_frame_equal(diff.reset_index(drop=True), want.reset_index(drop=True),
                                   check_dtype=False)
     assert compute(task(tmp_path)).cached
+
+
+@pytest.mark.parametrize(("changes", "n"), [((QUOTA_CUT,), 1), ((QUOTA_CUT,), 2), ((), 1)])
+def test_the_answer_made_in_the_worker_is_the_one_read_back(
+        tmp_path: Path, changes: tuple[Any, ...], n: int) -> None:
+    """A computed result comes back with its answer made from the tables in memory: the
+    same as the stored tables read back (every row and number, every detail)."""
+    out = compute(task(tmp_path, changes=changes, n=n))
+    assert out.status == "done" and out.answer is not None
+    assert out.answer == tables._stored_result(tmp_path, "w", "headline")
+    res = whatif.run(task(tmp_path, changes=changes, n=n).whatif, replications=n, seed=3)
+    store(res, tmp_path, "again", "b" if changes else None)
+    m = tables.manifest(tmp_path, "again")
+    for detail in ("headline", "full"):
+        made = tables.result_of(m, res.whatif.summary, res.difference,
+                                res.whatif.first.target_table, res.whatif.first.bottlenecks,
+                                detail)
+        assert made == tables._stored_result(tmp_path, "again", detail)
+        assert (made["difference"] is None) == (not changes)
 
 
 def test_a_stored_baseline_is_reused(tmp_path: Path) -> None:
@@ -97,7 +118,8 @@ def test_a_worker_needs_none_of_the_services_web_or_database_packages() -> None:
     """A Dask worker with ``retwin[dist]`` only can run the service's tasks."""
     blocked = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "pydantic_settings")
     code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
-            + "import retwin_service.jobs as j\nprint(j.Compute.cache_key)\n")
+            + "import retwin_service.jobs as j\nimport retwin_service.tables\n"
+            + "print(j.Compute.cache_key)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
