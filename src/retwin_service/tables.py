@@ -227,14 +227,14 @@ _STAT_COLUMNS = [*KPI_KEYS, "mean", "p5", "p50", "p95", "n"]
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of a summary or difference table that :data:`HEADLINE_KPIS` names."""
-    keep = np.zeros(len(df), dtype=bool)
-    kpi = df["kpi"].astype(str)
-    for name, keys in HEADLINE_KPIS.items():
-        rows = (kpi == name).to_numpy()
-        if keys:
-            rows = rows & df["key"].astype(str).isin(keys).to_numpy()
-        keep |= rows
-    return df[keep]
+    kpi = df["kpi"].to_numpy(dtype=object)
+    keep = np.isin(kpi, [name for name, keys in HEADLINE_KPIS.items() if not keys])
+    keyed = [(name, keys) for name, keys in HEADLINE_KPIS.items() if keys]
+    if keyed:
+        key = df["key"].to_numpy(dtype=object)
+        for name, keys in keyed:
+            keep |= (kpi == name) & np.isin(key, list(keys))
+    return df.iloc[np.flatnonzero(keep)]
 
 
 def _arrow(root: Path, key: str, table: str, columns: Sequence[str] | None = None) -> Any:
@@ -359,8 +359,12 @@ def result_of(m: dict[str, Any], summary: pd.DataFrame, difference: pd.DataFrame
     if detail == "headline":
         summary = headline(summary)
         difference = None if difference is None else headline(difference)
-    return _result_body(m, detail, _records(summary[_STAT_COLUMNS]),
-                        None if difference is None else _records(difference[_STAT_COLUMNS]),
+    stats = [summary[_STAT_COLUMNS]]
+    if difference is not None:
+        stats.append(difference[_STAT_COLUMNS])
+    rows = _records(pd.concat(stats, ignore_index=True))  # one encoding for both
+    kpis, diff = rows[:len(summary)], rows[len(summary):]
+    return _result_body(m, detail, kpis, None if difference is None else diff,
                         _records(targets), _records(bottlenecks))
 
 
