@@ -509,7 +509,7 @@ class Jobs:
         try:
             if done == 0:
                 self.registry.mark_running(key)
-            else:
+            elif done < total:  # the last is written with the end (Registry.finish)
                 self.registry.set_progress(key, done / max(total, 1))
         except Exception as exc:  # a progress update is never worth failing a computation
             if is_no_space(exc):

@@ -393,12 +393,19 @@ class Registry:
         self._tokens_checked = (-1e9, False)
         return int(res.rowcount or 0)
 
+    def known_tokens(self, max_age_s: float) -> bool | None:
+        """:meth:`has_tokens` as last read, if that is at most ``max_age_s`` old (it reads
+        nothing: fit for the event loop); else ``None``."""
+        at, value = self._tokens_checked
+        return value if max_age_s > 0 and time.monotonic() - at <= max_age_s else None
+
     def has_tokens(self, max_age_s: float = 0.0) -> bool:
         """Whether any token is active (then every request needs one); an answer up to
         ``max_age_s`` old may be reused (tokens are made by another process, the CLI)."""
+        known = self.known_tokens(max_age_s)
+        if known is not None:
+            return known
         now = time.monotonic()
-        if max_age_s > 0 and now - self._tokens_checked[0] <= max_age_s:
-            return self._tokens_checked[1]
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(tokens.c.id).where(tokens.c.revoked_at.is_(None)).limit(1)

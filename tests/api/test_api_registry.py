@@ -97,6 +97,19 @@ def test_tokens_are_stored_hashed_and_revocable(reg: Registry, tmp_path: Path) -
         reg.create_token("no spaces please")
 
 
+def test_the_known_token_answer_is_the_last_read_while_fresh(reg: Registry) -> None:
+    """What a request may learn without reading the database: the last answer, within its
+    age, and nothing after a token is made or revoked here or the answer is too old."""
+    assert reg.known_tokens(60) is None  # never read
+    assert not reg.has_tokens(60)
+    assert reg.known_tokens(60) is False and reg.known_tokens(0) is None
+    rec, _ = reg.create_token("ann")
+    assert reg.known_tokens(60) is None  # made here: read again
+    assert reg.has_tokens(60) and reg.known_tokens(60) is True
+    reg.revoke_token(rec.id)
+    assert reg.known_tokens(60) is None and not reg.has_tokens(60)
+
+
 def test_a_bootstrap_token_is_idempotent(reg: Registry) -> None:
     t = "a-long-enough-bootstrap-token-0123"
     a = reg.add_token("admin", t)
