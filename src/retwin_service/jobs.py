@@ -78,8 +78,8 @@ if TYPE_CHECKING:  # a worker needs none of the registry's packages
     from retwin_service.registry import Finished, Registry
 
 __all__ = ["Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed", "Task",
-           "answer_of", "complete", "compute", "deferred_for", "is_stored", "public_error",
-           "result_dir", "store", "stored_kpis"]
+           "answer_from", "answer_of", "answer_parts", "complete", "compute", "deferred_for",
+           "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
 
 log = logging.getLogger("retwin.api.jobs")
 
@@ -156,9 +156,8 @@ class Outcome:
     """What a computation ended with: ``done``, ``cancelled`` or ``failed`` (``error``).
 
     Without a results folder a done outcome carries the result for the server to store
-    (``runs``: those of a :class:`Completion`). A result computed and stored carries the
-    ``result`` of its run's answer (:func:`answer_of`), so that the request waiting for it
-    reads nothing back.
+    (``runs``: those of a :class:`Completion`). ``handed_over``: the parts of its answer
+    were handed to the server before the result was stored (:func:`answer_parts`).
     """
 
     status: str
@@ -166,7 +165,35 @@ class Outcome:
     cached: bool = False
     result: whatif.WhatIfResult | None = None
     runs: retwin.ReplicationSet | None = None
-    answer: dict[str, Any] | None = None
+    handed_over: bool = False
+
+
+def answer_parts(result: whatif.WhatIfResult) -> dict[str, Any]:
+    """What the ``result`` of a run's answer is made of (:func:`answer_from`), as the
+    result will be stored: its tables and its manifest's fields, but the scenario's hash
+    (the server has the scenario). A worker hands it to the server before it stores the
+    result (:meth:`~retwin.batch.executors.TaskHooks.message`), so that the answer is
+    made meanwhile."""
+    runs = result.whatif
+    first = runs.first
+    sc = first.compiled.scenario
+    return {"manifest": {"scenario": sc.name, "start": sc.start.isoformat(),
+                         "end": sc.end.isoformat(), "seed": first.seed,
+                         "replications": len(runs.kpi_frames),
+                         "mass_balance_closes": bool(first.balance.closes),
+                         "notes": list(result.notes)},
+            "summary": runs.summary, "difference": result.difference,
+            "targets": first.target_table, "bottlenecks": first.bottlenecks}
+
+
+def answer_from(parts: dict[str, Any], scenario_hash: str) -> dict[str, Any]:
+    """The ``result`` of a run's answer (``detail=headline``) from :func:`answer_parts`:
+    what :func:`retwin_service.tables.run_result` reads back once the result is stored."""
+    from retwin_service import tables
+
+    return tables.result_of({**parts["manifest"], "scenario_hash": scenario_hash},
+                            parts["summary"], parts["difference"], parts["targets"],
+                            parts["bottlenecks"])
 
 
 def answer_of(result: whatif.WhatIfResult, results_root: str | Path, key: str
@@ -298,8 +325,9 @@ def _compute(task: Task, hooks: TaskHooks) -> Outcome:
     rep.check()
     if root is None:
         return Outcome("done", result=res)
+    hooks.message(task.key, ("answer", answer_parts(res)))  # made while this stores
     store(res, root, task.key, task.baseline_key)
-    return Outcome("done", answer=answer_of(res, root, task.key))
+    return Outcome("done", handed_over=True)
 
 
 def complete(task: Completion) -> Outcome:
@@ -370,6 +398,14 @@ DASK_CONNECT_S = 20.0
 CLAIM_LEASE_S = 30.0
 #: Stored results remembered as complete (a look at the manifest spared each).
 COMPLETE_KEPT = 4096
+#: Seconds the end of a computation waits for the answer its worker handed over to be
+#: made (it is, long before the result is stored); after that the answer reads the result.
+ANSWER_WAIT_S = 1.0
+
+
+def _done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def instance_name() -> str:
@@ -431,6 +467,9 @@ class Jobs:
         self.on_computed = on_computed
         self._fn = Compute()
         self._tracks: dict[str, asyncio.Task[Outcome]] = {}
+        self._tasks: dict[str, Task] = {}  # of the tracked keys (read by _message)
+        # per tracked key: done once the answer a worker handed over is made (_message)
+        self._answered: dict[str, asyncio.Future[None]] = {}
         # per key: done at the next finish of its runs here (with what was written), or
         # when its tracking ends (None); and how many requests wait on it (see watch)
         self._events: dict[str, asyncio.Future[Finished | None]] = {}
@@ -454,7 +493,7 @@ class Jobs:
         else:
             flags = self.root / ".cancel" / self.instance.replace(":", "-")
             self.executor = ProcessExecutor(self.workers, on_progress=self._progress,
-                                            flags_dir=flags)
+                                            on_message=self._message, flags_dir=flags)
         self.executor.start(self._fn)
 
     def clean(self) -> int:
@@ -517,6 +556,24 @@ class Jobs:
             else:
                 log.exception("progress update failed")
 
+    def _message(self, key: str, payload: Any) -> None:
+        """Called (in a thread of the executor) with what a worker handed over while
+        running ``key``: the parts of its answer (:func:`answer_parts`), made into the
+        answer here while the worker stores the result (:func:`retwin_service.tables.
+        prime`), so that the request waiting for it reads nothing back."""
+        task, made = self._tasks.get(key), self._answered.get(key)
+        kind, parts = payload
+        if kind != "answer" or task is None:
+            return
+        from retwin_service import tables
+
+        try:
+            tables.prime(self.root, key, "headline",
+                         answer_from(parts, task.whatif.scenario_hash))
+        finally:  # else the answer reads the stored result
+            if made is not None:
+                made.get_loop().call_soon_threadsafe(_done, made)
+
     def stored(self, key: str) -> bool:
         return is_stored(self.root, key)
 
@@ -560,6 +617,8 @@ class Jobs:
         t = self._tracks.get(task.key)
         if t is None:
             loop = asyncio.get_running_loop()
+            self._tasks[task.key] = task
+            self._answered[task.key] = loop.create_future()
             t = loop.create_task(self._track(task), name=f"retwin-{task.key[:12]}")
             self._tracks[task.key] = t
         return t
@@ -603,15 +662,17 @@ class Jobs:
             if outcome is None:
                 claimed = True
                 outcome = await self._run(task)
-            if outcome.answer is not None:
-                from retwin_service import tables
-
-                tables.prime(self.root, task.key, "headline", outcome.answer)
-                outcome.answer = None
+            made = self._answered.get(task.key)
+            if outcome.handed_over and made is not None:  # its answer is made by now
+                await asyncio.wait({made}, timeout=ANSWER_WAIT_S)
             self.notify(task.key, await self._write(self._finish, task, outcome))
         finally:
             self.notify(task.key)
             self._tracks.pop(task.key, None)
+            self._tasks.pop(task.key, None)
+            made = self._answered.pop(task.key, None)
+            if made is not None:
+                made.cancel()
             if claimed:
                 with contextlib.suppress(Exception):  # else the lease simply lapses
                     await asyncio.to_thread(self.registry.release, task.key, self.instance)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +15,15 @@ from apiutil import QUOTA_CUT
 
 import retwin
 from retwin import whatif
-from retwin.batch.executors import SerialExecutor
+from retwin.batch.executors import ProcessExecutor, SerialExecutor, task_hooks
 from retwin.storage import read_table
 from retwin_service import tables
 from retwin_service.jobs import (
     Compute,
     StoreFailed,
     Task,
+    answer_from,
+    answer_of,
     compute,
     is_stored,
     public_error,
@@ -51,15 +54,23 @@ def test_a_whatif_stores_its_baseline_and_its_paired_difference(tmp_path: Path) 
 
 
 @pytest.mark.parametrize(("changes", "n"), [((QUOTA_CUT,), 1), ((QUOTA_CUT,), 2), ((), 1)])
-def test_the_answer_made_in_the_worker_is_the_one_read_back(
+def test_the_answer_made_from_what_the_worker_hands_over_is_the_one_read_back(
         tmp_path: Path, changes: tuple[Any, ...], n: int) -> None:
-    """A computed result comes back with its answer made from the tables in memory: the
-    same as the stored tables read back (every row and number, every detail)."""
-    out = compute(task(tmp_path, changes=changes, n=n))
-    assert out.status == "done" and out.answer is not None
-    assert out.answer == tables._stored_result(tmp_path, "w", "headline")
-    res = whatif.run(task(tmp_path, changes=changes, n=n).whatif, replications=n, seed=3)
+    """A worker hands the parts of its answer over before it stores the result; the answer
+    made of them is the stored tables read back (every row and number, every detail)."""
+    got: list[tuple[str, Any]] = []
+    ex = SerialExecutor(on_message=lambda key, payload: got.append((key, payload)))
+    t = task(tmp_path, changes=changes, n=n)
+    out = ex.submit(Compute(), t, key=t.key).result()
+    assert out.status == "done" and [(k, p[0]) for k, p in got] == [("w", "answer")]
+    parts = pickle.loads(pickle.dumps(got[0][1][1]))  # it travels between processes
+    assert answer_from(parts, t.whatif.scenario_hash) == tables._stored_result(
+        tmp_path, "w", "headline")
+    assert ex.submit(Compute(), t, key=t.key).result().cached and len(got) == 1
+    res = whatif.run(t.whatif, replications=n, seed=3)
     store(res, tmp_path, "again", "b" if changes else None)
+    assert answer_of(res, tmp_path, "again") == tables._stored_result(tmp_path, "again",
+                                                                      "headline")
     m = tables.manifest(tmp_path, "again")
     for detail in ("headline", "full"):
         made = tables.result_of(m, res.whatif.summary, res.difference,
@@ -67,6 +78,26 @@ def test_the_answer_made_in_the_worker_is_the_one_read_back(
                                 detail)
         assert made == tables._stored_result(tmp_path, "again", detail)
         assert (made["difference"] is None) == (not changes)
+
+
+def _hand_over(key: str) -> str:
+    hooks = task_hooks()
+    hooks.progress(key, 0, 1)
+    hooks.message(key, {"part": [1, 2]})
+    hooks.progress(key, 1, 1)
+    return key
+
+
+def test_a_worker_process_hands_messages_over_in_order_with_its_progress() -> None:
+    seen: list[tuple[Any, ...]] = []
+    with ProcessExecutor(1, on_progress=lambda *a: seen.append(("progress", *a)),
+                         on_message=lambda *a: seen.append(("message", *a))) as ex:
+        assert ex.submit(_hand_over, "k", key="k").result(timeout=120) == "k"
+        deadline = time.monotonic() + 60
+        while len(seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen == [("progress", "k", 0, 1), ("message", "k", {"part": [1, 2]}),
+                    ("progress", "k", 1, 1)]
 
 
 def test_a_stored_baseline_is_reused(tmp_path: Path) -> None:
