@@ -24,6 +24,7 @@ This module knows nothing of HTTP; the service maps its errors to status codes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -31,7 +32,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -325,6 +326,7 @@ class Registry:
         self.engine: Engine = sa.create_engine(url, **kwargs)
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._writing = threading.Lock()
         metadata.create_all(self.engine)
         self._claim_open_runs()
         self._admit = threading.Lock()
@@ -332,6 +334,19 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A write transaction. On SQLite, this process's writers take turns on a lock of
+        this object: one that finds the database locked by another connection would wait
+        in SQLite's busy handler, which sleeps (1, 2, 5, 10 ms…) instead of being woken
+        when the lock is free. Other processes (the CLI) still meet the busy timeout."""
+        if not self.is_sqlite:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._writing, self.engine.begin() as conn:
+            yield conn
 
     def _claim_open_runs(self) -> None:
         """Hand the open-mode runs of an older registry (owner ``local``) to
@@ -344,7 +359,7 @@ class Registry:
         with self.engine.connect() as conn:
             if conn.execute(sa.select(runs.c.id).where(legacy).limit(1)).first() is None:
                 return
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(runs.update().where(legacy).values(owner=OPEN_OWNER))
 
     # --- tokens ------------------------------------------------------------------------
@@ -362,7 +377,7 @@ class Registry:
         """Store the hash of a token given from outside (a bootstrap token); idempotent."""
         _check_name(name)
         h = hash_token(token)
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == h)).first()
             if row is not None:
                 if row._mapping["revoked_at"] is None and row._mapping["name"] == name:
@@ -383,7 +398,7 @@ class Registry:
     def revoke_token(self, name_or_id: str) -> int:
         """Revoke the token with this id, or every active token of this name; returns how
         many were revoked."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             res = conn.execute(
                 tokens.update()
                 .where(sa.or_(tokens.c.id == name_or_id, tokens.c.name == name_or_id))
@@ -454,7 +469,7 @@ class Registry:
         }
         if status == "done":
             rec.update(progress=1.0, started_at=now, finished_at=now)
-        with self._admit, self.engine.begin() as conn:
+        with self._admit, self._write() as conn:
             if status in ACTIVE and not self.is_sqlite:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ADMISSION_LOCK)))
             if status in ACTIVE:
@@ -551,7 +566,7 @@ class Registry:
         """At start-up: runs left ``running`` by a stopped service go back to ``queued``
         (their attempt counted); returns how many unfinished runs there are. Runs whose
         computation another live service process holds (:meth:`claim`) are left to it."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             held = (sa.select(claims.c.request_hash)
                     .where(claims.c.expires_at > self._clock(conn)))
             orphan = runs.c.request_hash.not_in(held)
@@ -582,7 +597,7 @@ class Registry:
         """Claim computation ``request_hash`` for ``holder`` for ``lease_s`` seconds: true
         if it is now ``holder``'s (free, expired, or already theirs), false while another
         holder's lease runs. At most one holder wins, however many try at once."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             now = self._clock(conn)
             until = now + dt.timedelta(seconds=lease_s)
             taken = conn.execute(
@@ -593,7 +608,7 @@ class Registry:
             if taken:
                 return True
         try:
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(claims.insert().values(request_hash=request_hash, holder=holder,
                                                     expires_at=until))
         except sa.exc.IntegrityError:
@@ -603,7 +618,7 @@ class Registry:
     def renew(self, holder: str, lease_s: float) -> int:
         """Extend every lease of ``holder`` by ``lease_s`` seconds from now; returns how many
         it holds."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             until = self._clock(conn) + dt.timedelta(seconds=lease_s)
             n = conn.execute(claims.update().where(claims.c.holder == holder)
                              .values(expires_at=until)).rowcount
@@ -611,7 +626,7 @@ class Registry:
 
     def release(self, request_hash: str, holder: str) -> None:
         """``holder`` is done with computation ``request_hash``."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(claims.delete().where(claims.c.request_hash == request_hash)
                          .where(claims.c.holder == holder))
 
@@ -632,7 +647,7 @@ class Registry:
 
     def drop_claims(self, holder: str) -> int:
         """Forget every claim of ``holder`` (a process known to be gone)."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             n = conn.execute(claims.delete().where(claims.c.holder == holder)).rowcount
         return int(n or 0)
 
@@ -661,7 +676,7 @@ class Registry:
 
     def mark_running(self, request_hash: str) -> None:
         """The computation ``request_hash`` has started: its queued runs are running."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 runs.update().where(runs.c.request_hash == request_hash)
                 .where(runs.c.status == "queued")
@@ -670,7 +685,7 @@ class Registry:
 
     def set_progress(self, request_hash: str, progress: float) -> None:
         """Progress (0..1) of a computation, shown on every run waiting for it."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 runs.update().where(runs.c.request_hash == request_hash)
                 .where(runs.c.status.in_(ACTIVE))
@@ -689,7 +704,7 @@ class Registry:
         if status not in FINISHED:
             raise ValueError(f"status(={status!r}) must be one of {', '.join(FINISHED)}")
         now = _now()
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             rows = conn.execute(
                 sa.select(runs.c.id, runs.c.started_at, runs.c.progress)
                 .where(runs.c.request_hash == request_hash)
@@ -711,7 +726,7 @@ class Registry:
         rec = self.get_run(run_id, owner)
         if rec.finished:
             return rec
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 runs.update().where(runs.c.id == run_id).where(runs.c.status.in_(ACTIVE))
                 .values(status="cancelled", finished_at=_now())

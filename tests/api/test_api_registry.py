@@ -326,3 +326,39 @@ def test_admission_limits_hold_across_registries(url: str) -> None:
     assert regs[0].active_computations() == 7
     for r in set(regs):
         r.close()
+
+
+def test_writers_of_one_process_never_meet_a_locked_sqlite_database(tmp_path: Path) -> None:
+    """Threads of one service process writing at once (a request's run, another's claim,
+    progress, the end of a computation) take turns without SQLite's busy handler, which
+    sleeps between tries: with no busy timeout at all, none of them finds the database
+    locked."""
+    reg = Registry(sqlite_url(tmp_path / "reg.sqlite3"))
+    reg.engine.dispose()
+    sa.event.listen(reg.engine, "connect",
+                    lambda con, _rec: con.execute("PRAGMA busy_timeout=0"))
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def write(i: int) -> None:
+        start.wait()
+        try:
+            for j in range(40):
+                key = f"k{i}-{j}"
+                reg.add_run(owner="o", model="m", request={"i": i}, request_hash=key)
+                reg.claim(key, f"h{i}", 30)
+                reg.mark_running(key)
+                reg.set_progress(key, 0.5)
+                reg.finish(key, "done")
+                reg.release(key, f"h{i}")
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reg.close()
+    assert errors == []
+    assert Registry(sqlite_url(tmp_path / "reg.sqlite3")).counts()["done"] == 6 * 40
