@@ -357,6 +357,23 @@ def complete(task: Completion) -> Outcome:
     return Outcome("done")
 
 
+def warm_io() -> None:
+    """Load what storing and reading results first uses (pyarrow's Parquet, dataset and
+    pandas modules, some 30 ms of imports), so that a worker's first computation does not
+    wait for them."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.dataset  # what pandas reads Parquet with
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    frame = pd.DataFrame({"name": pd.array(["x"], dtype="str"), "value": [1.0]})
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+    buf.seek(0)
+    pd.read_parquet(buf)
+
+
 class Compute:
     """:func:`compute` (and :func:`complete`) as an executor's task function: one for every
     task of the service (so the workers are started once), warming the kernels as a worker
@@ -366,6 +383,7 @@ class Compute:
 
     def prepare(self) -> None:
         warm_once()
+        warm_io()
 
     def __call__(self, task: Task | Completion) -> Outcome:
         if isinstance(task, Completion):

@@ -100,6 +100,31 @@ def test_a_worker_process_hands_messages_over_in_order_with_its_progress() -> No
                     ("progress", "k", 1, 1)]
 
 
+def test_a_warmed_worker_imports_nothing_while_it_computes(tmp_path: Path) -> None:
+    """What a worker's first what-if and its stored baseline need is loaded as the worker
+    starts (Compute.prepare), not while a request waits."""
+    code = (
+        "import sys\n"
+        "import retwin\n"
+        "from retwin import whatif\n"
+        "from retwin_service.jobs import Compute, Task, compute\n"
+        "Compute().prepare()\n"
+        "tiny = retwin.load_scenario('tiny')\n"
+        "before = set(sys.modules)\n"
+        f"root = {str(tmp_path)!r}\n"
+        "compute(Task(key='b', whatif=whatif.resolve(tiny), seed=0, replications=1,\n"
+        "             baseline_key=None, results_root=root))\n"
+        "cut = [{'kind': 'quota', 'quota': 'mining', 'factor': 0.9}]\n"
+        "out = compute(Task(key='w', whatif=whatif.resolve(tiny, cut), seed=0,\n"
+        "                   replications=1, baseline_key='b', results_root=root))\n"
+        "assert out.status == 'done', out\n"
+        "print(sorted(set(sys.modules) - before))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
 def test_a_stored_baseline_is_reused(tmp_path: Path) -> None:
     compute(task(tmp_path, key="b", changes=()))
     before = (result_dir(tmp_path, "b") / "manifest.json").stat().st_mtime_ns
