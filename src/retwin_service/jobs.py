@@ -77,7 +77,7 @@ from retwin_service.space import NO_SPACE, Space, is_no_space
 if TYPE_CHECKING:  # a worker needs none of the registry's packages
     from retwin_service.registry import Finished, Registry
 
-__all__ = ["Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed", "Task",
+__all__ = ["Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed", "Task", "Warm",
            "answer_from", "answer_of", "answer_parts", "complete", "compute", "deferred_for",
            "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
 
@@ -149,6 +149,15 @@ class Completion:
     seed: int
     replications: int
     results_root: str | None
+
+
+@dataclass(frozen=True)
+class Warm:
+    """Have a worker load stored baseline ``key``'s KPIs (:func:`stored_kpis`), so that
+    its first what-if against that baseline reads nothing."""
+
+    results_root: str
+    key: str
 
 
 @dataclass
@@ -385,9 +394,11 @@ class Compute:
         warm_once()
         warm_io()
 
-    def __call__(self, task: Task | Completion) -> Outcome:
+    def __call__(self, task: Task | Completion | Warm) -> Outcome:
         if isinstance(task, Completion):
             return complete(task)
+        if isinstance(task, Warm):
+            return Outcome("done", cached=stored_kpis(task.results_root, task.key) is not None)
         return compute(task)
 
 
@@ -418,7 +429,7 @@ CLAIM_LEASE_S = 30.0
 COMPLETE_KEPT = 4096
 #: Seconds the end of a computation waits for the answer its worker handed over to be
 #: made (it is, long before the result is stored); after that the answer reads the result.
-ANSWER_WAIT_S = 1.0
+ANSWER_WAIT_S = 0.25
 
 
 def _done(fut: asyncio.Future[None]) -> None:
@@ -493,6 +504,7 @@ class Jobs:
         self._events: dict[str, asyncio.Future[Finished | None]] = {}
         self._watchers: dict[str, int] = {}
         self._completing: dict[str, asyncio.Task[None]] = {}
+        self._warming: set[asyncio.Task[None]] = set()
         self._complete: set[str] = set()  # stored results known to defer nothing
 
     @property
@@ -696,6 +708,8 @@ class Jobs:
                     await asyncio.to_thread(self.registry.release, task.key, self.instance)
         if self.executor is None:  # shutting down: unfinished runs stay queued
             return outcome
+        if outcome.status == "done" and task.whatif.baseline is None and self.kind == "local":
+            self._warm(task.key)
         # a run that joined while this computation ended is finished (or run) now
         if await asyncio.to_thread(self.registry.has_active, task.key):
             if outcome.status == "done" or self.stored(task.key):
@@ -707,6 +721,24 @@ class Jobs:
                 self.notify(task.key, await self._write(self.registry.finish_runs, task.key,
                                                         "failed", outcome.error))
         return outcome
+
+    def _warm(self, key: str) -> None:
+        """Have every worker load baseline ``key``'s KPIs (:class:`Warm`), in the
+        background: the pool takes the tasks in turn, and a worker busy with one leaves the
+        next to another."""
+        ex = self.executor
+        if ex is None:
+            return
+
+        def submit() -> None:
+            with contextlib.suppress(Exception):  # it only spares a first read
+                for _ in range(self.workers):
+                    ex.submit(self._fn, Warm(str(self.root), key))
+
+        t = asyncio.get_running_loop().create_task(asyncio.to_thread(submit),
+                                                   name=f"retwin-warm-{key[:12]}")
+        self._warming.add(t)
+        t.add_done_callback(self._warming.discard)
 
     async def _run(self, task: Task) -> Outcome:
         if self.stored(task.key):

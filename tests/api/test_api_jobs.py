@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import subprocess
 import sys
@@ -20,8 +21,10 @@ from retwin.storage import read_table
 from retwin_service import tables
 from retwin_service.jobs import (
     Compute,
+    Jobs,
     StoreFailed,
     Task,
+    Warm,
     answer_from,
     answer_of,
     compute,
@@ -30,6 +33,7 @@ from retwin_service.jobs import (
     result_dir,
     store,
 )
+from retwin_service.registry import Registry, sqlite_url
 
 
 def task(root: Path, key: str = "w", changes: tuple[Any, ...] = (QUOTA_CUT,), n: int = 2,
@@ -123,6 +127,34 @@ def test_a_warmed_worker_imports_nothing_while_it_computes(tmp_path: Path) -> No
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_a_computed_baseline_is_loaded_by_every_worker(tmp_path: Path) -> None:
+    """Once a baseline is computed (or found stored), each worker is given it to load
+    (Warm), so that no request waits for a worker's first read of it."""
+    seen: list[Any] = []
+
+    class Recording(SerialExecutor):
+        def submit(self, fn: Any, item: Any, *, key: str | None = None) -> Any:
+            seen.append(item)
+            return super().submit(fn, item, key=key)
+
+    async def main() -> None:
+        reg = Registry(sqlite_url(tmp_path / "reg.sqlite3"))
+        jobs = Jobs(reg, tmp_path / "results", workers=3)
+        jobs.executor = Recording()
+        base = task(tmp_path / "results", key="b", changes=())
+        for _ in range(2):  # computed, then found stored
+            assert (await jobs.ensure(base)).status == "done"
+            while jobs._warming:
+                await asyncio.sleep(0.01)
+        reg.close()
+
+    asyncio.run(main())
+    warm = [x for x in seen if isinstance(x, Warm)]
+    assert warm == [Warm(str(tmp_path / "results"), "b")] * 6
+    assert Compute()(warm[0]).cached  # its KPIs are stored: loaded
+    assert not Compute()(Warm(str(tmp_path / "results"), "gone")).cached
 
 
 def test_a_stored_baseline_is_reused(tmp_path: Path) -> None:
