@@ -51,13 +51,52 @@ class TableDeferred(FileNotFoundError):
     """A table a result directory defers (see the module) and has not written yet."""
 
 
-def _parquet(df: pd.DataFrame, where: Any) -> None:
-    """``df.to_parquet(where, index=False)``, converted in this thread: pyarrow would start
-    a pool of threads for each table of many rows, which costs more than it saves here."""
+#: Arrow schemas (pandas metadata included) of frames converted before, per column labels
+#: and dtypes: the results of one model have tables of a few shapes only.
+_SCHEMAS: dict[tuple[tuple[Any, ...], tuple[str, ...]], Any] = {}
+_SCHEMAS_KEPT = 256
+
+
+def _plain(dtype: Any) -> bool:
+    """Whether a column's pandas metadata follows from its dtype alone: numbers, booleans,
+    times and text do; objects and categories do not (it depends on what they hold)."""
+    import pandas as pd
+
+    return dtype.kind in "biufmM" or isinstance(dtype, pd.StringDtype)
+
+
+def _arrow_table(df: pd.DataFrame) -> Any:
+    """``pa.Table.from_pandas(df, preserve_index=False)``, converted in this thread (pyarrow
+    would start a pool of threads for each table of many rows, which costs more than it
+    saves here). A frame of a shape converted before reuses that schema and has only its
+    columns converted: pandas' look at the column labels, most of the cost of a small
+    table, is spared; the table is the same, metadata and all. A column that converts to
+    another type than the schema's is converted as pandas would."""
     import pyarrow as pa
+
+    columns = list(df.items())
+    shape = (tuple(c for c, _ in columns), tuple(str(col.dtype) for _, col in columns))
+    schema = _SCHEMAS.get(shape)
+    if schema is not None and all(_plain(col.dtype) for _, col in columns):
+        try:
+            arrays = [pa.array(col.array, from_pandas=True) for _, col in columns]
+        except (pa.ArrowException, TypeError, ValueError):
+            arrays = []
+        if len(arrays) == len(schema) and all(
+                a.type == f.type for a, f in zip(arrays, schema, strict=True)):
+            return pa.Table.from_arrays(arrays, schema=schema)
+    t = pa.Table.from_pandas(df, preserve_index=False, nthreads=1)
+    if len(_SCHEMAS) >= _SCHEMAS_KEPT:
+        _SCHEMAS.clear()
+    _SCHEMAS[shape] = t.schema
+    return t
+
+
+def _parquet(df: pd.DataFrame, where: Any) -> None:
+    """``df.to_parquet(where, index=False)`` (:func:`_arrow_table`)."""
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False, nthreads=1), where)
+    pq.write_table(_arrow_table(df), where)
 
 
 def _bytes(df: pd.DataFrame, fmt: Format) -> bytes:

@@ -25,6 +25,7 @@ set, or its KPI frames (:func:`kpi_frames` of a stored ``kpis`` table).
 from __future__ import annotations
 
 import datetime as dt
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -395,6 +396,83 @@ def binding_notes(w: WhatIf, runs: Iterable[RunResult]) -> tuple[str, ...]:
     return b.notes()
 
 
+#: Sorted key columns of recent baseline KPI frames (every what-if on one model is paired
+#: with the same stored baseline): ``id(frame)`` -> (the frame, weakly; its key columns;
+#: the order that sorts them).
+_KEY_ORDERS: dict[int, tuple[weakref.ref[Any], list[np.ndarray], np.ndarray]] = {}
+_KEY_ORDERS_KEPT = 8
+
+
+def _key_order(f: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray] | None:
+    """The KPI key columns of frame ``f`` and the order that sorts them as
+    :func:`paired_difference`'s outer merge does; ``None`` when a key is missing or
+    repeated (then the merge's own rules apply)."""
+    hit = _KEY_ORDERS.get(id(f))
+    if hit is not None and hit[0]() is f and _equal_keys(f, hit[1]):
+        return hit[1], hit[2]
+    if bool(f[KPI_KEYS].isna().to_numpy().any()):
+        return None
+    keys = [f[c].to_numpy() for c in KPI_KEYS]
+    order = np.lexsort(keys[::-1])
+    if len(order) > 1 and not np.column_stack(
+            [k[order][1:] != k[order][:-1] for k in keys]).any(axis=1).all():
+        return None
+    if len(_KEY_ORDERS) >= _KEY_ORDERS_KEPT:
+        _KEY_ORDERS.clear()
+    _KEY_ORDERS[id(f)] = (weakref.ref(f), keys, order)
+    return keys, order
+
+
+def _aligned_order(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
+                   ) -> np.ndarray | None:
+    """The row order of :func:`paired_difference` (its outer merge sorts the keys) when
+    every frame has the same KPI rows in the same order, each key once; else ``None``."""
+    if not whatif or len(whatif) != len(baseline):
+        return None
+    known = _key_order(baseline[0])
+    if known is None:
+        return None
+    keys, order = known
+    for f in (*whatif, *baseline[1:]):
+        if len(f) != len(order) or not _equal_keys(f, keys):
+            return None
+    return order
+
+
+def _equal_keys(f: pd.DataFrame, keys: list[np.ndarray]) -> bool:
+    """Whether ``f``'s KPI key columns hold ``keys`` (which have no missing key)."""
+    try:
+        return all(np.array_equal(f[c].to_numpy(), k) for c, k in zip(KPI_KEYS, keys,
+                                                                        strict=True))
+    except TypeError:  # pd.NA compared: a key is missing
+        return False
+
+
+def _difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
+                ) -> pd.DataFrame:
+    """:func:`paired_difference`, the same frame, without a merge when the what-if's and
+    the baseline's KPI frames have the same rows (the usual case: one model, other
+    numbers). A missing value counts as 0, as there."""
+    import pandas as pd
+
+    order = _aligned_order(whatif, baseline)
+    if order is None:
+        return paired_difference(whatif, baseline)
+
+    def values(f: pd.DataFrame) -> np.ndarray:
+        v = f["value"].to_numpy(dtype=np.float64)[order]
+        return np.where(np.isnan(v), 0.0, v)
+
+    diffs = np.stack([values(a) - values(b) for a, b in zip(whatif, baseline, strict=True)])
+    first = whatif[0]
+    cols: dict[str, Any] = {c: first[c].array.take(order) for c in KPI_KEYS}
+    cols["mean"] = diffs.mean(axis=0)
+    for q in (5, 50, 95):
+        cols[f"p{q}"] = np.percentile(diffs, q, axis=0)
+    cols["n"] = np.full(len(order), len(diffs), dtype=np.int64)
+    return pd.DataFrame(cols)
+
+
 def _replications(sc: Scenario, n: int, seed: int, progress: Progress | None,
                   part: str, each: Callable[[RunResult], None] | None = None
                   ) -> ReplicationSet:
@@ -429,7 +507,7 @@ def run(w: WhatIf, *, replications: int = 1, seed: int = 0,
     res = _replications(w.scenario, replications, seed, progress, part, binding.see)
     if base_set is not None and base_set.seeds != res.seeds:
         raise ValueError("a difference needs the baseline's seeds and replications")
-    diff = None if base_frames is None else paired_difference(res.kpi_frames, base_frames)
+    diff = None if base_frames is None else _difference(res.kpi_frames, base_frames)
     return WhatIfResult(w, res, base_set, diff, binding.notes())
 
 

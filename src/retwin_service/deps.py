@@ -44,7 +44,9 @@ async def get_owner(
     """The caller: the name of their token, or :data:`OPEN_OWNER` in open mode."""
     reg = service.registry
     if credentials is None or not credentials.credentials:
-        if await run_in_threadpool(reg.has_tokens, TOKEN_CHECK_AGE_S):
+        known = reg.known_tokens(TOKEN_CHECK_AGE_S)  # a thread only to read the database
+        if known if known is not None else await run_in_threadpool(reg.has_tokens,
+                                                                   TOKEN_CHECK_AGE_S):
             raise _unauthorized("missing API token: send 'Authorization: Bearer <token>'")
         if not service.settings.loopback:
             raise _unauthorized("the service listens beyond loopback and has no API token; "

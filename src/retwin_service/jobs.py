@@ -75,11 +75,11 @@ from retwin.storage import (
 from retwin_service.space import NO_SPACE, Space, is_no_space
 
 if TYPE_CHECKING:  # a worker needs none of the registry's packages
-    from retwin_service.registry import Registry
+    from retwin_service.registry import Finished, Registry
 
-__all__ = ["Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed", "Task",
-           "complete", "compute", "deferred_for", "is_stored", "public_error", "result_dir",
-           "store", "stored_kpis"]
+__all__ = ["Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed", "Task", "Warm",
+           "answer_from", "answer_of", "answer_parts", "complete", "compute", "deferred_for",
+           "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
 
 log = logging.getLogger("retwin.api.jobs")
 
@@ -151,12 +151,22 @@ class Completion:
     results_root: str | None
 
 
+@dataclass(frozen=True)
+class Warm:
+    """Have a worker load stored baseline ``key``'s KPIs (:func:`stored_kpis`), so that
+    its first what-if against that baseline reads nothing."""
+
+    results_root: str
+    key: str
+
+
 @dataclass
 class Outcome:
     """What a computation ended with: ``done``, ``cancelled`` or ``failed`` (``error``).
 
     Without a results folder a done outcome carries the result for the server to store
-    (``runs``: those of a :class:`Completion`).
+    (``runs``: those of a :class:`Completion`). ``handed_over``: the parts of its answer
+    were handed to the server before the result was stored (:func:`answer_parts`).
     """
 
     status: str
@@ -164,6 +174,55 @@ class Outcome:
     cached: bool = False
     result: whatif.WhatIfResult | None = None
     runs: retwin.ReplicationSet | None = None
+    handed_over: bool = False
+
+
+def answer_parts(result: whatif.WhatIfResult) -> dict[str, Any]:
+    """What the ``result`` of a run's answer is made of (:func:`answer_from`), as the
+    result will be stored: its tables and its manifest's fields, but the scenario's hash
+    (the server has the scenario). A worker hands it to the server before it stores the
+    result (:meth:`~retwin.batch.executors.TaskHooks.message`), so that the answer is
+    made meanwhile."""
+    runs = result.whatif
+    first = runs.first
+    sc = first.compiled.scenario
+    return {"manifest": {"scenario": sc.name, "start": sc.start.isoformat(),
+                         "end": sc.end.isoformat(), "seed": first.seed,
+                         "replications": len(runs.kpi_frames),
+                         "mass_balance_closes": bool(first.balance.closes),
+                         "notes": list(result.notes)},
+            "summary": runs.summary, "difference": result.difference,
+            "targets": first.target_table, "bottlenecks": first.bottlenecks}
+
+
+def answer_from(parts: dict[str, Any], scenario_hash: str) -> dict[str, Any]:
+    """The ``result`` of a run's answer (``detail=headline``) from :func:`answer_parts`:
+    what :func:`retwin_service.tables.run_result` reads back once the result is stored."""
+    from retwin_service import tables
+
+    return tables.result_of({**parts["manifest"], "scenario_hash": scenario_hash},
+                            parts["summary"], parts["difference"], parts["targets"],
+                            parts["bottlenecks"])
+
+
+def answer_of(result: whatif.WhatIfResult, results_root: str | Path, key: str
+              ) -> dict[str, Any] | None:
+    """The ``result`` of a run's answer (``detail=headline``) for ``result``, just stored
+    as ``key``: made from the tables in memory, as :func:`retwin_service.tables.run_result`
+    would read them back. ``None`` if it cannot be made (the answer then reads the tables)."""
+    import json
+
+    from retwin_service import tables
+
+    try:
+        m = json.loads((result_dir(results_root, key) / "manifest.json").read_text(
+            encoding="utf-8"))
+        runs = result.whatif
+        return tables.result_of(m, runs.summary, result.difference, runs.first.target_table,
+                                runs.first.bottlenecks)
+    except Exception:  # never worth failing a stored result: its answer reads it back
+        log.exception("the answer of %s was not made in memory", key[:12])
+        return None
 
 
 def result_dir(results_root: str | Path, key: str) -> Path:
@@ -275,8 +334,9 @@ def _compute(task: Task, hooks: TaskHooks) -> Outcome:
     rep.check()
     if root is None:
         return Outcome("done", result=res)
+    hooks.message(task.key, ("answer", answer_parts(res)))  # made while this stores
     store(res, root, task.key, task.baseline_key)
-    return Outcome("done")
+    return Outcome("done", handed_over=True)
 
 
 def complete(task: Completion) -> Outcome:
@@ -306,6 +366,23 @@ def complete(task: Completion) -> Outcome:
     return Outcome("done")
 
 
+def warm_io() -> None:
+    """Load what storing and reading results first uses (pyarrow's Parquet, dataset and
+    pandas modules, some 30 ms of imports), so that a worker's first computation does not
+    wait for them."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.dataset  # what pandas reads Parquet with
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    frame = pd.DataFrame({"name": pd.array(["x"], dtype="str"), "value": [1.0]})
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
+    buf.seek(0)
+    pd.read_parquet(buf)
+
+
 class Compute:
     """:func:`compute` (and :func:`complete`) as an executor's task function: one for every
     task of the service (so the workers are started once), warming the kernels as a worker
@@ -315,10 +392,13 @@ class Compute:
 
     def prepare(self) -> None:
         warm_once()
+        warm_io()
 
-    def __call__(self, task: Task | Completion) -> Outcome:
+    def __call__(self, task: Task | Completion | Warm) -> Outcome:
         if isinstance(task, Completion):
             return complete(task)
+        if isinstance(task, Warm):
+            return Outcome("done", cached=stored_kpis(task.results_root, task.key) is not None)
         return compute(task)
 
 
@@ -347,6 +427,14 @@ DASK_CONNECT_S = 20.0
 CLAIM_LEASE_S = 30.0
 #: Stored results remembered as complete (a look at the manifest spared each).
 COMPLETE_KEPT = 4096
+#: Seconds the end of a computation waits for the answer its worker handed over to be
+#: made (it is, long before the result is stored); after that the answer reads the result.
+ANSWER_WAIT_S = 0.25
+
+
+def _done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def instance_name() -> str:
@@ -408,10 +496,15 @@ class Jobs:
         self.on_computed = on_computed
         self._fn = Compute()
         self._tracks: dict[str, asyncio.Task[Outcome]] = {}
-        # per tracked key: done once its runs are finished in the registry (a waiting
-        # request answers then, before the claim is released)
-        self._ended: dict[str, asyncio.Future[None]] = {}
+        self._tasks: dict[str, Task] = {}  # of the tracked keys (read by _message)
+        # per tracked key: done once the answer a worker handed over is made (_message)
+        self._answered: dict[str, asyncio.Future[None]] = {}
+        # per key: done at the next finish of its runs here (with what was written), or
+        # when its tracking ends (None); and how many requests wait on it (see watch)
+        self._events: dict[str, asyncio.Future[Finished | None]] = {}
+        self._watchers: dict[str, int] = {}
         self._completing: dict[str, asyncio.Task[None]] = {}
+        self._warming: set[asyncio.Task[None]] = set()
         self._complete: set[str] = set()  # stored results known to defer nothing
 
     @property
@@ -430,7 +523,7 @@ class Jobs:
         else:
             flags = self.root / ".cancel" / self.instance.replace(":", "-")
             self.executor = ProcessExecutor(self.workers, on_progress=self._progress,
-                                            flags_dir=flags)
+                                            on_message=self._message, flags_dir=flags)
         self.executor.start(self._fn)
 
     def clean(self) -> int:
@@ -485,7 +578,7 @@ class Jobs:
         try:
             if done == 0:
                 self.registry.mark_running(key)
-            else:
+            elif done < total:  # the last is written with the end (Registry.finish)
                 self.registry.set_progress(key, done / max(total, 1))
         except Exception as exc:  # a progress update is never worth failing a computation
             if is_no_space(exc):
@@ -493,13 +586,56 @@ class Jobs:
             else:
                 log.exception("progress update failed")
 
+    def _message(self, key: str, payload: Any) -> None:
+        """Called (in a thread of the executor) with what a worker handed over while
+        running ``key``: the parts of its answer (:func:`answer_parts`), made into the
+        answer here while the worker stores the result (:func:`retwin_service.tables.
+        prime`), so that the request waiting for it reads nothing back."""
+        task, made = self._tasks.get(key), self._answered.get(key)
+        kind, parts = payload
+        if kind != "answer" or task is None:
+            return
+        from retwin_service import tables
+
+        try:
+            tables.prime(self.root, key, "headline",
+                         answer_from(parts, task.whatif.scenario_hash))
+        finally:  # else the answer reads the stored result
+            if made is not None:
+                made.get_loop().call_soon_threadsafe(_done, made)
+
     def stored(self, key: str) -> bool:
         return is_stored(self.root, key)
 
-    def waiter(self, key: str) -> asyncio.Future[Any] | None:
-        """What to await for the computation of ``key``, if one is under way: done as
-        soon as its runs are finished in the registry."""
-        return self._ended.get(key)
+    def watch(self, key: str) -> asyncio.Future[Finished | None]:
+        """What a request waiting for runs of ``key`` awaits: done as soon as this process
+        finishes them in the registry (with what it wrote:
+        :class:`~retwin_service.registry.Finished`), or with ``None`` when their runs may
+        have changed otherwise (the computation's tracking ended, a run was cancelled).
+        Call on the event loop, and :meth:`unwatch` after."""
+        fut = self._events.get(key)
+        if fut is None or fut.done():
+            fut = asyncio.get_running_loop().create_future()
+            self._events[key] = fut
+        self._watchers[key] = self._watchers.get(key, 0) + 1
+        return fut
+
+    def unwatch(self, key: str, fut: asyncio.Future[Finished | None]) -> None:
+        """A request stopped waiting on ``fut`` (from :meth:`watch`)."""
+        n = self._watchers.get(key, 1) - 1
+        if n > 0:
+            self._watchers[key] = n
+            return
+        self._watchers.pop(key, None)
+        if self._events.get(key) is fut:
+            del self._events[key]
+            fut.cancel()
+
+    def notify(self, key: str, finished: Finished | None = None) -> None:
+        """Wake the requests waiting for runs of ``key`` (:meth:`watch`)."""
+        fut = self._events.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(finished)
 
     @property
     def in_flight(self) -> int:
@@ -511,7 +647,8 @@ class Jobs:
         t = self._tracks.get(task.key)
         if t is None:
             loop = asyncio.get_running_loop()
-            self._ended[task.key] = loop.create_future()
+            self._tasks[task.key] = task
+            self._answered[task.key] = loop.create_future()
             t = loop.create_task(self._track(task), name=f"retwin-{task.key[:12]}")
             self._tracks[task.key] = t
         return t
@@ -555,26 +692,53 @@ class Jobs:
             if outcome is None:
                 claimed = True
                 outcome = await self._run(task)
-            await self._write(self._finish, task, outcome)
+            made = self._answered.get(task.key)
+            if outcome.handed_over and made is not None:  # its answer is made by now
+                await asyncio.wait({made}, timeout=ANSWER_WAIT_S)
+            self.notify(task.key, await self._write(self._finish, task, outcome))
         finally:
-            ended = self._ended.pop(task.key, None)
-            if ended is not None and not ended.done():
-                ended.set_result(None)
+            self.notify(task.key)
             self._tracks.pop(task.key, None)
+            self._tasks.pop(task.key, None)
+            made = self._answered.pop(task.key, None)
+            if made is not None:
+                made.cancel()
             if claimed:
                 with contextlib.suppress(Exception):  # else the lease simply lapses
                     await asyncio.to_thread(self.registry.release, task.key, self.instance)
         if self.executor is None:  # shutting down: unfinished runs stay queued
             return outcome
+        if outcome.status == "done" and task.whatif.baseline is None and self.kind == "local":
+            self._warm(task.key)
         # a run that joined while this computation ended is finished (or run) now
         if await asyncio.to_thread(self.registry.has_active, task.key):
             if outcome.status == "done" or self.stored(task.key):
-                await self._write(self.registry.finish, task.key, "done")
+                self.notify(task.key, await self._write(self.registry.finish_runs, task.key,
+                                                        "done"))
             elif outcome.status == "cancelled":
                 self.ensure(task)
             else:
-                await self._write(self.registry.finish, task.key, "failed", outcome.error)
+                self.notify(task.key, await self._write(self.registry.finish_runs, task.key,
+                                                        "failed", outcome.error))
         return outcome
+
+    def _warm(self, key: str) -> None:
+        """Have every worker load baseline ``key``'s KPIs (:class:`Warm`), in the
+        background: the pool takes the tasks in turn, and a worker busy with one leaves the
+        next to another."""
+        ex = self.executor
+        if ex is None:
+            return
+
+        def submit() -> None:
+            with contextlib.suppress(Exception):  # it only spares a first read
+                for _ in range(self.workers):
+                    ex.submit(self._fn, Warm(str(self.root), key))
+
+        t = asyncio.get_running_loop().create_task(asyncio.to_thread(submit),
+                                                   name=f"retwin-warm-{key[:12]}")
+        self._warming.add(t)
+        t.add_done_callback(self._warming.discard)
 
     async def _run(self, task: Task) -> Outcome:
         if self.stored(task.key):
@@ -690,8 +854,9 @@ class Jobs:
             return self.space.refused(exc)
         return is_no_space(exc)
 
-    def _finish(self, task: Task, outcome: Outcome) -> None:
-        """Store a result that came back from a cluster, then finish the waiting runs."""
+    def _finish(self, task: Task, outcome: Outcome) -> Finished | None:
+        """Store a result that came back from a cluster, then finish the waiting runs;
+        what was written (``None``: nothing)."""
         res = outcome.result
         if outcome.status == "done" and res is not None:
             try:
@@ -703,9 +868,15 @@ class Jobs:
                 if not self._no_space(exc):
                     log.exception("storing computation %s failed", task.key[:12])
                 outcome.status, outcome.error = "failed", public_error(exc)
+            else:
+                answer = answer_of(res, self.root, task.key)
+                if answer is not None:
+                    from retwin_service import tables
+
+                    tables.prime(self.root, task.key, "headline", answer)
             outcome.result = None
         if outcome.status == "done":
-            self.registry.finish(task.key, "done")
-        elif outcome.status == "failed":
-            self.registry.finish(task.key, "failed", outcome.error)
-        # cancelled: the runs were marked by whoever cancelled them
+            return self.registry.finish_runs(task.key, "done")
+        if outcome.status == "failed":
+            return self.registry.finish_runs(task.key, "failed", outcome.error)
+        return None  # cancelled: the runs were marked by whoever cancelled them

@@ -24,6 +24,7 @@ This module knows nothing of HTTP; the service maps its errors to status codes.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -31,8 +32,8 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +47,7 @@ __all__ = [
     "FINISHED",
     "OPEN_OWNER",
     "STATUSES",
+    "Finished",
     "OwnerLimit",
     "QueueFull",
     "Registry",
@@ -240,6 +242,25 @@ class TokenRecord:
         return self.revoked_at is None
 
 
+@dataclass(frozen=True)
+class Finished:
+    """What :meth:`Registry.finish_runs` wrote: the runs it finished (id -> their
+    ``started_at`` and ``progress`` as stored), with ``status`` and ``error``, at ``at``."""
+
+    status: str
+    error: str | None
+    at: dt.datetime
+    runs: dict[str, tuple[dt.datetime, float]]
+
+    def apply(self, rec: RunRecord) -> RunRecord | None:
+        """``rec`` as this finish left it, or ``None`` when it did not finish ``rec``."""
+        row = self.runs.get(rec.id)
+        if row is None:
+            return None
+        return replace(rec, status=self.status, error=self.error, finished_at=self.at,
+                       started_at=row[0], progress=row[1])
+
+
 def _run(row: Any) -> RunRecord:
     m: Any = row._mapping
     created = _utc(m["created_at"])
@@ -305,6 +326,7 @@ class Registry:
         self.engine: Engine = sa.create_engine(url, **kwargs)
         if self.is_sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._writing = threading.Lock()
         metadata.create_all(self.engine)
         self._claim_open_runs()
         self._admit = threading.Lock()
@@ -312,6 +334,19 @@ class Registry:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        """A write transaction. On SQLite, this process's writers take turns on a lock of
+        this object: one that finds the database locked by another connection would wait
+        in SQLite's busy handler, which sleeps (1, 2, 5, 10 ms…) instead of being woken
+        when the lock is free. Other processes (the CLI) still meet the busy timeout."""
+        if not self.is_sqlite:
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self._writing, self.engine.begin() as conn:
+            yield conn
 
     def _claim_open_runs(self) -> None:
         """Hand the open-mode runs of an older registry (owner ``local``) to
@@ -324,7 +359,7 @@ class Registry:
         with self.engine.connect() as conn:
             if conn.execute(sa.select(runs.c.id).where(legacy).limit(1)).first() is None:
                 return
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(runs.update().where(legacy).values(owner=OPEN_OWNER))
 
     # --- tokens ------------------------------------------------------------------------
@@ -342,7 +377,7 @@ class Registry:
         """Store the hash of a token given from outside (a bootstrap token); idempotent."""
         _check_name(name)
         h = hash_token(token)
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             row = conn.execute(sa.select(tokens).where(tokens.c.token_hash == h)).first()
             if row is not None:
                 if row._mapping["revoked_at"] is None and row._mapping["name"] == name:
@@ -363,7 +398,7 @@ class Registry:
     def revoke_token(self, name_or_id: str) -> int:
         """Revoke the token with this id, or every active token of this name; returns how
         many were revoked."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             res = conn.execute(
                 tokens.update()
                 .where(sa.or_(tokens.c.id == name_or_id, tokens.c.name == name_or_id))
@@ -373,12 +408,19 @@ class Registry:
         self._tokens_checked = (-1e9, False)
         return int(res.rowcount or 0)
 
+    def known_tokens(self, max_age_s: float) -> bool | None:
+        """:meth:`has_tokens` as last read, if that is at most ``max_age_s`` old (it reads
+        nothing: fit for the event loop); else ``None``."""
+        at, value = self._tokens_checked
+        return value if max_age_s > 0 and time.monotonic() - at <= max_age_s else None
+
     def has_tokens(self, max_age_s: float = 0.0) -> bool:
         """Whether any token is active (then every request needs one); an answer up to
         ``max_age_s`` old may be reused (tokens are made by another process, the CLI)."""
+        known = self.known_tokens(max_age_s)
+        if known is not None:
+            return known
         now = time.monotonic()
-        if max_age_s > 0 and now - self._tokens_checked[0] <= max_age_s:
-            return self._tokens_checked[1]
         with self.engine.connect() as conn:
             row = conn.execute(
                 sa.select(tokens.c.id).where(tokens.c.revoked_at.is_(None)).limit(1)
@@ -427,7 +469,7 @@ class Registry:
         }
         if status == "done":
             rec.update(progress=1.0, started_at=now, finished_at=now)
-        with self._admit, self.engine.begin() as conn:
+        with self._admit, self._write() as conn:
             if status in ACTIVE and not self.is_sqlite:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ADMISSION_LOCK)))
             if status in ACTIVE:
@@ -524,7 +566,7 @@ class Registry:
         """At start-up: runs left ``running`` by a stopped service go back to ``queued``
         (their attempt counted); returns how many unfinished runs there are. Runs whose
         computation another live service process holds (:meth:`claim`) are left to it."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             held = (sa.select(claims.c.request_hash)
                     .where(claims.c.expires_at > self._clock(conn)))
             orphan = runs.c.request_hash.not_in(held)
@@ -555,7 +597,7 @@ class Registry:
         """Claim computation ``request_hash`` for ``holder`` for ``lease_s`` seconds: true
         if it is now ``holder``'s (free, expired, or already theirs), false while another
         holder's lease runs. At most one holder wins, however many try at once."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             now = self._clock(conn)
             until = now + dt.timedelta(seconds=lease_s)
             taken = conn.execute(
@@ -566,7 +608,7 @@ class Registry:
             if taken:
                 return True
         try:
-            with self.engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(claims.insert().values(request_hash=request_hash, holder=holder,
                                                     expires_at=until))
         except sa.exc.IntegrityError:
@@ -576,7 +618,7 @@ class Registry:
     def renew(self, holder: str, lease_s: float) -> int:
         """Extend every lease of ``holder`` by ``lease_s`` seconds from now; returns how many
         it holds."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             until = self._clock(conn) + dt.timedelta(seconds=lease_s)
             n = conn.execute(claims.update().where(claims.c.holder == holder)
                              .values(expires_at=until)).rowcount
@@ -584,7 +626,7 @@ class Registry:
 
     def release(self, request_hash: str, holder: str) -> None:
         """``holder`` is done with computation ``request_hash``."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(claims.delete().where(claims.c.request_hash == request_hash)
                          .where(claims.c.holder == holder))
 
@@ -605,7 +647,7 @@ class Registry:
 
     def drop_claims(self, holder: str) -> int:
         """Forget every claim of ``holder`` (a process known to be gone)."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             n = conn.execute(claims.delete().where(claims.c.holder == holder)).rowcount
         return int(n or 0)
 
@@ -634,7 +676,7 @@ class Registry:
 
     def mark_running(self, request_hash: str) -> None:
         """The computation ``request_hash`` has started: its queued runs are running."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 runs.update().where(runs.c.request_hash == request_hash)
                 .where(runs.c.status == "queued")
@@ -643,7 +685,7 @@ class Registry:
 
     def set_progress(self, request_hash: str, progress: float) -> None:
         """Progress (0..1) of a computation, shown on every run waiting for it."""
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 runs.update().where(runs.c.request_hash == request_hash)
                 .where(runs.c.status.in_(ACTIVE))
@@ -653,28 +695,38 @@ class Registry:
 
     def finish(self, request_hash: str, status: Status, error: str | None = None) -> list[str]:
         """Finish every unfinished run of a computation; returns their ids."""
+        return list(self.finish_runs(request_hash, status, error).runs)
+
+    def finish_runs(self, request_hash: str, status: Status, error: str | None = None
+                    ) -> Finished:
+        """Finish every unfinished run of a computation; what was written (a waiting
+        request answers from it without reading its run again)."""
         if status not in FINISHED:
             raise ValueError(f"status(={status!r}) must be one of {', '.join(FINISHED)}")
         now = _now()
-        with self.engine.begin() as conn:
-            ids = [r[0] for r in conn.execute(
-                sa.select(runs.c.id).where(runs.c.request_hash == request_hash)
+        with self._write() as conn:
+            rows = conn.execute(
+                sa.select(runs.c.id, runs.c.started_at, runs.c.progress)
+                .where(runs.c.request_hash == request_hash)
                 .where(runs.c.status.in_(ACTIVE))
-            ).all()]
+            ).all()
+            ids = [r[0] for r in rows]
             if ids:
                 values: dict[str, Any] = {"status": status, "finished_at": now, "error": error,
                                           "started_at": sa.func.coalesce(runs.c.started_at, now)}
                 if status == "done":
                     values["progress"] = 1.0
                 conn.execute(runs.update().where(runs.c.id.in_(ids)).values(**values))
-        return ids
+        return Finished(status=status, error=error, at=now, runs={
+            str(r[0]): (_utc(r[1]) or now, 1.0 if status == "done" else float(r[2]))
+            for r in rows})
 
     def cancel(self, run_id: str, owner: str | None = None) -> RunRecord:
         """Cancel an unfinished run (a finished one is returned unchanged)."""
         rec = self.get_run(run_id, owner)
         if rec.finished:
             return rec
-        with self.engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(
                 runs.update().where(runs.c.id == run_id).where(runs.c.status.in_(ACTIVE))
                 .values(status="cancelled", finished_at=_now())

@@ -17,6 +17,8 @@ import datetime as dt
 import io
 import json
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -44,8 +46,11 @@ __all__ = [
     "iter_parquet",
     "manifest",
     "plant_output",
+    "prime",
+    "primed",
     "read",
     "render",
+    "result_of",
     "run_result",
     "stage_output",
 ]
@@ -222,14 +227,14 @@ _STAT_COLUMNS = [*KPI_KEYS, "mean", "p5", "p50", "p95", "n"]
 
 def headline(df: pd.DataFrame) -> pd.DataFrame:
     """The rows of a summary or difference table that :data:`HEADLINE_KPIS` names."""
-    keep = np.zeros(len(df), dtype=bool)
-    kpi = df["kpi"].astype(str)
-    for name, keys in HEADLINE_KPIS.items():
-        rows = (kpi == name).to_numpy()
-        if keys:
-            rows = rows & df["key"].astype(str).isin(keys).to_numpy()
-        keep |= rows
-    return df[keep]
+    kpi = df["kpi"].to_numpy(dtype=object)
+    keep = np.isin(kpi, [name for name, keys in HEADLINE_KPIS.items() if not keys])
+    keyed = [(name, keys) for name, keys in HEADLINE_KPIS.items() if keys]
+    if keyed:
+        key = df["key"].to_numpy(dtype=object)
+        for name, keys in keyed:
+            keep |= (kpi == name) & np.isin(key, list(keys))
+    return df.iloc[np.flatnonzero(keep)]
 
 
 def _arrow(root: Path, key: str, table: str, columns: Sequence[str] | None = None) -> Any:
@@ -281,11 +286,58 @@ def _has_table(m: dict[str, Any], table: str) -> bool:
             or table in (m.get("deferred") or []))
 
 
-@lru_cache(maxsize=64)
+def _result_body(m: dict[str, Any], detail: Detail, kpis: list[dict[str, Any]],
+                 difference: list[dict[str, Any]] | None, targets: list[dict[str, Any]],
+                 bottlenecks: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "scenario": m["scenario"], "scenario_hash": m["scenario_hash"], "start": m["start"],
+        "end": m["end"], "seed": m["seed"], "replications": m["replications"],
+        "mass_balance_closes": bool(m.get("mass_balance_closes", True)),
+        "detail": detail,
+        "kpis": kpis,
+        "difference": difference,
+        "targets": targets,
+        "bottlenecks": bottlenecks,
+        "notes": list(m.get("notes", [])),
+    }
+
+
+#: Results bodies made where a result was computed, before anyone read it back
+#: (:func:`prime`): ``(root, key, detail)`` -> body, the most recent last.
+_PRIMED: OrderedDict[tuple[Path, str, str], dict[str, Any]] = OrderedDict()
+_PRIMED_KEPT = 64
+_primed_lock = threading.Lock()
+
+
+def prime(root: str | Path, key: str, detail: Detail, body: dict[str, Any]) -> None:
+    """Remember the :func:`run_result` of stored result ``key`` as made from the result
+    itself (:func:`result_of`) where it was computed: the answer of the request that
+    waited for it reads no table back."""
+    with _primed_lock:
+        _PRIMED[(Path(root), key, detail)] = body
+        _PRIMED.move_to_end((Path(root), key, detail))
+        while len(_PRIMED) > _PRIMED_KEPT:
+            _PRIMED.popitem(last=False)
+
+
+def primed(root: str | Path, key: str, detail: Detail) -> bool:
+    """Whether :func:`run_result` of ``key`` was primed (it reads nothing then)."""
+    with _primed_lock:
+        return (Path(root), key, detail) in _PRIMED
+
+
 def run_result(root: Path, key: str, detail: Detail = "headline") -> dict[str, Any]:
     """The body of ``RunPublic.result`` for a stored result: with ``detail="headline"``
     the rows of :data:`HEADLINE_KPIS` in ``kpis`` and ``difference``, with ``"full"``
-    every KPI row."""
+    every KPI row. Cached (results never change); primed by :func:`prime`."""
+    with _primed_lock:
+        body = _PRIMED.get((Path(root), key, detail))
+    return body if body is not None else _stored_result(Path(root), key, detail)
+
+
+@lru_cache(maxsize=64)
+def _stored_result(root: Path, key: str, detail: Detail = "headline") -> dict[str, Any]:
+    """:func:`run_result` read from the stored tables."""
     m = manifest(root, key)
     summary = _arrow(root, key, "summary", _STAT_COLUMNS)
     diff = (_arrow(root, key, "difference", _STAT_COLUMNS) if _has_table(m, "difference")
@@ -293,17 +345,27 @@ def run_result(root: Path, key: str, detail: Detail = "headline") -> dict[str, A
     if detail == "headline":
         summary = _headline_rows(summary)
         diff = None if diff is None else _headline_rows(diff)
-    return {
-        "scenario": m["scenario"], "scenario_hash": m["scenario_hash"], "start": m["start"],
-        "end": m["end"], "seed": m["seed"], "replications": m["replications"],
-        "mass_balance_closes": bool(m.get("mass_balance_closes", True)),
-        "detail": detail,
-        "kpis": _json_rows(summary),
-        "difference": None if diff is None else _json_rows(diff),
-        "targets": _json_rows(_arrow(root, key, "targets")),
-        "bottlenecks": _json_rows(_arrow(root, key, "bottlenecks")),
-        "notes": list(m.get("notes", [])),
-    }
+    return _result_body(m, detail, _json_rows(summary),
+                        None if diff is None else _json_rows(diff),
+                        _json_rows(_arrow(root, key, "targets")),
+                        _json_rows(_arrow(root, key, "bottlenecks")))
+
+
+def result_of(m: dict[str, Any], summary: pd.DataFrame, difference: pd.DataFrame | None,
+              targets: pd.DataFrame, bottlenecks: pd.DataFrame,
+              detail: Detail = "headline") -> dict[str, Any]:
+    """:func:`run_result` of a result as it is stored, made from its tables in memory (and
+    its manifest ``m``): the same body, without reading the tables back."""
+    if detail == "headline":
+        summary = headline(summary)
+        difference = None if difference is None else headline(difference)
+    stats = [summary[_STAT_COLUMNS]]
+    if difference is not None:
+        stats.append(difference[_STAT_COLUMNS])
+    rows = _records(pd.concat(stats, ignore_index=True))  # one encoding for both
+    kpis, diff = rows[:len(summary)], rows[len(summary):]
+    return _result_body(m, detail, kpis, None if difference is None else diff,
+                        _records(targets), _records(bottlenecks))
 
 
 def stage_output(root: Path, key: str, plant_stage: dict[str, str]) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from apiutil import QUOTA_CUT, TestClient, settings_for, whatif
 
+from retwin_service import tables
 from retwin_service.main import create_app
 
 API = "/api/v1"
@@ -145,6 +146,39 @@ def test_accepted_then_polled(client: TestClient) -> None:
         assert r.headers["location"] == acc["links"]["self"]
         r = client.get(acc["links"]["self"], params={"wait": 30})
     assert r.json()["status"] == "done"
+
+
+def test_a_waiting_request_is_woken_by_the_finish_with_the_run_as_written(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A request that waits is answered as its computation's runs are finished: from what
+    the finish wrote (no look at the registry in between, no poll) and the result the
+    worker handed over (no table read back), and what it answers is the run as stored,
+    result included."""
+    reg = client.app.state.service.registry  # type: ignore[attr-defined]
+    real, reads = reg.get_run, []
+
+    def get_run(*a: Any, **kw: Any) -> Any:
+        reads.append(a)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(reg, "get_run", get_run)
+    real_result, results = tables._stored_result, []
+
+    def stored_result(*a: Any) -> Any:
+        results.append(a)
+        return real_result(*a)
+
+    monkeypatch.setattr(tables, "_stored_result", stored_result)
+    for seed in (21, 22):
+        answer = done(client, whatif(seed=seed))
+        # its result was made while the worker stored it: nothing is read back
+        assert reads == [] and results == []
+        stored = client.get(answer["links"]["self"]).json()
+        assert stored == answer
+        assert answer["result"] == real_result(
+            client.app.state.service.settings.results_dir,  # type: ignore[attr-defined]
+            reg.get_run(answer["id"]).request_hash, "headline")
+        reads.clear()
 
 
 def test_list_runs_paginates_and_filters(client: TestClient, run: dict[str, Any]) -> None:

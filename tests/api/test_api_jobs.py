@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +16,24 @@ from apiutil import QUOTA_CUT
 
 import retwin
 from retwin import whatif
-from retwin.batch.executors import SerialExecutor
+from retwin.batch.executors import ProcessExecutor, SerialExecutor, task_hooks
 from retwin.storage import read_table
+from retwin_service import tables
 from retwin_service.jobs import (
     Compute,
+    Jobs,
     StoreFailed,
     Task,
+    Warm,
+    answer_from,
+    answer_of,
     compute,
     is_stored,
     public_error,
     result_dir,
+    store,
 )
+from retwin_service.registry import Registry, sqlite_url
 
 
 def task(root: Path, key: str = "w", changes: tuple[Any, ...] = (QUOTA_CUT,), n: int = 2,
@@ -46,6 +55,106 @@ def test_a_whatif_stores_its_baseline_and_its_paired_difference(tmp_path: Path) 
     pd.testing.assert_frame_equal(diff.reset_index(drop=True), want.reset_index(drop=True),
                                   check_dtype=False)
     assert compute(task(tmp_path)).cached
+
+
+@pytest.mark.parametrize(("changes", "n"), [((QUOTA_CUT,), 1), ((QUOTA_CUT,), 2), ((), 1)])
+def test_the_answer_made_from_what_the_worker_hands_over_is_the_one_read_back(
+        tmp_path: Path, changes: tuple[Any, ...], n: int) -> None:
+    """A worker hands the parts of its answer over before it stores the result; the answer
+    made of them is the stored tables read back (every row and number, every detail)."""
+    got: list[tuple[str, Any]] = []
+    ex = SerialExecutor(on_message=lambda key, payload: got.append((key, payload)))
+    t = task(tmp_path, changes=changes, n=n)
+    out = ex.submit(Compute(), t, key=t.key).result()
+    assert out.status == "done" and [(k, p[0]) for k, p in got] == [("w", "answer")]
+    parts = pickle.loads(pickle.dumps(got[0][1][1]))  # it travels between processes
+    assert answer_from(parts, t.whatif.scenario_hash) == tables._stored_result(
+        tmp_path, "w", "headline")
+    assert ex.submit(Compute(), t, key=t.key).result().cached and len(got) == 1
+    res = whatif.run(t.whatif, replications=n, seed=3)
+    store(res, tmp_path, "again", "b" if changes else None)
+    assert answer_of(res, tmp_path, "again") == tables._stored_result(tmp_path, "again",
+                                                                      "headline")
+    m = tables.manifest(tmp_path, "again")
+    for detail in ("headline", "full"):
+        made = tables.result_of(m, res.whatif.summary, res.difference,
+                                res.whatif.first.target_table, res.whatif.first.bottlenecks,
+                                detail)
+        assert made == tables._stored_result(tmp_path, "again", detail)
+        assert (made["difference"] is None) == (not changes)
+
+
+def _hand_over(key: str) -> str:
+    hooks = task_hooks()
+    hooks.progress(key, 0, 1)
+    hooks.message(key, {"part": [1, 2]})
+    hooks.progress(key, 1, 1)
+    return key
+
+
+def test_a_worker_process_hands_messages_over_in_order_with_its_progress() -> None:
+    seen: list[tuple[Any, ...]] = []
+    with ProcessExecutor(1, on_progress=lambda *a: seen.append(("progress", *a)),
+                         on_message=lambda *a: seen.append(("message", *a))) as ex:
+        assert ex.submit(_hand_over, "k", key="k").result(timeout=120) == "k"
+        deadline = time.monotonic() + 60
+        while len(seen) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert seen == [("progress", "k", 0, 1), ("message", "k", {"part": [1, 2]}),
+                    ("progress", "k", 1, 1)]
+
+
+def test_a_warmed_worker_imports_nothing_while_it_computes(tmp_path: Path) -> None:
+    """What a worker's first what-if and its stored baseline need is loaded as the worker
+    starts (Compute.prepare), not while a request waits."""
+    code = (
+        "import sys\n"
+        "import retwin\n"
+        "from retwin import whatif\n"
+        "from retwin_service.jobs import Compute, Task, compute\n"
+        "Compute().prepare()\n"
+        "tiny = retwin.load_scenario('tiny')\n"
+        "before = set(sys.modules)\n"
+        f"root = {str(tmp_path)!r}\n"
+        "compute(Task(key='b', whatif=whatif.resolve(tiny), seed=0, replications=1,\n"
+        "             baseline_key=None, results_root=root))\n"
+        "cut = [{'kind': 'quota', 'quota': 'mining', 'factor': 0.9}]\n"
+        "out = compute(Task(key='w', whatif=whatif.resolve(tiny, cut), seed=0,\n"
+        "                   replications=1, baseline_key='b', results_root=root))\n"
+        "assert out.status == 'done', out\n"
+        "print(sorted(set(sys.modules) - before))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_computed_baseline_is_loaded_by_every_worker(tmp_path: Path) -> None:
+    """Once a baseline is computed (or found stored), each worker is given it to load
+    (Warm), so that no request waits for a worker's first read of it."""
+    seen: list[Any] = []
+
+    class Recording(SerialExecutor):
+        def submit(self, fn: Any, item: Any, *, key: str | None = None) -> Any:
+            seen.append(item)
+            return super().submit(fn, item, key=key)
+
+    async def main() -> None:
+        reg = Registry(sqlite_url(tmp_path / "reg.sqlite3"))
+        jobs = Jobs(reg, tmp_path / "results", workers=3)
+        jobs.executor = Recording()
+        base = task(tmp_path / "results", key="b", changes=())
+        for _ in range(2):  # computed, then found stored
+            assert (await jobs.ensure(base)).status == "done"
+            while jobs._warming:
+                await asyncio.sleep(0.01)
+        reg.close()
+
+    asyncio.run(main())
+    warm = [x for x in seen if isinstance(x, Warm)]
+    assert warm == [Warm(str(tmp_path / "results"), "b")] * 6
+    assert Compute()(warm[0]).cached  # its KPIs are stored: loaded
+    assert not Compute()(Warm(str(tmp_path / "results"), "gone")).cached
 
 
 def test_a_stored_baseline_is_reused(tmp_path: Path) -> None:
@@ -97,7 +206,8 @@ def test_a_worker_needs_none_of_the_services_web_or_database_packages() -> None:
     """A Dask worker with ``retwin[dist]`` only can run the service's tasks."""
     blocked = ("fastapi", "starlette", "uvicorn", "sqlalchemy", "pydantic_settings")
     code = ("import sys\n" + "".join(f"sys.modules[{m!r}] = None\n" for m in blocked)
-            + "import retwin_service.jobs as j\nprint(j.Compute.cache_key)\n")
+            + "import retwin_service.jobs as j\nimport retwin_service.tables\n"
+            + "print(j.Compute.cache_key)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr

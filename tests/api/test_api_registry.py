@@ -97,6 +97,19 @@ def test_tokens_are_stored_hashed_and_revocable(reg: Registry, tmp_path: Path) -
         reg.create_token("no spaces please")
 
 
+def test_the_known_token_answer_is_the_last_read_while_fresh(reg: Registry) -> None:
+    """What a request may learn without reading the database: the last answer, within its
+    age, and nothing after a token is made or revoked here or the answer is too old."""
+    assert reg.known_tokens(60) is None  # never read
+    assert not reg.has_tokens(60)
+    assert reg.known_tokens(60) is False and reg.known_tokens(0) is None
+    rec, _ = reg.create_token("ann")
+    assert reg.known_tokens(60) is None  # made here: read again
+    assert reg.has_tokens(60) and reg.known_tokens(60) is True
+    reg.revoke_token(rec.id)
+    assert reg.known_tokens(60) is None and not reg.has_tokens(60)
+
+
 def test_a_bootstrap_token_is_idempotent(reg: Registry) -> None:
     t = "a-long-enough-bootstrap-token-0123"
     a = reg.add_token("admin", t)
@@ -313,3 +326,39 @@ def test_admission_limits_hold_across_registries(url: str) -> None:
     assert regs[0].active_computations() == 7
     for r in set(regs):
         r.close()
+
+
+def test_writers_of_one_process_never_meet_a_locked_sqlite_database(tmp_path: Path) -> None:
+    """Threads of one service process writing at once (a request's run, another's claim,
+    progress, the end of a computation) take turns without SQLite's busy handler, which
+    sleeps between tries: with no busy timeout at all, none of them finds the database
+    locked."""
+    reg = Registry(sqlite_url(tmp_path / "reg.sqlite3"))
+    reg.engine.dispose()
+    sa.event.listen(reg.engine, "connect",
+                    lambda con, _rec: con.execute("PRAGMA busy_timeout=0"))
+    errors: list[BaseException] = []
+    start = threading.Barrier(6)
+
+    def write(i: int) -> None:
+        start.wait()
+        try:
+            for j in range(40):
+                key = f"k{i}-{j}"
+                reg.add_run(owner="o", model="m", request={"i": i}, request_hash=key)
+                reg.claim(key, f"h{i}", 30)
+                reg.mark_running(key)
+                reg.set_progress(key, 0.5)
+                reg.finish(key, "done")
+                reg.release(key, f"h{i}")
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    reg.close()
+    assert errors == []
+    assert Registry(sqlite_url(tmp_path / "reg.sqlite3")).counts()["done"] == 6 * 40

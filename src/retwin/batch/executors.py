@@ -129,6 +129,10 @@ class TaskHooks:
         """Whether task ``key`` was cancelled (:meth:`Executor.cancel`)."""
         return False
 
+    def message(self, key: str, payload: Any) -> None:
+        """Hand ``payload`` (picklable) about task ``key`` to the executor's ``on_message``
+        before the task ends; nothing happens where nobody listens."""
+
 
 _NO_HOOKS = TaskHooks()
 _local = threading.local()  # the hooks of the task running in this thread, if set per call
@@ -159,13 +163,19 @@ class _CallbackHooks(TaskHooks):
     """Hooks of a task run in this process: the handler is called directly."""
 
     def __init__(self, on_progress: Callable[[str, int, int], None] | None,
-                 cancelled: set[str]) -> None:
+                 cancelled: set[str],
+                 on_message: Callable[[str, Any], None] | None = None) -> None:
         self.on_progress = on_progress
+        self.on_message = on_message
         self.keys = cancelled
 
     def progress(self, key: str, done: int, total: int) -> None:
         if self.on_progress is not None:
             self.on_progress(key, done, total)
+
+    def message(self, key: str, payload: Any) -> None:
+        if self.on_message is not None:
+            self.on_message(key, payload)
 
     def cancelled(self, key: str) -> bool:
         return key in self.keys
@@ -183,6 +193,10 @@ class _ProcessHooks(TaskHooks):
     def progress(self, key: str, done: int, total: int) -> None:
         if self.queue is not None:
             self.queue.put((key, done, total))
+
+    def message(self, key: str, payload: Any) -> None:
+        if self.queue is not None:
+            self.queue.put((key, payload))
 
     def cancelled(self, key: str) -> bool:
         if os.getppid() != self.parent:
@@ -317,8 +331,9 @@ class Executor(ABC):
 class SerialExecutor(Executor):
     """Every task in this process, one after another (the reference for the others)."""
 
-    def __init__(self, *, on_progress: Callable[[str, int, int], None] | None = None) -> None:
-        self._hooks = _CallbackHooks(on_progress, set())
+    def __init__(self, *, on_progress: Callable[[str, int, int], None] | None = None,
+                 on_message: Callable[[str, Any], None] | None = None) -> None:
+        self._hooks = _CallbackHooks(on_progress, set(), on_message)
 
     @property
     def description(self) -> str:
@@ -453,13 +468,15 @@ class ProcessExecutor(Executor):
     per worker; a long-lived process that changes its environment or code keeps ``spawn``.
 
     ``on_progress(key, done, total)`` receives what tasks report (:func:`task_hooks`), in a
-    thread of this process. Cancel flags are files in ``flags_dir`` (default: a temporary
-    folder); the folder is removed when the executor is closed (or, a temporary one, when it
-    is collected or the interpreter exits).
+    thread of this process, and ``on_message(key, payload)`` what they hand over
+    (:meth:`TaskHooks.message`), in the same thread and order. Cancel flags are files in
+    ``flags_dir`` (default: a temporary folder); the folder is removed when the executor is
+    closed (or, a temporary one, when it is collected or the interpreter exits).
     """
 
     def __init__(self, workers: int, *,
                  on_progress: Callable[[str, int, int], None] | None = None,
+                 on_message: Callable[[str, Any], None] | None = None,
                  flags_dir: str | os.PathLike[str] | None = None,
                  start_method: str = "spawn") -> None:
         if workers < 1:
@@ -475,6 +492,7 @@ class ProcessExecutor(Executor):
         self._pending: set[Future[Any]] = set()
         self._lock = threading.RLock()
         self._on_progress = on_progress
+        self._on_message = on_message
         self._queue: Any = None  # a new one with every pool (a killed writer may hold its lock)
         self._flags: str | None = None
         self._flags_dir = None if flags_dir is None else os.fspath(flags_dir)
@@ -499,7 +517,8 @@ class ProcessExecutor(Executor):
     def _hooks_args(self) -> tuple[Any, str]:
         """The progress queue and the cancel-flag folder of a new pool's workers."""
         flags = self._flag_dir()
-        self._queue = self._ctx.Queue() if self._on_progress is not None else None
+        listens = self._on_progress is not None or self._on_message is not None
+        self._queue = self._ctx.Queue() if listens else None
         if self._queue is not None and self._drain is None:
             self._closing.clear()
             self._drain = threading.Thread(target=self._drain_progress, daemon=True,
@@ -511,17 +530,20 @@ class ProcessExecutor(Executor):
         while not self._closing.is_set():
             q = self._queue
             try:
-                key, done, total = q.get(timeout=POLL_S * 2)
+                item = q.get(timeout=POLL_S * 2)
             except queue.Empty:
                 continue
             except (AttributeError, EOFError, OSError, ValueError):
                 time.sleep(POLL_S)  # no queue yet, or one being replaced
                 continue
             try:
-                assert self._on_progress is not None
-                self._on_progress(key, done, total)
-            except Exception:  # a progress report is never worth a dead drain thread
-                log.exception("progress of task %s not handled", str(key)[:12])
+                if len(item) == 2:  # a message (TaskHooks.message)
+                    if self._on_message is not None:
+                        self._on_message(*item)
+                elif self._on_progress is not None:
+                    self._on_progress(*item)
+            except Exception:  # a report is never worth a dead drain thread
+                log.exception("report of task %s not handled", str(item[0])[:12])
 
     def _ensure_pool(self, fn: Callable[[Any], Any]) -> ProcessPoolExecutor:
         key = getattr(fn, "cache_key", None) or id(fn)

@@ -114,8 +114,14 @@ def _public(service: Service, rec: RunRecord, detail: tables.Detail) -> dict[str
 
 async def _answer(service: Service, rec: RunRecord, detail: tables.Detail = "headline",
                   status: int = 200) -> Response:
-    """The run, read and encoded in a worker thread (``detail=full`` can be large)."""
-    body = await run_in_threadpool(lambda: dumps(_public(service, rec, detail)))
+    """The run, read and encoded in a worker thread (``detail=full`` can be large); here
+    when there is nothing to read (its result made where it was computed)."""
+    ready = rec.status != "done" or tables.primed(service.settings.results_dir,
+                                                  rec.request_hash, detail)
+    if ready:
+        body = dumps(_public(service, rec, detail))
+    else:
+        body = await run_in_threadpool(lambda: dumps(_public(service, rec, detail)))
     return Response(body, status_code=status, media_type="application/json")
 
 
@@ -134,22 +140,42 @@ async def complete_tables(service: Service, key: str, *, baseline: bool = False)
     await asyncio.gather(*(service.jobs.complete(k) for k in keys))
 
 
+#: Seconds between two looks at a run whose computation another service process runs.
+POLL_S = 0.05
+
+
 async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
-    """Wait up to ``seconds`` (capped by the settings) for ``rec`` to finish."""
+    """Wait up to ``seconds`` (capped by the settings) for ``rec`` (just read) to finish.
+
+    Woken as this process finishes the runs of its computation, with what it wrote (the
+    run is not read again), or when they may have changed otherwise (the computation's
+    tracking ended, a run was cancelled: then it is read again). A computation this
+    process does not track (another service process runs it) is looked at every
+    :data:`POLL_S`."""
     seconds = min(seconds, service.settings.wait_max_seconds)
     if rec.finished or seconds <= 0:
         return rec
-    deadline = asyncio.get_running_loop().time() + seconds
+    jobs, key = service.jobs, rec.request_hash
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    fresh = True
     while True:
-        left = deadline - asyncio.get_running_loop().time()
-        track = service.jobs.waiter(rec.request_hash)
-        if track is None or track.done():
-            await asyncio.sleep(min(0.05, max(left, 0)))
-        else:
-            await asyncio.wait({track}, timeout=max(left, 0))
-        rec = await run_in_threadpool(service.registry.get_run, rec.id)
-        if rec.finished or asyncio.get_running_loop().time() >= deadline:
-            return rec
+        event = jobs.watch(key)  # before the run is read: no finish is missed between
+        try:
+            if not fresh:
+                rec = await run_in_threadpool(service.registry.get_run, rec.id)
+            left = deadline - loop.time()
+            if rec.finished or left <= 0:
+                return rec
+            await asyncio.wait({event}, timeout=left if jobs.tracked(key)
+                               else min(POLL_S, left))
+        finally:
+            jobs.unwatch(key, event)
+        finished = event.result() if event.done() and not event.cancelled() else None
+        done = None if finished is None else finished.apply(rec)
+        if done is not None:
+            return done
+        fresh = False
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -239,6 +265,7 @@ async def cancel_run(run_id: RunId, service: ServiceDep, owner: OwnerDep) -> Res
     if rec.status in ("done", "failed"):
         raise HTTPException(409, f"run {run_id!r} is already {rec.status}; nothing to cancel")
     rec = await run_in_threadpool(reg.cancel, run_id, owner)
+    service.jobs.notify(rec.request_hash)  # a request waiting for this run reads it again
     await service.jobs.cancel(rec.request_hash)
     return await _answer(service, rec)
 
