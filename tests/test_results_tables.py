@@ -1,7 +1,7 @@
 """The binding table, the bottlenecks and the targets of a run, computed on arrays, against
 their definition written plainly with pandas (one row per stage, constraint and year with a
 positive share; the bottleneck by summed share, then output value, then stage name; its
-constraint the most frequent, a tie going to the later code). Binding codes are drawn at
+constraint the most frequent, a tie (to 1e-9) going to the later code). Binding codes are drawn at
 random, whole years of one code included, so shares tie between stages and constraints.
 The shares are sums of many plant-days taken in another order than the definition's (plant
 by plant, not day by day), so they agree to round-off (1e-12), and the rows exactly."""
@@ -54,7 +54,8 @@ def bottlenecks(r: RunResult) -> pd.DataFrame:
                 continue
             score = (round(float(mine.share.sum()), 9), float(value.get((stage, y), 0.0)))
             if score > best[:2]:
-                top = mine[mine.share == mine.share.max()].constraint.iloc[-1]
+                share = mine.share.map(lambda x: round(x, 9))  # equal to 1e-9: a tie
+                top = mine[share == share.max()].constraint.iloc[-1]
                 best = (*score, str(stage), str(top))
         return best
 

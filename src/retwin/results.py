@@ -299,7 +299,8 @@ class RunResult:
         plant-days (markets on), the chain is limited by the market: the stage most held back
         by the demand on its output or by its margin is reported, with that constraint. Ties go
         to the stage with the larger output value; the constraint reported is the stage's most
-        frequent limit of the kind that made it the bottleneck.
+        frequent limit of the kind that made it the bottleneck (shares equal to 1e-9 tie, the
+        later code winning).
         """
         frac = self._binding_shares
         stage_names = list(self.compiled.topology.stage_plants)
@@ -325,7 +326,9 @@ class RunResult:
                 score = (round(sum(f[k] for k in held), 9),
                          _at(values, rows_of.get(("value.stage", stage_names[i], years[y]))))
                 if score > best[:2]:
-                    top = max(held, key=lambda k: (f[k], k))  # a tie: the later code
+                    # the most frequent (to 1e-9, as the score: shares equal but for
+                    # round-off tie), a tie going to the later code
+                    top = max(held, key=lambda k: (round(f[k], 9), k))
                     best = (*score, stage_names[i], code_names[top])
             return best
 

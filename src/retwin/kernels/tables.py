@@ -13,13 +13,27 @@ __all__ = ["binding_weights", "mass_balance"]
 @jit
 def _binding_weights(binding: Int8Array, weight: FloatArray, stage_of: IntArray,
                      year_of_day: IntArray, share: FloatArray, total: FloatArray) -> None:
+    # a plant's days run in a few long spells of one code within a year: each spell is
+    # summed apart (adding into one bin day after day would wait on the last day's sum)
+    n_days = binding.shape[1]
     for p in range(binding.shape[0]):
         s = stage_of[p]
-        for d in range(binding.shape[1]):
-            w = weight[p, d]
-            y = year_of_day[d]
-            share[s, binding[p, d], y] += w
-            total[s, y] += w
+        code, year = binding[p, 0] if n_days else 0, year_of_day[0] if n_days else 0
+        spell, spell_all = 0.0, 0.0
+        for d in range(n_days):
+            c, y, w = binding[p, d], year_of_day[d], weight[p, d]
+            if c != code or y != year:
+                share[s, code, year] += spell
+                spell = 0.0
+                if y != year:
+                    total[s, year] += spell_all
+                    spell_all = 0.0
+                code, year = c, y
+            spell += w
+            spell_all += w
+        if n_days:
+            share[s, code, year] += spell
+            total[s, year] += spell_all
 
 
 def binding_weights(binding: Int8Array, weight: FloatArray, stage_of: IntArray, n_stages: int,
