@@ -87,6 +87,17 @@ def test_each_kind_changes_a_run(tiny: retwin.Scenario, kind: str) -> None:
     assert moved, f"a {kind} change left every KPI of the run as it was"
 
 
+@pytest.mark.parametrize("kind", sorted(EXAMPLES))
+def test_applying_a_change_of_each_kind_leaves_the_scenario_as_it_was(tiny: retwin.Scenario,
+                                                                      kind: str) -> None:
+    """apply_changes works on its own tree of the scenario: the one it was given (shared by
+    every what-if of a model) is the same afterwards, to the last field."""
+    before = tiny.model_dump(by_alias=True, mode="json")
+    changed = retwin.apply_changes(tiny, [EXAMPLES[kind][0]])
+    assert changed.model_dump(by_alias=True, mode="json") != before
+    assert tiny.model_dump(by_alias=True, mode="json") == before
+
+
 @pytest.mark.parametrize("kind", sorted(k for k, (_, f) in EXAMPLES.items() if f))
 def test_each_kind_checks_its_reference_against_the_scenario(tiny: retwin.Scenario,
                                                              kind: str) -> None:

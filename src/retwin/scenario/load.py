@@ -514,7 +514,7 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
     typed = _parse_each(changes)
     if not typed:
         return scenario
-    tree = copy.deepcopy(scenario.model_dump(by_alias=True, mode="json"))
+    tree = scenario.model_dump(by_alias=True, mode="json")  # (new containers: ours to change)
     problems: list[tuple[str, str]] = []
     current, dirty = scenario, False
     for i, (ch, ok, parse_problems) in enumerate(typed):

@@ -21,7 +21,7 @@ and the HTTP service refuse the same input with the same message.
 
 import datetime as dt
 import math
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, cast
 
 from pydantic import (
     BaseModel,
@@ -982,9 +982,11 @@ def _dupes(field: str, ids: list[str], problems: list[str]) -> None:
 
 def _check_no_creation(i: int, p: Plant, mats: dict[str, Material], problems: list[str]) -> None:
     """A recipe may lose rare earths but never create them (per element, t REO)."""
-    for el in ELEMENTS:
-        out = sum(a * _content(mats[m], el) for m, a in p.recipe.outputs.items())
-        inn = sum(a * _content(mats[m], el) for m, a in p.recipe.inputs.items())
+    outputs = [(a, mats[m].composition_t_reo_per_unit) for m, a in p.recipe.outputs.items()]
+    inputs = [(a, mats[m].composition_t_reo_per_unit) for m, a in p.recipe.inputs.items()]
+    for el in cast("tuple[Element, ...]", ELEMENTS):
+        out = sum(a * float(comp.get(el, 0.0)) for a, comp in outputs)
+        inn = sum(a * float(comp.get(el, 0.0)) for a, comp in inputs)
         if out > inn * (1 + 1e-9) + 1e-12:
             problems.append(
                 f"plants[{i}].recipe: plant {p.id!r} creates {el} "
@@ -992,9 +994,3 @@ def _check_no_creation(i: int, p: Plant, mats: dict[str, Material], problems: li
                 "a recipe must not create rare-earth elements"
             )
 
-
-def _content(m: Material, element: str) -> float:
-    for el, v in m.composition_t_reo_per_unit.items():
-        if el == element:
-            return float(v)
-    return 0.0
