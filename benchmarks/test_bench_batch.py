@@ -61,7 +61,8 @@ def test_baotou_1000_replications_2_workers(benchmark, tmp_path: Path,  # type: 
     t0 = time.perf_counter()
     cold = run_batch(_mc(1000), _out(tmp_path), workers=2)  # a fresh pool: start-up included
     benchmark.extra_info["cold_start_total_s"] = round(time.perf_counter() - t0, 3)
-    benchmark.extra_info["runs_per_s"] = round(1000 / benchmark.stats.stats.mean, 1)
+    if benchmark.stats is not None:  # (None: --benchmark-disable, nothing timed)
+        benchmark.extra_info["runs_per_s"] = round(1000 / benchmark.stats.stats.mean, 1)
     assert cold.complete
     monthly = time.perf_counter()
     run_batch(_mc(1000, record="monthly"), _out(tmp_path), executor=pool2)
@@ -81,6 +82,8 @@ def test_scaling_1_to_2_workers(benchmark, tmp_path: Path, workers: int  # type:
     finally:
         ex.close()
     assert res.manifest["counts"]["runs_done"] == 400
+    if benchmark.stats is None:  # --benchmark-disable: nothing timed
+        return
     mean = benchmark.stats.stats.mean
     _figures[f"scaling_{workers}"] = mean
     benchmark.extra_info["runs_per_s"] = round(400 / mean, 1)
@@ -121,6 +124,9 @@ def test_dask_overhead_per_run(benchmark, tmp_path: Path, where: str  # type: ig
         if cluster is not None:
             client.close()
             cluster.close()
+    assert res.manifest["counts"]["runs_done"] == runs
+    if benchmark.stats is None:  # --benchmark-disable: nothing timed
+        return
     mean = benchmark.stats.stats.mean
     _figures[where] = mean
     _figures[f"{where}_path"] = str(res.path)  # type: ignore[assignment]

@@ -62,7 +62,14 @@ def _pcts(seconds: list[float]) -> dict[str, float]:
             "p95_ms": round(float(np.percentile(a, 95)), 1)}
 
 
+def _timings(benchmark: Any) -> list[float]:
+    """The timed rounds (none under ``--benchmark-disable``, which runs each test once)."""
+    return [] if benchmark.stats is None else _timings(benchmark)
+
+
 def _report(benchmark: Any, name: str, seconds: list[float]) -> None:
+    if not seconds:  # --benchmark-disable: nothing timed
+        return
     p = _pcts(seconds)
     benchmark.extra_info[name] = p
     print(f"\n{name}: p50 {p['p50_ms']} ms, p95 {p['p95_ms']} ms (n={len(seconds)})")
@@ -108,7 +115,7 @@ def test_whatif_latency_server(benchmark: Any, client: TestClient) -> None:
     assert run["result"]["mass_balance_closes"]
     assert run["result"]["difference"]
     _report(benchmark, "server_accepted_to_finished", server[2:])
-    _report(benchmark, "in_process_request", list(benchmark.stats.stats.data))
+    _report(benchmark, "in_process_request", _timings(benchmark))
     _report_size(benchmark, "in_process_request", sizes)
 
 
@@ -162,7 +169,7 @@ def test_whatif_latency_end_to_end(benchmark: Any, tmp_path: Path) -> None:
 
             run = benchmark.pedantic(one, rounds=ROUNDS, warmup_rounds=2)
         assert run["status"] == "done" and run["result"]["mass_balance_closes"]
-        _report(benchmark, "end_to_end", list(benchmark.stats.stats.data))
+        _report(benchmark, "end_to_end", _timings(benchmark))
         _report_size(benchmark, "end_to_end", sizes)
     finally:
         proc.send_signal(2)
@@ -192,7 +199,7 @@ def test_cold_start_to_first_answer(benchmark: Any, tmp_path: Path) -> None:
     finally:
         stop_previous()
     assert run["status"] == "done" and run["result"]["difference"]
-    _report(benchmark, "cold_start_first_answer", list(benchmark.stats.stats.data))
+    _report(benchmark, "cold_start_first_answer", _timings(benchmark))
 
 
 @pytest.mark.benchmark(group="service")
