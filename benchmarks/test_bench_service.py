@@ -64,7 +64,7 @@ def _pcts(seconds: list[float]) -> dict[str, float]:
 
 def _timings(benchmark: Any) -> list[float]:
     """The timed rounds (none under ``--benchmark-disable``, which runs each test once)."""
-    return [] if benchmark.stats is None else _timings(benchmark)
+    return [] if benchmark.stats is None else list(benchmark.stats.stats.data)
 
 
 def _report(benchmark: Any, name: str, seconds: list[float]) -> None:
