@@ -54,6 +54,8 @@ class Topology:
 
     #: Each stage that has plants (in the order of ``STAGES``): its plants, ascending.
     stage_plants: dict[str, IntArray]
+    #: (P,) each plant's stage, as its position in ``stage_plants``
+    plant_stage: IntArray
     inputs: RecipeSide
     outputs: RecipeSide
     pool_material: IntArray  # (S,)
@@ -112,7 +114,6 @@ class Compiled:
     demand_month: FloatArray  # (G, T) material per day, before noise
     demand_cv: FloatArray
     releases: list[tuple[int, int, float]]  # (day, quota, t REO), sorted
-    year_starts: list[tuple[int, int]]  # (day, year) of every calendar year in the horizon
     quota_year_total: dict[tuple[int, int], float]  # (quota, year) -> t REO
     #: what the event log says of the quota calendar: (day, kind, subject) in day order
     quota_log: list[tuple[int, str, str]]

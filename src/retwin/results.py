@@ -253,7 +253,7 @@ class RunResult:
 
         c = self.compiled
         codes = np.fromiter(BIND_NAMES, dtype=np.int64)
-        share, total = binding_weights(self.binding, self.capacity_days, _stage_of(c),
+        share, total = binding_weights(self.binding, self.capacity_days, c.topology.plant_stage,
                                        len(c.topology.stage_plants), int(codes.max()) + 1,
                                        self._year_of_day - self.years[0], len(self.years))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -601,7 +601,7 @@ class _Annual:
     def _per_stage(self, per_plant: FloatArray) -> FloatArray:
         """(P, Y) summed over each stage's plants, in plant order: (stages with plants, Y)."""
         out = np.zeros((len(self.topo.stage_plants), self.n_y))
-        np.add.at(out, _stage_of(self.c), per_plant)
+        np.add.at(out, self.topo.plant_stage, per_plant)
         return out
 
     @cached_property
@@ -806,7 +806,7 @@ class _Annual:
         unit_value = np.zeros((len(self.c.plant_ids), len(starts)))  # (P, T) CNY per unit
         np.add.at(unit_value, out.plant, out.amount[:, None] * r.price_month[out.material])
         weight = r.capacity_month * unit_value
-        stage_of = _stage_of(self.c)
+        stage_of = self.topo.plant_stage
         stage_w = np.zeros((n_stages, len(starts)))
         np.add.at(stage_w, stage_of, weight)
         stage_wm = np.zeros((n_stages, len(starts)))
@@ -972,18 +972,6 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
                         [u for u in units for _ in range(n_y)])
     c.labels["kpis"] = (layout, layout.kpi)
     return layout
-
-
-def _stage_of(c: Compiled) -> IntArray:
-    """(P,) each plant's stage, as its position in ``c.topology.stage_plants`` (every plant is
-    in one): made once per compiled scenario."""
-    cached = c.labels.get("stage_of")
-    if cached is None:
-        out = np.zeros(len(c.plant_ids), dtype=np.int64)
-        for i, sel in enumerate(c.topology.stage_plants.values()):
-            out[sel] = i
-        cached = c.labels["stage_of"] = (out, out)
-    return cast(IntArray, cached[0])
 
 
 def _stages_in(c: Compiled, stages: tuple[str, ...]) -> np.ndarray:

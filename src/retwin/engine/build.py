@@ -286,9 +286,11 @@ def compile_scenario(sc: Scenario) -> Compiled:
     mk_pool = i64([pools[(k.region, k.material)] for k in markets])
     dem_pool = i64([pools[(g.region, g.material)] for g in sc.demand])
     stage_of = [p.stage for p in plants]
+    stages_held = [s for s in STAGES if s in stage_of]
     topology = Topology(
         stage_plants={s: i64([i for i, ps in enumerate(stage_of) if ps == s])
-                      for s in STAGES if s in stage_of},
+                      for s in stages_held},
+        plant_stage=i64([stages_held.index(ps) for ps in stage_of]),
         inputs=recipe_side(in_ptr, in_pool, in_mat, in_amt),
         outputs=recipe_side(out_ptr, out_pool, out_mat, out_amt),
         pool_material=pool_mat,
@@ -387,7 +389,6 @@ def compile_scenario(sc: Scenario) -> Compiled:
         demand_month=_demand_paths(sc, months),
         demand_cv=np.array([g.noise_cv for g in sc.demand]),
         releases=releases,
-        year_starts=year_starts,
         quota_year_total=totals,
         quota_log=quota_log,
         timed=timed,

@@ -244,9 +244,8 @@ class ChainModel:
     def set_decisions(self, utilisation: np.ndarray, want_day: np.ndarray) -> None:
         """Producers' decided share of their ceiling, and the rate a plant decided to run
         flat out would run at were its ceiling higher (the market process, monthly)."""
-        np.copyto(self.decision, utilisation)
-        np.copyto(self.want_day, want_day)
-        np.multiply(self.cap_max_day, self.decision, out=self.cap_day)
+        trade.decide(utilisation, want_day, self.decision, self.want_day, self.cap_max_day,
+                     self.cap_day)
 
     def hand_over(self, decide: bool, utilisation: np.ndarray, want_day: np.ndarray,
                   import_share: np.ndarray, export_demand_tpa: np.ndarray,

@@ -332,15 +332,15 @@ def _flow(
     # the paths set new prices; else events change prices between calls only), and whether
     # it runs ramped up on every day of the call (commissioned and ramped up by d0, not
     # retired before d1).
-    unit_value = np.zeros(n_plants)
+    replay = price_path.shape[1] > 0  # the paths set prices and demand month by month
+    unit_value = np.empty(n_plants)
+    if not replay:  # (replayed, the day loop sets them on the call's first day)
+        _unit_values(out_ptr, out_amt, out_mat, price, unit_value)
     steady = np.zeros(n_plants, dtype=np.int8)
     for p in range(n_plants):
-        for j in range(out_ptr[p], out_ptr[p + 1]):
-            unit_value[p] += out_amt[j] * price[out_mat[j]]
         if (commission_day[p] <= d0 and d1 <= retire_day[p]
                 and d0 - commission_day[p] + 1 >= ramp_days[p]):
             steady[p] = 1
-    replay = price_path.shape[1] > 0  # the paths set prices and demand month by month
     n_qcal = qcal_day.shape[0]
     qc = qcal_at[0]  # the quota calendar's next entry
     path_mon = -1  # the month whose prices and demand are set
@@ -380,10 +380,7 @@ def _flow(
                 dem_rate[g] = dem_path[g, path_mon]
             for m in range(price.shape[0]):
                 price[m] = price_path[m, path_mon]
-            for p in range(n_plants):
-                unit_value[p] = 0.0
-                for j in range(out_ptr[p], out_ptr[p + 1]):
-                    unit_value[p] += out_amt[j] * price[out_mat[j]]
+            _unit_values(out_ptr, out_amt, out_mat, price, unit_value)
         if d == d1:
             break
         slot += 1
@@ -667,6 +664,16 @@ def _flow(
         for s in range(n_pools):
             stock_rec[s, d] = stock[s]
     qcal_at[0] = qc
+
+
+@jit
+def _unit_values(out_ptr: IntArray, out_amt: FloatArray, out_mat: IntArray, price: FloatArray,
+                 unit_value: FloatArray) -> None:
+    """Each plant's output value per unit of activity at ``price``, into ``unit_value``."""
+    for p in range(unit_value.shape[0]):
+        unit_value[p] = 0.0
+        for j in range(out_ptr[p], out_ptr[p + 1]):
+            unit_value[p] += out_amt[j] * price[out_mat[j]]
 
 
 @jit

@@ -17,6 +17,7 @@ __all__ = [
     "CONTRACT",
     "EXPORT_DEMAND",
     "IMPORT_SHARE",
+    "decide",
     "hand_over",
     "set_caps",
 ]
@@ -61,6 +62,23 @@ def set_caps(import_share: FloatArray, export_demand_tpa: FloatArray,
 
 
 @jit
+def _decide(share: FloatArray, want: FloatArray, decision: FloatArray, want_day: FloatArray,
+            cap_max_day: FloatArray, cap_day: FloatArray) -> None:
+    for p in range(decision.shape[0]):
+        decision[p] = share[p]
+        want_day[p] = want[p]
+        cap_day[p] = cap_max_day[p] * decision[p]
+
+
+def decide(share: FloatArray, want: FloatArray, decision: FloatArray, want_day: FloatArray,
+           cap_max_day: FloatArray, cap_day: FloatArray) -> None:
+    """The producers' decided share of their ceiling and the rate a plant running flat out
+    was asked for (``share``, ``want``, each ``(P,)``) into ``decision`` and ``want_day``, and
+    each plant's capacity ``cap_day = cap_max_day x decision``."""
+    _decide(share, want, decision, want_day, cap_max_day, cap_day)
+
+
+@jit
 def _hand_over(decide: bool, share: FloatArray, want: FloatArray, decision: FloatArray,
                want_day: FloatArray, cap_max_day: FloatArray, cap_day: FloatArray,
                import_share: FloatArray, export_demand_tpa: FloatArray,
@@ -68,10 +86,7 @@ def _hand_over(decide: bool, share: FloatArray, want: FloatArray, decision: Floa
                exp_cap_day: FloatArray, exp_contract_day: FloatArray, exp_asked: FloatArray,
                days: float) -> None:
     if decide:
-        for p in range(decision.shape[0]):
-            decision[p] = share[p]
-            want_day[p] = want[p]
-            cap_day[p] = cap_max_day[p] * decision[p]
+        _decide(share, want, decision, want_day, cap_max_day, cap_day)
     _set_caps(import_share, export_demand_tpa, export_contract_tpa, trade, imp_cap_day,
               exp_cap_day, exp_contract_day)
     for k in range(exp_asked.shape[0]):
@@ -85,9 +100,7 @@ def hand_over(decide: bool, share: FloatArray, want: FloatArray, decision: Float
               exp_cap_day: FloatArray, exp_contract_day: FloatArray, exp_asked: FloatArray,
               days: int) -> None:
     """A month's decisions and outside curves handed to the flow, in one call: when
-    ``decide``, the producers' decided share of their ceiling and the rate a plant running
-    flat out was asked for (``share``, ``want`` into ``decision``, ``want_day``; each plant's
-    capacity ``cap_day`` = ``cap_max_day x decision``); then :func:`set_caps`; then what outside
+    ``decide``, :func:`decide`; then :func:`set_caps`; then what outside
     buyers ask over the month's ``days`` at the caps (``exp_asked`` = ``exp_cap_day x days``).
     The same arithmetic as numpy's, bit for bit."""
     _hand_over(decide, share, want, decision, want_day, cap_max_day, cap_day, import_share,
