@@ -451,18 +451,22 @@ def test_cached_kernels_load_without_numbas_registries() -> None:
 def test_warmup_writes_the_bytecode_of_every_module(
         capsys: pytest.CaptureFixture[str]) -> None:
     """``retwin warmup`` leaves the next process nothing to compile: every module of retwin
-    has its bytecode in ``__pycache__`` (read even where Python writes none itself)."""
+    and of the service (whose worker processes import it) has its bytecode in
+    ``__pycache__`` (read even where Python writes none itself)."""
     import importlib.util
 
     import retwin
+    import retwin_service
 
-    package = Path(retwin.__file__).parent
-    sources = sorted(package.rglob("*.py"))
-    for src in sources:  # as in a fresh checkout, or after a change to every file
+    sources = [(package, src)
+               for package in (Path(retwin.__file__).parent,
+                               Path(retwin_service.__file__).parent)
+               for src in sorted(package.rglob("*.py"))]
+    for _, src in sources:  # as in a fresh checkout, or after a change to every file
         Path(importlib.util.cache_from_source(str(src))).unlink(missing_ok=True)
     assert main(["warmup"]) == 0
     assert "Kernels ready" in capsys.readouterr().out
-    missing = [str(s.relative_to(package)) for s in sources
+    missing = [str(s.relative_to(package.parent)) for package, s in sources
                if not Path(importlib.util.cache_from_source(str(s))).is_file()]
     assert not missing, missing
 

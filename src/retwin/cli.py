@@ -606,9 +606,14 @@ def _byte_compile(package: Path) -> bool:
 
 
 def cmd_warmup(a: argparse.Namespace) -> int:
+    import importlib.util
+
     import retwin
 
     _byte_compile(Path(retwin.__file__).parent)
+    service = importlib.util.find_spec("retwin_service")  # its worker processes import it
+    if service is not None and service.origin is not None:
+        _byte_compile(Path(service.origin).parent)
     from retwin.engine.run import warmup
 
     out.print(f"Kernels ready in {warmup():.2f} s")
