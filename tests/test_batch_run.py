@@ -443,23 +443,25 @@ def test_sweep_other_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_sweep_interrupted_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as the third chunk is recorded: exit 130, and the count names what stands on
+    disk (the task wrote the third chunk's files before the interrupt came, so it counts)."""
     spec = write_spec(tmp_path, {**GRID, "base": "tiny"})
-    real = StudyDir.write_chunk
+    real = StudyDir.commit
     calls: list[int] = []
 
-    def write_then_stop(self: StudyDir, result: Any) -> bool:
+    def commit_then_stop(self: StudyDir, task: Any) -> bool:
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, result)
+        return real(self, task)
 
-    monkeypatch.setattr(StudyDir, "write_chunk", write_then_stop)
+    monkeypatch.setattr(StudyDir, "commit", commit_then_stop)
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--daily"]) == 130
     err = capsys.readouterr().err
-    assert "interrupted: 1 of 4 points done (3 of 12 runs)" in err
+    assert "interrupted: 1 of 4 points done (5 of 12 runs)" in err
     assert "run the same command again to resume" in err
-    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["spec"]["record"] == \
-        "daily"
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["spec"]["record"] == "daily" and manifest["counts"]["runs_done"] == 5
 
 
 def test_example_studies_expand_and_apply(tmp_path: Path) -> None:

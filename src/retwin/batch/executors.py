@@ -272,9 +272,12 @@ def _never() -> bool:
 
 
 class Executor(ABC):
-    """Runs tasks; ``workers`` is how many run at once."""
+    """Runs tasks; ``workers`` is how many run at once. ``shares_files`` is true where the
+    tasks run on this machine, seeing the files this process sees (a batch study's workers
+    then write their own result files)."""
 
     workers: int = 1
+    shares_files: bool = False
 
     @property
     @abstractmethod
@@ -330,6 +333,8 @@ class Executor(ABC):
 
 class SerialExecutor(Executor):
     """Every task in this process, one after another (the reference for the others)."""
+
+    shares_files = True
 
     def __init__(self, *, on_progress: Callable[[str, int, int], None] | None = None,
                  on_message: Callable[[str, Any], None] | None = None) -> None:
@@ -473,6 +478,8 @@ class ProcessExecutor(Executor):
     ``flags_dir`` (default: a temporary folder); the folder is removed when the executor is
     closed (or, a temporary one, when it is collected or the interpreter exits).
     """
+
+    shares_files = True
 
     def __init__(self, workers: int, *,
                  on_progress: Callable[[str, int, int], None] | None = None,
@@ -623,8 +630,9 @@ class ProcessExecutor(Executor):
             fill()
 
     def abort(self) -> None:
-        """Cancel what is queued, kill the workers (they hold nothing worth saving: results
-        are written by this process) and let the pool go without waiting on its threads."""
+        """Cancel what is queued, kill the workers (they hold nothing worth saving: a file a
+        task writes is renamed into place only once whole) and let the pool go without
+        waiting on its threads."""
         for f in self._pending:
             f.cancel()
         self._pending.clear()

@@ -49,7 +49,7 @@ try:
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FORMAT", "StudyDir", "part_path", "points_table", "write_atomic"]
+__all__ = ["FORMAT", "StudyDir", "part_path", "points_table", "write_atomic", "write_parts"]
 
 FORMAT = "retwin-sweep/1"
 _META = b"retwin"
@@ -85,6 +85,26 @@ def _write_parquet(table: pa.Table) -> Any:
         pq.write_table(table, fh, compression="zstd", use_dictionary=labels)
 
     return write
+
+
+def write_parts(out: Path, spec_sha256: str, result: ChunkResult,
+                kinds: tuple[str, ...]) -> None:
+    """Write a finished chunk's files (``kpis`` last), each atomically, footed with the study
+    (``spec_sha256``), point and replications it holds (what a resumed study checks). Called
+    by the study's process, or by a worker that shares its file system (a
+    :class:`~retwin.batch.tables.PartTask`)."""
+    task = result.task
+    info = {"spec_sha256": spec_sha256, "point": task.point_id, "chunk": task.chunk,
+            "first": task.first, "stop": task.stop}
+    for kind in kinds:
+        table = result.table(kind)
+        if table is None or table.num_rows == 0:
+            raise RetwinError(f"point {task.point_id} chunk {task.chunk} returned no "
+                              f"{kind} rows")
+        meta = dict(table.schema.metadata or {})
+        meta[_META] = json.dumps({**info, "table": kind}).encode()
+        write_atomic(out, part_path(out, kind, task.point_id, task.chunk),
+                     _write_parquet(table.replace_schema_metadata(meta)))
 
 
 def points_table(points: list[Point], names: list[str]) -> pa.Table:
@@ -339,21 +359,36 @@ class StudyDir:
 
     def write_chunk(self, result: ChunkResult) -> bool:
         """Write a finished chunk's tables (``kpis`` last); True when its point is complete."""
-        task = result.task
-        info = {"spec_sha256": self.spec_sha256, "point": task.point_id, "chunk": task.chunk,
-                "first": task.first, "stop": task.stop}
+        write_parts(self.out, self.spec_sha256, result, self.kinds)
+        return self.commit(result.task)
+
+    def commit(self, task: Task) -> bool:
+        """Record a chunk whose files are written (by :meth:`write_chunk`, or by the worker
+        that ran it) as done; True when its point is complete. A file missing is an error:
+        nothing is recorded that is not on disk."""
         for kind in self.kinds:
-            table = result.table(kind)
-            if table is None or table.num_rows == 0:
-                raise RetwinError(f"point {task.point_id} chunk {task.chunk} returned no "
-                                  f"{kind} rows")
-            meta = dict(table.schema.metadata or {})
-            meta[_META] = json.dumps({**info, "table": kind}).encode()
-            write_atomic(self.out, part_path(self.out, kind, task.point_id, task.chunk),
-                         _write_parquet(table.replace_schema_metadata(meta)))
+            path = part_path(self.out, kind, task.point_id, task.chunk)
+            if not path.is_file():
+                raise RetwinError(f"point {task.point_id} chunk {task.chunk}: its {kind} "
+                                  f"file {path.relative_to(self.out)} is missing")
         complete = self._mark(task)
         self.write_manifest()
         return complete
+
+    def settle(self) -> None:
+        """Record the chunks whose files stand whole although their results never reached
+        this process (workers write their own files; a study stopped after a worker wrote a
+        chunk and before it heard so). Call once the workers are stopped."""
+        ok: dict[tuple[str, int], int] = {}
+        for kind in self.kinds:
+            for task in self.todo():
+                f = part_path(self.out, kind, task.point_id, task.chunk)
+                if f.is_file() and self._valid(f, task, kind):
+                    ok[(task.point_id, task.chunk)] = ok.get((task.point_id, task.chunk),
+                                                             0) + 1
+        for key, n in ok.items():
+            if n == len(self.kinds):
+                self._mark(self._task_of[key])
 
     def manifest(self) -> dict[str, Any]:
         pts = []
