@@ -723,3 +723,167 @@ def test_a_task_joined_from_its_parts_equals_the_task(record: str) -> None:
         assert joined.table(kind).equals(whole.table(kind)), kind
     with pytest.raises(retwin.RetwinError, match=r"do not cover replications 0\.\.4"):
         ChunkResult.join(task, [parts[0], parts[2]])
+
+
+# --- who writes a chunk's files -------------------------------------------------------------
+
+
+def _all_tables(path: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for table, keys in (("kpis", KPI_KEYS), ("monthly", ["point", "replication", "kind", "id",
+                                                         "month"]),
+                        ("daily", ["point", "replication", "kind", "id", "date"])):
+        if (path / table).is_dir():
+            df = pd.read_parquet(path / table).astype({"point": str})
+            out[table] = df.sort_values(keys).reset_index(drop=True)
+    return out
+
+
+def _assert_same_tables(a: Path, b: Path) -> None:
+    ta, tb = _all_tables(a), _all_tables(b)
+    assert ta.keys() == tb.keys() and ta
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
+
+
+def test_a_study_whose_workers_do_not_share_its_files_writes_them_itself(
+        tmp_path: Path, grid: BatchResult) -> None:
+    """An executor whose tasks run where this process's files are not (Dask) gets plain
+    tasks and their tables back, and the study writes each chunk; one that shares them
+    (local processes, this process) gets tasks that write their own files. The datasets are
+    the same, value for value, and so are the tallied KPIs."""
+    from retwin.batch import SerialExecutor, Task
+    from retwin.batch.tables import PartTask
+
+    seen: dict[str, list[type]] = {}
+
+    class Remote(SerialExecutor):
+        shares_files = False
+
+        def map_unordered(self, fn: Any, items: Any, **kw: Any) -> Any:
+            items = list(items)
+            seen[type(self).__name__] = [type(i) for i in items]
+            return super().map_unordered(fn, items, **kw)
+
+    class Local(Remote):
+        shares_files = True
+
+    writes: list[int] = []
+    real = StudyDir.write_chunk
+
+    def counted(self: StudyDir, result: Any) -> bool:
+        writes.append(1)
+        return real(self, result)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StudyDir, "write_chunk", counted)
+        remote = run_batch(GRID, tmp_path / "remote", executor=Remote())
+        assert len(writes) == 8  # 4 points x 2 chunks, each written by the study
+        local = run_batch(GRID, tmp_path / "local", executor=Local())
+        assert len(writes) == 8  # none more: the tasks wrote their own
+    assert set(seen["Remote"]) == {Task}
+    assert set(seen["Local"]) == {PartTask}
+    _assert_same_tables(grid.path, remote.path)
+    _assert_same_tables(grid.path, local.path)
+    assert remote.point_means() == local.point_means() == grid.point_means()
+
+
+def test_errors_cross_a_process_boundary_as_themselves() -> None:
+    """What a worker raises reaches the study as it was raised (type, message, fields): a
+    worker that cannot write its file gives the study an OutputError (exit code 2)."""
+    from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError, ScenarioError
+
+    errors: list[Exception] = [
+        OutputError("/out", "cannot write kpis/point=a/part-0.parquet: No space left",
+                    replaceable=True),
+        ScenarioError([("point a", "changes[0].factor(=-1) must be >= 0"), ("b", "bad")]),
+        MassBalanceError("point a, replication 3: residual 2 t"),
+        DataError("no such key"), RetwinError("worker x runs retwin 0"),
+    ]
+    for err in errors:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and back.args == err.args
+        assert vars(back) == vars(err)
+
+
+def test_a_failed_write_of_a_task_leaves_no_part_and_the_study_resumes(
+        tmp_path: Path, grid: BatchResult) -> None:
+    """A task whose file write fails half-way (a full disk) stops the study with an
+    OutputError: no part of that chunk stands, the chunks written before are recorded, and
+    the study run again completes to the uninterrupted result."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "o"
+    real = pq.write_table
+    calls: list[bool] = []
+
+    def half_then_full(table: Any, where: Any, **kw: Any) -> None:
+        calls.append("kpi" in table.column_names)
+        if sum(calls) == 2:  # the second chunk's kpis file
+            where.write(b"PAR1" + b"\0" * 100)  # some bytes of the file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(table, where, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pq, "write_table", half_then_full)
+        with pytest.raises(retwin.OutputError, match=r"cannot write kpis/point=.*No space"):
+            run_batch(GRID, out)
+    standing = sorted((out / "kpis").rglob("*.parquet"))
+    assert len(standing) == 1 and all(pd.read_parquet(f).shape[0] > 0 for f in standing)
+    assert len(list((out / "monthly").rglob("*.parquet"))) == 2  # written before the kpis
+    assert not (out / ".tmp").exists()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["counts"]["runs_done"] == 2  # the first chunk
+    starts: list[int] = []
+    res = run_batch(GRID, out, progress=lambda p: starts.append(p.runs_at_start))
+    assert starts[0] == 2 and res.complete
+    _assert_same_tables(grid.path, out)
+
+
+_KILLED_WRITE = """
+import os, pickle, signal, sys
+import pyarrow.parquet as pq
+
+def half_then_killed(table, where, **kw):
+    where.write(b"PAR1" + b"\\0" * 4096)
+    where.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # the worker dies in the middle of its file
+
+pq.write_table = half_then_killed
+runner, item = pickle.loads(sys.stdin.buffer.read())
+runner(item)
+"""
+
+
+def test_a_worker_killed_while_writing_leaves_no_part_and_the_study_resumes(
+        tmp_path: Path, grid: BatchResult) -> None:
+    """A worker process killed half-way through a chunk's file leaves nothing a reader or
+    a resumed study takes for that chunk; the study run again completes to the
+    uninterrupted result."""
+    from retwin.batch.tables import PartTask
+
+    out = tmp_path / "o"
+    seen: list[int] = []
+
+    def stop_after_one(p: Any) -> None:
+        seen.append(p.runs_done)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted):
+        run_batch(GRID, out, progress=stop_after_one)
+    study = prepare_study(GRID)
+    task = study.tasks[1]
+    item = PartTask(task, str(out), study.spec_sha256, tuple(study.spec.selectors))
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITE], capture_output=True,
+                          cwd=REPO, input=pickle.dumps((study.runner(), item)), timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert [p.name for p in (out / ".tmp").iterdir()]  # its half file, under .tmp only
+    assert not (out / "kpis" / f"point={task.point_id}" / f"part-{task.chunk}.parquet").exists()
+    assert len(list((out / "kpis").rglob("*.parquet"))) == 1
+    ds.dataset(out / "kpis", format="parquet").to_table()  # every file that stands reads
+    res = run_batch(GRID, out)
+    assert res.complete and not (out / ".tmp").exists()
+    _assert_same_tables(grid.path, out)
