@@ -746,19 +746,19 @@ def _assert_same_tables(a: Path, b: Path) -> None:
         pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
 
 
-def test_a_study_whose_workers_do_not_share_its_files_writes_them_itself(
+def test_a_study_writes_its_files_itself_unless_its_tasks_do(
         tmp_path: Path, grid: BatchResult) -> None:
-    """An executor whose tasks run where this process's files are not (Dask) gets plain
-    tasks and their tables back, and the study writes each chunk; one that shares them
-    (local processes, this process) gets tasks that write their own files. The datasets are
-    the same, value for value, and so are the tallied KPIs."""
+    """An executor whose tasks do not write (Dask: they run where this process's files are
+    not; local processes with a core to spare) gets plain tasks and their tables back, and
+    the study writes each chunk; one whose tasks write gets tasks that write their own
+    files. The datasets are the same, value for value, and so are the tallied KPIs."""
     from retwin.batch import SerialExecutor, Task
     from retwin.batch.tables import PartTask
 
     seen: dict[str, list[type]] = {}
 
     class Remote(SerialExecutor):
-        shares_files = False
+        tasks_write = False
 
         def map_unordered(self, fn: Any, items: Any, **kw: Any) -> Any:
             items = list(items)
@@ -766,7 +766,7 @@ def test_a_study_whose_workers_do_not_share_its_files_writes_them_itself(
             return super().map_unordered(fn, items, **kw)
 
     class Local(Remote):
-        shares_files = True
+        tasks_write = True
 
     writes: list[int] = []
     real = StudyDir.write_chunk
@@ -887,3 +887,17 @@ def test_a_worker_killed_while_writing_leaves_no_part_and_the_study_resumes(
     res = run_batch(GRID, out)
     assert res.complete and not (out / ".tmp").exists()
     _assert_same_tables(grid.path, out)
+
+
+def test_local_workers_write_their_files_when_they_take_every_core(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local workers write their own files when they are as many as the cores (this process
+    would take CPU from them); with a core to spare, this process writes; on Dask, always."""
+    from retwin.batch import DaskExecutor, ProcessExecutor, SerialExecutor, executors
+
+    assert 1 <= executors.usable_cores() <= (os.cpu_count() or 1)
+    monkeypatch.setattr(executors, "usable_cores", lambda: 2)
+    assert [ProcessExecutor(n).tasks_write for n in (1, 2, 3)] == [False, True, True]
+    monkeypatch.setattr(executors, "usable_cores", lambda: 4)
+    assert [ProcessExecutor(n).tasks_write for n in (2, 3, 4)] == [False, False, True]
+    assert SerialExecutor().tasks_write and not DaskExecutor.tasks_write

@@ -272,12 +272,15 @@ def _never() -> bool:
 
 
 class Executor(ABC):
-    """Runs tasks; ``workers`` is how many run at once. ``shares_files`` is true where the
-    tasks run on this machine, seeing the files this process sees (a batch study's workers
-    then write their own result files)."""
+    """Runs tasks; ``workers`` is how many run at once.
+
+    ``tasks_write`` says where a batch study's result files are best written: true where the
+    tasks see this process's files and this process has no core of its own to write them on
+    (each task then writes its own files), false where this process writes them (the tasks
+    run on other machines, or a core is left for this process)."""
 
     workers: int = 1
-    shares_files: bool = False
+    tasks_write: bool = False
 
     @property
     @abstractmethod
@@ -334,7 +337,7 @@ class Executor(ABC):
 class SerialExecutor(Executor):
     """Every task in this process, one after another (the reference for the others)."""
 
-    shares_files = True
+    tasks_write = True  # the same process either way
 
     def __init__(self, *, on_progress: Callable[[str, int, int], None] | None = None,
                  on_message: Callable[[str, Any], None] | None = None) -> None:
@@ -369,6 +372,14 @@ class SerialExecutor(Executor):
 
     def uncancel(self, key: str) -> None:
         self._hooks.keys.discard(key)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def _watch_parent(parent: int) -> None:
@@ -479,8 +490,6 @@ class ProcessExecutor(Executor):
     closed (or, a temporary one, when it is collected or the interpreter exits).
     """
 
-    shares_files = True
-
     def __init__(self, workers: int, *,
                  on_progress: Callable[[str, int, int], None] | None = None,
                  on_message: Callable[[str, Any], None] | None = None,
@@ -509,6 +518,13 @@ class ProcessExecutor(Executor):
     @property
     def description(self) -> str:
         return f"{self.workers} local process{'es' if self.workers > 1 else ''}"
+
+    @property
+    def tasks_write(self) -> bool:  # type: ignore[override]
+        """True when the workers take every core this process may run on: writing a task's
+        files here would take CPU from them, so each task writes its own. With a core to
+        spare, this process writes them there, and the workers only run."""
+        return self.workers >= usable_cores()
 
     def _flag_dir(self) -> str:
         """The folder of cancel flags, made on first use."""
