@@ -10,7 +10,10 @@ Layout::
     OUT/sensitivity.parquet               (one-at-a-time studies)
 
 Every file is written under ``OUT/.tmp``, flushed to disk and renamed into place, so a file
-that exists is whole; readers skip names starting with ``.`` or ``_``. A chunk counts as
+that exists is whole; readers skip names starting with ``.`` or ``_``. A chunk's files are
+written by the study's process or, on local workers that take every core, by the worker that
+ran it (:func:`write_parts`); the study records the chunk when the worker's result arrives,
+and after an interrupt it records those whose files it finds whole (:meth:`StudyDir.settle`). A chunk counts as
 done when each of its files exists and its footer names this study, point and replications:
 a restarted study skips those and runs the rest. The manifest is rewritten (atomically) as
 points finish, at most once a second and always at the end; the files are the record of
