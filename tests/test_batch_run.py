@@ -443,25 +443,27 @@ def test_sweep_other_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_sweep_interrupted_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ctrl-C as the third chunk is recorded: exit 130, and the count names what stands on
-    disk (the task wrote the third chunk's files before the interrupt came, so it counts)."""
+    """Ctrl-C as the third chunk is put in place: exit 130; the count names the chunks in
+    place, and the third chunk's staged files are gone with the study's ``.tmp``."""
     spec = write_spec(tmp_path, {**GRID, "base": "tiny"})
     real = StudyDir.commit
     calls: list[int] = []
 
-    def commit_then_stop(self: StudyDir, task: Any) -> bool:
+    def commit_then_stop(self: StudyDir, task: Any, staged: Any) -> bool:
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, task)
+        return real(self, task, staged)
 
     monkeypatch.setattr(StudyDir, "commit", commit_then_stop)
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--daily"]) == 130
     err = capsys.readouterr().err
-    assert "interrupted: 1 of 4 points done (5 of 12 runs)" in err
+    assert "interrupted: 1 of 4 points done (3 of 12 runs)" in err
     assert "run the same command again to resume" in err
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
-    assert manifest["spec"]["record"] == "daily" and manifest["counts"]["runs_done"] == 5
+    assert manifest["spec"]["record"] == "daily" and manifest["counts"]["runs_done"] == 3
+    assert len(list((tmp_path / "o" / "kpis").rglob("*.parquet"))) == 2
+    assert not (tmp_path / "o" / ".tmp").exists()
 
 
 def test_example_studies_expand_and_apply(tmp_path: Path) -> None:
@@ -788,6 +790,45 @@ def test_a_study_writes_its_files_itself_unless_its_tasks_do(
     assert remote.point_means() == local.point_means() == grid.point_means()
 
 
+def test_a_task_s_files_stand_only_once_the_study_puts_them_in_place(tmp_path: Path,
+                                                                    grid: BatchResult) -> None:
+    """A task that writes its own files leaves them under the study's ``.tmp`` (invisible to
+    readers and to a resumed study) until the study's process commits them; a commit takes
+    only files staged in that ``.tmp``, in the study's table order."""
+    from retwin.batch.tables import PartTask
+
+    out = tmp_path / "o"
+    seen: list[int] = []
+
+    def stop_at_start(p: Any) -> None:
+        seen.append(p.runs_done)
+        raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted):
+        run_batch(GRID, out, progress=stop_at_start)
+    study = prepare_study(GRID)
+    task = study.tasks[0]
+    res = study.runner()(PartTask(task, str(out), study.spec_sha256,
+                                  tuple(study.spec.selectors)))
+    assert [k for k, _ in res.staged] == ["monthly", "kpis"] and not res.tables
+    assert all(Path(name).parent == out / ".tmp" for _, name in res.staged)
+    assert not list(out.glob("*/point=*/*.parquet"))  # nothing stands yet
+    store = StudyDir(out, spec=study.spec.model_dump(mode="json"),
+                     spec_sha256=study.spec_sha256, base={"scenario_sha256": study.base_hash},
+                     versions={}, points=study.points, tasks=study.tasks, kinds=study.kinds,
+                     names=study.names)
+    with pytest.raises(retwin.RetwinError, match="not staged in"):
+        store.commit(task, tuple(reversed(res.staged)))
+    with pytest.raises(retwin.RetwinError, match="not staged in"):
+        store.commit(task, (("monthly", str(tmp_path / "elsewhere")), res.staged[1]))
+    store.commit(task, res.staged)
+    assert {f.relative_to(out).as_posix() for f in out.glob("*/point=*/*.parquet")} == {
+        f"{k}/point={task.point_id}/part-{task.chunk}.parquet" for k in ("monthly", "kpis")}
+    assert not list((out / ".tmp").iterdir())
+    assert run_batch(GRID, out).complete
+    _assert_same_tables(grid.path, out)
+
+
 def test_errors_cross_a_process_boundary_as_themselves() -> None:
     """What a worker raises reaches the study as it was raised (type, message, fields): a
     worker that cannot write its file gives the study an OutputError (exit code 2)."""
@@ -832,7 +873,7 @@ def test_a_failed_write_of_a_task_leaves_no_part_and_the_study_resumes(
             run_batch(GRID, out)
     standing = sorted((out / "kpis").rglob("*.parquet"))
     assert len(standing) == 1 and all(pd.read_parquet(f).shape[0] > 0 for f in standing)
-    assert len(list((out / "monthly").rglob("*.parquet"))) == 2  # written before the kpis
+    assert len(list((out / "monthly").rglob("*.parquet"))) == 1  # none of the failed chunk
     assert not (out / ".tmp").exists()
     m = json.loads((out / "manifest.json").read_text())
     assert m["status"] == "failed" and m["counts"]["runs_done"] == 2  # the first chunk

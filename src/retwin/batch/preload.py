@@ -21,7 +21,7 @@ for _name in THREAD_ENV:
     os.environ[_name] = "1"
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
-import retwin.batch.store  # noqa: E402,F401  (the writer of a task's files)
+import retwin.batch.store  # noqa: E402  (the writer of a task's files)
 import retwin.batch.tables  # noqa: E402,F401  (the task function's modules)
 
 with contextlib.suppress(Exception):  # a failure is raised again in a worker, by its first task

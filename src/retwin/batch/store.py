@@ -12,8 +12,8 @@ Layout::
 Every file is written under ``OUT/.tmp``, flushed to disk and renamed into place, so a file
 that exists is whole; readers skip names starting with ``.`` or ``_``. A chunk's files are
 written by the study's process or, on local workers that take every core, by the worker that
-ran it (:func:`write_parts`); the study records the chunk when the worker's result arrives,
-and after an interrupt it records those whose files it finds whole (:meth:`StudyDir.settle`). A chunk counts as
+ran it, under ``OUT/.tmp`` (:func:`stage_parts`); the study's process then flushes those to
+disk, renames them into place and records the chunk (:meth:`StudyDir.commit`). A chunk counts as
 done when each of its files exists and its footer names this study, point and replications:
 a restarted study skips those and runs the rest. The manifest is rewritten (atomically) as
 points finish, at most once a second and always at the end; the files are the record of
@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,7 +53,8 @@ try:
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FORMAT", "StudyDir", "part_path", "points_table", "write_atomic", "write_parts"]
+__all__ = ["FORMAT", "StudyDir", "part_path", "points_table", "stage_parts", "write_atomic",
+           "write_parts"]
 
 FORMAT = "retwin-sweep/1"
 _META = b"retwin"
@@ -90,12 +92,11 @@ def _write_parquet(table: pa.Table) -> Any:
     return write
 
 
-def write_parts(out: Path, spec_sha256: str, result: ChunkResult,
-                kinds: tuple[str, ...]) -> None:
-    """Write a finished chunk's files (``kpis`` last), each atomically, footed with the study
-    (``spec_sha256``), point and replications it holds (what a resumed study checks). Called
-    by the study's process, or by a worker that shares its file system (a
-    :class:`~retwin.batch.tables.PartTask`)."""
+def _footed(spec_sha256: str, result: ChunkResult,
+            kinds: tuple[str, ...]) -> Iterator[tuple[str, pa.Table]]:
+    """A finished chunk's tables in the order they are written (``kpis`` last), each footed
+    with the study (``spec_sha256``), point and replications it holds (what a resumed study
+    checks)."""
     task = result.task
     info = {"spec_sha256": spec_sha256, "point": task.point_id, "chunk": task.chunk,
             "first": task.first, "stop": task.stop}
@@ -106,8 +107,55 @@ def write_parts(out: Path, spec_sha256: str, result: ChunkResult,
                               f"{kind} rows")
         meta = dict(table.schema.metadata or {})
         meta[_META] = json.dumps({**info, "table": kind}).encode()
+        yield kind, table.replace_schema_metadata(meta)
+
+
+def write_parts(out: Path, spec_sha256: str, result: ChunkResult,
+                kinds: tuple[str, ...]) -> None:
+    """Write a finished chunk's files in place, each atomically (the study's process)."""
+    task = result.task
+    for kind, table in _footed(spec_sha256, result, kinds):
         write_atomic(out, part_path(out, kind, task.point_id, task.chunk),
-                     _write_parquet(table.replace_schema_metadata(meta)))
+                     _write_parquet(table))
+
+
+def stage_parts(out: Path, spec_sha256: str, result: ChunkResult,
+                kinds: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Write a finished chunk's files as temporary files under ``out/.tmp``: what a worker
+    that shares the study's file system does (a :class:`~retwin.batch.tables.PartTask`).
+    They are neither flushed nor in place: :meth:`StudyDir.commit` flushes each to disk and
+    renames it into place in the study's process, so a worker never waits on the disk and
+    no file is seen before it is whole. Returns ``(kind, temporary path)`` in writing order;
+    nothing is left behind when a write fails."""
+    task = result.task
+    tmp_dir = out / ".tmp"
+    staged: list[tuple[str, str]] = []
+    kind = kinds[0]
+    try:
+        tmp_dir.mkdir(exist_ok=True)
+        for kind, table in _footed(spec_sha256, result, kinds):
+            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f".{kind}-{task.chunk}.",
+                                        suffix=".tmp")
+            staged.append((kind, name))
+            with os.fdopen(fd, "wb") as fh:
+                _write_parquet(table)(fh)
+    except BaseException as exc:
+        for _, name in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        if isinstance(exc, OSError):
+            rel = part_path(out, kind, task.point_id, task.chunk).relative_to(out)
+            raise OutputError(out, f"cannot write {rel}: {exc.strerror or exc}") from None
+        raise
+    return tuple(staged)
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def points_table(points: list[Point], names: list[str]) -> pa.Table:
@@ -363,35 +411,34 @@ class StudyDir:
     def write_chunk(self, result: ChunkResult) -> bool:
         """Write a finished chunk's tables (``kpis`` last); True when its point is complete."""
         write_parts(self.out, self.spec_sha256, result, self.kinds)
-        return self.commit(result.task)
+        return self._record(result.task)
 
-    def commit(self, task: Task) -> bool:
-        """Record a chunk whose files are written (by :meth:`write_chunk`, or by the worker
-        that ran it) as done; True when its point is complete. A file missing is an error:
-        nothing is recorded that is not on disk."""
-        for kind in self.kinds:
-            path = part_path(self.out, kind, task.point_id, task.chunk)
-            if not path.is_file():
-                raise RetwinError(f"point {task.point_id} chunk {task.chunk}: its {kind} "
-                                  f"file {path.relative_to(self.out)} is missing")
+    def commit(self, task: Task, staged: tuple[tuple[str, str], ...]) -> bool:
+        """Put the files a worker staged for ``task`` (:func:`stage_parts`) in place, each
+        flushed to disk and renamed (``kpis`` last), and record the chunk as done; True when
+        its point is complete. Only temporary files of this study's ``.tmp`` are taken."""
+        tmp_dir = os.path.join(os.path.abspath(self.out), ".tmp")
+        if [k for k, _ in staged] != list(self.kinds) or any(
+                os.path.dirname(os.path.abspath(name)) != tmp_dir for _, name in staged):
+            raise RetwinError(f"point {task.point_id} chunk {task.chunk}: its files were not "
+                              f"staged in {tmp_dir}")
+        for kind, name in staged:
+            target = part_path(self.out, kind, task.point_id, task.chunk)
+            try:
+                _fsync(name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(name, target)
+                with contextlib.suppress(OSError):  # where the system can sync a folder
+                    _fsync(target.parent)
+            except OSError as exc:
+                raise OutputError(self.out, f"cannot write {target.relative_to(self.out)}: "
+                                            f"{exc.strerror or exc}") from None
+        return self._record(task)
+
+    def _record(self, task: Task) -> bool:
         complete = self._mark(task)
         self.write_manifest()
         return complete
-
-    def settle(self) -> None:
-        """Record the chunks whose files stand whole although their results never reached
-        this process (workers write their own files; a study stopped after a worker wrote a
-        chunk and before it heard so). Call once the workers are stopped."""
-        ok: dict[tuple[str, int], int] = {}
-        for kind in self.kinds:
-            for task in self.todo():
-                f = part_path(self.out, kind, task.point_id, task.chunk)
-                if f.is_file() and self._valid(f, task, kind):
-                    ok[(task.point_id, task.chunk)] = ok.get((task.point_id, task.chunk),
-                                                             0) + 1
-        for key, n in ok.items():
-            if n == len(self.kinds):
-                self._mark(self._task_of[key])
 
     def manifest(self) -> dict[str, Any]:
         pts = []

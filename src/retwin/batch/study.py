@@ -426,7 +426,7 @@ def run_batch(
         if ex.tasks_write:
             # a worker that sees this folder, on a machine with no core to spare for this
             # process, writes the files of a whole task itself (the parts of a split one
-            # come here to be joined): this process only records them
+            # come here to be joined): this process only puts them in place
             out_dir = os.path.abspath(store.out)
             selectors = tuple(sp.selectors)
             units = [PartTask(u, out_dir, study.spec_sha256, selectors)
@@ -446,19 +446,17 @@ def run_batch(
                     res = whole.add(part)
                     if res is None:  # a part of a task: written once the task is whole
                         continue
-                    complete = store.commit(res.task) if res.written else \
+                    complete = store.commit(res.task, res.staged) if res.staged else \
                         store.write_chunk(res)
                     tally.add(res)
                     report(by_id[res.task.point_id] if complete else None, res.seconds)
         except KeyboardInterrupt:
             ex.abort()
-            store.settle()
             store.finish("interrupted")
             raise BatchInterrupted(store.out, store.points_done, len(study.points),
                                    store.runs_done, study.runs) from None
         except BaseException:
             ex.abort()
-            store.settle()
             store.finish("failed")
             raise
         finally:

@@ -301,15 +301,16 @@ class ChunkBuilder:
 class ChunkResult:
     """What a task sends back: its tables, how long it took, and where it ran.
 
-    A task that wrote its own files (a :class:`PartTask`) sends back no tables: ``written``
-    is true, and ``selected`` holds the values of the study's KPI selectors, all the study
-    keeps of the chunk besides its files."""
+    A task that wrote its own files (a :class:`PartTask`) sends back no tables: ``staged``
+    names its files, ``(kind, temporary path)``, for the study to put in place, and
+    ``selected`` holds the values of the study's KPI selectors, all the study keeps of the
+    chunk besides its files."""
 
     task: Task
     tables: dict[str, pa.Table | KpiRows]
     seconds: float
     worker: str
-    written: bool = False
+    staged: tuple[tuple[str, str], ...] = ()
     selected: SelectedKpis | None = None
 
     def table(self, kind: str) -> pa.Table | None:
@@ -351,11 +352,12 @@ class ChunkResult:
 
 @dataclass(frozen=True)
 class PartTask:
-    """A task whose worker writes its result files itself, into the study directory ``out``
-    (a path this worker shares with the study's process), and sends back only the values of
-    the study's KPI ``selectors`` (:class:`ChunkResult` ``written``). Each file is written
-    under ``out/.tmp`` and renamed into place when whole; the study's process records the
-    chunk as done once the task's result arrives."""
+    """A task whose worker writes its result files itself, as temporary files under
+    ``out/.tmp`` of the study directory ``out`` (a path this worker shares with the study's
+    process), and sends back their names and the values of the study's KPI ``selectors``
+    (:class:`ChunkResult` ``staged``, ``selected``). The study's process puts the files in
+    place (flushed, renamed) and records the chunk: the worker goes on to its next task
+    without waiting on the disk, and no file stands before it is whole."""
 
     task: Task
     out: str
@@ -454,11 +456,11 @@ class PointRunner:
             return ChunkResult(task, tables, time.perf_counter() - t0, worker)
         from pathlib import Path
 
-        from retwin.batch.store import write_parts
+        from retwin.batch.store import stage_parts
 
         kpis = tables.get("kpis")
         selected = select_kpis(kpis, item.selectors) if isinstance(kpis, KpiRows) else None
-        write_parts(Path(item.out), item.spec_sha256, ChunkResult(task, tables, 0.0, worker),
-                    self.kinds)
-        return ChunkResult(task, {}, time.perf_counter() - t0, worker, written=True,
+        staged = stage_parts(Path(item.out), item.spec_sha256,
+                             ChunkResult(task, tables, 0.0, worker), self.kinds)
+        return ChunkResult(task, {}, time.perf_counter() - t0, worker, staged=staged,
                            selected=selected)
