@@ -4,6 +4,7 @@ refusals, sensitivity and the ``retwin sweep`` command."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import pickle
@@ -118,6 +119,24 @@ def test_only_label_columns_are_dictionary_encoded(grid: BatchResult) -> None:
     assert not any("DICTIONARY" in e for e in enc["value"])
     for label in ("kpi", "key", "unit"):
         assert any("DICTIONARY" in e for e in enc[label]), label
+
+
+def test_number_and_date_columns_carry_bounds_and_labels_none(grid: BatchResult) -> None:
+    """Min/max statistics, by which a reader skips files, are written for the number and
+    date columns (years, replications, values, months); the label columns span every label
+    in each file, so their bounds could skip nothing and are not computed."""
+    import pyarrow.parquet as pq
+
+    for table in ("kpis", "monthly"):
+        part = next((grid.path / table).rglob("*.parquet"))
+        meta = pq.ParquetFile(part).metadata.row_group(0)
+        stats = {meta.column(i).path_in_schema: meta.column(i).statistics
+                 for i in range(meta.num_columns)}
+        for name, st in stats.items():
+            bounded = name not in ("kpi", "key", "unit", "kind", "id")
+            assert (st is not None and st.has_min_max) == bounded, (table, name)
+    years = pq.ParquetFile(part).metadata.row_group(0).column(0).statistics
+    assert years.min == dt.date(2024, 1, 1)  # the months of the run
 
 
 def test_readers_need_no_retwin(grid: BatchResult) -> None:
