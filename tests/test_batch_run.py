@@ -24,6 +24,7 @@ from conftest import REPO, TINY_PATH
 from retwin.batch import (
     BatchInterrupted,
     BatchResult,
+    SerialExecutor,
     kpi_means,
     prepare_study,
     run_batch,
@@ -749,6 +750,12 @@ def test_a_task_joined_from_its_parts_equals_the_task(record: str) -> None:
 # --- who writes a chunk's files -------------------------------------------------------------
 
 
+class _StudyWrites(SerialExecutor):
+    """Tasks in this process that leave their files to the study (as on Dask)."""
+
+    tasks_write = False
+
+
 def _all_tables(path: Path) -> dict[str, pd.DataFrame]:
     out = {}
     for table, keys in (("kpis", KPI_KEYS), ("monthly", ["point", "replication", "kind", "id",
@@ -846,6 +853,29 @@ def test_a_task_s_files_stand_only_once_the_study_puts_them_in_place(tmp_path: P
     assert not list((out / ".tmp").iterdir())
     assert run_batch(GRID, out).complete
     _assert_same_tables(grid.path, out)
+
+
+def test_every_file_of_a_study_gets_the_mode_of_a_new_file(tmp_path: Path) -> None:
+    """Whoever writes a study's files (the study's process, or the task that ran a chunk),
+    each gets the mode any new file gets here (0666 less the umask), and a task's staged
+    files are named as retwin's temporary files are (what a restart clears)."""
+    from retwin._files import is_temp_name
+    from retwin.batch.tables import PartTask
+
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    want = probe.stat().st_mode & 0o777
+    small = {**GRID, "replications": 1}
+    for name, executor in (("tasks", None), ("study", _StudyWrites())):
+        res = run_batch(small, tmp_path / name, executor=executor)
+        files = [f for f in res.path.rglob("*") if f.is_file() and f.name != ".lock"]
+        assert len(files) > 5
+        assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(want)}, name
+    study = prepare_study(small)
+    staged = study.runner()(PartTask(study.tasks[0], str(tmp_path / "tasks"),
+                                     study.spec_sha256)).staged
+    assert staged and all(is_temp_name(Path(n).name) for _, n in staged)
+    assert all(os.stat(n).st_mode & 0o777 == want for _, n in staged)
 
 
 def test_errors_cross_a_process_boundary_as_themselves() -> None:

@@ -11,13 +11,13 @@ Layout::
 
 Every file is written under ``OUT/.tmp``, flushed to disk and renamed into place, so a file
 that exists is whole; readers skip names starting with ``.`` or ``_``. A chunk's files are
-written by the study's process or, on local workers that take every core, by the worker that
-ran it, under ``OUT/.tmp`` (:func:`stage_parts`); the study's process then flushes those to
-disk, renames them into place and records the chunk (:meth:`StudyDir.commit`). A chunk counts as
-done when each of its files exists and its footer names this study, point and replications:
-a restarted study skips those and runs the rest. The manifest is rewritten (atomically) as
-points finish, at most once a second and always at the end; the files are the record of
-what is done, the manifest its summary.
+written by the study's process or, on local workers that take every core, by the worker
+that ran it, under ``OUT/.tmp`` (:func:`stage_parts`); the study's process then flushes
+those to disk, renames them into place and records the chunk (:meth:`StudyDir.commit`).
+A chunk counts as done when each of its files exists and its footer names this study, point
+and replications: a restarted study skips those and runs the rest. The manifest is
+rewritten (atomically) as points finish, at most once a second and always at the end; the
+files are the record of what is done, the manifest its summary.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import contextlib
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retwin._files import (
+    TEMP_SUFFIX,
     atomic_write,
     check_parents,
     is_temp_name,
@@ -139,8 +140,7 @@ def stage_parts(out: Path, spec_sha256: str, result: ChunkResult,
     try:
         tmp_dir.mkdir(exist_ok=True)
         for kind, table in _footed(spec_sha256, result, kinds):
-            fd, name = tempfile.mkstemp(dir=tmp_dir, prefix=f".{kind}-{task.chunk}.",
-                                        suffix=".tmp")
+            fd, name = _new_staged(tmp_dir, f"{kind}-{task.point_id}-{task.chunk}")
             staged.append((kind, name))
             with os.fdopen(fd, "wb") as fh:
                 _write_parquet(table)(fh)
@@ -153,6 +153,19 @@ def stage_parts(out: Path, spec_sha256: str, result: ChunkResult,
             raise OutputError(out, f"cannot write {rel}: {exc.strerror or exc}") from None
         raise
     return tuple(staged)
+
+
+def _new_staged(tmp_dir: Path, name: str) -> tuple[int, str]:
+    """A new temporary file in ``tmp_dir``, named as retwin's temporary files are
+    (``.NAME.<hex>.tmp``) and made with the mode of every other file a study writes (0666
+    less the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = tmp_dir / f".{name[:40]}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            return os.open(path, flags, 0o666), str(path)
+        except FileExistsError:
+            continue
 
 
 def _fsync(path: str | Path) -> None:
