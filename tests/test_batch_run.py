@@ -876,6 +876,15 @@ def test_every_file_of_a_study_gets_the_mode_of_a_new_file(tmp_path: Path) -> No
                                      study.spec_sha256)).staged
     assert staged and all(is_temp_name(Path(n).name) for _, n in staged)
     assert all(os.stat(n).st_mode & 0o777 == want for _, n in staged)
+    # a file redone keeps the permissions its owner gave it, as any file retwin replaces
+    kept = tmp_path / "tasks" / "kpis" / f"point={study.tasks[0].point_id}" / "part-0.parquet"
+    kept.chmod(0o640)
+    store = StudyDir(tmp_path / "tasks", spec=study.spec.model_dump(mode="json"),
+                     spec_sha256=study.spec_sha256, base={"scenario_sha256": study.base_hash},
+                     versions={}, points=study.points, tasks=study.tasks, kinds=study.kinds,
+                     names=study.names)
+    store.commit(study.tasks[0], staged)
+    assert kept.stat().st_mode & 0o777 == 0o640
 
 
 def test_errors_cross_a_process_boundary_as_themselves() -> None:

@@ -28,6 +28,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -445,6 +446,10 @@ class StudyDir:
             try:
                 _fsync(name)
                 target.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):  # a file redone keeps its permissions
+                    st = os.stat(target)
+                    if stat.S_ISREG(st.st_mode):
+                        os.chmod(name, stat.S_IMODE(st.st_mode))
                 os.replace(name, target)
                 with contextlib.suppress(OSError):  # where the system can sync a folder
                     _fsync(target.parent)
