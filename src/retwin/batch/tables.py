@@ -75,8 +75,9 @@ def _schemas() -> dict[str, pa.Schema]:
 
 
 def __getattr__(name: str) -> Any:
-    # pyarrow is loaded where tables are written (the study's process), not in a worker
-    # that only reports KPIs (pyarrow and its first string array cost a worker ~100 MB).
+    # pyarrow is loaded where tables are written (the study's process, or a worker that
+    # writes its task's files: a PartTask), not in a worker that only reports KPIs (pyarrow
+    # and its first string array cost a worker ~50-100 MB).
     if name == "SCHEMAS":
         schemas = globals()["SCHEMAS"] = _schemas()
         return schemas
