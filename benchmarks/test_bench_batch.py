@@ -73,15 +73,31 @@ def test_baotou_1000_replications_2_workers(benchmark, tmp_path: Path,  # type: 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_scaling_1_to_2_workers(benchmark, tmp_path: Path, workers: int  # type: ignore[no-untyped-def]
                                 ) -> None:
-    """400 Baotou replications (8 tasks of 50) on a warm pool of 1 or 2 processes."""
+    """400 Baotou replications (8 tasks of 50) on a warm pool of 1 or 2 processes; with the
+    CPU time of the study's process per task (on 2 cores it competes with 2 workers) and the
+    share of the workers' time they sat idle (start, tail, waiting on the study)."""
     ex = ProcessExecutor(workers)
+    cpu: list[float] = []
+    idle: list[float] = []
+
+    def study() -> Any:
+        busy: list[float] = []
+        c0, t0 = time.process_time(), time.perf_counter()
+        res = run_batch(_mc(400), _out(tmp_path), executor=ex,
+                        progress=lambda p: busy.append(p.task_seconds))
+        wall = time.perf_counter() - t0
+        cpu.append(time.process_time() - c0)
+        idle.append(1 - sum(busy) / (wall * workers))
+        return res
+
     try:
         run_batch(_mc(2 * workers, chunk=1), _out(tmp_path), executor=ex)  # start, warm
-        res = benchmark.pedantic(lambda: run_batch(_mc(400), _out(tmp_path), executor=ex),
-                                 rounds=3, warmup_rounds=0)
+        res = benchmark.pedantic(study, rounds=3, warmup_rounds=0)
     finally:
         ex.close()
     assert res.manifest["counts"]["runs_done"] == 400
+    benchmark.extra_info["parent_cpu_ms_per_task"] = round(1000 * min(cpu) / 8, 2)
+    benchmark.extra_info["worker_idle_frac"] = round(min(idle), 4)
     if benchmark.stats is None:  # --benchmark-disable: nothing timed
         return
     mean = benchmark.stats.stats.mean

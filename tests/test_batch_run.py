@@ -4,6 +4,7 @@ refusals, sensitivity and the ``retwin sweep`` command."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import pickle
@@ -23,6 +24,7 @@ from conftest import REPO, TINY_PATH
 from retwin.batch import (
     BatchInterrupted,
     BatchResult,
+    SerialExecutor,
     kpi_means,
     prepare_study,
     run_batch,
@@ -118,6 +120,24 @@ def test_only_label_columns_are_dictionary_encoded(grid: BatchResult) -> None:
     assert not any("DICTIONARY" in e for e in enc["value"])
     for label in ("kpi", "key", "unit"):
         assert any("DICTIONARY" in e for e in enc[label]), label
+
+
+def test_number_and_date_columns_carry_bounds_and_labels_none(grid: BatchResult) -> None:
+    """Min/max statistics, by which a reader skips files, are written for the number and
+    date columns (years, replications, values, months); the label columns span every label
+    in each file, so their bounds could skip nothing and are not computed."""
+    import pyarrow.parquet as pq
+
+    for table in ("kpis", "monthly"):
+        part = next((grid.path / table).rglob("*.parquet"))
+        meta = pq.ParquetFile(part).metadata.row_group(0)
+        stats = {meta.column(i).path_in_schema: meta.column(i).statistics
+                 for i in range(meta.num_columns)}
+        for name, st in stats.items():
+            bounded = name not in ("kpi", "key", "unit", "kind", "id")
+            assert (st is not None and st.has_min_max) == bounded, (table, name)
+    years = pq.ParquetFile(part).metadata.row_group(0).column(0).statistics
+    assert years.min == dt.date(2024, 1, 1)  # the months of the run
 
 
 def test_readers_need_no_retwin(grid: BatchResult) -> None:
@@ -443,23 +463,27 @@ def test_sweep_other_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 def test_sweep_interrupted_exits_130(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C as the third chunk is put in place: exit 130; the count names the chunks in
+    place, and the third chunk's staged files are gone with the study's ``.tmp``."""
     spec = write_spec(tmp_path, {**GRID, "base": "tiny"})
-    real = StudyDir.write_chunk
+    real = StudyDir.commit
     calls: list[int] = []
 
-    def write_then_stop(self: StudyDir, result: Any) -> bool:
+    def commit_then_stop(self: StudyDir, task: Any, staged: Any) -> bool:
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(self, result)
+        return real(self, task, staged)
 
-    monkeypatch.setattr(StudyDir, "write_chunk", write_then_stop)
+    monkeypatch.setattr(StudyDir, "commit", commit_then_stop)
     assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--daily"]) == 130
     err = capsys.readouterr().err
     assert "interrupted: 1 of 4 points done (3 of 12 runs)" in err
     assert "run the same command again to resume" in err
-    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["spec"]["record"] == \
-        "daily"
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["spec"]["record"] == "daily" and manifest["counts"]["runs_done"] == 3
+    assert len(list((tmp_path / "o" / "kpis").rglob("*.parquet"))) == 2
+    assert not (tmp_path / "o" / ".tmp").exists()
 
 
 def test_example_studies_expand_and_apply(tmp_path: Path) -> None:
@@ -721,3 +745,258 @@ def test_a_task_joined_from_its_parts_equals_the_task(record: str) -> None:
         assert joined.table(kind).equals(whole.table(kind)), kind
     with pytest.raises(retwin.RetwinError, match=r"do not cover replications 0\.\.4"):
         ChunkResult.join(task, [parts[0], parts[2]])
+
+
+# --- who writes a chunk's files -------------------------------------------------------------
+
+
+class _StudyWrites(SerialExecutor):
+    """Tasks in this process that leave their files to the study (as on Dask)."""
+
+    tasks_write = False
+
+
+def _all_tables(path: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for table, keys in (("kpis", KPI_KEYS), ("monthly", ["point", "replication", "kind", "id",
+                                                         "month"]),
+                        ("daily", ["point", "replication", "kind", "id", "date"])):
+        if (path / table).is_dir():
+            df = pd.read_parquet(path / table).astype({"point": str})
+            out[table] = df.sort_values(keys).reset_index(drop=True)
+    return out
+
+
+def _assert_same_tables(a: Path, b: Path) -> None:
+    ta, tb = _all_tables(a), _all_tables(b)
+    assert ta.keys() == tb.keys() and ta
+    for name in ta:
+        pd.testing.assert_frame_equal(ta[name], tb[name], check_exact=True, obj=name)
+
+
+def test_a_study_writes_its_files_itself_unless_its_tasks_do(
+        tmp_path: Path, grid: BatchResult) -> None:
+    """An executor whose tasks do not write (Dask: they run where this process's files are
+    not; local processes with a core to spare) gets plain tasks and their tables back, and
+    the study writes each chunk; one whose tasks write gets tasks that write their own
+    files. The datasets are the same, value for value, and so are the tallied KPIs."""
+    from retwin.batch import SerialExecutor, Task
+    from retwin.batch.tables import PartTask
+
+    seen: dict[str, list[type]] = {}
+
+    class Remote(SerialExecutor):
+        tasks_write = False
+
+        def map_unordered(self, fn: Any, items: Any, **kw: Any) -> Any:
+            items = list(items)
+            seen[type(self).__name__] = [type(i) for i in items]
+            return super().map_unordered(fn, items, **kw)
+
+    class Local(Remote):
+        tasks_write = True
+
+    writes: list[int] = []
+    real = StudyDir.write_chunk
+
+    def counted(self: StudyDir, result: Any) -> bool:
+        writes.append(1)
+        return real(self, result)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(StudyDir, "write_chunk", counted)
+        remote = run_batch(GRID, tmp_path / "remote", executor=Remote())
+        assert len(writes) == 8  # 4 points x 2 chunks, each written by the study
+        local = run_batch(GRID, tmp_path / "local", executor=Local())
+        assert len(writes) == 8  # none more: the tasks wrote their own
+    assert set(seen["Remote"]) == {Task}
+    assert set(seen["Local"]) == {PartTask}
+    _assert_same_tables(grid.path, remote.path)
+    _assert_same_tables(grid.path, local.path)
+    assert remote.point_means() == local.point_means() == grid.point_means()
+
+
+def test_a_task_s_files_stand_only_once_the_study_puts_them_in_place(tmp_path: Path,
+                                                                    grid: BatchResult) -> None:
+    """A task that writes its own files leaves them under the study's ``.tmp`` (invisible to
+    readers and to a resumed study) until the study's process commits them; a commit takes
+    only files staged in that ``.tmp``, in the study's table order."""
+    from retwin.batch.tables import PartTask
+
+    out = tmp_path / "o"
+    seen: list[int] = []
+
+    def stop_at_start(p: Any) -> None:
+        seen.append(p.runs_done)
+        raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted):
+        run_batch(GRID, out, progress=stop_at_start)
+    study = prepare_study(GRID)
+    task = study.tasks[0]
+    res = study.runner()(PartTask(task, str(out), study.spec_sha256,
+                                  tuple(study.spec.selectors)))
+    assert [k for k, _ in res.staged] == ["monthly", "kpis"] and not res.tables
+    assert all(Path(name).parent == out / ".tmp" for _, name in res.staged)
+    assert not list(out.glob("*/point=*/*.parquet"))  # nothing stands yet
+    store = StudyDir(out, spec=study.spec.model_dump(mode="json"),
+                     spec_sha256=study.spec_sha256, base={"scenario_sha256": study.base_hash},
+                     versions={}, points=study.points, tasks=study.tasks, kinds=study.kinds,
+                     names=study.names)
+    with pytest.raises(retwin.RetwinError, match="not staged in"):
+        store.commit(task, tuple(reversed(res.staged)))
+    with pytest.raises(retwin.RetwinError, match="not staged in"):
+        store.commit(task, (("monthly", str(tmp_path / "elsewhere")), res.staged[1]))
+    store.commit(task, res.staged)
+    assert {f.relative_to(out).as_posix() for f in out.glob("*/point=*/*.parquet")} == {
+        f"{k}/point={task.point_id}/part-{task.chunk}.parquet" for k in ("monthly", "kpis")}
+    assert not list((out / ".tmp").iterdir())
+    assert run_batch(GRID, out).complete
+    _assert_same_tables(grid.path, out)
+
+
+def test_every_file_of_a_study_gets_the_mode_of_a_new_file(tmp_path: Path) -> None:
+    """Whoever writes a study's files (the study's process, or the task that ran a chunk),
+    each gets the mode any new file gets here (0666 less the umask), and a task's staged
+    files are named as retwin's temporary files are (what a restart clears)."""
+    from retwin._files import is_temp_name
+    from retwin.batch.tables import PartTask
+
+    probe = tmp_path / "probe"
+    probe.write_bytes(b"")
+    want = probe.stat().st_mode & 0o777
+    small = {**GRID, "replications": 1}
+    for name, executor in (("tasks", None), ("study", _StudyWrites())):
+        res = run_batch(small, tmp_path / name, executor=executor)
+        files = [f for f in res.path.rglob("*") if f.is_file() and f.name != ".lock"]
+        assert len(files) > 5
+        assert {oct(f.stat().st_mode & 0o777) for f in files} == {oct(want)}, name
+    study = prepare_study(small)
+    staged = study.runner()(PartTask(study.tasks[0], str(tmp_path / "tasks"),
+                                     study.spec_sha256)).staged
+    assert staged and all(is_temp_name(Path(n).name) for _, n in staged)
+    assert all(os.stat(n).st_mode & 0o777 == want for _, n in staged)
+    # a file redone keeps the permissions its owner gave it, as any file retwin replaces
+    kept = tmp_path / "tasks" / "kpis" / f"point={study.tasks[0].point_id}" / "part-0.parquet"
+    kept.chmod(0o640)
+    store = StudyDir(tmp_path / "tasks", spec=study.spec.model_dump(mode="json"),
+                     spec_sha256=study.spec_sha256, base={"scenario_sha256": study.base_hash},
+                     versions={}, points=study.points, tasks=study.tasks, kinds=study.kinds,
+                     names=study.names)
+    store.commit(study.tasks[0], staged)
+    assert kept.stat().st_mode & 0o777 == 0o640
+
+
+def test_errors_cross_a_process_boundary_as_themselves() -> None:
+    """What a worker raises reaches the study as it was raised (type, message, fields): a
+    worker that cannot write its file gives the study an OutputError (exit code 2)."""
+    from retwin.errors import DataError, MassBalanceError, OutputError, RetwinError, ScenarioError
+
+    errors: list[Exception] = [
+        OutputError("/out", "cannot write kpis/point=a/part-0.parquet: No space left",
+                    replaceable=True),
+        ScenarioError([("point a", "changes[0].factor(=-1) must be >= 0"), ("b", "bad")]),
+        MassBalanceError("point a, replication 3: residual 2 t"),
+        DataError("no such key"), RetwinError("worker x runs retwin 0"),
+    ]
+    for err in errors:
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err) and back.args == err.args
+        assert vars(back) == vars(err)
+
+
+def test_a_failed_write_of_a_task_leaves_no_part_and_the_study_resumes(
+        tmp_path: Path, grid: BatchResult) -> None:
+    """A task whose file write fails half-way (a full disk) stops the study with an
+    OutputError: no part of that chunk stands, the chunks written before are recorded, and
+    the study run again completes to the uninterrupted result."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "o"
+    real = pq.write_table
+    calls: list[bool] = []
+
+    def half_then_full(table: Any, where: Any, **kw: Any) -> None:
+        calls.append("kpi" in table.column_names)
+        if sum(calls) == 2:  # the second chunk's kpis file
+            where.write(b"PAR1" + b"\0" * 100)  # some bytes of the file, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(table, where, **kw)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pq, "write_table", half_then_full)
+        with pytest.raises(retwin.OutputError, match=r"cannot write kpis/point=.*No space"):
+            run_batch(GRID, out)
+    standing = sorted((out / "kpis").rglob("*.parquet"))
+    assert len(standing) == 1 and all(pd.read_parquet(f).shape[0] > 0 for f in standing)
+    assert len(list((out / "monthly").rglob("*.parquet"))) == 1  # none of the failed chunk
+    assert not (out / ".tmp").exists()
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["status"] == "failed" and m["counts"]["runs_done"] == 2  # the first chunk
+    starts: list[int] = []
+    res = run_batch(GRID, out, progress=lambda p: starts.append(p.runs_at_start))
+    assert starts[0] == 2 and res.complete
+    _assert_same_tables(grid.path, out)
+
+
+_KILLED_WRITE = """
+import os, pickle, signal, sys
+import pyarrow.parquet as pq
+
+def half_then_killed(table, where, **kw):
+    where.write(b"PAR1" + b"\\0" * 4096)
+    where.flush()
+    os.kill(os.getpid(), signal.SIGKILL)  # the worker dies in the middle of its file
+
+pq.write_table = half_then_killed
+runner, item = pickle.loads(sys.stdin.buffer.read())
+runner(item)
+"""
+
+
+def test_a_worker_killed_while_writing_leaves_no_part_and_the_study_resumes(
+        tmp_path: Path, grid: BatchResult) -> None:
+    """A worker process killed half-way through a chunk's file leaves nothing a reader or
+    a resumed study takes for that chunk; the study run again completes to the
+    uninterrupted result."""
+    from retwin.batch.tables import PartTask
+
+    out = tmp_path / "o"
+    seen: list[int] = []
+
+    def stop_after_one(p: Any) -> None:
+        seen.append(p.runs_done)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted):
+        run_batch(GRID, out, progress=stop_after_one)
+    study = prepare_study(GRID)
+    task = study.tasks[1]
+    item = PartTask(task, str(out), study.spec_sha256, tuple(study.spec.selectors))
+    proc = subprocess.run([sys.executable, "-c", _KILLED_WRITE], capture_output=True,
+                          cwd=REPO, input=pickle.dumps((study.runner(), item)), timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert [p.name for p in (out / ".tmp").iterdir()]  # its half file, under .tmp only
+    assert not (out / "kpis" / f"point={task.point_id}" / f"part-{task.chunk}.parquet").exists()
+    assert len(list((out / "kpis").rglob("*.parquet"))) == 1
+    ds.dataset(out / "kpis", format="parquet").to_table()  # every file that stands reads
+    res = run_batch(GRID, out)
+    assert res.complete and not (out / ".tmp").exists()
+    _assert_same_tables(grid.path, out)
+
+
+def test_local_workers_write_their_files_when_they_take_every_core(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local workers write their own files when they are as many as the cores (this process
+    would take CPU from them); with a core to spare, this process writes; on Dask, always."""
+    from retwin.batch import DaskExecutor, ProcessExecutor, SerialExecutor, executors
+
+    assert 1 <= executors.usable_cores() <= (os.cpu_count() or 1)
+    monkeypatch.setattr(executors, "usable_cores", lambda: 2)
+    assert [ProcessExecutor(n).tasks_write for n in (1, 2, 3)] == [False, True, True]
+    monkeypatch.setattr(executors, "usable_cores", lambda: 4)
+    assert [ProcessExecutor(n).tasks_write for n in (2, 3, 4)] == [False, False, True]
+    assert SerialExecutor().tasks_write and not DaskExecutor.tasks_write

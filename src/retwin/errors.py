@@ -7,6 +7,7 @@ reading the code (``capacity_tpa(=-5) must be >= 0``).
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = [
     "DataError",
@@ -42,6 +43,10 @@ class ScenarioError(RetwinError):
         """One human-readable line per problem, ``path: message``."""
         return [f"{p}: {m}" if p else m for p, m in self.problems]
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # raised in a worker process, it reaches the submitting process as it was raised
+        return (type(self), (self.problems,), self.__dict__)
+
 
 class OutputError(ScenarioError):
     """An output cannot be written where asked: something that is not retwin's to replace is
@@ -60,6 +65,9 @@ class OutputError(ScenarioError):
         self.reason = reason
         self.replaceable = replaceable
         super().__init__([(self.path, reason)])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.reason), self.__dict__)
 
 
 class DataError(RetwinError):

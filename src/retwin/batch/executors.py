@@ -272,9 +272,15 @@ def _never() -> bool:
 
 
 class Executor(ABC):
-    """Runs tasks; ``workers`` is how many run at once."""
+    """Runs tasks; ``workers`` is how many run at once.
+
+    ``tasks_write`` says where a batch study's result files are best written: true where the
+    tasks see this process's files and this process has no core of its own to write them on
+    (each task then writes its own files), false where this process writes them (the tasks
+    run on other machines, or a core is left for this process)."""
 
     workers: int = 1
+    tasks_write: bool = False
 
     @property
     @abstractmethod
@@ -331,6 +337,8 @@ class Executor(ABC):
 class SerialExecutor(Executor):
     """Every task in this process, one after another (the reference for the others)."""
 
+    tasks_write = True  # the same process either way
+
     def __init__(self, *, on_progress: Callable[[str, int, int], None] | None = None,
                  on_message: Callable[[str, Any], None] | None = None) -> None:
         self._hooks = _CallbackHooks(on_progress, set(), on_message)
@@ -364,6 +372,14 @@ class SerialExecutor(Executor):
 
     def uncancel(self, key: str) -> None:
         self._hooks.keys.discard(key)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the platform tells)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
 
 
 def _watch_parent(parent: int) -> None:
@@ -503,6 +519,13 @@ class ProcessExecutor(Executor):
     def description(self) -> str:
         return f"{self.workers} local process{'es' if self.workers > 1 else ''}"
 
+    @property
+    def tasks_write(self) -> bool:  # type: ignore[override]
+        """True when the workers take every core this process may run on: writing a task's
+        files here would take CPU from them, so each task writes its own. With a core to
+        spare, this process writes them there, and the workers only run."""
+        return self.workers >= usable_cores()
+
     def _flag_dir(self) -> str:
         """The folder of cancel flags, made on first use."""
         with self._lock:
@@ -623,8 +646,9 @@ class ProcessExecutor(Executor):
             fill()
 
     def abort(self) -> None:
-        """Cancel what is queued, kill the workers (they hold nothing worth saving: results
-        are written by this process) and let the pool go without waiting on its threads."""
+        """Cancel what is queued, kill the workers (they hold nothing worth saving: a file a
+        task writes is renamed into place only once whole) and let the pool go without
+        waiting on its threads."""
         for f in self._pending:
             f.cancel()
         self._pending.clear()

@@ -1,6 +1,8 @@
 """What a fork server of local workers loads before it forks any (see
 :class:`~retwin.batch.executors.ProcessExecutor`, ``start_method="forkserver"``): the task
-function's modules and the compiled kernels, once, for every worker forked from it.
+function's modules, the writer of a task's files (pyarrow's Parquet writer: workers that take
+every core write their own) and the compiled kernels, once, for every worker forked from it
+(its pages shared by them).
 
 Imported in the fork server only. BLAS and OpenMP are limited to one thread before numpy
 loads, so the server starts no helper threads and a fork copies a single-threaded process
@@ -19,6 +21,7 @@ for _name in THREAD_ENV:
     os.environ[_name] = "1"
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
+import retwin.batch.store  # noqa: E402  (the writer of a task's files)
 import retwin.batch.tables  # noqa: E402,F401  (the task function's modules)
 
 with contextlib.suppress(Exception):  # a failure is raised again in a worker, by its first task

@@ -10,11 +10,14 @@ Layout::
     OUT/sensitivity.parquet               (one-at-a-time studies)
 
 Every file is written under ``OUT/.tmp``, flushed to disk and renamed into place, so a file
-that exists is whole; readers skip names starting with ``.`` or ``_``. A chunk counts as
-done when each of its files exists and its footer names this study, point and replications:
-a restarted study skips those and runs the rest. The manifest is rewritten (atomically) as
-points finish, at most once a second and always at the end; the files are the record of
-what is done, the manifest its summary.
+that exists is whole; readers skip names starting with ``.`` or ``_``. A chunk's files are
+written by the study's process or, on local workers that take every core, by the worker
+that ran it, under ``OUT/.tmp`` (:func:`stage_parts`); the study's process then flushes
+those to disk, renames them into place and records the chunk (:meth:`StudyDir.commit`).
+A chunk counts as done when each of its files exists and its footer names this study, point
+and replications: a restarted study skips those and runs the rest. The manifest is
+rewritten (atomically) as points finish, at most once a second and always at the end; the
+files are the record of what is done, the manifest its summary.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import contextlib
 import datetime as dt
 import json
 import os
+import secrets
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retwin._files import (
+    TEMP_SUFFIX,
     atomic_write,
     check_parents,
     is_temp_name,
@@ -49,7 +55,8 @@ try:
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["FORMAT", "StudyDir", "part_path", "points_table", "write_atomic"]
+__all__ = ["FORMAT", "StudyDir", "part_path", "points_table", "stage_parts", "write_atomic",
+           "write_parts"]
 
 FORMAT = "retwin-sweep/1"
 _META = b"retwin"
@@ -80,11 +87,94 @@ def _write_parquet(table: pa.Table) -> Any:
     # results rarely repeats, and encoding it first as a dictionary and then falling back
     # costs about half of the write (a 166,000-row KPI chunk: 29 -> 14 ms, 6 % smaller)
     labels = [f.name for f in table.schema if not pa.types.is_floating(f.type)]
+    # min/max statistics for the number and date columns only: every file of a study holds
+    # every label of its table (each KPI, kind, id), so a reader could skip no file by the
+    # strings' bounds, and computing them costs a fifth of the write
+    bounded = [f.name for f in table.schema if not pa.types.is_string(f.type)]
 
     def write(fh: IO[bytes]) -> None:
-        pq.write_table(table, fh, compression="zstd", use_dictionary=labels)
+        pq.write_table(table, fh, compression="zstd", use_dictionary=labels,
+                       write_statistics=bounded)
 
     return write
+
+
+def _footed(spec_sha256: str, result: ChunkResult,
+            kinds: tuple[str, ...]) -> Iterator[tuple[str, pa.Table]]:
+    """A finished chunk's tables in the order they are written (``kpis`` last), each footed
+    with the study (``spec_sha256``), point and replications it holds (what a resumed study
+    checks)."""
+    task = result.task
+    info = {"spec_sha256": spec_sha256, "point": task.point_id, "chunk": task.chunk,
+            "first": task.first, "stop": task.stop}
+    for kind in kinds:
+        table = result.table(kind)
+        if table is None or table.num_rows == 0:
+            raise RetwinError(f"point {task.point_id} chunk {task.chunk} returned no "
+                              f"{kind} rows")
+        meta = dict(table.schema.metadata or {})
+        meta[_META] = json.dumps({**info, "table": kind}).encode()
+        yield kind, table.replace_schema_metadata(meta)
+
+
+def write_parts(out: Path, spec_sha256: str, result: ChunkResult,
+                kinds: tuple[str, ...]) -> None:
+    """Write a finished chunk's files in place, each atomically (the study's process)."""
+    task = result.task
+    for kind, table in _footed(spec_sha256, result, kinds):
+        write_atomic(out, part_path(out, kind, task.point_id, task.chunk),
+                     _write_parquet(table))
+
+
+def stage_parts(out: Path, spec_sha256: str, result: ChunkResult,
+                kinds: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """Write a finished chunk's files as temporary files under ``out/.tmp``: what a worker
+    that shares the study's file system does (a :class:`~retwin.batch.tables.PartTask`).
+    They are neither flushed nor in place: :meth:`StudyDir.commit` flushes each to disk and
+    renames it into place in the study's process, so a worker never waits on the disk and
+    no file is seen before it is whole. Returns ``(kind, temporary path)`` in writing order;
+    nothing is left behind when a write fails."""
+    task = result.task
+    tmp_dir = out / ".tmp"
+    staged: list[tuple[str, str]] = []
+    kind = kinds[0]
+    try:
+        tmp_dir.mkdir(exist_ok=True)
+        for kind, table in _footed(spec_sha256, result, kinds):
+            fd, name = _new_staged(tmp_dir, f"{kind}-{task.point_id}-{task.chunk}")
+            staged.append((kind, name))
+            with os.fdopen(fd, "wb") as fh:
+                _write_parquet(table)(fh)
+    except BaseException as exc:
+        for _, name in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(name)
+        if isinstance(exc, OSError):
+            rel = part_path(out, kind, task.point_id, task.chunk).relative_to(out)
+            raise OutputError(out, f"cannot write {rel}: {exc.strerror or exc}") from None
+        raise
+    return tuple(staged)
+
+
+def _new_staged(tmp_dir: Path, name: str) -> tuple[int, str]:
+    """A new temporary file in ``tmp_dir``, named as retwin's temporary files are
+    (``.NAME.<hex>.tmp``) and made with the mode of every other file a study writes (0666
+    less the umask)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        path = tmp_dir / f".{name[:40]}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+        try:
+            return os.open(path, flags, 0o666), str(path)
+        except FileExistsError:
+            continue
+
+
+def _fsync(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def points_table(points: list[Point], names: list[str]) -> pa.Table:
@@ -339,18 +429,36 @@ class StudyDir:
 
     def write_chunk(self, result: ChunkResult) -> bool:
         """Write a finished chunk's tables (``kpis`` last); True when its point is complete."""
-        task = result.task
-        info = {"spec_sha256": self.spec_sha256, "point": task.point_id, "chunk": task.chunk,
-                "first": task.first, "stop": task.stop}
-        for kind in self.kinds:
-            table = result.table(kind)
-            if table is None or table.num_rows == 0:
-                raise RetwinError(f"point {task.point_id} chunk {task.chunk} returned no "
-                                  f"{kind} rows")
-            meta = dict(table.schema.metadata or {})
-            meta[_META] = json.dumps({**info, "table": kind}).encode()
-            write_atomic(self.out, part_path(self.out, kind, task.point_id, task.chunk),
-                         _write_parquet(table.replace_schema_metadata(meta)))
+        write_parts(self.out, self.spec_sha256, result, self.kinds)
+        return self._record(result.task)
+
+    def commit(self, task: Task, staged: tuple[tuple[str, str], ...]) -> bool:
+        """Put the files a worker staged for ``task`` (:func:`stage_parts`) in place, each
+        flushed to disk and renamed (``kpis`` last), and record the chunk as done; True when
+        its point is complete. Only temporary files of this study's ``.tmp`` are taken."""
+        tmp_dir = os.path.join(os.path.abspath(self.out), ".tmp")
+        if [k for k, _ in staged] != list(self.kinds) or any(
+                os.path.dirname(os.path.abspath(name)) != tmp_dir for _, name in staged):
+            raise RetwinError(f"point {task.point_id} chunk {task.chunk}: its files were not "
+                              f"staged in {tmp_dir}")
+        for kind, name in staged:
+            target = part_path(self.out, kind, task.point_id, task.chunk)
+            try:
+                _fsync(name)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(OSError):  # a file redone keeps its permissions
+                    st = os.stat(target)
+                    if stat.S_ISREG(st.st_mode):
+                        os.chmod(name, stat.S_IMODE(st.st_mode))
+                os.replace(name, target)
+                with contextlib.suppress(OSError):  # where the system can sync a folder
+                    _fsync(target.parent)
+            except OSError as exc:
+                raise OutputError(self.out, f"cannot write {target.relative_to(self.out)}: "
+                                            f"{exc.strerror or exc}") from None
+        return self._record(task)
+
+    def _record(self, task: Task) -> bool:
         complete = self._mark(task)
         self.write_manifest()
         return complete

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import itertools
 import json
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -22,7 +24,17 @@ from retwin.batch.executors import Executor, Interrupts, make_executor
 from retwin.batch.expand import Point, Task, expand_points, make_change, plan_tasks
 from retwin.batch.spec import KpiSelector, StudySpec, load_spec, spec_hash
 from retwin.batch.store import StudyDir
-from retwin.batch.tables import SCHEMAS, ChunkResult, KpiRows, PointRunner, kinds_for
+from retwin.batch.tables import (
+    SCHEMAS,
+    ChunkResult,
+    KpiRows,
+    PartTask,
+    PointRunner,
+    SelectedKpis,
+    kinds_for,
+    nanmean,
+    select_kpis,
+)
 from retwin.engine.run import prepare
 from retwin.errors import RetwinError, ScenarioError
 from retwin.results import kpi_labels
@@ -193,13 +205,18 @@ def prepare_study(source: str | Path | Mapping[str, Any] | StudySpec, *,
 
 
 def _versions(extra: Sequence[str] = ()) -> dict[str, str]:
-    out = {}
-    for pkg in ("retwin", "numpy", "numba", "simpy", "pandas", "pyarrow", "pydantic", *extra):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "unknown"
-    return out
+    return {pkg: _version(pkg) for pkg in ("retwin", "numpy", "numba", "simpy", "pandas",
+                                           "pyarrow", "pydantic", *extra)}
+
+
+@functools.cache
+def _version(pkg: str) -> str:
+    """The installed version of ``pkg``, read once a process (its modules, once loaded, are
+    that version whatever is installed later); ~3 ms a study saved in a long-lived one."""
+    try:
+        return importlib.metadata.version(pkg)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -257,6 +274,10 @@ class _Assembler:
         self.whole = {(t.point_id, t.chunk): t for t in tasks}
         self.parts: dict[tuple[str, int], list[ChunkResult]] = {}
 
+    def is_whole(self, task: Task) -> bool:
+        """Whether ``task`` is a whole task (not a part of a split one)."""
+        return self.whole.get((task.point_id, task.chunk)) == task
+
     def add(self, result: ChunkResult) -> ChunkResult | None:
         key = (result.task.point_id, result.task.chunk)
         task = self.whole[key]
@@ -270,16 +291,6 @@ class _Assembler:
         return ChunkResult.join(task, got)
 
 
-def _nanmean(values: np.ndarray, axis: int) -> Any:
-    """The mean along ``axis`` of the values that are not NaN (NaN where none is), as
-    pandas takes a mean, without numpy's warning about an empty slice."""
-    ok = ~np.isnan(values)
-    n = ok.sum(axis=axis)
-    total = np.where(ok, values, 0.0).sum(axis=axis)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
-
-
 class KpiTally:
     """The spec's KPIs (its ``kpis`` selectors), per point and replication, taken from the
     results as they arrive: what :meth:`BatchResult.point_means` shows after a study, without
@@ -287,46 +298,28 @@ class KpiTally:
 
     A selector with a year takes that year's row; one without takes the mean over the years
     of each replication (as :func:`~retwin.batch.sensitivity.kpi_means`). A point counts once
-    every replication of it was seen.
+    every replication of it was seen. A result whose worker wrote its own files brings these
+    values along (:func:`~retwin.batch.tables.select_kpis`, taken there); the others are
+    taken here, the same way.
     """
 
     def __init__(self, selectors: Sequence[KpiSelector], replications: int) -> None:
         self.selectors = list(selectors)
         self.replications = replications
-        self._rows: dict[str, list[np.ndarray]] = {}  # point -> row indices per selector
-        self._layouts: dict[Any, list[np.ndarray]] = {}  # the same for points alike
+        self._present: dict[str, tuple[bool, ...]] = {}  # point -> selectors it reports
         # point -> its chunks' (replications, values (runs, selectors)); 8 bytes a KPI a run
         self._chunks: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
 
-    def _rows_of(self, point: str, kpis: KpiRows) -> list[np.ndarray]:
-        rows = self._rows.get(point)
-        if rows is None:
-            layout = (tuple(kpis.kpi), tuple(kpis.key), np.asarray(kpis.year).tobytes())
-            rows = self._layouts.get(layout)
-            if rows is None:
-                index: dict[tuple[str, str], list[tuple[int, int]]] = {}
-                for i, (kpi, key, year) in enumerate(zip(kpis.kpi, kpis.key,
-                                                          np.asarray(kpis.year).tolist(),
-                                                          strict=True)):
-                    index.setdefault((kpi, key), []).append((int(year), i))
-                rows = [np.array([i for year, i in index.get((sel.kpi, sel.key), [])
-                                  if sel.year is None or year == sel.year], np.int64)
-                        for sel in self.selectors]
-                self._layouts[layout] = rows
-            self._rows[point] = rows
-        return rows
-
     def add(self, result: ChunkResult) -> None:
-        kpis = result.tables.get("kpis")
-        if not isinstance(kpis, KpiRows):
-            return
+        selected: SelectedKpis | None = result.selected
+        if selected is None:
+            kpis = result.tables.get("kpis")
+            if not isinstance(kpis, KpiRows):
+                return
+            selected = select_kpis(kpis, self.selectors)
         point = result.task.point_id
-        rows = self._rows_of(point, kpis)
-        per_run = np.full((len(kpis.replications), len(rows)), np.nan)
-        for j, r in enumerate(rows):
-            if len(r):
-                per_run[:, j] = _nanmean(kpis.values[:, r], axis=1)
-        self._chunks.setdefault(point, []).append((kpis.replications, per_run))
+        self._present[point] = selected.present
+        self._chunks.setdefault(point, []).append((selected.replications, selected.values))
 
     def means(self, points: Sequence[str]) -> dict[str, dict[str, float]] | None:
         """Per point and selector label, the mean over the replications; ``None`` unless
@@ -340,9 +333,9 @@ class KpiTally:
                 return None
             order = np.argsort(reps, kind="stable")  # the same sum whatever the arrival order
             values = np.concatenate([v for _, v in chunks])[order]
-            out[point] = {sel.label: float(_nanmean(values[:, j], axis=0))
+            out[point] = {sel.label: float(nanmean(values[:, j], axis=0))
                           for j, sel in enumerate(self.selectors)
-                          if len(self._rows[point][j])}
+                          if self._present[point][j]}
         return out
 
 
@@ -429,6 +422,15 @@ def run_batch(
         by_id = {p.id: p for p in study.points}
         tally = KpiTally(sp.selectors, sp.replications)
         whole = _Assembler(todo)
+        units: list[Task | PartTask] = list(split_tail(todo, ex.workers))
+        if ex.tasks_write:
+            # a worker that sees this folder, on a machine with no core to spare for this
+            # process, writes the files of a whole task itself (the parts of a split one
+            # come here to be joined): this process only puts them in place
+            out_dir = os.path.abspath(store.out)
+            selectors = tuple(sp.selectors)
+            units = [PartTask(u, out_dir, study.spec_sha256, selectors)
+                     if isinstance(u, Task) and whole.is_whole(u) else u for u in units]
 
         def report(point: Point | None = None, seconds: float = 0.0) -> None:
             if progress is not None:
@@ -440,12 +442,12 @@ def run_batch(
         try:
             with Interrupts(*interrupt_signals) as interrupts:
                 report()
-                for part in ex.map_unordered(runner, split_tail(todo, ex.workers),
-                                             stop=interrupts.__bool__):
+                for part in ex.map_unordered(runner, units, stop=interrupts.__bool__):
                     res = whole.add(part)
                     if res is None:  # a part of a task: written once the task is whole
                         continue
-                    complete = store.write_chunk(res)
+                    complete = store.commit(res.task, res.staged) if res.staged else \
+                        store.write_chunk(res)
                     tally.add(res)
                     report(by_id[res.task.point_id] if complete else None, res.seconds)
         except KeyboardInterrupt:

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from retwin import whatif
 from retwin._version import __version__
 from retwin.batch.executors import warm_once
 from retwin.batch.expand import Task
+from retwin.batch.spec import KpiSelector
 from retwin.engine.build import Compiled, compile_scenario
 from retwin.engine.run import run
 from retwin.errors import MassBalanceError, RetwinError, ScenarioError
@@ -46,8 +48,8 @@ if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
 
-__all__ = ["KINDS", "SCHEMAS", "ChunkBuilder", "ChunkResult", "KpiRows", "PointRunner",
-           "kinds_for"]
+__all__ = ["KINDS", "SCHEMAS", "ChunkBuilder", "ChunkResult", "KpiRows", "PartTask",
+           "PointRunner", "SelectedKpis", "kinds_for", "select_kpis"]
 
 #: Result tables in the order they are written; ``kpis`` is written last.
 KINDS: tuple[str, ...] = ("daily", "monthly", "kpis")
@@ -73,8 +75,9 @@ def _schemas() -> dict[str, pa.Schema]:
 
 
 def __getattr__(name: str) -> Any:
-    # pyarrow is loaded where tables are written (the study's process), not in a worker
-    # that only reports KPIs (pyarrow and its first string array cost a worker ~100 MB).
+    # pyarrow is loaded where tables are written (the study's process, or a worker that
+    # writes its task's files: a PartTask), not in a worker that only reports KPIs (pyarrow
+    # and its first string array cost a worker ~50-100 MB).
     if name == "SCHEMAS":
         schemas = globals()["SCHEMAS"] = _schemas()
         return schemas
@@ -202,6 +205,57 @@ class KpiRows:
         }, schema=_schemas()["kpis"])
 
 
+def nanmean(values: np.ndarray, axis: int) -> Any:
+    """The mean along ``axis`` of the values that are not NaN (NaN where none is), as
+    pandas takes a mean, without numpy's warning about an empty slice."""
+    ok = ~np.isnan(values)
+    n = ok.sum(axis=axis)
+    total = np.where(ok, values, 0.0).sum(axis=axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+@dataclass(frozen=True, eq=False)
+class SelectedKpis:
+    """A chunk's values of a study's KPI selectors: per run (``replications``) and selector,
+    the selected row (a year given) or the mean over the selected rows (no year); ``present``
+    says which selectors the point reports at all."""
+
+    replications: np.ndarray  # (runs,)
+    values: np.ndarray  # (runs, selectors)
+    present: tuple[bool, ...]
+
+
+#: Row indices per selector, per layout of KPI rows and selectors (a process sees few).
+_selected_rows: OrderedDict[Any, list[np.ndarray]] = OrderedDict()
+
+
+def select_kpis(kpis: KpiRows, selectors: Sequence[KpiSelector]) -> SelectedKpis:
+    """The values of ``selectors`` in a chunk's KPI rows (see :class:`SelectedKpis`): what a
+    study tallies of a chunk, the same numbers wherever it is taken (worker or study)."""
+    sels = tuple(selectors)
+    layout = (tuple(kpis.kpi), tuple(kpis.key), np.asarray(kpis.year).tobytes(), sels)
+    rows = _selected_rows.get(layout)
+    if rows is None:
+        index: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        for i, (kpi, key, year) in enumerate(zip(kpis.kpi, kpis.key,
+                                                  np.asarray(kpis.year).tolist(),
+                                                  strict=True)):
+            index.setdefault((kpi, key), []).append((int(year), i))
+        rows = [np.array([i for year, i in index.get((sel.kpi, sel.key), [])
+                          if sel.year is None or year == sel.year], np.int64)
+                for sel in sels]
+        _selected_rows[layout] = rows
+        while len(_selected_rows) > 8:
+            _selected_rows.popitem(last=False)
+    per_run = np.full((len(kpis.replications), len(rows)), np.nan)
+    for j, r in enumerate(rows):
+        if len(r):
+            per_run[:, j] = nanmean(kpis.values[:, r], axis=1)
+    return SelectedKpis(np.asarray(kpis.replications, np.int64), per_run,
+                        tuple(bool(len(r)) for r in rows))
+
+
 class ChunkBuilder:
     """Collects the tables of a task's runs, one run at a time (the run is then dropped)."""
 
@@ -246,12 +300,19 @@ class ChunkBuilder:
 
 @dataclass
 class ChunkResult:
-    """What a task sends back: its tables, how long it took, and where it ran."""
+    """What a task sends back: its tables, how long it took, and where it ran.
+
+    A task that wrote its own files (a :class:`PartTask`) sends back no tables: ``staged``
+    names its files, ``(kind, temporary path)``, for the study to put in place, and
+    ``selected`` holds the values of the study's KPI selectors, all the study keeps of the
+    chunk besides its files."""
 
     task: Task
     tables: dict[str, pa.Table | KpiRows]
     seconds: float
     worker: str
+    staged: tuple[tuple[str, str], ...] = ()
+    selected: SelectedKpis | None = None
 
     def table(self, kind: str) -> pa.Table | None:
         """Table ``kind`` as written (``None`` if the task made none)."""
@@ -288,6 +349,21 @@ class ChunkResult:
                 tables[kind] = pa.concat_tables(got).combine_chunks()
         workers = dict.fromkeys(p.worker for p in parts)
         return cls(task, tables, sum(p.seconds for p in parts), ",".join(workers))
+
+
+@dataclass(frozen=True)
+class PartTask:
+    """A task whose worker writes its result files itself, as temporary files under
+    ``out/.tmp`` of the study directory ``out`` (a path this worker shares with the study's
+    process), and sends back their names and the values of the study's KPI ``selectors``
+    (:class:`ChunkResult` ``staged``, ``selected``). The study's process puts the files in
+    place (flushed, renamed) and records the chunk: the worker goes on to its next task
+    without waiting on the disk, and no file stands before it is whole."""
+
+    task: Task
+    out: str
+    spec_sha256: str
+    selectors: tuple[KpiSelector, ...] = ()
 
 
 @dataclass
@@ -361,8 +437,9 @@ class PointRunner:
                 self._compiled.popitem(last=False)
         return c
 
-    def __call__(self, task: Task) -> ChunkResult:
+    def __call__(self, item: Task | PartTask) -> ChunkResult:
         t0 = time.perf_counter()
+        task = item.task if isinstance(item, PartTask) else item
         warm_once()
         c = self.compiled(task)
         builder = ChunkBuilder(c, self.kinds)
@@ -374,5 +451,17 @@ class PointRunner:
                                        f"{task.seed}): {exc}") from None
             builder.add(res, r)
             del res
-        return ChunkResult(task, builder.tables(), time.perf_counter() - t0,
-                           f"{socket.gethostname()}:{os.getpid()}")
+        tables = builder.tables()
+        worker = f"{socket.gethostname()}:{os.getpid()}"
+        if not isinstance(item, PartTask):
+            return ChunkResult(task, tables, time.perf_counter() - t0, worker)
+        from pathlib import Path
+
+        from retwin.batch.store import stage_parts
+
+        kpis = tables.get("kpis")
+        selected = select_kpis(kpis, item.selectors) if isinstance(kpis, KpiRows) else None
+        staged = stage_parts(Path(item.out), item.spec_sha256,
+                             ChunkResult(task, tables, 0.0, worker), self.kinds)
+        return ChunkResult(task, {}, time.perf_counter() - t0, worker, staged=staged,
+                           selected=selected)
