@@ -303,3 +303,36 @@ def test_static_parts_unpack_what_pack_static_packed() -> None:
         assert x.shape == parts[name].shape, name
     with pytest.raises(TypeError, match="pack_static takes"):
         km.pack_static(**{k: v for k, v in parts.items() if k != "par"})
+
+
+def test_sparse_rows_hold_each_matrix_entry_by_entry() -> None:
+    """``_csr`` (the market kernel's sparse layout) read back by its own rules gives every
+    matrix again, entry for entry, whatever the shapes: empty, all zero, dense, with a NaN
+    (a nonzero, as ``np.nonzero`` counts it)."""
+    from retwin.engine.markets import _csr
+
+    rng = np.random.default_rng(7)
+    cases: list[list[np.ndarray]] = [[np.zeros((0, 3))], [np.zeros((3, 0)), np.ones((2, 2))],
+                                     [np.zeros((2, 2))]]
+    for _ in range(200):
+        mats = []
+        for _ in range(int(rng.integers(1, 7))):
+            r, c = (int(x) for x in rng.integers(0, 6, 2))
+            m = rng.normal(size=(r, c))
+            m[rng.random((r, c)) < 0.6] = 0.0
+            if m.size and rng.random() < 0.1:
+                m.flat[0] = np.nan
+            mats.append(m)
+        cases.append(mats)
+    for mats in cases:
+        ptr, col, val = _csr(mats)
+        assert ptr.dtype == col.dtype == np.int64 and val.dtype == np.float64
+        for i, m in enumerate(mats):
+            head = ptr[i]
+            back = np.zeros_like(m)
+            for r in range(m.shape[0]):
+                lo, hi = ptr[head + r], ptr[head + r + 1]
+                assert np.all(np.diff(col[lo:hi]) > 0)  # column order within a row
+                back[r, col[lo:hi]] = val[lo:hi]
+                assert hi - lo == np.count_nonzero(m[r])
+            np.testing.assert_array_equal(back, m)

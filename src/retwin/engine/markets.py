@@ -106,19 +106,25 @@ def _csr(mats: list[FloatArray]) -> tuple[IntArray, IntArray, FloatArray]:
     the start of each matrix's row pointers, then the row pointers of each in turn into the
     column indices and values of its nonzero entries, row by row in column order."""
     heads: list[int] = []
-    ptr: list[int] = []
-    cols: list[int] = []
-    vals: list[float] = []
+    ptrs: list[IntArray] = []
+    cols: list[IntArray] = []
+    vals: list[FloatArray] = []
+    n_ptr = n_nz = 0
     for m in mats:
-        heads.append(len(mats) + len(ptr))
-        ptr.append(len(cols))
-        for row in np.asarray(m, dtype=np.float64):
-            nz = np.flatnonzero(row)
-            cols.extend(int(j) for j in nz)
-            vals.extend(float(v) for v in row[nz])
-            ptr.append(len(cols))
-    return (np.array(heads + ptr, np.int64), np.array(cols, np.int64),
-            np.array(vals, np.float64))
+        a = np.asarray(m, dtype=np.float64)
+        rows, cs = np.nonzero(a)  # row by row, in column order within a row
+        ptr = np.empty(a.shape[0] + 1, np.int64)
+        ptr[0] = 0
+        np.cumsum(np.count_nonzero(a, axis=1), out=ptr[1:])
+        heads.append(len(mats) + n_ptr)
+        ptrs.append(ptr + n_nz)
+        cols.append(cs.astype(np.int64))
+        vals.append(a[rows, cs])
+        n_ptr += len(ptr)
+        n_nz += len(cs)
+    return (np.concatenate([np.array(heads, np.int64), *ptrs]),
+            np.concatenate([np.zeros(0, np.int64), *cols]),
+            np.concatenate([np.zeros(0, np.float64), *vals]))
 
 
 def _pack(a: MarketArrays) -> tuple[Any, ...]:
