@@ -341,6 +341,50 @@ def test_a_pool_whose_worker_died_is_replaced_at_the_next_task() -> None:
         ex.close()
 
 
+def test_an_aborted_pool_leaves_no_error_in_its_threads(monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    """Aborting with tasks queued (an interrupt) kills the workers; the pool's own thread
+    then fails what was queued as broken. Nothing may have been cancelled under it first:
+    a future cancelled by the caller and then failed by that thread raised
+    ``InvalidStateError`` in the thread (Python 3.11's pool does not check)."""
+    import threading
+
+    from retwin.batch import executors
+
+    errors: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda a: errors.append(a.exc_value))
+    kill = executors._kill
+
+    def kill_seen_first(pool: Any) -> None:
+        """The killing as it races: the pool's thread sees the dead worker before it is
+        told to shut down (usually it is the other way round)."""
+        for proc in list(pool._processes.values()):
+            proc.kill()
+        _wait_for(lambda: bool(getattr(pool, "_broken", False)))
+        kill(pool)
+
+    monkeypatch.setattr(executors, "_kill", kill_seen_first)
+    for _ in range(3):
+        ex = ProcessExecutor(1)
+        try:
+            ex.submit(_hooked, ("pid", "")).result(timeout=120)  # the worker is up
+            pool = ex._pool
+            assert pool is not None
+            # the interrupt comes once the window is queued (one task running, the rest not)
+            runs = ex.map_unordered(_hooked, [("wait", f"k{i}") for i in range(8)],
+                                    stop=lambda: True)
+            with pytest.raises(KeyboardInterrupt):
+                next(runs)
+            manager = pool._executor_manager_thread  # (the pool forgets it as it stops)
+            assert manager is not None
+            ex.abort()
+            manager.join(timeout=30)
+            assert not manager.is_alive()
+        finally:
+            ex.close()
+    assert errors == []
+
+
 # --- workers forked from a fork server ---------------------------------------------------------
 
 

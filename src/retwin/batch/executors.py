@@ -646,11 +646,11 @@ class ProcessExecutor(Executor):
             fill()
 
     def abort(self) -> None:
-        """Cancel what is queued, kill the workers (they hold nothing worth saving: a file a
-        task writes is renamed into place only once whole) and let the pool go without
-        waiting on its threads."""
-        for f in self._pending:
-            f.cancel()
+        """Kill the workers (they hold nothing worth saving: a file a task writes is renamed
+        into place only once whole), drop what is queued and let the pool go without waiting
+        on its threads. What was queued is failed or cancelled by the pool's own thread; a
+        future cancelled here first would meet that thread's failing it (Python 3.11's pool
+        then raises ``InvalidStateError`` in the thread)."""
         self._pending.clear()
         with self._lock:
             pool, self._pool = self._pool, None
