@@ -257,6 +257,10 @@ def _hooked(item: tuple[str, str]) -> Any:
         from threadpoolctl import threadpool_info
 
         return max((i["num_threads"] for i in threadpool_info()), default=1)
+    if mode == "frozen":  # objects out of the cyclic collector's reach (gc.freeze)
+        import gc
+
+        return gc.get_freeze_count()
     if mode == "warm":  # whether the kernels were loaded before this task (no prepare())
         from retwin.batch import executors
 
@@ -323,6 +327,19 @@ def test_workers_use_one_blas_thread(monkeypatch: pytest.MonkeyPatch, cluster: A
         assert list(ex.map_unordered(_hooked, [("blas", "")] * 4)) == [1] * 4
     with DaskExecutor(cluster.scheduler_address) as dx:
         assert list(dx.map_unordered(_hooked, [("blas", "")] * 2)) == [1, 1]
+
+
+def test_workers_freeze_what_they_loaded_before_the_first_task() -> None:
+    """A worker's libraries are never garbage: frozen once started, so that no full
+    collection during a task scans them again. What tasks make stays collectable."""
+    import gc
+
+    mine = gc.get_freeze_count()
+    with ProcessExecutor(1) as ex:
+        frozen = ex.submit(_hooked, ("frozen", "")).result(timeout=120)
+        assert frozen > 50_000  # numpy, pydantic, retwin…
+        assert ex.submit(_hooked, ("frozen", "")).result(timeout=120) == frozen
+    assert gc.get_freeze_count() == mine  # the caller's heap is its own business
 
 
 def test_a_pool_whose_worker_died_is_replaced_at_the_next_task() -> None:

@@ -66,7 +66,7 @@ def serve(s: Settings) -> None:
     json_logs = s.log_format == "json"
     # JSON logs: uvicorn keeps the logging set up here, and the service writes one line per
     # request itself (with its request id) instead of uvicorn's access line
-    uvicorn.run(create_app(s), host=s.host, port=s.port, log_level=s.log_level,
+    uvicorn.run(create_app(s, own_process=True), host=s.host, port=s.port, log_level=s.log_level,
                 timeout_graceful_shutdown=5, server_header=False,
                 log_config=None if json_logs else uvicorn.config.LOGGING_CONFIG,
                 access_log=not json_logs)

@@ -547,3 +547,34 @@ def test_a_reference_model_run_answers_in_a_few_kilobytes(client: TestClient) ->
     assert run["result"]["difference"] and run["result"]["bottlenecks"]
     full = client.get(run["links"]["full"], headers={"Accept-Encoding": "identity"})
     assert len(full.content) > 5 * COMPACT_BYTES
+
+
+_FROZEN_AFTER_START = """
+import gc, sys
+from pathlib import Path
+from apiutil import TestClient, settings_for
+from retwin_service.main import create_app
+
+own = sys.argv[2] == "own"
+with TestClient(create_app(settings_for(Path(sys.argv[1])), own_process=own)) as c:
+    assert c.get("/api/v1/health").status_code == 200
+    print(gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("own", [True, False])
+def test_a_served_process_freezes_what_it_keeps_once_started(tmp_path: Path, own: bool
+                                                            ) -> None:
+    """``retwin serve`` (``own_process``): once started, the libraries, models and app are
+    out of the cyclic collector's reach, so no request waits for a full collection over
+    them. An app in someone else's process leaves that process's heap alone."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
+    out = subprocess.run([sys.executable, "-c", _FROZEN_AFTER_START, str(tmp_path),
+                          "own" if own else "guest"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    frozen = int(out.stdout.split()[-1])
+    assert frozen > 50_000 if own else frozen == 0

@@ -65,6 +65,7 @@ __all__ = [
     "limit_thread_pools",
     "make_executor",
     "pid_alive",
+    "settle_heap",
     "task_hooks",
     "warm_once",
 ]
@@ -431,6 +432,26 @@ def _init_worker(fn: Callable[[Any], Any], parent: int, progress_queue: Any = No
         # a failure here is raised again by the first task, with its traceback
         with contextlib.suppress(Exception):
             prepare()
+    settle_heap()
+
+
+def settle_heap() -> None:
+    """Freeze what this process has made so far out of the cyclic garbage collector's reach
+    (:func:`gc.freeze`), after collecting what is garbage already: for a process that has
+    loaded what it keeps (its libraries, compiled kernels, models) and now runs task after
+    task.
+
+    Every full collection scans every object the collector tracks. In a warmed-up worker
+    of the service those are ~130 000, made by its imports and never garbage: each full
+    collection took 10–45 ms, and one fell inside a task every few tasks (a what-if over
+    HTTP that takes 40 ms then took 80). Frozen, they are not scanned again; what tasks
+    make is collected as usual. Objects frozen here and later left in a reference cycle are
+    not freed: call it only in a process whose long-lived objects are its own."""
+    import gc
+
+    if gc.isenabled():
+        gc.collect()
+        gc.freeze()
 
 
 def _call_installed(item: Any) -> Any:
