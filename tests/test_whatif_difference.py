@@ -62,10 +62,20 @@ def _key_missing(f: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return g
 
 
+def _text_as_objects(f: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    g = _same_rows(f, rng)
+    return g.astype({"kpi": object, "key": object, "unit": object})
+
+
+def _year_int32(f: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    return _same_rows(f, rng).astype({"year": np.int32})
+
+
 CASES: dict[str, Callable[[pd.DataFrame, np.random.Generator], pd.DataFrame]] = {
     "same rows": _same_rows, "missing values": _nan_values, "rows reordered": _reordered,
     "a row missing": _row_missing, "a key repeated": _key_repeated,
-    "a key missing": _key_missing,
+    "a key missing": _key_missing, "text as Python objects": _text_as_objects,
+    "years as int32": _year_int32,
 }
 
 

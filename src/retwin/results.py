@@ -1040,19 +1040,20 @@ def summarise(frames: list[pd.DataFrame]) -> pd.DataFrame:
     if all(len(f) == len(frames[0]) for f in frames) and all(
         f[cols].equals(frames[0][cols]) for f in frames[1:]
     ):
-        keys = frames[0][cols].reset_index(drop=True)
+        keys = frames[0]
         values = np.stack([f.value.to_numpy() for f in frames])
     else:  # rows differ between runs: align on the keys, a missing row counts as 0
         wide = pd.concat([f.set_index(cols).value.rename(i) for i, f in enumerate(frames)],
                          axis=1).fillna(0.0)
         keys = wide.index.to_frame(index=False)
         values = wide.to_numpy().T
-    out = keys.copy()
-    out["mean"] = values.mean(axis=0)
+    # one constructor call: inserting the statistics column by column costs ~3x more
+    columns: dict[str, Any] = {c: keys[c].array for c in cols}
+    columns["mean"] = values.mean(axis=0)
     for q in (5, 50, 95):
-        out[f"p{q}"] = np.percentile(values, q, axis=0)
-    out["n"] = len(frames)
-    return out
+        columns[f"p{q}"] = np.percentile(values, q, axis=0)
+    columns["n"] = np.full(values.shape[1], len(frames), dtype=np.int64)
+    return pd.DataFrame(columns)
 
 
 class ReplicationSet:

@@ -236,9 +236,10 @@ def save_result(
         if difference is not None:
             files.append(_write(difference, tmp / "difference", fmt))
         sc = first.compiled.scenario
+        tree = sc.model_dump(mode="json", by_alias=True)  # once, for the hash and the file
         manifest = {
             "scenario": sc.name,
-            "scenario_hash": scenario_hash(sc),
+            "scenario_hash": scenario_hash(tree),
             "baseline_hash": baseline_hash,
             "seed": first.seed,
             "replications": replications,
@@ -256,8 +257,7 @@ def save_result(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
                                            encoding="utf-8")
         (tmp / "scenario.json").write_text(  # compact: indenting takes json's slow path
-            json.dumps(sc.model_dump(mode="json", by_alias=True), ensure_ascii=False,
-                       separators=(",", ":")),
+            json.dumps(tree, ensure_ascii=False, separators=(",", ":")),
             encoding="utf-8",
         )
     return Path(out_dir)

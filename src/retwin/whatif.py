@@ -397,15 +397,27 @@ def binding_notes(w: WhatIf, runs: Iterable[RunResult]) -> tuple[str, ...]:
 
 
 #: Sorted key columns of recent baseline KPI frames (every what-if on one model is paired
-#: with the same stored baseline): ``id(frame)`` -> (the frame, weakly; its key columns;
-#: the order that sorts them).
-_KEY_ORDERS: dict[int, tuple[weakref.ref[Any], list[np.ndarray], np.ndarray]] = {}
+#: with the same stored baseline): ``id(frame)`` -> (the frame, weakly; its key columns as
+#: :func:`_key_columns` gives them; the order that sorts them).
+_KEY_ORDERS: dict[int, tuple[weakref.ref[Any], list[Any], np.ndarray]] = {}
 _KEY_ORDERS_KEPT = 8
 
 
-def _key_order(f: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray] | None:
-    """The KPI key columns of frame ``f`` and the order that sorts them as
-    :func:`paired_difference`'s outer merge does; ``None`` when a key is missing or
+def _key_columns(f: pd.DataFrame) -> list[Any]:
+    """``f``'s KPI key columns, each as the Arrow data pandas holds it in (text) or as
+    numpy (numbers): two frames' keys are compared without making a Python string of each
+    (:func:`_equal_keys`)."""
+    out: list[Any] = []
+    for c in KPI_KEYS:
+        a = f[c].array
+        arrow = getattr(a, "__arrow_array__", None)
+        out.append(a.to_numpy() if arrow is None else arrow())
+    return out
+
+
+def _key_order(f: pd.DataFrame) -> tuple[list[Any], np.ndarray] | None:
+    """The KPI key columns of frame ``f`` (:func:`_key_columns`) and the order that sorts
+    them as :func:`paired_difference`'s outer merge does; ``None`` when a key is missing or
     repeated (then the merge's own rules apply)."""
     hit = _KEY_ORDERS.get(id(f))
     if hit is not None and hit[0]() is f and _equal_keys(f, hit[1]):
@@ -419,8 +431,9 @@ def _key_order(f: pd.DataFrame) -> tuple[list[np.ndarray], np.ndarray] | None:
         return None
     if len(_KEY_ORDERS) >= _KEY_ORDERS_KEPT:
         _KEY_ORDERS.clear()
-    _KEY_ORDERS[id(f)] = (weakref.ref(f), keys, order)
-    return keys, order
+    columns = _key_columns(f)
+    _KEY_ORDERS[id(f)] = (weakref.ref(f), columns, order)
+    return columns, order
 
 
 def _aligned_order(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
@@ -439,13 +452,21 @@ def _aligned_order(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFra
     return order
 
 
-def _equal_keys(f: pd.DataFrame, keys: list[np.ndarray]) -> bool:
-    """Whether ``f``'s KPI key columns hold ``keys`` (which have no missing key)."""
-    try:
-        return all(np.array_equal(f[c].to_numpy(), k) for c, k in zip(KPI_KEYS, keys,
-                                                                        strict=True))
-    except TypeError:  # pd.NA compared: a key is missing
-        return False
+def _equal_keys(f: pd.DataFrame, keys: list[Any]) -> bool:
+    """Whether ``f``'s KPI key columns hold ``keys`` (:func:`_key_columns` of a frame
+    with no missing key): the same values of the same types."""
+    for a, b in zip(_key_columns(f), keys, strict=True):
+        if isinstance(a, np.ndarray) != isinstance(b, np.ndarray):
+            return False
+        if isinstance(a, np.ndarray):
+            try:
+                if a.dtype != b.dtype or not np.array_equal(a, b):
+                    return False
+            except TypeError:  # pd.NA compared: a key is missing
+                return False
+        elif not a.equals(b):  # Arrow: a missing value equals no value
+            return False
+    return True
 
 
 def _difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]

@@ -541,9 +541,11 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
     return validate_tree(tree)
 
 
-def scenario_hash(scenario: Scenario) -> str:
-    """A stable sha256 of the scenario's content (names and order included)."""
-    blob = json.dumps(scenario.model_dump(mode="json", by_alias=True), sort_keys=True,
-                      separators=(",", ":"))
+def scenario_hash(scenario: Scenario | dict[str, Any]) -> str:
+    """A stable sha256 of the scenario's content (names and order included); of its
+    ``model_dump(mode="json", by_alias=True)`` when given that instead (the same hash)."""
+    tree = scenario if isinstance(scenario, dict) else scenario.model_dump(mode="json",
+                                                                           by_alias=True)
+    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()
 
