@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,3 +94,22 @@ def test_a_frame_of_a_shape_seen_before(first: str, second: str) -> None:
         assert got.equals(want, check_metadata=True), (first, second)
     assert storage._arrow_table(_base()).equals(  # the usual case, reusing the schema
         pa.Table.from_pandas(_base(), preserve_index=False), check_metadata=True)
+
+
+@pytest.mark.parametrize("rows", [storage.SMALL_TABLE_ROWS, storage.SMALL_TABLE_ROWS + 1])
+def test_a_small_table_is_written_plain_a_large_one_with_dictionaries(tmp_path: Path,
+                                                                      rows: int) -> None:
+    """A small table is one row group in one file: no dictionary pages, no statistics
+    (they would spare a reader nothing). A large one keeps both. Either reads back the
+    same."""
+    import pyarrow.parquet as pq
+
+    df = pd.DataFrame({"kpi": pd.array(np.resize(["a", "b", "c"], rows), dtype="str"),
+                       "value": np.arange(rows, dtype=np.float64)})
+    path = tmp_path / "t.parquet"
+    storage._parquet(df, path)
+    col = pq.ParquetFile(path).metadata.row_group(0).column(0)
+    small = rows <= storage.SMALL_TABLE_ROWS
+    assert col.has_dictionary_page is not small
+    assert col.is_stats_set is not small
+    pd.testing.assert_frame_equal(pd.read_parquet(path), df, check_exact=True)
