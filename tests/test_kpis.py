@@ -375,3 +375,30 @@ def test_service_lists_the_declared_kpis(tmp_path: Any) -> None:
         r = client.get("/api/v1/kpis")
     assert r.status_code == 200, r.text
     assert r.json() == catalogue()
+
+
+def test_compiled_scenarios_with_the_same_rows_share_one_layout_and_no_other() -> None:
+    """What-ifs that change numbers keep the KPI rows: their compiled scenarios share the
+    layout (and the frame and index made from it) of the first. One whose keys or units
+    differ gets its own, the same as one made with nothing remembered."""
+    from retwin import results
+    from retwin.engine.run import prepare
+
+    def sc(capacity: float, unit: str = "t", mine: str = "mine") -> retwin.Scenario:
+        return make_scenario(
+            [mat("ore", 0.02), mat("conc", 0.1, unit=unit)],
+            [plant(mine, "mining", capacity, {"conc": 1}, {"ore": 10}, extracts=True)],
+            days=400)
+
+    first, second = prepare(sc(1000)), prepare(sc(500))
+    shared = results._kpi_layout(first)
+    assert results._kpi_layout(second) is shared
+    assert results._kpi_index(second) is results._kpi_index(first)
+    for other in (sc(1000, unit="unit"), sc(1000, mine="pit")):
+        c = prepare(other)
+        got = retwin.run(c, seed=1).kpis
+        assert results._kpi_layout(c) is not shared
+        results._LAYOUTS.clear()
+        fresh = retwin.run(prepare(other), seed=1).kpis
+        pd.testing.assert_frame_equal(got, fresh, check_exact=True)
+        assert not got.equals(retwin.run(first, seed=1).kpis)

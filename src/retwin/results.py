@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -930,17 +932,58 @@ class _KpiLayout:
         return pd.DataFrame({"kpi": self.kpi, "key": self.key, "year": self.year,
                              "value": np.zeros(len(self.year)), "unit": self.unit})
 
+    @cached_property
+    def index(self) -> dict[tuple[str, str, int], int]:
+        """The row of each (kpi, key, year) (the first, if repeated)."""
+        index: dict[tuple[str, str, int], int] = {}
+        for i, k in enumerate(zip(self.kpi, self.key, self.year.tolist(), strict=True)):
+            index.setdefault(k, i)
+        return index
+
+
+#: Recent KPI layouts by what they are made of (:func:`_kpi_layout`): the compiled
+#: scenarios of what-ifs on one model differ in numbers, rarely in rows.
+_LAYOUTS: OrderedDict[tuple[Any, ...], _KpiLayout] = OrderedDict()
+_LAYOUTS_KEPT = 8
+_layouts_lock = threading.Lock()
+
 
 def _kpi_layout(c: Compiled) -> _KpiLayout:
-    """Made once per compiled scenario (kept in ``c.labels``): families in declaration
-    order; consecutive families on the same axis interleaved key by key."""
+    """Kept in ``c.labels`` once made; families in declaration order; consecutive families
+    on the same axis interleaved key by key.
+
+    It depends only on each family's rows, their keys and units, and the years: a compiled
+    scenario with the same ones (a what-if that changes numbers, not rows) shares the
+    layout made for an earlier one, and its frame and index with it."""
     cached = c.labels.get("kpis")
     if cached is not None:
         return cast(_KpiLayout, cached[0])
     rows = [_rows_of(c, k) for k in KPIS]
+    axes = [tuple(_axis(c, k)) for k in KPIS]
+    units = [tuple(_units(c, k, r)) for k, r in zip(KPIS, rows, strict=True)]
+    years = tuple(_years(c))
+    made_of = (tuple((r.dtype.str, r.tobytes()) for r in rows), tuple(axes), tuple(units),
+               years)
+    with _layouts_lock:
+        layout = _LAYOUTS.get(made_of)
+        if layout is not None:
+            _LAYOUTS.move_to_end(made_of)
+    if layout is None:
+        layout = _make_layout(rows, axes, units, years)
+        with _layouts_lock:
+            if len(_LAYOUTS) >= _LAYOUTS_KEPT:
+                _LAYOUTS.popitem(last=False)
+            _LAYOUTS[made_of] = layout
+    c.labels["kpis"] = (layout, layout.kpi)
+    return layout
+
+
+def _make_layout(rows: list[IntArray], axes: list[tuple[str, ...]],
+                 units: list[tuple[str, ...]], year_list: tuple[int, ...]) -> _KpiLayout:
+    """The layout of :func:`_kpi_layout` from each family's rows, axis and row units."""
     names: list[str] = []
     keys: list[str] = []
-    units: list[str] = []
+    unit_col: list[str] = []
     order: list[np.ndarray] = []
     start = 0
     i = 0
@@ -955,23 +998,21 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
         start += len(pos)
         # each row's name, key and unit, in the order of ``pos`` and then of ``idx``
         fam_names = np.asarray([KPIS[f].name for f in range(i, j + 1)], dtype=object)
-        fam_keys = np.concatenate([np.asarray(_axis(c, KPIS[f]), dtype=object)[rows[f]]
+        fam_keys = np.concatenate([np.asarray(axes[f], dtype=object)[rows[f]]
                                    for f in range(i, j + 1)])
-        fam_units = np.concatenate([np.asarray(_units(c, KPIS[f], rows[f]), dtype=object)
+        fam_units = np.concatenate([np.asarray(units[f], dtype=object)
                                     for f in range(i, j + 1)])
         names += fam_names[fam[idx] - i].tolist()
         keys += fam_keys[idx].tolist()
-        units += fam_units[idx].tolist()
+        unit_col += fam_units[idx].tolist()
         i = j + 1
-    years = np.array(_years(c), dtype=np.int64)
+    years = np.array(year_list, dtype=np.int64)
     n_y = len(years)
-    layout = _KpiLayout(rows, np.concatenate(order),
-                        [n for n in names for _ in range(n_y)],
-                        [k for k in keys for _ in range(n_y)],
-                        np.tile(years, len(names)),
-                        [u for u in units for _ in range(n_y)])
-    c.labels["kpis"] = (layout, layout.kpi)
-    return layout
+    return _KpiLayout(rows, np.concatenate(order),
+                      [n for n in names for _ in range(n_y)],
+                      [k for k in keys for _ in range(n_y)],
+                      np.tile(years, len(names)),
+                      [u for u in unit_col for _ in range(n_y)])
 
 
 def _stages_in(c: Compiled, stages: tuple[str, ...]) -> np.ndarray:
@@ -991,16 +1032,8 @@ def _at(values: FloatArray, row: int | None) -> float:
 
 def _kpi_index(c: Compiled) -> dict[tuple[str, str, int], int]:
     """The row of each (kpi, key, year) in the KPI frame of every run of ``c`` (the first, if
-    repeated): made once per compiled scenario, from the rows its runs share."""
-    layout = _kpi_layout(c)
-    cached = c.labels.get("kpi_index")
-    if cached is not None and cached[0] is layout:
-        return cast(dict[tuple[str, str, int], int], cached[1])
-    index: dict[tuple[str, str, int], int] = {}
-    for i, k in enumerate(zip(layout.kpi, layout.key, layout.year.tolist(), strict=True)):
-        index.setdefault(k, i)
-    c.labels["kpi_index"] = (layout, index)
-    return index
+    repeated): made once per layout, from the rows its runs share."""
+    return _kpi_layout(c).index
 
 
 def kpi_labels(c: Compiled) -> tuple[list[str], list[str], IntArray, list[str]]:
