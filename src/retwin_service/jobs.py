@@ -641,15 +641,29 @@ class Jobs:
     def in_flight(self) -> int:
         return len(self._tracks)
 
-    def ensure(self, task: Task) -> asyncio.Task[Outcome]:
+    def claim_ahead(self, task: Task) -> bool:
+        """Claim ``task``'s computation for this process now (blocking: call it in the
+        thread that recorded its run), so that :meth:`ensure` with ``claimed=True`` starts
+        it at once: one trip to a thread and the database fewer before a worker has it.
+        False, and nothing claimed, when it is tracked here already, another process holds
+        it, or the database refused (:meth:`ensure` then claims as it always does)."""
+        if task.key in self._tracks:
+            return False
+        try:
+            return self.registry.claim(task.key, self.instance, self.lease_s)
+        except Exception:  # ensure() claims it again, and says why if that fails too
+            log.debug("claiming %s ahead failed", task.key[:12], exc_info=True)
+            return False
+
+    def ensure(self, task: Task, *, claimed: bool = False) -> asyncio.Task[Outcome]:
         """Start computing ``task`` unless a computation of its key is under way; must be
-        called on the event loop."""
+        called on the event loop. ``claimed``: :meth:`claim_ahead` claimed it."""
         t = self._tracks.get(task.key)
         if t is None:
             loop = asyncio.get_running_loop()
             self._tasks[task.key] = task
             self._answered[task.key] = loop.create_future()
-            t = loop.create_task(self._track(task), name=f"retwin-{task.key[:12]}")
+            t = loop.create_task(self._track(task, claimed), name=f"retwin-{task.key[:12]}")
             self._tracks[task.key] = t
         return t
 
@@ -685,10 +699,10 @@ class Jobs:
                 return Outcome("cancelled")  # finished or cancelled by the holder
         return None
 
-    async def _track(self, task: Task) -> Outcome:
+    async def _track(self, task: Task, claimed_ahead: bool = False) -> Outcome:
         claimed = False
         try:
-            outcome = await self._claim(task)
+            outcome = None if claimed_ahead else await self._claim(task)
             if outcome is None:
                 claimed = True
                 outcome = await self._run(task)

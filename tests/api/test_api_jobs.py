@@ -157,6 +157,35 @@ def test_a_computed_baseline_is_loaded_by_every_worker(tmp_path: Path) -> None:
     assert not Compute()(Warm(str(tmp_path / "results"), "gone")).cached
 
 
+def test_a_computation_claimed_ahead_is_not_claimed_again(tmp_path: Path) -> None:
+    """A run's computation claimed as the run is recorded (claim_ahead) starts without a
+    second claim, and its claim is released once it is done; one another process holds
+    is not claimed ahead."""
+    claims: list[str] = []
+
+    async def main() -> None:
+        reg = Registry(sqlite_url(tmp_path / "reg.sqlite3"))
+        claim = reg.claim
+
+        def counted(key: str, holder: str, lease_s: float) -> bool:
+            claims.append(key)
+            return claim(key, holder, lease_s)
+
+        reg.claim = counted  # type: ignore[method-assign]
+        jobs = Jobs(reg, tmp_path / "results", workers=1)
+        jobs.executor = SerialExecutor()
+        base = task(tmp_path / "results", key="b", changes=())
+        assert jobs.claim_ahead(base) and claims == ["b"]
+        assert (await jobs.ensure(base, claimed=True)).status == "done"
+        assert claims == ["b"] and reg.holder_of("b") is None  # released once done
+        other = task(tmp_path / "results", key="o", changes=())
+        assert claim("o", "another-process", 60)
+        assert not jobs.claim_ahead(other) and reg.holder_of("o") == "another-process"
+        reg.close()
+
+    asyncio.run(main())
+
+
 def test_a_stored_baseline_is_reused(tmp_path: Path) -> None:
     compute(task(tmp_path, key="b", changes=()))
     before = (result_dir(tmp_path, "b") / "manifest.json").stat().st_mtime_ns

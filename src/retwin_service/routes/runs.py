@@ -214,11 +214,15 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
             owner=owner, model=body.model, request=prep.request, request_hash=task.key,
             status="done"))
         return await _answer(service, rec, detail)
-    rec = await run_in_threadpool(lambda: reg.add_run(
-        owner=owner, model=body.model, request=prep.request, request_hash=task.key,
-        queue_max=service.settings.queue_max,
-        owner_max=service.settings.per_token_concurrent))
-    service.jobs.ensure(task)
+    def admit() -> tuple[RunRecord, bool]:  # the run recorded, then its computation claimed
+        rec = reg.add_run(owner=owner, model=body.model, request=prep.request,
+                          request_hash=task.key, queue_max=service.settings.queue_max,
+                          owner_max=service.settings.per_token_concurrent)
+        return rec, service.jobs.claim_ahead(task)
+
+    # no await between the two: a run once recorded is always tracked
+    rec, claimed = await run_in_threadpool(admit)
+    service.jobs.ensure(task, claimed=claimed)
     rec = await _wait(service, rec, wait)
     if rec.finished:
         return await _answer(service, rec, detail)
