@@ -596,10 +596,11 @@ class Jobs:
         if kind != "answer" or task is None:
             return
         from retwin_service import tables
+        from retwin_service.render import dumps
 
-        try:
-            tables.prime(self.root, key, "headline",
-                         answer_from(parts, task.whatif.scenario_hash))
+        try:  # encoded here too: the answer is sent without encoding it again
+            body = answer_from(parts, task.whatif.scenario_hash)
+            tables.prime(self.root, key, "headline", body, dumps(body))
         finally:  # else the answer reads the stored result
             if made is not None:
                 made.get_loop().call_soon_threadsafe(_done, made)

@@ -307,17 +307,31 @@ def _result_body(m: dict[str, Any], detail: Detail, kpis: list[dict[str, Any]],
 _PRIMED: OrderedDict[tuple[Path, str, str], dict[str, Any]] = OrderedDict()
 _PRIMED_KEPT = 64
 _primed_lock = threading.Lock()
+#: The same bodies encoded (:func:`retwin_service.render.dumps`), where they were made.
+_ENCODED: dict[tuple[Path, str, str], bytes] = {}
 
 
-def prime(root: str | Path, key: str, detail: Detail, body: dict[str, Any]) -> None:
+def prime(root: str | Path, key: str, detail: Detail, body: dict[str, Any],
+          encoded: bytes | None = None) -> None:
     """Remember the :func:`run_result` of stored result ``key`` as made from the result
     itself (:func:`result_of`) where it was computed: the answer of the request that
-    waited for it reads no table back."""
+    waited for it reads no table back. ``encoded``: the body as JSON, made meanwhile
+    (:func:`primed_json`)."""
+    k = (Path(root), key, detail)
     with _primed_lock:
-        _PRIMED[(Path(root), key, detail)] = body
-        _PRIMED.move_to_end((Path(root), key, detail))
+        _PRIMED[k] = body
+        _PRIMED.move_to_end(k)
+        _ENCODED.pop(k, None)
+        if encoded is not None:
+            _ENCODED[k] = encoded
         while len(_PRIMED) > _PRIMED_KEPT:
-            _PRIMED.popitem(last=False)
+            _ENCODED.pop(_PRIMED.popitem(last=False)[0], None)
+
+
+def primed_json(root: str | Path, key: str, detail: Detail) -> bytes | None:
+    """The primed :func:`run_result` of ``key`` as JSON, when it was encoded already."""
+    with _primed_lock:
+        return _ENCODED.get((Path(root), key, detail))
 
 
 def primed(root: str | Path, key: str, detail: Detail) -> bool:

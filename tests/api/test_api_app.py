@@ -181,6 +181,25 @@ def test_a_waiting_request_is_woken_by_the_finish_with_the_run_as_written(
         reads.clear()
 
 
+def test_an_answer_sent_with_its_result_encoded_beforehand_is_the_run_encoded_whole(
+        client: TestClient) -> None:
+    """The result a worker handed over is encoded as it is made; the answer around it is
+    byte for byte the run encoded whole (the answer of the POST and of a GET)."""
+    from retwin_service.render import dumps
+    from retwin_service.routes.runs import _public
+
+    service = client.app.state.service  # type: ignore[attr-defined]
+    r = client.post(f"{API}/runs", params={"wait": 30}, json=whatif(seed=31))
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
+    rec = service.registry.get_run(r.json()["id"])
+    assert tables.primed_json(service.settings.results_dir, rec.request_hash, "headline")
+    again = client.get(f"{API}/runs/{rec.id}")
+    assert again.content == dumps(_public(service, rec, "headline"))
+    assert dumps(r.json()) == dumps({**_public(service, rec, "headline"),
+                                     "finished_at": r.json()["finished_at"],
+                                     "started_at": r.json()["started_at"]})
+
+
 def test_list_runs_paginates_and_filters(client: TestClient, run: dict[str, Any]) -> None:
     done(client, whatif(seed=11))
     all_runs = client.get(f"{API}/runs", params={"limit": 500}).json()

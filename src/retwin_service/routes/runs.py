@@ -115,9 +115,16 @@ def _public(service: Service, rec: RunRecord, detail: tables.Detail) -> dict[str
 async def _answer(service: Service, rec: RunRecord, detail: tables.Detail = "headline",
                   status: int = 200) -> Response:
     """The run, read and encoded in a worker thread (``detail=full`` can be large); here
-    when there is nothing to read (its result made where it was computed)."""
-    ready = rec.status != "done" or tables.primed(service.settings.results_dir,
-                                                  rec.request_hash, detail)
+    when there is nothing to read (its result made where it was computed, and encoded
+    there too: then only the rest of the run is)."""
+    root = service.settings.results_dir
+    encoded = None if rec.status != "done" else tables.primed_json(root, rec.request_hash,
+                                                                   detail)
+    if encoded is not None:  # {..., "result": <encoded>}, as _public orders it
+        head = dumps({**_summary(rec), "request": rec.request, "error": rec.error})
+        return Response(b"".join((head[:-1], b',"result":', encoded, b"}")),
+                        status_code=status, media_type="application/json")
+    ready = rec.status != "done" or tables.primed(root, rec.request_hash, detail)
     if ready:
         body = dumps(_public(service, rec, detail))
     else:
