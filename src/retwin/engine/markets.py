@@ -171,14 +171,14 @@ def compile_markets(c: Compiled) -> MarketArrays:
     make_sp = np.zeros((n_s, n_p))
     in_mp = np.zeros((n_p, n_m))
     out_mp = np.zeros((n_p, n_m))
-    for p in range(n_p):
-        for j in range(st["in_ptr"][p], st["in_ptr"][p + 1]):
-            if st["in_pool"][j] >= 0:
-                draw_sp[st["in_pool"][j], p] += st["in_amt"][j]
-                in_mp[p, st["in_mat"][j]] += st["in_amt"][j]
-        for j in range(st["out_ptr"][p], st["out_ptr"][p + 1]):
-            make_sp[st["out_pool"][j], p] += st["out_amt"][j]
-            out_mp[p, st["out_mat"][j]] += st["out_amt"][j]
+    # each recipe entry added in turn (np.add.at is unbuffered: the same sums, in the same
+    # order, as a loop over the plants and their entries)
+    ins, outs = c.topology.inputs, c.topology.outputs
+    pooled = ins.pool >= 0  # an extracting plant's inputs come from no pool
+    np.add.at(draw_sp, (ins.pool[pooled], ins.plant[pooled]), ins.amount[pooled])
+    np.add.at(in_mp, (ins.plant[pooled], ins.material[pooled]), ins.amount[pooled])
+    np.add.at(make_sp, (outs.pool, outs.plant), outs.amount)
+    np.add.at(out_mp, (outs.plant, outs.material), outs.amount)
     seg_sg = np.zeros((n_s, n_g))
     seg_sg[st["dem_pool"], np.arange(n_g)] = 1.0
     mk_sk = np.zeros((n_s, n_k))
@@ -287,7 +287,9 @@ def compile_markets(c: Compiled) -> MarketArrays:
         exp_depth_tpa=c.exp_cap_tpa.copy(), exp_contract_tpa=exp_contract, exp_growth=exp_growth,
         year_index=np.array([y - c.months[0][0] for y, _ in c.months], np.int64), mk_mat=mk_mat,
         seg_price_mat=seg_mat, seg_elasticity=seg_el,
-        ref_price_month=_price_paths(sc.model_copy(update={"changes": []}), c.months),
+        ref_price_month=(_price_paths(sc.model_copy(update={"changes": []}), c.months)
+                         if any(ch.kind == "price" for ch in sc.changes)
+                         else c.price_month.copy()),  # the same paths: no price shock
         has_pool=has_pool, link_from=link_from, link_share=link_share,
         price_adjust=ec.price_adjust_per_month, max_step=ec.price_max_step_frac,
         reference_pull=ec.reference_pull_per_month, cover_target_days=ec.cover_target_days,
