@@ -597,23 +597,22 @@ class Registry:
         """Claim computation ``request_hash`` for ``holder`` for ``lease_s`` seconds: true
         if it is now ``holder``'s (free, expired, or already theirs), false while another
         holder's lease runs. At most one holder wins, however many try at once."""
+        try:  # a new computation has no claim yet: one statement takes it
+            with self._write() as conn:
+                until = self._clock(conn) + dt.timedelta(seconds=lease_s)
+                conn.execute(claims.insert().values(request_hash=request_hash, holder=holder,
+                                                    expires_at=until))
+            return True
+        except sa.exc.IntegrityError:
+            pass  # claimed before: still ours, lapsed, or another holder's
         with self._write() as conn:
             now = self._clock(conn)
-            until = now + dt.timedelta(seconds=lease_s)
             taken = conn.execute(
                 claims.update().where(claims.c.request_hash == request_hash)
                 .where(sa.or_(claims.c.holder == holder, claims.c.expires_at <= now))
-                .values(holder=holder, expires_at=until)
+                .values(holder=holder, expires_at=now + dt.timedelta(seconds=lease_s))
             ).rowcount
-            if taken:
-                return True
-        try:
-            with self._write() as conn:
-                conn.execute(claims.insert().values(request_hash=request_hash, holder=holder,
-                                                    expires_at=until))
-        except sa.exc.IntegrityError:
-            return False  # another holder has it (or took it a moment ago)
-        return True
+        return bool(taken)
 
     def renew(self, holder: str, lease_s: float) -> int:
         """Extend every lease of ``holder`` by ``lease_s`` seconds from now; returns how many
