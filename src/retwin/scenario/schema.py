@@ -984,7 +984,10 @@ def _check_no_creation(i: int, p: Plant, mats: dict[str, Material], problems: li
     """A recipe may lose rare earths but never create them (per element, t REO)."""
     outputs = [(a, mats[m].composition_t_reo_per_unit) for m, a in p.recipe.outputs.items()]
     inputs = [(a, mats[m].composition_t_reo_per_unit) for m, a in p.recipe.inputs.items()]
-    for el in cast("tuple[Element, ...]", ELEMENTS):
+    made = {el for _, comp in outputs for el in comp}  # amounts > 0, contents >= 0: an
+    for el in cast("tuple[Element, ...]", ELEMENTS):  # element no output holds is not made
+        if el not in made:
+            continue
         out = sum(a * float(comp.get(el, 0.0)) for a, comp in outputs)
         inn = sum(a * float(comp.get(el, 0.0)) for a, comp in inputs)
         if out > inn * (1 + 1e-9) + 1e-12:
