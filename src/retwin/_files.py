@@ -46,7 +46,9 @@ __all__ = [
     "check_parents",
     "is_temp_name",
     "make_parents",
+    "new_temp_file",
     "output_dir",
+    "place_file",
     "remove_created",
     "write_output_file",
 ]
@@ -144,7 +146,9 @@ def is_temp_name(name: str) -> bool:
     return bool(dot) and len(tail) == _HEX and all(c in "0123456789abcdef" for c in tail)
 
 
-def _new_temp_file(parent: Path, name: str) -> tuple[int, Path]:
+def new_temp_file(parent: Path, name: str) -> tuple[int, Path]:
+    """A new temporary file in ``parent`` named for ``name`` (``.NAME.<hex>.tmp``), made with
+    the usual mode (0666 less the umask): its descriptor, open for writing, and its path."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
         tmp = _temp_path(parent, name)
@@ -218,7 +222,7 @@ def atomic_write(target: PathArg, data: bytes | Writer, *, tmp_dir: PathArg | No
     its permissions) unless ``replace`` is False: then FileExistsError, and it is untouched.
     """
     target = Path(target)
-    fd, tmp = _new_temp_file(Path(tmp_dir) if tmp_dir is not None else target.parent,
+    fd, tmp = new_temp_file(Path(tmp_dir) if tmp_dir is not None else target.parent,
                              target.name)
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -229,17 +233,33 @@ def atomic_write(target: PathArg, data: bytes | Writer, *, tmp_dir: PathArg | No
             fh.flush()
             os.fsync(fh.fileno())
         if replace:
-            with contextlib.suppress(OSError):
-                st = os.stat(target)
-                if stat.S_ISREG(st.st_mode):
-                    os.chmod(tmp, stat.S_IMODE(st.st_mode))
-            os.replace(tmp, target)
+            _replace(tmp, target)
         else:
             _rename_noreplace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    _fsync_dir(target.parent)
+
+
+def _replace(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` onto ``target``, an existing file's permissions kept."""
+    with contextlib.suppress(OSError):
+        st = os.stat(target)
+        if stat.S_ISREG(st.st_mode):
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+    os.replace(tmp, target)
+
+
+def place_file(tmp: PathArg, target: PathArg) -> None:
+    """Put ``tmp``, a whole temporary file on ``target``'s file system (not flushed yet), at
+    ``target``: flushed to disk, renamed onto it (an existing file's permissions kept), the
+    rename made durable. :func:`atomic_write` when the file was written elsewhere (another
+    process)."""
+    target = Path(target)
+    _fsync_file(os.fspath(tmp))
+    _replace(Path(tmp), target)
     _fsync_dir(target.parent)
 
 

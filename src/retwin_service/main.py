@@ -203,7 +203,7 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
     ``own_process``: the app is all this process runs (``retwin serve``). Once started,
     what the process keeps (libraries, models, the app) is then frozen out of the cyclic
     garbage collector's reach (:func:`retwin.batch.executors.settle_heap`), so that no
-    request waits for a full collection that scans all of it (13–45 ms each)."""
+    request waits for a full collection that scans all of it (10–45 ms each)."""
     settings = settings or Settings()
     if settings.log_format == "json":
         configure_logging(settings.log_level, settings.log_format)

@@ -303,50 +303,51 @@ def _result_body(m: dict[str, Any], detail: Detail, kpis: list[dict[str, Any]],
 
 
 #: Results bodies made where a result was computed, before anyone read it back
-#: (:func:`prime`): ``(root, key, detail)`` -> body, the most recent last.
-_PRIMED: OrderedDict[tuple[Path, str, str], dict[str, Any]] = OrderedDict()
+#: (:func:`prime`): ``(root, key, detail)`` -> (body, the body encoded or ``None``), the
+#: most recent last.
+_PRIMED: OrderedDict[tuple[Path, str, str], tuple[dict[str, Any], bytes | None]] = \
+    OrderedDict()
 _PRIMED_KEPT = 64
 _primed_lock = threading.Lock()
-#: The same bodies encoded (:func:`retwin_service.render.dumps`), where they were made.
-_ENCODED: dict[tuple[Path, str, str], bytes] = {}
 
 
 def prime(root: str | Path, key: str, detail: Detail, body: dict[str, Any],
           encoded: bytes | None = None) -> None:
     """Remember the :func:`run_result` of stored result ``key`` as made from the result
     itself (:func:`result_of`) where it was computed: the answer of the request that
-    waited for it reads no table back. ``encoded``: the body as JSON, made meanwhile
-    (:func:`primed_json`)."""
+    waited for it reads no table back. ``encoded``: the body as JSON
+    (:func:`retwin_service.render.dumps`), made meanwhile (:func:`primed_json`)."""
     k = (Path(root), key, detail)
     with _primed_lock:
-        _PRIMED[k] = body
+        _PRIMED[k] = (body, encoded)
         _PRIMED.move_to_end(k)
-        _ENCODED.pop(k, None)
-        if encoded is not None:
-            _ENCODED[k] = encoded
         while len(_PRIMED) > _PRIMED_KEPT:
-            _ENCODED.pop(_PRIMED.popitem(last=False)[0], None)
+            _PRIMED.popitem(last=False)
+
+
+def _primed(root: str | Path, key: str, detail: Detail
+            ) -> tuple[dict[str, Any], bytes | None] | None:
+    with _primed_lock:
+        return _PRIMED.get((Path(root), key, detail))
 
 
 def primed_json(root: str | Path, key: str, detail: Detail) -> bytes | None:
     """The primed :func:`run_result` of ``key`` as JSON, when it was encoded already."""
-    with _primed_lock:
-        return _ENCODED.get((Path(root), key, detail))
+    hit = _primed(root, key, detail)
+    return None if hit is None else hit[1]
 
 
 def primed(root: str | Path, key: str, detail: Detail) -> bool:
     """Whether :func:`run_result` of ``key`` was primed (it reads nothing then)."""
-    with _primed_lock:
-        return (Path(root), key, detail) in _PRIMED
+    return _primed(root, key, detail) is not None
 
 
 def run_result(root: Path, key: str, detail: Detail = "headline") -> dict[str, Any]:
     """The body of ``RunPublic.result`` for a stored result: with ``detail="headline"``
     the rows of :data:`HEADLINE_KPIS` in ``kpis`` and ``difference``, with ``"full"``
     every KPI row. Cached (results never change); primed by :func:`prime`."""
-    with _primed_lock:
-        body = _PRIMED.get((Path(root), key, detail))
-    return body if body is not None else _stored_result(Path(root), key, detail)
+    hit = _primed(root, key, detail)
+    return hit[0] if hit is not None else _stored_result(Path(root), key, detail)
 
 
 @lru_cache(maxsize=64)

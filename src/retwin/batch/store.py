@@ -26,9 +26,7 @@ import contextlib
 import datetime as dt
 import json
 import os
-import secrets
 import shutil
-import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,11 +36,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retwin._files import (
-    TEMP_SUFFIX,
     atomic_write,
     check_parents,
     is_temp_name,
     make_parents,
+    new_temp_file,
+    place_file,
     remove_created,
 )
 from retwin.batch import arrow
@@ -141,7 +140,8 @@ def stage_parts(out: Path, spec_sha256: str, result: ChunkResult,
     try:
         tmp_dir.mkdir(exist_ok=True)
         for kind, table in _footed(spec_sha256, result, kinds):
-            fd, name = _new_staged(tmp_dir, f"{kind}-{task.point_id}-{task.chunk}")
+            fd, path = new_temp_file(tmp_dir, f"{kind}-{task.point_id}-{task.chunk}")
+            name = str(path)
             staged.append((kind, name))
             with os.fdopen(fd, "wb") as fh:
                 _write_parquet(table)(fh)
@@ -154,27 +154,6 @@ def stage_parts(out: Path, spec_sha256: str, result: ChunkResult,
             raise OutputError(out, f"cannot write {rel}: {exc.strerror or exc}") from None
         raise
     return tuple(staged)
-
-
-def _new_staged(tmp_dir: Path, name: str) -> tuple[int, str]:
-    """A new temporary file in ``tmp_dir``, named as retwin's temporary files are
-    (``.NAME.<hex>.tmp``) and made with the mode of every other file a study writes (0666
-    less the umask)."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        path = tmp_dir / f".{name[:40]}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-        try:
-            return os.open(path, flags, 0o666), str(path)
-        except FileExistsError:
-            continue
-
-
-def _fsync(path: str | Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def points_table(points: list[Point], names: list[str]) -> pa.Table:
@@ -444,15 +423,8 @@ class StudyDir:
         for kind, name in staged:
             target = part_path(self.out, kind, task.point_id, task.chunk)
             try:
-                _fsync(name)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(OSError):  # a file redone keeps its permissions
-                    st = os.stat(target)
-                    if stat.S_ISREG(st.st_mode):
-                        os.chmod(name, stat.S_IMODE(st.st_mode))
-                os.replace(name, target)
-                with contextlib.suppress(OSError):  # where the system can sync a folder
-                    _fsync(target.parent)
+                place_file(name, target)
             except OSError as exc:
                 raise OutputError(self.out, f"cannot write {target.relative_to(self.out)}: "
                                             f"{exc.strerror or exc}") from None
