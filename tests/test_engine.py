@@ -17,6 +17,7 @@ import pytest
 import retwin
 from conftest import assert_same_run
 from retwin import MassBalanceError, ScenarioError
+from retwin.engine import model as engine_model
 from retwin.engine.model import ChainModel
 from retwin.kernels import flow as flow_kernel
 from retwin.kernels import outages as outage_kernels
@@ -158,6 +159,7 @@ def test_drawn_outages_are_the_draws_of_one_event_at_a_time(
     numbers come in blocks too short for the horizon (``block=2``: block after block)."""
     if block is not None:
         monkeypatch.setattr(outage_drawing, "_block", lambda *_: block)
+    engine_model._outage_calendar.cache_clear()  # drawn here, not taken from an earlier run
     c = retwin.prepare(tiny)
     m = ChainModel(c, seed)
     for p, pid in enumerate(c.plant_ids):
@@ -171,6 +173,35 @@ def test_drawn_outages_are_the_draws_of_one_event_at_a_time(
         for d, kind, _ in drawn:
             assert up[d] == (0.0 if kind == "failure" else 1.0)
             assert up[d - 1] == (1.0 if kind == "failure" else 0.0)
+
+
+def test_runs_with_one_seed_share_its_drawn_outages(tiny: Scenario) -> None:
+    """The outage calendar a seed draws is kept for the next run that draws the same (a
+    what-if after its baseline, a sweep's next point): the same calendar, read-only, equal
+    to one drawn anew. Another seed, or another MTBF, draws its own."""
+    engine_model._outage_calendar.cache_clear()
+    c = retwin.prepare(tiny)
+    first = ChainModel(c, 5)
+    again = ChainModel(retwin.prepare(tiny), 5)  # another compilation of the same scenario
+    assert again.outages is first.outages
+    assert engine_model._outage_calendar.cache_info().hits == 1
+    drawn = outage_drawing.draw_outages(c.plant_ids, c.mtbf, c.mttr, c.planned,
+                                        c.scenario.settings.outages, c.n_days, first.rng)
+    for name in ("ptr", "day", "up", "ev_day", "ev_kind", "ev_plant"):
+        kept = getattr(first.outages, name)
+        assert not kept.flags.writeable
+        np.testing.assert_array_equal(kept, getattr(drawn, name))
+    assert first.outages.events == drawn.events and drawn.events
+    assert ChainModel(c, 6).outages is not first.outages
+    rarer = retwin.prepare(retwin.apply_changes(tiny, [
+        {"kind": "parameter", "path": "plants.mine.availability.mtbf_days", "value": 30}]))
+    mine = [e for e in ChainModel(rarer, 5).outages.events if e[2] == "mine"]
+    assert mine != [e for e in first.outages.events if e[2] == "mine"]
+    # a run on a calendar drawn anew and one on the kept calendar: the same run
+    engine_model._outage_calendar.cache_clear()
+    anew = retwin.run(tiny, seed=5)
+    assert_same_run(anew, retwin.run(tiny, seed=5))
+    assert engine_model._outage_calendar.cache_info().hits == 1
 
 
 def test_warmup_compiles_the_outage_and_stream_kernels_a_run_calls() -> None:

@@ -18,6 +18,7 @@ from retwin.kernels.flow import advance_packed, relabel_capacity
 from retwin.processes import (
     EconomyProcess,
     EventLog,
+    OutageCalendar,
     PolicyProcess,
     demand_paths,
     draw_outages,
@@ -48,11 +49,10 @@ class ChainModel:
         self.month_start_day = c.month_start_day
         n_p, n_m, n_t = len(c.plant_ids), len(c.material_ids), len(c.months)
         st = c.scenario.settings
-        self._seed_words = np.array(streams.entropy_words(self.seed), np.int64)
+        self._seed_words = _seed_words(self.seed)
         # Outages do not depend on the run's state: drawn now, read by the kernel day by day
         # (an outage costs no event and no kernel call).
-        self.outages = draw_outages(c.plant_ids, c.mtbf, c.mttr, c.planned, st.outages,
-                                    c.n_days, self.rng)
+        self.outages = _outage_calendar(self.seed, *_outage_inputs(c), st.outages, c.n_days)
         self.price_rec = np.zeros((n_m, n_t))
         # Markets off: prices and demand follow their paths (with noise drawn now, as it does
         # not depend on the state either); the kernel sets them month by month. Markets on:
@@ -154,10 +154,7 @@ class ChainModel:
 
         The stream is ``PCG64(SeedSequence(seed, spawn_key=(crc32(name),)))``, its seed
         sequence hashed by a compiled copy of numpy's (:class:`_StreamSeed`)."""
-        key = _stream_key(stream)
-        # numpy takes any ISeedSequence (its stubs name only SeedSequence)
-        seed_seq = cast(np.random.SeedSequence, _StreamSeed(self._seed_words, key))
-        return np.random.Generator(np.random.PCG64(seed_seq))
+        return _stream_rng(self._seed_words, stream)
 
     def advance_to(self, day: int) -> None:
         if day > self.day:
@@ -309,6 +306,50 @@ class ChainModel:
         would keep its arrays alive until the next full garbage collection."""
         self.env._queue.clear()
         del self.env
+
+
+def _seed_words(seed: int) -> np.ndarray:
+    return np.array(streams.entropy_words(seed), np.int64)
+
+
+def _stream_rng(seed_words: np.ndarray, stream: str) -> np.random.Generator:
+    """The generator of stream ``stream`` of the seed whose words are ``seed_words`` (see
+    :meth:`ChainModel.rng`)."""
+    # numpy takes any ISeedSequence (its stubs name only SeedSequence)
+    seed_seq = cast(np.random.SeedSequence, _StreamSeed(seed_words, _stream_key(stream)))
+    return np.random.Generator(np.random.PCG64(seed_seq))
+
+
+_OutageInputs = tuple[tuple[str, ...], bytes, bytes, tuple[tuple[tuple[int, int], ...], ...]]
+
+
+def _outage_inputs(c: Compiled) -> _OutageInputs:
+    """What a compiled scenario's outage calendars follow from, besides the seed and the
+    settings: its plants' ids, MTBF, MTTR and planned outages (kept on ``c``)."""
+    inputs = c.__dict__.get("_outage_inputs")
+    if inputs is None:
+        inputs = (tuple(c.plant_ids), np.ascontiguousarray(c.mtbf, np.float64).tobytes(),
+                  np.ascontiguousarray(c.mttr, np.float64).tobytes(),
+                  tuple(tuple((int(a), int(b)) for a, b in w) for w in c.planned))
+        c.__dict__["_outage_inputs"] = inputs
+    return inputs
+
+
+@functools.lru_cache(maxsize=64)
+def _outage_calendar(seed: int, plant_ids: tuple[str, ...], mtbf: bytes, mttr: bytes,
+                     planned: tuple[tuple[tuple[int, int], ...], ...], random_outages: bool,
+                     n_days: int) -> OutageCalendar:
+    """:func:`~retwin.processes.draw_outages` for a run with ``seed``, kept for the next runs
+    that draw the same: a baseline and its what-ifs share their seed, and a sweep's points
+    their seeds replication by replication (common random numbers), so their plants' streams
+    give the same calendars. Its arrays are read-only: the runs share them."""
+    words = _seed_words(seed)
+    cal = draw_outages(list(plant_ids), np.frombuffer(mtbf, np.float64),
+                       np.frombuffer(mttr, np.float64), [list(w) for w in planned],
+                       random_outages, n_days, functools.partial(_stream_rng, words))
+    for a in (cal.ptr, cal.day, cal.up, cal.ev_day, cal.ev_kind, cal.ev_plant):
+        a.flags.writeable = False
+    return cal
 
 
 @functools.lru_cache(maxsize=4096)
