@@ -159,7 +159,7 @@ def test_drawn_outages_are_the_draws_of_one_event_at_a_time(
     numbers come in blocks too short for the horizon (``block=2``: block after block)."""
     if block is not None:
         monkeypatch.setattr(outage_drawing, "_block", lambda *_: block)
-    engine_model._outage_calendar.cache_clear()  # drawn here, not taken from an earlier run
+    engine_model.KEPT_OUTAGES.clear()  # drawn here, not taken from an earlier run
     c = retwin.prepare(tiny)
     m = ChainModel(c, seed)
     for p, pid in enumerate(c.plant_ids):
@@ -176,32 +176,39 @@ def test_drawn_outages_are_the_draws_of_one_event_at_a_time(
 
 
 def test_runs_with_one_seed_share_its_drawn_outages(tiny: Scenario) -> None:
-    """The outage calendar a seed draws is kept for the next run that draws the same (a
-    what-if after its baseline, a sweep's next point): the same calendar, read-only, equal
-    to one drawn anew. Another seed, or another MTBF, draws its own."""
-    engine_model._outage_calendar.cache_clear()
+    """The outage calendar of a seed asked for again is kept for the next runs that draw the
+    same (a what-if after its baseline, a sweep's next point): the same calendar, read-only,
+    equal to one drawn anew. A seed asked for once keeps nothing; another seed, or another
+    MTBF, draws its own."""
+    kept = engine_model.KEPT_OUTAGES
+    kept.clear()
     c = retwin.prepare(tiny)
-    first = ChainModel(c, 5)
+    once = ChainModel(c, 5)  # asked for once: drawn, not kept
+    assert len(kept) == 0
+    twice = ChainModel(c, 5)  # asked for again: drawn, kept
     again = ChainModel(retwin.prepare(tiny), 5)  # another compilation of the same scenario
-    assert again.outages is first.outages
-    assert engine_model._outage_calendar.cache_info().hits == 1
+    assert twice.outages is not once.outages and again.outages is twice.outages
+    assert (kept.hits, kept.misses, len(kept)) == (1, 2, 1)
     drawn = outage_drawing.draw_outages(c.plant_ids, c.mtbf, c.mttr, c.planned,
-                                        c.scenario.settings.outages, c.n_days, first.rng)
+                                        c.scenario.settings.outages, c.n_days, once.rng)
     for name in ("ptr", "day", "up", "ev_day", "ev_kind", "ev_plant"):
-        kept = getattr(first.outages, name)
-        assert not kept.flags.writeable
-        np.testing.assert_array_equal(kept, getattr(drawn, name))
-    assert first.outages.events == drawn.events and drawn.events
-    assert ChainModel(c, 6).outages is not first.outages
+        shared = getattr(again.outages, name)
+        assert not shared.flags.writeable
+        np.testing.assert_array_equal(shared, getattr(drawn, name))
+        np.testing.assert_array_equal(getattr(once.outages, name), getattr(drawn, name))
+    assert again.outages.events == drawn.events and drawn.events
+    assert ChainModel(c, 6).outages is not again.outages
     rarer = retwin.prepare(retwin.apply_changes(tiny, [
         {"kind": "parameter", "path": "plants.mine.availability.mtbf_days", "value": 30}]))
-    mine = [e for e in ChainModel(rarer, 5).outages.events if e[2] == "mine"]
-    assert mine != [e for e in first.outages.events if e[2] == "mine"]
+    for _ in range(2):
+        mine = [e for e in ChainModel(rarer, 5).outages.events if e[2] == "mine"]
+        assert mine != [e for e in again.outages.events if e[2] == "mine"]
     # a run on a calendar drawn anew and one on the kept calendar: the same run
-    engine_model._outage_calendar.cache_clear()
+    kept.clear()
     anew = retwin.run(tiny, seed=5)
+    retwin.run(tiny, seed=5)
     assert_same_run(anew, retwin.run(tiny, seed=5))
-    assert engine_model._outage_calendar.cache_info().hits == 1
+    assert kept.hits == 1
 
 
 def test_warmup_compiles_the_outage_and_stream_kernels_a_run_calls() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -13,6 +11,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from retwin import config
+from retwin._kept import Kept
 from retwin._typing import FloatArray, Int8Array, IntArray
 from retwin.compiled import Compiled
 from retwin.errors import MassBalanceError
@@ -943,9 +942,7 @@ class _KpiLayout:
 
 #: Recent KPI layouts by what they are made of (:func:`_kpi_layout`): the compiled
 #: scenarios of what-ifs on one model differ in numbers, rarely in rows.
-_LAYOUTS: OrderedDict[tuple[Any, ...], _KpiLayout] = OrderedDict()
-_LAYOUTS_KEPT = 8
-_layouts_lock = threading.Lock()
+_LAYOUTS: Kept[_KpiLayout] = Kept(max_items=8)
 
 
 def _kpi_layout(c: Compiled) -> _KpiLayout:
@@ -964,16 +961,7 @@ def _kpi_layout(c: Compiled) -> _KpiLayout:
     years = tuple(_years(c))
     made_of = (tuple((r.dtype.str, r.tobytes()) for r in rows), tuple(axes), tuple(units),
                years)
-    with _layouts_lock:
-        layout = _LAYOUTS.get(made_of)
-        if layout is not None:
-            _LAYOUTS.move_to_end(made_of)
-    if layout is None:
-        layout = _make_layout(rows, axes, units, years)
-        with _layouts_lock:
-            if len(_LAYOUTS) >= _LAYOUTS_KEPT:
-                _LAYOUTS.popitem(last=False)
-            _LAYOUTS[made_of] = layout
+    layout = _LAYOUTS.get_or_make(made_of, lambda: _make_layout(rows, axes, units, years))
     c.labels["kpis"] = (layout, layout.kpi)
     return layout
 

@@ -10,6 +10,7 @@ import numpy as np
 import simpy
 from numpy.random.bit_generator import ISeedSequence
 
+from retwin._kept import Kept
 from retwin._typing import FloatArray
 from retwin.compiled import Compiled, TimedChange
 from retwin.engine.markets import market_arrays
@@ -52,7 +53,8 @@ class ChainModel:
         self._seed_words = _seed_words(self.seed)
         # Outages do not depend on the run's state: drawn now, read by the kernel day by day
         # (an outage costs no event and no kernel call).
-        self.outages = _outage_calendar(self.seed, *_outage_inputs(c), st.outages, c.n_days)
+        key = (self.seed, *_outage_inputs(c), st.outages, c.n_days)
+        self.outages = KEPT_OUTAGES.get_or_make(key, lambda: _draw_outages(*key))
         self.price_rec = np.zeros((n_m, n_t))
         # Markets off: prices and demand follow their paths (with noise drawn now, as it does
         # not depend on the state either); the kernel sets them month by month. Markets on:
@@ -308,6 +310,22 @@ class ChainModel:
         del self.env
 
 
+def _calendar_bytes(cal: OutageCalendar) -> int:
+    return sum(a.nbytes for a in (cal.ptr, cal.day, cal.up, cal.ev_day, cal.ev_kind,
+                                  cal.ev_plant))
+
+
+#: The outage calendars this process drew lately, by what they follow from: the seed, the
+#: plants' ids, MTBF, MTTR and planned outages, whether random outages are on, the horizon.
+#: A baseline and its what-ifs share their seed, and a sweep's points their seeds
+#: replication by replication (common random numbers): their runs take the calendar drawn
+#: before (the same numbers) instead of drawing it again. A calendar is kept from the second
+#: time its seed is asked for (a Monte Carlo's seeds, asked once each, keep nothing), within
+#: 8 MiB: ~200 calendars of baotou-2024 (41 KB each), fewer of a larger chain.
+KEPT_OUTAGES: Kept[OutageCalendar] = Kept(max_items=1024, max_bytes=8 << 20,
+                                          size=_calendar_bytes, asked_twice=True)
+
+
 def _seed_words(seed: int) -> np.ndarray:
     return np.array(streams.entropy_words(seed), np.int64)
 
@@ -335,14 +353,11 @@ def _outage_inputs(c: Compiled) -> _OutageInputs:
     return inputs
 
 
-@functools.lru_cache(maxsize=64)
-def _outage_calendar(seed: int, plant_ids: tuple[str, ...], mtbf: bytes, mttr: bytes,
-                     planned: tuple[tuple[tuple[int, int], ...], ...], random_outages: bool,
-                     n_days: int) -> OutageCalendar:
-    """:func:`~retwin.processes.draw_outages` for a run with ``seed``, kept for the next runs
-    that draw the same: a baseline and its what-ifs share their seed, and a sweep's points
-    their seeds replication by replication (common random numbers), so their plants' streams
-    give the same calendars. Its arrays are read-only: the runs share them."""
+def _draw_outages(seed: int, plant_ids: tuple[str, ...], mtbf: bytes, mttr: bytes,
+                  planned: tuple[tuple[tuple[int, int], ...], ...], random_outages: bool,
+                  n_days: int) -> OutageCalendar:
+    """:func:`~retwin.processes.draw_outages` for a run with ``seed``, its arrays read-only:
+    it is kept (:data:`KEPT_OUTAGES`) and shared by the runs that draw the same."""
     words = _seed_words(seed)
     cal = draw_outages(list(plant_ids), np.frombuffer(mtbf, np.float64),
                        np.frombuffer(mttr, np.float64), [list(w) for w in planned],
