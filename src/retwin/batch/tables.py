@@ -25,7 +25,6 @@ import os
 import socket
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from retwin import whatif
+from retwin._kept import Kept
 from retwin._version import __version__
 from retwin.batch.executors import warm_once
 from retwin.batch.expand import Task
@@ -227,7 +227,18 @@ class SelectedKpis:
 
 
 #: Row indices per selector, per layout of KPI rows and selectors (a process sees few).
-_selected_rows: OrderedDict[Any, list[np.ndarray]] = OrderedDict()
+_SELECTED_ROWS: Kept[list[np.ndarray]] = Kept(max_items=8)
+
+
+def _selected_rows(kpis: KpiRows, sels: tuple[KpiSelector, ...]) -> list[np.ndarray]:
+    """Per selector, the indices of the rows of ``kpis`` it selects."""
+    index: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for i, (kpi, key, year) in enumerate(zip(kpis.kpi, kpis.key, np.asarray(kpis.year).tolist(),
+                                              strict=True)):
+        index.setdefault((kpi, key), []).append((int(year), i))
+    return [np.array([i for year, i in index.get((sel.kpi, sel.key), [])
+                      if sel.year is None or year == sel.year], np.int64)
+            for sel in sels]
 
 
 def select_kpis(kpis: KpiRows, selectors: Sequence[KpiSelector]) -> SelectedKpis:
@@ -235,19 +246,7 @@ def select_kpis(kpis: KpiRows, selectors: Sequence[KpiSelector]) -> SelectedKpis
     study tallies of a chunk, the same numbers wherever it is taken (worker or study)."""
     sels = tuple(selectors)
     layout = (tuple(kpis.kpi), tuple(kpis.key), np.asarray(kpis.year).tobytes(), sels)
-    rows = _selected_rows.get(layout)
-    if rows is None:
-        index: dict[tuple[str, str], list[tuple[int, int]]] = {}
-        for i, (kpi, key, year) in enumerate(zip(kpis.kpi, kpis.key,
-                                                  np.asarray(kpis.year).tolist(),
-                                                  strict=True)):
-            index.setdefault((kpi, key), []).append((int(year), i))
-        rows = [np.array([i for year, i in index.get((sel.kpi, sel.key), [])
-                          if sel.year is None or year == sel.year], np.int64)
-                for sel in sels]
-        _selected_rows[layout] = rows
-        while len(_selected_rows) > 8:
-            _selected_rows.popitem(last=False)
+    rows = _SELECTED_ROWS.get_or_make(layout, lambda: _selected_rows(kpis, sels))
     per_run = np.full((len(kpis.replications), len(rows)), np.nan)
     for j, r in enumerate(rows):
         if len(r):
@@ -380,7 +379,7 @@ class PointRunner:
     kinds: tuple[str, ...]
     version: str
     _base: Scenario | None = field(default=None, repr=False)
-    _compiled: OrderedDict[str, Compiled] = field(default_factory=OrderedDict, repr=False)
+    _compiled: Kept[Compiled] = field(default_factory=lambda: Kept(max_items=2), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -397,7 +396,7 @@ class PointRunner:
         self.kinds = tuple(state["kinds"])
         self.version = state["version"]
         self._base = None
-        self._compiled = OrderedDict()
+        self._compiled = Kept(max_items=2)
         self._lock = threading.Lock()
 
     def prepare(self) -> None:
@@ -419,23 +418,16 @@ class PointRunner:
             return self._base
 
     def compiled(self, task: Task) -> Compiled:
-        with self._lock:
-            hit = self._compiled.get(task.point_id)
-            if hit is not None:
-                self._compiled.move_to_end(task.point_id)
-                return hit
+        return self._compiled.get_or_make(task.point_id, lambda: self._compile(task))
+
+    def _compile(self, task: Task) -> Compiled:
         base = self.base()
         try:
             sc = whatif.resolve(base, task.changes).scenario
         except ScenarioError as exc:
             raise ScenarioError([(f"point {task.point_id}", line) for line in exc.lines()]) \
                 from None
-        c = compile_scenario(sc)
-        with self._lock:
-            self._compiled[task.point_id] = c
-            while len(self._compiled) > 2:
-                self._compiled.popitem(last=False)
-        return c
+        return compile_scenario(sc)
 
     def __call__(self, item: Task | PartTask) -> ChunkResult:
         t0 = time.perf_counter()

@@ -50,11 +50,13 @@ class ChainModel:
         self.month_start_day = c.month_start_day
         n_p, n_m, n_t = len(c.plant_ids), len(c.material_ids), len(c.months)
         st = c.scenario.settings
-        self._seed_words = _seed_words(self.seed)
-        # Outages do not depend on the run's state: drawn now, read by the kernel day by day
-        # (an outage costs no event and no kernel call).
-        key = (self.seed, *_outage_inputs(c), st.outages, c.n_days)
-        self.outages = KEPT_OUTAGES.get_or_make(key, lambda: _draw_outages(*key))
+        self._seed_words = np.array(streams.entropy_words(self.seed), np.int64)
+        # Outages do not depend on the run's state: drawn now (or kept from a run that drew
+        # the same), read by the kernel day by day (an outage costs no event, no kernel call).
+        self.outages = KEPT_OUTAGES.get_or_make(
+            (self.seed, *_outage_inputs(c), st.outages, c.n_days),
+            lambda: _read_only(draw_outages(c.plant_ids, c.mtbf, c.mttr, c.planned,
+                                            st.outages, c.n_days, self.rng)))
         self.price_rec = np.zeros((n_m, n_t))
         # Markets off: prices and demand follow their paths (with noise drawn now, as it does
         # not depend on the state either); the kernel sets them month by month. Markets on:
@@ -156,7 +158,10 @@ class ChainModel:
 
         The stream is ``PCG64(SeedSequence(seed, spawn_key=(crc32(name),)))``, its seed
         sequence hashed by a compiled copy of numpy's (:class:`_StreamSeed`)."""
-        return _stream_rng(self._seed_words, stream)
+        key = _stream_key(stream)
+        # numpy takes any ISeedSequence (its stubs name only SeedSequence)
+        seed_seq = cast(np.random.SeedSequence, _StreamSeed(self._seed_words, key))
+        return np.random.Generator(np.random.PCG64(seed_seq))
 
     def advance_to(self, day: int) -> None:
         if day > self.day:
@@ -311,8 +316,11 @@ class ChainModel:
 
 
 def _calendar_bytes(cal: OutageCalendar) -> int:
-    return sum(a.nbytes for a in (cal.ptr, cal.day, cal.up, cal.ev_day, cal.ev_kind,
-                                  cal.ev_plant))
+    return sum(a.nbytes for a in _calendar_arrays(cal))
+
+
+def _calendar_arrays(cal: OutageCalendar) -> tuple[np.ndarray, ...]:
+    return cal.ptr, cal.day, cal.up, cal.ev_day, cal.ev_kind, cal.ev_plant
 
 
 #: The outage calendars this process drew lately, by what they follow from: the seed, the
@@ -324,18 +332,6 @@ def _calendar_bytes(cal: OutageCalendar) -> int:
 #: 8 MiB: ~200 calendars of baotou-2024 (41 KB each), fewer of a larger chain.
 KEPT_OUTAGES: Kept[OutageCalendar] = Kept(max_items=1024, max_bytes=8 << 20,
                                           size=_calendar_bytes, asked_twice=True)
-
-
-def _seed_words(seed: int) -> np.ndarray:
-    return np.array(streams.entropy_words(seed), np.int64)
-
-
-def _stream_rng(seed_words: np.ndarray, stream: str) -> np.random.Generator:
-    """The generator of stream ``stream`` of the seed whose words are ``seed_words`` (see
-    :meth:`ChainModel.rng`)."""
-    # numpy takes any ISeedSequence (its stubs name only SeedSequence)
-    seed_seq = cast(np.random.SeedSequence, _StreamSeed(seed_words, _stream_key(stream)))
-    return np.random.Generator(np.random.PCG64(seed_seq))
 
 
 _OutageInputs = tuple[tuple[str, ...], bytes, bytes, tuple[tuple[tuple[int, int], ...], ...]]
@@ -353,16 +349,10 @@ def _outage_inputs(c: Compiled) -> _OutageInputs:
     return inputs
 
 
-def _draw_outages(seed: int, plant_ids: tuple[str, ...], mtbf: bytes, mttr: bytes,
-                  planned: tuple[tuple[tuple[int, int], ...], ...], random_outages: bool,
-                  n_days: int) -> OutageCalendar:
-    """:func:`~retwin.processes.draw_outages` for a run with ``seed``, its arrays read-only:
-    it is kept (:data:`KEPT_OUTAGES`) and shared by the runs that draw the same."""
-    words = _seed_words(seed)
-    cal = draw_outages(list(plant_ids), np.frombuffer(mtbf, np.float64),
-                       np.frombuffer(mttr, np.float64), [list(w) for w in planned],
-                       random_outages, n_days, functools.partial(_stream_rng, words))
-    for a in (cal.ptr, cal.day, cal.up, cal.ev_day, cal.ev_kind, cal.ev_plant):
+def _read_only(cal: OutageCalendar) -> OutageCalendar:
+    """``cal`` with its arrays made read-only: it is kept (:data:`KEPT_OUTAGES`) and shared
+    by the runs that draw the same."""
+    for a in _calendar_arrays(cal):
         a.flags.writeable = False
     return cal
 
