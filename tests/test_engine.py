@@ -25,6 +25,7 @@ from retwin.kernels import streams
 from retwin.kernels import trade as trade_kernel
 from retwin.kernels.flow import BIND_OUTAGE
 from retwin.processes import base as outage_drawing
+from retwin.processes import economy as economy_process
 from retwin.scenario.schema import STAGES, Scenario
 
 NEW_MINE = {"id": "mine2", "name": "Second mine", "stage": "mining", "capacity_tpa": 3650,
@@ -208,6 +209,52 @@ def test_runs_with_one_seed_share_its_drawn_outages(tiny: Scenario) -> None:
     anew = retwin.run(tiny, seed=5)
     retwin.run(tiny, seed=5)
     assert_same_run(anew, retwin.run(tiny, seed=5))
+    assert kept.hits == 1
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny-markets"])
+def test_runs_with_one_seed_share_its_drawn_price_and_demand_paths(name: str) -> None:
+    """The outside price and demand paths of a seed asked for again are kept, as outage
+    calendars are: markets off (replayed by the kernel) and on (the economy's reference
+    prices, with their pass-through). Kept read-only, handed to each run as its own copy,
+    equal to those drawn anew; a seed asked for once keeps nothing; another price curve
+    draws its own; a run on kept paths is the run on paths drawn anew."""
+    kept = engine_model.KEPT_PATHS
+    kept.clear()
+    sc = retwin.load_scenario(name)
+    assert sc.markets_on == (name == "tiny-markets")
+    assert sc.settings.price_noise and sc.settings.demand_noise
+    c = retwin.prepare(sc)
+    m = ChainModel(c, 5)  # asked for once: drawn, not kept
+    assert (kept.hits, kept.misses, len(kept)) == (0, 1, 0)
+    ChainModel(retwin.prepare(sc), 5)  # asked for again: drawn, kept
+    assert (kept.hits, kept.misses, len(kept)) == (0, 2, 1)
+    if m.economy is not None:
+        expected = m.economy.paths(m)
+    else:
+        expected = (economy_process.reference_paths(
+            m, c.material_ids, c.price_month, c.volatility, c.reversion),
+            economy_process.demand_paths(m, c.segment_ids, c.demand_month, c.demand_cv))
+    mine = m._kept_paths(lambda: pytest.fail("kept: not drawn again"))  # type: ignore[misc]
+    held = kept.get(next(iter(kept._values)))
+    assert held is not None and kept.hits == 2
+    for x, h, e in zip(mine, held, expected, strict=True):
+        assert not h.flags.writeable and x.flags.writeable
+        assert not np.shares_memory(x, h)
+        np.testing.assert_array_equal(x, e)
+        np.testing.assert_array_equal(h, e)
+        assert np.ptp(e, axis=1).max() > 0  # noise was drawn
+    material = c.material_ids[int(np.argmax(c.price_month[:, 0]))]
+    dearer = retwin.prepare(retwin.apply_changes(sc, [
+        {"kind": "price", "material": material, "factor": 1.5, "from": str(sc.start)}]))
+    for _ in range(2):
+        ChainModel(dearer, 5)
+    assert len(kept) == 2  # another price curve: its own paths
+    # a run on paths drawn anew and one on the kept paths: the same run
+    kept.clear()
+    anew = retwin.run(sc, seed=5)
+    retwin.run(sc, seed=5)
+    assert_same_run(anew, retwin.run(sc, seed=5))
     assert kept.hits == 1
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import zlib
+from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 import numpy as np
@@ -62,13 +63,21 @@ class ChainModel:
         # not depend on the state either); the kernel sets them month by month. Markets on:
         # the economy sets them monthly, from the state.
         paths: dict[str, FloatArray] = {}
-        if not c.scenario.markets_on:
+        economy: EconomyProcess | None = None
+        if c.scenario.markets_on:
+            economy = EconomyProcess(
+                market_arrays(c), c.ramp, c.material_ids, c.segment_ids, c.month_start_day,
+                c.price_month, c.volatility, c.reversion, st.price_noise, c.demand_month,
+                c.demand_cv, st.demand_noise)
+            outside = self._kept_paths(lambda: economy.paths(self))
+        else:
             vol = c.volatility if st.price_noise else np.zeros_like(c.volatility)
             cv = c.demand_cv if st.demand_noise else np.zeros_like(c.demand_cv)
-            self.price_rec[:] = reference_paths(self, c.material_ids, c.price_month, vol,
-                                                c.reversion)
-            paths = {"price_path": self.price_rec,
-                     "dem_path": demand_paths(self, c.segment_ids, c.demand_month, cv)}
+            outside = self._kept_paths(lambda: (
+                reference_paths(self, c.material_ids, c.price_month, vol, c.reversion),
+                demand_paths(self, c.segment_ids, c.demand_month, cv)))
+            self.price_rec[:] = outside[0]
+            paths = {"price_path": self.price_rec, "dem_path": outside[1]}
         # The kernel's arrays (retwin.kernels.contract): the compiled inputs, the state with
         # its starting values, everything else zero. The engine calls the packed kernel (a
         # third of the dispatch cost per event); the 1-D arrays are views into its blobs, so
@@ -134,14 +143,21 @@ class ChainModel:
         self._weights: dict[int, tuple[TimedChange, float]] = {}
         # the state of day 0: the calendar's changes of that day (an empty kernel call)
         advance_packed(0, 0, *self._packed)
-        self.economy: EconomyProcess | None = None
-        if c.scenario.markets_on:
-            self.economy = EconomyProcess(
-                market_arrays(c), c.ramp, c.material_ids, c.segment_ids, c.month_start_day,
-                c.price_month, c.volatility, c.reversion, st.price_noise, c.demand_month,
-                c.demand_cv, st.demand_noise)
-            self.economy.start(self.env, self)
+        self.economy = economy
+        if economy is not None:
+            economy.start(self.env, self, outside)
         PolicyProcess(c.timed).start(self.env, self)
+
+    def _kept_paths(self, draw: Callable[[], tuple[FloatArray, FloatArray]]
+                    ) -> tuple[FloatArray, FloatArray]:
+        """The outside price and demand paths ``draw`` makes from this run's streams, or
+        those a run with the same seed and the same path inputs drew (:data:`KEPT_PATHS`):
+        copies, this run's to change."""
+        c, st = self.c, self.c.scenario.settings
+        kept = KEPT_PATHS.get_or_make(
+            (self.seed, *_path_inputs(c), st.price_noise, st.demand_noise),
+            lambda: _read_only_paths(draw()))
+        return kept[0].copy(), kept[1].copy()
 
     def __getattr__(self, name: str) -> np.ndarray:
         """Any kernel array by its declared name (``model.act_rec``, ``model.stock``…)."""
@@ -332,6 +348,41 @@ def _calendar_arrays(cal: OutageCalendar) -> tuple[np.ndarray, ...]:
 #: 8 MiB: ~200 calendars of baotou-2024 (41 KB each), fewer of a larger chain.
 KEPT_OUTAGES: Kept[OutageCalendar] = Kept(max_items=1024, max_bytes=8 << 20,
                                           size=_calendar_bytes, asked_twice=True)
+
+
+#: The outside price and demand paths (with their noise, and with markets on the cost
+#: pass-through between prices) this process drew lately, by what they follow from: the
+#: seed, the noise settings, the materials' and segments' ids, the monthly price and demand
+#: curves, volatilities, reversion speeds and coefficients of variation, and with markets
+#: on the price links (:func:`_path_inputs`). Kept as :data:`KEPT_OUTAGES` keeps calendars:
+#: from a seed's second ask, within 8 MiB (baotou-2024's paths take 17 KB).
+KEPT_PATHS: Kept[tuple[FloatArray, FloatArray]] = Kept(
+    max_items=1024, max_bytes=8 << 20, size=lambda v: v[0].nbytes + v[1].nbytes,
+    asked_twice=True)
+
+
+def _path_inputs(c: Compiled) -> tuple[Hashable, ...]:
+    """What a compiled scenario's outside price and demand paths follow from, besides the
+    seed and the noise settings (kept on ``c``)."""
+    inputs = c.__dict__.get("_path_inputs")
+    if inputs is None:
+        arrays: list[np.ndarray] = [c.price_month, c.volatility, c.reversion, c.demand_month,
+                                    c.demand_cv]
+        if c.scenario.markets_on:
+            a = market_arrays(c)
+            arrays += [a.ref_price_month, a.link_from, a.link_share]
+        inputs = (c.scenario.markets_on, tuple(c.material_ids), tuple(c.segment_ids),
+                  *((str(x.dtype), x.shape, np.ascontiguousarray(x).tobytes())
+                    for x in map(np.asarray, arrays)))
+        c.__dict__["_path_inputs"] = inputs
+    return inputs
+
+
+def _read_only_paths(paths: tuple[FloatArray, FloatArray]) -> tuple[FloatArray, FloatArray]:
+    """``paths`` made read-only: they are kept (:data:`KEPT_PATHS`) and shared."""
+    for x in paths:
+        x.flags.writeable = False
+    return paths
 
 
 _OutageInputs = tuple[tuple[str, ...], bytes, bytes, tuple[tuple[tuple[int, int], ...], ...]]

@@ -169,8 +169,29 @@ class EconomyProcess:
         #: (P, T) margin per unit of output value
         self.margin_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)))
 
-    def start(self, env: simpy.Environment, chain: _EconomyChain) -> None:
-        env.process(self._run(env, chain))
+    def start(self, env: simpy.Environment, chain: _EconomyChain,
+              paths: tuple[FloatArray, FloatArray] | None = None) -> None:
+        """Start the monthly process on ``chain``, with the outside price and demand paths
+        :meth:`paths` gives (``paths``: those, drawn before with the same streams; the
+        process may change them)."""
+        env.process(self._run(env, chain, self.paths(chain) if paths is None else paths))
+
+    def paths(self, chain: Chain) -> tuple[FloatArray, FloatArray]:
+        """The (M, T) outside price paths with their noise (:func:`reference_paths`) and
+        their cost pass-through between materials (:func:`retwin.kernels.market.follow_links`),
+        and the (G, T) demand paths with theirs (:func:`demand_paths`), drawn from
+        ``chain``'s streams: they do not depend on the state."""
+        a = self.a
+        ref = reference_paths(chain, self.material_ids, self.price_month, self.volatility,
+                              self.reversion)
+        # cost pass-through between outside prices: a follower takes its share of the
+        # relative change (shock and noise) of the material it follows, in link order
+        kmarket.follow_links(ref, np.ascontiguousarray(self.price_month, dtype=float),
+                             np.ascontiguousarray(a.ref_price_month, dtype=float), a.link_from,
+                             a.link_share)
+        rates = np.ascontiguousarray(
+            demand_paths(chain, self.segment_ids, self.demand_month, self.demand_cv))
+        return ref, rates
 
     def _invest(self, env: simpy.Environment, chain: _EconomyChain, t: int, day: int) -> None:
         """5. investment: a stage whose plants ran at their ceiling with a good margin over
@@ -200,7 +221,8 @@ class EconomyProcess:
             chain.log(day, "commissioning", stage)
         self._building.discard(stage)
 
-    def _run(self, env: simpy.Environment, chain: _EconomyChain) -> Generator[Any, Any, None]:
+    def _run(self, env: simpy.Environment, chain: _EconomyChain,
+             paths: tuple[FloatArray, FloatArray]) -> Generator[Any, Any, None]:
         """The market month, on the first day of each month (the module docstring says what
         it does). The process decides when a month opens, advances the flow to it, starts
         investment, grows outside demand at a new year and hands the chain its decisions and
@@ -211,15 +233,7 @@ class EconomyProcess:
         working array the run carries from month to month); in the first month,
         :func:`retwin.kernels.market.close` and :func:`retwin.kernels.market.start_pass`."""
         a = self.a
-        ref = reference_paths(chain, self.material_ids, self.price_month, self.volatility,
-                              self.reversion)
-        # cost pass-through between outside prices: a follower takes its share of the
-        # relative change (shock and noise) of the material it follows, in link order
-        kmarket.follow_links(ref, np.ascontiguousarray(self.price_month, dtype=float),
-                             np.ascontiguousarray(a.ref_price_month, dtype=float), a.link_from,
-                             a.link_share)
-        rates = np.ascontiguousarray(
-            demand_paths(chain, self.segment_ids, self.demand_month, self.demand_cv))
+        ref, rates = paths
         si, sx, kf = a.packed
         n_m, n_p, n_k, n_s = ref.shape[0], len(a.cash_cost), len(a.mk_mat), len(a.pool_mat)
         n_g = len(self.segment_ids)
