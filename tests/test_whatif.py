@@ -14,6 +14,7 @@ import yaml
 import retwin
 from conftest import TINY_PATH
 from retwin import whatif
+from retwin.scenario.load import scenario_hash
 from retwin.storage import read_table
 
 QUOTA_CUT: dict[str, Any] = {"kind": "quota", "quota": "mining", "factor": 0.9,
@@ -125,6 +126,10 @@ def test_save_records_the_changes_and_the_baseline(tiny: retwin.Scenario,
     res = whatif.run(w, seed=1)
     m = json.loads((whatif.save(res, tmp_path / "a") / "manifest.json").read_text())
     assert m["baseline_hash"] == w.baseline_hash and m["changes"] == [QUOTA_CUT]
+    # the what-if's hash, not computed again: that of the scenario run and stored
+    stored = json.loads((tmp_path / "a" / "scenario.json").read_text())
+    assert m["scenario_hash"] == w.scenario_hash == scenario_hash(stored)
+    assert w.scenario_hash == scenario_hash(res.whatif.first.compiled.scenario)
     assert "difference.parquet" in m["files"]
     m = json.loads((whatif.save(res, tmp_path / "b", baseline_ref="key-1") /
                     "manifest.json").read_text())
