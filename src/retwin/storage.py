@@ -202,7 +202,6 @@ def save_result(
     overwrite: bool = True,
     notes: list[str] | None = None,
     defer: Iterable[str] = (),
-    known_hash: str | None = None,
 ) -> Path:
     """Write ``series``, ``flows``, ``monthly``, ``stage_output``, ``kpis`` (and
     ``summary``, ``difference``, ``targets``, ``bottlenecks``) plus ``manifest.json`` into
@@ -222,9 +221,6 @@ def save_result(
 
     ``defer`` names tables of :data:`DEFERRABLE` to leave out for now: the manifest lists
     them under ``"deferred"``, and :func:`complete_result` writes them when they are needed.
-
-    ``known_hash``: the scenario's :func:`~retwin.scenario.load.scenario_hash` when the
-    caller has it already (a what-if's, :func:`retwin.whatif.save`), spared computing again.
     """
     if fmt not in ("parquet", "csv"):
         raise ValueError(f"format(={fmt!r}) must be parquet or csv")
@@ -258,7 +254,7 @@ def save_result(
         tree = sc.model_dump(mode="json", by_alias=True)  # once, for the hash and the file
         manifest = {
             "scenario": sc.name,
-            "scenario_hash": known_hash if known_hash is not None else scenario_hash(tree),
+            "scenario_hash": scenario_hash(tree),
             "baseline_hash": baseline_hash,
             "seed": first.seed,
             "replications": replications,

@@ -538,10 +538,8 @@ def save(result: WhatIfResult, out_dir: str | Path, *, fmt: Format = "parquet",
     """Write the what-if's result directory: its tables, the difference, and a manifest
     naming the changes, the baseline (``baseline_ref``, default the baseline scenario's
     hash) and the notes; the tables named in ``defer`` are left for later. See
-    :func:`retwin.storage.save_result`. The scenario's hash is the what-if's (computed
-    once, and carried along with it to a worker process)."""
+    :func:`retwin.storage.save_result`."""
     ref = baseline_ref if baseline_ref is not None else result.baseline_hash
     return save_result(result.whatif, out_dir, fmt=fmt, difference=result.difference,
                        baseline_hash=ref, changes=list(result.spec.changes),
-                       overwrite=overwrite, notes=list(result.notes), defer=defer,
-                       known_hash=result.scenario_hash)
+                       overwrite=overwrite, notes=list(result.notes), defer=defer)
