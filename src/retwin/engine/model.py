@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import zlib
 from collections.abc import Callable, Hashable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import simpy
@@ -69,15 +69,16 @@ class ChainModel:
                 market_arrays(c), c.ramp, c.material_ids, c.segment_ids, c.month_start_day,
                 c.price_month, c.volatility, c.reversion, st.price_noise, c.demand_month,
                 c.demand_cv, st.demand_noise)
-            outside = self._kept_paths(lambda: economy.paths(self))
+            kept = self._kept_paths(lambda: economy.paths(self))
+            outside = (kept[0].copy(), kept[1].copy())  # the compiled month takes writable
         else:
             vol = c.volatility if st.price_noise else np.zeros_like(c.volatility)
             cv = c.demand_cv if st.demand_noise else np.zeros_like(c.demand_cv)
-            outside = self._kept_paths(lambda: (
+            kept = self._kept_paths(lambda: (
                 reference_paths(self, c.material_ids, c.price_month, vol, c.reversion),
                 demand_paths(self, c.segment_ids, c.demand_month, cv)))
-            self.price_rec[:] = outside[0]
-            paths = {"price_path": self.price_rec, "dem_path": outside[1]}
+            self.price_rec[:] = kept[0]
+            paths = {"price_path": self.price_rec, "dem_path": kept[1]}  # copied into blobs
         # The kernel's arrays (retwin.kernels.contract): the compiled inputs, the state with
         # its starting values, everything else zero. The engine calls the packed kernel (a
         # third of the dispatch cost per event); the 1-D arrays are views into its blobs, so
@@ -152,12 +153,12 @@ class ChainModel:
                     ) -> tuple[FloatArray, FloatArray]:
         """The outside price and demand paths ``draw`` makes from this run's streams, or
         those a run with the same seed and the same path inputs drew (:data:`KEPT_PATHS`):
-        copies, this run's to change."""
+        read-only, shared; a caller that changes them, or hands them to a compiled function
+        that takes writable arrays, copies them."""
         c, st = self.c, self.c.scenario.settings
-        kept = KEPT_PATHS.get_or_make(
+        return KEPT_PATHS.get_or_make(
             (self.seed, *_path_inputs(c), st.price_noise, st.demand_noise),
-            lambda: _read_only_paths(draw()))
-        return kept[0].copy(), kept[1].copy()
+            lambda: _read_only_arrays(draw()))
 
     def __getattr__(self, name: str) -> np.ndarray:
         """Any kernel array by its declared name (``model.act_rec``, ``model.stock``…)."""
@@ -373,16 +374,20 @@ def _path_inputs(c: Compiled) -> tuple[Hashable, ...]:
             arrays += [a.ref_price_month, a.link_from, a.link_share]
         inputs = (c.scenario.markets_on, tuple(c.material_ids), tuple(c.segment_ids),
                   *((str(x.dtype), x.shape, np.ascontiguousarray(x).tobytes())
-                    for x in map(np.asarray, arrays)))
+                    for x in arrays))
         c.__dict__["_path_inputs"] = inputs
     return inputs
 
 
-def _read_only_paths(paths: tuple[FloatArray, FloatArray]) -> tuple[FloatArray, FloatArray]:
-    """``paths`` made read-only: they are kept (:data:`KEPT_PATHS`) and shared."""
-    for x in paths:
-        x.flags.writeable = False
-    return paths
+_Arrays = TypeVar("_Arrays", bound=tuple[np.ndarray, ...])
+
+
+def _read_only_arrays(arrays: _Arrays) -> _Arrays:
+    """``arrays`` made read-only: they are kept (:data:`KEPT_OUTAGES`, :data:`KEPT_PATHS`)
+    and shared by the runs that draw the same."""
+    for a in arrays:
+        a.flags.writeable = False
+    return arrays
 
 
 _OutageInputs = tuple[tuple[str, ...], bytes, bytes, tuple[tuple[tuple[int, int], ...], ...]]
@@ -401,10 +406,8 @@ def _outage_inputs(c: Compiled) -> _OutageInputs:
 
 
 def _read_only(cal: OutageCalendar) -> OutageCalendar:
-    """``cal`` with its arrays made read-only: it is kept (:data:`KEPT_OUTAGES`) and shared
-    by the runs that draw the same."""
-    for a in _calendar_arrays(cal):
-        a.flags.writeable = False
+    """``cal`` with its arrays made read-only (:func:`_read_only_arrays`)."""
+    _read_only_arrays(_calendar_arrays(cal))
     return cal
 
 

@@ -170,11 +170,10 @@ class EconomyProcess:
         self.margin_rec = np.zeros((len(arrays.cash_cost), len(month_start_day)))
 
     def start(self, env: simpy.Environment, chain: _EconomyChain,
-              paths: tuple[FloatArray, FloatArray] | None = None) -> None:
+              paths: tuple[FloatArray, FloatArray]) -> None:
         """Start the monthly process on ``chain``, with the outside price and demand paths
-        :meth:`paths` gives (``paths``: those, drawn before with the same streams; the
-        process may change them)."""
-        env.process(self._run(env, chain, self.paths(chain) if paths is None else paths))
+        :meth:`paths` drew from its streams (writable: the compiled month takes them so)."""
+        env.process(self._run(env, chain, paths))
 
     def paths(self, chain: Chain) -> tuple[FloatArray, FloatArray]:
         """The (M, T) outside price paths with their noise (:func:`reference_paths`) and
