@@ -15,7 +15,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session", autouse=True)
 def _compiled_kernels() -> None:
-    retwin.warmup()
+    """Every kernel compiled (or loaded), with the reference model's chain kernel, as
+    ``retwin warmup`` leaves them."""
+    retwin.warmup("baotou-2024")
 
 
 @pytest.fixture(scope="session")

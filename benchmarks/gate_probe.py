@@ -70,7 +70,10 @@ class _Probe:
         if self._compiled is None:
             import retwin
 
-            retwin.warmup()
+            try:  # the model's own chain kernel too, as `retwin warmup` compiles it
+                retwin.warmup(MODEL)
+            except TypeError:  # a tree from before chain kernels: the general kernels only
+                retwin.warmup()
             self._compiled = retwin.prepare(retwin.load_scenario(MODEL))
         return self._compiled
 
@@ -89,7 +92,8 @@ class _Probe:
         return call
 
     def setup_kernel(self) -> Callable[[], object]:
-        # the engine's own call (in either tree): the run's arrays, nothing packed or copied
+        # the engine's own call (in either tree): the run's arrays, nothing packed or copied,
+        # the kernel the run takes (a tree with chain kernels: the model's own)
         from retwin.engine.model import ChainModel, advance_packed
 
         c = self.compiled()
@@ -98,7 +102,7 @@ class _Probe:
             m = ChainModel(c, seed=0)
             m.env.run(until=1)  # day-0 events (quota year, prices, demand): not the kernel
             t0, c0 = time.perf_counter(), time.process_time()
-            advance_packed(0, c.n_days, *m._packed)
+            getattr(m, "_advance", advance_packed)(0, c.n_days, *m._packed)
             return time.perf_counter() - t0, time.process_time() - c0  # the kernel call only
         return call
 

@@ -1,17 +1,19 @@
 """The flow kernel alone: the whole Baotou horizon in one call, no events, called as the
-engine calls it (the packed call on the run's own arrays: nothing copied in or out)."""
+engine calls it (the packed call on the run's own arrays: nothing copied in or out), the
+model's chain kernel (``retwin warmup`` compiles it) and the general one."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from retwin.engine.model import ChainModel
+from retwin.engine.model import ChainModel, chain_kernel
 from retwin.kernels.flow import advance_packed
 
 
+@pytest.mark.parametrize("kernel", ["chain", "general"])
 @pytest.mark.benchmark(group="kernel")
-def test_advance_whole_horizon(benchmark, baotou_compiled) -> None:  # type: ignore[no-untyped-def]
+def test_advance_whole_horizon(benchmark, baotou_compiled, kernel) -> None:  # type: ignore[no-untyped-def]
     c = baotou_compiled
 
     def setup():  # type: ignore[no-untyped-def]
@@ -19,8 +21,11 @@ def test_advance_whole_horizon(benchmark, baotou_compiled) -> None:  # type: ign
         m.env.run(until=1)  # day-0 events: quota year, prices, demand
         return (m,), {}
 
+    call = chain_kernel(c) if kernel == "chain" else advance_packed
+    assert call is not None  # compiled by the session's warm-up
+
     def advance(m):  # type: ignore[no-untyped-def]
-        advance_packed(0, c.n_days, *m._packed)
+        call(0, c.n_days, *m._packed)
         return m
 
     m = benchmark.pedantic(advance, setup=setup, rounds=30, warmup_rounds=2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -469,6 +470,28 @@ def test_warmup_writes_the_bytecode_of_every_module(
     missing = [str(s.relative_to(package.parent)) for package, s in sources
                if not Path(importlib.util.cache_from_source(str(s))).is_file()]
     assert not missing, missing
+
+
+def test_warmup_compiles_the_chain_kernels_of_the_scenarios_it_is_given(
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default the reference model's chain gets its kernel; named scenarios get theirs
+    (every name checked before anything is compiled); ``none``: the general kernels only."""
+    engine_run = importlib.import_module("retwin.engine.run")  # (the package's name is `run`)
+    chains: list[list[str]] = []
+    monkeypatch.setattr(engine_run, "specialise_chain",
+                        lambda c: chains[-1].append(c.scenario.name))
+    for argv in (["warmup"], ["warmup", "tiny", "tiny-markets"], ["warmup", "none"]):
+        chains.append([])
+        assert main(argv) == 0
+    assert chains == [["baotou-2024"], ["tiny", "tiny-markets"], []]
+    out = capsys.readouterr().out
+    assert "with the chain kernel of baotou-2024" in out
+    assert "with the chain kernel of tiny, tiny-markets" in out
+
+    chains.append([])
+    assert main(["warmup", "tiny", "no-such-model"]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert chains[-1] == []
 
 
 # --- the command's process --------------------------------------------------------------------

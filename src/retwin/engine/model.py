@@ -14,8 +14,9 @@ from numpy.random.bit_generator import ISeedSequence
 from retwin._kept import Kept
 from retwin._typing import FloatArray
 from retwin.compiled import Compiled, TimedChange
+from retwin.config import CHAIN_KERNELS
 from retwin.engine.markets import market_arrays
-from retwin.kernels import contract, streams, trade
+from retwin.kernels import contract, specialised, streams, trade
 from retwin.kernels.flow import advance_packed, relabel_capacity
 from retwin.processes import (
     EconomyProcess,
@@ -104,6 +105,9 @@ class ChainModel:
         #: The kernel's arguments after ``d0, d1``, in its order (for the named call).
         self._args = self.kernel.args
         self._packed = self.kernel.call
+        #: The flow kernel this run calls: the one specialised to this chain's structure
+        #: when it has been compiled (``retwin warmup``), else the general one.
+        self._advance = chain_kernel(c) or advance_packed
         # the state events change, by name for the methods below and the processes
         a = self.arrays
         self.cap_day, self.avail, self.reserve = a["cap_day"], a["avail"], a["reserve"]
@@ -143,7 +147,7 @@ class ChainModel:
         self.capacity_log: list[tuple[int, int, float]] = []  # (day, plant, nameplate_tpa)
         self._weights: dict[int, tuple[TimedChange, float]] = {}
         # the state of day 0: the calendar's changes of that day (an empty kernel call)
-        advance_packed(0, 0, *self._packed)
+        self._advance(0, 0, *self._packed)
         self.economy = economy
         if economy is not None:
             economy.start(self.env, self, outside)
@@ -184,7 +188,7 @@ class ChainModel:
         if day > self.day:
             if day > self.n_days:
                 day = self.n_days
-            advance_packed(self.day, day, *self._packed)
+            self._advance(self.day, day, *self._packed)
             self.kernel_calls += 1
             self.day = day
 
@@ -377,6 +381,33 @@ def _path_inputs(c: Compiled) -> tuple[Hashable, ...]:
                     for x in arrays))
         c.__dict__["_path_inputs"] = inputs
     return inputs
+
+
+def _structure_key(c: Compiled) -> str:
+    """The key of the chain's specialised flow kernel (kept on ``c``)."""
+    key = c.__dict__.get("_structure_key")
+    if key is None:
+        key = c.__dict__["_structure_key"] = specialised.structure_key(c.kernel_static)
+    return cast(str, key)
+
+
+def chain_kernel(c: Compiled) -> Callable[..., None] | None:
+    """The flow kernel specialised to ``c``'s chain, when it has been compiled (in this
+    process, or into the on-disk cache by an earlier :func:`specialise_chain`); else
+    ``None`` (also when ``RETWIN_CHAIN_KERNELS=0``). Compiles nothing."""
+    if not CHAIN_KERNELS:
+        return None
+    return specialised.kernel_for(_structure_key(c), c.kernel_static)
+
+
+def specialise_chain(c: Compiled) -> Callable[..., None]:
+    """Compile the flow kernel specialised to ``c``'s chain (seconds; loaded from the
+    on-disk cache when it is there), for this process and the next ones."""
+    model = ChainModel(c, seed=0)  # a run's arguments: the types it is compiled for
+    try:
+        return specialised.specialise(_structure_key(c), c.kernel_static, model._packed)
+    finally:
+        model.close()
 
 
 _Arrays = TypeVar("_Arrays", bound=tuple[np.ndarray, ...])

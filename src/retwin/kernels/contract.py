@@ -39,6 +39,7 @@ __all__ = [
     "PACKED_2D",
     "PACKED_FLOATS",
     "PACKED_INTS",
+    "STRUCTURE",
     "UNPACKED",
     "KernelArray",
     "Packed",
@@ -264,6 +265,15 @@ PACKED_FLOATS: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS
 PACKED_2D: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS if a.packed and len(a.axes) == 2)
 #: The arrays the packed call takes as they are (after the blobs), in order.
 UNPACKED: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS if not a.packed)
+#: The inputs that give a chain its shape, integer indices all: the plants' order and levels,
+#: which pools each plant draws on and delivers into (and their materials), its lead time and
+#: its quota, the material of each pool, and the pool each market and demand segment trades
+#: with. A kernel specialised to one chain (:mod:`retwin.kernels.specialised`) holds them
+#: as constants; capacities, amounts, prices, calendars and the state stay arguments.
+STRUCTURE: tuple[str, ...] = (
+    "order", "lvl_ptr", "lvl_pool_ptr", "lvl_pools", "lead", "plant_quota", "in_ptr",
+    "in_pool", "in_mat", "out_ptr", "out_pool", "out_mat", "pool_mat", "mk_pool", "imp_lead",
+    "dem_pool")
 #: Packed arrays the kernel may write: copied back by a caller that packed its own arrays.
 _WRITABLE_PACKED: tuple[str, ...] = tuple(a.name for a in FLOW_ARRAYS
                                           if a.packed and a.role != "input")
@@ -280,6 +290,8 @@ def _declaration_errors() -> list[str]:
                if a.role not in ("input", "state", "output")]
     if len(_BY_NAME) != len(FLOW_ARRAYS):
         errors.append("array names repeat")
+    errors += [f"structure {n!r} is not a packed int64 input" for n in STRUCTURE
+               if n not in PACKED_INTS or _BY_NAME[n].role != "input"]
     return errors
 
 

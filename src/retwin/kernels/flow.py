@@ -727,9 +727,15 @@ if _signature_errors():
                     + "; ".join(_signature_errors()))
 
 
-def _entry_source(source: str) -> str:
+def _entry_source(source: str, *, frozen: tuple[str, ...] = (),
+                  name: str = "_advance_packed") -> str:
     """The source of :func:`advance_packed`, generated from the declaration and the body of
     :func:`_flow` in ``source`` (the text of this file).
+
+    ``frozen`` names packed arrays the generated function does not cut from its blobs: it
+    reads them as globals of the scope it is run in (a kernel specialised to one chain,
+    :mod:`retwin.kernels.specialised`, where Numba compiles them in as constants); ``name``
+    is the generated function's.
 
     The generated function takes ``d0, d1``, the two blobs and their offsets, the shapes of
     the 2-D arrays in them, and the arrays of :data:`retwin.kernels.contract.UNPACKED`; one
@@ -744,16 +750,18 @@ def _entry_source(source: str) -> str:
     stmts = fn.body[1:] if ast.get_docstring(fn) is not None else fn.body
     first, start = fn.lineno, stmts[0].lineno  # of the ``def`` and of the first statement
     assert fn.end_lineno is not None and start >= first + 2
-    cut = {n: f"si[si_off[{i}]:si_off[{i + 1}]]" for i, n in enumerate(contract.PACKED_INTS)}
+    cut = {n: f"si[si_off[{i}]:si_off[{i + 1}]]" for i, n in enumerate(contract.PACKED_INTS)
+           if n not in frozen}
     cut.update({n: f"sf[sf_off[{i}]:sf_off[{i + 1}]]"
                 for i, n in enumerate(contract.PACKED_FLOATS)})
     for i, n in enumerate(contract.PACKED_2D):
-        cut[n] += f".reshape((shapes[{2 * i}], shapes[{2 * i + 1}]))"
+        if n in cut:
+            cut[n] += f".reshape((shapes[{2 * i}], shapes[{2 * i + 1}]))"
     params = ", ".join(("d0", "d1", "si", "si_off", "sf", "sf_off", "shapes",
                         *contract.UNPACKED))
     lines = source.splitlines(keepends=True)
     return ("\n" * (first - 1)
-            + f"def _advance_packed({params}):\n"
+            + f"def {name}({params}):\n"
             + "    " + "; ".join(f"{n} = {cut[n]}" for n in cut) + "\n"
             + "\n" * (start - first - 2)
             + "".join(lines[start - 1:fn.end_lineno]))

@@ -1,0 +1,126 @@
+"""The flow kernel compiled for one chain's structure (:mod:`retwin.kernels.specialised`):
+the same numbers as the general kernel, bit for bit; one kernel per structure, shared by the
+chain's what-ifs that change numbers only; never compiled on a run's path; kept on disk for
+the next process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numba
+import pytest
+
+import retwin
+from conftest import assert_same_run
+from retwin.compiled import Compiled
+from retwin.engine import model as engine_model
+from retwin.kernels import specialised
+from retwin.kernels.flow import advance_packed
+
+JIT = not numba.config.DISABLE_JIT
+
+
+@pytest.fixture(scope="module")
+def tiny_chain(tiny: retwin.Scenario) -> Compiled:
+    """tiny, with its chain kernel compiled (and marked in the on-disk cache)."""
+    c = retwin.prepare(tiny)
+    engine_model.specialise_chain(c)
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_markets_chain() -> Compiled:
+    """tiny-markets (tiny with two more outside markets), with its chain kernel compiled."""
+    c = retwin.prepare(retwin.load_scenario("tiny-markets"))
+    engine_model.specialise_chain(c)
+    return c
+
+
+@pytest.fixture
+def own_marks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Marks of compiled chain kernels in a folder of this test's, and this process's
+    kernels forgotten: what was compiled before (another test, another session) is not
+    seen as compiled (Numba's own cache still spares compiling it twice)."""
+    monkeypatch.setattr(specialised, "_mark", lambda key: tmp_path / f"{key}.ready")
+    monkeypatch.setattr(specialised, "_KERNELS", {})
+    monkeypatch.setattr(specialised, "_ABSENT", set())
+    yield
+
+
+def _runs(c: Compiled, monkeypatch: pytest.MonkeyPatch, seeds: range = range(3)
+          ) -> tuple[list[retwin.RunResult], list[retwin.RunResult]]:
+    """Runs of ``c`` with the chain kernel, then the same runs with the general kernel."""
+    out = []
+    for on in (True, False):
+        monkeypatch.setattr(engine_model, "CHAIN_KERNELS", on)
+        kernel = engine_model.ChainModel(c, 0)._advance
+        assert (kernel is not advance_packed) == on
+        out.append([retwin.run(c, seed=s) for s in seeds])
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("name", ["tiny_chain", "tiny_markets_chain"])
+def test_a_chain_kernel_gives_the_general_kernels_numbers_bit_for_bit(
+        name: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    c = request.getfixturevalue(name)
+    assert engine_model.chain_kernel(c) is not None
+    chain, general = _runs(c, monkeypatch)
+    for a, b in zip(chain, general, strict=True):
+        assert_same_run(a, b)
+        assert a.balance.closes
+    assert chain[0].activity.sum() > 0
+    assert not (chain[0].activity == chain[1].activity).all()  # the seeds differ
+
+
+def test_another_structure_gets_its_own_kernel_only_once_compiled(
+        tiny: retwin.Scenario, own_marks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    def changed(path: str, value: float) -> Compiled:
+        return retwin.prepare(tiny, [{"kind": "parameter", "path": path, "value": value}])
+
+    bigger = changed("plants.separation.capacity_tpa", 4000.0)
+    slower = changed("plants.separation.lead_time_days", 45)
+    key = engine_model._structure_key
+    assert key(bigger) == key(retwin.prepare(tiny)) != key(slower)
+
+    # nothing compiled for it: its runs take the general kernel; a run compiles nothing
+    assert engine_model.chain_kernel(slower) is None
+    assert engine_model.ChainModel(slower, 0)._advance is advance_packed
+    general = retwin.run(slower, seed=4)
+    assert engine_model.chain_kernel(slower) is None
+
+    kernel = engine_model.specialise_chain(slower)
+    assert engine_model.chain_kernel(slower) is kernel
+    assert engine_model.ChainModel(slower, 0)._advance is kernel
+    assert engine_model.chain_kernel(bigger) is None  # tiny's kernel is another one
+    assert_same_run(retwin.run(slower, seed=4), general)
+    # and the lead time is in the kernel: tiny's own runs differ
+    assert not (retwin.run(retwin.prepare(tiny), seed=4).activity
+                == general.activity).all()
+
+
+def test_chain_kernels_can_be_turned_off(tiny_chain: Compiled,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine_model, "CHAIN_KERNELS", False)
+    assert engine_model.chain_kernel(tiny_chain) is None
+    assert engine_model.ChainModel(tiny_chain, 0)._advance is advance_packed
+
+
+@pytest.mark.skipif(not JIT, reason="compiled kernels only (NUMBA_DISABLE_JIT=1)")
+def test_the_next_process_loads_a_compiled_chain_kernel(tiny_chain: Compiled) -> None:
+    """Compiled once (``retwin warmup``, here the fixture), a chain's kernel is loaded from
+    the on-disk cache by the next process's first run: nothing is compiled again."""
+    code = (
+        "import retwin\n"
+        "from retwin.engine import model\n"
+        "c = retwin.prepare(retwin.load_scenario('tiny'))\n"
+        "kernel = model.chain_kernel(c)\n"
+        "assert kernel is not None\n"
+        "assert retwin.run(c, seed=1).balance.closes\n"
+        "print(len(kernel.stats.cache_hits), len(kernel.stats.cache_misses))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "0"]
