@@ -56,8 +56,9 @@ VOLUME ["/data"]
 EXPOSE 8000
 # The health endpoint, answered on loopback without a token; unhealthy unless it says "ok"
 # (a full data folder says "degraded").
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
   CMD python -c "import json, os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/api/v1/health' % os.environ.get('RETWIN_PORT', '8000'), timeout=4); sys.exit(0 if json.load(r).get('status') == 'ok' else 1)" || exit 1
 # Kernels are compiled into the numba cache at start (workers then load them), so the
-# first what-if does not pay for compilation.
+# first what-if does not pay for compilation; with the reference model's own flow kernel,
+# that takes about a minute on two cores (the health check's start period allows two).
 CMD ["sh", "-c", "retwin warmup && exec retwin serve --host \"$RETWIN_HOST\" --port \"$RETWIN_PORT\""]

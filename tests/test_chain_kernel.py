@@ -109,6 +109,24 @@ def test_chain_kernels_can_be_turned_off(tiny_chain: Compiled,
 
 
 @pytest.mark.skipif(not JIT, reason="compiled kernels only (NUMBA_DISABLE_JIT=1)")
+def test_a_mark_is_taken_only_while_the_kernel_file_is_as_it_was(
+        tiny_chain: Compiled, own_marks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark holds the kernel file's time and size, which Numba's cache checks: a file
+    touched since would have the kernel compiled again on a run's path; the run takes the
+    general kernel instead."""
+    engine_model.specialise_chain(tiny_chain)  # (from Numba's cache: the fixture compiled it)
+
+    def from_disk() -> object:
+        monkeypatch.setattr(specialised, "_KERNELS", {})
+        monkeypatch.setattr(specialised, "_ABSENT", set())
+        return engine_model.chain_kernel(tiny_chain)
+
+    assert from_disk() is not None
+    monkeypatch.setattr(specialised, "_stamp", lambda: b"1764633600.0 34000")
+    assert from_disk() is None
+
+
+@pytest.mark.skipif(not JIT, reason="compiled kernels only (NUMBA_DISABLE_JIT=1)")
 def test_the_next_process_loads_a_compiled_chain_kernel(tiny_chain: Compiled) -> None:
     """Compiled once (``retwin warmup``, here the fixture), a chain's kernel is loaded from
     the on-disk cache by the next process's first run: nothing is compiled again."""

@@ -82,6 +82,15 @@ def _mark(key: str) -> Path | None:
     return None if cache_dir is None else cache_dir / f"flow.{_name(key)}.ready"
 
 
+def _stamp() -> bytes:
+    """What the mark holds: the kernel file's modification time and size, which Numba's
+    cache checks before it loads a kernel compiled from it. A file touched since (its text
+    the same, so the key the same) would have the kernel compiled again on its first call:
+    such a mark is not taken."""
+    st = Path(flow._FILENAME).stat()
+    return f"{st.st_mtime!r} {st.st_size}".encode()
+
+
 def _build(key: str, static: Mapping[str, np.ndarray]) -> Callable[..., None]:
     """The specialised kernel of ``key`` as a (not yet compiled) dispatcher: the generated
     entry point of :mod:`retwin.kernels.flow` with the structure arrays as its globals."""
@@ -111,7 +120,11 @@ def kernel_for(key: str, static: Mapping[str, np.ndarray]) -> Callable[..., None
     if kernel is not None or key in _ABSENT:
         return kernel
     mark = _mark(key)
-    if _jit_off() or mark is None or not mark.is_file():
+    try:
+        ready = not _jit_off() and mark is not None and mark.read_bytes() == _stamp()
+    except OSError:  # no mark
+        ready = False
+    if not ready:
         _ABSENT.add(key)
         return None
     kernel = _KERNELS[key] = _build(key, static)
@@ -133,7 +146,7 @@ def specialise(key: str, static: Mapping[str, np.ndarray], call: tuple[Any, ...]
         kernel.compile(signature)  # type: ignore[attr-defined]
         mark = _mark(key)
         if mark is not None:
-            _write_whole(mark, key.encode())
+            _write_whole(mark, _stamp())
     _KERNELS[key] = kernel
     _ABSENT.discard(key)
     return kernel
