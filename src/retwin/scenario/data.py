@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import functools
 import hashlib
 import json
 import math
@@ -227,12 +228,7 @@ def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
         names[name] = params[key].value
         return name
 
-    expr = _KEY.sub(sub, body)
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
-        raise ValueError(f"formula {shown} is not a valid expression") from None
-    _check_formula_shape(tree, shown)
+    tree = _parsed_formula(_KEY.sub(sub, body).strip(), shown)
 
     def finite(v: float) -> float:
         if not math.isfinite(v):
@@ -277,6 +273,20 @@ def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
         if msg.startswith("formula "):
             raise
         raise ValueError(f"formula {shown}: {msg}") from None
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed_formula(expr: str, shown: str) -> ast.Expression:
+    """A formula's expression (its data keys named ``_r0``, ``_r1``… in order) parsed and
+    its size checked; kept, as a model's formulas are evaluated again with other values (a
+    fit's trials, a reloaded model). The tree is only read. A formula that fails raises
+    each time (``lru_cache`` keeps no exceptions)."""
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        raise ValueError(f"formula {shown} is not a valid expression") from None
+    _check_formula_shape(tree, shown)
+    return tree
 
 
 def _check_formula_shape(tree: ast.AST, shown: str) -> None:

@@ -73,6 +73,7 @@ def backcast(model: str | Path = NATIONAL_MODEL,
     _check_national(sc)
     res = run(sc, seed=SEED)
     used = dict(values) if values else {p.key: params[p.key].value for p in FREE_PARAMETERS}
-    return Backcast(model=sc.name, values=used, table=compare(simulate(res), params),
-                    balance=balance_residuals(res), result=res)
+    sim = simulate(res)
+    return Backcast(model=sc.name, values=used, table=compare(sim, params),
+                    balance=balance_residuals(res, sim), result=res)
 

@@ -21,6 +21,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -150,10 +151,17 @@ def load_model(model: str | Path = NATIONAL_MODEL,
     if not values:
         _require_fitted(formula_parameters())
         return load_scenario(model)
+    return _with_values(resolve_model(model), values)
+
+
+def _with_values(tree: Mapping[str, Any], values: Mapping[str, float]) -> Scenario:
+    """A resolved model ``tree`` (:func:`~retwin.scenario.load.resolve_model`: overlays
+    merged, formulas not evaluated; left as it is) loaded with ``values`` put in for data
+    keys. A fit reads and merges the model's files once, then calls this per trial."""
     params = dict(formula_parameters())
     for key, v in values.items():
         params[key] = Parameter(key, float(v), "", "", "derived", "trial value of a fit", "")
-    return load_scenario(resolve_formulas(resolve_model(model), params))
+    return load_scenario(resolve_formulas(tree, params))
 
 
 def _require_fitted(params: Mapping[str, Parameter]) -> None:
@@ -216,14 +224,15 @@ def fit(model: str | Path = NATIONAL_MODEL, *, generations: int = GENERATIONS,
     observations = _fit_observations(params)
     labels = [(o, y) for o, y, _ in observations] + [("balance", y) for y in FIT_YEARS]
     cache: dict[tuple[float, ...], np.ndarray] = {}
+    tree = resolve_model(model)  # the files read once, not per trial
 
     def residuals(z: np.ndarray) -> np.ndarray:
         key = tuple(float(v) for v in z)
         if key not in cache:
             values = {p.key: float(v) for p, v in zip(free, z * scale, strict=True)}
-            res = run(load_model(model, values), seed=SEED)
+            res = run(_with_values(tree, values), seed=SEED)
             sim = simulate(res)
-            bal = balance_residuals(res)
+            bal = balance_residuals(res, sim)
             r = [(sim[o][y] - rep) / rep for o, y, rep in observations]
             r += [bal[y] for y in FIT_YEARS]
             cache[key] = np.array(r)

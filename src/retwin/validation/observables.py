@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -274,18 +274,32 @@ def simulate(res: Any) -> dict[str, dict[int, float]]:
     c = res.compiled
     sc: Scenario = c.scenario
     _check_national(sc)
-    kp = res.kpis
     years = list(res.years)
-    plant_out = kp[kp.kpi == "output.plant"].pivot(index="key", columns="year", values="value")
+
+    def kpi(name: str, key: str, y: int, default: float) -> float:
+        try:
+            return float(res.kpi(name, key, y))
+        except KeyError:
+            return default
+
     qcoef = dict(zip(c.plant_ids, c.kernel_static["qcoef"], strict=True))
 
     def reo(plants: Sequence[str]) -> dict[int, float]:
-        return {y: float(sum(plant_out.loc[p, y] * qcoef[p] for p in plants)) for y in years}
+        return {y: float(sum(res.kpi("output.plant", p, y) * qcoef[p] for p in plants))
+                for y in years}
+
+    def markets(name: str, ids: Sequence[str]) -> dict[int, float]:
+        keys = [k for k in c.market_ids if k in set(ids)]  # in the KPI table's order
+        out = {}
+        for y in years:  # (a market without the year's row adds nothing, as in a group-by)
+            found = (kpi(name, k, y, math.nan) for k in keys)
+            out[y] = _compensated_sum(v for v in found if not math.isnan(v))
+        return out
 
     smelting = next(q for q in sc.quotas if q.id == _SMELTING_QUOTA)
     recyclers = [p for p in sc.plants if p.stage == "recycling"]
-    magnets = kp[(kp.kpi == "output.stage") & (kp.key == "magnet")].set_index("year").value
-    exports = kp[(kp.kpi == "exports.market") & (kp.key == _EXPORT_MARKET)].set_index("year").value
+    magnets = {y: kpi("output.stage", "magnet", y, 0.0) for y in years}
+    exports = {y: kpi("exports.market", _EXPORT_MARKET, y, 0.0) for y in years}
     oxides = {m.id for m in sc.materials
               if m.id.endswith("_oxide") or m.id == "other_reo"}
     re_exports = [k.id for k in sc.markets
@@ -294,38 +308,40 @@ def simulate(res: Any) -> dict[str, dict[int, float]]:
     return {
         "mine_output": reo([p.id for p in sc.plants if p.stage == "mining"]),
         "smelting_output": reo(smelting.plants),
-        "ndfeb_output": {y: float(magnets.get(y, 0.0)) for y in years},
+        "ndfeb_output": magnets,
         "prnd_from_scrap": {
-            y: float(sum(plant_out.loc[p.id, y] * p.recipe.outputs.get(_PRND_OXIDE, 0.0)
-                         for p in recyclers))
+            y: float(sum(res.kpi("output.plant", p.id, y)
+                         * p.recipe.outputs.get(_PRND_OXIDE, 0.0) for p in recyclers))
             for y in years
         },
-        "magnet_exports": {y: float(exports.get(y, 0.0)) for y in years},
-        "domestic_magnet_consumption": {
-            y: float(magnets.get(y, 0.0)) - float(exports.get(y, 0.0)) for y in years},
-        "prnd_oxide_price": _formed_price(kp, _PRND_OXIDE, years),
-        "re_product_exports": _market_sum(kp, "exports.market", re_exports, years),
-        "re_product_imports": _market_sum(kp, "imports.market", origins, years),
+        "magnet_exports": exports,
+        "domestic_magnet_consumption": {y: magnets[y] - exports[y] for y in years},
+        "prnd_oxide_price": {y: kpi("price.material", _PRND_OXIDE, y, math.nan)
+                             for y in years},
+        "re_product_exports": markets("exports.market", re_exports),
+        "re_product_imports": markets("imports.market", origins),
     }
 
 
-def _formed_price(kp: pd.DataFrame, material: str, years: Sequence[int]) -> dict[int, float]:
-    rows = kp[(kp.kpi == "price.material") & (kp.key == material)].set_index("year").value
-    return {y: float(rows.get(y, math.nan)) for y in years}
+def _compensated_sum(values: Iterable[float]) -> float:
+    """Kahan's compensated sum of ``values`` in their order: the sum a pandas group-by
+    gives, to the last bit (the fitted values follow from these figures)."""
+    total = comp = 0.0
+    for v in values:
+        y = v - comp
+        t = total + y
+        comp = (t - total) - y
+        total = t
+    return total
 
 
-def _market_sum(kp: pd.DataFrame, kpi: str, markets: Sequence[str],
-                years: Sequence[int]) -> dict[int, float]:
-    rows = kp[(kp.kpi == kpi) & kp.key.isin(list(markets))]
-    by_year = rows.groupby("year").value.sum()
-    return {y: float(by_year.get(y, 0.0)) for y in years}
-
-
-def balance_residuals(res: Any) -> dict[int, float]:
+def balance_residuals(res: Any, sim: Mapping[str, Mapping[int, float]] | None = None
+                      ) -> dict[int, float]:
     """Per year: domestic concentrate left unseparated (stock build-up of the domestic feed
-    pools, t REO) as a share of the domestic mine output (t REO)."""
+    pools, t REO) as a share of the domestic mine output (t REO). ``sim``: the run's
+    observables (:func:`simulate`), when the caller has them already."""
     c = res.compiled
-    mined = simulate(res)["mine_output"]
+    mined = (sim if sim is not None else simulate(res))["mine_output"]
     pools = [i for i, (_, m) in enumerate(c.pool_keys) if m in _DOMESTIC_FEED]
     mats = [c.material_ids.index(c.pool_keys[i][1]) for i in pools]
     reo = c.comp[mats].sum(axis=1)  # t REO per unit
