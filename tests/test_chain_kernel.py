@@ -101,6 +101,18 @@ def test_another_structure_gets_its_own_kernel_only_once_compiled(
                 == general.activity).all()
 
 
+def test_the_chains_found_without_a_kernel_are_remembered_within_a_bound(
+        tiny: retwin.Scenario, own_marks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service sees a new structure with each new-plant what-if: the keys it found no
+    kernel for are kept up to a bound, then forgotten (and looked up again)."""
+    monkeypatch.setattr(specialised, "_ABSENT_MAX", 2)
+    static = retwin.prepare(tiny).kernel_static
+    for key in ("a" * 32, "b" * 32, "c" * 32):
+        assert specialised.kernel_for(key, static) is None
+        assert key in specialised._ABSENT and len(specialised._ABSENT) <= 2
+    assert "a" * 32 not in specialised._ABSENT
+
+
 def test_chain_kernels_can_be_turned_off(tiny_chain: Compiled,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(engine_model, "CHAIN_KERNELS", False)

@@ -37,8 +37,10 @@ __all__ = ["kernel_for", "specialise", "structure_key"]
 
 #: Specialised kernels this process has, by key.
 _KERNELS: dict[str, Callable[..., None]] = {}
-#: Keys this process found no specialised kernel for (looked up once per process).
+#: Keys this process found no specialised kernel for (looked up once per process; forgotten
+#: past :data:`_ABSENT_MAX`, as a service sees a new structure with each new-plant what-if).
 _ABSENT: set[str] = set()
+_ABSENT_MAX = 4096
 _CODE_DIGEST: bytes | None = None
 
 
@@ -125,6 +127,8 @@ def kernel_for(key: str, static: Mapping[str, np.ndarray]) -> Callable[..., None
     except OSError:  # no mark
         ready = False
     if not ready:
+        if len(_ABSENT) >= _ABSENT_MAX:
+            _ABSENT.clear()  # looked up again: a stat of the mark each
         _ABSENT.add(key)
         return None
     kernel = _KERNELS[key] = _build(key, static)

@@ -278,7 +278,7 @@ def simulate(res: Any) -> dict[str, dict[int, float]]:
 
     def kpi(name: str, key: str, y: int, default: float) -> float:
         try:
-            return float(res.kpi(name, key, y))
+            return res.kpi(name, key, y)
         except KeyError:
             return default
 
@@ -289,7 +289,8 @@ def simulate(res: Any) -> dict[str, dict[int, float]]:
                 for y in years}
 
     def markets(name: str, ids: Sequence[str]) -> dict[int, float]:
-        keys = [k for k in c.market_ids if k in set(ids)]  # in the KPI table's order
+        wanted = set(ids)
+        keys = [k for k in c.market_ids if k in wanted]  # in the KPI table's order
         out = {}
         for y in years:  # (a market without the year's row adds nothing, as in a group-by)
             found = (kpi(name, k, y, math.nan) for k in keys)
