@@ -116,3 +116,48 @@ def test_a_parameter_change_names_a_path_that_does_not_exist(tiny: retwin.Scenar
                                      "value": 1}])
     assert err.value.problems[0][0] == "changes[0].path"
     assert "nowhere" in err.value.problems[0][1]
+
+
+def _validated_whole(sc: retwin.Scenario, changes: list[dict[str, Any]]) -> retwin.Scenario:
+    """``changes`` applied as a tree: the scenario's data with each change's record appended
+    (a rewriting change applied first, in order), the whole validated again."""
+    from retwin.scenario.load import CHANGE_ADAPTER, validate_tree
+
+    tree = sc.model_dump(by_alias=True, mode="json")
+    for ch in changes:
+        if KINDS[ch["kind"]].reaches == "data":
+            tree = retwin.apply_changes(validate_tree(tree), [ch]).model_dump(
+                by_alias=True, mode="json")
+        else:
+            tree["changes"].append(CHANGE_ADAPTER.validate_python(ch).model_dump(
+                by_alias=True, mode="json"))
+    return validate_tree(tree)
+
+
+@pytest.mark.parametrize("kinds", [
+    *[(k,) for k in sorted(EXAMPLES) if KINDS[k].reaches != "data"],
+    tuple(sorted(k for k in EXAMPLES if KINDS[k].reaches != "data")),
+    ("quota", "parameter", "demand"),
+    ("plant", "trade"),
+])
+def test_changes_the_engine_plays_give_the_scenario_validating_it_whole_gives(
+        tiny: retwin.Scenario, kinds: tuple[str, ...]) -> None:
+    """A what-if of changes the engine plays only keeps the scenario's data as it was
+    (shared, not validated again): the scenario is the one validating the whole tree with the
+    changes appended gives, field for field and hash for hash; with a change that rewrites
+    the data among them, the whole tree is validated."""
+    from retwin.scenario.load import scenario_hash
+
+    base = retwin.apply_changes(tiny, [EXAMPLES["capacity"][0]])  # changes of its own
+    changes = [EXAMPLES[k][0] for k in kinds]
+    fast = retwin.apply_changes(base, changes)
+    whole = _validated_whole(base, changes)
+    assert fast == whole
+    assert fast.model_dump(by_alias=True, mode="json") == whole.model_dump(by_alias=True,
+                                                                           mode="json")
+    assert scenario_hash(fast) == scenario_hash(whole)
+    assert len(fast.changes) == len(base.changes) + sum(
+        KINDS[k].reaches != "data" for k in kinds)
+    if all(KINDS[k].reaches != "data" for k in kinds):
+        assert fast.plants is base.plants  # the data shared, not validated again
+    assert len(base.changes) == 1  # the scenario given is as it was

@@ -514,14 +514,15 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
     typed = _parse_each(changes)
     if not typed:
         return scenario
-    tree = scenario.model_dump(by_alias=True, mode="json")  # (new containers: ours to change)
+    tree: dict[str, Any] | None = None  # the scenario's data, once a change rewrites it
+    played: list[dict[str, Any]] = []  # the changes the engine plays, as they are listed
     problems: list[tuple[str, str]] = []
     current, dirty = scenario, False
     for i, (ch, ok, parse_problems) in enumerate(typed):
         problems += parse_problems
         if ch is None:
             continue
-        if dirty:
+        if dirty and tree is not None:
             # a change may name what an earlier change of the same list added
             try:
                 current = validate_tree(copy.deepcopy(tree))
@@ -532,13 +533,26 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
         if not ok:
             continue  # reported; the rest of it was still checked against the scenario
         if ch.reaches == "data":
+            if tree is None:  # (new containers: ours to change)
+                tree = scenario.model_dump(by_alias=True, mode="json")
+                tree.setdefault("changes", []).extend(played)
             dirty = True
             problems += rewrite(tree, i, ch, scenario)
         else:  # played by the engine on its dates
-            tree.setdefault("changes", []).append(ch.model_dump(by_alias=True, mode="json"))
+            entry = ch.model_dump(by_alias=True, mode="json")
+            played.append(entry)
+            if tree is not None:
+                tree.setdefault("changes", []).append(entry)
     if problems:
         raise ScenarioError(_unique(problems))
-    return validate_tree(tree)
+    if tree is not None:
+        return validate_tree(tree)
+    # Only changes the engine plays: the scenario's data is as it was (valid, and frozen, so
+    # shared), and its list of changes grows by these, each read back from its record as
+    # validating the whole tree would read it -- the same scenario, without validating the
+    # rest again. The scenario's own rules see changes only to refuse those that rewrite it.
+    return scenario.model_copy(update={"changes": [
+        *scenario.changes, *(CHANGE_ADAPTER.validate_python(e) for e in played)]})
 
 
 def scenario_hash(scenario: Scenario | dict[str, Any]) -> str:
