@@ -337,6 +337,32 @@ def test_one_layout_per_compiled_scenario(tiny: retwin.Scenario) -> None:
     pd.testing.assert_frame_equal(fresh, retwin.run(retwin.prepare(tiny), seed=1).kpis)
 
 
+def test_runs_that_keep_their_capacity_share_it_and_a_change_has_its_own(
+        tiny: retwin.Scenario) -> None:
+    """The nameplate activity of runs whose capacity did not change depends on the compiled
+    scenario alone: made once (per day, month and year), read-only, shared, and the numbers
+    a run would make alone. A run whose capacity changed makes its own."""
+    c = retwin.prepare(tiny)
+    a, b = retwin.run(c, seed=1), retwin.run(c, seed=2)
+    assert not a.capacity_log and a.capacity_days is b.capacity_days
+    assert a.capacity_month is b.capacity_month
+    plain = c.ramp * c.nameplate_tpa[:, None] / 365.0
+    assert np.array_equal(a.capacity_days, plain)
+    assert np.array_equal(a.capacity_month, np.add.reduceat(plain, c.month_start_day, axis=1))
+    with pytest.raises(ValueError, match="read-only"):
+        a.capacity_days[0, 0] = 1.0
+    cut = retwin.run(c, seed=1, changes=[{"kind": "capacity", "plant": "metal",
+                                           "factor": 0.5, "from": "2024-06-01"}])
+    assert cut.capacity_log and cut.capacity_days is not a.capacity_days
+    p = cut.compiled.plant_ids.index("metal")
+    day = (np.datetime64("2024-06-01") - np.datetime64(tiny.start)).astype(int)
+    assert np.array_equal(cut.capacity_days[p, day:], plain[p, day:] * 0.5)
+    assert np.array_equal(cut.capacity_days[p, :day], plain[p, :day])
+    assert cut.capacity_days.flags.writeable
+    assert np.array_equal(cut.kpi_values, retwin.run(c, seed=1, changes=[
+        {"kind": "capacity", "plant": "metal", "factor": 0.5, "from": "2024-06-01"}]).kpi_values)
+
+
 # --- the command line, the reports, the service -------------------------------------------
 
 

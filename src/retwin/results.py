@@ -77,6 +77,48 @@ def _calendar(c: Compiled) -> _Calendar:
     return cast(_Calendar, cached[0])
 
 
+class _Capacity:
+    """A run's nameplate activity (plants x days, its sums by month and by year), made when
+    first read. Without capacity changes during the run it depends on the compiled
+    scenario alone: one read-only set is kept per compiled scenario (:func:`_held_capacity`)
+    and shared by its runs, the same numbers each would make."""
+
+    def __init__(self, c: Compiled, nameplate: FloatArray, shared: bool) -> None:
+        self.c, self.nameplate, self.shared = c, nameplate, shared
+
+    def _kept(self, a: FloatArray) -> FloatArray:
+        if self.shared:
+            a.flags.writeable = False
+        return a
+
+    @cached_property
+    def days(self) -> FloatArray:
+        """(P, D) nameplate activity per day a plant had (commissioned, ramped, not
+        retired)."""
+        out = np.multiply(self.c.ramp, self.nameplate)
+        out /= 365.0
+        return self._kept(out)
+
+    @cached_property
+    def month(self) -> FloatArray:
+        """(P, T) the sum of :attr:`days` per month."""
+        return self._kept(np.add.reduceat(self.days, self.c.month_start_day, axis=1))
+
+    @cached_property
+    def year(self) -> FloatArray:
+        """(P, Y) the sum of :attr:`days` per calendar year."""
+        return self._kept(np.add.reduceat(self.days, _calendar(self.c).day_starts, axis=-1))
+
+
+def _held_capacity(c: Compiled) -> _Capacity:
+    """The :class:`_Capacity` of every run of ``c`` whose capacity did not change."""
+    cached = c.labels.get("capacity")
+    if cached is None:
+        cap = _Capacity(c, c.nameplate_tpa[:, None], shared=True)
+        cached = c.labels["capacity"] = (cap, cap)
+    return cast(_Capacity, cached[0])
+
+
 @dataclass(frozen=True)
 class Balance:
     """Residuals of the mass balance: per material (own unit) and per element (t REO).
@@ -184,23 +226,26 @@ class RunResult:
         return out
 
     @cached_property
+    def _capacity(self) -> _Capacity:
+        if not self.capacity_log:  # held all along: as every such run of the scenario
+            return _held_capacity(self.compiled)
+        return _Capacity(self.compiled, self.nameplate_days, shared=False)  # as changed
+
+    @property
     def capacity_days(self) -> FloatArray:
-        """(P, D) nameplate activity per day a plant had (commissioned, ramped, not retired)."""
-        nameplate = (self.compiled.nameplate_tpa[:, None] if not self.capacity_log
-                     else self.nameplate_days)  # (held all along, or as changed)
-        out = np.multiply(self.compiled.ramp, nameplate)
-        out /= 365.0
-        return out
+        """(P, D) nameplate activity per day a plant had (commissioned, ramped, not retired).
+        Read-only when no capacity changed during the run (then shared by such runs)."""
+        return self._capacity.days
 
     @cached_property
     def activity_month(self) -> FloatArray:
         """(P, T) activity per plant and month (the sum of its days)."""
         return np.add.reduceat(self.activity, self.compiled.month_start_day, axis=1)
 
-    @cached_property
+    @property
     def capacity_month(self) -> FloatArray:
         """(P, T) nameplate activity per plant and month (the sum of :attr:`capacity_days`)."""
-        return np.add.reduceat(self.capacity_days, self.compiled.month_start_day, axis=1)
+        return self._capacity.month
 
     @cached_property
     def kpis(self) -> pd.DataFrame:
@@ -570,9 +615,9 @@ class _Annual:
     def act(self) -> FloatArray:  # (P, Y) activity units
         return self.r._by_year(self.r.activity)
 
-    @cached_property
+    @property
     def cap(self) -> FloatArray:  # (P, Y) nameplate activity the plants had
-        return self.r._by_year(self.r.capacity_days)
+        return self.r._capacity.year
 
     @cached_property
     def imp(self) -> FloatArray:  # (K, Y) the market's material
