@@ -789,6 +789,21 @@ def test_monthly_bands_are_ordered_and_span_the_replications(tiny: Scenario) -> 
     assert (noisy.p95 - noisy.p5).max() > 0  # price noise makes replications differ
 
 
+def test_one_replication_reads_its_monthly_values_from_its_run(tiny: Scenario) -> None:
+    """A set of one replication keeps its run whole and reads its monthly values from it
+    when they are wanted: the bands and the stage output are those of the run's own values
+    stacked as a set of many keeps them."""
+    rs = retwin.run_replications(tiny, 1, seed=5)
+    assert rs.monthly_stack is None
+    stacked = retwin.ReplicationSet(rs.first, kpi_values=[rs.first.kpi_values],
+                                    seeds=rs.seeds,
+                                    monthly_stack=rs.first.monthly_array()[None, :])
+    pd.testing.assert_frame_equal(rs.monthly_bands, stacked.monthly_bands)
+    pd.testing.assert_frame_equal(rs.stage_output, stacked.stage_output)
+    b = rs.monthly_bands
+    assert (b["p5"] == b["mean"]).all() and (b["p95"] == b["mean"]).all()
+
+
 # --- the compiled scenario ------------------------------------------------------------------
 
 

@@ -1137,7 +1137,8 @@ class ReplicationSet:
             raise ValueError("a replication set needs either KPI frames or KPI values")
         self.first = first
         self.seeds = list(seeds)
-        self.monthly_stack = monthly_stack  # (replications, rows of first.monthly_values())
+        #: (replications, rows of first.monthly_values()); ``None``: the first run's alone
+        self.monthly_stack = monthly_stack
         self._frames = None if kpi_frames is None else list(kpi_frames)
         self._values = None if kpi_values is None else list(kpi_values)
 

@@ -124,11 +124,12 @@ def run_replications(
     c = prepare(scenario, changes)
     first = None
     values = []
-    monthly = []
+    monthly = []  # (one run: its monthly values are read from it, when they are wanted)
     for r in range(replications):
         res = run(c, seed=seed, replication=r)
         values.append(res.kpi_values)
-        monthly.append(res.monthly_array())
+        if replications > 1:
+            monthly.append(res.monthly_array())
         if each is not None:
             each(res)
         if first is None:
@@ -138,7 +139,7 @@ def run_replications(
     assert first is not None
     return ReplicationSet(first=first, kpi_values=values,
                           seeds=[(seed, r) for r in range(replications)],
-                          monthly_stack=np.stack(monthly))
+                          monthly_stack=np.stack(monthly) if monthly else None)
 
 
 def warmup(*chains: str | Path | Scenario | Compiled) -> float:
