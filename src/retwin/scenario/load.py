@@ -509,7 +509,9 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
     Plant additions and retirements and parameter changes rewrite the scenario's data; the
     timed changes (quota, price, capacity, outage, demand, trade, reserve) are appended to
     ``scenario.changes`` and played by the engine on their dates. Each change is checked
-    against the scenario (unknown plant, quota, market…) and the result is validated again.
+    against the scenario (unknown plant, quota, market…). A scenario whose data a change
+    rewrote is validated again whole; one that only gained changes the engine plays keeps
+    its data (valid, frozen, shared with ``scenario``) and lists them after its own.
     """
     typed = _parse_each(changes)
     if not typed:
