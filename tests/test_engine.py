@@ -22,6 +22,7 @@ from retwin.engine.model import ChainModel
 from retwin.kernels import flow as flow_kernel
 from retwin.kernels import outages as outage_kernels
 from retwin.kernels import streams
+from retwin.kernels import tables as table_kernels
 from retwin.kernels import trade as trade_kernel
 from retwin.kernels.flow import BIND_OUTAGE
 from retwin.processes import base as outage_drawing
@@ -269,16 +270,26 @@ def test_runs_with_one_seed_share_its_drawn_price_and_demand_paths(
 
 def test_warmup_compiles_the_outage_and_stream_kernels_a_run_calls() -> None:
     """Warm-up compiles (or loads) the kernels that build the outage calendar, seed the
-    random streams, set the monthly trade caps and relabel the days plants held back;
-    compiled, a run with markets and random outages after it adds no signature to them."""
+    random streams, set the monthly trade caps and relabel the days plants held back, and
+    those of the result tables (the binding shares, for a run whose capacity held -- its
+    nameplate activity shared and read-only -- and for one whose capacity changed; the
+    mass balance); compiled, runs with markets and random outages after it, and their
+    bottlenecks, add no signature to them."""
     retwin.warmup()
     entries = (outage_kernels._calendar, outage_kernels._reached, streams._generate64,
-               flow_kernel._relabel, trade_kernel._hand_over)
+               flow_kernel._relabel, trade_kernel._hand_over, table_kernels._binding_weights,
+               table_kernels._mass_balance)
     kernels = {f.__name__: f for f in entries if hasattr(f, "signatures")}  # (none: no JIT)
     before = {n: len(f.signatures) for n, f in kernels.items()}
     assert all(before.values())
-    res = retwin.run(retwin.load_scenario("tiny-markets"), seed=4)
+    sc = retwin.load_scenario("tiny-markets")
+    res = retwin.run(sc, seed=4)
     assert any(e[1] == "failure" for e in res.events)
+    assert not res.capacity_log and not res.capacity_days.flags.writeable
+    cut = retwin.run(sc, seed=4, changes=[{"kind": "capacity", "plant": "metal",
+                                           "factor": 0.5, "from": "2024-03-01"}])
+    assert cut.capacity_log and cut.capacity_days.flags.writeable
+    assert len(res.bottlenecks) and len(cut.bottlenecks)
     assert {n: len(f.signatures) for n, f in kernels.items()} == before
 
 

@@ -37,8 +37,11 @@ def warmup() -> float:
     outages.reached(no_draws, no_plants, no_draws, no_draws, 1)
     outages.calendar(no_draws, no_plants, no_draws, no_draws, no_plants, no_days, no_days, 1)
     streams.generate_state(np.zeros(1, np.int64), 0, 4, np.uint64)
-    tables.binding_weights(np.zeros((0, 1), np.int8), np.zeros((0, 1)), no_days, 0, 1,
-                           np.zeros(1, np.int64), 1)
+    held = np.zeros((0, 1))  # a run's nameplate activity when its capacity held: shared,
+    held.flags.writeable = False  # read-only (retwin.results), a type of its own to Numba
+    for weight in (np.zeros((0, 1)), held):
+        tables.binding_weights(np.zeros((0, 1), np.int8), weight, no_days, 0, 1,
+                               np.zeros(1, np.int64), 1)
     tables.mass_balance(no_days, no_draws, no_draws, no_draws, np.zeros((6, 0)),
                         np.zeros((0, 1)), np.zeros((0, 0)), np.zeros((0, 0)), 1e-9)
     return time.perf_counter() - t0
