@@ -185,6 +185,35 @@ def test_national_models_refer_to_every_fitted_key(name: str) -> None:
         assert not any("{" + k + "}" in text for k in BASE_YEAR_RECORD)
 
 
+def test_a_fits_trials_load_the_scenario_loading_the_model_gives() -> None:
+    """A fit evaluates the model's formulas once and, per trial, only those naming a free
+    key: each trial's scenario is the one loading the model with its values gives (field
+    for field), and a trial whose values break a formula or the schema is refused with the
+    same problems."""
+    from retwin.validation.fit import _Trials, _with_values
+
+    tree = resolve_model(v.NATIONAL_MODEL)
+    params = formula_parameters()
+    free = v.FREE_PARAMETERS
+    trials = _Trials(tree, {p.key for p in free})
+    assert trials.slots  # the free keys are named by some of the model's formulas
+    rng = np.random.default_rng(3)
+    for _ in range(4):
+        values = {p.key: float(rng.uniform(*p.bounds(params))) for p in free}
+        fast = trials.scenario(values)
+        assert fast == _with_values(tree, values)
+        assert fast.model_dump(mode="json") == _with_values(tree, values).model_dump(mode="json")
+    assert trials.scenario({}) == _with_values(tree, {})  # the data's own values
+    for bad in ({free[0].key: float("nan")}, {free[1].key: 1e308, free[2].key: 1e308},
+                {free[4].key: -1.0}):
+        values = {p.key: p.upper for p in free} | bad
+        with pytest.raises(ScenarioError) as slow:
+            _with_values(tree, values)
+        with pytest.raises(ScenarioError) as quick:
+            trials.scenario(values)
+        assert quick.value.problems == slow.value.problems
+
+
 # --- the fit (slow: about a thousand runs) ---------------------------------------------
 
 

@@ -201,6 +201,11 @@ def _short(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def formula_keys(text: str) -> set[str]:
+    """The data keys (``{key}``) formula ``text`` names."""
+    return set(_KEY.findall(text))
+
+
 def evaluate_formula(text: str, params: dict[str, Parameter]) -> float:
     """Evaluate ``= expr`` where ``expr`` uses numbers, + - * / **, min/max/round and ``{key}``.
 
