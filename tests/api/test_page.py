@@ -140,19 +140,21 @@ def test_why_attributes_each_cards_difference_to_the_changes(client: TestClient)
              for c in THREE]
     without = [client.post(f"{API}/runs", params={"wait": 120}, json=whatif(
         changes=THREE[:i] + THREE[i + 1:], replications=2, seed=4)).json() for i in range(3)]
-    summary = client.get(f"{API}/runs/{run['id']}/summary").json()["result"]
-    cards = {c["id"]: c for c in summary["cards"]}
+    def cards_of(r: dict[str, Any]) -> dict[str, Any]:
+        summary = client.get(f"{API}/runs/{r['id']}/summary").json()["result"]
+        return {c["id"]: c for c in summary["cards"]}
+
+    cards = cards_of(run)
+    alone_cards, without_cards = [cards_of(r) for r in alone], [cards_of(r) for r in without]
     moved = 0
     for c in w["cards"]:
         assert c["total"] == cards[c["id"]]["delta"]
         for k, year in enumerate(c["years"]):
             total = c["total"][k]
             for i in range(3):
-                a = client.get(f"{API}/runs/{alone[i]['id']}/summary").json()["result"]
-                one = next(x for x in a["cards"] if x["id"] == c["id"])["delta"][k]
+                one = alone_cards[i][c["id"]]["delta"][k]
                 assert c["one"][i][k] == pytest.approx(one, abs=1e-9), (c["id"], year, i)
-                wo = client.get(f"{API}/runs/{without[i]['id']}/summary").json()["result"]
-                rest = next(x for x in wo["cards"] if x["id"] == c["id"])["delta"][k]
+                rest = without_cards[i][c["id"]]["delta"][k]
                 assert c["marginal"][i][k] == pytest.approx(total - rest, abs=1e-9)
             assert total == pytest.approx(
                 sum(c["one"][i][k] for i in range(3)) + c["interaction"][k], abs=1e-9)
