@@ -22,6 +22,8 @@ from retwin.results import _COMPUTE
 from retwin.scenario.schema import ELEMENTS, STAGE_GROUP, STAGES
 
 REFERENCE = ["baotou-2024", "baotou-2022", "china-2024", "china-2020", "baotou-2024-paths"]
+EXAMPLE_QUOTA = {"kind": "quota", "quota": "mining", "factor": 0.5, "from": "2024-06-01"}
+EXAMPLE_PRICE = {"kind": "price", "material": "magnet", "factor": 1.5, "from": "2024-06-01"}
 
 
 # --- the declaration itself ----------------------------------------------------------------
@@ -361,6 +363,33 @@ def test_runs_that_keep_their_capacity_share_it_and_a_change_has_its_own(
     assert cut.capacity_days.flags.writeable
     assert np.array_equal(cut.kpi_values, retwin.run(c, seed=1, changes=[
         {"kind": "capacity", "plant": "metal", "factor": 0.5, "from": "2024-06-01"}]).kpi_values)
+
+
+def test_what_ifs_that_change_no_plant_share_the_calendar_and_the_nameplate_activity(
+        tiny: retwin.Scenario) -> None:
+    """Compiled what-ifs of one model whose plants and calendar are the model's share its
+    calendar and its runs' nameplate activity (made once, by content); a what-if that
+    changes a plant's capacity in the data, or the horizon, has its own. Each is what a
+    run of that scenario alone makes."""
+    from retwin.results import _calendar
+
+    quota = retwin.prepare(retwin.apply_changes(tiny, [EXAMPLE_QUOTA]))
+    price = retwin.prepare(retwin.apply_changes(tiny, [EXAMPLE_PRICE]))
+    bigger = retwin.prepare(retwin.apply_changes(tiny, [
+        {"kind": "parameter", "path": "plants.metal.capacity_tpa", "value": 9999.0}]))
+    shorter = retwin.prepare(retwin.apply_changes(tiny, [
+        {"kind": "parameter", "path": "end", "value": "2024-09-30"}]))
+    a, b = retwin.run(quota, seed=1), retwin.run(price, seed=1)
+    assert _calendar(quota) is _calendar(price)
+    assert a.capacity_days is b.capacity_days and a.capacity_month is b.capacity_month
+    for c in (bigger, shorter):
+        r = retwin.run(c, seed=1)
+        assert r.capacity_days is not a.capacity_days
+        assert np.array_equal(r.capacity_days, c.ramp * c.nameplate_tpa[:, None] / 365.0)
+        assert np.array_equal(r.capacity_month,
+                              np.add.reduceat(r.capacity_days, c.month_start_day, axis=1))
+    assert _calendar(shorter) is not _calendar(quota)
+    assert np.array_equal(a.capacity_days, quota.ramp * quota.nameplate_tpa[:, None] / 365.0)
 
 
 # --- the command line, the reports, the service -------------------------------------------

@@ -60,31 +60,40 @@ class _Calendar:
     days: FloatArray  # (Y,) the days of each year in the run
 
 
+#: Recent calendars by what they are made of (a run's first day and its length): the
+#: compiled scenarios of what-ifs on one model share one.
+_CALENDARS: Kept[_Calendar] = Kept(max_items=8)
+
+
 def _calendar(c: Compiled) -> _Calendar:
     cached = c.labels.get("calendar")
     if cached is None:
-        years = sorted({y for y, _ in c.months})
-        year_of_day = c.dates.astype("datetime64[Y]").astype(np.int64) + 1970
-        year_of_month = np.array([y for y, _ in c.months], dtype=np.int64)
-        month_starts = np.searchsorted(year_of_month, years)
-        cal = _Calendar(years, year_of_day, year_of_month,
-                        np.searchsorted(year_of_day, years), month_starts,
-                        np.searchsorted(year_of_day, years, side="right") - 1,
-                        [year_of_month == y for y in years],
-                        np.bincount(year_of_day - years[0],
-                                    minlength=len(years)).astype(np.float64))
+        cal = _CALENDARS.get_or_make((str(c.dates[0]), c.n_days), lambda: _make_calendar(c))
         cached = c.labels["calendar"] = (cal, cal)
     return cast(_Calendar, cached[0])
+
+
+def _make_calendar(c: Compiled) -> _Calendar:
+    years = sorted({y for y, _ in c.months})
+    year_of_day = c.dates.astype("datetime64[Y]").astype(np.int64) + 1970
+    year_of_month = np.array([y for y, _ in c.months], dtype=np.int64)
+    month_starts = np.searchsorted(year_of_month, years)
+    return _Calendar(years, year_of_day, year_of_month,
+                     np.searchsorted(year_of_day, years), month_starts,
+                     np.searchsorted(year_of_day, years, side="right") - 1,
+                     [year_of_month == y for y in years],
+                     np.bincount(year_of_day - years[0], minlength=len(years)).astype(np.float64))
 
 
 class _Capacity:
     """A run's nameplate activity (plants x days, its sums by month and by year), made when
     first read. Without capacity changes during the run it depends on the compiled
-    scenario alone: one read-only set is kept per compiled scenario (:func:`_held_capacity`)
-    and shared by its runs, the same numbers each would make."""
+    scenario's plants and calendar alone: one read-only set serves every such run
+    (:func:`_held_capacity`), the same numbers each would make."""
 
     def __init__(self, c: Compiled, nameplate: FloatArray, shared: bool) -> None:
-        self.c, self.nameplate, self.shared = c, nameplate, shared
+        self.ramp, self.nameplate, self.shared = c.ramp, nameplate, shared
+        self.month_start_day, self.day_starts = c.month_start_day, _calendar(c).day_starts
 
     def _kept(self, a: FloatArray) -> FloatArray:
         if self.shared:
@@ -95,26 +104,44 @@ class _Capacity:
     def days(self) -> FloatArray:
         """(P, D) nameplate activity per day a plant had (commissioned, ramped, not
         retired)."""
-        out = np.multiply(self.c.ramp, self.nameplate)
+        out = np.multiply(self.ramp, self.nameplate)
         out /= 365.0
         return self._kept(out)
 
     @cached_property
     def month(self) -> FloatArray:
         """(P, T) the sum of :attr:`days` per month."""
-        return self._kept(np.add.reduceat(self.days, self.c.month_start_day, axis=1))
+        return self._kept(np.add.reduceat(self.days, self.month_start_day, axis=1))
 
     @cached_property
     def year(self) -> FloatArray:
         """(P, Y) the sum of :attr:`days` per calendar year."""
-        return self._kept(np.add.reduceat(self.days, _calendar(self.c).day_starts, axis=-1))
+        return self._kept(np.add.reduceat(self.days, self.day_starts, axis=-1))
+
+    @property
+    def nbytes(self) -> int:
+        return self.days.nbytes + self.month.nbytes + self.year.nbytes
+
+
+def _made_held_capacity(c: Compiled) -> _Capacity:
+    cap = _Capacity(c, c.nameplate_tpa[:, None], shared=True)
+    cap.days, cap.month, cap.year  # noqa: B018 - made now: kept whole, shared, never changed
+    return cap
+
+
+#: Recent held-capacity sets by what they are made of (the plants' nameplate, the days their
+#: ramps and retirements fall on, the calendar): the compiled scenarios of what-ifs that
+#: change no plant share one.
+_HELD: Kept[_Capacity] = Kept(max_items=4, max_bytes=256 << 20, size=lambda cap: cap.nbytes)
 
 
 def _held_capacity(c: Compiled) -> _Capacity:
     """The :class:`_Capacity` of every run of ``c`` whose capacity did not change."""
     cached = c.labels.get("capacity")
     if cached is None:
-        cap = _Capacity(c, c.nameplate_tpa[:, None], shared=True)
+        key = (str(c.dates[0]), c.n_days, c.nameplate_tpa.tobytes(),
+               c.commission_day.tobytes(), c.ramp_days.tobytes(), c.retire_day.tobytes())
+        cap = _HELD.get_or_make(key, lambda: _made_held_capacity(c))
         cached = c.labels["capacity"] = (cap, cap)
     return cast(_Capacity, cached[0])
 
