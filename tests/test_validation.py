@@ -214,6 +214,29 @@ def test_a_fits_trials_load_the_scenario_loading_the_model_gives() -> None:
         assert quick.value.problems == slow.value.problems
 
 
+def test_a_first_fit_loads_its_trials_without_fitted_values(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before a first fit the data holds no fitted values: the formulas that name them are
+    evaluated by the trials alone, and a trial's scenario is still the one loading the model
+    with its values gives."""
+    import importlib
+
+    from retwin.validation.fit import _Trials, _with_values
+
+    fit_module = importlib.import_module("retwin.validation.fit")
+
+    free = v.FREE_PARAMETERS
+    data = {k: p for k, p in formula_parameters().items()
+            if k not in {f.key for f in free}}
+    monkeypatch.setattr(fit_module, "formula_parameters", lambda: data)
+    tree = resolve_model(v.NATIONAL_MODEL)
+    with pytest.raises(ScenarioError, match="unknown data key"):
+        _with_values(tree, {})  # the model alone does not load
+    trials = _Trials(tree, {p.key for p in free})
+    values = {p.key: p.upper * 0.6 for p in free}
+    assert trials.scenario(values) == _with_values(tree, values)
+
+
 # --- the fit (slow: about a thousand runs) ---------------------------------------------
 
 

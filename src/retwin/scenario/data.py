@@ -327,6 +327,12 @@ def check_tree_shape(tree: Any, path: str = "") -> None:
             stack.extend((v, (*loc, i)) for i, v in enumerate(node))
 
 
+def tree_path(loc: tuple[Any, ...], path: str = "") -> str:
+    """Where ``loc`` (keys and list positions) leads in a tree, as problems name it
+    (``plants[0].recipe``)."""
+    return _path(path, loc)
+
+
 def _path(path: str, loc: tuple[Any, ...]) -> str:
     """``plants[0].recipe`` from a location (list positions as ``[i]``, keys shortened)."""
     out = path

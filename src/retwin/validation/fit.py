@@ -34,12 +34,14 @@ from retwin.scenario.data import (
     PARAMETER_COLUMNS,
     Parameter,
     build_manifest,
+    check_tree_shape,
     evaluate_formula,
     formula_keys,
     formula_parameters,
     load_parameters,
     reference_dir,
     resolve_formulas,
+    tree_path,
 )
 
 # Overlay resolution (``base:``) without evaluating formulas, so that trial values of the free
@@ -179,19 +181,39 @@ class _Trials:
     def __init__(self, tree: Mapping[str, Any], keys: set[str]) -> None:
         self.source, self.keys = tree, set(keys)
         self.params = dict(formula_parameters())
-        resolved = resolve_formulas(tree, self.params)
+
+        def trial_only(text: str) -> bool:  # (a trial sets its value: it is evaluated then)
+            return bool(self.keys & formula_keys(text))
+
+        # every other formula evaluated now, as a load evaluates it (those that name a key
+        # the data does not hold yet, before a first fit, are the trials' alone)
+        check_tree_shape(tree)
+        problems: list[tuple[str, str]] = []
+
+        def walk(node: Any, loc: tuple[Any, ...]) -> Any:
+            if isinstance(node, Mapping):
+                return {k: walk(v, (*loc, k)) for k, v in node.items()}
+            if isinstance(node, list):
+                return [walk(v, (*loc, i)) for i, v in enumerate(node)]
+            if isinstance(node, str) and node.lstrip().startswith("=") and not trial_only(node):
+                try:
+                    return evaluate_formula(node, self.params)
+                except ValueError as exc:
+                    problems.append((tree_path(loc), str(exc)))
+            return node
+
+        resolved = walk(tree, ())
+        if problems:
+            raise ScenarioError(problems)
         #: (container in the resolved tree, its key or index, the formula)
         self.slots: list[tuple[Any, Any, str]] = []
-        stack: list[tuple[Any, Any]] = [(tree, resolved)]
+        stack: list[Any] = [resolved]
         while stack:
-            node, out = stack.pop()
-            items = (node.items() if isinstance(node, Mapping)
-                     else enumerate(node) if isinstance(node, list) else ())
-            for k, v in items:
-                if isinstance(v, Mapping | list):
-                    stack.append((v, out[k]))
-                elif (isinstance(v, str) and v.lstrip().startswith("=")
-                      and keys & formula_keys(v)):
+            out = stack.pop()
+            for k, v in (out.items() if isinstance(out, dict) else enumerate(out)):
+                if isinstance(v, dict | list):
+                    stack.append(v)
+                elif isinstance(v, str) and v.lstrip().startswith("=") and trial_only(v):
                     self.slots.append((out, k, v))
         self.changes = resolved.pop("changes", None) or []  # (what load_scenario applies)
         self.tree = resolved
