@@ -327,12 +327,6 @@ def check_tree_shape(tree: Any, path: str = "") -> None:
             stack.extend((v, (*loc, i)) for i, v in enumerate(node))
 
 
-def tree_path(loc: tuple[Any, ...], path: str = "") -> str:
-    """Where ``loc`` (keys and list positions) leads in a tree, as problems name it
-    (``plants[0].recipe``)."""
-    return _path(path, loc)
-
-
 def _path(path: str, loc: tuple[Any, ...]) -> str:
     """``plants[0].recipe`` from a location (list positions as ``[i]``, keys shortened)."""
     out = path
@@ -346,20 +340,23 @@ def _path(path: str, loc: tuple[Any, ...]) -> str:
     return out
 
 
-def resolve_formulas(tree: Any, params: dict[str, Parameter] | None = None, path: str = "") -> Any:
-    """Return a copy of a parsed YAML tree with every ``"= …"`` string evaluated.
+def resolve_formulas(tree: Any, params: dict[str, Parameter] | None = None, path: str = "",
+                     leave: Callable[[str], bool] | None = None) -> Any:
+    """Return a copy of a parsed YAML tree with every ``"= …"`` string evaluated (but those
+    ``leave`` is true of, left as written).
 
     Every bad formula is reported (one problem each, at its path) in one
     :class:`ScenarioError`; so is a tree too deep or too large (see :func:`check_tree_shape`).
     """
-    out, problems = resolve_formulas_collect(tree, params, path)
+    out, problems = resolve_formulas_collect(tree, params, path, leave)
     if problems:
         raise ScenarioError([(where, msg) for where, _, msg in problems])
     return out
 
 
 def resolve_formulas_collect(
-    tree: Any, params: dict[str, Parameter] | None = None, path: str = ""
+    tree: Any, params: dict[str, Parameter] | None = None, path: str = "",
+    leave: Callable[[str], bool] | None = None,
 ) -> tuple[Any, list[tuple[str, tuple[Any, ...], str]]]:
     """:func:`resolve_formulas` that returns its problems instead of raising them: the tree
     (a bad formula left as written) and ``(path, location, message)`` per bad formula, the
@@ -372,7 +369,8 @@ def resolve_formulas_collect(
             return {k: walk(v, (*loc, k)) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(v, (*loc, i)) for i, v in enumerate(node)]
-        if isinstance(node, str) and node.lstrip().startswith("="):
+        if (isinstance(node, str) and node.lstrip().startswith("=")
+                and (leave is None or not leave(node))):
             nonlocal params
             if params is None:
                 params = formula_parameters()

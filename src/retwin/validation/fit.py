@@ -34,14 +34,12 @@ from retwin.scenario.data import (
     PARAMETER_COLUMNS,
     Parameter,
     build_manifest,
-    check_tree_shape,
     evaluate_formula,
     formula_keys,
     formula_parameters,
     load_parameters,
     reference_dir,
     resolve_formulas,
-    tree_path,
 )
 
 # Overlay resolution (``base:``) without evaluating formulas, so that trial values of the free
@@ -162,10 +160,16 @@ def _with_values(tree: Mapping[str, Any], values: Mapping[str, float]) -> Scenar
     """A resolved model ``tree`` (:func:`~retwin.scenario.load.resolve_model`: overlays
     merged, formulas not evaluated; left as it is) loaded with ``values`` put in for data
     keys. A fit reads and merges the model's files once, then calls this per trial."""
-    params = dict(formula_parameters())
+    return load_scenario(resolve_formulas(tree, _trial_params(formula_parameters(), values)))
+
+
+def _trial_params(data: Mapping[str, Parameter], values: Mapping[str, float]
+                  ) -> dict[str, Parameter]:
+    """The data's parameters with ``values`` put in for their keys (a fit's trial)."""
+    params = dict(data)
     for key, v in values.items():
         params[key] = Parameter(key, float(v), "", "", "derived", "trial value of a fit", "")
-    return load_scenario(resolve_formulas(tree, params))
+    return params
 
 
 class _Trials:
@@ -187,24 +191,7 @@ class _Trials:
 
         # every other formula evaluated now, as a load evaluates it (those that name a key
         # the data does not hold yet, before a first fit, are the trials' alone)
-        check_tree_shape(tree)
-        problems: list[tuple[str, str]] = []
-
-        def walk(node: Any, loc: tuple[Any, ...]) -> Any:
-            if isinstance(node, Mapping):
-                return {k: walk(v, (*loc, k)) for k, v in node.items()}
-            if isinstance(node, list):
-                return [walk(v, (*loc, i)) for i, v in enumerate(node)]
-            if isinstance(node, str) and node.lstrip().startswith("=") and not trial_only(node):
-                try:
-                    return evaluate_formula(node, self.params)
-                except ValueError as exc:
-                    problems.append((tree_path(loc), str(exc)))
-            return node
-
-        resolved = walk(tree, ())
-        if problems:
-            raise ScenarioError(problems)
+        resolved = resolve_formulas(tree, self.params, leave=trial_only)
         #: (container in the resolved tree, its key or index, the formula)
         self.slots: list[tuple[Any, Any, str]] = []
         stack: list[Any] = [resolved]
@@ -221,10 +208,7 @@ class _Trials:
     def scenario(self, values: Mapping[str, float]) -> Scenario:
         if not self.keys.issuperset(values):  # (keys this object was not made for)
             return _with_values(self.source, values)
-        params = dict(self.params)
-        for key, v in values.items():
-            params[key] = Parameter(key, float(v), "", "", "derived", "trial value of a fit",
-                                    "")
+        params = _trial_params(self.params, values)
         for out, k, text in self.slots:
             try:
                 out[k] = evaluate_formula(text, params)
