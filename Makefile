@@ -37,9 +37,10 @@ test-jit: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # The same tests with the kernels as plain Python: catches code that only works compiled.
-# Long multi-run tests are marked slow and left to the compiled pass.
+# Long multi-run tests (marked slow) and tests about files, the console or the service
+# (marked io), whose subject does not change with the JIT, are left to the compiled pass.
 test-nojit: $(STAMP)
-	NUMBA_DISABLE_JIT=1 HYPOTHESIS_PROFILE=nojit $(BIN)/python -m pytest -q -m "not slow"
+	NUMBA_DISABLE_JIT=1 HYPOTHESIS_PROFILE=nojit $(BIN)/python -m pytest -q -m "not slow and not io"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks api examples

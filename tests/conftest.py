@@ -4,6 +4,12 @@ Hypothesis profiles: ``default`` (compiled kernels), ``nojit`` (the suite's seco
 ``NUMBA_DISABLE_JIT=1``, where every kernel call is plain Python) and ``thorough`` (a deliberate
 deep search), chosen by the environment variable ``HYPOTHESIS_PROFILE``.
 
+Markers: ``slow`` marks long multi-run and multi-process tests; ``io`` marks the modules whose
+subject is files, the console or the service (refused outputs, readers of the tables, the
+registry, the page), which do not change with the JIT. The pass with the JIT off
+(``make test-nojit``) leaves both to the compiled pass; the kernels' numbers, the engine, the
+markets, what-ifs, studies and the commands run in both.
+
 Builders (``mat``, ``plant``, ``make_scenario``) turn a few keyword arguments into a valid
 scenario mapping, so a test states only what it is about. They live here and are imported by
 the test modules (``from conftest import make_scenario``); ``tests/`` is on ``sys.path``.

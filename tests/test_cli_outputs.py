@@ -35,6 +35,8 @@ from hypothesis import strategies as st
 from conftest import TINY_PATH
 from retwin.cli import main
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 COMMANDS = ("run", "sweep", "report", "validation-report", "schema", "backcast")
 FILE_COMMANDS = ("report", "validation-report", "schema", "backcast")
 CLI = "import sys; from retwin.cli import main; sys.exit(main(sys.argv[1:]))"

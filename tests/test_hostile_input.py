@@ -38,6 +38,8 @@ from retwin.scenario import parse_changes
 from retwin.scenario.data import evaluate_formula, formula_parameters
 from retwin.scenario.schema import Scenario
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 NAN, INF = float("nan"), float("inf")
 
 #: One valid change of each kind, for the tiny model.

@@ -19,6 +19,8 @@ import retwin
 from retwin import whatif
 from retwin.kpis import catalogue
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 #: The logical type of every column of every table: str, int, float, date, time, bool.
 RUN_TABLES: dict[str, dict[str, str]] = {
     "series": {"date": "time", "kind": "str", "id": "str", "value": "float"},

@@ -16,6 +16,8 @@ import pytest
 import retwin
 from retwin import storage, whatif
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 
 def _same(df: pd.DataFrame) -> None:
     want = pa.Table.from_pandas(df, preserve_index=False, nthreads=1)

@@ -13,6 +13,8 @@ from apiutil import TestClient, settings_for, whatif
 from retwin_service.main import InsecureBind, create_app
 from retwin_service.registry import OPEN_OWNER, Registry, RegistryError
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 BOOT = "bootstrap-token-for-tests-0123456789"
 

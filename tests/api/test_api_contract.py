@@ -20,6 +20,8 @@ from retwin_service.main import create_app
 from retwin_service.registry import OPEN_OWNER, metadata
 from retwin_service.routes.runs import PERIOD_PATTERN, _date
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 
 

@@ -28,6 +28,8 @@ from retwin_service.jobs import StoreFailed, public_error
 from retwin_service.main import create_app
 from retwin_service.space import Space, is_no_space
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 MiB = 1 << 20
 

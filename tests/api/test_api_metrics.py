@@ -16,6 +16,8 @@ from retwin_service.main import create_app
 from retwin_service.observe import JsonFormatter, configure_logging
 from retwin_service.registry import Registry
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 
 

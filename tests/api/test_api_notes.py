@@ -11,6 +11,8 @@ from apiutil import TestClient, settings_for, whatif
 
 from retwin_service.main import create_app
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 
 #: tiny ships at most ~4,800 t/a of magnets: a 10,000 t/a cap is never reached; 2,000 is.

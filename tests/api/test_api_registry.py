@@ -30,6 +30,8 @@ from retwin_service.registry import (
     sqlite_url,
 )
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 BACKENDS = ["sqlite", "postgresql"]
 
 

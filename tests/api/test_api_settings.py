@@ -9,6 +9,8 @@ from pydantic import ValidationError
 
 from retwin_service.settings import Settings, is_loopback
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 
 def test_environment_and_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RETWIN_DATA_DIR", str(tmp_path))

@@ -14,6 +14,8 @@ from apiutil import TestClient, settings_for, whatif
 from retwin_service import tables
 from retwin_service.main import create_app
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 
 

@@ -31,6 +31,8 @@ from retwin.storage import (
 from retwin_service.jobs import deferred_for, result_dir
 from retwin_service.main import create_app
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 TABLES = ("series", "flows", "monthly", "stage_output", "kpis", "summary", "targets",
           "bottlenecks")

@@ -17,6 +17,8 @@ from apiutil import REPO, Server, TestClient, settings_for, whatif
 from retwin_service.main import GZIP_MIN_BYTES, create_app
 from retwin_service.routes import answer
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 ARTIFACTS = REPO / "tests" / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")

@@ -24,6 +24,8 @@ from retwin_service import tables
 from retwin_service.main import GZIP_MIN_BYTES, create_app
 from retwin_service.routes import answer
 
+pytestmark = pytest.mark.io  # files, the console or the service: see conftest.py
+
 API = "/api/v1"
 #: What the panels keep of a number: 4 significant digits.
 ROUNDED = 6e-4
