@@ -191,6 +191,21 @@ def test_a_file_output_replaces_a_file_only_with_force(command: str, ctx: dict[s
     assert snapshot(root) == before
 
 
+@pytest.mark.parametrize("command", ("report", "validation-report", "backcast"))
+def test_a_refused_file_output_is_told_before_the_work_starts(command: str, ctx: dict[str, Path],
+                                                              tmp_path: Path) -> None:
+    """The commands that compute for seconds before they write refuse their target first:
+    the refusal comes before the engine is even imported."""
+    root = user_tree(tmp_path / "home")
+    target = str(root / "file")
+    check = ("import sys; from retwin.cli import main; code = main(sys.argv[1:]); "
+             "print(sorted(m for m in sys.modules if m.startswith('retwin.engine')))")
+    proc = subprocess.run([sys.executable, "-c", check, *argv(command, target, ctx)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert one_error_line(proc.stderr, target).endswith("exists; add --force to replace it")
+    assert proc.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_read_only_folder(command: str, ctx: dict[str, Path], tmp_path: Path) -> None:
     root = user_tree(tmp_path / "ro")

@@ -926,13 +926,14 @@ def _backcast_tables(bc: Any) -> tuple[_Table, _Table]:
 
 def cmd_backcast(a: argparse.Namespace) -> int:
     from retwin._files import check_output_file, write_output_file
-    from retwin.validation import backcast
 
-    if a.csv is not None:
+    if a.csv is not None:  # refused before the model and its engine are even imported
         try:
             check_output_file(a.csv, force=a.force)
         except OutputError as exc:
             return _cannot_write("--csv", a.csv, exc)
+    from retwin.validation import backcast
+
     bc = backcast(a.model)
     for table in _backcast_tables(bc):
         out.print(table)
@@ -980,7 +981,20 @@ def cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _html_refused(a: argparse.Namespace) -> int | None:
+    """Exit code of a refused ``--html`` target, checked before the long work's imports."""
+    from retwin._files import check_output_file
+
+    try:
+        check_output_file(a.html, force=a.force)
+    except OutputError as exc:
+        return _cannot_write("--html", a.html, exc)
+    return None
+
+
 def cmd_validation_report(a: argparse.Namespace) -> int:
+    if (refused := _html_refused(a)) is not None:
+        return refused
     from retwin.validation import write_report
 
     try:
@@ -992,6 +1006,8 @@ def cmd_validation_report(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
+    if (refused := _html_refused(a)) is not None:
+        return refused
     from retwin.report.html import write_report
     from retwin.report.why import WhyError
 
