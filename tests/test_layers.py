@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import signal
 from pathlib import Path
 
 import pytest
@@ -197,13 +198,22 @@ def test_public_api_is_exactly_the_documented_set() -> None:
         assert getattr(retwin, name) is not None, name
 
 
+#: Modules imported by a fork server of workers only: importing one sets up that process
+#: (SIGTERM ignored, one BLAS thread, the kernels warmed), so the tests' process leaves it.
+FORK_SERVER_ONLY = ("retwin.batch.preload",)
+
+
 def test_every_subpackage_all_resolves() -> None:
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     for mod_name in sorted(MODULES):
-        if mod_name in ("retwin.cli",):
+        if mod_name in ("retwin.cli", *FORK_SERVER_ONLY):
             continue
         mod = importlib.import_module(mod_name)
         for name in getattr(mod, "__all__", []):
             assert hasattr(mod, name), f"{mod_name}.__all__ names missing {name!r}"
+    # importing a module changes no signal's handling: the commands and servers the later
+    # tests start inherit this process's (an ignored SIGTERM would not stop them)
+    assert {sig: signal.getsignal(sig) for sig in handlers} == handlers
 
 
 def test_error_hierarchy() -> None:
