@@ -11,6 +11,7 @@ import math
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ import yaml
 
 import retwin
 from retwin import validation as v
+from retwin.batch.executors import usable_cores
 from retwin.cli import main
 from retwin.errors import DataError, ScenarioError
 from retwin.scenario.data import (
@@ -243,8 +245,9 @@ def test_a_first_fit_loads_its_trials_without_fitted_values(
 @pytest.mark.slow
 def test_fit_is_reproducible_and_equals_the_committed_values() -> None:
     # the committed values were written by `retwin fit` in another process: a fit here that
-    # equals them is a fit that is reproducible (a seeded search; about a minute)
-    first = v.fit()
+    # equals them is a fit that is reproducible (a seeded search of about two thousand runs,
+    # here in two worker processes, as the command runs it on two cores)
+    first = v.fit(workers=2)
     committed = formula_parameters()
     for p in v.FREE_PARAMETERS:
         assert math.isclose(first.values[p.key], committed[p.key].value, rel_tol=1e-4), p.key
@@ -319,9 +322,18 @@ def test_fit_command_writes_the_fitted_table_and_the_manifest(
         bounds={p.key: p.bounds(params) for p in v.FREE_PARAMETERS}, cost=0.5, evaluations=3,
         message="stub", residuals=pd.DataFrame({"what": ["ndfeb_output"], "year": [2021],
                                                 "residual": [0.01]}))
-    monkeypatch.setattr(v, "fit", lambda model, progress=None: canned)
+    asked: list[int] = []
+
+    def stub(model: str, progress: Any = None, workers: int = 1) -> v.FitResult:
+        asked.append(workers)
+        return canned
+
+    monkeypatch.setattr(v, "fit", stub)
     assert main(["fit", "--dry-run"]) == 0
     assert "Dry run" in capsys.readouterr().out
+    assert main(["fit", "--dry-run", "--workers", "1"]) == 0
+    capsys.readouterr()
+    assert asked == [usable_cores(), 1]  # the cores by default
     assert formula_parameters()["fit.china.unreported_feed_t_reo"].value == \
         params["fit.china.unreported_feed_t_reo"].value
     assert main(["fit"]) == 0
@@ -435,3 +447,29 @@ def test_light_re_feed_is_separated_into_real_uses_and_exports(bc: v.Backcast) -
     assert sim["re_product_exports"][2022] > 0 and sim["re_product_imports"][2022] > 0
     assert sim["domestic_magnet_consumption"][2023] == pytest.approx(
         sim["ndfeb_output"][2023] - sim["magnet_exports"][2023])
+
+
+@pytest.mark.slow
+def test_a_fit_in_worker_processes_is_the_fit_in_this_one(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """A short search (a population of 7, one generation, a polish of about 20 runs): in 2
+    worker processes it asks for the same trials and finds the same fit, to the last bit."""
+    import importlib
+
+    fit_module = importlib.import_module("retwin.validation.fit")
+    monkeypatch.setattr(fit_module, "POPULATION", 1)
+    monkeypatch.setattr(fit_module, "POLISH_MAXFUN", 20)
+    counts: dict[int, list[int]] = {1: [], 2: []}
+    fits = {w: v.fit(generations=1, workers=w, progress=counts[w].append) for w in (1, 2)}
+    one, two = fits[1], fits[2]
+    assert one.evaluations == two.evaluations > 14  # the population's and the polish's
+    assert counts[1] == counts[2] == list(range(1, one.evaluations + 1))
+    assert one.values == two.values
+    assert one.cost.hex() == two.cost.hex()
+    assert [r.hex() for r in one.residuals.residual] == [r.hex() for r in two.residuals.residual]
+    assert one.message == two.message
+
+
+def test_the_fit_command_refuses_no_workers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["fit", "--workers", "0", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip() == "--workers(=0) must be >= 1"

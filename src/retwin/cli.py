@@ -952,11 +952,21 @@ def cmd_backcast(a: argparse.Namespace) -> int:
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
+    from retwin.batch.executors import stop_fork_server, usable_cores
     from retwin.validation import FIT_YEARS, fit, fitted_diff, write_fitted
 
-    with _progress() as prog:
-        task = prog.add_task(f"fit on {FIT_YEARS[0]}-{FIT_YEARS[-1]}", total=None)
-        res = fit(a.model, progress=lambda n: prog.update(task, completed=n))
+    workers = usable_cores() if a.workers is None else a.workers
+    if workers < 1:
+        err.print(f"--workers(={workers}) must be >= 1", markup=False)
+        return EXIT_BAD_INPUT
+    try:
+        with _progress() as prog:
+            task = prog.add_task(f"fit on {FIT_YEARS[0]}-{FIT_YEARS[-1]}", total=None)
+            res = fit(a.model, progress=lambda n: prog.update(task, completed=n),
+                      workers=workers)
+    finally:
+        if workers > 1:
+            stop_fork_server()  # the command leaves no process behind
     diff = fitted_diff(res)
     t = _table(title=f"Fit of {res.model} on {FIT_YEARS[0]}-{FIT_YEARS[-1]}: {res.evaluations} "
               f"runs, final cost {res.cost:.4g} ({res.message})", title_justify="left",
@@ -1099,6 +1109,9 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument("model", nargs="?", default="china-2020",
                     help="the back-cast model (default china-2020)")
     ft.add_argument("--dry-run", action="store_true", help="show the fit; write nothing")
+    ft.add_argument("--workers", type=int, metavar="N",
+                    help="local processes evaluating the search's trials at once (default: "
+                    "the cores this process may use; 1: this process). The fit is the same")
     ft.set_defaults(fn=cmd_fit)
 
     vr = sub.add_parser("validation-report", help="write the validation report: back-cast "

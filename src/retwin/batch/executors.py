@@ -93,6 +93,10 @@ _warm = False
 _thread_limits: Any = None
 
 
+class WorkerDied(RetwinError):
+    """A local worker process died under a task (out of memory, or killed)."""
+
+
 def warm_once() -> None:
     """Compile (or load) the kernels once per process."""
     global _warm
@@ -661,8 +665,8 @@ class ProcessExecutor(Executor):
                     if stop():  # a signal to the process group reached a starting worker
                         raise KeyboardInterrupt from None
                     self._pool = None
-                    raise RetwinError("a worker process died (out of memory, or killed); "
-                                      "finished points are kept: run again to resume") from None
+                    raise WorkerDied("a worker process died (out of memory, or killed); "
+                                     "finished points are kept: run again to resume") from None
                 yield result
             fill()
 

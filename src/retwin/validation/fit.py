@@ -15,10 +15,12 @@ not rely on gradients. :func:`write_fitted` writes the result to ``data/fitted.c
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,7 @@ import pandas as pd
 
 from retwin._files import atomic_write
 from retwin.engine.run import run
-from retwin.errors import DataError, ScenarioError
+from retwin.errors import DataError, RetwinError, ScenarioError
 from retwin.scenario.data import (
     FITTED_FILE,
     PARAMETER_COLUMNS,
@@ -261,16 +263,64 @@ def _fit_observations(params: Mapping[str, Parameter]) -> list[tuple[str, int, f
 
 
 #: The search (``differential_evolution``): population per parameter, generations, seed.
-#: About a thousand runs of the back-cast model and its polish (about a minute); the same
-#: seed gives the same fit on every machine.
+#: About two thousand runs of the back-cast model, half of them the polish's (half a minute
+#: in one process); the same seed gives the same fit on every machine.
 POPULATION, GENERATIONS, FIT_SEED = 8, 15, 0
+#: The polish's limit on runs (L-BFGS-B's own default; it converges well before).
+POLISH_MAXFUN = 15000
+
+
+def _trial_residuals(trials: _Trials, observations: list[tuple[str, int, float]],
+                     values: Mapping[str, float]) -> np.ndarray:
+    """The fit's residuals at one trial: the relative errors of ``observations``, then the
+    balance condition of each fitted year."""
+    res = run(trials.scenario(values), seed=SEED)
+    sim = simulate(res)
+    bal = balance_residuals(res, sim)
+    r = [(sim[o][y] - rep) / rep for o, y, rep in observations]
+    r += [bal[y] for y in FIT_YEARS]
+    return np.array(r)
+
+
+#: Each worker process's trials, per fit (:class:`_TrialTask`).
+_WORKER_TRIALS: dict[str, _Trials] = {}
+
+
+@dataclass(frozen=True)
+class _TrialTask:
+    """A fit's trials in a worker process: ``(point, values)`` -> ``(point, residuals)``.
+    The resolved model is sent once per worker; :meth:`prepare` loads it when the worker
+    starts."""
+
+    tree: Mapping[str, Any]
+    keys: frozenset[str]
+    observations: list[tuple[str, int, float]]
+    cache_key: str
+
+    def prepare(self) -> None:
+        if self.cache_key not in _WORKER_TRIALS:
+            _WORKER_TRIALS.clear()  # (one fit at a time)
+            _WORKER_TRIALS[self.cache_key] = _Trials(self.tree, set(self.keys))
+
+    def __call__(self, item: tuple[tuple[float, ...], dict[str, float]]
+                 ) -> tuple[tuple[float, ...], np.ndarray]:
+        self.prepare()
+        point, values = item
+        return point, _trial_residuals(_WORKER_TRIALS[self.cache_key], self.observations,
+                                       values)
 
 
 def fit(model: str | Path = NATIONAL_MODEL, *, generations: int = GENERATIONS,
-        progress: Callable[[int], None] | None = None) -> FitResult:
-    """Fit :data:`FREE_PARAMETERS` on :data:`FIT_YEARS` (see the module docstring)."""
-    from scipy.optimize import differential_evolution
+        progress: Callable[[int], None] | None = None, workers: int = 1) -> FitResult:
+    """Fit :data:`FREE_PARAMETERS` on :data:`FIT_YEARS` (see the module docstring).
 
+    ``workers`` > 1 evaluates the trials the search asks for at once (each generation's
+    population, the polish's finite-difference steps) in that many local processes. The
+    trials and their order are the same, so the fit is the same to the last bit."""
+    from scipy.optimize import differential_evolution, minimize
+
+    if workers < 1:
+        raise ValueError(f"workers(={workers}) must be >= 1")
     params = formula_parameters()
     free = FREE_PARAMETERS
     bounds = {p.key: p.bounds(params) for p in free}
@@ -280,18 +330,16 @@ def fit(model: str | Path = NATIONAL_MODEL, *, generations: int = GENERATIONS,
     observations = _fit_observations(params)
     labels = [(o, y) for o, y, _ in observations] + [("balance", y) for y in FIT_YEARS]
     cache: dict[tuple[float, ...], np.ndarray] = {}
-    trials = _Trials(resolve_model(model), {p.key for p in free})  # files read once
+    tree = resolve_model(model)  # the files read once
+    trials = _Trials(tree, {p.key for p in free})
+
+    def values_at(point: tuple[float, ...]) -> dict[str, float]:
+        return {p.key: float(v) for p, v in zip(free, np.array(point) * scale, strict=True)}
 
     def residuals(z: np.ndarray) -> np.ndarray:
         key = tuple(float(v) for v in z)
         if key not in cache:
-            values = {p.key: float(v) for p, v in zip(free, z * scale, strict=True)}
-            res = run(trials.scenario(values), seed=SEED)
-            sim = simulate(res)
-            bal = balance_residuals(res, sim)
-            r = [(sim[o][y] - rep) / rep for o, y, rep in observations]
-            r += [bal[y] for y in FIT_YEARS]
-            cache[key] = np.array(r)
+            cache[key] = _trial_residuals(trials, observations, values_at(key))
             if progress is not None:
                 progress(len(cache))
         return cache[key]
@@ -299,9 +347,45 @@ def fit(model: str | Path = NATIONAL_MODEL, *, generations: int = GENERATIONS,
     def cost(z: np.ndarray) -> float:
         return 0.5 * float(np.sum(residuals(z) ** 2))
 
-    out = differential_evolution(cost, list(zip(lo, hi, strict=True)), seed=FIT_SEED,
-                                 popsize=POPULATION, maxiter=generations, init="sobol",
-                                 polish=True, tol=1e-6, updating="deferred", workers=1)
+    executor = None
+    if workers > 1:
+        from retwin.batch.executors import ProcessExecutor, WorkerDied, forkserver_available
+
+        executor = ProcessExecutor(workers, start_method="forkserver" if forkserver_available()
+                                   else "spawn")
+        task = _TrialTask(tree, frozenset(p.key for p in free), observations,
+                          cache_key=f"fit-{os.getpid()}-{id(cache)}")
+
+    def evaluate(func: Callable[[np.ndarray], Any], points: Iterable[np.ndarray]) -> list[Any]:
+        """``func`` at every point (the search's map): the points not evaluated yet go to
+        the workers at once, then ``func`` reads each from the cache, in order."""
+        points = list(points)
+        if executor is not None:
+            todo = list(dict.fromkeys(k for k in (tuple(float(v) for v in z) for z in points)
+                                      if k not in cache))
+            if len(todo) > 1:
+                for key, r in executor.map_unordered(task, [(k, values_at(k)) for k in todo]):
+                    cache[key] = r
+                    if progress is not None:
+                        progress(len(cache))
+        return [func(z) for z in points]
+
+    try:
+        out = differential_evolution(
+            cost, list(zip(lo, hi, strict=True)), seed=FIT_SEED, popsize=POPULATION,
+            maxiter=generations, init="sobol", tol=1e-6, updating="deferred", workers=evaluate,
+            polish=functools.partial(minimize, method="L-BFGS-B",
+                                     options={"workers": evaluate, "maxfun": POLISH_MAXFUN}))
+    except BaseException as exc:
+        if executor is not None:
+            executor.abort()  # (Ctrl-C, or a failed trial: nothing left running)
+            if isinstance(exc, WorkerDied):
+                raise RetwinError("a worker process of the fit died (out of memory, or "
+                                  "killed); nothing was written: run the fit again") from None
+        raise
+    finally:
+        if executor is not None:
+            executor.close()
     x = out.x * scale
     values = {p.key: float(f"{v:.6g}") for p, v in zip(free, x, strict=True)}
     final = residuals(np.array([values[p.key] for p in free]) / scale)
