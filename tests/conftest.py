@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,22 @@ def assert_same_run(a: Any, b: Any) -> None:
 
 
 # --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def _leaves_the_process_as_it_found_it() -> Any:
+    """Every test leaves this process's signal handling and environment as it found them:
+    the commands, servers and workers later tests start inherit both (an ignored SIGTERM
+    would not stop them, a thread limit would follow them), so a leak would make those
+    tests depend on the order the suite runs in. A leak fails the test that made it."""
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    environ = dict(os.environ)
+    yield
+    assert {sig: signal.getsignal(sig) for sig in signals} == signals, "signal handling changed"
+    changed = sorted(k for k in set(environ) | set(os.environ)
+                     if environ.get(k) != os.environ.get(k) and k != "PYTEST_CURRENT_TEST")
+    assert not changed, f"environment changed: {changed}"
+
 
 
 @pytest.fixture(scope="session")
