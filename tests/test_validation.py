@@ -333,7 +333,7 @@ def test_fit_command_writes_the_fitted_table_and_the_manifest(
     assert "Dry run" in capsys.readouterr().out
     assert main(["fit", "--dry-run", "--workers", "1"]) == 0
     capsys.readouterr()
-    assert asked == [usable_cores(), 1]  # the cores by default
+    assert asked == [min(usable_cores(), 8), 1]  # the cores by default, at most 8
     assert formula_parameters()["fit.china.unreported_feed_t_reo"].value == \
         params["fit.china.unreported_feed_t_reo"].value
     assert main(["fit"]) == 0
