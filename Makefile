@@ -1,6 +1,6 @@
 # One command sets up and runs the main job; one sets up and passes the tests.
 #   make run       - the what-if service on http://127.0.0.1:8000 (API docs at /docs)
-#   make test      - the whole test suite (compiled, then once more with the JIT off)
+#   make test      - the whole test suite (compiled, then the model's tests with the JIT off)
 #   make baseline  - the Baotou reference model, 2024-2030, annual KPIs in the terminal
 PY ?= python3
 VENV ?= .venv
