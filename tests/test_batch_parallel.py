@@ -28,7 +28,7 @@ from retwin.batch import (
     ProcessExecutor,
     run_batch,
 )
-from retwin.batch.executors import stop_fork_server, task_hooks
+from retwin.batch.executors import WorkerDied, stop_fork_server, task_hooks
 
 pytestmark = pytest.mark.slow
 
@@ -214,6 +214,36 @@ def test_killed_study_resumes_to_the_uninterrupted_result(tmp_path: Path, sig: i
     left = subprocess.run(["pgrep", "-f", f"multiprocessing.*{os.getpid()}"],
                           capture_output=True, text=True)
     assert left.stdout == ""
+
+
+def test_a_study_whose_worker_dies_says_so_keeps_its_points_and_resumes(
+        tmp_path: Path, long_fresh: pd.DataFrame) -> None:
+    """A worker killed under a study (as the out-of-memory killer would): the study fails
+    with one message saying what happened and that its finished points are kept, its
+    manifest says failed, and the same study run again completes to the uninterrupted
+    result."""
+    out = tmp_path / "out"
+    ex = ProcessExecutor(2)
+    killed: list[int] = []
+
+    def kill_a_worker(p: Any) -> None:
+        if p.runs_done and not killed:
+            pool = ex._pool
+            assert pool is not None
+            killed.append(next(iter(pool._processes)))
+            os.kill(killed[0], signal.SIGKILL)
+
+    try:
+        with pytest.raises(WorkerDied) as info:
+            run_batch(LONG, out, executor=ex, progress=kill_a_worker)
+    finally:
+        ex.close()
+    assert str(info.value) == ("a worker process died (out of memory, or killed); finished "
+                               "points are kept: run again to resume")
+    assert json.loads((out / "manifest.json").read_text())["status"] == "failed"
+    res = run_batch(LONG, out, workers=2)
+    assert res.complete
+    pd.testing.assert_frame_equal(_sorted(out), long_fresh, check_exact=True)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "models" / "studies").glob(

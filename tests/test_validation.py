@@ -459,10 +459,18 @@ def test_a_fit_in_worker_processes_is_the_fit_in_this_one(monkeypatch: pytest.Mo
     fit_module = importlib.import_module("retwin.validation.fit")
     monkeypatch.setattr(fit_module, "POPULATION", 1)
     monkeypatch.setattr(fit_module, "POLISH_MAXFUN", 20)
+    here: list[int] = []  # the number of workers of each trial run in this process
+    trial_residuals = fit_module._trial_residuals
     counts: dict[int, list[int]] = {1: [], 2: []}
-    fits = {w: v.fit(generations=1, workers=w, progress=counts[w].append) for w in (1, 2)}
+    fits = {}
+    for w in (1, 2):
+        monkeypatch.setattr(fit_module, "_trial_residuals",
+                            lambda *a, w=w: (here.append(w), trial_residuals(*a))[1])
+        fits[w] = v.fit(generations=1, workers=w, progress=counts[w].append)
     one, two = fits[1], fits[2]
     assert one.evaluations == two.evaluations > 14  # the population's and the polish's
+    assert here.count(1) == one.evaluations  # one process: every trial here
+    assert here.count(2) < one.evaluations // 2  # two workers: most trials in them
     assert counts[1] == counts[2] == list(range(1, one.evaluations + 1))
     assert one.values == two.values
     assert one.cost.hex() == two.cost.hex()

@@ -665,8 +665,8 @@ class ProcessExecutor(Executor):
                     if stop():  # a signal to the process group reached a starting worker
                         raise KeyboardInterrupt from None
                     self._pool = None
-                    raise WorkerDied("a worker process died (out of memory, or killed); "
-                                     "finished points are kept: run again to resume") from None
+                    raise WorkerDied("a worker process died (out of memory, or killed)"
+                                     ) from None
                 yield result
             fill()
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from retwin import whatif
 from retwin._version import __version__
-from retwin.batch.executors import Executor, Interrupts, make_executor
+from retwin.batch.executors import Executor, Interrupts, WorkerDied, make_executor
 from retwin.batch.expand import Point, Task, expand_points, make_change, plan_tasks
 from retwin.batch.spec import KpiSelector, StudySpec, load_spec, spec_hash
 from retwin.batch.store import StudyDir
@@ -455,9 +455,12 @@ def run_batch(
             store.finish("interrupted")
             raise BatchInterrupted(store.out, store.points_done, len(study.points),
                                    store.runs_done, study.runs) from None
-        except BaseException:
+        except BaseException as exc:
             ex.abort()
             store.finish("failed")
+            if isinstance(exc, WorkerDied):
+                raise WorkerDied(f"{exc}; finished points are kept: run again to resume"
+                                 ) from None
             raise
         finally:
             if executor is None:

@@ -333,11 +333,14 @@ def fit(model: str | Path = NATIONAL_MODEL, *, generations: int = GENERATIONS,
     tree = resolve_model(model)  # the files read once
     trials = _Trials(tree, {p.key for p in free})
 
+    def point_of(z: np.ndarray) -> tuple[float, ...]:  # (the cache's key)
+        return tuple(float(v) for v in z)
+
     def values_at(point: tuple[float, ...]) -> dict[str, float]:
         return {p.key: float(v) for p, v in zip(free, np.array(point) * scale, strict=True)}
 
     def residuals(z: np.ndarray) -> np.ndarray:
-        key = tuple(float(v) for v in z)
+        key = point_of(z)
         if key not in cache:
             cache[key] = _trial_residuals(trials, observations, values_at(key))
             if progress is not None:
@@ -361,8 +364,7 @@ def fit(model: str | Path = NATIONAL_MODEL, *, generations: int = GENERATIONS,
         the workers at once, then ``func`` reads each from the cache, in order."""
         points = list(points)
         if executor is not None:
-            todo = list(dict.fromkeys(k for k in (tuple(float(v) for v in z) for z in points)
-                                      if k not in cache))
+            todo = list(dict.fromkeys(k for k in map(point_of, points) if k not in cache))
             if len(todo) > 1:
                 for key, r in executor.map_unordered(task, [(k, values_at(k)) for k in todo]):
                     cache[key] = r
@@ -380,8 +382,7 @@ def fit(model: str | Path = NATIONAL_MODEL, *, generations: int = GENERATIONS,
         if executor is not None:
             executor.abort()  # (Ctrl-C, or a failed trial: nothing left running)
             if isinstance(exc, WorkerDied):
-                raise RetwinError("a worker process of the fit died (out of memory, or "
-                                  "killed); nothing was written: run the fit again") from None
+                raise RetwinError(f"{exc}; the fit wrote nothing: run it again") from None
         raise
     finally:
         if executor is not None:
