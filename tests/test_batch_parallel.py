@@ -388,6 +388,27 @@ def test_a_pool_whose_worker_died_is_replaced_at_the_next_task() -> None:
         ex.close()
 
 
+def test_a_worker_death_seen_between_tasks_is_told_as_a_worker_death() -> None:
+    """The pool may be found broken by the next submission rather than by a task's result
+    (the death falls between one task's end and the next task's start): the map says the
+    same thing either way, and the next task gets a fresh pool."""
+    ex = ProcessExecutor(1)
+    try:
+        results = ex.map_unordered(_hooked, [("pid", "")] * 20)
+        pid = next(results)
+        pool = ex._pool
+        assert pool is not None
+        os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: getattr(pool, "_broken", False))
+        with pytest.raises(WorkerDied) as info:
+            for _ in results:
+                pass
+        assert str(info.value) == "a worker process died (out of memory, or killed)"
+        assert ex.submit(_hooked, ("pid", "")).result(timeout=120) != pid
+    finally:
+        ex.close()
+
+
 def test_an_aborted_pool_leaves_no_error_in_its_threads(monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
     """Aborting with tasks queued (an interrupt) kills the workers; the pool's own thread

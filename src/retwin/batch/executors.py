@@ -652,23 +652,27 @@ class ProcessExecutor(Executor):
                     return
                 pending.add(pool.submit(_call_installed, item))
 
-        fill()
-        while pending:
-            if stop():
-                raise KeyboardInterrupt
-            done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
-            for f in done:
-                pending.discard(f)
-                try:
-                    result = f.result()
-                except BrokenProcessPool:
-                    if stop():  # a signal to the process group reached a starting worker
-                        raise KeyboardInterrupt from None
-                    self._pool = None
-                    raise WorkerDied("a worker process died (out of memory, or killed)"
-                                     ) from None
-                yield result
+        def died() -> BaseException:
+            if stop():  # a signal to the process group reached a starting worker
+                return KeyboardInterrupt()
+            self._pool = None
+            return WorkerDied("a worker process died (out of memory, or killed)")
+
+        # The pool is found broken either by a task's future or, when the death is seen
+        # between a task's end and the next submission, by ``submit`` itself.
+        try:
             fill()
+            while pending:
+                if stop():
+                    raise KeyboardInterrupt
+                done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                for f in done:
+                    pending.discard(f)
+                    result = f.result()
+                    yield result
+                fill()
+        except BrokenProcessPool:
+            raise died() from None
 
     def abort(self) -> None:
         """Kill the workers (they hold nothing worth saving: a file a task writes is renamed
