@@ -118,3 +118,57 @@ def test_a_runs_kpi_frame_is_its_own(result: RunResult) -> None:
     for df in (other.kpis, fresh):
         assert df.loc[0, "kpi"] != "changed" and df.loc[1, "year"] != 1
         assert df.loc[0, "value"] == result.kpi_values[0]
+
+
+def test_a_runs_targets_and_bottlenecks_are_its_own(result: RunResult) -> None:
+    """The targets and bottlenecks of runs that share their labels are copied from one frame
+    kept for them (made once): each equals the frame made from its own rows, dtypes and
+    all, and writing into one changes neither another run's nor the next one made."""
+    t_cols = ["target", "name", "year", "goal", "value", "unit", "attained"]
+    b_cols = ["year", "stage", "constraint", "score"]
+    runs = [retwin.run(result.compiled, seed=s) for s in range(4)]
+    assert runs[0].target_rows and runs[0].bottleneck_rows
+    for r in runs:
+        pd.testing.assert_frame_equal(r.target_table, pd.DataFrame(r.target_rows,
+                                                                   columns=t_cols),
+                                      check_exact=True)
+        pd.testing.assert_frame_equal(r.bottlenecks, pd.DataFrame(r.bottleneck_rows,
+                                                                  columns=b_cols),
+                                      check_exact=True)
+    mine = runs[0].target_table
+    mine.loc[0, "value"] = -1.0
+    mine.loc[0, "target"] = "changed"
+    runs[0].bottlenecks.loc[0, "stage"] = "changed"
+    fresh = dataclasses.replace(result)
+    for r in (runs[1], fresh):
+        assert r.target_table.loc[0, "target"] != "changed"
+        assert r.target_table.loc[0, "value"] == r.target_rows[0][4]
+        assert r.bottlenecks.loc[0, "stage"] == r.bottleneck_rows[0][1]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_rows_added_by_index_are_numpys_add_at_to_the_last_bit(seed: int) -> None:
+    """The KPIs add rows into groups (plants into stages, entries into materials) with
+    one ``bincount`` over an index kept per compiled scenario: each group's sum is
+    ``np.add.at``'s into zeros, part after part, to the last bit, repeated rows, NaN and
+    signed zeros included."""
+    from retwin.results import _add_rows
+
+    rng = np.random.default_rng(seed)
+    c = dataclasses.replace(retwin.prepare(retwin.load_scenario("tiny")))
+    n_rows, k = int(rng.integers(1, 6)), int(rng.integers(1, 9))
+    parts = []
+    for _ in range(int(rng.integers(1, 4))):
+        n = int(rng.integers(0, 12))
+        values = rng.normal(size=(n, k)) * 10.0 ** rng.integers(-8, 9, size=(n, k))
+        values[rng.random((n, k)) < 0.1] = -0.0
+        if seed == 5 and n:
+            values[0, 0] = np.nan
+        parts.append((rng.integers(0, n_rows, size=n), values))
+    want = np.zeros((n_rows, k))
+    for rows, values in parts:
+        np.add.at(want, rows, values)
+    for _ in range(2):  # made, then from the kept index
+        got = _add_rows(c, "test", n_rows, *parts)
+        assert got.shape == want.shape
+        assert np.array_equal(got.view(np.int64), want.view(np.int64))

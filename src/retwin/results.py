@@ -281,12 +281,8 @@ class RunResult:
         A row per declared KPI (:data:`retwin.kpis.KPIS`), key and year, in the
         declaration's order; each KPI is computed by its function in :data:`_COMPUTE`.
         """
-        import pandas as pd
-
-        # the labels are shared by every run of the compiled scenario: a shallow copy where
-        # pandas copies on write (3.0 on), else a deep one, so that no caller can change them
-        shared = int(pd.__version__.split(".")[0]) >= 3
-        df = _kpi_layout(self.compiled).frame.copy(deep=not shared)
+        # the labels are shared by every run of the compiled scenario (:func:`_copied`)
+        df = _copied(_kpi_layout(self.compiled).frame)
         df["value"] = self.kpi_values.copy()
         return df
 
@@ -361,8 +357,13 @@ class RunResult:
         """Per year: ``year, stage, constraint, score`` (see :attr:`bottleneck_rows`)."""
         import pandas as pd
 
-        return pd.DataFrame(self.bottleneck_rows, columns=["year", "stage", "constraint",
-                                                           "score"])
+        rows = self.bottleneck_rows
+        cols = ["year", "stage", "constraint", "score"]
+        if not rows:
+            return pd.DataFrame(rows, columns=cols)
+        key = ("bottlenecks", tuple(r[:3] for r in rows))
+        return _framed(key, lambda: pd.DataFrame(rows, columns=cols),
+                       score=np.array([r[3] for r in rows], dtype=np.float64))
 
     @cached_property
     def bottleneck_rows(self) -> list[tuple[int, str, str, float]]:
@@ -420,8 +421,14 @@ class RunResult:
         """The scenario's targets against the run: ``target, year, goal, value, attained``."""
         import pandas as pd
 
-        return pd.DataFrame(self.target_rows, columns=["target", "name", "year", "goal",
-                                                       "value", "unit", "attained"])
+        rows = self.target_rows
+        cols = ["target", "name", "year", "goal", "value", "unit", "attained"]
+        if not rows:
+            return pd.DataFrame(rows, columns=cols)
+        key = ("targets", tuple((t, n, y, float(g).hex(), u) for t, n, y, g, _, u, _ in rows))
+        return _framed(key, lambda: pd.DataFrame(rows, columns=cols),
+                       value=np.array([r[4] for r in rows], dtype=np.float64),
+                       attained=np.array([r[6] for r in rows], dtype=np.bool_))
 
     @cached_property
     def target_rows(self) -> list[tuple[str, str, int, float, float, str, bool]]:
@@ -673,9 +680,8 @@ class _Annual:
 
     def _per_stage(self, per_plant: FloatArray) -> FloatArray:
         """(P, Y) summed over each stage's plants, in plant order: (stages with plants, Y)."""
-        out = np.zeros((len(self.topo.stage_plants), self.n_y))
-        np.add.at(out, self.topo.plant_stage, per_plant)
-        return out
+        return _add_rows(self.c, "stage", len(self.topo.stage_plants),
+                         (self.topo.plant_stage, per_plant))
 
     @cached_property
     def _stage_act(self) -> FloatArray:
@@ -732,10 +738,9 @@ class _Annual:
 
     def production_material(self) -> FloatArray:
         out = self.topo.outputs
-        made = np.zeros((len(self.c.material_ids), self.n_y))
-        # add.at adds entry by entry, in plant order
-        np.add.at(made, out.material, self.act[out.plant] * out.amount[:, None])
-        return made
+        # entry by entry, in plant order
+        return _add_rows(self.c, "made", len(self.c.material_ids),
+                         (out.material, self.act[out.plant] * out.amount[:, None]))
 
     def imports_market(self) -> FloatArray:
         return self.imp
@@ -767,9 +772,9 @@ class _Annual:
         """(S, Y) the share of each pool's inflow in the year (made by plants, imported)
         that stayed in it: its build-up, 0 where it drew down, at most all of the inflow."""
         topo, out = self.topo, self.topo.outputs
-        inflow = np.zeros((len(topo.pool_material), self.n_y))
-        np.add.at(inflow, out.pool, self.act[out.plant] * out.amount[:, None])
-        np.add.at(inflow, topo.market_pool, self.imp)
+        inflow = _add_rows(self.c, "inflow", len(topo.pool_material),
+                           (out.pool, self.act[out.plant] * out.amount[:, None]),
+                           (topo.market_pool, self.imp))
         return _ratio(np.clip(self.build_up, 0.0, inflow), inflow, 0.0)
 
     @cached_property
@@ -780,8 +785,8 @@ class _Annual:
         act_m = r.activity_month  # (P, T)
         entry_m = act_m[out.plant] * out.amount[:, None] * r.price_month[out.material]
         entry_y = r._month_to_year(entry_m)  # (entries, Y) CNY
-        per_plant = np.zeros((len(self.c.plant_ids), self.n_y))
-        np.add.at(per_plant, out.plant, entry_y * self.unsold_share[out.pool])
+        per_plant = _add_rows(self.c, "plant", len(self.c.plant_ids),
+                              (out.plant, entry_y * self.unsold_share[out.pool]))
         return self._per_stage(per_plant / YI)
 
     def local_conversion(self) -> FloatArray:
@@ -794,18 +799,18 @@ class _Annual:
         reo = c.comp.sum(axis=1)  # (M,) t REO per unit
         sep_plant = _stages_in(c, RAW_STAGES)
         ent = np.flatnonzero(sep_plant[out.plant])
-        made = np.zeros((n_m, self.n_y))  # (M, Y) separated output, t REO
-        np.add.at(made, out.material[ent],
-                  self.act[out.plant[ent]] * out.amount[ent, None] * reo[out.material[ent], None])
+        made = _add_rows(  # (M, Y) separated output, t REO
+            c, "separated", n_m,
+            (out.material[ent],
+             self.act[out.plant[ent]] * out.amount[ent, None] * reo[out.material[ent], None]))
         inp = topo.inputs
         pooled = inp.pool >= 0
-        drawn = np.zeros((n_m, self.n_y))
-        np.add.at(drawn, inp.material[pooled],
-                  self.act[inp.plant[pooled]] * inp.amount[pooled, None])
-        uses = drawn.copy()
-        np.add.at(uses, topo.segment_material, self.served)
-        np.add.at(uses, topo.market_material, self.exp)
-        np.add.at(uses, topo.pool_material, np.maximum(self.build_up, 0.0))
+        draws = (inp.material[pooled], self.act[inp.plant[pooled]] * inp.amount[pooled, None])
+        drawn = _add_rows(c, "drawn", n_m, draws)
+        # (the draws again, then the other uses: each sum in the order it was added)
+        uses = _add_rows(c, "uses", n_m, draws, (topo.segment_material, self.served),
+                         (topo.market_material, self.exp),
+                         (topo.pool_material, np.maximum(self.build_up, 0.0)))
         converted = (made * _ratio(drawn, uses, 0.0)).sum(axis=0, keepdims=True)
         produced = made.sum(axis=0, keepdims=True)
         return _ratio(np.minimum(converted, produced), produced, np.nan)
@@ -840,16 +845,13 @@ class _Annual:
         n_m = len(c.material_ids)
         inp = topo.inputs
         pooled = inp.pool >= 0
-        use = np.zeros((n_m, self.n_y))
-        np.add.at(use, inp.material[pooled],
-                  self.act[inp.plant[pooled]] * inp.amount[pooled, None])
-        np.add.at(use, topo.segment_material, self.served)
-        np.add.at(use, topo.market_material, self.exp)
+        use = _add_rows(c, "use", n_m,
+                        (inp.material[pooled],
+                         self.act[inp.plant[pooled]] * inp.amount[pooled, None]),
+                        (topo.segment_material, self.served), (topo.market_material, self.exp))
         days = _calendar(self.c).days
-        reserve = np.zeros(n_m)
-        np.add.at(reserve, topo.pool_material, c.reserve0)
-        stock = np.zeros((n_m, self.n_y))
-        np.add.at(stock, topo.pool_material, self.r.stock[:, self.year_end])
+        reserve = _add_rows(c, "pool", n_m, (topo.pool_material, c.reserve0[:, None]))[:, 0]
+        stock = _add_rows(c, "pool", n_m, (topo.pool_material, self.r.stock[:, self.year_end]))
         per_day = use / days[None, :]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             return np.where(per_day > 0, np.maximum(stock - reserve[:, None], 0) / per_day,
@@ -875,21 +877,39 @@ class _Annual:
         n_stages = len(self.topo.stage_plants)
         if r.margin_month is None:
             return np.full((n_stages, self.n_y), np.nan)
-        starts = self.c.month_start_day
-        unit_value = np.zeros((len(self.c.plant_ids), len(starts)))  # (P, T) CNY per unit
-        np.add.at(unit_value, out.plant, out.amount[:, None] * r.price_month[out.material])
+        unit_value = _add_rows(  # (P, T) CNY per unit
+            self.c, "plant", len(self.c.plant_ids),
+            (out.plant, out.amount[:, None] * r.price_month[out.material]))
         weight = r.capacity_month * unit_value
         stage_of = self.topo.plant_stage
-        stage_w = np.zeros((n_stages, len(starts)))
-        np.add.at(stage_w, stage_of, weight)
-        stage_wm = np.zeros((n_stages, len(starts)))
-        np.add.at(stage_wm, stage_of, weight * r.margin_month)
+        stage_w = _add_rows(self.c, "stage", n_stages, (stage_of, weight))
+        stage_wm = _add_rows(self.c, "stage", n_stages, (stage_of, weight * r.margin_month))
         stage_m = _ratio(stage_wm, stage_w, np.nan)
         # (stages, Y, T): each year's months where the stage had a weight
         sel = np.array(_calendar(self.c).month_masks)[None, :, :] & (stage_w > 0)[:, None, :]
         n = sel.sum(axis=2)
         tot = np.where(sel, stage_m[:, None, :], 0.0).sum(axis=2)
         return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
+
+
+def _add_rows(c: Compiled, name: str, n_rows: int,
+              *parts: tuple[IntArray, FloatArray]) -> FloatArray:
+    """(n_rows, K): for each part ``(rows, values)`` in turn, row ``values[i]`` (K values)
+    added to row ``rows[i]``, entry after entry -- ``np.add.at`` into zeros, part by part,
+    the same sums to the last bit (each added in the same order), in one ``np.bincount``
+    over an index made once per compiled scenario. ``name`` names the parts' row indices,
+    which are fixed by the scenario's structure."""
+    k = parts[0][1].shape[1]
+    key = f"add_rows:{name}:{k}:" + ",".join(str(len(r)) for r, _ in parts)
+    cached = c.labels.get(key)
+    if cached is None:
+        rows = np.concatenate([np.asarray(r, dtype=np.int64) for r, _ in parts])
+        flat = (rows[:, None] * k + np.arange(k)).reshape(-1)
+        cached = c.labels[key] = (flat, flat)
+    values = parts[0][1] if len(parts) == 1 else np.concatenate([v for _, v in parts])
+    sums = np.bincount(cached[0], weights=np.asarray(values, dtype=np.float64).reshape(-1),
+                       minlength=n_rows * k)
+    return cast(FloatArray, sums.reshape(n_rows, k))
 
 
 #: How each declared KPI (:data:`retwin.kpis.KPIS`) is computed: for every key of its
@@ -1015,6 +1035,31 @@ class _KpiLayout:
 #: Recent KPI layouts by what they are made of (:func:`_kpi_layout`): the compiled
 #: scenarios of what-ifs on one model differ in numbers, rarely in rows.
 _LAYOUTS: Kept[_KpiLayout] = Kept(max_items=8)
+
+
+def _copied(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a frame kept for many readers, that none of them can change it through: a
+    shallow copy where pandas copies on write (3.0 on), else a deep one."""
+    import pandas as pd
+
+    return frame.copy(deep=int(pd.__version__.split(".")[0]) < 3)
+
+
+#: The small tables of runs (bottlenecks, targets) by the columns their runs share
+#: (:func:`_framed`): the replications and what-ifs of one model repeat them.
+_FRAMES: Kept[pd.DataFrame] = Kept(max_items=64)
+
+
+def _framed(key: tuple[Any, ...], make: Callable[[], pd.DataFrame], **columns: np.ndarray
+            ) -> pd.DataFrame:
+    """The frame ``make()`` builds, with ``columns`` set to these values: built once per
+    ``key`` (which must fix every other column, and the rows), copied and set after. A
+    small frame takes pandas several times longer to build than to copy and set a column
+    of; the frame is the same, dtypes and all."""
+    df = _copied(_FRAMES.get_or_make(key, make))
+    for name, values in columns.items():
+        df[name] = values
+    return df
 
 
 def _kpi_layout(c: Compiled) -> _KpiLayout:
