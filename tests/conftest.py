@@ -159,7 +159,6 @@ def _leaves_the_process_as_it_found_it() -> Any:
     assert not changed, f"environment changed: {changed}"
 
 
-
 @pytest.fixture(scope="session")
 def tiny_tree_master() -> dict[str, Any]:
     return yaml.safe_load(TINY_PATH.read_text(encoding="utf-8"))

@@ -197,6 +197,15 @@ def test_run_bad_numbers(args: list[str], message: str, capsys: pytest.CaptureFi
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["sweep", "study.yaml", "--out", "o"], ["fit", "--dry-run"],
+                                     ["serve"]])
+def test_no_workers_is_refused_by_every_command_that_takes_them(
+        command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """One rule, one message, before anything is read or started."""
+    assert main([*command, "--workers", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "--workers(=0) must be >= 1"
+
+
 # --- schema ---------------------------------------------------------------------------------
 
 

@@ -700,9 +700,6 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         stop_fork_server,
     )
 
-    if a.workers < 1:
-        err.print(f"--workers(={a.workers}) must be >= 1")
-        return EXIT_BAD_INPUT
     executor: Executor | None = None
     if a.dask is None and a.workers > 1 and forkserver_available():
         # This process runs one study and ends: its workers are forked from a server that
@@ -925,13 +922,11 @@ def _backcast_tables(bc: Any) -> tuple[_Table, _Table]:
 
 
 def cmd_backcast(a: argparse.Namespace) -> int:
-    from retwin._files import check_output_file, write_output_file
+    from retwin._files import write_output_file
 
-    if a.csv is not None:  # refused before the model and its engine are even imported
-        try:
-            check_output_file(a.csv, force=a.force)
-        except OutputError as exc:
-            return _cannot_write("--csv", a.csv, exc)
+    # refused before the model and its engine are even imported
+    if a.csv is not None and (refused := _refused("--csv", a.csv, a.force)) is not None:
+        return refused
     from retwin.validation import backcast
 
     bc = backcast(a.model)
@@ -958,9 +953,6 @@ def cmd_fit(a: argparse.Namespace) -> int:
     # (the polish asks for 7 trials at a time, a generation for 56: more workers than 8
     # would mostly wait, each holding a model and its kernels)
     workers = min(usable_cores(), 8) if a.workers is None else a.workers
-    if workers < 1:
-        err.print(f"--workers(={workers}) must be >= 1", markup=False)
-        return EXIT_BAD_INPUT
     try:
         with _progress() as prog:
             task = prog.add_task(f"fit on {FIT_YEARS[0]}-{FIT_YEARS[-1]}", total=None)
@@ -993,19 +985,20 @@ def cmd_fit(a: argparse.Namespace) -> int:
     return 0
 
 
-def _html_refused(a: argparse.Namespace) -> int | None:
-    """Exit code of a refused ``--html`` target, checked before the long work's imports."""
+def _refused(option: str, path: str, force: bool) -> int | None:
+    """The exit code of a refused output file ``path`` (given as ``option``), checked
+    before a long work's imports; ``None`` when it may be written."""
     from retwin._files import check_output_file
 
     try:
-        check_output_file(a.html, force=a.force)
+        check_output_file(path, force=force)
     except OutputError as exc:
-        return _cannot_write("--html", a.html, exc)
+        return _cannot_write(option, path, exc)
     return None
 
 
 def cmd_validation_report(a: argparse.Namespace) -> int:
-    if (refused := _html_refused(a)) is not None:
+    if (refused := _refused("--html", a.html, a.force)) is not None:
         return refused
     from retwin.validation import write_report
 
@@ -1018,7 +1011,7 @@ def cmd_validation_report(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    if (refused := _html_refused(a)) is not None:
+    if (refused := _refused("--html", a.html, a.force)) is not None:
         return refused
     from retwin.report.html import write_report
     from retwin.report.why import WhyError
@@ -1159,6 +1152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = parser.parse_args(argv)
     if getattr(a, "replications", 1) < 1:
         err.print(f"--replications(={a.replications}) must be >= 1")
+        return EXIT_BAD_INPUT
+    workers = getattr(a, "workers", None)  # (None: the command's default)
+    if workers is not None and workers < 1:
+        err.print(f"--workers(={workers}) must be >= 1")
         return EXIT_BAD_INPUT
     if getattr(a, "seed", 0) < 0:
         err.print(f"--seed(={a.seed}) must be >= 0")

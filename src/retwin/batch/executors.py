@@ -668,8 +668,7 @@ class ProcessExecutor(Executor):
                 done, _ = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
                 for f in done:
                     pending.discard(f)
-                    result = f.result()
-                    yield result
+                    yield f.result()
                 fill()
         except BrokenProcessPool:
             raise died() from None
