@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -291,6 +292,10 @@ def _hooked(item: tuple[str, str]) -> Any:
         import gc
 
         return gc.get_freeze_count()
+    if mode == "tell-and-die":  # hand something over, then die at once
+        hooks.message(key, {"told": key})
+        hooks.progress(key, 1, 1)
+        os.kill(os.getpid(), signal.SIGKILL)
     if mode == "warm":  # whether the kernels were loaded before this task (no prepare())
         from retwin.batch import executors
 
@@ -405,6 +410,27 @@ def test_a_worker_death_seen_between_tasks_is_told_as_a_worker_death() -> None:
                 pass
         assert str(info.value) == "a worker process died (out of memory, or killed)"
         assert ex.submit(_hooked, ("pid", "")).result(timeout=120) != pid
+    finally:
+        ex.close()
+
+
+def test_what_a_worker_hands_over_is_sent_before_the_call_returns() -> None:
+    """A worker's message and progress are written to the parent in the call that makes
+    them (not later, by a thread of the worker that waits for the interpreter lock while
+    the task computes on): they reach the parent even when the worker dies right after."""
+    told: list[Any] = []
+    progress: list[Any] = []
+    ex = ProcessExecutor(1, on_message=lambda *m: told.append(m),
+                         on_progress=lambda *m: progress.append(m))
+    try:
+        fut = ex.submit(_hooked, ("tell-and-die", "k"))
+        with pytest.raises(BrokenProcessPool):
+            fut.result(timeout=120)
+        _wait_for(lambda: told and progress)
+        assert told == [("k", {"told": "k"})] and progress == [("k", 1, 1)]
+        assert ex.submit(_hooked, ("report", "a")).result(timeout=120) == "a"  # a new pool
+        _wait_for(lambda: len(progress) == 4)
+        assert progress[1:] == [("a", 1, 3), ("a", 2, 3), ("a", 3, 3)]
     finally:
         ex.close()
 

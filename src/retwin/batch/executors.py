@@ -186,8 +186,39 @@ class _CallbackHooks(TaskHooks):
         return key in self.keys
 
 
+class _Channel:
+    """What a pool's workers report to the parent: a pipe that a worker writes each report
+    into whole, in the thread that reports it, and that a thread of the parent reads.
+
+    A ``multiprocessing.Queue`` writes from a thread of its own, which waits for the
+    worker's interpreter lock while the task goes on computing: the parent heard of a
+    report up to a thread switch interval (5 ms) late, the answer a worker hands over before
+    it stores a result among them. The lock keeps the workers' reports whole; a pool's
+    channel dies with it (a killed writer may hold the lock)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self._reader, self._writer = ctx.Pipe(duplex=False)
+        self._lock = ctx.Lock()
+
+    def put(self, item: Any) -> None:
+        """Write ``item`` (in a worker); a parent gone is not the task's business."""
+        from multiprocessing.reduction import ForkingPickler
+
+        data = bytes(ForkingPickler.dumps(item))
+        with contextlib.suppress(OSError), self._lock:
+            self._writer.send_bytes(data)
+
+    def get(self, timeout: float) -> Any:
+        """The next report (in the parent); ``queue.Empty`` after ``timeout`` seconds."""
+        if not self._reader.poll(timeout):
+            raise queue.Empty
+        from multiprocessing.reduction import ForkingPickler
+
+        return ForkingPickler.loads(self._reader.recv_bytes())
+
+
 class _ProcessHooks(TaskHooks):
-    """Hooks of a local worker process: progress into a queue the parent drains, cancel
+    """Hooks of a local worker process: progress into a channel the parent drains, cancel
     flags as files in a folder the parent writes."""
 
     def __init__(self, progress_queue: Any, flags: str | None, parent: int) -> None:
@@ -534,7 +565,7 @@ class ProcessExecutor(Executor):
         self._lock = threading.RLock()
         self._on_progress = on_progress
         self._on_message = on_message
-        self._queue: Any = None  # a new one with every pool (a killed writer may hold its lock)
+        self._queue: _Channel | None = None  # one per pool (a killed writer may hold its lock)
         self._flags: str | None = None
         self._flags_dir = None if flags_dir is None else os.fspath(flags_dir)
         self._drain: threading.Thread | None = None
@@ -566,7 +597,7 @@ class ProcessExecutor(Executor):
         """The progress queue and the cancel-flag folder of a new pool's workers."""
         flags = self._flag_dir()
         listens = self._on_progress is not None or self._on_message is not None
-        self._queue = self._ctx.Queue() if listens else None
+        self._queue = _Channel(self._ctx) if listens else None
         if self._queue is not None and self._drain is None:
             self._closing.clear()
             self._drain = threading.Thread(target=self._drain_progress, daemon=True,
@@ -577,12 +608,18 @@ class ProcessExecutor(Executor):
     def _drain_progress(self) -> None:
         while not self._closing.is_set():
             q = self._queue
+            if q is None:  # no pool yet
+                time.sleep(POLL_S)
+                continue
             try:
                 item = q.get(timeout=POLL_S * 2)
             except queue.Empty:
                 continue
-            except (AttributeError, EOFError, OSError, ValueError):
-                time.sleep(POLL_S)  # no queue yet, or one being replaced
+            except (EOFError, OSError, ValueError):
+                time.sleep(POLL_S)  # a channel being replaced, with its pool
+                continue
+            except Exception:  # a report that does not read back: never a dead drain thread
+                log.exception("a worker's report could not be read")
                 continue
             try:
                 if len(item) == 2:  # a message (TaskHooks.message)
