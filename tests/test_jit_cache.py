@@ -49,6 +49,8 @@ for mod in [m for name, m in sorted(sys.modules.items()) if name.startswith("ret
             libs += [(obj.py_func.__qualname__, cres.library)
                      for cres in obj.overloads.values()]
 lazy = [lib for _, lib in libs if "_retwin_bitcode" in lib.__dict__]
+from numba.core.runtime import nrt
+runtime_cached = "_retwin_bitcode" in nrt.rtsys.library.__dict__
 kernel = next(iter(streams._generate64.overloads.values())).library
 was_lazy = "_retwin_bitcode" in kernel.__dict__
 
@@ -69,7 +71,7 @@ for lib in lazy:
                 and all(engine.is_symbol_defined(x) for x in names))
 
 print(json.dumps({"loaded": len(libs), "lazy": len(lazy), "same": same,
-                  "kernel_was_lazy": was_lazy,
+                  "kernel_was_lazy": was_lazy, "runtime_cached": runtime_cached,
                   "linked": bool(np.array_equal(direct, linked)) and
                             "_retwin_bitcode" not in kernel.__dict__}))
 """
@@ -85,6 +87,36 @@ def test_cached_kernels_load_without_their_module_and_still_link() -> None:
     assert got["lazy"] >= 10 and got["lazy"] == got["loaded"], got
     assert got["same"] == [True] * got["lazy"], got
     assert got["kernel_was_lazy"] and got["linked"], got
+    assert got["runtime_cached"], got  # Numba's runtime too, linked into `outer` as well
+
+
+def test_a_damaged_runtime_cache_is_compiled_again() -> None:
+    """A runtime file that does not check out is ignored, the runtime compiled as Numba does
+    and the file written anew."""
+    from retwin.kernels._jit import jit, kernel_cache_dir
+
+    folder = kernel_cache_dir(jit)
+    assert folder is not None
+    path = folder / f"numba_runtime.{sys.implementation.cache_tag}.nbo"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETWIN_")}
+    code = ("import retwin; r = retwin.run(retwin.prepare(retwin.load_scenario('tiny')), "
+            "seed=1); assert r.balance.closes; from numba.core.runtime import nrt; "
+            "print('_retwin_bitcode' in nrt.rtsys.library.__dict__)")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=600,
+                   capture_output=True)
+    good = path.read_bytes()
+    try:
+        path.write_bytes(good[:-7])  # cut short
+        first = subprocess.run([sys.executable, "-c", code], env=env, timeout=600,
+                               capture_output=True, text=True)
+        assert first.returncode == 0, first.stderr[-2000:]
+        assert first.stdout.split() == ["False"]  # compiled
+        assert path.read_bytes() != good[:-7]  # and written again
+        again = subprocess.run([sys.executable, "-c", code], env=env, timeout=600,
+                               capture_output=True, text=True)
+        assert again.stdout.split() == ["True"]  # loaded
+    finally:
+        path.write_bytes(good)
 
 
 def test_only_elf_objects_are_read() -> None:

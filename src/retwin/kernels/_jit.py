@@ -244,3 +244,59 @@ def _write_whole(path: Path, data: bytes) -> None:
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+
+
+def _runtime_from_cache() -> None:
+    """Numba's runtime functions (NRT), compiled once into the kernels' cache folder.
+
+    Numba compiles its runtime's LLVM functions in every process, before the first kernel
+    runs: 18-26 ms of a fresh process's first run. Their machine code is kept here beside
+    the kernels', under a key of their LLVM text, Numba's and llvmlite's versions and the
+    machine's target (its CPU and features), and later processes load it as they load a
+    kernel (:func:`_link_modules_when_needed`). Anything unexpected compiles as Numba does.
+    """
+    from numba.core.runtime import nrtdynmod
+
+    if getattr(nrtdynmod.compile_nrt_functions, "_retwin", False) or not NUMBA_CACHE:
+        return
+    compile_runtime = nrtdynmod.compile_nrt_functions
+
+    def compile_nrt_functions(ctx: Any) -> Any:
+        try:
+            import llvmlite
+
+            ir_mod, library = nrtdynmod.create_nrt_module(ctx)
+            codegen = ctx.codegen()
+            key = hashlib.sha256(repr((str(ir_mod), numba.__version__, llvmlite.__version__,
+                                       codegen.magic_tuple())).encode()).digest()
+            folder = kernel_cache_dir(jit)
+        except Exception:  # another Numba: its own way
+            return compile_runtime(ctx)
+        path = None if folder is None else \
+            folder / f"numba_runtime.{sys.implementation.cache_tag}.nbo"
+        if path is not None:
+            try:
+                data = path.read_bytes()
+            except OSError:
+                data = b""
+            body = data[64:]
+            if data[:32] == key and data[32:64] == hashlib.sha256(body).digest():
+                n = int.from_bytes(body[:8], "little")
+                state = (library.name, "object", (body[8:8 + n], body[8 + n:]))
+                return codegen.unserialize_library(state)
+        library.enable_object_caching()
+        library.add_ir_module(ir_mod)
+        library.finalize()
+        if path is not None:
+            with contextlib.suppress(Exception):  # uncached, it is only compiled again
+                _, kind, (obj, bitcode) = library.serialize_using_object_code()
+                if kind == "object":
+                    body = len(obj).to_bytes(8, "little") + bytes(obj) + bytes(bitcode)
+                    _write_whole(path, key + hashlib.sha256(body).digest() + body)
+        return library
+
+    compile_nrt_functions._retwin = True  # type: ignore[attr-defined]
+    nrtdynmod.compile_nrt_functions = compile_nrt_functions
+
+
+_runtime_from_cache()
