@@ -122,3 +122,4 @@ def test_a_damaged_runtime_cache_is_compiled_again() -> None:
 def test_only_elf_objects_are_read() -> None:
     assert elf_defined_symbols(b"\xcf\xfa\xed\xfe" + bytes(60)) is None  # Mach-O
     assert elf_defined_symbols(b"\x7fELF\x01\x01" + bytes(58)) is None  # 32-bit ELF
+    assert elf_defined_symbols(b"\x7fELF\x02\x01" + bytes(10)) is None  # cut short

@@ -79,13 +79,22 @@ _ELF_SYM = [("name", "<u4"), ("info", "u1"), ("other", "u1"), ("shndx", "<u2"),
 def elf_defined_symbols(obj: bytes) -> set[str] | None:
     """The names of the functions and data an ELF64 little-endian object file defines (its
     symbol table's entries with a section, less section and file entries); ``None`` for any
-    other object format."""
+    other object format, or an object it cannot read."""
+    import struct
+
+    if obj[:4] != b"\x7fELF" or obj[4:6] != b"\x02\x01":
+        return None
+    try:
+        return _elf_symbols(obj)
+    except (struct.error, IndexError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def _elf_symbols(obj: bytes) -> set[str]:
     import struct
 
     import numpy as np
 
-    if obj[:4] != b"\x7fELF" or obj[4:6] != b"\x02\x01":
-        return None
     (shoff,) = struct.unpack_from("<Q", obj, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", obj, 0x3A)
     heads = [struct.unpack_from("<IIQQQQIIQQ", obj, shoff + i * shentsize)
