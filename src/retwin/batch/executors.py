@@ -49,6 +49,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.reduction import ForkingPickler
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -202,8 +203,6 @@ class _Channel:
 
     def put(self, item: Any) -> None:
         """Write ``item`` (in a worker); a parent gone is not the task's business."""
-        from multiprocessing.reduction import ForkingPickler
-
         data = bytes(ForkingPickler.dumps(item))
         with contextlib.suppress(OSError), self._lock:
             self._writer.send_bytes(data)
@@ -212,8 +211,6 @@ class _Channel:
         """The next report (in the parent); ``queue.Empty`` after ``timeout`` seconds."""
         if not self._reader.poll(timeout):
             raise queue.Empty
-        from multiprocessing.reduction import ForkingPickler
-
         return ForkingPickler.loads(self._reader.recv_bytes())
 
 

@@ -219,24 +219,39 @@ def generated_code(filename: str, source: str, generate: Callable[[str], str],
     ).digest()
     path = None if cache_dir is None else \
         cache_dir / f"{name}.{sys.implementation.cache_tag}.code"
-    if path is not None:
+    body = _read_keyed(path, key)
+    if body is not None:
         try:
-            data = path.read_bytes()
-        except OSError:
-            data = b""
-        body = data[64:]
-        if data[:32] == key and data[32:64] == hashlib.sha256(body).digest():
-            try:
-                code = marshal.loads(body)
-            except (EOFError, ValueError, TypeError):
-                code = None
-            if isinstance(code, CodeType):
-                return code
+            code = marshal.loads(body)
+        except (EOFError, ValueError, TypeError):
+            code = None
+        if isinstance(code, CodeType):
+            return code
     code = compile(generate(source), filename, "exec", dont_inherit=True)
-    if path is not None:
-        body = marshal.dumps(code)
-        _write_whole(path, key + hashlib.sha256(body).digest() + body)
+    _write_keyed(path, key, marshal.dumps(code))
     return code
+
+
+def _read_keyed(path: Path | None, key: bytes) -> bytes | None:
+    """The body of cache file ``path`` (``key``, a digest of the body, the body), or
+    ``None`` when there is none, it was written under another key or it does not check
+    out."""
+    if path is None:
+        return None
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    body = data[64:]
+    if data[:32] == key and data[32:64] == hashlib.sha256(body).digest():
+        return body
+    return None
+
+
+def _write_keyed(path: Path | None, key: bytes, body: bytes) -> None:
+    """Write cache file ``path`` as :func:`_read_keyed` reads it (nothing when ``None``)."""
+    if path is not None:
+        _write_whole(path, key + hashlib.sha256(body).digest() + body)
 
 
 def _write_whole(path: Path, data: bytes) -> None:
@@ -283,25 +298,19 @@ def _runtime_from_cache() -> None:
             return compile_runtime(ctx)
         path = None if folder is None else \
             folder / f"numba_runtime.{sys.implementation.cache_tag}.nbo"
-        if path is not None:
-            try:
-                data = path.read_bytes()
-            except OSError:
-                data = b""
-            body = data[64:]
-            if data[:32] == key and data[32:64] == hashlib.sha256(body).digest():
-                n = int.from_bytes(body[:8], "little")
-                state = (library.name, "object", (body[8:8 + n], body[8 + n:]))
-                return codegen.unserialize_library(state)
+        body = _read_keyed(path, key)
+        if body is not None:
+            n = int.from_bytes(body[:8], "little")
+            return codegen.unserialize_library(
+                (library.name, "object", (body[8:8 + n], body[8 + n:])))
         library.enable_object_caching()
         library.add_ir_module(ir_mod)
         library.finalize()
-        if path is not None:
-            with contextlib.suppress(Exception):  # uncached, it is only compiled again
-                _, kind, (obj, bitcode) = library.serialize_using_object_code()
-                if kind == "object":
-                    body = len(obj).to_bytes(8, "little") + bytes(obj) + bytes(bitcode)
-                    _write_whole(path, key + hashlib.sha256(body).digest() + body)
+        with contextlib.suppress(Exception):  # uncached, it is only compiled again
+            _, kind, (obj, bitcode) = library.serialize_using_object_code()
+            if kind == "object":
+                _write_keyed(path, key,
+                             len(obj).to_bytes(8, "little") + bytes(obj) + bytes(bitcode))
         return library
 
     compile_nrt_functions._retwin = True  # type: ignore[attr-defined]
