@@ -139,11 +139,28 @@ def test_a_runs_targets_and_bottlenecks_are_its_own(result: RunResult) -> None:
     mine.loc[0, "value"] = -1.0
     mine.loc[0, "target"] = "changed"
     runs[0].bottlenecks.loc[0, "stage"] = "changed"
+    runs[0].binding_table.loc[0, "stage"] = "changed"
+    runs[0].binding_table.loc[1, "constraint"] = "changed"
     fresh = dataclasses.replace(result)
     for r in (runs[1], fresh):
         assert r.target_table.loc[0, "target"] != "changed"
         assert r.target_table.loc[0, "value"] == r.target_rows[0][4]
         assert r.bottlenecks.loc[0, "stage"] == r.bottleneck_rows[0][1]
+        stage, _, constraint, _ = r.binding_columns
+        assert r.binding_table.loc[0, "stage"] == stage[0]
+        assert r.binding_table.loc[1, "constraint"] == constraint[1]
+
+
+def test_a_binding_table_is_typed_as_a_frame_of_its_columns(result: RunResult) -> None:
+    """The binding table is put together from labels typed once: it is the frame pandas
+    builds from its columns, dtypes and all."""
+    for s in range(3):
+        r = retwin.run(result.compiled, seed=s)
+        stage, year, constraint, share = r.binding_columns
+        pd.testing.assert_frame_equal(
+            r.binding_table, pd.DataFrame({"stage": stage, "year": year,
+                                           "constraint": constraint, "share": share}),
+            check_exact=True)
 
 
 @pytest.mark.parametrize("seed", range(6))

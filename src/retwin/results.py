@@ -332,25 +332,32 @@ class RunResult:
     def binding_table(self) -> pd.DataFrame:
         """Share of capacity-weighted plant-days each constraint bound, per stage and year;
         and the bottleneck stage per year."""
-        import pandas as pd
-
-        cols = ["stage", "year", "constraint", "share"]
-        stage, year, constraint, share = self.binding_columns
-        if not len(stage):
-            return pd.DataFrame([], columns=cols)
-        return pd.DataFrame({"stage": stage, "year": year, "constraint": constraint,
-                             "share": share})
+        si, ci, yi = self._binding_where
+        names, stages, codes = _labels_of(("binding", tuple(self.compiled.topology.stage_plants)),
+                                          ["stage", "year", "constraint", "share"],
+                                          list(self.compiled.topology.stage_plants),
+                                          list(BIND_NAMES.values()))
+        frac = self._binding_shares
+        return _frame_of(names, [stages.take(si), np.asarray(self.years, dtype=np.int64)[yi],
+                                 codes.take(ci), frac[si, ci, yi]])
 
     @cached_property
     def binding_columns(self) -> tuple[np.ndarray, IntArray, np.ndarray, FloatArray]:
         """The columns of :attr:`binding_table` (``stage, year, constraint, share``) as
         arrays, without building the frame."""
         frac = self._binding_shares
-        si, ci, yi = np.nonzero(frac > 0)  # stage, then constraint, then year order
+        si, ci, yi = self._binding_where
         stages = np.asarray(list(self.compiled.topology.stage_plants), dtype=object)
         names = np.asarray(list(BIND_NAMES.values()), dtype=object)
         return (stages[si], np.asarray(self.years, dtype=np.int64)[yi], names[ci],
                 frac[si, ci, yi])
+
+    @cached_property
+    def _binding_where(self) -> tuple[IntArray, IntArray, IntArray]:
+        """The (stage, constraint, year) positions of the binding shares above 0, in that
+        order."""
+        si, ci, yi = np.nonzero(self._binding_shares > 0)
+        return si, ci, yi
 
     @cached_property
     def bottlenecks(self) -> pd.DataFrame:
@@ -361,9 +368,22 @@ class RunResult:
         cols = ["year", "stage", "constraint", "score"]
         if not rows:
             return pd.DataFrame(rows, columns=cols)
-        key = ("bottlenecks", tuple(r[:3] for r in rows))
-        return _framed(key, lambda: pd.DataFrame(rows, columns=cols),
-                       score=np.array([r[3] for r in rows], dtype=np.float64))
+        score = np.array([r[3] for r in rows], dtype=np.float64)
+
+        def make() -> pd.DataFrame:
+            stage_names = [*self.compiled.topology.stage_plants, ""]  # "": none held back
+            code_names = [*BIND_NAMES.values(), ""]
+            names, stages, codes = _labels_of(("bottlenecks", tuple(stage_names)), cols,
+                                              stage_names, code_names)
+            stage_at = {n: i for i, n in enumerate(stage_names)}
+            code_at = {n: i for i, n in enumerate(code_names)}
+            return _frame_of(names, [np.array([r[0] for r in rows], dtype=np.int64),
+                                     stages.take(np.array([stage_at[r[1]] for r in rows])),
+                                     codes.take(np.array([code_at[r[2]] for r in rows])),
+                                     score])
+
+        # runs of one model mostly share their bottlenecks: the frame is kept by them
+        return _framed(("bottlenecks", tuple(r[:3] for r in rows)), make, score=score)
 
     @cached_property
     def bottleneck_rows(self) -> list[tuple[int, str, str, float]]:
@@ -382,35 +402,48 @@ class RunResult:
         code_pos = {code: i for i, code in enumerate(BIND_NAMES)}
         supply = sorted(code_pos[b] for b in (BIND_CAPACITY, BIND_QUOTA, BIND_OUTAGE))
         market = sorted(code_pos[b] for b in (BIND_DEMAND, BIND_MARGIN))
-        rows_of = self._kpi_rows
-        values = self._kpi_values
         years = self.years
+        # each stage's output value per year, 0 without a row: (stages, Y) as lists
+        rows_of = self._kpi_rows
+        at = np.array([[rows_of.get(("value.stage", name, year), -1) for year in years]
+                       for name in stage_names], dtype=np.int64).reshape(len(stage_names),
+                                                                         len(years))
+        value = np.where(at >= 0, self._kpi_values[np.maximum(at, 0)], 0.0).tolist()
         # stages in name order, and a tie on the score keeps the first: as grouping by name
         by_name = sorted(range(len(stage_names)), key=lambda i: stage_names[i])
-        # (year, stage, code) as Python floats (the same numbers, read faster than numpy's)
-        by_year = np.moveaxis(frac, 2, 0).tolist()
 
-        def best_of(y: int, kinds: list[int]) -> tuple[float, float, str, str]:
-            best: tuple[float, float, str, str] = (-1.0, 0.0, "", "")
+        def scored(kinds: list[int]) -> tuple[list[list[bool]], list[list[float]]]:
+            """(stages, Y): whether any of these codes held the stage back, and the sum of
+            their shares (code by code, as Python adds them) to 1e-9."""
+            total = frac[:, kinds[0], :].copy()
+            for k in kinds[1:]:
+                total += frac[:, k, :]
+            held = cast(list[list[bool]], (frac[:, kinds, :] > 0).any(axis=1).tolist())
+            return held, [[round(x, 9) for x in row] for row in total.tolist()]
+
+        def best_of(y: int, kinds: list[int], held: list[list[bool]],
+                    score: list[list[float]]) -> tuple[float, float, str, str]:
+            best: tuple[float, float] = (-1.0, 0.0)
+            stage = -1
             for i in by_name:
-                f = by_year[y][i]
-                held = [k for k in kinds if f[k] > 0]  # in the order of the codes
-                if not held:
-                    continue
-                score = (round(sum(f[k] for k in held), 9),
-                         _at(values, rows_of.get(("value.stage", stage_names[i], years[y]))))
-                if score > best[:2]:
-                    # the most frequent (to 1e-9, as the score: shares equal but for
-                    # round-off tie), a tie going to the later code
-                    top = max(held, key=lambda k: (round(f[k], 9), k))
-                    best = (*score, stage_names[i], code_names[top])
-            return best
+                if held[i][y] and (score[i][y], value[i][y]) > best:
+                    best, stage = (score[i][y], value[i][y]), i
+            if stage < 0:
+                return (*best, "", "")
+            # the most frequent (to 1e-9, as the score: shares equal but for round-off
+            # tie), a tie going to the later code
+            f = frac[stage, :, y].tolist()
+            top = max((k for k in kinds if f[k] > 0), key=lambda k: (round(f[k], 9), k))
+            return (*best, stage_names[stage], code_names[top])
 
+        by_supply = scored(supply)
+        by_market: tuple[list[list[bool]], list[list[float]]] | None = None
         rows = []
         for y, year in enumerate(years):
-            best = best_of(y, supply)
+            best = best_of(y, supply, *by_supply)
             if best[0] < 0.5:
-                held = best_of(y, market)
+                by_market = by_market or scored(market)
+                held = best_of(y, market, *by_market)
                 if held[0] >= 0.5:
                     best = held
             rows.append((year, best[2], best[3], max(best[0], 0.0)))
@@ -1045,21 +1078,64 @@ def _copied(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.copy(deep=int(pd.__version__.split(".")[0]) < 3)
 
 
-#: The small tables of runs (bottlenecks, targets) by the columns their runs share
-#: (:func:`_framed`): the replications and what-ifs of one model repeat them.
-_FRAMES: Kept[pd.DataFrame] = Kept(max_items=64)
+#: The small tables of runs (bottlenecks, binding shares, targets) by the columns their runs
+#: share (:func:`_framed`), as the names and arrays of a frame: the replications and
+#: what-ifs of one model repeat them.
+_FRAMES: Kept[tuple[Any, list[Any]]] = Kept(max_items=64)
 
 
 def _framed(key: tuple[Any, ...], make: Callable[[], pd.DataFrame], **columns: np.ndarray
             ) -> pd.DataFrame:
     """The frame ``make()`` builds, with ``columns`` set to these values: built once per
-    ``key`` (which must fix every other column, and the rows), copied and set after. A
-    small frame takes pandas several times longer to build than to copy and set a column
-    of; the frame is the same, dtypes and all."""
-    df = _copied(_FRAMES.get_or_make(key, make))
-    for name, values in columns.items():
-        df[name] = values
-    return df
+    ``key`` (which must fix every other column, and the rows), its columns kept typed and
+    put together again after (:func:`_frame_of`). A small frame takes pandas several times
+    longer to build from rows, or to copy and set a column of, than to put together from
+    columns whose types are known; the frame is the same, dtypes and all."""
+    names, arrays = _FRAMES.get_or_make(key, lambda: _columns_of(make()))
+    return _frame_of(names, [columns.get(n, a) for n, a in zip(names, arrays, strict=True)])
+
+
+#: The column names and typed labels of tables made from arrays (:func:`_labels_of`).
+_LABELS: Kept[tuple[Any, ...]] = Kept(max_items=16)
+
+
+def _labels_of(key: tuple[Any, ...], columns: list[str], *labels: list[str]
+               ) -> tuple[Any, ...]:
+    """``columns`` as a frame's column names, then each list of ``labels`` as the array a
+    frame would hold it in (pandas' strings), for indexing by position: made once per
+    ``key``, which must fix them all."""
+    def make() -> tuple[Any, ...]:
+        import pandas as pd
+
+        # each typed as a frame's column of these strings would be
+        return (pd.Index(columns), *(_array_of(pd.DataFrame({"v": v}).v) for v in labels))
+
+    return _LABELS.get_or_make(key, make)
+
+
+def _columns_of(frame: pd.DataFrame) -> tuple[Any, list[Any]]:
+    """A frame's column names and its columns' arrays as it holds them (numpy arrays, or
+    pandas' typed arrays such as its strings)."""
+    return frame.columns, [_array_of(frame[name]) for name in frame.columns]
+
+
+def _array_of(column: pd.Series) -> Any:
+    """A column's values as the frame holds them: a numpy array, or pandas' typed array."""
+    return column.to_numpy() if isinstance(column.dtype, np.dtype) else column.array
+
+
+def _frame_of(names: Any, arrays: list[Any]) -> pd.DataFrame:
+    """A frame of these columns as they are typed (nothing inferred), each its own: a
+    numpy column is copied; a pandas array is a view, which a write into the frame
+    replaces rather than changes (its strings are Arrow's, never changed in place)."""
+    import pandas as pd
+
+    own = [a.copy() if isinstance(a, np.ndarray) else a.view() for a in arrays]
+    make = getattr(pd.DataFrame, "_from_arrays", None)
+    if make is None:  # a pandas without the constructor's own last step
+        return pd.DataFrame(dict(zip(names, own, strict=True)), copy=False)
+    return cast("pd.DataFrame", make(own, columns=names, index=pd.RangeIndex(len(own[0])),
+                                     verify_integrity=False))
 
 
 def _kpi_layout(c: Compiled) -> _KpiLayout:
