@@ -189,3 +189,21 @@ def test_rows_added_by_index_are_numpys_add_at_to_the_last_bit(seed: int) -> Non
         got = _add_rows(c, "test", n_rows, *parts)
         assert got.shape == want.shape
         assert np.array_equal(got.view(np.int64), want.view(np.int64))
+
+
+@pytest.mark.parametrize("storage", ["pyarrow", "python"])
+def test_frames_put_together_from_kept_columns_are_their_own(storage: str) -> None:
+    """A frame put together from kept columns shares none that a write could change: not
+    Arrow's strings (a view, replaced on write), not numpy's or pandas' own (copied)."""
+    from retwin.results import _columns_of, _frame_of
+
+    strings = pd.array(["a", "b"], dtype=pd.StringDtype(storage, na_value=np.nan))
+    kept = pd.DataFrame({"s": strings, "n": np.array([1, 2]), "x": [1.0, 2.0]})
+    names, arrays = _columns_of(kept)
+    mine, other = _frame_of(names, arrays), _frame_of(names, arrays)
+    pd.testing.assert_frame_equal(mine, kept, check_exact=True)
+    mine.loc[0, "s"] = "changed"
+    mine.loc[0, "n"] = -1
+    mine.loc[0, "x"] = -1.0
+    for df in (other, kept, _frame_of(names, arrays)):
+        assert df.loc[0].tolist() == ["a", 1, 1.0]

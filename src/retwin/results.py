@@ -1125,12 +1125,14 @@ def _array_of(column: pd.Series) -> Any:
 
 
 def _frame_of(names: Any, arrays: list[Any]) -> pd.DataFrame:
-    """A frame of these columns as they are typed (nothing inferred), each its own: a
-    numpy column is copied; a pandas array is a view, which a write into the frame
-    replaces rather than changes (its strings are Arrow's, never changed in place)."""
+    """A frame of these columns as they are typed (nothing inferred), each its own: an
+    Arrow-backed pandas array (pandas' strings) is a view, which a write into the frame
+    replaces rather than changes (Arrow's arrays never change in place); any other column
+    is copied."""
     import pandas as pd
 
-    own = [a.copy() if isinstance(a, np.ndarray) else a.view() for a in arrays]
+    arrow = pd.arrays.ArrowExtensionArray
+    own = [a.view() if isinstance(a, arrow) else a.copy() for a in arrays]
     make = getattr(pd.DataFrame, "_from_arrays", None)
     if make is None:  # a pandas without the constructor's own last step
         return pd.DataFrame(dict(zip(names, own, strict=True)), copy=False)
