@@ -1208,11 +1208,6 @@ def _stages_in(c: Compiled, stages: tuple[str, ...]) -> np.ndarray:
     return cast(np.ndarray, cached[0])
 
 
-def _at(values: FloatArray, row: int | None) -> float:
-    """``values[row]``, 0 without a row."""
-    return 0.0 if row is None else float(values[row])
-
-
 def _kpi_index(c: Compiled) -> dict[tuple[str, str, int], int]:
     """The row of each (kpi, key, year) in the KPI frame of every run of ``c`` (the first, if
     repeated): made once per layout, from the rows its runs share."""
