@@ -197,7 +197,7 @@ def test_frames_put_together_from_kept_columns_are_their_own(storage: str) -> No
     Arrow's strings (a view, replaced on write), not numpy's or pandas' own (copied)."""
     from retwin.results import _columns_of, _frame_of
 
-    strings = pd.array(["a", "b"], dtype=pd.StringDtype(storage, na_value=np.nan))
+    strings = pd.array(["a", "b"], dtype=pd.StringDtype(storage))
     kept = pd.DataFrame({"s": strings, "n": np.array([1, 2]), "x": [1.0, 2.0]})
     names, arrays = _columns_of(kept)
     mine, other = _frame_of(names, arrays), _frame_of(names, arrays)
