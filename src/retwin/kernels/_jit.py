@@ -306,11 +306,12 @@ def _runtime_from_cache() -> None:
         library.enable_object_caching()
         library.add_ir_module(ir_mod)
         library.finalize()
-        with contextlib.suppress(Exception):  # uncached, it is only compiled again
-            _, kind, (obj, bitcode) = library.serialize_using_object_code()
-            if kind == "object":
-                _write_keyed(path, key,
-                             len(obj).to_bytes(8, "little") + bytes(obj) + bytes(bitcode))
+        if path is not None:
+            with contextlib.suppress(Exception):  # uncached, it is only compiled again
+                _, kind, (obj, bitcode) = library.serialize_using_object_code()
+                if kind == "object":
+                    _write_keyed(path, key, len(obj).to_bytes(8, "little") + bytes(obj)
+                                 + bytes(bitcode))
         return library
 
     compile_nrt_functions._retwin = True  # type: ignore[attr-defined]
