@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+import simpy
 
 import retwin
 from conftest import assert_same_run
@@ -38,6 +39,33 @@ def idx(res: Any, plant_id: str) -> int:
 
 
 # --- events ---------------------------------------------------------------------------------
+
+def test_months_that_skip_the_event_queue_run_as_if_they_waited(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The market process goes straight on to a month whose first day nothing else is
+    scheduled on or before (no trip through the event queue); a change dated on a month's
+    first day still comes first (here a capacity change, which the month's decisions read).
+    Sending every month through the queue gives the same run, bit for bit."""
+    sc = retwin.load_scenario("tiny-markets")  # (investment off: with it, every month waits)
+    changes = [{"kind": "parameter", "path": "settings.investment", "value": False},
+               {"kind": "capacity", "plant": "separation", "factor": 0.5,
+                "from": "2024-07-01"},
+               {"kind": "quota", "quota": "mining", "factor": 0.4, "from": "2024-10-01"},
+               {"kind": "trade", "market": "magnet_out", "side": "export", "factor": 0.5,
+                "from": "2024-09-15", "to": "2025-03-01"}]
+    timeouts: list[float] = []
+    timeout = simpy.Environment.timeout
+    monkeypatch.setattr(simpy.Environment, "timeout",
+                        lambda self, delay=0, value=None: (timeouts.append(delay),
+                                                           timeout(self, delay, value))[1])
+    fast = retwin.run(sc, seed=3, changes=changes)
+    n_fast, timeouts[:] = len(timeouts), []
+    monkeypatch.setattr(simpy.Environment, "peek", lambda self: -math.inf)  # always waits
+    slow = retwin.run(sc, seed=3, changes=changes)
+    assert_same_run(fast, slow)
+    assert fast.kernel_calls == slow.kernel_calls
+    # most months went straight on (those after a change's day waited for it)
+    assert len(timeouts) - n_fast >= len(fast.compiled.month_start_day) // 2
 
 
 def test_random_outages_happen_when_on(tiny_run: Any) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 import retwin
 from retwin.kernels import market as km
+from retwin.kernels import trade as trade_kernel
 
 
 def _numpy_share_out(ask: np.ndarray, share: np.ndarray, allow: float) -> np.ndarray:
@@ -251,6 +252,36 @@ def test_the_compiled_month_is_the_numpy_formulation(name: str, changes: list[An
                                        err_msg=f"{name} month {t}: {key}")
         np.testing.assert_array_equal(v["price"], got["p"])
         np.testing.assert_array_equal(v["price_rec"][:, t], got["p"])
+
+
+@pytest.mark.parametrize("name", ["baotou-2024", "china-2024"])
+def test_a_month_that_hands_over_hands_over_what_the_chain_would(name: str) -> None:
+    """A month's call that hands its decisions and outside curves to the flow itself
+    (``hand``) leaves every array as the month without it followed by
+    :func:`retwin.kernels.trade.hand_over` does, bit for bit; a year whose outside demand
+    grows (china-2024) is handed over by the process instead."""
+    _, calls = _months_of(retwin.load_scenario(name), seed=2)
+    handed = [v for v in calls if v["hand"]]
+    assert len(handed) > 20
+    if name == "china-2024":
+        assert len(handed) < len(calls)  # a new year's month: the process hands it over
+    for v in handed[::7]:
+        fused = {n: (x.copy() if isinstance(x, np.ndarray) else x) for n, x in v.items()}
+        apart = {n: (x.copy() if isinstance(x, np.ndarray) else x) for n, x in v.items()}
+        km.month(*fused.values())
+        km.month(*{**apart, "hand": False}.values())
+        w, n_p, n_k = apart["w"], len(apart["cap_day"]), len(apart["exp_cap_day"])
+        trade_kernel.hand_over(True, w[km.W_SHARE, :n_p], w[km.W_WANT, :n_p],
+                               apart["decision"], apart["want_day"], apart["cap_max_day"],
+                               apart["cap_day"], w[km.W_IMP_SHARE, :n_k],
+                               w[km.W_EXP_TPA, :n_k], apart["contract"], apart["trade"],
+                               apart["imp_cap_day"], apart["exp_cap_day"],
+                               apart["exp_contract_day"], w[km.W_EXP_ASKED, :n_k],
+                               int(apart["days"]))
+        for n, x in fused.items():
+            if isinstance(x, np.ndarray):
+                np.testing.assert_array_equal(x, apart[n], err_msg=f"month {v['t']}: {n}")
+        assert not np.array_equal(fused["trade"], v["trade"])  # it did hand over
 
 
 def _numpy_follow(ref: np.ndarray, price_month: np.ndarray, ref0: np.ndarray,

@@ -284,6 +284,14 @@ class ChainModel:
                         export_contract_tpa, self._trade, self.imp_cap_day, self.exp_cap_day,
                         self.exp_contract_day, exp_asked, days)
 
+    def hand_over_arrays(self) -> tuple[np.ndarray, ...]:
+        """What :meth:`hand_over` writes besides the flow's caps, for a compiled caller that
+        hands a month over itself (:func:`retwin.kernels.market.month`): the decided shares,
+        the asked rates, the ``(5, K)`` trade state (rows :mod:`retwin.kernels.trade`), the
+        daily import caps and the daily contracted exports."""
+        return (self.decision, self.want_day, self._trade, self.imp_cap_day,
+                self.exp_contract_day)
+
     def grow_exports(self, factor: FloatArray) -> None:
         """Outside demand's growth since the start, per market: the export caps follow (a
         trade change's factor scales the grown cap, its ``cap_tpa`` replaces it)."""

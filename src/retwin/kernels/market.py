@@ -60,6 +60,7 @@ import numpy as np
 from retwin._typing import FloatArray, IntArray
 from retwin.kernels._jit import jit
 from retwin.kernels.flow import BIND_DEMAND, BIND_MARGIN
+from retwin.kernels.trade import _hand_over
 
 __all__ = ["CSR_NAMES", "KF_NAMES", "PAR_NAMES", "STATIC_PARTS", "W_NAMES", "close",
            "follow_links", "margins", "month", "month_step", "new_work", "ou_levels",
@@ -545,13 +546,23 @@ def month(t: int, prev_day: int, day: int, primed: bool, si: IntArray, sx: Float
           short_sum: FloatArray, stock: FloatArray, reserve: FloatArray,
           cap_max_day: FloatArray, pipe_sum: FloatArray, ipipe_sum: FloatArray,
           price: FloatArray, price_rec: FloatArray, dem_rate: FloatArray, w: FloatArray,
-          decision_rec: FloatArray, margin_rec: FloatArray, reason_rec: np.ndarray) -> None:
+          decision_rec: FloatArray, margin_rec: FloatArray, reason_rec: np.ndarray,
+          hand: bool, decision: FloatArray, want_day: FloatArray, contract: FloatArray,
+          trade: FloatArray, imp_cap_day: FloatArray, exp_contract_day: FloatArray,
+          days: float) -> None:
     """One month's clearing from what the days ``prev_day .. day - 1`` did: what buyers
     asked and did not get, the plants' rates within their quotas, 1. the prices (into
     ``w[W_P]``), 3. the producers' decisions (``w[W_SHARE]``, ``w[W_WANT]``) and the
     month's records (column ``t``); then :func:`close`. ``si``, ``sx``: the static arrays
     (:func:`pack_static`); ``kf``: the outside curves (this year's); ``ref``, ``rates``: the
-    run's outside price and base demand paths; the rest the chain's and the run's state."""
+    run's outside price and base demand paths; the rest the chain's and the run's state.
+
+    When ``hand``, the month's decisions and outside curves then go to the flow, as
+    :func:`retwin.kernels.trade.hand_over` hands them over (into ``decision``,
+    ``want_day``, ``cap_day``, ``trade``, the daily caps, and ``w[W_EXP_ASKED]`` for the
+    month's ``days``, with ``contract`` the exports under contract, t a year): one call
+    for the month instead of two. The process hands them over itself when something
+    changes the caps in between (a year whose outside demand grows)."""
     (pool_mat, plant_quota, mk_mat, seg_mat, csr_ptr, csr_col, days_left_of, csr_val, pf, sf,
      mf, par, ref0, seg_el, link) = static_parts(si, sx)
     n_m, n_p, n_s = len(mf), pf.shape[1], sf.shape[1]
@@ -607,6 +618,10 @@ def month(t: int, prev_day: int, day: int, primed: bool, si: IntArray, sx: Float
     # 2. outside curves; 4. demand
     _close(t, mk_mat, seg_mat, kf, ref0, par, seg_el, ref, rates, w, price, price_rec,
            dem_rate)
+    if hand:
+        _hand_over(True, w[W_SHARE, :n_p], w[W_WANT, :n_p], decision, want_day, cap_max_day,
+                   cap_day, w[W_IMP_SHARE, :n_k], w[W_EXP_TPA, :n_k], contract, trade,
+                   imp_cap_day, exp_cap_day, exp_contract_day, w[W_EXP_ASKED, :n_k], days)
 
 
 @jit

@@ -137,6 +137,7 @@ class _EconomyChain(Chain, Protocol):
     def hand_over(self, decide: bool, utilisation: FloatArray, want_day: FloatArray,
                   import_share: FloatArray, export_demand_tpa: FloatArray,
                   export_contract_tpa: FloatArray, exp_asked: FloatArray, days: int) -> None: ...
+    def hand_over_arrays(self) -> tuple[FloatArray, ...]: ...
     def set_decisions(self, utilisation: FloatArray, want_day: FloatArray) -> None: ...
     def grow_exports(self, factor: FloatArray) -> None: ...
     def add_capacity(self, plants: IntArray, share_of_nameplate: float) -> None: ...
@@ -225,8 +226,8 @@ class EconomyProcess:
         """The market month, on the first day of each month (the module docstring says what
         it does). The process decides when a month opens, advances the flow to it, starts
         investment, grows outside demand at a new year and hands the chain its decisions and
-        outside curves (``hand_over``; in the first month's passes ``set_decisions``); a
-        month's arithmetic is one
+        outside curves (in the month's own call; ``hand_over`` when outside demand grew
+        first; in the first month's passes ``set_decisions``); a month's arithmetic is one
         compiled call, :func:`retwin.kernels.market.month` (steps 1 to 4, the matrix products
         and ``exp``/``log``/``**`` included, over the scenario's packed arrays and one
         working array the run carries from month to month); in the first month,
@@ -256,6 +257,8 @@ class EconomyProcess:
                                                chain.cap_max_day)
         cap_day, avail, dem_rate = chain.cap_day, chain.avail, chain.dem_rate
         price, price_rec = chain.price, chain.price_rec
+        # what the month's call hands the decisions and outside curves into
+        decision, want_day, trade, imp_cap_day, exp_contract_day = chain.hand_over_arrays()
         w[kmarket.W_SHORT_THEN, :n_s] = short_sum
         decision_rec, margin_rec, reason_rec = (self.decision_rec, self.margin_rec,
                                                 self.reason_rec)
@@ -268,7 +271,11 @@ class EconomyProcess:
         prev_day = 0
         for t in range(n_months):
             day = month_days[t]
-            if day > env.now:
+            # A month's first day that nothing else is scheduled on or before is the next
+            # event anyway: the month goes straight on, without a trip through the event
+            # queue (no other process could run in between; the same numbers come out).
+            # With investment on, every month waits: a project started reads the clock.
+            if day > env.now and (invest or env.peek() <= day):
                 yield env.timeout(day - env.now)
             chain.advance_to(day)
             # what each quota has left of its year (at a year's start, the flow has opened it)
@@ -281,6 +288,10 @@ class EconomyProcess:
                 kf[KF_EXP_BASE] = kf0[KF_EXP_BASE] * grown
                 kf[KF_EXP_DEPTH] = kf0[KF_EXP_DEPTH] * grown
                 contract = a.exp_contract_tpa * grown
+            next_day = month_days[t + 1] if t + 1 < n_months else chain.n_days
+            # the decisions (after a month's clearing) and the outside curves go to the flow
+            # in the month's own call, unless outside demand grew first
+            handed = day > prev_day and not grows
             if day > prev_day:
                 # 1. prices, 3. producers, from what last month's days did; 2. outside
                 # curves, 4. demand
@@ -288,7 +299,8 @@ class EconomyProcess:
                               ramp, q_left, served_rec, unmet_rec, exp_rec, exp_cap_day,
                               short_sum, stock, reserve, cap_max_day, pipe_sum, ipipe_sum,
                               price, price_rec, dem_rate, w, decision_rec, margin_rec,
-                              reason_rec)
+                              reason_rec, handed, decision, want_day, contract, trade,
+                              imp_cap_day, exp_contract_day, float(next_day - day))
                 primed = True
                 if invest:
                     self._invest(env, chain, t, day)
@@ -297,10 +309,9 @@ class EconomyProcess:
                 kmarket.close(t, si, sx, kf, ref, rates, w, price, price_rec, dem_rate)
             if grows:
                 chain.grow_exports(grown)
-            # the decisions (after a month's clearing) and the outside curves to the flow
-            next_day = month_days[t + 1] if t + 1 < n_months else chain.n_days
-            chain.hand_over(day > prev_day, share, want, imp_share, exp_tpa, contract,
-                            exp_asked, next_day - day)
+            if not handed:
+                chain.hand_over(day > prev_day, share, want, imp_share, exp_tpa, contract,
+                                exp_asked, next_day - day)
             if day == prev_day and N_START_PASSES > 0:
                 # 3. producers, from the start: what the demand segments and the outside
                 # curves ask now, and the plants' own draws at their decided rates (a few
