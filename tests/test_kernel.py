@@ -25,10 +25,13 @@ from hypothesis import strategies as st
 
 import reference
 import retwin
-from conftest import chain_model, make_scenario, make_tree, mat, plant
+from conftest import assert_same_run, chain_model, make_scenario, make_tree, mat, plant
 from reference import ARG_NAMES, CAPACITY, IDLE, INPUT, OUTAGE, QUOTA, STORAGE
 from retwin.engine import model as engine_model
+from retwin.engine.model import ChainModel
 from retwin.kernels import contract, flow
+from retwin.kernels._jit import indices_as_given
+from test_change_kinds import EXAMPLES as CHANGE_EXAMPLES
 
 Args = dict[str, np.ndarray]
 
@@ -187,6 +190,70 @@ def test_packed_call_shares_the_state_the_events_write() -> None:
     m.act_rec[1, 3] = 7.0
     i = contract.PACKED_FLOATS.index("act_rec")
     assert sf[sf_off[i] + m.act_rec.shape[1] + 3] == 7.0
+
+
+# --- indices taken as they are --------------------------------------------------------------
+
+JIT = not numba.config.DISABLE_JIT
+
+
+def _item(a: np.ndarray, i: int) -> float:
+    return float(a[i])
+
+
+@pytest.mark.skipif(not JIT, reason="indices are Python's with NUMBA_DISABLE_JIT")
+def test_indices_as_given_takes_a_negative_index_as_it_is() -> None:
+    """Compiled with indices as given, a negative index is not wrapped: with bounds checks it
+    raises IndexError (how the flow kernel is checked below); compiled as usual before and
+    after, it is Python's ``a[-1]``."""
+    a = np.arange(3.0)
+    assert numba.njit(boundscheck=True)(_item)(a, -1) == 2.0
+    with indices_as_given():
+        given = numba.njit(boundscheck=True)(_item)
+        with pytest.raises(IndexError):
+            given(a, -1)
+        assert given(a, 1) == 1.0
+    assert numba.njit(boundscheck=True)(_item)(a, -1) == 2.0
+
+
+#: Runs that take the flow kernel through its paths: markets on and off, random outages,
+#: quotas with calendars, trade and contracts, lead times, storage ceilings, and a change of
+#: each kind (``tiny``), on the shipped models.
+_INDEX_RUNS: list[tuple[str, list[dict[str, Any]]]] = [
+    ("baotou-2024", []),
+    ("baotou-2024", [
+        {"kind": "quota", "quota": "mining", "factor": 0.3, "from": "2025-01-01"},
+        {"kind": "trade", "market": "magnet_export_world", "side": "export", "factor": 0.25,
+         "from": "2025-01-01"},
+        {"kind": "capacity", "stage": "separation", "factor": 1.5, "from": "2026-01-01"}]),
+    ("china-2024", []),
+    ("tiny", [change for change, _ in CHANGE_EXAMPLES.values()]),
+    ("tiny-markets", [change for change, _ in CHANGE_EXAMPLES.values()]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not JIT, reason="bounds checks are compiled code's")
+def test_the_flow_kernel_indexes_nothing_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flow kernel is compiled with its indices as given (no wraparound of negative
+    ones): it must never index below zero. Compiled that way with bounds checks, which
+    raise IndexError at any index out of range, it runs the shipped models through their
+    paths and what-ifs, and gives the numbers the kernel runs give, bit for bit."""
+    code = flow._entry_code(FLOW_SOURCE, None)
+    scope: dict[str, Any] = {**vars(flow), "__name__": flow.__name__}
+    exec(code, scope)
+    checked = numba.njit(boundscheck=True, error_model="numpy", nogil=True)(
+        scope["_advance_packed"])
+    m = ChainModel(retwin.prepare(retwin.load_scenario("tiny")), 1)
+    with indices_as_given():
+        checked.compile((numba.types.int64, numba.types.int64, *map(numba.typeof, m._packed)))
+    monkeypatch.setattr(engine_model, "CHAIN_KERNELS", False)  # the general kernel, checked
+    for name, changes in _INDEX_RUNS:
+        sc = retwin.apply_changes(retwin.load_scenario(name), changes)
+        monkeypatch.setattr(engine_model, "advance_packed", checked)
+        got = retwin.run(sc, seed=2)
+        monkeypatch.setattr(engine_model, "advance_packed", flow.advance_packed)
+        assert_same_run(got, retwin.run(sc, seed=2))
 
 
 # --- the packed entry point, generated from the body and kept next to Numba's cache ----------

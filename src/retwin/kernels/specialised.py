@@ -110,7 +110,7 @@ def _build(key: str, static: Mapping[str, np.ndarray]) -> Callable[..., None]:
         a.setflags(write=False)
         scope[n] = a
     exec(code, scope)
-    compiled: Callable[..., None] = jit(scope[name])
+    compiled: Callable[..., None] = jit(scope[name], wraparound=False)  # as the general one
     return compiled
 
 
