@@ -9,15 +9,23 @@ products and SIMD ``exp``/``log``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import types
+from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 
 import retwin
+from conftest import assert_same_run
 from retwin.kernels import market as km
 from retwin.kernels import trade as trade_kernel
+from retwin.kernels._jit import indices_as_given
+
+JIT = not numba.config.DISABLE_JIT
 
 
 def _numpy_share_out(ask: np.ndarray, share: np.ndarray, allow: float) -> np.ndarray:
@@ -282,6 +290,50 @@ def test_a_month_that_hands_over_hands_over_what_the_chain_would(name: str) -> N
             if isinstance(x, np.ndarray):
                 np.testing.assert_array_equal(x, apart[n], err_msg=f"month {v['t']}: {n}")
         assert not np.array_equal(fused["trade"], v["trade"])  # it did hand over
+
+
+def _checked_market_kernels() -> types.ModuleType:
+    """A copy of :mod:`retwin.kernels.market` whose kernels are compiled with their indices
+    as given (as the module's are) and with bounds checks: any index out of range, a
+    negative one included, raises IndexError. (Compiled on their first call: make it
+    inside :func:`retwin.kernels._jit.indices_as_given`.)"""
+
+    def checked_jit(fn: Any = None, **_: Any) -> Any:
+        def wrap(f: Any) -> Any:
+            return numba.njit(boundscheck=True, error_model="numpy", nogil=True)(f)
+        return wrap(fn) if fn is not None else wrap
+
+    source = Path(km.__file__).read_text(encoding="utf-8")
+    line = "jit = functools.partial(_jit.jit, wraparound=False)\n"
+    assert line in source
+    mod = types.ModuleType("market_checked")
+    mod.__dict__["checked_jit"] = checked_jit
+    exec(compile(source.replace(line, "jit = checked_jit\n"), km.__file__, "exec"),
+         mod.__dict__)
+    return mod
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not JIT, reason="bounds checks are compiled code's")
+def test_the_market_kernels_index_nothing_below_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The market kernels are compiled with their indices as given (no wraparound of
+    negative ones): none may index below zero. Compiled that way with bounds checks, they
+    run the markets-on models (a quota that binds, outside demand that grows, a price that
+    follows another, investment) and give the numbers of the module's kernels, bit for
+    bit."""
+    checked = _checked_market_kernels()
+    runs = [("tiny-markets", [{"kind": "quota", "quota": "mining", "factor": 0.3}]),
+            ("baotou-2024", [{"kind": "quota", "quota": "mining", "factor": 0.5,
+                              "from": "2025-01-01"}]),
+            ("china-2024", [])]
+    for i, (name, changes) in enumerate(runs):
+        sc = retwin.apply_changes(retwin.load_scenario(name), changes)
+        for fn in ("month", "close", "start_pass", "follow_links"):
+            monkeypatch.setattr(km, fn, getattr(checked, fn))
+        with indices_as_given() if i == 0 else contextlib.nullcontext():  # (compiled now)
+            got = retwin.run(sc, seed=2)
+        monkeypatch.undo()
+        assert_same_run(got, retwin.run(sc, seed=2))
 
 
 def _numpy_follow(ref: np.ndarray, price_month: np.ndarray, ref0: np.ndarray,

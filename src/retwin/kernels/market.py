@@ -52,15 +52,22 @@ reads its decisions and outside curves from row views.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 import numpy as np
 
 from retwin._typing import FloatArray, IntArray
-from retwin.kernels._jit import jit
+from retwin.kernels import _jit
 from retwin.kernels.flow import BIND_DEMAND, BIND_MARGIN
 from retwin.kernels.trade import _hand_over
+
+#: Every kernel here takes its indices as given (no wraparound of negative ones: none is
+#: ever negative; a material a price follows, ``-1`` for none, and a plant's quota are tested
+#: before they index), as the flow kernel does (:func:`retwin.kernels._jit.indices_as_given`;
+#: about a quarter of a month's time). The tests run them compiled with bounds checks.
+jit = functools.partial(_jit.jit, wraparound=False)
 
 __all__ = ["CSR_NAMES", "KF_NAMES", "PAR_NAMES", "STATIC_PARTS", "W_NAMES", "close",
            "follow_links", "margins", "month", "month_step", "new_work", "ou_levels",
