@@ -216,27 +216,6 @@ def test_indices_as_given_takes_a_negative_index_as_it_is() -> None:
     assert numba.njit(boundscheck=True)(_item)(a, -1) == 2.0
 
 
-@pytest.mark.skipif(not JIT, reason="no dispatcher with NUMBA_DISABLE_JIT")
-def test_a_kernel_compiled_with_indices_as_given_is_freed_without_the_collector() -> None:
-    """A dispatcher made by ``jit(wraparound=False)`` holds no reference cycle: dropped, it
-    is freed at once, with what it compiled (a cycle would leave that to a full collection,
-    which then ran inside some later run)."""
-    import gc
-    import weakref
-
-    from retwin.kernels._jit import jit
-
-    kernel = jit(_item, wraparound=False)
-    assert kernel(np.arange(3.0), 2) == 2.0
-    gone = weakref.ref(kernel)
-    gc.disable()
-    try:
-        del kernel
-        assert gone() is None
-    finally:
-        gc.enable()
-
-
 #: Runs that take the flow kernel through its paths: markets on and off, random outages,
 #: quotas with calendars, trade and contracts, lead times, storage ceilings, and a change of
 #: each kind (``tiny``), on the shipped models.

@@ -8,7 +8,6 @@ import importlib.util
 import marshal
 import os
 import sys
-import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import CodeType
@@ -223,17 +222,13 @@ def jit(fn: F | None = None, *, inline: bool = False, wraparound: bool = True) -
                                    error_model="numpy",
                                    inline="always" if inline else "never")(f)
         if not wraparound and hasattr(compiled, "compile"):  # (not NUMBA_DISABLE_JIT)
-            # the class's method on a weak reference: a bound method kept on the dispatcher
-            # would make it a reference cycle, its compiled state (IR and all) then freed
-            # only by a full collection, inside whatever runs when one comes
-            compile_for, dispatcher = type(compiled).compile, weakref.ref(compiled)
+            compile_for = compiled.compile
 
-            def compile_as_given(sig: Any) -> Any:
+            def compile(sig: Any) -> Any:
                 with indices_as_given():
-                    return compile_for(dispatcher(), sig)
+                    return compile_for(sig)
 
-            # where the dispatcher compiles (or loads) a signature
-            compiled.compile = compile_as_given
+            compiled.compile = compile  # where the dispatcher compiles (or loads) a signature
         return cast(F, compiled)
 
     return wrap(fn) if fn is not None else wrap
