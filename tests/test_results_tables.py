@@ -199,7 +199,8 @@ def test_frames_put_together_from_kept_columns_are_their_own(storage: str) -> No
 
     strings = pd.array(["a", "b"], dtype=pd.StringDtype(storage))
     kept = pd.DataFrame({"s": strings, "n": np.array([1, 2]), "x": [1.0, 2.0]})
-    names, arrays = _columns_of(kept)
+    names, labels, arrays = _columns_of(kept)
+    assert labels == ("s", "n", "x") and all(type(n) is str for n in labels)
     mine, other = _frame_of(names, arrays), _frame_of(names, arrays)
     pd.testing.assert_frame_equal(mine, kept, check_exact=True)
     mine.loc[0, "s"] = "changed"
@@ -207,3 +208,22 @@ def test_frames_put_together_from_kept_columns_are_their_own(storage: str) -> No
     mine.loc[0, "x"] = -1.0
     for df in (other, kept, _frame_of(names, arrays)):
         assert df.loc[0].tolist() == ["a", 1, 1.0]
+
+
+@pytest.mark.parametrize("storage", ["pyarrow", "python"])
+def test_a_take_of_kept_labels_is_pandas_take(storage: str) -> None:
+    """Labels taken by position (:func:`retwin.results.take`) are pandas' own ``take``:
+    the same values and dtype, repeated and reordered positions included, and a column of
+    its own: a write into the frame it goes to changes nothing kept."""
+    from retwin.results import _frame_of, take
+
+    labels = pd.array(["mine", "sep", "", "magnets"], dtype=pd.StringDtype(storage,
+                                                                          na_value=np.nan))
+    for positions in ([], [0], [3, 3, 1, 0, 2, 1], list(range(4))):
+        pos = np.array(positions, dtype=np.int64)
+        got, want = take(labels, pos), labels.take(pos)
+        assert type(got) is type(want) and got.dtype == want.dtype
+        pd.testing.assert_extension_array_equal(got, want)
+    df = _frame_of(pd.Index(["s"]), [take(labels, np.array([1, 0]))])
+    df.loc[0, "s"] = "changed"
+    assert labels.tolist() == ["mine", "sep", "", "magnets"]

@@ -281,10 +281,7 @@ class RunResult:
         A row per declared KPI (:data:`retwin.kpis.KPIS`), key and year, in the
         declaration's order; each KPI is computed by its function in :data:`_COMPUTE`.
         """
-        # the labels are shared by every run of the compiled scenario (:func:`_copied`)
-        df = _copied(_kpi_layout(self.compiled).frame)
-        df["value"] = self.kpi_values.copy()
-        return df
+        return _kpi_frame(self.compiled, self.kpi_values)
 
     @cached_property
     def kpi_values(self) -> FloatArray:
@@ -338,8 +335,8 @@ class RunResult:
                                           list(self.compiled.topology.stage_plants),
                                           list(BIND_NAMES.values()))
         frac = self._binding_shares
-        return _frame_of(names, [stages.take(si), np.asarray(self.years, dtype=np.int64)[yi],
-                                 codes.take(ci), frac[si, ci, yi]])
+        return _frame_of(names, [take(stages, si), np.asarray(self.years, dtype=np.int64)[yi],
+                                 take(codes, ci), frac[si, ci, yi]])
 
     @cached_property
     def binding_columns(self) -> tuple[np.ndarray, IntArray, np.ndarray, FloatArray]:
@@ -666,6 +663,54 @@ def _ratio(num: np.ndarray, den: np.ndarray, empty: float) -> np.ndarray:
     return np.where(ok, num / np.where(ok, den, 1.0), empty)
 
 
+class _Plan:
+    """What the KPIs of every run of one compiled scenario take from its structure alone
+    (which rows go where, which plants and materials count): made once, with the first
+    run's KPIs, and read by the others (:func:`_plan`)."""
+
+    def __init__(self, c: Compiled) -> None:
+        topo, out, inp = c.topology, c.topology.outputs, c.topology.inputs
+        n_m = len(c.material_ids)
+        # the region's raw materials (products of mining, recycling, separation and metal)
+        raw = np.zeros(n_m, dtype=bool)
+        raw[out.material[_stages_in(c, RAW_PRODUCERS)[out.plant]]] = True
+        mk_mat = topo.market_material
+        self.mk_raw = raw[mk_mat]
+        self.any_mk_raw = bool(self.mk_raw.any())
+        self.comp_mk_raw = c.comp[mk_mat[self.mk_raw]]  # (raw markets, E)
+        comp_raw = c.comp[topo.pool_material] * raw[topo.pool_material][:, None]
+        self.comp_raw_t = comp_raw.T  # (E, S)
+        self.raw_initial = self.comp_raw_t @ c.pool_initial  # (E,)
+        # the separated output (separation and recycling), t REO per unit
+        reo = c.comp.sum(axis=1)  # (M,)
+        ent = np.flatnonzero(_stages_in(c, RAW_STAGES)[out.plant])
+        self.sep_material = out.material[ent]
+        self.sep_plant = out.plant[ent]
+        self.sep_amount = out.amount[ent, None]
+        self.sep_reo = reo[out.material[ent], None]
+        # what plants draw from pools
+        pooled = inp.pool >= 0
+        self.draw_material = inp.material[pooled]
+        self.draw_plant = inp.plant[pooled]
+        self.draw_amount = inp.amount[pooled, None]
+        self.out_amount = out.amount[:, None]
+        # each material's reserve: the sum of its pools'
+        self.reserve = _add_rows(c, "pool", n_m, (topo.pool_material, c.reserve0[:, None]))[:, 0]
+        cal = _calendar(c)
+        self.year_months = np.array(cal.month_masks)  # (Y, T)
+        # each year's months with the year's place: those with any
+        self.month_index = [(i, np.flatnonzero(months))
+                            for i, months in enumerate(cal.month_masks) if months.any()]
+
+
+def _plan(c: Compiled) -> _Plan:
+    cached = c.labels.get("kpi_plan")
+    if cached is None:
+        plan = _Plan(c)
+        cached = c.labels["kpi_plan"] = (plan, plan)
+    return cast(_Plan, cached[0])
+
+
 class _Annual:
     """A run's arrays summed by year, each made once, and the annual value of every declared
     KPI for every key of its axis (a method per KPI, each ``(n_axis, Y)``)."""
@@ -675,6 +720,7 @@ class _Annual:
         self.c = r.compiled
         self.topo = r.compiled.topology
         self.n_y = len(r.years)
+        self.plan = _plan(r.compiled)
 
     # sums by year ---------------------------------------------------------------------
 
@@ -729,23 +775,14 @@ class _Annual:
     def surplus(self) -> FloatArray:
         """(E, Y) t REO: of the region's raw materials (products of mining, recycling,
         separation and metal plants), stock build-up plus exports minus imports."""
-        c, topo, years = self.c, self.topo, self.r.years
-        out = topo.outputs
-        raw_plant = _stages_in(c, RAW_PRODUCERS)
-        raw = np.zeros(len(c.material_ids), dtype=bool)
-        raw[out.material[raw_plant[out.plant]]] = True
-        pool_mat, mk_mat = topo.pool_material, topo.market_material
-        mk_raw = raw[mk_mat]
+        p = self.plan
         n_e = len(ELEMENTS)
-        raw_imp = ((self.imp[mk_raw].T @ c.comp[mk_mat[mk_raw]]).T if mk_raw.any()
-                   else np.zeros((n_e, len(years))))
-        raw_exp = ((self.exp[mk_raw].T @ c.comp[mk_mat[mk_raw]]).T if mk_raw.any()
-                   else np.zeros((n_e, len(years))))
-        comp_raw = c.comp[pool_mat] * raw[pool_mat][:, None]
-        stock_end = comp_raw.T @ self.r.stock[:, self.year_end]  # (E, Y) on each last day
-        start_stock = np.concatenate(
-            [(comp_raw.T @ c.pool_initial)[:, None], stock_end[:, :-1]], axis=1
-        )
+        raw_imp = ((self.imp[p.mk_raw].T @ p.comp_mk_raw).T if p.any_mk_raw
+                   else np.zeros((n_e, self.n_y)))
+        raw_exp = ((self.exp[p.mk_raw].T @ p.comp_mk_raw).T if p.any_mk_raw
+                   else np.zeros((n_e, self.n_y)))
+        stock_end = p.comp_raw_t @ self.r.stock[:, self.year_end]  # (E, Y) on each last day
+        start_stock = np.concatenate([p.raw_initial[:, None], stock_end[:, :-1]], axis=1)
         return np.asarray(stock_end - start_stock + raw_exp - raw_imp)
 
     # the declared KPIs ----------------------------------------------------------------
@@ -827,18 +864,12 @@ class _Annual:
         by the region's plants (DESIGN §2.6). Each separated material's supply in the year
         (made, imported, drawn from stock) goes to its uses pro rata: plants' draws, demand
         served, exports and stock build-up; only the plants' part is converted locally."""
-        c, topo, out = self.c, self.topo, self.topo.outputs
+        c, topo, p = self.c, self.topo, self.plan
         n_m = len(c.material_ids)
-        reo = c.comp.sum(axis=1)  # (M,) t REO per unit
-        sep_plant = _stages_in(c, RAW_STAGES)
-        ent = np.flatnonzero(sep_plant[out.plant])
         made = _add_rows(  # (M, Y) separated output, t REO
             c, "separated", n_m,
-            (out.material[ent],
-             self.act[out.plant[ent]] * out.amount[ent, None] * reo[out.material[ent], None]))
-        inp = topo.inputs
-        pooled = inp.pool >= 0
-        draws = (inp.material[pooled], self.act[inp.plant[pooled]] * inp.amount[pooled, None])
+            (p.sep_material, self.act[p.sep_plant] * p.sep_amount * p.sep_reo))
+        draws = (p.draw_material, self.act[p.draw_plant] * p.draw_amount)
         drawn = _add_rows(c, "drawn", n_m, draws)
         # (the draws again, then the other uses: each sum in the order it was added)
         uses = _add_rows(c, "uses", n_m, draws, (topo.segment_material, self.served),
@@ -864,26 +895,22 @@ class _Annual:
 
     def price_material(self) -> FloatArray:
         """(M, Y) the monthly prices averaged over each year's months."""
-        r = self.r
+        price = self.r.price_month
         out = np.zeros((len(self.c.material_ids), self.n_y))
-        for i, months in enumerate(_calendar(self.c).month_masks):
-            if months.any():
-                out[:, i] = r.price_month[:, months].mean(axis=1)
+        for i, months in self.plan.month_index:
+            out[:, i] = price[:, months].mean(axis=1)
         return out
 
     def cover_material(self) -> FloatArray:
         """(M, Y) days: stock above reserve on the year's last day over the year's average
         daily use of the material's pools (plants' draws, demand served, exports)."""
-        c, topo = self.c, self.topo
+        c, topo, p = self.c, self.topo, self.plan
         n_m = len(c.material_ids)
-        inp = topo.inputs
-        pooled = inp.pool >= 0
         use = _add_rows(c, "use", n_m,
-                        (inp.material[pooled],
-                         self.act[inp.plant[pooled]] * inp.amount[pooled, None]),
+                        (p.draw_material, self.act[p.draw_plant] * p.draw_amount),
                         (topo.segment_material, self.served), (topo.market_material, self.exp))
         days = _calendar(self.c).days
-        reserve = _add_rows(c, "pool", n_m, (topo.pool_material, c.reserve0[:, None]))[:, 0]
+        reserve = p.reserve
         stock = _add_rows(c, "pool", n_m, (topo.pool_material, self.r.stock[:, self.year_end]))
         per_day = use / days[None, :]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -919,7 +946,7 @@ class _Annual:
         stage_wm = _add_rows(self.c, "stage", n_stages, (stage_of, weight * r.margin_month))
         stage_m = _ratio(stage_wm, stage_w, np.nan)
         # (stages, Y, T): each year's months where the stage had a weight
-        sel = np.array(_calendar(self.c).month_masks)[None, :, :] & (stage_w > 0)[:, None, :]
+        sel = self.plan.year_months[None, :, :] & (stage_w > 0)[:, None, :]
         n = sel.sum(axis=2)
         tot = np.where(sel, stage_m[:, None, :], 0.0).sum(axis=2)
         return np.where(n > 0, tot / np.maximum(n, 1), np.nan)
@@ -1057,6 +1084,11 @@ class _KpiLayout:
                              "value": np.zeros(len(self.year)), "unit": self.unit})
 
     @cached_property
+    def columns(self) -> tuple[Any, tuple[str, ...], list[Any]]:
+        """:attr:`frame`'s columns as :func:`_columns_of` gives them (``value`` 0)."""
+        return _columns_of(self.frame)
+
+    @cached_property
     def index(self) -> dict[tuple[str, str, int], int]:
         """The row of each (kpi, key, year) (the first, if repeated)."""
         index: dict[tuple[str, str, int], int] = {}
@@ -1070,18 +1102,10 @@ class _KpiLayout:
 _LAYOUTS: Kept[_KpiLayout] = Kept(max_items=8)
 
 
-def _copied(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of a frame kept for many readers, that none of them can change it through: a
-    shallow copy where pandas copies on write (3.0 on), else a deep one."""
-    import pandas as pd
-
-    return frame.copy(deep=int(pd.__version__.split(".")[0]) < 3)
-
-
 #: The small tables of runs (bottlenecks, binding shares, targets) by the columns their runs
 #: share (:func:`_framed`), as the names and arrays of a frame: the replications and
 #: what-ifs of one model repeat them.
-_FRAMES: Kept[tuple[Any, list[Any]]] = Kept(max_items=64)
+_FRAMES: Kept[tuple[Any, tuple[str, ...], list[Any]]] = Kept(max_items=64)
 
 
 def _framed(key: tuple[Any, ...], make: Callable[[], pd.DataFrame], **columns: np.ndarray
@@ -1091,8 +1115,8 @@ def _framed(key: tuple[Any, ...], make: Callable[[], pd.DataFrame], **columns: n
     put together again after (:func:`_frame_of`). A small frame takes pandas several times
     longer to build from rows, or to copy and set a column of, than to put together from
     columns whose types are known; the frame is the same, dtypes and all."""
-    names, arrays = _FRAMES.get_or_make(key, lambda: _columns_of(make()))
-    return _frame_of(names, [columns.get(n, a) for n, a in zip(names, arrays, strict=True)])
+    names, labels, arrays = _FRAMES.get_or_make(key, lambda: _columns_of(make()))
+    return _frame_of(names, [columns.get(n, a) for n, a in zip(labels, arrays, strict=True)])
 
 
 #: The column names and typed labels of tables made from arrays (:func:`_labels_of`).
@@ -1113,10 +1137,32 @@ def _labels_of(key: tuple[Any, ...], columns: list[str], *labels: list[str]
     return _LABELS.get_or_make(key, make)
 
 
-def _columns_of(frame: pd.DataFrame) -> tuple[Any, list[Any]]:
-    """A frame's column names and its columns' arrays as it holds them (numpy arrays, or
-    pandas' typed arrays such as its strings)."""
-    return frame.columns, [_array_of(frame[name]) for name in frame.columns]
+def take(column: Any, positions: IntArray) -> Any:
+    """``column.take(positions)`` for a frame's column as it holds it (:func:`_array_of`):
+    pandas' Arrow-backed strings taken by pyarrow itself, which spares pandas' checks of
+    the positions, most of the cost of a small take; the same array, dtype and all."""
+    import pandas as pd
+
+    if type(column) is pd.arrays.ArrowStringArray:
+        import pyarrow as pa
+
+        taken = column.__arrow_array__().take(pa.array(positions, type=pa.int64()))
+        try:  # (a pandas before 3 takes no dtype, and has one string dtype of Arrow's)
+            made = pd.arrays.ArrowStringArray(taken, dtype=column.dtype)  # type: ignore[call-arg]
+        except TypeError:
+            made = pd.arrays.ArrowStringArray(taken)
+        if made.dtype == column.dtype:
+            return made
+    return column.take(positions)
+
+
+def _columns_of(frame: pd.DataFrame) -> tuple[Any, tuple[str, ...], list[Any]]:
+    """A frame's column names (its index of them, and as Python strings: going through
+    pandas' index of strings name by name costs more than building a small frame), and its
+    columns' arrays as it holds them (numpy arrays, or pandas' typed arrays such as its
+    strings)."""
+    labels = tuple(str(name) for name in frame.columns)
+    return frame.columns, labels, [_array_of(frame[name]) for name in labels]
 
 
 def _array_of(column: pd.Series) -> Any:
@@ -1138,6 +1184,14 @@ def _frame_of(names: Any, arrays: list[Any]) -> pd.DataFrame:
         return pd.DataFrame(dict(zip(names, own, strict=True)), copy=False)
     return cast("pd.DataFrame", make(own, columns=names, index=pd.RangeIndex(len(own[0])),
                                      verify_integrity=False))
+
+
+def _kpi_frame(c: Compiled, values: FloatArray) -> pd.DataFrame:
+    """The KPI frame of a run of ``c`` with these values (a copy of them): its labels are
+    shared by every run of ``c`` (:func:`_frame_of`)."""
+    names, labels, arrays = _kpi_layout(c).columns
+    return _frame_of(names, [values if n == "value" else a
+                             for n, a in zip(labels, arrays, strict=True)])
 
 
 def _kpi_layout(c: Compiled) -> _KpiLayout:
@@ -1296,13 +1350,8 @@ class ReplicationSet:
         """Every run's tidy KPI frame (``kpi, key, year, value, unit``)."""
         if self._frames is None:
             assert self._values is not None
-            layout = _kpi_layout(self.first.compiled)
-            frames = []
-            for values in self._values:
-                df = layout.frame.copy()
-                df["value"] = np.array(values, dtype=np.float64)
-                frames.append(df)
-            self._frames = frames
+            self._frames = [_kpi_frame(self.first.compiled, np.asarray(v, dtype=np.float64))
+                            for v in self._values]
         return self._frames
 
     @cached_property

@@ -38,7 +38,7 @@ from retwin.compiled import Compiled
 from retwin.engine.run import run_replications
 from retwin.errors import ScenarioError
 from retwin.kernels.flow import BIND_CAPACITY, BIND_QUOTA
-from retwin.results import KPI_KEYS, ReplicationSet, RunResult, paired_difference
+from retwin.results import KPI_KEYS, ReplicationSet, RunResult, paired_difference, take
 from retwin.scenario.load import (
     CHANGE_ADAPTER,
     apply_changes,
@@ -486,7 +486,7 @@ def _difference(whatif: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame]
 
     diffs = np.stack([values(a) - values(b) for a, b in zip(whatif, baseline, strict=True)])
     first = whatif[0]
-    cols: dict[str, Any] = {c: first[c].array.take(order) for c in KPI_KEYS}
+    cols: dict[str, Any] = {c: take(first[c].array, order) for c in KPI_KEYS}
     cols["mean"] = diffs.mean(axis=0)
     for q in (5, 50, 95):
         cols[f"p{q}"] = np.percentile(diffs, q, axis=0)
