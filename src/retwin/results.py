@@ -693,7 +693,6 @@ class _Plan:
         self.draw_material = inp.material[pooled]
         self.draw_plant = inp.plant[pooled]
         self.draw_amount = inp.amount[pooled, None]
-        self.out_amount = out.amount[:, None]
         # each material's reserve: the sum of its pools'
         self.reserve = _add_rows(c, "pool", n_m, (topo.pool_material, c.reserve0[:, None]))[:, 0]
         cal = _calendar(c)
@@ -910,11 +909,10 @@ class _Annual:
                         (p.draw_material, self.act[p.draw_plant] * p.draw_amount),
                         (topo.segment_material, self.served), (topo.market_material, self.exp))
         days = _calendar(self.c).days
-        reserve = p.reserve
         stock = _add_rows(c, "pool", n_m, (topo.pool_material, self.r.stock[:, self.year_end]))
         per_day = use / days[None, :]
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            return np.where(per_day > 0, np.maximum(stock - reserve[:, None], 0) / per_day,
+            return np.where(per_day > 0, np.maximum(stock - p.reserve[:, None], 0) / per_day,
                             np.nan)
 
     def _groups(self, per_stage: FloatArray) -> FloatArray:
