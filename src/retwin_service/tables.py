@@ -371,16 +371,89 @@ def result_of(m: dict[str, Any], summary: pd.DataFrame, difference: pd.DataFrame
               detail: Detail = "headline") -> dict[str, Any]:
     """:func:`run_result` of a result as it is stored, made from its tables in memory (and
     its manifest ``m``): the same body, without reading the tables back."""
-    if detail == "headline":
-        summary = headline(summary)
-        difference = None if difference is None else headline(difference)
-    stats = [summary[_STAT_COLUMNS]]
-    if difference is not None:
-        stats.append(difference[_STAT_COLUMNS])
-    rows = _records(pd.concat(stats, ignore_index=True))  # one encoding for both
-    kpis, diff = rows[:len(summary)], rows[len(summary):]
-    return _result_body(m, detail, kpis, None if difference is None else diff,
-                        _records(targets), _records(bottlenecks))
+    parts: list[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]] = [
+        (df, _STAT_COLUMNS, _headline_positions(df) if detail == "headline" else None)
+        for df in (summary, difference) if df is not None]
+    parts += [(targets, columns(targets), None), (bottlenecks, columns(bottlenecks), None)]
+    rows = _rows_of(parts)
+    if rows is None:  # a column of a kind only pandas' encoder takes
+        rows = [_records(df.iloc[pos] if pos is not None else df)
+                for df, _, pos in _picked(parts)]
+    kpis, *rest = rows
+    diff = rest.pop(0) if difference is not None else None
+    return _result_body(m, detail, kpis, diff, rest[0], rest[1])
+
+
+def _headline_positions(df: pd.DataFrame) -> np.ndarray:
+    """The positions of :func:`headline`'s rows."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kpi = pa.array(df["kpi"], type=pa.string())
+    keep = pc.is_in(kpi, value_set=pa_strings(
+        [name for name, keys in HEADLINE_KPIS.items() if not keys]))
+    keyed = [(name, keys) for name, keys in HEADLINE_KPIS.items() if keys]
+    if keyed:
+        key = pa.array(df["key"], type=pa.string())
+        for name, keys in keyed:
+            keep = pc.or_(keep, pc.and_(pc.equal(kpi, name),
+                                        pc.is_in(key, value_set=pa_strings(keys))))
+    return np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+
+
+def _picked(parts: Sequence[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]]
+            ) -> list[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]]:
+    return [(df if list(df.columns) == list(cols) else df[list(cols)], cols, pos)
+            for df, cols, pos in parts]
+
+
+def _rows_of(parts: Sequence[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]]
+             ) -> list[list[dict[str, Any]]] | None:
+    """:func:`_records` of each frame's ``cols`` at positions ``pos`` (every row: ``None``),
+    the same rows, made column by column: one encoding of every float of every frame (the
+    numbers pandas' JSON gives, exactly), the other columns as Python values. ``None`` when
+    a column is of another kind (dates, objects, nullable integers): :func:`_records` then.
+    """
+    import pyarrow as pa
+
+    floats: list[np.ndarray] = []
+    made: list[tuple[Sequence[str], list[Any], int]] = []  # each column's values or float slot
+    for df, cols, pos in parts:
+        values: list[Any] = []
+        n = len(df) if pos is None else len(pos)
+        for c in cols:
+            if c in DATE_COLUMNS:
+                return None
+            col = df[c]
+            kind = col.dtype.kind if isinstance(col.dtype, np.dtype) else None
+            if kind == "f":
+                a = col.to_numpy()
+                floats.append(a if pos is None else a[pos])
+                values.append(len(floats) - 1)
+            elif kind in ("i", "u", "b"):
+                a = col.to_numpy()
+                values.append((a if pos is None else a[pos]).tolist())
+            elif isinstance(col.dtype, pd.StringDtype | pd.CategoricalDtype):
+                a = pa.array(col)
+                values.append((a if pos is None else a.take(pos)).to_pylist())
+            else:
+                return None
+        made.append((cols, values, n))
+    encoded: list[Any] = []
+    if floats:
+        flat = np.concatenate(floats).astype(np.float64, copy=False)
+        encoded = json.loads(pd.Series(flat, copy=False).to_json(orient="records",
+                                                                 double_precision=15))
+    out: list[list[dict[str, Any]]] = []
+    at = 0
+    for cols, values, n in made:
+        for i, v in enumerate(values):
+            if isinstance(v, int):  # a float column: its slice of the encoded numbers
+                values[i] = encoded[at:at + n]
+                at += n
+        out.append([dict(zip(cols, row, strict=True)) for row in zip(*values, strict=True)]
+                   if values else [{} for _ in range(n)])
+    return out
 
 
 def stage_output(root: Path, key: str, plant_stage: dict[str, str]) -> pd.DataFrame:

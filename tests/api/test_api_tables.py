@@ -114,3 +114,42 @@ def test_an_empty_selection_is_a_valid_file(client: TestClient, run: dict[str, A
         assert df.empty and list(df.columns) == ["date", "kind", "id", "value"]
     t = client.get(f"{API}/runs/{run['id']}/series", params=params).json()
     assert t["total"] == 0 and t["rows"] == [] and t["next"] is None
+
+
+def _typed(x: Any) -> Any:
+    """``x`` with every leaf's type beside it: 1 and 1.0, True and 1 differ."""
+    if isinstance(x, dict):
+        return {k: _typed(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_typed(v) for v in x]
+    return (type(x).__name__, x)
+
+
+def test_rows_made_column_by_column_are_pandas_json_rows() -> None:
+    """The answer's rows are made column by column (:func:`tables._rows_of`); each row, key
+    order, value and type, is what pandas' JSON gives (:func:`tables.records`): floats of
+    every size, NaN and infinities as null, missing strings, categories, booleans."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    n = 400
+    floats = rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)
+    floats[[3, 50, 51]] = [np.nan, np.inf, -np.inf]
+    df = pd.DataFrame({
+        "kpi": pd.Series(rng.choice(["output.stage", "value.group", "price.material"], n),
+                         dtype="str"),
+        "key": pd.Series(np.where(rng.random(n) < 0.1, None, "prnd_oxide"), dtype="str"),
+        "year": rng.integers(2020, 2035, n), "score": floats,
+        "small": floats.astype(np.float32), "cat": pd.Categorical(rng.choice(["a", "b"], n)),
+        "ok": rng.random(n) < 0.5,
+    })
+    pos = np.flatnonzero(rng.random(n) < 0.3)
+    cols = ["kpi", "key", "year", "score", "small", "cat", "ok"]
+    made = tables._rows_of([(df, cols, pos), (df, ["year", "score"], None)])
+    assert made is not None
+    assert _typed(made[0]) == _typed(tables.records(df[cols].iloc[pos]))
+    assert _typed(made[1]) == _typed(tables.records(df[["year", "score"]]))
+    # a kind only pandas' encoder takes: the caller falls back to it
+    assert tables._rows_of([(df.assign(when=pd.Timestamp("2024-01-01")), ["when"], None)]) \
+        is None
+    assert tables._rows_of([(df.assign(date="2024-01-01"), ["date"], None)]) is None
