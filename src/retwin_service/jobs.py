@@ -24,6 +24,17 @@ that reads them: :meth:`Jobs.complete` has a worker run them again (:class:`Comp
 :func:`complete`; results are deterministic) and write them whole
 (:func:`retwin.storage.complete_result`). Nothing is lost when the service stops before:
 the result reads as before, and is completed when asked.
+
+**Answered before it is stored.** The worker hands the parts of the answer over before it
+stores the result (:func:`answer_parts`); once the server has made them into the answer,
+the requests waiting for that answer (``POST /runs`` and ``GET /runs/{id}`` at
+``detail=headline``) have it as done (:class:`Answered`), while the worker stores. The
+registry records the runs done once the result is stored, with the time of the answer. In
+between, every route of this process reads them as done, and a route that reads the stored
+tables waits for the store first (:meth:`Jobs.settle`). Results are deterministic (the seed
+is in the request), so nothing given out is lost if the service stops in between: the runs
+are still unfinished in the registry and run again at the next start, to the same numbers.
+If the store fails (the data folder filled up meanwhile), the runs read as failed after.
 Between two replications it reports progress and looks for a cancellation through
 :func:`~retwin.batch.executors.task_hooks`; the executor brings the progress back to
 :class:`Jobs`, which writes it to the registry, and :meth:`Jobs.cancel` raises the executor's
@@ -39,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime as dt
 import errno
 import functools
 import logging
@@ -75,11 +87,11 @@ from retwin.storage import (
 from retwin_service.space import NO_SPACE, Space, is_no_space
 
 if TYPE_CHECKING:  # a worker needs none of the registry's packages
-    from retwin_service.registry import Finished, Registry
+    from retwin_service.registry import Finished, Registry, RunRecord
 
-__all__ = ["Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed", "Task", "Warm",
-           "answer_from", "answer_of", "answer_parts", "complete", "compute", "deferred_for",
-           "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
+__all__ = ["Answered", "Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed",
+           "Task", "Warm", "answer_from", "answer_of", "answer_parts", "complete", "compute",
+           "deferred_for", "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
 
 log = logging.getLogger("retwin.api.jobs")
 
@@ -175,6 +187,25 @@ class Outcome:
     result: whatif.WhatIfResult | None = None
     runs: retwin.ReplicationSet | None = None
     handed_over: bool = False
+
+
+@dataclass(frozen=True)
+class Answered:
+    """The answer of a computation, made at ``at`` while its result is being stored: what
+    a waiting request reads as the finish of its run (:meth:`Jobs.watch`), as
+    :class:`~retwin_service.registry.Finished` does (the registry records the same times:
+    ``started``, when a worker took the computation, if known)."""
+
+    at: dt.datetime
+    started: dt.datetime | None = None
+
+    def apply(self, rec: RunRecord) -> RunRecord | None:
+        """``rec`` as done at ``at`` (``None``: ``rec`` is finished already, or was recorded
+        after the answer; it is finished with the stored result)."""
+        if rec.finished or rec.created_at > self.at:
+            return None
+        return replace(rec, status="done", error=None, finished_at=self.at, progress=1.0,
+                       started_at=rec.started_at or self.started or self.at)
 
 
 def answer_parts(result: whatif.WhatIfResult) -> dict[str, Any]:
@@ -430,6 +461,8 @@ COMPLETE_KEPT = 4096
 #: Seconds the end of a computation waits for the answer its worker handed over to be
 #: made (it is, long before the result is stored); after that the answer reads the result.
 ANSWER_WAIT_S = 0.25
+#: Seconds a stopping service waits for the results of answers it gave to be stored.
+ANSWERED_STOP_S = 10.0
 
 
 def _done(fut: asyncio.Future[None]) -> None:
@@ -499,9 +532,12 @@ class Jobs:
         self._tasks: dict[str, Task] = {}  # of the tracked keys (read by _message)
         # per tracked key: done once the answer a worker handed over is made (_message)
         self._answered: dict[str, asyncio.Future[None]] = {}
+        # per tracked key whose answer is out before its result is stored: when it was made
+        self._early: dict[str, Answered] = {}
+        self._started: dict[str, dt.datetime] = {}  # per tracked key: when a worker took it
         # per key: done at the next finish of its runs here (with what was written), or
         # when its tracking ends (None); and how many requests wait on it (see watch)
-        self._events: dict[str, asyncio.Future[Finished | None]] = {}
+        self._events: dict[str, asyncio.Future[Finished | Answered | None]] = {}
         self._watchers: dict[str, int] = {}
         self._completing: dict[str, asyncio.Task[None]] = {}
         self._warming: set[asyncio.Task[None]] = set()
@@ -559,6 +595,14 @@ class Jobs:
     def tracked(self, key: str) -> bool:
         return key in self._tracks
 
+    async def finish_answered(self, timeout_s: float = ANSWERED_STOP_S) -> None:
+        """At shutdown, before :meth:`abandon`: let the computations whose answers are out
+        store their results and record their runs (for up to ``timeout_s`` seconds; they
+        take milliseconds), so that a stop right after an answer runs nothing again."""
+        pending = [t for k, t in self._tracks.items() if k in self._early]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
     def abandon(self) -> None:
         """Stop tracking (at shutdown): unfinished runs stay queued in the registry and run
         again at the next start. Call on the event loop, then :meth:`close`."""
@@ -577,7 +621,10 @@ class Jobs:
         """Called (in a thread of the executor) for every progress message."""
         try:
             if done == 0:
-                self.registry.mark_running(key)
+                at = dt.datetime.now(dt.UTC)
+                if key in self._tasks:  # what an answer given before the store says
+                    self._started[key] = at
+                self.registry.mark_running(key, at=at)
             elif done < total:  # the last is written with the end (Registry.finish)
                 self.registry.set_progress(key, done / max(total, 1))
         except Exception as exc:  # a progress update is never worth failing a computation
@@ -598,20 +645,49 @@ class Jobs:
         from retwin_service import tables
         from retwin_service.render import dumps
 
+        ok = False
         try:  # encoded here too: the answer is sent without encoding it again
             body = answer_from(parts, task.whatif.scenario_hash)
             tables.prime(self.root, key, "headline", body, dumps(body))
+            ok = True
         finally:  # else the answer reads the stored result
             if made is not None:
-                made.get_loop().call_soon_threadsafe(_done, made)
+                made.get_loop().call_soon_threadsafe(self._made, key, made, ok)
+
+    def _made(self, key: str, made: asyncio.Future[None], answered: bool) -> None:
+        """On the event loop: the answer of ``key``'s computation (``made``) is made; when
+        it was (``answered``), the requests waiting for it have it now (:class:`Answered`),
+        before the result is stored."""
+        _done(made)
+        if answered and self._answered.get(key) is made and key not in self._early:
+            self._early[key] = Answered(dt.datetime.now(dt.UTC), self._started.get(key))
+            self.notify(key, self._early[key])
+
+    def answered(self, rec: RunRecord) -> RunRecord:
+        """``rec`` as this process has answered it: done when its computation's answer is
+        out while its result is being stored (:class:`Answered`), else as read."""
+        early = self._early.get(rec.request_hash)
+        done = None if early is None else early.apply(rec)
+        return rec if done is None else done
+
+    async def settle(self, key: str) -> bool:
+        """Wait until the computation of ``key``, answered before its result was stored,
+        has stored it and recorded its runs (at once when it was not answered so). True
+        when it waited: read the runs again."""
+        t = self._tracks.get(key) if key in self._early else None
+        if t is None:
+            return False
+        await asyncio.wait({t})  # never cancels the computation, nor raises its error
+        return True
 
     def stored(self, key: str) -> bool:
         return is_stored(self.root, key)
 
-    def watch(self, key: str) -> asyncio.Future[Finished | None]:
+    def watch(self, key: str) -> asyncio.Future[Finished | Answered | None]:
         """What a request waiting for runs of ``key`` awaits: done as soon as this process
         finishes them in the registry (with what it wrote:
-        :class:`~retwin_service.registry.Finished`), or with ``None`` when their runs may
+        :class:`~retwin_service.registry.Finished`; :class:`Answered` when their answer is
+        out before the result is stored), or with ``None`` when their runs may
         have changed otherwise (the computation's tracking ended, a run was cancelled).
         Call on the event loop, and :meth:`unwatch` after."""
         fut = self._events.get(key)
@@ -621,7 +697,7 @@ class Jobs:
         self._watchers[key] = self._watchers.get(key, 0) + 1
         return fut
 
-    def unwatch(self, key: str, fut: asyncio.Future[Finished | None]) -> None:
+    def unwatch(self, key: str, fut: asyncio.Future[Finished | Answered | None]) -> None:
         """A request stopped waiting on ``fut`` (from :meth:`watch`)."""
         n = self._watchers.get(key, 1) - 1
         if n > 0:
@@ -632,7 +708,7 @@ class Jobs:
             del self._events[key]
             fut.cancel()
 
-    def notify(self, key: str, finished: Finished | None = None) -> None:
+    def notify(self, key: str, finished: Finished | Answered | None = None) -> None:
         """Wake the requests waiting for runs of ``key`` (:meth:`watch`)."""
         fut = self._events.pop(key, None)
         if fut is not None and not fut.done():
@@ -715,6 +791,8 @@ class Jobs:
             self.notify(task.key)
             self._tracks.pop(task.key, None)
             self._tasks.pop(task.key, None)
+            self._early.pop(task.key, None)
+            self._started.pop(task.key, None)
             made = self._answered.pop(task.key, None)
             if made is not None:
                 made.cancel()
@@ -891,7 +969,9 @@ class Jobs:
                     tables.prime(self.root, task.key, "headline", answer)
             outcome.result = None
         if outcome.status == "done":
-            return self.registry.finish_runs(task.key, "done")
+            early = self._early.get(task.key)
+            return self.registry.finish_runs(task.key, "done",
+                                             at=None if early is None else early.at)
         if outcome.status == "failed":
             return self.registry.finish_runs(task.key, "failed", outcome.error)
         return None  # cancelled: the runs were marked by whoever cancelled them

@@ -221,6 +221,7 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
             yield
         finally:
             keeper.cancel()
+            await service.jobs.finish_answered()
             service.jobs.abandon()
             await asyncio.to_thread(service.jobs.close)
             service.registry.close()

@@ -673,13 +673,14 @@ class Registry:
             ).all()
         return [str(r[0]) for r in rows]
 
-    def mark_running(self, request_hash: str) -> None:
-        """The computation ``request_hash`` has started: its queued runs are running."""
+    def mark_running(self, request_hash: str, *, at: dt.datetime | None = None) -> None:
+        """The computation ``request_hash`` has started (at ``at``, default now): its queued
+        runs are running."""
         with self._write() as conn:
             conn.execute(
                 runs.update().where(runs.c.request_hash == request_hash)
                 .where(runs.c.status == "queued")
-                .values(status="running", started_at=_now())
+                .values(status="running", started_at=_now() if at is None else at)
             )
 
     def set_progress(self, request_hash: str, progress: float) -> None:
@@ -696,19 +697,22 @@ class Registry:
         """Finish every unfinished run of a computation; returns their ids."""
         return list(self.finish_runs(request_hash, status, error).runs)
 
-    def finish_runs(self, request_hash: str, status: Status, error: str | None = None
-                    ) -> Finished:
+    def finish_runs(self, request_hash: str, status: Status, error: str | None = None, *,
+                    at: dt.datetime | None = None) -> Finished:
         """Finish every unfinished run of a computation; what was written (a waiting
-        request answers from it without reading its run again)."""
+        request answers from it without reading its run again). ``at``: the time its
+        answer was given, before its result was stored; only the runs recorded by then are
+        finished, at that time (else every run, now)."""
         if status not in FINISHED:
             raise ValueError(f"status(={status!r}) must be one of {', '.join(FINISHED)}")
-        now = _now()
+        now = _now() if at is None else at
         with self._write() as conn:
-            rows = conn.execute(
-                sa.select(runs.c.id, runs.c.started_at, runs.c.progress)
-                .where(runs.c.request_hash == request_hash)
-                .where(runs.c.status.in_(ACTIVE))
-            ).all()
+            q = (sa.select(runs.c.id, runs.c.started_at, runs.c.progress)
+                 .where(runs.c.request_hash == request_hash)
+                 .where(runs.c.status.in_(ACTIVE)))
+            if at is not None:
+                q = q.where(runs.c.created_at <= at)
+            rows = conn.execute(q).all()
             ids = [r[0] for r in rows]
             if ids:
                 values: dict[str, Any] = {"status": status, "finished_at": now, "error": error,

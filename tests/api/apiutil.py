@@ -38,8 +38,8 @@ class TestClient(_TestClient):
         kw.setdefault("client", ("127.0.0.1", 50000))
         super().__init__(app, **kw)
 
-__all__ = ["QUOTA_CUT", "REPO", "Server", "TestClient", "free_port", "settings_for",
-           "whatif"]
+__all__ = ["QUOTA_CUT", "REPO", "Server", "TestClient", "free_port", "recorded",
+           "settings_for", "whatif"]
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,6 +54,17 @@ def whatif(**kw: Any) -> dict[str, Any]:
                             "seed": 1}
     body.update(kw)
     return body
+
+
+def recorded(client: Any, run_id: str, timeout: float = 60) -> Any:
+    """Run ``run_id`` as the in-process service's registry records it, once finished there:
+    an answer may come out before its result is stored, and the registry records the run
+    (and the result is on disk) with the store."""
+    reg = client.app.state.service.registry
+    deadline = time.monotonic() + timeout
+    while not (rec := reg.get_run(run_id)).finished and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return rec
 
 
 def settings_for(data_dir: Path, **kw: Any) -> Settings:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from apiutil import QUOTA_CUT, TestClient, settings_for, whatif
+from apiutil import QUOTA_CUT, TestClient, recorded, settings_for, whatif
 
 from retwin_service import tables
 from retwin_service.main import create_app
@@ -148,12 +148,12 @@ def test_accepted_then_polled(client: TestClient) -> None:
     assert r.json()["status"] == "done"
 
 
-def test_a_waiting_request_is_woken_by_the_finish_with_the_run_as_written(
+def test_a_waiting_request_is_woken_by_its_answer_with_the_run_as_it_is_recorded(
         client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A request that waits is answered as its computation's runs are finished: from what
-    the finish wrote (no look at the registry in between, no poll) and the result the
-    worker handed over (no table read back), and what it answers is the run as stored,
-    result included."""
+    """A request that waits is answered as soon as the answer the worker handed over is
+    made (no look at the registry in between, no poll, no table read back). What it answers
+    is the run as the registry then records it, once the result is stored, result
+    included."""
     reg = client.app.state.service.registry  # type: ignore[attr-defined]
     real, reads = reg.get_run, []
 
@@ -173,6 +173,7 @@ def test_a_waiting_request_is_woken_by_the_finish_with_the_run_as_written(
         answer = done(client, whatif(seed=seed))
         # its result was made while the worker stored it: nothing is read back
         assert reads == [] and results == []
+        assert recorded(client, answer["id"]).status == "done"
         stored = client.get(answer["links"]["self"]).json()
         assert stored == answer
         assert answer["result"] == real_result(
@@ -191,7 +192,7 @@ def test_an_answer_sent_with_its_result_encoded_beforehand_is_the_run_encoded_wh
     service = client.app.state.service  # type: ignore[attr-defined]
     r = client.post(f"{API}/runs", params={"wait": 30}, json=whatif(seed=31))
     assert r.status_code == 200 and r.json()["status"] == "done", r.text
-    rec = service.registry.get_run(r.json()["id"])
+    rec = recorded(client, r.json()["id"])
     assert tables.primed_json(service.settings.results_dir, rec.request_hash, "headline")
     again = client.get(f"{API}/runs/{rec.id}")
     assert again.content == dumps(_public(service, rec, "headline"))

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from apiutil import TestClient, settings_for, whatif
+from apiutil import TestClient, recorded, settings_for, whatif
 
 import retwin
 from retwin import whatif as wi
@@ -135,8 +135,10 @@ def client(data_dir: Path) -> Iterator[TestClient]:
 
 
 def _done(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    """The run of ``body``, answered, and its result stored."""
     r = client.post(f"{API}/runs", params={"wait": 30}, json=body)
     assert r.status_code == 200 and r.json()["status"] == "done", r.text
+    assert recorded(client, r.json()["id"]).status == "done"
     return dict(r.json())
 
 

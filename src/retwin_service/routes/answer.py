@@ -38,6 +38,7 @@ from retwin_service.routes.runs import (
     RunId,
     Wait,
     _done_run,
+    _settled,
     _summary,
     _wait,
     complete_tables,
@@ -138,7 +139,8 @@ async def read_run_summary(run_id: RunId, service: ServiceDep, owner: OwnerDep,
     cards (what-if value, Δ and Δ % against the baseline, p5–p95, unit, one value a year),
     the notes, the targets beside the baseline's, the bottlenecks of both, and ``focus_year``,
     the first year a change acts. A few kilobytes, where ``GET /runs/{id}`` holds every KPI."""
-    rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
+    rec = await _settled(service, await run_in_threadpool(service.registry.get_run, run_id,
+                                                          owner))
     rec = await _wait(service, rec, wait)
     root = Path(service.settings.results_dir)
 
@@ -333,7 +335,8 @@ async def explain_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
     from retwin_service.routes.runs import create_run
     from retwin_service.schemas import WhatIfRequest
 
-    rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
+    rec = await _settled(service, await run_in_threadpool(service.registry.get_run, run_id,
+                                                          owner))
     if rec.status != "done":
         raise HTTPException(409, f"run {run_id!r} is {rec.status}; it can be explained once "
                                  "it is done")

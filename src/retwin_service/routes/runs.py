@@ -18,6 +18,7 @@ from retwin.storage import DEFERRABLE
 from retwin_service import tables
 from retwin_service.deps import OwnerDep, ServiceDep
 from retwin_service.errors import query_error
+from retwin_service.jobs import Answered
 from retwin_service.registry import STATUSES, RunRecord
 from retwin_service.render import JSONBody, dumps
 from retwin_service.schemas import (
@@ -151,15 +152,20 @@ async def complete_tables(service: Service, key: str, *, baseline: bool = False)
 POLL_S = 0.05
 
 
-async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
+async def _wait(service: Service, rec: RunRecord, seconds: float, *,
+                answered: bool = False) -> RunRecord:
     """Wait up to ``seconds`` (capped by the settings) for ``rec`` (just read) to finish.
 
     Woken as this process finishes the runs of its computation, with what it wrote (the
     run is not read again), or when they may have changed otherwise (the computation's
     tracking ended, a run was cancelled: then it is read again). A computation this
     process does not track (another service process runs it) is looked at every
-    :data:`POLL_S`."""
+    :data:`POLL_S`. ``answered``: the caller answers from the headline alone, so the run
+    is done as soon as its answer is out, before its result is stored
+    (:class:`~retwin_service.jobs.Answered`); else once the registry records it."""
     seconds = min(seconds, service.settings.wait_max_seconds)
+    if answered:
+        rec = service.jobs.answered(rec)
     if rec.finished or seconds <= 0:
         return rec
     jobs, key = service.jobs, rec.request_hash
@@ -171,6 +177,8 @@ async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
         try:
             if not fresh:
                 rec = await run_in_threadpool(service.registry.get_run, rec.id)
+                if answered:
+                    rec = service.jobs.answered(rec)
             left = deadline - loop.time()
             if rec.finished or left <= 0:
                 return rec
@@ -179,10 +187,21 @@ async def _wait(service: Service, rec: RunRecord, seconds: float) -> RunRecord:
         finally:
             jobs.unwatch(key, event)
         finished = event.result() if event.done() and not event.cancelled() else None
+        if isinstance(finished, Answered) and not answered:
+            finished = None  # its tables are being stored: wait for the registry's finish
         done = None if finished is None else finished.apply(rec)
         if done is not None:
             return done
         fresh = False
+
+
+async def _settled(service: Service, rec: RunRecord) -> RunRecord:
+    """``rec`` (just read), once its result is stored when its answer came out before
+    (:meth:`~retwin_service.jobs.Jobs.settle`): read again then, done. A route that reads
+    a run's stored tables reads its run through this."""
+    if not rec.finished and await service.jobs.settle(rec.request_hash):
+        rec = await run_in_threadpool(service.registry.get_run, rec.id)
+    return rec
 
 
 # --- runs ------------------------------------------------------------------------------------
@@ -215,6 +234,7 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
     if full is not None:  # its result would not fit: refuse before storing anything
         return JSONBody({"detail": f"{full}; free some space there (RETWIN_DATA_DIR) "
                                        "and try again"}, status_code=507)
+    await service.jobs.settle(task.key)  # answered, being stored: stored in a moment
     if service.jobs.stored(task.key):
         service.metrics.cache_hits.inc()
         rec = await run_in_threadpool(lambda: reg.add_run(
@@ -230,7 +250,7 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
     # no await between the two: a run once recorded is always tracked
     rec, claimed = await run_in_threadpool(admit)
     service.jobs.ensure(task, claimed=claimed)
-    rec = await _wait(service, rec, wait)
+    rec = await _wait(service, rec, wait, answered=detail == "headline")
     if rec.finished:
         return await _answer(service, rec, detail)
     return JSONBody(_accepted(rec), status_code=202,
@@ -262,7 +282,9 @@ async def read_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
     year; ``detail=full``: every KPI) and their difference to the baseline of the same
     model, seed and replications, its targets, bottlenecks and notes."""
     rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
-    rec = await _wait(service, rec, wait)
+    if detail != "headline":  # every KPI: read from the stored tables
+        rec = await _settled(service, rec)
+    rec = await _wait(service, rec, wait, answered=detail == "headline")
     return await _answer(service, rec, detail)
 
 
@@ -272,7 +294,7 @@ async def read_run(run_id: RunId, service: ServiceDep, owner: OwnerDep,
 async def cancel_run(run_id: RunId, service: ServiceDep, owner: OwnerDep) -> Response:
     """Cancel a queued or running run (cancelling a cancelled run changes nothing)."""
     reg = service.registry
-    rec = await run_in_threadpool(reg.get_run, run_id, owner)
+    rec = service.jobs.answered(await run_in_threadpool(reg.get_run, run_id, owner))
     if rec.status in ("done", "failed"):
         raise HTTPException(409, f"run {run_id!r} is already {rec.status}; nothing to cancel")
     rec = await run_in_threadpool(reg.cancel, run_id, owner)
@@ -304,7 +326,8 @@ def _date(name: str, value: str | None, *, last: bool) -> dt.date | None:
 async def _done_run(service: Service, run_id: str, owner: str, what: str = "tables"
                     ) -> RunRecord:
     """The run's record, once it is done (409 before: its ``what`` exist only then)."""
-    rec = await run_in_threadpool(service.registry.get_run, run_id, owner)
+    rec = await _settled(service, await run_in_threadpool(service.registry.get_run, run_id,
+                                                          owner))
     if rec.status != "done":
         raise HTTPException(409, f"run {run_id!r} is {rec.status}; its {what} exist once it "
                                  "is done")
