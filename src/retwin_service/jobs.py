@@ -17,28 +17,29 @@ need not share its disk).
 
 **The worker** (:func:`compute`) runs the baseline first, unless it is stored already (then
 its KPIs stand in for it), and stores it under its own key; then the what-if and its paired
-difference (:func:`retwin.whatif.run`), stored atomically (:func:`store`). What the answer
-needs is written before it (the KPIs, their summary and difference, targets, bottlenecks);
-the tables made from the daily records (:func:`deferred_for`) are left for the first request
-that reads them: :meth:`Jobs.complete` has a worker run them again (:class:`Completion`,
-:func:`complete`; results are deterministic) and write them whole
+difference (:func:`retwin.whatif.run`), stored atomically (:func:`store`). The stored result
+holds at once what the answer reads (the KPIs, their summary and difference, targets,
+bottlenecks); the tables made from the daily records (:func:`deferred_for`) are left for
+the first request that reads them: :meth:`Jobs.complete` has a worker run them again
+(:class:`Completion`, :func:`complete`; results are deterministic) and write them whole
 (:func:`retwin.storage.complete_result`). Nothing is lost when the service stops before:
 the result reads as before, and is completed when asked.
 
-**Answered before it is stored.** The worker hands the parts of the answer over before it
-stores the result (:func:`answer_parts`); once the server has made them into the answer,
-the requests waiting for that answer (``POST /runs`` and ``GET /runs/{id}`` at
-``detail=headline``) have it as done (:class:`Answered`), while the worker stores. The
-registry records the runs done once the result is stored, with the time of the answer. In
-between, every route of this process reads them as done, and a route that reads the stored
-tables waits for the store first (:meth:`Jobs.settle`). Results are deterministic (the seed
-is in the request), so nothing given out is lost if the service stops in between: the runs
-are still unfinished in the registry and run again at the next start, to the same numbers.
-If the store fails (the data folder filled up meanwhile), the runs read as failed after.
 Between two replications it reports progress and looks for a cancellation through
 :func:`~retwin.batch.executors.task_hooks`; the executor brings the progress back to
 :class:`Jobs`, which writes it to the registry, and :meth:`Jobs.cancel` raises the executor's
 flag for the key.
+
+**Answered before it is stored.** The worker makes the answer (and its JSON) and hands it
+over before it stores the result (:func:`answer_made`); the requests waiting for that
+answer (``POST /runs`` and ``GET /runs/{id}`` at ``detail=headline``) have it as done at
+once (:class:`Answered`), while the worker stores. The registry records the runs done once
+the result is stored, with the time of the answer. In between, every route of this process
+reads them as done, and a route that reads the stored tables waits for the store first
+(:meth:`Jobs.settle`). Results are deterministic (the seed is in the request), so nothing
+given out is lost if the service stops in between: the runs are still unfinished in the
+registry and run again at the next start, to the same numbers. If the store fails (the data
+folder filled up meanwhile), the runs read as failed after.
 
 What lives here: the tasks, the worker's :func:`compute` and the server's :class:`Jobs`.
 What does not: HTTP (:mod:`retwin_service.routes`) and the run rows
@@ -90,7 +91,8 @@ if TYPE_CHECKING:  # a worker needs none of the registry's packages
     from retwin_service.registry import Finished, Registry, RunRecord
 
 __all__ = ["Answered", "Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed",
-           "Task", "Warm", "answer_from", "answer_of", "answer_parts", "complete", "compute",
+           "Task", "Warm", "answer_from", "answer_made", "answer_of", "answer_parts",
+           "complete", "compute",
            "deferred_for", "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
 
 log = logging.getLogger("retwin.api.jobs")
@@ -177,8 +179,8 @@ class Outcome:
     """What a computation ended with: ``done``, ``cancelled`` or ``failed`` (``error``).
 
     Without a results folder a done outcome carries the result for the server to store
-    (``runs``: those of a :class:`Completion`). ``handed_over``: the parts of its answer
-    were handed to the server before the result was stored (:func:`answer_parts`).
+    (``runs``: those of a :class:`Completion`). ``handed_over``: its answer was handed to
+    the server before the result was stored (:func:`answer_made`).
     """
 
     status: str
@@ -210,10 +212,8 @@ class Answered:
 
 def answer_parts(result: whatif.WhatIfResult) -> dict[str, Any]:
     """What the ``result`` of a run's answer is made of (:func:`answer_from`), as the
-    result will be stored: its tables and its manifest's fields, but the scenario's hash
-    (the server has the scenario). A worker hands it to the server before it stores the
-    result (:meth:`~retwin.batch.executors.TaskHooks.message`), so that the answer is
-    made meanwhile."""
+    result will be stored: its tables and its manifest's fields, but the scenario's
+    hash."""
     runs = result.whatif
     first = runs.first
     sc = first.compiled.scenario
@@ -224,6 +224,17 @@ def answer_parts(result: whatif.WhatIfResult) -> dict[str, Any]:
                          "notes": list(result.notes)},
             "summary": runs.summary, "difference": result.difference,
             "targets": first.target_table, "bottlenecks": first.bottlenecks}
+
+
+def answer_made(result: whatif.WhatIfResult, scenario_hash: str
+                ) -> tuple[dict[str, Any], bytes]:
+    """The answer of ``result`` (:func:`answer_from` its :func:`answer_parts`) and that
+    answer as JSON (:func:`retwin_service.encode.dumps`): what a worker hands over before
+    it stores the result, so that the server answers without making or encoding it."""
+    from retwin_service.encode import dumps
+
+    body = answer_from(answer_parts(result), scenario_hash)
+    return body, dumps(body)
 
 
 def answer_from(parts: dict[str, Any], scenario_hash: str) -> dict[str, Any]:
@@ -365,7 +376,8 @@ def _compute(task: Task, hooks: TaskHooks) -> Outcome:
     rep.check()
     if root is None:
         return Outcome("done", result=res)
-    hooks.message(task.key, ("answer", answer_parts(res)))  # made while this stores
+    # the answer goes out now; the server answers with it while this stores the result
+    hooks.message(task.key, ("answer", answer_made(res, task.whatif.scenario_hash)))
     store(res, root, task.key, task.baseline_key)
     return Outcome("done", handed_over=True)
 
@@ -398,20 +410,25 @@ def complete(task: Completion) -> Outcome:
 
 
 def warm_io() -> None:
-    """Load what storing and reading results first uses (pyarrow's Parquet, dataset and
-    pandas modules, some 30 ms of imports), so that a worker's first computation does not
-    wait for them."""
+    """Load what storing and reading results and making answers first uses (pyarrow's
+    Parquet, dataset, compute and pandas modules, some 30 ms of imports), so that a worker's
+    first computation does not wait for them."""
     import io
 
     import pyarrow as pa
     import pyarrow.dataset  # what pandas reads Parquet with
     import pyarrow.parquet as pq
 
+    from retwin_service import encode, tables
+
     buf = io.BytesIO()
-    frame = pd.DataFrame({"name": pd.array(["x"], dtype="str"), "value": [1.0]})
+    frame = pd.DataFrame({"kpi": pd.array(["x"], dtype="str"),
+                          "key": pd.array(["y"], dtype="str"), "value": [1.0]})
     pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buf)
     buf.seek(0)
     pd.read_parquet(buf)
+    rows = tables._rows_of([(frame, list(frame.columns), tables._headline_positions(frame))])
+    encode.dumps(rows)
 
 
 class Compute:
@@ -463,6 +480,9 @@ COMPLETE_KEPT = 4096
 ANSWER_WAIT_S = 0.25
 #: Seconds a stopping service waits for the results of answers it gave to be stored.
 ANSWERED_STOP_S = 10.0
+#: Seconds a request that reads a stored result waits for it to be stored, when its answer
+#: came out before (the store takes milliseconds; longer, the run is read as it is).
+SETTLE_S = 30.0
 
 
 def _done(fut: asyncio.Future[None]) -> None:
@@ -635,20 +655,19 @@ class Jobs:
 
     def _message(self, key: str, payload: Any) -> None:
         """Called (in a thread of the executor) with what a worker handed over while
-        running ``key``: the parts of its answer (:func:`answer_parts`), made into the
-        answer here while the worker stores the result (:func:`retwin_service.tables.
-        prime`), so that the request waiting for it reads nothing back."""
+        running ``key``: its answer, made and encoded (:func:`answer_made`), kept for the
+        requests that read it (:func:`retwin_service.tables.prime`) and given to those
+        waiting for it (:class:`Answered`) while the worker stores the result."""
         task, made = self._tasks.get(key), self._answered.get(key)
         kind, parts = payload
         if kind != "answer" or task is None:
             return
         from retwin_service import tables
-        from retwin_service.render import dumps
 
         ok = False
-        try:  # encoded here too: the answer is sent without encoding it again
-            body = answer_from(parts, task.whatif.scenario_hash)
-            tables.prime(self.root, key, "headline", body, dumps(body))
+        try:
+            body, encoded = parts
+            tables.prime(self.root, key, "headline", body, encoded)
             ok = True
         finally:  # else the answer reads the stored result
             if made is not None:
@@ -670,14 +689,16 @@ class Jobs:
         done = None if early is None else early.apply(rec)
         return rec if done is None else done
 
-    async def settle(self, key: str) -> bool:
+    async def settle(self, key: str, timeout_s: float = SETTLE_S) -> bool:
         """Wait until the computation of ``key``, answered before its result was stored,
-        has stored it and recorded its runs (at once when it was not answered so). True
-        when it waited: read the runs again."""
+        has stored it and recorded its runs (at once when it was not answered so; for at
+        most ``timeout_s`` seconds: a store that failed on a full data folder records its
+        runs only once there is room again). True when it waited: read the runs again."""
         t = self._tracks.get(key) if key in self._early else None
         if t is None:
             return False
-        await asyncio.wait({t})  # never cancels the computation, nor raises its error
+        # never cancels the computation, nor raises its error
+        await asyncio.wait({t}, timeout=timeout_s)
         return True
 
     def stored(self, key: str) -> bool:

@@ -231,6 +231,9 @@ def test_a_full_tmpfs_data_folder(small_disk: Path, tmp_path: Path) -> None:
             assert c.get(f"{API}/health").json()["status"] == "ok"
             r = c.post(f"{API}/runs", json=long, params={"wait": 30})
             assert r.status_code == 200 and r.json()["status"] == "done", r.text
+            # answered as soon as made; every KPI is read from the stored result, once stored
+            full = c.get(f"{API}/runs/{r.json()['id']}", params={"detail": "full"})
+            assert full.json()["status"] == "done", full.text
             # its daily series is written when first read: with no room, that read is a
             # 507 and leaves the result as it was; with room again, it is written
             filler = _fill(small_disk, 0)

@@ -19,13 +19,13 @@ from retwin import whatif
 from retwin.batch.executors import ProcessExecutor, SerialExecutor, task_hooks
 from retwin.storage import read_table
 from retwin_service import tables
+from retwin_service.encode import dumps
 from retwin_service.jobs import (
     Compute,
     Jobs,
     StoreFailed,
     Task,
     Warm,
-    answer_from,
     answer_of,
     compute,
     is_stored,
@@ -60,16 +60,16 @@ def test_a_whatif_stores_its_baseline_and_its_paired_difference(tmp_path: Path) 
 @pytest.mark.parametrize(("changes", "n"), [((QUOTA_CUT,), 1), ((QUOTA_CUT,), 2), ((), 1)])
 def test_the_answer_made_from_what_the_worker_hands_over_is_the_one_read_back(
         tmp_path: Path, changes: tuple[Any, ...], n: int) -> None:
-    """A worker hands the parts of its answer over before it stores the result; the answer
-    made of them is the stored tables read back (every row and number, every detail)."""
+    """A worker hands its answer over, made and encoded, before it stores the result; the
+    answer is the stored tables read back (every row and number, every detail)."""
     got: list[tuple[str, Any]] = []
     ex = SerialExecutor(on_message=lambda key, payload: got.append((key, payload)))
     t = task(tmp_path, changes=changes, n=n)
     out = ex.submit(Compute(), t, key=t.key).result()
     assert out.status == "done" and [(k, p[0]) for k, p in got] == [("w", "answer")]
-    parts = pickle.loads(pickle.dumps(got[0][1][1]))  # it travels between processes
-    assert answer_from(parts, t.whatif.scenario_hash) == tables._stored_result(
-        tmp_path, "w", "headline")
+    body, encoded = pickle.loads(pickle.dumps(got[0][1][1]))  # it travels between processes
+    assert body == tables._stored_result(tmp_path, "w", "headline")
+    assert encoded == dumps(body)
     assert ex.submit(Compute(), t, key=t.key).result().cached and len(got) == 1
     res = whatif.run(t.whatif, replications=n, seed=3)
     store(res, tmp_path, "again", "b" if changes else None)
