@@ -261,6 +261,19 @@ class Finished:
                        started_at=row[0], progress=row[1])
 
 
+def _admission(owner: str, request_hash: str) -> sa.Select[Any]:
+    """One row: how many unfinished runs ``owner`` has, whether computation
+    ``request_hash`` is already queued or running (a run of it joins it), and how many
+    distinct computations are: what admitting a run checks, in one statement."""
+    active = runs.c.status.in_(ACTIVE)
+    mine = (sa.select(sa.func.count()).select_from(runs)
+            .where(runs.c.owner == owner).where(active).scalar_subquery())
+    joined = sa.exists().where(runs.c.request_hash == request_hash).where(active)
+    busy = (sa.select(sa.func.count(sa.distinct(runs.c.request_hash)))
+            .where(active).scalar_subquery())
+    return sa.select(mine, joined, busy)
+
+
 def _run(row: Any) -> RunRecord:
     m: Any = row._mapping
     created = _utc(m["created_at"])
@@ -472,26 +485,12 @@ class Registry:
         with self._admit, self._write() as conn:
             if status in ACTIVE and not self.is_sqlite:
                 conn.execute(sa.select(sa.func.pg_advisory_xact_lock(ADMISSION_LOCK)))
-            if status in ACTIVE:
-                if owner_max is not None:
-                    mine = conn.execute(
-                        sa.select(sa.func.count()).select_from(runs)
-                        .where(runs.c.owner == owner).where(runs.c.status.in_(ACTIVE))
-                    ).scalar_one()
-                    if mine >= owner_max:
-                        raise OwnerLimit(owner, owner_max)
-                if queue_max is not None:
-                    joined = conn.execute(
-                        sa.select(runs.c.id).where(runs.c.request_hash == request_hash)
-                        .where(runs.c.status.in_(ACTIVE)).limit(1)
-                    ).first()
-                    if joined is None:
-                        busy = conn.execute(
-                            sa.select(sa.func.count(sa.distinct(runs.c.request_hash)))
-                            .where(runs.c.status.in_(ACTIVE))
-                        ).scalar_one()
-                        if busy >= queue_max:
-                            raise QueueFull(queue_max)
+            if status in ACTIVE and (owner_max is not None or queue_max is not None):
+                mine, joined, busy = conn.execute(_admission(owner, request_hash)).one()
+                if owner_max is not None and mine >= owner_max:
+                    raise OwnerLimit(owner, owner_max)
+                if queue_max is not None and not joined and busy >= queue_max:
+                    raise QueueFull(queue_max)
             conn.execute(runs.insert().values(**rec))
         return RunRecord(
             id=rec["id"], owner=owner, model=model, request=json.loads(rec["request"]),

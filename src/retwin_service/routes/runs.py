@@ -31,7 +31,7 @@ from retwin_service.schemas import (
     ValidationErrorPublic,
     WhatIfRequest,
 )
-from retwin_service.service import Service
+from retwin_service.service import Prepared, Service
 
 router = APIRouter(tags=["runs"], responses={
     401: {"model": ErrorPublic, "description": "Missing, invalid or revoked API token."},
@@ -227,10 +227,12 @@ async def create_run(body: WhatIfRequest, service: ServiceDep, owner: OwnerDep,
     KPIs and their difference to the baseline (``detail=full``: every KPI), targets,
     bottlenecks and notes, with links to the full tables.
     """
-    prep = await run_in_threadpool(service.prepare, body)
+    def check() -> tuple[Prepared, str | None]:  # the request, then the room for its result
+        return service.prepare(body), service.space.low()
+
+    prep, full = await run_in_threadpool(check)
     task = prep.task
     reg = service.registry
-    full = await run_in_threadpool(service.space.low)
     if full is not None:  # its result would not fit: refuse before storing anything
         return JSONBody({"detail": f"{full}; free some space there (RETWIN_DATA_DIR) "
                                        "and try again"}, status_code=507)
