@@ -79,6 +79,7 @@ from retwin.batch.executors import (
     task_hooks,
     warm_once,
 )
+from retwin.scenario.load import scenario_hash
 from retwin.storage import (
     complete_result,
     deferred_tables,
@@ -91,7 +92,7 @@ if TYPE_CHECKING:  # a worker needs none of the registry's packages
     from retwin_service.registry import Finished, Registry, RunRecord
 
 __all__ = ["Answered", "Cancelled", "Completion", "Compute", "Jobs", "Outcome", "StoreFailed",
-           "Task", "Warm", "answer_from", "answer_made", "answer_of", "answer_parts",
+           "Task", "Warm", "answer_hashed", "answer_made", "answer_of", "answer_parts",
            "complete", "compute",
            "deferred_for", "is_stored", "public_error", "result_dir", "store", "stored_kpis"]
 
@@ -211,7 +212,7 @@ class Answered:
 
 
 def answer_parts(result: whatif.WhatIfResult) -> dict[str, Any]:
-    """What the ``result`` of a run's answer is made of (:func:`answer_from`), as the
+    """What the ``result`` of a run's answer is made of (:func:`answer_made`), as the
     result will be stored: its tables and its manifest's fields, but the scenario's
     hash."""
     runs = result.whatif
@@ -226,25 +227,27 @@ def answer_parts(result: whatif.WhatIfResult) -> dict[str, Any]:
             "targets": first.target_table, "bottlenecks": first.bottlenecks}
 
 
-def answer_made(result: whatif.WhatIfResult, scenario_hash: str
-                ) -> tuple[dict[str, Any], bytes]:
-    """The answer of ``result`` (:func:`answer_from` its :func:`answer_parts`) and that
-    answer as JSON (:func:`retwin_service.encode.dumps`): what a worker hands over before
-    it stores the result, so that the server answers without making or encoding it."""
-    from retwin_service.encode import dumps
-
-    body = answer_from(answer_parts(result), scenario_hash)
-    return body, dumps(body)
-
-
-def answer_from(parts: dict[str, Any], scenario_hash: str) -> dict[str, Any]:
-    """The ``result`` of a run's answer (``detail=headline``) from :func:`answer_parts`:
-    what :func:`retwin_service.tables.run_result` reads back once the result is stored."""
+def answer_made(result: whatif.WhatIfResult) -> bytes:
+    """The answer of ``result`` as JSON (:func:`retwin_service.tables.result_json` of its
+    :func:`answer_parts`), its ``scenario_hash`` left ``null``: what a worker hands over
+    before it stores the result, so that the server answers without making or encoding it.
+    The server has the hash meanwhile (:func:`answer_hashed`): it holds the scenario."""
     from retwin_service import tables
 
-    return tables.result_of({**parts["manifest"], "scenario_hash": scenario_hash},
-                            parts["summary"], parts["difference"], parts["targets"],
-                            parts["bottlenecks"])
+    parts = answer_parts(result)
+    return tables.result_json({**parts["manifest"], "scenario_hash": None}, parts["summary"],
+                              parts["difference"], parts["targets"], parts["bottlenecks"])
+
+
+def answer_hashed(encoded: bytes, scenario: str, digest: str) -> bytes | None:
+    """:func:`answer_made`'s ``encoded`` answer of scenario ``scenario`` with the hash of
+    the scenario (``digest``) written in; ``None`` if it does not begin as an answer does."""
+    from retwin_service.encode import dumps
+
+    head = dumps({"scenario": scenario, "scenario_hash": None})[:-len(b"null}")]
+    if not encoded.startswith(head + b"null,"):
+        return None
+    return head + dumps(digest) + encoded[len(head) + len(b"null"):]
 
 
 def answer_of(result: whatif.WhatIfResult, results_root: str | Path, key: str
@@ -377,7 +380,7 @@ def _compute(task: Task, hooks: TaskHooks) -> Outcome:
     if root is None:
         return Outcome("done", result=res)
     # the answer goes out now; the server answers with it while this stores the result
-    hooks.message(task.key, ("answer", answer_made(res, task.whatif.scenario_hash)))
+    hooks.message(task.key, ("answer", answer_made(res)))
     store(res, root, task.key, task.baseline_key)
     return Outcome("done", handed_over=True)
 
@@ -555,6 +558,8 @@ class Jobs:
         # per tracked key whose answer is out before its result is stored: when it was made
         self._early: dict[str, Answered] = {}
         self._started: dict[str, dt.datetime] = {}  # per tracked key: when a worker took it
+        # per tracked key a worker runs: its scenario's hash, made meanwhile (_progress)
+        self._hashes: dict[str, str] = {}
         # per key: done at the next finish of its runs here (with what was written), or
         # when its tracking ends (None); and how many requests wait on it (see watch)
         self._events: dict[str, asyncio.Future[Finished | Answered | None]] = {}
@@ -642,9 +647,13 @@ class Jobs:
         try:
             if done == 0:
                 at = dt.datetime.now(dt.UTC)
-                if key in self._tasks:  # what an answer given before the store says
+                task = self._tasks.get(key)
+                if task is not None:  # what an answer given before the store says
                     self._started[key] = at
                 self.registry.mark_running(key, at=at)
+                if task is not None and key not in self._hashes:
+                    # what the answer the worker hands over leaves out, made while it runs
+                    self._hashes[key] = scenario_hash(task.whatif.scenario)
             elif done < total:  # the last is written with the end (Registry.finish)
                 self.registry.set_progress(key, done / max(total, 1))
         except Exception as exc:  # a progress update is never worth failing a computation
@@ -655,7 +664,8 @@ class Jobs:
 
     def _message(self, key: str, payload: Any) -> None:
         """Called (in a thread of the executor) with what a worker handed over while
-        running ``key``: its answer, made and encoded (:func:`answer_made`), kept for the
+        running ``key``: its answer, made and encoded (:func:`answer_made`), with its
+        scenario's hash written in (made while the worker ran, :meth:`_progress`), kept for the
         requests that read it (:func:`retwin_service.tables.prime`) and given to those
         waiting for it (:class:`Answered`) while the worker stores the result."""
         task, made = self._tasks.get(key), self._answered.get(key)
@@ -666,9 +676,11 @@ class Jobs:
 
         ok = False
         try:
-            body, encoded = parts
-            tables.prime(self.root, key, "headline", body, encoded)
-            ok = True
+            h = self._hashes.get(key) or scenario_hash(task.whatif.scenario)
+            encoded = answer_hashed(parts, task.whatif.scenario.name, h)
+            if encoded is not None:
+                tables.prime(self.root, key, "headline", None, encoded)
+                ok = True
         finally:  # else the answer reads the stored result
             if made is not None:
                 made.get_loop().call_soon_threadsafe(self._made, key, made, ok)
@@ -814,6 +826,7 @@ class Jobs:
             self._tasks.pop(task.key, None)
             self._early.pop(task.key, None)
             self._started.pop(task.key, None)
+            self._hashes.pop(task.key, None)
             made = self._answered.pop(task.key, None)
             if made is not None:
                 made.cancel()

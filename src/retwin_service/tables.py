@@ -50,6 +50,7 @@ __all__ = [
     "primed",
     "read",
     "render",
+    "result_json",
     "result_of",
     "run_result",
     "stage_output",
@@ -303,20 +304,23 @@ def _result_body(m: dict[str, Any], detail: Detail, kpis: list[dict[str, Any]],
 
 
 #: Results bodies made where a result was computed, before anyone read it back
-#: (:func:`prime`): ``(root, key, detail)`` -> (body, the body encoded or ``None``), the
-#: most recent last.
-_PRIMED: OrderedDict[tuple[Path, str, str], tuple[dict[str, Any], bytes | None]] = \
+#: (:func:`prime`): ``(root, key, detail)`` -> (the body, the body encoded; either may be
+#: ``None``, not both), the most recent last.
+_PRIMED: OrderedDict[tuple[Path, str, str], tuple[dict[str, Any] | None, bytes | None]] = \
     OrderedDict()
 _PRIMED_KEPT = 64
 _primed_lock = threading.Lock()
 
 
-def prime(root: str | Path, key: str, detail: Detail, body: dict[str, Any],
+def prime(root: str | Path, key: str, detail: Detail, body: dict[str, Any] | None,
           encoded: bytes | None = None) -> None:
     """Remember the :func:`run_result` of stored result ``key`` as made from the result
     itself (:func:`result_of`) where it was computed: the answer of the request that
     waited for it reads no table back. ``encoded``: the body as JSON
-    (:func:`retwin_service.render.dumps`), made meanwhile (:func:`primed_json`)."""
+    (:func:`retwin_service.render.dumps`), made meanwhile (:func:`primed_json`); given
+    alone (``body`` ``None``), the body is read from it when first asked for."""
+    if body is None and encoded is None:
+        raise ValueError("prime needs the body, its JSON or both")
     k = (Path(root), key, detail)
     with _primed_lock:
         _PRIMED[k] = (body, encoded)
@@ -326,7 +330,7 @@ def prime(root: str | Path, key: str, detail: Detail, body: dict[str, Any],
 
 
 def _primed(root: str | Path, key: str, detail: Detail
-            ) -> tuple[dict[str, Any], bytes | None] | None:
+            ) -> tuple[dict[str, Any] | None, bytes | None] | None:
     with _primed_lock:
         return _PRIMED.get((Path(root), key, detail))
 
@@ -347,7 +351,13 @@ def run_result(root: Path, key: str, detail: Detail = "headline") -> dict[str, A
     the rows of :data:`HEADLINE_KPIS` in ``kpis`` and ``difference``, with ``"full"``
     every KPI row. Cached (results never change); primed by :func:`prime`."""
     hit = _primed(root, key, detail)
-    return hit[0] if hit is not None else _stored_result(Path(root), key, detail)
+    if hit is None:
+        return _stored_result(Path(root), key, detail)
+    body, encoded = hit
+    if body is None:
+        assert encoded is not None
+        body = json.loads(encoded)
+    return body
 
 
 @lru_cache(maxsize=64)
@@ -371,10 +381,7 @@ def result_of(m: dict[str, Any], summary: pd.DataFrame, difference: pd.DataFrame
               detail: Detail = "headline") -> dict[str, Any]:
     """:func:`run_result` of a result as it is stored, made from its tables in memory (and
     its manifest ``m``): the same body, without reading the tables back."""
-    parts: list[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]] = [
-        (df, _STAT_COLUMNS, _headline_positions(df) if detail == "headline" else None)
-        for df in (summary, difference) if df is not None]
-    parts += [(targets, columns(targets), None), (bottlenecks, columns(bottlenecks), None)]
+    parts = _result_parts(summary, difference, targets, bottlenecks, detail)
     rows = _rows_of(parts)
     if rows is None:  # a column of a kind only pandas' encoder takes
         rows = [_records(df.iloc[pos] if pos is not None else df)
@@ -382,6 +389,15 @@ def result_of(m: dict[str, Any], summary: pd.DataFrame, difference: pd.DataFrame
     kpis, *rest = rows
     diff = rest.pop(0) if difference is not None else None
     return _result_body(m, detail, kpis, diff, rest[0], rest[1])
+
+
+def _result_parts(summary: pd.DataFrame, difference: pd.DataFrame | None,
+                  targets: pd.DataFrame, bottlenecks: pd.DataFrame, detail: Detail
+                  ) -> list[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]]:
+    parts: list[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]] = [
+        (df, _STAT_COLUMNS, _headline_positions(df) if detail == "headline" else None)
+        for df in (summary, difference) if df is not None]
+    return [*parts, (targets, columns(targets), None), (bottlenecks, columns(bottlenecks), None)]
 
 
 def _headline_positions(df: pd.DataFrame) -> np.ndarray:
@@ -407,13 +423,17 @@ def _picked(parts: Sequence[tuple[pd.DataFrame, Sequence[str], np.ndarray | None
             for df, cols, pos in parts]
 
 
-def _rows_of(parts: Sequence[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]]
-             ) -> list[list[dict[str, Any]]] | None:
-    """:func:`_records` of each frame's ``cols`` at positions ``pos`` (every row: ``None``),
-    the same rows, made column by column: one encoding of every float of every frame (the
-    numbers pandas' JSON gives, exactly), the other columns as Python values. ``None`` when
-    a column is of another kind (dates, objects, nullable integers): :func:`_records` then.
-    """
+_Parts = Sequence[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]]
+#: Each frame's columns, each column's values (a float column: its slot in the floats), and
+#: its rows; then every float of every frame, as pandas' JSON gives them.
+_Columns = tuple[list[tuple[Sequence[str], list[Any], int]], list[Any]]
+
+
+def _columns_of(parts: _Parts) -> _Columns | None:
+    """The values of each frame's ``cols`` at positions ``pos`` (every row: ``None``),
+    column by column: one encoding of every float of every frame (the numbers pandas' JSON
+    gives, exactly), the other columns as Python values. ``None`` when a column is of
+    another kind (dates, objects, nullable integers)."""
     import pyarrow as pa
 
     floats: list[np.ndarray] = []
@@ -444,6 +464,17 @@ def _rows_of(parts: Sequence[tuple[pd.DataFrame, Sequence[str], np.ndarray | Non
         flat = np.concatenate(floats).astype(np.float64, copy=False)
         encoded = json.loads(pd.Series(flat, copy=False).to_json(orient="records",
                                                                  double_precision=15))
+    return made, encoded
+
+
+def _rows_of(parts: _Parts) -> list[list[dict[str, Any]]] | None:
+    """:func:`_records` of each frame's ``cols`` at positions ``pos`` (every row: ``None``),
+    the same rows, made column by column (:func:`_columns_of`); ``None`` when a column is
+    of a kind only :func:`_records` takes."""
+    columns = _columns_of(parts)
+    if columns is None:
+        return None
+    made, encoded = columns
     out: list[list[dict[str, Any]]] = []
     at = 0
     for cols, values, n in made:
@@ -454,6 +485,82 @@ def _rows_of(parts: Sequence[tuple[pd.DataFrame, Sequence[str], np.ndarray | Non
         out.append([dict(zip(cols, row, strict=True)) for row in zip(*values, strict=True)]
                    if values else [{} for _ in range(n)])
     return out
+
+
+def _json(x: Any) -> str:
+    return json.dumps(x, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def _items(values: list[Any]) -> list[str]:
+    """Each of ``values`` (numbers, booleans, ``None``) as :func:`_json` writes it in a
+    list: no such value's text holds a comma."""
+    return _json(values)[1:-1].split(",") if values else []
+
+
+def _texts(values: list[Any]) -> list[str]:
+    """Each of ``values`` (text or ``None``) as :func:`_json` writes it; each distinct value
+    encoded once (a column of labels repeats a few)."""
+    from json.encoder import encode_basestring  # json.dumps' own, for ensure_ascii=False
+
+    memo: dict[Any, str] = {}
+    out = []
+    for v in values:
+        t = memo.get(v)
+        if t is None:
+            t = memo[v] = "null" if v is None else encode_basestring(v)
+        out.append(t)
+    return out
+
+
+def _rows_json(parts: _Parts) -> list[str] | None:
+    """Each frame's rows as :func:`_rows_of` gives them, as the JSON :func:`_json` writes
+    of them, made without a Python object per row; ``None`` when :func:`_rows_of` would
+    not make them."""
+    columns = _columns_of(parts)
+    if columns is None:
+        return None
+    made, encoded = columns
+    numbers = _items(encoded)
+    out = []
+    at = 0
+    for cols, values, n in made:
+        texts: list[list[str]] = []
+        for v in values:
+            if isinstance(v, int):  # a float column: its slice of the encoded numbers
+                texts.append(numbers[at:at + n])
+                at += n
+            elif v and isinstance(next((x for x in v if x is not None), None), str):
+                texts.append(_texts(v))
+            else:
+                texts.append(_items(v))
+        row = "{" + ",".join(_json(str(c)).replace("%", "%%") + ":%s" for c in cols) + "}"
+        out.append("[" + ",".join(row % r for r in zip(*texts, strict=True)) + "]"
+                   if texts else "[" + ",".join(["{}"] * n) + "]")
+    return out
+
+
+def result_json(m: dict[str, Any], summary: pd.DataFrame, difference: pd.DataFrame | None,
+                targets: pd.DataFrame, bottlenecks: pd.DataFrame,
+                detail: Detail = "headline") -> bytes:
+    """:func:`result_of` as JSON (:func:`retwin_service.encode.dumps` of it, the same
+    bytes), its rows written as text straight from the tables' columns."""
+    from retwin_service.encode import dumps
+
+    parts = _result_parts(summary, difference, targets, bottlenecks, detail)
+    try:
+        rows = _rows_json(parts)
+        if rows is not None:
+            kpis, *rest = rows
+            diff = rest.pop(0) if difference is not None else None
+            body = _result_body(m, detail, [], None if diff is None else [], [], [])
+            made = {"kpis": kpis, "targets": rest[0], "bottlenecks": rest[1]}
+            if diff is not None:
+                made["difference"] = diff
+            return ("{" + ",".join(_json(k) + ":" + (made[k] if k in made else _json(v))
+                                   for k, v in body.items()) + "}").encode("utf-8")
+    except (ValueError, TypeError):  # what dumps sanitises (a lone surrogate, a NaN)
+        pass
+    return dumps(result_of(m, summary, difference, targets, bottlenecks, detail))
 
 
 def stage_output(root: Path, key: str, plant_stage: dict[str, str]) -> pd.DataFrame:

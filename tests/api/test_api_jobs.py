@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import pickle
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from retwin_service.jobs import (
     StoreFailed,
     Task,
     Warm,
+    answer_hashed,
     answer_of,
     compute,
     is_stored,
@@ -67,9 +69,12 @@ def test_the_answer_made_from_what_the_worker_hands_over_is_the_one_read_back(
     t = task(tmp_path, changes=changes, n=n)
     out = ex.submit(Compute(), t, key=t.key).result()
     assert out.status == "done" and [(k, p[0]) for k, p in got] == [("w", "answer")]
-    body, encoded = pickle.loads(pickle.dumps(got[0][1][1]))  # it travels between processes
-    assert body == tables._stored_result(tmp_path, "w", "headline")
-    assert encoded == dumps(body)
+    encoded = pickle.loads(pickle.dumps(got[0][1][1]))  # it travels between processes
+    stored = tables._stored_result(tmp_path, "w", "headline")
+    assert json.loads(encoded) == {**stored, "scenario_hash": None}  # the server's to add
+    assert answer_hashed(encoded, t.whatif.scenario.name, t.whatif.scenario_hash) == \
+        dumps(stored)
+    assert stored["scenario_hash"] == t.whatif.scenario_hash
     assert ex.submit(Compute(), t, key=t.key).result().cached and len(got) == 1
     res = whatif.run(t.whatif, replications=n, seed=3)
     store(res, tmp_path, "again", "b" if changes else None)
@@ -81,6 +86,9 @@ def test_the_answer_made_from_what_the_worker_hands_over_is_the_one_read_back(
                                 res.whatif.first.target_table, res.whatif.first.bottlenecks,
                                 detail)
         assert made == tables._stored_result(tmp_path, "again", detail)
+        assert tables.result_json(m, res.whatif.summary, res.difference,
+                                  res.whatif.first.target_table, res.whatif.first.bottlenecks,
+                                  detail) == dumps(made)
         assert (made["difference"] is None) == (not changes)
 
 

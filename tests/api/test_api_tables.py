@@ -4,6 +4,7 @@ a link to the next page), CSV and Parquet streamed in chunks; every row still ar
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,3 +154,49 @@ def test_rows_made_column_by_column_are_pandas_json_rows() -> None:
     assert tables._rows_of([(df.assign(when=pd.Timestamp("2024-01-01")), ["when"], None)]) \
         is None
     assert tables._rows_of([(df.assign(date="2024-01-01"), ["date"], None)]) is None
+
+
+def test_rows_written_as_text_are_the_json_of_the_rows() -> None:
+    """An answer's rows are written as JSON text straight from the columns
+    (:func:`tables._rows_json`): the same text as the JSON of the rows :func:`tables._rows_of`
+    makes, escapes, missing values, numbers and booleans included, and a whole answer
+    (:func:`tables.result_json`) the same bytes as its body encoded; text JSON cannot carry
+    (a lone surrogate) takes the encoder's way, sanitised."""
+    import numpy as np
+
+    from retwin_service.encode import dumps
+
+    rng = np.random.default_rng(11)
+    n = 300
+    floats = rng.standard_normal(n) * 10.0 ** rng.integers(-20, 20, n)
+    floats[[3, 50, 51]] = [np.nan, np.inf, -np.inf]
+    labels = ['plain', 'a "quoted" one', "back\\slash", "tab\tand\nnewline", "稀土 元素",
+              "ctrl\x01", "50% off", ""]
+    df = pd.DataFrame({
+        "kpi": pd.Series(rng.choice(labels, n), dtype="str"),
+        "key": pd.Series(np.where(rng.random(n) < 0.1, None, "prnd_oxide"), dtype="str"),
+        "year": rng.integers(2020, 2035, n), "score": floats,
+        "small": floats.astype(np.float32), "cat": pd.Categorical(rng.choice(["a", "b"], n)),
+        "ok": rng.random(n) < 0.5, "n%s": np.arange(n),
+    })
+    pos = np.flatnonzero(rng.random(n) < 0.3)
+    parts = [(df, list(df.columns), pos), (df, ["year", "score"], None), (df, [], pos[:3]),
+             (df.iloc[:0], ["kpi", "score"], None)]
+    rows, texts = tables._rows_of(parts), tables._rows_json(parts)
+    assert rows is not None and texts is not None
+    assert texts == [dumps(r).decode() for r in rows]
+
+    m = {"scenario": 'a "name"', "scenario_hash": "h", "start": "2024-01-01",
+         "end": "2024-12-31", "seed": 1, "replications": 1, "notes": ["note ✓"]}
+    stats = df[["kpi", "key", "year"]].assign(unit="t", mean=floats, p5=floats, p50=floats,
+                                              p95=floats, n=1)
+    for detail in ("headline", "full"):
+        for diff in (stats, None):
+            want = dumps(tables.result_of(m, stats, diff, df[["kpi", "ok"]], df[["year"]],
+                                          detail))
+            assert tables.result_json(m, stats, diff, df[["kpi", "ok"]], df[["year"]],
+                                      detail) == want
+    lone = {**m, "notes": ["t\ud800"]}
+    got = tables.result_json(lone, stats, None, df[["kpi"]], df[["year"]])
+    assert got == dumps(tables.result_of(lone, stats, None, df[["kpi"]], df[["year"]]))
+    assert json.loads(got)["notes"] == ["t\ufffd"]
