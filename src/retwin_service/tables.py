@@ -400,21 +400,36 @@ def _result_parts(summary: pd.DataFrame, difference: pd.DataFrame | None,
     return [*parts, (targets, columns(targets), None), (bottlenecks, columns(bottlenecks), None)]
 
 
+#: The last frames' key columns (``kpi``, ``key``) and their headline positions: every
+#: answer on one model has the same rows (only the numbers differ).
+_HEADLINE_SEEN: list[tuple[Any, Any, np.ndarray]] = []
+_HEADLINE_SEEN_KEPT = 4
+_headline_lock = threading.Lock()
+
+
 def _headline_positions(df: pd.DataFrame) -> np.ndarray:
     """The positions of :func:`headline`'s rows."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     kpi = pa.array(df["kpi"], type=pa.string())
+    key = pa.array(df["key"], type=pa.string())
+    with _headline_lock:
+        for k, y, pos in _HEADLINE_SEEN:
+            if kpi.equals(k) and key.equals(y):
+                return pos
     keep = pc.is_in(kpi, value_set=pa_strings(
         [name for name, keys in HEADLINE_KPIS.items() if not keys]))
-    keyed = [(name, keys) for name, keys in HEADLINE_KPIS.items() if keys]
-    if keyed:
-        key = pa.array(df["key"], type=pa.string())
-        for name, keys in keyed:
+    for name, keys in HEADLINE_KPIS.items():
+        if keys:
             keep = pc.or_(keep, pc.and_(pc.equal(kpi, name),
                                         pc.is_in(key, value_set=pa_strings(keys))))
-    return np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    pos = np.flatnonzero(keep.to_numpy(zero_copy_only=False))
+    pos.flags.writeable = False
+    with _headline_lock:
+        _HEADLINE_SEEN.insert(0, (kpi, key, pos))
+        del _HEADLINE_SEEN[_HEADLINE_SEEN_KEPT:]
+    return pos
 
 
 def _picked(parts: Sequence[tuple[pd.DataFrame, Sequence[str], np.ndarray | None]]

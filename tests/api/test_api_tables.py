@@ -200,3 +200,19 @@ def test_rows_written_as_text_are_the_json_of_the_rows() -> None:
     got = tables.result_json(lone, stats, None, df[["kpi"]], df[["year"]])
     assert got == dumps(tables.result_of(lone, stats, None, df[["kpi"]], df[["year"]]))
     assert json.loads(got)["notes"] == ["t\ufffd"]
+
+
+def test_headline_rows_are_found_again_only_for_the_same_rows() -> None:
+    """The headline rows' positions are kept for frames with the same KPI rows (every
+    answer on one model); a frame with other rows, even as many, gets its own."""
+    names = list(tables.HEADLINE_KPIS)
+    keyed = next(n for n, keys in tables.HEADLINE_KPIS.items() if keys)
+    a = pd.DataFrame({"kpi": pd.Series([names[0], "other", keyed, keyed, None], dtype="str"),
+                      "key": pd.Series(["x", "y", tables.HEADLINE_KPIS[keyed][0], "no", None],
+                                       dtype="str")})
+    b = a.assign(kpi=pd.Series(["other", names[0], keyed, "other", names[0]], dtype="str"))
+    c = a.assign(key=pd.Series(["x", "y", "no", tables.HEADLINE_KPIS[keyed][0], None],
+                               dtype="str"))
+    for df in (a, b, c, a.copy(), b, c):
+        got = tables._headline_positions(df)
+        assert df.iloc[got].equals(tables.headline(df)), df
