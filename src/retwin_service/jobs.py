@@ -651,7 +651,7 @@ class Jobs:
                 if task is not None:  # what an answer given before the store says
                     self._started[key] = at
                 self.registry.mark_running(key, at=at)
-                if task is not None and key not in self._hashes:
+                if task is not None and self.kind == "local" and key not in self._hashes:
                     # what the answer the worker hands over leaves out, made while it runs
                     self._hashes[key] = scenario_hash(task.whatif.scenario)
             elif done < total:  # the last is written with the end (Registry.finish)
