@@ -79,7 +79,7 @@ from retwin.batch.executors import (
     task_hooks,
     warm_once,
 )
-from retwin.scenario.load import scenario_hash
+from retwin.scenario import scenario_hash
 from retwin.storage import (
     complete_result,
     deferred_tables,
