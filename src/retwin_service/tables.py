@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from json.encoder import encode_basestring  # json.dumps' own, with ensure_ascii=False
 from pathlib import Path
 from typing import Any, Literal
 
@@ -354,9 +355,13 @@ def run_result(root: Path, key: str, detail: Detail = "headline") -> dict[str, A
     if hit is None:
         return _stored_result(Path(root), key, detail)
     body, encoded = hit
-    if body is None:
+    if body is None:  # primed with its JSON alone: read once
         assert encoded is not None
         body = json.loads(encoded)
+        with _primed_lock:
+            k = (Path(root), key, detail)
+            if k in _PRIMED:
+                _PRIMED[k] = (body, encoded)
     return body
 
 
@@ -490,16 +495,27 @@ def _rows_of(parts: _Parts) -> list[list[dict[str, Any]]] | None:
     if columns is None:
         return None
     made, encoded = columns
-    out: list[list[dict[str, Any]]] = []
+    return [[dict(zip(cols, row, strict=True)) for row in zip(*(v for _, v in placed),
+                                                               strict=True)]
+            if placed else [{} for _ in range(n)]
+            for cols, placed, n in _placed(made, encoded)]
+
+
+def _placed(made: list[tuple[Sequence[str], list[Any], int]], flat: list[Any]
+            ) -> Iterator[tuple[Sequence[str], list[tuple[bool, list[Any]]], int]]:
+    """Each frame of :func:`_columns_of`'s ``made``, each column as (whether it is a float
+    column, its values): a float column's slot replaced by its slice of ``flat`` (every
+    float of every frame, or their text)."""
     at = 0
     for cols, values, n in made:
-        for i, v in enumerate(values):
-            if isinstance(v, int):  # a float column: its slice of the encoded numbers
-                values[i] = encoded[at:at + n]
+        placed = []
+        for v in values:
+            if isinstance(v, int):
+                placed.append((True, flat[at:at + n]))
                 at += n
-        out.append([dict(zip(cols, row, strict=True)) for row in zip(*values, strict=True)]
-                   if values else [{} for _ in range(n)])
-    return out
+            else:
+                placed.append((False, v))
+        yield cols, placed, n
 
 
 def _json(x: Any) -> str:
@@ -515,8 +531,6 @@ def _items(values: list[Any]) -> list[str]:
 def _texts(values: list[Any]) -> list[str]:
     """Each of ``values`` (text or ``None``) as :func:`_json` writes it; each distinct value
     encoded once (a column of labels repeats a few)."""
-    from json.encoder import encode_basestring  # json.dumps' own, for ensure_ascii=False
-
     memo: dict[Any, str] = {}
     out = []
     for v in values:
@@ -535,19 +549,11 @@ def _rows_json(parts: _Parts) -> list[str] | None:
     if columns is None:
         return None
     made, encoded = columns
-    numbers = _items(encoded)
     out = []
-    at = 0
-    for cols, values, n in made:
-        texts: list[list[str]] = []
-        for v in values:
-            if isinstance(v, int):  # a float column: its slice of the encoded numbers
-                texts.append(numbers[at:at + n])
-                at += n
-            elif v and isinstance(next((x for x in v if x is not None), None), str):
-                texts.append(_texts(v))
-            else:
-                texts.append(_items(v))
+    for cols, placed, n in _placed(made, _items(encoded)):
+        texts = [v if is_float else _texts(v)
+                 if v and isinstance(next((x for x in v if x is not None), None), str)
+                 else _items(v) for is_float, v in placed]
         row = "{" + ",".join(_json(str(c)).replace("%", "%%") + ":%s" for c in cols) + "}"
         out.append("[" + ",".join(row % r for r in zip(*texts, strict=True)) + "]"
                    if texts else "[" + ",".join(["{}"] * n) + "]")
