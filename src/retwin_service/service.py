@@ -17,7 +17,7 @@ from typing import Any
 import retwin
 from retwin import whatif
 from retwin.scenario import available_models, scenario_hash
-from retwin_service.jobs import Jobs, Task
+from retwin_service.jobs import Jobs, Source, Task
 from retwin_service.observe import Metrics
 from retwin_service.registry import Registry, RunRecord, request_key
 from retwin_service.schemas import WhatIfRequest
@@ -176,7 +176,8 @@ class Service:
 
         return Task(key=key(w.changes), whatif=w, seed=seed, replications=replications,
                     baseline_key=key(()) if w.baseline is not None else None,
-                    results_root=str(self.settings.results_dir))
+                    results_root=str(self.settings.results_dir),
+                    source=Source(model, model_hash, end, w.changes))
 
     def baseline_task(self, model: str) -> Task:
         """The default baseline of ``model`` (computed at start-up)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import signal
 import time
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ import pytest
 from apiutil import QUOTA_CUT, TestClient, recorded, settings_for, whatif
 
 from retwin_service import tables
+from retwin_service.jobs import Source
 from retwin_service.main import create_app
+from retwin_service.schemas import WhatIfRequest
 
 API = "/api/v1"
 
@@ -40,6 +43,20 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def run(client: TestClient) -> dict[str, Any]:
     return done(client, whatif())
+
+
+def test_a_requests_task_goes_to_a_local_worker_as_its_model_and_changes(
+        client: TestClient) -> None:
+    """The service's task of a request names the reference model (with the hash of the model
+    the service read), the end and the changes it was resolved from: a local worker
+    receives those and resolves the same what-if."""
+    svc = client.app.state.service
+    t = svc.prepare(WhatIfRequest.model_validate(whatif(end="2025-06-30"))).task
+    assert t.source == Source("tiny", svc.catalog.hashes["tiny"], "2025-06-30",
+                              t.whatif.changes)
+    back = pickle.loads(pickle.dumps(t.sent())).task()
+    assert back.whatif.scenario_hash == t.whatif.scenario_hash
+    assert back.whatif.baseline_hash == t.whatif.baseline_hash
 
 
 # --- health, docs, models ------------------------------------------------------------------

@@ -18,12 +18,15 @@ from apiutil import QUOTA_CUT
 import retwin
 from retwin import whatif
 from retwin.batch.executors import ProcessExecutor, SerialExecutor, task_hooks
+from retwin.scenario import scenario_hash
 from retwin.storage import read_table
 from retwin_service import tables
 from retwin_service.encode import dumps
 from retwin_service.jobs import (
     Compute,
     Jobs,
+    Sent,
+    Source,
     StoreFailed,
     Task,
     Warm,
@@ -32,6 +35,7 @@ from retwin_service.jobs import (
     compute,
     is_stored,
     public_error,
+    reference_model,
     result_dir,
     store,
 )
@@ -225,6 +229,62 @@ def test_progress_counts_both_runs_and_ends_at_the_total(tmp_path: Path) -> None
     ex = SerialExecutor(on_progress=lambda *m: seen.append(m))
     assert ex.submit(Compute(), task(tmp_path, n=3)).result().status == "done"
     assert seen[0] == ("w", 0, 6) and seen[-1] == ("w", 6, 6)  # baseline and what-if
+
+
+def sourced(root: Path, end: str | None = None, model_hash: str | None = None) -> Task:
+    """:func:`task` as the service makes it: with where its what-if comes from."""
+    tiny = retwin.load_scenario("tiny")
+    w = whatif.resolve(tiny, (QUOTA_CUT,), end=end)
+    return Task(key="w", whatif=w, seed=3, replications=1, baseline_key="b",
+                results_root=str(root),
+                source=Source("tiny", model_hash or scenario_hash(tiny), end, w.changes))
+
+
+@pytest.mark.parametrize("end", [None, "2025-06-30"])
+def test_a_reference_models_task_goes_to_a_worker_as_its_model_and_changes(
+        tmp_path: Path, end: str | None) -> None:
+    """What a local worker receives names the model, end and changes; it resolves them
+    into the same what-if (the same scenarios, by hash), in a small part of the bytes."""
+    t = sourced(tmp_path, end)
+    sent = t.sent()
+    assert isinstance(sent, Sent)
+    blob = pickle.dumps(sent)
+    assert len(blob) * 10 < len(pickle.dumps(t))
+    back = pickle.loads(blob).task()
+    assert back.whatif.scenario_hash == t.whatif.scenario_hash
+    assert back.whatif.baseline_hash == t.whatif.baseline_hash
+    assert back.whatif.changes == t.whatif.changes
+    assert back.whatif.scenario.end == t.whatif.scenario.end
+    assert (back.key, back.seed, back.replications, back.baseline_key, back.results_root,
+            back.source) == (t.key, t.seed, t.replications, t.baseline_key, t.results_root,
+                             t.source)
+    # without a source, or with a baseline's KPIs to carry (to a cluster), it goes whole
+    assert Task("w", t.whatif, 3, 1, "b", str(tmp_path)).sent().whatif is t.whatif
+    kpis = pd.DataFrame({"kpi": ["x"]})
+    with_kpis = Task("w", t.whatif, 3, 1, "b", None, kpis, t.source)
+    assert with_kpis.sent() is with_kpis
+    # computed, it is the what-if the whole task gives
+    assert compute(sent).status == "done"
+    assert read_table(result_dir(tmp_path, "w"), "kpis").equals(
+        compute_whole(t, tmp_path / "whole"))
+
+
+def compute_whole(t: Task, root: Path) -> pd.DataFrame:
+    out = compute(Task(t.key, t.whatif, t.seed, t.replications, t.baseline_key, str(root)))
+    assert out.status == "done"
+    return read_table(result_dir(root, t.key), "kpis")
+
+
+def test_a_task_whose_model_changed_since_it_was_accepted_fails_saying_so(
+        tmp_path: Path) -> None:
+    stale = sourced(tmp_path, model_hash="0" * 64).sent()
+    assert isinstance(stale, Sent)
+    out = compute(stale)
+    assert out.status == "failed"
+    assert "the model 'tiny' changed since this run was accepted" in (out.error or "")
+    assert not is_stored(tmp_path, "w") and not is_stored(tmp_path, "b")
+    tiny = retwin.load_scenario("tiny")
+    assert reference_model("tiny", scenario_hash(tiny)).name == tiny.name
 
 
 def test_a_failure_in_the_worker_comes_back_as_an_outcome(tmp_path: Path,
