@@ -161,3 +161,78 @@ def test_changes_the_engine_plays_give_the_scenario_validating_it_whole_gives(
     if all(KINDS[k].reaches != "data" for k in kinds):
         assert fast.plants is base.plants  # the data shared, not validated again
     assert len(base.changes) == 1  # the scenario given is as it was
+
+
+def _same_compiled(a: Any, b: Any, where: str = "compiled") -> None:
+    """``a`` and ``b`` (compiled scenarios, or parts of them) hold the same values."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        assert type(a) is type(b), where
+        for f in dataclasses.fields(a):
+            if f.init and f.name != "scenario":
+                _same_compiled(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
+    elif isinstance(a, np.ndarray):
+        assert isinstance(b, np.ndarray) and a.dtype == b.dtype, where
+        np.testing.assert_array_equal(a, b, err_msg=where)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same_compiled(a[k], b[k], f"{where}[{k!r}]")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _same_compiled(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.mark.parametrize("kinds", [
+    (),
+    *[(k,) for k in sorted(EXAMPLES)],
+    tuple(sorted(k for k in EXAMPLES if KINDS[k].reaches != "data")),
+    ("quota", "parameter", "demand"),
+])
+def test_a_whatif_compiled_from_its_baselines_data_is_the_one_compiled_whole(
+        kinds: tuple[str, ...]) -> None:
+    """What follows from the data alone is compiled once per baseline and shared by its
+    what-ifs: each gets the arrays compiling it whole gives, every field of them, and the
+    market arrays too; a change that rewrites the data compiles that data anew."""
+    from retwin.engine import build
+
+    tiny = retwin.load_scenario("tiny-markets")  # tiny's chain, with markets
+    base = retwin.apply_changes(tiny, [EXAMPLES["outage"][0]])  # changes of its own
+    changed = retwin.apply_changes(base, [EXAMPLES[k][0] for k in kinds])
+    got = build.compile_scenario(changed)
+    assert got.scenario is changed
+    _same_compiled(got, build._compile(changed))
+    data = build._compiled_data(changed)
+    shares = all(KINDS[k].reaches != "data" for k in kinds)
+    assert (data is build._compiled_data(base)) == shares
+    assert not data.scenario.changes and data.scenario.plants is changed.plants
+    # and so are the market arrays, shared where no price change moves them
+    from retwin.engine.markets import compile_markets, market_arrays
+
+    assert changed.economics is not None
+    _same_compiled(market_arrays(got), compile_markets(build._compile(changed)))
+    if shares:
+        assert (market_arrays(got) is market_arrays(data)) == ("price" not in kinds)
+    # and a run of it is the run of the whole compile, to the last KPI (the KPIs' plan
+    # made once, for the data)
+    import pandas as pd
+
+    from retwin.results import _plan
+
+    run, whole = retwin.run(got, seed=1), retwin.run(build._compile(changed), seed=1)
+    pd.testing.assert_frame_equal(run.kpis, whole.kpis, check_exact=True)
+    assert (_plan(got) is _plan(data)) and whole.compiled.data is None
+    from retwin.engine.model import _outage_inputs, _structure_key
+    from retwin.kernels.specialised import structure_key
+
+    np.testing.assert_array_equal(got.ramp, whole.compiled.ramp)
+    assert _structure_key(got) == structure_key(got.kernel_static)
+    assert _outage_inputs(got) == _outage_inputs(whole.compiled)
+    # the shared data is left as it was: the baseline compiles as before
+    _same_compiled(build.compile_scenario(base), build._compile(base))
+    _same_compiled(market_arrays(build.compile_scenario(base)),
+                   compile_markets(build._compile(base)))

@@ -127,6 +127,15 @@ class Compiled:
     #: What readers of results build once per compiled scenario (row labels), kept here so
     #: it lives exactly as long as the scenario does.
     labels: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+    #: The compiled data this was compiled from (``retwin.engine.build.compile_scenario``):
+    #: its scenario without changes, whose arrays this shares where no change reaches them;
+    #: what follows from those arrays alone is made once, for it. ``None`` when made
+    #: otherwise.
+    data: Compiled | None = field(default=None, init=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled without :attr:`data`: what it holds is made again where needed."""
+        return {**self.__dict__, "data": None}
 
     @cached_property
     def ramp(self) -> FloatArray:
@@ -135,7 +144,10 @@ class Compiled:
 
         Plants at full capacity over the whole horizon (commissioned and ramped up before it
         starts, not retired within it; most of a large chain) are rows of ones: the rule is
-        computed only for the others."""
+        computed only for the others; taken from the compiled data this comes from, where
+        there is one (:attr:`data`: the same plants)."""
+        if self.data is not None and self.data is not self:
+            return self.data.ramp
         out = np.ones((len(self.commission_day), self.n_days))
         full_from = self.commission_day + np.maximum(self.ramp_days, 1) - 1
         moving = np.flatnonzero((full_from > 0) | (self.retire_day < self.n_days))

@@ -30,10 +30,15 @@ __all__ = ["MarketArrays", "compile_markets", "market_arrays"]
 
 
 def market_arrays(c: Compiled) -> MarketArrays:
-    """:func:`compile_markets` of ``c``, computed once per compiled scenario."""
+    """:func:`compile_markets` of ``c``, computed once per compiled scenario: once for the
+    compiled data it comes from (:attr:`~retwin.compiled.Compiled.data`) when no change of
+    ``c`` reaches them (they follow from the data and the price paths, which only a price
+    change moves)."""
     cached = c.__dict__.get("_market_arrays")
     if cached is None:
-        cached = compile_markets(c)
+        data = c.data
+        cached = (market_arrays(data) if data is not None and data is not c
+                  and c.price_month is data.price_month else compile_markets(c))
         c.__dict__["_market_arrays"] = cached
     return cached
 
