@@ -236,3 +236,49 @@ def test_a_whatif_compiled_from_its_baselines_data_is_the_one_compiled_whole(
     _same_compiled(build.compile_scenario(base), build._compile(base))
     _same_compiled(market_arrays(build.compile_scenario(base)),
                    compile_markets(build._compile(base)))
+
+
+@pytest.mark.parametrize("kinds", [
+    (),
+    *[(k,) for k in sorted(EXAMPLES)],
+    tuple(sorted(k for k in EXAMPLES if KINDS[k].reaches != "data")),
+])
+def test_a_whatifs_hash_and_tree_written_from_its_fields_are_those_of_its_whole_tree(
+        kinds: tuple[str, ...]) -> None:
+    """The hash and the compact JSON of a scenario, written from each field's text (the
+    data's made once, for every what-if that shares it), are the bytes writing its whole
+    tree gives."""
+    import hashlib
+    import json
+
+    from retwin.scenario.load import _data_texts, scenario_hash, scenario_texts
+
+    tiny = retwin.load_scenario("tiny-markets")
+    base = retwin.apply_changes(tiny, [EXAMPLES["outage"][0]])
+    changed = retwin.apply_changes(base, [EXAMPLES[k][0] for k in kinds])
+    tree = changed.model_dump(mode="json", by_alias=True)
+    digest, text = scenario_texts(changed)
+    assert digest == hashlib.sha256(
+        json.dumps(tree, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert digest == scenario_hash(changed) == scenario_hash(tree)
+    assert text == json.dumps(tree, ensure_ascii=False, separators=(",", ":"))
+    shares = all(KINDS[k].reaches != "data" for k in kinds)
+    assert (_data_texts(changed) is _data_texts(base)) == shares
+
+
+def test_a_scenarios_text_keeps_its_non_ascii_labels_and_hashes_them_escaped() -> None:
+    import hashlib
+    import json
+
+    from retwin.scenario.load import scenario_texts
+
+    sc = retwin.load_scenario("baotou-2024")
+    cut = retwin.apply_changes(sc, [{"kind": "quota", "quota": "mining", "factor": 0.9,
+                                     "from": "2025-01-01"}])
+    for s in (sc, cut):
+        tree = s.model_dump(mode="json", by_alias=True)
+        digest, text = scenario_texts(s)
+        assert not text.isascii() and text == json.dumps(tree, ensure_ascii=False,
+                                                         separators=(",", ":"))
+        assert digest == hashlib.sha256(json.dumps(
+            tree, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from retwin._files import atomic_write, check_output_dir, is_temp_name, output_dir
 from retwin.engine.run import versions
 from retwin.results import ReplicationSet, RunResult
-from retwin.scenario.load import scenario_hash
+from retwin.scenario.load import scenario_hash, scenario_texts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -251,10 +251,10 @@ def save_result(
         if difference is not None:
             files.append(_write(difference, tmp / "difference", fmt))
         sc = first.compiled.scenario
-        tree = sc.model_dump(mode="json", by_alias=True)  # once, for the hash and the file
+        digest, tree = scenario_texts(sc)  # the hash, and the tree's compact JSON
         manifest = {
             "scenario": sc.name,
-            "scenario_hash": scenario_hash(tree),
+            "scenario_hash": digest,
             "baseline_hash": baseline_hash,
             "seed": first.seed,
             "replications": replications,
@@ -271,10 +271,8 @@ def save_result(
             manifest["deferred"] = later
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
                                            encoding="utf-8")
-        (tmp / "scenario.json").write_text(  # compact: indenting takes json's slow path
-            json.dumps(tree, ensure_ascii=False, separators=(",", ":")),
-            encoding="utf-8",
-        )
+        (tmp / "scenario.json").write_text(tree, encoding="utf-8")  # (compact: indenting
+        # takes json's slow path)
     return Path(out_dir)
 
 

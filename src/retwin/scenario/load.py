@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import threading
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -44,6 +45,7 @@ __all__ = [
     "read_yaml_value",
     "resolve_model",
     "scenario_hash",
+    "scenario_texts",
 ]
 
 #: Parses one change of any kind (the ``Change`` union); one adapter for the package.
@@ -559,9 +561,66 @@ def apply_changes(scenario: Scenario, changes: Iterable[Any]) -> Scenario:
 
 def scenario_hash(scenario: Scenario | dict[str, Any]) -> str:
     """A stable sha256 of the scenario's content (names and order included); of its
-    ``model_dump(mode="json", by_alias=True)`` when given that instead (the same hash)."""
-    tree = scenario if isinstance(scenario, dict) else scenario.model_dump(mode="json",
-                                                                           by_alias=True)
-    blob = json.dumps(tree, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()
+    ``model_dump(mode="json", by_alias=True)`` when given that instead (the same hash).
+
+    The hash is of that tree's JSON with sorted keys (:func:`scenario_texts`, which writes
+    it from each field's text, those of the data made once for a baseline's what-ifs)."""
+    if isinstance(scenario, dict):
+        blob = json.dumps(scenario, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+    return scenario_texts(scenario)[0]
+
+
+#: The scenario's fields besides its changes: what :func:`_data_texts` keys on.
+_DATA_FIELDS = tuple(f for f in Scenario.model_fields if f != "changes")
+#: How many scenarios' data texts :func:`_data_texts` keeps (the most recent first).
+TEXTS_KEPT = 8
+_texts_kept: list[tuple[tuple[Any, ...], dict[str, tuple[str, str]]]] = []
+_texts_lock = threading.Lock()
+
+
+def _texts(value: Any) -> tuple[str, str]:
+    """``value`` (a part of a scenario's tree) as JSON with sorted keys (what the hash is
+    of), and as compact JSON (what a result's ``scenario.json`` holds)."""
+    return (json.dumps(value, sort_keys=True, separators=(",", ":")),
+            json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+
+
+def _data_texts(sc: Scenario) -> dict[str, tuple[str, str]]:
+    """:func:`_texts` of each field of ``sc`` but its changes, by its key in the tree; kept
+    for the next scenario whose fields besides its changes are the same objects (a
+    baseline's what-ifs whose changes the engine plays share them)."""
+    refs = tuple(getattr(sc, f) for f in _DATA_FIELDS)
+    with _texts_lock:
+        for kept, texts in _texts_kept:
+            if all(a is b for a, b in zip(kept, refs, strict=True)):
+                return texts
+    tree = sc.model_dump(mode="json", by_alias=True, exclude={"changes"})
+    texts = {k: _texts(v) for k, v in tree.items()}
+    with _texts_lock:
+        _texts_kept.insert(0, (refs, texts))
+        del _texts_kept[TEXTS_KEPT:]
+    return texts
+
+
+def scenario_texts(sc: Scenario) -> tuple[str, str]:
+    """The scenario's hash (:func:`scenario_hash`) and its tree
+    (``model_dump(mode="json", by_alias=True)``) as compact JSON, non-ASCII kept: each
+    written from its fields' texts, the data's made once for what shares it
+    (:func:`_data_texts`), the changes' each time -- the same bytes as writing the tree."""
+    texts = dict(_data_texts(sc))
+    ((key, changes),) = sc.model_dump(mode="json", by_alias=True,
+                                       include={"changes"}).items()
+    texts[key] = _texts(changes)
+    order = [_tree_key(f) for f in Scenario.model_fields]  # the tree's, declaration order
+    blob = "{" + ",".join(json.dumps(k) + ":" + texts[k][0] for k in sorted(texts)) + "}"
+    tree = "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + texts[k][1]
+                          for k in order) + "}"
+    return hashlib.sha256(blob.encode()).hexdigest(), tree
+
+
+def _tree_key(field: str) -> str:
+    """The key of a scenario's field in its tree (its alias, if it has one)."""
+    info = Scenario.model_fields[field]
+    return info.serialization_alias or info.alias or field
 
