@@ -251,7 +251,7 @@ def test_a_whatifs_hash_and_tree_written_from_its_fields_are_those_of_its_whole_
     import hashlib
     import json
 
-    from retwin.scenario.load import _data_texts, scenario_hash, scenario_texts
+    from retwin.scenario.load import _DATA_TEXTS, scenario_hash, scenario_texts
 
     tiny = retwin.load_scenario("tiny-markets")
     base = retwin.apply_changes(tiny, [EXAMPLES["outage"][0]])
@@ -263,7 +263,9 @@ def test_a_whatifs_hash_and_tree_written_from_its_fields_are_those_of_its_whole_
     assert digest == scenario_hash(changed) == scenario_hash(tree)
     assert text == json.dumps(tree, ensure_ascii=False, separators=(",", ":"))
     shares = all(KINDS[k].reaches != "data" for k in kinds)
-    assert (_data_texts(changed) is _data_texts(base)) == shares
+    scenario_texts(base)  # each scenario's data texts, made or found (nothing made below)
+    kept = [_DATA_TEXTS.get_or_make(s, lambda: None) for s in (changed, base)]
+    assert kept[0] is not None and (kept[0] is kept[1]) == shares
 
 
 def test_a_scenarios_text_keeps_its_non_ascii_labels_and_hashes_them_escaped() -> None:

@@ -146,7 +146,7 @@ class Compiled:
         starts, not retired within it; most of a large chain) are rows of ones: the rule is
         computed only for the others; taken from the compiled data this comes from, where
         there is one (:attr:`data`: the same plants)."""
-        if self.data is not None and self.data is not self:
+        if self.data is not None:
             return self.data.ramp
         out = np.ones((len(self.commission_day), self.n_days))
         full_from = self.commission_day + np.maximum(self.ramp_days, 1) - 1

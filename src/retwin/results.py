@@ -707,7 +707,7 @@ def _plan(c: Compiled) -> _Plan:
     has one (the plan follows from the data alone)."""
     cached = c.labels.get("kpi_plan")
     if cached is None:
-        plan = _plan(c.data) if c.data is not None and c.data is not c else _Plan(c)
+        plan = _plan(c.data) if c.data is not None else _Plan(c)
         cached = c.labels["kpi_plan"] = (plan, plan)
     return cast(_Plan, cached[0])
 

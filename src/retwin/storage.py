@@ -271,8 +271,7 @@ def save_result(
             manifest["deferred"] = later
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False),
                                            encoding="utf-8")
-        (tmp / "scenario.json").write_text(tree, encoding="utf-8")  # (compact: indenting
-        # takes json's slow path)
+        (tmp / "scenario.json").write_text(tree, encoding="utf-8")
     return Path(out_dir)
 
 

@@ -205,22 +205,27 @@ class Sent:
 _MODELS: dict[str, tuple[retwin.Scenario, str]] = {}
 
 
+def _read_model(name: str) -> tuple[retwin.Scenario, str]:
+    sc = retwin.load_scenario(name)
+    kept = _MODELS[name] = (sc, scenario_hash(sc))
+    return kept
+
+
 def warm_models() -> None:
     """Read the reference models and their hashes (:func:`reference_model`) before the
     first task asks for one (~20 ms each)."""
     for name in available_models():
         with contextlib.suppress(retwin.RetwinError):  # not served: no task names it
-            sc = retwin.load_scenario(name)
-            _MODELS[name] = (sc, scenario_hash(sc))
+            _read_model(name)
 
 
 def reference_model(name: str, model_hash: str) -> retwin.Scenario:
-    """Reference model ``name``, read once per process; :class:`~retwin.ScenarioError` if
-    its hash is not ``model_hash`` (the model changed on disk since the service read it)."""
+    """Reference model ``name``, read once per process (again when its hash is not
+    ``model_hash``); :class:`~retwin.ScenarioError` if it still is not (the model changed
+    on disk since the service read it)."""
     kept = _MODELS.get(name)
     if kept is None or kept[1] != model_hash:
-        sc = retwin.load_scenario(name)
-        kept = _MODELS[name] = (sc, scenario_hash(sc))
+        kept = _read_model(name)
     if kept[1] != model_hash:
         raise retwin.ScenarioError([("model", f"the model {name!r} changed since this run "
                                               "was accepted; submit it again")])

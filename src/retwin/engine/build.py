@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import calendar
 import datetime as dt
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -20,6 +19,7 @@ import numpy as np
 from retwin._typing import FloatArray, IntArray
 from retwin.compiled import Compiled, RecipeSide, TimedChange, Topology
 from retwin.kernels import contract
+from retwin.scenario.load import DataKept
 from retwin.scenario.schema import ELEMENTS, STAGES, Scenario
 
 __all__ = ["PATH_BUILDERS", "Compiled", "TimedChange", "compile_scenario"]
@@ -223,28 +223,16 @@ def _check(sc: Scenario, static: dict[str, np.ndarray], n_m: int, n_months: int,
                                          "R": ring, "TP": 0 if sc.markets_on else n_months})
 
 
-#: The scenario's fields besides its changes: what :func:`_compiled_data` keys on.
-_DATA_FIELDS = tuple(f for f in Scenario.model_fields if f != "changes")
-#: How many compiled data :func:`_compiled_data` keeps (the most recent first).
-DATA_KEPT = 8
-_data_kept: list[tuple[tuple[Any, ...], Compiled]] = []
-_data_lock = threading.Lock()
+#: The compiled data of the last scenarios (:func:`_compiled_data`).
+_COMPILED_DATA: DataKept[Compiled] = DataKept(max_items=8)
 
 
 def _compiled_data(sc: Scenario) -> Compiled:
-    """:func:`_compile` of ``sc`` without its changes, kept for the next scenario whose
-    fields besides its changes are the same objects (one compiled data per baseline, for
-    all its what-ifs; an equal but other object compiles again)."""
-    refs = tuple(getattr(sc, f) for f in _DATA_FIELDS)
-    with _data_lock:
-        for kept, c in _data_kept:
-            if all(a is b for a, b in zip(kept, refs, strict=True)):
-                return c
-    c = _compile(sc.model_copy(update={"changes": []}) if sc.changes else sc)
-    with _data_lock:
-        _data_kept.insert(0, (refs, c))
-        del _data_kept[DATA_KEPT:]
-    return c
+    """:func:`_compile` of ``sc`` without its changes, kept for the scenarios that share its
+    data (:class:`~retwin.scenario.load.DataKept`: one compiled data per baseline, for all
+    its what-ifs)."""
+    return _COMPILED_DATA.get_or_make(
+        sc, lambda: _compile(sc.model_copy(update={"changes": []}) if sc.changes else sc))
 
 
 def compile_scenario(sc: Scenario) -> Compiled:

@@ -37,8 +37,8 @@ def market_arrays(c: Compiled) -> MarketArrays:
     cached = c.__dict__.get("_market_arrays")
     if cached is None:
         data = c.data
-        cached = (market_arrays(data) if data is not None and data is not c
-                  and c.price_month is data.price_month else compile_markets(c))
+        cached = (market_arrays(data) if data is not None and c.price_month is data.price_month
+                  else compile_markets(c))
         c.__dict__["_market_arrays"] = cached
     return cached
 

@@ -396,7 +396,7 @@ def _structure_key(c: Compiled) -> str:
     key = c.__dict__.get("_structure_key")
     if key is None:  # (the structure is data: the compiled data's key, where there is one)
         key = c.__dict__["_structure_key"] = (
-            _structure_key(c.data) if c.data is not None and c.data is not c
+            _structure_key(c.data) if c.data is not None
             else specialised.structure_key(c.kernel_static))
     return cast(str, key)
 
@@ -438,7 +438,7 @@ def _outage_inputs(c: Compiled) -> _OutageInputs:
     """What a compiled scenario's outage calendars follow from, besides the seed and the
     settings: its plants' ids, MTBF, MTTR and planned outages (kept on ``c``)."""
     inputs = c.__dict__.get("_outage_inputs")
-    if inputs is None and c.data is not None and c.data is not c:
+    if inputs is None and c.data is not None:
         inputs = c.__dict__["_outage_inputs"] = _outage_inputs(c.data)  # (data alone)
     if inputs is None:
         inputs = (tuple(c.plant_ids), np.ascontiguousarray(c.mtbf, np.float64).tobytes(),

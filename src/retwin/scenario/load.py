@@ -12,15 +12,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
+from retwin._kept import Kept
 from retwin.errors import ScenarioError
 from retwin.scenario.data import (
     MAX_NESTING,
@@ -35,6 +35,7 @@ from retwin.scenario.schema import Change, Scenario
 
 __all__ = [
     "CHANGE_ADAPTER",
+    "DataKept",
     "apply_changes",
     "available_models",
     "load_scenario",
@@ -563,20 +564,39 @@ def scenario_hash(scenario: Scenario | dict[str, Any]) -> str:
     """A stable sha256 of the scenario's content (names and order included); of its
     ``model_dump(mode="json", by_alias=True)`` when given that instead (the same hash).
 
-    The hash is of that tree's JSON with sorted keys (:func:`scenario_texts`, which writes
-    it from each field's text, those of the data made once for a baseline's what-ifs)."""
+    The hash is of that tree's JSON with sorted keys, written from each field's text
+    (:func:`_field_texts`: those of the data made once for a baseline's what-ifs)."""
     if isinstance(scenario, dict):
         blob = json.dumps(scenario, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
-    return scenario_texts(scenario)[0]
+    return _hash_of(_field_texts(scenario))
 
 
-#: The scenario's fields besides its changes: what :func:`_data_texts` keys on.
+#: The scenario's fields besides its changes (its data).
 _DATA_FIELDS = tuple(f for f in Scenario.model_fields if f != "changes")
-#: How many scenarios' data texts :func:`_data_texts` keeps (the most recent first).
-TEXTS_KEPT = 8
-_texts_kept: list[tuple[tuple[Any, ...], dict[str, tuple[str, str]]]] = []
-_texts_lock = threading.Lock()
+#: Each field's key in a scenario's tree (its alias, if it has one), in declaration order.
+_TREE_KEYS = tuple(info.serialization_alias or info.alias or name
+                   for name, info in Scenario.model_fields.items())
+V = TypeVar("V")
+
+
+class DataKept(Generic[V]):
+    """What follows from a scenario's data alone (every field but its changes), made once
+    per data and kept for the last ``max_items``: a baseline's what-ifs whose changes the
+    engine plays share every one of those fields with it, object for object, and find it
+    again by their identity (an equal scenario made otherwise makes it again). The fields
+    are kept with the value, so no other object takes their identities meanwhile."""
+
+    def __init__(self, max_items: int) -> None:
+        self._kept: Kept[tuple[tuple[Any, ...], V]] = Kept(max_items=max_items)
+
+    def get_or_make(self, sc: Scenario, make: Callable[[], V]) -> V:
+        refs = tuple(getattr(sc, f) for f in _DATA_FIELDS)
+        return self._kept.get_or_make(tuple(map(id, refs)), lambda: (refs, make()))[1]
+
+
+#: Each field's texts (:func:`_texts`) of the last scenarios' data.
+_DATA_TEXTS: DataKept[dict[str, tuple[str, str]]] = DataKept(max_items=8)
 
 
 def _texts(value: Any) -> tuple[str, str]:
@@ -586,41 +606,31 @@ def _texts(value: Any) -> tuple[str, str]:
             json.dumps(value, ensure_ascii=False, separators=(",", ":")))
 
 
-def _data_texts(sc: Scenario) -> dict[str, tuple[str, str]]:
-    """:func:`_texts` of each field of ``sc`` but its changes, by its key in the tree; kept
-    for the next scenario whose fields besides its changes are the same objects (a
-    baseline's what-ifs whose changes the engine plays share them)."""
-    refs = tuple(getattr(sc, f) for f in _DATA_FIELDS)
-    with _texts_lock:
-        for kept, texts in _texts_kept:
-            if all(a is b for a, b in zip(kept, refs, strict=True)):
-                return texts
-    tree = sc.model_dump(mode="json", by_alias=True, exclude={"changes"})
-    texts = {k: _texts(v) for k, v in tree.items()}
-    with _texts_lock:
-        _texts_kept.insert(0, (refs, texts))
-        del _texts_kept[TEXTS_KEPT:]
+def _field_texts(sc: Scenario) -> dict[str, tuple[str, str]]:
+    """:func:`_texts` of each field of ``sc`` by its key in the tree: the data's made once
+    for what shares it (:class:`DataKept`), the changes' each time."""
+    texts = dict(_DATA_TEXTS.get_or_make(sc, lambda: {
+        k: _texts(v) for k, v in sc.model_dump(mode="json", by_alias=True,
+                                                exclude={"changes"}).items()}))
+    ((key, changes),) = sc.model_dump(mode="json", by_alias=True,
+                                       include={"changes"}).items()
+    texts[key] = _texts(changes)
     return texts
+
+
+def _hash_of(texts: dict[str, tuple[str, str]]) -> str:
+    """The sha256 of the tree whose fields' texts are ``texts``, keys sorted."""
+    blob = "{" + ",".join(json.dumps(k) + ":" + texts[k][0] for k in sorted(texts)) + "}"
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def scenario_texts(sc: Scenario) -> tuple[str, str]:
     """The scenario's hash (:func:`scenario_hash`) and its tree
-    (``model_dump(mode="json", by_alias=True)``) as compact JSON, non-ASCII kept: each
-    written from its fields' texts, the data's made once for what shares it
-    (:func:`_data_texts`), the changes' each time -- the same bytes as writing the tree."""
-    texts = dict(_data_texts(sc))
-    ((key, changes),) = sc.model_dump(mode="json", by_alias=True,
-                                       include={"changes"}).items()
-    texts[key] = _texts(changes)
-    order = [_tree_key(f) for f in Scenario.model_fields]  # the tree's, declaration order
-    blob = "{" + ",".join(json.dumps(k) + ":" + texts[k][0] for k in sorted(texts)) + "}"
+    (``model_dump(mode="json", by_alias=True)``) as compact JSON, non-ASCII kept, both
+    written from its fields' texts (:func:`_field_texts`): the same bytes as writing the
+    tree."""
+    texts = _field_texts(sc)
     tree = "{" + ",".join(json.dumps(k, ensure_ascii=False) + ":" + texts[k][1]
-                          for k in order) + "}"
-    return hashlib.sha256(blob.encode()).hexdigest(), tree
-
-
-def _tree_key(field: str) -> str:
-    """The key of a scenario's field in its tree (its alias, if it has one)."""
-    info = Scenario.model_fields[field]
-    return info.serialization_alias or info.alias or field
+                          for k in _TREE_KEYS) + "}"
+    return _hash_of(texts), tree
 
