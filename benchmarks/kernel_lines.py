@@ -5,7 +5,8 @@ instruction was compiled from.
     python benchmarks/kernel_lines.py [MODEL] [--seconds S] [--calls C] [--top N]
 
 The kernel is compiled as the specialised one is (:mod:`retwin.kernels.specialised`: the
-chain's structure arrays as constants, indices as given, no bounds checks), with line
+chain's structure and plan put in, its plant pass unrolled, indices as given, no bounds
+checks; each unrolled statement keeps the line it comes from), with line
 information added (Numba's ``debug=True``), and its machine code is written out as an object
 file, whose ``objdump -dl`` (binutils) gives each instruction's offset and line. The kernel
 then runs the chain's whole horizon again and again, in ``--calls`` calls (a baotou-2024 run
@@ -94,17 +95,14 @@ def _child(model: str, seconds: float, calls: int, out: Path) -> None:
 
     import retwin
     from retwin.engine.model import ChainModel
-    from retwin.kernels import contract, flow
+    from retwin.kernels import flow, specialised
     from retwin.kernels._jit import indices_as_given
 
     c = retwin.prepare(retwin.load_scenario(model))
-    code = flow._entry_source(Path(flow._FILENAME).read_text(encoding="utf-8"),
-                              frozen=contract.STRUCTURE, name="_advance_lines")
-    scope = {**vars(flow), "__name__": flow.__name__}
-    for n in contract.STRUCTURE:
-        a = np.array(c.kernel_static[n], dtype=np.int64)
-        a.setflags(write=False)
-        scope[n] = a
+    constants = specialised.chain_constants(c.kernel_static, c.kernel_sizes)
+    code = specialised.unrolled(Path(flow._FILENAME).read_text(encoding="utf-8"),
+                                "_advance_lines", constants, c.kernel_sizes)
+    scope = {**vars(flow), "__name__": flow.__name__, **constants}
     exec(compile(code, flow._FILENAME, "exec"), scope)
     kernel = numba.njit(fastmath=False, nogil=True, error_model="numpy", debug=True,
                         boundscheck=False)(scope["_advance_lines"])

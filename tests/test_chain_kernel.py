@@ -18,7 +18,7 @@ from conftest import assert_same_run
 from retwin.compiled import Compiled
 from retwin.engine import model as engine_model
 from retwin.kernels import specialised
-from retwin.kernels.flow import advance_packed
+from retwin.kernels.flow import BIND_QUOTA, BIND_STORAGE, advance_packed
 
 JIT = not numba.config.DISABLE_JIT
 
@@ -75,6 +75,50 @@ def test_a_chain_kernel_gives_the_general_kernels_numbers_bit_for_bit(
     assert not (chain[0].activity == chain[1].activity).all()  # the seeds differ
 
 
+PEER_CHAIN = Path(__file__).parents[1] / "benchmarks" / "peer_chain.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["baotou-2024", str(PEER_CHAIN)])
+def test_a_chain_kernel_gives_the_general_kernels_numbers_on_the_larger_chains(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference model (quotas shared by licence, pools shared within a level, storage
+    ceilings, trade, timed events) and the peers' chain (every store with a ceiling, lead
+    times on every stage): bit for bit, a run and a what-if on its kernel."""
+    c = retwin.prepare(retwin.load_scenario(name))
+    engine_model.specialise_chain(c)  # (from the on-disk cache after `retwin warmup`)
+    factor = {"kind": "quota", "quota": "mining", "factor": 0.6} if name == "baotou-2024" else \
+        {"kind": "demand", "segment": "customers", "factor": 1.4}
+    whatif = retwin.prepare(retwin.load_scenario(name), [factor])
+    for compiled in (c, whatif):
+        chain, general = _runs(compiled, monkeypatch, range(2))
+        for a, b in zip(chain, general, strict=True):
+            assert_same_run(a, b)
+            assert a.balance.closes
+    codes = chain[0].binding
+    assert (codes == BIND_STORAGE).any() or name == "baotou-2024"
+    assert (codes == BIND_QUOTA).any() or name != "baotou-2024"
+
+
+def test_a_storage_ceiling_is_part_of_a_chains_structure(
+        tiny: retwin.Scenario, own_marks: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where storage can bind decides the kernel's plan, which a chain's kernel has compiled
+    in: a ceiling on a pool makes another chain, with its own kernel (the ceiling's height
+    does not), and its runs give the general kernel's numbers."""
+    def ceiled(max_t: float) -> Compiled:
+        return retwin.prepare(tiny, [{"kind": "parameter", "path": "pools.baotou/magnet.max_t",
+                                      "value": max_t}])
+
+    key = engine_model._structure_key
+    low, high = ceiled(150.0), ceiled(400.0)
+    assert key(low) == key(high) != key(retwin.prepare(tiny))
+    engine_model.specialise_chain(low)
+    chain, general = _runs(high, monkeypatch, range(2))
+    for a, b in zip(chain, general, strict=True):
+        assert_same_run(a, b)
+    assert (chain[0].binding == BIND_STORAGE).any()
+
+
 def test_another_structure_gets_its_own_kernel_only_once_compiled(
         tiny: retwin.Scenario, own_marks: None, monkeypatch: pytest.MonkeyPatch) -> None:
     def changed(path: str, value: float) -> Compiled:
@@ -106,9 +150,9 @@ def test_the_chains_found_without_a_kernel_are_remembered_within_a_bound(
     """A service sees a new structure with each new-plant what-if: the keys it found no
     kernel for are kept up to a bound, then forgotten (and looked up again)."""
     monkeypatch.setattr(specialised, "_ABSENT_MAX", 2)
-    static = retwin.prepare(tiny).kernel_static
+    c = retwin.prepare(tiny)
     for key in ("a" * 32, "b" * 32, "c" * 32):
-        assert specialised.kernel_for(key, static) is None
+        assert specialised.kernel_for(key, c.kernel_static, c.kernel_sizes) is None
         assert key in specialised._ABSENT and len(specialised._ABSENT) <= 2
     assert "a" * 32 not in specialised._ABSENT
 

@@ -230,7 +230,7 @@ def test_a_whatif_compiled_from_its_baselines_data_is_the_one_compiled_whole(
     from retwin.kernels.specialised import structure_key
 
     np.testing.assert_array_equal(got.ramp, whole.compiled.ramp)
-    assert _structure_key(got) == structure_key(got.kernel_static)
+    assert _structure_key(got) == structure_key(got.kernel_static, got.kernel_sizes)
     assert _outage_inputs(got) == _outage_inputs(whole.compiled)
     # the shared data is left as it was: the baseline compiles as before
     _same_compiled(build.compile_scenario(base), build._compile(base))

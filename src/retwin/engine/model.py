@@ -397,7 +397,7 @@ def _structure_key(c: Compiled) -> str:
     if key is None:  # (the structure is data: the compiled data's key, where there is one)
         key = c.__dict__["_structure_key"] = (
             _structure_key(c.data) if c.data is not None
-            else specialised.structure_key(c.kernel_static))
+            else specialised.structure_key(c.kernel_static, c.kernel_sizes))
     return cast(str, key)
 
 
@@ -407,7 +407,7 @@ def chain_kernel(c: Compiled) -> Callable[..., None] | None:
     ``None`` (also when ``RETWIN_CHAIN_KERNELS=0``). Compiles nothing."""
     if not CHAIN_KERNELS:
         return None
-    return specialised.kernel_for(_structure_key(c), c.kernel_static)
+    return specialised.kernel_for(_structure_key(c), c.kernel_static, c.kernel_sizes)
 
 
 def specialise_chain(c: Compiled) -> Callable[..., None]:
@@ -415,7 +415,8 @@ def specialise_chain(c: Compiled) -> Callable[..., None]:
     on-disk cache when it is there), for this process and the next ones."""
     model = ChainModel(c, seed=0)  # a run's arguments: the types it is compiled for
     try:
-        return specialised.specialise(_structure_key(c), c.kernel_static, model._packed)
+        return specialised.specialise(_structure_key(c), c.kernel_static, c.kernel_sizes,
+                                      model._packed)
     finally:
         model.close()
 

@@ -151,7 +151,8 @@ def warmup(*chains: str | Path | Scenario | Compiled) -> float:
     Each of ``chains`` (a scenario, or the name or path of one) also gets the flow kernel
     specialised to its structure (:mod:`retwin.kernels.specialised`): seconds to compile
     once per chain and machine, after which its runs, and those of its what-ifs and sweeps
-    that keep its plants, pools and trade links, take it (a tenth or more off a run)."""
+    that keep its plants, pools and trade links, take it (the flow kernel in about half the
+    time)."""
     t0 = time.perf_counter()
     _warm_flow()
     month = apply_changes(load_scenario("tiny-markets"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib.util
@@ -249,7 +250,7 @@ def kernel_cache_dir(fn: Callable[..., Any]) -> Path | None:
         return None
 
 
-def generated_code(filename: str, source: str, generate: Callable[[str], str],
+def generated_code(filename: str, source: str, generate: Callable[[str], str | ast.Module],
                    cache_dir: Path | None, *, name: str, layout: str = "") -> CodeType:
     """``compile(generate(source), filename, "exec")`` (with no ``__future__`` flags of the
     caller's), kept in ``cache_dir`` under ``name``.

@@ -213,95 +213,11 @@ def _flow(
     # the levels with such plants not alone (elsewhere every room ratio is 1 and is not
     # computed); which plants are alone at their pools; the pools of each level whose shares
     # and room are computed; the levels with plants under a quota.
-    n_out = out_pool.shape[0]
-    n_lp = lvl_pools.shape[0]
-    at = 1
-    ceiled = plan[at:at + n_plants]
-    at += n_plants
-    ceil_ptr = plan[at:at + n_plants + 1]
-    at += n_plants + 1
-    ceil_out = plan[at:at + n_out]
-    at += n_out
-    alone = plan[at:at + n_plants]
-    at += n_plants
-    lvl_ceiled = plan[at:at + n_levels]
-    at += n_levels
-    lvl_use = plan[at:at + 2 * n_lp]
-    at += 2 * n_lp
-    lvl_use_ptr = plan[at:at + n_levels + 1]
-    at += n_levels + 1
-    lvl_room_at = plan[at:at + n_levels]
-    at += n_levels
-    lvl_quota = plan[at:at + n_levels]
+    (_ceiled, ceil_ptr, ceil_out, alone, lvl_ceiled, lvl_use, lvl_use_ptr, lvl_room_at,
+     lvl_quota) = _plan_parts(plan, n_plants, out_pool.shape[0], n_levels, lvl_pools.shape[0])
     if plan[0] == 0:
-        plan[1:] = 0
-        alone[:] = 1
-        for p in range(n_plants):
-            ceil_ptr[p + 1] = ceil_ptr[p]
-            for j in range(out_ptr[p], out_ptr[p + 1]):
-                if pool_max[out_pool[j]] < np.inf:
-                    ceil_out[ceil_ptr[p + 1]] = j
-                    ceil_ptr[p + 1] += 1
-                    ceiled[p] = 1
-        # A plant is alone when no other plant of its level draws on or delivers into a pool
-        # it draws on or delivers into, and it names each such pool once: its share of a
-        # pool's free stock or room is then all of it, computed as the plant runs (2d)
-        # instead of gathered for the level first (2a, 2c) -- the same numbers, without the
-        # level's pass over pools.
-        seen = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) touching a pool
-        shared = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) touching it twice
-        for lv in range(n_levels):
-            for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-                p = order[i]
-                n_in = in_ptr[p + 1] - in_ptr[p]
-                for jj in range(n_in + out_ptr[p + 1] - out_ptr[p]):
-                    s = in_pool[in_ptr[p] + jj] if jj < n_in else out_pool[out_ptr[p] + jj - n_in]
-                    if s >= 0:
-                        if seen[s] == lv + 1:
-                            shared[s] = lv + 1
-                        seen[s] = lv + 1
-            for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-                p = order[i]
-                for j in range(in_ptr[p], in_ptr[p + 1]):
-                    if in_pool[j] >= 0 and shared[in_pool[j]] == lv + 1:
-                        alone[p] = 0
-                for j in range(out_ptr[p], out_ptr[p + 1]):
-                    if shared[out_pool[j]] == lv + 1:
-                        alone[p] = 0
-                if ceiled[p] and not alone[p]:
-                    lvl_ceiled[lv] = 1
-        # Of each level's pools, those its plants draw on (whose shares are computed), then
-        # those with a storage ceiling its plants deliver into (whose room is), of plants not
-        # alone: lvl_use[lvl_use_ptr[lv]:lvl_room_at[lv]] and
-        # lvl_use[lvl_room_at[lv]:lvl_use_ptr[lv + 1]].
-        drawn = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) drawing on a pool
-        roomed = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) filling a ceiled pool
-        n_use = 0
-        for lv in range(n_levels):
-            for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-                p = order[i]
-                if alone[p]:
-                    continue
-                for j in range(in_ptr[p], in_ptr[p + 1]):
-                    if in_pool[j] >= 0:
-                        drawn[in_pool[j]] = lv + 1
-                for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
-                    roomed[out_pool[ceil_out[jj]]] = lv + 1
-            for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-                if drawn[lvl_pools[j]] == lv + 1:
-                    lvl_use[n_use] = lvl_pools[j]
-                    n_use += 1
-            lvl_room_at[lv] = n_use
-            for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
-                if roomed[lvl_pools[j]] == lv + 1:
-                    lvl_use[n_use] = lvl_pools[j]
-                    n_use += 1
-            lvl_use_ptr[lv + 1] = n_use
-        for lv in range(n_levels):
-            for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
-                if plant_quota[order[i]] >= 0:
-                    lvl_quota[lv] = 1
-        plan[0] = 1
+        _work_out_plan(plan, order, lvl_ptr, lvl_pool_ptr, lvl_pools, plant_quota, in_ptr,
+                       in_pool, out_ptr, out_pool, pool_max)
     # The pools shipments can arrive in (from plants with a lead time, imports with one, or
     # already on their way).
     arrives = np.zeros(n_pools, dtype=np.int8)
@@ -670,6 +586,118 @@ def _flow(
         for s in range(n_pools):
             stock_rec[s, d] = stock[s]
     qcal_at[0] = qc
+
+
+@jit
+def _plan_parts(plan: IntArray, n_plants: int, n_out: int, n_levels: int, n_lp: int
+                ) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray, IntArray,
+                           IntArray, IntArray, IntArray]:
+    """The parts of a chain's plan (see :func:`_flow`), as views of ``plan``: ``ceiled``,
+    ``ceil_ptr``, ``ceil_out``, ``alone``, ``lvl_ceiled``, ``lvl_use``, ``lvl_use_ptr``,
+    ``lvl_room_at``, ``lvl_quota``."""
+    at = 1
+    ceiled = plan[at:at + n_plants]
+    at += n_plants
+    ceil_ptr = plan[at:at + n_plants + 1]
+    at += n_plants + 1
+    ceil_out = plan[at:at + n_out]
+    at += n_out
+    alone = plan[at:at + n_plants]
+    at += n_plants
+    lvl_ceiled = plan[at:at + n_levels]
+    at += n_levels
+    lvl_use = plan[at:at + 2 * n_lp]
+    at += 2 * n_lp
+    lvl_use_ptr = plan[at:at + n_levels + 1]
+    at += n_levels + 1
+    lvl_room_at = plan[at:at + n_levels]
+    at += n_levels
+    lvl_quota = plan[at:at + n_levels]
+    return (ceiled, ceil_ptr, ceil_out, alone, lvl_ceiled, lvl_use, lvl_use_ptr, lvl_room_at,
+            lvl_quota)
+
+
+@jit
+def _work_out_plan(plan: IntArray, order: IntArray, lvl_ptr: IntArray,
+                   lvl_pool_ptr: IntArray, lvl_pools: IntArray, plant_quota: IntArray,
+                   in_ptr: IntArray, in_pool: IntArray, out_ptr: IntArray, out_pool: IntArray,
+                   pool_max: FloatArray) -> None:
+    """Work out a chain's plan into ``plan`` (its first word 1 once it is): what follows
+    from the kernel's inputs alone (see :func:`_flow`). It reads the structure and which
+    pools have a storage ceiling, nothing else."""
+    n_plants = order.shape[0]
+    n_levels = lvl_ptr.shape[0] - 1
+    n_pools = pool_max.shape[0]
+    (ceiled, ceil_ptr, ceil_out, alone, lvl_ceiled, lvl_use, lvl_use_ptr, lvl_room_at,
+     lvl_quota) = _plan_parts(plan, n_plants, out_pool.shape[0], n_levels, lvl_pools.shape[0])
+    plan[1:] = 0
+    alone[:] = 1
+    for p in range(n_plants):
+        ceil_ptr[p + 1] = ceil_ptr[p]
+        for j in range(out_ptr[p], out_ptr[p + 1]):
+            if pool_max[out_pool[j]] < np.inf:
+                ceil_out[ceil_ptr[p + 1]] = j
+                ceil_ptr[p + 1] += 1
+                ceiled[p] = 1
+    # A plant is alone when no other plant of its level draws on or delivers into a pool
+    # it draws on or delivers into, and it names each such pool once: its share of a
+    # pool's free stock or room is then all of it, computed as the plant runs (2d)
+    # instead of gathered for the level first (2a, 2c) -- the same numbers, without the
+    # level's pass over pools.
+    seen = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) touching a pool
+    shared = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) touching it twice
+    for lv in range(n_levels):
+        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+            p = order[i]
+            n_in = in_ptr[p + 1] - in_ptr[p]
+            for jj in range(n_in + out_ptr[p + 1] - out_ptr[p]):
+                s = in_pool[in_ptr[p] + jj] if jj < n_in else out_pool[out_ptr[p] + jj - n_in]
+                if s >= 0:
+                    if seen[s] == lv + 1:
+                        shared[s] = lv + 1
+                    seen[s] = lv + 1
+        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+            p = order[i]
+            for j in range(in_ptr[p], in_ptr[p + 1]):
+                if in_pool[j] >= 0 and shared[in_pool[j]] == lv + 1:
+                    alone[p] = 0
+            for j in range(out_ptr[p], out_ptr[p + 1]):
+                if shared[out_pool[j]] == lv + 1:
+                    alone[p] = 0
+            if ceiled[p] and not alone[p]:
+                lvl_ceiled[lv] = 1
+    # Of each level's pools, those its plants draw on (whose shares are computed), then
+    # those with a storage ceiling its plants deliver into (whose room is), of plants not
+    # alone: lvl_use[lvl_use_ptr[lv]:lvl_room_at[lv]] and
+    # lvl_use[lvl_room_at[lv]:lvl_use_ptr[lv + 1]].
+    drawn = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) drawing on a pool
+    roomed = np.zeros(n_pools, dtype=np.int64)  # the last level (+ 1) filling a ceiled pool
+    n_use = 0
+    for lv in range(n_levels):
+        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+            p = order[i]
+            if alone[p]:
+                continue
+            for j in range(in_ptr[p], in_ptr[p + 1]):
+                if in_pool[j] >= 0:
+                    drawn[in_pool[j]] = lv + 1
+            for jj in range(ceil_ptr[p], ceil_ptr[p + 1]):
+                roomed[out_pool[ceil_out[jj]]] = lv + 1
+        for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+            if drawn[lvl_pools[j]] == lv + 1:
+                lvl_use[n_use] = lvl_pools[j]
+                n_use += 1
+        lvl_room_at[lv] = n_use
+        for j in range(lvl_pool_ptr[lv], lvl_pool_ptr[lv + 1]):
+            if roomed[lvl_pools[j]] == lv + 1:
+                lvl_use[n_use] = lvl_pools[j]
+                n_use += 1
+        lvl_use_ptr[lv + 1] = n_use
+    for lv in range(n_levels):
+        for i in range(lvl_ptr[lv], lvl_ptr[lv + 1]):
+            if plant_quota[order[i]] >= 0:
+                lvl_quota[lv] = 1
+    plan[0] = 1
 
 
 @jit
