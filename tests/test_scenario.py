@@ -88,6 +88,31 @@ def test_missing_scenario_names_the_known_models() -> None:
     assert "tiny" in str(exc.value)
 
 
+def test_a_file_read_again_as_it_was_is_not_parsed_again_and_each_reader_has_its_own_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retwin.scenario import load
+
+    parsed: list[str] = []
+    real = yaml.load
+
+    def counting(text: str, Loader: Any) -> Any:
+        parsed.append(text)
+        return real(text, Loader=Loader)
+
+    monkeypatch.setattr(load.yaml, "load", counting)
+    f = tmp_path / "m.yaml"
+    f.write_text(f"name: m-{tmp_path.name}\nlist: [1, {{a: 2}}]\nday: 2024-01-01\n",
+                 encoding="utf-8")
+    first = load.read_yaml(f)
+    first["list"][1]["a"] = 99  # a reader changes its copy
+    second = load.read_yaml(f)
+    assert second == {"name": f"m-{tmp_path.name}", "list": [1, {"a": 2}],
+                      "day": dt.date(2024, 1, 1)}
+    assert len(parsed) == 1
+    f.write_text(f"name: m-{tmp_path.name}\nlist: [3]\n", encoding="utf-8")  # changed
+    assert load.read_yaml(f)["list"] == [3] and len(parsed) == 2
+
+
 def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n", encoding="utf-8")

@@ -128,9 +128,15 @@ def read_yaml_value(path: Path) -> Any:
     except UnicodeDecodeError as exc:
         raise ScenarioError([("", f"{name}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
                                   f"offset {exc.start}); is it a scenario file?")]) from None
+    key = (hashlib.sha256(raw).digest(), _YAML_LOADER)
+    kept = _READ.get(key)
+    if kept is not None:
+        return _copied(kept[0])
     try:
         _check_yaml_events(text)
-        return yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: plain data only
+        value = yaml.load(text, Loader=_YAML_LOADER)  # a safe loader: plain data only
+        _READ.put(key, (value, len(raw)))
+        return _copied(value)
     except _YamlBound as exc:
         raise ScenarioError([("", f"{name}: {exc}")]) from None
     except yaml.YAMLError as exc:
@@ -139,6 +145,28 @@ def read_yaml_value(path: Path) -> Any:
         # a scalar the YAML constructors cannot build (2025-13-45, an int of 5000 digits)
         raise ScenarioError([("", f"{name}: not valid YAML: {_short(str(exc), 200)}")]) \
             from None
+
+
+#: The values of the files read lately (and their sizes), by a digest of their bytes (and the
+#: loader): a file read again as it was (a study's base, for each study) is not parsed (nor
+#: its bounds checked) again. Each reader gets its own copy (:func:`_copied`). Up to 16 files
+#: and 8 MiB of them.
+_READ: Kept[tuple[Any, int]] = Kept(max_items=16, max_bytes=8 * 1024 * 1024,
+                                    size=lambda kept: kept[1])
+
+
+def _copied(value: Any) -> Any:
+    """A copy of a YAML value: its mappings, lists and sets new, the rest (text, numbers,
+    dates: immutable) shared."""
+    if isinstance(value, dict):
+        return {k: _copied(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copied(v) for v in value]
+    if isinstance(value, set):
+        return set(value)
+    if isinstance(value, tuple):
+        return tuple(_copied(v) for v in value)
+    return value
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
