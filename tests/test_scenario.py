@@ -225,6 +225,22 @@ def test_formula_resolved_from_data(tiny_tree: dict[str, Any], some_key: tuple[s
     assert sc.plant("separation").capacity_tpa == pytest.approx(max(value, 1) / 4 + 3 + 1)
 
 
+def test_a_formula_evaluated_again_follows_the_data_it_names(
+        some_key: tuple[str, float], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Formula values are kept for the data they were evaluated against, not past it."""
+    import dataclasses
+
+    from retwin.scenario import data
+
+    key, value = some_key
+    tree = {"x": f"= {{{key}}} * 2", "y": [f"= {{{key}}} * 2"]}
+    assert data.resolve_formulas_collect(tree)[0] == {"x": value * 2, "y": [value * 2]}
+    params = data.load_parameters()
+    changed = {**params, key: dataclasses.replace(params[key], value=value + 1)}
+    monkeypatch.setattr(data, "load_parameters", lambda path=None: changed)
+    assert data.resolve_formulas_collect(tree)[0]["x"] == (value + 1) * 2
+
+
 @pytest.mark.parametrize(("formula", "message"), [
     ("= {no.such_key} * 2", "unknown data key {no.such_key} (not in data/parameters.csv)"),
     ("= 2 *", "is not a valid expression"),

@@ -135,14 +135,38 @@ def load_fitted() -> dict[str, Parameter]:
 
 def formula_parameters() -> dict[str, Parameter]:
     """What formulas may refer to: ``parameters.csv`` and ``fitted.csv`` together (a key in
-    both is a :class:`DataError`)."""
+    both is a :class:`DataError`). The same mapping while neither file changes (do not
+    change it)."""
+    global _MERGED
     params, fitted = load_parameters(), load_fitted()
     if not fitted:
         return params
+    held = _MERGED
+    if held is not None and held[0] is params and held[1] is fitted:
+        return held[2]
     both = sorted(set(params) & set(fitted))
     if both:
         raise DataError(f"{FITTED_FILE}: keys also in parameters.csv: {', '.join(both)}")
-    return {**params, **fitted}
+    merged = {**params, **fitted}
+    _MERGED = (params, fitted, merged)
+    return merged
+
+
+#: The last merge of :func:`formula_parameters`, with the two tables it was made of.
+_MERGED: tuple[dict[str, Parameter], dict[str, Parameter], dict[str, Parameter]] | None = None
+#: The values of the formulas evaluated against :func:`formula_parameters`, for that mapping
+#: (a model read again evaluates none of its formulas again); emptied past 20,000.
+_VALUES: tuple[dict[str, Parameter], dict[str, float]] | None = None
+_VALUES_MAX = 20_000
+
+
+def _values_for(params: dict[str, Parameter]) -> dict[str, float]:
+    """The formula values kept for ``params`` (the current :func:`formula_parameters`)."""
+    global _VALUES
+    held = _VALUES
+    if held is None or held[0] is not params or len(held[1]) > _VALUES_MAX:
+        held = _VALUES = (params, {})
+    return held[1]
 
 
 #: Bounds on a formula, so that no input can make the evaluator slow, deep or overflow: its
@@ -363,6 +387,7 @@ def resolve_formulas_collect(
     location being the tuple of keys and indices that leads to it."""
     check_tree_shape(tree, path)
     problems: list[tuple[str, tuple[Any, ...], str]] = []
+    values: dict[str, float] | None = None  # (kept only for the default parameters)
 
     def walk(node: Any, loc: tuple[Any, ...]) -> Any:
         if isinstance(node, dict):
@@ -371,11 +396,18 @@ def resolve_formulas_collect(
             return [walk(v, (*loc, i)) for i, v in enumerate(node)]
         if (isinstance(node, str) and node.lstrip().startswith("=")
                 and (leave is None or not leave(node))):
-            nonlocal params
+            nonlocal params, values
             if params is None:
                 params = formula_parameters()
+                values = _values_for(params)
+            known = None if values is None else values.get(node)
+            if known is not None:
+                return known
             try:
-                return evaluate_formula(node, params)
+                value = evaluate_formula(node, params)
+                if values is not None:
+                    values[node] = value
+                return value
             except ValueError as exc:
                 problems.append((_path(path, loc), loc, str(exc)))
                 return node
