@@ -5,6 +5,8 @@ the next process."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ import retwin
 from conftest import assert_same_run
 from retwin.compiled import Compiled
 from retwin.engine import model as engine_model
-from retwin.kernels import specialised
+from retwin.kernels import flow, specialised
 from retwin.kernels.flow import BIND_QUOTA, BIND_STORAGE, advance_packed
 
 JIT = not numba.config.DISABLE_JIT
@@ -86,6 +88,7 @@ def test_a_chain_kernel_gives_the_general_kernels_numbers_on_the_larger_chains(
     ceilings, trade, timed events) and the peers' chain (every store with a ceiling, lead
     times on every stage): bit for bit, a run and a what-if on its kernel."""
     c = retwin.prepare(retwin.load_scenario(name))
+    assert "lv" not in _loops_kept(c)  # its plant pass unrolled
     engine_model.specialise_chain(c)  # (from the on-disk cache after `retwin warmup`)
     factor = {"kind": "quota", "quota": "mining", "factor": 0.6} if name == "baotou-2024" else \
         {"kind": "demand", "segment": "customers", "factor": 1.4}
@@ -98,6 +101,33 @@ def test_a_chain_kernel_gives_the_general_kernels_numbers_on_the_larger_chains(
     codes = chain[0].binding
     assert (codes == BIND_STORAGE).any() or name == "baotou-2024"
     assert (codes == BIND_QUOTA).any() or name != "baotou-2024"
+
+
+def _loops_kept(c: Compiled) -> list[str]:
+    """The targets of the loops the chain's kernel keeps (not unrolled)."""
+    constants = specialised.chain_constants(c.kernel_static, c.kernel_sizes)
+    tree = specialised.unrolled(Path(flow._FILENAME).read_text(encoding="utf-8"), "_k",
+                                constants, c.kernel_sizes)
+    return [ast.unparse(n.target) for n in ast.walk(tree) if isinstance(n, ast.For)]
+
+
+@pytest.mark.slow
+def test_a_chain_too_large_to_unroll_keeps_its_loops_and_its_numbers(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unrolled, a chain of 60 plants would take a minute to compile (and larger ones fail
+    in the compiler): its kernel keeps the plant pass as loops, the structure still put in,
+    and gives the general kernel's numbers."""
+    spec = importlib.util.spec_from_file_location(
+        "synthetic", Path(__file__).parents[1] / "benchmarks" / "synthetic.py")
+    assert spec is not None and spec.loader is not None
+    synthetic = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(synthetic)
+    c = retwin.prepare(synthetic.chain(60, 1))
+    assert "lv" in _loops_kept(c)
+    engine_model.specialise_chain(c)
+    chain, general = _runs(c, monkeypatch, range(1))
+    assert_same_run(chain[0], general[0])
+    assert chain[0].balance.closes and chain[0].activity.sum() > 0
 
 
 def test_a_storage_ceiling_is_part_of_a_chains_structure(

@@ -206,3 +206,18 @@ def test_each_statement_written_keeps_the_line_of_the_one_it_comes_from() -> Non
     tree = Unroll({}).function(_tree(jumps))
     source_lines = {n.lineno for n in ast.walk(_tree(jumps)) if isinstance(n, ast.stmt)}
     assert {n.lineno for n in ast.walk(tree) if isinstance(n, ast.stmt)} <= source_lines
+
+
+def test_a_loop_that_would_become_too_large_is_kept_whole() -> None:
+    """Past ``max_statements`` the outermost unrolled loop is kept as a loop (the loops
+    inside it, now over ranges not known, with it): compiling a large chain unrolled would
+    take minutes."""
+    x = np.array([0.5, 1.5, 2.5])
+    want = np.zeros(3)
+    nested(x, want)
+    for limit, loops in ((1000, ["d", "g"]), (5, ["d", "g", "lv", "i"])):
+        fn, tree = _rewritten(nested, {}, within="lv", max_statements=limit)
+        assert _loops(tree) == loops
+        got = np.zeros(3)
+        fn(x, got)
+        np.testing.assert_array_equal(got, want)

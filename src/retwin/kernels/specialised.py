@@ -14,7 +14,10 @@ records); the flow kernel takes about half the time (baotou-2024 over its whole 
 the peers' chain: see the benchmarks).
 
 Compiling one takes seconds (about 5 s for the peers' five plants, 20-25 s for
-baotou-2024's 26 on two cores), so it is never done on a run's path: :func:`specialise`
+baotou-2024's 26 on two cores; the time grows faster than the code). A chain whose plant
+pass would become more than :data:`MAX_UNROLLED` statements (about 45 plants) keeps it as
+loops, with its structure and plan still put in: unrolled, 60 plants took a minute to
+compile and 120 failed in the compiler. It is never compiled on a run's path: :func:`specialise`
 compiles it (``retwin warmup`` does, for the reference model and the scenarios it is given)
 into Numba's on-disk cache and leaves a mark beside it; :func:`kernel_for` gives a run the
 specialised kernel when this process has it or the mark says the cache holds it, and
@@ -41,6 +44,9 @@ from retwin.kernels import contract, flow, unroll
 from retwin.kernels._jit import _write_whole, generated_code, jit, kernel_cache_dir
 
 __all__ = ["SIZED", "chain_constants", "kernel_for", "specialise", "structure_key", "unrolled"]
+
+#: The most statements a chain's plant pass may become unrolled (baotou-2024's: ~1,950).
+MAX_UNROLLED = 2500
 
 #: The axes whose sizes a specialised kernel is compiled for (its loops over them are
 #: unrolled): not days, months or calendar entries, which vary among a chain's what-ifs.
@@ -146,7 +152,7 @@ def unrolled(source: str, name: str, constants: Mapping[str, np.ndarray],
               if a.name not in constants and all(ax in SIZED or ax == "W" for ax in a.axes)}
     parts = getattr(flow._plan_parts, "py_func", flow._plan_parts)
     rewritten = unroll.Unroll(constants, shapes=shapes, functions={"_plan_parts": parts},
-                              within="lv").function(fn)
+                              within="lv", max_statements=MAX_UNROLLED).function(fn)
     # the plan is also left in the state, as the general kernel leaves it
     i = contract.PACKED_INTS.index("plan")
     keep = ast.parse(f"si[si_off[{i}]:si_off[{i + 1}]] = plan").body[0]

@@ -45,6 +45,10 @@ class UnrollError(ValueError):
     """The body does something the rewriting does not handle (it is then not rewritten)."""
 
 
+class _TooLarge(Exception):
+    """The outermost loop being unrolled would become more than ``max_statements``."""
+
+
 class _KeepLoop(Exception):
     """A ``break`` or ``continue`` of the loop being unrolled depends on what is not known:
     the loop is kept as a loop."""
@@ -108,19 +112,25 @@ class Unroll:
     known). ``within`` names the target of the loops that are unrolled, with the loops inside
     them (the code where the time goes; the rest is kept as it is, constants put in):
     ``None``, every loop. ``max_trips`` is the most iterations a loop is unrolled to (longer
-    ones are kept as loops).
+    ones are kept as loops); ``max_statements`` the most statements an outermost unrolled
+    loop may become, those inside it counted (past it, it is kept as a loop: compiling the
+    code of a large chain unrolled would take minutes).
     """
 
     def __init__(self, constants: Mapping[str, Any], *,
                  shapes: Mapping[str, tuple[int, ...]] | None = None,
                  functions: Mapping[str, Callable[..., Any]] | None = None,
-                 within: str | None = None, max_trips: int = 256) -> None:
+                 within: str | None = None, max_trips: int = 256,
+                 max_statements: int = 10_000) -> None:
         self.constants = dict(constants)
         self.shapes = dict(shapes or {})
         self.functions = dict(functions or {})
         self.within = within
         self.max_trips = max_trips
+        self.max_statements = max_statements
         self._inside = within is None  # (inside a loop over ``within``)
+        self._written = 0  # statements the outermost loop being unrolled has become
+        self._unrolling = 0  # loops being unrolled, one inside another
 
     # -- the body ---------------------------------------------------------------------------
 
@@ -277,6 +287,8 @@ class Unroll:
             name = s.target.id
             self._check_not_constant(name, s)
             out: list[ast.stmt] = []
+            written = self._written
+            self._unrolling += 1
             try:
                 for x in trips:
                     env[name] = x
@@ -285,12 +297,20 @@ class Unroll:
                         s))
                     body, jump = self._block(s.body, env, unrolling=True)
                     out += body
+                    if self._unrolling == 1:  # the outermost: count what it has become
+                        self._written += 1 + sum(isinstance(n, ast.stmt)
+                                                 for b in body for n in ast.walk(b))
+                        if self._written > self.max_statements:
+                            raise _TooLarge
                     if jump == "break":
                         break
-            except _KeepLoop:
+            except (_KeepLoop, _TooLarge):
                 env.clear()
                 env.update(saved)
                 return [self._loop(s, env)]
+            finally:
+                self._unrolling -= 1
+                self._written = written
             return out
         return [self._loop(s, env)]
 
