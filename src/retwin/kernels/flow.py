@@ -595,26 +595,17 @@ def _plan_parts(plan: IntArray, n_plants: int, n_out: int, n_levels: int, n_lp: 
     """The parts of a chain's plan (see :func:`_flow`), as views of ``plan``: ``ceiled``,
     ``ceil_ptr``, ``ceil_out``, ``alone``, ``lvl_ceiled``, ``lvl_use``, ``lvl_use_ptr``,
     ``lvl_room_at``, ``lvl_quota``."""
-    at = 1
-    ceiled = plan[at:at + n_plants]
-    at += n_plants
-    ceil_ptr = plan[at:at + n_plants + 1]
-    at += n_plants + 1
-    ceil_out = plan[at:at + n_out]
-    at += n_out
-    alone = plan[at:at + n_plants]
-    at += n_plants
-    lvl_ceiled = plan[at:at + n_levels]
-    at += n_levels
-    lvl_use = plan[at:at + 2 * n_lp]
-    at += 2 * n_lp
-    lvl_use_ptr = plan[at:at + n_levels + 1]
-    at += n_levels + 1
-    lvl_room_at = plan[at:at + n_levels]
-    at += n_levels
-    lvl_quota = plan[at:at + n_levels]
-    return (ceiled, ceil_ptr, ceil_out, alone, lvl_ceiled, lvl_use, lvl_use_ptr, lvl_room_at,
-            lvl_quota)
+    # where each part ends, after the first word (which says the plan is worked out)
+    e1 = 1 + n_plants
+    e2 = e1 + n_plants + 1
+    e3 = e2 + n_out
+    e4 = e3 + n_plants
+    e5 = e4 + n_levels
+    e6 = e5 + 2 * n_lp
+    e7 = e6 + n_levels + 1
+    e8 = e7 + n_levels
+    return (plan[1:e1], plan[e1:e2], plan[e2:e3], plan[e3:e4], plan[e4:e5], plan[e5:e6],
+            plan[e6:e7], plan[e7:e8], plan[e8:e8 + n_levels])
 
 
 @jit
