@@ -176,9 +176,11 @@ def test_a_one_replication_run_has_no_band(client: TestClient) -> None:
     (the page then draws no band)."""
     r = client.post(f"{API}/runs", params={"wait": 120},
                     json=whatif(changes=ADD, replications=1, seed=SEED))
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
     one = r.json()["id"]
-    p = client.get(f"{API}/runs/{one}/panels/stages").json()
+    got = client.get(f"{API}/runs/{one}/panels/stages")
+    assert got.status_code == 200, (got.status_code, got.text)
+    p = got.json()
     assert p["bands"] is None and set(p["whatif"]) == set(p["stages"])
     plants = client.get(f"{API}/runs/{one}/panels/stages/magnet").json()
     assert plants["bands"] is None and set(plants["whatif"]) == {"magnets", "magnets_two"}
