@@ -725,26 +725,93 @@ def test_the_last_tasks_are_split_and_their_parts_cover_them(workers: int) -> No
                    for p in parts)
 
 
-@pytest.mark.parametrize("record", ["annual", "monthly"])
-def test_a_task_joined_from_its_parts_equals_the_task(record: str) -> None:
-    """A task's result put together from its parts' results (in any order) has the tables
-    the task run whole has; parts that leave a gap are refused."""
-    from retwin.batch.study import split_tail
-    from retwin.batch.tables import ChunkResult
+class _InPieces(SerialExecutor):
+    """Tasks in this process, handed out as to two workers: the last two run in pieces."""
 
-    study = prepare_study({**GRID, "record": record, "replications": 5,
-                           "chunk_replications": 5})
-    task = study.tasks[-1]
-    runner = study.runner()
-    parts = [runner(p) for p in split_tail([task], 2, parts=3)]
-    assert len(parts) == 3
-    joined = ChunkResult.join(task, parts[::-1])
-    whole = runner(task)
-    assert joined.task == task and set(joined.tables) == set(whole.tables)
-    for kind in whole.tables:
-        assert joined.table(kind).equals(whole.table(kind)), kind
-    with pytest.raises(retwin.RetwinError, match=r"do not cover replications 0\.\.4"):
-        ChunkResult.join(task, [parts[0], parts[2]])
+    workers = 2
+
+
+class _InPiecesStudyWrites(_InPieces):
+    tasks_write = False
+
+
+def _part_names(out: Path, table: str = "kpis") -> set[str]:
+    return {f.relative_to(out / table).as_posix() for f in (out / table).rglob("*.parquet")}
+
+
+@pytest.mark.parametrize("executor", [_InPieces, _InPiecesStudyWrites])
+def test_a_chunk_run_in_pieces_is_stored_as_its_pieces_files(
+        tmp_path: Path, grid: BatchResult, executor: type[SerialExecutor]) -> None:
+    """The last chunks of a study on two workers run in pieces; each piece is written as
+    files of its own, named by its first replication's offset in the chunk, whoever writes
+    them (the task or the study). Read in their names' order, the files hold the rows, in
+    the order, of the chunk's one file; the tallied KPIs are the same. A resumed study
+    keeps a chunk done in pieces (on any number of workers)."""
+    from retwin.batch.study import split_tail
+
+    res = run_batch(GRID, tmp_path / "o", executor=executor())
+    out = res.path
+    study = prepare_study(GRID)
+    pieces = [u for u in split_tail(study.tasks, 2) if u not in study.tasks]
+    assert len(pieces) == 2  # the last chunk of 2 runs is run as 2 pieces of 1 (the very
+    # last chunk, 1 run, cannot be cut)
+    last = study.tasks[-2]
+    names = _part_names(out)
+    assert {f"point={last.point_id}/part-{last.chunk}.0.parquet",
+            f"point={last.point_id}/part-{last.chunk}.1.parquet"} <= names
+    assert f"point={last.point_id}/part-{last.chunk}.parquet" not in names
+    assert len(names) == len(study.tasks) + 1
+    for table in ("kpis", "monthly"):  # rows and their order, as one file per chunk
+        pd.testing.assert_frame_equal(pd.read_parquet(out / table),
+                                      pd.read_parquet(grid.path / table), check_exact=True)
+    assert res.point_means() == grid.point_means()  # tallied as the pieces came
+    assert BatchResult(out).point_means() == BatchResult(grid.path).point_means()
+    runs: list[int] = []
+    again = run_batch(GRID, out, progress=lambda p: runs.append(p.runs_at_start))
+    assert again.complete and runs[0] == 12 and _part_names(out) == names
+
+
+def test_an_unfinished_chunk_s_pieces_are_removed_and_run_again(tmp_path: Path,
+                                                                grid: BatchResult) -> None:
+    """A study stopped between two pieces of a chunk leaves the first piece's files; a
+    resumed study removes them and runs the chunk again (whole, on one worker): no row
+    stands twice, and the dataset equals an uninterrupted study's."""
+    out = tmp_path / "o"
+    study = prepare_study(GRID)
+    last = study.tasks[-2]
+    seen: list[Any] = []
+
+    def stop_after_one_piece(p: Any) -> None:
+        seen.append(p)
+        if len(seen) == len(study.tasks):  # the start, the 6 chunks run whole, one piece
+            raise KeyboardInterrupt
+
+    with pytest.raises(BatchInterrupted):
+        run_batch(GRID, out, executor=_InPieces(), progress=stop_after_one_piece)
+    piece = f"point={last.point_id}/part-{last.chunk}.0.parquet"
+    assert piece in _part_names(out) and piece in _part_names(out, "monthly")
+    runs: list[int] = []
+    res = run_batch(GRID, out, progress=lambda p: runs.append(p.runs_at_start))
+    assert res.complete and runs[0] == 12 - 2 - 1  # the chunk in pieces and the last one
+    names = _part_names(out)
+    assert piece not in names and f"point={last.point_id}/part-{last.chunk}.parquet" in names
+    for table in ("kpis", "monthly"):
+        pd.testing.assert_frame_equal(pd.read_parquet(out / table),
+                                      pd.read_parquet(grid.path / table), check_exact=True)
+
+
+def test_a_piece_that_is_not_one_of_its_chunk_is_refused(tmp_path: Path) -> None:
+    """A piece's name comes from its chunk: replications outside the chunk (or of another
+    chunk) are refused, naming them."""
+    from retwin.batch.store import piece_name
+
+    task = prepare_study({**GRID, "replications": 12, "chunk_replications": 12}).tasks[0]
+    assert piece_name(task, task) == ""
+    assert piece_name(task, dataclasses.replace(task, first=3, stop=6)) == ".03"
+    with pytest.raises(retwin.RetwinError, match=r"replications 10\.\.12 are not a piece"):
+        piece_name(task, dataclasses.replace(task, first=10, stop=13))
+    with pytest.raises(retwin.RetwinError, match="not a piece"):
+        piece_name(task, dataclasses.replace(task, chunk=1, first=3, stop=6))
 
 
 # --- who writes a chunk's files -------------------------------------------------------------

@@ -9,13 +9,19 @@ Layout::
     OUT/daily/point=<id>/part-<k>.parquet     (record: daily)
     OUT/sensitivity.parquet               (one-at-a-time studies)
 
+A chunk run in pieces (the last chunks of a study on several workers, so that the workers
+finish together) is stored as one file per piece, ``part-<k>.<offset>.parquet``, the offset
+of the piece's first replication in the chunk written with as many digits as the chunk's
+size: its files, read in their names' order, hold the rows of ``part-<k>.parquet``.
+
 Every file is written under ``OUT/.tmp``, flushed to disk and renamed into place, so a file
 that exists is whole; readers skip names starting with ``.`` or ``_``. A chunk's files are
 written by the study's process or, on local workers that take every core, by the worker
 that ran it, under ``OUT/.tmp`` (:func:`stage_parts`); the study's process then flushes
 those to disk, renames them into place and records the chunk (:meth:`StudyDir.commit`).
 A chunk counts as done when each of its files exists and its footer names this study, point
-and replications: a restarted study skips those and runs the rest. The manifest is
+and replications (for a chunk in pieces: when its pieces' files cover its replications): a
+restarted study skips those, removes the files of the others and runs them again. The manifest is
 rewritten (atomically) as points finish, at most once a second and always at the end; the
 files are the record of what is done, the manifest its summary.
 """
@@ -29,6 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,8 +69,23 @@ _META = b"retwin"
 _MANIFEST_EVERY_S = 1.0
 
 
-def part_path(out: Path, kind: str, point_id: str, chunk: int) -> Path:
-    return out / kind / f"point={point_id}" / f"part-{chunk}.parquet"
+def piece_name(whole: Task, unit: Task) -> str:
+    """The part of a file name that tells a piece of chunk ``whole`` (``unit``, replications
+    ``first .. stop-1`` of it) from the chunk itself: ``""`` for the whole chunk, else
+    ``.<offset>``, the offset of its first replication in the chunk, with as many digits as
+    the chunk's size (so that a chunk's pieces sort by their replications)."""
+    if (unit.first, unit.stop) == (whole.first, whole.stop):
+        return ""
+    if not whole.first <= unit.first < unit.stop <= whole.stop or unit.chunk != whole.chunk:
+        raise RetwinError(f"point {whole.point_id} chunk {whole.chunk}: replications "
+                          f"{unit.first}..{unit.stop - 1} are not a piece of it")
+    return f".{unit.first - whole.first:0{len(str(whole.runs))}d}"
+
+
+def part_path(out: Path, kind: str, point_id: str, chunk: int, piece: str = "") -> Path:
+    """The file of table ``kind`` of chunk ``chunk`` of a point (of one of its pieces:
+    :func:`piece_name`)."""
+    return out / kind / f"point={point_id}" / f"part-{chunk}{piece}.parquet"
 
 
 def write_atomic(out: Path, target: Path, write: Any) -> None:
@@ -117,11 +139,12 @@ def _footed(spec_sha256: str, result: ChunkResult,
 
 
 def write_parts(out: Path, spec_sha256: str, result: ChunkResult,
-                kinds: tuple[str, ...]) -> None:
-    """Write a finished chunk's files in place, each atomically (the study's process)."""
+                kinds: tuple[str, ...], piece: str = "") -> None:
+    """Write a finished chunk's (or piece's) files in place, each atomically (the study's
+    process)."""
     task = result.task
     for kind, table in _footed(spec_sha256, result, kinds):
-        write_atomic(out, part_path(out, kind, task.point_id, task.chunk),
+        write_atomic(out, part_path(out, kind, task.point_id, task.chunk, piece),
                      _write_parquet(table))
 
 
@@ -181,6 +204,26 @@ def points_table(points: list[Point], names: list[str]) -> pa.Table:
     return pa.table(cols)
 
 
+def _tiles(spans: list[tuple[int, int]], first: int, stop: int) -> bool:
+    """Whether ``spans`` (sorted) cover ``first .. stop-1`` end to end, once each."""
+    at = first
+    for a, b in spans:
+        if a != at:
+            return False
+        at = b
+    return at == stop and bool(spans)
+
+
+def _remove(out: Path, f: Path) -> None:
+    try:
+        f.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise OutputError(out, f"cannot remove {f.relative_to(out)} (a file of an "
+                               f"unfinished chunk): {exc.strerror or exc}") from None
+
+
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
@@ -208,6 +251,7 @@ class StudyDir:
         self._done: dict[str, set[int]] = {p.id: set() for p in points}
         self._runs = {p.id: 0 for p in points}
         self._task_of = {(t.point_id, t.chunk): t for t in tasks}
+        self._pieces: dict[tuple[str, int], list[tuple[int, int]]] = {}  # written so far
         self._last_manifest = 0.0
         self.created = _now()
         self.status = "running"
@@ -340,7 +384,9 @@ class StudyDir:
             fh.close()
         shutil.rmtree(self.out / ".tmp", ignore_errors=True)
 
-    def _files(self, kind: str) -> Iterator[tuple[str, int, Path]]:
+    def _files(self, kind: str) -> Iterator[tuple[str, int, str, Path]]:
+        """The part files of table ``kind``: ``(point, chunk, piece, path)`` (``piece``:
+        ``""`` for a whole chunk's file, else :func:`piece_name`'s)."""
         root = self.out / kind
         if not root.is_dir():
             return
@@ -349,36 +395,60 @@ class StudyDir:
                 continue
             pid = d.name[len("point="):]
             for f in d.glob("part-*.parquet"):
-                try:
-                    chunk = int(f.stem[len("part-"):])
-                except ValueError:
+                chunk, dot, offset = f.stem[len("part-"):].partition(".")
+                if not chunk.isdigit() or (dot and not offset.isdigit()):
                     continue
-                yield pid, chunk, f
+                yield pid, int(chunk), dot + offset, f
 
-    def _valid(self, f: Path, task: Task, kind: str) -> bool:
+    def _covers(self, f: Path, task: Task, kind: str, piece: str) -> tuple[int, int] | None:
+        """The replications ``(first, stop)`` file ``f`` holds of table ``kind`` of chunk
+        ``task`` (``piece``: of which piece, by its name), or ``None`` when it is not a
+        whole file of this study's that its name says it is."""
         try:
             meta = pq.read_metadata(f)
             info = json.loads((meta.metadata or {}).get(_META, b"{}"))
-        except (OSError, ValueError, pa.ArrowException):
-            return False
-        return (meta.num_rows > 0 and info.get("spec_sha256") == self.spec_sha256
+            span = int(info.get("first")), int(info.get("stop"))
+        except (OSError, ValueError, TypeError, pa.ArrowException):
+            return None
+        if not (meta.num_rows > 0 and info.get("spec_sha256") == self.spec_sha256
                 and info.get("point") == task.point_id and info.get("chunk") == task.chunk
-                and info.get("first") == task.first and info.get("stop") == task.stop
-                and info.get("table") == kind)
+                and info.get("table") == kind and task.first <= span[0] < span[1] <= task.stop):
+            return None
+        unit = replace(task, first=span[0], stop=span[1])
+        return span if piece_name(task, unit) == piece else None
 
     def _scan(self) -> None:
-        ok: dict[tuple[str, int], int] = {}
+        """Find the chunks already done (a whole file of each table, or pieces whose files
+        of each table cover the chunk); remove the part files of the others (an interrupted
+        chunk runs again, whole or in other pieces: none of its rows may stand twice)."""
+        spans: dict[tuple[str, int], dict[tuple[int, int], set[str]]] = {}
+        found: dict[tuple[str, int], list[tuple[str, Path]]] = {}
         for kind in self.kinds:
-            for pid, chunk, f in self._files(kind):
+            for pid, chunk, piece, f in self._files(kind):
                 task = self._task_of.get((pid, chunk))
-                if task is not None and self._valid(f, task, kind):
-                    ok[(pid, chunk)] = ok.get((pid, chunk), 0) + 1
-        for (pid, chunk), n in ok.items():
-            if n == len(self.kinds):
-                self._mark(self._task_of[(pid, chunk)])
+                if task is None:
+                    continue
+                found.setdefault((pid, chunk), []).append((piece, f))
+                span = self._covers(f, task, kind, piece)
+                if span is not None:
+                    spans.setdefault((pid, chunk), {}).setdefault(span, set()).add(kind)
+        for at, files in found.items():
+            task = self._task_of[at]
+            full = sorted(s for s, kinds in spans.get(at, {}).items()
+                          if len(kinds) == len(self.kinds))
+            kept: bool | None = None  # None: not done; else whether it is kept in pieces
+            if (task.first, task.stop) in full:
+                kept = False
+            elif _tiles(full, task.first, task.stop):
+                kept = True
+            if kept is not None:
+                self._mark(task)
+            for piece, f in files:  # all but the chunk's one record of its rows
+                if kept is None or kept != bool(piece):
+                    _remove(self.out, f)
 
     def _mark(self, task: Task) -> bool:
-        """Record a chunk as done; True when its point is now complete."""
+        """Record a (whole) chunk as done; True when its point is now complete."""
         done = self._done[task.point_id]
         if task.chunk not in done:
             done.add(task.chunk)
@@ -407,21 +477,24 @@ class StudyDir:
     # --- writing -------------------------------------------------------------------------
 
     def write_chunk(self, result: ChunkResult) -> bool:
-        """Write a finished chunk's tables (``kpis`` last); True when its point is complete."""
-        write_parts(self.out, self.spec_sha256, result, self.kinds)
+        """Write a finished chunk's (or piece's) tables (``kpis`` last); True when its point
+        is complete."""
+        write_parts(self.out, self.spec_sha256, result, self.kinds, self._piece(result.task))
         return self._record(result.task)
 
     def commit(self, task: Task, staged: tuple[tuple[str, str], ...]) -> bool:
-        """Put the files a worker staged for ``task`` (:func:`stage_parts`) in place, each
-        flushed to disk and renamed (``kpis`` last), and record the chunk as done; True when
-        its point is complete. Only temporary files of this study's ``.tmp`` are taken."""
+        """Put the files a worker staged for ``task`` (a chunk or a piece of one;
+        :func:`stage_parts`) in place, each flushed to disk and renamed (``kpis`` last), and
+        record it as done; True when its point is complete. Only temporary files of this
+        study's ``.tmp`` are taken."""
         tmp_dir = os.path.join(os.path.abspath(self.out), ".tmp")
         if [k for k, _ in staged] != list(self.kinds) or any(
                 os.path.dirname(os.path.abspath(name)) != tmp_dir for _, name in staged):
             raise RetwinError(f"point {task.point_id} chunk {task.chunk}: its files were not "
                               f"staged in {tmp_dir}")
+        piece = self._piece(task)
         for kind, name in staged:
-            target = part_path(self.out, kind, task.point_id, task.chunk)
+            target = part_path(self.out, kind, task.point_id, task.chunk, piece)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 place_file(name, target)
@@ -430,7 +503,19 @@ class StudyDir:
                                             f"{exc.strerror or exc}") from None
         return self._record(task)
 
-    def _record(self, task: Task) -> bool:
+    def _piece(self, unit: Task) -> str:
+        return piece_name(self._task_of[(unit.point_id, unit.chunk)], unit)
+
+    def _record(self, unit: Task) -> bool:
+        """Record a chunk, or a piece of one, as written; a chunk in pieces is done once its
+        pieces cover it. True when its point is complete."""
+        task = self._task_of[(unit.point_id, unit.chunk)]
+        if unit != task:
+            got = self._pieces.setdefault((task.point_id, task.chunk), [])
+            got.append((unit.first, unit.stop))
+            if not _tiles(sorted(got), task.first, task.stop):
+                return False
+            del self._pieces[(task.point_id, task.chunk)]
         complete = self._mark(task)
         self.write_manifest()
         return complete

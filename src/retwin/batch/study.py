@@ -246,16 +246,17 @@ class BatchProgress:
         return (self.runs_total - self.runs_done) / rate if rate > 0 else None
 
 
-#: The last tasks of a study, one per worker, are each run as this many parts: the workers
-#: then finish within a part of one another, not within a whole task (tasks are equal in
+#: The last tasks of a study, one per worker, are each run as this many pieces: the workers
+#: then finish within a piece of one another, not within a whole task (tasks are equal in
 #: size, the cores' speeds are not, on a shared machine or a cluster).
 TAIL_PARTS = 4
 
 
 def split_tail(tasks: Sequence[Task], workers: int, parts: int = TAIL_PARTS) -> list[Task]:
     """``tasks`` to hand out, with each of the last ``workers`` of them (when there is more
-    than one worker) split into up to ``parts`` tasks of consecutive replications; their
-    results are put together again by :class:`_Assembler` before they are written."""
+    than one worker) split into up to ``parts`` pieces of consecutive replications. Each
+    piece is written as files of its own (:func:`~retwin.batch.store.piece_name`); the
+    chunk counts as done once its pieces are all written."""
     if workers < 2 or parts < 2:
         return list(tasks)
     head = list(tasks[:-workers])
@@ -264,31 +265,6 @@ def split_tail(tasks: Sequence[Task], workers: int, parts: int = TAIL_PARTS) -> 
         bounds = [task.first + (task.runs * k) // n for k in range(n + 1)]
         head += [replace(task, first=a, stop=b) for a, b in itertools.pairwise(bounds)]
     return head
-
-
-class _Assembler:
-    """Collects the results of the parts of a split task; gives a task's result once it is
-    whole (at once for a task that was not split)."""
-
-    def __init__(self, tasks: Sequence[Task]) -> None:
-        self.whole = {(t.point_id, t.chunk): t for t in tasks}
-        self.parts: dict[tuple[str, int], list[ChunkResult]] = {}
-
-    def is_whole(self, task: Task) -> bool:
-        """Whether ``task`` is a whole task (not a part of a split one)."""
-        return self.whole.get((task.point_id, task.chunk)) == task
-
-    def add(self, result: ChunkResult) -> ChunkResult | None:
-        key = (result.task.point_id, result.task.chunk)
-        task = self.whole[key]
-        if result.task == task:
-            return result
-        got = self.parts.setdefault(key, [])
-        got.append(result)
-        if sum(p.task.runs for p in got) < task.runs:
-            return None
-        del self.parts[key]
-        return ChunkResult.join(task, got)
 
 
 class KpiTally:
@@ -421,16 +397,15 @@ def run_batch(
         runs_at_start = store.runs_done
         by_id = {p.id: p for p in study.points}
         tally = KpiTally(sp.selectors, sp.replications)
-        whole = _Assembler(todo)
         units: list[Task | PartTask] = list(split_tail(todo, ex.workers))
         if ex.tasks_write:
             # a worker that sees this folder, on a machine with no core to spare for this
-            # process, writes the files of a whole task itself (the parts of a split one
-            # come here to be joined): this process only puts them in place
+            # process, writes the files of its task (or piece of one) itself: this process
+            # only puts them in place
             out_dir = os.path.abspath(store.out)
             selectors = tuple(sp.selectors)
             units = [PartTask(u, out_dir, study.spec_sha256, selectors)
-                     if isinstance(u, Task) and whole.is_whole(u) else u for u in units]
+                     if isinstance(u, Task) else u for u in units]
 
         def report(point: Point | None = None, seconds: float = 0.0) -> None:
             if progress is not None:
@@ -442,10 +417,7 @@ def run_batch(
         try:
             with Interrupts(*interrupt_signals) as interrupts:
                 report()
-                for part in ex.map_unordered(runner, units, stop=interrupts.__bool__):
-                    res = whole.add(part)
-                    if res is None:  # a part of a task: written once the task is whole
-                        continue
+                for res in ex.map_unordered(runner, units, stop=interrupts.__bool__):
                     complete = store.commit(res.task, res.staged) if res.staged else \
                         store.write_chunk(res)
                     tally.add(res)

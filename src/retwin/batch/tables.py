@@ -318,37 +318,6 @@ class ChunkResult:
         t = self.tables.get(kind)
         return t.table() if isinstance(t, KpiRows) else t
 
-    @classmethod
-    def join(cls, task: Task, parts: list[ChunkResult]) -> ChunkResult:
-        """The result of ``task`` from the results of its parts (tasks of consecutive
-        replications that together cover it, in any order): its tables are theirs, one
-        after another, as a single task would have made them."""
-        parts = sorted(parts, key=lambda p: p.task.first)
-        edges = [task.first] + [p.task.stop for p in parts]
-        if any((p.task.point_id, p.task.chunk, p.task.first) != (task.point_id, task.chunk, a)
-               for p, a in zip(parts, edges, strict=False)) or edges[-1] != task.stop:
-            raise RetwinError(f"point {task.point_id} chunk {task.chunk}: its parts do not "
-                              f"cover replications {task.first}..{task.stop - 1}")
-        tables: dict[str, pa.Table | KpiRows] = {}
-        for kind in parts[0].tables:
-            got = [p.tables[kind] for p in parts]
-            first = got[0]
-            if isinstance(first, KpiRows):
-                rows = [g for g in got if isinstance(g, KpiRows)]
-                if len(rows) != len(got) or any(
-                        (r.kpi, r.key, r.unit) != (first.kpi, first.key, first.unit)
-                        or not np.array_equal(r.year, first.year) for r in rows):
-                    raise RetwinError("a run's KPIs do not match the point's layout")
-                tables[kind] = KpiRows(first.kpi, first.key, first.year, first.unit,
-                                       np.concatenate([r.values for r in rows]),
-                                       np.concatenate([r.replications for r in rows]))
-            else:
-                import pyarrow as pa
-
-                tables[kind] = pa.concat_tables(got).combine_chunks()
-        workers = dict.fromkeys(p.worker for p in parts)
-        return cls(task, tables, sum(p.seconds for p in parts), ",".join(workers))
-
 
 @dataclass(frozen=True)
 class PartTask:
