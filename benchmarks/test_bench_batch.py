@@ -74,19 +74,22 @@ def test_baotou_1000_replications_2_workers(benchmark, tmp_path: Path,  # type: 
 
 #: Rounds of the 1 -> 2 worker comparison: each a 1-worker study, then a 2-worker one.
 SCALING_ROUNDS = 5
+#: Replications of each study of the comparison: the 1,000 of the benchmark above (DESIGN §5).
+SCALING_RUNS = 1000
 
 
 @pytest.mark.benchmark(group="batch-scaling")
 def test_scaling_1_to_2_workers(benchmark, tmp_path: Path  # type: ignore[no-untyped-def]
                                 ) -> None:
-    """400 Baotou replications (8 tasks of 50) on a warm pool of 2 processes (timed), each
-    round right after the same study run serially in this process (what ``workers=1``
-    does) and on a warm pool of 1 (their times in ``extra_info``; the pool of 1 is the
-    stricter yardstick: its study's own process has the second core to itself): each
-    speed-up is the median of the rounds' ratios, so a slow minute of a shared machine
-    weighs on both sides of a ratio instead of on one side only. With the CPU time of the
-    study's process per task (on 2 cores it competes with 2 workers) and the share of the
-    workers' time they sat idle (start, tail, waiting on the study)."""
+    """The 1,000 Baotou replications of ``retwin sweep``'s benchmark (20 tasks of 50) on a
+    warm pool of 2 processes (timed), each round right after the same study run serially
+    in this process (what ``workers=1`` does) and on a warm pool of 1 (their times in
+    ``extra_info``; the pool of 1 is the stricter yardstick: its study's own process has
+    the second core to itself): each speed-up is the median of the rounds' ratios, so a
+    slow minute of a shared machine weighs on both sides of a ratio instead of on one side
+    only. With the CPU time of the study's process per task (on 2 cores it competes with 2
+    workers) and the share of the workers' time they sat idle (start, tail, waiting on the
+    study)."""
     pools = {1: ProcessExecutor(1), 2: ProcessExecutor(2)}
     spin_pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
     machine: list[float] = []
@@ -100,10 +103,10 @@ def test_scaling_1_to_2_workers(benchmark, tmp_path: Path  # type: ignore[no-unt
         """The study on the warm pool of ``workers`` (0: in this process, serially)."""
         busy: list[float] = []
         c0, t0 = time.process_time(), time.perf_counter()
-        res = run_batch(_mc(400), _out(tmp_path), executor=pools.get(workers),
+        res = run_batch(_mc(SCALING_RUNS), _out(tmp_path), executor=pools.get(workers),
                         progress=lambda p: busy.append(p.task_seconds))
         wall = time.perf_counter() - t0
-        assert res.manifest["counts"]["runs_done"] == 400
+        assert res.manifest["counts"]["runs_done"] == SCALING_RUNS
         results.append(res)
         if workers == 2:
             cpu.append(time.process_time() - c0)
@@ -128,7 +131,8 @@ def test_scaling_1_to_2_workers(benchmark, tmp_path: Path  # type: ignore[no-unt
     here, one, two = results[-3:]  # the same replications: serially, on 1 and 2 workers
     assert one.to_pandas().equals(two.to_pandas())
     assert here.to_pandas().equals(two.to_pandas())
-    benchmark.extra_info["parent_cpu_ms_per_task"] = round(1000 * min(cpu) / 8, 2)
+    tasks = SCALING_RUNS // 50
+    benchmark.extra_info["parent_cpu_ms_per_task"] = round(1000 * min(cpu) / tasks, 2)
     benchmark.extra_info["worker_idle_frac"] = round(min(idle), 4)
     if benchmark.stats is None:  # --benchmark-disable: nothing timed
         return
@@ -138,7 +142,7 @@ def test_scaling_1_to_2_workers(benchmark, tmp_path: Path  # type: ignore[no-unt
     vs_serial = sorted(s / p for s, p in zip(in_process, parallel, strict=True))
     own = sorted(machine)[len(machine) // 2]
     benchmark.extra_info.update(
-        runs_per_s=round(400 / benchmark.stats.stats.median, 1),
+        runs_per_s=round(SCALING_RUNS / benchmark.stats.stats.median, 1),
         one_worker_median_s=round(sorted(serial)[len(serial) // 2], 3),
         speedup_per_round=[round(r, 3) for r in ratios],
         speedup_vs_1_worker=round(speedup, 3),
