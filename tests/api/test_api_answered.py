@@ -141,3 +141,31 @@ def test_a_store_that_fails_after_the_answer_leaves_the_run_failed(
         assert c.get(answer["links"]["self"]).json()["status"] == "failed"
         time.sleep(0.05)
         assert not [p for p in (tmp_path / "results").iterdir() if key in p.name]
+
+
+def test_a_run_read_unfinished_just_before_it_is_recorded_is_read_again(
+        tmp_path: Path, held: HeldStore) -> None:
+    """A route reads a run, then looks whether its answer came out before its store. If the
+    store ends and the run is recorded between the two, the look finds nothing to wait for:
+    the run read first says running, though the answer said done. The run is read again,
+    so the route sees it done (and does not answer 409)."""
+    from retwin_service.routes.runs import _settled
+
+    with TestClient(create_app(settings_for(tmp_path))) as c:
+        jobs = _in_process(c)
+        answer = c.post(f"{API}/runs", params={"wait": 30}, json=whatif(seed=44)).json()
+        assert answer["status"] == "done" and held.entered.wait(30)
+        reg = c.app.state.service.registry  # type: ignore[attr-defined]
+        before = reg.get_run(answer["id"])  # read while the result is being stored
+        assert not before.finished
+        held.release.set()
+        assert recorded(c, answer["id"]).status == "done"
+        deadline = time.monotonic() + 30
+        while jobs.tracked(before.request_hash) and time.monotonic() < deadline:
+            time.sleep(0.01)  # the computation ends: nothing is answered early any more
+        assert not jobs.tracked(before.request_hash)
+        service = c.app.state.service  # type: ignore[attr-defined]
+        after = c.portal.call(_settled, service, before)  # type: ignore[union-attr]
+        assert after.status == "done"
+        # the route that reads a run's stored tables sees it done
+        assert c.get(answer["links"]["kpis"], params={"format": "csv"}).status_code == 200

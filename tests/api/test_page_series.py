@@ -133,8 +133,15 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 def run(client: TestClient) -> dict[str, Any]:
     r = client.post(f"{API}/runs", params={"wait": 120},
                     json=whatif(changes=ADD, replications=REPLICATIONS, seed=SEED))
-    assert r.status_code == 200, r.text
+    assert r.status_code == 200 and r.json()["status"] == "done", r.text
     return dict(r.json())
+
+
+def _panel(client: TestClient, url: str) -> dict[str, Any]:
+    """A panel's answer, which must be a 200 (else the failure shows what came instead)."""
+    got = client.get(url)
+    assert got.status_code == 200, (url, got.status_code, got.text)
+    return dict(got.json())
 
 
 def _root(client: TestClient) -> Path:
@@ -151,7 +158,7 @@ def test_the_stages_panel_draws_the_band_of_the_stage_totals(client: TestClient,
     """``GET /panels/stages``: each stage's band is the p5–p95 of the replications' stage
     totals (the same run computed here, with pandas), it holds the mean, and it is not the
     sum of the plants' bands (``/panels/stages/magnet`` has those)."""
-    p = client.get(f"{API}/runs/{run['id']}/panels/stages").json()
+    p = _panel(client, f"{API}/runs/{run['id']}/panels/stages")
     assert p["bands"] is not None and set(p["bands"]) == set(p["whatif"]) == set(p["stages"])
     res = core.run(core.resolve("tiny", ADD), replications=REPLICATIONS, seed=SEED).whatif
     ref = _reference(res, {pl.id: pl.stage for pl in res.first.compiled.scenario.plants})
@@ -164,7 +171,7 @@ def test_the_stages_panel_draws_the_band_of_the_stage_totals(client: TestClient,
         assert band["p95"] == pytest.approx(r["p95"].to_list(), rel=ROUNDED, abs=1e-9), stage
         for lo, m, hi in zip(band["p5"], mean, band["p95"], strict=True):
             assert lo <= m <= hi, (stage, lo, m, hi)
-    plants = client.get(f"{API}/runs/{run['id']}/panels/stages/magnet").json()
+    plants = _panel(client, f"{API}/runs/{run['id']}/panels/stages/magnet")
     summed = np.sum([plants["bands"][i]["p5"] for i in ("magnets", "magnets_two")], axis=0)
     assert float(np.abs(summed - np.array(p["bands"]["magnet"]["p5"])).max()) > 1.0
     # the baseline is drawn as its mean only
@@ -178,11 +185,9 @@ def test_a_one_replication_run_has_no_band(client: TestClient) -> None:
                     json=whatif(changes=ADD, replications=1, seed=SEED))
     assert r.status_code == 200 and r.json()["status"] == "done", r.text
     one = r.json()["id"]
-    got = client.get(f"{API}/runs/{one}/panels/stages")
-    assert got.status_code == 200, (got.status_code, got.text)
-    p = got.json()
+    p = _panel(client, f"{API}/runs/{one}/panels/stages")
     assert p["bands"] is None and set(p["whatif"]) == set(p["stages"])
-    plants = client.get(f"{API}/runs/{one}/panels/stages/magnet").json()
+    plants = _panel(client, f"{API}/runs/{one}/panels/stages/magnet")
     assert plants["bands"] is None and set(plants["whatif"]) == {"magnets", "magnets_two"}
 
 
@@ -191,7 +196,7 @@ def test_the_plants_of_a_stage(client: TestClient, run: dict[str, Any]) -> None:
     too), each plant's monthly mean and band from the stored monthly table; the baseline
     has only its own plants. An unknown stage is a 404 naming it."""
     url = f"{API}/runs/{run['id']}/panels/stages"
-    p = client.get(f"{url}/magnet").json()
+    p = _panel(client, f"{url}/magnet")
     assert [x["id"] for x in p["plants"]] == ["magnets", "magnets_two"]
     assert p["plants"][1]["name_zh"] == "第二磁材厂" and p["unit"] == "t"
     mon = tables.read(_root(client), _key(client, run["id"]), "monthly")
@@ -228,7 +233,7 @@ def test_a_result_stored_before_stage_bands_still_draws(client: TestClient,
                 "magnets": "magnet", "magnets_two": "magnet", "recycler": "recycling"}
     means, bands = answer._stage_series(old, key, stage_of)
     assert bands is None
-    now = client.get(f"{API}/runs/{run['id']}/panels/stages").json()["whatif"]
+    now = _panel(client, f"{API}/runs/{run['id']}/panels/stages")["whatif"]
     assert set(means) == set(now)
     for stage in now:
         assert means[stage] == pytest.approx(now[stage], rel=2 * ROUNDED, abs=1e-9)

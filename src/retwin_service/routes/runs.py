@@ -197,11 +197,16 @@ async def _wait(service: Service, rec: RunRecord, seconds: float, *,
 
 async def _settled(service: Service, rec: RunRecord) -> RunRecord:
     """``rec`` (just read), once its result is stored when its answer came out before
-    (:meth:`~retwin_service.jobs.Jobs.settle`): read again then, done. A route that reads
-    a run's stored tables reads its run through this."""
-    if not rec.finished and await service.jobs.settle(rec.request_hash):
-        rec = await run_in_threadpool(service.registry.get_run, rec.id)
-    return rec
+    (:meth:`~retwin_service.jobs.Jobs.settle`). A route that reads a run's stored tables
+    reads its run through this.
+
+    An unfinished run is read again whether or not there was a store to wait for: its
+    computation may have recorded it, and stopped being one answered early, between the
+    read of ``rec`` and this look (the answer said done, the run read then did not)."""
+    if rec.finished:
+        return rec
+    await service.jobs.settle(rec.request_hash)
+    return await run_in_threadpool(service.registry.get_run, rec.id)
 
 
 # --- runs ------------------------------------------------------------------------------------
